@@ -1,0 +1,3 @@
+//! The AArch64 tier.
+
+pub(crate) mod neon;

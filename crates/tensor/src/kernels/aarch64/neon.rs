@@ -1,0 +1,71 @@
+//! The NEON tier: four lanes in a `float32x4_t`, with fused multiply-add and across-lane
+//! reductions.
+
+use std::arch::aarch64::*;
+
+use crate::kernels::simd::Simd;
+
+/// Four lanes of AArch64 Advanced SIMD.
+pub(crate) struct Neon;
+
+impl Simd for Neon {
+    const LANES: usize = 4;
+    type V = float32x4_t;
+
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> float32x4_t {
+        vdupq_n_f32(x)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> float32x4_t {
+        vld1q_f32(p)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: float32x4_t) {
+        vst1q_f32(p, v)
+    }
+    #[inline(always)]
+    unsafe fn add(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        vaddq_f32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn sub(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        vsubq_f32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        vmulq_f32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn max(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        vmaxq_f32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn min(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        vminq_f32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul_add(a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
+        // vfmaq_f32(c, a, b) = c + a * b, one rounding.
+        vfmaq_f32(c, a, b)
+    }
+    #[inline(always)]
+    unsafe fn reduce_add(v: float32x4_t) -> f32 {
+        vaddvq_f32(v)
+    }
+    #[inline(always)]
+    unsafe fn reduce_max(v: float32x4_t) -> f32 {
+        vmaxvq_f32(v)
+    }
+    #[inline(always)]
+    unsafe fn round(v: float32x4_t) -> float32x4_t {
+        vrndnq_f32(v)
+    }
+    #[inline(always)]
+    unsafe fn pow2i(n: float32x4_t) -> float32x4_t {
+        let biased = vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127));
+        vreinterpretq_f32_s32(vshlq_n_s32::<23>(biased))
+    }
+}
+
+crate::kernels::tier_entry_points!(crate::isa::Isa::Neon, Neon, #[target_feature(enable = "neon")]);

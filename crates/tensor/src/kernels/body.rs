@@ -1,0 +1,355 @@
+//! The kernel bodies, written once over [`Simd`] and instantiated by every tier.
+//!
+//! Each function walks its data a vector at a time and finishes the ragged tail (fewer
+//! than `LANES` elements) with a partial load and store, so the tail goes through the
+//! very same arithmetic as the rest (no separate scalar loop that could disagree).
+//!
+//! # Safety
+//!
+//! Callers (the tiers' entry points, reached only through the checked wrappers in
+//! [`super`]) guarantee that every pointer is valid for the stated number of elements
+//! and that the CPU has the tier's features. Source and destination may be the same
+//! pointer (an in-place operation): each element is read before the same element is
+//! written, and no other element is touched in between.
+
+use super::simd::Simd;
+use super::Pool2d;
+
+/// `dst[i] = f(src[i])` over `n` elements.
+#[inline(always)]
+unsafe fn map1<S: Simd>(src: *const f32, dst: *mut f32, n: usize, f: impl Fn(S::V) -> S::V) {
+    let mut i = 0;
+    while i + S::LANES <= n {
+        S::store(dst.add(i), f(S::load(src.add(i))));
+        i += S::LANES;
+    }
+    if i < n {
+        S::store_partial(
+            dst.add(i),
+            f(S::load_partial(src.add(i), n - i, 0.0)),
+            n - i,
+        );
+    }
+}
+
+/// `dst[i] = f(a[i], b[i])` over `n` elements.
+#[inline(always)]
+unsafe fn map2<S: Simd>(
+    a: *const f32,
+    b: *const f32,
+    dst: *mut f32,
+    n: usize,
+    f: impl Fn(S::V, S::V) -> S::V,
+) {
+    let mut i = 0;
+    while i + S::LANES <= n {
+        S::store(dst.add(i), f(S::load(a.add(i)), S::load(b.add(i))));
+        i += S::LANES;
+    }
+    if i < n {
+        let r = n - i;
+        let v = f(
+            S::load_partial(a.add(i), r, 0.0),
+            S::load_partial(b.add(i), r, 0.0),
+        );
+        S::store_partial(dst.add(i), v, r);
+    }
+}
+
+/// Folds `n` elements into one vector with `f`, four independent accumulators deep so
+/// that the adds pipeline instead of waiting on each other; the tail lanes hold
+/// `identity`.
+#[inline(always)]
+unsafe fn fold<S: Simd>(
+    src: *const f32,
+    n: usize,
+    identity: f32,
+    f: impl Fn(S::V, S::V) -> S::V,
+) -> S::V {
+    let l = S::LANES;
+    let mut acc = [S::splat(identity); 4];
+    let mut i = 0;
+    while i + 4 * l <= n {
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a = f(*a, S::load(src.add(i + j * l)));
+        }
+        i += 4 * l;
+    }
+    while i + l <= n {
+        acc[0] = f(acc[0], S::load(src.add(i)));
+        i += l;
+    }
+    if i < n {
+        acc[0] = f(acc[0], S::load_partial(src.add(i), n - i, identity));
+    }
+    f(f(acc[0], acc[1]), f(acc[2], acc[3]))
+}
+
+/// Inference batch norm on one plane: `dst = src * scale + shift`.
+#[inline(always)]
+pub(crate) unsafe fn scale_shift<S: Simd>(
+    src: *const f32,
+    dst: *mut f32,
+    n: usize,
+    scale: f32,
+    shift: f32,
+) {
+    let (a, b) = (S::splat(scale), S::splat(shift));
+    map1::<S>(src, dst, n, |x| S::mul_add(x, a, b));
+}
+
+/// Inference batch norm fused with ReLU: `dst = max(src * scale + shift, 0)`.
+#[inline(always)]
+pub(crate) unsafe fn scale_shift_relu<S: Simd>(
+    src: *const f32,
+    dst: *mut f32,
+    n: usize,
+    scale: f32,
+    shift: f32,
+) {
+    let (a, b, zero) = (S::splat(scale), S::splat(shift), S::splat(0.0));
+    map1::<S>(src, dst, n, |x| S::max(S::mul_add(x, a, b), zero));
+}
+
+/// `dst = max(src, 0)`.
+#[inline(always)]
+pub(crate) unsafe fn relu<S: Simd>(src: *const f32, dst: *mut f32, n: usize) {
+    let zero = S::splat(0.0);
+    map1::<S>(src, dst, n, |x| S::max(x, zero));
+}
+
+/// Residual add: `dst = a + b`.
+#[inline(always)]
+pub(crate) unsafe fn add<S: Simd>(a: *const f32, b: *const f32, dst: *mut f32, n: usize) {
+    map2::<S>(a, b, dst, n, |x, y| S::add(x, y));
+}
+
+/// Residual add fused with ReLU: `dst = max(a + b, 0)`.
+#[inline(always)]
+pub(crate) unsafe fn add_relu<S: Simd>(a: *const f32, b: *const f32, dst: *mut f32, n: usize) {
+    let zero = S::splat(0.0);
+    map2::<S>(a, b, dst, n, |x, y| S::max(S::add(x, y), zero));
+}
+
+/// The sum of `n` elements (lane-parallel partial sums, each over `n / (4 * LANES)`
+/// elements, so the rounding error grows far slower than a serial sum's).
+#[inline(always)]
+pub(crate) unsafe fn sum<S: Simd>(src: *const f32, n: usize) -> f32 {
+    S::reduce_add(fold::<S>(src, n, 0.0, |a, x| S::add(a, x)))
+}
+
+/// `sum((x - mean)^2)`: the second pass of the two-pass variance, which, unlike
+/// `E[x^2] - E[x]^2`, does not cancel catastrophically when the mean is large.
+#[inline(always)]
+pub(crate) unsafe fn sum_sq_dev<S: Simd>(src: *const f32, n: usize, mean: f32) -> f32 {
+    let m = S::splat(mean);
+    // Tail lanes are filled with the mean itself, so they add (mean - mean)^2 = 0.
+    let l = S::LANES;
+    let mut acc = [S::splat(0.0); 4];
+    let mut i = 0;
+    while i + 4 * l <= n {
+        for (j, a) in acc.iter_mut().enumerate() {
+            let d = S::sub(S::load(src.add(i + j * l)), m);
+            *a = S::mul_add(d, d, *a);
+        }
+        i += 4 * l;
+    }
+    while i + l <= n {
+        let d = S::sub(S::load(src.add(i)), m);
+        acc[0] = S::mul_add(d, d, acc[0]);
+        i += l;
+    }
+    if i < n {
+        let d = S::sub(S::load_partial(src.add(i), n - i, mean), m);
+        acc[0] = S::mul_add(d, d, acc[0]);
+    }
+    S::reduce_add(S::add(S::add(acc[0], acc[1]), S::add(acc[2], acc[3])))
+}
+
+/// `e^x` lane-wise, to within about 2 ulp for `x` in `[-87.3, 88.7]` (inputs outside
+/// are clamped: below, the result is the smallest normal float instead of a denormal
+/// or 0; above, the largest power of two before overflow).
+///
+/// The method (Cody and Waite range reduction with Cephes' `expf` polynomial):
+/// `x = n ln2 + r` with integer `n = round(x / ln2)` and `|r| <= ln2 / 2`; then
+/// `e^x = 2^n e^r`, where `e^r` is a degree-7 polynomial and `2^n` is built directly in
+/// the float's exponent bits. `ln2` is split in two parts so that `n * ln2_hi` is exact.
+#[inline(always)]
+pub(crate) unsafe fn exp<S: Simd>(x: S::V) -> S::V {
+    let x = S::min(S::max(x, S::splat(-87.336_55)), S::splat(88.722_83));
+    let n = S::round(S::mul(x, S::splat(std::f32::consts::LOG2_E)));
+    let r = S::mul_add(n, S::splat(-0.693_359_4), x);
+    let r = S::mul_add(n, S::splat(2.121_944_4e-4), r);
+    let mut p = S::splat(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ] {
+        p = S::mul_add(p, r, S::splat(c));
+    }
+    let r2 = S::mul(r, r);
+    let y = S::add(S::mul_add(p, r2, r), S::splat(1.0));
+    S::mul(y, S::pow2i(n))
+}
+
+/// The largest of `n > 0` elements.
+#[inline(always)]
+unsafe fn max_of<S: Simd>(src: *const f32, n: usize) -> f32 {
+    S::reduce_max(fold::<S>(src, n, f32::NEG_INFINITY, |a, x| S::max(a, x)))
+}
+
+/// `sum(exp(x - m))` over `n` elements; with `dst` given, also stores each `exp(x - m)`.
+#[inline(always)]
+unsafe fn sum_exp_shifted<S: Simd>(
+    src: *const f32,
+    dst: Option<*mut f32>,
+    n: usize,
+    m: f32,
+) -> f32 {
+    let mv = S::splat(m);
+    let mut acc = S::splat(0.0);
+    let mut i = 0;
+    while i + S::LANES <= n {
+        let e = exp::<S>(S::sub(S::load(src.add(i)), mv));
+        if let Some(d) = dst {
+            S::store(d.add(i), e);
+        }
+        acc = S::add(acc, e);
+        i += S::LANES;
+    }
+    if i < n {
+        let r = n - i;
+        // Tail lanes hold -inf: exp clamps them to ~1e-38, which vanishes against the
+        // sum, which is at least 1 (the maximum contributes e^0).
+        let e = exp::<S>(S::sub(
+            S::load_partial(src.add(i), r, f32::NEG_INFINITY),
+            mv,
+        ));
+        if let Some(d) = dst {
+            S::store_partial(d.add(i), e, r);
+        }
+        acc = S::add(acc, e);
+    }
+    S::reduce_add(acc)
+}
+
+/// Softmax of one row: `dst = exp(x - max) / sum(exp(x - max))`.
+#[inline(always)]
+pub(crate) unsafe fn softmax_row<S: Simd>(src: *const f32, dst: *mut f32, n: usize) {
+    if n == 0 {
+        return;
+    }
+    let m = max_of::<S>(src, n);
+    let total = sum_exp_shifted::<S>(src, Some(dst), n, m);
+    let inv = S::splat(1.0 / total);
+    map1::<S>(dst, dst, n, |e| S::mul(e, inv));
+}
+
+/// Log-softmax of one row: `dst = x - max - ln(sum(exp(x - max)))`.
+#[inline(always)]
+pub(crate) unsafe fn log_softmax_row<S: Simd>(src: *const f32, dst: *mut f32, n: usize) {
+    if n == 0 {
+        return;
+    }
+    let m = max_of::<S>(src, n);
+    let log_sum = sum_exp_shifted::<S>(src, None, n, m).ln();
+    let shift = S::splat(m + log_sum);
+    map1::<S>(src, dst, n, |x| S::sub(x, shift));
+}
+
+/// Max pooling of one `h x w` plane into an `oh x ow` plane.
+///
+/// Each output row is made in two passes. First the vertical one: the input rows its
+/// windows cover are reduced with `max`, element by element (contiguous vectors), into
+/// `scratch`, which holds the row between `padding_w` cells of `-inf` on either side.
+/// Then the horizontal one: output `ox` is the max of
+/// `scratch[ox * stride_w + kx]` over `kx`, read a vector of outputs at a time with
+/// strided loads. Padding never wins a max, as in PyTorch.
+///
+/// `scratch` must hold `w + 2 * padding_w` floats; the geometry must be valid (checked
+/// by [`Pool2d::output_size`]), so that every window covers at least one input row.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) unsafe fn max_pool_plane<S: Simd>(
+    src: *const f32,
+    h: usize,
+    w: usize,
+    dst: *mut f32,
+    oh: usize,
+    ow: usize,
+    p: &Pool2d,
+    scratch: *mut f32,
+) {
+    let [kh, kw] = p.kernel;
+    let [sh, sw] = p.stride;
+    let [ph, pw] = p.padding;
+    let row = scratch.add(pw);
+    for i in 0..pw {
+        *scratch.add(i) = f32::NEG_INFINITY;
+        *row.add(w + i) = f32::NEG_INFINITY;
+    }
+    for oy in 0..oh {
+        // Input rows iy0..iy1 under this output row's windows (clipped to the input).
+        let top = (oy * sh) as isize - ph as isize;
+        let iy0 = top.max(0) as usize;
+        let iy1 = ((top + kh as isize) as usize).min(h);
+        std::ptr::copy_nonoverlapping(src.add(iy0 * w), row, w);
+        for iy in iy0 + 1..iy1 {
+            map2::<S>(row, src.add(iy * w), row, w, |a, b| S::max(a, b));
+        }
+        let out = dst.add(oy * ow);
+        let mut ox = 0;
+        // Stride 1 reads plain contiguous vectors; other strides gather.
+        let load = |q: *const f32| {
+            if sw == 1 {
+                S::load(q)
+            } else {
+                S::load_strided(q, sw)
+            }
+        };
+        while ox + S::LANES <= ow {
+            let base = scratch.add(ox * sw);
+            let mut m = load(base);
+            for kx in 1..kw {
+                m = S::max(m, load(base.add(kx)));
+            }
+            S::store(out.add(ox), m);
+            ox += S::LANES;
+        }
+        for ox in ox..ow {
+            let base = scratch.add(ox * sw);
+            let mut m = *base;
+            for kx in 1..kw {
+                m = m.max(*base.add(kx));
+            }
+            *out.add(ox) = m;
+        }
+    }
+}
+
+/// Independent FMA chains kept in flight by [`fma_chains`]: enough to cover the FMA
+/// latency (4 cycles) times the FMA units (2) of current x86 and ARM cores, with room.
+pub(crate) const FMA_CHAINS: usize = 16;
+
+/// The peak-FMA probe: `iters` rounds of `FMA_CHAINS` independent vector FMAs, all in
+/// registers, no memory traffic. Returns a value that depends on every chain, so the
+/// compiler cannot drop the work. Performs `iters * FMA_CHAINS * LANES * 2` flops.
+#[inline(always)]
+pub(crate) unsafe fn fma_chains<S: Simd>(iters: usize, seed: f32) -> f32 {
+    let a = S::splat(0.999_999);
+    let b = S::splat(1e-7);
+    let mut acc = [S::splat(seed); FMA_CHAINS];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = S::mul_add(*v, a, b);
+        }
+    }
+    let mut total = S::splat(0.0);
+    for v in acc {
+        total = S::add(total, v);
+    }
+    S::reduce_add(total)
+}

@@ -1,0 +1,79 @@
+//! The portable tier: plain Rust over `[f32; 4]`, which any target compiles (and which
+//! the compiler turns into the baseline SIMD of the target where it can: SSE2 on
+//! x86-64). It is always available, is the fallback when no wider tier is, and is what
+//! `RESNET_ISA=generic` selects to compare against the hand-vectorised tiers.
+
+use super::simd::Simd;
+
+/// Four lanes of portable Rust.
+pub(crate) struct Portable;
+
+type V4 = [f32; 4];
+
+#[inline(always)]
+fn lanes(f: impl Fn(usize) -> f32) -> V4 {
+    [f(0), f(1), f(2), f(3)]
+}
+
+impl Simd for Portable {
+    const LANES: usize = 4;
+    type V = V4;
+
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> V4 {
+        [x; 4]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> V4 {
+        (p as *const V4).read_unaligned()
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: V4) {
+        (p as *mut V4).write_unaligned(v)
+    }
+    #[inline(always)]
+    unsafe fn add(a: V4, b: V4) -> V4 {
+        lanes(|i| a[i] + b[i])
+    }
+    #[inline(always)]
+    unsafe fn sub(a: V4, b: V4) -> V4 {
+        lanes(|i| a[i] - b[i])
+    }
+    #[inline(always)]
+    unsafe fn mul(a: V4, b: V4) -> V4 {
+        lanes(|i| a[i] * b[i])
+    }
+    #[inline(always)]
+    unsafe fn max(a: V4, b: V4) -> V4 {
+        // `if` rather than `f32::max`, which handles NaN specially and then does not
+        // compile to a single `maxps`.
+        lanes(|i| if a[i] > b[i] { a[i] } else { b[i] })
+    }
+    #[inline(always)]
+    unsafe fn min(a: V4, b: V4) -> V4 {
+        lanes(|i| if a[i] < b[i] { a[i] } else { b[i] })
+    }
+    #[inline(always)]
+    unsafe fn mul_add(a: V4, b: V4, c: V4) -> V4 {
+        // Unfused: `f32::mul_add` would call a slow software FMA on targets without one.
+        lanes(|i| a[i] * b[i] + c[i])
+    }
+    #[inline(always)]
+    unsafe fn reduce_add(v: V4) -> f32 {
+        (v[0] + v[1]) + (v[2] + v[3])
+    }
+    #[inline(always)]
+    unsafe fn reduce_max(v: V4) -> f32 {
+        v[0].max(v[1]).max(v[2].max(v[3]))
+    }
+    #[inline(always)]
+    unsafe fn round(v: V4) -> V4 {
+        lanes(|i| v[i].round_ties_even())
+    }
+    #[inline(always)]
+    unsafe fn pow2i(n: V4) -> V4 {
+        lanes(|i| f32::from_bits(((n[i] as i32 + 127) as u32) << 23))
+    }
+}
+
+super::tier_entry_points!(crate::isa::Isa::Generic, Portable);

@@ -1,0 +1,668 @@
+//! The SIMD kernels, their dispatch, and safe tensor-level operations over them.
+//!
+//! # Layout
+//!
+//! - [`simd`]: the `Simd` trait, the small vector vocabulary each tier implements.
+//! - [`body`]: every kernel body, written once over `Simd`, `#[inline(always)]`.
+//! - `generic`, `x86_64::avx2`, `x86_64::avx512`, `aarch64::neon`: one module per tier.
+//!   Each implements `Simd` with its intrinsics and stamps out its entry points with
+//!   [`tier_entry_points!`]: `#[target_feature]` functions that instantiate the bodies,
+//!   collected in a static [`KernelSet`] of function pointers.
+//! - [`Kernels`] (this file): the safe API. It is only handed out for a tier the CPU
+//!   supports, checks every shape and length, splits large work across threads with
+//!   rayon, and only then calls through the function pointers.
+//!
+//! # Adding a kernel
+//!
+//! Write the body in `body.rs` over `Simd`; add a field to `KernelSet` and a line to
+//! `tier_entry_points!`; add a safe method on `Kernels`; add the naive version to
+//! `crate::reference`; add a property test in `tests/kernels_match_reference.rs`. Every
+//! tier gets the kernel at once, and the test runs it in every tier the CPU has.
+
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod aarch64;
+pub(crate) mod body;
+pub(crate) mod generic;
+pub(crate) mod simd;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_64;
+
+use rayon::prelude::*;
+
+use crate::error::{Result, TensorError};
+use crate::isa::{self, Isa, IsaError};
+use crate::tensor::Tensor;
+
+/// The geometry of a 2-D pooling window: `[height, width]` pairs, as PyTorch's
+/// `MaxPool2d(kernel_size, stride, padding)` with `ceil_mode=False` and no dilation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool2d {
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+}
+
+impl Pool2d {
+    /// A square window.
+    pub fn square(kernel: usize, stride: usize, padding: usize) -> Self {
+        Pool2d {
+            kernel: [kernel; 2],
+            stride: [stride; 2],
+            padding: [padding; 2],
+        }
+    }
+
+    /// The pooling after a ResNet's stem: 3x3, stride 2, padding 1.
+    pub const RESNET_STEM: Pool2d = Pool2d {
+        kernel: [3, 3],
+        stride: [2, 2],
+        padding: [1, 1],
+    };
+
+    /// The output `[height, width]` for an `h x w` input, or why the geometry is invalid:
+    /// a zero kernel or stride, padding more than half the kernel (PyTorch's rule, which
+    /// guarantees every window sees at least one input), or a window larger than the
+    /// padded input.
+    pub fn output_size(&self, h: usize, w: usize) -> Result<[usize; 2]> {
+        let invalid = |reason: String| TensorError::InvalidArgument {
+            op: "max_pool2d",
+            reason,
+        };
+        let mut out = [0; 2];
+        for (d, (&size, name)) in [h, w].iter().zip(["height", "width"]).enumerate() {
+            let (k, s, p) = (self.kernel[d], self.stride[d], self.padding[d]);
+            if k == 0 || s == 0 {
+                return Err(invalid(format!(
+                    "kernel and stride must be positive, got {self:?}"
+                )));
+            }
+            if p > k / 2 {
+                return Err(invalid(format!(
+                    "padding {p} is more than half the kernel {k} ({name})"
+                )));
+            }
+            if size > i32::MAX as usize || s > i32::MAX as usize / 16 {
+                return Err(invalid(format!("{name} {size} or stride {s} is too large")));
+            }
+            if size + 2 * p < k {
+                return Err(invalid(format!(
+                    "kernel {k} is larger than the padded input {name} {size} + 2 * {p}"
+                )));
+            }
+            out[d] = (size + 2 * p - k) / s + 1;
+        }
+        Ok(out)
+    }
+}
+
+/// One tier's kernels, as function pointers.
+///
+/// The pointers are `unsafe fn`: they require the tier's CPU features and valid memory.
+/// A `KernelSet` is only reachable through [`Kernels`], which is only built for a tier
+/// that [`Isa::check_supported`] accepted, and whose methods check every length.
+pub(crate) struct KernelSet {
+    pub isa: Isa,
+    pub lanes: usize,
+    pub scale_shift: unsafe fn(*const f32, *mut f32, usize, f32, f32),
+    pub scale_shift_relu: unsafe fn(*const f32, *mut f32, usize, f32, f32),
+    pub relu: unsafe fn(*const f32, *mut f32, usize),
+    pub add: unsafe fn(*const f32, *const f32, *mut f32, usize),
+    pub add_relu: unsafe fn(*const f32, *const f32, *mut f32, usize),
+    pub sum: unsafe fn(*const f32, usize) -> f32,
+    pub sum_sq_dev: unsafe fn(*const f32, usize, f32) -> f32,
+    pub softmax_row: unsafe fn(*const f32, *mut f32, usize),
+    pub log_softmax_row: unsafe fn(*const f32, *mut f32, usize),
+    #[allow(clippy::type_complexity)]
+    pub max_pool_plane:
+        unsafe fn(*const f32, usize, usize, *mut f32, usize, usize, &Pool2d, *mut f32),
+    /// The peak-FMA probe (see [`crate::peak`]); not an operation.
+    pub fma_chains: unsafe fn(usize, f32) -> f32,
+}
+
+/// The operations a `KernelSet` provides, for [`Kernels::kernel_names`].
+pub const OPERATIONS: [&str; 10] = [
+    "scale_shift",
+    "scale_shift_relu",
+    "relu",
+    "add",
+    "add_relu",
+    "sum",
+    "sum_sq_dev",
+    "softmax_row",
+    "log_softmax_row",
+    "max_pool_plane",
+];
+
+/// Stamps out a tier's `#[target_feature]` entry points and its `static KERNELS`.
+///
+/// `tier_entry_points!(Isa::X, SimdType, #[target_feature(enable = "...")])`; the
+/// generic tier passes no attribute.
+macro_rules! tier_entry_points {
+    ($isa:expr, $S:ty $(, #[$attr:meta])*) => {
+        mod entry {
+            use super::*;
+            use $crate::kernels::{body, KernelSet, Pool2d};
+
+            // SAFETY (all entry points): the caller guarantees the CPU features of the
+            // tier (a KernelSet is only handed out after detection) and pointers valid
+            // for the given lengths (checked by the safe wrappers in `kernels`).
+            $(#[$attr])*
+            unsafe fn scale_shift(s: *const f32, d: *mut f32, n: usize, a: f32, b: f32) {
+                body::scale_shift::<$S>(s, d, n, a, b)
+            }
+            $(#[$attr])*
+            unsafe fn scale_shift_relu(s: *const f32, d: *mut f32, n: usize, a: f32, b: f32) {
+                body::scale_shift_relu::<$S>(s, d, n, a, b)
+            }
+            $(#[$attr])*
+            unsafe fn relu(s: *const f32, d: *mut f32, n: usize) {
+                body::relu::<$S>(s, d, n)
+            }
+            $(#[$attr])*
+            unsafe fn add(a: *const f32, b: *const f32, d: *mut f32, n: usize) {
+                body::add::<$S>(a, b, d, n)
+            }
+            $(#[$attr])*
+            unsafe fn add_relu(a: *const f32, b: *const f32, d: *mut f32, n: usize) {
+                body::add_relu::<$S>(a, b, d, n)
+            }
+            $(#[$attr])*
+            unsafe fn sum(s: *const f32, n: usize) -> f32 {
+                body::sum::<$S>(s, n)
+            }
+            $(#[$attr])*
+            unsafe fn sum_sq_dev(s: *const f32, n: usize, mean: f32) -> f32 {
+                body::sum_sq_dev::<$S>(s, n, mean)
+            }
+            $(#[$attr])*
+            unsafe fn softmax_row(s: *const f32, d: *mut f32, n: usize) {
+                body::softmax_row::<$S>(s, d, n)
+            }
+            $(#[$attr])*
+            unsafe fn log_softmax_row(s: *const f32, d: *mut f32, n: usize) {
+                body::log_softmax_row::<$S>(s, d, n)
+            }
+            #[allow(clippy::too_many_arguments)]
+            $(#[$attr])*
+            unsafe fn max_pool_plane(
+                s: *const f32, h: usize, w: usize, d: *mut f32, oh: usize, ow: usize,
+                p: &Pool2d, scratch: *mut f32,
+            ) {
+                body::max_pool_plane::<$S>(s, h, w, d, oh, ow, p, scratch)
+            }
+            $(#[$attr])*
+            unsafe fn fma_chains(iters: usize, seed: f32) -> f32 {
+                body::fma_chains::<$S>(iters, seed)
+            }
+
+            pub(crate) static KERNELS: KernelSet = KernelSet {
+                isa: $isa,
+                lanes: <$S as $crate::kernels::simd::Simd>::LANES,
+                scale_shift,
+                scale_shift_relu,
+                relu,
+                add,
+                add_relu,
+                sum,
+                sum_sq_dev,
+                softmax_row,
+                log_softmax_row,
+                max_pool_plane,
+                fma_chains,
+            };
+        }
+        pub(crate) use entry::KERNELS;
+    };
+}
+pub(crate) use tier_entry_points;
+
+/// The kernel set compiled for `isa` on this target, if any.
+fn compiled_set(isa: Isa) -> Option<&'static KernelSet> {
+    match isa {
+        Isa::Generic => Some(&generic::KERNELS),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Some(&x86_64::avx2::KERNELS),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Some(&x86_64::avx512::KERNELS),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => Some(&aarch64::neon::KERNELS),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+/// Below this many elements an operation runs on the calling thread: splitting it
+/// would cost more in rayon's hand-off (a few microseconds) than the work itself.
+const PARALLEL_MIN: usize = 1 << 16;
+/// The least work, in elements, one rayon task is given.
+const TASK_GRAIN: usize = 1 << 14;
+/// The chunk length for operations with no natural plane (plain elementwise ops).
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
+
+/// Calls `f(index, chunk)` for each `plane`-long chunk of `data` (the last may be
+/// shorter), in parallel when the data is large.
+fn for_each_chunk<T: Send>(
+    data: &mut [T],
+    plane: usize,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) {
+    if data.is_empty() || plane == 0 {
+        return;
+    }
+    if data.len() < PARALLEL_MIN {
+        data.chunks_mut(plane)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    } else {
+        let min_len = (TASK_GRAIN / plane).max(1);
+        data.par_chunks_mut(plane)
+            .enumerate()
+            .with_min_len(min_len)
+            .for_each(|(i, c)| f(i, c));
+    }
+}
+
+/// Like [`for_each_chunk`], with a read-only companion slice chunked the same way.
+fn for_each_chunk_with(
+    data: &mut [f32],
+    other: &[f32],
+    plane: usize,
+    f: impl Fn(usize, &mut [f32], &[f32]) + Sync + Send,
+) {
+    if data.is_empty() || plane == 0 {
+        return;
+    }
+    if data.len() < PARALLEL_MIN {
+        data.chunks_mut(plane)
+            .zip(other.chunks(plane))
+            .enumerate()
+            .for_each(|(i, (d, o))| f(i, d, o));
+    } else {
+        let min_len = (TASK_GRAIN / plane).max(1);
+        data.par_chunks_mut(plane)
+            .zip(other.par_chunks(plane))
+            .enumerate()
+            .with_min_len(min_len)
+            .for_each(|(i, (d, o))| f(i, d, o));
+    }
+}
+
+/// Per-channel batch statistics: the mean and the biased (population) variance over
+/// N, H and W, as batch norm normalises with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelStats {
+    pub mean: Vec<f32>,
+    pub var: Vec<f32>,
+    /// Elements per channel (`N * H * W`), for the unbiased variance
+    /// `var * count / (count - 1)` that updates `running_var`.
+    pub count: usize,
+}
+
+/// A tier's kernels behind a safe, checked API. Cheap to copy.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    set: &'static KernelSet,
+}
+
+impl std::fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Kernels({})", self.set.isa)
+    }
+}
+
+/// The channel count and per-channel plane length of a tensor of rank >= 2 laid out as
+/// `[N, C, ...]`.
+fn channels_and_plane(op: &'static str, x: &Tensor) -> Result<(usize, usize)> {
+    match x.shape() {
+        [_, c, rest @ ..] => Ok((*c, rest.iter().product())),
+        _ => Err(TensorError::Rank {
+            op,
+            expected: 2,
+            got: x.shape().to_vec(),
+        }),
+    }
+}
+
+fn expect_channel_params(op: &'static str, c: usize, params: &[(&str, &[f32])]) -> Result<()> {
+    for (_, p) in params {
+        if p.len() != c {
+            return Err(TensorError::ShapeMismatch {
+                op,
+                expected: vec![c],
+                got: vec![p.len()],
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Kernels {
+    /// The kernels of `isa`, if this CPU can run them.
+    pub fn for_isa(isa: Isa) -> Result<Self, IsaError> {
+        isa.check_supported()?;
+        let set = compiled_set(isa).ok_or(IsaError::Unsupported {
+            isa,
+            cpu_features: isa::cpu_features(),
+        })?;
+        Ok(Kernels { set })
+    }
+
+    /// The kernels of the process's active tier (see [`isa::active`]).
+    pub fn active() -> Result<Self> {
+        Ok(Self::for_isa(isa::active()?.isa())?)
+    }
+
+    /// The tier.
+    pub fn isa(&self) -> Isa {
+        self.set.isa
+    }
+
+    /// The `f32` lanes of the tier's vectors.
+    pub fn lanes(&self) -> usize {
+        self.set.lanes
+    }
+
+    /// Runs the peak-FMA probe: `iters * FMA_CHAINS * lanes * 2` flops in registers.
+    pub(crate) fn fma_chains(&self, iters: usize, seed: f32) -> f32 {
+        // SAFETY: no memory is touched; the tier is supported (checked at construction).
+        unsafe { (self.set.fma_chains)(iters, seed) }
+    }
+
+    /// The kernel that runs each operation, named by tier, vector shape and operation
+    /// (`avx512_f32x16_softmax_row`), so that a profile or a failing test says exactly
+    /// which code ran.
+    pub fn kernel_names(&self) -> Vec<(&'static str, String)> {
+        OPERATIONS
+            .iter()
+            .map(|op| (*op, format!("{}_f32x{}_{op}", self.set.isa, self.set.lanes)))
+            .collect()
+    }
+
+    // ---- Inference batch norm: per-channel scale and shift, optionally with ReLU ----
+
+    fn scale_shift_impl(
+        &self,
+        op: &'static str,
+        x: &mut Tensor,
+        src: Option<&Tensor>,
+        scale: &[f32],
+        shift: &[f32],
+        relu: bool,
+    ) -> Result<()> {
+        let (c, plane) = channels_and_plane(op, src.unwrap_or(&*x))?;
+        expect_channel_params(op, c, &[("scale", scale), ("shift", shift)])?;
+        let kernel = if relu {
+            self.set.scale_shift_relu
+        } else {
+            self.set.scale_shift
+        };
+        let run = |i: usize, d: &mut [f32], s: *const f32| {
+            let ch = i % c;
+            // SAFETY: `s` and `d` point to `d.len()` valid floats (same chunking of two
+            // equally long buffers, or the same buffer), and the tier is supported.
+            unsafe { kernel(s, d.as_mut_ptr(), d.len(), scale[ch], shift[ch]) }
+        };
+        match src {
+            Some(s) => for_each_chunk_with(x.data_mut(), s.data(), plane, |i, d, s| {
+                run(i, d, s.as_ptr())
+            }),
+            None => for_each_chunk(x.data_mut(), plane, |i, d| {
+                let p = d.as_ptr();
+                run(i, d, p)
+            }),
+        }
+        Ok(())
+    }
+
+    /// Inference batch norm on `[N, C, ...]`: `y = x * scale[c] + shift[c]`, where
+    /// `scale = gamma / sqrt(running_var + eps)` and `shift = beta - mean * scale`.
+    pub fn scale_shift(&self, x: &Tensor, scale: &[f32], shift: &[f32]) -> Result<Tensor> {
+        let mut y = Tensor::zeros(x.shape())?;
+        self.scale_shift_impl("scale_shift", &mut y, Some(x), scale, shift, false)?;
+        Ok(y)
+    }
+
+    /// [`Kernels::scale_shift`] followed by ReLU, in one pass.
+    pub fn scale_shift_relu(&self, x: &Tensor, scale: &[f32], shift: &[f32]) -> Result<Tensor> {
+        let mut y = Tensor::zeros(x.shape())?;
+        self.scale_shift_impl("scale_shift_relu", &mut y, Some(x), scale, shift, true)?;
+        Ok(y)
+    }
+
+    /// [`Kernels::scale_shift`] in place.
+    pub fn scale_shift_inplace(&self, x: &mut Tensor, scale: &[f32], shift: &[f32]) -> Result<()> {
+        self.scale_shift_impl("scale_shift_inplace", x, None, scale, shift, false)
+    }
+
+    /// [`Kernels::scale_shift_relu`] in place.
+    pub fn scale_shift_relu_inplace(
+        &self,
+        x: &mut Tensor,
+        scale: &[f32],
+        shift: &[f32],
+    ) -> Result<()> {
+        self.scale_shift_impl("scale_shift_relu_inplace", x, None, scale, shift, true)
+    }
+
+    // ---- ReLU ----
+
+    /// `max(x, 0)`.
+    pub fn relu(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = Tensor::zeros(x.shape())?;
+        let kernel = self.set.relu;
+        for_each_chunk_with(y.data_mut(), x.data(), ELEMENTWISE_CHUNK, |_, d, s| {
+            // SAFETY: `s` and `d` are equally long chunks of equally long buffers.
+            unsafe { kernel(s.as_ptr(), d.as_mut_ptr(), d.len().min(s.len())) }
+        });
+        Ok(y)
+    }
+
+    /// `max(x, 0)` in place.
+    pub fn relu_inplace(&self, x: &mut Tensor) {
+        let kernel = self.set.relu;
+        for_each_chunk(x.data_mut(), ELEMENTWISE_CHUNK, |_, d| {
+            // SAFETY: in place over one valid chunk; each element is read, then written.
+            unsafe { kernel(d.as_ptr(), d.as_mut_ptr(), d.len()) }
+        });
+    }
+
+    // ---- Residual add ----
+
+    fn add_impl(&self, op: &'static str, acc: &mut Tensor, b: &Tensor, relu: bool) -> Result<()> {
+        acc.expect_same_shape(op, b)?;
+        let kernel = if relu {
+            self.set.add_relu
+        } else {
+            self.set.add
+        };
+        for_each_chunk_with(acc.data_mut(), b.data(), ELEMENTWISE_CHUNK, |_, d, s| {
+            // SAFETY: `d` (also the first operand, in place) and `s` are equally long
+            // chunks of buffers whose shapes were checked equal.
+            unsafe { kernel(d.as_ptr(), s.as_ptr(), d.as_mut_ptr(), d.len().min(s.len())) }
+        });
+        Ok(())
+    }
+
+    /// `a + b` (same shapes).
+    pub fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        a.expect_same_shape("add", b)?;
+        let mut y = a.clone();
+        self.add_impl("add", &mut y, b, false)?;
+        Ok(y)
+    }
+
+    /// `max(a + b, 0)`: the end of a residual block.
+    pub fn add_relu(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        a.expect_same_shape("add_relu", b)?;
+        let mut y = a.clone();
+        self.add_impl("add_relu", &mut y, b, true)?;
+        Ok(y)
+    }
+
+    /// `a += b`.
+    pub fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
+        self.add_impl("add_assign", a, b, false)
+    }
+
+    /// `a = max(a + b, 0)`.
+    pub fn add_relu_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
+        self.add_impl("add_relu_assign", a, b, true)
+    }
+
+    // ---- Batch statistics ----
+
+    /// Per-channel mean and biased variance of `[N, C, ...]` over every axis but C,
+    /// by two passes (mean, then squared deviations from it), each plane summed by the
+    /// SIMD kernel and the planes combined in `f64`.
+    pub fn channel_stats(&self, x: &Tensor) -> Result<ChannelStats> {
+        let op = "channel_stats";
+        let (c, plane) = channels_and_plane(op, x)?;
+        let n = x.shape()[0];
+        let count = n * plane;
+        if count == 0 {
+            return Err(TensorError::InvalidArgument {
+                op,
+                reason: format!("no elements per channel in shape {:?}", x.shape()),
+            });
+        }
+        let (sum, sum_sq_dev) = (self.set.sum, self.set.sum_sq_dev);
+        let data = x.data();
+        let channel_plane = |b: usize, ch: usize| &data[(b * c + ch) * plane..][..plane];
+        let stats_of = |ch: usize| {
+            // SAFETY: every plane is an in-bounds slice of `data`.
+            let total: f64 = (0..n)
+                .map(|b| unsafe { sum(channel_plane(b, ch).as_ptr(), plane) } as f64)
+                .sum();
+            let mean = (total / count as f64) as f32;
+            let ss: f64 = (0..n)
+                .map(|b| unsafe { sum_sq_dev(channel_plane(b, ch).as_ptr(), plane, mean) } as f64)
+                .sum();
+            (mean, (ss / count as f64) as f32)
+        };
+        let pairs: Vec<(f32, f32)> = if data.len() < PARALLEL_MIN {
+            (0..c).map(stats_of).collect()
+        } else {
+            (0..c).into_par_iter().map(stats_of).collect()
+        };
+        let (mean, var) = pairs.into_iter().unzip();
+        Ok(ChannelStats { mean, var, count })
+    }
+
+    // ---- Softmax ----
+
+    fn rows_impl(&self, op: &'static str, x: &Tensor, log: bool) -> Result<Tensor> {
+        let Some(&cols) = x.shape().last() else {
+            return Err(TensorError::Rank {
+                op,
+                expected: 1,
+                got: x.shape().to_vec(),
+            });
+        };
+        let mut y = Tensor::zeros(x.shape())?;
+        let kernel = if log {
+            self.set.log_softmax_row
+        } else {
+            self.set.softmax_row
+        };
+        for_each_chunk_with(y.data_mut(), x.data(), cols, |_, d, s| {
+            // SAFETY: one row of each of two equally shaped tensors.
+            unsafe { kernel(s.as_ptr(), d.as_mut_ptr(), d.len().min(s.len())) }
+        });
+        Ok(y)
+    }
+
+    /// Softmax over the last axis.
+    pub fn softmax(&self, x: &Tensor) -> Result<Tensor> {
+        self.rows_impl("softmax", x, false)
+    }
+
+    /// Log-softmax over the last axis (computed directly, not as `ln(softmax)`, so it
+    /// stays finite where softmax underflows to 0).
+    pub fn log_softmax(&self, x: &Tensor) -> Result<Tensor> {
+        self.rows_impl("log_softmax", x, true)
+    }
+
+    // ---- Pooling ----
+
+    /// 2-D max pooling of an NCHW tensor.
+    pub fn max_pool2d(&self, x: &Tensor, pool: &Pool2d) -> Result<Tensor> {
+        let [n, c, h, w] = x.dims4("max_pool2d")?;
+        let [oh, ow] = pool.output_size(h, w)?;
+        let mut y = Tensor::zeros(&[n, c, oh, ow])?;
+        if h * w == 0 || oh * ow == 0 {
+            return Ok(y);
+        }
+        let kernel = self.set.max_pool_plane;
+        let scratch_len = w + 2 * pool.padding[1];
+        let src = x.data();
+        let run = |scratch: &mut Vec<f32>, i: usize, d: &mut [f32]| {
+            let s = &src[i * h * w..(i + 1) * h * w];
+            debug_assert_eq!(d.len(), oh * ow);
+            // SAFETY: `s` is one h x w input plane, `d` one oh x ow output plane, the
+            // geometry was validated by `output_size`, and `scratch` holds the padded row.
+            unsafe {
+                kernel(
+                    s.as_ptr(),
+                    h,
+                    w,
+                    d.as_mut_ptr(),
+                    oh,
+                    ow,
+                    pool,
+                    scratch.as_mut_ptr(),
+                )
+            }
+        };
+        let planes = y.data_mut();
+        if planes.len() + src.len() < PARALLEL_MIN {
+            let mut scratch = vec![0.0; scratch_len];
+            planes
+                .chunks_mut(oh * ow)
+                .enumerate()
+                .for_each(|(i, d)| run(&mut scratch, i, d));
+        } else {
+            planes
+                .par_chunks_mut(oh * ow)
+                .enumerate()
+                .with_min_len((TASK_GRAIN / (h * w)).max(1))
+                .for_each_init(
+                    || vec![0.0; scratch_len],
+                    |scratch, (i, d)| run(scratch, i, d),
+                );
+        }
+        Ok(y)
+    }
+
+    /// Global average pooling: `[N, C, H, W]` to `[N, C]`, the mean of each plane.
+    pub fn global_avg_pool(&self, x: &Tensor) -> Result<Tensor> {
+        let [n, c, h, w] = x.dims4("global_avg_pool")?;
+        let plane = h * w;
+        if plane == 0 {
+            return Err(TensorError::InvalidArgument {
+                op: "global_avg_pool",
+                reason: format!("cannot average an empty plane, shape {:?}", x.shape()),
+            });
+        }
+        let sum = self.set.sum;
+        let src = x.data();
+        let mut y = Tensor::zeros(&[n, c])?;
+        let inv = 1.0 / plane as f32;
+        let mean_of = |i: usize| {
+            // SAFETY: plane `i` is in bounds of `src`.
+            let total = unsafe { sum(src[i * plane..].as_ptr(), plane) };
+            total * inv
+        };
+        if src.len() < PARALLEL_MIN {
+            y.data_mut()
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, o)| *o = mean_of(i));
+        } else {
+            y.data_mut()
+                .par_iter_mut()
+                .enumerate()
+                .for_each(|(i, o)| *o = mean_of(i));
+        }
+        Ok(y)
+    }
+}

@@ -1,0 +1,75 @@
+//! The vector vocabulary every tier implements.
+//!
+//! A kernel body (in [`super::body`]) is written once against this trait; each tier
+//! supplies the vector type and a handful of operations in its own intrinsics
+//! (`__m512` on AVX-512, `__m256` on AVX2, `float32x4_t` on NEON, `[f32; 4]` in portable
+//! Rust). The tier's `#[target_feature]` entry points then instantiate the bodies, and
+//! because every method here is `#[inline(always)]`, the compiler sees one straight-line
+//! function per kernel and per tier, with the intrinsics inlined into it.
+//!
+//! # Safety
+//!
+//! Every method is `unsafe` for two reasons: the pointer methods read or write memory the
+//! caller vouches for, and all methods may only run on a CPU with the tier's features.
+//! Both obligations are discharged by the tier's entry points, which are only reachable
+//! through a [`super::KernelSet`] that was handed out after feature detection, and by the
+//! safe wrappers in [`super`], which check every length before calling in.
+
+/// One tier's vector type and operations (lane-wise unless said otherwise).
+pub(crate) trait Simd {
+    /// Number of `f32` lanes in a vector.
+    const LANES: usize;
+    /// The register type.
+    type V: Copy;
+
+    /// Every lane equal to `x`.
+    unsafe fn splat(x: f32) -> Self::V;
+    /// Loads `LANES` floats from `p` (no alignment needed).
+    unsafe fn load(p: *const f32) -> Self::V;
+    /// Stores `LANES` floats to `p` (no alignment needed).
+    unsafe fn store(p: *mut f32, v: Self::V);
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn min(a: Self::V, b: Self::V) -> Self::V;
+    /// `a * b + c`, fused (one rounding) where the tier has FMA.
+    unsafe fn mul_add(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// The sum of the lanes.
+    unsafe fn reduce_add(v: Self::V) -> f32;
+    /// The largest lane.
+    unsafe fn reduce_max(v: Self::V) -> f32;
+    /// Rounds each lane to the nearest integer (ties to even), as a float.
+    unsafe fn round(v: Self::V) -> Self::V;
+    /// `2^n` for lanes holding integers `n` in `-126..=127`.
+    unsafe fn pow2i(n: Self::V) -> Self::V;
+
+    /// Loads the `n < LANES` floats at `p`; the other lanes hold `fill`. Never touches
+    /// memory past `p + n`.
+    #[inline(always)]
+    unsafe fn load_partial(p: *const f32, n: usize, fill: f32) -> Self::V {
+        debug_assert!(n < Self::LANES);
+        let mut buf = [fill; 16];
+        std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
+        Self::load(buf.as_ptr())
+    }
+
+    /// Stores the first `n < LANES` lanes of `v` to `p`; nothing past `p + n` is written.
+    #[inline(always)]
+    unsafe fn store_partial(p: *mut f32, v: Self::V, n: usize) {
+        debug_assert!(n < Self::LANES);
+        let mut buf = [0.0f32; 16];
+        Self::store(buf.as_mut_ptr(), v);
+        std::ptr::copy_nonoverlapping(buf.as_ptr(), p, n);
+    }
+
+    /// Loads `p[0], p[stride], ..., p[(LANES - 1) * stride]`.
+    #[inline(always)]
+    unsafe fn load_strided(p: *const f32, stride: usize) -> Self::V {
+        let mut buf = [0.0f32; 16];
+        for (i, b) in buf.iter_mut().take(Self::LANES).enumerate() {
+            *b = *p.add(i * stride);
+        }
+        Self::load(buf.as_ptr())
+    }
+}

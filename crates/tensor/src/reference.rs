@@ -1,0 +1,169 @@
+//! Naive, obviously correct versions of every kernel: the specification.
+//!
+//! Read these first. Each is the textbook loop with no tricks, accumulating in `f64`
+//! where a sum is involved, so it is the oracle the SIMD kernels are tested against (see
+//! `tests/kernels_match_reference.rs`). They are slow on purpose; never call them on a
+//! hot path.
+
+use crate::error::{Result, TensorError};
+use crate::kernels::Pool2d;
+use crate::tensor::Tensor;
+
+fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.shape() != b.shape() {
+        return Err(TensorError::ShapeMismatch {
+            op,
+            expected: a.shape().to_vec(),
+            got: b.shape().to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// `y[n, c, ...] = x[n, c, ...] * scale[c] + shift[c]`, then `max(y, 0)` if `relu`.
+pub fn scale_shift(x: &Tensor, scale: &[f32], shift: &[f32], relu: bool) -> Result<Tensor> {
+    let shape = x.shape();
+    if shape.len() < 2 || scale.len() != shape[1] || shift.len() != shape[1] {
+        return Err(TensorError::InvalidArgument {
+            op: "reference::scale_shift",
+            reason: format!(
+                "shape {shape:?} with {} scales, {} shifts",
+                scale.len(),
+                shift.len()
+            ),
+        });
+    }
+    let c = shape[1];
+    let plane: usize = shape[2..].iter().product();
+    let mut y = x.clone();
+    for (i, v) in y.data_mut().iter_mut().enumerate() {
+        let ch = (i / plane) % c;
+        let out = *v * scale[ch] + shift[ch];
+        *v = if relu { relu_scalar(out) } else { out };
+    }
+    Ok(y)
+}
+
+fn relu_scalar(v: f32) -> f32 {
+    if v > 0.0 {
+        v
+    } else {
+        0.0
+    }
+}
+
+/// `max(x, 0)`.
+pub fn relu(x: &Tensor) -> Tensor {
+    let mut y = x.clone();
+    y.data_mut().iter_mut().for_each(|v| *v = relu_scalar(*v));
+    y
+}
+
+/// `a + b`, then `max(., 0)` if `relu`.
+pub fn add(a: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
+    same_shape("reference::add", a, b)?;
+    let mut y = a.clone();
+    for (v, w) in y.data_mut().iter_mut().zip(b.data()) {
+        let s = *v + *w;
+        *v = if relu { relu_scalar(s) } else { s };
+    }
+    Ok(y)
+}
+
+/// Per-channel mean and biased variance over every axis but axis 1, in `f64`.
+pub fn channel_mean_var(x: &Tensor) -> Result<(Vec<f64>, Vec<f64>)> {
+    let shape = x.shape();
+    if shape.len() < 2 {
+        return Err(TensorError::Rank {
+            op: "reference::channel_mean_var",
+            expected: 2,
+            got: shape.to_vec(),
+        });
+    }
+    let c = shape[1];
+    let plane: usize = shape[2..].iter().product();
+    let count = (shape[0] * plane) as f64;
+    let mut mean = vec![0.0f64; c];
+    for (i, &v) in x.data().iter().enumerate() {
+        mean[(i / plane) % c] += v as f64;
+    }
+    mean.iter_mut().for_each(|m| *m /= count);
+    let mut var = vec![0.0f64; c];
+    for (i, &v) in x.data().iter().enumerate() {
+        let ch = (i / plane) % c;
+        var[ch] += (v as f64 - mean[ch]).powi(2);
+    }
+    var.iter_mut().for_each(|v| *v /= count);
+    Ok((mean, var))
+}
+
+/// Softmax over the last axis, in `f64`.
+pub fn softmax(x: &Tensor) -> Tensor {
+    rows(x, |row| {
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = row.iter().map(|v| (v - m).exp()).sum();
+        row.iter().map(|v| (v - m).exp() / total).collect()
+    })
+}
+
+/// Log-softmax over the last axis, in `f64`.
+pub fn log_softmax(x: &Tensor) -> Tensor {
+    rows(x, |row| {
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        row.iter().map(|v| v - lse).collect()
+    })
+}
+
+fn rows(x: &Tensor, f: impl Fn(&[f64]) -> Vec<f64>) -> Tensor {
+    let mut y = x.clone();
+    let cols = x.shape().last().copied().unwrap_or(1).max(1);
+    for row in y.data_mut().chunks_mut(cols) {
+        let r: Vec<f64> = row.iter().map(|&v| v as f64).collect();
+        for (o, v) in row.iter_mut().zip(f(&r)) {
+            *o = v as f32;
+        }
+    }
+    y
+}
+
+/// Max pooling, straight from the definition: each output is the max over the window's
+/// input positions that fall inside the image.
+pub fn max_pool2d(x: &Tensor, p: &Pool2d) -> Result<Tensor> {
+    let [n, c, h, w] = x.dims4("reference::max_pool2d")?;
+    let [oh, ow] = p.output_size(h, w)?;
+    let mut y = Tensor::zeros(&[n, c, oh, ow])?;
+    for b in 0..n {
+        for ch in 0..c {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut m = f32::NEG_INFINITY;
+                    for ky in 0..p.kernel[0] {
+                        for kx in 0..p.kernel[1] {
+                            let iy = (oy * p.stride[0] + ky) as isize - p.padding[0] as isize;
+                            let ix = (ox * p.stride[1] + kx) as isize - p.padding[1] as isize;
+                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                m = m.max(x.get(&[b, ch, iy as usize, ix as usize])?);
+                            }
+                        }
+                    }
+                    y.set(&[b, ch, oy, ox], m)?;
+                }
+            }
+        }
+    }
+    Ok(y)
+}
+
+/// Global average pooling `[N, C, H, W] -> [N, C]`, in `f64`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    let [n, c, h, w] = x.dims4("reference::global_avg_pool")?;
+    let plane = h * w;
+    let means = x
+        .data()
+        .chunks(plane.max(1))
+        .take(n * c)
+        .map(|p| (p.iter().map(|&v| v as f64).sum::<f64>() / plane as f64) as f32)
+        .collect();
+    Tensor::from_vec(&[n, c], means)
+}

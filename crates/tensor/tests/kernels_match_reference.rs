@@ -1,0 +1,534 @@
+//! Every kernel, in every ISA tier this CPU has, equals the naive reference on random
+//! shapes: lengths that are not multiples of any vector width, size 1, and empty where
+//! the operation allows it.
+//!
+//! This is a test binary with its own small harness (`harness = false`) so that a tier
+//! the CPU lacks is *reported* as skipped, never counted as passed:
+//!
+//! ```text
+//! ok      avx512::softmax_row_equals_reference
+//! SKIP    neon: ISA tier neon needs CPU features ["neon"], ... (14 checks not run)
+//! kernels_match_reference: 42 passed, 0 failed, 14 skipped
+//! ```
+//!
+//! Arguments: a substring filters the checks by name (`cargo test --test
+//! kernels_match_reference -- softmax`). `PROPTEST_CASES` sets the random cases per
+//! check (default 256). A failure prints the shrunk (minimal) input; such inputs are
+//! added to `regressions()` below as named cases.
+//!
+//! Tolerances (stated per check, relative to the reference in f64 or exact f32):
+//! - relu, add, add_relu, max pool: bit-exact (a single rounding, or none, either way).
+//! - scale_shift(+relu): `1e-6 * (|x * scale| + |shift|)`: the tiers with FMA round once
+//!   where the reference rounds twice.
+//! - channel mean/variance: `1e-5` relative to `|mean| + std` and `1e-4` to the variance.
+//! - softmax: `1e-6 + 1e-5 * |y|`; log-softmax: `1e-5 * (1 + |y|)`: the vector `exp`
+//!   is within 2 ulp.
+//! - global average pool: `1e-5 * (mean |x| + 1e-6)`.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use tensor::{reference, Isa, Kernels, Pool2d, Tensor};
+
+type CheckResult = Result<(), String>;
+type Check = fn(Kernels) -> CheckResult;
+
+/// The checks, by name. Each runs against one tier's kernels.
+const CHECKS: &[(&str, Check)] = &[
+    ("scale_shift_equals_reference", |k| {
+        check_scale_shift(k, false)
+    }),
+    ("scale_shift_relu_equals_reference", |k| {
+        check_scale_shift(k, true)
+    }),
+    (
+        "scale_shift_inplace_equals_out_of_place",
+        check_scale_shift_inplace,
+    ),
+    ("relu_equals_reference", check_relu),
+    ("add_equals_reference", |k| check_add(k, false)),
+    ("add_relu_equals_reference", |k| check_add(k, true)),
+    ("channel_stats_equal_reference", check_channel_stats),
+    ("softmax_row_equals_reference", |k| check_softmax(k, false)),
+    ("log_softmax_row_equals_reference", |k| {
+        check_softmax(k, true)
+    }),
+    ("max_pool2d_equals_reference", check_max_pool),
+    (
+        "max_pool2d_resnet_stem_equals_reference",
+        check_max_pool_stem,
+    ),
+    ("global_avg_pool_equals_reference", check_global_avg_pool),
+    (
+        "large_tensors_take_the_parallel_path_and_agree",
+        check_large_parallel,
+    ),
+    ("regressions", regressions),
+];
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
+/// Runs a property over `cases()` random inputs; on failure, the message carries the
+/// shrunk input.
+fn prop<S: Strategy>(
+    strategy: S,
+    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
+) -> CheckResult
+where
+    S::Value: std::fmt::Debug,
+{
+    let config = Config {
+        cases: cases(),
+        failure_persistence: None,
+        ..Config::default()
+    };
+    TestRunner::new(config)
+        .run(&strategy, test)
+        .map_err(|e| e.to_string())
+}
+
+/// Compares element by element; the message names the first offending index.
+fn close(
+    what: &str,
+    got: &[f32],
+    want: &[f32],
+    tol: impl Fn(usize) -> f32,
+) -> Result<(), TestCaseError> {
+    if got.len() != want.len() {
+        return Err(TestCaseError::fail(format!(
+            "{what}: {} elements, expected {}",
+            got.len(),
+            want.len()
+        )));
+    }
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let t = tol(i);
+        let ok = if t == 0.0 {
+            g.to_bits() == w.to_bits() || g == w
+        } else {
+            (g - w).abs() <= t
+        };
+        if !ok {
+            return Err(TestCaseError::fail(format!(
+                "{what}: element {i}: got {g:e}, reference {w:e}, |diff| {:e} > tolerance {t:e}",
+                (g - w).abs()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn fail(e: impl std::fmt::Display) -> TestCaseError {
+    TestCaseError::fail(e.to_string())
+}
+
+/// Lengths that exercise the ragged tails of every vector width (most cases are short),
+/// and now and then a longer run.
+fn length() -> impl Strategy<Value = usize> {
+    prop_oneof![4 => 0usize..=70, 1 => 70usize..=2500]
+}
+
+fn values(n: usize) -> impl Strategy<Value = Vec<f32>> {
+    proptest::collection::vec(-10.0f32..10.0, n)
+}
+
+/// An `[N, C, H, W]` shape and data for it.
+fn nchw(
+    max_n: usize,
+    max_c: usize,
+    max_hw: usize,
+) -> impl Strategy<Value = (Vec<usize>, Vec<f32>)> {
+    (1..=max_n, 1..=max_c, 1..=max_hw, 1..=max_hw)
+        .prop_flat_map(|(n, c, h, w)| (Just(vec![n, c, h, w]), values(n * c * h * w)))
+}
+
+fn tensor(shape: &[usize], data: Vec<f32>) -> Result<Tensor, TestCaseError> {
+    Tensor::from_vec(shape, data).map_err(fail)
+}
+
+fn check_scale_shift(k: Kernels, relu: bool) -> CheckResult {
+    let strategy = nchw(3, 6, 17).prop_flat_map(|(shape, data)| {
+        let c = shape[1];
+        (
+            Just(shape),
+            Just(data),
+            proptest::collection::vec(-3.0f32..3.0, c),
+            proptest::collection::vec(-3.0f32..3.0, c),
+        )
+    });
+    prop(strategy, |(shape, data, scale, shift)| {
+        let x = tensor(&shape, data)?;
+        let want = reference::scale_shift(&x, &scale, &shift, relu).map_err(fail)?;
+        let got = if relu {
+            k.scale_shift_relu(&x, &scale, &shift)
+        } else {
+            k.scale_shift(&x, &scale, &shift)
+        }
+        .map_err(fail)?;
+        let plane = shape[2] * shape[3];
+        let c = shape[1];
+        close("scale_shift", got.data(), want.data(), |i| {
+            let ch = (i / plane) % c;
+            1e-6 * ((x.data()[i] * scale[ch]).abs() + shift[ch].abs())
+        })
+    })
+}
+
+fn check_scale_shift_inplace(k: Kernels) -> CheckResult {
+    prop(nchw(2, 5, 9), |(shape, data)| {
+        let x = tensor(&shape, data)?;
+        let c = shape[1];
+        let scale: Vec<f32> = (0..c).map(|i| 0.5 + i as f32).collect();
+        let shift: Vec<f32> = (0..c).map(|i| -(i as f32)).collect();
+        for relu in [false, true] {
+            let want = if relu {
+                k.scale_shift_relu(&x, &scale, &shift)
+            } else {
+                k.scale_shift(&x, &scale, &shift)
+            }
+            .map_err(fail)?;
+            let mut got = x.clone();
+            if relu {
+                k.scale_shift_relu_inplace(&mut got, &scale, &shift)
+                    .map_err(fail)?;
+            } else {
+                k.scale_shift_inplace(&mut got, &scale, &shift)
+                    .map_err(fail)?;
+            }
+            close("scale_shift_inplace", got.data(), want.data(), |_| 0.0)?;
+        }
+        Ok(())
+    })
+}
+
+fn check_relu(k: Kernels) -> CheckResult {
+    prop(length().prop_flat_map(values), |data| {
+        let x = tensor(&[data.len()], data)?;
+        let want = reference::relu(&x);
+        close(
+            "relu",
+            k.relu(&x).map_err(fail)?.data(),
+            want.data(),
+            |_| 0.0,
+        )?;
+        let mut inplace = x.clone();
+        k.relu_inplace(&mut inplace);
+        close("relu_inplace", inplace.data(), want.data(), |_| 0.0)
+    })
+}
+
+fn check_add(k: Kernels, relu: bool) -> CheckResult {
+    let strategy = length().prop_flat_map(|n| (values(n), values(n)));
+    prop(strategy, |(a, b)| {
+        let n = a.len();
+        let (a, b) = (tensor(&[n], a)?, tensor(&[n], b)?);
+        let want = reference::add(&a, &b, relu).map_err(fail)?;
+        let got = if relu {
+            k.add_relu(&a, &b)
+        } else {
+            k.add(&a, &b)
+        }
+        .map_err(fail)?;
+        close("add", got.data(), want.data(), |_| 0.0)?;
+        let mut acc = a.clone();
+        if relu {
+            k.add_relu_assign(&mut acc, &b)
+        } else {
+            k.add_assign(&mut acc, &b)
+        }
+        .map_err(fail)?;
+        close("add_assign", acc.data(), want.data(), |_| 0.0)
+    })
+}
+
+fn check_channel_stats(k: Kernels) -> CheckResult {
+    // A large common offset (up to 100) with a small spread is where a one-pass
+    // E[x^2] - E[x]^2 variance would fall apart.
+    let strategy = (nchw(3, 5, 20), -100.0f32..100.0);
+    prop(strategy, |((shape, data), offset)| {
+        let data: Vec<f32> = data.iter().map(|v| v * 0.1 + offset).collect();
+        let x = tensor(&shape, data)?;
+        let (mean, var) = reference::channel_mean_var(&x).map_err(fail)?;
+        let got = k.channel_stats(&x).map_err(fail)?;
+        prop_assert_eq!(got.count, shape[0] * shape[2] * shape[3]);
+        for c in 0..shape[1] {
+            let scale = mean[c].abs() + var[c].sqrt();
+            prop_assert!(
+                (got.mean[c] as f64 - mean[c]).abs() <= 1e-5 * scale,
+                "channel {}: mean {} vs reference {}",
+                c,
+                got.mean[c],
+                mean[c]
+            );
+            prop_assert!(
+                (got.var[c] as f64 - var[c]).abs() <= 1e-4 * var[c] + 1e-6 * scale * scale * 1e-6,
+                "channel {}: variance {} vs reference {}",
+                c,
+                got.var[c],
+                var[c]
+            );
+        }
+        Ok(())
+    })
+}
+
+fn check_softmax(k: Kernels, log: bool) -> CheckResult {
+    // Rows of up to 1000 classes, with logits spread widely enough that many
+    // probabilities underflow towards 0.
+    let strategy = (
+        1usize..=4,
+        prop_oneof![3 => 1usize..=40, 1 => 40usize..=1000],
+        1.0f32..8.0,
+    )
+        .prop_flat_map(|(rows, cols, spread)| {
+            (Just(rows), Just(cols), values(rows * cols), Just(spread))
+        });
+    prop(strategy, |(rows, cols, data, spread)| {
+        let data: Vec<f32> = data.iter().map(|v| v * spread).collect();
+        let x = tensor(&[rows, cols], data)?;
+        if log {
+            let want = reference::log_softmax(&x);
+            let got = k.log_softmax(&x).map_err(fail)?;
+            close("log_softmax", got.data(), want.data(), |i| {
+                1e-5 * (1.0 + want.data()[i].abs())
+            })
+        } else {
+            let want = reference::softmax(&x);
+            let got = k.softmax(&x).map_err(fail)?;
+            close("softmax", got.data(), want.data(), |i| {
+                1e-6 + 1e-5 * want.data()[i].abs()
+            })
+        }
+    })
+}
+
+fn pool_geometry() -> impl Strategy<Value = Pool2d> {
+    (1usize..=4, 1usize..=4, 1usize..=3, 1usize..=3).prop_flat_map(|(kh, kw, sh, sw)| {
+        (0..=kh / 2, 0..=kw / 2).prop_map(move |(ph, pw)| Pool2d {
+            kernel: [kh, kw],
+            stride: [sh, sw],
+            padding: [ph, pw],
+        })
+    })
+}
+
+fn check_pool_case(
+    k: Kernels,
+    shape: &[usize],
+    data: Vec<f32>,
+    p: &Pool2d,
+) -> Result<(), TestCaseError> {
+    let x = tensor(shape, data)?;
+    match reference::max_pool2d(&x, p) {
+        Ok(want) => {
+            let got = k.max_pool2d(&x, p).map_err(fail)?;
+            prop_assert_eq!(got.shape(), want.shape());
+            close("max_pool2d", got.data(), want.data(), |_| 0.0)
+        }
+        // An invalid geometry (window larger than the padded input) must be refused
+        // by both, not computed by one.
+        Err(_) => {
+            prop_assert!(k.max_pool2d(&x, p).is_err());
+            Ok(())
+        }
+    }
+}
+
+fn check_max_pool(k: Kernels) -> CheckResult {
+    // Widths up to 40 give several full vectors of outputs at stride 1 even at 16 lanes.
+    prop((nchw(2, 3, 40), pool_geometry()), |((shape, data), p)| {
+        check_pool_case(k, &shape, data, &p)
+    })
+}
+
+fn check_max_pool_stem(k: Kernels) -> CheckResult {
+    prop(nchw(2, 3, 70), |(shape, data)| {
+        check_pool_case(k, &shape, data, &Pool2d::RESNET_STEM)
+    })
+}
+
+fn check_global_avg_pool(k: Kernels) -> CheckResult {
+    prop(nchw(3, 5, 20), |(shape, data)| {
+        let x = tensor(&shape, data)?;
+        let want = reference::global_avg_pool(&x).map_err(fail)?;
+        let got = k.global_avg_pool(&x).map_err(fail)?;
+        prop_assert_eq!(got.shape(), &[shape[0], shape[1]][..]);
+        let plane = shape[2] * shape[3];
+        close("global_avg_pool", got.data(), want.data(), |i| {
+            let p = &x.data()[i * plane..(i + 1) * plane];
+            1e-5 * (p.iter().map(|v| v.abs()).sum::<f32>() / plane as f32 + 1e-6)
+        })
+    })
+}
+
+/// Tensors past the parallel threshold, so the rayon split is checked too.
+fn check_large_parallel(k: Kernels) -> CheckResult {
+    let run = || -> Result<(), TestCaseError> {
+        let shape = [2, 24, 57, 61];
+        let x = Tensor::randn(&shape, 0.5, 2.0, 11).map_err(fail)?;
+        let r = Tensor::randn(&shape, 0.0, 1.0, 12).map_err(fail)?;
+        let scale: Vec<f32> = (0..24).map(|i| 0.1 * i as f32 - 1.0).collect();
+        let shift: Vec<f32> = (0..24).map(|i| 0.05 * i as f32).collect();
+        let want = reference::scale_shift(&x, &scale, &shift, true).map_err(fail)?;
+        let got = k.scale_shift_relu(&x, &scale, &shift).map_err(fail)?;
+        close("large scale_shift_relu", got.data(), want.data(), |i| {
+            1e-6 * (x.data()[i].abs() * 2.5 + 2.0)
+        })?;
+        let want = reference::add(&x, &r, true).map_err(fail)?;
+        close(
+            "large add_relu",
+            k.add_relu(&x, &r).map_err(fail)?.data(),
+            want.data(),
+            |_| 0.0,
+        )?;
+        let want = reference::max_pool2d(&x, &Pool2d::RESNET_STEM).map_err(fail)?;
+        let got = k.max_pool2d(&x, &Pool2d::RESNET_STEM).map_err(fail)?;
+        close("large max_pool2d", got.data(), want.data(), |_| 0.0)?;
+        let (mean, var) = reference::channel_mean_var(&x).map_err(fail)?;
+        let got = k.channel_stats(&x).map_err(fail)?;
+        for c in 0..24 {
+            prop_assert!(
+                (got.mean[c] as f64 - mean[c]).abs() <= 1e-5 * (mean[c].abs() + var[c].sqrt())
+            );
+            prop_assert!((got.var[c] as f64 - var[c]).abs() <= 1e-4 * var[c]);
+        }
+        let want = reference::global_avg_pool(&x).map_err(fail)?;
+        close(
+            "large global_avg_pool",
+            k.global_avg_pool(&x).map_err(fail)?.data(),
+            want.data(),
+            |_| 1e-5,
+        )?;
+        Ok(())
+    };
+    run().map_err(|e| e.to_string())
+}
+
+/// Named edge cases: sizes at and around every vector width, single elements, empty
+/// tensors, and the shrunk inputs of past failures.
+fn regressions(k: Kernels) -> CheckResult {
+    let run = || -> Result<(), TestCaseError> {
+        for n in [
+            0usize, 1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65,
+        ] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 - 7.5) * 0.37).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 1.3).sin()).collect();
+            let (a, b) = (tensor(&[n], a)?, tensor(&[n], b)?);
+            close(
+                "edge relu",
+                k.relu(&a).map_err(fail)?.data(),
+                reference::relu(&a).data(),
+                |_| 0.0,
+            )?;
+            let want = reference::add(&a, &b, true).map_err(fail)?;
+            close(
+                "edge add_relu",
+                k.add_relu(&a, &b).map_err(fail)?.data(),
+                want.data(),
+                |_| 0.0,
+            )?;
+            if n > 0 {
+                let row = a.clone().reshape(&[1, n]).map_err(fail)?;
+                let want = reference::softmax(&row);
+                close(
+                    "edge softmax",
+                    k.softmax(&row).map_err(fail)?.data(),
+                    want.data(),
+                    |i| 1e-6 + 1e-5 * want.data()[i].abs(),
+                )?;
+            }
+        }
+        // A softmax row of one element is exactly 1; log-softmax exactly 0.
+        let one = tensor(&[1, 1], vec![42.0])?;
+        prop_assert_eq!(k.softmax(&one).map_err(fail)?.into_vec(), vec![1.0]);
+        prop_assert_eq!(k.log_softmax(&one).map_err(fail)?.into_vec(), vec![0.0]);
+        // A 1x1 input with the stem's padding: the one value is every window's max.
+        let x = tensor(&[1, 1, 1, 1], vec![-3.0])?;
+        prop_assert_eq!(
+            k.max_pool2d(&x, &Pool2d::RESNET_STEM)
+                .map_err(fail)?
+                .into_vec(),
+            vec![-3.0]
+        );
+        // Empty batches are legal for the elementwise ops and pooling.
+        let empty = Tensor::zeros(&[0, 4, 5, 5]).map_err(fail)?;
+        prop_assert!(k
+            .scale_shift(&empty, &[1.0; 4], &[0.0; 4])
+            .map_err(fail)?
+            .is_empty());
+        let pooled = k.max_pool2d(&empty, &Pool2d::RESNET_STEM).map_err(fail)?;
+        prop_assert_eq!(pooled.shape(), &[0, 4, 3, 3][..]);
+        // ... but statistics over no elements are an error, not a NaN.
+        prop_assert!(k.channel_stats(&empty).is_err());
+        // Wrong parameter lengths and shapes are errors.
+        let x = Tensor::zeros(&[1, 3, 2, 2]).map_err(fail)?;
+        prop_assert!(k.scale_shift(&x, &[1.0; 2], &[0.0; 3]).is_err());
+        prop_assert!(k
+            .add(&x, &Tensor::zeros(&[1, 3, 2, 3]).map_err(fail)?)
+            .is_err());
+        prop_assert!(k
+            .max_pool2d(
+                &Tensor::zeros(&[3, 2, 2]).map_err(fail)?,
+                &Pool2d::RESNET_STEM
+            )
+            .is_err());
+        prop_assert!(k.max_pool2d(&x, &Pool2d::square(3, 1, 2)).is_err());
+        prop_assert!(k.max_pool2d(&x, &Pool2d::square(3, 0, 1)).is_err());
+        Ok(())
+    };
+    run().map_err(|e| e.to_string())
+}
+
+fn main() {
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let selected = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for isa in Isa::ALL {
+        let names: Vec<_> = CHECKS
+            .iter()
+            .filter(|(n, _)| selected(&format!("{isa}::{n}")))
+            .collect();
+        if names.is_empty() {
+            continue;
+        }
+        let k = match Kernels::for_isa(isa) {
+            Ok(k) => k,
+            Err(why) => {
+                println!("SKIP    {isa}: {why} ({} checks not run)", names.len());
+                skipped += names.len();
+                continue;
+            }
+        };
+        for (name, check) in names {
+            let full = format!("{isa}::{name}");
+            let outcome = catch_unwind(AssertUnwindSafe(|| check(k))).unwrap_or_else(|p| {
+                Err(format!(
+                    "panicked: {:?}",
+                    p.downcast_ref::<String>()
+                        .map(|s| s.as_str())
+                        .or(p.downcast_ref::<&str>().copied())
+                ))
+            });
+            match outcome {
+                Ok(()) => {
+                    println!("ok      {full}");
+                    passed += 1;
+                }
+                Err(msg) => {
+                    println!("FAILED  {full}\n        {msg}");
+                    failed += 1;
+                }
+            }
+        }
+    }
+    println!("kernels_match_reference: {passed} passed, {failed} failed, {skipped} skipped");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
