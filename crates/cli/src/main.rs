@@ -1,1 +1,100 @@
-fn main() {}
+//! `resnet`: the command-line tool.
+//!
+//! Today it has one subcommand, `info`, which reports what the tensor engine found on
+//! this machine: CPU features, the active ISA tier (and whether `RESNET_ISA` forced it)
+//! and the kernel chosen for each operation; `--peak` also measures the FMA peak.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tensor::isa::{self, IsaChoice};
+use tensor::{peak, Isa, Kernels};
+
+#[derive(Parser)]
+#[command(
+    name = "resnet",
+    version,
+    about = "A from-scratch ResNet engine for the CPU"
+)]
+struct Cli {
+    /// Worker threads (default: one per core).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the CPU features found, the active ISA tier and the kernel for each operation.
+    Info {
+        /// Also measure the peak FMA rate of every supported tier (about a second each).
+        #[arg(long)]
+        peak: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()?;
+    }
+    match cli.command {
+        Command::Info { peak } => info(peak),
+    }
+}
+
+fn info(measure_peak: bool) -> Result<(), Box<dyn std::error::Error>> {
+    println!("cpu features:  {}", isa::cpu_features().join(" "));
+    let supported: Vec<_> = Isa::ALL
+        .iter()
+        .filter(|i| i.is_supported())
+        .map(|i| i.name())
+        .collect();
+    println!("tiers here:    {}", supported.join(" "));
+    let choice = isa::active()?;
+    let how = match choice {
+        IsaChoice::Detected(_) => "detected: the widest this CPU supports".to_string(),
+        IsaChoice::Forced(_) => format!("forced by {}", isa::ISA_ENV),
+    };
+    println!("active tier:   {} ({how})", choice.isa());
+    println!("threads:       {}", rayon::current_num_threads());
+    let k = Kernels::active()?;
+    println!("kernels:");
+    for (op, kernel) in k.kernel_names() {
+        println!("  {op:<18} {kernel}");
+    }
+    if measure_peak {
+        println!("measured FMA peak (GFLOP/s, best of ~1 s of register-only FMA chains):");
+        let threads = rayon::current_num_threads();
+        for isa in Isa::ALL.into_iter().filter(|i| i.is_supported()) {
+            let k = Kernels::for_isa(isa)?;
+            let one = peak::fma_peak(&k, 1, Duration::from_millis(500));
+            let all = peak::fma_peak(&k, threads, Duration::from_millis(500));
+            println!(
+                "  {:<8} 1 thread: {:7.1}   {} threads: {:7.1}",
+                isa.name(),
+                one.gflops,
+                threads,
+                all.gflops
+            );
+        }
+    }
+    Ok(())
+}

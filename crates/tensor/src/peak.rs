@@ -39,8 +39,9 @@ pub fn fma_probe(k: &Kernels, iters: usize) -> f32 {
 /// shared machine).
 pub fn fma_peak(k: &Kernels, threads: usize, duration: Duration) -> FmaPeak {
     let threads = threads.max(1);
-    // About a millisecond of work per round at a few hundred GFLOP/s per core.
-    let iters = 20_000;
+    // About 1 GFLOP per thread per round (~10 ms at 100 GFLOP/s): long enough that
+    // starting the threads is noise, short enough for several rounds.
+    let iters = (1e9 / (FMA_CHAINS * k.lanes() * 2) as f64) as usize;
     let flops = fma_probe_flops(k, iters) * threads as f64;
     let rounds_deadline = Instant::now() + duration;
     let mut best = f64::INFINITY;

@@ -29,7 +29,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use tensor::{reference, Isa, Kernels, Pool2d, Tensor};
+use tensor::{isa, reference, Isa, Kernels, Pool2d, Tensor};
 
 type CheckResult = Result<(), String>;
 type Check = fn(Kernels) -> CheckResult;
@@ -202,7 +202,18 @@ fn check_scale_shift_inplace(k: Kernels) -> CheckResult {
                     .map_err(fail)?;
             }
             close("scale_shift_inplace", got.data(), want.data(), |_| 0.0)?;
+            let mut into = Tensor::full(&shape, f32::NAN).map_err(fail)?;
+            if relu {
+                k.scale_shift_relu_into(&x, &scale, &shift, &mut into)
+                    .map_err(fail)?;
+            } else {
+                k.scale_shift_into(&x, &scale, &shift, &mut into)
+                    .map_err(fail)?;
+            }
+            close("scale_shift_into", into.data(), want.data(), |_| 0.0)?;
         }
+        let mut wrong = Tensor::zeros(&[shape[0], c + 1, shape[2], shape[3]]).map_err(fail)?;
+        prop_assert!(k.scale_shift_into(&x, &scale, &shift, &mut wrong).is_err());
         Ok(())
     })
 }
@@ -329,7 +340,10 @@ fn check_pool_case(
         Ok(want) => {
             let got = k.max_pool2d(&x, p).map_err(fail)?;
             prop_assert_eq!(got.shape(), want.shape());
-            close("max_pool2d", got.data(), want.data(), |_| 0.0)
+            close("max_pool2d", got.data(), want.data(), |_| 0.0)?;
+            let mut into = Tensor::full(want.shape(), f32::NAN).map_err(fail)?;
+            k.max_pool2d_into(&x, p, &mut into).map_err(fail)?;
+            close("max_pool2d_into", into.data(), want.data(), |_| 0.0)
         }
         // An invalid geometry (window larger than the padded input) must be refused
         // by both, not computed by one.
@@ -488,6 +502,19 @@ fn regressions(k: Kernels) -> CheckResult {
 fn main() {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let selected = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
+    // RESNET_ISA narrows the run to one tier (CI runs it once with `generic`); a bad
+    // value fails the run instead of quietly testing something else.
+    let forced = match std::env::var(isa::ISA_ENV) {
+        Ok(v) if !v.trim().is_empty() => match isa::choose(Some(&v)) {
+            Ok(choice) => Some(choice.isa()),
+            Err(e) => {
+                println!("FAILED  {}={v:?}: {e}", isa::ISA_ENV);
+                println!("kernels_match_reference: 0 passed, 1 failed, 0 skipped");
+                std::process::exit(1);
+            }
+        },
+        _ => None,
+    };
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for isa in Isa::ALL {
         let names: Vec<_> = CHECKS
@@ -495,6 +522,16 @@ fn main() {
             .filter(|(n, _)| selected(&format!("{isa}::{n}")))
             .collect();
         if names.is_empty() {
+            continue;
+        }
+        if forced.is_some_and(|f| f != isa) {
+            println!(
+                "SKIP    {isa}: not selected ({}={}) ({} checks not run)",
+                isa::ISA_ENV,
+                forced.map_or("", |f| f.name()),
+                names.len()
+            );
+            skipped += names.len();
             continue;
         }
         let k = match Kernels::for_isa(isa) {

@@ -84,7 +84,7 @@ impl Pool2d {
             if size > i32::MAX as usize || s > i32::MAX as usize / 16 {
                 return Err(invalid(format!("{name} {size} or stride {s} is too large")));
             }
-            if size + 2 * p < k {
+            if size.saturating_add(2 * p) < k {
                 return Err(invalid(format!(
                     "kernel {k} is larger than the padded input {name} {size} + 2 * {p}"
                 )));
@@ -429,6 +429,31 @@ impl Kernels {
         Ok(y)
     }
 
+    /// [`Kernels::scale_shift`] into an existing tensor of `x`'s shape (no allocation:
+    /// a fresh 64 MiB output costs more in page faults than the kernel itself).
+    pub fn scale_shift_into(
+        &self,
+        x: &Tensor,
+        scale: &[f32],
+        shift: &[f32],
+        out: &mut Tensor,
+    ) -> Result<()> {
+        x.expect_same_shape("scale_shift_into", out)?;
+        self.scale_shift_impl("scale_shift_into", out, Some(x), scale, shift, false)
+    }
+
+    /// [`Kernels::scale_shift_relu`] into an existing tensor of `x`'s shape.
+    pub fn scale_shift_relu_into(
+        &self,
+        x: &Tensor,
+        scale: &[f32],
+        shift: &[f32],
+        out: &mut Tensor,
+    ) -> Result<()> {
+        x.expect_same_shape("scale_shift_relu_into", out)?;
+        self.scale_shift_impl("scale_shift_relu_into", out, Some(x), scale, shift, true)
+    }
+
     /// [`Kernels::scale_shift`] in place.
     pub fn scale_shift_inplace(&self, x: &mut Tensor, scale: &[f32], shift: &[f32]) -> Result<()> {
         self.scale_shift_impl("scale_shift_inplace", x, None, scale, shift, false)
@@ -485,7 +510,6 @@ impl Kernels {
 
     /// `a + b` (same shapes).
     pub fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        a.expect_same_shape("add", b)?;
         let mut y = a.clone();
         self.add_impl("add", &mut y, b, false)?;
         Ok(y)
@@ -493,7 +517,6 @@ impl Kernels {
 
     /// `max(a + b, 0)`: the end of a residual block.
     pub fn add_relu(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        a.expect_same_shape("add_relu", b)?;
         let mut y = a.clone();
         self.add_impl("add_relu", &mut y, b, true)?;
         Ok(y)
@@ -589,8 +612,23 @@ impl Kernels {
         let [n, c, h, w] = x.dims4("max_pool2d")?;
         let [oh, ow] = pool.output_size(h, w)?;
         let mut y = Tensor::zeros(&[n, c, oh, ow])?;
+        self.max_pool2d_into(x, pool, &mut y)?;
+        Ok(y)
+    }
+
+    /// [`Kernels::max_pool2d`] into an existing `[N, C, OH, OW]` tensor.
+    pub fn max_pool2d_into(&self, x: &Tensor, pool: &Pool2d, y: &mut Tensor) -> Result<()> {
+        let [n, c, h, w] = x.dims4("max_pool2d")?;
+        let [oh, ow] = pool.output_size(h, w)?;
+        if y.shape() != [n, c, oh, ow] {
+            return Err(TensorError::ShapeMismatch {
+                op: "max_pool2d_into",
+                expected: vec![n, c, oh, ow],
+                got: y.shape().to_vec(),
+            });
+        }
         if h * w == 0 || oh * ow == 0 {
-            return Ok(y);
+            return Ok(());
         }
         let kernel = self.set.max_pool_plane;
         let scratch_len = w + 2 * pool.padding[1];
@@ -630,7 +668,7 @@ impl Kernels {
                     |scratch, (i, d)| run(scratch, i, d),
                 );
         }
-        Ok(y)
+        Ok(())
     }
 
     /// Global average pooling: `[N, C, H, W]` to `[N, C]`, the mean of each plane.
