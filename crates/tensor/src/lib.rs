@@ -20,6 +20,7 @@
 //! numbers), [`peak`] (machine limits: FMA peak, memory bandwidth).
 
 pub mod error;
+pub mod gemm;
 pub mod isa;
 pub mod kernels;
 pub mod peak;
@@ -28,6 +29,7 @@ pub mod rng;
 pub mod tensor;
 
 pub use error::{Result, TensorError};
+pub use gemm::{Epilogue, MatMut, MatRef, PackedA};
 pub use isa::Isa;
 pub use kernels::{ChannelStats, Kernels, Pool2d};
 pub use tensor::Tensor;

@@ -6,6 +6,7 @@
 //! hot path.
 
 use crate::error::{Result, TensorError};
+use crate::gemm::MatRef;
 use crate::kernels::Pool2d;
 use crate::tensor::Tensor;
 
@@ -166,4 +167,84 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
         .map(|p| (p.iter().map(|&v| v as f64).sum::<f64>() / plane as f64) as f32)
         .collect();
     Tensor::from_vec(&[n, c], means)
+}
+
+/// `A B` by the triple loop, accumulated in `f64`: row-major `m x n`. Also returns, per
+/// element, `sum_k |a_ik| |b_kj|`, the scale that bounds the rounding error of any
+/// `f32` evaluation order (tests use it for their tolerance).
+pub fn gemm(a: MatRef, b: MatRef) -> (Vec<f64>, Vec<f64>) {
+    let (m, k, n) = (a.rows(), a.cols(), b.cols());
+    assert_eq!(b.rows(), k, "reference::gemm: inner dimensions differ");
+    let mut c = vec![0.0f64; m * n];
+    let mut scale = vec![0.0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            for p in 0..k {
+                let (x, y) = (a.at(i, p) as f64, b.at(p, j) as f64);
+                c[i * n + j] += x * y;
+                scale[i * n + j] += (x * y).abs();
+            }
+        }
+    }
+    (c, scale)
+}
+
+/// Direct 2-D convolution of NCHW `x` with OIHW `w` (groups = 1), straight from the
+/// definition, in `f64`: `y[b, o, oy, ox] = bias[o] + sum_{c, ky, kx} w[o, c, ky, kx] *
+/// x[b, c, oy * s + ky - p, ox * s + kx - p]` (zero outside the image). Returns the output
+/// and the per-element error scale `|bias| + sum |w x|`.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&[f32]>,
+    stride: usize,
+    padding: usize,
+) -> Result<(Tensor, Vec<f64>)> {
+    let [n, c, h, wd] = x.dims4("reference::conv2d")?;
+    let [o, wc, kh, kw] = w.dims4("reference::conv2d")?;
+    if wc != c || stride == 0 || h + 2 * padding < kh || wd + 2 * padding < kw {
+        return Err(TensorError::InvalidArgument {
+            op: "reference::conv2d",
+            reason: format!(
+                "input {:?}, weight {:?}, stride {stride}, padding {padding}",
+                x.shape(),
+                w.shape()
+            ),
+        });
+    }
+    let oh = (h + 2 * padding - kh) / stride + 1;
+    let ow = (wd + 2 * padding - kw) / stride + 1;
+    let mut y = Tensor::zeros(&[n, o, oh, ow])?;
+    let mut scale = vec![0.0f64; y.len()];
+    let (xd, wdta) = (x.data(), w.data());
+    for b in 0..n {
+        for oc in 0..o {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let b0 = bias.map_or(0.0, |bs| bs[oc] as f64);
+                    let (mut acc, mut sc) = (b0, b0.abs());
+                    for ci in 0..c {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (oy * stride + ky) as isize - padding as isize;
+                                let ix = (ox * stride + kx) as isize - padding as isize;
+                                if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= wd {
+                                    continue;
+                                }
+                                let xv =
+                                    xd[((b * c + ci) * h + iy as usize) * wd + ix as usize] as f64;
+                                let wv = wdta[((oc * c + ci) * kh + ky) * kw + kx] as f64;
+                                acc += xv * wv;
+                                sc += (xv * wv).abs();
+                            }
+                        }
+                    }
+                    let idx = ((b * o + oc) * oh + oy) * ow + ox;
+                    y.data_mut()[idx] = acc as f32;
+                    scale[idx] = sc;
+                }
+            }
+        }
+    }
+    Ok((y, scale))
 }

@@ -25,14 +25,12 @@
 //!   is within 2 ulp.
 //! - global average pool: `1e-5 * (mean |x| + 1e-6)`.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+mod common;
 
+use common::{close, fail, prop, Check, CheckResult};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use tensor::{isa, reference, Isa, Kernels, Pool2d, Tensor};
-
-type CheckResult = Result<(), String>;
-type Check = fn(Kernels) -> CheckResult;
+use proptest::test_runner::TestCaseError;
+use tensor::{reference, Kernels, Pool2d, Tensor};
 
 /// The checks, by name. Each runs against one tier's kernels.
 const CHECKS: &[(&str, Check)] = &[
@@ -66,67 +64,6 @@ const CHECKS: &[(&str, Check)] = &[
     ),
     ("regressions", regressions),
 ];
-
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256)
-}
-
-/// Runs a property over `cases()` random inputs; on failure, the message carries the
-/// shrunk input.
-fn prop<S: Strategy>(
-    strategy: S,
-    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) -> CheckResult
-where
-    S::Value: std::fmt::Debug,
-{
-    let config = Config {
-        cases: cases(),
-        failure_persistence: None,
-        ..Config::default()
-    };
-    TestRunner::new(config)
-        .run(&strategy, test)
-        .map_err(|e| e.to_string())
-}
-
-/// Compares element by element; the message names the first offending index.
-fn close(
-    what: &str,
-    got: &[f32],
-    want: &[f32],
-    tol: impl Fn(usize) -> f32,
-) -> Result<(), TestCaseError> {
-    if got.len() != want.len() {
-        return Err(TestCaseError::fail(format!(
-            "{what}: {} elements, expected {}",
-            got.len(),
-            want.len()
-        )));
-    }
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let t = tol(i);
-        let ok = if t == 0.0 {
-            g.to_bits() == w.to_bits() || g == w
-        } else {
-            (g - w).abs() <= t
-        };
-        if !ok {
-            return Err(TestCaseError::fail(format!(
-                "{what}: element {i}: got {g:e}, reference {w:e}, |diff| {:e} > tolerance {t:e}",
-                (g - w).abs()
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn fail(e: impl std::fmt::Display) -> TestCaseError {
-    TestCaseError::fail(e.to_string())
-}
 
 /// Lengths that exercise the ragged tails of every vector width (most cases are short),
 /// and now and then a longer run.
@@ -500,72 +437,5 @@ fn regressions(k: Kernels) -> CheckResult {
 }
 
 fn main() {
-    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let selected = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
-    // RESNET_ISA narrows the run to one tier (CI runs it once with `generic`); a bad
-    // value fails the run instead of quietly testing something else.
-    let forced = match std::env::var(isa::ISA_ENV) {
-        Ok(v) if !v.trim().is_empty() => match isa::choose(Some(&v)) {
-            Ok(choice) => Some(choice.isa()),
-            Err(e) => {
-                println!("FAILED  {}={v:?}: {e}", isa::ISA_ENV);
-                println!("kernels_match_reference: 0 passed, 1 failed, 0 skipped");
-                std::process::exit(1);
-            }
-        },
-        _ => None,
-    };
-    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    for isa in Isa::ALL {
-        let names: Vec<_> = CHECKS
-            .iter()
-            .filter(|(n, _)| selected(&format!("{isa}::{n}")))
-            .collect();
-        if names.is_empty() {
-            continue;
-        }
-        if forced.is_some_and(|f| f != isa) {
-            println!(
-                "SKIP    {isa}: not selected ({}={}) ({} checks not run)",
-                isa::ISA_ENV,
-                forced.map_or("", |f| f.name()),
-                names.len()
-            );
-            skipped += names.len();
-            continue;
-        }
-        let k = match Kernels::for_isa(isa) {
-            Ok(k) => k,
-            Err(why) => {
-                println!("SKIP    {isa}: {why} ({} checks not run)", names.len());
-                skipped += names.len();
-                continue;
-            }
-        };
-        for (name, check) in names {
-            let full = format!("{isa}::{name}");
-            let outcome = catch_unwind(AssertUnwindSafe(|| check(k))).unwrap_or_else(|p| {
-                Err(format!(
-                    "panicked: {:?}",
-                    p.downcast_ref::<String>()
-                        .map(|s| s.as_str())
-                        .or(p.downcast_ref::<&str>().copied())
-                ))
-            });
-            match outcome {
-                Ok(()) => {
-                    println!("ok      {full}");
-                    passed += 1;
-                }
-                Err(msg) => {
-                    println!("FAILED  {full}\n        {msg}");
-                    failed += 1;
-                }
-            }
-        }
-    }
-    println!("kernels_match_reference: {passed} passed, {failed} failed, {skipped} skipped");
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    common::run("kernels_match_reference", CHECKS);
 }

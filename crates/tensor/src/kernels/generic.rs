@@ -76,4 +76,9 @@ impl Simd for Portable {
     }
 }
 
-super::tier_entry_points!(crate::isa::Isa::Generic, Portable);
+super::tier_entry_points!(
+    crate::isa::Isa::Generic,
+    Portable,
+    gemm_mr = 4,
+    gemm_nv = [1, 2]
+);

@@ -23,6 +23,7 @@
 pub(crate) mod aarch64;
 pub(crate) mod body;
 pub(crate) mod generic;
+pub(crate) mod microkernel;
 pub(crate) mod simd;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_64;
@@ -117,7 +118,15 @@ pub(crate) struct KernelSet {
         unsafe fn(*const f32, usize, usize, *mut f32, usize, usize, &Pool2d, *mut f32),
     /// The peak-FMA probe (see [`crate::peak`]); not an operation.
     pub fma_chains: unsafe fn(usize, f32) -> f32,
+    /// Rows of the GEMM microkernel's tile.
+    pub gemm_mr: usize,
+    /// The GEMM microkernels by width: `gemm_tiles[v - 1]` computes `MR x (v * lanes)`.
+    /// The last is the full tile; the narrower ones finish ragged right edges.
+    pub gemm_tiles: &'static [GemmTileFn],
 }
+
+/// A GEMM microkernel entry point: `(kc, packed A panel, packed B panel, output)`.
+pub(crate) type GemmTileFn = unsafe fn(usize, *const f32, *const f32, &microkernel::TileOut);
 
 /// The operations a `KernelSet` provides, for [`Kernels::kernel_names`].
 pub const OPERATIONS: [&str; 10] = [
@@ -135,13 +144,22 @@ pub const OPERATIONS: [&str; 10] = [
 
 /// Stamps out a tier's `#[target_feature]` entry points and its `static KERNELS`.
 ///
-/// `tier_entry_points!(Isa::X, SimdType, #[target_feature(enable = "...")])`; the
-/// generic tier passes no attribute.
+/// `tier_entry_points!(Isa::X, SimdType, gemm_mr = 8, gemm_nv = [1, 2, 3],
+/// #[target_feature(enable = "...")])`: the GEMM tile is `gemm_mr` rows by up to the last
+/// `gemm_nv` vectors. The generic tier passes no attribute.
 macro_rules! tier_entry_points {
-    ($isa:expr, $S:ty $(, #[$attr:meta])*) => {
+    ($isa:expr, $S:ty, gemm_mr = $mr:literal, gemm_nv = [$($nv:literal),+] $(, #[$attr:meta])*) => {
         mod entry {
             use super::*;
-            use $crate::kernels::{body, KernelSet, Pool2d};
+            use $crate::kernels::{body, microkernel, GemmTileFn, KernelSet, Pool2d};
+
+            $(#[$attr])*
+            unsafe fn gemm_tile<const NV: usize>(
+                kc: usize, a: *const f32, b: *const f32, out: &microkernel::TileOut,
+            ) {
+                microkernel::gemm_tile::<$S, $mr, NV>(kc, a, b, out)
+            }
+            static GEMM_TILES: &[GemmTileFn] = &[$(gemm_tile::<$nv>),+];
 
             // SAFETY (all entry points): the caller guarantees the CPU features of the
             // tier (a KernelSet is only handed out after detection) and pointers valid
@@ -209,6 +227,8 @@ macro_rules! tier_entry_points {
                 log_softmax_row,
                 max_pool_plane,
                 fma_chains,
+                gemm_mr: $mr,
+                gemm_tiles: GEMM_TILES,
             };
         }
         pub(crate) use entry::KERNELS;
@@ -369,13 +389,31 @@ impl Kernels {
     }
 
     /// The kernel that runs each operation, named by tier, vector shape and operation
-    /// (`avx512_f32x16_softmax_row`), so that a profile or a failing test says exactly
-    /// which code ran.
+    /// (`avx512_f32x16_softmax_row`; the GEMM microkernel by its tile,
+    /// `avx512_f32_8x48`), so that a profile or a failing test says exactly which code
+    /// ran.
     pub fn kernel_names(&self) -> Vec<(&'static str, String)> {
-        OPERATIONS
+        let mut names: Vec<_> = OPERATIONS
             .iter()
             .map(|op| (*op, format!("{}_f32x{}_{op}", self.set.isa, self.set.lanes)))
-            .collect()
+            .collect();
+        names.push(("gemm_microkernel", self.gemm_kernel_name()));
+        names
+    }
+
+    /// The name of the full GEMM microkernel: tier, type and tile.
+    pub fn gemm_kernel_name(&self) -> String {
+        let (mr, nr) = self.gemm_tile();
+        format!("{}_f32_{mr}x{nr}", self.set.isa)
+    }
+
+    /// The GEMM microkernel's full tile, `(MR, NR)`.
+    pub fn gemm_tile(&self) -> (usize, usize) {
+        (self.set.gemm_mr, self.set.gemm_tiles.len() * self.set.lanes)
+    }
+
+    pub(crate) fn set(&self) -> &'static KernelSet {
+        self.set
     }
 
     // ---- Inference batch norm: per-channel scale and shift, optionally with ReLU ----

@@ -68,4 +68,8 @@ impl Simd for Neon {
     }
 }
 
-crate::kernels::tier_entry_points!(crate::isa::Isa::Neon, Neon, #[target_feature(enable = "neon")]);
+crate::kernels::tier_entry_points!(
+    crate::isa::Isa::Neon,
+    Neon,
+    gemm_mr = 8,
+    gemm_nv = [1, 2, 3], #[target_feature(enable = "neon")]);

@@ -80,4 +80,8 @@ impl Simd for Avx2 {
     }
 }
 
-crate::kernels::tier_entry_points!(crate::isa::Isa::Avx2, Avx2, #[target_feature(enable = "avx2,fma")]);
+crate::kernels::tier_entry_points!(
+    crate::isa::Isa::Avx2,
+    Avx2,
+    gemm_mr = 6,
+    gemm_nv = [1, 2], #[target_feature(enable = "avx2,fma")]);

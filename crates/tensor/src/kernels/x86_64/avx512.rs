@@ -94,5 +94,7 @@ impl Simd for Avx512 {
 crate::kernels::tier_entry_points!(
     crate::isa::Isa::Avx512,
     Avx512,
+    gemm_mr = 8,
+    gemm_nv = [1, 2, 3],
     #[target_feature(enable = "avx512f,avx2,fma")]
 );

@@ -1,0 +1,168 @@
+//! The GEMM loop nest and its threading.
+//!
+//! ```text
+//! for jc in 0..n step NC                      block of columns of B and C
+//!   for pc in 0..k step KC                    block of the inner dimension
+//!     pack B[pc.., jc..] into panels          once per block, in parallel, shared
+//!     parallel for each task (a block of MC rows x a group of B panels):
+//!       for each B panel in the group         (kc x NR: stays in L1/L2 across the rows)
+//!         for each MR-row panel of A          (kc x MR: streams from L2)
+//!           microkernel -> C tile (+ epilogue on the last pc block)
+//! ```
+//!
+//! A is packed whole before the loop (or beforehand, for inference weights), so tasks
+//! share it read-only. The output tiles of a block are split over threads in both
+//! dimensions: by rows of A in blocks of `MC`, and by B panels in groups sized so there
+//! are at least `4 x threads` tasks, so that a small-N shape (N = 49 in ResNet's last
+//! stage) still uses every core.
+
+use rayon::prelude::*;
+
+use super::pack::{b_panels, pack_b, BSource, PackedA};
+use super::{check_epilogue, Epilogue, MatMut};
+use crate::error::Result;
+use crate::kernels::microkernel::{TileOut, TileStep};
+use crate::kernels::KernelSet;
+
+/// Depth of a K block: a `KC x NR` B panel is 48 KiB at KC = 256 and NR = 48, which
+/// stays in the 2 MiB L2 while the A panels (8 KiB each) stream past it.
+pub(crate) const KC: usize = 256;
+/// Rows of A per task: `MC x KC` of packed A is 128 KiB at MC = 128, well inside L2.
+pub(crate) const MC_PANELS: usize = 16;
+/// Columns of B per block: the packed `KC x NC` block is 2 MiB at NC = 2048.
+pub(crate) const NC: usize = 2048;
+/// Below this many multiply-adds a GEMM runs on the calling thread.
+const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+/// A raw pointer to C that tasks may share: each task writes a disjoint set of tiles.
+#[derive(Clone, Copy)]
+struct SharedC(*mut f32);
+// SAFETY: tasks write disjoint tiles of C (their row blocks and panel groups do not
+// overlap), and the scope that uses the pointer ends before C's borrow does.
+unsafe impl Send for SharedC {}
+unsafe impl Sync for SharedC {}
+
+/// `C = A B` then `epilogue`, for `A` packed and `B` from `b`; `m x n` output.
+pub(crate) fn gemm(
+    set: &KernelSet,
+    a: &PackedA,
+    b: &BSource,
+    m: usize,
+    n: usize,
+    c: &mut MatMut,
+    epilogue: &[Epilogue],
+) -> Result<()> {
+    check_epilogue("gemm", epilogue, m, n)?;
+    let k = a.cols();
+    debug_assert_eq!(b.rows(), k);
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let lanes = set.lanes;
+    let mr = set.gemm_mr;
+    let nr = set.gemm_tiles.len() * lanes;
+    let accumulate = matches!(epilogue.first(), Some(Epilogue::Accumulate));
+    let parallel = m * n * k.max(1) >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1;
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let m_panels = m.div_ceil(mr);
+    let m_blocks = m_panels.div_ceil(MC_PANELS);
+    let ldc = c.ld;
+    let cptr = SharedC(c.data.as_mut_ptr());
+
+    let mut buf = Vec::new();
+    for jc in (0..n).step_by(NC) {
+        let nc = NC.min(n - jc);
+        // K = 0 still runs one (empty) block, so C gets zeros and the epilogue.
+        let k_blocks = k.div_ceil(KC).max(1);
+        for kb in 0..k_blocks {
+            let pc = kb * KC;
+            let kc = KC.min(k - pc.min(k));
+            let layout = b_panels(nc, nr, lanes, kc);
+            buf.resize(layout.len.max(buf.len()), 0.0);
+            pack_b(
+                b,
+                pc,
+                kc,
+                jc,
+                nc,
+                &layout,
+                &mut buf,
+                parallel && kc * nc >= 1 << 15,
+            );
+            let first = kb == 0;
+            let last = kb + 1 == k_blocks;
+            let n_panels = layout.panels.len();
+            // Split the panels into groups so that there are >= 4 tasks per thread.
+            let groups = (4 * threads).div_ceil(m_blocks).clamp(1, n_panels);
+            let per_group = n_panels.div_ceil(groups);
+            let groups = n_panels.div_ceil(per_group);
+            let bbuf = &buf[..];
+            let layout = &layout;
+
+            let task = |t: usize| {
+                let (mb, g) = (t / groups, t % groups);
+                let cptr = cptr;
+                for &(j, width, at) in
+                    &layout.panels[g * per_group..((g + 1) * per_group).min(n_panels)]
+                {
+                    let tile = set.gemm_tiles[width / lanes - 1];
+                    let bpanel = &bbuf[at..at + width * kc];
+                    let col = jc + j;
+                    for p in mb * MC_PANELS..((mb + 1) * MC_PANELS).min(m_panels) {
+                        let row = p * mr;
+                        let mut steps = [None; 4];
+                        if last {
+                            for (s, e) in steps.iter_mut().zip(epilogue) {
+                                *s = match *e {
+                                    Epilogue::Accumulate => None,
+                                    // SAFETY (pointer offsets): check_epilogue verified
+                                    // the bias has m rows and the residual covers m x n.
+                                    Epilogue::RowBias(bias) => {
+                                        Some(TileStep::RowBias(unsafe { bias.as_ptr().add(row) }))
+                                    }
+                                    Epilogue::Residual { data, ld } => Some(TileStep::Residual(
+                                        unsafe { data.as_ptr().add(row * ld + col) },
+                                        ld,
+                                    )),
+                                    Epilogue::Relu => Some(TileStep::Relu),
+                                };
+                            }
+                        }
+                        let out = TileOut {
+                            // SAFETY: row < m and col < n, inside C (validated by MatMut).
+                            c: unsafe { cptr.0.add(row * ldc + col) },
+                            ldc,
+                            m: (m - row).min(mr),
+                            n: (n - col).min(width),
+                            load_c: !first || accumulate,
+                            steps,
+                        };
+                        // SAFETY: the tier is supported (Kernels was built for it); the A
+                        // panel holds kc x MR floats and the B panel kc x width (whole
+                        // vectors), both zero-padded; the tile's valid m x n part is inside
+                        // C and the residual, and no other task writes this tile.
+                        unsafe {
+                            tile(
+                                kc,
+                                a.panel(p, pc.min(k), kc).as_ptr(),
+                                bpanel.as_ptr(),
+                                &out,
+                            )
+                        };
+                    }
+                }
+            };
+            let tasks = m_blocks * groups;
+            if parallel {
+                (0..tasks).into_par_iter().for_each(task);
+            } else {
+                (0..tasks).for_each(task);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! Packing: copying operands into the exact order the microkernel reads them.
+//!
+//! ```text
+//! A (m x k) -> row panels of MR rows, each k-major:     panel p = [a(pMR.., 0) .. a(pMR+MR-1, 0)],
+//!                                                                [a(pMR.., 1) ..               ], ...
+//! B block (kc x nc) -> column panels of NR, each k-major: panel q = [b(0, qNR..qNR+NR)], [b(1, ..)], ...
+//! ```
+//!
+//! Rows of A past `m` and columns of B past `n` are packed as zeros, so the microkernel
+//! always runs whole tiles; only its stores are clipped. The last B panel of a block is
+//! narrowed to the fewest whole vectors that cover the remaining columns (a 49-column
+//! block on AVX-512 is one 48-wide panel and one 16-wide panel, not two 48-wide ones).
+//!
+//! B comes either from a strided matrix or straight from an image through the
+//! convolution's im2col mapping ([`BSource::Im2col`]), one block at a time.
+
+use rayon::prelude::*;
+
+use super::MatRef;
+use crate::isa::Isa;
+
+/// A packed into row panels of `MR` for one tier's microkernel; reusable across calls.
+#[derive(Clone, Debug)]
+pub struct PackedA {
+    isa: Isa,
+    mr: usize,
+    rows: usize,
+    cols: usize,
+    /// `ceil(rows / mr)` panels of `cols * mr` floats.
+    data: Vec<f32>,
+}
+
+impl PackedA {
+    pub(crate) fn pack(isa: Isa, mr: usize, a: MatRef) -> Self {
+        let (m, k) = (a.rows, a.cols);
+        let panels = m.div_ceil(mr);
+        let mut data = vec![0.0f32; panels * k * mr];
+        let pack_panel = |p: usize, dst: &mut [f32]| {
+            let rows = mr.min(m - p * mr);
+            for kk in 0..k {
+                let out = &mut dst[kk * mr..kk * mr + rows];
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = a.at(p * mr + r, kk);
+                }
+            }
+        };
+        if k > 0 {
+            if m * k >= 1 << 16 {
+                data.par_chunks_mut(k * mr)
+                    .enumerate()
+                    .for_each(|(p, d)| pack_panel(p, d));
+            } else {
+                data.chunks_mut(k * mr)
+                    .enumerate()
+                    .for_each(|(p, d)| pack_panel(p, d));
+            }
+        }
+        PackedA {
+            isa,
+            mr,
+            rows: m,
+            cols: k,
+            data,
+        }
+    }
+
+    /// The tier whose microkernel this packing is for.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Rows of A (`m`).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns of A (`k`).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The `kc x MR` slice of panel `p` that covers `k` in `pc..pc + kc`.
+    #[inline]
+    pub(crate) fn panel(&self, p: usize, pc: usize, kc: usize) -> &[f32] {
+        let start = p * self.cols * self.mr + pc * self.mr;
+        &self.data[start..start + kc * self.mr]
+    }
+}
+
+/// The geometry of a convolution seen as a GEMM's B matrix: `B[(ci, ky, kx), (oy, ox)] =
+/// x[ci, oy * sh + ky - ph, ox * sw + kx - pw]`, zero outside the image.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Im2col<'a> {
+    /// One image, `[c, h, w]`.
+    pub x: &'a [f32],
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub ph: usize,
+    pub pw: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl Im2col<'_> {
+    pub fn rows(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+
+    pub fn cols(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// Writes row `k` of B, columns `j0..j0 + out.len()` (clipped to the valid columns;
+    /// the rest left as they are).
+    fn row_into(&self, k: usize, j0: usize, out: &mut [f32]) {
+        let ci = k / (self.kh * self.kw);
+        let ky = (k / self.kw) % self.kh;
+        let kx = k % self.kw;
+        let plane = &self.x[ci * self.h * self.w..(ci + 1) * self.h * self.w];
+        let n = self.cols();
+        let (mut oy, mut ox) = (j0 / self.ow, j0 % self.ow);
+        let mut j = j0;
+        let mut o = 0;
+        while o < out.len() && j < n {
+            // One output row's worth of columns at a time.
+            let run = (self.ow - ox).min(out.len() - o).min(n - j);
+            let iy = (oy * self.sh + ky) as isize - self.ph as isize;
+            let dst = &mut out[o..o + run];
+            if iy < 0 || iy >= self.h as isize {
+                dst.fill(0.0);
+            } else {
+                let row = &plane[iy as usize * self.w..(iy as usize + 1) * self.w];
+                for (t, d) in dst.iter_mut().enumerate() {
+                    let ix = ((ox + t) * self.sw + kx) as isize - self.pw as isize;
+                    *d = if ix >= 0 && (ix as usize) < self.w {
+                        row[ix as usize]
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            o += run;
+            j += run;
+            ox += run;
+            if ox == self.ow {
+                ox = 0;
+                oy += 1;
+            }
+        }
+    }
+}
+
+/// Where B's elements come from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum BSource<'a> {
+    Matrix(MatRef<'a>),
+    Im2col(Im2col<'a>),
+}
+
+impl BSource<'_> {
+    pub fn rows(&self) -> usize {
+        match self {
+            BSource::Matrix(m) => m.rows,
+            BSource::Im2col(g) => g.rows(),
+        }
+    }
+
+    /// Writes `B[k, j0..j0 + width]` (clipped to B's columns) into `out`.
+    fn row_into(&self, k: usize, j0: usize, out: &mut [f32]) {
+        match self {
+            BSource::Matrix(m) => {
+                let n = (m.cols - j0).min(out.len());
+                if m.cs == 1 {
+                    let start = k * m.rs + j0;
+                    out[..n].copy_from_slice(&m.data[start..start + n]);
+                } else {
+                    for (t, o) in out[..n].iter_mut().enumerate() {
+                        *o = m.at(k, j0 + t);
+                    }
+                }
+            }
+            BSource::Im2col(g) => g.row_into(k, j0, out),
+        }
+    }
+}
+
+/// The column panels of one B block: widths and offsets into the packed buffer.
+pub(crate) struct BPanels {
+    /// `(first column within the block, width in columns, start in the buffer)`.
+    pub panels: Vec<(usize, usize, usize)>,
+    pub len: usize,
+}
+
+/// Splits `nc` columns into panels of `nr`, the last narrowed to whole vectors of `lanes`.
+pub(crate) fn b_panels(nc: usize, nr: usize, lanes: usize, kc: usize) -> BPanels {
+    let mut panels = Vec::with_capacity(nc.div_ceil(nr));
+    let (mut j, mut at) = (0, 0);
+    while j < nc {
+        let width = nr.min((nc - j).div_ceil(lanes) * lanes);
+        panels.push((j, width, at));
+        at += width * kc;
+        j += width;
+    }
+    BPanels { panels, len: at }
+}
+
+/// Packs `B[pc..pc + kc, jc..jc + nc]` into `buf` laid out as `layout` says.
+pub(crate) fn pack_b(
+    b: &BSource,
+    pc: usize,
+    kc: usize,
+    jc: usize,
+    nc: usize,
+    layout: &BPanels,
+    buf: &mut [f32],
+    parallel: bool,
+) {
+    let pack_panel = |&(j, width, _): &(usize, usize, usize), dst: &mut [f32]| {
+        let valid = width.min(nc - j);
+        for kk in 0..kc {
+            let row = &mut dst[kk * width..(kk + 1) * width];
+            b.row_into(pc + kk, jc + j, &mut row[..valid]);
+            row[valid..].fill(0.0);
+        }
+    };
+    // Hand each panel its own disjoint piece of the buffer.
+    let mut pieces: Vec<&mut [f32]> = Vec::with_capacity(layout.panels.len());
+    let mut rest = &mut buf[..layout.len];
+    for &(_, width, _) in &layout.panels {
+        let (head, tail) = rest.split_at_mut(width * kc);
+        pieces.push(head);
+        rest = tail;
+    }
+    if parallel {
+        layout
+            .panels
+            .par_iter()
+            .zip(pieces)
+            .for_each(|(p, d)| pack_panel(p, d));
+    } else {
+        layout
+            .panels
+            .iter()
+            .zip(pieces)
+            .for_each(|(p, d)| pack_panel(p, d));
+    }
+}

@@ -1,0 +1,144 @@
+//! The GEMM microkernel: one `MR x (NV * LANES)` tile of `C += A B`, in registers.
+//!
+//! Written once over [`Simd`] and instantiated by every tier with its own tile: the
+//! kernel named `avx512_f32_8x48` is this body with `MR = 8`, `NV = 3` vectors of 16
+//! lanes. For AVX-512 the register file during the `k` loop is
+//!
+//! ```text
+//!             B row k (packed, 48 floats = 3 zmm loads)
+//!             [ b0 ....... | b1 ....... | b2 ....... ]
+//!  A col k   +------------+------------+------------+
+//!  a0 (bcast)| acc[0][0]  | acc[0][1]  | acc[0][2]  |   acc[r][v] += a_r * b_v
+//!  a1        | acc[1][0]  | acc[1][1]  | acc[1][2]  |   (one FMA each, a_r broadcast
+//!  ...       |    ...     |    ...     |    ...     |    from memory straight into
+//!  a7        | acc[7][0]  | acc[7][1]  | acc[7][2]  |    the FMA)
+//!            +------------+------------+------------+
+//!  24 accumulators + 3 B vectors = 27 of the 32 zmm registers
+//! ```
+//!
+//! Per step of `k`: `NV` vector loads of B, `MR` broadcasts of A, `MR * NV` FMAs. With 24
+//! FMAs per step and two FMA units, the loads (3 + 8) are never the bottleneck.
+//!
+//! The packed panels are zero-padded to the full tile, so the loop never branches on
+//! the edges; only the final stores are clipped to the `m x n` valid part (masked stores
+//! for a ragged last vector). After the `k` loop, while the tile is still in registers,
+//! the epilogue steps run in order (see [`TileStep`]).
+
+use super::simd::Simd;
+
+/// One epilogue step, with its pointers already offset to this tile.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TileStep {
+    /// `acc[r][..] += bias[r]`; the pointer is to this tile's first row's bias.
+    RowBias(*const f32),
+    /// `acc[r][j] += residual[r * ld + j]`.
+    Residual(*const f32, usize),
+    /// `acc = max(acc, 0)`.
+    Relu,
+}
+
+/// Where a tile goes and what happens to it on the way.
+pub(crate) struct TileOut {
+    /// The tile's top-left element of C, and C's row stride.
+    pub c: *mut f32,
+    pub ldc: usize,
+    /// Valid rows (`<= MR`) and columns (`<= NV * LANES`).
+    pub m: usize,
+    pub n: usize,
+    /// Add C's current contents (a later block of K, or an accumulating GEMM).
+    pub load_c: bool,
+    /// Epilogue steps to run in order (only on the last block of K).
+    pub steps: [Option<TileStep>; 4],
+}
+
+/// `C_tile (+)= A_panel * B_panel`, then the epilogue, then the clipped store.
+///
+/// `a`: `kc x MR` floats, k-major (`a[k * MR + r]`); `b`: `kc x (NV * LANES)`, k-major.
+#[inline(always)]
+pub(crate) unsafe fn gemm_tile<S: Simd, const MR: usize, const NV: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    out: &TileOut,
+) {
+    let l = S::LANES;
+    let mut acc = [[S::splat(0.0); NV]; MR];
+    let mut a = a;
+    let mut b = b;
+    for _ in 0..kc {
+        let mut bv = [S::splat(0.0); NV];
+        for (v, bv) in bv.iter_mut().enumerate() {
+            *bv = S::load(b.add(v * l));
+        }
+        for (r, row) in acc.iter_mut().enumerate() {
+            let ar = S::splat(*a.add(r));
+            for (acc, bv) in row.iter_mut().zip(bv) {
+                *acc = S::mul_add(ar, bv, *acc);
+            }
+        }
+        a = a.add(MR);
+        b = b.add(NV * l);
+    }
+
+    // Lanes of vector `v` that are inside the valid columns.
+    let valid = |v: usize| out.n.saturating_sub(v * l).min(l);
+    let load = |p: *const f32, v: usize| {
+        let n = valid(v);
+        if n == l {
+            S::load(p)
+        } else {
+            S::load_partial(p, n, 0.0)
+        }
+    };
+    let rows = out.m.min(MR);
+
+    if out.load_c {
+        for (r, row) in acc.iter_mut().enumerate().take(rows) {
+            for (v, acc) in row.iter_mut().enumerate() {
+                if valid(v) > 0 {
+                    *acc = S::add(*acc, load(out.c.add(r * out.ldc + v * l), v));
+                }
+            }
+        }
+    }
+    for step in out.steps.iter().flatten() {
+        match *step {
+            TileStep::RowBias(bias) => {
+                for (r, row) in acc.iter_mut().enumerate().take(rows) {
+                    let br = S::splat(*bias.add(r));
+                    for acc in row.iter_mut() {
+                        *acc = S::add(*acc, br);
+                    }
+                }
+            }
+            TileStep::Residual(res, ld) => {
+                for (r, row) in acc.iter_mut().enumerate().take(rows) {
+                    for (v, acc) in row.iter_mut().enumerate() {
+                        if valid(v) > 0 {
+                            *acc = S::add(*acc, load(res.add(r * ld + v * l), v));
+                        }
+                    }
+                }
+            }
+            TileStep::Relu => {
+                let zero = S::splat(0.0);
+                for row in acc.iter_mut() {
+                    for acc in row.iter_mut() {
+                        *acc = S::max(*acc, zero);
+                    }
+                }
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate().take(rows) {
+        for (v, acc) in row.iter().enumerate() {
+            let p = out.c.add(r * out.ldc + v * l);
+            let n = valid(v);
+            if n == l {
+                S::store(p, *acc);
+            } else if n > 0 {
+                S::store_partial(p, *acc, n);
+            }
+        }
+    }
+}
