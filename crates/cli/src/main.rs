@@ -4,6 +4,8 @@
 //! this machine: CPU features, the active ISA tier (and whether `RESNET_ISA` forced it)
 //! and the kernel chosen for each operation; `--peak` also measures the FMA peak.
 
+mod bench;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -33,6 +35,23 @@ enum Command {
         #[arg(long)]
         peak: bool,
     },
+    /// Benchmark tables: GFLOP/s and % of the measured FMA peak.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+        /// Print one JSON object per line instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        /// Seconds spent timing each case (the best run is reported).
+        #[arg(long, global = true, default_value_t = 0.5)]
+        seconds: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// GEMM: squares 256..2048 and ResNet-50's im2col shapes, ours vs matrixmultiply.
+    Gemm,
 }
 
 fn main() -> ExitCode {
@@ -54,9 +73,29 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()?;
+        // matrixmultiply (the baseline in `bench`) reads its thread count once, from
+        // this variable, on first use; set it before any thread exists.
+        if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
+            std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
+        }
     }
     match cli.command {
         Command::Info { peak } => info(peak),
+        Command::Bench {
+            what,
+            json,
+            seconds,
+        } => {
+            if !(seconds > 0.0 && seconds.is_finite()) {
+                return Err("--seconds must be a positive number".into());
+            }
+            let budget = Duration::from_secs_f64(seconds);
+            let k = Kernels::active()?;
+            let threads = rayon::current_num_threads();
+            match what {
+                BenchCommand::Gemm => bench::gemm(&k, threads, budget, json),
+            }
+        }
     }
 }
 

@@ -37,10 +37,29 @@ impl PackedA {
         let mut data = vec![0.0f32; panels * k * mr];
         let pack_panel = |p: usize, dst: &mut [f32]| {
             let rows = mr.min(m - p * mr);
-            for kk in 0..k {
-                let out = &mut dst[kk * mr..kk * mr + rows];
-                for (r, o) in out.iter_mut().enumerate() {
-                    *o = a.at(p * mr + r, kk);
+            let r0 = p * mr;
+            if a.cs == 1 {
+                // Row-major A: read each of the panel's rows contiguously, write it
+                // with stride MR (a transpose of an MR x k strip).
+                for r in 0..rows {
+                    let start = (r0 + r) * a.rs;
+                    let row = &a.data[start..start + k];
+                    for (d, &v) in dst.chunks_exact_mut(mr).zip(row) {
+                        d[r] = v;
+                    }
+                }
+            } else if a.rs == 1 {
+                // Column-major A (a transposed view): each k is already MR contiguous
+                // floats.
+                for (kk, d) in dst.chunks_exact_mut(mr).enumerate() {
+                    let start = kk * a.cs + r0;
+                    d[..rows].copy_from_slice(&a.data[start..start + rows]);
+                }
+            } else {
+                for (kk, d) in dst.chunks_exact_mut(mr).enumerate() {
+                    for (r, o) in d[..rows].iter_mut().enumerate() {
+                        *o = a.at(r0 + r, kk);
+                    }
                 }
             }
         };
