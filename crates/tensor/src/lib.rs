@@ -19,6 +19,7 @@
 //! kernels and their safe API), [`reference`] (the oracle), [`rng`] (seeded random
 //! numbers), [`peak`] (machine limits: FMA peak, memory bandwidth).
 
+pub mod conv;
 pub mod error;
 pub mod gemm;
 pub mod isa;
@@ -28,6 +29,7 @@ pub mod reference;
 pub mod rng;
 pub mod tensor;
 
+pub use conv::{fold_batch_norm, Conv2d, ConvEpilogue, ConvWeights};
 pub use error::{Result, TensorError};
 pub use gemm::{Epilogue, MatMut, MatRef, PackedA};
 pub use isa::Isa;

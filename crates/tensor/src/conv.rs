@@ -1,0 +1,264 @@
+//! 2-D convolution forward (NCHW input, OIHW weights, groups = 1) as a GEMM, and batch
+//! norm folded into it.
+//!
+//! For one image, `y[o, p] = sum_q W[o, q] * col[q, p]`, where `W` is the weight tensor
+//! seen as an `O x (I kh kw)` matrix (OIHW is exactly that matrix, row-major) and
+//! `col[(i, ky, kx), (oy, ox)] = x[i, oy s + ky - pad, ox s + kx - pad]` (zero outside
+//! the image) is the im2col matrix. `y` is `O x (OH OW)`: the NCHW output plane block of
+//! that image, row-major, so the GEMM writes the output in place.
+//!
+//! # The ladder: which path a convolution takes
+//!
+//! | shape | B operand of the GEMM |
+//! |---|---|
+//! | 1x1, stride 1, no padding | the input itself: `x[b]` is already the `I x (H W)` matrix |
+//! | 1x1, stride s | the packer reads every s-th pixel of each row (a subsample while packing; no buffer) |
+//! | anything else | im2col, one packed block at a time |
+//!
+//! The im2col is never materialised whole: the GEMM packs B in blocks of at most
+//! `KC x NC` = 256 x 2048 floats (2 MiB, about the L2), straight from the image, and each
+//! block is consumed before the next is made. For ResNet-50's first layer at batch 1 the
+//! whole column matrix would be 147 x 12544 floats (7.4 MiB); the block is 1.5 MiB.
+//!
+//! Weights are packed once into the GEMM's A panels ([`ConvWeights`]); inference also
+//! folds batch norm into them ([`fold_batch_norm`]) and passes the folded bias, a
+//! residual and ReLU as the GEMM epilogue, so conv + BN + (residual +) ReLU is one pass
+//! over the output while it is in registers.
+
+use crate::error::{Result, TensorError};
+use crate::gemm::pack::{BSource, Im2col};
+use crate::gemm::{driver, Epilogue, MatMut, MatRef, PackedA};
+use crate::kernels::Kernels;
+use crate::tensor::Tensor;
+
+/// Stride and zero padding of a convolution (the same along both axes, as in every
+/// ResNet layer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2d {
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Conv2d {
+    pub fn new(stride: usize, padding: usize) -> Self {
+        Conv2d { stride, padding }
+    }
+
+    /// The output `[height, width]` for an `h x w` input and a `kh x kw` kernel.
+    pub fn output_size(&self, h: usize, w: usize, kh: usize, kw: usize) -> Result<[usize; 2]> {
+        let bad = |reason: String| TensorError::InvalidArgument {
+            op: "conv2d",
+            reason,
+        };
+        if self.stride == 0 || kh == 0 || kw == 0 {
+            return Err(bad(format!(
+                "stride and kernel must be positive ({self:?}, kernel {kh}x{kw})"
+            )));
+        }
+        let (ph, pw) = (
+            h.checked_add(2 * self.padding),
+            w.checked_add(2 * self.padding),
+        );
+        match (ph, pw) {
+            (Some(ph), Some(pw)) if ph >= kh && pw >= kw => {
+                Ok([(ph - kh) / self.stride + 1, (pw - kw) / self.stride + 1])
+            }
+            _ => Err(bad(format!(
+                "a {kh}x{kw} kernel does not fit the {h}x{w} input padded by {}",
+                self.padding
+            ))),
+        }
+    }
+}
+
+/// Convolution weights packed for one tier's GEMM: pack once, convolve many times.
+#[derive(Clone, Debug)]
+pub struct ConvWeights {
+    packed: PackedA,
+    /// `[out, in, kh, kw]`.
+    shape: [usize; 4],
+}
+
+impl ConvWeights {
+    /// `[out_channels, in_channels, kh, kw]`.
+    pub fn shape(&self) -> [usize; 4] {
+        self.shape
+    }
+}
+
+/// One epilogue step of a convolution, applied while the output is in registers.
+#[derive(Clone, Copy, Debug)]
+pub enum ConvEpilogue<'a> {
+    /// Add to the output tensor's current contents instead of overwriting them.
+    Accumulate,
+    /// Add a per-output-channel bias (a folded batch norm's shift).
+    Bias(&'a [f32]),
+    /// Add a tensor of the output's shape (a residual block's shortcut).
+    Residual(&'a Tensor),
+    /// `max(x, 0)`.
+    Relu,
+}
+
+/// Folds inference batch norm into the preceding convolution:
+/// `w'[o] = w[o] * g[o]`, `b'[o] = beta[o] + (b[o] - mean[o]) * g[o]` with
+/// `g = gamma / sqrt(running_var + eps)`. Returns the new weights and bias.
+pub fn fold_batch_norm(
+    w: &Tensor,
+    bias: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f32,
+) -> Result<(Tensor, Vec<f32>)> {
+    let [o, i, kh, kw] = w.dims4("fold_batch_norm")?;
+    for (name, p) in [
+        ("gamma", gamma),
+        ("beta", beta),
+        ("running_mean", mean),
+        ("running_var", var),
+    ]
+    .into_iter()
+    .chain(bias.map(|b| ("bias", b)))
+    {
+        if p.len() != o {
+            return Err(TensorError::InvalidArgument {
+                op: "fold_batch_norm",
+                reason: format!("{name} has {} elements for {o} output channels", p.len()),
+            });
+        }
+    }
+    let per_out = i * kh * kw;
+    let mut folded = w.clone();
+    let mut new_bias = vec![0.0f32; o];
+    for oc in 0..o {
+        // In f64, so the fold adds no rounding beyond the final store.
+        let g = gamma[oc] as f64 / (var[oc] as f64 + eps as f64).sqrt();
+        for v in &mut folded.data_mut()[oc * per_out..(oc + 1) * per_out] {
+            *v = (*v as f64 * g) as f32;
+        }
+        let b = bias.map_or(0.0, |b| b[oc] as f64);
+        new_bias[oc] = (beta[oc] as f64 + (b - mean[oc] as f64) * g) as f32;
+    }
+    Ok((folded, new_bias))
+}
+
+impl Kernels {
+    /// Packs OIHW convolution weights for [`Kernels::conv2d`].
+    pub fn pack_conv_weights(&self, w: &Tensor) -> Result<ConvWeights> {
+        let shape = w.dims4("pack_conv_weights")?;
+        let [o, i, kh, kw] = shape;
+        let a = MatRef::row_major(w.data(), o, i * kh * kw)?;
+        Ok(ConvWeights {
+            packed: self.pack_a(a),
+            shape,
+        })
+    }
+
+    /// Convolution of an NCHW batch, then the epilogue steps in order.
+    pub fn conv2d(
+        &self,
+        x: &Tensor,
+        w: &ConvWeights,
+        p: Conv2d,
+        epilogue: &[ConvEpilogue],
+    ) -> Result<Tensor> {
+        let [n, _, h, wd] = x.dims4("conv2d")?;
+        let [o, _, kh, kw] = w.shape;
+        let [oh, ow] = p.output_size(h, wd, kh, kw)?;
+        let mut y = Tensor::zeros(&[n, o, oh, ow])?;
+        self.conv2d_into(x, w, p, epilogue, &mut y)?;
+        Ok(y)
+    }
+
+    /// [`Kernels::conv2d`] into an existing `[N, O, OH, OW]` tensor (no allocation).
+    pub fn conv2d_into(
+        &self,
+        x: &Tensor,
+        w: &ConvWeights,
+        p: Conv2d,
+        epilogue: &[ConvEpilogue],
+        y: &mut Tensor,
+    ) -> Result<()> {
+        self.check_packed(&w.packed)?;
+        let [n, c, h, wd] = x.dims4("conv2d")?;
+        let [o, wc, kh, kw] = w.shape;
+        if wc != c {
+            return Err(TensorError::ShapeMismatch {
+                op: "conv2d",
+                expected: vec![o, c, kh, kw],
+                got: w.shape.to_vec(),
+            });
+        }
+        let [oh, ow] = p.output_size(h, wd, kh, kw)?;
+        let out_shape = [n, o, oh, ow];
+        if y.shape() != out_shape {
+            return Err(TensorError::ShapeMismatch {
+                op: "conv2d_into",
+                expected: out_shape.to_vec(),
+                got: y.shape().to_vec(),
+            });
+        }
+        for step in epilogue {
+            if let ConvEpilogue::Residual(r) = step {
+                if r.shape() != out_shape {
+                    return Err(TensorError::ShapeMismatch {
+                        op: "conv2d residual",
+                        expected: out_shape.to_vec(),
+                        got: r.shape().to_vec(),
+                    });
+                }
+            }
+        }
+        let (in_image, out_image) = (c * h * wd, o * oh * ow);
+        if n == 0 || out_image == 0 {
+            return Ok(());
+        }
+        let direct = kh == 1 && kw == 1 && p.stride == 1 && p.padding == 0;
+        for b in 0..n {
+            let image = &x.data()[b * in_image..(b + 1) * in_image];
+            let source = if direct {
+                BSource::Matrix(MatRef::row_major(image, c, h * wd)?)
+            } else {
+                BSource::Im2col(Im2col {
+                    x: image,
+                    c,
+                    h,
+                    w: wd,
+                    kh,
+                    kw,
+                    sh: p.stride,
+                    sw: p.stride,
+                    ph: p.padding,
+                    pw: p.padding,
+                    oh,
+                    ow,
+                })
+            };
+            let steps: Vec<Epilogue> = epilogue
+                .iter()
+                .map(|s| match *s {
+                    ConvEpilogue::Accumulate => Epilogue::Accumulate,
+                    ConvEpilogue::Bias(bias) => Epilogue::RowBias(bias),
+                    ConvEpilogue::Residual(r) => Epilogue::Residual {
+                        data: &r.data()[b * out_image..(b + 1) * out_image],
+                        ld: oh * ow,
+                    },
+                    ConvEpilogue::Relu => Epilogue::Relu,
+                })
+                .collect();
+            let out = &mut y.data_mut()[b * out_image..(b + 1) * out_image];
+            let mut c_mat = MatMut::row_major(out, o, oh * ow)?;
+            driver::gemm(
+                self.set(),
+                &w.packed,
+                &source,
+                o,
+                oh * ow,
+                &mut c_mat,
+                &steps,
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,260 @@
+//! Convolution forward, in every ISA tier this CPU has, equals the direct convolution
+//! (`reference::conv2d`, in `f64`) over random channels, sizes, kernels, strides,
+//! padding, batch and epilogues, and over every distinct layer shape of ResNet-18 and
+//! ResNet-50 at a small spatial size.
+//!
+//! Tolerance: `1e-5 * (|bias| + sum |w x|) + 1e-6` per output, plus the residual's
+//! magnitude when one is added (see `gemm_matches_reference.rs` for why).
+
+mod common;
+
+use common::{close, fail, prop, Check, CheckResult};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+use tensor::{fold_batch_norm, reference, Conv2d, ConvEpilogue, Kernels, Tensor};
+
+const CHECKS: &[(&str, Check)] = &[
+    ("conv2d_equals_direct_convolution", check_random),
+    (
+        "conv2d_every_resnet18_and_resnet50_layer",
+        check_resnet_layers,
+    ),
+    (
+        "conv2d_with_folded_batch_norm_equals_conv_then_bn",
+        check_bn_folding,
+    ),
+    ("conv2d_rejects_bad_shapes", check_errors),
+];
+
+#[derive(Debug, Clone)]
+struct Case {
+    n: usize,
+    c: usize,
+    o: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    epilogue: u8,
+    seed: u64,
+}
+
+fn case(kern: Kernels) -> impl Strategy<Value = Case> {
+    let (mr, _) = kern.gemm_tile();
+    (
+        1usize..=2,
+        1usize..=6,
+        1..=3 * mr + 1,
+        1usize..=12,
+        1usize..=12,
+        prop::sample::select(vec![1usize, 2, 3, 5, 7]),
+    )
+        .prop_flat_map(|(n, c, o, h, w, k)| {
+            (
+                Just((n, c, o, h, w, k)),
+                1usize..=3,
+                0..=k / 2 + 1,
+                0u8..8,
+                any::<u64>(),
+            )
+        })
+        .prop_filter(
+            "kernel fits the padded input",
+            |((_, _, _, h, w, k), _, pad, _, _)| h + 2 * pad >= *k && w + 2 * pad >= *k,
+        )
+        .prop_map(|((n, c, o, h, w, k), stride, pad, epilogue, seed)| Case {
+            n,
+            c,
+            o,
+            h,
+            w,
+            k,
+            stride,
+            pad,
+            epilogue,
+            seed,
+        })
+}
+
+/// Runs one convolution both ways and compares. `epilogue` bits: 1 bias, 2 residual, 4 ReLU.
+fn run_case(kern: Kernels, c: &Case) -> Result<(), TestCaseError> {
+    let x = Tensor::randn(&[c.n, c.c, c.h, c.w], 0.0, 1.0, c.seed).map_err(fail)?;
+    let w = Tensor::randn(&[c.o, c.c, c.k, c.k], 0.0, 0.5, c.seed ^ 1).map_err(fail)?;
+    let bias: Vec<f32> = (0..c.o).map(|i| 0.1 * i as f32 - 0.3).collect();
+    let with_bias = c.epilogue & 1 != 0;
+    let (want, scale) =
+        reference::conv2d(&x, &w, with_bias.then_some(&bias[..]), c.stride, c.pad).map_err(fail)?;
+    let residual = Tensor::randn(want.shape(), 0.0, 1.0, c.seed ^ 2).map_err(fail)?;
+    let mut steps = Vec::new();
+    if with_bias {
+        steps.push(ConvEpilogue::Bias(&bias));
+    }
+    let mut want = want;
+    let mut tol: Vec<f32> = scale.iter().map(|s| (1e-5 * s + 1e-6) as f32).collect();
+    if c.epilogue & 2 != 0 {
+        steps.push(ConvEpilogue::Residual(&residual));
+        for ((v, r), t) in want
+            .data_mut()
+            .iter_mut()
+            .zip(residual.data())
+            .zip(&mut tol)
+        {
+            *v += r;
+            *t += 1e-6 * r.abs();
+        }
+    }
+    if c.epilogue & 4 != 0 {
+        steps.push(ConvEpilogue::Relu);
+        want.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+    let packed = kern.pack_conv_weights(&w).map_err(fail)?;
+    let got = kern
+        .conv2d(&x, &packed, Conv2d::new(c.stride, c.pad), &steps)
+        .map_err(fail)?;
+    prop_assert_eq!(got.shape(), want.shape());
+    close(&format!("conv2d {c:?}"), got.data(), want.data(), |i| {
+        tol[i]
+    })
+}
+
+fn check_random(kern: Kernels) -> CheckResult {
+    prop(case(kern), |c| run_case(kern, &c))
+}
+
+/// Every distinct convolution of ResNet-18 and ResNet-50 (torchvision v1.5): `(in, out,
+/// kernel, stride, padding, input size here)`.
+const RESNET_LAYERS: &[(usize, usize, usize, usize, usize, usize)] = &[
+    (3, 64, 7, 2, 3, 20),     // conv1 (both)
+    (64, 64, 3, 1, 1, 9),     // r18 layer1; r50 layer1 3x3
+    (64, 128, 3, 2, 1, 9),    // r18 layer2.0 conv1
+    (128, 128, 3, 1, 1, 7),   // r18 layer2, r50 layer2 3x3
+    (64, 128, 1, 2, 0, 9),    // r18 layer2.0 downsample
+    (128, 256, 3, 2, 1, 7),   // r18 layer3.0 conv1
+    (256, 256, 3, 1, 1, 5),   // r18 layer3, r50 layer3 3x3
+    (128, 256, 1, 2, 0, 7),   // r18 layer3.0 downsample
+    (256, 512, 3, 2, 1, 5),   // r18 layer4.0 conv1
+    (512, 512, 3, 1, 1, 3),   // r18 layer4, r50 layer4 3x3
+    (256, 512, 1, 2, 0, 5),   // r18 layer4.0 downsample
+    (64, 64, 1, 1, 0, 9),     // r50 layer1.0 conv1
+    (64, 256, 1, 1, 0, 9),    // r50 layer1 conv3 and downsample
+    (256, 64, 1, 1, 0, 9),    // r50 layer1 conv1
+    (256, 128, 1, 1, 0, 7),   // r50 layer2.0 conv1
+    (128, 128, 3, 2, 1, 7),   // r50 layer2.0 conv2 (stride on the 3x3)
+    (128, 512, 1, 1, 0, 5),   // r50 layer2 conv3
+    (256, 512, 1, 2, 0, 7),   // r50 layer2.0 downsample
+    (512, 128, 1, 1, 0, 5),   // r50 layer2 conv1
+    (512, 256, 1, 1, 0, 5),   // r50 layer3.0 conv1
+    (256, 256, 3, 2, 1, 5),   // r50 layer3.0 conv2
+    (256, 1024, 1, 1, 0, 3),  // r50 layer3 conv3
+    (512, 1024, 1, 2, 0, 5),  // r50 layer3.0 downsample
+    (1024, 256, 1, 1, 0, 3),  // r50 layer3 conv1
+    (1024, 512, 1, 1, 0, 3),  // r50 layer4.0 conv1
+    (512, 512, 3, 2, 1, 3),   // r50 layer4.0 conv2
+    (512, 2048, 1, 1, 0, 2),  // r50 layer4 conv3
+    (1024, 2048, 1, 2, 0, 3), // r50 layer4.0 downsample
+    (2048, 512, 1, 1, 0, 2),  // r50 layer4 conv1
+];
+
+fn check_resnet_layers(kern: Kernels) -> CheckResult {
+    for (i, &(c, o, k, stride, pad, size)) in RESNET_LAYERS.iter().enumerate() {
+        let case = Case {
+            n: 2,
+            c,
+            o,
+            h: size,
+            w: size,
+            k,
+            stride,
+            pad,
+            epilogue: (i % 8) as u8,
+            seed: i as u64,
+        };
+        run_case(kern, &case).map_err(|e| format!("layer {c}->{o} k{k} s{stride} p{pad}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn check_bn_folding(kern: Kernels) -> CheckResult {
+    let strategy = (1usize..=5, 1usize..=12, 1usize..=9, any::<u64>());
+    prop(strategy, |(c, o, size, seed)| {
+        let x = Tensor::randn(&[2, c, size, size], 0.0, 1.0, seed).map_err(fail)?;
+        let w = Tensor::randn(&[o, c, 3, 3], 0.0, 0.5, seed ^ 1).map_err(fail)?;
+        let gamma: Vec<f32> = (0..o).map(|i| 0.5 + 0.1 * i as f32).collect();
+        let beta: Vec<f32> = (0..o).map(|i| 0.2 - 0.05 * i as f32).collect();
+        let mean: Vec<f32> = (0..o).map(|i| 0.3 * (i as f32).sin()).collect();
+        let var: Vec<f32> = (0..o).map(|i| 0.5 + 0.2 * (i as f32).cos().abs()).collect();
+        let eps = 1e-5;
+        // Unfused: conv, then BN as scale and shift, then ReLU.
+        let plain = kern
+            .conv2d(
+                &x,
+                &kern.pack_conv_weights(&w).map_err(fail)?,
+                Conv2d::new(1, 1),
+                &[],
+            )
+            .map_err(fail)?;
+        let scale: Vec<f32> = (0..o).map(|i| gamma[i] / (var[i] + eps).sqrt()).collect();
+        let shift: Vec<f32> = (0..o).map(|i| beta[i] - mean[i] * scale[i]).collect();
+        let want = kern
+            .scale_shift_relu(&plain, &scale, &shift)
+            .map_err(fail)?;
+        // Fused: folded weights and bias, ReLU in the epilogue.
+        let (wf, bf) = fold_batch_norm(&w, None, &gamma, &beta, &mean, &var, eps).map_err(fail)?;
+        let packed = kern.pack_conv_weights(&wf).map_err(fail)?;
+        let got = kern
+            .conv2d(
+                &x,
+                &packed,
+                Conv2d::new(1, 1),
+                &[ConvEpilogue::Bias(&bf), ConvEpilogue::Relu],
+            )
+            .map_err(fail)?;
+        let (_, err_scale) = reference::conv2d(&x, &w, None, 1, 1).map_err(fail)?;
+        close("folded conv+bn+relu", got.data(), want.data(), |i| {
+            let ch = (i / (size * size)) % o;
+            (2e-5 * (err_scale[i] as f32 * scale[ch].abs() + shift[ch].abs()) + 1e-5) as f32
+        })
+    })
+}
+
+fn check_errors(kern: Kernels) -> CheckResult {
+    let x = Tensor::zeros(&[1, 3, 8, 8]).map_err(|e| e.to_string())?;
+    let w = kern
+        .pack_conv_weights(&Tensor::zeros(&[4, 2, 3, 3]).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let w3 = kern
+        .pack_conv_weights(&Tensor::zeros(&[4, 3, 3, 3]).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let wrong_res = Tensor::zeros(&[1, 4, 7, 8]).map_err(|e| e.to_string())?;
+    let cases = [
+        kern.conv2d(&x, &w, Conv2d::new(1, 1), &[]).is_err(),
+        kern.conv2d(&x, &w3, Conv2d::new(0, 1), &[]).is_err(),
+        kern.conv2d(
+            &x,
+            &w3,
+            Conv2d::new(1, 1),
+            &[ConvEpilogue::Residual(&wrong_res)],
+        )
+        .is_err(),
+        kern.conv2d(&x, &w3, Conv2d::new(1, 1), &[ConvEpilogue::Bias(&[0.0; 3])])
+            .is_err(),
+        kern.conv2d(
+            &Tensor::zeros(&[1, 3, 1, 1]).map_err(|e| e.to_string())?,
+            &w3,
+            Conv2d::new(1, 0),
+            &[],
+        )
+        .is_err(),
+        kern.pack_conv_weights(&Tensor::zeros(&[4, 3, 3]).map_err(|e| e.to_string())?)
+            .is_err(),
+    ];
+    match cases.iter().position(|rejected| !rejected) {
+        None => Ok(()),
+        Some(i) => Err(format!("bad input {i} was accepted")),
+    }
+}
+
+fn main() {
+    common::run("conv_matches_reference", CHECKS);
+}
