@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use super::pack::{b_panels, pack_b, BSource, PackedA};
+use super::pack::{b_panels, pack_b, BPanel, BSource, PackedA};
 use super::{check_epilogue, Epilogue, MatMut};
 use crate::error::Result;
 use crate::kernels::microkernel::{TileOut, TileStep};
@@ -106,7 +106,7 @@ pub(crate) fn gemm(
             let task = |t: usize| {
                 let (mb, g) = (t / groups, t % groups);
                 let cptr = cptr;
-                for &(j, width, at) in
+                for &BPanel { j, width, at } in
                     &layout.panels[g * per_group..((g + 1) * per_group).min(n_panels)]
                 {
                     let tile = set.gemm_tiles[width / lanes - 1];
@@ -150,6 +150,7 @@ pub(crate) fn gemm(
                                 kc,
                                 a.panel(p, pc.min(k), kc).as_ptr(),
                                 bpanel.as_ptr(),
+                                width,
                                 &out,
                             )
                         };

@@ -53,15 +53,25 @@ pub(crate) struct TileOut {
 
 /// `C_tile (+)= A_panel * B_panel`, then the epilogue, then the clipped store.
 ///
-/// `a`: `kc x MR` floats, k-major (`a[k * MR + r]`); `b`: `kc x (NV * LANES)`, k-major.
+/// `a`: `kc x MR` floats, k-major (`a[k * MR + r]`); `b`: `kc` rows of `NV * LANES`
+/// floats, row `k` at `b + k * ldb` (a packed panel has `ldb = NV * LANES`; a row-major
+/// B read in place has its own row stride).
 #[inline(always)]
 pub(crate) unsafe fn gemm_tile<S: Simd, const MR: usize, const NV: usize>(
     kc: usize,
     a: *const f32,
     b: *const f32,
+    ldb: usize,
     out: &TileOut,
 ) {
     let l = S::LANES;
+    // Start fetching the C tile now: it is read (when accumulating) and written after
+    // the k loop, and without this its cache misses stall the end of every tile.
+    for r in 0..out.m.min(MR) {
+        for v in 0..NV {
+            S::prefetch(out.c.add(r * out.ldc + v * l));
+        }
+    }
     let mut acc = [[S::splat(0.0); NV]; MR];
     let mut a = a;
     let mut b = b;
@@ -77,7 +87,7 @@ pub(crate) unsafe fn gemm_tile<S: Simd, const MR: usize, const NV: usize>(
             }
         }
         a = a.add(MR);
-        b = b.add(NV * l);
+        b = b.add(ldb);
     }
 
     // Lanes of vector `v` that are inside the valid columns.

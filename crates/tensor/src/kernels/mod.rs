@@ -125,8 +125,8 @@ pub(crate) struct KernelSet {
     pub gemm_tiles: &'static [GemmTileFn],
 }
 
-/// A GEMM microkernel entry point: `(kc, packed A panel, packed B panel, output)`.
-pub(crate) type GemmTileFn = unsafe fn(usize, *const f32, *const f32, &microkernel::TileOut);
+/// A GEMM microkernel entry point: `(kc, packed A panel, B panel, B row stride, output)`.
+pub(crate) type GemmTileFn = unsafe fn(usize, *const f32, *const f32, usize, &microkernel::TileOut);
 
 /// The operations a `KernelSet` provides, for [`Kernels::kernel_names`].
 pub const OPERATIONS: [&str; 10] = [
@@ -155,9 +155,9 @@ macro_rules! tier_entry_points {
 
             $(#[$attr])*
             unsafe fn gemm_tile<const NV: usize>(
-                kc: usize, a: *const f32, b: *const f32, out: &microkernel::TileOut,
+                kc: usize, a: *const f32, b: *const f32, ldb: usize, out: &microkernel::TileOut,
             ) {
-                microkernel::gemm_tile::<$S, $mr, NV>(kc, a, b, out)
+                microkernel::gemm_tile::<$S, $mr, NV>(kc, a, b, ldb, out)
             }
             static GEMM_TILES: &[GemmTileFn] = &[$(gemm_tile::<$nv>),+];
 

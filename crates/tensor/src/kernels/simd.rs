@@ -63,6 +63,11 @@ pub(crate) trait Simd {
         std::ptr::copy_nonoverlapping(buf.as_ptr(), p, n);
     }
 
+    /// Hints that the cache line holding `p` will be read soon (no-op where the tier
+    /// has no prefetch instruction). Never faults, whatever `p` is.
+    #[inline(always)]
+    unsafe fn prefetch(_p: *const f32) {}
+
     /// Loads `p[0], p[stride], ..., p[(LANES - 1) * stride]`.
     #[inline(always)]
     unsafe fn load_strided(p: *const f32, stride: usize) -> Self::V {

@@ -72,6 +72,10 @@ impl Simd for Avx2 {
         _mm256_castsi256_ps(_mm256_slli_epi32::<23>(biased))
     }
     #[inline(always)]
+    unsafe fn prefetch(p: *const f32) {
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+    }
+    #[inline(always)]
     unsafe fn load_strided(p: *const f32, stride: usize) -> __m256 {
         // Callers keep `7 * stride` far below `i32::MAX` (strides are pooling strides).
         let s = stride as i32;

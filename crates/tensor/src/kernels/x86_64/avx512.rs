@@ -81,6 +81,10 @@ impl Simd for Avx512 {
         _mm512_mask_storeu_ps(p, first_lanes(n), v)
     }
     #[inline(always)]
+    unsafe fn prefetch(p: *const f32) {
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+    }
+    #[inline(always)]
     unsafe fn load_strided(p: *const f32, stride: usize) -> __m512 {
         // Callers keep `15 * stride` far below `i32::MAX` (strides are pooling strides).
         let idx = _mm512_mullo_epi32(
