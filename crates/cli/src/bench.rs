@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use tensor::gemm::matrixmultiply_gemm;
-use tensor::{peak, Kernels, MatMut, MatRef};
+use tensor::{peak, Conv2d, ConvEpilogue, Kernels, MatMut, MatRef, Tensor};
 
 /// The GEMM shapes: squares, then ResNet-50's convolutions as im2col GEMMs
 /// `(M, N, K) = (out channels, output pixels at batch 1, in channels x kh x kw)`.
@@ -149,6 +149,96 @@ pub fn gemm(
                 peak_pct: 100.0 * gflops / peak,
             };
             println!("{}", if json { row.json() } else { row.text() });
+        }
+    }
+    Ok(())
+}
+
+/// Every distinct convolution of ResNet-50 at 224x224: `(name, in, out, kernel, stride,
+/// padding, input size)`.
+pub const RESNET50_CONVS: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
+    ("conv1_7x7s2", 3, 64, 7, 2, 3, 224),
+    ("layer1_1x1_64_64", 64, 64, 1, 1, 0, 56),
+    ("layer1_3x3_64", 64, 64, 3, 1, 1, 56),
+    ("layer1_1x1_64_256", 64, 256, 1, 1, 0, 56),
+    ("layer1_1x1_256_64", 256, 64, 1, 1, 0, 56),
+    ("layer2_1x1_256_128", 256, 128, 1, 1, 0, 56),
+    ("layer2_3x3s2_128", 128, 128, 3, 2, 1, 56),
+    ("layer2_3x3_128", 128, 128, 3, 1, 1, 28),
+    ("layer2_1x1_128_512", 128, 512, 1, 1, 0, 28),
+    ("layer2_down_1x1s2_256_512", 256, 512, 1, 2, 0, 56),
+    ("layer2_1x1_512_128", 512, 128, 1, 1, 0, 28),
+    ("layer3_1x1_512_256", 512, 256, 1, 1, 0, 28),
+    ("layer3_3x3s2_256", 256, 256, 3, 2, 1, 28),
+    ("layer3_3x3_256", 256, 256, 3, 1, 1, 14),
+    ("layer3_1x1_256_1024", 256, 1024, 1, 1, 0, 14),
+    ("layer3_down_1x1s2_512_1024", 512, 1024, 1, 2, 0, 28),
+    ("layer3_1x1_1024_256", 1024, 256, 1, 1, 0, 14),
+    ("layer4_1x1_1024_512", 1024, 512, 1, 1, 0, 14),
+    ("layer4_3x3s2_512", 512, 512, 3, 2, 1, 14),
+    ("layer4_3x3_512", 512, 512, 3, 1, 1, 7),
+    ("layer4_1x1_512_2048", 512, 2048, 1, 1, 0, 7),
+    ("layer4_down_1x1s2_1024_2048", 1024, 2048, 1, 2, 0, 14),
+    ("layer4_1x1_2048_512", 2048, 512, 1, 1, 0, 7),
+];
+
+/// Runs the convolution table: every ResNet-50 layer at each batch size, forward with
+/// prepacked weights and a bias + ReLU epilogue (a folded conv + BN + ReLU), GFLOP/s
+/// counted as the direct algorithm's `2 * N * O * OH * OW * I * kh * kw`.
+pub fn conv(
+    k: &Kernels,
+    threads: usize,
+    batches: &[usize],
+    budget: Duration,
+    json: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let peak = measured_peak(k, threads);
+    if !json {
+        println!(
+            "conv2d forward (conv + bias + ReLU, prepacked weights), {} threads, microkernel {}, measured FMA peak {:.1} GFLOP/s",
+            threads,
+            k.gemm_kernel_name(),
+            peak
+        );
+        println!(
+            "{:<28} {:>5}  {:>9} {:>9}  {:>8}  {:>6}",
+            "layer", "batch", "ms", "GFLOP/s", "% peak", "thr"
+        );
+    }
+    for &batch in batches {
+        for &(name, cin, cout, ks, stride, pad, size) in RESNET50_CONVS {
+            let x = Tensor::randn(&[batch, cin, size, size], 0.0, 1.0, 1)?;
+            let w = Tensor::randn(&[cout, cin, ks, ks], 0.0, 0.05, 2)?;
+            let bias = vec![0.01f32; cout];
+            let packed = k.pack_conv_weights(&w)?;
+            let p = Conv2d::new(stride, pad);
+            let [oh, ow] = p.output_size(size, size, ks, ks)?;
+            let mut y = Tensor::zeros(&[batch, cout, oh, ow])?;
+            let steps = [ConvEpilogue::Bias(&bias), ConvEpilogue::Relu];
+            let mut err = None;
+            let t = best_time(budget, || {
+                if let Err(e) = k.conv2d_into(&x, &packed, p, &steps, &mut y) {
+                    err = Some(e);
+                }
+            });
+            if let Some(e) = err {
+                return Err(e.into());
+            }
+            let flops = 2.0 * (batch * cout * oh * ow * cin * ks * ks) as f64;
+            let gflops = flops / t.as_secs_f64() / 1e9;
+            let pct = 100.0 * gflops / peak;
+            let ms = t.as_secs_f64() * 1e3;
+            if json {
+                println!(
+                    "{{\"bench\":\"conv\",\"name\":\"{name}\",\"batch\":{batch},\"m\":{cout},\"n\":{},\"k\":{},\"impl\":\"ours\",\"threads\":{threads},\"ms\":{ms:.3},\"gflops\":{gflops:.2},\"peak_pct\":{pct:.1}}}",
+                    batch * oh * ow,
+                    cin * ks * ks
+                );
+            } else {
+                println!(
+                    "{name:<28} {batch:>5}  {ms:>9.3} {gflops:>9.1}  {pct:>7.1}%  {threads:>6}"
+                );
+            }
         }
     }
     Ok(())

@@ -52,6 +52,12 @@ enum Command {
 enum BenchCommand {
     /// GEMM: squares 256..2048 and ResNet-50's im2col shapes, ours vs matrixmultiply.
     Gemm,
+    /// conv2d forward for every distinct ResNet-50 layer.
+    Conv {
+        /// Batch sizes to run (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        batch: Vec<usize>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -94,6 +100,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let threads = rayon::current_num_threads();
             match what {
                 BenchCommand::Gemm => bench::gemm(&k, threads, budget, json),
+                BenchCommand::Conv { batch } => {
+                    if batch.iter().any(|&b| b == 0) {
+                        return Err("--batch sizes must be at least 1".into());
+                    }
+                    bench::conv(&k, threads, &batch, budget, json)
+                }
             }
         }
     }

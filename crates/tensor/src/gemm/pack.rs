@@ -154,13 +154,27 @@ impl Im2col<'_> {
                 dst.fill(0.0);
             } else {
                 let row = &plane[iy as usize * self.w..(iy as usize + 1) * self.w];
-                for (t, d) in dst.iter_mut().enumerate() {
-                    let ix = ((ox + t) * self.sw + kx) as isize - self.pw as isize;
-                    *d = if ix >= 0 && (ix as usize) < self.w {
-                        row[ix as usize]
+                // Column t of the run reads ix = (ox + t) * sw + kx - pw; the ts with
+                // 0 <= ix < w form one range [lo, hi): zeros before and after it, and
+                // a contiguous (stride 1) or strided copy inside it.
+                let first = ox * self.sw + kx; // ix + pw for t = 0
+                let lo = self.pw.saturating_sub(first).div_ceil(self.sw).min(run);
+                let hi = (self.w + self.pw)
+                    .saturating_sub(first)
+                    .div_ceil(self.sw)
+                    .clamp(lo, run);
+                dst[..lo].fill(0.0);
+                dst[hi..].fill(0.0);
+                if hi > lo {
+                    let ix0 = first + lo * self.sw - self.pw;
+                    let inside = &mut dst[lo..hi];
+                    if self.sw == 1 {
+                        inside.copy_from_slice(&row[ix0..ix0 + inside.len()]);
                     } else {
-                        0.0
-                    };
+                        for (d, s) in inside.iter_mut().zip(row[ix0..].iter().step_by(self.sw)) {
+                            *d = *s;
+                        }
+                    }
                 }
             }
             o += run;
