@@ -84,16 +84,16 @@ pub fn gemm(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let peak = measured_peak(k, threads);
     if !json {
-        println!(
+        crate::emit(&format!(
             "GEMM, {} threads, microkernel {}, measured FMA peak {:.1} GFLOP/s",
             threads,
             k.gemm_kernel_name(),
             peak
-        );
-        println!(
+        ))?;
+        crate::emit(&format!(
             "{:<24} {:>5} {:>6} {:>5}  {:<15} {:>3}",
             "shape", "M", "N", "K", "impl", "thr"
-        );
+        ))?;
     }
     for &(name, m, n, kk) in GEMM_SHAPES {
         let a: Vec<f32> = (0..m * kk)
@@ -148,7 +148,7 @@ pub fn gemm(
                 gflops,
                 peak_pct: 100.0 * gflops / peak,
             };
-            println!("{}", if json { row.json() } else { row.text() });
+            crate::emit(&if json { row.json() } else { row.text() })?;
         }
     }
     Ok(())
@@ -194,16 +194,16 @@ pub fn conv(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let peak = measured_peak(k, threads);
     if !json {
-        println!(
+        crate::emit(&format!(
             "conv2d forward (conv + bias + ReLU, prepacked weights), {} threads, microkernel {}, measured FMA peak {:.1} GFLOP/s",
             threads,
             k.gemm_kernel_name(),
             peak
-        );
-        println!(
+        ))?;
+        crate::emit(&format!(
             "{:<28} {:>5}  {:>9} {:>9}  {:>8}  {:>6}",
             "layer", "batch", "ms", "GFLOP/s", "% peak", "thr"
-        );
+        ))?;
     }
     for &batch in batches {
         for &(name, cin, cout, ks, stride, pad, size) in RESNET50_CONVS {
@@ -229,15 +229,15 @@ pub fn conv(
             let pct = 100.0 * gflops / peak;
             let ms = t.as_secs_f64() * 1e3;
             if json {
-                println!(
+                crate::emit(&format!(
                     "{{\"bench\":\"conv\",\"name\":\"{name}\",\"batch\":{batch},\"m\":{cout},\"n\":{},\"k\":{},\"impl\":\"ours\",\"threads\":{threads},\"ms\":{ms:.3},\"gflops\":{gflops:.2},\"peak_pct\":{pct:.1}}}",
                     batch * oh * ow,
                     cin * ks * ks
-                );
+                ))?;
             } else {
-                println!(
+                crate::emit(&format!(
                     "{name:<28} {batch:>5}  {ms:>9.3} {gflops:>9.1}  {pct:>7.1}%  {threads:>6}"
-                );
+                ))?;
             }
         }
     }

@@ -60,10 +60,23 @@ enum BenchCommand {
     },
 }
 
+/// Writes one line to standard output. An error (a closed pipe, as in `resnet bench gemm
+/// | head`) ends the command instead of panicking as `println!` would.
+pub(crate) fn emit(line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{line}")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -101,7 +114,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             match what {
                 BenchCommand::Gemm => bench::gemm(&k, threads, budget, json),
                 BenchCommand::Conv { batch } => {
-                    if batch.iter().any(|&b| b == 0) {
+                    if batch.contains(&0) {
                         return Err("--batch sizes must be at least 1".into());
                     }
                     bench::conv(&k, threads, &batch, budget, json)
@@ -112,39 +125,39 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn info(measure_peak: bool) -> Result<(), Box<dyn std::error::Error>> {
-    println!("cpu features:  {}", isa::cpu_features().join(" "));
+    emit(&format!("cpu features:  {}", isa::cpu_features().join(" ")))?;
     let supported: Vec<_> = Isa::ALL
         .iter()
         .filter(|i| i.is_supported())
         .map(|i| i.name())
         .collect();
-    println!("tiers here:    {}", supported.join(" "));
+    emit(&format!("tiers here:    {}", supported.join(" ")))?;
     let choice = isa::active()?;
     let how = match choice {
         IsaChoice::Detected(_) => "detected: the widest this CPU supports".to_string(),
         IsaChoice::Forced(_) => format!("forced by {}", isa::ISA_ENV),
     };
-    println!("active tier:   {} ({how})", choice.isa());
-    println!("threads:       {}", rayon::current_num_threads());
+    emit(&format!("active tier:   {} ({how})", choice.isa()))?;
+    emit(&format!("threads:       {}", rayon::current_num_threads()))?;
     let k = Kernels::active()?;
-    println!("kernels:");
+    emit("kernels:")?;
     for (op, kernel) in k.kernel_names() {
-        println!("  {op:<18} {kernel}");
+        emit(&format!("  {op:<18} {kernel}"))?;
     }
     if measure_peak {
-        println!("measured FMA peak (GFLOP/s, best of ~1 s of register-only FMA chains):");
+        emit("measured FMA peak (GFLOP/s, best of ~1 s of register-only FMA chains):")?;
         let threads = rayon::current_num_threads();
         for isa in Isa::ALL.into_iter().filter(|i| i.is_supported()) {
             let k = Kernels::for_isa(isa)?;
             let one = peak::fma_peak(&k, 1, Duration::from_millis(500));
             let all = peak::fma_peak(&k, threads, Duration::from_millis(500));
-            println!(
+            emit(&format!(
                 "  {:<8} 1 thread: {:7.1}   {} threads: {:7.1}",
                 isa.name(),
                 one.gflops,
                 threads,
                 all.gflops
-            );
+            ))?;
         }
     }
     Ok(())

@@ -213,7 +213,7 @@ fn check_bn_folding(kern: Kernels) -> CheckResult {
         let (_, err_scale) = reference::conv2d(&x, &w, None, 1, 1).map_err(fail)?;
         close("folded conv+bn+relu", got.data(), want.data(), |i| {
             let ch = (i / (size * size)) % o;
-            (2e-5 * (err_scale[i] as f32 * scale[ch].abs() + shift[ch].abs()) + 1e-5) as f32
+            2e-5 * (err_scale[i] as f32 * scale[ch].abs() + shift[ch].abs()) + 1e-5
         })
     })
 }

@@ -42,6 +42,14 @@ struct SharedC(*mut f32);
 unsafe impl Send for SharedC {}
 unsafe impl Sync for SharedC {}
 
+impl SharedC {
+    /// The pointer. (A method, so that closures capture the `Sync` wrapper rather than
+    /// its raw-pointer field.)
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `C = A B` then `epilogue`, for `A` packed and `B` from `b`; `m x n` output.
 pub(crate) fn gemm(
     set: &KernelSet,
@@ -105,7 +113,6 @@ pub(crate) fn gemm(
 
             let task = |t: usize| {
                 let (mb, g) = (t / groups, t % groups);
-                let cptr = cptr;
                 for &BPanel { j, width, at } in
                     &layout.panels[g * per_group..((g + 1) * per_group).min(n_panels)]
                 {
@@ -134,7 +141,7 @@ pub(crate) fn gemm(
                         }
                         let out = TileOut {
                             // SAFETY: row < m and col < n, inside C (validated by MatMut).
-                            c: unsafe { cptr.0.add(row * ldc + col) },
+                            c: unsafe { cptr.get().add(row * ldc + col) },
                             ldc,
                             m: (m - row).min(mr),
                             n: (n - col).min(width),

@@ -260,6 +260,7 @@ pub(crate) fn b_panels(nc: usize, nr: usize, lanes: usize, kc: usize) -> BPanels
 }
 
 /// Packs `B[pc..pc + kc, jc..jc + nc]` into `buf` laid out as `layout` says.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn pack_b(
     b: &BSource,
     pc: usize,
