@@ -215,8 +215,9 @@ impl Kernels {
             return Ok(());
         }
         let direct = kh == 1 && kw == 1 && p.stride == 1 && p.padding == 0;
-        for b in 0..n {
-            let image = &x.data()[b * in_image..(b + 1) * in_image];
+        let xd = x.data();
+        let run_image = |b: usize, out: &mut [f32], threads: driver::Threads| -> Result<()> {
+            let image = &xd[b * in_image..(b + 1) * in_image];
             let source = if direct {
                 BSource::Matrix(MatRef::row_major(image, c, h * wd)?)
             } else {
@@ -247,7 +248,6 @@ impl Kernels {
                     ConvEpilogue::Relu => Epilogue::Relu,
                 })
                 .collect();
-            let out = &mut y.data_mut()[b * out_image..(b + 1) * out_image];
             let mut c_mat = MatMut::row_major(out, o, oh * ow)?;
             driver::gemm(
                 self.set(),
@@ -257,7 +257,24 @@ impl Kernels {
                 oh * ow,
                 &mut c_mat,
                 &steps,
-            )?;
+                threads,
+            )
+        };
+        // A batch that divides evenly over the threads (or is much larger) runs one image
+        // per thread, each GEMM on its own: no barriers, no shared packed blocks. A
+        // smaller batch runs image after image, each GEMM split across the threads.
+        let threads = rayon::current_num_threads();
+        let per_image = threads > 1 && n > 1 && (n % threads == 0 || n >= 4 * threads);
+        if per_image {
+            use rayon::prelude::*;
+            y.data_mut()
+                .par_chunks_mut(out_image)
+                .enumerate()
+                .try_for_each(|(b, out)| run_image(b, out, driver::Threads::Single))?;
+        } else {
+            for (b, out) in y.data_mut().chunks_mut(out_image).enumerate() {
+                run_image(b, out, driver::Threads::Auto)?;
+            }
         }
         Ok(())
     }

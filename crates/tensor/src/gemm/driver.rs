@@ -50,7 +50,17 @@ impl SharedC {
     }
 }
 
+/// Whether a GEMM may split its work across rayon's threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Threads {
+    /// Split when the product is large enough.
+    Auto,
+    /// Stay on the calling thread (the caller is already parallel, e.g. over images).
+    Single,
+}
+
 /// `C = A B` then `epilogue`, for `A` packed and `B` from `b`; `m x n` output.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm(
     set: &KernelSet,
     a: &PackedA,
@@ -59,6 +69,7 @@ pub(crate) fn gemm(
     n: usize,
     c: &mut MatMut,
     epilogue: &[Epilogue],
+    threads: Threads,
 ) -> Result<()> {
     check_epilogue("gemm", epilogue, m, n)?;
     let k = a.cols();
@@ -70,7 +81,9 @@ pub(crate) fn gemm(
     let mr = set.gemm_mr;
     let nr = set.gemm_tiles.len() * lanes;
     let accumulate = matches!(epilogue.first(), Some(Epilogue::Accumulate));
-    let parallel = m * n * k.max(1) >= PARALLEL_MIN_MACS && rayon::current_num_threads() > 1;
+    let parallel = threads == Threads::Auto
+        && m * n * k.max(1) >= PARALLEL_MIN_MACS
+        && rayon::current_num_threads() > 1;
     let threads = if parallel {
         rayon::current_num_threads()
     } else {

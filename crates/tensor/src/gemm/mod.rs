@@ -200,6 +200,7 @@ impl Kernels {
             c.cols,
             c,
             epilogue,
+            driver::Threads::Auto,
         )
     }
 
@@ -221,6 +222,7 @@ impl Kernels {
             c.cols,
             c,
             epilogue,
+            driver::Threads::Auto,
         )
     }
 
