@@ -36,6 +36,19 @@ fn bench_tier(c: &mut Criterion, k: Kernels, all_ops: bool) {
         // Read x, write y.
         g.throughput(Throughput::Bytes(2 * BYTES));
         let mut y = x.clone();
+        // The ceiling, measured in the same run on the same buffers: a plain copy.
+        let chunk = 1 << 16;
+        g.bench_function(id("copy_reference"), |b| {
+            b.iter(|| {
+                p.install(|| {
+                    use rayon::prelude::*;
+                    y.data_mut()
+                        .par_chunks_mut(chunk)
+                        .zip(x.data().par_chunks(chunk))
+                        .for_each(|(d, s)| d.copy_from_slice(s))
+                })
+            })
+        });
         g.bench_function(id("scale_shift_relu_into"), |b| {
             b.iter(|| p.install(|| k.scale_shift_relu_into(&x, &scale, &shift, &mut y)))
         });

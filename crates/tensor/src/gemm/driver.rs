@@ -94,7 +94,12 @@ pub(crate) fn gemm(
     let ldc = c.ld;
     let cptr = SharedC(c.data.as_mut_ptr());
 
-    let mut buf = Vec::new();
+    thread_local! {
+        /// This thread's buffer for packed blocks of B, reused across calls: a fresh
+        /// 2 MiB allocation per call would be mapped (and page-faulted) anew each time.
+        static B_BUFFER: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    let mut buf = B_BUFFER.with(|b| b.take());
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
         // K = 0 still runs one (empty) block, so C gets zeros and the epilogue.
@@ -185,5 +190,6 @@ pub(crate) fn gemm(
             }
         }
     }
+    B_BUFFER.with(|b| b.set(buf));
     Ok(())
 }

@@ -191,8 +191,13 @@ impl Kernels {
     /// `B` is `k x n`, `C` is `m x n`; any of A and B may be transposed views.
     pub fn gemm(&self, a: MatRef, b: MatRef, c: &mut MatMut, epilogue: &[Epilogue]) -> Result<()> {
         self.check_gemm_shapes("gemm", a.rows, a.cols, b, c)?;
-        let packed = self.pack_a(a);
-        driver::gemm(
+        thread_local! {
+            /// This thread's buffer for packing A, reused across calls.
+            static A_BUFFER: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+        }
+        let buf = A_BUFFER.with(|b| b.take());
+        let packed = PackedA::pack_into(self.isa(), self.set().gemm_mr, a, buf);
+        let result = driver::gemm(
             self.set(),
             &packed,
             &pack::BSource::Matrix(b),
@@ -201,7 +206,9 @@ impl Kernels {
             c,
             epilogue,
             driver::Threads::Auto,
-        )
+        );
+        A_BUFFER.with(|b| b.set(packed.into_buffer()));
+        result
     }
 
     /// `C = A B` with A packed beforehand by [`Kernels::pack_a`] (by the same tier).
