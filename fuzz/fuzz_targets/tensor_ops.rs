@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tensor::{Kernels, Pool2d, Tensor};
+use tensor::{Conv2d, ConvEpilogue, Kernels, MatMut, MatRef, Pool2d, Tensor};
 
 /// Caps the elements a case may allocate, so the fuzzer explores logic, not memory.
 const MAX_ELEMENTS: usize = 1 << 16;
@@ -30,7 +30,8 @@ fuzz_target!(|bytes: &[u8]| {
         stride: [next() % 4, next() % 4],
         padding: [next() % 4, next() % 4],
     };
-    let _ = match op % 8 {
+    let (a, b, c) = (next() % 9, next() % 9, next() % 9);
+    let _ = match op % 10 {
         0 => k.scale_shift(&x, &params, &params).map(drop),
         1 => k.scale_shift_relu(&x, &params, &params).map(drop),
         2 => k.channel_stats(&x).map(drop),
@@ -38,6 +39,19 @@ fuzz_target!(|bytes: &[u8]| {
         4 => k.log_softmax(&x).map(drop),
         5 => k.max_pool2d(&x, &pool).map(drop),
         6 => k.global_avg_pool(&x).map(drop),
-        _ => x.clone().reshape(&[count, 1]).and_then(|y| k.add(&x, &y)).map(drop),
+        7 => x.clone().reshape(&[count, 1]).and_then(|y| k.add(&x, &y)).map(drop),
+        // A GEMM over views of arbitrary (possibly inconsistent) shapes and strides.
+        8 => MatRef::new(x.data(), a, b, b, 1).and_then(|av| {
+            let bv = MatRef::new(x.data(), b, c, 1, b.max(1))?;
+            let mut out = vec![0.0; a * c];
+            let mut cv = MatMut::row_major(&mut out, a, c)?;
+            k.gemm(av, bv, &mut cv, &[tensor::Epilogue::RowBias(&params), tensor::Epilogue::Relu])
+        }),
+        // A convolution with weights of an arbitrary shape, stride and padding.
+        _ => Tensor::zeros(&[a + 1, b, c, c]).and_then(|w| {
+            let w = k.pack_conv_weights(&w)?;
+            k.conv2d(&x, &w, Conv2d::new(pool.stride[0], pool.padding[0]), &[ConvEpilogue::Bias(&params)])
+                .map(drop)
+        }),
     };
 });
