@@ -232,7 +232,6 @@ impl Kernels {
                     sw: p.stride,
                     ph: p.padding,
                     pw: p.padding,
-                    oh,
                     ow,
                 })
             };

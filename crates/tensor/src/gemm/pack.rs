@@ -150,7 +150,6 @@ pub(crate) struct Im2col<'a> {
     pub sw: usize,
     pub ph: usize,
     pub pw: usize,
-    pub oh: usize,
     pub ow: usize,
 }
 
@@ -159,59 +158,87 @@ impl Im2col<'_> {
         self.c * self.kh * self.kw
     }
 
-    pub fn cols(&self) -> usize {
-        self.oh * self.ow
-    }
-
-    /// Writes row `k` of B, columns `j0..j0 + out.len()` (clipped to the valid columns;
-    /// the rest left as they are).
-    fn row_into(&self, k: usize, j0: usize, out: &mut [f32]) {
-        let ci = k / (self.kh * self.kw);
-        let ky = (k / self.kw) % self.kh;
-        let kx = k % self.kw;
-        let plane = &self.x[ci * self.h * self.w..(ci + 1) * self.h * self.w];
-        let n = self.cols();
+    /// Packs rows `k0..k0 + kc` and columns `j0..j0 + valid` of B into a `kc x width`
+    /// k-major panel, zero-padded to `width` columns.
+    ///
+    /// The panel's columns are split once into runs that lie within one output row
+    /// (`oy`, first `ox`, length, offset in the panel row); then each of the `kc` rows is
+    /// those runs, read from input row `oy * sh + ky - ph` of channel `ci`, with
+    /// `(ci, ky, kx)` stepped along without divisions. Inside a run the in-bounds pixels
+    /// form one range: zeros around it, one copy (stride 1) or a strided copy inside it.
+    fn pack_panel(
+        &self,
+        k0: usize,
+        kc: usize,
+        j0: usize,
+        valid: usize,
+        width: usize,
+        dst: &mut [f32],
+    ) {
+        let mut runs = Vec::with_capacity(4);
         let (mut oy, mut ox) = (j0 / self.ow, j0 % self.ow);
-        let mut j = j0;
-        let mut o = 0;
-        while o < out.len() && j < n {
-            // One output row's worth of columns at a time.
-            let run = (self.ow - ox).min(out.len() - o).min(n - j);
-            let iy = (oy * self.sh + ky) as isize - self.ph as isize;
-            let dst = &mut out[o..o + run];
-            if iy < 0 || iy >= self.h as isize {
-                dst.fill(0.0);
-            } else {
-                let row = &plane[iy as usize * self.w..(iy as usize + 1) * self.w];
-                // Column t of the run reads ix = (ox + t) * sw + kx - pw; the ts with
-                // 0 <= ix < w form one range [lo, hi): zeros before and after it, and
-                // a contiguous (stride 1) or strided copy inside it.
-                let first = ox * self.sw + kx; // ix + pw for t = 0
-                let lo = self.pw.saturating_sub(first).div_ceil(self.sw).min(run);
-                let hi = (self.w + self.pw)
-                    .saturating_sub(first)
-                    .div_ceil(self.sw)
-                    .clamp(lo, run);
-                dst[..lo].fill(0.0);
-                dst[hi..].fill(0.0);
+        let mut off = 0;
+        while off < valid {
+            let len = (self.ow - ox).min(valid - off);
+            runs.push((oy, ox, len, off));
+            off += len;
+            ox = 0;
+            oy += 1;
+        }
+        let (mut ci, mut ky, mut kx) = (
+            k0 / (self.kh * self.kw),
+            (k0 / self.kw) % self.kh,
+            k0 % self.kw,
+        );
+        let plane_len = self.h * self.w;
+        for row in dst.chunks_exact_mut(width).take(kc) {
+            let plane = &self.x[ci * plane_len..(ci + 1) * plane_len];
+            for &(oy, ox0, len, off) in &runs {
+                let out = &mut row[off..off + len];
+                let iy = (oy * self.sh + ky) as isize - self.ph as isize;
+                if iy < 0 || iy >= self.h as isize {
+                    out.fill(0.0);
+                    continue;
+                }
+                let src = &plane[iy as usize * self.w..(iy as usize + 1) * self.w];
+                // Column t of the run reads ix = (ox0 + t) * sw + kx - pw.
+                let first = ox0 * self.sw + kx; // ix + pw at t = 0
+                let (lo, hi) = if self.sw == 1 {
+                    let lo = self.pw.saturating_sub(first).min(len);
+                    (lo, (self.w + self.pw).saturating_sub(first).clamp(lo, len))
+                } else {
+                    let lo = self.pw.saturating_sub(first).div_ceil(self.sw).min(len);
+                    (
+                        lo,
+                        (self.w + self.pw)
+                            .saturating_sub(first)
+                            .div_ceil(self.sw)
+                            .clamp(lo, len),
+                    )
+                };
+                out[..lo].fill(0.0);
+                out[hi..].fill(0.0);
                 if hi > lo {
                     let ix0 = first + lo * self.sw - self.pw;
-                    let inside = &mut dst[lo..hi];
+                    let inside = &mut out[lo..hi];
                     if self.sw == 1 {
-                        inside.copy_from_slice(&row[ix0..ix0 + inside.len()]);
+                        inside.copy_from_slice(&src[ix0..ix0 + inside.len()]);
                     } else {
-                        for (d, s) in inside.iter_mut().zip(row[ix0..].iter().step_by(self.sw)) {
-                            *d = *s;
+                        for (d, v) in inside.iter_mut().zip(src[ix0..].iter().step_by(self.sw)) {
+                            *d = *v;
                         }
                     }
                 }
             }
-            o += run;
-            j += run;
-            ox += run;
-            if ox == self.ow {
-                ox = 0;
-                oy += 1;
+            row[valid..].fill(0.0);
+            kx += 1;
+            if kx == self.kw {
+                kx = 0;
+                ky += 1;
+                if ky == self.kh {
+                    ky = 0;
+                    ci += 1;
+                }
             }
         }
     }
@@ -232,21 +259,32 @@ impl BSource<'_> {
         }
     }
 
-    /// Writes `B[k, j0..j0 + width]` (clipped to B's columns) into `out`.
-    fn row_into(&self, k: usize, j0: usize, out: &mut [f32]) {
+    /// Packs rows `k0..k0 + kc`, columns `j0..j0 + valid` into a `kc x width` panel.
+    fn pack_panel(
+        &self,
+        k0: usize,
+        kc: usize,
+        j0: usize,
+        valid: usize,
+        width: usize,
+        dst: &mut [f32],
+    ) {
         match self {
             BSource::Matrix(m) => {
-                let n = (m.cols - j0).min(out.len());
-                if m.cs == 1 {
-                    let start = k * m.rs + j0;
-                    out[..n].copy_from_slice(&m.data[start..start + n]);
-                } else {
-                    for (t, o) in out[..n].iter_mut().enumerate() {
-                        *o = m.at(k, j0 + t);
+                for (kk, row) in dst.chunks_exact_mut(width).take(kc).enumerate() {
+                    let k = k0 + kk;
+                    if m.cs == 1 {
+                        let start = k * m.rs + j0;
+                        row[..valid].copy_from_slice(&m.data[start..start + valid]);
+                    } else {
+                        for (t, o) in row[..valid].iter_mut().enumerate() {
+                            *o = m.at(k, j0 + t);
+                        }
                     }
+                    row[valid..].fill(0.0);
                 }
             }
-            BSource::Im2col(g) => g.row_into(k, j0, out),
+            BSource::Im2col(g) => g.pack_panel(k0, kc, j0, valid, width, dst),
         }
     }
 }
@@ -301,12 +339,7 @@ pub(crate) fn pack_b(
     parallel: bool,
 ) {
     let pack_panel = |&BPanel { j, width, .. }: &BPanel, dst: &mut [f32]| {
-        let valid = width.min(nc - j);
-        for kk in 0..kc {
-            let row = &mut dst[kk * width..(kk + 1) * width];
-            b.row_into(pc + kk, jc + j, &mut row[..valid]);
-            row[valid..].fill(0.0);
-        }
+        b.pack_panel(pc, kc, jc + j, width.min(nc - j), width, dst);
     };
     // Hand each panel its own disjoint piece of the buffer (in layout order).
     let packed: Vec<&BPanel> = layout.panels.iter().collect();
