@@ -54,12 +54,18 @@ impl PackedA {
                     d[rows..].fill(0.0);
                 }
             }
-            if a.cs == 1 {
-                // Row-major A: a transpose of an MR x k strip. Done 64 columns at a time,
-                // so the 64 x MR destination (2 KiB) stays in L1 while all MR rows are
-                // written into it; row by row over the whole panel, each row's pass
-                // touched the entire panel (147 KiB for k = 4608) and the packing cost
-                // about 1 ns per element.
+            if a.cs == 1 && rows == mr && matches!(mr, 4 | 6 | 8) {
+                // Row-major A, whole panel: a transpose of an MR x k strip, written so
+                // the compiler vectorises it (an interleaved store group of MR).
+                let row = |r: usize| &a.data[(r0 + r) * a.rs..(r0 + r) * a.rs + k];
+                match mr {
+                    4 => transpose_strip::<4>(std::array::from_fn(row), dst),
+                    6 => transpose_strip::<6>(std::array::from_fn(row), dst),
+                    _ => transpose_strip::<8>(std::array::from_fn(row), dst),
+                }
+            } else if a.cs == 1 {
+                // Row-major A, a partial panel (or an unusual MR): element by element,
+                // 64 columns at a time so the destination stays in L1.
                 const CHUNK: usize = 64;
                 for k0 in (0..k).step_by(CHUNK) {
                     let len = CHUNK.min(k - k0);
@@ -132,6 +138,20 @@ impl PackedA {
     pub(crate) fn panel(&self, p: usize, pc: usize, kc: usize) -> &[f32] {
         let start = p * self.cols * self.mr + pc * self.mr;
         &self.data[start..start + kc * self.mr]
+    }
+}
+
+/// `dst[k * MR + r] = rows[r][k]`: an `MR x k` strip transposed into a k-major panel.
+/// The fixed `MR` lets the compiler unroll the inner loop into one contiguous `MR`-float
+/// store per `k`. Measured on ResNet-50's (512, 49, 4608) GEMM with A packed per call, one
+/// thread: 36-47 GFLOP/s with element-by-element stores at stride `MR`, 54 with this
+/// (prepacked: 57-70 in the same runs).
+fn transpose_strip<const MR: usize>(rows: [&[f32]; MR], dst: &mut [f32]) {
+    let k = rows.iter().map(|r| r.len()).min().unwrap_or(0);
+    for (t, d) in dst.chunks_exact_mut(MR).take(k).enumerate() {
+        for r in 0..MR {
+            d[r] = rows[r][t];
+        }
     }
 }
 
