@@ -248,3 +248,27 @@ pub fn conv2d(
     }
     Ok((y, scale))
 }
+
+/// `y[b, o] = bias[o] + sum_i x[b, i] * w[o, i]` in `f64`, for `x: [N, in]`, `w: [out, in]`.
+pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&[f32]>) -> Result<Tensor> {
+    let [n, inp] = x.dims2("reference::linear")?;
+    let [out, win] = w.dims2("reference::linear")?;
+    if win != inp {
+        return Err(TensorError::ShapeMismatch {
+            op: "reference::linear",
+            expected: vec![out, inp],
+            got: w.shape().to_vec(),
+        });
+    }
+    let mut y = Tensor::zeros(&[n, out])?;
+    for b in 0..n {
+        for o in 0..out {
+            let mut acc = bias.map_or(0.0, |bs| bs[o] as f64);
+            for i in 0..inp {
+                acc += x.data()[b * inp + i] as f64 * w.data()[o * inp + i] as f64;
+            }
+            y.data_mut()[b * out + o] = acc as f32;
+        }
+    }
+    Ok(y)
+}

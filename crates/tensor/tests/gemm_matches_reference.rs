@@ -13,7 +13,7 @@ use common::{close, fail, prop, Check, CheckResult};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use tensor::gemm::matrixmultiply_gemm;
-use tensor::{reference, Epilogue, Kernels, MatMut, MatRef};
+use tensor::{reference, Epilogue, Kernels, MatMut, MatRef, Tensor};
 
 const CHECKS: &[(&str, Check)] = &[
     ("gemm_equals_reference_and_matrixmultiply", check_random),
@@ -21,6 +21,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("gemm_prepacked_equals_gemm", check_prepacked),
     ("gemm_large_crosses_every_block_and_thread", check_large),
     ("gemm_rejects_bad_shapes", check_errors),
+    ("linear_equals_reference", check_linear),
 ];
 
 /// A random case: sizes, whether A and B are transposed views, and the data.
@@ -277,6 +278,34 @@ fn check_errors(k: Kernels) -> CheckResult {
         None => Ok(()),
         Some(i) => Err(format!("bad input {i} was accepted")),
     }
+}
+
+fn check_linear(k: Kernels) -> CheckResult {
+    let strategy = (
+        0usize..=5,
+        1usize..=70,
+        0usize..=60,
+        any::<bool>(),
+        any::<u64>(),
+    );
+    prop(strategy, |(n, inp, out, with_bias, seed)| {
+        let x = Tensor::randn(&[n, inp], 0.0, 1.0, seed).map_err(fail)?;
+        let w = Tensor::randn(&[out, inp], 0.0, 0.3, seed ^ 1).map_err(fail)?;
+        let bias: Vec<f32> = (0..out).map(|o| 0.1 * o as f32 - 1.0).collect();
+        let b = with_bias.then_some(&bias[..]);
+        let want = reference::linear(&x, &w, b).map_err(fail)?;
+        let packed = k.pack_linear_weights(&w).map_err(fail)?;
+        let got = k.linear(&x, &packed, b).map_err(fail)?;
+        prop_assert_eq!(got.shape(), want.shape());
+        // |x| <= ~5, |w| <= ~1.5: the error scale is below 10 per product.
+        close("linear", got.data(), want.data(), |_| {
+            1e-5 * (10.0 * inp as f32 + 1.0)
+        })?;
+        // A wrong input width is an error, not a panic.
+        let bad = Tensor::zeros(&[n.max(1), inp + 1]).map_err(fail)?;
+        prop_assert!(k.linear(&bad, &packed, b).is_err());
+        Ok(())
+    })
 }
 
 fn main() {
