@@ -247,3 +247,48 @@ pub fn conv(
     }
     Ok(())
 }
+
+/// Whole-network inference: `InferenceModel::forward` on a random batch, with random
+/// weights (speed does not depend on the values). GFLOP/s counts `2 x` the multiply-adds
+/// of the convolutions and the classifier.
+pub fn model(
+    k: &Kernels,
+    threads: usize,
+    arch: resnet::Arch,
+    batch: usize,
+    budget: Duration,
+    json: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let peak = measured_peak(k, threads);
+    let (classes, size) = if arch.is_cifar() {
+        (10, 32)
+    } else {
+        (1000, 224)
+    };
+    let net = resnet::ResNet::new(arch, classes, 1)?;
+    let fast = resnet::InferenceModel::new(&net, *k)?;
+    let x = Tensor::randn(&[batch, 3, size, size], 0.0, 1.0, 2)?;
+    let mut err = None;
+    let t = best_time(budget, || {
+        if let Err(e) = fast.forward(&x) {
+            err = Some(e);
+        }
+    });
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    let ms = t.as_secs_f64() * 1e3;
+    let images_per_s = batch as f64 / t.as_secs_f64();
+    let gflops = 2.0 * net.forward_macs(size, size)? * batch as f64 / t.as_secs_f64() / 1e9;
+    let pct = 100.0 * gflops / peak;
+    if json {
+        crate::emit(&format!(
+            "{{\"bench\":\"model\",\"arch\":\"{arch}\",\"batch\":{batch},\"threads\":{threads},\"ms\":{ms:.3},\"images_per_s\":{images_per_s:.2},\"gflops\":{gflops:.2},\"peak_pct\":{pct:.1}}}"
+        ))?;
+    } else {
+        crate::emit(&format!(
+            "{arch} inference, batch {batch}, {threads} threads, {size}x{size}: {ms:.2} ms/batch, {images_per_s:.1} images/s, {gflops:.1} GFLOP/s ({pct:.1}% of the measured peak {peak:.1})"
+        ))?;
+    }
+    Ok(())
+}

@@ -52,6 +52,15 @@ enum Command {
 enum BenchCommand {
     /// GEMM: squares 256..2048 and ResNet-50's im2col shapes, ours vs matrixmultiply.
     Gemm,
+    /// Whole-network inference (random weights, BN folded), images/s and GFLOP/s.
+    Model {
+        /// Architecture: resnet18/34/50/101/152 or a CIFAR resnet20/32/44/56/110.
+        #[arg(long, default_value = "resnet50")]
+        arch: String,
+        /// Images per batch.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+    },
     /// conv2d forward for every distinct ResNet-50 layer.
     Conv {
         /// Batch sizes to run (comma-separated).
@@ -113,6 +122,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let threads = rayon::current_num_threads();
             match what {
                 BenchCommand::Gemm => bench::gemm(&k, threads, budget, json),
+                BenchCommand::Model { arch, batch } => {
+                    if batch == 0 {
+                        return Err("--batch must be at least 1".into());
+                    }
+                    bench::model(&k, threads, arch.parse()?, batch, budget, json)
+                }
                 BenchCommand::Conv { batch } => {
                     if batch.contains(&0) {
                         return Err("--batch sizes must be at least 1".into());

@@ -1,6 +1,29 @@
-//! # resnet (not yet implemented)
+//! # resnet
 //!
-//! The ResNet family (ResNet-18/34/50/101/152 and the CIFAR ResNet-20..110),
-//! torchvision-named `.safetensors` weights, data sets, augmentation and training. This
-//! crate is a placeholder in the workspace's final shape; nothing here works yet (see
-//! the project README for what does).
+//! The ResNet family on the `resnet-tensor` engine.
+//!
+//! What works today: the architectures ([`Arch`]: ResNet-18/34/50/101/152 and the CIFAR
+//! ResNet-20/32/44/56/110) with torchvision parameter names and initialisation
+//! ([`ResNet`]), and fast inference ([`InferenceModel`]: batch norm folded, weights
+//! packed, residual add and ReLU fused into the convolutions). Not yet: loading and
+//! saving `.safetensors`, image preprocessing, training, data sets (see the README).
+//!
+//! ```
+//! use resnet::{Arch, InferenceModel, ResNet};
+//! use tensor::{Kernels, Tensor};
+//!
+//! let model = ResNet::new(Arch::Cifar { depth: 20 }, 10, 42)?;
+//! assert_eq!(model.num_parameters(), 269_722);
+//! let fast = InferenceModel::new(&model, Kernels::active()?)?;
+//! let logits = fast.forward(&Tensor::randn(&[2, 3, 32, 32], 0.0, 1.0, 7)?)?;
+//! assert_eq!(logits.shape(), &[2, 10]);
+//! # Ok::<(), tensor::TensorError>(())
+//! ```
+
+pub mod arch;
+pub mod inference;
+pub mod model;
+
+pub use arch::{Arch, BlockKind, UnknownArch};
+pub use inference::InferenceModel;
+pub use model::{BatchNorm, Block, ConvBn, ResNet, Shortcut};

@@ -1,0 +1,150 @@
+//! The ResNet family: which blocks, how many, how wide.
+//!
+//! - ImageNet ResNets (He et al. 2015, as torchvision builds them, "v1.5": in a
+//!   bottleneck the stride is on the 3x3 convolution): a 7x7/2 stem and 3x3/2 max pool,
+//!   four stages of 64/128/256/512 base channels, projection shortcuts (1x1 conv + BN)
+//!   where the shape changes, global average pooling and one linear layer.
+//! - CIFAR ResNets (the paper's section 4.2): a 3x3 stem with 16 channels, three stages of
+//!   16/32/64 channels with `n` basic blocks each (depth `6n + 2`), and "option A"
+//!   identity shortcuts: a stride-2 subsample zero-padded to the new channel count, with
+//!   no parameters.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The residual block type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockKind {
+    /// Two 3x3 convolutions (ResNet-18/34 and the CIFAR nets); expansion 1.
+    Basic,
+    /// 1x1 reduce, 3x3, 1x1 expand by 4 (ResNet-50/101/152).
+    Bottleneck,
+}
+
+impl BlockKind {
+    /// Output channels of a block per base channel.
+    pub fn expansion(self) -> usize {
+        match self {
+            BlockKind::Basic => 1,
+            BlockKind::Bottleneck => 4,
+        }
+    }
+}
+
+/// A ResNet architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    ResNet18,
+    ResNet34,
+    ResNet50,
+    ResNet101,
+    ResNet152,
+    /// A CIFAR ResNet of depth `6n + 2` (20, 32, 44, 56, 110, ...).
+    Cifar {
+        depth: usize,
+    },
+}
+
+impl Arch {
+    /// The five ImageNet depths and the CIFAR depths of the paper.
+    pub const ALL: [Arch; 10] = [
+        Arch::ResNet18,
+        Arch::ResNet34,
+        Arch::ResNet50,
+        Arch::ResNet101,
+        Arch::ResNet152,
+        Arch::Cifar { depth: 20 },
+        Arch::Cifar { depth: 32 },
+        Arch::Cifar { depth: 44 },
+        Arch::Cifar { depth: 56 },
+        Arch::Cifar { depth: 110 },
+    ];
+
+    /// The block type.
+    pub fn block(self) -> BlockKind {
+        match self {
+            Arch::ResNet18 | Arch::ResNet34 | Arch::Cifar { .. } => BlockKind::Basic,
+            _ => BlockKind::Bottleneck,
+        }
+    }
+
+    /// Blocks per stage.
+    pub fn stage_blocks(self) -> Vec<usize> {
+        match self {
+            Arch::ResNet18 => vec![2, 2, 2, 2],
+            Arch::ResNet34 | Arch::ResNet50 => vec![3, 4, 6, 3],
+            Arch::ResNet101 => vec![3, 4, 23, 3],
+            Arch::ResNet152 => vec![3, 8, 36, 3],
+            Arch::Cifar { depth } => vec![(depth - 2) / 6; 3],
+        }
+    }
+
+    /// Base channels per stage.
+    pub fn stage_channels(self) -> Vec<usize> {
+        match self {
+            Arch::Cifar { .. } => vec![16, 32, 64],
+            _ => vec![64, 128, 256, 512],
+        }
+    }
+
+    /// True for the CIFAR family (3x3 stem, no max pool, option-A shortcuts).
+    pub fn is_cifar(self) -> bool {
+        matches!(self, Arch::Cifar { .. })
+    }
+
+    /// Channels of the pooled feature vector (the input of `fc`).
+    pub fn feature_dim(self) -> usize {
+        self.stage_channels().last().copied().unwrap_or(0) * self.block().expansion()
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Arch::ResNet18 => f.write_str("resnet18"),
+            Arch::ResNet34 => f.write_str("resnet34"),
+            Arch::ResNet50 => f.write_str("resnet50"),
+            Arch::ResNet101 => f.write_str("resnet101"),
+            Arch::ResNet152 => f.write_str("resnet152"),
+            Arch::Cifar { depth } => write!(f, "resnet{depth}"),
+        }
+    }
+}
+
+/// An architecture name that is not a ResNet this crate builds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownArch(pub String);
+
+impl fmt::Display for UnknownArch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown architecture {:?}: expected resnet18/34/50/101/152 or a CIFAR resnet of depth 6n+2 (resnet20, resnet32, resnet44, resnet56, resnet110, ...)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownArch {}
+
+impl FromStr for Arch {
+    type Err = UnknownArch;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.trim().to_ascii_lowercase();
+        let depth: usize = lower
+            .strip_prefix("resnet")
+            .and_then(|d| d.strip_prefix('-').or(Some(d)))
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(|| UnknownArch(s.to_string()))?;
+        Ok(match depth {
+            18 => Arch::ResNet18,
+            34 => Arch::ResNet34,
+            50 => Arch::ResNet50,
+            101 => Arch::ResNet101,
+            152 => Arch::ResNet152,
+            d if d >= 8 && (d - 2) % 6 == 0 => Arch::Cifar { depth: d },
+            _ => return Err(UnknownArch(s.to_string())),
+        })
+    }
+}

@@ -1,0 +1,186 @@
+//! The inference form of a ResNet: batch norm folded into every convolution, weights
+//! packed once, and each block's bias, residual add and ReLU fused into the GEMM
+//! epilogue of its last convolution.
+//!
+//! Not done yet (see the README): reusing activation buffers across layers and calls
+//! (each layer allocates its output today).
+
+use tensor::{
+    fold_batch_norm, Conv2d, ConvEpilogue, ConvWeights, Kernels, LinearWeights, Pool2d, Result,
+    Tensor,
+};
+
+use crate::model::{ConvBn, ResNet, Shortcut};
+
+/// A convolution with its batch norm folded in: packed weights and a bias.
+struct FusedConv {
+    weights: ConvWeights,
+    bias: Vec<f32>,
+    params: Conv2d,
+}
+
+impl FusedConv {
+    fn new(k: &Kernels, c: &ConvBn) -> Result<Self> {
+        let bn = &c.bn;
+        let (w, bias) = fold_batch_norm(
+            &c.weight,
+            None,
+            bn.weight.data(),
+            bn.bias.data(),
+            bn.running_mean.data(),
+            bn.running_var.data(),
+            bn.eps,
+        )?;
+        Ok(FusedConv {
+            weights: k.pack_conv_weights(&w)?,
+            bias,
+            params: Conv2d::new(c.stride, c.padding),
+        })
+    }
+
+    /// `conv(x) + bias`, then, in the same pass, `+ residual` and ReLU if asked.
+    fn run(
+        &self,
+        k: &Kernels,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        relu: bool,
+    ) -> Result<Tensor> {
+        let mut steps = vec![ConvEpilogue::Bias(&self.bias)];
+        if let Some(r) = residual {
+            steps.push(ConvEpilogue::Residual(r));
+        }
+        if relu {
+            steps.push(ConvEpilogue::Relu);
+        }
+        k.conv2d(x, &self.weights, self.params, &steps)
+    }
+}
+
+enum FusedShortcut {
+    Identity,
+    Projection(FusedConv),
+    PadChannels { stride: usize, pad: usize },
+}
+
+struct FusedBlock {
+    convs: Vec<FusedConv>,
+    shortcut: FusedShortcut,
+}
+
+/// A ResNet ready for fast inference (see the module docs).
+pub struct InferenceModel {
+    kernels: Kernels,
+    cifar: bool,
+    stem: FusedConv,
+    stages: Vec<Vec<FusedBlock>>,
+    fc: LinearWeights,
+    fc_bias: Vec<f32>,
+}
+
+/// The CIFAR paper's option-A shortcut: `x[:, :, ::s, ::s]` with `pad` zero channels
+/// added on each side (as the widely used PyTorch implementation pads them).
+pub fn pad_channels_shortcut(x: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+    let [n, c, h, w] = x.dims4("pad_channels_shortcut")?;
+    let stride = stride.max(1);
+    let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));
+    let mut y = Tensor::zeros(&[n, c + 2 * pad, oh, ow])?;
+    let (src, dst) = (x.data(), y.data_mut());
+    for b in 0..n {
+        for ch in 0..c {
+            let plane = &src[(b * c + ch) * h * w..][..h * w];
+            let out = &mut dst[(b * (c + 2 * pad) + pad + ch) * oh * ow..][..oh * ow];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    out[oy * ow + ox] = plane[oy * stride * w + ox * stride];
+                }
+            }
+        }
+    }
+    Ok(y)
+}
+
+impl InferenceModel {
+    /// Folds and packs `model` for the given kernels (`Kernels::active()?` normally).
+    pub fn new(model: &ResNet, kernels: Kernels) -> Result<Self> {
+        let k = &kernels;
+        let stages = model
+            .stages
+            .iter()
+            .map(|stage| {
+                stage
+                    .iter()
+                    .map(|block| {
+                        Ok(FusedBlock {
+                            convs: block
+                                .convs
+                                .iter()
+                                .map(|c| FusedConv::new(k, c))
+                                .collect::<Result<_>>()?,
+                            shortcut: match &block.shortcut {
+                                Shortcut::Identity => FusedShortcut::Identity,
+                                Shortcut::Projection(c) => {
+                                    FusedShortcut::Projection(FusedConv::new(k, c)?)
+                                }
+                                Shortcut::PadChannels { stride, pad } => {
+                                    FusedShortcut::PadChannels {
+                                        stride: *stride,
+                                        pad: *pad,
+                                    }
+                                }
+                            },
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(InferenceModel {
+            kernels,
+            cifar: model.arch.is_cifar(),
+            stem: FusedConv::new(k, &model.stem)?,
+            stages,
+            fc: k.pack_linear_weights(&model.fc_weight)?,
+            fc_bias: model.fc_bias.data().to_vec(),
+        })
+    }
+
+    /// The pooled feature vector of each image, `[N, feature_dim]` (2048 for
+    /// ResNet-50, 512 for ResNet-18, 64 for the CIFAR nets), for an NCHW RGB batch.
+    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        let k = &self.kernels;
+        let mut h = self.stem.run(k, x, None, true)?;
+        if !self.cifar {
+            h = k.max_pool2d(&h, &Pool2d::RESNET_STEM)?;
+        }
+        for block in self.stages.iter().flatten() {
+            let shortcut = match &block.shortcut {
+                FusedShortcut::Identity => None,
+                FusedShortcut::Projection(c) => Some(c.run(k, &h, None, false)?),
+                FusedShortcut::PadChannels { stride, pad } => {
+                    Some(pad_channels_shortcut(&h, *stride, *pad)?)
+                }
+            };
+            let (last, inner) =
+                block
+                    .convs
+                    .split_last()
+                    .ok_or_else(|| tensor::TensorError::InvalidArgument {
+                        op: "InferenceModel::features",
+                        reason: "a residual block without convolutions".into(),
+                    })?;
+            let mut y = None;
+            for c in inner {
+                y = Some(c.run(k, y.as_ref().unwrap_or(&h), None, true)?);
+            }
+            let residual = shortcut.as_ref().unwrap_or(&h);
+            h = last.run(k, y.as_ref().unwrap_or(&h), Some(residual), true)?;
+        }
+        k.global_avg_pool(&h)
+    }
+
+    /// Class logits, `[N, num_classes]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let f = self.features(x)?;
+        self.kernels.linear(&f, &self.fc, Some(&self.fc_bias))
+    }
+}

@@ -1,0 +1,276 @@
+//! A ResNet's parameters, named as torchvision names them, and their initialisation.
+//!
+//! This is the trainable form: convolutions and batch norms kept apart, every tensor
+//! reachable by its torchvision key (`conv1.weight`, `layer1.0.bn1.running_var`,
+//! `layer2.0.downsample.0.weight`, `fc.bias`, ...). [`crate::InferenceModel`] folds it
+//! into the fast form.
+
+use tensor::rng::Rng;
+use tensor::{Result, Tensor};
+
+use crate::arch::{Arch, BlockKind};
+
+/// Batch norm over channels: learned scale (`weight`, gamma) and shift (`bias`, beta),
+/// running statistics, and PyTorch's defaults `eps = 1e-5`, `momentum = 0.1`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    pub eps: f32,
+    pub momentum: f32,
+}
+
+impl BatchNorm {
+    /// PyTorch's initial state: gamma 1, beta 0, mean 0, variance 1.
+    pub fn new(channels: usize) -> Result<Self> {
+        Ok(BatchNorm {
+            weight: Tensor::full(&[channels], 1.0)?,
+            bias: Tensor::zeros(&[channels])?,
+            running_mean: Tensor::zeros(&[channels])?,
+            running_var: Tensor::full(&[channels], 1.0)?,
+            eps: 1e-5,
+            momentum: 0.1,
+        })
+    }
+}
+
+/// A convolution without bias followed by batch norm (every convolution of a ResNet).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvBn {
+    /// OIHW weights.
+    pub weight: Tensor,
+    pub bn: BatchNorm,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl ConvBn {
+    /// He (Kaiming) normal initialisation with `fan_out`, as torchvision does:
+    /// `std = sqrt(2 / (out * kh * kw))`.
+    fn new(
+        rng: &mut Rng,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let std = (2.0 / (cout * k * k) as f32).sqrt();
+        let data = (0..cout * cin * k * k)
+            .map(|_| std * rng.normal())
+            .collect();
+        Ok(ConvBn {
+            weight: Tensor::from_vec(&[cout, cin, k, k], data)?,
+            bn: BatchNorm::new(cout)?,
+            stride,
+            padding,
+        })
+    }
+
+    /// Output channels.
+    pub fn out_channels(&self) -> usize {
+        self.weight.shape()[0]
+    }
+}
+
+/// How a block's input reaches its output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Shortcut {
+    /// The input itself (same shape).
+    Identity,
+    /// A 1x1 convolution with stride, then batch norm (torchvision's `downsample`).
+    Projection(Box<ConvBn>),
+    /// The CIFAR paper's option A: `x[:, :, ::stride, ::stride]` zero-padded with `pad`
+    /// channels on each side. No parameters.
+    PadChannels { stride: usize, pad: usize },
+}
+
+/// A residual block: `relu(convs(x) + shortcut(x))`, with BN and ReLU between the convs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Block {
+    /// Two (basic) or three (bottleneck) convolutions, in order.
+    pub convs: Vec<ConvBn>,
+    pub shortcut: Shortcut,
+}
+
+/// A whole ResNet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResNet {
+    pub arch: Arch,
+    pub stem: ConvBn,
+    pub stages: Vec<Vec<Block>>,
+    /// `[num_classes, feature_dim]`.
+    pub fc_weight: Tensor,
+    pub fc_bias: Tensor,
+}
+
+/// A borrowed parameter or buffer, by torchvision key.
+pub struct Named<'a> {
+    pub name: String,
+    pub tensor: &'a Tensor,
+    /// Learned (a parameter) rather than a running statistic (a buffer).
+    pub trainable: bool,
+}
+
+impl ResNet {
+    /// A freshly initialised network for `num_classes` classes; the same seed gives the
+    /// same weights on every machine.
+    pub fn new(arch: Arch, num_classes: usize, seed: u64) -> Result<Self> {
+        let mut rng = Rng::seed_from_u64(seed);
+        let stem = if arch.is_cifar() {
+            ConvBn::new(&mut rng, 3, 16, 3, 1, 1)?
+        } else {
+            ConvBn::new(&mut rng, 3, 64, 7, 2, 3)?
+        };
+        let kind = arch.block();
+        let mut cin = stem.out_channels();
+        let mut stages = Vec::new();
+        for (s, (&blocks, &width)) in arch
+            .stage_blocks()
+            .iter()
+            .zip(&arch.stage_channels())
+            .enumerate()
+        {
+            let mut stage = Vec::with_capacity(blocks);
+            for b in 0..blocks {
+                let stride = if s > 0 && b == 0 { 2 } else { 1 };
+                let cout = width * kind.expansion();
+                let convs = match kind {
+                    BlockKind::Basic => vec![
+                        ConvBn::new(&mut rng, cin, width, 3, stride, 1)?,
+                        ConvBn::new(&mut rng, width, width, 3, 1, 1)?,
+                    ],
+                    // torchvision v1.5: the stride is on the 3x3.
+                    BlockKind::Bottleneck => vec![
+                        ConvBn::new(&mut rng, cin, width, 1, 1, 0)?,
+                        ConvBn::new(&mut rng, width, width, 3, stride, 1)?,
+                        ConvBn::new(&mut rng, width, cout, 1, 1, 0)?,
+                    ],
+                };
+                let shortcut = if stride == 1 && cin == cout {
+                    Shortcut::Identity
+                } else if arch.is_cifar() {
+                    Shortcut::PadChannels {
+                        stride,
+                        pad: (cout - cin) / 2,
+                    }
+                } else {
+                    Shortcut::Projection(Box::new(ConvBn::new(&mut rng, cin, cout, 1, stride, 0)?))
+                };
+                stage.push(Block { convs, shortcut });
+                cin = cout;
+            }
+            stages.push(stage);
+        }
+        // PyTorch's nn.Linear default: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
+        let bound = 1.0 / (cin as f32).sqrt();
+        let w = (0..num_classes * cin)
+            .map(|_| rng.uniform(-bound, bound))
+            .collect();
+        let b = (0..num_classes)
+            .map(|_| rng.uniform(-bound, bound))
+            .collect();
+        Ok(ResNet {
+            arch,
+            stem,
+            stages,
+            fc_weight: Tensor::from_vec(&[num_classes, cin], w)?,
+            fc_bias: Tensor::from_vec(&[num_classes], b)?,
+        })
+    }
+
+    /// Classes of the head.
+    pub fn num_classes(&self) -> usize {
+        self.fc_weight.shape()[0]
+    }
+
+    /// Every parameter and buffer under its torchvision key, in torchvision's order.
+    pub fn named_tensors(&self) -> Vec<Named<'_>> {
+        fn conv_bn<'a>(out: &mut Vec<Named<'a>>, conv: &str, bn: &str, c: &'a ConvBn) {
+            let mut push = |name: String, tensor, trainable| {
+                out.push(Named {
+                    name,
+                    tensor,
+                    trainable,
+                })
+            };
+            push(format!("{conv}.weight"), &c.weight, true);
+            push(format!("{bn}.weight"), &c.bn.weight, true);
+            push(format!("{bn}.bias"), &c.bn.bias, true);
+            push(format!("{bn}.running_mean"), &c.bn.running_mean, false);
+            push(format!("{bn}.running_var"), &c.bn.running_var, false);
+        }
+        let mut out = Vec::new();
+        conv_bn(&mut out, "conv1", "bn1", &self.stem);
+        for (s, stage) in self.stages.iter().enumerate() {
+            for (b, block) in stage.iter().enumerate() {
+                let prefix = format!("layer{}.{b}", s + 1);
+                for (i, c) in block.convs.iter().enumerate() {
+                    conv_bn(
+                        &mut out,
+                        &format!("{prefix}.conv{}", i + 1),
+                        &format!("{prefix}.bn{}", i + 1),
+                        c,
+                    );
+                }
+                if let Shortcut::Projection(c) = &block.shortcut {
+                    conv_bn(
+                        &mut out,
+                        &format!("{prefix}.downsample.0"),
+                        &format!("{prefix}.downsample.1"),
+                        c,
+                    );
+                }
+            }
+        }
+        out.push(Named {
+            name: "fc.weight".into(),
+            tensor: &self.fc_weight,
+            trainable: true,
+        });
+        out.push(Named {
+            name: "fc.bias".into(),
+            tensor: &self.fc_bias,
+            trainable: true,
+        });
+        out
+    }
+
+    /// Multiply-adds of one forward pass on an `h x w` image, counting convolutions and
+    /// the classifier (pooling, batch norm and additions are a rounding error beside
+    /// them): ResNet-50 at 224 x 224 is about 4.1 G.
+    pub fn forward_macs(&self, h: usize, w: usize) -> Result<f64> {
+        let conv = |c: &ConvBn, h: usize, w: usize| -> Result<(f64, usize, usize)> {
+            let [o, i, kh, kw] = c.weight.dims4("forward_macs")?;
+            let [oh, ow] = tensor::Conv2d::new(c.stride, c.padding).output_size(h, w, kh, kw)?;
+            Ok(((o * oh * ow * i * kh * kw) as f64, oh, ow))
+        };
+        let (mut macs, mut h, mut w) = conv(&self.stem, h, w)?;
+        if !self.arch.is_cifar() {
+            [h, w] = tensor::Pool2d::RESNET_STEM.output_size(h, w)?;
+        }
+        for block in self.stages.iter().flatten() {
+            let (h0, w0) = (h, w);
+            for c in &block.convs {
+                let (m, oh, ow) = conv(c, h, w)?;
+                macs += m;
+                (h, w) = (oh, ow);
+            }
+            if let Shortcut::Projection(c) = &block.shortcut {
+                macs += conv(c, h0, w0)?.0;
+            }
+        }
+        Ok(macs + self.fc_weight.len() as f64)
+    }
+
+    /// The number of trainable parameters (what papers and torchvision quote).
+    pub fn num_parameters(&self) -> usize {
+        self.named_tensors()
+            .iter()
+            .filter(|n| n.trainable)
+            .map(|n| n.tensor.len())
+            .sum()
+    }
+}

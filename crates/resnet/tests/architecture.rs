@@ -1,0 +1,208 @@
+//! The ResNet family: parameter counts equal torchvision's and the paper's, names follow
+//! torchvision, and the fused inference path equals a slow, unfused forward pass built
+//! from the reference operations (direct convolution, batch norm by its formula, in f64
+//! where they sum), with non-trivial batch-norm statistics.
+
+use resnet::{Arch, ConvBn, InferenceModel, ResNet, Shortcut};
+use tensor::rng::Rng;
+use tensor::{reference, Kernels, Pool2d, Tensor};
+
+#[test]
+fn parameter_counts_equal_the_references() {
+    // torchvision's models (1000 classes) and the CIFAR paper's ResNet-20 (10 classes).
+    let expected = [
+        (Arch::ResNet18, 1000, 11_689_512),
+        (Arch::ResNet34, 1000, 21_797_672),
+        (Arch::ResNet50, 1000, 25_557_032),
+        (Arch::ResNet101, 1000, 44_549_160),
+        (Arch::ResNet152, 1000, 60_192_808),
+        (Arch::Cifar { depth: 20 }, 10, 269_722),
+    ];
+    for (arch, classes, count) in expected {
+        let model = ResNet::new(arch, classes, 0).unwrap();
+        assert_eq!(model.num_parameters(), count, "{arch}");
+    }
+    // The CIFAR family grows by 6 layers of 3x3 convolutions per step of depth.
+    let sizes: Vec<usize> = [20, 32, 44, 56, 110]
+        .iter()
+        .map(|&d| {
+            ResNet::new(Arch::Cifar { depth: d }, 10, 0)
+                .unwrap()
+                .num_parameters()
+        })
+        .collect();
+    assert!(sizes.windows(2).all(|w| w[0] < w[1]), "{sizes:?}");
+    assert!(
+        (1_700_000..1_750_000).contains(&sizes[4]),
+        "ResNet-110 has about 1.7M: {}",
+        sizes[4]
+    );
+}
+
+#[test]
+fn multiply_adds_match_the_published_figures() {
+    // ResNet-50 at 224: 4.09 G multiply-adds (the "4.1 GFLOPs" of the literature);
+    // ResNet-18: 1.82 G.
+    let m50 = ResNet::new(Arch::ResNet50, 1000, 0)
+        .unwrap()
+        .forward_macs(224, 224)
+        .unwrap();
+    assert!((4.05e9..4.15e9).contains(&m50), "{m50}");
+    let m18 = ResNet::new(Arch::ResNet18, 1000, 0)
+        .unwrap()
+        .forward_macs(224, 224)
+        .unwrap();
+    assert!((1.78e9..1.86e9).contains(&m18), "{m18}");
+}
+
+#[test]
+fn names_follow_torchvision() {
+    let m = ResNet::new(Arch::ResNet50, 1000, 0).unwrap();
+    let names: Vec<String> = m.named_tensors().into_iter().map(|n| n.name).collect();
+    for expected in [
+        "conv1.weight",
+        "bn1.running_var",
+        "layer1.0.conv1.weight",
+        "layer1.0.conv3.weight",
+        "layer1.0.downsample.0.weight",
+        "layer1.0.downsample.1.bias",
+        "layer2.0.downsample.0.weight",
+        "layer4.2.bn3.running_mean",
+        "fc.weight",
+        "fc.bias",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "missing {expected}");
+    }
+    assert!(!names.iter().any(|n| n == "layer1.1.downsample.0.weight"));
+    // torchvision's ResNet-50 state dict has 320 entries: 53 convolutions x (weight + 4
+    // batch-norm tensors) + fc's 2 = 267, plus 53 `num_batches_tracked` (not kept here).
+    assert_eq!(names.len(), 267);
+    let unique: std::collections::HashSet<_> = names.iter().collect();
+    assert_eq!(unique.len(), names.len());
+}
+
+#[test]
+fn architecture_names_parse() {
+    for arch in Arch::ALL {
+        assert_eq!(arch.to_string().parse::<Arch>().unwrap(), arch);
+    }
+    assert_eq!("ResNet-50".parse::<Arch>().unwrap(), Arch::ResNet50);
+    for bad in ["resnet", "resnet21", "vgg16", "resnet2"] {
+        let e = bad.parse::<Arch>().unwrap_err();
+        assert!(e.to_string().contains("resnet18/34/50/101/152"), "{e}");
+    }
+}
+
+/// Gives every batch norm non-trivial statistics, so that folding is really exercised.
+fn perturb_batch_norms(model: &mut ResNet, seed: u64) {
+    let mut rng = Rng::seed_from_u64(seed);
+    let mut touch = |c: &mut ConvBn| {
+        let bn = &mut c.bn;
+        bn.weight
+            .data_mut()
+            .iter_mut()
+            .for_each(|v| *v = rng.uniform(0.5, 1.5));
+        bn.bias
+            .data_mut()
+            .iter_mut()
+            .for_each(|v| *v = 0.1 * rng.normal());
+        bn.running_mean
+            .data_mut()
+            .iter_mut()
+            .for_each(|v| *v = 0.1 * rng.normal());
+        bn.running_var
+            .data_mut()
+            .iter_mut()
+            .for_each(|v| *v = rng.uniform(0.5, 1.5));
+    };
+    touch(&mut model.stem);
+    for block in model.stages.iter_mut().flatten() {
+        block.convs.iter_mut().for_each(&mut touch);
+        if let Shortcut::Projection(c) = &mut block.shortcut {
+            touch(c);
+        }
+    }
+}
+
+/// Convolution then batch norm by the textbook formula (no folding).
+fn conv_bn_reference(x: &Tensor, c: &ConvBn, relu: bool) -> Tensor {
+    let (mut y, _) = reference::conv2d(x, &c.weight, None, c.stride, c.padding).unwrap();
+    let [_, ch, h, w] = y.dims4("test").unwrap();
+    let bn = &c.bn;
+    for (i, v) in y.data_mut().iter_mut().enumerate() {
+        let o = (i / (h * w)) % ch;
+        let norm = (*v - bn.running_mean.data()[o]) / (bn.running_var.data()[o] + bn.eps).sqrt();
+        let out = norm * bn.weight.data()[o] + bn.bias.data()[o];
+        *v = if relu { out.max(0.0) } else { out };
+    }
+    y
+}
+
+/// The whole network, unfused, from reference operations.
+fn forward_reference(m: &ResNet, x: &Tensor) -> Tensor {
+    let mut h = conv_bn_reference(x, &m.stem, true);
+    if !m.arch.is_cifar() {
+        h = reference::max_pool2d(&h, &Pool2d::RESNET_STEM).unwrap();
+    }
+    for block in m.stages.iter().flatten() {
+        let shortcut = match &block.shortcut {
+            Shortcut::Identity => h.clone(),
+            Shortcut::Projection(c) => conv_bn_reference(&h, c, false),
+            Shortcut::PadChannels { stride, pad } => {
+                resnet::inference::pad_channels_shortcut(&h, *stride, *pad).unwrap()
+            }
+        };
+        let mut y = h.clone();
+        let n = block.convs.len();
+        for (i, c) in block.convs.iter().enumerate() {
+            y = conv_bn_reference(&y, c, i + 1 < n);
+        }
+        h = reference::add(&y, &shortcut, true).unwrap();
+    }
+    let f = reference::global_avg_pool(&h).unwrap();
+    reference::linear(&f, &m.fc_weight, Some(m.fc_bias.data())).unwrap()
+}
+
+fn check_against_reference(arch: Arch, classes: usize, shape: [usize; 4]) {
+    let mut model = ResNet::new(arch, classes, 3).unwrap();
+    perturb_batch_norms(&mut model, 4);
+    let x = Tensor::randn(&shape, 0.0, 1.0, 5).unwrap();
+    let want = forward_reference(&model, &x);
+    let fast = InferenceModel::new(&model, Kernels::active().unwrap()).unwrap();
+    let got = fast.forward(&x).unwrap();
+    assert_eq!(got.shape(), &[shape[0], classes]);
+    let scale = want.data().iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    for (i, (g, w)) in got.data().iter().zip(want.data()).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-4 * scale,
+            "{arch}: logit {i}: fused {g}, reference {w} (scale {scale})"
+        );
+    }
+    let features = fast.features(&x).unwrap();
+    assert_eq!(features.shape(), &[shape[0], arch.feature_dim()]);
+}
+
+#[test]
+fn cifar_resnet20_inference_equals_unfused_reference() {
+    check_against_reference(Arch::Cifar { depth: 20 }, 10, [2, 3, 32, 32]);
+}
+
+#[test]
+fn resnet18_inference_equals_unfused_reference() {
+    check_against_reference(Arch::ResNet18, 1000, [1, 3, 32, 32]);
+}
+
+#[test]
+fn resnet50_inference_equals_unfused_reference() {
+    check_against_reference(Arch::ResNet50, 1000, [1, 3, 32, 32]);
+}
+
+#[test]
+fn option_a_shortcut_subsamples_and_pads_both_sides() {
+    let x = Tensor::from_vec(&[1, 1, 3, 3], (1..=9).map(|v| v as f32).collect()).unwrap();
+    let y = resnet::inference::pad_channels_shortcut(&x, 2, 1).unwrap();
+    assert_eq!(y.shape(), &[1, 3, 2, 2]);
+    assert_eq!(&y.data()[..4], &[0.0; 4]);
+    assert_eq!(&y.data()[4..8], &[1.0, 3.0, 7.0, 9.0]);
+    assert_eq!(&y.data()[8..], &[0.0; 4]);
+}
