@@ -266,7 +266,10 @@ pub fn model(
         (1000, 224)
     };
     let net = resnet::ResNet::new(arch, classes, 1)?;
+    let macs = net.forward_macs(size, size)?;
     let fast = resnet::InferenceModel::new(&net, *k)?;
+    // Only the folded, packed model stays in memory, as in an embedding application.
+    drop(net);
     let x = Tensor::randn(&[batch, 3, size, size], 0.0, 1.0, 2)?;
     let mut err = None;
     let t = best_time(budget, || {
@@ -279,7 +282,7 @@ pub fn model(
     }
     let ms = t.as_secs_f64() * 1e3;
     let images_per_s = batch as f64 / t.as_secs_f64();
-    let gflops = 2.0 * net.forward_macs(size, size)? * batch as f64 / t.as_secs_f64() / 1e9;
+    let gflops = 2.0 * macs * batch as f64 / t.as_secs_f64() / 1e9;
     let pct = 100.0 * gflops / peak;
     if json {
         crate::emit(&format!(

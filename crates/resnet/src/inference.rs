@@ -2,8 +2,13 @@
 //! packed once, and each block's bias, residual add and ReLU fused into the GEMM
 //! epilogue of its last convolution.
 //!
-//! Not done yet (see the README): reusing activation buffers across layers and calls
-//! (each layer allocates its output today).
+//! Activations come from a small pool of buffers kept by the model, keyed by shape: after
+//! the first call with a given input shape, a forward pass allocates nothing for its
+//! activations (a fresh multi-megabyte buffer per layer would be mapped and page-faulted
+//! anew each time, and the whole network is ~50 layers).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use tensor::{
     fold_batch_norm, Conv2d, ConvEpilogue, ConvWeights, Kernels, LinearWeights, Pool2d, Result,
@@ -38,10 +43,12 @@ impl FusedConv {
         })
     }
 
-    /// `conv(x) + bias`, then, in the same pass, `+ residual` and ReLU if asked.
+    /// `conv(x) + bias`, then, in the same pass, `+ residual` and ReLU if asked; the
+    /// output comes from `pool`.
     fn run(
         &self,
         k: &Kernels,
+        pool: &Pool,
         x: &Tensor,
         residual: Option<&Tensor>,
         relu: bool,
@@ -53,7 +60,39 @@ impl FusedConv {
         if relu {
             steps.push(ConvEpilogue::Relu);
         }
-        k.conv2d(x, &self.weights, self.params, &steps)
+        let [n, _, h, w] = x.dims4("InferenceModel")?;
+        let [o, _, kh, kw] = self.weights.shape();
+        let [oh, ow] = self.params.output_size(h, w, kh, kw)?;
+        let mut y = pool.take(&[n, o, oh, ow])?;
+        k.conv2d_into(x, &self.weights, self.params, &steps, &mut y)?;
+        Ok(y)
+    }
+}
+
+/// Spare activation tensors by shape. Every tensor taken from it is overwritten whole
+/// by the operation that fills it, so stale contents never leak.
+#[derive(Default)]
+struct Pool {
+    spare: Mutex<HashMap<Vec<usize>, Vec<Tensor>>>,
+}
+
+impl Pool {
+    fn take(&self, shape: &[usize]) -> Result<Tensor> {
+        let reused = self
+            .spare
+            .lock()
+            .ok()
+            .and_then(|mut m| m.get_mut(shape).and_then(Vec::pop));
+        match reused {
+            Some(t) => Ok(t),
+            None => Tensor::zeros(shape),
+        }
+    }
+
+    fn give(&self, t: Tensor) {
+        if let Ok(mut m) = self.spare.lock() {
+            m.entry(t.shape().to_vec()).or_default().push(t);
+        }
     }
 }
 
@@ -76,6 +115,7 @@ pub struct InferenceModel {
     stages: Vec<Vec<FusedBlock>>,
     fc: LinearWeights,
     fc_bias: Vec<f32>,
+    pool: Pool,
 }
 
 /// The CIFAR paper's option-A shortcut: `x[:, :, ::s, ::s]` with `pad` zero channels
@@ -141,21 +181,26 @@ impl InferenceModel {
             stages,
             fc: k.pack_linear_weights(&model.fc_weight)?,
             fc_bias: model.fc_bias.data().to_vec(),
+            pool: Pool::default(),
         })
     }
 
     /// The pooled feature vector of each image, `[N, feature_dim]` (2048 for
     /// ResNet-50, 512 for ResNet-18, 64 for the CIFAR nets), for an NCHW RGB batch.
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
-        let k = &self.kernels;
-        let mut h = self.stem.run(k, x, None, true)?;
+        let (k, pool) = (&self.kernels, &self.pool);
+        let mut h = self.stem.run(k, pool, x, None, true)?;
         if !self.cifar {
-            h = k.max_pool2d(&h, &Pool2d::RESNET_STEM)?;
+            let [n, c, hh, ww] = h.dims4("InferenceModel")?;
+            let [oh, ow] = Pool2d::RESNET_STEM.output_size(hh, ww)?;
+            let mut pooled = pool.take(&[n, c, oh, ow])?;
+            k.max_pool2d_into(&h, &Pool2d::RESNET_STEM, &mut pooled)?;
+            pool.give(std::mem::replace(&mut h, pooled));
         }
         for block in self.stages.iter().flatten() {
             let shortcut = match &block.shortcut {
                 FusedShortcut::Identity => None,
-                FusedShortcut::Projection(c) => Some(c.run(k, &h, None, false)?),
+                FusedShortcut::Projection(c) => Some(c.run(k, pool, &h, None, false)?),
                 FusedShortcut::PadChannels { stride, pad } => {
                     Some(pad_channels_shortcut(&h, *stride, *pad)?)
                 }
@@ -168,14 +213,23 @@ impl InferenceModel {
                         op: "InferenceModel::features",
                         reason: "a residual block without convolutions".into(),
                     })?;
-            let mut y = None;
+            let mut y: Option<Tensor> = None;
             for c in inner {
-                y = Some(c.run(k, y.as_ref().unwrap_or(&h), None, true)?);
+                let next = c.run(k, pool, y.as_ref().unwrap_or(&h), None, true)?;
+                if let Some(old) = y.replace(next) {
+                    pool.give(old);
+                }
             }
             let residual = shortcut.as_ref().unwrap_or(&h);
-            h = last.run(k, y.as_ref().unwrap_or(&h), Some(residual), true)?;
+            let out = last.run(k, pool, y.as_ref().unwrap_or(&h), Some(residual), true)?;
+            for t in [y, shortcut].into_iter().flatten() {
+                pool.give(t);
+            }
+            pool.give(std::mem::replace(&mut h, out));
         }
-        k.global_avg_pool(&h)
+        let f = k.global_avg_pool(&h);
+        pool.give(h);
+        f
     }
 
     /// Class logits, `[N, num_classes]`.

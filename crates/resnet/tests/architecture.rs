@@ -198,6 +198,24 @@ fn resnet50_inference_equals_unfused_reference() {
 }
 
 #[test]
+fn reused_activation_buffers_never_leak_into_results() {
+    // The model keeps activation buffers between calls; a call with another input (and
+    // another batch size) in between must not change a result.
+    for arch in [Arch::Cifar { depth: 20 }, Arch::ResNet18] {
+        let model = ResNet::new(arch, 10, 1).unwrap();
+        let fast = InferenceModel::new(&model, Kernels::active().unwrap()).unwrap();
+        let a = Tensor::randn(&[2, 3, 32, 32], 0.0, 1.0, 1).unwrap();
+        let b = Tensor::randn(&[3, 3, 32, 32], 0.0, 5.0, 2).unwrap();
+        let first = fast.forward(&a).unwrap();
+        fast.forward(&b).unwrap();
+        let again = fast.forward(&a).unwrap();
+        assert_eq!(first, again, "{arch}");
+        let fresh = InferenceModel::new(&model, Kernels::active().unwrap()).unwrap();
+        assert_eq!(fresh.forward(&a).unwrap(), first, "{arch}");
+    }
+}
+
+#[test]
 fn option_a_shortcut_subsamples_and_pads_both_sides() {
     let x = Tensor::from_vec(&[1, 1, 3, 3], (1..=9).map(|v| v as f32).collect()).unwrap();
     let y = resnet::inference::pad_channels_shortcut(&x, 2, 1).unwrap();
