@@ -5,8 +5,9 @@
 //! What works today: the architectures ([`Arch`]: ResNet-18/34/50/101/152 and the CIFAR
 //! ResNet-20/32/44/56/110) with torchvision parameter names and initialisation
 //! ([`ResNet`]), and fast inference ([`InferenceModel`]: batch norm folded, weights
-//! packed, residual add and ReLU fused into the convolutions). Not yet: loading and
-//! saving `.safetensors`, image preprocessing, training, data sets (see the README).
+//! packed, residual add and ReLU fused into the convolutions), and strict `.safetensors`
+//! loading and atomic saving in torchvision naming ([`weights`]). Not yet: image
+//! preprocessing, training, data sets, PyTorch fixtures (see the README).
 //!
 //! ```
 //! use resnet::{Arch, InferenceModel, ResNet};
@@ -23,7 +24,9 @@
 pub mod arch;
 pub mod inference;
 pub mod model;
+pub mod weights;
 
 pub use arch::{Arch, BlockKind, UnknownArch};
 pub use inference::InferenceModel;
 pub use model::{BatchNorm, Block, ConvBn, ResNet, Shortcut};
+pub use weights::WeightsError;

@@ -265,6 +265,49 @@ impl ResNet {
         Ok(macs + self.fc_weight.len() as f64)
     }
 
+    /// Every parameter and buffer, mutable, under the same keys and in the same order as
+    /// [`ResNet::named_tensors`] (a test checks the two agree).
+    pub fn named_tensors_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        fn conv_bn<'a>(
+            out: &mut Vec<(String, &'a mut Tensor)>,
+            conv: &str,
+            bn: &str,
+            c: &'a mut ConvBn,
+        ) {
+            out.push((format!("{conv}.weight"), &mut c.weight));
+            out.push((format!("{bn}.weight"), &mut c.bn.weight));
+            out.push((format!("{bn}.bias"), &mut c.bn.bias));
+            out.push((format!("{bn}.running_mean"), &mut c.bn.running_mean));
+            out.push((format!("{bn}.running_var"), &mut c.bn.running_var));
+        }
+        let mut out = Vec::new();
+        conv_bn(&mut out, "conv1", "bn1", &mut self.stem);
+        for (s, stage) in self.stages.iter_mut().enumerate() {
+            for (b, block) in stage.iter_mut().enumerate() {
+                let prefix = format!("layer{}.{b}", s + 1);
+                for (i, c) in block.convs.iter_mut().enumerate() {
+                    conv_bn(
+                        &mut out,
+                        &format!("{prefix}.conv{}", i + 1),
+                        &format!("{prefix}.bn{}", i + 1),
+                        c,
+                    );
+                }
+                if let Shortcut::Projection(c) = &mut block.shortcut {
+                    conv_bn(
+                        &mut out,
+                        &format!("{prefix}.downsample.0"),
+                        &format!("{prefix}.downsample.1"),
+                        c,
+                    );
+                }
+            }
+        }
+        out.push(("fc.weight".into(), &mut self.fc_weight));
+        out.push(("fc.bias".into(), &mut self.fc_bias));
+        out
+    }
+
     /// The number of trainable parameters (what papers and torchvision quote).
     pub fn num_parameters(&self) -> usize {
         self.named_tensors()

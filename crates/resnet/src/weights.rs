@@ -1,0 +1,271 @@
+//! Loading and saving weights as `.safetensors`, with torchvision's key names.
+//!
+//! Loading is strict, like PyTorch's `load_state_dict(strict=True)`: every key the model
+//! has must be in the file with the model's shape and dtype `F32`, and the file may hold
+//! nothing else (except `*.num_batches_tracked`, PyTorch's batch-norm counters, which are
+//! accepted and ignored). Every problem is collected and reported by name in one error,
+//! and the model is left untouched unless everything checks out. The file format itself
+//! (header, offsets, bounds) is parsed and validated by the `safetensors` crate; a
+//! truncated or hostile file is an error, never a panic.
+//!
+//! Saving writes a temporary file beside the target and renames it over the target, so a
+//! crash never leaves a half-written weights file. The saved file includes
+//! `num_batches_tracked` (as 0) for every batch norm, so PyTorch's strict loading of a
+//! torchvision model accepts it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use tensor::TensorError;
+
+use crate::arch::Arch;
+use crate::model::ResNet;
+
+/// What went wrong reading or writing weights.
+#[derive(Debug)]
+pub enum WeightsError {
+    /// The file could not be read or written.
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid safetensors file (truncated, a header that does not
+    /// parse, offsets outside the data, ...).
+    Format { path: PathBuf, message: String },
+    /// The file is valid but does not fit the model; every problem is listed.
+    Mismatch {
+        path: PathBuf,
+        arch: Arch,
+        missing: Vec<String>,
+        unexpected: Vec<String>,
+        /// `(key, model's shape, file's shape)`.
+        wrong_shape: Vec<(String, Vec<usize>, Vec<usize>)>,
+        /// `(key, file's dtype)`.
+        wrong_dtype: Vec<(String, String)>,
+    },
+    /// Building the model failed (for example a head of zero classes).
+    Tensor(TensorError),
+}
+
+impl fmt::Display for WeightsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WeightsError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            WeightsError::Format { path, message } => {
+                write!(
+                    f,
+                    "{}: not a valid safetensors file: {message}",
+                    path.display()
+                )
+            }
+            WeightsError::Mismatch {
+                path,
+                arch,
+                missing,
+                unexpected,
+                wrong_shape,
+                wrong_dtype,
+            } => {
+                write!(f, "{}: the weights do not fit {arch}:", path.display())?;
+                let list = |v: &[String]| {
+                    let shown: Vec<_> = v.iter().take(8).cloned().collect();
+                    let more = v.len().saturating_sub(8);
+                    if more > 0 {
+                        format!("{} (and {more} more)", shown.join(", "))
+                    } else {
+                        shown.join(", ")
+                    }
+                };
+                if !missing.is_empty() {
+                    write!(f, " {} missing key(s): {};", missing.len(), list(missing))?;
+                }
+                if !unexpected.is_empty() {
+                    write!(
+                        f,
+                        " {} unexpected key(s): {};",
+                        unexpected.len(),
+                        list(unexpected)
+                    )?;
+                }
+                for (k, want, got) in wrong_shape.iter().take(8) {
+                    write!(f, " {k} has shape {got:?}, the model needs {want:?};")?;
+                }
+                for (k, dtype) in wrong_dtype.iter().take(8) {
+                    write!(f, " {k} is {dtype}, only F32 is supported;")?;
+                }
+                Ok(())
+            }
+            WeightsError::Tensor(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for WeightsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WeightsError::Io { source, .. } => Some(source),
+            WeightsError::Tensor(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+fn is_ignored(key: &str) -> bool {
+    key.ends_with(".num_batches_tracked")
+}
+
+impl ResNet {
+    /// Reads a `.safetensors` file and builds `arch` from it; the number of classes is
+    /// taken from `fc.weight`.
+    pub fn from_safetensors(arch: Arch, path: impl AsRef<Path>) -> Result<Self, WeightsError> {
+        let path = path.as_ref();
+        let bytes = read(path)?;
+        let file = parse(path, &bytes)?;
+        let classes = file
+            .tensor("fc.weight")
+            .ok()
+            .and_then(|t| t.shape().first().copied())
+            .unwrap_or(1000);
+        let mut model = ResNet::new(arch, classes, 0).map_err(WeightsError::Tensor)?;
+        model.load_from(path, &file)?;
+        Ok(model)
+    }
+
+    /// Replaces every parameter and buffer with the file's (strictly: see the module
+    /// docs). On error the model is unchanged.
+    pub fn load_safetensors(&mut self, path: impl AsRef<Path>) -> Result<(), WeightsError> {
+        let path = path.as_ref();
+        let bytes = read(path)?;
+        self.load_safetensors_bytes(path, &bytes)
+    }
+
+    /// [`ResNet::load_safetensors`] from bytes in memory (`name` is used in messages).
+    pub fn load_safetensors_bytes(
+        &mut self,
+        name: impl AsRef<Path>,
+        bytes: &[u8],
+    ) -> Result<(), WeightsError> {
+        let path = name.as_ref();
+        let file = parse(path, bytes)?;
+        self.load_from(path, &file)
+    }
+
+    fn load_from(&mut self, path: &Path, file: &SafeTensors) -> Result<(), WeightsError> {
+        let in_file: HashMap<&str, TensorView> = file.iter().collect();
+        let arch = self.arch;
+        let mut targets = self.named_tensors_mut();
+        let (mut missing, mut wrong_shape, mut wrong_dtype) = (Vec::new(), Vec::new(), Vec::new());
+        for (name, t) in &targets {
+            match in_file.get(name.as_str()) {
+                None => missing.push(name.clone()),
+                Some(v) if v.dtype() != Dtype::F32 => {
+                    wrong_dtype.push((name.clone(), format!("{:?}", v.dtype())))
+                }
+                Some(v) if v.shape() != t.shape() => {
+                    wrong_shape.push((name.clone(), t.shape().to_vec(), v.shape().to_vec()))
+                }
+                Some(_) => {}
+            }
+        }
+        let known: std::collections::HashSet<&str> =
+            targets.iter().map(|(n, _)| n.as_str()).collect();
+        let mut unexpected: Vec<String> = in_file
+            .keys()
+            .filter(|k| !known.contains(*k) && !is_ignored(k))
+            .map(|k| k.to_string())
+            .collect();
+        unexpected.sort();
+        if !(missing.is_empty()
+            && unexpected.is_empty()
+            && wrong_shape.is_empty()
+            && wrong_dtype.is_empty())
+        {
+            return Err(WeightsError::Mismatch {
+                path: path.to_path_buf(),
+                arch,
+                missing,
+                unexpected,
+                wrong_shape,
+                wrong_dtype,
+            });
+        }
+        for (name, t) in targets.iter_mut() {
+            let view = &in_file[name.as_str()];
+            // Little-endian f32, read without assuming the bytes are 4-aligned.
+            for (dst, src) in t.data_mut().iter_mut().zip(view.data().chunks_exact(4)) {
+                *dst = f32::from_le_bytes([src[0], src[1], src[2], src[3]]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every parameter and buffer (plus `num_batches_tracked`) to `path`,
+    /// atomically: a temporary file in the same folder, flushed, then renamed.
+    pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<(), WeightsError> {
+        let path = path.as_ref();
+        let io = |source| WeightsError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut owned: BTreeMap<String, (Vec<usize>, Vec<u8>, Dtype)> = BTreeMap::new();
+        for n in self.named_tensors() {
+            let bytes = n
+                .tensor
+                .data()
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            if let Some(bn) = n.name.strip_suffix(".running_var") {
+                owned.insert(
+                    format!("{bn}.num_batches_tracked"),
+                    (vec![], 0i64.to_le_bytes().to_vec(), Dtype::I64),
+                );
+            }
+            owned.insert(n.name, (n.tensor.shape().to_vec(), bytes, Dtype::F32));
+        }
+        let views = owned
+            .iter()
+            .map(|(k, (shape, data, dtype))| {
+                TensorView::new(*dtype, shape.clone(), data).map(|v| (k.clone(), v))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| WeightsError::Format {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let bytes = safetensors::serialize(views, None).map_err(|e| WeightsError::Format {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let mut tmp_name = path.as_os_str().to_owned();
+        tmp_name.push(".tmp");
+        let tmp = PathBuf::from(tmp_name);
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io(e)
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, WeightsError> {
+    std::fs::read(path).map_err(|source| WeightsError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>, WeightsError> {
+    SafeTensors::deserialize(bytes).map_err(|e| WeightsError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
