@@ -36,18 +36,22 @@ pub enum WeightsError {
     /// parse, offsets outside the data, ...).
     Format { path: PathBuf, message: String },
     /// The file is valid but does not fit the model; every problem is listed.
-    Mismatch {
-        path: PathBuf,
-        arch: Arch,
-        missing: Vec<String>,
-        unexpected: Vec<String>,
-        /// `(key, model's shape, file's shape)`.
-        wrong_shape: Vec<(String, Vec<usize>, Vec<usize>)>,
-        /// `(key, file's dtype)`.
-        wrong_dtype: Vec<(String, String)>,
-    },
+    Mismatch(Box<Mismatch>),
     /// Building the model failed (for example a head of zero classes).
     Tensor(TensorError),
+}
+
+/// Every way a valid weights file failed to fit a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub path: PathBuf,
+    pub arch: Arch,
+    pub missing: Vec<String>,
+    pub unexpected: Vec<String>,
+    /// `(key, model's shape, file's shape)`.
+    pub wrong_shape: Vec<(String, Vec<usize>, Vec<usize>)>,
+    /// `(key, file's dtype)`.
+    pub wrong_dtype: Vec<(String, String)>,
 }
 
 impl fmt::Display for WeightsError {
@@ -183,14 +187,14 @@ impl ResNet {
             && wrong_shape.is_empty()
             && wrong_dtype.is_empty())
         {
-            return Err(WeightsError::Mismatch {
+            return Err(WeightsError::Mismatch(Box::new(Mismatch {
                 path: path.to_path_buf(),
                 arch,
                 missing,
                 unexpected,
                 wrong_shape,
                 wrong_dtype,
-            });
+            })));
         }
         for (name, t) in targets.iter_mut() {
             let view = &in_file[name.as_str()];
