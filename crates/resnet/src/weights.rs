@@ -65,14 +65,15 @@ impl fmt::Display for WeightsError {
                     path.display()
                 )
             }
-            WeightsError::Mismatch {
-                path,
-                arch,
-                missing,
-                unexpected,
-                wrong_shape,
-                wrong_dtype,
-            } => {
+            WeightsError::Mismatch(m) => {
+                let Mismatch {
+                    path,
+                    arch,
+                    missing,
+                    unexpected,
+                    wrong_shape,
+                    wrong_dtype,
+                } = &**m;
                 write!(f, "{}: the weights do not fit {arch}:", path.display())?;
                 let list = |v: &[String]| {
                     let shown: Vec<_> = v.iter().take(8).cloned().collect();
