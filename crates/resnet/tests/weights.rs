@@ -134,13 +134,9 @@ fn strict_loading_names_every_problem_and_changes_nothing() {
         .load_safetensors_bytes("bad.safetensors", &bytes)
         .unwrap_err();
     match &err {
-        WeightsError::Mismatch {
-            missing,
-            unexpected,
-            wrong_shape,
-            wrong_dtype,
-            ..
-        } => {
+        WeightsError::Mismatch(m) => {
+            let (missing, unexpected) = (&m.missing, &m.unexpected);
+            let (wrong_shape, wrong_dtype) = (&m.wrong_shape, &m.wrong_dtype);
             assert_eq!(missing, &["layer2.1.conv2.weight".to_string()]);
             assert_eq!(unexpected, &["layer9.0.conv1.weight".to_string()]);
             assert_eq!(wrong_shape, &[("fc.bias".to_string(), vec![10], vec![11])]);
