@@ -212,6 +212,8 @@ fn reused_activation_buffers_never_leak_into_results() {
         assert_eq!(first, again, "{arch}");
         let fresh = InferenceModel::new(&model, Kernels::active().unwrap()).unwrap();
         assert_eq!(fresh.forward(&a).unwrap(), first, "{arch}");
+        let consumed = InferenceModel::from_model(model, Kernels::active().unwrap()).unwrap();
+        assert_eq!(consumed.forward(&a).unwrap(), first, "{arch}");
     }
 }
 
