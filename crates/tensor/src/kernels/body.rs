@@ -56,33 +56,36 @@ unsafe fn map2<S: Simd>(
     }
 }
 
-/// Folds `n` elements into one vector with `f`, four independent accumulators deep so
-/// that the adds pipeline instead of waiting on each other; the tail lanes hold
-/// `identity`.
+/// Folds `n` elements into one vector: `acc = step(acc, x)` over four independent
+/// accumulators (starting at `init`) so that the steps pipeline instead of waiting on
+/// each other, then `combine` merges the four. The tail's missing lanes hold `fill`,
+/// which must leave an accumulator unchanged under `step`.
 #[inline(always)]
 unsafe fn fold<S: Simd>(
     src: *const f32,
     n: usize,
-    identity: f32,
-    f: impl Fn(S::V, S::V) -> S::V,
+    init: f32,
+    fill: f32,
+    step: impl Fn(S::V, S::V) -> S::V,
+    combine: impl Fn(S::V, S::V) -> S::V,
 ) -> S::V {
     let l = S::LANES;
-    let mut acc = [S::splat(identity); 4];
+    let mut acc = [S::splat(init); 4];
     let mut i = 0;
     while i + 4 * l <= n {
         for (j, a) in acc.iter_mut().enumerate() {
-            *a = f(*a, S::load(src.add(i + j * l)));
+            *a = step(*a, S::load(src.add(i + j * l)));
         }
         i += 4 * l;
     }
     while i + l <= n {
-        acc[0] = f(acc[0], S::load(src.add(i)));
+        acc[0] = step(acc[0], S::load(src.add(i)));
         i += l;
     }
     if i < n {
-        acc[0] = f(acc[0], S::load_partial(src.add(i), n - i, identity));
+        acc[0] = step(acc[0], S::load_partial(src.add(i), n - i, fill));
     }
-    f(f(acc[0], acc[1]), f(acc[2], acc[3]))
+    combine(combine(acc[0], acc[1]), combine(acc[2], acc[3]))
 }
 
 /// Inference batch norm on one plane: `dst = src * scale + shift`.
@@ -135,7 +138,14 @@ pub(crate) unsafe fn add_relu<S: Simd>(a: *const f32, b: *const f32, dst: *mut f
 /// elements, so the rounding error grows far slower than a serial sum's).
 #[inline(always)]
 pub(crate) unsafe fn sum<S: Simd>(src: *const f32, n: usize) -> f32 {
-    S::reduce_add(fold::<S>(src, n, 0.0, |a, x| S::add(a, x)))
+    S::reduce_add(fold::<S>(
+        src,
+        n,
+        0.0,
+        0.0,
+        |a, x| S::add(a, x),
+        |a, b| S::add(a, b),
+    ))
 }
 
 /// `sum((x - mean)^2)`: the second pass of the two-pass variance, which, unlike
@@ -144,26 +154,11 @@ pub(crate) unsafe fn sum<S: Simd>(src: *const f32, n: usize) -> f32 {
 pub(crate) unsafe fn sum_sq_dev<S: Simd>(src: *const f32, n: usize, mean: f32) -> f32 {
     let m = S::splat(mean);
     // Tail lanes are filled with the mean itself, so they add (mean - mean)^2 = 0.
-    let l = S::LANES;
-    let mut acc = [S::splat(0.0); 4];
-    let mut i = 0;
-    while i + 4 * l <= n {
-        for (j, a) in acc.iter_mut().enumerate() {
-            let d = S::sub(S::load(src.add(i + j * l)), m);
-            *a = S::mul_add(d, d, *a);
-        }
-        i += 4 * l;
-    }
-    while i + l <= n {
-        let d = S::sub(S::load(src.add(i)), m);
-        acc[0] = S::mul_add(d, d, acc[0]);
-        i += l;
-    }
-    if i < n {
-        let d = S::sub(S::load_partial(src.add(i), n - i, mean), m);
-        acc[0] = S::mul_add(d, d, acc[0]);
-    }
-    S::reduce_add(S::add(S::add(acc[0], acc[1]), S::add(acc[2], acc[3])))
+    let step = |acc, x| {
+        let d = S::sub(x, m);
+        S::mul_add(d, d, acc)
+    };
+    S::reduce_add(fold::<S>(src, n, 0.0, mean, step, |a, b| S::add(a, b)))
 }
 
 /// `e^x` lane-wise, to within about 2 ulp for `x` in `[-87.3, 88.7]` (inputs outside
@@ -198,7 +193,15 @@ pub(crate) unsafe fn exp<S: Simd>(x: S::V) -> S::V {
 /// The largest of `n > 0` elements.
 #[inline(always)]
 unsafe fn max_of<S: Simd>(src: *const f32, n: usize) -> f32 {
-    S::reduce_max(fold::<S>(src, n, f32::NEG_INFINITY, |a, x| S::max(a, x)))
+    let neg_inf = f32::NEG_INFINITY;
+    S::reduce_max(fold::<S>(
+        src,
+        n,
+        neg_inf,
+        neg_inf,
+        |a, x| S::max(a, x),
+        |a, b| S::max(a, b),
+    ))
 }
 
 /// `sum(exp(x - m))` over `n` elements; with `dst` given, also stores each `exp(x - m)`.
