@@ -19,6 +19,7 @@
 //! kernels and their safe API), [`reference`] (the oracle), [`rng`] (seeded random
 //! numbers), [`peak`] (machine limits: FMA peak, memory bandwidth).
 
+pub mod backward;
 pub mod conv;
 pub mod error;
 pub mod gemm;
@@ -30,6 +31,7 @@ pub mod reference;
 pub mod rng;
 pub mod tensor;
 
+pub use backward::{BatchNormGrads, ConvGrads, LinearGrads};
 pub use conv::{fold_batch_norm, Conv2d, ConvEpilogue, ConvWeights};
 pub use error::{Result, TensorError};
 pub use gemm::{Epilogue, MatMut, MatRef, PackedA};

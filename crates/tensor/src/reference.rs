@@ -272,3 +272,141 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&[f32]>) -> Result<Tensor> {
     }
     Ok(y)
 }
+
+// ---- Backward ----
+
+/// ReLU's backward: `dy` where the ReLU's output `y > 0`, else 0.
+pub fn relu_backward(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+    same_shape("reference::relu_backward", dy, y)?;
+    let mut dx = dy.clone();
+    for (d, &o) in dx.data_mut().iter_mut().zip(y.data()) {
+        if o.is_nan() || o <= 0.0 {
+            *d = 0.0;
+        }
+    }
+    Ok(dx)
+}
+
+/// Training batch norm's backward, straight from the formula, in `f64`. Returns
+/// `(dx, dgamma, dbeta)`; the mean and inverse standard deviation are recomputed from
+/// `x` (biased variance, as the forward normalises with).
+pub fn batch_norm_backward(
+    x: &Tensor,
+    dy: &Tensor,
+    gamma: &[f32],
+    eps: f32,
+) -> Result<(Tensor, Vec<f32>, Vec<f32>)> {
+    same_shape("reference::batch_norm_backward", x, dy)?;
+    let (mean, var) = channel_mean_var(x)?;
+    let shape = x.shape();
+    let c = shape[1];
+    let plane: usize = shape[2..].iter().product();
+    let m = (x.len() / c.max(1)) as f64;
+    let ch_of = |i: usize| (i / plane.max(1)) % c;
+    let istd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps as f64).sqrt()).collect();
+    let (mut s_dy, mut s_dyxh) = (vec![0.0f64; c], vec![0.0f64; c]);
+    for (i, (&xv, &g)) in x.data().iter().zip(dy.data()).enumerate() {
+        let ch = ch_of(i);
+        s_dy[ch] += g as f64;
+        s_dyxh[ch] += g as f64 * (xv as f64 - mean[ch]) * istd[ch];
+    }
+    let mut dx = x.clone();
+    for (i, (d, &g)) in dx.data_mut().iter_mut().zip(dy.data()).enumerate() {
+        let ch = ch_of(i);
+        let xh = (*d as f64 - mean[ch]) * istd[ch];
+        *d = (gamma[ch] as f64 * istd[ch] * (g as f64 - s_dy[ch] / m - xh * s_dyxh[ch] / m)) as f32;
+    }
+    let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+    Ok((dx, f(s_dyxh), f(s_dy)))
+}
+
+/// Max pooling's backward: each output's gradient goes to the first input (in window
+/// order) holding the window's maximum.
+pub fn max_pool2d_backward(x: &Tensor, dy: &Tensor, p: &Pool2d) -> Result<Tensor> {
+    let [n, c, h, w] = x.dims4("reference::max_pool2d_backward")?;
+    let [oh, ow] = p.output_size(h, w)?;
+    if dy.shape() != [n, c, oh, ow] {
+        return Err(TensorError::ShapeMismatch {
+            op: "reference::max_pool2d_backward",
+            expected: vec![n, c, oh, ow],
+            got: dy.shape().to_vec(),
+        });
+    }
+    let mut dx = Tensor::zeros(x.shape())?;
+    for b in 0..n {
+        for ch in 0..c {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut best: Option<(usize, usize, f32)> = None;
+                    for ky in 0..p.kernel[0] {
+                        for kx in 0..p.kernel[1] {
+                            let iy = (oy * p.stride[0] + ky) as isize - p.padding[0] as isize;
+                            let ix = (ox * p.stride[1] + kx) as isize - p.padding[1] as isize;
+                            if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
+                                continue;
+                            }
+                            let v = x.get(&[b, ch, iy as usize, ix as usize])?;
+                            if best.is_none_or(|(_, _, m)| v > m) {
+                                best = Some((iy as usize, ix as usize, v));
+                            }
+                        }
+                    }
+                    if let Some((iy, ix, _)) = best {
+                        let g = dy.get(&[b, ch, oy, ox])?;
+                        let cur = dx.get(&[b, ch, iy, ix])?;
+                        dx.set(&[b, ch, iy, ix], cur + g)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(dx)
+}
+
+/// The gradients of the direct convolution (see [`conv2d`]) with respect to its input
+/// and weights, in `f64`, straight from the definition: every product
+/// `w[o, c, ky, kx] x[b, c, iy, ix]` that made `y[b, o, oy, ox]` sends `dy` times the
+/// other factor back to each factor.
+pub fn conv2d_backward(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<(Tensor, Tensor)> {
+    let [n, c, h, wd] = x.dims4("reference::conv2d_backward")?;
+    let [o, _, kh, kw] = w.dims4("reference::conv2d_backward")?;
+    let [_, _, oh, ow] = dy.dims4("reference::conv2d_backward")?;
+    let mut dx = vec![0.0f64; x.len()];
+    let mut dw = vec![0.0f64; w.len()];
+    let (xd, wdta, gd) = (x.data(), w.data(), dy.data());
+    for b in 0..n {
+        for oc in 0..o {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let g = gd[((b * o + oc) * oh + oy) * ow + ox] as f64;
+                    for ci in 0..c {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (oy * stride + ky) as isize - padding as isize;
+                                let ix = (ox * stride + kx) as isize - padding as isize;
+                                if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= wd {
+                                    continue;
+                                }
+                                let xi = ((b * c + ci) * h + iy as usize) * wd + ix as usize;
+                                let wi = ((oc * c + ci) * kh + ky) * kw + kx;
+                                dx[xi] += g * wdta[wi] as f64;
+                                dw[wi] += g * xd[xi] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+    Ok((
+        Tensor::from_vec(x.shape(), f(dx))?,
+        Tensor::from_vec(w.shape(), f(dw))?,
+    ))
+}

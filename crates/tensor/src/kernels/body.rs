@@ -134,6 +134,67 @@ pub(crate) unsafe fn add_relu<S: Simd>(a: *const f32, b: *const f32, dst: *mut f
     map2::<S>(a, b, dst, n, |x, y| S::max(S::add(x, y), zero));
 }
 
+/// ReLU's backward: `dx = dy` where the ReLU's output `y > 0`, else `0`. Also the
+/// backward of a fused `max(a + b, 0)` and of BN + ReLU's ReLU.
+#[inline(always)]
+pub(crate) unsafe fn relu_backward<S: Simd>(dy: *const f32, y: *const f32, dx: *mut f32, n: usize) {
+    map2::<S>(dy, y, dx, n, |g, out| S::select_positive(out, g));
+}
+
+/// Batch norm's backward sums over one plane: `[sum(dy), sum(dy * (x - mean))]`.
+/// Two pairs of accumulators keep the adds pipelined; tail lanes load `dy = 0`, which
+/// adds nothing to either sum.
+#[inline(always)]
+pub(crate) unsafe fn bn_backward_sums<S: Simd>(
+    dy: *const f32,
+    x: *const f32,
+    n: usize,
+    mean: f32,
+) -> [f32; 2] {
+    let l = S::LANES;
+    let m = S::splat(mean);
+    let zero = S::splat(0.0);
+    let (mut s0, mut s1, mut d0, mut d1) = (zero, zero, zero, zero);
+    let mut i = 0;
+    while i + 2 * l <= n {
+        let (g0, g1) = (S::load(dy.add(i)), S::load(dy.add(i + l)));
+        s0 = S::add(s0, g0);
+        s1 = S::add(s1, g1);
+        d0 = S::mul_add(g0, S::sub(S::load(x.add(i)), m), d0);
+        d1 = S::mul_add(g1, S::sub(S::load(x.add(i + l)), m), d1);
+        i += 2 * l;
+    }
+    while i < n {
+        let r = (n - i).min(l);
+        let (g, v) = if r == l {
+            (S::load(dy.add(i)), S::load(x.add(i)))
+        } else {
+            (
+                S::load_partial(dy.add(i), r, 0.0),
+                S::load_partial(x.add(i), r, mean),
+            )
+        };
+        s0 = S::add(s0, g);
+        d0 = S::mul_add(g, S::sub(v, m), d0);
+        i += r;
+    }
+    [S::reduce_add(S::add(s0, s1)), S::reduce_add(S::add(d0, d1))]
+}
+
+/// Batch norm's backward on one plane, in the affine form the closed-form gradient
+/// reduces to per channel: `dx = a * dy + b * x + c`.
+#[inline(always)]
+pub(crate) unsafe fn bn_backward_apply<S: Simd>(
+    dy: *const f32,
+    x: *const f32,
+    dx: *mut f32,
+    n: usize,
+    coef: [f32; 3],
+) {
+    let (a, b, c) = (S::splat(coef[0]), S::splat(coef[1]), S::splat(coef[2]));
+    map2::<S>(dy, x, dx, n, |g, v| S::mul_add(g, a, S::mul_add(v, b, c)));
+}
+
 /// The sum of `n` elements (lane-parallel partial sums, each over `n / (4 * LANES)`
 /// elements, so the rounding error grows far slower than a serial sum's).
 #[inline(always)]

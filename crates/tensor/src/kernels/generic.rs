@@ -74,6 +74,10 @@ impl Simd for Portable {
     unsafe fn pow2i(n: V4) -> V4 {
         lanes(|i| f32::from_bits(((n[i] as i32 + 127) as u32) << 23))
     }
+    #[inline(always)]
+    unsafe fn select_positive(m: V4, a: V4) -> V4 {
+        lanes(|i| if m[i] > 0.0 { a[i] } else { 0.0 })
+    }
 }
 
 super::tier_entry_points!(

@@ -109,6 +109,9 @@ pub(crate) struct KernelSet {
     pub relu: unsafe fn(*const f32, *mut f32, usize),
     pub add: unsafe fn(*const f32, *const f32, *mut f32, usize),
     pub add_relu: unsafe fn(*const f32, *const f32, *mut f32, usize),
+    pub relu_backward: unsafe fn(*const f32, *const f32, *mut f32, usize),
+    pub bn_backward_sums: unsafe fn(*const f32, *const f32, usize, f32) -> [f32; 2],
+    pub bn_backward_apply: unsafe fn(*const f32, *const f32, *mut f32, usize, [f32; 3]),
     pub sum: unsafe fn(*const f32, usize) -> f32,
     pub sum_sq_dev: unsafe fn(*const f32, usize, f32) -> f32,
     pub softmax_row: unsafe fn(*const f32, *mut f32, usize),
@@ -129,12 +132,15 @@ pub(crate) struct KernelSet {
 pub(crate) type GemmTileFn = unsafe fn(usize, *const f32, *const f32, usize, &microkernel::TileOut);
 
 /// The operations a `KernelSet` provides, for [`Kernels::kernel_names`].
-pub const OPERATIONS: [&str; 10] = [
+pub const OPERATIONS: [&str; 13] = [
     "scale_shift",
     "scale_shift_relu",
     "relu",
     "add",
     "add_relu",
+    "relu_backward",
+    "bn_backward_sums",
+    "bn_backward_apply",
     "sum",
     "sum_sq_dev",
     "softmax_row",
@@ -185,6 +191,20 @@ macro_rules! tier_entry_points {
                 body::add_relu::<$S>(a, b, d, n)
             }
             $(#[$attr])*
+            unsafe fn relu_backward(dy: *const f32, y: *const f32, dx: *mut f32, n: usize) {
+                body::relu_backward::<$S>(dy, y, dx, n)
+            }
+            $(#[$attr])*
+            unsafe fn bn_backward_sums(dy: *const f32, x: *const f32, n: usize, mean: f32) -> [f32; 2] {
+                body::bn_backward_sums::<$S>(dy, x, n, mean)
+            }
+            $(#[$attr])*
+            unsafe fn bn_backward_apply(
+                dy: *const f32, x: *const f32, dx: *mut f32, n: usize, coef: [f32; 3],
+            ) {
+                body::bn_backward_apply::<$S>(dy, x, dx, n, coef)
+            }
+            $(#[$attr])*
             unsafe fn sum(s: *const f32, n: usize) -> f32 {
                 body::sum::<$S>(s, n)
             }
@@ -221,6 +241,9 @@ macro_rules! tier_entry_points {
                 relu,
                 add,
                 add_relu,
+                relu_backward,
+                bn_backward_sums,
+                bn_backward_apply,
                 sum,
                 sum_sq_dev,
                 softmax_row,

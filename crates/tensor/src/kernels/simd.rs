@@ -43,6 +43,9 @@ pub(crate) trait Simd {
     unsafe fn round(v: Self::V) -> Self::V;
     /// `2^n` for lanes holding integers `n` in `-126..=127`.
     unsafe fn pow2i(n: Self::V) -> Self::V;
+    /// `a` where `m > 0`, else `0` (ReLU's backward: `m` is the ReLU's output). A NaN in
+    /// `m` selects `0`.
+    unsafe fn select_positive(m: Self::V, a: Self::V) -> Self::V;
 
     /// Loads the `n < LANES` floats at `p`; the other lanes hold `fill`. Never touches
     /// memory past `p + n`.

@@ -66,6 +66,12 @@ impl Simd for Neon {
         let biased = vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127));
         vreinterpretq_f32_s32(vshlq_n_s32::<23>(biased))
     }
+    #[inline(always)]
+    unsafe fn select_positive(m: float32x4_t, a: float32x4_t) -> float32x4_t {
+        // The compare gives all-ones lanes where m > 0 (false for NaN), zero elsewhere.
+        let positive = vcgtq_f32(m, vdupq_n_f32(0.0));
+        vreinterpretq_f32_u32(vandq_u32(positive, vreinterpretq_u32_f32(a)))
+    }
 }
 
 crate::kernels::tier_entry_points!(

@@ -72,6 +72,11 @@ impl Simd for Avx2 {
         _mm256_castsi256_ps(_mm256_slli_epi32::<23>(biased))
     }
     #[inline(always)]
+    unsafe fn select_positive(m: __m256, a: __m256) -> __m256 {
+        // The compare gives all-ones lanes where m > 0 (false for NaN), zero elsewhere.
+        _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(m, _mm256_setzero_ps()), a)
+    }
+    #[inline(always)]
     unsafe fn prefetch(p: *const f32) {
         _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
     }

@@ -72,6 +72,11 @@ impl Simd for Avx512 {
         _mm512_castsi512_ps(_mm512_slli_epi32::<23>(biased))
     }
     #[inline(always)]
+    unsafe fn select_positive(m: __m512, a: __m512) -> __m512 {
+        let positive = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, _mm512_setzero_ps());
+        _mm512_maskz_mov_ps(positive, a)
+    }
+    #[inline(always)]
     unsafe fn load_partial(p: *const f32, n: usize, fill: f32) -> __m512 {
         // Masked-off lanes are not read, so this never faults past `p + n`.
         _mm512_mask_loadu_ps(_mm512_set1_ps(fill), first_lanes(n), p)

@@ -1,0 +1,579 @@
+//! Backward kernels: the gradients of the forward operations, for `autograd`.
+//!
+//! Each takes the upstream gradient `dy` (shaped as the forward's output) and what the
+//! forward saved, and returns the gradients of the forward's inputs. The memory-bound
+//! ones (ReLU, batch norm) run the SIMD bodies of every tier; convolution and linear are
+//! GEMMs; max pool, average pool, im2col and col2im are plain loops (they move data and
+//! do no arithmetic worth vectorising). Naive versions are in [`crate::reference`].
+
+use rayon::prelude::*;
+
+use crate::conv::Conv2d;
+use crate::error::{Result, TensorError};
+use crate::gemm::driver::{self, Threads};
+use crate::gemm::pack::{BSource, PackedA};
+use crate::gemm::{Epilogue, MatMut, MatRef};
+use crate::kernels::{Kernels, Pool2d};
+use crate::tensor::Tensor;
+
+/// Gradients of batch norm's input and affine parameters.
+#[derive(Debug, Clone)]
+pub struct BatchNormGrads {
+    pub dx: Tensor,
+    pub dgamma: Vec<f32>,
+    pub dbeta: Vec<f32>,
+}
+
+/// Gradients of a convolution's input and weights; each is `None` when not asked for.
+#[derive(Debug, Clone)]
+pub struct ConvGrads {
+    pub dx: Option<Tensor>,
+    pub dw: Option<Tensor>,
+}
+
+/// Gradients of a linear layer `y = x W^T + b`.
+#[derive(Debug, Clone)]
+pub struct LinearGrads {
+    pub dx: Tensor,
+    pub dw: Tensor,
+    pub db: Vec<f32>,
+}
+
+fn expect_shape(op: &'static str, expected: &[usize], got: &Tensor) -> Result<()> {
+    if got.shape() != expected {
+        return Err(TensorError::ShapeMismatch {
+            op,
+            expected: expected.to_vec(),
+            got: got.shape().to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// The output positions `o` in `0..out` whose input coordinate `o * stride + offset -
+/// pad` falls inside `0..size`, as a range (they are contiguous).
+fn valid_outputs(
+    out: usize,
+    stride: usize,
+    offset: usize,
+    pad: usize,
+    size: usize,
+) -> (usize, usize) {
+    // o * stride + offset >= pad  <=>  o >= ceil((pad - offset) / stride)
+    let lo = if offset >= pad {
+        0
+    } else {
+        (pad - offset).div_ceil(stride)
+    };
+    // o * stride + offset - pad < size  <=>  o * stride < size + pad - offset
+    let limit = size + pad;
+    let hi = if limit <= offset {
+        0
+    } else {
+        (limit - offset).div_ceil(stride)
+    };
+    (lo.min(out), hi.min(out).max(lo.min(out)))
+}
+
+/// The convolution geometry of one image, shared by im2col and col2im.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    c: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    stride: usize,
+    pad: usize,
+}
+
+impl Geometry {
+    /// Visits every (column-matrix row, output row) pair with the input row it reads
+    /// and the valid output columns: `f(col_offset, input_offset, ox0, ox1, kx)`, where
+    /// column `ox` of the run reads input column `ox * stride + kx - pad`.
+    fn for_each_run(&self, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
+        let p = self.oh * self.ow;
+        for ci in 0..self.c {
+            for ky in 0..self.kh {
+                let (oy0, oy1) = valid_outputs(self.oh, self.stride, ky, self.pad, self.h);
+                for kx in 0..self.kw {
+                    let row = (ci * self.kh + ky) * self.kw + kx;
+                    let (ox0, ox1) = valid_outputs(self.ow, self.stride, kx, self.pad, self.w);
+                    if ox0 == ox1 {
+                        continue; // this tap reads only padding
+                    }
+                    for oy in oy0..oy1 {
+                        let iy = oy * self.stride + ky - self.pad;
+                        f(
+                            row * p + oy * self.ow,
+                            (ci * self.h + iy) * self.w,
+                            ox0,
+                            ox1,
+                            kx,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the `[C kh kw, OH OW]` column matrix of `image` into `cols`.
+    fn im2col(&self, image: &[f32], cols: &mut [f32]) {
+        cols.fill(0.0);
+        let (s, pad) = (self.stride, self.pad);
+        self.for_each_run(|dst, src, ox0, ox1, kx| {
+            let out = &mut cols[dst + ox0..dst + ox1];
+            let first = src + ox0 * s + kx - pad;
+            if s == 1 {
+                out.copy_from_slice(&image[first..first + out.len()]);
+            } else {
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = image[first + j * s];
+                }
+            }
+        });
+    }
+
+    /// Adds the column matrix `cols` back into the image gradient `dx` (the transpose
+    /// of [`Geometry::im2col`]: every input pixel collects the columns that read it).
+    fn col2im(&self, cols: &[f32], dx: &mut [f32]) {
+        let (s, pad) = (self.stride, self.pad);
+        self.for_each_run(|src, dst, ox0, ox1, kx| {
+            let run = &cols[src + ox0..src + ox1];
+            let first = dst + ox0 * s + kx - pad;
+            for (j, v) in run.iter().enumerate() {
+                dx[first + j * s] += v;
+            }
+        });
+    }
+}
+
+impl Kernels {
+    /// ReLU's backward: `dx = dy` where `y > 0`, else 0, with `y` the ReLU's output
+    /// (also right for a fused BN + ReLU or add + ReLU, whose output is that ReLU's).
+    pub fn relu_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+        dy.expect_same_shape("relu_backward", y)?;
+        let mut dx = Tensor::zeros(dy.shape())?;
+        let kernel = self.set().relu_backward;
+        let chunk = 1 << 14;
+        let run = |(d, (g, o)): (&mut [f32], (&[f32], &[f32]))| {
+            // SAFETY: three equally long chunks of equally long buffers.
+            unsafe { kernel(g.as_ptr(), o.as_ptr(), d.as_mut_ptr(), d.len()) }
+        };
+        if dy.len() < 1 << 16 {
+            dx.data_mut()
+                .chunks_mut(chunk)
+                .zip(dy.data().chunks(chunk).zip(y.data().chunks(chunk)))
+                .for_each(run);
+        } else {
+            dx.data_mut()
+                .par_chunks_mut(chunk)
+                .zip(dy.data().par_chunks(chunk).zip(y.data().par_chunks(chunk)))
+                .for_each(run);
+        }
+        Ok(dx)
+    }
+
+    /// Training batch norm's backward over `[N, C, ...]`, given the input `x`, the
+    /// batch `mean` and `inv_std = 1 / sqrt(var + eps)` the forward normalised with, and
+    /// `gamma`. With `x_hat = (x - mean) inv_std` and `M = N H W` elements per channel:
+    ///
+    /// - `dbeta = sum(dy)`, `dgamma = sum(dy x_hat)`;
+    /// - `dx = gamma inv_std (dy - dbeta / M - x_hat dgamma / M)`.
+    ///
+    /// Per channel that is affine in `dy` and `x`, so the second pass is one fused
+    /// kernel: `dx = a dy + b x + c` (see `docs/autograd.md` for the derivation).
+    pub fn batch_norm_backward(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: &[f32],
+        inv_std: &[f32],
+        gamma: &[f32],
+    ) -> Result<BatchNormGrads> {
+        let op = "batch_norm_backward";
+        x.expect_same_shape(op, dy)?;
+        let (n, c, plane) = match x.shape() {
+            [n, c, rest @ ..] => (*n, *c, rest.iter().product::<usize>()),
+            _ => {
+                return Err(TensorError::Rank {
+                    op,
+                    expected: 2,
+                    got: x.shape().to_vec(),
+                })
+            }
+        };
+        for (name, p) in [("mean", mean), ("inv_std", inv_std), ("gamma", gamma)] {
+            if p.len() != c {
+                return Err(TensorError::InvalidArgument {
+                    op,
+                    reason: format!("{name} has {} elements for {c} channels", p.len()),
+                });
+            }
+        }
+        let count = n * plane;
+        let mut dx = Tensor::zeros(x.shape())?;
+        if count == 0 {
+            return Ok(BatchNormGrads {
+                dx,
+                dgamma: vec![0.0; c],
+                dbeta: vec![0.0; c],
+            });
+        }
+        let (sums, apply) = (self.set().bn_backward_sums, self.set().bn_backward_apply);
+        let (xd, gd) = (x.data(), dy.data());
+        let at = |b: usize, ch: usize| (b * c + ch) * plane;
+        let channel_sums = |ch: usize| {
+            let (mut s_dy, mut s_dev) = (0.0f64, 0.0f64);
+            for b in 0..n {
+                let i = at(b, ch);
+                // SAFETY: plane `(b, ch)` is in bounds of both equally shaped tensors.
+                let [s, d] = unsafe { sums(gd[i..].as_ptr(), xd[i..].as_ptr(), plane, mean[ch]) };
+                s_dy += s as f64;
+                s_dev += d as f64;
+            }
+            (s_dy, s_dev)
+        };
+        let totals: Vec<(f64, f64)> = if x.len() < 1 << 16 {
+            (0..c).map(channel_sums).collect()
+        } else {
+            (0..c).into_par_iter().map(channel_sums).collect()
+        };
+        let mut dgamma = vec![0.0f32; c];
+        let mut dbeta = vec![0.0f32; c];
+        let mut coef = vec![[0.0f32; 3]; c];
+        for ch in 0..c {
+            let (s_dy, s_dev) = totals[ch];
+            let istd = inv_std[ch] as f64;
+            let m = count as f64;
+            let k = gamma[ch] as f64 * istd;
+            // dx = k dy - k s_dy / M - k istd^2 s_dev / M (x - mean)
+            let b = -k * istd * istd * s_dev / m;
+            let cst = -k * s_dy / m - b * mean[ch] as f64;
+            coef[ch] = [k as f32, b as f32, cst as f32];
+            dbeta[ch] = s_dy as f32;
+            dgamma[ch] = (s_dev * istd) as f32;
+        }
+        let run = |i: usize, d: &mut [f32]| {
+            let ch = i % c;
+            let s = i * plane;
+            // SAFETY: plane `i` of dy and x is in bounds, as long as `d`.
+            unsafe {
+                apply(
+                    gd[s..].as_ptr(),
+                    xd[s..].as_ptr(),
+                    d.as_mut_ptr(),
+                    plane,
+                    coef[ch],
+                )
+            }
+        };
+        if plane == 0 {
+            // Nothing to write.
+        } else if x.len() < 1 << 16 {
+            dx.data_mut()
+                .chunks_mut(plane)
+                .enumerate()
+                .for_each(|(i, d)| run(i, d));
+        } else {
+            dx.data_mut()
+                .par_chunks_mut(plane)
+                .enumerate()
+                .with_min_len((16384 / plane).max(1))
+                .for_each(|(i, d)| run(i, d));
+        }
+        Ok(BatchNormGrads { dx, dgamma, dbeta })
+    }
+
+    /// Max pooling's backward: each output's gradient goes to the input that won its
+    /// window (the first maximum in row-major window order, as PyTorch), found again
+    /// from `x` rather than saved.
+    pub fn max_pool2d_backward(&self, x: &Tensor, dy: &Tensor, pool: &Pool2d) -> Result<Tensor> {
+        let [n, c, h, w] = x.dims4("max_pool2d_backward")?;
+        let [oh, ow] = pool.output_size(h, w)?;
+        expect_shape("max_pool2d_backward", &[n, c, oh, ow], dy)?;
+        let mut dx = Tensor::zeros(x.shape())?;
+        if h * w == 0 {
+            return Ok(dx);
+        }
+        let (xd, gd) = (x.data(), dy.data());
+        let [kh, kw] = pool.kernel;
+        let [sh, sw] = pool.stride;
+        let [ph, pw] = pool.padding;
+        let run = |i: usize, d: &mut [f32]| {
+            let xs = &xd[i * h * w..(i + 1) * h * w];
+            let gs = &gd[i * oh * ow..(i + 1) * oh * ow];
+            for oy in 0..oh {
+                let (y0, y1) = window(oy, sh, ph, kh, h);
+                for ox in 0..ow {
+                    let (x0, x1) = window(ox, sw, pw, kw, w);
+                    let mut best = y0 * w + x0;
+                    for iy in y0..y1 {
+                        for ix in x0..x1 {
+                            if xs[iy * w + ix] > xs[best] {
+                                best = iy * w + ix;
+                            }
+                        }
+                    }
+                    d[best] += gs[oy * ow + ox];
+                }
+            }
+        };
+        if x.len() < 1 << 16 {
+            dx.data_mut()
+                .chunks_mut(h * w)
+                .enumerate()
+                .for_each(|(i, d)| run(i, d));
+        } else {
+            dx.data_mut()
+                .par_chunks_mut(h * w)
+                .enumerate()
+                .for_each(|(i, d)| run(i, d));
+        }
+        Ok(dx)
+    }
+
+    /// Global average pooling's backward: `dx[n, c, :, :] = dy[n, c] / (H W)`.
+    pub fn global_avg_pool_backward(&self, dy: &Tensor, x_shape: [usize; 4]) -> Result<Tensor> {
+        let [n, c, h, w] = x_shape;
+        expect_shape("global_avg_pool_backward", &[n, c], dy)?;
+        let mut dx = Tensor::zeros(&x_shape)?;
+        let plane = h * w;
+        if plane > 0 {
+            let inv = 1.0 / plane as f32;
+            for (d, g) in dx.data_mut().chunks_mut(plane).zip(dy.data()) {
+                d.fill(g * inv);
+            }
+        }
+        Ok(dx)
+    }
+
+    /// Convolution's backward (NCHW input `x`, OIHW weights `w`, upstream `dy`), image
+    /// by image:
+    ///
+    /// - `dW = sum_n dY_n cols_n^T`, a GEMM against the image's im2col columns
+    ///   (`[C kh kw, OH OW]`, rebuilt here, one image at a time, never for the batch);
+    /// - `dX_n = col2im(W^T dY_n)`.
+    ///
+    /// A 1x1 stride-1 unpadded convolution needs no columns: `cols_n` is the image
+    /// itself and `dX_n = W^T dY_n` directly. Images are split over the threads, each
+    /// with its own `dW` accumulator, summed at the end.
+    pub fn conv2d_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        p: Conv2d,
+        want_dx: bool,
+        want_dw: bool,
+    ) -> Result<ConvGrads> {
+        let op = "conv2d_backward";
+        let [n, c, h, wd] = x.dims4(op)?;
+        let [o, wc, kh, kw] = w.dims4(op)?;
+        if wc != c {
+            return Err(TensorError::ShapeMismatch {
+                op,
+                expected: vec![o, c, kh, kw],
+                got: w.shape().to_vec(),
+            });
+        }
+        let [oh, ow] = p.output_size(h, wd, kh, kw)?;
+        expect_shape(op, &[n, o, oh, ow], dy)?;
+        let g = Geometry {
+            c,
+            h,
+            w: wd,
+            kh,
+            kw,
+            oh,
+            ow,
+            stride: p.stride,
+            pad: p.padding,
+        };
+        let (k, pix) = (c * kh * kw, oh * ow);
+        let (in_image, out_image) = (c * h * wd, o * pix);
+        let direct = kh == 1 && kw == 1 && p.stride == 1 && p.padding == 0;
+        let mut dx = if want_dx {
+            Some(Tensor::zeros(x.shape())?)
+        } else {
+            None
+        };
+        if n == 0 || k == 0 || pix == 0 || o == 0 {
+            let dw = if want_dw {
+                Some(Tensor::zeros(w.shape())?)
+            } else {
+                None
+            };
+            return Ok(ConvGrads { dx, dw });
+        }
+        let set = self.set();
+        let mr = set.gemm_mr;
+        // W^T ([K, O]), packed once for every image's dX GEMM.
+        let wt = if want_dx {
+            Some(PackedA::pack(
+                self.isa(),
+                mr,
+                MatRef::row_major(w.data(), o, k)?.t(),
+            ))
+        } else {
+            None
+        };
+        let (xd, gd) = (x.data(), dy.data());
+
+        // One group of images: returns its partial dW (empty when not wanted).
+        let run_group = |images: std::ops::Range<usize>,
+                         mut dx_group: Option<&mut [f32]>,
+                         threads: Threads|
+         -> Result<Vec<f32>> {
+            let mut dw = if want_dw {
+                vec![0.0f32; o * k]
+            } else {
+                Vec::new()
+            };
+            let mut cols = if direct {
+                Vec::new()
+            } else {
+                vec![0.0f32; k * pix]
+            };
+            let mut dcols = if direct || !want_dx {
+                Vec::new()
+            } else {
+                vec![0.0f32; k * pix]
+            };
+            let first = images.start;
+            for b in images {
+                let image = &xd[b * in_image..(b + 1) * in_image];
+                let dy_b = &gd[b * out_image..(b + 1) * out_image];
+                let dy_mat = MatRef::row_major(dy_b, o, pix)?;
+                if !direct && want_dw {
+                    g.im2col(image, &mut cols);
+                }
+                if want_dw {
+                    let cols_src = if direct { image } else { &cols[..] };
+                    // dW [O, K] (+)= dY_b [O, P] cols^T [P, K]
+                    let a = PackedA::pack(self.isa(), mr, dy_mat);
+                    let bt = MatRef::row_major(cols_src, k, pix)?.t();
+                    let mut c_mat = MatMut::row_major(&mut dw, o, k)?;
+                    let steps: &[Epilogue] = if b == first {
+                        &[]
+                    } else {
+                        &[Epilogue::Accumulate]
+                    };
+                    driver::gemm(
+                        set,
+                        &a,
+                        &BSource::Matrix(bt),
+                        o,
+                        k,
+                        &mut c_mat,
+                        steps,
+                        threads,
+                    )?;
+                }
+                if let (Some(wt), Some(dxg)) = (&wt, dx_group.as_deref_mut()) {
+                    let dx_b = &mut dxg[(b - first) * in_image..(b - first + 1) * in_image];
+                    // dcols [K, P] = W^T [K, O] dY_b [O, P], straight into dX_b when
+                    // the columns are the image itself.
+                    let source = BSource::Matrix(dy_mat);
+                    if direct {
+                        let mut c_mat = MatMut::row_major(dx_b, k, pix)?;
+                        driver::gemm(set, wt, &source, k, pix, &mut c_mat, &[], threads)?;
+                    } else {
+                        let mut c_mat = MatMut::row_major(&mut dcols, k, pix)?;
+                        driver::gemm(set, wt, &source, k, pix, &mut c_mat, &[], threads)?;
+                        g.col2im(&dcols, dx_b);
+                    }
+                }
+            }
+            Ok(dw)
+        };
+
+        let threads = rayon::current_num_threads();
+        let partials: Vec<Vec<f32>> = if threads > 1 && n >= threads {
+            let per = n.div_ceil(threads);
+            let groups: Vec<std::ops::Range<usize>> =
+                (0..n).step_by(per).map(|s| s..(s + per).min(n)).collect();
+            match dx.as_mut() {
+                Some(dx) => dx
+                    .data_mut()
+                    .par_chunks_mut(per * in_image)
+                    .zip(groups)
+                    .map(|(d, r)| run_group(r, Some(d), Threads::Single))
+                    .collect::<Result<_>>()?,
+                None => groups
+                    .into_par_iter()
+                    .map(|r| run_group(r, None, Threads::Single))
+                    .collect::<Result<_>>()?,
+            }
+        } else {
+            vec![run_group(
+                0..n,
+                dx.as_mut().map(|d| d.data_mut()),
+                Threads::Auto,
+            )?]
+        };
+        let dw = if want_dw {
+            let mut it = partials.into_iter();
+            let mut total = it.next().unwrap_or_else(|| vec![0.0; o * k]);
+            for part in it {
+                total.iter_mut().zip(&part).for_each(|(t, v)| *t += v);
+            }
+            Some(Tensor::from_vec(w.shape(), total)?)
+        } else {
+            None
+        };
+        Ok(ConvGrads { dx, dw })
+    }
+
+    /// Linear layer's backward for `y = x W^T + b` (`x: [N, in]`, `w: [out, in]`,
+    /// `dy: [N, out]`): `dx = dy W`, `dW = dy^T x`, `db = sum_n dy`.
+    pub fn linear_backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<LinearGrads> {
+        let op = "linear_backward";
+        let [n, inp] = x.dims2(op)?;
+        let [out, win] = w.dims2(op)?;
+        if win != inp {
+            return Err(TensorError::ShapeMismatch {
+                op,
+                expected: vec![out, inp],
+                got: w.shape().to_vec(),
+            });
+        }
+        expect_shape(op, &[n, out], dy)?;
+        let mut dx = Tensor::zeros(&[n, inp])?;
+        let mut dw = Tensor::zeros(&[out, inp])?;
+        let dy_m = MatRef::row_major(dy.data(), n, out)?;
+        let w_m = MatRef::row_major(w.data(), out, inp)?;
+        let x_m = MatRef::row_major(x.data(), n, inp)?;
+        self.gemm(
+            dy_m,
+            w_m,
+            &mut MatMut::row_major(dx.data_mut(), n, inp)?,
+            &[],
+        )?;
+        self.gemm(
+            dy_m.t(),
+            x_m,
+            &mut MatMut::row_major(dw.data_mut(), out, inp)?,
+            &[],
+        )?;
+        let mut db = vec![0.0f64; out];
+        for row in dy.data().chunks(out.max(1)) {
+            db.iter_mut().zip(row).for_each(|(t, v)| *t += *v as f64);
+        }
+        Ok(LinearGrads {
+            dx,
+            dw,
+            db: db.into_iter().map(|v| v as f32).collect(),
+        })
+    }
+}
+
+/// The input rows (or columns) `lo..hi` under output `o`'s pooling window.
+fn window(o: usize, stride: usize, pad: usize, k: usize, size: usize) -> (usize, usize) {
+    let top = (o * stride) as isize - pad as isize;
+    let lo = top.max(0) as usize;
+    let hi = ((top + k as isize).max(0) as usize).min(size);
+    (lo, hi)
+}

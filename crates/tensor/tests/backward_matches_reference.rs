@@ -1,0 +1,381 @@
+//! The backward kernels, in every ISA tier this CPU has, equal the naive backward
+//! passes of `reference` (in `f64`) over random shapes, ragged tails included.
+//!
+//! Tolerances: ReLU and max pool move values without arithmetic, so they must match
+//! exactly (max pool adds overlapping windows in the same order). Convolution and
+//! linear allow `1e-5` of the per-element error scale (the same backward run on the
+//! absolute values), as the forward suites do. Batch norm allows `1e-4` of the scale of
+//! its three terms, because its mean and variance come from the f32 forward.
+
+mod common;
+
+use common::{close, fail, prop, Check, CheckResult};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+use tensor::{reference, Conv2d, Kernels, Pool2d, Tensor};
+
+const CHECKS: &[(&str, Check)] = &[
+    ("relu_backward_equals_reference", check_relu),
+    ("batch_norm_backward_equals_reference", check_batch_norm),
+    ("max_pool2d_backward_equals_reference", check_max_pool),
+    ("global_avg_pool_backward_spreads_evenly", check_avg_pool),
+    ("conv2d_backward_equals_reference", check_conv),
+    ("conv2d_backward_resnet20_layers", check_conv_resnet20),
+    ("linear_backward_equals_reference", check_linear),
+    ("backward_rejects_bad_shapes", check_errors),
+];
+
+fn abs(t: &Tensor) -> Tensor {
+    let mut a = t.clone();
+    a.data_mut().iter_mut().for_each(|v| *v = v.abs());
+    a
+}
+
+fn check_relu(k: Kernels) -> CheckResult {
+    prop((0usize..200, any::<u64>()), |(n, seed)| {
+        let dy = Tensor::randn(&[n], 0.0, 1.0, seed).map_err(fail)?;
+        let mut y = Tensor::randn(&[n], 0.0, 1.0, seed ^ 7).map_err(fail)?;
+        // Exact zeros and NaNs must select 0, like the reference.
+        for (i, v) in y.data_mut().iter_mut().enumerate() {
+            match i % 7 {
+                0 => *v = 0.0,
+                1 => *v = -0.0,
+                2 => *v = f32::NAN,
+                _ => {}
+            }
+        }
+        let got = k.relu_backward(&dy, &y).map_err(fail)?;
+        let want = reference::relu_backward(&dy, &y).map_err(fail)?;
+        close("relu_backward", got.data(), want.data(), |_| 0.0)
+    })
+}
+
+fn check_batch_norm(k: Kernels) -> CheckResult {
+    let strategy = (1usize..=3, 1usize..=5, 1usize..=9, 1usize..=9, any::<u64>());
+    prop(strategy, |(n, c, h, w, seed)| {
+        if n * h * w < 2 {
+            return Ok(());
+        }
+        let x = Tensor::randn(&[n, c, h, w], 0.7, 2.0, seed).map_err(fail)?;
+        let dy = Tensor::randn(&[n, c, h, w], 0.1, 1.0, seed ^ 3).map_err(fail)?;
+        let gamma: Vec<f32> = (0..c).map(|i| 0.5 + 0.3 * i as f32).collect();
+        let eps = 1e-5;
+        let stats = k.channel_stats(&x).map_err(fail)?;
+        let inv_std: Vec<f32> = stats.var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+        let got = k
+            .batch_norm_backward(&x, &dy, &stats.mean, &inv_std, &gamma)
+            .map_err(fail)?;
+        let (dx, dgamma, dbeta) =
+            reference::batch_norm_backward(&x, &dy, &gamma, eps).map_err(fail)?;
+        let plane = h * w;
+        let m = (n * plane) as f32;
+        let ch = |i: usize| (i / plane) % c;
+        let mean_abs_dy: Vec<f32> = (0..c)
+            .map(|j| {
+                dy.data()
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| ch(*i) == j)
+                    .map(|(_, v)| v.abs())
+                    .sum::<f32>()
+                    / m
+            })
+            .collect();
+        close("dx", got.dx.data(), dx.data(), |i| {
+            let j = ch(i);
+            let xh = ((x.data()[i] - stats.mean[j]) * inv_std[j]).abs();
+            let scale =
+                gamma[j] * inv_std[j] * (dy.data()[i].abs() + mean_abs_dy[j] * (1.0 + 4.0 * xh));
+            1e-4 * scale + 1e-5
+        })?;
+        close("dbeta", &got.dbeta, &dbeta, |j| {
+            1e-5 * mean_abs_dy[j] * m + 1e-5
+        })?;
+        close("dgamma", &got.dgamma, &dgamma, |j| {
+            1e-4 * mean_abs_dy[j] * m * 4.0 + 1e-5
+        })
+    })
+}
+
+fn pool_case() -> impl Strategy<Value = (usize, usize, usize, Pool2d, u64)> {
+    (
+        1usize..=3,
+        1usize..=12,
+        1usize..=12,
+        1usize..=4,
+        1usize..=3,
+        any::<u64>(),
+    )
+        .prop_flat_map(|(c, h, w, kernel, stride, seed)| {
+            (Just((c, h, w, kernel, stride, seed)), 0..=kernel / 2)
+        })
+        .prop_filter("window fits", |((_, h, w, k, _, _), p)| {
+            h + 2 * p >= *k && w + 2 * p >= *k
+        })
+        .prop_map(|((c, h, w, k, s, seed), p)| (c, h, w, Pool2d::square(k, s, p), seed))
+}
+
+fn check_max_pool(k: Kernels) -> CheckResult {
+    prop(pool_case(), |(c, h, w, pool, seed)| {
+        let mut x = Tensor::randn(&[2, c, h, w], 0.0, 1.0, seed).map_err(fail)?;
+        // Ties: the first maximum in window order must win, as in PyTorch.
+        for v in x.data_mut().iter_mut().step_by(3) {
+            *v = 0.5;
+        }
+        let [oh, ow] = pool.output_size(h, w).map_err(fail)?;
+        let dy = Tensor::randn(&[2, c, oh, ow], 0.0, 1.0, seed ^ 5).map_err(fail)?;
+        let got = k.max_pool2d_backward(&x, &dy, &pool).map_err(fail)?;
+        let want = reference::max_pool2d_backward(&x, &dy, &pool).map_err(fail)?;
+        close(
+            &format!("max_pool2d_backward {pool:?}"),
+            got.data(),
+            want.data(),
+            |_| 0.0,
+        )
+    })
+}
+
+fn check_avg_pool(k: Kernels) -> CheckResult {
+    prop(
+        (1usize..=3, 1usize..=4, 1usize..=7, 1usize..=7, any::<u64>()),
+        |(n, c, h, w, seed)| {
+            let dy = Tensor::randn(&[n, c], 0.0, 1.0, seed).map_err(fail)?;
+            let got = k
+                .global_avg_pool_backward(&dy, [n, c, h, w])
+                .map_err(fail)?;
+            // The adjoint identity: <dx, x> = <dy, avg_pool(x)> for any x.
+            let x = Tensor::randn(&[n, c, h, w], 0.0, 1.0, seed ^ 1).map_err(fail)?;
+            let pooled = reference::global_avg_pool(&x).map_err(fail)?;
+            let lhs: f64 = got
+                .data()
+                .iter()
+                .zip(x.data())
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum();
+            let rhs: f64 = dy
+                .data()
+                .iter()
+                .zip(pooled.data())
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum();
+            prop_assert!(
+                (lhs - rhs).abs() <= 1e-5 * (1.0 + rhs.abs()),
+                "{lhs} vs {rhs}"
+            );
+            Ok(())
+        },
+    )
+}
+
+#[derive(Debug, Clone)]
+struct ConvCase {
+    n: usize,
+    c: usize,
+    o: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    want: u8,
+    seed: u64,
+}
+
+fn conv_case(k: Kernels) -> impl Strategy<Value = ConvCase> {
+    let (mr, _) = k.gemm_tile();
+    (
+        1usize..=4,
+        1usize..=5,
+        1..=2 * mr + 1,
+        1usize..=10,
+        1usize..=10,
+        prop::sample::select(vec![1usize, 2, 3, 5]),
+    )
+        .prop_flat_map(|(n, c, o, h, w, k)| {
+            (
+                Just((n, c, o, h, w, k)),
+                1usize..=3,
+                0..=k / 2 + 1,
+                1u8..4,
+                any::<u64>(),
+            )
+        })
+        .prop_filter("kernel fits", |((_, _, _, h, w, k), _, p, _, _)| {
+            h + 2 * p >= *k && w + 2 * p >= *k
+        })
+        .prop_map(|((n, c, o, h, w, k), stride, pad, want, seed)| ConvCase {
+            n,
+            c,
+            o,
+            h,
+            w,
+            k,
+            stride,
+            pad,
+            want,
+            seed,
+        })
+}
+
+fn run_conv(kern: Kernels, c: &ConvCase) -> Result<(), TestCaseError> {
+    let x = Tensor::randn(&[c.n, c.c, c.h, c.w], 0.0, 1.0, c.seed).map_err(fail)?;
+    let w = Tensor::randn(&[c.o, c.c, c.k, c.k], 0.0, 0.5, c.seed ^ 1).map_err(fail)?;
+    let p = Conv2d::new(c.stride, c.pad);
+    let [oh, ow] = p.output_size(c.h, c.w, c.k, c.k).map_err(fail)?;
+    let dy = Tensor::randn(&[c.n, c.o, oh, ow], 0.0, 1.0, c.seed ^ 2).map_err(fail)?;
+    let (want_dx, want_dw) = (c.want & 1 != 0, c.want & 2 != 0);
+    let got = kern
+        .conv2d_backward(&x, &w, &dy, p, want_dx, want_dw)
+        .map_err(fail)?;
+    let (dx, dw) = reference::conv2d_backward(&x, &w, &dy, c.stride, c.pad).map_err(fail)?;
+    let (sx, sw) =
+        reference::conv2d_backward(&abs(&x), &abs(&w), &abs(&dy), c.stride, c.pad).map_err(fail)?;
+    prop_assert_eq!(got.dx.is_some(), want_dx);
+    prop_assert_eq!(got.dw.is_some(), want_dw);
+    if let Some(g) = &got.dx {
+        close(&format!("dx {c:?}"), g.data(), dx.data(), |i| {
+            1e-5 * sx.data()[i] + 1e-6
+        })?;
+    }
+    if let Some(g) = &got.dw {
+        close(&format!("dw {c:?}"), g.data(), dw.data(), |i| {
+            1e-5 * sw.data()[i] + 1e-6
+        })?;
+    }
+    Ok(())
+}
+
+fn check_conv(k: Kernels) -> CheckResult {
+    prop(conv_case(k), |c| run_conv(k, &c))
+}
+
+/// Every distinct convolution of the CIFAR ResNets (3x3 stride 1 and 2, and the stem),
+/// at batch 3 (images split unevenly over threads).
+fn check_conv_resnet20(k: Kernels) -> CheckResult {
+    let layers = [
+        (3, 16, 1, 8),
+        (16, 16, 1, 8),
+        (16, 32, 2, 8),
+        (32, 32, 1, 6),
+        (32, 64, 2, 6),
+        (64, 64, 1, 4),
+    ];
+    for (i, &(c, o, stride, size)) in layers.iter().enumerate() {
+        let case = ConvCase {
+            n: 3,
+            c,
+            o,
+            h: size,
+            w: size,
+            k: 3,
+            stride,
+            pad: 1,
+            want: 3,
+            seed: i as u64,
+        };
+        run_conv(k, &case).map_err(|e| format!("{c}->{o} s{stride}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn check_linear(k: Kernels) -> CheckResult {
+    prop(
+        (1usize..=9, 1usize..=40, 1usize..=20, any::<u64>()),
+        |(n, inp, out, seed)| {
+            let x = Tensor::randn(&[n, inp], 0.0, 1.0, seed).map_err(fail)?;
+            let w = Tensor::randn(&[out, inp], 0.0, 1.0, seed ^ 1).map_err(fail)?;
+            let dy = Tensor::randn(&[n, out], 0.0, 1.0, seed ^ 2).map_err(fail)?;
+            let got = k.linear_backward(&x, &w, &dy).map_err(fail)?;
+            // A linear layer is a 1x1 convolution of n images of 1x1 pixels.
+            let as4 = |t: &Tensor, a, b| t.clone().reshape(&[a, b, 1, 1]).map_err(fail);
+            let (dx, dw) = reference::conv2d_backward(
+                &as4(&x, n, inp)?,
+                &as4(&w, out, inp)?,
+                &as4(&dy, n, out)?,
+                1,
+                0,
+            )
+            .map_err(fail)?;
+            let tol = |len: usize| move |_| 1e-5 * len as f32 * 4.0 + 1e-6;
+            close("dx", got.dx.data(), dx.data(), tol(out))?;
+            close("dw", got.dw.data(), dw.data(), tol(n))?;
+            let db: Vec<f32> = (0..out)
+                .map(|o| (0..n).map(|b| dy.data()[b * out + o] as f64).sum::<f64>() as f32)
+                .collect();
+            close("db", &got.db, &db, tol(n))
+        },
+    )
+}
+
+fn check_errors(k: Kernels) -> CheckResult {
+    let t = |s: &[usize]| Tensor::zeros(s).unwrap();
+    let p = Conv2d::new(1, 1);
+    let cases: Vec<(&str, bool)> = vec![
+        (
+            "relu shapes differ",
+            k.relu_backward(&t(&[3]), &t(&[4])).is_err(),
+        ),
+        (
+            "conv dy shape",
+            k.conv2d_backward(
+                &t(&[1, 2, 4, 4]),
+                &t(&[3, 2, 3, 3]),
+                &t(&[1, 3, 3, 4]),
+                p,
+                true,
+                true,
+            )
+            .is_err(),
+        ),
+        (
+            "conv channels",
+            k.conv2d_backward(
+                &t(&[1, 2, 4, 4]),
+                &t(&[3, 1, 3, 3]),
+                &t(&[1, 3, 4, 4]),
+                p,
+                true,
+                true,
+            )
+            .is_err(),
+        ),
+        (
+            "bn params",
+            k.batch_norm_backward(
+                &t(&[1, 2, 2, 2]),
+                &t(&[1, 2, 2, 2]),
+                &[0.0],
+                &[1.0, 1.0],
+                &[1.0, 1.0],
+            )
+            .is_err(),
+        ),
+        (
+            "pool dy shape",
+            k.max_pool2d_backward(
+                &t(&[1, 1, 4, 4]),
+                &t(&[1, 1, 4, 4]),
+                &Pool2d::square(2, 2, 0),
+            )
+            .is_err(),
+        ),
+        (
+            "linear dy shape",
+            k.linear_backward(&t(&[2, 3]), &t(&[4, 3]), &t(&[2, 3]))
+                .is_err(),
+        ),
+        (
+            "avg pool dy shape",
+            k.global_avg_pool_backward(&t(&[2, 3]), [2, 4, 2, 2])
+                .is_err(),
+        ),
+    ];
+    match cases.iter().find(|(_, rejected)| !rejected) {
+        Some((what, _)) => Err(format!("accepted bad input: {what}")),
+        None => Ok(()),
+    }
+}
+
+fn main() {
+    common::run("backward_matches_reference", CHECKS);
+}
