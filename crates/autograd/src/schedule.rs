@@ -1,0 +1,60 @@
+//! Learning-rate schedules: the rate as a function of the epoch (or step) count `t`,
+//! matching PyTorch's `StepLR`, `MultiStepLR`, `CosineAnnealingLR` and a linear
+//! warm-up (`LinearLR` from `start_factor` to 1) chained before any of them.
+
+/// A schedule of the learning rate over `t = 0, 1, 2, ...` (epochs or steps, as the
+/// trainer counts them).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Schedule {
+    /// The base rate throughout.
+    Constant,
+    /// `base * gamma^(t / step_size)` (integer division).
+    Step { step_size: usize, gamma: f32 },
+    /// `base * gamma^(number of milestones <= t)`.
+    MultiStep { milestones: Vec<usize>, gamma: f32 },
+    /// `eta_min + (base - eta_min) (1 + cos(pi t / t_max)) / 2`, held at `eta_min`
+    /// after `t_max`.
+    Cosine { t_max: usize, eta_min: f32 },
+    /// A linear ramp from `base * start_factor` at `t = 0` to `base` at `t = steps`,
+    /// then `then` with its clock started at the end of the ramp.
+    Warmup {
+        steps: usize,
+        start_factor: f32,
+        then: Box<Schedule>,
+    },
+}
+
+impl Schedule {
+    /// The learning rate at `t` for base rate `base`.
+    pub fn lr(&self, base: f32, t: usize) -> f32 {
+        match self {
+            Schedule::Constant => base,
+            Schedule::Step { step_size, gamma } => {
+                base * gamma.powi((t / (*step_size).max(1)) as i32)
+            }
+            Schedule::MultiStep { milestones, gamma } => {
+                base * gamma.powi(milestones.iter().filter(|&&m| m <= t).count() as i32)
+            }
+            Schedule::Cosine { t_max, eta_min } => {
+                if *t_max == 0 || t >= *t_max {
+                    return *eta_min;
+                }
+                let progress = t as f64 / *t_max as f64;
+                let cos = (1.0 + (std::f64::consts::PI * progress).cos()) / 2.0;
+                (*eta_min as f64 + (base - eta_min) as f64 * cos) as f32
+            }
+            Schedule::Warmup {
+                steps,
+                start_factor,
+                then,
+            } => {
+                if t < *steps {
+                    let f = start_factor + (1.0 - start_factor) * t as f32 / *steps as f32;
+                    base * f
+                } else {
+                    then.lr(base, t - steps)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,651 @@
+//! The tape: a Wengert list of the operations of one training step.
+//!
+//! Every operation appends a node holding its output, its inputs (as [`Var`]s, indices
+//! of earlier nodes) and whatever its backward needs. Because a node can only name
+//! nodes made before it, the creation order is already a topological order, and
+//! [`Tape::backward`] is one loop over the nodes in reverse:
+//!
+//! 1. seed the loss's gradient with 1;
+//! 2. for each node, last to first, that has received a gradient: hand the gradient to
+//!    the op's backward, which returns one gradient per input, and add each into the
+//!    input's slot;
+//! 3. keep what reached the leaves.
+//!
+//! A node's output is no longer needed once the node has been visited (everything that
+//! read it came later and was visited earlier), so the loop frees each as it goes and
+//! the step's memory falls while the backward pass runs. `backward` consumes the tape:
+//! nothing survives the step but the gradients.
+
+use tensor::{ChannelStats, Conv2d, Kernels, Pool2d, Result, Tensor, TensorError};
+
+/// A value on a tape: the index of the node that made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Var(usize);
+
+impl Var {
+    /// The node index (creation order).
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// A node's output: owned when an op made it, borrowed when it is a parameter (the
+/// tape never copies the model's weights).
+enum Value<'p> {
+    Owned(Tensor),
+    Borrowed(&'p Tensor),
+    /// Freed by the backward pass after its last use.
+    Released,
+}
+
+/// What made a node, with what its backward needs beyond the inputs' values.
+enum Op {
+    /// A parameter, a constant or an input.
+    Leaf,
+    Conv2d {
+        x: Var,
+        w: Var,
+        p: Conv2d,
+    },
+    /// Training batch norm (batch statistics), optionally fused with ReLU.
+    BatchNorm {
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        mean: Vec<f32>,
+        inv_std: Vec<f32>,
+        relu: bool,
+    },
+    /// Batch norm with fixed (running) statistics: a frozen backbone's, or eval mode.
+    BatchNormFixed {
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        mean: Vec<f32>,
+        inv_std: Vec<f32>,
+        relu: bool,
+    },
+    Relu {
+        x: Var,
+    },
+    Add {
+        a: Var,
+        b: Var,
+        relu: bool,
+    },
+    MaxPool {
+        x: Var,
+        pool: Pool2d,
+    },
+    GlobalAvgPool {
+        x: Var,
+    },
+    Linear {
+        x: Var,
+        w: Var,
+        b: Var,
+    },
+    /// The CIFAR option-A shortcut: subsample by `stride`, zero-pad `pad` channels on
+    /// each side.
+    PadChannels {
+        x: Var,
+        stride: usize,
+        pad: usize,
+    },
+    /// Mean softmax cross-entropy; `probs` is the softmax of the logits.
+    CrossEntropy {
+        logits: Var,
+        probs: Tensor,
+        targets: Vec<usize>,
+        smoothing: f32,
+    },
+}
+
+struct Node<'p> {
+    value: Value<'p>,
+    op: Op,
+    /// Whether any gradient flows here: a trainable leaf, or an op with such an input.
+    requires_grad: bool,
+}
+
+/// The record of one training step's forward pass. `'p` is the borrow of the model's
+/// parameters, which enter as leaves without being copied.
+pub struct Tape<'p> {
+    kernels: Kernels,
+    nodes: Vec<Node<'p>>,
+}
+
+/// The gradients a backward pass left on the leaves that require them.
+pub struct Gradients {
+    grads: Vec<Option<Tensor>>,
+}
+
+impl Gradients {
+    /// The gradient of a leaf, if one reached it.
+    pub fn get(&self, v: Var) -> Option<&Tensor> {
+        self.grads.get(v.0).and_then(|g| g.as_ref())
+    }
+
+    /// Takes a leaf's gradient out.
+    pub fn take(&mut self, v: Var) -> Option<Tensor> {
+        self.grads.get_mut(v.0).and_then(|g| g.take())
+    }
+}
+
+fn invalid(op: &'static str, reason: String) -> TensorError {
+    TensorError::InvalidArgument { op, reason }
+}
+
+/// `1 / sqrt(var + eps)` per channel, in `f64` before the final rounding.
+fn inv_std(var: &[f32], eps: f32) -> Vec<f32> {
+    var.iter()
+        .map(|&v| (1.0 / (v as f64 + eps as f64).sqrt()) as f32)
+        .collect()
+}
+
+impl<'p> Tape<'p> {
+    /// An empty tape whose ops run on `kernels`.
+    pub fn new(kernels: Kernels) -> Self {
+        Tape {
+            kernels,
+            nodes: Vec::new(),
+        }
+    }
+
+    /// The kernels the ops run on.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// Number of nodes recorded so far.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether nothing has been recorded.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    fn push(&mut self, value: Value<'p>, op: Op, requires_grad: bool) -> Var {
+        self.nodes.push(Node {
+            value,
+            op,
+            requires_grad,
+        });
+        Var(self.nodes.len() - 1)
+    }
+
+    fn push_op(&mut self, value: Tensor, op: Op, inputs: &[Var]) -> Var {
+        let requires_grad = inputs.iter().any(|v| self.nodes[v.0].requires_grad);
+        self.push(Value::Owned(value), op, requires_grad)
+    }
+
+    /// A trainable parameter: it receives a gradient.
+    pub fn param(&mut self, t: &'p Tensor) -> Var {
+        self.push(Value::Borrowed(t), Op::Leaf, true)
+    }
+
+    /// A frozen parameter: used, but no gradient is computed for it (or, when nothing
+    /// upstream is trainable either, for anything before it).
+    pub fn constant(&mut self, t: &'p Tensor) -> Var {
+        self.push(Value::Borrowed(t), Op::Leaf, false)
+    }
+
+    /// An input batch (no gradient).
+    pub fn input(&mut self, t: Tensor) -> Var {
+        self.push(Value::Owned(t), Op::Leaf, false)
+    }
+
+    /// The value of `v`.
+    pub fn value(&self, v: Var) -> Result<&Tensor> {
+        match self.nodes.get(v.0).map(|n| &n.value) {
+            Some(Value::Owned(t)) => Ok(t),
+            Some(Value::Borrowed(t)) => Ok(t),
+            _ => Err(invalid(
+                "Tape::value",
+                format!("{v:?} is not a value on this tape"),
+            )),
+        }
+    }
+
+    /// Whether a gradient will flow to `v`.
+    pub fn requires_grad(&self, v: Var) -> bool {
+        self.nodes.get(v.0).is_some_and(|n| n.requires_grad)
+    }
+
+    // ---- Operations ----
+
+    /// 2-D convolution (no bias): NCHW `x`, OIHW `w`.
+    pub fn conv2d(&mut self, x: Var, w: Var, p: Conv2d) -> Result<Var> {
+        let k = self.kernels;
+        let packed = k.pack_conv_weights(self.value(w)?)?;
+        let y = k.conv2d(self.value(x)?, &packed, p, &[])?;
+        Ok(self.push_op(y, Op::Conv2d { x, w, p }, &[x, w]))
+    }
+
+    /// Training-mode batch norm over `[N, C, ...]`: normalise with the batch's mean and
+    /// biased variance, scale by `gamma`, shift by `beta`, then ReLU if `relu`. Returns
+    /// the batch statistics too, for the caller to update its running statistics.
+    pub fn batch_norm(
+        &mut self,
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        eps: f32,
+        relu: bool,
+    ) -> Result<(Var, ChannelStats)> {
+        let k = self.kernels;
+        let stats = k.channel_stats(self.value(x)?)?;
+        let inv_std = inv_std(&stats.var, eps);
+        let y = self.affine(x, gamma, beta, &stats.mean, &inv_std, relu)?;
+        let op = Op::BatchNorm {
+            x,
+            gamma,
+            beta,
+            mean: stats.mean.clone(),
+            inv_std,
+            relu,
+        };
+        Ok((self.push_op(y, op, &[x, gamma, beta]), stats))
+    }
+
+    /// Batch norm with fixed statistics (`running_mean`, `running_var`): eval mode, as
+    /// a frozen backbone runs while its head trains. Gradients still flow through it
+    /// (to `x`, and to `gamma`/`beta` if they are parameters).
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_fixed(
+        &mut self,
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        running_mean: &[f32],
+        running_var: &[f32],
+        eps: f32,
+        relu: bool,
+    ) -> Result<Var> {
+        let inv_std = inv_std(running_var, eps);
+        let y = self.affine(x, gamma, beta, running_mean, &inv_std, relu)?;
+        let op = Op::BatchNormFixed {
+            x,
+            gamma,
+            beta,
+            mean: running_mean.to_vec(),
+            inv_std,
+            relu,
+        };
+        Ok(self.push_op(y, op, &[x, gamma, beta]))
+    }
+
+    /// `gamma (x - mean) inv_std + beta`, then ReLU if asked, as one kernel pass.
+    fn affine(
+        &self,
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        mean: &[f32],
+        inv_std: &[f32],
+        relu: bool,
+    ) -> Result<Tensor> {
+        let (g, b) = (self.value(gamma)?.data(), self.value(beta)?.data());
+        let c = mean.len();
+        if g.len() != c || b.len() != c || inv_std.len() != c {
+            return Err(invalid(
+                "batch_norm",
+                format!(
+                    "gamma has {}, beta {} elements for {c} channels",
+                    g.len(),
+                    b.len()
+                ),
+            ));
+        }
+        let scale: Vec<f32> = (0..c).map(|i| g[i] * inv_std[i]).collect();
+        let shift: Vec<f32> = (0..c).map(|i| b[i] - mean[i] * scale[i]).collect();
+        let xv = self.value(x)?;
+        if relu {
+            self.kernels.scale_shift_relu(xv, &scale, &shift)
+        } else {
+            self.kernels.scale_shift(xv, &scale, &shift)
+        }
+    }
+
+    /// `max(x, 0)`.
+    pub fn relu(&mut self, x: Var) -> Result<Var> {
+        let y = self.kernels.relu(self.value(x)?)?;
+        Ok(self.push_op(y, Op::Relu { x }, &[x]))
+    }
+
+    /// `a + b` (same shapes), then ReLU if `relu`: the end of a residual block.
+    pub fn add(&mut self, a: Var, b: Var, relu: bool) -> Result<Var> {
+        let (av, bv) = (self.value(a)?, self.value(b)?);
+        let y = if relu {
+            self.kernels.add_relu(av, bv)?
+        } else {
+            self.kernels.add(av, bv)?
+        };
+        Ok(self.push_op(y, Op::Add { a, b, relu }, &[a, b]))
+    }
+
+    /// 2-D max pooling.
+    pub fn max_pool2d(&mut self, x: Var, pool: Pool2d) -> Result<Var> {
+        let y = self.kernels.max_pool2d(self.value(x)?, &pool)?;
+        Ok(self.push_op(y, Op::MaxPool { x, pool }, &[x]))
+    }
+
+    /// Global average pooling, `[N, C, H, W]` to `[N, C]`.
+    pub fn global_avg_pool(&mut self, x: Var) -> Result<Var> {
+        let y = self.kernels.global_avg_pool(self.value(x)?)?;
+        Ok(self.push_op(y, Op::GlobalAvgPool { x }, &[x]))
+    }
+
+    /// `y = x W^T + b` for `x: [N, in]`, `w: [out, in]`, `b: [out]`.
+    pub fn linear(&mut self, x: Var, w: Var, b: Var) -> Result<Var> {
+        let k = self.kernels;
+        let wv = self.value(w)?;
+        let packed = k.pack_linear_weights(wv)?;
+        let y = k.linear(self.value(x)?, &packed, Some(self.value(b)?.data()))?;
+        Ok(self.push_op(y, Op::Linear { x, w, b }, &[x, w, b]))
+    }
+
+    /// The CIFAR ResNets' option-A shortcut: `x[:, :, ::stride, ::stride]` with `pad`
+    /// zero channels added before and after.
+    pub fn pad_channels(&mut self, x: Var, stride: usize, pad: usize) -> Result<Var> {
+        let y = pad_channels_forward(self.value(x)?, stride, pad)?;
+        Ok(self.push_op(y, Op::PadChannels { x, stride, pad }, &[x]))
+    }
+
+    /// Mean softmax cross-entropy of `[N, classes]` logits against class indices, with
+    /// label smoothing `smoothing` in `[0, 1)` (the target puts `1 - smoothing` on the
+    /// class and spreads `smoothing` evenly over all classes, as PyTorch's
+    /// `label_smoothing`). The result is a scalar.
+    pub fn cross_entropy(&mut self, logits: Var, targets: &[usize], smoothing: f32) -> Result<Var> {
+        let lv = self.value(logits)?;
+        let [n, classes] = lv.dims2("cross_entropy")?;
+        if targets.len() != n || n == 0 {
+            return Err(invalid(
+                "cross_entropy",
+                format!("{} targets for a batch of {n}", targets.len()),
+            ));
+        }
+        if let Some(&t) = targets.iter().find(|&&t| t >= classes) {
+            return Err(invalid(
+                "cross_entropy",
+                format!("target class {t} is out of range for {classes} classes"),
+            ));
+        }
+        if !(0.0..1.0).contains(&smoothing) {
+            return Err(invalid(
+                "cross_entropy",
+                format!("label smoothing {smoothing} is not in [0, 1)"),
+            ));
+        }
+        let logp = self.kernels.log_softmax(lv)?;
+        let mut total = 0.0f64;
+        for (row, &t) in logp.data().chunks(classes).zip(targets) {
+            let mean_logp = row.iter().map(|&v| v as f64).sum::<f64>() / classes as f64;
+            total -= (1.0 - smoothing as f64) * row[t] as f64 + smoothing as f64 * mean_logp;
+        }
+        let loss = Tensor::scalar((total / n as f64) as f32);
+        let probs = self.kernels.softmax(lv)?;
+        let op = Op::CrossEntropy {
+            logits,
+            probs,
+            targets: targets.to_vec(),
+            smoothing,
+        };
+        Ok(self.push_op(loss, op, &[logits]))
+    }
+
+    // ---- The backward pass ----
+
+    /// Runs the backward pass from the scalar `loss` and returns the gradients of the
+    /// trainable leaves. Consumes the tape.
+    pub fn backward(self, loss: Var) -> Result<Gradients> {
+        let seed = self.value(loss)?;
+        if seed.len() != 1 {
+            return Err(invalid(
+                "backward",
+                format!("the loss must be a scalar, got shape {:?}", seed.shape()),
+            ));
+        }
+        let ones = Tensor::full(seed.shape(), 1.0)?;
+        self.backward_from(loss, ones)
+    }
+
+    /// The backward pass seeded with gradient `dy` on any node `output` (a
+    /// vector-Jacobian product): the gradients of `sum(output * dy)`. Consumes the tape.
+    pub fn backward_from(mut self, output: Var, dy: Tensor) -> Result<Gradients> {
+        let shape = self.value(output)?.shape().to_vec();
+        if dy.shape() != shape {
+            return Err(TensorError::ShapeMismatch {
+                op: "backward_from",
+                expected: shape,
+                got: dy.shape().to_vec(),
+            });
+        }
+        let mut grads: Vec<Option<Tensor>> = (0..self.nodes.len()).map(|_| None).collect();
+        grads[output.0] = Some(dy);
+        for i in (0..=output.0).rev() {
+            if !self.nodes[i].requires_grad {
+                continue;
+            }
+            if let Op::Leaf = self.nodes[i].op {
+                continue; // its gradient stays in `grads`
+            }
+            let Some(dy) = grads[i].take() else {
+                continue; // nothing downstream used this node
+            };
+            for (input, g) in self.node_backward(i, dy)? {
+                if !self.nodes[input.0].requires_grad {
+                    continue;
+                }
+                match &mut grads[input.0] {
+                    Some(acc) => self.kernels.add_assign(acc, &g)?,
+                    slot => *slot = Some(g),
+                }
+            }
+            self.nodes[i].value = Value::Released;
+        }
+        Ok(Gradients { grads })
+    }
+
+    /// The gradients of node `i`'s inputs, given the gradient `dy` of its output.
+    fn node_backward(&self, i: usize, dy: Tensor) -> Result<Vec<(Var, Tensor)>> {
+        let k = self.kernels;
+        let wants = |v: Var| self.nodes[v.0].requires_grad;
+        let out = self.value(Var(i))?;
+        Ok(match &self.nodes[i].op {
+            Op::Leaf => Vec::new(),
+            Op::Conv2d { x, w, p } => {
+                let g = k.conv2d_backward(
+                    self.value(*x)?,
+                    self.value(*w)?,
+                    &dy,
+                    *p,
+                    wants(*x),
+                    wants(*w),
+                )?;
+                [(*x, g.dx), (*w, g.dw)]
+                    .into_iter()
+                    .filter_map(|(v, t)| t.map(|t| (v, t)))
+                    .collect()
+            }
+            Op::BatchNorm {
+                x,
+                gamma,
+                beta,
+                mean,
+                inv_std,
+                relu,
+            } => {
+                let dy = if *relu {
+                    k.relu_backward(&dy, out)?
+                } else {
+                    dy
+                };
+                let g = k.batch_norm_backward(
+                    self.value(*x)?,
+                    &dy,
+                    mean,
+                    inv_std,
+                    self.value(*gamma)?.data(),
+                )?;
+                vec![
+                    (*x, g.dx),
+                    (*gamma, Tensor::from_vec(&[g.dgamma.len()], g.dgamma)?),
+                    (*beta, Tensor::from_vec(&[g.dbeta.len()], g.dbeta)?),
+                ]
+            }
+            Op::BatchNormFixed {
+                x,
+                gamma,
+                beta,
+                mean,
+                inv_std,
+                relu,
+            } => {
+                let dy = if *relu {
+                    k.relu_backward(&dy, out)?
+                } else {
+                    dy
+                };
+                let xv = self.value(*x)?;
+                let gv = self.value(*gamma)?.data();
+                let (dgamma, dbeta) = fixed_bn_param_grads(xv, &dy, mean, inv_std)?;
+                // dx = dy * gamma * inv_std: the statistics are constants here.
+                let scale: Vec<f32> = gv.iter().zip(inv_std).map(|(g, s)| g * s).collect();
+                let dx = k.scale_shift(&dy, &scale, &vec![0.0; scale.len()])?;
+                vec![(*x, dx), (*gamma, dgamma), (*beta, dbeta)]
+            }
+            Op::Relu { x } => vec![(*x, k.relu_backward(&dy, out)?)],
+            Op::Add { a, b, relu } => {
+                let dy = if *relu {
+                    k.relu_backward(&dy, out)?
+                } else {
+                    dy
+                };
+                vec![(*a, dy.clone()), (*b, dy)]
+            }
+            Op::MaxPool { x, pool } => {
+                vec![(*x, k.max_pool2d_backward(self.value(*x)?, &dy, pool)?)]
+            }
+            Op::GlobalAvgPool { x } => {
+                let shape = self.value(*x)?.dims4("global_avg_pool_backward")?;
+                vec![(*x, k.global_avg_pool_backward(&dy, shape)?)]
+            }
+            Op::Linear { x, w, b } => {
+                let g = k.linear_backward(self.value(*x)?, self.value(*w)?, &dy)?;
+                let db = Tensor::from_vec(&[g.db.len()], g.db)?;
+                vec![(*x, g.dx), (*w, g.dw), (*b, db)]
+            }
+            Op::PadChannels { x, stride, pad } => {
+                let shape = self.value(*x)?.dims4("pad_channels_backward")?;
+                vec![(*x, pad_channels_backward(&dy, shape, *stride, *pad)?)]
+            }
+            Op::CrossEntropy {
+                logits,
+                probs,
+                targets,
+                smoothing,
+            } => {
+                // d loss / d logits = (softmax - target distribution) / N, times the
+                // loss's own upstream gradient.
+                let [n, classes] = probs.dims2("cross_entropy_backward")?;
+                let scale = dy.data()[0] / n as f32;
+                let spread = smoothing / classes as f32;
+                let mut d = probs.clone();
+                for (row, &t) in d.data_mut().chunks_mut(classes).zip(targets) {
+                    for v in row.iter_mut() {
+                        *v = (*v - spread) * scale;
+                    }
+                    row[t] -= (1.0 - smoothing) * scale;
+                }
+                vec![(*logits, d)]
+            }
+        })
+    }
+}
+
+/// `dgamma = sum(dy (x - mean) inv_std)`, `dbeta = sum(dy)` per channel, in `f64`.
+fn fixed_bn_param_grads(
+    x: &Tensor,
+    dy: &Tensor,
+    mean: &[f32],
+    inv_std: &[f32],
+) -> Result<(Tensor, Tensor)> {
+    let c = mean.len();
+    let plane: usize = x.shape().get(2..).map_or(1, |s| s.iter().product());
+    let (mut dg, mut db) = (vec![0.0f64; c], vec![0.0f64; c]);
+    for (i, (xs, gs)) in x
+        .data()
+        .chunks(plane.max(1))
+        .zip(dy.data().chunks(plane.max(1)))
+        .enumerate()
+    {
+        let ch = i % c;
+        for (&xv, &g) in xs.iter().zip(gs) {
+            db[ch] += g as f64;
+            dg[ch] += g as f64 * (xv - mean[ch]) as f64 * inv_std[ch] as f64;
+        }
+    }
+    let f = |v: Vec<f64>| Tensor::from_vec(&[c], v.into_iter().map(|v| v as f32).collect());
+    Ok((f(dg)?, f(db)?))
+}
+
+/// The option-A shortcut's forward: subsample, then zero channels on both sides.
+pub fn pad_channels_forward(x: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+    let [n, c, h, w] = x.dims4("pad_channels")?;
+    if stride == 0 {
+        return Err(invalid("pad_channels", "stride must be positive".into()));
+    }
+    let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));
+    let oc = c + 2 * pad;
+    let mut y = Tensor::zeros(&[n, oc, oh, ow])?;
+    let (xd, yd) = (x.data(), y.data_mut());
+    for b in 0..n {
+        for ch in 0..c {
+            let src = &xd[(b * c + ch) * h * w..][..h * w];
+            let dst = &mut yd[(b * oc + ch + pad) * oh * ow..][..oh * ow];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    dst[oy * ow + ox] = src[oy * stride * w + ox * stride];
+                }
+            }
+        }
+    }
+    Ok(y)
+}
+
+/// The option-A shortcut's backward: the inner channels' gradients go back to the
+/// subsampled positions; the rest of the input gets 0.
+fn pad_channels_backward(
+    dy: &Tensor,
+    x_shape: [usize; 4],
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
+    let [n, c, h, w] = x_shape;
+    let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));
+    let oc = c + 2 * pad;
+    if dy.shape() != [n, oc, oh, ow] {
+        return Err(TensorError::ShapeMismatch {
+            op: "pad_channels_backward",
+            expected: vec![n, oc, oh, ow],
+            got: dy.shape().to_vec(),
+        });
+    }
+    let mut dx = Tensor::zeros(&x_shape)?;
+    let (gd, xd) = (dy.data(), dx.data_mut());
+    for b in 0..n {
+        for ch in 0..c {
+            let src = &gd[(b * oc + ch + pad) * oh * ow..][..oh * ow];
+            let dst = &mut xd[(b * c + ch) * h * w..][..h * w];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    dst[oy * stride * w + ox * stride] = src[oy * ow + ox];
+                }
+            }
+        }
+    }
+    Ok(dx)
+}
