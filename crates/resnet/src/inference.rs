@@ -136,28 +136,6 @@ pub struct InferenceModel {
     pool: Pool,
 }
 
-/// The CIFAR paper's option-A shortcut: `x[:, :, ::s, ::s]` with `pad` zero channels
-/// added on each side (as the widely used PyTorch implementation pads them).
-pub fn pad_channels_shortcut(x: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
-    let [n, c, h, w] = x.dims4("pad_channels_shortcut")?;
-    let stride = stride.max(1);
-    let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));
-    let mut y = Tensor::zeros(&[n, c + 2 * pad, oh, ow])?;
-    let (src, dst) = (x.data(), y.data_mut());
-    for b in 0..n {
-        for ch in 0..c {
-            let plane = &src[(b * c + ch) * h * w..][..h * w];
-            let out = &mut dst[(b * (c + 2 * pad) + pad + ch) * oh * ow..][..oh * ow];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    out[oy * ow + ox] = plane[oy * stride * w + ox * stride];
-                }
-            }
-        }
-    }
-    Ok(y)
-}
-
 impl InferenceModel {
     /// Folds and packs `model` for the given kernels (`Kernels::active()?` normally).
     pub fn new(model: &ResNet, kernels: Kernels) -> Result<Self> {
@@ -208,6 +186,29 @@ impl InferenceModel {
     /// The pooled feature vector of each image, `[N, feature_dim]` (2048 for
     /// ResNet-50, 512 for ResNet-18, 64 for the CIFAR nets), for an NCHW RGB batch.
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        self.features_observed(x, &mut |_, _| {})
+    }
+
+    /// The output of each stage for an NCHW batch, named as torchvision's modules:
+    /// `stem` (after the max pool, where there is one), `layer1`..`layer4` (`layer3`
+    /// for the CIFAR nets), `features` (pooled) and `logits`. For comparing with
+    /// another implementation layer by layer; slower than [`InferenceModel::forward`]
+    /// by the copies.
+    pub fn forward_stages(&self, x: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        let f =
+            self.features_observed(x, &mut |name, t| out.push((name.to_string(), t.clone())))?;
+        let logits = self.kernels.linear(&f, &self.fc, Some(&self.fc_bias))?;
+        out.push(("features".into(), f));
+        out.push(("logits".into(), logits));
+        Ok(out)
+    }
+
+    fn features_observed(
+        &self,
+        x: &Tensor,
+        observe: &mut dyn FnMut(&str, &Tensor),
+    ) -> Result<Tensor> {
         let (k, pool) = (&self.kernels, &self.pool);
         let mut h = self.stem.run(k, pool, x, None, true)?;
         if !self.cifar {
@@ -217,12 +218,18 @@ impl InferenceModel {
             k.max_pool2d_into(&h, &Pool2d::RESNET_STEM, &mut pooled)?;
             pool.give(std::mem::replace(&mut h, pooled));
         }
-        for block in self.stages.iter().flatten() {
+        observe("stem", &h);
+        for (s, block) in self
+            .stages
+            .iter()
+            .enumerate()
+            .flat_map(|(s, st)| st.iter().map(move |b| (s, b)))
+        {
             let shortcut = match &block.shortcut {
                 FusedShortcut::Identity => None,
                 FusedShortcut::Projection(c) => Some(c.run(k, pool, &h, None, false)?),
                 FusedShortcut::PadChannels { stride, pad } => {
-                    Some(pad_channels_shortcut(&h, *stride, *pad)?)
+                    Some(autograd::pad_channels_forward(&h, *stride, *pad)?)
                 }
             };
             let (last, inner) =
@@ -246,6 +253,9 @@ impl InferenceModel {
                 pool.give(t);
             }
             pool.give(std::mem::replace(&mut h, out));
+            if std::ptr::eq(block, self.stages[s].last().unwrap_or(block)) {
+                observe(&format!("layer{}", s + 1), &h);
+            }
         }
         let f = k.global_avg_pool(&h);
         pool.give(h);

@@ -24,9 +24,11 @@
 pub mod arch;
 pub mod inference;
 pub mod model;
+pub mod train;
 pub mod weights;
 
 pub use arch::{Arch, BlockKind, UnknownArch};
 pub use inference::InferenceModel;
 pub use model::{BatchNorm, Block, ConvBn, ResNet, Shortcut};
+pub use train::{count_correct, train_step, BatchStats, Freeze, StepOutcome, TrainForward};
 pub use weights::WeightsError;

@@ -1,0 +1,314 @@
+//! The training form of a ResNet: its forward pass recorded on an autograd [`Tape`],
+//! the running-statistics update batch norm makes in training mode, and freezing for
+//! transfer learning.
+//!
+//! ```
+//! use autograd::{Sgd, SgdConfig};
+//! use resnet::{train_step, Arch, Freeze, ResNet};
+//! use tensor::{Kernels, Tensor};
+//!
+//! let mut model = ResNet::new(Arch::Cifar { depth: 20 }, 10, 1)?;
+//! let config = SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 5e-4, ..Default::default() };
+//! let mut sgd = Sgd::new(config, model.parameters_mut().len())?;
+//! let x = Tensor::randn(&[4, 3, 32, 32], 0.0, 1.0, 2)?;
+//! let step = train_step(&mut model, &mut sgd, Kernels::active()?, x, &[0, 1, 2, 3], Freeze::None, 0.0)?;
+//! assert!(step.loss.is_finite());
+//! # Ok::<(), tensor::TensorError>(())
+//! ```
+
+use autograd::{Tape, Var};
+use tensor::{ChannelStats, Conv2d, Pool2d, Result, Tensor, TensorError};
+
+use crate::model::{ConvBn, ResNet, Shortcut};
+
+/// Which parameters train (the rest are frozen: no gradients, and their batch norms use
+/// the running statistics, as in eval mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freeze {
+    /// Everything trains.
+    None,
+    /// Only the head (`fc`) trains.
+    Backbone,
+    /// The last stage and the head train.
+    AllButLastStage,
+}
+
+/// What [`ResNet::forward_train`] recorded.
+pub struct TrainForward {
+    /// `[N, classes]`.
+    pub logits: Var,
+    /// `[N, features]`, the pooled embedding before the head.
+    pub features: Var,
+    /// One entry per trainable parameter, in [`ResNet::parameters_mut`] order: its
+    /// variable on the tape, or `None` when frozen.
+    pub params: Vec<Option<Var>>,
+    /// The batch statistics of every training-mode batch norm, in model order (frozen
+    /// batch norms, which use their running statistics, are absent); hand them to
+    /// [`ResNet::update_running_stats`] after the step.
+    pub batch_stats: Vec<BatchStats>,
+}
+
+/// One batch norm's statistics from a training forward pass.
+#[derive(Debug, Clone)]
+pub struct BatchStats {
+    /// The batch norm's index in model order (stem first, then each block's convs, then
+    /// its projection).
+    pub index: usize,
+    pub stats: ChannelStats,
+}
+
+/// Walks the forward pass, recording on the tape.
+struct Recorder<'t, 'p> {
+    tape: &'t mut Tape<'p>,
+    params: Vec<Option<Var>>,
+    batch_stats: Vec<BatchStats>,
+    bn_index: usize,
+}
+
+impl<'p> Recorder<'_, 'p> {
+    fn leaf(&mut self, t: &'p Tensor, train: bool) -> Var {
+        if train {
+            let v = self.tape.param(t);
+            self.params.push(Some(v));
+            v
+        } else {
+            self.params.push(None);
+            self.tape.constant(t)
+        }
+    }
+
+    /// `conv -> bn (-> relu)`; parameters registered in `parameters_mut` order (conv
+    /// weight, bn weight, bn bias).
+    fn conv_bn(&mut self, x: Var, c: &'p ConvBn, train: bool, relu: bool) -> Result<Var> {
+        let w = self.leaf(&c.weight, train);
+        let gamma = self.leaf(&c.bn.weight, train);
+        let beta = self.leaf(&c.bn.bias, train);
+        let h = self.tape.conv2d(x, w, Conv2d::new(c.stride, c.padding))?;
+        let index = self.bn_index;
+        self.bn_index += 1;
+        if train {
+            let (y, stats) = self.tape.batch_norm(h, gamma, beta, c.bn.eps, relu)?;
+            self.batch_stats.push(BatchStats { index, stats });
+            Ok(y)
+        } else {
+            self.tape.batch_norm_fixed(
+                h,
+                gamma,
+                beta,
+                c.bn.running_mean.data(),
+                c.bn.running_var.data(),
+                c.bn.eps,
+                relu,
+            )
+        }
+    }
+}
+
+impl ResNet {
+    /// The trainable parameters under their torchvision keys, in [`ResNet::named_tensors`]
+    /// order with the running statistics left out: the order of
+    /// [`TrainForward::params`] and of an optimizer's state.
+    pub fn parameters_mut(&mut self) -> Vec<(String, &mut Tensor)> {
+        self.named_tensors_mut()
+            .into_iter()
+            .filter(|(name, _)| !is_buffer(name))
+            .collect()
+    }
+
+    /// Records a training forward pass of the batch `x` (`[N, 3, H, W]`) on `tape`.
+    /// Batch norms of trainable parts use batch statistics (training mode); frozen parts
+    /// run as in eval mode.
+    pub fn forward_train<'p>(
+        &'p self,
+        tape: &mut Tape<'p>,
+        x: Tensor,
+        freeze: Freeze,
+    ) -> Result<TrainForward> {
+        let [_, c, _, _] = x.dims4("forward_train")?;
+        if c != 3 {
+            return Err(TensorError::InvalidArgument {
+                op: "forward_train",
+                reason: format!("expected 3 input channels (RGB), got {c}"),
+            });
+        }
+        let last = self.stages.len().saturating_sub(1);
+        let trains_stage = |s: usize| match freeze {
+            Freeze::None => true,
+            Freeze::Backbone => false,
+            Freeze::AllButLastStage => s == last,
+        };
+        let mut r = Recorder {
+            tape,
+            params: Vec::new(),
+            batch_stats: Vec::new(),
+            bn_index: 0,
+        };
+        let input = r.tape.input(x);
+        let mut h = r.conv_bn(input, &self.stem, freeze == Freeze::None, true)?;
+        if !self.arch.is_cifar() {
+            h = r.tape.max_pool2d(h, Pool2d::RESNET_STEM)?;
+        }
+        for (s, stage) in self.stages.iter().enumerate() {
+            let train = trains_stage(s);
+            for block in stage {
+                let x = h;
+                let n = block.convs.len();
+                let mut y = x;
+                for (i, c) in block.convs.iter().enumerate() {
+                    // ReLU after every conv-bn but the last, which joins the shortcut.
+                    y = r.conv_bn(y, c, train, i + 1 < n)?;
+                }
+                let shortcut = match &block.shortcut {
+                    Shortcut::Identity => x,
+                    Shortcut::Projection(c) => r.conv_bn(x, c, train, false)?,
+                    Shortcut::PadChannels { stride, pad } => {
+                        r.tape.pad_channels(x, *stride, *pad)?
+                    }
+                };
+                h = r.tape.add(y, shortcut, true)?;
+            }
+        }
+        let features = r.tape.global_avg_pool(h)?;
+        let fc_w = r.leaf(&self.fc_weight, true);
+        let fc_b = r.leaf(&self.fc_bias, true);
+        let logits = r.tape.linear(features, fc_w, fc_b)?;
+        Ok(TrainForward {
+            logits,
+            features,
+            params: r.params,
+            batch_stats: r.batch_stats,
+        })
+    }
+
+    /// Every batch norm in model order (the order of [`BatchStats::index`]).
+    fn batch_norms_mut(&mut self) -> Vec<&mut crate::model::BatchNorm> {
+        let mut out = vec![&mut self.stem.bn];
+        for block in self.stages.iter_mut().flatten() {
+            for c in block.convs.iter_mut() {
+                out.push(&mut c.bn);
+            }
+            if let Shortcut::Projection(c) = &mut block.shortcut {
+                out.push(&mut c.bn);
+            }
+        }
+        out
+    }
+
+    /// Folds a training step's batch statistics into the running statistics, as
+    /// PyTorch does: `running = (1 - momentum) running + momentum batch`, with the
+    /// unbiased variance (`var * M / (M - 1)`) for `running_var`.
+    pub fn update_running_stats(&mut self, stats: &[BatchStats]) -> Result<()> {
+        let mut bns = self.batch_norms_mut();
+        for s in stats {
+            let count = bns.len();
+            let bn = bns
+                .get_mut(s.index)
+                .ok_or_else(|| TensorError::InvalidArgument {
+                    op: "update_running_stats",
+                    reason: format!("batch norm {} of {count}", s.index),
+                })?;
+            let c = bn.running_mean.len();
+            if s.stats.mean.len() != c || s.stats.var.len() != c {
+                return Err(TensorError::ShapeMismatch {
+                    op: "update_running_stats",
+                    expected: vec![c],
+                    got: vec![s.stats.mean.len()],
+                });
+            }
+            let m = bn.momentum;
+            let unbias = if s.stats.count > 1 {
+                s.stats.count as f32 / (s.stats.count - 1) as f32
+            } else {
+                1.0
+            };
+            for (r, &v) in bn.running_mean.data_mut().iter_mut().zip(&s.stats.mean) {
+                *r = (1.0 - m) * *r + m * v;
+            }
+            for (r, &v) in bn.running_var.data_mut().iter_mut().zip(&s.stats.var) {
+                *r = (1.0 - m) * *r + m * v * unbias;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the head with a freshly initialised one for `num_classes` classes
+    /// (PyTorch's `nn.Linear` initialisation), for fine-tuning on a new task.
+    pub fn replace_head(&mut self, num_classes: usize, seed: u64) -> Result<()> {
+        let features = self.fc_weight.shape()[1];
+        let bound = 1.0 / (features as f32).sqrt();
+        self.fc_weight = Tensor::rand_uniform(&[num_classes, features], -bound, bound, seed)?;
+        self.fc_bias = Tensor::rand_uniform(&[num_classes], -bound, bound, seed ^ 1)?;
+        Ok(())
+    }
+}
+
+/// Whether a torchvision key names a buffer (running statistics) rather than a
+/// parameter.
+pub fn is_buffer(name: &str) -> bool {
+    name.ends_with(".running_mean") || name.ends_with(".running_var")
+}
+
+/// What one training step measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutcome {
+    /// The mean loss over the batch (before the update).
+    pub loss: f32,
+    /// Examples whose highest logit was the target's class.
+    pub correct: usize,
+}
+
+/// One SGD step on a batch: forward on a tape, cross-entropy loss (with label
+/// smoothing `smoothing`), backward, running statistics, optimizer update.
+pub fn train_step(
+    model: &mut ResNet,
+    sgd: &mut autograd::Sgd,
+    kernels: tensor::Kernels,
+    x: Tensor,
+    targets: &[usize],
+    freeze: Freeze,
+    smoothing: f32,
+) -> Result<StepOutcome> {
+    let (outcome, grads, stats) = {
+        let mut tape = Tape::new(kernels);
+        let fwd = model.forward_train(&mut tape, x, freeze)?;
+        let loss = tape.cross_entropy(fwd.logits, targets, smoothing)?;
+        let value = tape.value(loss)?.data()[0];
+        let correct = count_correct(tape.value(fwd.logits)?, targets);
+        let mut grads = tape.backward(loss)?;
+        let grads: Vec<Option<Tensor>> = fwd
+            .params
+            .iter()
+            .map(|v| v.and_then(|v| grads.take(v)))
+            .collect();
+        let outcome = StepOutcome {
+            loss: value,
+            correct,
+        };
+        (outcome, grads, fwd.batch_stats)
+    };
+    model.update_running_stats(&stats)?;
+    let grads: Vec<Option<&Tensor>> = grads.iter().map(|g| g.as_ref()).collect();
+    let mut params: Vec<&mut Tensor> = model.parameters_mut().into_iter().map(|(_, t)| t).collect();
+    sgd.step(&mut params, &grads)?;
+    Ok(outcome)
+}
+
+/// How many rows of `[N, classes]` logits have their maximum at the target's class.
+pub fn count_correct(logits: &Tensor, targets: &[usize]) -> usize {
+    let classes = logits.shape().last().copied().unwrap_or(1).max(1);
+    logits
+        .data()
+        .chunks(classes)
+        .zip(targets)
+        .filter(|(row, &t)| {
+            let best = row
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                );
+            best.0 == t
+        })
+        .count()
+}

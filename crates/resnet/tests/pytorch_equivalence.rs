@@ -1,0 +1,177 @@
+//! Our ResNets against PyTorch on the same weights, from fixtures made by
+//! `scripts/make_fixtures.py` (committed; a missing one is a visible SKIP naming the
+//! command that makes it).
+//!
+//! Tolerances, as the largest error over the largest magnitude of each tensor
+//! (`common::rel_err`); both sides compute in f32 in different orders, so these are
+//! rounding-level bounds with headroom over what is measured (see docs/autograd.md and
+//! docs/resnet.md for the figures):
+//!
+//! - inference, stage by stage: 1e-5 (measured: at most 1e-6 in every tier);
+//! - one training step of ResNet-20: loss 1e-6 (measured 1e-7); each gradient 1e-4
+//!   (measured at most 3.2e-6); each parameter and running statistic after the step
+//!   1e-6 (measured at most 1.4e-7).
+
+mod common;
+
+use autograd::{Sgd, SgdConfig, Tape};
+use common::{each_tier, fixture_model, load_fixture, rel_err, Fixture};
+use resnet::{Arch, Freeze, InferenceModel};
+use tensor::Kernels;
+
+fn stages(arch: Arch, file: &str, tol: f64) {
+    let Some(bytes) = load_fixture(file) else {
+        return;
+    };
+    let fx = Fixture::new(&bytes);
+    let input = fx.f32("input");
+    each_tier(|k: Kernels| {
+        let model = InferenceModel::from_model(fixture_model(arch, 1000), k).unwrap();
+        let outs = model.forward_stages(&input).unwrap();
+        assert_eq!(outs.len(), 7, "stem, 4 stages, features, logits");
+        for (name, got) in &outs {
+            let want = fx.f32(name);
+            let err = rel_err(got, &want);
+            println!("  {arch} {name}: relative error {err:.2e}");
+            assert!(
+                err <= tol,
+                "{arch} {name} ({}): error {err:e} > {tol:e}",
+                k.isa()
+            );
+        }
+    });
+}
+
+#[test]
+fn resnet18_equals_pytorch_stage_by_stage() {
+    stages(Arch::ResNet18, "resnet18_stages.safetensors", 1e-5);
+}
+
+#[test]
+fn resnet50_equals_pytorch_stage_by_stage() {
+    stages(Arch::ResNet50, "resnet50_stages.safetensors", 1e-5);
+}
+
+#[test]
+fn resnet20_training_step_equals_pytorch() {
+    let Some(bytes) = load_fixture("resnet20_step.safetensors") else {
+        return;
+    };
+    let fx = Fixture::new(&bytes);
+    let input = fx.f32("input");
+    let targets: Vec<usize> = fx.i64("targets").iter().map(|&t| t as usize).collect();
+    each_tier(|k: Kernels| {
+        let mut model = fixture_model(Arch::Cifar { depth: 20 }, 10);
+        let names: Vec<String> = model.parameters_mut().into_iter().map(|(n, _)| n).collect();
+        // Forward and backward, keeping the gradients to compare.
+        let (loss, grads, stats) = {
+            let mut tape = Tape::new(k);
+            let fwd = model
+                .forward_train(&mut tape, input.clone(), Freeze::None)
+                .unwrap();
+            let loss = tape.cross_entropy(fwd.logits, &targets, 0.1).unwrap();
+            let value = tape.value(loss).unwrap().data()[0];
+            let mut g = tape.backward(loss).unwrap();
+            let grads: Vec<_> = fwd
+                .params
+                .iter()
+                .map(|v| g.take(v.unwrap()).unwrap())
+                .collect();
+            (value, grads, fwd.batch_stats)
+        };
+        let want_loss = fx.f32("loss").data()[0];
+        let loss_err = ((loss - want_loss) / want_loss).abs() as f64;
+        println!("  loss {loss} vs PyTorch {want_loss}: relative error {loss_err:.2e}");
+        assert!(loss_err <= 1e-6, "loss {loss} vs {want_loss}");
+        let mut worst = (0.0, String::new());
+        for (name, g) in names.iter().zip(&grads) {
+            let err = rel_err(g, &fx.f32(&format!("grad.{name}")));
+            assert!(
+                err <= 1e-3,
+                "gradient of {name} ({}): error {err:e}",
+                k.isa()
+            );
+            if err > worst.0 {
+                worst = (err, name.clone());
+            }
+        }
+        println!("  worst gradient: {} at {:.2e}", worst.1, worst.0);
+        // The update: running statistics, then SGD.
+        model.update_running_stats(&stats).unwrap();
+        let config = SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            ..Default::default()
+        };
+        let mut sgd = Sgd::new(config, names.len()).unwrap();
+        let grads: Vec<_> = grads.iter().map(Some).collect();
+        let mut params: Vec<_> = model.parameters_mut().into_iter().map(|(_, t)| t).collect();
+        sgd.step(&mut params, &grads).unwrap();
+        let mut worst = (0.0, String::new());
+        for named in model.named_tensors() {
+            let err = rel_err(named.tensor, &fx.f32(&format!("after.{}", named.name)));
+            assert!(
+                err <= 1e-5,
+                "{} after the step ({}): error {err:e}",
+                named.name,
+                k.isa()
+            );
+            if err > worst.0 {
+                worst = (err, named.name.clone());
+            }
+        }
+        println!(
+            "  worst tensor after the step: {} at {:.2e}",
+            worst.1, worst.0
+        );
+    });
+}
+
+#[test]
+fn sgd_equals_torch_optim_sgd_over_three_steps() {
+    let Some(bytes) = load_fixture("sgd_steps.safetensors") else {
+        return;
+    };
+    let fx = Fixture::new(&bytes);
+    let settings = [
+        (
+            "momentum",
+            SgdConfig {
+                lr: 0.1,
+                momentum: 0.9,
+                weight_decay: 5e-4,
+                ..Default::default()
+            },
+        ),
+        (
+            "nesterov",
+            SgdConfig {
+                lr: 0.05,
+                momentum: 0.9,
+                weight_decay: 1e-4,
+                nesterov: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "dampening",
+            SgdConfig {
+                lr: 0.2,
+                momentum: 0.5,
+                dampening: 0.1,
+                ..Default::default()
+            },
+        ),
+    ];
+    for (name, config) in settings {
+        let mut p = fx.f32(&format!("{name}.p0"));
+        let mut sgd = Sgd::new(config, 1).unwrap();
+        for step in 1..=3 {
+            let g = fx.f32(&format!("{name}.g{step}"));
+            sgd.step(&mut [&mut p], &[Some(&g)]).unwrap();
+            let err = rel_err(&p, &fx.f32(&format!("{name}.p{step}")));
+            assert!(err <= 1e-6, "{name} step {step}: error {err:e}");
+        }
+    }
+}
