@@ -1,0 +1,168 @@
+//! Training behaviour that needs no fixture: freezing, head replacement, running
+//! statistics, agreement of the training graph with the inference model, and that a few
+//! SGD steps fit a small batch.
+
+use autograd::{Sgd, SgdConfig, Tape};
+use resnet::{train_step, Arch, Freeze, InferenceModel, ResNet};
+use tensor::{Kernels, Tensor};
+
+fn kernels() -> Kernels {
+    Kernels::active().unwrap()
+}
+
+fn snapshot(model: &ResNet) -> Vec<(String, Tensor)> {
+    model
+        .named_tensors()
+        .into_iter()
+        .map(|n| (n.name, n.tensor.clone()))
+        .collect()
+}
+
+fn sgd(model: &mut ResNet) -> Sgd {
+    let config = SgdConfig {
+        lr: 0.05,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        ..Default::default()
+    };
+    Sgd::new(config, model.parameters_mut().len()).unwrap()
+}
+
+#[test]
+fn a_frozen_backbone_does_not_change_and_the_head_does() {
+    let mut model = ResNet::new(Arch::Cifar { depth: 20 }, 10, 3).unwrap();
+    model.replace_head(4, 9).unwrap();
+    assert_eq!(model.num_classes(), 4);
+    let before = snapshot(&model);
+    let mut opt = sgd(&mut model);
+    let x = Tensor::randn(&[4, 3, 16, 16], 0.0, 1.0, 1).unwrap();
+    for _ in 0..2 {
+        train_step(
+            &mut model,
+            &mut opt,
+            kernels(),
+            x.clone(),
+            &[0, 1, 2, 3],
+            Freeze::Backbone,
+            0.0,
+        )
+        .unwrap();
+    }
+    for ((name, old), now) in before.iter().zip(model.named_tensors()) {
+        let changed = old != now.tensor;
+        assert_eq!(
+            changed,
+            name.starts_with("fc."),
+            "{name} changed: {changed}"
+        );
+    }
+}
+
+#[test]
+fn freezing_all_but_the_last_stage_trains_only_it_and_the_head() {
+    let mut model = ResNet::new(Arch::ResNet18, 5, 4).unwrap();
+    let before = snapshot(&model);
+    let mut opt = sgd(&mut model);
+    let x = Tensor::randn(&[2, 3, 32, 32], 0.0, 1.0, 2).unwrap();
+    train_step(
+        &mut model,
+        &mut opt,
+        kernels(),
+        x,
+        &[1, 3],
+        Freeze::AllButLastStage,
+        0.0,
+    )
+    .unwrap();
+    for ((name, old), now) in before.iter().zip(model.named_tensors()) {
+        let trains = name.starts_with("fc.") || name.starts_with("layer4.");
+        // Frozen batch norms run on their running statistics and leave them alone.
+        assert_eq!(old != now.tensor, trains, "{name}");
+    }
+}
+
+#[test]
+fn a_training_step_updates_running_statistics_like_pytorch() {
+    let mut model = ResNet::new(Arch::Cifar { depth: 20 }, 10, 5).unwrap();
+    let x = Tensor::randn(&[3, 3, 8, 8], 0.5, 2.0, 3).unwrap();
+    let mut tape = Tape::new(kernels());
+    let fwd = model
+        .forward_train(&mut tape, x.clone(), Freeze::None)
+        .unwrap();
+    let stem_stats = fwd.batch_stats[0].clone();
+    assert_eq!(fwd.batch_stats.len(), 19, "ResNet-20 has 19 batch norms");
+    drop(tape);
+    // The stem's batch statistics are those of its convolution's output.
+    let conv = kernels()
+        .conv2d(
+            &x,
+            &kernels().pack_conv_weights(&model.stem.weight).unwrap(),
+            tensor::Conv2d::new(1, 1),
+            &[],
+        )
+        .unwrap();
+    let direct = kernels().channel_stats(&conv).unwrap();
+    assert_eq!(stem_stats.stats, direct);
+    model.update_running_stats(&[stem_stats]).unwrap();
+    let m = direct.count as f32;
+    for c in 0..16 {
+        let want_mean = 0.1 * direct.mean[c];
+        let want_var = 0.9 + 0.1 * direct.var[c] * m / (m - 1.0);
+        assert!((model.stem.bn.running_mean.data()[c] - want_mean).abs() < 1e-6);
+        assert!((model.stem.bn.running_var.data()[c] - want_var).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn the_frozen_training_graph_equals_the_inference_model() {
+    let model = ResNet::new(Arch::ResNet18, 7, 6).unwrap();
+    let x = Tensor::randn(&[2, 3, 40, 40], 0.0, 1.0, 4).unwrap();
+    let want = InferenceModel::new(&model, kernels())
+        .unwrap()
+        .forward(&x)
+        .unwrap();
+    let mut tape = Tape::new(kernels());
+    let fwd = model.forward_train(&mut tape, x, Freeze::Backbone).unwrap();
+    let got = tape.value(fwd.logits).unwrap();
+    for (a, b) in got.data().iter().zip(want.data()) {
+        assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+    }
+}
+
+#[test]
+fn sgd_fits_a_small_batch() {
+    let mut model = ResNet::new(Arch::Cifar { depth: 20 }, 4, 7).unwrap();
+    let mut opt = sgd(&mut model);
+    let x = Tensor::randn(&[8, 3, 12, 12], 0.0, 1.0, 8).unwrap();
+    let targets = [0, 1, 2, 3, 3, 2, 1, 0];
+    let first = train_step(
+        &mut model,
+        &mut opt,
+        kernels(),
+        x.clone(),
+        &targets,
+        Freeze::None,
+        0.0,
+    )
+    .unwrap();
+    let mut last = first;
+    for _ in 0..30 {
+        last = train_step(
+            &mut model,
+            &mut opt,
+            kernels(),
+            x.clone(),
+            &targets,
+            Freeze::None,
+            0.0,
+        )
+        .unwrap();
+    }
+    assert!(
+        last.loss < 0.5 * first.loss,
+        "loss {} -> {}",
+        first.loss,
+        last.loss
+    );
+    assert_eq!(last.correct, 8, "the batch is memorised");
+}
