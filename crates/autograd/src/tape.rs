@@ -209,6 +209,23 @@ impl<'p> Tape<'p> {
         }
     }
 
+    /// Bytes of the values the tape owns (activations and inputs, not the borrowed
+    /// parameters): what a training step must keep alive for its backward pass.
+    pub fn owned_bytes(&self) -> usize {
+        let saved = |op: &Op| match op {
+            Op::CrossEntropy { probs, .. } => probs.len(),
+            _ => 0,
+        };
+        self.nodes
+            .iter()
+            .map(|n| match &n.value {
+                Value::Owned(t) => t.len() + saved(&n.op),
+                _ => saved(&n.op),
+            })
+            .sum::<usize>()
+            * std::mem::size_of::<f32>()
+    }
+
     /// Whether a gradient will flow to `v`.
     pub fn requires_grad(&self, v: Var) -> bool {
         self.nodes.get(v.0).is_some_and(|n| n.requires_grad)

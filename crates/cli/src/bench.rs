@@ -295,3 +295,78 @@ pub fn model(
     }
     Ok(())
 }
+
+/// The process's peak resident memory in MB (Linux's `VmHWM`), or `None` elsewhere.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// One SGD training step of `arch` on a random batch (random labels): the time of the
+/// whole step (forward on the tape, loss, backward, running statistics, update), the
+/// activations the tape keeps for the backward pass, and the process's peak RSS.
+pub fn train(
+    k: &Kernels,
+    threads: usize,
+    arch: resnet::Arch,
+    batch: usize,
+    budget: Duration,
+    json: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use autograd::{Sgd, SgdConfig, Tape};
+    use resnet::{train_step, Freeze};
+    let (classes, size) = if arch.is_cifar() {
+        (10, 32)
+    } else {
+        (1000, 224)
+    };
+    let mut net = resnet::ResNet::new(arch, classes, 1)?;
+    let config = SgdConfig {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        ..Default::default()
+    };
+    let mut sgd = Sgd::new(config, net.parameters_mut().len())?;
+    let x = Tensor::randn(&[batch, 3, size, size], 0.0, 1.0, 2)?;
+    let targets: Vec<usize> = (0..batch).map(|i| (i * 7) % classes).collect();
+    let activations_mb = {
+        let mut tape = Tape::new(*k);
+        net.forward_train(&mut tape, x.clone(), Freeze::None)?;
+        tape.owned_bytes() as f64 / (1 << 20) as f64
+    };
+    let mut err = None;
+    let t = best_time(budget, || {
+        if let Err(e) = train_step(
+            &mut net,
+            &mut sgd,
+            *k,
+            x.clone(),
+            &targets,
+            Freeze::None,
+            0.0,
+        ) {
+            err = Some(e);
+        }
+    });
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    let ms = t.as_secs_f64() * 1e3;
+    let images_per_s = batch as f64 / t.as_secs_f64();
+    let rss = peak_rss_mb();
+    let rss_json = rss.map_or("null".to_string(), |r| format!("{r:.1}"));
+    if json {
+        crate::emit(&format!(
+            "{{\"bench\":\"train\",\"arch\":\"{arch}\",\"batch\":{batch},\"threads\":{threads},\"ms_per_step\":{ms:.2},\"images_per_s\":{images_per_s:.1},\"peak_rss_mb\":{rss_json},\"activations_mb\":{activations_mb:.1}}}"
+        ))?;
+    } else {
+        let rss_text = rss.map_or("unknown".to_string(), |r| format!("{r:.0} MB"));
+        crate::emit(&format!(
+            "{arch} training step, batch {batch}, {threads} threads, {size}x{size}: {ms:.1} ms/step, {images_per_s:.0} images/s; activations kept {activations_mb:.0} MB, peak RSS {rss_text}"
+        ))?;
+    }
+    Ok(())
+}

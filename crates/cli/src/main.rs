@@ -61,6 +61,15 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         batch: usize,
     },
+    /// One training step (forward, backward, SGD update): ms/step, images/s, peak RSS.
+    Train {
+        /// Architecture: a CIFAR resnet20/32/44/56/110 (32x32) or resnet18/34/50/101/152 (224x224).
+        #[arg(long, default_value = "resnet20")]
+        arch: String,
+        /// Images per batch.
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+    },
     /// conv2d forward for every distinct ResNet-50 layer.
     Conv {
         /// Batch sizes to run (comma-separated).
@@ -127,6 +136,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         return Err("--batch must be at least 1".into());
                     }
                     bench::model(&k, threads, arch.parse()?, batch, budget, json)
+                }
+                BenchCommand::Train { arch, batch } => {
+                    if batch == 0 {
+                        return Err("--batch must be at least 1".into());
+                    }
+                    bench::train(&k, threads, arch.parse()?, batch, budget, json)
                 }
                 BenchCommand::Conv { batch } => {
                     if batch.contains(&0) {

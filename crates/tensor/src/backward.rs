@@ -129,9 +129,8 @@ impl Geometry {
             if s == 1 {
                 out.copy_from_slice(&image[first..first + out.len()]);
             } else {
-                for (j, o) in out.iter_mut().enumerate() {
-                    *o = image[first + j * s];
-                }
+                let run = image[first..].iter().step_by(s);
+                out.iter_mut().zip(run).for_each(|(o, v)| *o = *v);
             }
         });
     }
@@ -143,8 +142,13 @@ impl Geometry {
         self.for_each_run(|src, dst, ox0, ox1, kx| {
             let run = &cols[src + ox0..src + ox1];
             let first = dst + ox0 * s + kx - pad;
-            for (j, v) in run.iter().enumerate() {
-                dx[first + j * s] += v;
+            if s == 1 {
+                // Contiguous on both sides: the compiler vectorises this.
+                let out = &mut dx[first..first + run.len()];
+                out.iter_mut().zip(run).for_each(|(d, v)| *d += v);
+            } else {
+                let out = dx[first..].iter_mut().step_by(s);
+                out.zip(run).for_each(|(d, v)| *d += v);
             }
         });
     }
@@ -427,11 +431,12 @@ impl Kernels {
                          mut dx_group: Option<&mut [f32]>,
                          threads: Threads|
          -> Result<Vec<f32>> {
-            let mut dw = if want_dw {
-                vec![0.0f32; o * k]
+            let mut dwt = if want_dw {
+                vec![0.0f32; k * o]
             } else {
                 Vec::new()
             };
+            let mut a_buf = Vec::new();
             let mut cols = if direct {
                 Vec::new()
             } else {
@@ -452,10 +457,16 @@ impl Kernels {
                 }
                 if want_dw {
                     let cols_src = if direct { image } else { &cols[..] };
-                    // dW [O, K] (+)= dY_b [O, P] cols^T [P, K]
-                    let a = PackedA::pack(self.isa(), mr, dy_mat);
-                    let bt = MatRef::row_major(cols_src, k, pix)?.t();
-                    let mut c_mat = MatMut::row_major(&mut dw, o, k)?;
+                    // dW^T [K, O] (+)= cols [K, P] dY_b^T [P, O]. This way round the
+                    // large operand (the columns) is A, packed from row-major rows,
+                    // and the small one (dY) is B; transposed at the end.
+                    let a = PackedA::pack_into(
+                        self.isa(),
+                        mr,
+                        MatRef::row_major(cols_src, k, pix)?,
+                        std::mem::take(&mut a_buf),
+                    );
+                    let mut c_mat = MatMut::row_major(&mut dwt, k, o)?;
                     let steps: &[Epilogue] = if b == first {
                         &[]
                     } else {
@@ -464,13 +475,14 @@ impl Kernels {
                     driver::gemm(
                         set,
                         &a,
-                        &BSource::Matrix(bt),
-                        o,
+                        &BSource::Matrix(dy_mat.t()),
                         k,
+                        o,
                         &mut c_mat,
                         steps,
                         threads,
                     )?;
+                    a_buf = a.into_buffer();
                 }
                 if let (Some(wt), Some(dxg)) = (&wt, dx_group.as_deref_mut()) {
                     let dx_b = &mut dxg[(b - first) * in_image..(b - first + 1) * in_image];
@@ -487,7 +499,7 @@ impl Kernels {
                     }
                 }
             }
-            Ok(dw)
+            Ok(dwt)
         };
 
         let threads = rayon::current_num_threads();
@@ -515,12 +527,19 @@ impl Kernels {
             )?]
         };
         let dw = if want_dw {
+            // Sum the groups' dW^T [K, O] and transpose into OIHW.
             let mut it = partials.into_iter();
-            let mut total = it.next().unwrap_or_else(|| vec![0.0; o * k]);
+            let mut total = it.next().unwrap_or_else(|| vec![0.0; k * o]);
             for part in it {
                 total.iter_mut().zip(&part).for_each(|(t, v)| *t += v);
             }
-            Some(Tensor::from_vec(w.shape(), total)?)
+            let mut dw = Tensor::zeros(w.shape())?;
+            for (i, row) in total.chunks_exact(o).enumerate() {
+                for (oc, v) in row.iter().enumerate() {
+                    dw.data_mut()[oc * k + i] = *v;
+                }
+            }
+            Some(dw)
         } else {
             None
         };

@@ -290,6 +290,20 @@ impl BSource<'_> {
         dst: &mut [f32],
     ) {
         match self {
+            BSource::Matrix(m) if m.rs == 1 && m.cs != 1 && kc > 0 => {
+                // A transposed view (B^T row-major): each column of the panel is a
+                // contiguous run of the source; read runs, write with stride `width`.
+                let dst = &mut dst[..kc * width];
+                if valid < width {
+                    dst.fill(0.0);
+                }
+                for t in 0..valid {
+                    let col = &m.data[(j0 + t) * m.cs + k0..][..kc];
+                    for (d, v) in dst[t..].iter_mut().step_by(width).zip(col) {
+                        *d = *v;
+                    }
+                }
+            }
             BSource::Matrix(m) => {
                 for (kk, row) in dst.chunks_exact_mut(width).take(kc).enumerate() {
                     let k = k0 + kk;
