@@ -22,8 +22,12 @@
 //! ```
 
 pub mod arch;
+pub mod augment;
+pub mod data;
 pub mod inference;
+pub mod loader;
 pub mod model;
+pub mod preprocess;
 pub mod train;
 pub mod weights;
 
