@@ -5,6 +5,8 @@
 //! and the kernel chosen for each operation; `--peak` also measures the FMA peak.
 
 mod bench;
+mod plot;
+mod train;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -34,6 +36,50 @@ enum Command {
         /// Also measure the peak FMA rate of every supported tier (about a second each).
         #[arg(long)]
         peak: bool,
+    },
+    /// Train a ResNet (default: ResNet-20 on the shipped handwritten digits) with a
+    /// progress bar; writes the best model, a checkpoint, metrics and a plot to --out.
+    Train {
+        /// Data set: `digits` (shipped), `cifar10:DIR` (the binary version) or `folder:DIR`
+        /// (DIR/train/<class>/*.jpg|png and DIR/test/<class>/...).
+        #[arg(long, default_value = "digits")]
+        data: String,
+        /// Architecture: a CIFAR resnet20/32/44/56/110 or resnet18/34/50/101/152.
+        #[arg(long, default_value = "resnet20")]
+        arch: String,
+        /// Epochs (default: 30).
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Images per batch (default: 64, 128 for CIFAR-10).
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Peak learning rate, after a 2-epoch warm-up, then cosine decay (default: 0.1).
+        #[arg(long)]
+        lr: Option<f32>,
+        /// Seed for the initial weights, shuffles and augmentation (default: 1).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Continue from a checkpoint written by an earlier run.
+        #[arg(long)]
+        resume: Option<std::path::PathBuf>,
+        /// Output folder.
+        #[arg(long, default_value = "runs/train")]
+        out: std::path::PathBuf,
+    },
+    /// Accuracy and confusion matrix of a weights file on a data set's test images.
+    Eval {
+        /// A `.safetensors` file in torchvision naming (e.g. best.safetensors from `train`).
+        #[arg(long)]
+        weights: std::path::PathBuf,
+        /// Data set, as for `train`.
+        #[arg(long, default_value = "digits")]
+        data: String,
+        /// Architecture of the weights.
+        #[arg(long, default_value = "resnet20")]
+        arch: String,
+        /// Images per batch.
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
     },
     /// Benchmark tables: GFLOP/s and % of the measured FMA peak.
     Bench {
@@ -118,6 +164,40 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     match cli.command {
         Command::Info { peak } => info(peak),
+        Command::Train {
+            data,
+            arch,
+            epochs,
+            batch,
+            lr,
+            seed,
+            resume,
+            out,
+        } => train::train(
+            Kernels::active()?,
+            train::TrainArgs {
+                data: data.parse()?,
+                arch: arch.parse()?,
+                epochs,
+                batch,
+                lr,
+                seed,
+                resume,
+                out,
+            },
+        ),
+        Command::Eval {
+            weights,
+            data,
+            arch,
+            batch,
+        } => train::eval(
+            Kernels::active()?,
+            weights,
+            arch.parse()?,
+            data.parse()?,
+            batch.max(1),
+        ),
         Command::Bench {
             what,
             json,

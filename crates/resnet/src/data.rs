@@ -264,7 +264,7 @@ pub fn parse_cifar10_records(
     images: &mut Vec<f32>,
     labels: &mut Vec<usize>,
 ) -> Result<(), DataError> {
-    if bytes.is_empty() || bytes.len() % CIFAR_RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(CIFAR_RECORD) {
         return Err(format_error(
             path,
             format!(

@@ -29,10 +29,12 @@ pub mod loader;
 pub mod model;
 pub mod preprocess;
 pub mod train;
+pub mod trainer;
 pub mod weights;
 
 pub use arch::{Arch, BlockKind, UnknownArch};
 pub use inference::InferenceModel;
 pub use model::{BatchNorm, Block, ConvBn, ResNet, Shortcut};
 pub use train::{count_correct, train_step, BatchStats, Freeze, StepOutcome, TrainForward};
+pub use trainer::{evaluate, EpochRecord, Evaluation, Progress, TrainConfig, TrainError, Trainer};
 pub use weights::WeightsError;

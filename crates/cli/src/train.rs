@@ -1,0 +1,209 @@
+//! `resnet train` and `resnet eval`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use resnet::data::DataSpec;
+use resnet::{evaluate, Arch, Progress, ResNet, TrainConfig, Trainer};
+use tensor::Kernels;
+
+use crate::plot;
+
+/// `resnet train` options (already parsed).
+pub struct TrainArgs {
+    pub data: DataSpec,
+    pub arch: Arch,
+    pub epochs: Option<usize>,
+    pub batch: Option<usize>,
+    pub lr: Option<f32>,
+    pub seed: Option<u64>,
+    pub resume: Option<PathBuf>,
+    pub out: PathBuf,
+}
+
+fn config_for(args: &TrainArgs) -> TrainConfig {
+    let mut c = TrainConfig::digits();
+    if let DataSpec::Cifar10(_) = args.data {
+        c.augment = resnet::augment::Augment::CIFAR;
+        c.epochs = 30;
+        c.batch = 128;
+    } else if let DataSpec::Folder { .. } = args.data {
+        c.augment = resnet::augment::Augment {
+            crop_pad: 0,
+            resized_crop: Some((0.35, 1.0)),
+            hflip: true,
+            rotate_degrees: 0.0,
+        };
+    }
+    c.arch = args.arch;
+    c.epochs = args.epochs.unwrap_or(c.epochs);
+    c.batch = args.batch.unwrap_or(c.batch);
+    c.lr = args.lr.unwrap_or(c.lr);
+    c.seed = args.seed.unwrap_or(c.seed);
+    c
+}
+
+fn fmt_duration(s: f32) -> String {
+    let s = s.max(0.0) as u64;
+    format!("{}:{:02}", s / 60, s % 60)
+}
+
+pub fn train(k: Kernels, args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    eprintln!("loading {} ...", args.data);
+    let data = args.data.load()?;
+    let config = config_for(&args);
+    eprintln!(
+        "training {} on {}: {} training and {} test images of {:?}, {} classes; {} epochs, batch {}, lr {}, {} threads, kernels {}",
+        config.arch,
+        args.data,
+        data.train.len(),
+        data.test.len(),
+        data.train.shape,
+        data.train.classes.len(),
+        config.epochs,
+        config.batch,
+        config.lr,
+        rayon::current_num_threads(),
+        k.isa()
+    );
+    let mut trainer = match &args.resume {
+        Some(ckpt) => {
+            let t = Trainer::resume(config, &data, k, &args.out, ckpt)?;
+            eprintln!(
+                "resumed from {} after epoch {}",
+                ckpt.display(),
+                t.epochs_done
+            );
+            t
+        }
+        None => Trainer::new(config, &data, k, &args.out)?,
+    };
+    let epochs = trainer.config.epochs;
+    let mut epoch_start = Instant::now();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last_draw = Instant::now();
+    let mut progress = |p: Progress| match p {
+        Progress::Step {
+            epoch,
+            epochs,
+            batch,
+            batches,
+            loss,
+            images_per_s,
+        } => {
+            if batch == 1 {
+                epoch_start = Instant::now();
+            }
+            if !tty || (batch < batches && last_draw.elapsed().as_millis() < 100) {
+                return;
+            }
+            last_draw = Instant::now();
+            let done = (epoch - 1) as f32 + batch as f32 / batches as f32;
+            let elapsed = epoch_start.elapsed().as_secs_f32();
+            let per_epoch = elapsed * batches as f32 / batch as f32;
+            let eta = per_epoch * (epochs as f32 - done);
+            let width = 24;
+            let filled = (width * batch) / batches;
+            let bar: String = "#".repeat(filled) + &".".repeat(width - filled);
+            let _ = write!(
+                std::io::stderr(),
+                "\repoch {epoch}/{epochs} [{bar}] {batch}/{batches}  loss {loss:.4}  {images_per_s:.0} img/s  ETA {}   ",
+                fmt_duration(eta)
+            );
+        }
+        Progress::Epoch(r) => {
+            if tty {
+                let _ = write!(std::io::stderr(), "\r{:100}\r", "");
+            }
+            eprintln!(
+                "epoch {:>3}/{epochs}  lr {:.4}  train loss {:.4} acc {:.2}%  test loss {:.4} acc {:.2}%  {:.1}s",
+                r.epoch,
+                r.lr,
+                r.train_loss,
+                100.0 * r.train_acc,
+                r.test_loss,
+                100.0 * r.test_acc,
+                r.seconds
+            );
+        }
+    };
+    trainer.run(&mut progress)?;
+    let history = trainer.history.clone();
+    let plot_path = args.out.join("training.png");
+    plot::write_training_plot(&plot_path, &history)?;
+    let best = history
+        .iter()
+        .max_by(|a, b| a.test_acc.total_cmp(&b.test_acc))
+        .ok_or("no epoch ran")?;
+    let last = history.last().ok_or("no epoch ran")?;
+    crate::emit(&format!(
+        "done in {}: final test accuracy {:.2}%, best {:.2}% (epoch {})",
+        fmt_duration(started.elapsed().as_secs_f32()),
+        100.0 * last.test_acc,
+        100.0 * best.test_acc,
+        best.epoch
+    ))?;
+    for (what, file) in [
+        ("best model (torchvision names)", "best.safetensors"),
+        (
+            "checkpoint (resume with --resume)",
+            "checkpoint.safetensors",
+        ),
+        ("metrics", "metrics.csv"),
+        ("plot", "training.png"),
+    ] {
+        crate::emit(&format!("  {what}: {}", args.out.join(file).display()))?;
+    }
+    Ok(())
+}
+
+pub fn eval(
+    k: Kernels,
+    weights: PathBuf,
+    arch: Arch,
+    data: DataSpec,
+    batch: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let split = data.load()?;
+    let model = ResNet::from_safetensors(arch, &weights)?;
+    let classes = &split.test.classes;
+    if model.num_classes() != classes.len() {
+        return Err(format!(
+            "{} has {} classes, but {data} has {}",
+            weights.display(),
+            model.num_classes(),
+            classes.len()
+        )
+        .into());
+    }
+    let e = evaluate(&model, &split.test, k, batch)?;
+    crate::emit(&format!(
+        "{arch} {} on the {} test images of {data}: accuracy {:.2}%, loss {:.4}",
+        weights.display(),
+        split.test.len(),
+        100.0 * e.accuracy,
+        e.loss
+    ))?;
+    crate::emit("confusion matrix (rows: true class, columns: predicted):")?;
+    let w = classes
+        .iter()
+        .map(|c| c.len())
+        .max()
+        .unwrap_or(1)
+        .clamp(4, 12);
+    let mut header = format!("{:>w$} ", "");
+    for c in classes {
+        header.push_str(&format!("{:>5}", &c[..c.len().min(5)]));
+    }
+    crate::emit(&header)?;
+    for (c, row) in classes.iter().zip(&e.confusion) {
+        let mut line = format!("{:>w$} ", &c[..c.len().min(w)]);
+        for v in row {
+            line.push_str(&format!("{v:>5}"));
+        }
+        crate::emit(&line)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! The trainer on the shipped digits: it learns, it resumes exactly, and it refuses
+//! checkpoints that do not fit, without ever leaving a half-written file.
+
+use resnet::data::digits;
+use resnet::{Arch, TrainConfig, Trainer};
+use tensor::Kernels;
+
+fn out_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("resnet-trainer-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn quick(epochs: usize) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch: 128,
+        warmup_epochs: 0,
+        ..TrainConfig::digits()
+    }
+}
+
+#[test]
+fn resnet20_learns_the_digits_in_a_few_epochs() {
+    let data = digits().unwrap();
+    let out = out_dir("learns");
+    let mut t = Trainer::new(quick(3), &data, Kernels::active().unwrap(), &out).unwrap();
+    let history = t.run(&mut |_| {}).unwrap().to_vec();
+    let last = history.last().unwrap();
+    println!(
+        "test accuracy after 3 epochs: {:.1}%",
+        100.0 * last.test_acc
+    );
+    // Chance is 10%.
+    assert!(last.test_acc > 0.6, "test accuracy {}", last.test_acc);
+    assert!(last.train_loss < history[0].train_loss);
+    for f in ["best.safetensors", "checkpoint.safetensors", "metrics.csv"] {
+        assert!(out.join(f).is_file(), "{f} written");
+    }
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "header and 3 epochs");
+    assert!(std::fs::read_dir(&out).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".tmp")));
+    // The exported best model loads back as a torchvision-named ResNet-20.
+    let best =
+        resnet::ResNet::from_safetensors(Arch::Cifar { depth: 20 }, out.join("best.safetensors"))
+            .unwrap();
+    assert_eq!(best.num_classes(), 10);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn resuming_reproduces_the_uninterrupted_run_exactly() {
+    let data = digits().unwrap();
+    let k = Kernels::active().unwrap();
+    let (a_dir, b_dir) = (out_dir("straight"), out_dir("resumed"));
+    let mut a = Trainer::new(quick(2), &data, k, &a_dir).unwrap();
+    a.run(&mut |_| {}).unwrap();
+    let mut b = Trainer::new(quick(2), &data, k, &b_dir).unwrap();
+    b.run_epochs(1, &mut |_| {}).unwrap();
+    drop(b);
+    let mut b = Trainer::resume(
+        quick(2),
+        &data,
+        k,
+        &b_dir,
+        &b_dir.join("checkpoint.safetensors"),
+    )
+    .unwrap();
+    assert_eq!(b.epochs_done, 1);
+    b.run(&mut |_| {}).unwrap();
+    for (x, y) in a.model.named_tensors().iter().zip(b.model.named_tensors()) {
+        assert_eq!(x.tensor, y.tensor, "{} differs after resuming", x.name);
+    }
+    assert_eq!(a.history.len(), b.history.len());
+    let _ = std::fs::remove_dir_all(&a_dir);
+    let _ = std::fs::remove_dir_all(&b_dir);
+}
+
+#[test]
+fn a_checkpoint_of_another_architecture_or_a_broken_one_is_refused() {
+    let data = digits().unwrap();
+    let k = Kernels::active().unwrap();
+    let dir = out_dir("refuse");
+    let mut t = Trainer::new(quick(1), &data, k, &dir).unwrap();
+    t.run(&mut |_| {}).unwrap();
+    let ckpt = dir.join("checkpoint.safetensors");
+    let other = TrainConfig {
+        arch: Arch::Cifar { depth: 32 },
+        ..quick(1)
+    };
+    let e = Trainer::resume(other, &data, k, &dir, &ckpt)
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("resnet20"), "{e}");
+    // A weights file is not a checkpoint.
+    let e = Trainer::resume(quick(1), &data, k, &dir, &dir.join("best.safetensors"))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("not a resnet-checkpoint"), "{e}");
+    // A truncated checkpoint is an error naming the file.
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let e = Trainer::resume(quick(1), &data, k, &dir, &cut)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("cut.safetensors"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
