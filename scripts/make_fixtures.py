@@ -18,6 +18,11 @@ Files (all float32 unless noted):
   `after.<key>` for every parameter and running statistic after the step.
 - `sgd_steps.safetensors`: three steps of torch.optim.SGD on one tensor under three
   settings (`<setting>.p0`, `.g1..g3`, `.p1..p3`).
+- `images.safetensors`: torchvision's standard evaluation transform (PIL `Resize(256)`,
+  `CenterCrop(224)`, `ToTensor`, `Normalize` with the ImageNet statistics) of the photos
+  in `crates/resnet/tests/images/`: rows 0, 56, 112, 168 and 223 of each channel
+  (`pre.<file>`, `[3, 5, 224]`), and the logits of the fixture ResNet-18 on the whole
+  preprocessed image (`logits.<file>`).
 - `resnet18_stages.safetensors`, `resnet50_stages.safetensors`: torchvision ResNet-18
   (batch 2) and ResNet-50 (batch 1) in eval mode on 64x64 inputs: `input`, and the
   output of `stem` (after the max pool), `layer1`..`layer4`, `features`, `logits`.
@@ -203,6 +208,36 @@ def stages_fixture(out, arch, batch):
     print(f"{arch}_stages: logits[0, :3] = {tensors['logits'][0, :3].tolist()}")
 
 
+IMAGE_ROWS = [0, 56, 112, 168, 223]
+
+
+def images_fixture(out, image_dir):
+    from PIL import Image
+    from torchvision import transforms
+
+    tf = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
+    model = torchvision.models.resnet18(weights=None)
+    fill(model)
+    model.eval()
+    tensors = {}
+    for name in sorted(os.listdir(image_dir)):
+        if not name.endswith((".png", ".jpg")):
+            continue
+        x = tf(Image.open(os.path.join(image_dir, name)).convert("RGB"))
+        tensors[f"pre.{name}"] = x[:, IMAGE_ROWS, :].contiguous()
+        with torch.no_grad():
+            tensors[f"logits.{name}"] = model(x.unsqueeze(0))[0].contiguous()
+    save_file(tensors, os.path.join(out, "images.safetensors"))
+    print(f"images: {sorted(k for k in tensors if k.startswith('pre.'))}")
+
+
 def weights_files(out):
     os.makedirs(out, exist_ok=True)
     for arch in ["resnet18", "resnet50"]:
@@ -228,6 +263,7 @@ def main():
     sgd_fixture(args.out)
     stages_fixture(args.out, "resnet18", 2)
     stages_fixture(args.out, "resnet50", 1)
+    images_fixture(args.out, os.path.join(here, "..", "crates", "resnet", "tests", "images"))
     if args.weights:
         weights_files(args.weights)
 

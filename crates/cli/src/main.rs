@@ -5,6 +5,7 @@
 //! and the kernel chosen for each operation; `--peak` also measures the FMA peak.
 
 mod bench;
+mod classify;
 mod plot;
 mod train;
 
@@ -80,6 +81,33 @@ enum Command {
         /// Images per batch.
         #[arg(long, default_value_t = 128)]
         batch: usize,
+    },
+    /// Top-5 ImageNet classes of images (JPEG or PNG), with probabilities.
+    Classify {
+        /// A torchvision/timm-named `.safetensors` file for the architecture.
+        #[arg(long)]
+        weights: std::path::PathBuf,
+        #[arg(long, default_value = "resnet50")]
+        arch: String,
+        /// How many classes to print per image.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// The images.
+        #[arg(required = true)]
+        images: Vec<std::path::PathBuf>,
+    },
+    /// Pooled embeddings of images (2048 floats each for ResNet-50, 512 for ResNet-18),
+    /// written to a `.safetensors` file (`features`, `[N, D]`).
+    Features {
+        #[arg(long)]
+        weights: std::path::PathBuf,
+        #[arg(long, default_value = "resnet50")]
+        arch: String,
+        /// Output file.
+        #[arg(long, default_value = "features.safetensors")]
+        out: std::path::PathBuf,
+        #[arg(required = true)]
+        images: Vec<std::path::PathBuf>,
     },
     /// Benchmark tables: GFLOP/s and % of the measured FMA peak.
     Bench {
@@ -186,6 +214,24 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 out,
             },
         ),
+        Command::Classify {
+            weights,
+            arch,
+            top,
+            images,
+        } => classify::classify(
+            Kernels::active()?,
+            weights,
+            arch.parse()?,
+            images,
+            top.max(1),
+        ),
+        Command::Features {
+            weights,
+            arch,
+            out,
+            images,
+        } => classify::features(Kernels::active()?, weights, arch.parse()?, images, out),
         Command::Eval {
             weights,
             data,

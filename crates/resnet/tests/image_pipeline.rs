@@ -1,0 +1,92 @@
+//! Real photos through decode, torchvision's evaluation transform and a ResNet-18, against
+//! torchvision on the same photos and weights (`scripts/make_fixtures.py`).
+//!
+//! PIL resizes in 8-bit (it rounds between its horizontal and vertical passes and at the
+//! end); we keep `f32`. So the preprocessed pixels may differ by about one grey level,
+//! `1 / 255 / 0.225 = 0.017` after normalisation: the tolerance is 0.04 per pixel
+//! (measured: see the printout), and 2% of the largest logit for the logits, with the
+//! same top-5 classes.
+
+#[cfg(not(feature = "images"))]
+#[test]
+fn image_pipeline_needs_the_images_feature() {
+    println!("SKIP    image pipeline: built without the `images` feature (cargo test --workspace or -p resnet --features images)");
+}
+
+#[cfg(feature = "images")]
+mod common;
+
+#[cfg(feature = "images")]
+#[test]
+fn photos_preprocess_and_classify_as_in_torchvision() {
+    use common::{fixture_model, load_fixture, rel_err, Fixture};
+    use resnet::preprocess::{imagenet_eval, load};
+    use resnet::trainer::top_k;
+    use resnet::{Arch, InferenceModel};
+    use tensor::{Kernels, Tensor};
+
+    let Some(bytes) = load_fixture("images.safetensors") else {
+        return;
+    };
+    let fx = Fixture::new(&bytes);
+    let model = InferenceModel::from_model(
+        fixture_model(Arch::ResNet18, 1000),
+        Kernels::active().unwrap(),
+    )
+    .unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/images");
+    for name in ["chelsea.png", "rocket.jpg"] {
+        let x = imagenet_eval(&load(&dir.join(name)).unwrap()).unwrap();
+        assert_eq!(x.shape(), &[3, 224, 224]);
+        let want = fx.f32(&format!("pre.{name}"));
+        let rows = [0, 56, 112, 168, 223];
+        let mut worst = 0.0f32;
+        for c in 0..3 {
+            for (r, &y) in rows.iter().enumerate() {
+                for col in 0..224 {
+                    let got = x.data()[(c * 224 + y) * 224 + col];
+                    let w = want.data()[(c * 5 + r) * 224 + col];
+                    worst = worst.max((got - w).abs());
+                }
+            }
+        }
+        println!("{name}: largest pixel difference after normalisation {worst:.4}");
+        assert!(worst <= 0.04, "{name}: pixel difference {worst}");
+        let logits = model
+            .forward(&x.clone().reshape(&[1, 3, 224, 224]).unwrap())
+            .unwrap();
+        let want = fx.f32(&format!("logits.{name}"));
+        let got = Tensor::from_vec(&[1000], logits.data().to_vec()).unwrap();
+        let err = rel_err(&got, &want);
+        println!("{name}: logits relative error {err:.2e}");
+        assert!(err <= 2e-2, "{name}: logits error {err}");
+        let top = |l: &[f32]| top_k(l, 5).into_iter().map(|(c, _)| c).collect::<Vec<_>>();
+        assert_eq!(top(got.data()), top(want.data()), "{name}: top-5 classes");
+    }
+}
+
+#[cfg(feature = "images")]
+#[test]
+fn files_that_are_not_images_are_clear_errors() {
+    let dir = std::env::temp_dir().join(format!("resnet-image-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("notes.jpg");
+    std::fs::write(&bad, b"this is not a jpeg").unwrap();
+    let e = resnet::preprocess::load(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("notes.jpg") && e.contains("not a decodable image"),
+        "{e}"
+    );
+    let png = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/images/chelsea.png"),
+    )
+    .unwrap();
+    let cut = dir.join("cut.png");
+    std::fs::write(&cut, &png[..png.len() / 3]).unwrap();
+    assert!(resnet::preprocess::load(&cut).is_err());
+    let e = resnet::preprocess::load(&dir.join("missing.png"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing.png"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
