@@ -26,6 +26,9 @@ pub fn imagenet_classes() -> Vec<&'static str> {
         .collect()
 }
 
+/// The most floats a resize may produce (64 M: 256 MB).
+const MAX_RESIZED: usize = 1 << 26;
+
 /// The triangle (bilinear) filter weights of one output coordinate: `(first input
 /// index, normalised weights)`. PIL's `precompute_coeffs` for the bilinear filter.
 fn filter_taps(out: usize, in_size: usize, out_size: usize) -> (usize, Vec<f64>) {
@@ -61,6 +64,11 @@ pub fn resize_bilinear(img: &Tensor, oh: usize, ow: usize) -> Result<Tensor, Dat
     };
     if h == 0 || w == 0 || oh == 0 || ow == 0 {
         return Err(bad(format!("cannot resize {h}x{w} to {oh}x{ow}")));
+    }
+    if c.saturating_mul(oh).saturating_mul(ow) > MAX_RESIZED {
+        return Err(bad(format!(
+            "resizing {h}x{w} to {oh}x{ow} would be too large"
+        )));
     }
     let xt: Vec<_> = (0..ow).map(|x| filter_taps(x, w, ow)).collect();
     let yt: Vec<_> = (0..oh).map(|y| filter_taps(y, h, oh)).collect();
@@ -153,6 +161,12 @@ pub fn imagenet_eval(img: &Tensor) -> Result<Tensor, DataError> {
             })
         }
     };
+    if h.max(w) > 64 * h.min(w) {
+        return Err(DataError::Format {
+            path: "<image>".into(),
+            reason: format!("a {w}x{h} image is too elongated (aspect ratio above 64)"),
+        });
+    }
     let (rh, rw) = resized_size(h, w, 256);
     let mut x = center_crop(&resize_bilinear(img, rh, rw)?, 224)?;
     normalize(&mut x, IMAGENET_MEAN, IMAGENET_STD);

@@ -1,0 +1,111 @@
+//! The backward kernels and a whole ResNet-20 training step under criterion.
+//!
+//! `cargo bench -p resnet-benches --bench train`. Backward kernels on ResNet-20 layer
+//! shapes at batch 128 (32x32 input): ReLU and batch norm in bytes/s of their traffic,
+//! convolution (dX and dW) and the whole step in elements/s of flops or images. The
+//! one-shot figure with peak memory comes from `resnet bench train`.
+
+use std::time::Duration;
+
+use autograd::{Sgd, SgdConfig};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use resnet::{train_step, Arch, Freeze, ResNet};
+use resnet_benches::{active, pool, thread_counts};
+use tensor::{Conv2d, Pool2d, Tensor};
+
+fn backward_kernels(c: &mut Criterion) {
+    let k = active();
+    let mut g = c.benchmark_group(format!("backward/{}", k.isa()));
+    g.sample_size(10).measurement_time(Duration::from_secs(2));
+    let x = Tensor::randn(&[128, 16, 32, 32], 0.0, 1.0, 1).unwrap();
+    let dy = Tensor::randn(&[128, 16, 32, 32], 0.0, 1.0, 2).unwrap();
+    let bytes = (x.len() * 4) as u64;
+    let stats = k.channel_stats(&x).unwrap();
+    let inv_std: Vec<f32> = stats.var.iter().map(|v| 1.0 / (v + 1e-5).sqrt()).collect();
+    let gamma = vec![1.0f32; 16];
+    for threads in thread_counts() {
+        let p = pool(threads);
+        let id = |name: &str| BenchmarkId::new(name.to_string(), format!("t{threads}"));
+        g.throughput(Throughput::Bytes(3 * bytes));
+        g.bench_function(id("relu_backward_128x16x32x32"), |b| {
+            b.iter(|| p.install(|| k.relu_backward(&dy, &x).unwrap()))
+        });
+        g.throughput(Throughput::Bytes(4 * bytes));
+        g.bench_function(id("batch_norm_backward_128x16x32x32"), |b| {
+            b.iter(|| {
+                p.install(|| {
+                    k.batch_norm_backward(&x, &dy, &stats.mean, &inv_std, &gamma)
+                        .unwrap()
+                })
+            })
+        });
+        g.throughput(Throughput::Bytes(2 * bytes));
+        g.bench_function(id("max_pool2d_backward_3x3s2"), |b| {
+            let pool3 = Pool2d::RESNET_STEM;
+            let y = k.max_pool2d(&x, &pool3).unwrap();
+            b.iter(|| p.install(|| k.max_pool2d_backward(&x, &y, &pool3).unwrap()))
+        });
+        for (name, cin, cout, size, stride) in [
+            ("conv_16_16_s1", 16, 16, 32, 1),
+            ("conv_32_64_s2", 32, 64, 16, 2),
+        ] {
+            let xin = Tensor::randn(&[128, cin, size, size], 0.0, 1.0, 3).unwrap();
+            let w = Tensor::randn(&[cout, cin, 3, 3], 0.0, 0.1, 4).unwrap();
+            let pc = Conv2d::new(stride, 1);
+            let [oh, ow] = pc.output_size(size, size, 3, 3).unwrap();
+            let gy = Tensor::randn(&[128, cout, oh, ow], 0.0, 1.0, 5).unwrap();
+            // dX and dW: two GEMMs of the forward's size.
+            g.throughput(Throughput::Elements(
+                4 * (128 * cout * oh * ow * cin * 9) as u64,
+            ));
+            g.bench_function(id(&format!("{name}_backward_flops")), |b| {
+                b.iter(|| p.install(|| k.conv2d_backward(&xin, &w, &gy, pc, true, true).unwrap()))
+            });
+        }
+    }
+    g.finish();
+}
+
+fn train_step_bench(c: &mut Criterion) {
+    let k = active();
+    let mut g = c.benchmark_group(format!("train_step/{}", k.isa()));
+    g.sample_size(10).measurement_time(Duration::from_secs(8));
+    let batch = 128;
+    g.throughput(Throughput::Elements(batch as u64));
+    let x = Tensor::randn(&[batch, 3, 32, 32], 0.0, 1.0, 1).unwrap();
+    let targets: Vec<usize> = (0..batch).map(|i| i % 10).collect();
+    for threads in thread_counts() {
+        let p = pool(threads);
+        let mut model = ResNet::new(Arch::Cifar { depth: 20 }, 10, 1).unwrap();
+        let config = SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            ..Default::default()
+        };
+        let mut sgd = Sgd::new(config, model.parameters_mut().len()).unwrap();
+        g.bench_function(
+            BenchmarkId::new("resnet20_batch128_images", format!("t{threads}")),
+            |b| {
+                b.iter(|| {
+                    p.install(|| {
+                        train_step(
+                            &mut model,
+                            &mut sgd,
+                            k,
+                            x.clone(),
+                            &targets,
+                            Freeze::None,
+                            0.0,
+                        )
+                        .unwrap()
+                    })
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, backward_kernels, train_step_bench);
+criterion_main!(benches);
