@@ -2,12 +2,17 @@
 //!
 //! The ResNet family on the `resnet-tensor` engine.
 //!
-//! What works today: the architectures ([`Arch`]: ResNet-18/34/50/101/152 and the CIFAR
-//! ResNet-20/32/44/56/110) with torchvision parameter names and initialisation
-//! ([`ResNet`]), and fast inference ([`InferenceModel`]: batch norm folded, weights
-//! packed, residual add and ReLU fused into the convolutions), and strict `.safetensors`
-//! loading and atomic saving in torchvision naming ([`weights`]). Not yet: image
-//! preprocessing, training, data sets, PyTorch fixtures (see the README).
+//! - [`Arch`], [`ResNet`]: ResNet-18/34/50/101/152 and the CIFAR ResNet-20/32/44/56/110,
+//!   torchvision parameter names and initialisation; [`weights`]: strict `.safetensors`
+//!   loading and atomic saving.
+//! - [`InferenceModel`]: the fast form (batch norm folded, weights packed, residual add
+//!   and ReLU fused into the convolutions), equal to torchvision stage by stage.
+//! - [`preprocess`]: torchvision's evaluation transform (decoding with the `images`
+//!   feature) and the ImageNet class names.
+//! - [`train`]: the forward pass on an autograd tape, running statistics, freezing;
+//!   [`trainer`]: epochs, evaluation, checkpoints, resume; [`data`], [`augment`],
+//!   [`loader`]: data sets (the shipped digits, CIFAR-10, image folders), augmentation
+//!   and batching.
 //!
 //! ```
 //! use resnet::{Arch, InferenceModel, ResNet};
