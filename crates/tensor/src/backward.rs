@@ -8,7 +8,8 @@
 
 use rayon::prelude::*;
 
-use crate::conv::Conv2d;
+use crate::conv::{Conv2d, ConvPath};
+use crate::direct::{direct_conv_image, DirectEpilogue, DirectWeights};
 use crate::error::{Result, TensorError};
 use crate::gemm::driver::{self, Threads};
 use crate::gemm::pack::{BSource, PackedA};
@@ -414,8 +415,20 @@ impl Kernels {
         }
         let set = self.set();
         let mr = set.gemm_mr;
+        // dX of a stride-1 convolution is itself a convolution: of dY with the weights
+        // rotated by 180 degrees and their channels swapped, padded by `kh - 1 - p`.
+        // Where the direct kernel is the faster algorithm for that convolution, use it
+        // (no dcols, no col2im); otherwise dX = col2im(W^T dY).
+        let transposed = want_dx
+            && !direct
+            && p.stride == 1
+            && kh == kw
+            && p.padding < kh
+            && ConvPath::choose(c, o * kh * kw, wd, 1, self.lanes()) == ConvPath::Direct;
+        let flipped =
+            transposed.then(|| DirectWeights::flipped(w.data(), [o, c, kh, kw], set.direct_ob));
         // W^T ([K, O]), packed once for every image's dX GEMM.
-        let wt = if want_dx {
+        let wt = if want_dx && !transposed {
             Some(PackedA::pack(
                 self.isa(),
                 mr,
@@ -442,7 +455,8 @@ impl Kernels {
             } else {
                 vec![0.0f32; k * pix]
             };
-            let mut dcols = if direct || !want_dx {
+            let mut padded = Vec::new();
+            let mut dcols = if direct || !want_dx || transposed {
                 Vec::new()
             } else {
                 vec![0.0f32; k * pix]
@@ -483,6 +497,22 @@ impl Kernels {
                         threads,
                     )?;
                     a_buf = a.into_buffer();
+                }
+                if let (Some(fw), Some(dxg)) = (&flipped, dx_group.as_deref_mut()) {
+                    let dx_b = &mut dxg[(b - first) * in_image..(b - first + 1) * in_image];
+                    direct_conv_image(
+                        set,
+                        dy_b,
+                        [oh, ow],
+                        fw,
+                        1,
+                        kh - 1 - p.padding,
+                        [h, wd],
+                        dx_b,
+                        DirectEpilogue::default(),
+                        threads,
+                        &mut padded,
+                    );
                 }
                 if let (Some(wt), Some(dxg)) = (&wt, dx_group.as_deref_mut()) {
                     let dx_b = &mut dxg[(b - first) * in_image..(b - first + 1) * in_image];

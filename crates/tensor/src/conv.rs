@@ -25,6 +25,7 @@
 //! residual and ReLU as the GEMM epilogue, so conv + BN + (residual +) ReLU is one pass
 //! over the output while it is in registers.
 
+use crate::direct::{direct_conv_image, DirectEpilogue, DirectWeights};
 use crate::error::{Result, TensorError};
 use crate::gemm::pack::{BSource, Im2col};
 use crate::gemm::{driver, Epilogue, MatMut, MatRef, PackedA};
@@ -75,6 +76,8 @@ impl Conv2d {
 #[derive(Clone, Debug)]
 pub struct ConvWeights {
     packed: PackedA,
+    /// The same weights laid out for the direct kernel, for the shapes that use it.
+    direct: Option<DirectWeights>,
     /// `[out, in, kh, kw]`.
     shape: [usize; 4],
 }
@@ -97,6 +100,43 @@ pub enum ConvEpilogue<'a> {
     Residual(&'a Tensor),
     /// `max(x, 0)`.
     Relu,
+}
+
+thread_local! {
+    /// This thread's zero-padded input image for the direct kernel, reused across calls.
+    static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Which algorithm a convolution runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvPath {
+    /// The faster one for the shape, as measured (see [`ConvPath::choose`]).
+    Auto,
+    /// im2col (or, for 1x1, the image itself) feeding the packed GEMM.
+    Gemm,
+    /// The direct kernel (no im2col); falls back to GEMM for 1x1 kernels.
+    Direct,
+}
+
+impl ConvPath {
+    /// The measured choice for `o` output channels, `k = C kh kw`, output rows `ow`
+    /// wide, stride `s`, on a tier with `lanes`-wide vectors. From the AVX-512 runs in
+    /// `docs/convolution.md` (2 threads): the direct kernel wins 1.3-2.2x for stride 1
+    /// up to 64 output channels when a row fills a vector (ResNet-20's 16 and 32
+    /// channels: 87 -> 216 and 96 -> 165 GFLOP/s), and for stride 2 only with a short
+    /// reduction (the stems, `k <= 160`), where its strided loads are few; im2col + GEMM
+    /// wins for more channels, narrow rows, and long stride-2 reductions.
+    pub fn choose(o: usize, k: usize, ow: usize, s: usize, lanes: usize) -> ConvPath {
+        let direct = match s {
+            1 => o <= 64 && ow >= lanes,
+            _ => k <= 160 && ow >= lanes,
+        };
+        if direct {
+            ConvPath::Direct
+        } else {
+            ConvPath::Gemm
+        }
+    }
 }
 
 /// Folds inference batch norm into the preceding convolution:
@@ -149,8 +189,11 @@ impl Kernels {
         let shape = w.dims4("pack_conv_weights")?;
         let [o, i, kh, kw] = shape;
         let a = MatRef::row_major(w.data(), o, i * kh * kw)?;
+        let direct =
+            (kh * kw > 1).then(|| DirectWeights::new(w.data(), shape, self.set().direct_ob));
         Ok(ConvWeights {
             packed: self.pack_a(a),
+            direct,
             shape,
         })
     }
@@ -180,6 +223,19 @@ impl Kernels {
         epilogue: &[ConvEpilogue],
         y: &mut Tensor,
     ) -> Result<()> {
+        self.conv2d_into_path(x, w, p, epilogue, y, ConvPath::Auto)
+    }
+
+    /// [`Kernels::conv2d_into`] on a chosen algorithm (for tests and measurements).
+    pub fn conv2d_into_path(
+        &self,
+        x: &Tensor,
+        w: &ConvWeights,
+        p: Conv2d,
+        epilogue: &[ConvEpilogue],
+        y: &mut Tensor,
+        path: ConvPath,
+    ) -> Result<()> {
         self.check_packed(&w.packed)?;
         let [n, c, h, wd] = x.dims4("conv2d")?;
         let [o, wc, kh, kw] = w.shape;
@@ -200,6 +256,14 @@ impl Kernels {
             });
         }
         for step in epilogue {
+            if let ConvEpilogue::Bias(b) = step {
+                if b.len() != o {
+                    return Err(TensorError::InvalidArgument {
+                        op: "conv2d",
+                        reason: format!("bias has {} elements for {o} output channels", b.len()),
+                    });
+                }
+            }
             if let ConvEpilogue::Residual(r) = step {
                 if r.shape() != out_shape {
                     return Err(TensorError::ShapeMismatch {
@@ -215,9 +279,45 @@ impl Kernels {
             return Ok(());
         }
         let direct = kh == 1 && kw == 1 && p.stride == 1 && p.padding == 0;
+        let path = match path {
+            ConvPath::Auto => ConvPath::choose(o, c * kh * kw, ow, p.stride, self.lanes()),
+            other => other,
+        };
+        let use_direct_kernel = w.direct.as_ref().filter(|_| path == ConvPath::Direct);
         let xd = x.data();
         let run_image = |b: usize, out: &mut [f32], threads: driver::Threads| -> Result<()> {
             let image = &xd[b * in_image..(b + 1) * in_image];
+            if let Some(dw) = use_direct_kernel {
+                let mut epi = DirectEpilogue::default();
+                for step in epilogue {
+                    match *step {
+                        ConvEpilogue::Accumulate => epi.accumulate = true,
+                        ConvEpilogue::Bias(bias) => epi.bias = Some(bias),
+                        ConvEpilogue::Residual(r) => {
+                            epi.residual = Some(&r.data()[b * out_image..(b + 1) * out_image])
+                        }
+                        ConvEpilogue::Relu => epi.relu = true,
+                    }
+                }
+                PADDED.with(|buf| {
+                    let mut buf = buf.take();
+                    direct_conv_image(
+                        self.set(),
+                        image,
+                        [h, wd],
+                        dw,
+                        p.stride,
+                        p.padding,
+                        [oh, ow],
+                        out,
+                        epi,
+                        threads,
+                        &mut buf,
+                    );
+                    PADDED.with(|b| b.set(buf));
+                });
+                return Ok(());
+            }
             let source = if direct {
                 BSource::Matrix(MatRef::row_major(image, c, h * wd)?)
             } else {

@@ -21,6 +21,7 @@
 
 pub mod backward;
 pub mod conv;
+pub(crate) mod direct;
 pub mod error;
 pub mod gemm;
 pub mod isa;
@@ -32,7 +33,7 @@ pub mod rng;
 pub mod tensor;
 
 pub use backward::{BatchNormGrads, ConvGrads, LinearGrads};
-pub use conv::{fold_batch_norm, Conv2d, ConvEpilogue, ConvWeights};
+pub use conv::{fold_batch_norm, Conv2d, ConvEpilogue, ConvPath, ConvWeights};
 pub use error::{Result, TensorError};
 pub use gemm::{Epilogue, MatMut, MatRef, PackedA};
 pub use isa::Isa;

@@ -250,7 +250,7 @@ fn check_conv(k: Kernels) -> CheckResult {
 }
 
 /// Every distinct convolution of the CIFAR ResNets (3x3 stride 1 and 2, and the stem),
-/// at batch 3 (images split unevenly over threads).
+/// at batch 3 (images split unevenly over threads), and two wider ones.
 fn check_conv_resnet20(k: Kernels) -> CheckResult {
     let layers = [
         (3, 16, 1, 8),
@@ -259,6 +259,10 @@ fn check_conv_resnet20(k: Kernels) -> CheckResult {
         (32, 32, 1, 6),
         (32, 64, 2, 6),
         (64, 64, 1, 4),
+        // Rows as wide as a vector of every tier, so dX also runs as the transposed
+        // direct convolution (the shapes above are too narrow for it on AVX-512).
+        (16, 16, 1, 17),
+        (8, 24, 1, 16),
     ];
     for (i, &(c, o, stride, size)) in layers.iter().enumerate() {
         let case = ConvCase {

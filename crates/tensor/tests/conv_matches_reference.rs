@@ -1,5 +1,6 @@
-//! Convolution forward, in every ISA tier this CPU has, equals the direct convolution
-//! (`reference::conv2d`, in `f64`) over random channels, sizes, kernels, strides,
+//! Convolution forward, in every ISA tier this CPU has and by both algorithms (im2col +
+//! GEMM and the direct kernel), equals the direct convolution (`reference::conv2d`, in
+//! `f64`) over random channels, sizes, kernels, strides,
 //! padding, batch and epilogues, and over every distinct layer shape of ResNet-18 and
 //! ResNet-50 at a small spatial size.
 //!
@@ -11,7 +12,7 @@ mod common;
 use common::{close, fail, prop, Check, CheckResult};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use tensor::{fold_batch_norm, reference, Conv2d, ConvEpilogue, Kernels, Tensor};
+use tensor::{fold_batch_norm, reference, Conv2d, ConvEpilogue, ConvPath, Kernels, Tensor};
 
 const CHECKS: &[(&str, Check)] = &[
     ("conv2d_equals_direct_convolution", check_random),
@@ -115,7 +116,27 @@ fn run_case(kern: Kernels, c: &Case) -> Result<(), TestCaseError> {
     prop_assert_eq!(got.shape(), want.shape());
     close(&format!("conv2d {c:?}"), got.data(), want.data(), |i| {
         tol[i]
-    })
+    })?;
+    // Both algorithms, whichever `Auto` picked.
+    for path in [ConvPath::Gemm, ConvPath::Direct] {
+        let mut y = Tensor::zeros(want.shape()).map_err(fail)?;
+        kern.conv2d_into_path(
+            &x,
+            &packed,
+            Conv2d::new(c.stride, c.pad),
+            &steps,
+            &mut y,
+            path,
+        )
+        .map_err(fail)?;
+        close(
+            &format!("conv2d {path:?} {c:?}"),
+            y.data(),
+            want.data(),
+            |i| tol[i],
+        )?;
+    }
+    Ok(())
 }
 
 fn check_random(kern: Kernels) -> CheckResult {

@@ -84,5 +84,7 @@ super::tier_entry_points!(
     crate::isa::Isa::Generic,
     Portable,
     gemm_mr = 4,
-    gemm_nv = [1, 2]
+    gemm_nv = [1, 2],
+    direct_ob = 4,
+    direct_xv = [1, 2]
 );

@@ -89,7 +89,18 @@ pub(crate) unsafe fn gemm_tile<S: Simd, const MR: usize, const NV: usize>(
         a = a.add(MR);
         b = b.add(ldb);
     }
+    finish_tile::<S, MR, NV>(&mut acc, out);
+}
 
+/// The end of every tile: add C (when accumulating), run the epilogue steps, and store
+/// the valid `m x n` part (partial stores for a ragged last vector). Shared by the GEMM
+/// and the direct-convolution microkernels.
+#[inline(always)]
+pub(crate) unsafe fn finish_tile<S: Simd, const MR: usize, const NV: usize>(
+    acc: &mut [[S::V; NV]; MR],
+    out: &TileOut,
+) {
+    let l = S::LANES;
     // Lanes of vector `v` that are inside the valid columns.
     let valid = |v: usize| out.n.saturating_sub(v * l).min(l);
     let load = |p: *const f32, v: usize| {

@@ -22,6 +22,7 @@
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod aarch64;
 pub(crate) mod body;
+pub(crate) mod direct;
 pub(crate) mod generic;
 pub(crate) mod microkernel;
 pub(crate) mod simd;
@@ -126,7 +127,17 @@ pub(crate) struct KernelSet {
     /// The GEMM microkernels by width: `gemm_tiles[v - 1]` computes `MR x (v * lanes)`.
     /// The last is the full tile; the narrower ones finish ragged right edges.
     pub gemm_tiles: &'static [GemmTileFn],
+    /// Output channels of the direct-convolution tile.
+    pub direct_ob: usize,
+    /// The direct-convolution microkernels by width: `direct_tiles[v - 1]` computes
+    /// `direct_ob` channels by `v` vectors of pixels.
+    pub direct_tiles: &'static [DirectTileFn],
 }
+
+/// A direct-convolution microkernel entry point:
+/// `(k, offsets, weights, input, pixel stride, output)`.
+pub(crate) type DirectTileFn =
+    unsafe fn(usize, *const usize, *const f32, *const f32, usize, &microkernel::TileOut);
 
 /// A GEMM microkernel entry point: `(kc, packed A panel, B panel, B row stride, output)`.
 pub(crate) type GemmTileFn = unsafe fn(usize, *const f32, *const f32, usize, &microkernel::TileOut);
@@ -151,13 +162,25 @@ pub const OPERATIONS: [&str; 13] = [
 /// Stamps out a tier's `#[target_feature]` entry points and its `static KERNELS`.
 ///
 /// `tier_entry_points!(Isa::X, SimdType, gemm_mr = 8, gemm_nv = [1, 2, 3],
-/// #[target_feature(enable = "...")])`: the GEMM tile is `gemm_mr` rows by up to the last
-/// `gemm_nv` vectors. The generic tier passes no attribute.
+/// direct_ob = 8, direct_xv = [1, 2, 3], #[target_feature(enable = "...")])`: the GEMM
+/// tile is `gemm_mr` rows by up to the last `gemm_nv` vectors; the direct-convolution
+/// tile is `direct_ob` channels by up to the last `direct_xv` vectors of pixels. The
+/// generic tier passes no attribute.
 macro_rules! tier_entry_points {
-    ($isa:expr, $S:ty, gemm_mr = $mr:literal, gemm_nv = [$($nv:literal),+] $(, #[$attr:meta])*) => {
+    ($isa:expr, $S:ty, gemm_mr = $mr:literal, gemm_nv = [$($nv:literal),+],
+     direct_ob = $ob:literal, direct_xv = [$($xv:literal),+] $(, #[$attr:meta])*) => {
         mod entry {
             use super::*;
-            use $crate::kernels::{body, microkernel, GemmTileFn, KernelSet, Pool2d};
+            use $crate::kernels::{body, direct, microkernel, DirectTileFn, GemmTileFn, KernelSet, Pool2d};
+
+            $(#[$attr])*
+            unsafe fn direct_tile<const XV: usize>(
+                k: usize, offs: *const usize, w: *const f32, x: *const f32, xs: usize,
+                out: &microkernel::TileOut,
+            ) {
+                direct::direct_tile::<$S, $ob, XV>(k, offs, w, x, xs, out)
+            }
+            static DIRECT_TILES: &[DirectTileFn] = &[$(direct_tile::<$xv>),+];
 
             $(#[$attr])*
             unsafe fn gemm_tile<const NV: usize>(
@@ -252,6 +275,8 @@ macro_rules! tier_entry_points {
                 fma_chains,
                 gemm_mr: $mr,
                 gemm_tiles: GEMM_TILES,
+                direct_ob: $ob,
+                direct_tiles: DIRECT_TILES,
             };
         }
         pub(crate) use entry::KERNELS;

@@ -78,4 +78,7 @@ crate::kernels::tier_entry_points!(
     crate::isa::Isa::Neon,
     Neon,
     gemm_mr = 8,
-    gemm_nv = [1, 2, 3], #[target_feature(enable = "neon")]);
+    gemm_nv = [1, 2, 3],
+    direct_ob = 8,
+    direct_xv = [1, 2, 3],
+    #[target_feature(enable = "neon")]);

@@ -93,4 +93,7 @@ crate::kernels::tier_entry_points!(
     crate::isa::Isa::Avx2,
     Avx2,
     gemm_mr = 6,
-    gemm_nv = [1, 2], #[target_feature(enable = "avx2,fma")]);
+    gemm_nv = [1, 2],
+    direct_ob = 4,
+    direct_xv = [1, 2, 3],
+    #[target_feature(enable = "avx2,fma")]);

@@ -105,5 +105,7 @@ crate::kernels::tier_entry_points!(
     Avx512,
     gemm_mr = 8,
     gemm_nv = [1, 2, 3],
+    direct_ob = 8,
+    direct_xv = [1, 2, 3],
     #[target_feature(enable = "avx512f,avx2,fma")]
 );

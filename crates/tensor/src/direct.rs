@@ -1,0 +1,218 @@
+//! Direct convolution: the alternative to im2col + GEMM for convolutions with few
+//! output channels, where packing the column matrix costs more than the arithmetic it
+//! feeds (each packed element serves only `2 x out_channels` flops).
+//!
+//! The input image is copied once into a zero-padded buffer (`pad` on every side, and a
+//! right margin so that a tile of pixels may run past the row end without leaving the
+//! buffer); the weights are stored transposed, `[C kh kw][O]`. Then every tile of
+//! `OV * LANES` output channels by `XB` pixels of one output row is one call of the
+//! microkernel in [`crate::kernels::direct`], and its result goes through the epilogue
+//! (accumulate, bias, residual, ReLU) into the NCHW output.
+
+use rayon::prelude::*;
+
+use crate::gemm::driver::Threads;
+use crate::kernels::microkernel::{TileOut, TileStep};
+use crate::kernels::KernelSet;
+
+/// Convolution weights laid out for the direct kernel: blocks of `ob` output channels,
+/// each `[C kh kw][ob]` (`wt[(blk * k + r) * ob + b]` for reduction index
+/// `r = (c * kh + ky) * kw + kx`), output channels padded with zeros to whole blocks.
+#[derive(Clone, Debug)]
+pub(crate) struct DirectWeights {
+    wt: Vec<f32>,
+    pub o: usize,
+    ob: usize,
+    pub c: usize,
+    pub kh: usize,
+    pub kw: usize,
+}
+
+impl DirectWeights {
+    /// From OIHW weights, for tiles of `ob` channels.
+    pub fn new(w: &[f32], [o, c, kh, kw]: [usize; 4], ob: usize) -> Self {
+        Self::from_fn(o, c, kh, kw, ob, |oc, ci, ky, kx| {
+            w[((oc * c + ci) * kh + ky) * kw + kx]
+        })
+    }
+
+    /// The weights of the transposed convolution that computes a stride-1
+    /// convolution's input gradient: `w'[c][o][ky][kx] = w[o][c][kh-1-ky][kw-1-kx]`
+    /// (input and output channels swapped, the kernel rotated by 180 degrees).
+    pub fn flipped(w: &[f32], [o, c, kh, kw]: [usize; 4], ob: usize) -> Self {
+        Self::from_fn(c, o, kh, kw, ob, |ci, oc, ky, kx| {
+            w[((oc * c + ci) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)]
+        })
+    }
+
+    fn from_fn(
+        o: usize,
+        c: usize,
+        kh: usize,
+        kw: usize,
+        ob: usize,
+        at: impl Fn(usize, usize, usize, usize) -> f32,
+    ) -> Self {
+        let k = c * kh * kw;
+        let blocks = o.div_ceil(ob);
+        let mut wt = vec![0.0f32; blocks * k * ob];
+        for oc in 0..o {
+            let (blk, b) = (oc / ob, oc % ob);
+            for ci in 0..c {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let r = (ci * kh + ky) * kw + kx;
+                        wt[(blk * k + r) * ob + b] = at(oc, ci, ky, kx);
+                    }
+                }
+            }
+        }
+        DirectWeights {
+            wt,
+            o,
+            ob,
+            c,
+            kh,
+            kw,
+        }
+    }
+}
+
+/// What happens to each output element after the reduction, in this order.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct DirectEpilogue<'a> {
+    pub accumulate: bool,
+    pub bias: Option<&'a [f32]>,
+    /// This image's residual, shaped as the output.
+    pub residual: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
+/// A raw output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes a disjoint set of elements (its channels of its row).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Copies a `C x H x W` image into `padded`, zero-padded by `pad` on every side plus a
+/// right margin of `margin + kw` (so a vector may be read past the end of a row), and
+/// returns the padded row pitch and each reduction index's offset
+/// (`(c * PH + ky) * pitch + kx`).
+fn pad_image(
+    x: &[f32],
+    c: usize,
+    [h, w]: [usize; 2],
+    [kh, kw]: [usize; 2],
+    pad: usize,
+    margin: usize,
+    padded: &mut Vec<f32>,
+) -> (usize, Vec<usize>) {
+    let pw = w + 2 * pad + margin + kw;
+    let ph = h + 2 * pad;
+    padded.clear();
+    padded.resize(c * ph * pw + margin, 0.0);
+    for ci in 0..c {
+        for y in 0..h {
+            let dst = (ci * ph + y + pad) * pw + pad;
+            padded[dst..dst + w].copy_from_slice(&x[(ci * h + y) * w..][..w]);
+        }
+    }
+    let offs = (0..c)
+        .flat_map(|ci| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| (ci, ky, kx))))
+        .map(|(ci, ky, kx)| (ci * ph + ky) * pw + kx)
+        .collect();
+    (pw, offs)
+}
+
+/// Convolves one `C x H x W` image into `out` (`O x OH x OW`), stride `s`, padding
+/// `pad`. `padded` is scratch, resized as needed. The weights must have been laid out
+/// for this tier's tile (`DirectWeights::new(.., set.direct_ob)`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn direct_conv_image(
+    set: &KernelSet,
+    x: &[f32],
+    [h, w]: [usize; 2],
+    dw: &DirectWeights,
+    s: usize,
+    pad: usize,
+    [oh, ow]: [usize; 2],
+    out: &mut [f32],
+    epi: DirectEpilogue,
+    threads: Threads,
+    padded: &mut Vec<f32>,
+) {
+    debug_assert_eq!(dw.ob, set.direct_ob);
+    let (ob, lanes) = (dw.ob, set.lanes);
+    let max_xv = set.direct_tiles.len();
+    let (pw, offs) = pad_image(
+        x,
+        dw.c,
+        [h, w],
+        [dw.kh, dw.kw],
+        pad,
+        max_xv * lanes * s,
+        padded,
+    );
+    let k = offs.len();
+    let plane = oh * ow;
+    let blocks = dw.o.div_ceil(ob);
+    let outp = OutPtr(out.as_mut_ptr());
+    let padded = &padded[..];
+    let run = |(blk, oy): (usize, usize)| {
+        let o0 = blk * ob;
+        let out = outp;
+        let mut ox = 0;
+        while ox < ow {
+            let xv = (ow - ox).div_ceil(lanes).min(max_xv);
+            let at = o0 * plane + oy * ow + ox;
+            let mut steps = [None; 4];
+            let mut n = 0;
+            if let Some(b) = epi.bias {
+                steps[n] = Some(TileStep::RowBias(b[o0..].as_ptr()));
+                n += 1;
+            }
+            if let Some(r) = epi.residual {
+                steps[n] = Some(TileStep::Residual(r[at..].as_ptr(), plane));
+                n += 1;
+            }
+            if epi.relu {
+                steps[n] = Some(TileStep::Relu);
+            }
+            let tile = TileOut {
+                // SAFETY: `at` is inside the output (channel o0 < O, row oy, column ox).
+                c: unsafe { out.0.add(at) },
+                ldc: plane,
+                m: ob.min(dw.o - o0),
+                n: (xv * lanes).min(ow - ox),
+                load_c: epi.accumulate,
+                steps,
+            };
+            // SAFETY: every read stays inside `padded` (the margins above), the weights
+            // hold `k * ob` floats for block `blk`, and the tile covers only this task's
+            // channels of row `oy`, inside the output.
+            unsafe {
+                (set.direct_tiles[xv - 1])(
+                    k,
+                    offs.as_ptr(),
+                    dw.wt.as_ptr().add(blk * k * ob),
+                    padded.as_ptr().add(oy * s * pw + ox * s),
+                    s,
+                    &tile,
+                )
+            };
+            ox += xv * lanes;
+        }
+    };
+    let tasks = blocks * oh;
+    let work = k * blocks * ob * plane;
+    let pairs = (0..tasks).map(|t| (t % blocks, t / blocks));
+    if matches!(threads, Threads::Auto) && work >= 1 << 18 && rayon::current_num_threads() > 1 {
+        (0..tasks)
+            .into_par_iter()
+            .map(|t| (t % blocks, t / blocks))
+            .for_each(run);
+    } else {
+        pairs.for_each(run);
+    }
+}
