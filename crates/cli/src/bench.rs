@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use tensor::gemm::matrixmultiply_gemm;
-use tensor::{peak, Conv2d, ConvEpilogue, Kernels, MatMut, MatRef, Tensor};
+use tensor::{peak, Conv2d, ConvEpilogue, ConvPath, Kernels, MatMut, MatRef, Tensor};
 
 /// The GEMM shapes: squares, then ResNet-50's convolutions as im2col GEMMs
 /// `(M, N, K) = (out channels, output pixels at batch 1, in channels x kh x kw)`.
@@ -193,13 +193,15 @@ pub fn conv(
     k: &Kernels,
     threads: usize,
     batches: &[usize],
+    path: ConvPath,
     budget: Duration,
     json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let peak = measured_peak(k, threads);
     if !json {
         crate::emit(&format!(
-            "conv2d forward (conv + bias + ReLU, prepacked weights), {} threads, microkernel {}, measured FMA peak {:.1} GFLOP/s",
+            "conv2d forward (conv + bias + ReLU, prepacked weights, path {:?}), {} threads, microkernel {}, measured FMA peak {:.1} GFLOP/s",
+            path,
             threads,
             k.gemm_kernel_name(),
             peak
@@ -221,7 +223,7 @@ pub fn conv(
             let steps = [ConvEpilogue::Bias(&bias), ConvEpilogue::Relu];
             let mut err = None;
             let t = best_time(budget, || {
-                if let Err(e) = k.conv2d_into(&x, &packed, p, &steps, &mut y) {
+                if let Err(e) = k.conv2d_into_path(&x, &packed, p, &steps, &mut y, path) {
                     err = Some(e);
                 }
             });

@@ -149,6 +149,9 @@ enum BenchCommand {
         /// Batch sizes to run (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "1,16")]
         batch: Vec<usize>,
+        /// Algorithm: auto (the library's choice per layer), gemm or direct.
+        #[arg(long, default_value = "auto")]
+        path: String,
     },
 }
 
@@ -269,11 +272,21 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     }
                     bench::train(&k, threads, arch.parse()?, batch, budget, json)
                 }
-                BenchCommand::Conv { batch } => {
+                BenchCommand::Conv { batch, path } => {
                     if batch.contains(&0) {
                         return Err("--batch sizes must be at least 1".into());
                     }
-                    bench::conv(&k, threads, &batch, budget, json)
+                    let path = match path.as_str() {
+                        "auto" => tensor::ConvPath::Auto,
+                        "gemm" => tensor::ConvPath::Gemm,
+                        "direct" => tensor::ConvPath::Direct,
+                        other => {
+                            return Err(
+                                format!("unknown --path {other:?}: auto, gemm or direct").into()
+                            )
+                        }
+                    };
+                    bench::conv(&k, threads, &batch, path, budget, json)
                 }
             }
         }

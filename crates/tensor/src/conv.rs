@@ -123,13 +123,14 @@ impl ConvPath {
     /// wide, stride `s`, on a tier with `lanes`-wide vectors. From the AVX-512 runs in
     /// `docs/convolution.md` (2 threads): the direct kernel wins 1.3-2.2x for stride 1
     /// up to 64 output channels when a row fills a vector (ResNet-20's 16 and 32
-    /// channels: 87 -> 216 and 96 -> 165 GFLOP/s), and for stride 2 only with a short
-    /// reduction (the stems, `k <= 160`), where its strided loads are few; im2col + GEMM
-    /// wins for more channels, narrow rows, and long stride-2 reductions.
+    /// channels: 87 -> 216 and 96 -> 165 GFLOP/s), and for stride 2 only with few
+    /// channels and a short reduction (ResNet-20's 16 -> 32: 47-64 -> 84), where its
+    /// strided loads are few; im2col + GEMM wins for more channels, narrow rows, and
+    /// the other stride-2 layers (ResNet-50's 7x7 stem measured a tie at batch 1).
     pub fn choose(o: usize, k: usize, ow: usize, s: usize, lanes: usize) -> ConvPath {
         let direct = match s {
             1 => o <= 64 && ow >= lanes,
-            _ => k <= 160 && ow >= lanes,
+            _ => o <= 32 && k <= 160 && ow >= lanes,
         };
         if direct {
             ConvPath::Direct
