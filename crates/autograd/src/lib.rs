@@ -6,7 +6,8 @@
 //!   as borrowed leaves, every op is coarse (a convolution, a batch norm, a residual
 //!   add) with a hand-written backward kernel, and [`Tape::backward`] walks the list
 //!   once in reverse, freeing each activation after its last use.
-//! - [`Sgd`]: SGD with momentum, Nesterov and weight decay, step for step as PyTorch.
+//! - [`Sgd`]: SGD with momentum, Nesterov and weight decay, step for step as PyTorch;
+//!   [`accumulate_gradients`] for several batches per step.
 //! - [`Schedule`]: step, multi-step, cosine and linear warm-up learning-rate schedules.
 //!
 //! ```
@@ -40,6 +41,6 @@ pub mod optim;
 pub mod schedule;
 pub mod tape;
 
-pub use optim::{Sgd, SgdConfig};
+pub use optim::{accumulate_gradients, scale_gradients, Sgd, SgdConfig};
 pub use schedule::Schedule;
 pub use tape::{pad_channels_forward, Gradients, Tape, Var};

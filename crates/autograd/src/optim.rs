@@ -148,3 +148,99 @@ impl Sgd {
         Ok(())
     }
 }
+
+/// Gradient accumulation over several batches (a larger effective batch): adds
+/// `grads` into `acc`, slot by slot (`None` adds nothing; a first gradient is moved
+/// in). Start each accumulation with an empty `acc` (that is the zeroing), and divide by
+/// the number of batches with [`scale_gradients`] if the loss was a per-batch mean.
+pub fn accumulate_gradients(
+    acc: &mut Vec<Option<Tensor>>,
+    grads: Vec<Option<Tensor>>,
+) -> Result<()> {
+    if acc.is_empty() {
+        acc.resize_with(grads.len(), || None);
+    }
+    if acc.len() != grads.len() {
+        return Err(TensorError::InvalidArgument {
+            op: "accumulate_gradients",
+            reason: format!("{} gradients into {} slots", grads.len(), acc.len()),
+        });
+    }
+    for (a, g) in acc.iter_mut().zip(grads) {
+        match (a.as_mut(), g) {
+            (_, None) => {}
+            (None, Some(g)) => *a = Some(g),
+            (Some(a), Some(g)) => {
+                if a.shape() != g.shape() {
+                    return Err(TensorError::ShapeMismatch {
+                        op: "accumulate_gradients",
+                        expected: a.shape().to_vec(),
+                        got: g.shape().to_vec(),
+                    });
+                }
+                a.data_mut()
+                    .iter_mut()
+                    .zip(g.data())
+                    .for_each(|(x, y)| *x += y);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Multiplies every gradient by `factor` (e.g. `1 / batches` after accumulating).
+pub fn scale_gradients(grads: &mut [Option<Tensor>], factor: f32) {
+    for g in grads.iter_mut().flatten() {
+        g.data_mut().iter_mut().for_each(|v| *v *= factor);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: &[f32]) -> Tensor {
+        Tensor::from_vec(&[v.len()], v.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn accumulated_gradients_sum_and_scale() {
+        let mut acc = Vec::new();
+        accumulate_gradients(&mut acc, vec![Some(t(&[1.0, 2.0])), None]).unwrap();
+        accumulate_gradients(&mut acc, vec![Some(t(&[3.0, 4.0])), Some(t(&[5.0]))]).unwrap();
+        scale_gradients(&mut acc, 0.5);
+        assert_eq!(acc[0].as_ref().unwrap().data(), &[2.0, 3.0]);
+        assert_eq!(acc[1].as_ref().unwrap().data(), &[2.5]);
+        assert!(accumulate_gradients(&mut acc, vec![None]).is_err());
+        assert!(accumulate_gradients(&mut acc, vec![Some(t(&[1.0])), None]).is_err());
+    }
+
+    #[test]
+    fn sgd_skips_missing_gradients_and_rejects_bad_shapes() {
+        let mut sgd = Sgd::new(
+            SgdConfig {
+                lr: 0.5,
+                momentum: 0.9,
+                ..Default::default()
+            },
+            2,
+        )
+        .unwrap();
+        let (mut a, mut b) = (t(&[1.0]), t(&[1.0, 1.0]));
+        sgd.step(&mut [&mut a, &mut b], &[Some(&t(&[2.0])), None])
+            .unwrap();
+        assert_eq!(a.data(), &[0.0]);
+        assert_eq!(b.data(), &[1.0, 1.0]);
+        assert!(sgd
+            .step(&mut [&mut a, &mut b], &[Some(&t(&[1.0, 2.0])), None])
+            .is_err());
+        assert!(Sgd::new(
+            SgdConfig {
+                nesterov: true,
+                ..Default::default()
+            },
+            1
+        )
+        .is_err());
+    }
+}

@@ -58,3 +58,39 @@ impl Schedule {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_match_pytorch_formulas() {
+        let s = Schedule::Step {
+            step_size: 3,
+            gamma: 0.1,
+        };
+        assert_eq!(s.lr(1.0, 2), 1.0);
+        assert!((s.lr(1.0, 3) - 0.1).abs() < 1e-7);
+        let m = Schedule::MultiStep {
+            milestones: vec![2, 5],
+            gamma: 0.5,
+        };
+        assert_eq!([m.lr(1.0, 1), m.lr(1.0, 2), m.lr(1.0, 5)], [1.0, 0.5, 0.25]);
+        let c = Schedule::Cosine {
+            t_max: 10,
+            eta_min: 0.0,
+        };
+        assert_eq!(c.lr(0.2, 0), 0.2);
+        assert!((c.lr(0.2, 5) - 0.1).abs() < 1e-6);
+        assert_eq!(c.lr(0.2, 10), 0.0);
+        let w = Schedule::Warmup {
+            steps: 4,
+            start_factor: 0.25,
+            then: Box::new(Schedule::Constant),
+        };
+        assert_eq!(
+            [w.lr(1.0, 0), w.lr(1.0, 2), w.lr(1.0, 4)],
+            [0.25, 0.625, 1.0]
+        );
+    }
+}

@@ -90,3 +90,47 @@ fn files_that_are_not_images_are_clear_errors() {
     assert!(e.contains("missing.png"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[cfg(feature = "images")]
+#[test]
+fn image_folders_load_and_bad_ones_are_named() {
+    use resnet::data::DataSpec;
+    let root = std::env::temp_dir().join(format!("resnet-folder-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let photos = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/images");
+    for (split, class, file) in [
+        ("train", "cat", "chelsea.png"),
+        ("train", "rocket", "rocket.jpg"),
+        ("test", "cat", "chelsea.png"),
+        ("test", "rocket", "rocket.jpg"),
+    ] {
+        let d = root.join(split).join(class);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(photos.join(file), d.join(file)).unwrap();
+    }
+    let spec = DataSpec::Folder {
+        dir: root.clone(),
+        size: 32,
+    };
+    let split = spec.load().unwrap();
+    assert_eq!(split.train.classes, ["cat", "rocket"]);
+    assert_eq!((split.train.len(), split.test.len()), (2, 2));
+    assert_eq!(split.train.shape, [3, 32, 32]);
+    assert!(split.train.images.iter().all(|v| (0.0..=1.0).contains(v)));
+    // A file that is not an image is an error naming it.
+    std::fs::write(root.join("train/cat/notes.txt"), b"not an image").unwrap();
+    let e = spec.load().unwrap_err().to_string();
+    assert!(e.contains("notes.txt"), "{e}");
+    std::fs::remove_file(root.join("train/cat/notes.txt")).unwrap();
+    // An empty class folder is an error naming it.
+    std::fs::create_dir_all(root.join("train/zebra")).unwrap();
+    let e = spec.load().unwrap_err().to_string();
+    assert!(e.contains("zebra") && e.contains("no images"), "{e}");
+    std::fs::remove_dir_all(root.join("train/zebra")).unwrap();
+    // Test classes must match the training classes.
+    std::fs::create_dir_all(root.join("test/dog")).unwrap();
+    std::fs::copy(photos.join("chelsea.png"), root.join("test/dog/x.png")).unwrap();
+    let e = spec.load().unwrap_err().to_string();
+    assert!(e.contains("differ"), "{e}");
+    let _ = std::fs::remove_dir_all(&root);
+}
