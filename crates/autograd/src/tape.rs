@@ -47,7 +47,8 @@ enum Op {
         w: Var,
         p: Conv2d,
     },
-    /// Training batch norm (batch statistics), optionally fused with ReLU.
+    /// Batch norm, optionally fused with ReLU: with the batch's statistics (training
+    /// mode) or with fixed ones (running statistics: a frozen backbone, eval mode).
     BatchNorm {
         x: Var,
         gamma: Var,
@@ -55,15 +56,7 @@ enum Op {
         mean: Vec<f32>,
         inv_std: Vec<f32>,
         relu: bool,
-    },
-    /// Batch norm with fixed (running) statistics: a frozen backbone's, or eval mode.
-    BatchNormFixed {
-        x: Var,
-        gamma: Var,
-        beta: Var,
-        mean: Vec<f32>,
-        inv_std: Vec<f32>,
-        relu: bool,
+        batch_stats: bool,
     },
     Relu {
         x: Var,
@@ -263,6 +256,7 @@ impl<'p> Tape<'p> {
             mean: stats.mean.clone(),
             inv_std,
             relu,
+            batch_stats: true,
         };
         Ok((self.push_op(y, op, &[x, gamma, beta]), stats))
     }
@@ -283,13 +277,14 @@ impl<'p> Tape<'p> {
     ) -> Result<Var> {
         let inv_std = inv_std(running_var, eps);
         let y = self.affine(x, gamma, beta, running_mean, &inv_std, relu)?;
-        let op = Op::BatchNormFixed {
+        let op = Op::BatchNorm {
             x,
             gamma,
             beta,
             mean: running_mean.to_vec(),
             inv_std,
             relu,
+            batch_stats: false,
         };
         Ok(self.push_op(y, op, &[x, gamma, beta]))
     }
@@ -494,44 +489,29 @@ impl<'p> Tape<'p> {
                 mean,
                 inv_std,
                 relu,
+                batch_stats,
             } => {
                 let dy = if *relu {
                     k.relu_backward(&dy, out)?
                 } else {
                     dy
                 };
-                let g = k.batch_norm_backward(
-                    self.value(*x)?,
-                    &dy,
-                    mean,
-                    inv_std,
-                    self.value(*gamma)?.data(),
-                )?;
-                vec![
-                    (*x, g.dx),
-                    (*gamma, Tensor::from_vec(&[g.dgamma.len()], g.dgamma)?),
-                    (*beta, Tensor::from_vec(&[g.dbeta.len()], g.dbeta)?),
-                ]
-            }
-            Op::BatchNormFixed {
-                x,
-                gamma,
-                beta,
-                mean,
-                inv_std,
-                relu,
-            } => {
-                let dy = if *relu {
-                    k.relu_backward(&dy, out)?
+                let (xv, gv) = (self.value(*x)?, self.value(*gamma)?.data());
+                let (dx, dgamma, dbeta) = if *batch_stats {
+                    let g = k.batch_norm_backward(xv, &dy, mean, inv_std, gv)?;
+                    let c = g.dgamma.len();
+                    (
+                        g.dx,
+                        Tensor::from_vec(&[c], g.dgamma)?,
+                        Tensor::from_vec(&[c], g.dbeta)?,
+                    )
                 } else {
-                    dy
+                    // The statistics are constants: dx = dy * gamma * inv_std.
+                    let (dgamma, dbeta) = fixed_bn_param_grads(xv, &dy, mean, inv_std)?;
+                    let scale: Vec<f32> = gv.iter().zip(inv_std).map(|(g, s)| g * s).collect();
+                    let dx = k.scale_shift(&dy, &scale, &vec![0.0; scale.len()])?;
+                    (dx, dgamma, dbeta)
                 };
-                let xv = self.value(*x)?;
-                let gv = self.value(*gamma)?.data();
-                let (dgamma, dbeta) = fixed_bn_param_grads(xv, &dy, mean, inv_std)?;
-                // dx = dy * gamma * inv_std: the statistics are constants here.
-                let scale: Vec<f32> = gv.iter().zip(inv_std).map(|(g, s)| g * s).collect();
-                let dx = k.scale_shift(&dy, &scale, &vec![0.0; scale.len()])?;
                 vec![(*x, dx), (*gamma, dgamma), (*beta, dbeta)]
             }
             Op::Relu { x } => vec![(*x, k.relu_backward(&dy, out)?)],

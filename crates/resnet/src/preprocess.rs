@@ -26,6 +26,22 @@ pub fn imagenet_classes() -> Vec<&'static str> {
         .collect()
 }
 
+/// A problem with an image in memory (no file to name).
+fn bad(reason: String) -> DataError {
+    DataError::Format {
+        path: "<image>".into(),
+        reason,
+    }
+}
+
+/// The `[C, H, W]` of an image tensor.
+fn chw(img: &Tensor) -> Result<[usize; 3], DataError> {
+    match img.shape() {
+        [c, h, w] => Ok([*c, *h, *w]),
+        s => Err(bad(format!("expected a [C, H, W] image, got {s:?}"))),
+    }
+}
+
 /// The most floats a resize may produce (64 M: 256 MB).
 const MAX_RESIZED: usize = 1 << 26;
 
@@ -54,14 +70,7 @@ fn filter_taps(out: usize, in_size: usize, out_size: usize) -> (usize, Vec<f64>)
 /// Resizes a `[C, H, W]` image to `[C, oh, ow]`, PIL-style bilinear with antialiasing
 /// (horizontal pass, then vertical).
 pub fn resize_bilinear(img: &Tensor, oh: usize, ow: usize) -> Result<Tensor, DataError> {
-    let bad = |reason: String| DataError::Format {
-        path: "<image>".into(),
-        reason,
-    };
-    let [c, h, w] = match img.shape() {
-        [c, h, w] => [*c, *h, *w],
-        s => return Err(bad(format!("expected a [C, H, W] image, got {s:?}"))),
-    };
+    let [c, h, w] = chw(img)?;
     if h == 0 || w == 0 || oh == 0 || ow == 0 {
         return Err(bad(format!("cannot resize {h}x{w} to {oh}x{ow}")));
     }
@@ -115,14 +124,7 @@ pub fn resized_size(h: usize, w: usize, size: usize) -> (usize, usize) {
 /// torchvision's `CenterCrop(size)` of a `[C, H, W]` image at least `size` on each side:
 /// the offset is `round((H - size) / 2)` with ties to even, as Python's `round`.
 pub fn center_crop(img: &Tensor, size: usize) -> Result<Tensor, DataError> {
-    let bad = |reason: String| DataError::Format {
-        path: "<image>".into(),
-        reason,
-    };
-    let [c, h, w] = match img.shape() {
-        [c, h, w] => [*c, *h, *w],
-        s => return Err(bad(format!("expected a [C, H, W] image, got {s:?}"))),
-    };
+    let [c, h, w] = chw(img)?;
     if h < size || w < size {
         return Err(bad(format!("cannot crop {size}x{size} out of {h}x{w}")));
     }
@@ -152,20 +154,11 @@ pub fn normalize(img: &mut Tensor, mean: [f32; 3], std: [f32; 3]) {
 /// The standard ImageNet evaluation transform of an RGB `[3, H, W]` image in `[0, 1]`:
 /// resize the shorter side to 256, centre-crop 224, normalise.
 pub fn imagenet_eval(img: &Tensor) -> Result<Tensor, DataError> {
-    let [_, h, w] = match img.shape() {
-        [c, h, w] => [*c, *h, *w],
-        s => {
-            return Err(DataError::Format {
-                path: "<image>".into(),
-                reason: format!("expected a [C, H, W] image, got {s:?}"),
-            })
-        }
-    };
+    let [_, h, w] = chw(img)?;
     if h.max(w) > 64 * h.min(w) {
-        return Err(DataError::Format {
-            path: "<image>".into(),
-            reason: format!("a {w}x{h} image is too elongated (aspect ratio above 64)"),
-        });
+        return Err(bad(format!(
+            "a {w}x{h} image is too elongated (aspect ratio above 64)"
+        )));
     }
     let (rh, rw) = resized_size(h, w, 256);
     let mut x = center_crop(&resize_bilinear(img, rh, rw)?, 224)?;
