@@ -182,5 +182,8 @@ mod tests {
         let resumed = resumed.unwrap();
         assert_eq!(resumed.x, direct.x);
         assert_eq!(resumed.labels, direct.labels);
+        // Augmentation never touches labels: each is the label of the image picked.
+        let picked: Vec<usize> = order[6..9].iter().map(|&i| d.labels[i]).collect();
+        assert_eq!(direct.labels, picked);
     }
 }
