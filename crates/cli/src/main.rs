@@ -66,6 +66,9 @@ enum Command {
         /// Output folder.
         #[arg(long, default_value = "runs/train")]
         out: std::path::PathBuf,
+        /// Image side for `folder:DIR` data (shorter side resized, then centre-cropped).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
     },
     /// Accuracy and confusion matrix of a weights file on a data set's test images.
     Eval {
@@ -81,6 +84,9 @@ enum Command {
         /// Images per batch.
         #[arg(long, default_value_t = 128)]
         batch: usize,
+        /// Image side for `folder:DIR` data, as the model was trained with.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
     },
     /// Top-5 ImageNet classes of images (JPEG or PNG), with probabilities.
     Classify {
@@ -155,6 +161,17 @@ enum BenchCommand {
     },
 }
 
+/// A `--data` value, with `--size` applied to image folders.
+fn parse_data(
+    spec: &str,
+    size: usize,
+) -> Result<resnet::data::DataSpec, Box<dyn std::error::Error>> {
+    if size == 0 {
+        return Err("--size must be at least 1".into());
+    }
+    Ok(spec.parse::<resnet::data::DataSpec>()?.with_size(size))
+}
+
 /// Writes one line to standard output. An error (a closed pipe, as in `resnet bench gemm
 /// | head`) ends the command instead of panicking as `println!` would.
 pub(crate) fn emit(line: &str) -> std::io::Result<()> {
@@ -204,10 +221,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             seed,
             resume,
             out,
+            size,
         } => train::train(
             Kernels::active()?,
             train::TrainArgs {
-                data: data.parse()?,
+                data: parse_data(&data, size)?,
                 arch: arch.parse()?,
                 epochs,
                 batch,
@@ -240,11 +258,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             data,
             arch,
             batch,
+            size,
         } => train::eval(
             Kernels::active()?,
             weights,
             arch.parse()?,
-            data.parse()?,
+            parse_data(&data, size)?,
             batch.max(1),
         ),
         Command::Bench {

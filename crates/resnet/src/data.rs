@@ -144,6 +144,15 @@ impl fmt::Display for DataSpec {
 }
 
 impl DataSpec {
+    /// For an image folder, the side images are resized and cropped to (default 64);
+    /// the other data sets have a fixed size and ignore it.
+    pub fn with_size(self, size: usize) -> Self {
+        match self {
+            DataSpec::Folder { dir, .. } => DataSpec::Folder { dir, size },
+            other => other,
+        }
+    }
+
     /// Loads the training and test sets.
     pub fn load(&self) -> Result<Split, DataError> {
         match self {
