@@ -4,10 +4,12 @@
 //! test), and the backward pass is seeded with a random `r` on the output: it returns
 //! the gradients of `F = sum(op(inputs) * r)`. The same `F` is then evaluated by a
 //! naive `f64` forward of the op (written below from the definition), and each checked
-//! input element `j` gets `(F(x + h e_j) - F(x - h e_j)) / 2h` with `h = 1e-5`. In
-//! `f64` that difference is accurate to about `1e-9`, so the comparison measures the
+//! input element `j` gets `(F(x + h e_j) - F(x - h e_j)) / 2h` with `h = 1e-6`. In
+//! `f64` that difference is accurate to about `1e-8`, so the comparison measures the
 //! backward formulas and the `f32` rounding of the tape alone: an element passes when
-//! `|analytic - numeric| <= 2e-3 * (max |numeric| over the tensor) + 1e-4`.
+//! `|analytic - numeric| <= 2e-3 * (max |numeric| over the tensor) + 1e-4`. An element
+//! whose one-sided slopes disagree has a ReLU or max kink within `h` (the derivative is
+//! undefined there) and is skipped; at most a quarter of an input's elements may be.
 
 #[path = "../../tensor/tests/common/mod.rs"]
 mod common;
@@ -55,7 +57,8 @@ fn grad_check(
         .map(|t| t.data().iter().map(|&v| v as f64).collect())
         .collect();
     let f = |xs: &[Vec<f64>]| -> f64 { reference(xs).iter().zip(&r64).map(|(a, b)| a * b).sum() };
-    let h = 1e-5;
+    let h = 1e-6;
+    let f0 = f(&xs);
     for (i, v) in vars.iter().enumerate() {
         let Some(g) = grads.get(*v) else {
             return Err(TestCaseError::fail(format!(
@@ -66,14 +69,28 @@ fn grad_check(
         // Check up to 40 elements per input, spread over the tensor.
         let n = xs[i].len();
         let step = n.div_ceil(40).max(1);
-        let mut numeric = Vec::new();
+        let (mut numeric, mut kinks) = (Vec::new(), 0);
         for j in (0..n).step_by(step) {
             let mut plus = xs.to_vec();
             plus[i][j] += h;
             let mut minus = xs.to_vec();
             minus[i][j] -= h;
-            numeric.push((j, (f(&plus) - f(&minus)) / (2.0 * h)));
+            let (fp, fm) = (f(&plus), f(&minus));
+            // A ReLU (or max) kink within h of x makes the one-sided slopes disagree;
+            // the derivative is not defined there, so the element is not checked.
+            let (right, left) = ((fp - f0) / h, (f0 - fm) / h);
+            if (right - left).abs() > 1e-3 * (right.abs() + left.abs()) + 1e-3 {
+                kinks += 1;
+                continue;
+            }
+            numeric.push((j, (fp - fm) / (2.0 * h)));
         }
+        // Kinks are rare: most elements must have been checked.
+        prop_assert!(
+            kinks * 4 <= numeric.len() + kinks,
+            "input {i}: {kinks} of {} checked elements sit on a kink",
+            numeric.len() + kinks
+        );
         let scale = numeric.iter().map(|(_, v)| v.abs()).fold(0.0, f64::max);
         for (j, want) in numeric {
             let got = g.data()[j] as f64;
