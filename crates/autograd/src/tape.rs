@@ -497,21 +497,17 @@ impl<'p> Tape<'p> {
                     dy
                 };
                 let (xv, gv) = (self.value(*x)?, self.value(*gamma)?.data());
-                let (dx, dgamma, dbeta) = if *batch_stats {
-                    let g = k.batch_norm_backward(xv, &dy, mean, inv_std, gv)?;
-                    let c = g.dgamma.len();
-                    (
-                        g.dx,
-                        Tensor::from_vec(&[c], g.dgamma)?,
-                        Tensor::from_vec(&[c], g.dbeta)?,
-                    )
+                let g = if *batch_stats {
+                    k.batch_norm_backward(xv, &dy, mean, inv_std, gv)?
                 } else {
-                    // The statistics are constants: dx = dy * gamma * inv_std.
-                    let (dgamma, dbeta) = fixed_bn_param_grads(xv, &dy, mean, inv_std)?;
-                    let scale: Vec<f32> = gv.iter().zip(inv_std).map(|(g, s)| g * s).collect();
-                    let dx = k.scale_shift(&dy, &scale, &vec![0.0; scale.len()])?;
-                    (dx, dgamma, dbeta)
+                    k.batch_norm_fixed_backward(xv, &dy, mean, inv_std, gv)?
                 };
+                let c = g.dgamma.len();
+                let (dx, dgamma, dbeta) = (
+                    g.dx,
+                    Tensor::from_vec(&[c], g.dgamma)?,
+                    Tensor::from_vec(&[c], g.dbeta)?,
+                );
                 vec![(*x, dx), (*gamma, dgamma), (*beta, dbeta)]
             }
             Op::Relu { x } => vec![(*x, k.relu_backward(&dy, out)?)],
@@ -561,32 +557,6 @@ impl<'p> Tape<'p> {
             }
         })
     }
-}
-
-/// `dgamma = sum(dy (x - mean) inv_std)`, `dbeta = sum(dy)` per channel, in `f64`.
-fn fixed_bn_param_grads(
-    x: &Tensor,
-    dy: &Tensor,
-    mean: &[f32],
-    inv_std: &[f32],
-) -> Result<(Tensor, Tensor)> {
-    let c = mean.len();
-    let plane: usize = x.shape().get(2..).map_or(1, |s| s.iter().product());
-    let (mut dg, mut db) = (vec![0.0f64; c], vec![0.0f64; c]);
-    for (i, (xs, gs)) in x
-        .data()
-        .chunks(plane.max(1))
-        .zip(dy.data().chunks(plane.max(1)))
-        .enumerate()
-    {
-        let ch = i % c;
-        for (&xv, &g) in xs.iter().zip(gs) {
-            db[ch] += g as f64;
-            dg[ch] += g as f64 * (xv - mean[ch]) as f64 * inv_std[ch] as f64;
-        }
-    }
-    let f = |v: Vec<f64>| Tensor::from_vec(&[c], v.into_iter().map(|v| v as f32).collect());
-    Ok((f(dg)?, f(db)?))
 }
 
 /// The option-A shortcut's forward: subsample, then zero channels on both sides.

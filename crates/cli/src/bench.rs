@@ -27,18 +27,21 @@ pub const GEMM_SHAPES: &[(&str, usize, usize, usize)] = &[
 ];
 
 /// Best wall time of `f` over about `budget` (at least 3 runs, after one warm-up).
-pub fn best_time(budget: Duration, mut f: impl FnMut()) -> Duration {
-    f();
+pub fn best_time<T, E>(
+    budget: Duration,
+    mut f: impl FnMut() -> Result<T, E>,
+) -> Result<Duration, E> {
+    f()?;
     let start = Instant::now();
     let mut best = Duration::MAX;
     let mut runs = 0;
     while runs < 3 || start.elapsed() < budget {
         let t = Instant::now();
-        f();
+        f()?;
         best = best.min(t.elapsed());
         runs += 1;
     }
-    best
+    Ok(best)
 }
 
 /// One result row.
@@ -110,31 +113,20 @@ pub fn gemm(
         let av = MatRef::row_major(&a, m, kk)?;
         let bv = MatRef::row_major(&b, kk, n)?;
         let flops = 2.0 * (m * n * kk) as f64;
-        let mut err = None;
         let ours = best_time(budget, || {
             let mut cv = MatMut::row_major(&mut c, m, n).expect("output view");
-            if let Err(e) = k.gemm(av, bv, &mut cv, &[]) {
-                err = Some(e);
-            }
-        });
-        if let Some(e) = err {
-            return Err(e.into());
-        }
+            k.gemm(av, bv, &mut cv, &[])
+        })?;
         // A packed once beforehand, as inference does with weights.
         let packed = k.pack_a(av);
         let prepacked = best_time(budget, || {
             let mut cv = MatMut::row_major(&mut c, m, n).expect("output view");
-            if let Err(e) = k.gemm_prepacked(&packed, bv, &mut cv, &[]) {
-                err = Some(e);
-            }
-        });
-        if let Some(e) = err {
-            return Err(e.into());
-        }
+            k.gemm_prepacked(&packed, bv, &mut cv, &[])
+        })?;
         let theirs = best_time(budget, || {
             let mut cv = MatMut::row_major(&mut c, m, n).expect("output view");
-            let _ = matrixmultiply_gemm(av, bv, &mut cv);
-        });
+            matrixmultiply_gemm(av, bv, &mut cv)
+        })?;
         for (imp, t) in [
             ("ours", ours),
             ("ours_prepacked", prepacked),
@@ -221,15 +213,9 @@ pub fn conv(
             let [oh, ow] = p.output_size(size, size, ks, ks)?;
             let mut y = Tensor::zeros(&[batch, cout, oh, ow])?;
             let steps = [ConvEpilogue::Bias(&bias), ConvEpilogue::Relu];
-            let mut err = None;
             let t = best_time(budget, || {
-                if let Err(e) = k.conv2d_into_path(&x, &packed, p, &steps, &mut y, path) {
-                    err = Some(e);
-                }
-            });
-            if let Some(e) = err {
-                return Err(e.into());
-            }
+                k.conv2d_into_path(&x, &packed, p, &steps, &mut y, path)
+            })?;
             let flops = 2.0 * (batch * cout * oh * ow * cin * ks * ks) as f64;
             let gflops = flops / t.as_secs_f64() / 1e9;
             let pct = 100.0 * gflops / peak;
@@ -273,15 +259,7 @@ pub fn model(
     // packed model stays in memory, as in an embedding application.
     let fast = resnet::InferenceModel::from_model(net, *k)?;
     let x = Tensor::randn(&[batch, 3, size, size], 0.0, 1.0, 2)?;
-    let mut err = None;
-    let t = best_time(budget, || {
-        if let Err(e) = fast.forward(&x) {
-            err = Some(e);
-        }
-    });
-    if let Some(e) = err {
-        return Err(e.into());
-    }
+    let t = best_time(budget, || fast.forward(&x))?;
     let ms = t.as_secs_f64() * 1e3;
     let images_per_s = batch as f64 / t.as_secs_f64();
     let gflops = 2.0 * macs * batch as f64 / t.as_secs_f64() / 1e9;
@@ -339,9 +317,8 @@ pub fn train(
         net.forward_train(&mut tape, x.clone(), Freeze::None)?;
         tape.owned_bytes() as f64 / (1 << 20) as f64
     };
-    let mut err = None;
     let t = best_time(budget, || {
-        if let Err(e) = train_step(
+        train_step(
             &mut net,
             &mut sgd,
             *k,
@@ -349,13 +326,8 @@ pub fn train(
             &targets,
             Freeze::None,
             0.0,
-        ) {
-            err = Some(e);
-        }
-    });
-    if let Some(e) = err {
-        return Err(e.into());
-    }
+        )
+    })?;
     let ms = t.as_secs_f64() * 1e3;
     let images_per_s = batch as f64 / t.as_secs_f64();
     let rss = peak_rss_mb();

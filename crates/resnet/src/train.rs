@@ -300,15 +300,17 @@ pub fn count_correct(logits: &Tensor, targets: &[usize]) -> usize {
         .data()
         .chunks(classes)
         .zip(targets)
-        .filter(|(row, &t)| {
-            let best = row
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                );
-            best.0 == t
-        })
+        .filter(|(row, &t)| argmax(row) == t)
         .count()
+}
+
+/// The index of the largest value (the first, on ties).
+pub(crate) fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+        )
+        .0
 }

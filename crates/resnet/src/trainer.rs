@@ -20,7 +20,7 @@ use std::time::Instant;
 use autograd::{Schedule, Sgd, SgdConfig};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
-use tensor::{Kernels, Tensor, TensorError};
+use tensor::{Kernels, TensorError};
 
 use crate::arch::Arch;
 use crate::augment::Augment;
@@ -28,7 +28,7 @@ use crate::data::{DataError, Dataset, Split};
 use crate::inference::InferenceModel;
 use crate::loader::Loader;
 use crate::model::ResNet;
-use crate::train::{count_correct, train_step, Freeze};
+use crate::train::{argmax, train_step, Freeze};
 use crate::weights::{write_atomic, WeightsError};
 
 /// How to train.
@@ -576,8 +576,8 @@ pub fn evaluate(
             loss_sum -= row[t] as f64;
             let pred = argmax(row);
             confusion[t][pred] += 1;
+            correct += usize::from(pred == t);
         }
-        correct += count_correct(&logits, &b.labels);
         Ok(())
     })?;
     let n = data.len().max(1);
@@ -586,16 +586,6 @@ pub fn evaluate(
         accuracy: correct as f32 / n as f32,
         confusion,
     })
-}
-
-fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-        )
-        .0
 }
 
 /// Top-k classes of one row of logits, with softmax probabilities, best first.
@@ -608,12 +598,4 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
         .take(k)
         .map(|i| (i, (((logits[i] - m) as f64).exp() / total) as f32))
         .collect()
-}
-
-/// Makes an input batch tensor from one image for a model: `[1, C, H, W]`.
-pub fn single_batch(img: Tensor) -> Result<Tensor, TensorError> {
-    let shape: Vec<usize> = std::iter::once(1)
-        .chain(img.shape().iter().copied())
-        .collect();
-    img.reshape(&shape)
 }

@@ -12,7 +12,7 @@ use crate::conv::{Conv2d, ConvPath};
 use crate::direct::{direct_conv_image, DirectEpilogue, DirectWeights};
 use crate::error::{Result, TensorError};
 use crate::gemm::driver::{self, Threads};
-use crate::gemm::pack::{BSource, PackedA};
+use crate::gemm::pack::{BSource, Im2col, PackedA};
 use crate::gemm::{Epilogue, MatMut, MatRef};
 use crate::kernels::{Kernels, Pool2d};
 use crate::tensor::Tensor;
@@ -76,7 +76,7 @@ fn valid_outputs(
     (lo.min(out), hi.min(out).max(lo.min(out)))
 }
 
-/// The convolution geometry of one image, shared by im2col and col2im.
+/// The convolution geometry of one image, for col2im (im2col is `Im2col::pack_panel`).
 #[derive(Clone, Copy, Debug)]
 struct Geometry {
     c: usize,
@@ -118,22 +118,6 @@ impl Geometry {
                 }
             }
         }
-    }
-
-    /// Writes the `[C kh kw, OH OW]` column matrix of `image` into `cols`.
-    fn im2col(&self, image: &[f32], cols: &mut [f32]) {
-        cols.fill(0.0);
-        let (s, pad) = (self.stride, self.pad);
-        self.for_each_run(|dst, src, ox0, ox1, kx| {
-            let out = &mut cols[dst + ox0..dst + ox1];
-            let first = src + ox0 * s + kx - pad;
-            if s == 1 {
-                out.copy_from_slice(&image[first..first + out.len()]);
-            } else {
-                let run = image[first..].iter().step_by(s);
-                out.iter_mut().zip(run).for_each(|(o, v)| *o = *v);
-            }
-        });
     }
 
     /// Adds the column matrix `cols` back into the image gradient `dx` (the transpose
@@ -198,7 +182,42 @@ impl Kernels {
         inv_std: &[f32],
         gamma: &[f32],
     ) -> Result<BatchNormGrads> {
-        let op = "batch_norm_backward";
+        self.batch_norm_backward_impl("batch_norm_backward", x, dy, mean, inv_std, gamma, true)
+    }
+
+    /// Batch norm's backward with fixed statistics (running mean and variance: eval
+    /// mode, a frozen backbone): the statistics are constants, so `dx = gamma inv_std
+    /// dy`; `dbeta` and `dgamma` are as in [`Kernels::batch_norm_backward`].
+    pub fn batch_norm_fixed_backward(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: &[f32],
+        inv_std: &[f32],
+        gamma: &[f32],
+    ) -> Result<BatchNormGrads> {
+        self.batch_norm_backward_impl(
+            "batch_norm_fixed_backward",
+            x,
+            dy,
+            mean,
+            inv_std,
+            gamma,
+            false,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_backward_impl(
+        &self,
+        op: &'static str,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: &[f32],
+        inv_std: &[f32],
+        gamma: &[f32],
+        batch_stats: bool,
+    ) -> Result<BatchNormGrads> {
         x.expect_same_shape(op, dy)?;
         let (n, c, plane) = match x.shape() {
             [n, c, rest @ ..] => (*n, *c, rest.iter().product::<usize>()),
@@ -254,10 +273,14 @@ impl Kernels {
             let istd = inv_std[ch] as f64;
             let m = count as f64;
             let k = gamma[ch] as f64 * istd;
-            // dx = k dy - k s_dy / M - k istd^2 s_dev / M (x - mean)
-            let b = -k * istd * istd * s_dev / m;
-            let cst = -k * s_dy / m - b * mean[ch] as f64;
-            coef[ch] = [k as f32, b as f32, cst as f32];
+            coef[ch] = if batch_stats {
+                // dx = k dy - k s_dy / M - k istd^2 s_dev / M (x - mean)
+                let b = -k * istd * istd * s_dev / m;
+                let cst = -k * s_dy / m - b * mean[ch] as f64;
+                [k as f32, b as f32, cst as f32]
+            } else {
+                [k as f32, 0.0, 0.0]
+            };
             dbeta[ch] = s_dy as f32;
             dgamma[ch] = (s_dev * istd) as f32;
         }
@@ -467,7 +490,21 @@ impl Kernels {
                 let dy_b = &gd[b * out_image..(b + 1) * out_image];
                 let dy_mat = MatRef::row_major(dy_b, o, pix)?;
                 if !direct && want_dw {
-                    g.im2col(image, &mut cols);
+                    // The whole `[C kh kw, OH OW]` column matrix as one panel.
+                    let im2col = Im2col {
+                        x: image,
+                        c,
+                        h,
+                        w: wd,
+                        kh,
+                        kw,
+                        sh: p.stride,
+                        sw: p.stride,
+                        ph: p.padding,
+                        pw: p.padding,
+                        ow,
+                    };
+                    im2col.pack_panel(0, k, 0, pix, pix, &mut cols);
                 }
                 if want_dw {
                     let cols_src = if direct { image } else { &cols[..] };

@@ -300,8 +300,8 @@ impl Kernels {
                         ConvEpilogue::Relu => epi.relu = true,
                     }
                 }
-                PADDED.with(|buf| {
-                    let mut buf = buf.take();
+                PADDED.with(|cell| {
+                    let mut buf = cell.take();
                     direct_conv_image(
                         self.set(),
                         image,
@@ -315,7 +315,7 @@ impl Kernels {
                         threads,
                         &mut buf,
                     );
-                    PADDED.with(|b| b.set(buf));
+                    cell.set(buf);
                 });
                 return Ok(());
             }

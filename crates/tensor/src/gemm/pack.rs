@@ -186,7 +186,7 @@ impl Im2col<'_> {
     /// those runs, read from input row `oy * sh + ky - ph` of channel `ci`, with
     /// `(ci, ky, kx)` stepped along without divisions. Inside a run the in-bounds pixels
     /// form one range: zeros around it, one copy (stride 1) or a strided copy inside it.
-    fn pack_panel(
+    pub(crate) fn pack_panel(
         &self,
         k0: usize,
         kc: usize,
