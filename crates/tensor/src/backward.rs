@@ -121,7 +121,7 @@ impl Geometry {
     }
 
     /// Adds the column matrix `cols` back into the image gradient `dx` (the transpose
-    /// of [`Geometry::im2col`]: every input pixel collects the columns that read it).
+    /// of im2col, `Im2col::pack_panel`: every input pixel collects the columns that read it).
     fn col2im(&self, cols: &[f32], dx: &mut [f32]) {
         let (s, pad) = (self.stride, self.pad);
         self.for_each_run(|src, dst, ox0, ox1, kx| {
