@@ -12,10 +12,11 @@ use crate::conv::{Conv2d, ConvPath};
 use crate::direct::{direct_conv_image, DirectEpilogue, DirectWeights};
 use crate::error::{Result, TensorError};
 use crate::gemm::driver::{self, Threads};
-use crate::gemm::pack::{BSource, Im2col, PackedA};
-use crate::gemm::{Epilogue, MatMut, MatRef};
+use crate::gemm::pack::{BSource, PackedA};
+use crate::gemm::{MatMut, MatRef};
 use crate::kernels::{Kernels, Pool2d};
 use crate::tensor::Tensor;
+use crate::wgrad::{accumulate_weight_grad, ConvShape, WeightGradScratch};
 
 /// Gradients of batch norm's input and affine parameters.
 #[derive(Debug, Clone)]
@@ -76,19 +77,8 @@ fn valid_outputs(
     (lo.min(out), hi.min(out).max(lo.min(out)))
 }
 
-/// The convolution geometry of one image, for col2im (im2col is `Im2col::pack_panel`).
-#[derive(Clone, Copy, Debug)]
-struct Geometry {
-    c: usize,
-    h: usize,
-    w: usize,
-    kh: usize,
-    kw: usize,
-    oh: usize,
-    ow: usize,
-    stride: usize,
-    pad: usize,
-}
+/// The convolution geometry of one image (col2im here; im2col is `Im2col::pack_panel`).
+type Geometry = ConvShape;
 
 impl Geometry {
     /// Visits every (column-matrix row, output row) pair with the input row it reads
@@ -378,16 +368,18 @@ impl Kernels {
         Ok(dx)
     }
 
-    /// Convolution's backward (NCHW input `x`, OIHW weights `w`, upstream `dy`), image
-    /// by image:
+    /// Convolution's backward (NCHW input `x`, OIHW weights `w`, upstream `dy`):
     ///
-    /// - `dW = sum_n dY_n cols_n^T`, a GEMM against the image's im2col columns
-    ///   (`[C kh kw, OH OW]`, rebuilt here, one image at a time, never for the batch);
-    /// - `dX_n = col2im(W^T dY_n)`.
+    /// - `dW = sum_n dY_n X_n^T`, where row `(c, ky, kx)` of `X_n` is the image seen
+    ///   through that tap: the row-dot kernel (`crate::wgrad`) reads both operands along
+    ///   the pixels, from the zero-padded image in place for stride 1, from im2col
+    ///   columns of a few images at a time otherwise;
+    /// - `dX_n = col2im(W^T dY_n)`, or for stride 1 with few channels the transposed
+    ///   direct convolution (the same direct kernel as the forward's).
     ///
-    /// A 1x1 stride-1 unpadded convolution needs no columns: `cols_n` is the image
-    /// itself and `dX_n = W^T dY_n` directly. Images are split over the threads, each
-    /// with its own `dW` accumulator, summed at the end.
+    /// A 1x1 stride-1 unpadded convolution needs no columns: `dX_n = W^T dY_n` directly.
+    /// Images are split over the threads, each with its own `dW` accumulator, summed at
+    /// the end.
     pub fn conv2d_backward(
         &self,
         x: &Tensor,
@@ -467,74 +459,31 @@ impl Kernels {
                          mut dx_group: Option<&mut [f32]>,
                          threads: Threads|
          -> Result<Vec<f32>> {
-            let mut dwt = if want_dw {
-                vec![0.0f32; k * o]
-            } else {
-                Vec::new()
-            };
-            let mut a_buf = Vec::new();
-            let mut cols = if direct {
-                Vec::new()
-            } else {
-                vec![0.0f32; k * pix]
-            };
+            let first = images.start;
+            let mut dw_part = Vec::new();
+            if want_dw {
+                dw_part = vec![0.0f32; o * k];
+                let mut scratch = WeightGradScratch::default();
+                accumulate_weight_grad(
+                    set,
+                    &g,
+                    o,
+                    &xd[images.start * in_image..images.end * in_image],
+                    &gd[images.start * out_image..images.end * out_image],
+                    &mut dw_part,
+                    &mut scratch,
+                    threads == Threads::Auto,
+                );
+            }
             let mut padded = Vec::new();
             let mut dcols = if direct || !want_dx || transposed {
                 Vec::new()
             } else {
                 vec![0.0f32; k * pix]
             };
-            let first = images.start;
             for b in images {
-                let image = &xd[b * in_image..(b + 1) * in_image];
                 let dy_b = &gd[b * out_image..(b + 1) * out_image];
                 let dy_mat = MatRef::row_major(dy_b, o, pix)?;
-                if !direct && want_dw {
-                    // The whole `[C kh kw, OH OW]` column matrix as one panel.
-                    let im2col = Im2col {
-                        x: image,
-                        c,
-                        h,
-                        w: wd,
-                        kh,
-                        kw,
-                        sh: p.stride,
-                        sw: p.stride,
-                        ph: p.padding,
-                        pw: p.padding,
-                        ow,
-                    };
-                    im2col.pack_panel(0, k, 0, pix, pix, &mut cols);
-                }
-                if want_dw {
-                    let cols_src = if direct { image } else { &cols[..] };
-                    // dW^T [K, O] (+)= cols [K, P] dY_b^T [P, O]. This way round the
-                    // large operand (the columns) is A, packed from row-major rows,
-                    // and the small one (dY) is B; transposed at the end.
-                    let a = PackedA::pack_into(
-                        self.isa(),
-                        mr,
-                        MatRef::row_major(cols_src, k, pix)?,
-                        std::mem::take(&mut a_buf),
-                    );
-                    let mut c_mat = MatMut::row_major(&mut dwt, k, o)?;
-                    let steps: &[Epilogue] = if b == first {
-                        &[]
-                    } else {
-                        &[Epilogue::Accumulate]
-                    };
-                    driver::gemm(
-                        set,
-                        &a,
-                        &BSource::Matrix(dy_mat.t()),
-                        k,
-                        o,
-                        &mut c_mat,
-                        steps,
-                        threads,
-                    )?;
-                    a_buf = a.into_buffer();
-                }
                 if let (Some(fw), Some(dxg)) = (&flipped, dx_group.as_deref_mut()) {
                     let dx_b = &mut dxg[(b - first) * in_image..(b - first + 1) * in_image];
                     direct_conv_image(
@@ -566,7 +515,7 @@ impl Kernels {
                     }
                 }
             }
-            Ok(dwt)
+            Ok(dw_part)
         };
 
         let threads = rayon::current_num_threads();
@@ -594,18 +543,13 @@ impl Kernels {
             )?]
         };
         let dw = if want_dw {
-            // Sum the groups' dW^T [K, O] and transpose into OIHW.
+            // Sum the groups' partial dW, already in OIHW order.
             let mut it = partials.into_iter();
             let mut total = it.next().unwrap_or_else(|| vec![0.0; k * o]);
             for part in it {
                 total.iter_mut().zip(&part).for_each(|(t, v)| *t += v);
             }
-            let mut dw = Tensor::zeros(w.shape())?;
-            for (i, row) in total.chunks_exact(o).enumerate() {
-                for (oc, v) in row.iter().enumerate() {
-                    dw.data_mut()[oc * k + i] = *v;
-                }
-            }
+            let dw = Tensor::from_vec(w.shape(), total)?;
             Some(dw)
         } else {
             None

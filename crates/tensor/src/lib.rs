@@ -31,6 +31,7 @@ pub mod peak;
 pub mod reference;
 pub mod rng;
 pub mod tensor;
+pub(crate) mod wgrad;
 
 pub use backward::{BatchNormGrads, ConvGrads, LinearGrads};
 pub use conv::{fold_batch_norm, Conv2d, ConvEpilogue, ConvPath, ConvWeights};

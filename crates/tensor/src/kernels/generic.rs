@@ -86,5 +86,6 @@ super::tier_entry_points!(
     gemm_mr = 4,
     gemm_nv = [1, 2],
     direct_ob = 4,
-    direct_xv = [1, 2]
+    direct_xv = [1, 2],
+    dot = [2, 4]
 );

@@ -23,6 +23,7 @@
 pub(crate) mod aarch64;
 pub(crate) mod body;
 pub(crate) mod direct;
+pub(crate) mod dot;
 pub(crate) mod generic;
 pub(crate) mod microkernel;
 pub(crate) mod simd;
@@ -132,6 +133,11 @@ pub(crate) struct KernelSet {
     /// The direct-convolution microkernels by width: `direct_tiles[v - 1]` computes
     /// `direct_ob` channels by `v` vectors of pixels.
     pub direct_tiles: &'static [DirectTileFn],
+    /// Rows of `A` and of `B` in the row-dot (weight-gradient) tile.
+    pub dot_mi: usize,
+    pub dot_nj: usize,
+    /// The row-dot microkernel (`kernels::dot`).
+    pub dot_tile: unsafe fn(&dot::DotTile),
 }
 
 /// A direct-convolution microkernel entry point:
@@ -162,16 +168,23 @@ pub const OPERATIONS: [&str; 13] = [
 /// Stamps out a tier's `#[target_feature]` entry points and its `static KERNELS`.
 ///
 /// `tier_entry_points!(Isa::X, SimdType, gemm_mr = 8, gemm_nv = [1, 2, 3],
-/// direct_ob = 8, direct_xv = [1, 2, 3], #[target_feature(enable = "...")])`: the GEMM
-/// tile is `gemm_mr` rows by up to the last `gemm_nv` vectors; the direct-convolution
-/// tile is `direct_ob` channels by up to the last `direct_xv` vectors of pixels. The
-/// generic tier passes no attribute.
+/// direct_ob = 8, direct_xv = [1, 2, 3], dot = [4, 6],
+/// #[target_feature(enable = "...")])`: the GEMM tile is `gemm_mr` rows by up to the
+/// last `gemm_nv` vectors; the direct-convolution tile is `direct_ob` channels by up to
+/// the last `direct_xv` vectors of pixels; the row-dot tile is `dot[0] x dot[1]` vector
+/// sums. The generic tier passes no attribute.
 macro_rules! tier_entry_points {
     ($isa:expr, $S:ty, gemm_mr = $mr:literal, gemm_nv = [$($nv:literal),+],
-     direct_ob = $ob:literal, direct_xv = [$($xv:literal),+] $(, #[$attr:meta])*) => {
+     direct_ob = $ob:literal, direct_xv = [$($xv:literal),+],
+     dot = [$mi:literal, $nj:literal] $(, #[$attr:meta])*) => {
         mod entry {
             use super::*;
-            use $crate::kernels::{body, direct, microkernel, DirectTileFn, GemmTileFn, KernelSet, Pool2d};
+            use $crate::kernels::{body, direct, dot, microkernel, DirectTileFn, GemmTileFn, KernelSet, Pool2d};
+
+            $(#[$attr])*
+            unsafe fn dot_tile(t: &dot::DotTile) {
+                dot::dot_tile::<$S, $mi, $nj>(t)
+            }
 
             $(#[$attr])*
             unsafe fn direct_tile<const XV: usize>(
@@ -277,6 +290,9 @@ macro_rules! tier_entry_points {
                 gemm_tiles: GEMM_TILES,
                 direct_ob: $ob,
                 direct_tiles: DIRECT_TILES,
+                dot_mi: $mi,
+                dot_nj: $nj,
+                dot_tile,
             };
         }
         pub(crate) use entry::KERNELS;

@@ -81,4 +81,5 @@ crate::kernels::tier_entry_points!(
     gemm_nv = [1, 2, 3],
     direct_ob = 8,
     direct_xv = [1, 2, 3],
+    dot = [4, 6],
     #[target_feature(enable = "neon")]);

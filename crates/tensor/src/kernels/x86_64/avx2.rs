@@ -96,4 +96,5 @@ crate::kernels::tier_entry_points!(
     gemm_nv = [1, 2],
     direct_ob = 4,
     direct_xv = [1, 2, 3],
+    dot = [3, 4],
     #[target_feature(enable = "avx2,fma")]);

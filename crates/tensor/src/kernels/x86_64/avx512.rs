@@ -56,7 +56,14 @@ impl Simd for Avx512 {
     }
     #[inline(always)]
     unsafe fn reduce_add(v: __m512) -> f32 {
-        _mm512_reduce_add_ps(v)
+        // Whole-register shuffles only: `_mm512_reduce_add_ps` works on 256- and 128-bit
+        // halves, whose VEX encodings (without AVX-512VL) reach only registers 0-15, and
+        // that constraint made the row-dot kernel spill its 24 accumulators.
+        let v = _mm512_add_ps(v, _mm512_shuffle_f32x4::<0b01_00_11_10>(v, v));
+        let v = _mm512_add_ps(v, _mm512_shuffle_f32x4::<0b10_11_00_01>(v, v));
+        let v = _mm512_add_ps(v, _mm512_permute_ps::<0b01_00_11_10>(v));
+        let v = _mm512_add_ps(v, _mm512_permute_ps::<0b10_11_00_01>(v));
+        _mm512_cvtss_f32(v)
     }
     #[inline(always)]
     unsafe fn reduce_max(v: __m512) -> f32 {
@@ -107,5 +114,6 @@ crate::kernels::tier_entry_points!(
     gemm_nv = [1, 2, 3],
     direct_ob = 8,
     direct_xv = [1, 2, 3],
+    dot = [4, 6],
     #[target_feature(enable = "avx512f,avx2,fma")]
 );
