@@ -20,7 +20,6 @@
 
 use rayon::prelude::*;
 
-use crate::gemm::pack::Im2col;
 use crate::kernels::dot::DotTile;
 use crate::kernels::KernelSet;
 
@@ -38,24 +37,19 @@ pub(crate) struct ConvShape {
     pub pad: usize,
 }
 
-/// Where the taps of the chunk are read from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Taps {
-    Image,
-    Padded,
-    Columns,
-}
-
 /// Aim for at least this many floats of reduction per tile (amortises its horizontal
-/// sums: 24 of them against `24 * 2048 / 16` FMAs on AVX-512).
-const REDUCTION_TARGET: usize = 2048;
-/// At most this many floats of padded images or columns per chunk (1 MiB, half of L2).
+/// sums: 24 of them against `24 * 1024 / 16` FMAs on AVX-512)...
+const REDUCTION_TARGET: usize = 1024;
+/// ... but keep a tile's `A` rows (`MI` rows of `dY` over the chunk, reread by every
+/// tile of the row block) within this many floats, a third of a 48 KiB L1.
+const A_ROWS_MAX: usize = 4096;
+/// At most this many floats of phase planes per chunk (1 MiB, half of L2).
 const SCRATCH_MAX: usize = 1 << 18;
 
 /// Scratch buffers of the weight gradient, reused between calls.
 #[derive(Default)]
 pub(crate) struct WeightGradScratch {
-    taps: Vec<f32>,
+    planes: Vec<f32>,
     dy: Vec<f32>,
     segs: Vec<[usize; 2]>,
 }
@@ -64,15 +58,17 @@ pub(crate) struct WeightGradScratch {
 /// against `dy` (`[n, o, oh, ow]`). With `parallel`, blocks of output channels are
 /// spread over rayon's pool.
 ///
-/// Every route gives the kernel rows whose length is a whole number of vectors:
-///
-/// - `Image`: the rows as they are, when `OH OW` is already a multiple of the vector;
-/// - `Padded`: each image zero-padded to `PH x PW`, and `dY` copied to the same row
-///   pitch `PW` with zeros in its `PW - OW` extra columns. Then tap `(c, ky, kx)` over
-///   the whole image is *one* run of the padded plane, from `(c PH + ky) PW + kx`: its
-///   extra columns read neighbouring pixels, which meet `dY`'s zeros;
-/// - `Columns`: im2col with the row pitch rounded up to a vector (zeros past `OH OW`),
-///   `dY` copied to that pitch when it differs.
+/// The kernel wants every tap as one contiguous run the length of `dY`'s row. For a
+/// 1x1 stride-1 unpadded convolution whose `OH OW` is a whole number of vectors, the
+/// image's channels are those runs already. Otherwise each image is split into
+/// *phase planes*: for stride `s`, plane `(c, ry, rx)` holds the zero-padded pixels
+/// `(s yy + ry, s xx + rx)`, at row pitch `QW = ceil(PW / s)`. Tap `(c, ky, kx)` then
+/// reads plane `(c, ky % s, kx % s)` from `(ky / s, kx / s)` on, at unit stride, and over
+/// the whole image it is *one* run of `OH QW` floats, provided `dY` is copied to the same
+/// pitch `QW` with zeros in its `QW - OW` extra columns: the run's extra columns read
+/// neighbouring pixels, which meet those zeros. (For stride 1 the one plane per
+/// channel is just the padded image.) The cost: one pass over the image instead of
+/// im2col's `kh kw`, and `QW / OW` more multiply-adds.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn accumulate_weight_grad(
     set: &KernelSet,
@@ -86,7 +82,7 @@ pub(crate) fn accumulate_weight_grad(
 ) {
     let (k, pix) = (g.c * g.kh * g.kw, g.oh * g.ow);
     let (in_image, out_image) = (g.c * g.h * g.w, o * pix);
-    if k == 0 || pix == 0 || o == 0 || in_image == 0 {
+    if k == 0 || pix == 0 || o == 0 || in_image == 0 || g.stride == 0 {
         return;
     }
     let n = x.len() / in_image;
@@ -97,41 +93,36 @@ pub(crate) fn accumulate_weight_grad(
         "weight gradient: output-gradient length"
     );
     assert_eq!(dw.len(), o * k, "weight gradient: gradient length");
-    let lanes = set.lanes;
-    let (ph, pw) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
-    let plane = ph * pw;
-    let one_by_one = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0;
-    let taps = if one_by_one && pix % lanes == 0 {
-        Taps::Image
-    } else if g.stride == 1 && g.ow >= lanes {
-        Taps::Padded
+    let (lanes, s) = (set.lanes, g.stride);
+    let in_place = g.kh == 1 && g.kw == 1 && s == 1 && g.pad == 0 && pix % lanes == 0;
+    // Phase-plane geometry: `QH x QW` planes, `s * s` per channel.
+    let (qh, qw) = ((g.h + 2 * g.pad).div_ceil(s), (g.w + 2 * g.pad).div_ceil(s));
+    let plane = qh * qw;
+    // The reduction length per image (the rows' pitch) and the planes' floats per image.
+    let (len, per_image) = if in_place {
+        (pix, in_image)
     } else {
-        Taps::Columns
-    };
-    // The reduction length per image (the rows' pitch) and the taps' floats per image.
-    let (len, per_image) = match taps {
-        Taps::Image => (pix, 0),
-        Taps::Padded => ((g.oh * pw).next_multiple_of(lanes), g.c * plane),
-        Taps::Columns => {
-            let len = pix.next_multiple_of(lanes);
-            (len, k * len)
-        }
+        ((g.oh * qw).next_multiple_of(lanes), g.c * s * s * plane)
     };
     let chunk = REDUCTION_TARGET
         .div_ceil(len)
-        .min(SCRATCH_MAX / per_image.max(1))
+        .min(A_ROWS_MAX / (set.dot_mi * len))
+        .min(SCRATCH_MAX / per_image)
         .clamp(1, n.max(1));
     let a_rows: Vec<usize> = (0..o).map(|i| i * len).collect();
-    let b_rows: Vec<usize> = match taps {
-        Taps::Image => (0..k).map(|ci| ci * pix).collect(),
-        Taps::Padded => (0..g.c)
+    let b_rows: Vec<usize> = if in_place {
+        (0..k).map(|ci| ci * pix).collect()
+    } else {
+        (0..g.c)
             .flat_map(|ci| (0..g.kh).flat_map(move |ky| (0..g.kw).map(move |kx| (ci, ky, kx))))
-            .map(|(ci, ky, kx)| (ci * ph + ky) * pw + kx)
-            .collect(),
-        Taps::Columns => (0..k).map(|j| j * len).collect(),
+            .map(|(ci, ky, kx)| {
+                let p = (ci * s + ky % s) * s + kx % s;
+                (p * qh + ky / s) * qw + kx / s
+            })
+            .collect()
     };
     let WeightGradScratch {
-        taps: tb,
+        planes,
         dy: db,
         segs,
     } = scratch;
@@ -140,74 +131,61 @@ pub(crate) fn accumulate_weight_grad(
         let xs = &x[c0 * in_image..(c0 + cn) * in_image];
         let dys = &dy[c0 * out_image..(c0 + cn) * out_image];
         segs.clear();
-        let b_image = if taps == Taps::Image {
-            in_image
-        } else {
-            per_image
-        };
-        segs.extend((0..cn).map(|i| [i * o * len, i * b_image]));
-        // dY at the row pitch `pitch` (of `row` valid floats), `len` floats per channel.
-        let mut dy_at_pitch = |row: usize, pitch: usize| {
-            db.clear();
-            db.resize(cn * o * len, 0.0);
-            for (src, dst) in dys.chunks_exact(pix).zip(db.chunks_exact_mut(len)) {
-                for (s, d) in src.chunks_exact(row).zip(dst.chunks_mut(pitch)) {
-                    d[..row].copy_from_slice(s);
-                }
+        segs.extend((0..cn).map(|i| [i * o * len, i * per_image]));
+        if in_place {
+            dot_rows(set, dys, &a_rows, xs, &b_rows, segs, len, dw, parallel);
+            continue;
+        }
+        // dY at row pitch QW, zeros in the extra columns, `len` floats per channel.
+        db.clear();
+        db.resize(cn * o * len, 0.0);
+        for (src, dst) in dys.chunks_exact(pix).zip(db.chunks_exact_mut(len)) {
+            for (row, d) in src.chunks_exact(g.ow).zip(dst.chunks_mut(qw)) {
+                d[..g.ow].copy_from_slice(row);
             }
-        };
-        let (a, b): (&[f32], &[f32]) = match taps {
-            Taps::Image => (dys, xs),
-            Taps::Padded => {
-                dy_at_pitch(g.ow, pw);
-                // Zero-padded images, plus a margin for the last tap's run, which ends
-                // up to `kw - 1 + lanes` floats past the last plane.
-                tb.clear();
-                tb.resize(cn * per_image + g.kw + lanes, 0.0);
-                for (img, dst) in xs
-                    .chunks_exact(in_image)
-                    .zip(tb.chunks_exact_mut(per_image))
-                {
-                    for (src, dst) in img.chunks_exact(g.h * g.w).zip(dst.chunks_exact_mut(plane)) {
-                        for (row, d) in src.chunks_exact(g.w).zip(dst[g.pad * pw..].chunks_mut(pw))
-                        {
-                            d[g.pad..g.pad + g.w].copy_from_slice(row);
-                        }
-                    }
-                }
-                (&db[..], &tb[..])
+        }
+        // The phase planes, plus a margin for the last tap's run, which ends up to
+        // `kw / s + lanes` floats past the last plane.
+        planes.clear();
+        planes.resize(cn * per_image + g.kw + lanes, 0.0);
+        for (img, dst) in xs
+            .chunks_exact(in_image)
+            .zip(planes.chunks_exact_mut(per_image))
+        {
+            for (src, dst) in img
+                .chunks_exact(g.h * g.w)
+                .zip(dst.chunks_exact_mut(s * s * plane))
+            {
+                split_phases(src, g.w, g.pad, s, [qh, qw], dst);
             }
-            Taps::Columns => {
-                tb.clear();
-                tb.resize(cn * per_image, 0.0);
-                for (img, cols) in xs
-                    .chunks_exact(in_image)
-                    .zip(tb.chunks_exact_mut(per_image))
-                {
-                    let im2col = Im2col {
-                        x: img,
-                        c: g.c,
-                        h: g.h,
-                        w: g.w,
-                        kh: g.kh,
-                        kw: g.kw,
-                        sh: g.stride,
-                        sw: g.stride,
-                        ph: g.pad,
-                        pw: g.pad,
-                        ow: g.ow,
-                    };
-                    im2col.pack_panel(0, k, 0, pix, len, cols);
-                }
-                if len == pix {
-                    (dys, &tb[..])
-                } else {
-                    dy_at_pitch(pix, len);
-                    (&db[..], &tb[..])
-                }
-            }
-        };
-        dot_rows(set, a, &a_rows, b, &b_rows, segs, len, dw, parallel);
+        }
+        dot_rows(set, db, &a_rows, planes, &b_rows, segs, len, dw, parallel);
+    }
+}
+
+/// Writes one zero-initialised channel's `s * s` phase planes (`QH x QW` each) of the
+/// image `src` (rows of `w`) padded by `pad`: padded pixel `(y, x)` goes to plane
+/// `(y % s, x % s)` at `(y / s, x / s)`.
+fn split_phases(
+    src: &[f32],
+    w: usize,
+    pad: usize,
+    s: usize,
+    [qh, qw]: [usize; 2],
+    dst: &mut [f32],
+) {
+    let plane = qh * qw;
+    for (iy, row) in src.chunks_exact(w).enumerate() {
+        let y = iy + pad;
+        let base = (y % s * s) * plane + (y / s) * qw;
+        if s == 1 {
+            dst[base + pad..base + pad + w].copy_from_slice(row);
+            continue;
+        }
+        for (ix, &v) in row.iter().enumerate() {
+            let xp = ix + pad;
+            dst[base + (xp % s) * plane + xp / s] = v;
+        }
     }
 }
 
