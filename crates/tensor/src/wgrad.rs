@@ -126,6 +126,16 @@ pub(crate) fn accumulate_weight_grad(
         dy: db,
         segs,
     } = scratch;
+    if !in_place {
+        // Zeroed once: every chunk writes the same positions (the pixels, and dY's valid
+        // columns), so padding and dY's extra columns stay zero across chunks. The
+        // margin is for the last tap's run, which ends up to `kw / s + lanes` floats
+        // past the last plane.
+        db.clear();
+        db.resize(chunk * o * len, 0.0);
+        planes.clear();
+        planes.resize(chunk * per_image + g.kw + lanes, 0.0);
+    }
     for c0 in (0..n).step_by(chunk) {
         let cn = chunk.min(n - c0);
         let xs = &x[c0 * in_image..(c0 + cn) * in_image];
@@ -137,17 +147,11 @@ pub(crate) fn accumulate_weight_grad(
             continue;
         }
         // dY at row pitch QW, zeros in the extra columns, `len` floats per channel.
-        db.clear();
-        db.resize(cn * o * len, 0.0);
         for (src, dst) in dys.chunks_exact(pix).zip(db.chunks_exact_mut(len)) {
             for (row, d) in src.chunks_exact(g.ow).zip(dst.chunks_mut(qw)) {
                 d[..g.ow].copy_from_slice(row);
             }
         }
-        // The phase planes, plus a margin for the last tap's run, which ends up to
-        // `kw / s + lanes` floats past the last plane.
-        planes.clear();
-        planes.resize(cn * per_image + g.kw + lanes, 0.0);
         for (img, dst) in xs
             .chunks_exact(in_image)
             .zip(planes.chunks_exact_mut(per_image))
@@ -159,11 +163,12 @@ pub(crate) fn accumulate_weight_grad(
                 split_phases(src, g.w, g.pad, s, [qh, qw], dst);
             }
         }
-        dot_rows(set, db, &a_rows, planes, &b_rows, segs, len, dw, parallel);
+        let a = &db[..cn * o * len];
+        dot_rows(set, a, &a_rows, planes, &b_rows, segs, len, dw, parallel);
     }
 }
 
-/// Writes one zero-initialised channel's `s * s` phase planes (`QH x QW` each) of the
+/// Writes the pixels of one channel's `s * s` phase planes (`QH x QW` each) of the
 /// image `src` (rows of `w`) padded by `pad`: padded pixel `(y, x)` goes to plane
 /// `(y % s, x % s)` at `(y / s, x / s)`.
 fn split_phases(
@@ -182,9 +187,34 @@ fn split_phases(
             dst[base + pad..base + pad + w].copy_from_slice(row);
             continue;
         }
-        for (ix, &v) in row.iter().enumerate() {
-            let xp = ix + pad;
-            dst[base + (xp % s) * plane + xp / s] = v;
+        if s == 2 {
+            // Pixel 2m goes to phase pad % 2 at column pad / 2 + m, pixel 2m + 1 to the
+            // other phase at column (pad + 1) / 2 + m: a de-interleave of pairs.
+            let (lo, hi) = dst.split_at_mut(base + plane);
+            let (p0, p1) = (&mut lo[base..], hi);
+            let (even, odd) = if pad % 2 == 0 { (p0, p1) } else { (p1, p0) };
+            let even = &mut even[pad / 2..pad / 2 + w.div_ceil(2)];
+            let odd = &mut odd[(pad + 1) / 2..(pad + 1) / 2 + w / 2];
+            for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
+                *e = pair[0];
+                *o = pair[1];
+            }
+            if w % 2 == 1 {
+                even[w / 2] = row[w - 1];
+            }
+            continue;
+        }
+        // Column phase rx holds the pixels ix with (ix + pad) % s == rx, in order.
+        for rx in 0..s {
+            let ix0 = (rx + s - pad % s) % s;
+            if ix0 >= w {
+                continue;
+            }
+            let start = base + rx * plane + (ix0 + pad) / s;
+            let dst_row = &mut dst[start..start + (w - ix0).div_ceil(s)];
+            for (d, &v) in dst_row.iter_mut().zip(row[ix0..].iter().step_by(s)) {
+                *d = v;
+            }
         }
     }
 }
