@@ -192,7 +192,11 @@ fn split_phases(
             // other phase at column (pad + 1) / 2 + m: a de-interleave of pairs.
             let (lo, hi) = dst.split_at_mut(base + plane);
             let (p0, p1) = (&mut lo[base..], hi);
-            let (even, odd) = if pad.is_multiple_of(2) { (p0, p1) } else { (p1, p0) };
+            let (even, odd) = if pad.is_multiple_of(2) {
+                (p0, p1)
+            } else {
+                (p1, p0)
+            };
             let even = &mut even[pad / 2..pad / 2 + w.div_ceil(2)];
             let odd = &mut odd[pad.div_ceil(2)..pad.div_ceil(2) + w / 2];
             for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
