@@ -133,9 +133,11 @@ pub fn train(k: Kernels, args: TrainArgs) -> Result<(), Box<dyn std::error::Erro
     let history = trainer.history.clone();
     let plot_path = args.out.join("training.png");
     plot::write_training_plot(&plot_path, &history)?;
+    // The first epoch with the best accuracy: the one best.safetensors holds (the
+    // trainer replaces it only on a strict improvement).
     let best = history
         .iter()
-        .max_by(|a, b| a.test_acc.total_cmp(&b.test_acc))
+        .reduce(|a, b| if b.test_acc > a.test_acc { b } else { a })
         .ok_or("no epoch ran")?;
     let last = history.last().ok_or("no epoch ran")?;
     crate::emit(&format!(

@@ -129,7 +129,7 @@ impl ConvPath {
     /// the other stride-2 layers (ResNet-50's 7x7 stem measured a tie at batch 1).
     pub fn choose(o: usize, k: usize, ow: usize, s: usize, lanes: usize) -> ConvPath {
         let direct = match s {
-            1 => o <= 64 && ow >= lanes,
+            1 => o <= 64,
             _ => o <= 32 && k <= 160 && ow >= lanes,
         };
         if direct {

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use crate::gemm::driver::Threads;
 use crate::kernels::microkernel::{TileOut, TileStep};
 use crate::kernels::KernelSet;
+use crate::wgrad::split_phases;
 
 /// Convolution weights laid out for the direct kernel: blocks of `ob` output channels,
 /// each `[C kh kw][ob]` (`wt[(blk * k + r) * ob + b]` for reduction index
@@ -145,6 +146,20 @@ pub(crate) fn direct_conv_image(
     debug_assert_eq!(dw.ob, set.direct_ob);
     let (ob, lanes) = (dw.ob, set.lanes);
     let max_xv = set.direct_tiles.len();
+    if s == 1 && ow < lanes {
+        return direct_conv_image_narrow(
+            set,
+            x,
+            [h, w],
+            dw,
+            pad,
+            [oh, ow],
+            out,
+            epi,
+            threads,
+            padded,
+        );
+    }
     let (pw, offs) = pad_image(
         x,
         dw.c,
@@ -214,5 +229,114 @@ pub(crate) fn direct_conv_image(
             .for_each(run);
     } else {
         pairs.for_each(run);
+    }
+}
+
+/// Stride 1 with output rows narrower than a vector (ResNet-20's 8 x 8 stage on
+/// AVX-512): a tile along one row would leave most lanes idle. Instead the output is
+/// computed at the padded image's row pitch `PW`, as one flat run of `OH PW` pixels
+/// per channel: output pixel `t = oy PW + ox` of tap `r` reads padded pixel `t +
+/// offs[r]`, contiguous across row ends. The `PW - OW` extra columns of each row are
+/// wasted work (2 of 10 on that stage), computed into a scratch buffer and dropped when
+/// the valid columns are copied out through the epilogue.
+#[allow(clippy::too_many_arguments)]
+fn direct_conv_image_narrow(
+    set: &KernelSet,
+    x: &[f32],
+    [h, w]: [usize; 2],
+    dw: &DirectWeights,
+    pad: usize,
+    [oh, ow]: [usize; 2],
+    out: &mut [f32],
+    epi: DirectEpilogue,
+    threads: Threads,
+    padded: &mut Vec<f32>,
+) {
+    let (ob, lanes) = (dw.ob, set.lanes);
+    let max_xv = set.direct_tiles.len();
+    let (ph, pw) = (h + 2 * pad, w + 2 * pad);
+    debug_assert_eq!(oh, ph + 1 - dw.kh);
+    debug_assert_eq!(ow, pw + 1 - dw.kw);
+    let plane = ph * pw;
+    let ext = oh * pw;
+    // The padded image, and a margin for the last tile's run past the last plane.
+    padded.clear();
+    padded.resize(dw.c * plane + dw.kw + max_xv * lanes, 0.0);
+    for (src, dst) in x.chunks_exact(h * w).zip(padded.chunks_exact_mut(plane)) {
+        split_phases(src, w, pad, 1, [ph, pw], dst);
+    }
+    let offs: Vec<usize> = (0..dw.c)
+        .flat_map(|ci| (0..dw.kh).flat_map(move |ky| (0..dw.kw).map(move |kx| (ci, ky, kx))))
+        .map(|(ci, ky, kx)| (ci * ph + ky) * pw + kx)
+        .collect();
+    let k = offs.len();
+    let blocks = dw.o.div_ceil(ob);
+    let step = max_xv * lanes;
+    let chunks = ext.div_ceil(step);
+    let mut wide = vec![0.0f32; dw.o * ext];
+    let wp = OutPtr(wide.as_mut_ptr());
+    let padded = &padded[..];
+    let run = |(blk, chunk): (usize, usize)| {
+        let (o0, t0) = (blk * ob, chunk * step);
+        let xv = (ext - t0).div_ceil(lanes).min(max_xv);
+        let wide = wp;
+        let tile = TileOut {
+            // SAFETY: channel o0 < O and pixel t0 < OH PW are inside `wide`.
+            c: unsafe { wide.0.add(o0 * ext + t0) },
+            ldc: ext,
+            m: ob.min(dw.o - o0),
+            n: (xv * lanes).min(ext - t0),
+            load_c: false,
+            steps: [None; 4],
+        };
+        // SAFETY: the reads reach at most offs[k - 1] + t0 + xv * lanes, inside the
+        // padded planes plus their margin; the weights hold `k * ob` floats for block
+        // `blk`; the tile covers only this task's channels and pixels of `wide`.
+        unsafe {
+            (set.direct_tiles[xv - 1])(
+                k,
+                offs.as_ptr(),
+                dw.wt.as_ptr().add(blk * k * ob),
+                padded.as_ptr().add(t0),
+                1,
+                &tile,
+            )
+        };
+    };
+    let tasks = blocks * chunks;
+    let pairs = (0..tasks).map(|t| (t % blocks, t / blocks));
+    if matches!(threads, Threads::Auto)
+        && k * blocks * ob * ext >= 1 << 18
+        && rayon::current_num_threads() > 1
+    {
+        (0..tasks)
+            .into_par_iter()
+            .map(|t| (t % blocks, t / blocks))
+            .for_each(run);
+    } else {
+        pairs.for_each(run);
+    }
+    // The valid columns, through the epilogue, in its order.
+    let opix = oh * ow;
+    for (oc, (dst, src)) in out
+        .chunks_exact_mut(opix)
+        .zip(wide.chunks_exact(ext))
+        .enumerate()
+    {
+        let bias = epi.bias.map_or(0.0, |b| b[oc]);
+        let residual = epi.residual.map(|r| &r[oc * opix..(oc + 1) * opix]);
+        for (oy, (d, s)) in dst.chunks_exact_mut(ow).zip(src.chunks(pw)).enumerate() {
+            for (ox, (d, &v)) in d.iter_mut().zip(&s[..ow]).enumerate() {
+                let mut v = v;
+                if epi.accumulate {
+                    v += *d;
+                }
+                v += bias;
+                if let Some(r) = residual {
+                    v += r[oy * ow + ox];
+                }
+                *d = if epi.relu { v.max(0.0) } else { v };
+            }
+        }
     }
 }

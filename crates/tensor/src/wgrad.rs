@@ -171,7 +171,7 @@ pub(crate) fn accumulate_weight_grad(
 /// Writes the pixels of one channel's `s * s` phase planes (`QH x QW` each) of the
 /// image `src` (rows of `w`) padded by `pad`: padded pixel `(y, x)` goes to plane
 /// `(y % s, x % s)` at `(y / s, x / s)`.
-fn split_phases(
+pub(crate) fn split_phases(
     src: &[f32],
     w: usize,
     pad: usize,

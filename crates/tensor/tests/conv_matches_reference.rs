@@ -105,7 +105,10 @@ fn run_case(kern: Kernels, c: &Case) -> Result<(), TestCaseError> {
             *t += 1e-6 * r.abs();
         }
     }
-    if c.epilogue & 4 != 0 {
+    let relu = c.epilogue & 4 != 0;
+    // Before the ReLU, for the accumulating runs below.
+    let pre = want.clone();
+    if relu {
         steps.push(ConvEpilogue::Relu);
         want.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));
     }
@@ -134,6 +137,32 @@ fn run_case(kern: Kernels, c: &Case) -> Result<(), TestCaseError> {
             y.data(),
             want.data(),
             |i| tol[i],
+        )?;
+        // Accumulating into an output that already holds values (first in the order).
+        let y0 = Tensor::randn(want.shape(), 0.0, 1.0, c.seed ^ 3).map_err(fail)?;
+        let mut y = y0.clone();
+        let mut acc_steps = vec![ConvEpilogue::Accumulate];
+        acc_steps.extend_from_slice(&steps);
+        kern.conv2d_into_path(
+            &x,
+            &packed,
+            Conv2d::new(c.stride, c.pad),
+            &acc_steps,
+            &mut y,
+            path,
+        )
+        .map_err(fail)?;
+        let want_acc: Vec<f32> = pre
+            .data()
+            .iter()
+            .zip(y0.data())
+            .map(|(p, a)| if relu { (p + a).max(0.0) } else { p + a })
+            .collect();
+        close(
+            &format!("conv2d {path:?} accumulating {c:?}"),
+            y.data(),
+            &want_acc,
+            |i| tol[i] + 1e-6 * y0.data()[i].abs(),
         )?;
     }
     Ok(())
