@@ -121,18 +121,17 @@ pub enum ConvPath {
 impl ConvPath {
     /// The measured choice for `o` output channels, `k = C kh kw`, output rows `ow`
     /// wide, stride `s`, on a tier with `lanes`-wide vectors. From the AVX-512 runs in
-    /// `docs/convolution.md` (2 threads): the direct kernel wins 1.3-2.2x for stride 1
-    /// up to 64 output channels when a row fills a vector (ResNet-20's 16 and 32
-    /// channels: 87 -> 216 and 96 -> 165 GFLOP/s), and for stride 2 only with few
-    /// channels and a short reduction (ResNet-20's 16 -> 32: 47-64 -> 84), where its
-    /// strided loads are few; im2col + GEMM wins for more channels, narrow rows, and
-    /// the other stride-2 layers (ResNet-50's 7x7 stem measured a tie at batch 1).
-    pub fn choose(o: usize, k: usize, ow: usize, s: usize, lanes: usize) -> ConvPath {
-        let direct = match s {
-            1 => o <= 64,
-            _ => o <= 32 && k <= 160 && ow >= lanes,
-        };
-        if direct {
+    /// `docs/convolution.md` (2 threads): the direct kernel wins 1.3-2.2x for up to 64
+    /// output channels (ResNet-20's 16 and 32 channels: 87 -> 216 and 96 -> 165
+    /// GFLOP/s; its 8 x 8 stage 71 -> 117; the stride-2 layers, read through phase
+    /// planes, 44 -> 100 and 47-78 -> 91-153; ResNet-50's 7 x 7 stem at batch 1, 64-85 ->
+    /// 118-153); with 128 and more channels the two are within the host's noise and
+    /// im2col + GEMM keeps them.
+    ///
+    /// The policy measured so far depends on `o` alone; the other arguments describe
+    /// the layer for policies that will tell widths, strides or tiers apart.
+    pub fn choose(o: usize, _k: usize, _ow: usize, _s: usize, _lanes: usize) -> ConvPath {
+        if o <= 64 {
             ConvPath::Direct
         } else {
             ConvPath::Gemm

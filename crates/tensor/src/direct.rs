@@ -146,12 +146,13 @@ pub(crate) fn direct_conv_image(
     debug_assert_eq!(dw.ob, set.direct_ob);
     let (ob, lanes) = (dw.ob, set.lanes);
     let max_xv = set.direct_tiles.len();
-    if s == 1 && ow < lanes {
-        return direct_conv_image_narrow(
+    if s > 1 || ow < lanes {
+        return direct_conv_image_planar(
             set,
             x,
             [h, w],
             dw,
+            s,
             pad,
             [oh, ow],
             out,
@@ -232,19 +233,23 @@ pub(crate) fn direct_conv_image(
     }
 }
 
-/// Stride 1 with output rows narrower than a vector (ResNet-20's 8 x 8 stage on
-/// AVX-512): a tile along one row would leave most lanes idle. Instead the output is
-/// computed at the padded image's row pitch `PW`, as one flat run of `OH PW` pixels
-/// per channel: output pixel `t = oy PW + ox` of tap `r` reads padded pixel `t +
-/// offs[r]`, contiguous across row ends. The `PW - OW` extra columns of each row are
-/// wasted work (2 of 10 on that stage), computed into a scratch buffer and dropped when
-/// the valid columns are copied out through the epilogue.
+/// Output rows narrower than a vector (ResNet-20's 8 x 8 stage on AVX-512), and strided
+/// convolutions: a tile along one output row would leave lanes idle, or need strided
+/// loads. Instead the image is split into *phase planes* (for stride `s`, plane
+/// `(c, ry, rx)` holds the zero-padded pixels `(s yy + ry, s xx + rx)`, row pitch
+/// `QW = ceil(PW / s)`; for stride 1 it is the padded image) and the output is computed
+/// at pitch `QW`, as one flat run of `OH QW` pixels per channel: output pixel
+/// `t = oy QW + ox` of tap `(c, ky, kx)` reads pixel `t + (ky / s) QW + kx / s` of plane
+/// `(c, ky % s, kx % s)`, contiguous across row ends. The `QW - OW` extra columns of
+/// each row are wasted work (2 of 10 on that stage), computed into a scratch buffer and
+/// dropped when the valid columns are copied out through the epilogue.
 #[allow(clippy::too_many_arguments)]
-fn direct_conv_image_narrow(
+fn direct_conv_image_planar(
     set: &KernelSet,
     x: &[f32],
     [h, w]: [usize; 2],
     dw: &DirectWeights,
+    s: usize,
     pad: usize,
     [oh, ow]: [usize; 2],
     out: &mut [f32],
@@ -254,20 +259,24 @@ fn direct_conv_image_narrow(
 ) {
     let (ob, lanes) = (dw.ob, set.lanes);
     let max_xv = set.direct_tiles.len();
-    let (ph, pw) = (h + 2 * pad, w + 2 * pad);
-    debug_assert_eq!(oh, ph + 1 - dw.kh);
-    debug_assert_eq!(ow, pw + 1 - dw.kw);
-    let plane = ph * pw;
-    let ext = oh * pw;
-    // The padded image, and a margin for the last tile's run past the last plane.
+    let (qh, qw) = ((h + 2 * pad).div_ceil(s), (w + 2 * pad).div_ceil(s));
+    let plane = qh * qw;
+    let ext = oh * qw;
+    // The phase planes, and a margin for the last tile's run past the last plane.
     padded.clear();
-    padded.resize(dw.c * plane + dw.kw + max_xv * lanes, 0.0);
-    for (src, dst) in x.chunks_exact(h * w).zip(padded.chunks_exact_mut(plane)) {
-        split_phases(src, w, pad, 1, [ph, pw], dst);
+    padded.resize(dw.c * s * s * plane + dw.kw + max_xv * lanes, 0.0);
+    for (src, dst) in x
+        .chunks_exact(h * w)
+        .zip(padded.chunks_exact_mut(s * s * plane))
+    {
+        split_phases(src, w, pad, s, [qh, qw], dst);
     }
     let offs: Vec<usize> = (0..dw.c)
         .flat_map(|ci| (0..dw.kh).flat_map(move |ky| (0..dw.kw).map(move |kx| (ci, ky, kx))))
-        .map(|(ci, ky, kx)| (ci * ph + ky) * pw + kx)
+        .map(|(ci, ky, kx)| {
+            let p = (ci * s + ky % s) * s + kx % s;
+            (p * qh + ky / s) * qw + kx / s
+        })
         .collect();
     let k = offs.len();
     let blocks = dw.o.div_ceil(ob);
@@ -325,7 +334,7 @@ fn direct_conv_image_narrow(
     {
         let bias = epi.bias.map_or(0.0, |b| b[oc]);
         let residual = epi.residual.map(|r| &r[oc * opix..(oc + 1) * opix]);
-        for (oy, (d, s)) in dst.chunks_exact_mut(ow).zip(src.chunks(pw)).enumerate() {
+        for (oy, (d, s)) in dst.chunks_exact_mut(ow).zip(src.chunks(qw)).enumerate() {
             for (ox, (d, &v)) in d.iter_mut().zip(&s[..ow]).enumerate() {
                 let mut v = v;
                 if epi.accumulate {
