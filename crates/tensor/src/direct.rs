@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use crate::gemm::driver::Threads;
 use crate::kernels::microkernel::{TileOut, TileStep};
 use crate::kernels::KernelSet;
-use crate::wgrad::split_phases;
+use crate::wgrad::{phase_tap_offsets, split_phases};
 
 /// Convolution weights laid out for the direct kernel: blocks of `ob` output channels,
 /// each `[C kh kw][ob]` (`wt[(blk * k + r) * ob + b]` for reduction index
@@ -220,16 +220,26 @@ pub(crate) fn direct_conv_image(
             ox += xv * lanes;
         }
     };
-    let tasks = blocks * oh;
-    let work = k * blocks * ob * plane;
-    let pairs = (0..tasks).map(|t| (t % blocks, t / blocks));
+    for_each_tile(blocks, oh, k * blocks * ob * plane, threads, run);
+}
+
+/// Runs `run((channel block, position))` for every pair, over rayon's pool when allowed
+/// and the work (multiply-adds) is worth a hand-off.
+fn for_each_tile(
+    blocks: usize,
+    positions: usize,
+    work: usize,
+    threads: Threads,
+    run: impl Fn((usize, usize)) + Sync + Send,
+) {
+    let tasks = blocks * positions;
     if matches!(threads, Threads::Auto) && work >= 1 << 18 && rayon::current_num_threads() > 1 {
         (0..tasks)
             .into_par_iter()
             .map(|t| (t % blocks, t / blocks))
             .for_each(run);
     } else {
-        pairs.for_each(run);
+        (0..tasks).map(|t| (t % blocks, t / blocks)).for_each(run);
     }
 }
 
@@ -271,13 +281,7 @@ fn direct_conv_image_planar(
     {
         split_phases(src, w, pad, s, [qh, qw], dst);
     }
-    let offs: Vec<usize> = (0..dw.c)
-        .flat_map(|ci| (0..dw.kh).flat_map(move |ky| (0..dw.kw).map(move |kx| (ci, ky, kx))))
-        .map(|(ci, ky, kx)| {
-            let p = (ci * s + ky % s) * s + kx % s;
-            (p * qh + ky / s) * qw + kx / s
-        })
-        .collect();
+    let offs = phase_tap_offsets(dw.c, [dw.kh, dw.kw], s, [qh, qw]);
     let k = offs.len();
     let blocks = dw.o.div_ceil(ob);
     let step = max_xv * lanes;
@@ -312,19 +316,7 @@ fn direct_conv_image_planar(
             )
         };
     };
-    let tasks = blocks * chunks;
-    let pairs = (0..tasks).map(|t| (t % blocks, t / blocks));
-    if matches!(threads, Threads::Auto)
-        && k * blocks * ob * ext >= 1 << 18
-        && rayon::current_num_threads() > 1
-    {
-        (0..tasks)
-            .into_par_iter()
-            .map(|t| (t % blocks, t / blocks))
-            .for_each(run);
-    } else {
-        pairs.for_each(run);
-    }
+    for_each_tile(blocks, chunks, k * blocks * ob * ext, threads, run);
     // The valid columns, through the epilogue, in its order.
     let opix = oh * ow;
     for (oc, (dst, src)) in out

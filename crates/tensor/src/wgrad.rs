@@ -113,13 +113,7 @@ pub(crate) fn accumulate_weight_grad(
     let b_rows: Vec<usize> = if in_place {
         (0..k).map(|ci| ci * pix).collect()
     } else {
-        (0..g.c)
-            .flat_map(|ci| (0..g.kh).flat_map(move |ky| (0..g.kw).map(move |kx| (ci, ky, kx))))
-            .map(|(ci, ky, kx)| {
-                let p = (ci * s + ky % s) * s + kx % s;
-                (p * qh + ky / s) * qw + kx / s
-            })
-            .collect()
+        phase_tap_offsets(g.c, [g.kh, g.kw], s, [qh, qw])
     };
     let WeightGradScratch {
         planes,
@@ -166,6 +160,24 @@ pub(crate) fn accumulate_weight_grad(
         let a = &db[..cn * o * len];
         dot_rows(set, a, &a_rows, planes, &b_rows, segs, len, dw, parallel);
     }
+}
+
+/// Where each tap `(c, ky, kx)` (in OIHW reduction order) starts in an image split by
+/// [`split_phases`] into `s * s` planes of `QH x QW` per channel: plane
+/// `(c, ky % s, kx % s)`, row `ky / s`, column `kx / s`.
+pub(crate) fn phase_tap_offsets(
+    c: usize,
+    [kh, kw]: [usize; 2],
+    s: usize,
+    [qh, qw]: [usize; 2],
+) -> Vec<usize> {
+    (0..c)
+        .flat_map(|ci| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| (ci, ky, kx))))
+        .map(|(ci, ky, kx)| {
+            let p = (ci * s + ky % s) * s + kx % s;
+            (p * qh + ky / s) * qw + kx / s
+        })
+        .collect()
 }
 
 /// Writes the pixels of one channel's `s * s` phase planes (`QH x QW` each) of the
