@@ -324,19 +324,23 @@ fn direct_conv_image_planar(
         .zip(wide.chunks_exact(ext))
         .enumerate()
     {
-        let bias = epi.bias.map_or(0.0, |b| b[oc]);
         let residual = epi.residual.map(|r| &r[oc * opix..(oc + 1) * opix]);
         for (oy, (d, s)) in dst.chunks_exact_mut(ow).zip(src.chunks(qw)).enumerate() {
-            for (ox, (d, &v)) in d.iter_mut().zip(&s[..ow]).enumerate() {
-                let mut v = v;
-                if epi.accumulate {
-                    v += *d;
-                }
-                v += bias;
-                if let Some(r) = residual {
-                    v += r[oy * ow + ox];
-                }
-                *d = if epi.relu { v.max(0.0) } else { v };
+            let s = &s[..ow];
+            if epi.accumulate {
+                d.iter_mut().zip(s).for_each(|(d, v)| *d += v);
+            } else {
+                d.copy_from_slice(s);
+            }
+            if let Some(b) = epi.bias {
+                d.iter_mut().for_each(|d| *d += b[oc]);
+            }
+            if let Some(r) = residual {
+                let r = &r[oy * ow..(oy + 1) * ow];
+                d.iter_mut().zip(r).for_each(|(d, r)| *d += r);
+            }
+            if epi.relu {
+                d.iter_mut().for_each(|d| *d = d.max(0.0));
             }
         }
     }
