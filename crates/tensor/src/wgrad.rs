@@ -3,19 +3,18 @@
 //!
 //! GEMM would need one operand transposed into its packed layout (both `dY` and the
 //! taps `X` run along the pixels `p` in NCHW), which costs a pass over the im2col
-//! columns and a second over their packed copy. Here both are read as rows, and the
-//! taps come from one of three places:
+//! columns and a second over their packed copy. Here both are read as rows, and no
+//! column matrix is built:
 //!
-//! - **the image itself** for a 1x1, stride-1, unpadded convolution (tap `c` is channel
-//!   `c`);
-//! - **the zero-padded image** for stride 1 with output rows at least a vector long: tap
-//!   `(c, ky, kx)` at output row `oy` is `OW` contiguous floats of padded row `oy + ky`
-//!   from column `kx`, one reduction segment per output row, and no column matrix;
-//! - **im2col columns** otherwise (strided convolutions, rows shorter than a vector),
-//!   one segment per image.
+//! - a 1x1, stride-1, unpadded convolution reads **the image itself** (tap `c` is
+//!   channel `c`) when its planes are a whole number of vectors;
+//! - everything else reads **phase planes** of the zero-padded image (see
+//!   [`accumulate_weight_grad`]): for stride `s`, `s x s` planes per channel in which
+//!   every tap is one unit-stride run over the whole image (for stride 1, the padded
+//!   image itself).
 //!
 //! Images are taken a few at a time so that each tile's reduction is long (its final
-//! horizontal sums are then a small part of its work) while the taps of the chunk stay
+//! horizontal sums are then a small part of its work) while the planes of the chunk stay
 //! in L2.
 
 use rayon::prelude::*;
