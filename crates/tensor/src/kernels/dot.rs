@@ -22,8 +22,8 @@
 //! The rows are described by offsets, and the reduction by *segments*: equal-length
 //! stretches (a whole number of vectors) at per-segment offsets added to every row, one
 //! segment per image of the chunk. The caller (`crate::wgrad`) decides what a row is:
-//! a channel of the image, a row of im2col columns, or one run of the zero-padded
-//! image per tap, with no column matrix at all.
+//! a channel of the image, or one tap's run over the image's phase planes, with no
+//! column matrix at all.
 
 use super::simd::Simd;
 
