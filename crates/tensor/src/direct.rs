@@ -8,6 +8,10 @@
 //! `OV * LANES` output channels by `XB` pixels of one output row is one call of the
 //! microkernel in [`crate::kernels::direct`], and its result goes through the epilogue
 //! (accumulate, bias, residual, ReLU) into the NCHW output.
+//!
+//! Strided convolutions and rows narrower than a vector take the planar route instead
+//! (`direct_conv_image_planar`): the image split into phase planes, the output computed
+//! as one flat run per channel at the planes' pitch, then copied out.
 
 use rayon::prelude::*;
 
@@ -243,7 +247,7 @@ fn for_each_tile(
     }
 }
 
-/// Output rows narrower than a vector (ResNet-20's 8 x 8 stage on AVX-512), and strided
+/// Output rows narrower than a vector (ResNet-20's 8 x 8 stage on AVX-512) and strided
 /// convolutions: a tile along one output row would leave lanes idle, or need strided
 /// loads. Instead the image is split into *phase planes* (for stride `s`, plane
 /// `(c, ry, rx)` holds the zero-padded pixels `(s yy + ry, s xx + rx)`, row pitch
