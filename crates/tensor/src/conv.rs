@@ -12,8 +12,8 @@
 //! | shape | B operand of the GEMM |
 //! |---|---|
 //! | 1x1, stride 1, no padding | the input itself: `x[b]` is already the `I x (H W)` matrix |
-//! | 1x1, stride s | the packer reads every s-th pixel of each row (a subsample while packing; no buffer) |
-//! | anything else | im2col, one packed block at a time |
+//! | 1x1, stride s, no padding | the subsampled image (`x[b]` at every s-th row and column, in a per-thread buffer) |
+//! | anything else | im2col, one packed block at a time, from the image's phase planes (see `Im2col`) |
 //!
 //! The im2col is never materialised whole: the GEMM packs B in blocks of at most
 //! `KC x NC` = 256 x 2048 floats (2 MiB, about the L2), straight from the image, and each
@@ -27,10 +27,11 @@
 
 use crate::direct::{direct_conv_image, DirectEpilogue, DirectWeights};
 use crate::error::{Result, TensorError};
-use crate::gemm::pack::{BSource, Im2col};
+use crate::gemm::pack::{BSource, Im2col, IM2COL_CHUNK};
 use crate::gemm::{driver, Epilogue, MatMut, MatRef, PackedA};
 use crate::kernels::Kernels;
 use crate::tensor::Tensor;
+use crate::wgrad::split_phases;
 
 /// Stride and zero padding of a convolution (the same along both axes, as in every
 /// ResNet layer).
@@ -105,6 +106,8 @@ pub enum ConvEpilogue<'a> {
 thread_local! {
     /// This thread's zero-padded input image for the direct kernel, reused across calls.
     static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// This thread's phase planes of the input image for im2col, reused across calls.
+    static PLANES: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Which algorithm a convolution runs.
@@ -318,23 +321,6 @@ impl Kernels {
                 });
                 return Ok(());
             }
-            let source = if direct {
-                BSource::Matrix(MatRef::row_major(image, c, h * wd)?)
-            } else {
-                BSource::Im2col(Im2col {
-                    x: image,
-                    c,
-                    h,
-                    w: wd,
-                    kh,
-                    kw,
-                    sh: p.stride,
-                    sw: p.stride,
-                    ph: p.padding,
-                    pw: p.padding,
-                    ow,
-                })
-            };
             let steps: Vec<Epilogue> = epilogue
                 .iter()
                 .map(|s| match *s {
@@ -347,17 +333,73 @@ impl Kernels {
                     ConvEpilogue::Relu => Epilogue::Relu,
                 })
                 .collect();
-            let mut c_mat = MatMut::row_major(out, o, oh * ow)?;
-            driver::gemm(
-                self.set(),
-                &w.packed,
-                &source,
-                o,
-                oh * ow,
-                &mut c_mat,
-                &steps,
-                threads,
-            )
+            let run_gemm = |source: BSource, out: &mut [f32]| -> Result<()> {
+                let mut c_mat = MatMut::row_major(out, o, oh * ow)?;
+                driver::gemm(
+                    self.set(),
+                    &w.packed,
+                    &source,
+                    o,
+                    oh * ow,
+                    &mut c_mat,
+                    &steps,
+                    threads,
+                )
+            };
+            if direct {
+                return run_gemm(BSource::Matrix(MatRef::row_major(image, c, h * wd)?), out);
+            }
+            let s = p.stride;
+            if kh == 1 && kw == 1 && p.padding == 0 {
+                // A strided 1x1 convolution: B is the subsampled image, `[c, oh ow]`.
+                return PLANES.with(|cell| {
+                    let mut sub = cell.take();
+                    sub.clear();
+                    if h * wd > 0 {
+                        for plane in image.chunks_exact(h * wd) {
+                            for row in plane.chunks(wd * s).take(oh) {
+                                sub.extend(row.iter().step_by(s).take(ow));
+                            }
+                        }
+                    }
+                    let result = MatRef::row_major(&sub, c, oh * ow)
+                        .and_then(|b| run_gemm(BSource::Matrix(b), out));
+                    cell.set(sub);
+                    result
+                });
+            }
+            // im2col, packed block by block from the image's phase planes (see `Im2col`),
+            // made in this thread's buffer.
+            let (qh, qw) = (
+                (h + 2 * p.padding).div_ceil(s),
+                (wd + 2 * p.padding).div_ceil(s),
+            );
+            PLANES.with(|cell| {
+                let mut planes = cell.take();
+                planes.clear();
+                planes.resize(c * s * s * qh * qw + IM2COL_CHUNK, 0.0);
+                if h * wd > 0 {
+                    for (src, dst) in image
+                        .chunks_exact(h * wd)
+                        .zip(planes.chunks_exact_mut(s * s * qh * qw))
+                    {
+                        split_phases(src, wd, p.padding, s, [qh, qw], dst);
+                    }
+                }
+                let source = BSource::Im2col(Im2col {
+                    planes: &planes,
+                    c,
+                    kh,
+                    kw,
+                    s,
+                    qh,
+                    qw,
+                    ow,
+                });
+                let result = run_gemm(source, out);
+                cell.set(planes);
+                result
+            })
         };
         // A batch that divides evenly over the threads (or is much larger) runs one image
         // per thread, each GEMM on its own: no barriers, no shared packed blocks. A

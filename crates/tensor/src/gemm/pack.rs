@@ -155,21 +155,33 @@ fn transpose_strip<const MR: usize>(rows: [&[f32]; MR], dst: &mut [f32]) {
     }
 }
 
-/// The geometry of a convolution seen as a GEMM's B matrix: `B[(ci, ky, kx), (oy, ox)] =
-/// x[ci, oy * sh + ky - ph, ox * sw + kx - pw]`, zero outside the image.
+/// Floats [`Im2col::pack_panel`] copies at a time; a run may be over-copied up to the
+/// next multiple of this, so the planes need that many floats of margin after them.
+pub(crate) const IM2COL_CHUNK: usize = 8;
+
+/// The geometry of a convolution seen as a GEMM's B matrix, read from the image's
+/// *phase planes*: `B[(ci, ky, kx), (oy, ox)] = xpad[ci, oy s + ky, ox s + kx]`, where
+/// `xpad` is the zero-padded image, and padded pixel `(y, x)` is stored in plane
+/// `(ci, y % s, x % s)` at `(y / s, x / s)` ([`crate::wgrad::split_phases`]).
+///
+/// In those planes, row `(ci, ky, kx)` of B over one output row is a *contiguous* run:
+/// plane `(ci, ky % s, kx % s)` from `(oy + ky / s, kx / s)` on, `OW` floats. The
+/// padding is real zeros in the planes and the stride is folded into the split, so
+/// packing a panel is a handful of plain copies per row, with no bounds logic.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Im2col<'a> {
-    /// One image, `[c, h, w]`.
-    pub x: &'a [f32],
+    /// One image's planes: `c * s * s` planes of `qh x qw`, then at least
+    /// [`IM2COL_CHUNK`] floats of margin.
+    pub planes: &'a [f32],
     pub c: usize,
-    pub h: usize,
-    pub w: usize,
     pub kh: usize,
     pub kw: usize,
-    pub sh: usize,
-    pub sw: usize,
-    pub ph: usize,
-    pub pw: usize,
+    /// Stride (the same along both axes).
+    pub s: usize,
+    /// Each plane's rows and row pitch.
+    pub qh: usize,
+    pub qw: usize,
+    /// Output width.
     pub ow: usize,
 }
 
@@ -182,10 +194,9 @@ impl Im2col<'_> {
     /// k-major panel, zero-padded to `width` columns.
     ///
     /// The panel's columns are split once into runs that lie within one output row
-    /// (`oy`, first `ox`, length, offset in the panel row); then each of the `kc` rows is
-    /// those runs, read from input row `oy * sh + ky - ph` of channel `ci`, with
-    /// `(ci, ky, kx)` stepped along without divisions. Inside a run the in-bounds pixels
-    /// form one range: zeros around it, one copy (stride 1) or a strided copy inside it.
+    /// (offset in the panel row, `oy qw + ox` of the first column, length); then each
+    /// of the `kc` rows is those runs, read from the tap's plane at the tap's offset,
+    /// with `(ci, ky, kx)` stepped along without divisions.
     pub(crate) fn pack_panel(
         &self,
         k0: usize,
@@ -195,12 +206,14 @@ impl Im2col<'_> {
         width: usize,
         dst: &mut [f32],
     ) {
-        let mut runs = Vec::with_capacity(4);
+        let (s, qw) = (self.s, self.qw);
+        let plane = self.qh * qw;
+        let mut runs = Vec::with_capacity(valid / self.ow.max(1) + 2);
         let (mut oy, mut ox) = (j0 / self.ow, j0 % self.ow);
         let mut off = 0;
         while off < valid {
             let len = (self.ow - ox).min(valid - off);
-            runs.push((oy, ox, len, off));
+            runs.push((off, oy * qw + ox, len));
             off += len;
             ox = 0;
             oy += 1;
@@ -210,45 +223,12 @@ impl Im2col<'_> {
             (k0 / self.kw) % self.kh,
             k0 % self.kw,
         );
-        let plane_len = self.h * self.w;
         for row in dst.chunks_exact_mut(width).take(kc) {
-            let plane = &self.x[ci * plane_len..(ci + 1) * plane_len];
-            for &(oy, ox0, len, off) in &runs {
-                let out = &mut row[off..off + len];
-                let iy = (oy * self.sh + ky) as isize - self.ph as isize;
-                if iy < 0 || iy >= self.h as isize {
-                    out.fill(0.0);
-                    continue;
-                }
-                let src = &plane[iy as usize * self.w..(iy as usize + 1) * self.w];
-                // Column t of the run reads ix = (ox0 + t) * sw + kx - pw.
-                let first = ox0 * self.sw + kx; // ix + pw at t = 0
-                let (lo, hi) = if self.sw == 1 {
-                    let lo = self.pw.saturating_sub(first).min(len);
-                    (lo, (self.w + self.pw).saturating_sub(first).clamp(lo, len))
-                } else {
-                    let lo = self.pw.saturating_sub(first).div_ceil(self.sw).min(len);
-                    (
-                        lo,
-                        (self.w + self.pw)
-                            .saturating_sub(first)
-                            .div_ceil(self.sw)
-                            .clamp(lo, len),
-                    )
-                };
-                out[..lo].fill(0.0);
-                out[hi..].fill(0.0);
-                if hi > lo {
-                    let ix0 = first + lo * self.sw - self.pw;
-                    let inside = &mut out[lo..hi];
-                    if self.sw == 1 {
-                        inside.copy_from_slice(&src[ix0..ix0 + inside.len()]);
-                    } else {
-                        for (d, v) in inside.iter_mut().zip(src[ix0..].iter().step_by(self.sw)) {
-                            *d = *v;
-                        }
-                    }
-                }
+            let tap = ((ci * s + ky % s) * s + kx % s) * plane + (ky / s) * qw + kx / s;
+            // In increasing `off`: a run over-copied past its end is overwritten by the
+            // next run, or lands in the padding columns zeroed below.
+            for &(off, rel, len) in &runs {
+                copy_run(&mut row[off..], &self.planes[tap + rel..], len);
             }
             row[valid..].fill(0.0);
             kx += 1;
@@ -261,6 +241,23 @@ impl Im2col<'_> {
                 }
             }
         }
+    }
+}
+
+/// `dst[..len] = src[..len]`, [`IM2COL_CHUNK`] floats at a time, possibly writing (and
+/// reading) up to the next multiple of the chunk where both slices have room. Runs are
+/// short (a ResNet output row is 7 to 112 floats), too short for a `memcpy` call to pay
+/// off; fixed-size chunks compile to a few vector moves.
+#[inline]
+fn copy_run(dst: &mut [f32], src: &[f32], len: usize) {
+    let mut t = 0;
+    while t < len && t + IM2COL_CHUNK <= dst.len() && t + IM2COL_CHUNK <= src.len() {
+        dst[t..t + IM2COL_CHUNK].copy_from_slice(&src[t..t + IM2COL_CHUNK]);
+        t += IM2COL_CHUNK;
+    }
+    while t < len {
+        dst[t] = src[t];
+        t += 1;
     }
 }
 
