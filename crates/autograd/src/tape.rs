@@ -16,6 +16,8 @@
 //! the step's memory falls while the backward pass runs. `backward` consumes the tape:
 //! nothing survives the step but the gradients.
 
+use std::rc::Rc;
+
 use tensor::{ChannelStats, Conv2d, Kernels, Pool2d, Result, Tensor, TensorError};
 
 /// A value on a tape: the index of the node that made it.
@@ -435,8 +437,12 @@ impl<'p> Tape<'p> {
                 got: dy.shape().to_vec(),
             });
         }
-        let mut grads: Vec<Option<Tensor>> = (0..self.nodes.len()).map(|_| None).collect();
-        grads[output.0] = Some(dy);
+        // A gradient may be shared: a residual add hands the same one to both inputs
+        // (`Rc`, not a copy). It is copied only if someone must write to it while it
+        // is still shared, which a ResNet never does: the add's first input uses it
+        // (read only) before the second input's other consumer adds to it.
+        let mut grads: Vec<Option<Rc<Tensor>>> = (0..self.nodes.len()).map(|_| None).collect();
+        grads[output.0] = Some(Rc::new(dy));
         for i in (0..=output.0).rev() {
             if !self.nodes[i].requires_grad {
                 continue;
@@ -452,21 +458,37 @@ impl<'p> Tape<'p> {
                     continue;
                 }
                 match &mut grads[input.0] {
-                    Some(acc) => self.kernels.add_assign(acc, &g)?,
+                    Some(acc) => self.kernels.add_assign(Rc::make_mut(acc), &g)?,
                     slot => *slot = Some(g),
                 }
             }
             self.nodes[i].value = Value::Released;
         }
+        let grads = grads
+            .into_iter()
+            .map(|g| g.map(|g| Rc::try_unwrap(g).unwrap_or_else(|g| (*g).clone())))
+            .collect();
         Ok(Gradients { grads })
     }
 
+    /// ReLU's backward for a node whose output is `out`: in place when this is the
+    /// gradient's only holder (the usual case), into a new tensor otherwise.
+    fn relu_grad(&self, dy: Rc<Tensor>, out: &Tensor) -> Result<Rc<Tensor>> {
+        match Rc::try_unwrap(dy) {
+            Ok(mut d) => {
+                self.kernels.relu_backward_assign(&mut d, out)?;
+                Ok(Rc::new(d))
+            }
+            Err(shared) => Ok(Rc::new(self.kernels.relu_backward(&shared, out)?)),
+        }
+    }
+
     /// The gradients of node `i`'s inputs, given the gradient `dy` of its output.
-    fn node_backward(&self, i: usize, dy: Tensor) -> Result<Vec<(Var, Tensor)>> {
+    fn node_backward(&self, i: usize, dy: Rc<Tensor>) -> Result<Vec<(Var, Rc<Tensor>)>> {
         let k = self.kernels;
         let wants = |v: Var| self.nodes[v.0].requires_grad;
         let out = self.value(Var(i))?;
-        Ok(match &self.nodes[i].op {
+        let grads = match &self.nodes[i].op {
             Op::Leaf => Vec::new(),
             Op::Conv2d { x, w, p } => {
                 let g = k.conv2d_backward(
@@ -491,11 +513,7 @@ impl<'p> Tape<'p> {
                 relu,
                 batch_stats,
             } => {
-                let dy = if *relu {
-                    k.relu_backward(&dy, out)?
-                } else {
-                    dy
-                };
+                let dy = if *relu { self.relu_grad(dy, out)? } else { dy };
                 let (xv, gv) = (self.value(*x)?, self.value(*gamma)?.data());
                 let g = if *batch_stats {
                     k.batch_norm_backward(xv, &dy, mean, inv_std, gv)?
@@ -510,14 +528,10 @@ impl<'p> Tape<'p> {
                 );
                 vec![(*x, dx), (*gamma, dgamma), (*beta, dbeta)]
             }
-            Op::Relu { x } => vec![(*x, k.relu_backward(&dy, out)?)],
+            Op::Relu { x } => return Ok(vec![(*x, self.relu_grad(dy, out)?)]),
             Op::Add { a, b, relu } => {
-                let dy = if *relu {
-                    k.relu_backward(&dy, out)?
-                } else {
-                    dy
-                };
-                vec![(*a, dy.clone()), (*b, dy)]
+                let dy = if *relu { self.relu_grad(dy, out)? } else { dy };
+                return Ok(vec![(*a, Rc::clone(&dy)), (*b, dy)]);
             }
             Op::MaxPool { x, pool } => {
                 vec![(*x, k.max_pool2d_backward(self.value(*x)?, &dy, pool)?)]
@@ -555,7 +569,8 @@ impl<'p> Tape<'p> {
                 }
                 vec![(*logits, d)]
             }
-        })
+        };
+        Ok(grads.into_iter().map(|(v, g)| (v, Rc::new(g))).collect())
     }
 }
 

@@ -27,6 +27,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("batch_norm_fixed_gradients", check_batch_norm_fixed),
     ("relu_gradients", check_relu),
     ("add_relu_gradients", check_add_relu),
+    ("add_of_one_input_twice_gradients", check_add_twice),
     ("max_pool_gradients", check_max_pool),
     ("global_avg_pool_gradients", check_avg_pool),
     ("linear_gradients", check_linear),
@@ -305,6 +306,32 @@ fn check_add_relu(k: Kernels) -> CheckResult {
                 k,
                 &[t(&[1, n], seed)?, t(&[1, n], seed ^ 1)?],
                 |tp, v| tp.add(v[0], v[1], relu),
+                &refn,
+                seed ^ 2,
+            )
+        },
+    )
+}
+
+/// `relu?(x + x) + y`: the add hands one shared gradient to both of its inputs, which
+/// are the same node, so the second must be added to the first (a copy of the shared
+/// tensor, not a write through it).
+fn check_add_twice(k: Kernels) -> CheckResult {
+    prop(
+        (1usize..=50, any::<bool>(), any::<u64>()),
+        |(n, relu, seed)| {
+            let refn = move |v: &[Vec<f64>]| {
+                let s: Vec<f64> = v[0].iter().map(|a| a + a).collect();
+                let s = if relu { relu_f64(&s) } else { s };
+                s.iter().zip(&v[1]).map(|(a, b)| a + b).collect()
+            };
+            grad_check(
+                k,
+                &[t(&[1, n], seed)?, t(&[1, n], seed ^ 1)?],
+                |tp, v| {
+                    let s = tp.add(v[0], v[0], relu)?;
+                    tp.add(s, v[1], false)
+                },
                 &refn,
                 seed ^ 2,
             )

@@ -629,6 +629,19 @@ impl Kernels {
         self.add_impl("add_assign", a, b, false)
     }
 
+    /// ReLU's backward in place: `dy` becomes `dx` (`dy` where `y > 0`, else 0, with `y`
+    /// the ReLU's output), without a new buffer. See [`Kernels::relu_backward`].
+    pub fn relu_backward_assign(&self, dy: &mut Tensor, y: &Tensor) -> Result<()> {
+        dy.expect_same_shape("relu_backward_assign", y)?;
+        let kernel = self.set.relu_backward;
+        for_each_chunk_with(dy.data_mut(), y.data(), ELEMENTWISE_CHUNK, |_, d, o| {
+            // SAFETY: `d` (the gradient read and, element by element, the result written)
+            // and `o` are equally long chunks of buffers whose shapes were checked equal.
+            unsafe { kernel(d.as_ptr(), o.as_ptr(), d.as_mut_ptr(), d.len().min(o.len())) }
+        });
+        Ok(())
+    }
+
     /// `a = max(a + b, 0)`.
     pub fn add_relu_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
         self.add_impl("add_relu_assign", a, b, true)
