@@ -516,7 +516,11 @@ impl<'p> Tape<'p> {
                 let dy = if *relu { self.relu_grad(dy, out)? } else { dy };
                 let (xv, gv) = (self.value(*x)?, self.value(*gamma)?.data());
                 let g = if *batch_stats {
-                    k.batch_norm_backward(xv, &dy, mean, inv_std, gv)?
+                    // dx over dy's buffer when nobody else holds dy.
+                    match Rc::try_unwrap(dy) {
+                        Ok(dy) => k.batch_norm_backward_reusing(xv, dy, mean, inv_std, gv)?,
+                        Err(dy) => k.batch_norm_backward(xv, &dy, mean, inv_std, gv)?,
+                    }
                 } else {
                     k.batch_norm_fixed_backward(xv, &dy, mean, inv_std, gv)?
                 };

@@ -129,6 +129,13 @@ impl Geometry {
     }
 }
 
+/// An output gradient handed to a backward op: read only, or owned and overwritten by
+/// the input gradient.
+enum GradIn<'a> {
+    Borrowed(&'a Tensor),
+    Owned(Tensor),
+}
+
 impl Kernels {
     /// ReLU's backward: `dx = dy` where `y > 0`, else 0, with `y` the ReLU's output
     /// (also right for a fused BN + ReLU or add + ReLU, whose output is that ReLU's).
@@ -172,7 +179,37 @@ impl Kernels {
         inv_std: &[f32],
         gamma: &[f32],
     ) -> Result<BatchNormGrads> {
-        self.batch_norm_backward_impl("batch_norm_backward", x, dy, mean, inv_std, gamma, true)
+        self.batch_norm_backward_impl(
+            "batch_norm_backward",
+            x,
+            GradIn::Borrowed(dy),
+            mean,
+            inv_std,
+            gamma,
+            true,
+        )
+    }
+
+    /// [`Kernels::batch_norm_backward`] writing `dx` over `dy`'s buffer (which it
+    /// consumes) instead of a new tensor: the training step's usual case, where the
+    /// output gradient is not needed afterwards.
+    pub fn batch_norm_backward_reusing(
+        &self,
+        x: &Tensor,
+        dy: Tensor,
+        mean: &[f32],
+        inv_std: &[f32],
+        gamma: &[f32],
+    ) -> Result<BatchNormGrads> {
+        self.batch_norm_backward_impl(
+            "batch_norm_backward_reusing",
+            x,
+            GradIn::Owned(dy),
+            mean,
+            inv_std,
+            gamma,
+            true,
+        )
     }
 
     /// Batch norm's backward with fixed statistics (running mean and variance: eval
@@ -189,7 +226,7 @@ impl Kernels {
         self.batch_norm_backward_impl(
             "batch_norm_fixed_backward",
             x,
-            dy,
+            GradIn::Borrowed(dy),
             mean,
             inv_std,
             gamma,
@@ -202,13 +239,22 @@ impl Kernels {
         &self,
         op: &'static str,
         x: &Tensor,
-        dy: &Tensor,
+        dy: GradIn,
         mean: &[f32],
         inv_std: &[f32],
         gamma: &[f32],
         batch_stats: bool,
     ) -> Result<BatchNormGrads> {
-        x.expect_same_shape(op, dy)?;
+        let (mut dx, borrowed) = match dy {
+            GradIn::Borrowed(dy) => {
+                x.expect_same_shape(op, dy)?;
+                (Tensor::zeros(x.shape())?, Some(dy))
+            }
+            GradIn::Owned(dy) => {
+                x.expect_same_shape(op, &dy)?;
+                (dy, None)
+            }
+        };
         let (n, c, plane) = match x.shape() {
             [n, c, rest @ ..] => (*n, *c, rest.iter().product::<usize>()),
             _ => {
@@ -228,7 +274,6 @@ impl Kernels {
             }
         }
         let count = n * plane;
-        let mut dx = Tensor::zeros(x.shape())?;
         if count == 0 {
             return Ok(BatchNormGrads {
                 dx,
@@ -237,7 +282,8 @@ impl Kernels {
             });
         }
         let (sums, apply) = (self.set().bn_backward_sums, self.set().bn_backward_apply);
-        let (xd, gd) = (x.data(), dy.data());
+        let xd = x.data();
+        let gd = borrowed.map_or(dx.data(), |dy| dy.data());
         let at = |b: usize, ch: usize| (b * c + ch) * plane;
         let channel_sums = |ch: usize| {
             let (mut s_dy, mut s_dev) = (0.0f64, 0.0f64);
@@ -274,19 +320,15 @@ impl Kernels {
             dbeta[ch] = s_dy as f32;
             dgamma[ch] = (s_dev * istd) as f32;
         }
+        // dy is read from its own tensor, or from `d` itself when dx is written over it
+        // (element by element, each read before its write).
+        let gd = borrowed.map(|dy| dy.data());
         let run = |i: usize, d: &mut [f32]| {
             let ch = i % c;
             let s = i * plane;
+            let g = gd.map_or(d.as_ptr(), |gd| gd[s..].as_ptr());
             // SAFETY: plane `i` of dy and x is in bounds, as long as `d`.
-            unsafe {
-                apply(
-                    gd[s..].as_ptr(),
-                    xd[s..].as_ptr(),
-                    d.as_mut_ptr(),
-                    plane,
-                    coef[ch],
-                )
-            }
+            unsafe { apply(g, xd[s..].as_ptr(), d.as_mut_ptr(), plane, coef[ch]) }
         };
         if plane == 0 {
             // Nothing to write.
