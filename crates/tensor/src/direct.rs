@@ -177,14 +177,18 @@ pub(crate) fn direct_conv_image(
     let k = offs.len();
     let plane = oh * ow;
     let blocks = dw.o.div_ceil(ob);
+    // Rows exactly one vector wide (16 x 16 on AVX-512, 8 x 8 on AVX2): a tile takes
+    // `max_xv` consecutive rows, one vector each (vector step: the padded row pitch),
+    // for `max_xv` vectors of accumulators instead of one. Their output is contiguous.
+    let rows_per_tile = if ow == lanes { max_xv } else { 1 };
     let outp = OutPtr(out.as_mut_ptr());
     let padded = &padded[..];
-    let run = |(blk, oy): (usize, usize)| {
+    let run = |(blk, pos): (usize, usize)| {
         let o0 = blk * ob;
         let out = outp;
-        let mut ox = 0;
-        while ox < ow {
-            let xv = (ow - ox).div_ceil(lanes).min(max_xv);
+        let oy = pos * rows_per_tile;
+        // One tile: from column `ox`, `xv` vectors, `vs` floats apart in the input.
+        let tile = |ox: usize, xv: usize, vs: usize| {
             let at = o0 * plane + oy * ow + ox;
             let mut steps = [None; 4];
             let mut n = 0;
@@ -199,32 +203,54 @@ pub(crate) fn direct_conv_image(
             if epi.relu {
                 steps[n] = Some(TileStep::Relu);
             }
-            let tile = TileOut {
+            let out_tile = TileOut {
                 // SAFETY: `at` is inside the output (channel o0 < O, row oy, column ox).
                 c: unsafe { out.0.add(at) },
                 ldc: plane,
                 m: ob.min(dw.o - o0),
-                n: (xv * lanes).min(ow - ox),
+                // Clipped at the row's end; a multi-row tile is whole vectors of
+                // whole rows (one vector each), contiguous in the output.
+                n: if rows_per_tile > 1 {
+                    xv * lanes
+                } else {
+                    (xv * lanes).min(ow - ox)
+                },
                 load_c: epi.accumulate,
                 steps,
             };
-            // SAFETY: every read stays inside `padded` (the margins above), the weights
-            // hold `k * ob` floats for block `blk`, and the tile covers only this task's
-            // channels of row `oy`, inside the output.
+            // SAFETY: every read stays inside `padded` (the margins above; a multi-row
+            // tile reads rows oy.. of the padded image, which exist), the weights hold
+            // `k * ob` floats for block `blk`, and the tile covers only this task's
+            // channels of its rows, inside the output.
             unsafe {
                 (set.direct_tiles[xv - 1])(
                     k,
                     offs.as_ptr(),
                     dw.wt.as_ptr().add(blk * k * ob),
                     padded.as_ptr().add(oy * s * pw + ox * s),
-                    s,
-                    &tile,
+                    vs,
+                    &out_tile,
                 )
             };
-            ox += xv * lanes;
+        };
+        if rows_per_tile > 1 {
+            tile(0, rows_per_tile.min(oh - oy), pw * s);
+        } else {
+            let mut ox = 0;
+            while ox < ow {
+                let xv = (ow - ox).div_ceil(lanes).min(max_xv);
+                tile(ox, xv, lanes * s);
+                ox += xv * lanes;
+            }
         }
     };
-    for_each_tile(blocks, oh, k * blocks * ob * plane, threads, run);
+    for_each_tile(
+        blocks,
+        oh.div_ceil(rows_per_tile),
+        k * blocks * ob * plane,
+        threads,
+        run,
+    );
 }
 
 /// Runs `run((channel block, position))` for every pair, over rayon's pool when allowed
@@ -315,7 +341,7 @@ fn direct_conv_image_planar(
                 offs.as_ptr(),
                 dw.wt.as_ptr().add(blk * k * ob),
                 padded.as_ptr().add(t0),
-                1,
+                lanes,
                 &tile,
             )
         };

@@ -43,12 +43,15 @@ struct Case {
 
 fn case(kern: Kernels) -> impl Strategy<Value = Case> {
     let (mr, _) = kern.gemm_tile();
+    // Widths past two vectors: rows of one vector exactly (the direct kernel's multi-row
+    // tiles), of several, and ragged ones.
+    let max_w = 2 * kern.lanes() + 3;
     (
         1usize..=2,
         1usize..=6,
         1..=3 * mr + 1,
         1usize..=12,
-        1usize..=12,
+        1usize..=max_w,
         prop::sample::select(vec![1usize, 2, 3, 5, 7]),
     )
         .prop_flat_map(|(n, c, o, h, w, k)| {

@@ -3,8 +3,8 @@
 //! (`C x kh x kw`), reading the input image in place: no im2col, no packing.
 //!
 //! For reduction index `r` (an input channel and a kernel tap), the tap's input pixels
-//! for the tile are `XV` contiguous vectors of the zero-padded image (stride 1; a
-//! strided load otherwise), and the `OB` channels' weights for the tap are `OB`
+//! for the tile are `XV` vectors of the zero-padded image (consecutive along a row, or
+//! one per row), and the `OB` channels' weights for the tap are `OB`
 //! consecutive floats, each broadcast:
 //!
 //! ```text
@@ -26,13 +26,19 @@
 use super::microkernel::{finish_tile, TileOut};
 use super::simd::Simd;
 
-/// One tile: `out[b][j] (+)= sum_r w[r * OB + b] * x[offs[r] + j * xs]` for `b < OB`
-/// channels and `j < XV * LANES` pixels, then the epilogue and the clipped store.
+/// One tile: `out[b][v LANES + i] (+)= sum_r w[r * OB + b] * x[offs[r] + v * vs + i]`
+/// for `b < OB` channels, `v < XV` vectors and `i < LANES` lanes, then the epilogue and
+/// the clipped store.
+///
+/// The vector step `vs` is `LANES` for a tile along one output row; it is the padded
+/// row pitch for a tile whose vectors are consecutive output rows, each one vector wide
+/// (a 16 x 16 image on AVX-512): then the tile still has `XV` vectors' worth of
+/// accumulators instead of one.
 ///
 /// # Safety
 ///
-/// `offs` holds `k` offsets; for every `r < k`, the `XV * LANES` pixels at
-/// `x + offs[r] + j * xs` are readable; `w` holds `k * OB` floats; `out` describes a
+/// `offs` holds `k` offsets; for every `r < k` and `v < XV`, the `LANES` pixels at
+/// `x + offs[r] + v * vs` are readable; `w` holds `k * OB` floats; `out` describes a
 /// writable tile of at most `OB x XV * LANES`.
 #[inline(always)]
 pub(crate) unsafe fn direct_tile<S: Simd, const OB: usize, const XV: usize>(
@@ -40,20 +46,15 @@ pub(crate) unsafe fn direct_tile<S: Simd, const OB: usize, const XV: usize>(
     offs: *const usize,
     w: *const f32,
     x: *const f32,
-    xs: usize,
+    vs: usize,
     out: &TileOut,
 ) {
-    let l = S::LANES;
     let mut acc = [[S::splat(0.0); XV]; OB];
     for r in 0..k {
         let p = x.add(*offs.add(r));
         let mut xv = [S::splat(0.0); XV];
         for (v, xv) in xv.iter_mut().enumerate() {
-            *xv = if xs == 1 {
-                S::load(p.add(v * l))
-            } else {
-                S::load_strided(p.add(v * l * xs), xs)
-            };
+            *xv = S::load(p.add(v * vs));
         }
         let wr = w.add(r * OB);
         for (b, row) in acc.iter_mut().enumerate() {

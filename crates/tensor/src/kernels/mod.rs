@@ -141,7 +141,7 @@ pub(crate) struct KernelSet {
 }
 
 /// A direct-convolution microkernel entry point:
-/// `(k, offsets, weights, input, pixel stride, output)`.
+/// `(k, offsets, weights, input, vector step, output)`.
 pub(crate) type DirectTileFn =
     unsafe fn(usize, *const usize, *const f32, *const f32, usize, &microkernel::TileOut);
 
@@ -188,10 +188,10 @@ macro_rules! tier_entry_points {
 
             $(#[$attr])*
             unsafe fn direct_tile<const XV: usize>(
-                k: usize, offs: *const usize, w: *const f32, x: *const f32, xs: usize,
+                k: usize, offs: *const usize, w: *const f32, x: *const f32, vs: usize,
                 out: &microkernel::TileOut,
             ) {
-                direct::direct_tile::<$S, $ob, XV>(k, offs, w, x, xs, out)
+                direct::direct_tile::<$S, $ob, XV>(k, offs, w, x, vs, out)
             }
             static DIRECT_TILES: &[DirectTileFn] = &[$(direct_tile::<$xv>),+];
 
