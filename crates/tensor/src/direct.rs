@@ -177,81 +177,88 @@ pub(crate) fn direct_conv_image(
     let k = offs.len();
     let plane = oh * ow;
     let blocks = dw.o.div_ceil(ob);
-    // Rows exactly one vector wide (16 x 16 on AVX-512, 8 x 8 on AVX2): a tile takes
-    // `max_xv` consecutive rows, one vector each (vector step: the padded row pitch),
-    // for `max_xv` vectors of accumulators instead of one. Their output is contiguous.
-    let rows_per_tile = if ow == lanes { max_xv } else { 1 };
+    // When every row is a whole number of vectors (`vpr` of them), the output image is a
+    // flat run of `oh vpr` vectors, and a tile takes `max_xv` consecutive ones, running on
+    // across row ends: each vector's input starts at its own row and column of the padded
+    // image. Rows of one or two vectors (16 x 16 and 32 x 32 on AVX-512) then still give
+    // whole tiles. Otherwise tiles run along one row, the last one narrower.
+    debug_assert!(max_xv <= MAX_XV);
+    let vpr = if ow % lanes == 0 { ow / lanes } else { 0 };
+    let positions = if vpr > 0 {
+        (oh * vpr).div_ceil(max_xv)
+    } else {
+        oh
+    };
+    let along_row: [usize; MAX_XV] = std::array::from_fn(|v| v * lanes);
     let outp = OutPtr(out.as_mut_ptr());
     let padded = &padded[..];
     let run = |(blk, pos): (usize, usize)| {
         let o0 = blk * ob;
         let out = outp;
-        let oy = pos * rows_per_tile;
-        // One tile: from column `ox`, `xv` vectors, `vs` floats apart in the input.
-        let tile = |ox: usize, xv: usize, vs: usize| {
-            let at = o0 * plane + oy * ow + ox;
+        // One tile: output pixel `at_px` (of the channel plane) on, `xv` vectors, whose
+        // inputs start at `input` + `vo[v]` in the padded image.
+        let tile = |at_px: usize, xv: usize, input: usize, vo: &[usize; MAX_XV], n: usize| {
+            let at = o0 * plane + at_px;
             let mut steps = [None; 4];
-            let mut n = 0;
+            let mut m = 0;
             if let Some(b) = epi.bias {
-                steps[n] = Some(TileStep::RowBias(b[o0..].as_ptr()));
-                n += 1;
+                steps[m] = Some(TileStep::RowBias(b[o0..].as_ptr()));
+                m += 1;
             }
             if let Some(r) = epi.residual {
-                steps[n] = Some(TileStep::Residual(r[at..].as_ptr(), plane));
-                n += 1;
+                steps[m] = Some(TileStep::Residual(r[at..].as_ptr(), plane));
+                m += 1;
             }
             if epi.relu {
-                steps[n] = Some(TileStep::Relu);
+                steps[m] = Some(TileStep::Relu);
             }
             let out_tile = TileOut {
-                // SAFETY: `at` is inside the output (channel o0 < O, row oy, column ox).
+                // SAFETY: `at` is inside the output (channel o0 < O, pixel at_px < plane).
                 c: unsafe { out.0.add(at) },
                 ldc: plane,
                 m: ob.min(dw.o - o0),
-                // Clipped at the row's end; a multi-row tile is whole vectors of
-                // whole rows (one vector each), contiguous in the output.
-                n: if rows_per_tile > 1 {
-                    xv * lanes
-                } else {
-                    (xv * lanes).min(ow - ox)
-                },
+                n,
                 load_c: epi.accumulate,
                 steps,
             };
-            // SAFETY: every read stays inside `padded` (the margins above; a multi-row
-            // tile reads rows oy.. of the padded image, which exist), the weights hold
-            // `k * ob` floats for block `blk`, and the tile covers only this task's
-            // channels of its rows, inside the output.
+            // SAFETY: every read stays inside `padded` (each vector reads a row of the
+            // padded image at most a vector past an output column, inside the margins
+            // above), the weights hold `k * ob` floats for block `blk`, and the tile
+            // covers only this task's channels and pixels, inside the output.
             unsafe {
                 (set.direct_tiles[xv - 1])(
                     k,
                     offs.as_ptr(),
                     dw.wt.as_ptr().add(blk * k * ob),
-                    padded.as_ptr().add(oy * s * pw + ox * s),
-                    vs,
+                    padded.as_ptr().add(input),
+                    vo.as_ptr(),
                     &out_tile,
                 )
             };
         };
-        if rows_per_tile > 1 {
-            tile(0, rows_per_tile.min(oh - oy), pw * s);
+        if vpr > 0 {
+            let g0 = pos * max_xv;
+            let xv = max_xv.min(oh * vpr - g0);
+            let start = |g: usize| (g / vpr) * s * pw + (g % vpr) * lanes * s;
+            let vo: [usize; MAX_XV] =
+                std::array::from_fn(|v| start(g0 + v.min(xv - 1)) - start(g0));
+            tile(g0 * lanes, xv, start(g0), &vo, xv * lanes);
         } else {
+            let oy = pos;
             let mut ox = 0;
             while ox < ow {
                 let xv = (ow - ox).div_ceil(lanes).min(max_xv);
-                tile(ox, xv, lanes * s);
+                let n = (xv * lanes).min(ow - ox);
+                tile(oy * ow + ox, xv, oy * s * pw + ox * s, &along_row, n);
                 ox += xv * lanes;
             }
         }
     };
-    for_each_tile(
-        blocks,
-        oh.div_ceil(rows_per_tile),
-        k * blocks * ob * plane,
-        threads,
-        run,
-    );
+    for_each_tile(blocks, positions, k * blocks * ob * plane, threads, run);
 }
+
+/// The widest direct tile of any tier, in vectors.
+const MAX_XV: usize = 4;
 
 /// Runs `run((channel block, position))` for every pair, over rayon's pool when allowed
 /// and the work (multiply-adds) is worth a hand-off.
@@ -316,6 +323,7 @@ fn direct_conv_image_planar(
     let blocks = dw.o.div_ceil(ob);
     let step = max_xv * lanes;
     let chunks = ext.div_ceil(step);
+    let along_row: [usize; MAX_XV] = std::array::from_fn(|v| v * lanes);
     let mut wide = vec![0.0f32; dw.o * ext];
     let wp = OutPtr(wide.as_mut_ptr());
     let padded = &padded[..];
@@ -341,7 +349,7 @@ fn direct_conv_image_planar(
                 offs.as_ptr(),
                 dw.wt.as_ptr().add(blk * k * ob),
                 padded.as_ptr().add(t0),
-                lanes,
+                along_row.as_ptr(),
                 &tile,
             )
         };

@@ -4,7 +4,7 @@
 //!
 //! For reduction index `r` (an input channel and a kernel tap), the tap's input pixels
 //! for the tile are `XV` vectors of the zero-padded image (consecutive along a row, or
-//! one per row), and the `OB` channels' weights for the tap are `OB`
+//! running on across row ends), and the `OB` channels' weights for the tap are `OB`
 //! consecutive floats, each broadcast:
 //!
 //! ```text
@@ -26,35 +26,37 @@
 use super::microkernel::{finish_tile, TileOut};
 use super::simd::Simd;
 
-/// One tile: `out[b][v LANES + i] (+)= sum_r w[r * OB + b] * x[offs[r] + v * vs + i]`
+/// One tile: `out[b][v LANES + i] (+)= sum_r w[r * OB + b] * x[offs[r] + vo[v] + i]`
 /// for `b < OB` channels, `v < XV` vectors and `i < LANES` lanes, then the epilogue and
 /// the clipped store.
 ///
-/// The vector step `vs` is `LANES` for a tile along one output row; it is the padded
-/// row pitch for a tile whose vectors are consecutive output rows, each one vector wide
-/// (a 16 x 16 image on AVX-512): then the tile still has `XV` vectors' worth of
-/// accumulators instead of one.
+/// The vector offsets `vo` are `0, LANES, 2 LANES, ..` for a tile along one output row.
+/// When every output row is a whole number of vectors, a tile may instead run on across
+/// row ends (the output of consecutive rows is contiguous): then a vector's input is a
+/// padded row pitch further on, not a vector, and `vo` says where each one starts. That
+/// keeps `XV` vectors of accumulators on rows one or two vectors wide.
 ///
 /// # Safety
 ///
-/// `offs` holds `k` offsets; for every `r < k` and `v < XV`, the `LANES` pixels at
-/// `x + offs[r] + v * vs` are readable; `w` holds `k * OB` floats; `out` describes a
-/// writable tile of at most `OB x XV * LANES`.
+/// `offs` holds `k` offsets and `vo` holds `XV`; for every `r < k` and `v < XV`, the
+/// `LANES` pixels at `x + offs[r] + vo[v]` are readable; `w` holds `k * OB` floats;
+/// `out` describes a writable tile of at most `OB x XV * LANES`.
 #[inline(always)]
 pub(crate) unsafe fn direct_tile<S: Simd, const OB: usize, const XV: usize>(
     k: usize,
     offs: *const usize,
     w: *const f32,
     x: *const f32,
-    vs: usize,
+    vo: *const usize,
     out: &TileOut,
 ) {
+    let vo: [usize; XV] = std::array::from_fn(|v| *vo.add(v));
     let mut acc = [[S::splat(0.0); XV]; OB];
     for r in 0..k {
         let p = x.add(*offs.add(r));
         let mut xv = [S::splat(0.0); XV];
         for (v, xv) in xv.iter_mut().enumerate() {
-            *xv = S::load(p.add(v * vs));
+            *xv = S::load(p.add(vo[v]));
         }
         let wr = w.add(r * OB);
         for (b, row) in acc.iter_mut().enumerate() {

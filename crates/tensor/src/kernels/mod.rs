@@ -141,9 +141,9 @@ pub(crate) struct KernelSet {
 }
 
 /// A direct-convolution microkernel entry point:
-/// `(k, offsets, weights, input, vector step, output)`.
+/// `(k, offsets, weights, input, vector offsets, output)`.
 pub(crate) type DirectTileFn =
-    unsafe fn(usize, *const usize, *const f32, *const f32, usize, &microkernel::TileOut);
+    unsafe fn(usize, *const usize, *const f32, *const f32, *const usize, &microkernel::TileOut);
 
 /// A GEMM microkernel entry point: `(kc, packed A panel, B panel, B row stride, output)`.
 pub(crate) type GemmTileFn = unsafe fn(usize, *const f32, *const f32, usize, &microkernel::TileOut);
@@ -188,10 +188,10 @@ macro_rules! tier_entry_points {
 
             $(#[$attr])*
             unsafe fn direct_tile<const XV: usize>(
-                k: usize, offs: *const usize, w: *const f32, x: *const f32, vs: usize,
+                k: usize, offs: *const usize, w: *const f32, x: *const f32, vo: *const usize,
                 out: &microkernel::TileOut,
             ) {
-                direct::direct_tile::<$S, $ob, XV>(k, offs, w, x, vs, out)
+                direct::direct_tile::<$S, $ob, XV>(k, offs, w, x, vo, out)
             }
             static DIRECT_TILES: &[DirectTileFn] = &[$(direct_tile::<$xv>),+];
 
