@@ -338,6 +338,21 @@ fn check_large_parallel(k: Kernels) -> CheckResult {
             want.data(),
             |_| 0.0,
         )?;
+        let want = reference::add(&x, &r, false).map_err(fail)?;
+        let got = k.add(&x, &r).map_err(fail)?;
+        close("large add", got.data(), want.data(), |_| 0.0)?;
+        let want = reference::scale_shift(&x, &scale, &shift, false).map_err(fail)?;
+        let got = k.scale_shift(&x, &scale, &shift).map_err(fail)?;
+        close("large scale_shift", got.data(), want.data(), |i| {
+            1e-6 * (x.data()[i].abs() * 2.5 + 2.0)
+        })?;
+        let want = reference::relu(&x);
+        close(
+            "large relu",
+            k.relu(&x).map_err(fail)?.data(),
+            want.data(),
+            |_| 0.0,
+        )?;
         let want = reference::max_pool2d(&x, &Pool2d::RESNET_STEM).map_err(fail)?;
         let got = k.max_pool2d(&x, &Pool2d::RESNET_STEM).map_err(fail)?;
         close("large max_pool2d", got.data(), want.data(), |_| 0.0)?;

@@ -371,6 +371,26 @@ fn for_each_chunk_with(
     }
 }
 
+/// A new tensor of `like`'s shape whose elements `fill` writes, chunk by chunk (over
+/// rayon's pool when it is large): `fill(i, out, len)` must write all `len` floats at
+/// `out`, chunk `i` of `chunk` elements (the last may be shorter). Unlike
+/// `Tensor::zeros` and then a kernel, nothing is written twice: an activation-sized
+/// output costs one pass over memory, not two.
+fn new_written(
+    like: &Tensor,
+    chunk: usize,
+    fill: impl Fn(usize, *mut f32, usize) + Sync + Send,
+) -> Result<Tensor> {
+    let n = like.len();
+    let mut data: Vec<f32> = Vec::with_capacity(n);
+    for_each_chunk(&mut data.spare_capacity_mut()[..n], chunk.max(1), |i, c| {
+        fill(i, c.as_mut_ptr().cast::<f32>(), c.len())
+    });
+    // SAFETY: the chunks cover `0..n` and `fill` wrote every element of each.
+    unsafe { data.set_len(n) };
+    Tensor::from_vec(like.shape(), data)
+}
+
 /// Per-channel batch statistics: the mean and the biased (population) variance over
 /// N, H and W, as batch norm normalises with.
 #[derive(Debug, Clone, PartialEq)]
@@ -519,16 +539,37 @@ impl Kernels {
     /// Inference batch norm on `[N, C, ...]`: `y = x * scale[c] + shift[c]`, where
     /// `scale = gamma / sqrt(running_var + eps)` and `shift = beta - mean * scale`.
     pub fn scale_shift(&self, x: &Tensor, scale: &[f32], shift: &[f32]) -> Result<Tensor> {
-        let mut y = Tensor::zeros(x.shape())?;
-        self.scale_shift_impl("scale_shift", &mut y, Some(x), scale, shift, false)?;
-        Ok(y)
+        self.scale_shift_new("scale_shift", x, scale, shift, false)
+    }
+
+    /// `scale_shift(_relu)` into a new tensor, written once.
+    fn scale_shift_new(
+        &self,
+        op: &'static str,
+        x: &Tensor,
+        scale: &[f32],
+        shift: &[f32],
+        relu: bool,
+    ) -> Result<Tensor> {
+        let (c, plane) = channels_and_plane(op, x)?;
+        expect_channel_params(op, c, &[("scale", scale), ("shift", shift)])?;
+        let kernel = if relu {
+            self.set.scale_shift_relu
+        } else {
+            self.set.scale_shift
+        };
+        let xd = x.data();
+        new_written(x, plane, |i, out, len| {
+            let ch = i % c;
+            // SAFETY: chunk `i` is plane `i` of `x` (`len` floats, in bounds) and `out`
+            // holds `len` writable floats; the tier is supported.
+            unsafe { kernel(xd[i * plane..].as_ptr(), out, len, scale[ch], shift[ch]) }
+        })
     }
 
     /// [`Kernels::scale_shift`] followed by ReLU, in one pass.
     pub fn scale_shift_relu(&self, x: &Tensor, scale: &[f32], shift: &[f32]) -> Result<Tensor> {
-        let mut y = Tensor::zeros(x.shape())?;
-        self.scale_shift_impl("scale_shift_relu", &mut y, Some(x), scale, shift, true)?;
-        Ok(y)
+        self.scale_shift_new("scale_shift_relu", x, scale, shift, true)
     }
 
     /// [`Kernels::scale_shift`] into an existing tensor of `x`'s shape (no allocation:
@@ -575,13 +616,12 @@ impl Kernels {
 
     /// `max(x, 0)`.
     pub fn relu(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = Tensor::zeros(x.shape())?;
         let kernel = self.set.relu;
-        for_each_chunk_with(y.data_mut(), x.data(), ELEMENTWISE_CHUNK, |_, d, s| {
-            // SAFETY: `s` and `d` are equally long chunks of equally long buffers.
-            unsafe { kernel(s.as_ptr(), d.as_mut_ptr(), d.len().min(s.len())) }
-        });
-        Ok(y)
+        let xd = x.data();
+        new_written(x, ELEMENTWISE_CHUNK, |i, out, len| {
+            // SAFETY: chunk `i` of `x` holds `len` floats, `out` as many writable ones.
+            unsafe { kernel(xd[i * ELEMENTWISE_CHUNK..].as_ptr(), out, len) }
+        })
     }
 
     /// `max(x, 0)` in place.
@@ -612,16 +652,29 @@ impl Kernels {
 
     /// `a + b` (same shapes).
     pub fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        let mut y = a.clone();
-        self.add_impl("add", &mut y, b, false)?;
-        Ok(y)
+        self.add_new("add", a, b, false)
     }
 
     /// `max(a + b, 0)`: the end of a residual block.
     pub fn add_relu(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        let mut y = a.clone();
-        self.add_impl("add_relu", &mut y, b, true)?;
-        Ok(y)
+        self.add_new("add_relu", a, b, true)
+    }
+
+    /// `add(_relu)` into a new tensor, written once.
+    fn add_new(&self, op: &'static str, a: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
+        a.expect_same_shape(op, b)?;
+        let kernel = if relu {
+            self.set.add_relu
+        } else {
+            self.set.add
+        };
+        let (ad, bd) = (a.data(), b.data());
+        new_written(a, ELEMENTWISE_CHUNK, |i, out, len| {
+            let at = i * ELEMENTWISE_CHUNK;
+            // SAFETY: chunk `i` of `a` and `b` (same shape) holds `len` floats each, and
+            // `out` as many writable ones.
+            unsafe { kernel(ad[at..].as_ptr(), bd[at..].as_ptr(), out, len) }
+        })
     }
 
     /// `a += b`.
