@@ -19,6 +19,7 @@
 
 use rayon::prelude::*;
 
+use crate::gemm::pack::{aligned_start, ALIGN_SLACK};
 use crate::kernels::dot::DotTile;
 use crate::kernels::KernelSet;
 
@@ -125,10 +126,15 @@ pub(crate) fn accumulate_weight_grad(
         // margin is for the last tap's run, which ends up to `kw / s + lanes` floats
         // past the last plane.
         db.clear();
-        db.resize(chunk * o * len, 0.0);
+        db.resize(chunk * o * len + ALIGN_SLACK, 0.0);
         planes.clear();
         planes.resize(chunk * per_image + g.kw + lanes, 0.0);
     }
+    // dY's rows (a whole number of vectors each) start on cache lines: measured
+    // (in-process A/B, ResNet-20's layers at batch 128, 2 threads, two runs) the
+    // weight gradient was faster on 7 of 8, by up to 20%, than 16 bytes off.
+    let at = if in_place { 0 } else { aligned_start(db) };
+    let db = &mut db[at..];
     for c0 in (0..n).step_by(chunk) {
         let cn = chunk.min(n - c0);
         let xs = &x[c0 * in_image..(c0 + cn) * in_image];

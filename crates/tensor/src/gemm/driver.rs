@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use super::pack::{b_panels, pack_b, BPanel, BSource, PackedA};
+use super::pack::{aligned_start, b_panels, pack_b, BPanel, BSource, PackedA, ALIGN_SLACK};
 use super::{check_epilogue, Epilogue, MatMut};
 use crate::error::Result;
 use crate::kernels::microkernel::{TileOut, TileStep};
@@ -108,7 +108,9 @@ pub(crate) fn gemm(
             let pc = kb * KC;
             let kc = KC.min(k - pc.min(k));
             let layout = b_panels(nc, nr, lanes, kc);
-            buf.resize(layout.len.max(buf.len()), 0.0);
+            buf.resize((layout.len + ALIGN_SLACK).max(buf.len()), 0.0);
+            // Panels start on cache lines (their sizes are whole vectors).
+            let at = aligned_start(&buf);
             pack_b(
                 b,
                 pc,
@@ -116,7 +118,7 @@ pub(crate) fn gemm(
                 jc,
                 nc,
                 &layout,
-                &mut buf,
+                &mut buf[at..],
                 parallel && kc * nc >= 1 << 15,
             );
             let first = kb == 0;
@@ -126,7 +128,7 @@ pub(crate) fn gemm(
             let groups = (4 * threads).div_ceil(m_blocks).clamp(1, n_panels);
             let per_group = n_panels.div_ceil(groups);
             let groups = n_panels.div_ceil(per_group);
-            let bbuf = &buf[..];
+            let bbuf = &buf[at..];
             let layout = &layout;
 
             let task = |t: usize| {
