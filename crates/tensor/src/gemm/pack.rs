@@ -305,8 +305,11 @@ impl BSource<'_> {
                 for (kk, row) in dst.chunks_exact_mut(width).take(kc).enumerate() {
                     let k = k0 + kk;
                     if m.cs == 1 {
+                        // A short row piece (at most NR floats): chunked copies, not a
+                        // `memcpy` call each; any over-copy lands in `row[valid..]`,
+                        // zeroed below.
                         let start = k * m.rs + j0;
-                        row[..valid].copy_from_slice(&m.data[start..start + valid]);
+                        copy_run(row, &m.data[start..], valid);
                     } else {
                         for (t, o) in row[..valid].iter_mut().enumerate() {
                             *o = m.at(k, j0 + t);
