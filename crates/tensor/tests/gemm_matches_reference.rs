@@ -203,10 +203,16 @@ fn check_prepacked(k: Kernels) -> CheckResult {
     })
 }
 
-/// Past NC columns, several K blocks, several row blocks, with threads.
+/// Past NC columns, several K blocks, several row blocks, with threads; B packed whole
+/// (all of K at once) and, past 2 Mi floats of it, one K block at a time.
 fn check_large(k: Kernels) -> CheckResult {
     let run = || -> Result<(), TestCaseError> {
-        for (m, n, kk) in [(150, 2100, 300), (512, 49, 700), (7, 3000, 5)] {
+        for (m, n, kk) in [
+            (150, 2100, 300),
+            (512, 49, 700),
+            (7, 3000, 5),
+            (40, 2100, 1100),
+        ] {
             let a: Vec<f32> = (0..m * kk)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
                 .collect();
