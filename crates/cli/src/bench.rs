@@ -208,7 +208,7 @@ pub fn conv(
             let x = Tensor::randn(&[batch, cin, size, size], 0.0, 1.0, 1)?;
             let w = Tensor::randn(&[cout, cin, ks, ks], 0.0, 0.05, 2)?;
             let bias = vec![0.01f32; cout];
-            let packed = k.pack_conv_weights(&w)?;
+            let packed = k.pack_conv_weights_for(&w, path)?;
             let p = Conv2d::new(stride, pad);
             let [oh, ow] = p.output_size(size, size, ks, ks)?;
             let mut y = Tensor::zeros(&[batch, cout, oh, ow])?;

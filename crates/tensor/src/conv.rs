@@ -134,11 +134,18 @@ impl ConvPath {
     /// The policy measured so far depends on `o` alone; the other arguments describe
     /// the layer for policies that will tell widths, strides or tiers apart.
     pub fn choose(o: usize, _k: usize, _ow: usize, _s: usize, _lanes: usize) -> ConvPath {
-        if o <= 64 {
+        if Self::may_pick_direct(o) {
             ConvPath::Direct
         } else {
             ConvPath::Gemm
         }
+    }
+
+    /// Whether [`ConvPath::choose`] may pick the direct kernel for a layer with `o`
+    /// output channels, at some width and stride: what decides whether
+    /// [`Kernels::pack_conv_weights`] keeps the direct kernel's layout of the weights.
+    pub fn may_pick_direct(o: usize) -> bool {
+        o <= 64
     }
 }
 
@@ -187,13 +194,29 @@ pub fn fold_batch_norm(
 }
 
 impl Kernels {
-    /// Packs OIHW convolution weights for [`Kernels::conv2d`].
+    /// Packs OIHW convolution weights for [`Kernels::conv2d`], in the layouts the
+    /// algorithm [`ConvPath::choose`] picks for them needs: GEMM panels always (1x1
+    /// kernels and explicit GEMM runs use them), the direct kernel's layout only for a
+    /// layer it may run ([`ConvPath::may_pick_direct`]). Keeping both for every 3x3 layer
+    /// held ResNet-50's 3x3 weights twice, about 45 MB.
     pub fn pack_conv_weights(&self, w: &Tensor) -> Result<ConvWeights> {
+        self.pack_conv_weights_for(w, ConvPath::Auto)
+    }
+
+    /// [`Kernels::pack_conv_weights`] for a chosen algorithm: with `Direct`, the direct
+    /// kernel's layout is made whatever the policy says (to compare the two paths);
+    /// with `Gemm`, only the GEMM panels.
+    pub fn pack_conv_weights_for(&self, w: &Tensor, path: ConvPath) -> Result<ConvWeights> {
         let shape = w.dims4("pack_conv_weights")?;
         let [o, i, kh, kw] = shape;
         let a = MatRef::row_major(w.data(), o, i * kh * kw)?;
-        let direct =
-            (kh * kw > 1).then(|| DirectWeights::new(w.data(), shape, self.set().direct_ob));
+        let wanted = match path {
+            ConvPath::Auto => ConvPath::may_pick_direct(o),
+            ConvPath::Direct => true,
+            ConvPath::Gemm => false,
+        };
+        let direct = (wanted && kh * kw > 1)
+            .then(|| DirectWeights::new(w.data(), shape, self.set().direct_ob));
         Ok(ConvWeights {
             packed: self.pack_a(a),
             direct,
@@ -286,6 +309,14 @@ impl Kernels {
             ConvPath::Auto => ConvPath::choose(o, c * kh * kw, ow, p.stride, self.lanes()),
             other => other,
         };
+        if path == ConvPath::Direct && kh * kw > 1 && w.direct.is_none() {
+            return Err(TensorError::InvalidArgument {
+                op: "conv2d",
+                reason: "the direct kernel was asked for, but the weights were packed \
+                         without its layout (use pack_conv_weights_for(w, ConvPath::Direct))"
+                    .into(),
+            });
+        }
         let use_direct_kernel = w.direct.as_ref().filter(|_| path == ConvPath::Direct);
         let xd = x.data();
         let run_image = |b: usize, out: &mut [f32], threads: driver::Threads| -> Result<()> {

@@ -115,7 +115,10 @@ fn run_case(kern: Kernels, c: &Case) -> Result<(), TestCaseError> {
         steps.push(ConvEpilogue::Relu);
         want.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));
     }
-    let packed = kern.pack_conv_weights(&w).map_err(fail)?;
+    // Both layouts, so that both algorithms can run below.
+    let packed = kern
+        .pack_conv_weights_for(&w, ConvPath::Direct)
+        .map_err(fail)?;
     let got = kern
         .conv2d(&x, &packed, Conv2d::new(c.stride, c.pad), &steps)
         .map_err(fail)?;
@@ -279,6 +282,12 @@ fn check_errors(kern: Kernels) -> CheckResult {
     let w3 = kern
         .pack_conv_weights(&Tensor::zeros(&[4, 3, 3, 3]).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
+    let gemm_only = kern
+        .pack_conv_weights_for(
+            &Tensor::zeros(&[4, 3, 3, 3]).map_err(|e| e.to_string())?,
+            ConvPath::Gemm,
+        )
+        .map_err(|e| e.to_string())?;
     let wrong_res = Tensor::zeros(&[1, 4, 7, 8]).map_err(|e| e.to_string())?;
     let cases = [
         kern.conv2d(&x, &w, Conv2d::new(1, 1), &[]).is_err(),
@@ -301,6 +310,16 @@ fn check_errors(kern: Kernels) -> CheckResult {
         .is_err(),
         kern.pack_conv_weights(&Tensor::zeros(&[4, 3, 3]).map_err(|e| e.to_string())?)
             .is_err(),
+        // The direct kernel asked for on weights packed for GEMM only.
+        kern.conv2d_into_path(
+            &x,
+            &gemm_only,
+            Conv2d::new(1, 1),
+            &[],
+            &mut Tensor::zeros(&[1, 4, 8, 8]).map_err(|e| e.to_string())?,
+            ConvPath::Direct,
+        )
+        .is_err(),
     ];
     match cases.iter().position(|rejected| !rejected) {
         None => Ok(()),
