@@ -24,6 +24,10 @@ const CHECKS: &[(&str, Check)] = &[
         "conv2d_with_folded_batch_norm_equals_conv_then_bn",
         check_bn_folding,
     ),
+    (
+        "conv2d_at_batch_1_split_across_threads",
+        check_batch_1_large,
+    ),
     ("conv2d_rejects_bad_shapes", check_errors),
 ];
 
@@ -227,6 +231,36 @@ fn check_resnet_layers(kern: Kernels) -> CheckResult {
             seed: i as u64,
         };
         run_case(kern, &case).map_err(|e| format!("layer {c}->{o} k{k} s{stride} p{pad}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Batch 1 with at least 2^16 outputs: each algorithm splits one image across the
+/// threads (the tiles, and the planar route's copy-out by channel).
+fn check_batch_1_large(kern: Kernels) -> CheckResult {
+    // (c, o, k, stride, pad, size): a stem (planar route), a 3x3 on whole-vector rows,
+    // a 3x3 on GEMM.
+    let layers = [
+        (3, 64, 7, 2, 3, 64),
+        (32, 64, 3, 1, 1, 32),
+        (16, 128, 3, 1, 1, 24),
+    ];
+    for (i, &(c, o, k, stride, pad, size)) in layers.iter().enumerate() {
+        for epilogue in [0u8, 7] {
+            let case = Case {
+                n: 1,
+                c,
+                o,
+                h: size,
+                w: size,
+                k,
+                stride,
+                pad,
+                epilogue,
+                seed: 100 + i as u64,
+            };
+            run_case(kern, &case).map_err(|e| format!("batch 1, {c}->{o} k{k} s{stride}: {e}"))?;
+        }
     }
     Ok(())
 }
