@@ -9,8 +9,8 @@
 //! microkernel in [`crate::kernels::direct`], and its result goes through the epilogue
 //! (accumulate, bias, residual, ReLU) into the NCHW output.
 //!
-//! Strided convolutions and rows narrower than a vector take the planar route instead
-//! (`direct_conv_image_planar`): the image split into phase planes, the output computed
+//! Strided convolutions and rows that are not a whole number of vectors take the planar
+//! route instead (`direct_conv_image_planar`): the image split into phase planes, the output computed
 //! as one flat run per channel at the planes' pitch, then copied out.
 
 use rayon::prelude::*;
@@ -155,7 +155,12 @@ pub(crate) fn direct_conv_image(
     debug_assert_eq!(dw.ob, set.direct_ob);
     let (ob, lanes) = (dw.ob, set.lanes);
     let max_xv = set.direct_tiles.len();
-    if s > 1 || ow < lanes {
+    // Rows that are not a whole number of vectors (ResNet's 56, 28, 14, 7 on AVX-512)
+    // take the planar route too: tiles along a row would end in a narrow, half-empty
+    // one, where the planar route's flat runs waste only the `QW - OW` pad columns
+    // (measured, in-process A/B, 2 threads: 64->64 at 56 x 56, batch 1, 155 -> 177 and
+    // 159 -> 187 GFLOP/s; ResNet-50 at batch 1 53.5 -> 51.7 and 67.3 -> 63.5 ms).
+    if s > 1 || ow % lanes != 0 {
         return direct_conv_image_planar(
             set,
             x,
@@ -182,19 +187,15 @@ pub(crate) fn direct_conv_image(
     let k = offs.len();
     let plane = oh * ow;
     let blocks = dw.o.div_ceil(ob);
-    // When every row is a whole number of vectors (`vpr` of them), the output image is a
-    // flat run of `oh vpr` vectors, and a tile takes `max_xv` consecutive ones, running on
-    // across row ends: each vector's input starts at its own row and column of the padded
-    // image. Rows of one or two vectors (16 x 16 and 32 x 32 on AVX-512) then still give
-    // whole tiles. Otherwise tiles run along one row, the last one narrower.
+    // Every row is a whole number of vectors (`vpr` of them; the planar route took the
+    // rest), so the output image is a flat run of `oh vpr` vectors, and a tile takes
+    // `max_xv` consecutive ones, running on across row ends: each vector's input starts
+    // at its own row and column of the padded image. Rows of one or two vectors (16 x 16
+    // and 32 x 32 on AVX-512) then still give whole tiles.
     debug_assert!(max_xv <= MAX_XV);
-    let vpr = if ow % lanes == 0 { ow / lanes } else { 0 };
-    let positions = if vpr > 0 {
-        (oh * vpr).div_ceil(max_xv)
-    } else {
-        oh
-    };
-    let along_row: [usize; MAX_XV] = std::array::from_fn(|v| v * lanes);
+    debug_assert_eq!(ow % lanes, 0);
+    let vpr = ow / lanes;
+    let positions = (oh * vpr).div_ceil(max_xv);
     let outp = OutPtr(out.as_mut_ptr());
     let padded = &padded[..];
     let run = |(blk, pos): (usize, usize)| {
@@ -241,23 +242,11 @@ pub(crate) fn direct_conv_image(
                 )
             };
         };
-        if vpr > 0 {
-            let g0 = pos * max_xv;
-            let xv = max_xv.min(oh * vpr - g0);
-            let start = |g: usize| (g / vpr) * s * pw + (g % vpr) * lanes * s;
-            let vo: [usize; MAX_XV] =
-                std::array::from_fn(|v| start(g0 + v.min(xv - 1)) - start(g0));
-            tile(g0 * lanes, xv, start(g0), &vo, xv * lanes);
-        } else {
-            let oy = pos;
-            let mut ox = 0;
-            while ox < ow {
-                let xv = (ow - ox).div_ceil(lanes).min(max_xv);
-                let n = (xv * lanes).min(ow - ox);
-                tile(oy * ow + ox, xv, oy * s * pw + ox * s, &along_row, n);
-                ox += xv * lanes;
-            }
-        }
+        let g0 = pos * max_xv;
+        let xv = max_xv.min(oh * vpr - g0);
+        let start = |g: usize| (g / vpr) * s * pw + (g % vpr) * lanes * s;
+        let vo: [usize; MAX_XV] = std::array::from_fn(|v| start(g0 + v.min(xv - 1)) - start(g0));
+        tile(g0 * lanes, xv, start(g0), &vo, xv * lanes);
     };
     for_each_tile(blocks, positions, k * blocks * ob * plane, threads, run);
 }
@@ -285,9 +274,9 @@ fn for_each_tile(
     }
 }
 
-/// Output rows narrower than a vector (ResNet-20's 8 x 8 stage on AVX-512) and strided
-/// convolutions: a tile along one output row would leave lanes idle, or need strided
-/// loads. Instead the image is split into *phase planes* (for stride `s`, plane
+/// Output rows that are not a whole number of vectors (ResNet-20's 8 x 8 stage and
+/// ResNet-50's 56 x 56 on AVX-512) and strided convolutions: a tile along one output row
+/// would leave lanes idle, or need strided loads. Instead the image is split into *phase planes* (for stride `s`, plane
 /// `(c, ry, rx)` holds the zero-padded pixels `(s yy + ry, s xx + rx)`, row pitch
 /// `QW = ceil(PW / s)`; for stride 1 it is the padded image) and the output is computed
 /// at pitch `QW`, as one flat run of `OH QW` pixels per channel: output pixel
