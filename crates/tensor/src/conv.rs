@@ -110,6 +110,18 @@ thread_local! {
     static PLANES: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
+/// Runs `f` on this thread's buffer in `key`, taken out for the call (a nested call
+/// finds an empty one) and put back after.
+fn with_buffer<R>(
+    key: &'static std::thread::LocalKey<std::cell::Cell<Vec<f32>>>,
+    f: impl FnOnce(&mut Vec<f32>) -> R,
+) -> R {
+    let mut buf = key.with(|cell| cell.take());
+    let result = f(&mut buf);
+    key.with(|cell| cell.set(buf));
+    result
+}
+
 /// Which algorithm a convolution runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConvPath {
@@ -333,8 +345,7 @@ impl Kernels {
                         ConvEpilogue::Relu => epi.relu = true,
                     }
                 }
-                PADDED.with(|cell| {
-                    let mut buf = cell.take();
+                with_buffer(&PADDED, |buf| {
                     direct_conv_image(
                         self.set(),
                         image,
@@ -346,9 +357,8 @@ impl Kernels {
                         out,
                         epi,
                         threads,
-                        &mut buf,
-                    );
-                    cell.set(buf);
+                        buf,
+                    )
                 });
                 return Ok(());
             }
@@ -383,8 +393,7 @@ impl Kernels {
             let s = p.stride;
             if kh == 1 && kw == 1 && p.padding == 0 {
                 // A strided 1x1 convolution: B is the subsampled image, `[c, oh ow]`.
-                return PLANES.with(|cell| {
-                    let mut sub = cell.take();
+                return with_buffer(&PLANES, |sub| {
                     sub.clear();
                     if h * wd > 0 {
                         for plane in image.chunks_exact(h * wd) {
@@ -393,10 +402,7 @@ impl Kernels {
                             }
                         }
                     }
-                    let result = MatRef::row_major(&sub, c, oh * ow)
-                        .and_then(|b| run_gemm(BSource::Matrix(b), out));
-                    cell.set(sub);
-                    result
+                    run_gemm(BSource::Matrix(MatRef::row_major(sub, c, oh * ow)?), out)
                 });
             }
             // im2col, packed block by block from the image's phase planes (see `Im2col`),
@@ -405,8 +411,7 @@ impl Kernels {
                 (h + 2 * p.padding).div_ceil(s),
                 (wd + 2 * p.padding).div_ceil(s),
             );
-            PLANES.with(|cell| {
-                let mut planes = cell.take();
+            with_buffer(&PLANES, |planes| {
                 planes.clear();
                 planes.resize(c * s * s * qh * qw + IM2COL_CHUNK, 0.0);
                 if h * wd > 0 {
@@ -418,7 +423,7 @@ impl Kernels {
                     }
                 }
                 let source = BSource::Im2col(Im2col {
-                    planes: &planes,
+                    planes,
                     c,
                     kh,
                     kw,
@@ -427,9 +432,7 @@ impl Kernels {
                     qw,
                     ow,
                 });
-                let result = run_gemm(source, out);
-                cell.set(planes);
-                result
+                run_gemm(source, out)
             })
         };
         // A batch that divides evenly over the threads (or is much larger) runs one image

@@ -4,14 +4,15 @@
 //!
 //! The input image is copied once into a zero-padded buffer (`pad` on every side, and a
 //! right margin so that a tile of pixels may run past the row end without leaving the
-//! buffer); the weights are stored transposed, `[C kh kw][O]`. Then every tile of
-//! `OV * LANES` output channels by `XB` pixels of one output row is one call of the
-//! microkernel in [`crate::kernels::direct`], and its result goes through the epilogue
-//! (accumulate, bias, residual, ReLU) into the NCHW output.
+//! buffer); the weights are stored transposed, `[C kh kw][O]`. When every output row is
+//! a whole number of vectors, each channel's output is one flat run of vectors, and
+//! every tile of `OB` output channels by `XV` consecutive vectors (running on across
+//! row ends) is one call of the microkernel in [`crate::kernels::direct`]; its result
+//! goes through the epilogue (accumulate, bias, residual, ReLU) into the NCHW output.
 //!
 //! Strided convolutions and rows that are not a whole number of vectors take the planar
-//! route instead (`direct_conv_image_planar`): the image split into phase planes, the output computed
-//! as one flat run per channel at the planes' pitch, then copied out.
+//! route instead (`direct_conv_image_planar`): the image split into phase planes, the
+//! output computed as one flat run per channel at the planes' pitch, then copied out.
 
 use rayon::prelude::*;
 
@@ -199,54 +200,49 @@ pub(crate) fn direct_conv_image(
     let outp = OutPtr(out.as_mut_ptr());
     let padded = &padded[..];
     let run = |(blk, pos): (usize, usize)| {
-        let o0 = blk * ob;
-        let out = outp;
-        // One tile: output pixel `at_px` (of the channel plane) on, `xv` vectors, whose
-        // inputs start at `input` + `vo[v]` in the padded image.
-        let tile = |at_px: usize, xv: usize, input: usize, vo: &[usize; MAX_XV], n: usize| {
-            let at = o0 * plane + at_px;
-            let mut steps = [None; 4];
-            let mut m = 0;
-            if let Some(b) = epi.bias {
-                steps[m] = Some(TileStep::RowBias(b[o0..].as_ptr()));
-                m += 1;
-            }
-            if let Some(r) = epi.residual {
-                steps[m] = Some(TileStep::Residual(r[at..].as_ptr(), plane));
-                m += 1;
-            }
-            if epi.relu {
-                steps[m] = Some(TileStep::Relu);
-            }
-            let out_tile = TileOut {
-                // SAFETY: `at` is inside the output (channel o0 < O, pixel at_px < plane).
-                c: unsafe { out.0.add(at) },
-                ldc: plane,
-                m: ob.min(dw.o - o0),
-                n,
-                load_c: epi.accumulate,
-                steps,
-            };
-            // SAFETY: every read stays inside `padded` (each vector reads a row of the
-            // padded image at most a vector past an output column, inside the margins
-            // above), the weights hold `k * ob` floats for block `blk`, and the tile
-            // covers only this task's channels and pixels, inside the output.
-            unsafe {
-                (set.direct_tiles[xv - 1])(
-                    k,
-                    offs.as_ptr(),
-                    dw.wt.as_ptr().add(blk * k * ob),
-                    padded.as_ptr().add(input),
-                    vo.as_ptr(),
-                    &out_tile,
-                )
-            };
-        };
+        let (o0, out) = (blk * ob, outp);
+        // Vectors `g0..g0 + xv` of the flat run; vector `g` reads from `start(g)`.
         let g0 = pos * max_xv;
         let xv = max_xv.min(oh * vpr - g0);
         let start = |g: usize| (g / vpr) * s * pw + (g % vpr) * lanes * s;
         let vo: [usize; MAX_XV] = std::array::from_fn(|v| start(g0 + v.min(xv - 1)) - start(g0));
-        tile(g0 * lanes, xv, start(g0), &vo, xv * lanes);
+        let at = o0 * plane + g0 * lanes;
+        let mut steps = [None; 4];
+        let mut m = 0;
+        if let Some(b) = epi.bias {
+            steps[m] = Some(TileStep::RowBias(b[o0..].as_ptr()));
+            m += 1;
+        }
+        if let Some(r) = epi.residual {
+            steps[m] = Some(TileStep::Residual(r[at..].as_ptr(), plane));
+            m += 1;
+        }
+        if epi.relu {
+            steps[m] = Some(TileStep::Relu);
+        }
+        let tile = TileOut {
+            // SAFETY: `at` is inside the output (channel o0 < O, pixel g0 lanes < plane).
+            c: unsafe { out.0.add(at) },
+            ldc: plane,
+            m: ob.min(dw.o - o0),
+            n: xv * lanes,
+            load_c: epi.accumulate,
+            steps,
+        };
+        // SAFETY: every read stays inside `padded` (each vector reads a row of the padded
+        // image at most a vector past an output column, inside the margins above), the
+        // weights hold `k * ob` floats for block `blk`, and the tile covers only this
+        // task's channels and pixels, inside the output.
+        unsafe {
+            (set.direct_tiles[xv - 1])(
+                k,
+                offs.as_ptr(),
+                dw.wt.as_ptr().add(blk * k * ob),
+                padded.as_ptr().add(start(g0)),
+                vo.as_ptr(),
+                &tile,
+            )
+        };
     };
     for_each_tile(blocks, positions, k * blocks * ob * plane, threads, run);
 }
@@ -275,15 +271,16 @@ fn for_each_tile(
 }
 
 /// Output rows that are not a whole number of vectors (ResNet-20's 8 x 8 stage and
-/// ResNet-50's 56 x 56 on AVX-512) and strided convolutions: a tile along one output row
-/// would leave lanes idle, or need strided loads. Instead the image is split into *phase planes* (for stride `s`, plane
-/// `(c, ry, rx)` holds the zero-padded pixels `(s yy + ry, s xx + rx)`, row pitch
-/// `QW = ceil(PW / s)`; for stride 1 it is the padded image) and the output is computed
-/// at pitch `QW`, as one flat run of `OH QW` pixels per channel: output pixel
-/// `t = oy QW + ox` of tap `(c, ky, kx)` reads pixel `t + (ky / s) QW + kx / s` of plane
-/// `(c, ky % s, kx % s)`, contiguous across row ends. The `QW - OW` extra columns of
-/// each row are wasted work (2 of 10 on that stage), computed into a scratch buffer and
-/// dropped when the valid columns are copied out through the epilogue.
+/// ResNet-50's 56 x 56 on AVX-512) and strided convolutions: a tile along one output
+/// row would leave lanes idle, or need strided loads. Instead the image is split into
+/// *phase planes* (for stride `s`, plane `(c, ry, rx)` holds the zero-padded pixels
+/// `(s yy + ry, s xx + rx)`, row pitch `QW = ceil(PW / s)`; for stride 1 it is the
+/// padded image) and the output is computed at pitch `QW`, as one flat run of `OH QW`
+/// pixels per channel: output pixel `t = oy QW + ox` of tap `(c, ky, kx)` reads pixel
+/// `t + (ky / s) QW + kx / s` of plane `(c, ky % s, kx % s)`, contiguous across row ends.
+/// The `QW - OW` extra columns of each row are wasted work (2 of 10 on ResNet-20's last
+/// stage), computed into a scratch buffer and dropped when the valid columns are copied
+/// out through the epilogue.
 #[allow(clippy::too_many_arguments)]
 fn direct_conv_image_planar(
     set: &KernelSet,
