@@ -138,7 +138,14 @@ pub struct InferenceModel {
 
 impl InferenceModel {
     /// Folds and packs `model` for the given kernels (`Kernels::active()?` normally).
+    ///
+    /// The folded copies are freed as they are packed, not kept for recycling (see
+    /// `tensor::pool::bypass`): no later tensor has their sizes.
     pub fn new(model: &ResNet, kernels: Kernels) -> Result<Self> {
+        tensor::pool::bypass(|| Self::new_unpooled(model, kernels))
+    }
+
+    fn new_unpooled(model: &ResNet, kernels: Kernels) -> Result<Self> {
         let k = &kernels;
         let stages = model
             .stages
@@ -156,7 +163,11 @@ impl InferenceModel {
     /// Like [`InferenceModel::new`], but consumes the model and frees each block's
     /// unfused weights as soon as the block is folded, so the two forms never coexist
     /// whole (for ResNet-50 that is 102 MB of peak memory saved).
-    pub fn from_model(mut model: ResNet, kernels: Kernels) -> Result<Self> {
+    pub fn from_model(model: ResNet, kernels: Kernels) -> Result<Self> {
+        tensor::pool::bypass(|| Self::from_model_unpooled(model, kernels))
+    }
+
+    fn from_model_unpooled(mut model: ResNet, kernels: Kernels) -> Result<Self> {
         let k = &kernels;
         let mut stages = Vec::with_capacity(model.stages.len());
         for stage in std::mem::take(&mut model.stages) {

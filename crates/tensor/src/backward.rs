@@ -141,7 +141,7 @@ impl Kernels {
     /// (also right for a fused BN + ReLU or add + ReLU, whose output is that ReLU's).
     pub fn relu_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
         dy.expect_same_shape("relu_backward", y)?;
-        let mut dx = Tensor::zeros(dy.shape())?;
+        let mut dx = Tensor::for_overwrite(dy.shape())?;
         let kernel = self.set().relu_backward;
         let chunk = 1 << 14;
         let run = |(d, (g, o)): (&mut [f32], (&[f32], &[f32]))| {
@@ -248,7 +248,7 @@ impl Kernels {
         let (mut dx, borrowed) = match dy {
             GradIn::Borrowed(dy) => {
                 x.expect_same_shape(op, dy)?;
-                (Tensor::zeros(x.shape())?, Some(dy))
+                (Tensor::for_overwrite(x.shape())?, Some(dy))
             }
             GradIn::Owned(dy) => {
                 x.expect_same_shape(op, &dy)?;
@@ -399,7 +399,7 @@ impl Kernels {
     pub fn global_avg_pool_backward(&self, dy: &Tensor, x_shape: [usize; 4]) -> Result<Tensor> {
         let [n, c, h, w] = x_shape;
         expect_shape("global_avg_pool_backward", &[n, c], dy)?;
-        let mut dx = Tensor::zeros(&x_shape)?;
+        let mut dx = Tensor::for_overwrite(&x_shape)?;
         let plane = h * w;
         if plane > 0 {
             let inv = 1.0 / plane as f32;
@@ -457,21 +457,6 @@ impl Kernels {
         let (k, pix) = (c * kh * kw, oh * ow);
         let (in_image, out_image) = (c * h * wd, o * pix);
         let direct = kh == 1 && kw == 1 && p.stride == 1 && p.padding == 0;
-        let mut dx = if want_dx {
-            Some(Tensor::zeros(x.shape())?)
-        } else {
-            None
-        };
-        if n == 0 || k == 0 || pix == 0 || o == 0 {
-            let dw = if want_dw {
-                Some(Tensor::zeros(w.shape())?)
-            } else {
-                None
-            };
-            return Ok(ConvGrads { dx, dw });
-        }
-        let set = self.set();
-        let mr = set.gemm_mr;
         // dX of a stride-1 convolution is itself a convolution: of dY with the weights
         // rotated by 180 degrees and their channels swapped, padded by `kh - 1 - p`.
         // Where the direct kernel is the faster algorithm for that convolution, use it
@@ -482,6 +467,24 @@ impl Kernels {
             && kh == kw
             && p.padding < kh
             && ConvPath::choose(c, o * kh * kw, wd, 1, self.lanes()) == ConvPath::Direct;
+        let empty = n == 0 || k == 0 || pix == 0 || o == 0;
+        // dX is written in full by a GEMM (1x1) or the direct kernel; col2im and the
+        // empty cases add into zeros.
+        let mut dx = match want_dx {
+            false => None,
+            true if !empty && (direct || transposed) => Some(Tensor::for_overwrite(x.shape())?),
+            true => Some(Tensor::zeros(x.shape())?),
+        };
+        if empty {
+            let dw = if want_dw {
+                Some(Tensor::zeros(w.shape())?)
+            } else {
+                None
+            };
+            return Ok(ConvGrads { dx, dw });
+        }
+        let set = self.set();
+        let mr = set.gemm_mr;
         let flipped =
             transposed.then(|| DirectWeights::flipped(w.data(), [o, c, kh, kw], set.direct_ob));
         // W^T ([K, O]), packed once for every image's dX GEMM.

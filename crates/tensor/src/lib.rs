@@ -17,7 +17,8 @@
 //!
 //! Module map: [`tensor`] (the type), [`isa`] (tiers and detection), [`kernels`] (the
 //! kernels and their safe API), [`reference`] (the oracle), [`rng`] (seeded random
-//! numbers), [`peak`] (machine limits: FMA peak, memory bandwidth).
+//! numbers), [`peak`] (machine limits: FMA peak, memory bandwidth), [`pool`] (recycled
+//! buffers of large tensors).
 
 pub mod backward;
 pub mod conv;
@@ -28,6 +29,7 @@ pub mod isa;
 pub mod kernels;
 pub mod linear;
 pub mod peak;
+pub mod pool;
 pub mod reference;
 pub mod rng;
 pub mod tensor;

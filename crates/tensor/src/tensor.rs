@@ -6,10 +6,14 @@
 //! instead), which keeps every buffer's ownership obvious.
 
 use crate::error::{Result, TensorError};
+use crate::pool;
 use crate::rng::Rng;
 
 /// An owned, contiguous `f32` tensor.
-#[derive(Clone, PartialEq)]
+///
+/// Large tensors' buffers are recycled: dropping one hands its memory to
+/// [`crate::pool`] for the next tensor of that size.
+#[derive(PartialEq)]
 pub struct Tensor {
     shape: Vec<usize>,
     data: Vec<f32>,
@@ -36,9 +40,34 @@ impl Tensor {
     /// A tensor with every element equal to `value`.
     pub fn full(shape: &[usize], value: f32) -> Result<Self> {
         let n = checked_count("Tensor::full", shape)?;
+        let data = match pool::take(n) {
+            Some(mut v) => {
+                v.fill(value);
+                v
+            }
+            None => vec![value; n],
+        };
         Ok(Tensor {
             shape: shape.to_vec(),
-            data: vec![value; n],
+            data,
+        })
+    }
+
+    /// A tensor whose elements are unspecified: a recycled buffer (see [`crate::pool`])
+    /// or fresh zeros. For outputs the caller then writes in full; it saves the pass
+    /// over memory that zeroing would cost.
+    ///
+    /// With debug assertions on (the test profile), the elements are NaN instead, so
+    /// that any test of a caller that misses an element fails.
+    pub(crate) fn for_overwrite(shape: &[usize]) -> Result<Self> {
+        let n = checked_count("Tensor::for_overwrite", shape)?;
+        if cfg!(debug_assertions) {
+            return Self::full(shape, f32::NAN);
+        }
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            // Fresh zeros come from the allocator's zeroed pages: no pass here either.
+            data: pool::take(n).unwrap_or_else(|| vec![0.0; n]),
         })
     }
 
@@ -127,12 +156,12 @@ impl Tensor {
     }
 
     /// Gives up the tensor and returns its elements.
-    pub fn into_vec(self) -> Vec<f32> {
-        self.data
+    pub fn into_vec(mut self) -> Vec<f32> {
+        std::mem::take(&mut self.data)
     }
 
     /// The same elements under another shape with the same element count.
-    pub fn reshape(self, shape: &[usize]) -> Result<Self> {
+    pub fn reshape(mut self, shape: &[usize]) -> Result<Self> {
         let expected = checked_count("Tensor::reshape", shape)?;
         if expected != self.data.len() {
             return Err(TensorError::ElementCount {
@@ -144,7 +173,7 @@ impl Tensor {
         }
         Ok(Tensor {
             shape: shape.to_vec(),
-            data: self.data,
+            data: std::mem::take(&mut self.data),
         })
     }
 
@@ -212,6 +241,28 @@ impl Tensor {
             });
         }
         Ok(())
+    }
+}
+
+impl Clone for Tensor {
+    fn clone(&self) -> Self {
+        let data = match pool::take(self.data.len()) {
+            Some(mut v) => {
+                v.copy_from_slice(&self.data);
+                v
+            }
+            None => self.data.clone(),
+        };
+        Tensor {
+            shape: self.shape.clone(),
+            data,
+        }
+    }
+}
+
+impl Drop for Tensor {
+    fn drop(&mut self) {
+        pool::give(std::mem::take(&mut self.data));
     }
 }
 

@@ -132,7 +132,8 @@ fn run_case(kern: Kernels, c: &Case) -> Result<(), TestCaseError> {
     })?;
     // Both algorithms, whichever `Auto` picked.
     for path in [ConvPath::Gemm, ConvPath::Direct] {
-        let mut y = Tensor::zeros(want.shape()).map_err(fail)?;
+        // NaNs: each algorithm must write every output element.
+        let mut y = Tensor::full(want.shape(), f32::NAN).map_err(fail)?;
         kern.conv2d_into_path(
             &x,
             &packed,

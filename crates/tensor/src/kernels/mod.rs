@@ -382,6 +382,13 @@ fn new_written(
     fill: impl Fn(usize, *mut f32, usize) + Sync + Send,
 ) -> Result<Tensor> {
     let n = like.len();
+    // A recycled buffer if there is one (no page faults), else uninitialised memory.
+    if let Some(mut data) = crate::pool::take(n) {
+        for_each_chunk(&mut data, chunk.max(1), |i, c| {
+            fill(i, c.as_mut_ptr(), c.len())
+        });
+        return Tensor::from_vec(like.shape(), data);
+    }
     let mut data: Vec<f32> = Vec::with_capacity(n);
     for_each_chunk(&mut data.spare_capacity_mut()[..n], chunk.max(1), |i, c| {
         fill(i, c.as_mut_ptr().cast::<f32>(), c.len())
@@ -749,7 +756,7 @@ impl Kernels {
                 got: x.shape().to_vec(),
             });
         };
-        let mut y = Tensor::zeros(x.shape())?;
+        let mut y = Tensor::for_overwrite(x.shape())?;
         let kernel = if log {
             self.set.log_softmax_row
         } else {
@@ -779,7 +786,7 @@ impl Kernels {
     pub fn max_pool2d(&self, x: &Tensor, pool: &Pool2d) -> Result<Tensor> {
         let [n, c, h, w] = x.dims4("max_pool2d")?;
         let [oh, ow] = pool.output_size(h, w)?;
-        let mut y = Tensor::zeros(&[n, c, oh, ow])?;
+        let mut y = Tensor::for_overwrite(&[n, c, oh, ow])?;
         self.max_pool2d_into(x, pool, &mut y)?;
         Ok(y)
     }
