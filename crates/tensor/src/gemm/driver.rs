@@ -156,7 +156,13 @@ pub(crate) fn gemm(
                     for &BPanel { j, width, at } in
                         &layout.panels[g * per_group..((g + 1) * per_group).min(n_panels)]
                     {
-                        let tile = set.gemm_tiles[width / lanes - 1];
+                        // A one-vector edge of a few valid columns takes the narrow tile.
+                        let valid = (n - (jc + j)).min(width);
+                        let tile = if width == lanes && valid <= set.gemm_narrow_max {
+                            set.gemm_narrow
+                        } else {
+                            set.gemm_tiles[width / lanes - 1]
+                        };
                         // This K block's rows of the panel.
                         let from = at + (pc - pc0) * width;
                         let bpanel = &bbuf[from..from + width * kc];

@@ -85,6 +85,7 @@ super::tier_entry_points!(
     Portable,
     gemm_mr = 4,
     gemm_nv = [1, 2],
+    gemm_narrow = 0,
     direct_ob = 4,
     direct_xv = [1, 2],
     dot = [2, 4]

@@ -163,3 +163,67 @@ pub(crate) unsafe fn finish_tile<S: Simd, const MR: usize, const NV: usize>(
         }
     }
 }
+
+/// The narrow tile: `MR x N` for a ragged right edge of `N` (a few) valid columns,
+/// vectorised along the rows instead of the columns.
+///
+/// The one-vector `gemm_tile` on an edge of one valid column computes `LANES` columns
+/// to keep one, and its `MR` broadcasts per step of `k` make it load-bound besides: on
+/// AVX-512, 9 loads for 8 FMAs, one lane in 16 of them useful. That edge is ResNet's
+/// 7 x 7 stage: 49 columns are three full vectors and one column. Here a step of `k`
+/// loads the A panel's `MR` floats once (contiguous: one `ymm` for `MR = 8`) and does one
+/// `MR`-wide FMA per column, with `U` partial sums in flight to cover the FMA latency.
+/// Written over plain arrays: the compiler vectorises it for the tier it is
+/// instantiated in (a tier without FMA instructions would call `fmaf` and must not use
+/// it).
+///
+/// # Safety
+///
+/// As [`gemm_tile`], with `out.n <= N`: the A panel holds `kc x MR` floats and B has
+/// `kc` rows of at least `N` readable floats at stride `ldb`.
+#[inline(always)]
+pub(crate) unsafe fn gemm_narrow_tile<const MR: usize, const N: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    ldb: usize,
+    out: &TileOut,
+) {
+    const U: usize = 4;
+    let mut acc = [[[0.0f32; MR]; N]; U];
+    let step = |acc: &mut [[f32; MR]; N], k: usize| {
+        let ar = a.add(k * MR).cast::<[f32; MR]>().read_unaligned();
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let bj = *b.add(k * ldb + j);
+            for (acc, ar) in acc.iter_mut().zip(ar) {
+                *acc = ar.mul_add(bj, *acc);
+            }
+        }
+    };
+    let whole = kc - kc % U;
+    for k0 in (0..whole).step_by(U) {
+        for (u, acc) in acc.iter_mut().enumerate() {
+            step(acc, k0 + u);
+        }
+    }
+    for k in whole..kc {
+        step(&mut acc[0], k);
+    }
+    let (rows, cols) = (out.m.min(MR), out.n.min(N));
+    let [a0, a1, a2, a3] = &acc;
+    for (r, j) in (0..rows).flat_map(|r| (0..cols).map(move |j| (r, j))) {
+        let mut v = a0[j][r] + a1[j][r] + (a2[j][r] + a3[j][r]);
+        let c = out.c.add(r * out.ldc + j);
+        if out.load_c {
+            v += *c;
+        }
+        for step in out.steps.iter().flatten() {
+            match *step {
+                TileStep::RowBias(bias) => v += *bias.add(r),
+                TileStep::Residual(res, ld) => v += *res.add(r * ld + j),
+                TileStep::Relu => v = v.max(0.0),
+            }
+        }
+        *c = v;
+    }
+}

@@ -128,6 +128,11 @@ pub(crate) struct KernelSet {
     /// The GEMM microkernels by width: `gemm_tiles[v - 1]` computes `MR x (v * lanes)`.
     /// The last is the full tile; the narrower ones finish ragged right edges.
     pub gemm_tiles: &'static [GemmTileFn],
+    /// The narrow tile for right edges of at most `gemm_narrow_max` valid columns
+    /// (0: this tier does not use it), vectorised along the rows
+    /// (`microkernel::gemm_narrow_tile`).
+    pub gemm_narrow_max: usize,
+    pub gemm_narrow: GemmTileFn,
     /// Output channels of the direct-convolution tile.
     pub direct_ob: usize,
     /// The direct-convolution microkernels by width: `direct_tiles[v - 1]` computes
@@ -168,14 +173,15 @@ pub const OPERATIONS: [&str; 13] = [
 /// Stamps out a tier's `#[target_feature]` entry points and its `static KERNELS`.
 ///
 /// `tier_entry_points!(Isa::X, SimdType, gemm_mr = 8, gemm_nv = [1, 2, 3],
-/// direct_ob = 8, direct_xv = [1, 2, 3], dot = [4, 6],
+/// gemm_narrow = 4, direct_ob = 8, direct_xv = [1, 2, 3], dot = [4, 6],
 /// #[target_feature(enable = "...")])`: the GEMM tile is `gemm_mr` rows by up to the
-/// last `gemm_nv` vectors; the direct-convolution tile is `direct_ob` channels by up to
+/// last `gemm_nv` vectors, and right edges of up to `gemm_narrow` valid columns take
+/// the narrow tile (0: never); the direct-convolution tile is `direct_ob` channels by up to
 /// the last `direct_xv` vectors of pixels; the row-dot tile is `dot[0] x dot[1]` vector
 /// sums. The generic tier passes no attribute.
 macro_rules! tier_entry_points {
     ($isa:expr, $S:ty, gemm_mr = $mr:literal, gemm_nv = [$($nv:literal),+],
-     direct_ob = $ob:literal, direct_xv = [$($xv:literal),+],
+     gemm_narrow = $narrow:literal, direct_ob = $ob:literal, direct_xv = [$($xv:literal),+],
      dot = [$mi:literal, $nj:literal] $(, #[$attr:meta])*) => {
         mod entry {
             use super::*;
@@ -202,6 +208,18 @@ macro_rules! tier_entry_points {
                 microkernel::gemm_tile::<$S, $mr, NV>(kc, a, b, ldb, out)
             }
             static GEMM_TILES: &[GemmTileFn] = &[$(gemm_tile::<$nv>),+];
+
+            $(#[$attr])*
+            unsafe fn gemm_narrow(
+                kc: usize, a: *const f32, b: *const f32, ldb: usize, out: &microkernel::TileOut,
+            ) {
+                match out.n {
+                    1 => microkernel::gemm_narrow_tile::<$mr, 1>(kc, a, b, ldb, out),
+                    2 => microkernel::gemm_narrow_tile::<$mr, 2>(kc, a, b, ldb, out),
+                    3 => microkernel::gemm_narrow_tile::<$mr, 3>(kc, a, b, ldb, out),
+                    _ => microkernel::gemm_narrow_tile::<$mr, 4>(kc, a, b, ldb, out),
+                }
+            }
 
             // SAFETY (all entry points): the caller guarantees the CPU features of the
             // tier (a KernelSet is only handed out after detection) and pointers valid
@@ -288,6 +306,8 @@ macro_rules! tier_entry_points {
                 fma_chains,
                 gemm_mr: $mr,
                 gemm_tiles: GEMM_TILES,
+                gemm_narrow_max: $narrow,
+                gemm_narrow,
                 direct_ob: $ob,
                 direct_tiles: DIRECT_TILES,
                 dot_mi: $mi,

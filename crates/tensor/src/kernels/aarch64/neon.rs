@@ -79,6 +79,7 @@ crate::kernels::tier_entry_points!(
     Neon,
     gemm_mr = 8,
     gemm_nv = [1, 2, 3],
+    gemm_narrow = 0,
     direct_ob = 8,
     direct_xv = [1, 2, 3],
     dot = [4, 6],

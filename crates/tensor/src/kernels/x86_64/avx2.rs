@@ -94,6 +94,9 @@ crate::kernels::tier_entry_points!(
     Avx2,
     gemm_mr = 6,
     gemm_nv = [1, 2],
+    // Measured as AVX-512's: the 7 x 7 layers' 1-column edge gains (54 -> 61, 61 -> 69,
+    // 59 -> 68 GFLOP/s), a 4-column edge loses (66 -> 62), so only the narrowest.
+    gemm_narrow = 2,
     direct_ob = 4,
     direct_xv = [1, 2, 3],
     dot = [3, 4],
