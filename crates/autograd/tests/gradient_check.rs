@@ -86,8 +86,13 @@ fn grad_check(
             }
             numeric.push((j, (fp - fm) / (2.0 * h)));
         }
-        // Kinks are rare: most elements must have been checked.
-        prop_assert!(
+        // Kinks are rare, but an input may put one ReLU input within `h` of zero, and
+        // then every element that moves it sees the kink (a CI run on 2026-11-28 drew
+        // such a residual block: 4 of 9 weights). The kinks come from the f64
+        // reference alone, not from the code under test, so such an input is
+        // discarded and another drawn (proptest caps the discards, so a reference
+        // that always kinks still fails).
+        prop_assume!(
             kinks * 4 <= numeric.len() + kinks,
             "input {i}: {kinks} of {} checked elements sit on a kink",
             numeric.len() + kinks
