@@ -92,11 +92,9 @@ fn grad_check(
         // reference alone, not from the code under test, so such an input is
         // discarded and another drawn (proptest caps the discards, so a reference
         // that always kinks still fails).
-        prop_assume!(
-            kinks * 4 <= numeric.len() + kinks,
-            "input {i}: {kinks} of {} checked elements sit on a kink",
-            numeric.len() + kinks
-        );
+        let checked = numeric.len() + kinks;
+        let why = format!("input {i}: {kinks} of {checked} checked elements sit on a kink");
+        prop_assume!(kinks * 4 <= checked, "{}", why);
         let scale = numeric.iter().map(|(_, v)| v.abs()).fold(0.0, f64::max);
         for (j, want) in numeric {
             let got = g.data()[j] as f64;

@@ -31,7 +31,7 @@ use crate::gemm::pack::{BSource, Im2col, IM2COL_CHUNK};
 use crate::gemm::{driver, Epilogue, MatMut, MatRef, PackedA};
 use crate::kernels::Kernels;
 use crate::tensor::Tensor;
-use crate::wgrad::split_phases;
+use crate::wgrad::{per_channel, split_phases};
 
 /// Stride and zero padding of a convolution (the same along both axes, as in every
 /// ResNet layer).
@@ -395,14 +395,18 @@ impl Kernels {
             if kh == 1 && kw == 1 && p.padding == 0 {
                 // A strided 1x1 convolution: B is the subsampled image, `[c, oh ow]`.
                 return with_buffer(&PLANES, |sub| {
-                    sub.clear();
-                    if h * wd > 0 {
-                        for plane in image.chunks_exact(h * wd) {
-                            for row in plane.chunks(wd * s).take(oh) {
-                                sub.extend(row.iter().step_by(s).take(ow));
-                            }
+                    // Every element is written below: no clearing.
+                    sub.resize(c * oh * ow, 0.0);
+                    let parallel = threads == driver::Threads::Auto;
+                    per_channel(parallel, image, h * wd, sub, oh * ow, |src, dst| {
+                        let rows = src.chunks(wd * s).take(oh);
+                        for (row, d) in rows.zip(dst.chunks_exact_mut(ow.max(1))) {
+                            d.iter_mut()
+                                .zip(row.iter().step_by(s))
+                                .for_each(|(d, v)| *d = *v);
                         }
-                    }
+                    });
+                    let sub = &sub[..c * oh * ow];
                     run_gemm(BSource::Matrix(MatRef::row_major(sub, c, oh * ow)?), out)
                 });
             }
@@ -413,16 +417,15 @@ impl Kernels {
                 (wd + 2 * p.padding).div_ceil(s),
             );
             with_buffer(&PLANES, |planes| {
-                planes.clear();
-                planes.resize(c * s * s * qh * qw + IM2COL_CHUNK, 0.0);
-                if h * wd > 0 {
-                    for (src, dst) in image
-                        .chunks_exact(h * wd)
-                        .zip(planes.chunks_exact_mut(s * s * qh * qw))
-                    {
-                        split_phases(src, wd, p.padding, s, [qh, qw], dst);
-                    }
-                }
+                // Each channel's planes are cleared (the padding) and written by one task;
+                // the margin past them only feeds over-copied runs, which are overwritten.
+                let per = s * s * qh * qw;
+                planes.resize((c * per + IM2COL_CHUNK).max(planes.len()), 0.0);
+                let parallel = threads == driver::Threads::Auto;
+                per_channel(parallel, image, h * wd, planes, per, |src, dst| {
+                    dst.fill(0.0);
+                    split_phases(src, wd, p.padding, s, [qh, qw], dst);
+                });
                 let source = BSource::Im2col(Im2col {
                     planes,
                     c,

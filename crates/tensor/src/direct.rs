@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use crate::gemm::driver::Threads;
 use crate::kernels::microkernel::{TileOut, TileStep};
 use crate::kernels::KernelSet;
-use crate::wgrad::{phase_tap_offsets, split_phases};
+use crate::wgrad::{per_channel, phase_tap_offsets, split_phases};
 
 /// Convolution weights laid out for the direct kernel: blocks of `ob` output channels,
 /// each `[C kh kw][ob]` (`wt[(blk * k + r) * ob + b]` for reduction index
@@ -110,6 +110,7 @@ unsafe impl Sync for OutPtr {}
 /// right margin of `margin + kw` (so a vector may be read past the end of a row), and
 /// returns the padded row pitch and each reduction index's offset
 /// (`(c * PH + ky) * pitch + kx`).
+#[allow(clippy::too_many_arguments)]
 fn pad_image(
     x: &[f32],
     c: usize,
@@ -118,17 +119,22 @@ fn pad_image(
     pad: usize,
     margin: usize,
     padded: &mut Vec<f32>,
+    parallel: bool,
 ) -> (usize, Vec<usize>) {
     let pw = w + 2 * pad + margin + kw;
     let ph = h + 2 * pad;
-    padded.clear();
-    padded.resize(c * ph * pw + margin, 0.0);
-    for ci in 0..c {
-        for y in 0..h {
-            let dst = (ci * ph + y + pad) * pw + pad;
-            padded[dst..dst + w].copy_from_slice(&x[(ci * h + y) * w..][..w]);
+    // Each channel is cleared and copied by one task; only the margin past the last
+    // channel is cleared here.
+    let per = ph * pw;
+    padded.resize((c * per + margin).max(padded.len()), 0.0);
+    padded[c * per..c * per + margin].fill(0.0);
+    per_channel(parallel, x, h * w, padded, per, |src, dst| {
+        dst.fill(0.0);
+        for (y, row) in src.chunks_exact(w).enumerate() {
+            let at = (y + pad) * pw + pad;
+            dst[at..at + w].copy_from_slice(row);
         }
-    }
+    });
     let offs = (0..c)
         .flat_map(|ci| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| (ci, ky, kx))))
         .map(|(ci, ky, kx)| (ci * ph + ky) * pw + kx)
@@ -184,6 +190,7 @@ pub(crate) fn direct_conv_image(
         pad,
         max_xv * lanes * s,
         padded,
+        matches!(threads, Threads::Auto),
     );
     let k = offs.len();
     let plane = oh * ow;
@@ -300,15 +307,22 @@ fn direct_conv_image_planar(
     let (qh, qw) = ((h + 2 * pad).div_ceil(s), (w + 2 * pad).div_ceil(s));
     let plane = qh * qw;
     let ext = oh * qw;
-    // The phase planes, and a margin for the last tile's run past the last plane.
-    padded.clear();
-    padded.resize(dw.c * s * s * plane + dw.kw + max_xv * lanes, 0.0);
-    for (src, dst) in x
-        .chunks_exact(h * w)
-        .zip(padded.chunks_exact_mut(s * s * plane))
-    {
-        split_phases(src, w, pad, s, [qh, qw], dst);
-    }
+    // The phase planes (each channel's cleared and written by one task), and a zeroed
+    // margin for the last tile's run past the last plane.
+    let (per, margin) = (s * s * plane, dw.kw + max_xv * lanes);
+    padded.resize((dw.c * per + margin).max(padded.len()), 0.0);
+    padded[dw.c * per..dw.c * per + margin].fill(0.0);
+    per_channel(
+        matches!(threads, Threads::Auto),
+        x,
+        h * w,
+        padded,
+        per,
+        |src, dst| {
+            dst.fill(0.0);
+            split_phases(src, w, pad, s, [qh, qw], dst);
+        },
+    );
     let offs = phase_tap_offsets(dw.c, [dw.kh, dw.kw], s, [qh, qw]);
     let k = offs.len();
     let blocks = dw.o.div_ceil(ob);
