@@ -499,94 +499,110 @@ impl Kernels {
         };
         let (xd, gd) = (x.data(), dy.data());
 
-        // One group of images: returns its partial dW (empty when not wanted).
-        let run_group = |images: std::ops::Range<usize>,
-                         mut dx_group: Option<&mut [f32]>,
-                         threads: Threads|
-         -> Result<Vec<f32>> {
-            let first = images.start;
-            let mut dw_part = Vec::new();
-            if want_dw {
-                dw_part = vec![0.0f32; o * k];
-                let mut scratch = WeightGradScratch::default();
-                accumulate_weight_grad(
+        // One group of images' partial dW.
+        let dw_group = |images: std::ops::Range<usize>, threads: Threads| -> Vec<f32> {
+            let mut dw_part = vec![0.0f32; o * k];
+            let mut scratch = WeightGradScratch::default();
+            accumulate_weight_grad(
+                set,
+                &g,
+                o,
+                &xd[images.start * in_image..images.end * in_image],
+                &gd[images.start * out_image..images.end * out_image],
+                &mut dw_part,
+                &mut scratch,
+                threads == Threads::Auto,
+            );
+            dw_part
+        };
+        // One image's dX, with scratch buffers the caller keeps between images.
+        let dx_image = |b: usize,
+                        dx_b: &mut [f32],
+                        threads: Threads,
+                        padded: &mut Vec<f32>,
+                        dcols: &mut Vec<f32>|
+         -> Result<()> {
+            let dy_b = &gd[b * out_image..(b + 1) * out_image];
+            if let Some(fw) = &flipped {
+                direct_conv_image(
                     set,
-                    &g,
-                    o,
-                    &xd[images.start * in_image..images.end * in_image],
-                    &gd[images.start * out_image..images.end * out_image],
-                    &mut dw_part,
-                    &mut scratch,
-                    threads == Threads::Auto,
+                    dy_b,
+                    [oh, ow],
+                    fw,
+                    1,
+                    kh - 1 - p.padding,
+                    [h, wd],
+                    dx_b,
+                    DirectEpilogue::default(),
+                    threads,
+                    padded,
                 );
             }
-            let mut padded = Vec::new();
-            let mut dcols = if direct || !want_dx || transposed {
-                Vec::new()
-            } else {
-                vec![0.0f32; k * pix]
-            };
-            for b in images {
-                let dy_b = &gd[b * out_image..(b + 1) * out_image];
-                let dy_mat = MatRef::row_major(dy_b, o, pix)?;
-                if let (Some(fw), Some(dxg)) = (&flipped, dx_group.as_deref_mut()) {
-                    let dx_b = &mut dxg[(b - first) * in_image..(b - first + 1) * in_image];
-                    direct_conv_image(
-                        set,
-                        dy_b,
-                        [oh, ow],
-                        fw,
-                        1,
-                        kh - 1 - p.padding,
-                        [h, wd],
-                        dx_b,
-                        DirectEpilogue::default(),
-                        threads,
-                        &mut padded,
-                    );
-                }
-                if let (Some(wt), Some(dxg)) = (&wt, dx_group.as_deref_mut()) {
-                    let dx_b = &mut dxg[(b - first) * in_image..(b - first + 1) * in_image];
-                    // dcols [K, P] = W^T [K, O] dY_b [O, P], straight into dX_b when
-                    // the columns are the image itself.
-                    let source = BSource::Matrix(dy_mat);
-                    if direct {
-                        let mut c_mat = MatMut::row_major(dx_b, k, pix)?;
-                        driver::gemm(set, wt, &source, k, pix, &mut c_mat, &[], threads)?;
-                    } else {
-                        let mut c_mat = MatMut::row_major(&mut dcols, k, pix)?;
-                        driver::gemm(set, wt, &source, k, pix, &mut c_mat, &[], threads)?;
-                        g.col2im(&dcols, dx_b);
-                    }
+            if let Some(wt) = &wt {
+                // dcols [K, P] = W^T [K, O] dY_b [O, P], straight into dX_b when the
+                // columns are the image itself.
+                let source = BSource::Matrix(MatRef::row_major(dy_b, o, pix)?);
+                if direct {
+                    let mut c_mat = MatMut::row_major(dx_b, k, pix)?;
+                    driver::gemm(set, wt, &source, k, pix, &mut c_mat, &[], threads)?;
+                } else {
+                    // Written in full by the GEMM: a reused buffer needs no clearing.
+                    dcols.resize(k * pix, 0.0);
+                    let mut c_mat = MatMut::row_major(dcols, k, pix)?;
+                    driver::gemm(set, wt, &source, k, pix, &mut c_mat, &[], threads)?;
+                    g.col2im(dcols, dx_b);
                 }
             }
-            Ok(dw_part)
+            Ok(())
         };
 
         let threads = rayon::current_num_threads();
-        let partials: Vec<Vec<f32>> = if threads > 1 && n >= threads {
+        let mut partials: Vec<Vec<f32>> = Vec::new();
+        if threads > 1 && n >= threads {
+            // dW in one group of images per thread (each group's reduction runs over
+            // all its images), dX image by image; both handed to rayon together, so a
+            // thread that falls behind (the host is shared) is helped by the others
+            // rather than waited for.
             let per = n.div_ceil(threads);
             let groups: Vec<std::ops::Range<usize>> =
                 (0..n).step_by(per).map(|s| s..(s + per).min(n)).collect();
-            match dx.as_mut() {
-                Some(dx) => dx
-                    .data_mut()
-                    .par_chunks_mut(per * in_image)
-                    .zip(groups)
-                    .map(|(d, r)| run_group(r, Some(d), Threads::Single))
-                    .collect::<Result<_>>()?,
-                None => groups
-                    .into_par_iter()
-                    .map(|r| run_group(r, None, Threads::Single))
-                    .collect::<Result<_>>()?,
-            }
+            let dx_all = |dx: &mut Tensor| -> Result<()> {
+                dx.data_mut()
+                    .par_chunks_mut(in_image)
+                    .enumerate()
+                    .try_for_each_init(
+                        || (Vec::new(), Vec::new()),
+                        |(padded, dcols), (b, dx_b)| {
+                            dx_image(b, dx_b, Threads::Single, padded, dcols)
+                        },
+                    )
+            };
+            let (parts, dx_done) = rayon::join(
+                || {
+                    if want_dw {
+                        groups
+                            .into_par_iter()
+                            .map(|r| dw_group(r, Threads::Single))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    }
+                },
+                || dx.as_mut().map_or(Ok(()), dx_all),
+            );
+            dx_done?;
+            partials = parts;
         } else {
-            vec![run_group(
-                0..n,
-                dx.as_mut().map(|d| d.data_mut()),
-                Threads::Auto,
-            )?]
-        };
+            if want_dw {
+                partials.push(dw_group(0..n, Threads::Auto));
+            }
+            if let Some(dx) = dx.as_mut() {
+                let (mut padded, mut dcols) = (Vec::new(), Vec::new());
+                for (b, dx_b) in dx.data_mut().chunks_mut(in_image).enumerate() {
+                    dx_image(b, dx_b, Threads::Auto, &mut padded, &mut dcols)?;
+                }
+            }
+        }
         let dw = if want_dw {
             // Sum the groups' partial dW, already in OIHW order.
             let mut it = partials.into_iter();
