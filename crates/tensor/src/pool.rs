@@ -8,8 +8,14 @@
 //! elements gives its buffer to this pool, and the next tensor of about that size takes
 //! it instead of asking the allocator.
 //!
-//! The pool is bounded: it holds at most [`limit`] bytes (default [`DEFAULT_LIMIT`]);
-//! a buffer that would pass the limit goes back to the allocator as usual. A program
+//! The pool is bounded in bytes and in time: it holds at most [`limit`] bytes (default
+//! [`DEFAULT_LIMIT`]), a buffer that would pass the limit goes back to the allocator as
+//! usual, and a buffer nobody took within [`MAX_AGE`] pool operations (takes and gives
+//! of large buffers) is freed too. Nor does the pool take a buffer that no recent
+//! request could use: a buffer is kept only if one of the last [`RECENT`] requests was
+//! for a length it serves. So sizes that do not recur (a data loader's batch made with
+//! `Tensor::from_vec` each step, decoded photos of every size) pass through instead of
+//! piling up. A program
 //! that is done with large tensors (training finished, inference from here on) can hand
 //! the memory back with [`release`]; `set_limit(0)` turns recycling off. Code that
 //! drops large tensors whose sizes will not be asked for again (converting a model's
@@ -31,21 +37,58 @@ pub const MIN_FLOATS: usize = 16 * 1024;
 /// training step at batch 128 keeps for its backward pass.
 pub const DEFAULT_LIMIT: usize = 512 << 20;
 
+/// A pooled buffer not taken within this many pool operations is freed. A training step
+/// of ResNet-20 makes a few hundred (every activation and gradient is taken once and
+/// given once), ResNet-152's a few thousand; a buffer freed by one step is taken again
+/// by the next, well within this.
+pub const MAX_AGE: u64 = 4096;
+
+/// How many recent requests a buffer is matched against before the pool keeps it.
+pub const RECENT: usize = 64;
+
 struct Pool {
-    buffers: Vec<Vec<f32>>,
+    /// Each buffer with the clock reading when it was given.
+    buffers: Vec<(Vec<f32>, u64)>,
+    /// The lengths of the last [`RECENT`] requests (0: none yet), a ring whose next
+    /// slot is `next`.
+    recent: [usize; RECENT],
+    next: usize,
     bytes: usize,
     limit: usize,
+    /// Pool operations so far.
+    clock: u64,
+}
+
+impl Pool {
+    /// Advances the clock and frees the buffers that have waited longer than
+    /// [`MAX_AGE`].
+    fn tick(&mut self) {
+        self.clock += 1;
+        let now = self.clock;
+        let mut i = 0;
+        while i < self.buffers.len() {
+            if now - self.buffers[i].1 > MAX_AGE {
+                let (v, _) = self.buffers.swap_remove(i);
+                self.bytes -= bytes_of(&v);
+            } else {
+                i += 1;
+            }
+        }
+    }
 }
 
 static POOL: Mutex<Pool> = Mutex::new(Pool {
     buffers: Vec::new(),
+    recent: [0; RECENT],
+    next: 0,
     bytes: 0,
     limit: DEFAULT_LIMIT,
+    clock: 0,
 });
 
 fn lock() -> std::sync::MutexGuard<'static, Pool> {
     // A panic while holding the lock cannot leave the pool inconsistent (every update
-    // is a push or a swap_remove plus a counter), so a poisoned lock is still usable.
+    // is a push or a swap_remove plus counters), so a poisoned lock is still usable.
     POOL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -60,14 +103,18 @@ pub(crate) fn take(len: usize) -> Option<Vec<f32>> {
         return None;
     }
     let mut pool = lock();
+    pool.tick();
+    let next = pool.next;
+    pool.recent[next] = len;
+    pool.next = (next + 1) % RECENT;
     let best = pool
         .buffers
         .iter()
         .enumerate()
-        .filter(|(_, b)| (len..=2 * len).contains(&b.capacity()))
-        .min_by_key(|(_, b)| b.capacity())
+        .filter(|(_, (b, _))| (len..=2 * len).contains(&b.capacity()))
+        .min_by_key(|(_, (b, _))| b.capacity())
         .map(|(i, _)| i)?;
-    let mut v = pool.buffers.swap_remove(best);
+    let (mut v, _) = pool.buffers.swap_remove(best);
     pool.bytes -= bytes_of(&v);
     drop(pool);
     // Within capacity: `truncate` is free, `resize` writes only the part past the old
@@ -98,16 +145,23 @@ fn bypassed() -> bool {
     BYPASS.with(|b| b.get())
 }
 
-/// Takes `v` into the pool if it is large enough and fits under the limit; otherwise
-/// frees it.
+/// Takes `v` into the pool if it is large enough, a recent request could use it, and it
+/// fits under the limit; otherwise frees it.
 pub(crate) fn give(v: Vec<f32>) {
     if v.capacity() < MIN_FLOATS || bypassed() {
         return;
     }
     let mut pool = lock();
-    if pool.bytes + bytes_of(&v) <= pool.limit {
+    pool.tick();
+    let cap = v.capacity();
+    let wanted = pool
+        .recent
+        .iter()
+        .any(|&l| l > 0 && (l..=2 * l).contains(&cap));
+    if wanted && pool.bytes + bytes_of(&v) <= pool.limit {
         pool.bytes += bytes_of(&v);
-        pool.buffers.push(v);
+        let now = pool.clock;
+        pool.buffers.push((v, now));
     }
 }
 
@@ -121,9 +175,11 @@ pub fn limit() -> usize {
 pub fn set_limit(bytes: usize) {
     let mut pool = lock();
     pool.limit = bytes;
-    pool.buffers.sort_by_key(|b| b.capacity());
+    pool.buffers.sort_by_key(|(b, _)| b.capacity());
     while pool.bytes > bytes {
-        let Some(v) = pool.buffers.pop() else { break };
+        let Some((v, _)) = pool.buffers.pop() else {
+            break;
+        };
         pool.bytes -= bytes_of(&v);
     }
 }

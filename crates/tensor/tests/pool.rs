@@ -90,4 +90,22 @@ fn dropped_buffers_are_reused_within_the_limit() {
     });
     drop(Tensor::zeros(&[n]).unwrap());
     assert_eq!(pool::held_bytes(), kept);
+
+    // A buffer no recent request could use is not kept: a tensor made from a Vec of a
+    // size nobody asked for (a decoded photo, a data loader's batch).
+    pool::release();
+    drop(Tensor::from_vec(&[7 * n], vec![0.5; 7 * n]).unwrap());
+    assert_eq!(
+        pool::held_bytes(),
+        0,
+        "a buffer of an unrequested size was kept"
+    );
+
+    // A buffer nobody takes is freed after MAX_AGE pool operations; one that is taken
+    // and given back keeps circulating.
+    drop(Tensor::zeros(&[3 * n]).unwrap()); // never asked for again
+    for _ in 0..pool::MAX_AGE {
+        drop(Tensor::zeros(&[n]).unwrap()); // a take and a give per round
+    }
+    assert_eq!(pool::held_bytes(), n * 4, "the stale buffer is still held");
 }
