@@ -108,4 +108,21 @@ fn dropped_buffers_are_reused_within_the_limit() {
         drop(Tensor::zeros(&[n]).unwrap()); // a take and a give per round
     }
     assert_eq!(pool::held_bytes(), n * 4, "the stale buffer is still held");
+
+    // Threads taking and giving at once never share a buffer: each fills its tensor
+    // with its own value and finds only that value there.
+    let sizes = [n, n + 1, 2 * n, 3 * n / 2];
+    std::thread::scope(|scope| {
+        for t in 0..4usize {
+            scope.spawn(move || {
+                for i in 0..100 {
+                    let value = (t * 1000 + i) as f32;
+                    let a = Tensor::full(&[sizes[(t + i) % 4]], value).unwrap();
+                    let b = a.clone();
+                    assert!(a.data().iter().chain(b.data()).all(|&v| v == value));
+                }
+            });
+        }
+    });
+    assert!(pool::held_bytes() <= pool::limit());
 }
