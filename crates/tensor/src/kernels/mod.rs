@@ -394,28 +394,18 @@ fn for_each_chunk_with(
 /// A new tensor of `like`'s shape whose elements `fill` writes, chunk by chunk (over
 /// rayon's pool when it is large): `fill(i, out, len)` must write all `len` floats at
 /// `out`, chunk `i` of `chunk` elements (the last may be shorter). Unlike
-/// `Tensor::zeros` and then a kernel, nothing is written twice: an activation-sized
-/// output costs one pass over memory, not two.
+/// `Tensor::zeros` and then a kernel, nothing is written twice: the output starts as
+/// `Tensor::for_overwrite` (a recycled buffer, or the allocator's zeroed pages).
 fn new_written(
     like: &Tensor,
     chunk: usize,
     fill: impl Fn(usize, *mut f32, usize) + Sync + Send,
 ) -> Result<Tensor> {
-    let n = like.len();
-    // A recycled buffer if there is one (no page faults), else uninitialised memory.
-    if let Some(mut data) = crate::pool::take(n) {
-        for_each_chunk(&mut data, chunk.max(1), |i, c| {
-            fill(i, c.as_mut_ptr(), c.len())
-        });
-        return Tensor::from_vec(like.shape(), data);
-    }
-    let mut data: Vec<f32> = Vec::with_capacity(n);
-    for_each_chunk(&mut data.spare_capacity_mut()[..n], chunk.max(1), |i, c| {
-        fill(i, c.as_mut_ptr().cast::<f32>(), c.len())
+    let mut out = Tensor::for_overwrite(like.shape())?;
+    for_each_chunk(out.data_mut(), chunk.max(1), |i, c| {
+        fill(i, c.as_mut_ptr(), c.len())
     });
-    // SAFETY: the chunks cover `0..n` and `fill` wrote every element of each.
-    unsafe { data.set_len(n) };
-    Tensor::from_vec(like.shape(), data)
+    Ok(out)
 }
 
 /// Per-channel batch statistics: the mean and the biased (population) variance over
