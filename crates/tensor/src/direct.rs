@@ -106,40 +106,44 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-/// Copies a `C x H x W` image into `padded`, zero-padded by `pad` on every side plus a
-/// right margin of `margin + kw` (so a vector may be read past the end of a row), and
-/// returns the padded row pitch and each reduction index's offset
+/// Copies a `C x H x W` image into `padded`, zero-padded by `pad` on every side, and
+/// returns the padded row pitch (`W + 2 pad`) and each reduction index's offset
 /// (`(c * PH + ky) * pitch + kx`).
-#[allow(clippy::too_many_arguments)]
+///
+/// Every float of each channel is written (its rows copied, its border zeroed), so the
+/// buffer needs no clearing first. No margin is needed: the flat-run tiles that read
+/// this layout (rows of whole vectors, stride 1) stay inside the padded rows.
 fn pad_image(
     x: &[f32],
     c: usize,
     [h, w]: [usize; 2],
     [kh, kw]: [usize; 2],
     pad: usize,
-    margin: usize,
     padded: &mut Vec<f32>,
     parallel: bool,
 ) -> (usize, Vec<usize>) {
-    let pw = w + 2 * pad + margin + kw;
-    let ph = h + 2 * pad;
-    // Each channel is cleared and copied by one task; only the margin past the last
-    // channel is cleared here.
+    let (ph, pw) = (h + 2 * pad, w + 2 * pad);
     let per = ph * pw;
-    padded.resize((c * per + margin).max(padded.len()), 0.0);
-    padded[c * per..c * per + margin].fill(0.0);
-    per_channel(parallel, x, h * w, padded, per, |src, dst| {
-        dst.fill(0.0);
-        for (y, row) in src.chunks_exact(w).enumerate() {
-            let at = (y + pad) * pw + pad;
-            dst[at..at + w].copy_from_slice(row);
-        }
-    });
-    let offs = (0..c)
-        .flat_map(|ci| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| (ci, ky, kx))))
-        .map(|(ci, ky, kx)| (ci * ph + ky) * pw + kx)
-        .collect();
-    (pw, offs)
+    padded.resize((c * per).max(padded.len()), 0.0);
+    per_channel(
+        parallel,
+        x,
+        h * w,
+        &mut padded[..c * per],
+        per,
+        |src, dst| {
+            let (top, rest) = dst.split_at_mut(pad * pw);
+            top.fill(0.0);
+            let (rows, bottom) = rest.split_at_mut(h * pw);
+            bottom.fill(0.0);
+            for (row, d) in src.chunks_exact(w).zip(rows.chunks_exact_mut(pw)) {
+                d[..pad].fill(0.0);
+                d[pad..pad + w].copy_from_slice(row);
+                d[pad + w..].fill(0.0);
+            }
+        },
+    );
+    (pw, phase_tap_offsets(c, [kh, kw], 1, [ph, pw]))
 }
 
 /// Convolves one `C x H x W` image into `out` (`O x OH x OW`), stride `s`, padding
@@ -188,7 +192,6 @@ pub(crate) fn direct_conv_image(
         [h, w],
         [dw.kh, dw.kw],
         pad,
-        max_xv * lanes * s,
         padded,
         matches!(threads, Threads::Auto),
     );
@@ -204,6 +207,15 @@ pub(crate) fn direct_conv_image(
     debug_assert_eq!(ow % lanes, 0);
     let vpr = ow / lanes;
     let positions = (oh * vpr).div_ceil(max_xv);
+    // The kernel reads through raw pointers: the last tap of the last vector must end
+    // inside the padded channels.
+    if let (Some(&tap), true) = (offs.last(), oh > 0 && vpr > 0) {
+        let last = (oh - 1) * s * pw + (vpr - 1) * lanes * s + tap;
+        assert!(
+            last + lanes <= dw.c * (h + 2 * pad) * pw,
+            "direct convolution: padded image too small"
+        );
+    }
     let outp = OutPtr(out.as_mut_ptr());
     let padded = &padded[..];
     let run = |(blk, pos): (usize, usize)| {
