@@ -313,8 +313,7 @@ impl<'p> Tape<'p> {
                 ),
             ));
         }
-        let scale: Vec<f32> = (0..c).map(|i| g[i] * inv_std[i]).collect();
-        let shift: Vec<f32> = (0..c).map(|i| b[i] - mean[i] * scale[i]).collect();
+        let [scale, shift] = affine_coefficients(g, b, mean, inv_std);
         let xv = self.value(x)?;
         if relu {
             self.kernels.scale_shift_relu(xv, &scale, &shift)
@@ -513,9 +512,35 @@ impl<'p> Tape<'p> {
                 relu,
                 batch_stats,
             } => {
-                let dy = if *relu { self.relu_grad(dy, out)? } else { dy };
                 let (xv, gv) = (self.value(*x)?, self.value(*gamma)?.data());
-                let g = if *batch_stats {
+                let g = if *relu {
+                    // The ReLU's mask is recomputed from x inside the batch-norm passes,
+                    // with the forward's scale and shift (the same arithmetic as
+                    // `affine`, so the same floats): no ReLU-backward pass.
+                    let [scale, shift] =
+                        affine_coefficients(gv, self.value(*beta)?.data(), mean, inv_std);
+                    let affine = [&scale[..], &shift[..]];
+                    match Rc::try_unwrap(dy) {
+                        Ok(dy) => k.batch_norm_relu_backward_reusing(
+                            xv,
+                            dy,
+                            mean,
+                            inv_std,
+                            gv,
+                            affine,
+                            *batch_stats,
+                        )?,
+                        Err(dy) => k.batch_norm_relu_backward(
+                            xv,
+                            &dy,
+                            mean,
+                            inv_std,
+                            gv,
+                            affine,
+                            *batch_stats,
+                        )?,
+                    }
+                } else if *batch_stats {
                     // dx over dy's buffer when nobody else holds dy.
                     match Rc::try_unwrap(dy) {
                         Ok(dy) => k.batch_norm_backward_reusing(xv, dy, mean, inv_std, gv)?,
@@ -576,6 +601,26 @@ impl<'p> Tape<'p> {
         };
         Ok(grads.into_iter().map(|(v, g)| (v, Rc::new(g))).collect())
     }
+}
+
+/// Batch norm as one affine map per channel, `y = scale x + shift`: `scale = gamma
+/// inv_std`, `shift = beta - mean scale`. The forward and the fused BN + ReLU backward
+/// (which recomputes the ReLU's mask from it) both take it from here, so they agree to
+/// the bit.
+fn affine_coefficients(
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    inv_std: &[f32],
+) -> [Vec<f32>; 2] {
+    let scale: Vec<f32> = gamma.iter().zip(inv_std).map(|(g, s)| g * s).collect();
+    let shift = beta
+        .iter()
+        .zip(mean)
+        .zip(&scale)
+        .map(|((b, m), s)| b - m * s)
+        .collect();
+    [scale, shift]
 }
 
 /// The option-A shortcut's forward: subsample, then zero channels on both sides.

@@ -187,6 +187,7 @@ impl Kernels {
             inv_std,
             gamma,
             true,
+            None,
         )
     }
 
@@ -209,6 +210,7 @@ impl Kernels {
             inv_std,
             gamma,
             true,
+            None,
         )
     }
 
@@ -231,6 +233,62 @@ impl Kernels {
             inv_std,
             gamma,
             false,
+            None,
+        )
+    }
+
+    /// The backward of batch norm fused with the ReLU after it (`Tape::batch_norm` with
+    /// `relu`), writing `dx` over `dy`'s buffer, which it consumes: the ReLU's mask is
+    /// recomputed from `x` and the forward's per-channel `affine = [scale, shift]`
+    /// (`y = max(scale x + shift, 0)`, computed by [`Kernels::scale_shift_relu`]) inside
+    /// the two batch-norm passes, so the ReLU costs no pass of its own. The same as
+    /// [`Kernels::relu_backward`] on the forward's output followed by
+    /// [`Kernels::batch_norm_backward`] (or, with `batch_stats = false`,
+    /// [`Kernels::batch_norm_fixed_backward`]), to the last bit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_relu_backward_reusing(
+        &self,
+        x: &Tensor,
+        dy: Tensor,
+        mean: &[f32],
+        inv_std: &[f32],
+        gamma: &[f32],
+        affine: [&[f32]; 2],
+        batch_stats: bool,
+    ) -> Result<BatchNormGrads> {
+        self.batch_norm_backward_impl(
+            "batch_norm_relu_backward_reusing",
+            x,
+            GradIn::Owned(dy),
+            mean,
+            inv_std,
+            gamma,
+            batch_stats,
+            Some(affine),
+        )
+    }
+
+    /// [`Kernels::batch_norm_relu_backward_reusing`] into a new tensor, leaving `dy`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_relu_backward(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        mean: &[f32],
+        inv_std: &[f32],
+        gamma: &[f32],
+        affine: [&[f32]; 2],
+        batch_stats: bool,
+    ) -> Result<BatchNormGrads> {
+        self.batch_norm_backward_impl(
+            "batch_norm_relu_backward",
+            x,
+            GradIn::Borrowed(dy),
+            mean,
+            inv_std,
+            gamma,
+            batch_stats,
+            Some(affine),
         )
     }
 
@@ -244,6 +302,7 @@ impl Kernels {
         inv_std: &[f32],
         gamma: &[f32],
         batch_stats: bool,
+        relu: Option<[&[f32]; 2]>,
     ) -> Result<BatchNormGrads> {
         let (mut dx, borrowed) = match dy {
             GradIn::Borrowed(dy) => {
@@ -265,7 +324,9 @@ impl Kernels {
                 })
             }
         };
-        for (name, p) in [("mean", mean), ("inv_std", inv_std), ("gamma", gamma)] {
+        let affine = relu.map(|[scale, shift]| [("scale", scale), ("shift", shift)]);
+        let per_channel = [("mean", mean), ("inv_std", inv_std), ("gamma", gamma)];
+        for (name, p) in per_channel.into_iter().chain(affine.into_iter().flatten()) {
             if p.len() != c {
                 return Err(TensorError::InvalidArgument {
                     op,
@@ -285,12 +346,21 @@ impl Kernels {
         let xd = x.data();
         let gd = borrowed.map_or(dx.data(), |dy| dy.data());
         let at = |b: usize, ch: usize| (b * c + ch) * plane;
+        let mask = |ch: usize| relu.map(|[scale, shift]| [scale[ch], shift[ch]]);
         let channel_sums = |ch: usize| {
             let (mut s_dy, mut s_dev) = (0.0f64, 0.0f64);
             for b in 0..n {
                 let i = at(b, ch);
                 // SAFETY: plane `(b, ch)` is in bounds of both equally shaped tensors.
-                let [s, d] = unsafe { sums(gd[i..].as_ptr(), xd[i..].as_ptr(), plane, mean[ch]) };
+                let [s, d] = unsafe {
+                    sums(
+                        gd[i..].as_ptr(),
+                        xd[i..].as_ptr(),
+                        plane,
+                        mean[ch],
+                        mask(ch),
+                    )
+                };
                 s_dy += s as f64;
                 s_dev += d as f64;
             }
@@ -328,7 +398,16 @@ impl Kernels {
             let s = i * plane;
             let g = gd.map_or(d.as_ptr(), |gd| gd[s..].as_ptr());
             // SAFETY: plane `i` of dy and x is in bounds, as long as `d`.
-            unsafe { apply(g, xd[s..].as_ptr(), d.as_mut_ptr(), plane, coef[ch]) }
+            unsafe {
+                apply(
+                    g,
+                    xd[s..].as_ptr(),
+                    d.as_mut_ptr(),
+                    plane,
+                    coef[ch],
+                    mask(ch),
+                )
+            }
         };
         if plane == 0 {
             // Nothing to write.

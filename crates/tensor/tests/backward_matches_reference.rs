@@ -17,6 +17,10 @@ use tensor::{reference, Conv2d, Kernels, Pool2d, Tensor};
 const CHECKS: &[(&str, Check)] = &[
     ("relu_backward_equals_reference", check_relu),
     ("batch_norm_backward_equals_reference", check_batch_norm),
+    (
+        "batch_norm_relu_backward_equals_relu_then_batch_norm",
+        check_batch_norm_relu,
+    ),
     ("max_pool2d_backward_equals_reference", check_max_pool),
     ("global_avg_pool_backward_spreads_evenly", check_avg_pool),
     ("conv2d_backward_equals_reference", check_conv),
@@ -108,6 +112,72 @@ fn check_batch_norm(k: Kernels) -> CheckResult {
         close("dx (reusing dy)", reused.dx.data(), got.dx.data(), |_| 0.0)?;
         close("dgamma (reusing dy)", &reused.dgamma, &got.dgamma, |_| 0.0)?;
         close("dbeta (reusing dy)", &reused.dbeta, &got.dbeta, |_| 0.0)
+    })
+}
+
+/// The fused BN + ReLU backward (the ReLU's mask recomputed from `x`) against the
+/// unfused chain it replaces: ReLU's backward on the forward's output, then batch
+/// norm's. Same arithmetic, so equal to the last bit, with batch or fixed statistics,
+/// into a new tensor or over `dy`'s buffer.
+fn check_batch_norm_relu(k: Kernels) -> CheckResult {
+    let strategy = (1usize..=3, 1usize..=5, 1usize..=9, 1usize..=9, any::<u64>());
+    prop(strategy, |(n, c, h, w, seed)| {
+        if n * h * w < 2 {
+            return Ok(());
+        }
+        let x = Tensor::randn(&[n, c, h, w], 0.7, 2.0, seed).map_err(fail)?;
+        let dy = Tensor::randn(&[n, c, h, w], 0.1, 1.0, seed ^ 3).map_err(fail)?;
+        // A negative gamma flips which side of the mean the ReLU keeps.
+        let gamma: Vec<f32> = (0..c)
+            .map(|i| {
+                if i % 3 == 2 {
+                    -0.7
+                } else {
+                    0.5 + 0.3 * i as f32
+                }
+            })
+            .collect();
+        let beta: Vec<f32> = (0..c).map(|i| 0.4 * i as f32 - 0.3).collect();
+        let stats = k.channel_stats(&x).map_err(fail)?;
+        let inv_std: Vec<f32> = stats.var.iter().map(|v| 1.0 / (v + 1e-5).sqrt()).collect();
+        let scale: Vec<f32> = gamma.iter().zip(&inv_std).map(|(g, s)| g * s).collect();
+        let shift: Vec<f32> = (0..c).map(|i| beta[i] - stats.mean[i] * scale[i]).collect();
+        let y = k.scale_shift_relu(&x, &scale, &shift).map_err(fail)?;
+        if y.data().iter().all(|&v| v > 0.0) {
+            return Err(TestCaseError::fail("the case masks nothing"));
+        }
+        let masked = k.relu_backward(&dy, &y).map_err(fail)?;
+        let affine = [&scale[..], &shift[..]];
+        for batch_stats in [true, false] {
+            let want = if batch_stats {
+                k.batch_norm_backward(&x, &masked, &stats.mean, &inv_std, &gamma)
+            } else {
+                k.batch_norm_fixed_backward(&x, &masked, &stats.mean, &inv_std, &gamma)
+            }
+            .map_err(fail)?;
+            let (mean, istd) = (&stats.mean, &inv_std);
+            let got = k
+                .batch_norm_relu_backward(&x, &dy, mean, istd, &gamma, affine, batch_stats)
+                .map_err(fail)?;
+            let reused = k
+                .batch_norm_relu_backward_reusing(
+                    &x,
+                    dy.clone(),
+                    mean,
+                    istd,
+                    &gamma,
+                    affine,
+                    batch_stats,
+                )
+                .map_err(fail)?;
+            for (how, g) in [("new tensor", &got), ("reusing dy", &reused)] {
+                let what = |t: &str| format!("{t} ({how}, batch stats {batch_stats})");
+                close(&what("dx"), g.dx.data(), want.dx.data(), |_| 0.0)?;
+                close(&what("dgamma"), &g.dgamma, &want.dgamma, |_| 0.0)?;
+                close(&what("dbeta"), &g.dbeta, &want.dbeta, |_| 0.0)?;
+            }
+        }
+        Ok(())
     })
 }
 

@@ -144,24 +144,54 @@ pub(crate) unsafe fn relu_backward<S: Simd>(dy: *const f32, y: *const f32, dx: *
 /// Batch norm's backward sums over one plane: `[sum(dy), sum(dy * (x - mean))]`.
 /// Two pairs of accumulators keep the adds pipelined; tail lanes load `dy = 0`, which
 /// adds nothing to either sum.
+///
+/// With `relu = Some([scale, shift])` the batch norm was followed by a ReLU, and `dy`
+/// is first masked where that ReLU was off: `scale x + shift <= 0`, recomputed from `x`
+/// by the same fused multiply-add the forward used (`scale_shift_relu`), so the mask
+/// equals the forward's to the bit and no separate ReLU-backward pass is needed.
 #[inline(always)]
 pub(crate) unsafe fn bn_backward_sums<S: Simd>(
     dy: *const f32,
     x: *const f32,
     n: usize,
     mean: f32,
+    relu: Option<[f32; 2]>,
+) -> [f32; 2] {
+    match relu {
+        None => bn_sums::<S, false>(dy, x, n, mean, [0.0; 2]),
+        Some(affine) => bn_sums::<S, true>(dy, x, n, mean, affine),
+    }
+}
+
+#[inline(always)]
+unsafe fn bn_sums<S: Simd, const RELU: bool>(
+    dy: *const f32,
+    x: *const f32,
+    n: usize,
+    mean: f32,
+    [scale, shift]: [f32; 2],
 ) -> [f32; 2] {
     let l = S::LANES;
     let m = S::splat(mean);
+    let (sa, sb) = (S::splat(scale), S::splat(shift));
+    let mask = |g: S::V, v: S::V| {
+        if RELU {
+            S::select_positive(S::mul_add(v, sa, sb), g)
+        } else {
+            g
+        }
+    };
     let zero = S::splat(0.0);
     let (mut s0, mut s1, mut d0, mut d1) = (zero, zero, zero, zero);
     let mut i = 0;
     while i + 2 * l <= n {
-        let (g0, g1) = (S::load(dy.add(i)), S::load(dy.add(i + l)));
+        let (v0, v1) = (S::load(x.add(i)), S::load(x.add(i + l)));
+        let g0 = mask(S::load(dy.add(i)), v0);
+        let g1 = mask(S::load(dy.add(i + l)), v1);
         s0 = S::add(s0, g0);
         s1 = S::add(s1, g1);
-        d0 = S::mul_add(g0, S::sub(S::load(x.add(i)), m), d0);
-        d1 = S::mul_add(g1, S::sub(S::load(x.add(i + l)), m), d1);
+        d0 = S::mul_add(g0, S::sub(v0, m), d0);
+        d1 = S::mul_add(g1, S::sub(v1, m), d1);
         i += 2 * l;
     }
     while i < n {
@@ -174,6 +204,7 @@ pub(crate) unsafe fn bn_backward_sums<S: Simd>(
                 S::load_partial(x.add(i), r, mean),
             )
         };
+        let g = mask(g, v);
         s0 = S::add(s0, g);
         d0 = S::mul_add(g, S::sub(v, m), d0);
         i += r;
@@ -181,8 +212,8 @@ pub(crate) unsafe fn bn_backward_sums<S: Simd>(
     [S::reduce_add(S::add(s0, s1)), S::reduce_add(S::add(d0, d1))]
 }
 
-/// Batch norm's backward on one plane, in the affine form the closed-form gradient
-/// reduces to per channel: `dx = a * dy + b * x + c`.
+/// Batch norm's input gradient over one plane, `dx = a dy + b x + c` with
+/// `coef = [a, b, c]`; with `relu`, `dy` is masked first as in [`bn_backward_sums`].
 #[inline(always)]
 pub(crate) unsafe fn bn_backward_apply<S: Simd>(
     dy: *const f32,
@@ -190,9 +221,19 @@ pub(crate) unsafe fn bn_backward_apply<S: Simd>(
     dx: *mut f32,
     n: usize,
     coef: [f32; 3],
+    relu: Option<[f32; 2]>,
 ) {
     let (a, b, c) = (S::splat(coef[0]), S::splat(coef[1]), S::splat(coef[2]));
-    map2::<S>(dy, x, dx, n, |g, v| S::mul_add(g, a, S::mul_add(v, b, c)));
+    match relu {
+        None => map2::<S>(dy, x, dx, n, |g, v| S::mul_add(g, a, S::mul_add(v, b, c))),
+        Some([scale, shift]) => {
+            let (sa, sb) = (S::splat(scale), S::splat(shift));
+            map2::<S>(dy, x, dx, n, |g, v| {
+                let g = S::select_positive(S::mul_add(v, sa, sb), g);
+                S::mul_add(g, a, S::mul_add(v, b, c))
+            })
+        }
+    }
 }
 
 /// The sum of `n` elements (lane-parallel partial sums, each over `n / (4 * LANES)`

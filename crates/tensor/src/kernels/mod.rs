@@ -112,8 +112,8 @@ pub(crate) struct KernelSet {
     pub add: unsafe fn(*const f32, *const f32, *mut f32, usize),
     pub add_relu: unsafe fn(*const f32, *const f32, *mut f32, usize),
     pub relu_backward: unsafe fn(*const f32, *const f32, *mut f32, usize),
-    pub bn_backward_sums: unsafe fn(*const f32, *const f32, usize, f32) -> [f32; 2],
-    pub bn_backward_apply: unsafe fn(*const f32, *const f32, *mut f32, usize, [f32; 3]),
+    pub bn_backward_sums: BnSumsFn,
+    pub bn_backward_apply: BnApplyFn,
     pub sum: unsafe fn(*const f32, usize) -> f32,
     pub sum_sq_dev: unsafe fn(*const f32, usize, f32) -> f32,
     pub softmax_row: unsafe fn(*const f32, *mut f32, usize),
@@ -149,6 +149,16 @@ pub(crate) struct KernelSet {
 /// `(k, offsets, weights, input, vector offsets, output)`.
 pub(crate) type DirectTileFn =
     unsafe fn(usize, *const usize, *const f32, *const f32, *const usize, &microkernel::TileOut);
+
+/// Batch norm's backward sums over a plane: `(dy, x, n, mean, ReLU's [scale, shift])`
+/// (`body::bn_backward_sums`).
+pub(crate) type BnSumsFn =
+    unsafe fn(*const f32, *const f32, usize, f32, Option<[f32; 2]>) -> [f32; 2];
+
+/// Batch norm's input gradient over a plane: `(dy, x, dx, n, [a, b, c], ReLU's [scale,
+/// shift])` (`body::bn_backward_apply`).
+pub(crate) type BnApplyFn =
+    unsafe fn(*const f32, *const f32, *mut f32, usize, [f32; 3], Option<[f32; 2]>);
 
 /// A GEMM microkernel entry point: `(kc, packed A panel, B panel, B row stride, output)`.
 pub(crate) type GemmTileFn = unsafe fn(usize, *const f32, *const f32, usize, &microkernel::TileOut);
@@ -249,14 +259,17 @@ macro_rules! tier_entry_points {
                 body::relu_backward::<$S>(dy, y, dx, n)
             }
             $(#[$attr])*
-            unsafe fn bn_backward_sums(dy: *const f32, x: *const f32, n: usize, mean: f32) -> [f32; 2] {
-                body::bn_backward_sums::<$S>(dy, x, n, mean)
+            unsafe fn bn_backward_sums(
+                dy: *const f32, x: *const f32, n: usize, mean: f32, relu: Option<[f32; 2]>,
+            ) -> [f32; 2] {
+                body::bn_backward_sums::<$S>(dy, x, n, mean, relu)
             }
             $(#[$attr])*
             unsafe fn bn_backward_apply(
                 dy: *const f32, x: *const f32, dx: *mut f32, n: usize, coef: [f32; 3],
+                relu: Option<[f32; 2]>,
             ) {
-                body::bn_backward_apply::<$S>(dy, x, dx, n, coef)
+                body::bn_backward_apply::<$S>(dy, x, dx, n, coef, relu)
             }
             $(#[$attr])*
             unsafe fn sum(s: *const f32, n: usize) -> f32 {
