@@ -137,9 +137,13 @@ fn pad_image(
             let (rows, bottom) = rest.split_at_mut(h * pw);
             bottom.fill(0.0);
             for (row, d) in src.chunks_exact(w).zip(rows.chunks_exact_mut(pw)) {
-                d[..pad].fill(0.0);
+                // The border elements one by one: `fill` on a slice of one or two
+                // floats compiled to a `memset` call each (0.9% of a training step).
+                for i in 0..pad {
+                    d[i] = 0.0;
+                    d[pad + w + i] = 0.0;
+                }
                 d[pad..pad + w].copy_from_slice(row);
-                d[pad + w..].fill(0.0);
             }
         },
     );

@@ -176,16 +176,18 @@ pub(crate) fn phase_tap_offsets(
     s: usize,
     [qh, qw]: [usize; 2],
 ) -> Vec<usize> {
-    // Plain loops: this runs once per image and layer in training, and the iterator
-    // chain it replaced took 1.7% of a ResNet-20 training step.
-    let mut offs = Vec::with_capacity(c * kh * kw);
+    // This runs once per image and layer in training: plain loops, with the divisions
+    // by `s` taken once per kernel tap rather than once per offset (the iterator chain
+    // with per-offset divisions it replaced took 1.7% of a ResNet-20 training step).
+    // A tap's offset within channel 0, plus a whole channel's planes per channel.
+    let tap: Vec<usize> = (0..kh)
+        .flat_map(|ky| (0..kw).map(move |kx| (ky, kx)))
+        .map(|(ky, kx)| (((ky % s) * s + kx % s) * qh + ky / s) * qw + kx / s)
+        .collect();
+    let channel = s * s * qh * qw;
+    let mut offs = Vec::with_capacity(c * tap.len());
     for ci in 0..c {
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let p = (ci * s + ky % s) * s + kx % s;
-                offs.push((p * qh + ky / s) * qw + kx / s);
-            }
-        }
+        offs.extend(tap.iter().map(|t| ci * channel + t));
     }
     offs
 }
