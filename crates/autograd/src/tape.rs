@@ -60,6 +60,17 @@ enum Op {
         relu: bool,
         batch_stats: bool,
     },
+    /// The end of a residual block in training: `relu(batch_norm(x) + residual)`, batch
+    /// statistics. The normalised tensor is never stored: the backward needs only `x`,
+    /// the statistics and the output (for the ReLU's mask).
+    BatchNormAddRelu {
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        residual: Var,
+        mean: Vec<f32>,
+        inv_std: Vec<f32>,
+    },
     Relu {
         x: Var,
     },
@@ -261,6 +272,47 @@ impl<'p> Tape<'p> {
             batch_stats: true,
         };
         Ok((self.push_op(y, op, &[x, gamma, beta]), stats))
+    }
+
+    /// `relu(batch_norm(x) + residual)` with the batch's statistics: the second batch
+    /// norm of a residual block, the shortcut and the ReLU as one op and one pass over
+    /// memory (`Kernels::scale_shift_add_relu`). The same values as [`Tape::batch_norm`]
+    /// without ReLU followed by [`Tape::add`] with ReLU, without storing the normalised
+    /// tensor in between.
+    pub fn batch_norm_add_relu(
+        &mut self,
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        eps: f32,
+        residual: Var,
+    ) -> Result<(Var, ChannelStats)> {
+        let k = self.kernels;
+        let stats = k.channel_stats(self.value(x)?)?;
+        let inv_std = inv_std(&stats.var, eps);
+        let (g, b) = (self.value(gamma)?.data(), self.value(beta)?.data());
+        let c = stats.mean.len();
+        if g.len() != c || b.len() != c {
+            return Err(invalid(
+                "batch_norm_add_relu",
+                format!(
+                    "gamma has {}, beta {} elements for {c} channels",
+                    g.len(),
+                    b.len()
+                ),
+            ));
+        }
+        let [scale, shift] = affine_coefficients(g, b, &stats.mean, &inv_std);
+        let y = k.scale_shift_add_relu(self.value(x)?, self.value(residual)?, &scale, &shift)?;
+        let op = Op::BatchNormAddRelu {
+            x,
+            gamma,
+            beta,
+            residual,
+            mean: stats.mean.clone(),
+            inv_std,
+        };
+        Ok((self.push_op(y, op, &[x, gamma, beta, residual]), stats))
     }
 
     /// Batch norm with fixed statistics (`running_mean`, `running_var`): eval mode, as
@@ -556,6 +608,27 @@ impl<'p> Tape<'p> {
                     Tensor::from_vec(&[c], g.dbeta)?,
                 );
                 vec![(*x, dx), (*gamma, dgamma), (*beta, dbeta)]
+            }
+            Op::BatchNormAddRelu {
+                x,
+                gamma,
+                beta,
+                residual,
+                mean,
+                inv_std,
+            } => {
+                // As the unfused pair: the add's ReLU masks dy, which then goes
+                // unchanged to the shortcut and through batch norm's backward to x.
+                let dy = self.relu_grad(dy, out)?;
+                let (xv, gv) = (self.value(*x)?, self.value(*gamma)?.data());
+                let g = k.batch_norm_backward(xv, &dy, mean, inv_std, gv)?;
+                let c = g.dgamma.len();
+                return Ok(vec![
+                    (*x, Rc::new(g.dx)),
+                    (*gamma, Rc::new(Tensor::from_vec(&[c], g.dgamma)?)),
+                    (*beta, Rc::new(Tensor::from_vec(&[c], g.dbeta)?)),
+                    (*residual, dy),
+                ]);
             }
             Op::Relu { x } => return Ok(vec![(*x, self.relu_grad(dy, out)?)]),
             Op::Add { a, b, relu } => {

@@ -25,6 +25,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("batch_norm_gradients", check_batch_norm),
     ("batch_norm_relu_gradients", check_batch_norm_relu),
     ("batch_norm_fixed_gradients", check_batch_norm_fixed),
+    ("batch_norm_add_relu_gradients", check_batch_norm_add_relu),
     ("relu_gradients", check_relu),
     ("add_relu_gradients", check_add_relu),
     ("add_of_one_input_twice_gradients", check_add_twice),
@@ -281,6 +282,37 @@ fn check_batch_norm_fixed(k: Kernels) -> CheckResult {
     bn_case(k, true, true)
 }
 
+/// `relu(bn(x) + r)` as one op: gradients to x, gamma, beta and the residual.
+fn check_batch_norm_add_relu(k: Kernels) -> CheckResult {
+    prop(
+        (2usize..=3, 1usize..=3, 1usize..=4, any::<u64>()),
+        |(n, c, size, seed)| {
+            let shape = [n, c, size, size];
+            let inputs = [
+                t(&shape, seed)?,
+                Tensor::rand_uniform(&[c], 0.5, 1.5, seed ^ 1).map_err(fail)?,
+                t(&[c], seed ^ 2)?,
+                t(&shape, seed ^ 3)?,
+            ];
+            let plane = size * size;
+            let refn = move |v: &[Vec<f64>]| {
+                let h = bn_f64(&v[0], &v[1], &v[2], c, plane, None, false);
+                relu_f64(&h.iter().zip(&v[3]).map(|(a, b)| a + b).collect::<Vec<_>>())
+            };
+            grad_check(
+                k,
+                &inputs,
+                |tp, v| {
+                    tp.batch_norm_add_relu(v[0], v[1], v[2], 1e-5, v[3])
+                        .map(|(y, _)| y)
+                },
+                &refn,
+                seed ^ 4,
+            )
+        },
+    )
+}
+
 fn check_relu(k: Kernels) -> CheckResult {
     prop((1usize..=50, any::<u64>()), |(n, seed)| {
         grad_check(
@@ -502,11 +534,18 @@ fn check_cross_entropy(k: Kernels) -> CheckResult {
 }
 
 /// A whole basic residual block, `relu(bn(conv(relu(bn(conv(x))))) + x)`, checks that
-/// gradients accumulate where a value has two consumers (x feeds both branches).
+/// gradients accumulate where a value has two consumers (x feeds both branches); its
+/// end either as batch norm then add, or as the fused `batch_norm_add_relu`.
 fn check_block(k: Kernels) -> CheckResult {
     prop(
-        (2usize..=3, 1usize..=3, 2usize..=4, any::<u64>()),
-        |(n, c, size, seed)| {
+        (
+            2usize..=3,
+            1usize..=3,
+            2usize..=4,
+            any::<bool>(),
+            any::<u64>(),
+        ),
+        |(n, c, size, fused, seed)| {
             let shape = [n, c, size, size];
             let inputs = [
                 t(&shape, seed)?,
@@ -528,6 +567,9 @@ fn check_block(k: Kernels) -> CheckResult {
                 let h = tp.conv2d(v[0], v[1], p)?;
                 let (h, _) = tp.batch_norm(h, v[3], v[4], 1e-5, true)?;
                 let h = tp.conv2d(h, v[2], p)?;
+                if fused {
+                    return Ok(tp.batch_norm_add_relu(h, v[3], v[4], 1e-5, v[0])?.0);
+                }
                 let (h, _) = tp.batch_norm(h, v[3], v[4], 1e-5, false)?;
                 tp.add(h, v[0], true)
             };

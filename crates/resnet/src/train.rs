@@ -102,6 +102,33 @@ impl<'p> Recorder<'_, 'p> {
             )
         }
     }
+
+    /// `relu(conv -> bn + residual)`, the end of a residual block; in training one fused
+    /// op ([`Tape::batch_norm_add_relu`]), frozen the fixed-statistics batch norm then
+    /// the add. Parameters registered as [`Recorder::conv_bn`] does.
+    fn conv_bn_add_relu(
+        &mut self,
+        x: Var,
+        c: &'p ConvBn,
+        train: bool,
+        residual: Var,
+    ) -> Result<Var> {
+        if !train {
+            let y = self.conv_bn(x, c, train, false)?;
+            return self.tape.add(y, residual, true);
+        }
+        let w = self.leaf(&c.weight, train);
+        let gamma = self.leaf(&c.bn.weight, train);
+        let beta = self.leaf(&c.bn.bias, train);
+        let h = self.tape.conv2d(x, w, Conv2d::new(c.stride, c.padding))?;
+        let index = self.bn_index;
+        self.bn_index += 1;
+        let (y, stats) = self
+            .tape
+            .batch_norm_add_relu(h, gamma, beta, c.bn.eps, residual)?;
+        self.batch_stats.push(BatchStats { index, stats });
+        Ok(y)
+    }
 }
 
 impl ResNet {
@@ -152,20 +179,28 @@ impl ResNet {
             let train = trains_stage(s);
             for block in stage {
                 let x = h;
-                let n = block.convs.len();
+                let Some((last, inner)) = block.convs.split_last() else {
+                    continue;
+                };
                 let mut y = x;
-                for (i, c) in block.convs.iter().enumerate() {
+                for c in inner {
                     // ReLU after every conv-bn but the last, which joins the shortcut.
-                    y = r.conv_bn(y, c, train, i + 1 < n)?;
+                    y = r.conv_bn(y, c, train, true)?;
                 }
-                let shortcut = match &block.shortcut {
-                    Shortcut::Identity => x,
-                    Shortcut::Projection(c) => r.conv_bn(x, c, train, false)?,
+                h = match &block.shortcut {
+                    Shortcut::Projection(c) => {
+                        let y = r.conv_bn(y, last, train, false)?;
+                        let shortcut = r.conv_bn(x, c, train, false)?;
+                        r.tape.add(y, shortcut, true)?
+                    }
+                    // A shortcut without parameters is made first, so that the last
+                    // conv-bn, the add and the ReLU can be one op.
+                    Shortcut::Identity => r.conv_bn_add_relu(y, last, train, x)?,
                     Shortcut::PadChannels { stride, pad } => {
-                        r.tape.pad_channels(x, *stride, *pad)?
+                        let shortcut = r.tape.pad_channels(x, *stride, *pad)?;
+                        r.conv_bn_add_relu(y, last, train, shortcut)?
                     }
                 };
-                h = r.tape.add(y, shortcut, true)?;
             }
         }
         let features = r.tape.global_avg_pool(h)?;

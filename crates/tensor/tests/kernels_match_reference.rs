@@ -41,6 +41,10 @@ const CHECKS: &[(&str, Check)] = &[
         check_scale_shift(k, true)
     }),
     (
+        "scale_shift_add_relu_equals_scale_shift_then_add_relu",
+        check_scale_shift_add_relu,
+    ),
+    (
         "scale_shift_inplace_equals_out_of_place",
         check_scale_shift_inplace,
     ),
@@ -114,6 +118,38 @@ fn check_scale_shift(k: Kernels, relu: bool) -> CheckResult {
             let ch = (i / plane) % c;
             1e-6 * ((x.data()[i] * scale[ch]).abs() + shift[ch].abs())
         })
+    })
+}
+
+/// The fused end of a residual block equals its two kernels run one after the other,
+/// to the bit (it runs the same two, plane by plane), ragged planes included.
+fn check_scale_shift_add_relu(k: Kernels) -> CheckResult {
+    let strategy = nchw(3, 6, 17).prop_flat_map(|(shape, data)| {
+        let (c, len) = (shape[1], data.len());
+        (
+            Just(shape),
+            Just(data),
+            proptest::collection::vec(-3.0f32..3.0, len),
+            proptest::collection::vec(-3.0f32..3.0, c),
+            proptest::collection::vec(-3.0f32..3.0, c),
+        )
+    });
+    prop(strategy, |(shape, data, res, scale, shift)| {
+        let x = tensor(&shape, data)?;
+        let r = tensor(&shape, res)?;
+        let normalised = k.scale_shift(&x, &scale, &shift).map_err(fail)?;
+        let want = k.add_relu(&normalised, &r).map_err(fail)?;
+        let got = k
+            .scale_shift_add_relu(&x, &r, &scale, &shift)
+            .map_err(fail)?;
+        close("scale_shift_add_relu", got.data(), want.data(), |_| 0.0)?;
+        let wrong = Tensor::zeros(&[shape[0], shape[1], shape[2], shape[3] + 1]).map_err(fail)?;
+        if k.scale_shift_add_relu(&x, &wrong, &scale, &shift).is_ok() {
+            return Err(TestCaseError::fail(
+                "a residual of another shape was accepted",
+            ));
+        }
+        Ok(())
     })
 }
 

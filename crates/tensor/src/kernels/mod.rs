@@ -602,6 +602,37 @@ impl Kernels {
         self.scale_shift_new("scale_shift_relu", x, scale, shift, true)
     }
 
+    /// `max(scale x + shift + residual, 0)` per channel: the end of a residual block in
+    /// training (the second batch norm, the shortcut, the ReLU) in one pass over memory.
+    /// Each plane is normalised into the output and the residual added to it while it is
+    /// still in L1, by the same kernels as [`Kernels::scale_shift`] then
+    /// [`Kernels::add_relu`], so the result equals that pair to the bit; the
+    /// normalised tensor itself is never written to memory.
+    pub fn scale_shift_add_relu(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        scale: &[f32],
+        shift: &[f32],
+    ) -> Result<Tensor> {
+        let op = "scale_shift_add_relu";
+        x.expect_same_shape(op, residual)?;
+        let (c, plane) = channels_and_plane(op, x)?;
+        expect_channel_params(op, c, &[("scale", scale), ("shift", shift)])?;
+        let (affine, add_relu) = (self.set.scale_shift, self.set.add_relu);
+        let (xd, rd) = (x.data(), residual.data());
+        new_written(x, plane, |i, out, len| {
+            let ch = i % c;
+            // SAFETY: chunk `i` is plane `i` of `x` and of `residual` (`len` floats each,
+            // in bounds) and `out` holds `len` writable floats; `add_relu` reads each
+            // vector of `out` before writing it back; the tier is supported.
+            unsafe {
+                affine(xd[i * plane..].as_ptr(), out, len, scale[ch], shift[ch]);
+                add_relu(out, rd[i * plane..].as_ptr(), out, len);
+            }
+        })
+    }
+
     /// [`Kernels::scale_shift`] into an existing tensor of `x`'s shape (no allocation:
     /// a fresh 64 MiB output costs more in page faults than the kernel itself).
     pub fn scale_shift_into(
