@@ -504,7 +504,22 @@ impl<'p> Tape<'p> {
             let Some(dy) = grads[i].take() else {
                 continue; // nothing downstream used this node
             };
-            for (input, g) in self.node_backward(i, dy)? {
+            // A convolution whose input already holds a gradient from another consumer
+            // (a residual block's input: the shortcut's) adds its dX straight into it.
+            let acc = match self.nodes[i].op {
+                Op::Conv2d { x, .. } if self.nodes[x.0].requires_grad => {
+                    match grads[x.0].take().map(Rc::try_unwrap) {
+                        Some(Ok(t)) => Some(t),
+                        Some(Err(shared)) => {
+                            grads[x.0] = Some(shared);
+                            None
+                        }
+                        None => None,
+                    }
+                }
+                _ => None,
+            };
+            for (input, g) in self.node_backward(i, dy, acc)? {
                 if !self.nodes[input.0].requires_grad {
                     continue;
                 }
@@ -534,22 +549,25 @@ impl<'p> Tape<'p> {
         }
     }
 
-    /// The gradients of node `i`'s inputs, given the gradient `dy` of its output.
-    fn node_backward(&self, i: usize, dy: Rc<Tensor>) -> Result<Vec<(Var, Rc<Tensor>)>> {
+    /// The gradients of node `i`'s inputs, given the gradient `dy` of its output. For a
+    /// convolution, `dx_acc` is the gradient its input already has, to add `dX` into.
+    fn node_backward(
+        &self,
+        i: usize,
+        dy: Rc<Tensor>,
+        dx_acc: Option<Tensor>,
+    ) -> Result<Vec<(Var, Rc<Tensor>)>> {
         let k = self.kernels;
         let wants = |v: Var| self.nodes[v.0].requires_grad;
         let out = self.value(Var(i))?;
         let grads = match &self.nodes[i].op {
             Op::Leaf => Vec::new(),
             Op::Conv2d { x, w, p } => {
-                let g = k.conv2d_backward(
-                    self.value(*x)?,
-                    self.value(*w)?,
-                    &dy,
-                    *p,
-                    wants(*x),
-                    wants(*w),
-                )?;
+                let (xv, wv) = (self.value(*x)?, self.value(*w)?);
+                let g = match dx_acc {
+                    Some(acc) => k.conv2d_backward_accumulating(xv, wv, &dy, *p, acc, wants(*w))?,
+                    None => k.conv2d_backward(xv, wv, &dy, *p, wants(*x), wants(*w))?,
+                };
                 [(*x, g.dx), (*w, g.dw)]
                     .into_iter()
                     .filter_map(|(v, t)| t.map(|t| (v, t)))

@@ -13,7 +13,7 @@ use crate::direct::{direct_conv_image, DirectEpilogue, DirectWeights};
 use crate::error::{Result, TensorError};
 use crate::gemm::driver::{self, Threads};
 use crate::gemm::pack::{BSource, PackedA};
-use crate::gemm::{MatMut, MatRef};
+use crate::gemm::{Epilogue, MatMut, MatRef};
 use crate::kernels::{Kernels, Pool2d};
 use crate::tensor::Tensor;
 use crate::wgrad::{accumulate_weight_grad, ConvShape, WeightGradScratch};
@@ -127,6 +127,12 @@ impl Geometry {
             }
         });
     }
+}
+
+/// Where a convolution's input gradient goes: a new tensor, or added into one.
+enum DxInto {
+    New,
+    Add(Tensor),
 }
 
 /// An output gradient handed to a backward op: read only, or owned and overwritten by
@@ -510,7 +516,42 @@ impl Kernels {
         want_dx: bool,
         want_dw: bool,
     ) -> Result<ConvGrads> {
-        let op = "conv2d_backward";
+        let dx = want_dx.then_some(DxInto::New);
+        self.conv2d_backward_impl("conv2d_backward", x, w, dy, p, dx, want_dw)
+    }
+
+    /// [`Kernels::conv2d_backward`] adding `dX` into `dx_acc` (the gradient other
+    /// consumers of `x` already sent it, shaped as `x`), which comes back as the `dx`
+    /// of the result: no separate tensor and no pass to add it (the kernels' epilogues
+    /// and col2im accumulate in place). A residual block's input gets its shortcut's
+    /// gradient first, then the first convolution's this way.
+    pub fn conv2d_backward_accumulating(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        p: Conv2d,
+        dx_acc: Tensor,
+        want_dw: bool,
+    ) -> Result<ConvGrads> {
+        let op = "conv2d_backward_accumulating";
+        x.expect_same_shape(op, &dx_acc)?;
+        self.conv2d_backward_impl(op, x, w, dy, p, Some(DxInto::Add(dx_acc)), want_dw)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_backward_impl(
+        &self,
+        op: &'static str,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        p: Conv2d,
+        dx_into: Option<DxInto>,
+        want_dw: bool,
+    ) -> Result<ConvGrads> {
+        let want_dx = dx_into.is_some();
+        let accumulate = matches!(dx_into, Some(DxInto::Add(_)));
         let [n, c, h, wd] = x.dims4(op)?;
         let [o, wc, kh, kw] = w.dims4(op)?;
         if wc != c {
@@ -549,10 +590,13 @@ impl Kernels {
         let empty = n == 0 || k == 0 || pix == 0 || o == 0;
         // dX is written in full by a GEMM (1x1) or the direct kernel; col2im and the
         // empty cases add into zeros.
-        let mut dx = match want_dx {
-            false => None,
-            true if !empty && (direct || transposed) => Some(Tensor::for_overwrite(x.shape())?),
-            true => Some(Tensor::zeros(x.shape())?),
+        let mut dx = match dx_into {
+            None => None,
+            Some(DxInto::Add(acc)) => Some(acc),
+            Some(DxInto::New) if !empty && (direct || transposed) => {
+                Some(Tensor::for_overwrite(x.shape())?)
+            }
+            Some(DxInto::New) => Some(Tensor::zeros(x.shape())?),
         };
         if empty {
             let dw = if want_dw {
@@ -612,7 +656,10 @@ impl Kernels {
                     kh - 1 - p.padding,
                     [h, wd],
                     dx_b,
-                    DirectEpilogue::default(),
+                    DirectEpilogue {
+                        accumulate,
+                        ..DirectEpilogue::default()
+                    },
                     threads,
                     padded,
                 );
@@ -623,7 +670,12 @@ impl Kernels {
                 let source = BSource::Matrix(MatRef::row_major(dy_b, o, pix)?);
                 if direct {
                     let mut c_mat = MatMut::row_major(dx_b, k, pix)?;
-                    driver::gemm(set, wt, &source, k, pix, &mut c_mat, &[], threads)?;
+                    let epilogue: &[Epilogue] = if accumulate {
+                        &[Epilogue::Accumulate]
+                    } else {
+                        &[]
+                    };
+                    driver::gemm(set, wt, &source, k, pix, &mut c_mat, epilogue, threads)?;
                 } else {
                     // Written in full by the GEMM: a reused buffer needs no clearing.
                     dcols.resize(k * pix, 0.0);

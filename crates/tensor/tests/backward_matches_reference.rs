@@ -329,6 +329,32 @@ fn run_conv(kern: Kernels, c: &ConvCase) -> Result<(), TestCaseError> {
             1e-5 * sw.data()[i] + 1e-6
         })?;
     }
+    if want_dx {
+        // Accumulating into another consumer's gradient: that gradient plus dX.
+        let acc = Tensor::randn(x.shape(), 0.0, 1.0, c.seed ^ 3).map_err(fail)?;
+        let summed = kern
+            .conv2d_backward_accumulating(&x, &w, &dy, p, acc.clone(), want_dw)
+            .map_err(fail)?;
+        let sum = summed.dx.ok_or_else(|| TestCaseError::fail("no dx"))?;
+        let want: Vec<f32> = dx
+            .data()
+            .iter()
+            .zip(acc.data())
+            .map(|(d, a)| d + a)
+            .collect();
+        close(&format!("dx accumulated {c:?}"), sum.data(), &want, |i| {
+            1e-5 * sx.data()[i] + 1e-6 * (1.0 + acc.data()[i].abs())
+        })?;
+        prop_assert_eq!(summed.dw.is_some(), want_dw);
+        if let (Some(a), Some(b)) = (&summed.dw, &got.dw) {
+            close(
+                &format!("dw with dx accumulated {c:?}"),
+                a.data(),
+                b.data(),
+                |_| 0.0,
+            )?;
+        }
+    }
     Ok(())
 }
 
