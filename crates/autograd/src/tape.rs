@@ -48,6 +48,9 @@ enum Op {
         x: Var,
         w: Var,
         p: Conv2d,
+        /// The output's per-channel batch statistics, gathered while each image's
+        /// output was still in cache, for the batch norm that follows.
+        stats: Option<ChannelStats>,
     },
     /// Batch norm, optionally fused with ReLU: with the batch's statistics (training
     /// mode) or with fixed ones (running statistics: a frozen backbone, eval mode).
@@ -243,8 +246,13 @@ impl<'p> Tape<'p> {
     pub fn conv2d(&mut self, x: Var, w: Var, p: Conv2d) -> Result<Var> {
         let k = self.kernels;
         let packed = k.pack_conv_weights(self.value(w)?)?;
-        let y = k.conv2d(self.value(x)?, &packed, p, &[])?;
-        Ok(self.push_op(y, Op::Conv2d { x, w, p }, &[x, w]))
+        let (y, stats) = match k.conv2d_with_stats(self.value(x)?, &packed, p) {
+            Ok((y, stats)) => (y, Some(stats)),
+            // An output without elements has no statistics; the convolution itself may
+            // still be fine.
+            Err(_) => (k.conv2d(self.value(x)?, &packed, p, &[])?, None),
+        };
+        Ok(self.push_op(y, Op::Conv2d { x, w, p, stats }, &[x, w]))
     }
 
     /// Training-mode batch norm over `[N, C, ...]`: normalise with the batch's mean and
@@ -258,8 +266,7 @@ impl<'p> Tape<'p> {
         eps: f32,
         relu: bool,
     ) -> Result<(Var, ChannelStats)> {
-        let k = self.kernels;
-        let stats = k.channel_stats(self.value(x)?)?;
+        let stats = self.batch_stats(x)?;
         let inv_std = inv_std(&stats.var, eps);
         let y = self.affine(x, gamma, beta, &stats.mean, &inv_std, relu)?;
         let op = Op::BatchNorm {
@@ -272,6 +279,17 @@ impl<'p> Tape<'p> {
             batch_stats: true,
         };
         Ok((self.push_op(y, op, &[x, gamma, beta]), stats))
+    }
+
+    /// The per-channel batch statistics of `x`: those its convolution gathered, or a
+    /// pass over it.
+    fn batch_stats(&self, x: Var) -> Result<ChannelStats> {
+        match self.nodes.get(x.0).map(|n| &n.op) {
+            Some(Op::Conv2d {
+                stats: Some(stats), ..
+            }) => Ok(stats.clone()),
+            _ => self.kernels.channel_stats(self.value(x)?),
+        }
     }
 
     /// `relu(batch_norm(x) + residual)` with the batch's statistics: the second batch
@@ -288,7 +306,7 @@ impl<'p> Tape<'p> {
         residual: Var,
     ) -> Result<(Var, ChannelStats)> {
         let k = self.kernels;
-        let stats = k.channel_stats(self.value(x)?)?;
+        let stats = self.batch_stats(x)?;
         let inv_std = inv_std(&stats.var, eps);
         let (g, b) = (self.value(gamma)?.data(), self.value(beta)?.data());
         let c = stats.mean.len();
@@ -562,7 +580,7 @@ impl<'p> Tape<'p> {
         let out = self.value(Var(i))?;
         let grads = match &self.nodes[i].op {
             Op::Leaf => Vec::new(),
-            Op::Conv2d { x, w, p } => {
+            Op::Conv2d { x, w, p, .. } => {
                 let (xv, wv) = (self.value(*x)?, self.value(*w)?);
                 let g = match dx_acc {
                     Some(acc) => k.conv2d_backward_accumulating(xv, wv, &dy, *p, acc, wants(*w))?,

@@ -29,7 +29,7 @@ use crate::direct::{direct_conv_image, DirectEpilogue, DirectWeights};
 use crate::error::{Result, TensorError};
 use crate::gemm::pack::{BSource, Im2col, IM2COL_CHUNK};
 use crate::gemm::{driver, Epilogue, MatMut, MatRef, PackedA};
-use crate::kernels::Kernels;
+use crate::kernels::{ChannelStats, Kernels};
 use crate::tensor::Tensor;
 use crate::wgrad::{per_channel, split_phases};
 
@@ -275,6 +275,49 @@ impl Kernels {
         y: &mut Tensor,
         path: ConvPath,
     ) -> Result<()> {
+        self.conv2d_impl(x, w, p, epilogue, y, path, None)
+    }
+
+    /// [`Kernels::conv2d`] (no epilogue) and its output's per-channel batch statistics,
+    /// as [`Kernels::channel_stats`] gives them, for the batch norm that follows a
+    /// convolution in training. Each image's planes are summed right after the image is
+    /// computed, while its output is still in cache, instead of in a later pass over
+    /// the whole output from memory; the planes' statistics are then combined exactly
+    /// (each plane's sum of squared deviations about its own mean, shifted to the
+    /// batch mean in `f64`).
+    pub fn conv2d_with_stats(
+        &self,
+        x: &Tensor,
+        w: &ConvWeights,
+        p: Conv2d,
+    ) -> Result<(Tensor, ChannelStats)> {
+        let [n, _, h, wd] = x.dims4("conv2d_with_stats")?;
+        let [o, _, kh, kw] = w.shape;
+        let [oh, ow] = p.output_size(h, wd, kh, kw)?;
+        let plane = oh * ow;
+        if n * plane == 0 {
+            return Err(TensorError::InvalidArgument {
+                op: "conv2d_with_stats",
+                reason: format!("no elements per channel in the output [{n}, {o}, {oh}, {ow}]"),
+            });
+        }
+        let mut y = Tensor::for_overwrite(&[n, o, oh, ow])?;
+        let mut planes = vec![[0.0f64; 2]; n * o];
+        self.conv2d_impl(x, w, p, &[], &mut y, ConvPath::Auto, Some(&mut planes))?;
+        Ok((y, combine_plane_stats(&planes, n, o, plane)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_impl(
+        &self,
+        x: &Tensor,
+        w: &ConvWeights,
+        p: Conv2d,
+        epilogue: &[ConvEpilogue],
+        y: &mut Tensor,
+        path: ConvPath,
+        stats: Option<&mut [[f64; 2]]>,
+    ) -> Result<()> {
         self.check_packed(&w.packed)?;
         let [n, c, h, wd] = x.dims4("conv2d")?;
         let [o, wc, kh, kw] = w.shape;
@@ -332,7 +375,7 @@ impl Kernels {
         }
         let use_direct_kernel = w.direct.as_ref().filter(|_| path == ConvPath::Direct);
         let xd = x.data();
-        let run_image = |b: usize, out: &mut [f32], threads: driver::Threads| -> Result<()> {
+        let compute_image = |b: usize, out: &mut [f32], threads: driver::Threads| -> Result<()> {
             let image = &xd[b * in_image..(b + 1) * in_image];
             if let Some(dw) = use_direct_kernel {
                 let mut epi = DirectEpilogue::default();
@@ -439,22 +482,75 @@ impl Kernels {
                 run_gemm(source, out)
             })
         };
+        // The image's output, then (if asked) each of its planes' sum and sum of squared
+        // deviations about the plane's mean, while the output is still in cache.
+        let (sum, sum_sq_dev) = (self.set().sum, self.set().sum_sq_dev);
+        let plane = oh * ow;
+        let run_image = |b: usize,
+                         out: &mut [f32],
+                         st: Option<&mut [[f64; 2]]>,
+                         threads: driver::Threads|
+         -> Result<()> {
+            compute_image(b, out, threads)?;
+            for (s, v) in st.into_iter().flatten().zip(out.chunks_exact(plane)) {
+                // SAFETY: `v` is one in-bounds plane of `plane` floats.
+                let total = unsafe { sum(v.as_ptr(), plane) };
+                let mean = total / plane as f32;
+                *s = [total as f64, unsafe { sum_sq_dev(v.as_ptr(), plane, mean) }
+                    as f64];
+            }
+            Ok(())
+        };
         // A batch that divides evenly over the threads (or is much larger) runs one image
         // per thread, each GEMM on its own: no barriers, no shared packed blocks. A
         // smaller batch runs image after image, each GEMM split across the threads.
         let threads = rayon::current_num_threads();
         let per_image = threads > 1 && n > 1 && (n % threads == 0 || n >= 4 * threads);
+        // Each image's slots for its `o` planes, or none.
+        let mut slots: Vec<Option<&mut [[f64; 2]]>> = match stats {
+            Some(st) => st.chunks_mut(o).map(Some).collect(),
+            None => (0..n).map(|_| None).collect(),
+        };
         if per_image {
             use rayon::prelude::*;
             y.data_mut()
                 .par_chunks_mut(out_image)
+                .zip(slots.par_iter_mut())
                 .enumerate()
-                .try_for_each(|(b, out)| run_image(b, out, driver::Threads::Single))?;
+                .try_for_each(|(b, (out, st))| {
+                    run_image(b, out, st.take(), driver::Threads::Single)
+                })?;
         } else {
-            for (b, out) in y.data_mut().chunks_mut(out_image).enumerate() {
-                run_image(b, out, driver::Threads::Auto)?;
+            for (b, (out, st)) in y.data_mut().chunks_mut(out_image).zip(slots).enumerate() {
+                run_image(b, out, st, driver::Threads::Auto)?;
             }
         }
         Ok(())
     }
+}
+
+/// Per-channel batch statistics from per-plane `[sum, sum of squared deviations about
+/// the plane's f32 mean]` (`planes[b * c + ch]`, `plane` elements each): Chan et al.'s
+/// combination, in `f64`. A plane's deviations were taken about `a = f32(sum / plane)`,
+/// not its exact mean `m`; `sum (x - a)^2 = sum (x - m)^2 + plane (m - a)^2` corrects that.
+fn combine_plane_stats(planes: &[[f64; 2]], n: usize, c: usize, plane: usize) -> ChannelStats {
+    let count = n * plane;
+    let len = plane as f64;
+    let mut mean = vec![0.0f32; c];
+    let mut var = vec![0.0f32; c];
+    for ch in 0..c {
+        let at = |b: usize| planes[b * c + ch];
+        let total: f64 = (0..n).map(|b| at(b)[0]).sum();
+        let m = total / count as f64;
+        let m2: f64 = (0..n)
+            .map(|b| {
+                let [s, q] = at(b);
+                let (mb, a) = (s / len, (s as f32 / plane as f32) as f64);
+                q - len * (mb - a) * (mb - a) + len * (mb - m) * (mb - m)
+            })
+            .sum();
+        mean[ch] = m as f32;
+        var[ch] = (m2.max(0.0) / count as f64) as f32;
+    }
+    ChannelStats { mean, var, count }
 }

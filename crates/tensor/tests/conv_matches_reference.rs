@@ -28,6 +28,10 @@ const CHECKS: &[(&str, Check)] = &[
         "conv2d_at_batch_1_split_across_threads",
         check_batch_1_large,
     ),
+    (
+        "conv2d_with_stats_equals_conv2d_then_channel_stats",
+        check_with_stats,
+    ),
     ("conv2d_rejects_bad_shapes", check_errors),
 ];
 
@@ -305,6 +309,30 @@ fn check_bn_folding(kern: Kernels) -> CheckResult {
         close("folded conv+bn+relu", got.data(), want.data(), |i| {
             let ch = (i / (size * size)) % o;
             2e-5 * (err_scale[i] as f32 * scale[ch].abs() + shift[ch].abs()) + 1e-5
+        })
+    })
+}
+
+/// The convolution with its output's batch statistics: the same output as `conv2d` to
+/// the bit, and the statistics of `channel_stats` on it (mean within `1e-6` of the
+/// output's scale, variance within `1e-5` relative: both combine f32 plane sums in f64,
+/// in different orders), batches large enough to split over threads included.
+fn check_with_stats(kern: Kernels) -> CheckResult {
+    let strategy = (case(kern), prop::sample::select(vec![1usize, 3, 8]));
+    prop(strategy, |(c, n)| {
+        let x = Tensor::randn(&[n, c.c, c.h, c.w], 0.3, 1.0, c.seed).map_err(fail)?;
+        let w = Tensor::randn(&[c.o, c.c, c.k, c.k], 0.1, 0.5, c.seed ^ 1).map_err(fail)?;
+        let packed = kern.pack_conv_weights(&w).map_err(fail)?;
+        let p = Conv2d::new(c.stride, c.pad);
+        let want = kern.conv2d(&x, &packed, p, &[]).map_err(fail)?;
+        let (got, stats) = kern.conv2d_with_stats(&x, &packed, p).map_err(fail)?;
+        close("output", got.data(), want.data(), |_| 0.0)?;
+        let plain = kern.channel_stats(&want).map_err(fail)?;
+        prop_assert_eq!(stats.count, plain.count);
+        let scale = want.data().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        close("mean", &stats.mean, &plain.mean, |_| 1e-6 * scale + 1e-7)?;
+        close("var", &stats.var, &plain.var, |i| {
+            1e-5 * plain.var[i] + 1e-7
         })
     })
 }
