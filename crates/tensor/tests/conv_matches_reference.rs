@@ -373,6 +373,14 @@ fn check_errors(kern: Kernels) -> CheckResult {
         .is_err(),
         kern.pack_conv_weights(&Tensor::zeros(&[4, 3, 3]).map_err(|e| e.to_string())?)
             .is_err(),
+        // Statistics of an output without elements, and of a mismatched convolution.
+        kern.conv2d_with_stats(
+            &Tensor::zeros(&[0, 3, 8, 8]).map_err(|e| e.to_string())?,
+            &w3,
+            Conv2d::new(1, 1),
+        )
+        .is_err(),
+        kern.conv2d_with_stats(&x, &w, Conv2d::new(1, 1)).is_err(),
         // The direct kernel asked for on weights packed for GEMM only.
         kern.conv2d_into_path(
             &x,
