@@ -77,15 +77,22 @@ impl<'p> Recorder<'_, 'p> {
         }
     }
 
-    /// `conv -> bn (-> relu)`; parameters registered in `parameters_mut` order (conv
-    /// weight, bn weight, bn bias).
-    fn conv_bn(&mut self, x: Var, c: &'p ConvBn, train: bool, relu: bool) -> Result<Var> {
+    /// The convolution of a conv-bn pair: its parameters registered in
+    /// `parameters_mut` order (conv weight, bn weight, bn bias) and the batch norm's
+    /// index taken. Returns the convolution's output, `gamma`, `beta` and that index.
+    fn conv(&mut self, x: Var, c: &'p ConvBn, train: bool) -> Result<(Var, Var, Var, usize)> {
         let w = self.leaf(&c.weight, train);
         let gamma = self.leaf(&c.bn.weight, train);
         let beta = self.leaf(&c.bn.bias, train);
         let h = self.tape.conv2d(x, w, Conv2d::new(c.stride, c.padding))?;
         let index = self.bn_index;
         self.bn_index += 1;
+        Ok((h, gamma, beta, index))
+    }
+
+    /// `conv -> bn (-> relu)`.
+    fn conv_bn(&mut self, x: Var, c: &'p ConvBn, train: bool, relu: bool) -> Result<Var> {
+        let (h, gamma, beta, index) = self.conv(x, c, train)?;
         if train {
             let (y, stats) = self.tape.batch_norm(h, gamma, beta, c.bn.eps, relu)?;
             self.batch_stats.push(BatchStats { index, stats });
@@ -105,7 +112,7 @@ impl<'p> Recorder<'_, 'p> {
 
     /// `relu(conv -> bn + residual)`, the end of a residual block; in training one fused
     /// op ([`Tape::batch_norm_add_relu`]), frozen the fixed-statistics batch norm then
-    /// the add. Parameters registered as [`Recorder::conv_bn`] does.
+    /// the add.
     fn conv_bn_add_relu(
         &mut self,
         x: Var,
@@ -117,12 +124,7 @@ impl<'p> Recorder<'_, 'p> {
             let y = self.conv_bn(x, c, train, false)?;
             return self.tape.add(y, residual, true);
         }
-        let w = self.leaf(&c.weight, train);
-        let gamma = self.leaf(&c.bn.weight, train);
-        let beta = self.leaf(&c.bn.bias, train);
-        let h = self.tape.conv2d(x, w, Conv2d::new(c.stride, c.padding))?;
-        let index = self.bn_index;
-        self.bn_index += 1;
+        let (h, gamma, beta, index) = self.conv(x, c, train)?;
         let (y, stats) = self
             .tape
             .batch_norm_add_relu(h, gamma, beta, c.bn.eps, residual)?;
