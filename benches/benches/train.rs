@@ -1,7 +1,8 @@
 //! The backward kernels and a whole ResNet-20 training step under criterion.
 //!
 //! `cargo bench -p resnet-benches --bench train`. Backward kernels on ResNet-20 layer
-//! shapes at batch 128 (32x32 input): ReLU and batch norm in bytes/s of their traffic,
+//! shapes at batch 128 (32x32 input): ReLU, batch norm (alone, fused with ReLU, and the
+//! residual block's fused end) in bytes/s of their traffic,
 //! convolution (dX and dW) and the whole step in elements/s of flops or images. The
 //! one-shot figure with peak memory comes from `resnet bench train`.
 
@@ -38,6 +39,24 @@ fn backward_kernels(c: &mut Criterion) {
                         .unwrap()
                 })
             })
+        });
+        // The fused BN + ReLU backward: the same four streams, the mask recomputed.
+        let scale: Vec<f32> = gamma.iter().zip(&inv_std).map(|(g, s)| g * s).collect();
+        let shift: Vec<f32> = (0..16).map(|i| 0.1 - stats.mean[i] * scale[i]).collect();
+        g.throughput(Throughput::Bytes(4 * bytes));
+        g.bench_function(id("batch_norm_relu_backward_128x16x32x32"), |b| {
+            b.iter(|| {
+                p.install(|| {
+                    let affine = [&scale[..], &shift[..]];
+                    k.batch_norm_relu_backward(&x, &dy, &stats.mean, &inv_std, &gamma, affine, true)
+                        .unwrap()
+                })
+            })
+        });
+        // The block end's forward, relu(bn(x) + r): x and r read, y written.
+        g.throughput(Throughput::Bytes(3 * bytes));
+        g.bench_function(id("scale_shift_add_relu_128x16x32x32"), |b| {
+            b.iter(|| p.install(|| k.scale_shift_add_relu(&x, &dy, &scale, &shift).unwrap()))
         });
         g.throughput(Throughput::Bytes(2 * bytes));
         g.bench_function(id("max_pool2d_backward_3x3s2"), |b| {
