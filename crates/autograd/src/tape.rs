@@ -270,7 +270,7 @@ impl<'p> Tape<'p> {
     ) -> Result<(Var, ChannelStats)> {
         let stats = self.batch_stats(x)?;
         let inv_std = inv_std(&stats.var, eps);
-        let y = self.affine(x, gamma, beta, &stats.mean, &inv_std, relu)?;
+        let y = self.affine(x, gamma, beta, &stats.mean, &inv_std, AfterNorm::relu(relu))?;
         let op = Op::BatchNorm {
             x,
             gamma,
@@ -307,23 +307,10 @@ impl<'p> Tape<'p> {
         eps: f32,
         residual: Var,
     ) -> Result<(Var, ChannelStats)> {
-        let k = self.kernels;
         let stats = self.batch_stats(x)?;
         let inv_std = inv_std(&stats.var, eps);
-        let (g, b) = (self.value(gamma)?.data(), self.value(beta)?.data());
-        let c = stats.mean.len();
-        if g.len() != c || b.len() != c {
-            return Err(invalid(
-                "batch_norm_add_relu",
-                format!(
-                    "gamma has {}, beta {} elements for {c} channels",
-                    g.len(),
-                    b.len()
-                ),
-            ));
-        }
-        let [scale, shift] = affine_coefficients(g, b, &stats.mean, &inv_std);
-        let y = k.scale_shift_add_relu(self.value(x)?, self.value(residual)?, &scale, &shift)?;
+        let then = AfterNorm::AddRelu(residual);
+        let y = self.affine(x, gamma, beta, &stats.mean, &inv_std, then)?;
         let op = Op::BatchNormAddRelu {
             x,
             gamma,
@@ -350,7 +337,14 @@ impl<'p> Tape<'p> {
         relu: bool,
     ) -> Result<Var> {
         let inv_std = inv_std(running_var, eps);
-        let y = self.affine(x, gamma, beta, running_mean, &inv_std, relu)?;
+        let y = self.affine(
+            x,
+            gamma,
+            beta,
+            running_mean,
+            &inv_std,
+            AfterNorm::relu(relu),
+        )?;
         let op = Op::BatchNorm {
             x,
             gamma,
@@ -363,7 +357,7 @@ impl<'p> Tape<'p> {
         Ok(self.push_op(y, op, &[x, gamma, beta]))
     }
 
-    /// `gamma (x - mean) inv_std + beta`, then ReLU if asked, as one kernel pass.
+    /// `gamma (x - mean) inv_std + beta`, then what `then` says, as one kernel pass.
     fn affine(
         &self,
         x: Var,
@@ -371,7 +365,7 @@ impl<'p> Tape<'p> {
         beta: Var,
         mean: &[f32],
         inv_std: &[f32],
-        relu: bool,
+        then: AfterNorm,
     ) -> Result<Tensor> {
         let (g, b) = (self.value(gamma)?.data(), self.value(beta)?.data());
         let c = mean.len();
@@ -386,11 +380,11 @@ impl<'p> Tape<'p> {
             ));
         }
         let [scale, shift] = affine_coefficients(g, b, mean, inv_std);
-        let xv = self.value(x)?;
-        if relu {
-            self.kernels.scale_shift_relu(xv, &scale, &shift)
-        } else {
-            self.kernels.scale_shift(xv, &scale, &shift)
+        let (k, xv) = (self.kernels, self.value(x)?);
+        match then {
+            AfterNorm::Nothing => k.scale_shift(xv, &scale, &shift),
+            AfterNorm::Relu => k.scale_shift_relu(xv, &scale, &shift),
+            AfterNorm::AddRelu(r) => k.scale_shift_add_relu(xv, self.value(r)?, &scale, &shift),
         }
     }
 
@@ -711,6 +705,25 @@ impl<'p> Tape<'p> {
             }
         };
         Ok(grads.into_iter().map(|(v, g)| (v, Rc::new(g))).collect())
+    }
+}
+
+/// What follows a batch norm's affine map in the same pass.
+#[derive(Clone, Copy)]
+enum AfterNorm {
+    Nothing,
+    Relu,
+    /// Add this residual, then ReLU: the end of a residual block.
+    AddRelu(Var),
+}
+
+impl AfterNorm {
+    fn relu(relu: bool) -> Self {
+        if relu {
+            AfterNorm::Relu
+        } else {
+            AfterNorm::Nothing
+        }
     }
 }
 

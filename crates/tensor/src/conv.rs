@@ -495,9 +495,13 @@ impl Kernels {
             for (s, v) in st.into_iter().flatten().zip(out.chunks_exact(plane)) {
                 // SAFETY: `v` is one in-bounds plane of `plane` floats.
                 let total = unsafe { sum(v.as_ptr(), plane) };
-                let mean = total / plane as f32;
-                *s = [total as f64, unsafe { sum_sq_dev(v.as_ptr(), plane, mean) }
-                    as f64];
+                let a = total / plane as f32;
+                let q = unsafe { sum_sq_dev(v.as_ptr(), plane, a) } as f64;
+                // The deviations were taken about `a`, the f32 mean, not the exact mean
+                // `m`: `sum (x - a)^2 = sum (x - m)^2 + plane (m - a)^2`.
+                let (len, total) = (plane as f64, total as f64);
+                let d = total / len - a as f64;
+                *s = [total, q - len * d * d];
             }
             Ok(())
         };
@@ -530,9 +534,8 @@ impl Kernels {
 }
 
 /// Per-channel batch statistics from per-plane `[sum, sum of squared deviations about
-/// the plane's f32 mean]` (`planes[b * c + ch]`, `plane` elements each): Chan et al.'s
-/// combination, in `f64`. A plane's deviations were taken about `a = f32(sum / plane)`,
-/// not its exact mean `m`; `sum (x - a)^2 = sum (x - m)^2 + plane (m - a)^2` corrects that.
+/// the plane's mean]` (`planes[b * c + ch]`, `plane` elements each): Chan et al.'s
+/// combination, in `f64`.
 fn combine_plane_stats(planes: &[[f64; 2]], n: usize, c: usize, plane: usize) -> ChannelStats {
     let count = n * plane;
     let len = plane as f64;
@@ -545,8 +548,8 @@ fn combine_plane_stats(planes: &[[f64; 2]], n: usize, c: usize, plane: usize) ->
         let m2: f64 = (0..n)
             .map(|b| {
                 let [s, q] = at(b);
-                let (mb, a) = (s / len, (s as f32 / plane as f32) as f64);
-                q - len * (mb - a) * (mb - a) + len * (mb - m) * (mb - m)
+                let mb = s / len;
+                q + len * (mb - m) * (mb - m)
             })
             .sum();
         mean[ch] = m as f32;
