@@ -9,7 +9,9 @@
 use rayon::prelude::*;
 
 use crate::conv::{Conv2d, ConvPath};
-use crate::direct::{direct_conv_image, DirectEpilogue, DirectWeights};
+use crate::direct::{
+    direct_conv_image, strided_transposed_image, DirectEpilogue, DirectWeights, StridedTransposed,
+};
 use crate::error::{Result, TensorError};
 use crate::gemm::driver::{self, Threads};
 use crate::gemm::pack::{BSource, PackedA};
@@ -595,13 +597,20 @@ impl Kernels {
             && kh == kw
             && p.padding < kh
             && ConvPath::choose(c, o * kh * kw, wd, 1, self.lanes()) == ConvPath::Direct;
+        // A strided convolution's dX by the direct kernel, phase by phase, on the same
+        // policy.
+        let strided = want_dx
+            && !direct
+            && p.stride > 1
+            && StridedTransposed::fits(p.stride, kh, kw, p.padding, [h, wd], [oh, ow])
+            && ConvPath::choose(c, o * kh * kw, wd, p.stride, self.lanes()) == ConvPath::Direct;
         let empty = n == 0 || k == 0 || pix == 0 || o == 0;
         // dX is written in full by a GEMM (1x1) or the direct kernel; col2im and the
         // empty cases add into zeros.
         let mut dx = match dx_into {
             None => None,
             Some(DxInto::Add(acc)) => Some(acc),
-            Some(DxInto::New) if !empty && (direct || transposed) => {
+            Some(DxInto::New) if !empty && (direct || transposed || strided) => {
                 Some(Tensor::for_overwrite(x.shape())?)
             }
             Some(DxInto::New) => Some(Tensor::zeros(x.shape())?),
@@ -618,8 +627,10 @@ impl Kernels {
         let mr = set.gemm_mr;
         let flipped =
             transposed.then(|| DirectWeights::flipped(w.data(), [o, c, kh, kw], set.direct_ob));
+        let phased = strided
+            .then(|| StridedTransposed::new(w.data(), [o, c, kh, kw], p.stride, set.direct_ob));
         // W^T ([K, O]), packed once for every image's dX GEMM.
-        let wt = if want_dx && !transposed {
+        let wt = if want_dx && !transposed && !strided {
             Some(PackedA::pack(
                 self.isa(),
                 mr,
@@ -668,6 +679,20 @@ impl Kernels {
                         accumulate,
                         ..DirectEpilogue::default()
                     },
+                    threads,
+                    padded,
+                );
+            }
+            if let Some(st) = &phased {
+                strided_transposed_image(
+                    set,
+                    dy_b,
+                    [oh, ow],
+                    st,
+                    p.padding,
+                    [h, wd],
+                    dx_b,
+                    accumulate,
                     threads,
                     padded,
                 );

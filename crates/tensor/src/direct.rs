@@ -491,3 +491,188 @@ fn direct_conv_image_planar(
     }
     WIDE.with(|cell| cell.set(wide));
 }
+
+/// The input gradient of a strided convolution, by the direct kernel: for stride `s`,
+/// `dX` splits into `s x s` *output phases*, and each is a stride-1 correlation of `dY`
+/// with a sub-kernel.
+///
+/// With `Y = y + pad` (a row of `dX` in padded coordinates), `Y = s oy + ky`: the rows of
+/// phase `ry = Y % s`, `YY = Y / s`, receive exactly the taps `ky = ry + s jy`, from row
+/// `oy = YY - jy` of `dY`. So phase `(ry, rx)` of channel `c` is
+/// `sum over (o, jy, jx) of w[o][c][ry + s jy][rx + s jx] dY[o][YY - jy][XX - jx]`: a
+/// direct convolution reading `dY` zero-padded by `T = ceil(kh / s) - 1` at tap offsets
+/// `(T - jy, T - jx)`, computed flat at the padded pitch like the planar route, then
+/// scattered into every `s`-th pixel of `dX`. No column matrix, no col2im; every pixel of
+/// `dX` is written by exactly one phase.
+#[derive(Clone, Debug)]
+pub(crate) struct StridedTransposed {
+    /// Per phase `ry * s + rx`: its sub-kernel's weights (`None` when it has no taps:
+    /// those pixels of `dX` get nothing).
+    phases: Vec<Option<DirectWeights>>,
+    s: usize,
+    /// The top and left padding of `dY`, `ceil(kh / s) - 1`.
+    t: usize,
+}
+
+impl StridedTransposed {
+    /// For OIHW weights `[o, c, kh, kw]` and stride `s > 1`, tiles of `ob` channels.
+    pub fn new(w: &[f32], [o, c, kh, kw]: [usize; 4], s: usize, ob: usize) -> Self {
+        let t = kh.max(kw).div_ceil(s).saturating_sub(1);
+        let phases = (0..s * s)
+            .map(|ph| {
+                let (ry, rx) = (ph / s, ph % s);
+                let (ny, nx) = (
+                    kh.saturating_sub(ry).div_ceil(s),
+                    kw.saturating_sub(rx).div_ceil(s),
+                );
+                (ny > 0 && nx > 0).then(|| {
+                    DirectWeights::from_fn(c, o, ny, nx, ob, |ci, oc, jy, jx| {
+                        w[((oc * c + ci) * kh + ry + s * jy) * kw + rx + s * jx]
+                    })
+                })
+            })
+            .collect();
+        StridedTransposed { phases, s, t }
+    }
+
+    /// Whether this route covers a convolution of a `[h, w]` input to `[oh, ow]` with
+    /// padding `pad`: every phase row and column of `dX` must read inside `dY`'s padded
+    /// image or the zeros just past it.
+    pub fn fits(
+        s: usize,
+        kh: usize,
+        kw: usize,
+        pad: usize,
+        [h, w]: [usize; 2],
+        [oh, ow]: [usize; 2],
+    ) -> bool {
+        let t = kh.max(kw).div_ceil(s).saturating_sub(1);
+        s > 1 && h > 0 && w > 0 && (h - 1 + pad) / s < oh + 2 * t && (w - 1 + pad) / s < ow + 2 * t
+    }
+}
+
+/// One image's input gradient through [`StridedTransposed`]: `dy` is `O x OH x OW`,
+/// `dx` is `C x H x W` (written, or added to with `accumulate`), padding `pad`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn strided_transposed_image(
+    set: &KernelSet,
+    dy: &[f32],
+    [oh, ow]: [usize; 2],
+    st: &StridedTransposed,
+    pad: usize,
+    [h, w]: [usize; 2],
+    dx: &mut [f32],
+    accumulate: bool,
+    threads: Threads,
+    padded: &mut Vec<f32>,
+) {
+    let (s, t) = (st.s, st.t);
+    let Some(any) = st.phases.iter().flatten().next() else {
+        if !accumulate {
+            dx.fill(0.0);
+        }
+        return;
+    };
+    let (c, o, ob, lanes) = (any.o, any.c, any.ob, set.lanes);
+    let max_xv = set.direct_tiles.len();
+    let parallel = matches!(threads, Threads::Auto);
+    // dY padded by `t` on every side (its offsets table is not used: each phase has its
+    // own taps).
+    let (pw, _) = pad_image(dy, o, [oh, ow], [1, 1], t, padded, parallel);
+    let ph = oh + 2 * t;
+    // Phase rows `YY` 0..=yy_max and columns 0..pw are computed, flat at pitch `pw`.
+    let yy_max = (h - 1 + pad) / s;
+    let ext = (yy_max + 1) * pw;
+    let step = max_xv * lanes;
+    // The last tile reads up to a whole step past `ext`, from the largest offset on.
+    let need = o * ph * pw + ext.next_multiple_of(step) + t * pw + t + lanes;
+    let written = o * ph * pw;
+    if padded.len() < need {
+        padded.resize(need, 0.0);
+    }
+    padded[written..need].fill(0.0);
+    let along_row: [usize; MAX_XV] = std::array::from_fn(|v| v * lanes);
+    let mut wide = WIDE.with(|cell| cell.take());
+    wide.resize(c * ext, 0.0);
+    for (phase, weights) in st.phases.iter().enumerate() {
+        let (ry, rx) = (phase / s, phase % s);
+        // Rows YY with y = s YY + ry - pad in 0..h, columns likewise.
+        let first = |r: usize| pad.saturating_sub(r).div_ceil(s);
+        let last = |r: usize, n: usize| (n - 1 + pad).checked_sub(r).map(|v| v / s);
+        let (Some(yy1), Some(xx1)) = (last(ry, h), last(rx, w)) else {
+            continue;
+        };
+        let (yy0, xx0) = (first(ry), first(rx));
+        if yy0 > yy1 || xx0 > xx1 {
+            continue;
+        }
+        let Some(dwp) = weights else {
+            if !accumulate {
+                for ch in dx.chunks_exact_mut(h * w) {
+                    for yy in yy0..=yy1 {
+                        let y = s * yy + ry - pad;
+                        for xx in xx0..=xx1 {
+                            ch[y * w + s * xx + rx - pad] = 0.0;
+                        }
+                    }
+                }
+            }
+            continue;
+        };
+        let (ny, nx) = (dwp.kh, dwp.kw);
+        let mut offs = Vec::with_capacity(o * ny * nx);
+        for oc in 0..o {
+            for jy in 0..ny {
+                offs.extend((0..nx).map(|jx| oc * ph * pw + (t - jy) * pw + t - jx));
+            }
+        }
+        let k = offs.len();
+        let blocks = c.div_ceil(ob);
+        let chunks = ext.div_ceil(step);
+        let wp = OutPtr(wide.as_mut_ptr());
+        let src = &padded[..need];
+        let run = |(blk, chunk): (usize, usize)| {
+            let (o0, t0) = (blk * ob, chunk * step);
+            let xv = (ext - t0).div_ceil(lanes).min(max_xv);
+            let wide = wp;
+            let tile = TileOut {
+                // SAFETY: channel o0 < C and pixel t0 < ext are inside `wide`.
+                c: unsafe { wide.0.add(o0 * ext + t0) },
+                ldc: ext,
+                m: ob.min(c - o0),
+                n: (xv * lanes).min(ext - t0),
+                load_c: false,
+                steps: [None; 4],
+            };
+            // SAFETY: reads reach at most the largest offset plus `t0 + xv lanes`, inside
+            // `need` (zeroed past the padded image); the weights hold `k * ob` floats per
+            // block; the tile covers only this task's channels and pixels of `wide`.
+            unsafe {
+                (set.direct_tiles[xv - 1])(
+                    k,
+                    offs.as_ptr(),
+                    dwp.wt.as_ptr().add(blk * k * ob),
+                    src.as_ptr().add(t0),
+                    along_row.as_ptr(),
+                    &tile,
+                )
+            };
+        };
+        for_each_tile(blocks, chunks, k * blocks * ob * ext, threads, run);
+        // Scatter the valid rows and columns into every `s`-th pixel of dX.
+        for (ch, src) in dx.chunks_exact_mut(h * w).zip(wide.chunks_exact(ext)) {
+            for yy in yy0..=yy1 {
+                let y = s * yy + ry - pad;
+                let row = &mut ch[y * w..(y + 1) * w];
+                let from = &src[yy * pw + xx0..=yy * pw + xx1];
+                let to = row[s * xx0 + rx - pad..].iter_mut().step_by(s);
+                if accumulate {
+                    to.zip(from).for_each(|(d, v)| *d += v);
+                } else {
+                    to.zip(from).for_each(|(d, v)| *d = *v);
+                }
+            }
+        }
+    }
+    WIDE.with(|cell| cell.set(wide));
+}
