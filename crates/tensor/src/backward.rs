@@ -527,7 +527,31 @@ impl Kernels {
         want_dw: bool,
     ) -> Result<ConvGrads> {
         let dx = want_dx.then_some(DxInto::New);
-        self.conv2d_backward_impl("conv2d_backward", x, w, dy, p, dx, want_dw)
+        self.conv2d_backward_impl("conv2d_backward", x, w, dy, p, dx, want_dw, None)
+    }
+
+    /// [`Kernels::conv2d_backward`] of a convolution whose input was
+    /// `relu(scale[c] x + shift[c])` (`affine = [scale, shift]`), given `x`: the backward
+    /// of [`Kernels::conv2d_normalised_with_stats`]. `dX` here is the gradient with
+    /// respect to that normalised input (it needs no input values); `dW` normalises the
+    /// images a few at a time into a buffer as it goes. The same values as
+    /// `conv2d_backward` on `scale_shift_relu(x)`, to the last bit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_backward_normalised(
+        &self,
+        x: &Tensor,
+        affine: [&[f32]; 2],
+        w: &Tensor,
+        dy: &Tensor,
+        p: Conv2d,
+        want_dx: bool,
+        want_dw: bool,
+    ) -> Result<ConvGrads> {
+        let op = "conv2d_backward_normalised";
+        let [_, c, _, _] = x.dims4(op)?;
+        crate::conv::check_affine(op, affine, c)?;
+        let dx = want_dx.then_some(DxInto::New);
+        self.conv2d_backward_impl(op, x, w, dy, p, dx, want_dw, Some(affine))
     }
 
     /// [`Kernels::conv2d_backward`] adding `dX` into `dx_acc` (the gradient other
@@ -546,7 +570,7 @@ impl Kernels {
     ) -> Result<ConvGrads> {
         let op = "conv2d_backward_accumulating";
         x.expect_same_shape(op, &dx_acc)?;
-        self.conv2d_backward_impl(op, x, w, dy, p, Some(DxInto::Add(dx_acc)), want_dw)
+        self.conv2d_backward_impl(op, x, w, dy, p, Some(DxInto::Add(dx_acc)), want_dw, None)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -559,6 +583,7 @@ impl Kernels {
         p: Conv2d,
         dx_into: Option<DxInto>,
         want_dw: bool,
+        normalise: Option<[&[f32]; 2]>,
     ) -> Result<ConvGrads> {
         let want_dx = dx_into.is_some();
         let accumulate = matches!(dx_into, Some(DxInto::Add(_)));
@@ -654,6 +679,7 @@ impl Kernels {
                 &mut dw_part,
                 &mut scratch,
                 threads == Threads::Auto,
+                normalise,
             );
             dw_part
         };

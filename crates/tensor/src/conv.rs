@@ -108,6 +108,47 @@ thread_local! {
     static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
     /// This thread's phase planes of the input image for im2col, reused across calls.
     static PLANES: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// This thread's normalised input image (`conv2d_normalised_with_stats`).
+    static NORMED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Writes `relu(scale[c] x + shift[c])` of the `[C, plane]` image `x` into `out` with
+/// the kernel set's `scale_shift_relu`, the same values `Kernels::scale_shift_relu`
+/// gives. The caller checked `scale` and `shift` against `C`.
+pub(crate) fn normalise_image(
+    set: &crate::kernels::KernelSet,
+    x: &[f32],
+    plane: usize,
+    [scale, shift]: [&[f32]; 2],
+    out: &mut [f32],
+) {
+    if plane == 0 {
+        return;
+    }
+    for (ch, (src, dst)) in x
+        .chunks_exact(plane)
+        .zip(out.chunks_exact_mut(plane))
+        .enumerate()
+    {
+        // SAFETY: `src` and `dst` are `plane` floats each; the set's features were checked
+        // when it was handed out.
+        unsafe {
+            (set.scale_shift_relu)(src.as_ptr(), dst.as_mut_ptr(), plane, scale[ch], shift[ch])
+        };
+    }
+}
+
+/// Checks a per-channel `[scale, shift]` pair against `c` channels.
+pub(crate) fn check_affine(op: &'static str, affine: [&[f32]; 2], c: usize) -> Result<()> {
+    for (name, v) in ["scale", "shift"].into_iter().zip(affine) {
+        if v.len() != c {
+            return Err(TensorError::InvalidArgument {
+                op,
+                reason: format!("{name} has {} elements for {c} input channels", v.len()),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Runs `f` on this thread's buffer in `key`, taken out for the call (a nested call
@@ -275,7 +316,7 @@ impl Kernels {
         y: &mut Tensor,
         path: ConvPath,
     ) -> Result<()> {
-        self.conv2d_impl(x, w, p, epilogue, y, path, None)
+        self.conv2d_impl(x, w, p, epilogue, y, path, None, None)
     }
 
     /// [`Kernels::conv2d`] (no epilogue) and its output's per-channel batch statistics,
@@ -303,7 +344,49 @@ impl Kernels {
         }
         let mut y = Tensor::for_overwrite(&[n, o, oh, ow])?;
         let mut planes = vec![[0.0f64; 2]; n * o];
-        self.conv2d_impl(x, w, p, &[], &mut y, ConvPath::Auto, Some(&mut planes))?;
+        self.conv2d_impl(
+            x,
+            w,
+            p,
+            &[],
+            &mut y,
+            ConvPath::Auto,
+            Some(&mut planes),
+            None,
+        )?;
+        Ok((y, combine_plane_stats(&planes, n, o, plane)))
+    }
+
+    /// [`Kernels::conv2d_with_stats`] of `relu(scale[c] x + shift[c])` (`affine = [scale,
+    /// shift]`, per input channel: a training batch norm and its ReLU, as
+    /// [`Kernels::scale_shift_relu`] computes them), without that input ever being
+    /// stored: each image is normalised into a buffer of the thread that convolves it,
+    /// just before, and stays in cache. The same values as `scale_shift_relu` followed
+    /// by `conv2d_with_stats`, to the last bit, minus a pass that writes the whole
+    /// normalised batch to memory and another that reads it back.
+    pub fn conv2d_normalised_with_stats(
+        &self,
+        x: &Tensor,
+        affine: [&[f32]; 2],
+        w: &ConvWeights,
+        p: Conv2d,
+    ) -> Result<(Tensor, ChannelStats)> {
+        let op = "conv2d_normalised_with_stats";
+        let [n, c, h, wd] = x.dims4(op)?;
+        check_affine(op, affine, c)?;
+        let [o, _, kh, kw] = w.shape;
+        let [oh, ow] = p.output_size(h, wd, kh, kw)?;
+        let plane = oh * ow;
+        if n * plane == 0 {
+            return Err(TensorError::InvalidArgument {
+                op,
+                reason: format!("no elements per channel in the output [{n}, {o}, {oh}, {ow}]"),
+            });
+        }
+        let mut y = Tensor::for_overwrite(&[n, o, oh, ow])?;
+        let mut planes = vec![[0.0f64; 2]; n * o];
+        let stats = Some(&mut planes[..]);
+        self.conv2d_impl(x, w, p, &[], &mut y, ConvPath::Auto, stats, Some(affine))?;
         Ok((y, combine_plane_stats(&planes, n, o, plane)))
     }
 
@@ -317,6 +400,7 @@ impl Kernels {
         y: &mut Tensor,
         path: ConvPath,
         stats: Option<&mut [[f64; 2]]>,
+        normalise: Option<[&[f32]; 2]>,
     ) -> Result<()> {
         self.check_packed(&w.packed)?;
         let [n, c, h, wd] = x.dims4("conv2d")?;
@@ -375,112 +459,124 @@ impl Kernels {
         }
         let use_direct_kernel = w.direct.as_ref().filter(|_| path == ConvPath::Direct);
         let xd = x.data();
+        let compute_on =
+            |image: &[f32], b: usize, out: &mut [f32], threads: driver::Threads| -> Result<()> {
+                if let Some(dw) = use_direct_kernel {
+                    let mut epi = DirectEpilogue::default();
+                    for step in epilogue {
+                        match *step {
+                            ConvEpilogue::Accumulate => epi.accumulate = true,
+                            ConvEpilogue::Bias(bias) => epi.bias = Some(bias),
+                            ConvEpilogue::Residual(r) => {
+                                epi.residual = Some(&r.data()[b * out_image..(b + 1) * out_image])
+                            }
+                            ConvEpilogue::Relu => epi.relu = true,
+                        }
+                    }
+                    with_buffer(&PADDED, |buf| {
+                        direct_conv_image(
+                            self.set(),
+                            image,
+                            [h, wd],
+                            dw,
+                            p.stride,
+                            p.padding,
+                            [oh, ow],
+                            out,
+                            epi,
+                            threads,
+                            buf,
+                        )
+                    });
+                    return Ok(());
+                }
+                let steps: Vec<Epilogue> = epilogue
+                    .iter()
+                    .map(|s| match *s {
+                        ConvEpilogue::Accumulate => Epilogue::Accumulate,
+                        ConvEpilogue::Bias(bias) => Epilogue::RowBias(bias),
+                        ConvEpilogue::Residual(r) => Epilogue::Residual {
+                            data: &r.data()[b * out_image..(b + 1) * out_image],
+                            ld: oh * ow,
+                        },
+                        ConvEpilogue::Relu => Epilogue::Relu,
+                    })
+                    .collect();
+                let run_gemm = |source: BSource, out: &mut [f32]| -> Result<()> {
+                    let mut c_mat = MatMut::row_major(out, o, oh * ow)?;
+                    driver::gemm(
+                        self.set(),
+                        &w.packed,
+                        &source,
+                        o,
+                        oh * ow,
+                        &mut c_mat,
+                        &steps,
+                        threads,
+                    )
+                };
+                if direct {
+                    return run_gemm(BSource::Matrix(MatRef::row_major(image, c, h * wd)?), out);
+                }
+                let s = p.stride;
+                if kh == 1 && kw == 1 && p.padding == 0 {
+                    // A strided 1x1 convolution: B is the subsampled image, `[c, oh ow]`.
+                    return with_buffer(&PLANES, |sub| {
+                        // Every element is written below: no clearing.
+                        sub.resize(c * oh * ow, 0.0);
+                        let parallel = threads == driver::Threads::Auto;
+                        per_channel(parallel, image, h * wd, sub, oh * ow, |src, dst| {
+                            let rows = src.chunks(wd * s).take(oh);
+                            for (row, d) in rows.zip(dst.chunks_exact_mut(ow.max(1))) {
+                                d.iter_mut()
+                                    .zip(row.iter().step_by(s))
+                                    .for_each(|(d, v)| *d = *v);
+                            }
+                        });
+                        let sub = &sub[..c * oh * ow];
+                        run_gemm(BSource::Matrix(MatRef::row_major(sub, c, oh * ow)?), out)
+                    });
+                }
+                // im2col, packed block by block from the image's phase planes (see `Im2col`),
+                // made in this thread's buffer.
+                let (qh, qw) = (
+                    (h + 2 * p.padding).div_ceil(s),
+                    (wd + 2 * p.padding).div_ceil(s),
+                );
+                with_buffer(&PLANES, |planes| {
+                    // Each channel's planes are cleared (the padding) and written by one task;
+                    // the margin past them only feeds over-copied runs, which are overwritten.
+                    let per = s * s * qh * qw;
+                    planes.resize((c * per + IM2COL_CHUNK).max(planes.len()), 0.0);
+                    let parallel = threads == driver::Threads::Auto;
+                    per_channel(parallel, image, h * wd, planes, per, |src, dst| {
+                        dst.fill(0.0);
+                        split_phases(src, wd, p.padding, s, [qh, qw], dst);
+                    });
+                    let source = BSource::Im2col(Im2col {
+                        planes,
+                        c,
+                        kh,
+                        kw,
+                        s,
+                        qh,
+                        qw,
+                        ow,
+                    });
+                    run_gemm(source, out)
+                })
+            };
         let compute_image = |b: usize, out: &mut [f32], threads: driver::Threads| -> Result<()> {
             let image = &xd[b * in_image..(b + 1) * in_image];
-            if let Some(dw) = use_direct_kernel {
-                let mut epi = DirectEpilogue::default();
-                for step in epilogue {
-                    match *step {
-                        ConvEpilogue::Accumulate => epi.accumulate = true,
-                        ConvEpilogue::Bias(bias) => epi.bias = Some(bias),
-                        ConvEpilogue::Residual(r) => {
-                            epi.residual = Some(&r.data()[b * out_image..(b + 1) * out_image])
-                        }
-                        ConvEpilogue::Relu => epi.relu = true,
-                    }
-                }
-                with_buffer(&PADDED, |buf| {
-                    direct_conv_image(
-                        self.set(),
-                        image,
-                        [h, wd],
-                        dw,
-                        p.stride,
-                        p.padding,
-                        [oh, ow],
-                        out,
-                        epi,
-                        threads,
-                        buf,
-                    )
-                });
-                return Ok(());
+            match normalise {
+                None => compute_on(image, b, out, threads),
+                Some(affine) => with_buffer(&NORMED, |normed| {
+                    normed.resize(in_image.max(normed.len()), 0.0);
+                    let normed = &mut normed[..in_image];
+                    normalise_image(self.set(), image, h * wd, affine, normed);
+                    compute_on(normed, b, out, threads)
+                }),
             }
-            let steps: Vec<Epilogue> = epilogue
-                .iter()
-                .map(|s| match *s {
-                    ConvEpilogue::Accumulate => Epilogue::Accumulate,
-                    ConvEpilogue::Bias(bias) => Epilogue::RowBias(bias),
-                    ConvEpilogue::Residual(r) => Epilogue::Residual {
-                        data: &r.data()[b * out_image..(b + 1) * out_image],
-                        ld: oh * ow,
-                    },
-                    ConvEpilogue::Relu => Epilogue::Relu,
-                })
-                .collect();
-            let run_gemm = |source: BSource, out: &mut [f32]| -> Result<()> {
-                let mut c_mat = MatMut::row_major(out, o, oh * ow)?;
-                driver::gemm(
-                    self.set(),
-                    &w.packed,
-                    &source,
-                    o,
-                    oh * ow,
-                    &mut c_mat,
-                    &steps,
-                    threads,
-                )
-            };
-            if direct {
-                return run_gemm(BSource::Matrix(MatRef::row_major(image, c, h * wd)?), out);
-            }
-            let s = p.stride;
-            if kh == 1 && kw == 1 && p.padding == 0 {
-                // A strided 1x1 convolution: B is the subsampled image, `[c, oh ow]`.
-                return with_buffer(&PLANES, |sub| {
-                    // Every element is written below: no clearing.
-                    sub.resize(c * oh * ow, 0.0);
-                    let parallel = threads == driver::Threads::Auto;
-                    per_channel(parallel, image, h * wd, sub, oh * ow, |src, dst| {
-                        let rows = src.chunks(wd * s).take(oh);
-                        for (row, d) in rows.zip(dst.chunks_exact_mut(ow.max(1))) {
-                            d.iter_mut()
-                                .zip(row.iter().step_by(s))
-                                .for_each(|(d, v)| *d = *v);
-                        }
-                    });
-                    let sub = &sub[..c * oh * ow];
-                    run_gemm(BSource::Matrix(MatRef::row_major(sub, c, oh * ow)?), out)
-                });
-            }
-            // im2col, packed block by block from the image's phase planes (see `Im2col`),
-            // made in this thread's buffer.
-            let (qh, qw) = (
-                (h + 2 * p.padding).div_ceil(s),
-                (wd + 2 * p.padding).div_ceil(s),
-            );
-            with_buffer(&PLANES, |planes| {
-                // Each channel's planes are cleared (the padding) and written by one task;
-                // the margin past them only feeds over-copied runs, which are overwritten.
-                let per = s * s * qh * qw;
-                planes.resize((c * per + IM2COL_CHUNK).max(planes.len()), 0.0);
-                let parallel = threads == driver::Threads::Auto;
-                per_channel(parallel, image, h * wd, planes, per, |src, dst| {
-                    dst.fill(0.0);
-                    split_phases(src, wd, p.padding, s, [qh, qw], dst);
-                });
-                let source = BSource::Im2col(Im2col {
-                    planes,
-                    c,
-                    kh,
-                    kw,
-                    s,
-                    qh,
-                    qw,
-                    ow,
-                });
-                run_gemm(source, out)
-            })
         };
         // The image's output, then (if asked) each of its planes' sum and sum of squared
         // deviations about the plane's mean, while the output is still in cache.

@@ -19,6 +19,7 @@
 
 use rayon::prelude::*;
 
+use crate::conv::normalise_image;
 use crate::gemm::pack::{aligned_start, ALIGN_SLACK};
 use crate::kernels::dot::DotTile;
 use crate::kernels::KernelSet;
@@ -52,11 +53,15 @@ pub(crate) struct WeightGradScratch {
     planes: Vec<f32>,
     dy: Vec<f32>,
     segs: Vec<[usize; 2]>,
+    /// The chunk's images normalised, when the convolution's input is.
+    normed: Vec<f32>,
 }
 
 /// `dw` (`[o, c kh kw]`) `+=` the weight gradient of the images in `x` (`[n, c, h, w]`)
 /// against `dy` (`[n, o, oh, ow]`). With `parallel`, blocks of output channels are
-/// spread over rayon's pool.
+/// spread over rayon's pool. With `normalise = Some([scale, shift])` the convolution's
+/// input was `relu(scale[c] x + shift[c])`: each chunk of images is normalised into a
+/// buffer (in cache) before its taps are read.
 ///
 /// The kernel wants every tap as one contiguous run the length of `dY`'s row. For a
 /// 1x1 stride-1 unpadded convolution whose `OH OW` is a whole number of vectors, the
@@ -79,6 +84,7 @@ pub(crate) fn accumulate_weight_grad(
     dw: &mut [f32],
     scratch: &mut WeightGradScratch,
     parallel: bool,
+    normalise: Option<[&[f32]; 2]>,
 ) {
     let (k, pix) = (g.c * g.kh * g.kw, g.oh * g.ow);
     let (in_image, out_image) = (g.c * g.h * g.w, o * pix);
@@ -119,6 +125,7 @@ pub(crate) fn accumulate_weight_grad(
         planes,
         dy: db,
         segs,
+        normed,
     } = scratch;
     if !in_place {
         // Zeroed once: every chunk writes the same positions (the pixels, and dY's valid
@@ -137,7 +144,17 @@ pub(crate) fn accumulate_weight_grad(
     let db = &mut db[at..];
     for c0 in (0..n).step_by(chunk) {
         let cn = chunk.min(n - c0);
-        let xs = &x[c0 * in_image..(c0 + cn) * in_image];
+        let mut xs = &x[c0 * in_image..(c0 + cn) * in_image];
+        if let Some(affine) = normalise {
+            normed.resize(xs.len().max(normed.len()), 0.0);
+            for (src, dst) in xs
+                .chunks_exact(in_image)
+                .zip(normed.chunks_exact_mut(in_image))
+            {
+                normalise_image(set, src, g.h * g.w, affine, dst);
+            }
+            xs = &normed[..xs.len()];
+        }
         let dys = &dy[c0 * out_image..(c0 + cn) * out_image];
         segs.clear();
         segs.extend((0..cn).map(|i| [i * o * len, i * per_image]));

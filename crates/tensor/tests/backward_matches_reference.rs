@@ -25,6 +25,10 @@ const CHECKS: &[(&str, Check)] = &[
     ("global_avg_pool_backward_spreads_evenly", check_avg_pool),
     ("conv2d_backward_equals_reference", check_conv),
     ("conv2d_backward_resnet20_layers", check_conv_resnet20),
+    (
+        "conv2d_normalised_equals_scale_shift_relu_then_conv2d",
+        check_conv_normalised,
+    ),
     ("linear_backward_equals_reference", check_linear),
     ("backward_rejects_bad_shapes", check_errors),
 ];
@@ -393,6 +397,66 @@ fn check_conv_resnet20(k: Kernels) -> CheckResult {
         run_conv(k, &case).map_err(|e| format!("{c}->{o} s{stride}: {e}"))?;
     }
     Ok(())
+}
+
+/// The convolution of a normalised input (batch norm + ReLU fused into the next
+/// convolution), forward and backward, equals `scale_shift_relu` followed by the plain
+/// convolution exactly: the same kernels on the same values.
+fn check_conv_normalised(k: Kernels) -> CheckResult {
+    prop(conv_case(k), |c| {
+        let x = Tensor::randn(&[c.n, c.c, c.h, c.w], 0.0, 1.0, c.seed).map_err(fail)?;
+        let w = Tensor::randn(&[c.o, c.c, c.k, c.k], 0.0, 0.5, c.seed ^ 1).map_err(fail)?;
+        // Shifts of both signs, so the ReLU clears some channels' pixels and not others.
+        let scale = Tensor::randn(&[c.c], 0.0, 1.0, c.seed ^ 4).map_err(fail)?;
+        let shift = Tensor::randn(&[c.c], 0.0, 1.0, c.seed ^ 5).map_err(fail)?;
+        let affine = [scale.data(), shift.data()];
+        let p = Conv2d::new(c.stride, c.pad);
+        let [oh, ow] = p.output_size(c.h, c.w, c.k, c.k).map_err(fail)?;
+        let dy = Tensor::randn(&[c.n, c.o, oh, ow], 0.0, 1.0, c.seed ^ 2).map_err(fail)?;
+        let y = k
+            .scale_shift_relu(&x, scale.data(), shift.data())
+            .map_err(fail)?;
+        let packed = k.pack_conv_weights(&w).map_err(fail)?;
+        let (want, want_stats) = k.conv2d_with_stats(&y, &packed, p).map_err(fail)?;
+        let (got, got_stats) = k
+            .conv2d_normalised_with_stats(&x, affine, &packed, p)
+            .map_err(fail)?;
+        close(&format!("forward {c:?}"), got.data(), want.data(), |_| 0.0)?;
+        close(
+            &format!("mean {c:?}"),
+            &got_stats.mean,
+            &want_stats.mean,
+            |_| 0.0,
+        )?;
+        close(
+            &format!("var {c:?}"),
+            &got_stats.var,
+            &want_stats.var,
+            |_| 0.0,
+        )?;
+        let (want_dx, want_dw) = (c.want & 1 != 0, c.want & 2 != 0);
+        let want = k
+            .conv2d_backward(&y, &w, &dy, p, want_dx, want_dw)
+            .map_err(fail)?;
+        let got = k
+            .conv2d_backward_normalised(&x, affine, &w, &dy, p, want_dx, want_dw)
+            .map_err(fail)?;
+        for (name, g, r) in [("dx", &got.dx, &want.dx), ("dw", &got.dw, &want.dw)] {
+            prop_assert_eq!(g.is_some(), r.is_some());
+            if let (Some(g), Some(r)) = (g, r) {
+                close(&format!("{name} {c:?}"), g.data(), r.data(), |_| 0.0)?;
+            }
+        }
+        // A scale or shift of the wrong length is an error, not a panic.
+        let short = &shift.data()[..c.c - 1];
+        prop_assert!(k
+            .conv2d_normalised_with_stats(&x, [scale.data(), short], &packed, p)
+            .is_err());
+        prop_assert!(k
+            .conv2d_backward_normalised(&x, [short, shift.data()], &w, &dy, p, true, true)
+            .is_err());
+        Ok(())
+    })
 }
 
 fn check_linear(k: Kernels) -> CheckResult {
