@@ -65,6 +65,21 @@ enum Op {
         relu: bool,
         batch_stats: bool,
     },
+    /// A training batch norm and its ReLU folded into the convolution that reads them:
+    /// `conv2d(relu(batch_norm(x)), w)`. The normalised tensor is never stored: the
+    /// forward normalises each image just before convolving it, the weight gradient
+    /// each chunk of images again, and batch norm's backward needs only `x`.
+    BatchNormReluConv2d {
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        w: Var,
+        p: Conv2d,
+        mean: Vec<f32>,
+        inv_std: Vec<f32>,
+        /// The convolution's output statistics, as for [`Op::Conv2d`].
+        stats: Option<ChannelStats>,
+    },
     /// The end of a residual block in training: `relu(batch_norm(x) + residual)`, batch
     /// statistics. The normalised tensor is never stored: the backward needs only `x`,
     /// the statistics and the output (for the ReLU's mask).
@@ -289,9 +304,56 @@ impl<'p> Tape<'p> {
         match self.nodes.get(x.0).map(|n| &n.op) {
             Some(Op::Conv2d {
                 stats: Some(stats), ..
+            })
+            | Some(Op::BatchNormReluConv2d {
+                stats: Some(stats), ..
             }) => Ok(stats.clone()),
             _ => self.kernels.channel_stats(self.value(x)?),
         }
+    }
+
+    /// `conv2d(relu(batch_norm(x)), w)` with the batch's statistics, the normalised
+    /// tensor never stored (`Kernels::conv2d_normalised_with_stats`): the first batch
+    /// norm of a residual block, its ReLU and the block's next convolution as one op.
+    /// The same values as [`Tape::batch_norm`] with ReLU followed by [`Tape::conv2d`],
+    /// with one activation fewer kept for the backward pass and two passes over memory
+    /// fewer. Returns the batch norm's statistics too, for the caller's running ones.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_norm_relu_conv2d(
+        &mut self,
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        eps: f32,
+        w: Var,
+        p: Conv2d,
+    ) -> Result<(Var, ChannelStats)> {
+        let stats = self.batch_stats(x)?;
+        let inv_std = inv_std(&stats.var, eps);
+        let [scale, shift] = self.checked_affine(gamma, beta, &stats.mean, &inv_std)?;
+        let k = self.kernels;
+        let (xv, packed) = (self.value(x)?, k.pack_conv_weights(self.value(w)?)?);
+        let affine = [&scale[..], &shift[..]];
+        let (y, conv_stats) = match k.conv2d_normalised_with_stats(xv, affine, &packed, p) {
+            Ok((y, s)) => (y, Some(s)),
+            // An output without elements has no statistics; the convolution itself may
+            // still be fine.
+            Err(_) => {
+                let normed = k.scale_shift_relu(xv, &scale, &shift)?;
+                (k.conv2d(&normed, &packed, p, &[])?, None)
+            }
+        };
+        let op = Op::BatchNormReluConv2d {
+            x,
+            gamma,
+            beta,
+            w,
+            p,
+            mean: stats.mean.clone(),
+            inv_std,
+            stats: conv_stats,
+        };
+        Ok((self.push_op(y, op, &[x, gamma, beta, w]), stats))
     }
 
     /// `relu(batch_norm(x) + residual)` with the batch's statistics: the second batch
@@ -367,6 +429,24 @@ impl<'p> Tape<'p> {
         inv_std: &[f32],
         then: AfterNorm,
     ) -> Result<Tensor> {
+        let [scale, shift] = self.checked_affine(gamma, beta, mean, inv_std)?;
+        let (k, xv) = (self.kernels, self.value(x)?);
+        match then {
+            AfterNorm::Nothing => k.scale_shift(xv, &scale, &shift),
+            AfterNorm::Relu => k.scale_shift_relu(xv, &scale, &shift),
+            AfterNorm::AddRelu(r) => k.scale_shift_add_relu(xv, self.value(r)?, &scale, &shift),
+        }
+    }
+
+    /// Batch norm's per-channel `[scale, shift]` from `gamma`, `beta` and the
+    /// statistics, once their lengths agree.
+    fn checked_affine(
+        &self,
+        gamma: Var,
+        beta: Var,
+        mean: &[f32],
+        inv_std: &[f32],
+    ) -> Result<[Vec<f32>; 2]> {
         let (g, b) = (self.value(gamma)?.data(), self.value(beta)?.data());
         let c = mean.len();
         if g.len() != c || b.len() != c || inv_std.len() != c {
@@ -379,13 +459,7 @@ impl<'p> Tape<'p> {
                 ),
             ));
         }
-        let [scale, shift] = affine_coefficients(g, b, mean, inv_std);
-        let (k, xv) = (self.kernels, self.value(x)?);
-        match then {
-            AfterNorm::Nothing => k.scale_shift(xv, &scale, &shift),
-            AfterNorm::Relu => k.scale_shift_relu(xv, &scale, &shift),
-            AfterNorm::AddRelu(r) => k.scale_shift_add_relu(xv, self.value(r)?, &scale, &shift),
-        }
+        Ok(affine_coefficients(g, b, mean, inv_std))
     }
 
     /// `max(x, 0)`.
@@ -640,6 +714,40 @@ impl<'p> Tape<'p> {
                     Tensor::from_vec(&[c], g.dbeta)?,
                 );
                 vec![(*x, dx), (*gamma, dgamma), (*beta, dbeta)]
+            }
+            Op::BatchNormReluConv2d {
+                x,
+                gamma,
+                beta,
+                w,
+                p,
+                mean,
+                inv_std,
+                ..
+            } => {
+                let (xv, gv) = (self.value(*x)?, self.value(*gamma)?.data());
+                let [scale, shift] =
+                    affine_coefficients(gv, self.value(*beta)?.data(), mean, inv_std);
+                let affine = [&scale[..], &shift[..]];
+                // The convolution's input gradient is the normalised tensor's, which
+                // batch norm's backward (with the ReLU's mask from x) turns into x's.
+                let to_x = wants(*x) || wants(*gamma) || wants(*beta);
+                let wv = self.value(*w)?;
+                let g = k.conv2d_backward_normalised(xv, affine, wv, &dy, *p, to_x, wants(*w))?;
+                let mut grads = Vec::with_capacity(4);
+                if let Some(dw) = g.dw {
+                    grads.push((*w, dw));
+                }
+                if let Some(dn) = g.dx {
+                    let g = k.batch_norm_relu_backward_reusing(
+                        xv, dn, mean, inv_std, gv, affine, true,
+                    )?;
+                    let c = g.dgamma.len();
+                    grads.push((*x, g.dx));
+                    grads.push((*gamma, Tensor::from_vec(&[c], g.dgamma)?));
+                    grads.push((*beta, Tensor::from_vec(&[c], g.dbeta)?));
+                }
+                grads
             }
             Op::BatchNormAddRelu {
                 x,

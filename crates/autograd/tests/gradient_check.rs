@@ -26,6 +26,10 @@ const CHECKS: &[(&str, Check)] = &[
     ("batch_norm_relu_gradients", check_batch_norm_relu),
     ("batch_norm_fixed_gradients", check_batch_norm_fixed),
     ("batch_norm_add_relu_gradients", check_batch_norm_add_relu),
+    (
+        "batch_norm_relu_conv2d_gradients",
+        check_batch_norm_relu_conv2d,
+    ),
     ("relu_gradients", check_relu),
     ("add_relu_gradients", check_add_relu),
     ("add_of_one_input_twice_gradients", check_add_twice),
@@ -311,6 +315,45 @@ fn check_batch_norm_add_relu(k: Kernels) -> CheckResult {
             )
         },
     )
+}
+
+/// `conv2d(relu(bn(x)), w)` as one op (the normalised tensor never stored): gradients
+/// to x, gamma, beta and w.
+fn check_batch_norm_relu_conv2d(k: Kernels) -> CheckResult {
+    let s = (
+        2usize..=3,
+        1usize..=3,
+        1usize..=3,
+        2usize..=5,
+        prop::sample::select(vec![1usize, 3]),
+        1usize..=2,
+        any::<u64>(),
+    );
+    prop(s, |(n, c, o, size, kk, stride, seed)| {
+        let pad = kk / 2;
+        let inputs = [
+            Tensor::randn(&[n, c, size, size], 0.3, 1.5, seed).map_err(fail)?,
+            Tensor::rand_uniform(&[c], 0.5, 1.5, seed ^ 1).map_err(fail)?,
+            t(&[c], seed ^ 2)?,
+            t(&[o, c, kk, kk], seed ^ 3)?,
+        ];
+        let p = Conv2d::new(stride, pad);
+        let plane = size * size;
+        let refn = move |v: &[Vec<f64>]| {
+            let h = bn_f64(&v[0], &v[1], &v[2], c, plane, None, true);
+            conv_f64(&h, &v[3], [n, c, size, size], [o, kk, kk], stride, pad)
+        };
+        grad_check(
+            k,
+            &inputs,
+            |tp, v| {
+                tp.batch_norm_relu_conv2d(v[0], v[1], v[2], 1e-5, v[3], p)
+                    .map(|(y, _)| y)
+            },
+            &refn,
+            seed ^ 4,
+        )
+    })
 }
 
 fn check_relu(k: Kernels) -> CheckResult {

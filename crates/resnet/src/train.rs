@@ -57,6 +57,22 @@ pub struct BatchStats {
     pub stats: ChannelStats,
 }
 
+/// The input of a block's next convolution: a value, or (in training) the previous
+/// convolution's output with its batch norm and ReLU still to apply, which the next
+/// convolution folds in ([`Tape::batch_norm_relu_conv2d`]) so that the normalised
+/// tensor is never stored.
+enum Input {
+    Value(Var),
+    Normalise {
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        eps: f32,
+        /// The batch norm's index, for its running statistics.
+        index: usize,
+    },
+}
+
 /// Walks the forward pass, recording on the tape.
 struct Recorder<'t, 'p> {
     tape: &'t mut Tape<'p>,
@@ -80,18 +96,50 @@ impl<'p> Recorder<'_, 'p> {
     /// The convolution of a conv-bn pair: its parameters registered in
     /// `parameters_mut` order (conv weight, bn weight, bn bias) and the batch norm's
     /// index taken. Returns the convolution's output, `gamma`, `beta` and that index.
-    fn conv(&mut self, x: Var, c: &'p ConvBn, train: bool) -> Result<(Var, Var, Var, usize)> {
+    fn conv(&mut self, x: Input, c: &'p ConvBn, train: bool) -> Result<(Var, Var, Var, usize)> {
         let w = self.leaf(&c.weight, train);
         let gamma = self.leaf(&c.bn.weight, train);
         let beta = self.leaf(&c.bn.bias, train);
-        let h = self.tape.conv2d(x, w, Conv2d::new(c.stride, c.padding))?;
+        let p = Conv2d::new(c.stride, c.padding);
+        let h = match x {
+            Input::Value(x) => self.tape.conv2d(x, w, p)?,
+            Input::Normalise {
+                x,
+                gamma,
+                beta,
+                eps,
+                index,
+            } => {
+                let (h, stats) = self
+                    .tape
+                    .batch_norm_relu_conv2d(x, gamma, beta, eps, w, p)?;
+                self.batch_stats.push(BatchStats { index, stats });
+                h
+            }
+        };
         let index = self.bn_index;
         self.bn_index += 1;
         Ok((h, gamma, beta, index))
     }
 
+    /// `conv -> bn -> relu` inside a block: in training the batch norm and ReLU are
+    /// left to the next convolution, which folds them in.
+    fn conv_bn_relu_inner(&mut self, x: Input, c: &'p ConvBn, train: bool) -> Result<Input> {
+        if !train {
+            return Ok(Input::Value(self.conv_bn(x, c, train, true)?));
+        }
+        let (x, gamma, beta, index) = self.conv(x, c, train)?;
+        Ok(Input::Normalise {
+            x,
+            gamma,
+            beta,
+            eps: c.bn.eps,
+            index,
+        })
+    }
+
     /// `conv -> bn (-> relu)`.
-    fn conv_bn(&mut self, x: Var, c: &'p ConvBn, train: bool, relu: bool) -> Result<Var> {
+    fn conv_bn(&mut self, x: Input, c: &'p ConvBn, train: bool, relu: bool) -> Result<Var> {
         let (h, gamma, beta, index) = self.conv(x, c, train)?;
         if train {
             let (y, stats) = self.tape.batch_norm(h, gamma, beta, c.bn.eps, relu)?;
@@ -115,7 +163,7 @@ impl<'p> Recorder<'_, 'p> {
     /// the add.
     fn conv_bn_add_relu(
         &mut self,
-        x: Var,
+        x: Input,
         c: &'p ConvBn,
         train: bool,
         residual: Var,
@@ -173,7 +221,12 @@ impl ResNet {
             bn_index: 0,
         };
         let input = r.tape.input(x);
-        let mut h = r.conv_bn(input, &self.stem, freeze == Freeze::None, true)?;
+        let mut h = r.conv_bn(
+            Input::Value(input),
+            &self.stem,
+            freeze == Freeze::None,
+            true,
+        )?;
         if !self.arch.is_cifar() {
             h = r.tape.max_pool2d(h, Pool2d::RESNET_STEM)?;
         }
@@ -184,15 +237,15 @@ impl ResNet {
                 let Some((last, inner)) = block.convs.split_last() else {
                     continue;
                 };
-                let mut y = x;
+                let mut y = Input::Value(x);
                 for c in inner {
                     // ReLU after every conv-bn but the last, which joins the shortcut.
-                    y = r.conv_bn(y, c, train, true)?;
+                    y = r.conv_bn_relu_inner(y, c, train)?;
                 }
                 h = match &block.shortcut {
                     Shortcut::Projection(c) => {
                         let y = r.conv_bn(y, last, train, false)?;
-                        let shortcut = r.conv_bn(x, c, train, false)?;
+                        let shortcut = r.conv_bn(Input::Value(x), c, train, false)?;
                         r.tape.add(y, shortcut, true)?
                     }
                     // A shortcut without parameters is made first, so that the last
