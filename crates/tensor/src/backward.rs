@@ -707,6 +707,7 @@ impl Kernels {
                     },
                     threads,
                     padded,
+                    None,
                 );
             }
             if let Some(st) = &phased {

@@ -112,29 +112,54 @@ thread_local! {
     static NORMED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// Writes `relu(scale[c] x + shift[c])` of the `[C, plane]` image `x` into `out` with
-/// the kernel set's `scale_shift_relu`, the same values `Kernels::scale_shift_relu`
-/// gives. The caller checked `scale` and `shift` against `C`.
+/// A per-channel normalisation `relu(scale[c] x + shift[c])` applied while copying, by
+/// the kernel set's `scale_shift_relu` (so the same floats as
+/// `Kernels::scale_shift_relu`).
+#[derive(Clone, Copy)]
+pub(crate) struct Normalise<'a> {
+    kernel: unsafe fn(*const f32, *mut f32, usize, f32, f32),
+    scale: &'a [f32],
+    shift: &'a [f32],
+}
+
+impl<'a> Normalise<'a> {
+    pub fn new(set: &crate::kernels::KernelSet, [scale, shift]: [&'a [f32]; 2]) -> Self {
+        Normalise {
+            kernel: set.scale_shift_relu,
+            scale,
+            shift,
+        }
+    }
+
+    /// `dst = relu(scale[ch] src + shift[ch])`.
+    pub fn apply(&self, ch: usize, src: &[f32], dst: &mut [f32]) {
+        assert_eq!(src.len(), dst.len(), "normalise: lengths differ");
+        let (a, b) = (self.scale[ch], self.shift[ch]);
+        // SAFETY: `src` and `dst` hold `src.len()` floats each; the kernel set's features
+        // were checked when it was handed out.
+        unsafe { (self.kernel)(src.as_ptr(), dst.as_mut_ptr(), src.len(), a, b) };
+    }
+}
+
+/// Writes `relu(scale[c] x + shift[c])` of the `[C, plane]` image `x` into `out` (see
+/// [`Normalise`]). The caller checked `scale` and `shift` against `C`.
 pub(crate) fn normalise_image(
     set: &crate::kernels::KernelSet,
     x: &[f32],
     plane: usize,
-    [scale, shift]: [&[f32]; 2],
+    affine: [&[f32]; 2],
     out: &mut [f32],
 ) {
     if plane == 0 {
         return;
     }
+    let n = Normalise::new(set, affine);
     for (ch, (src, dst)) in x
         .chunks_exact(plane)
         .zip(out.chunks_exact_mut(plane))
         .enumerate()
     {
-        // SAFETY: `src` and `dst` are `plane` floats each; the set's features were checked
-        // when it was handed out.
-        unsafe {
-            (set.scale_shift_relu)(src.as_ptr(), dst.as_mut_ptr(), plane, scale[ch], shift[ch])
-        };
+        n.apply(ch, src, dst);
     }
 }
 
@@ -459,122 +484,135 @@ impl Kernels {
         }
         let use_direct_kernel = w.direct.as_ref().filter(|_| path == ConvPath::Direct);
         let xd = x.data();
-        let compute_on =
-            |image: &[f32], b: usize, out: &mut [f32], threads: driver::Threads| -> Result<()> {
-                if let Some(dw) = use_direct_kernel {
-                    let mut epi = DirectEpilogue::default();
-                    for step in epilogue {
-                        match *step {
-                            ConvEpilogue::Accumulate => epi.accumulate = true,
-                            ConvEpilogue::Bias(bias) => epi.bias = Some(bias),
-                            ConvEpilogue::Residual(r) => {
-                                epi.residual = Some(&r.data()[b * out_image..(b + 1) * out_image])
-                            }
-                            ConvEpilogue::Relu => epi.relu = true,
+        // `norm`: the image is to be normalised as the direct kernel's padded copy is
+        // written (stride 1 only).
+        let compute_on = |image: &[f32],
+                          norm: Option<&Normalise>,
+                          b: usize,
+                          out: &mut [f32],
+                          threads: driver::Threads|
+         -> Result<()> {
+            if let Some(dw) = use_direct_kernel {
+                let mut epi = DirectEpilogue::default();
+                for step in epilogue {
+                    match *step {
+                        ConvEpilogue::Accumulate => epi.accumulate = true,
+                        ConvEpilogue::Bias(bias) => epi.bias = Some(bias),
+                        ConvEpilogue::Residual(r) => {
+                            epi.residual = Some(&r.data()[b * out_image..(b + 1) * out_image])
                         }
+                        ConvEpilogue::Relu => epi.relu = true,
                     }
-                    with_buffer(&PADDED, |buf| {
-                        direct_conv_image(
-                            self.set(),
-                            image,
-                            [h, wd],
-                            dw,
-                            p.stride,
-                            p.padding,
-                            [oh, ow],
-                            out,
-                            epi,
-                            threads,
-                            buf,
-                        )
-                    });
-                    return Ok(());
                 }
-                let steps: Vec<Epilogue> = epilogue
-                    .iter()
-                    .map(|s| match *s {
-                        ConvEpilogue::Accumulate => Epilogue::Accumulate,
-                        ConvEpilogue::Bias(bias) => Epilogue::RowBias(bias),
-                        ConvEpilogue::Residual(r) => Epilogue::Residual {
-                            data: &r.data()[b * out_image..(b + 1) * out_image],
-                            ld: oh * ow,
-                        },
-                        ConvEpilogue::Relu => Epilogue::Relu,
-                    })
-                    .collect();
-                let run_gemm = |source: BSource, out: &mut [f32]| -> Result<()> {
-                    let mut c_mat = MatMut::row_major(out, o, oh * ow)?;
-                    driver::gemm(
+                with_buffer(&PADDED, |buf| {
+                    direct_conv_image(
                         self.set(),
-                        &w.packed,
-                        &source,
-                        o,
-                        oh * ow,
-                        &mut c_mat,
-                        &steps,
+                        image,
+                        [h, wd],
+                        dw,
+                        p.stride,
+                        p.padding,
+                        [oh, ow],
+                        out,
+                        epi,
                         threads,
+                        buf,
+                        norm,
                     )
-                };
-                if direct {
-                    return run_gemm(BSource::Matrix(MatRef::row_major(image, c, h * wd)?), out);
-                }
-                let s = p.stride;
-                if kh == 1 && kw == 1 && p.padding == 0 {
-                    // A strided 1x1 convolution: B is the subsampled image, `[c, oh ow]`.
-                    return with_buffer(&PLANES, |sub| {
-                        // Every element is written below: no clearing.
-                        sub.resize(c * oh * ow, 0.0);
-                        let parallel = threads == driver::Threads::Auto;
-                        per_channel(parallel, image, h * wd, sub, oh * ow, |src, dst| {
-                            let rows = src.chunks(wd * s).take(oh);
-                            for (row, d) in rows.zip(dst.chunks_exact_mut(ow.max(1))) {
-                                d.iter_mut()
-                                    .zip(row.iter().step_by(s))
-                                    .for_each(|(d, v)| *d = *v);
-                            }
-                        });
-                        let sub = &sub[..c * oh * ow];
-                        run_gemm(BSource::Matrix(MatRef::row_major(sub, c, oh * ow)?), out)
-                    });
-                }
-                // im2col, packed block by block from the image's phase planes (see `Im2col`),
-                // made in this thread's buffer.
-                let (qh, qw) = (
-                    (h + 2 * p.padding).div_ceil(s),
-                    (wd + 2 * p.padding).div_ceil(s),
-                );
-                with_buffer(&PLANES, |planes| {
-                    // Each channel's planes are cleared (the padding) and written by one task;
-                    // the margin past them only feeds over-copied runs, which are overwritten.
-                    let per = s * s * qh * qw;
-                    planes.resize((c * per + IM2COL_CHUNK).max(planes.len()), 0.0);
-                    let parallel = threads == driver::Threads::Auto;
-                    per_channel(parallel, image, h * wd, planes, per, |src, dst| {
-                        dst.fill(0.0);
-                        split_phases(src, wd, p.padding, s, [qh, qw], dst);
-                    });
-                    let source = BSource::Im2col(Im2col {
-                        planes,
-                        c,
-                        kh,
-                        kw,
-                        s,
-                        qh,
-                        qw,
-                        ow,
-                    });
-                    run_gemm(source, out)
+                });
+                return Ok(());
+            }
+            let steps: Vec<Epilogue> = epilogue
+                .iter()
+                .map(|s| match *s {
+                    ConvEpilogue::Accumulate => Epilogue::Accumulate,
+                    ConvEpilogue::Bias(bias) => Epilogue::RowBias(bias),
+                    ConvEpilogue::Residual(r) => Epilogue::Residual {
+                        data: &r.data()[b * out_image..(b + 1) * out_image],
+                        ld: oh * ow,
+                    },
+                    ConvEpilogue::Relu => Epilogue::Relu,
                 })
+                .collect();
+            let run_gemm = |source: BSource, out: &mut [f32]| -> Result<()> {
+                let mut c_mat = MatMut::row_major(out, o, oh * ow)?;
+                driver::gemm(
+                    self.set(),
+                    &w.packed,
+                    &source,
+                    o,
+                    oh * ow,
+                    &mut c_mat,
+                    &steps,
+                    threads,
+                )
             };
+            if direct {
+                return run_gemm(BSource::Matrix(MatRef::row_major(image, c, h * wd)?), out);
+            }
+            let s = p.stride;
+            if kh == 1 && kw == 1 && p.padding == 0 {
+                // A strided 1x1 convolution: B is the subsampled image, `[c, oh ow]`.
+                return with_buffer(&PLANES, |sub| {
+                    // Every element is written below: no clearing.
+                    sub.resize(c * oh * ow, 0.0);
+                    let parallel = threads == driver::Threads::Auto;
+                    per_channel(parallel, image, h * wd, sub, oh * ow, |_, src, dst| {
+                        let rows = src.chunks(wd * s).take(oh);
+                        for (row, d) in rows.zip(dst.chunks_exact_mut(ow.max(1))) {
+                            d.iter_mut()
+                                .zip(row.iter().step_by(s))
+                                .for_each(|(d, v)| *d = *v);
+                        }
+                    });
+                    let sub = &sub[..c * oh * ow];
+                    run_gemm(BSource::Matrix(MatRef::row_major(sub, c, oh * ow)?), out)
+                });
+            }
+            // im2col, packed block by block from the image's phase planes (see `Im2col`),
+            // made in this thread's buffer.
+            let (qh, qw) = (
+                (h + 2 * p.padding).div_ceil(s),
+                (wd + 2 * p.padding).div_ceil(s),
+            );
+            with_buffer(&PLANES, |planes| {
+                // Each channel's planes are cleared (the padding) and written by one task;
+                // the margin past them only feeds over-copied runs, which are overwritten.
+                let per = s * s * qh * qw;
+                planes.resize((c * per + IM2COL_CHUNK).max(planes.len()), 0.0);
+                let parallel = threads == driver::Threads::Auto;
+                per_channel(parallel, image, h * wd, planes, per, |_, src, dst| {
+                    dst.fill(0.0);
+                    split_phases(src, wd, p.padding, s, [qh, qw], dst, None);
+                });
+                let source = BSource::Im2col(Im2col {
+                    planes,
+                    c,
+                    kh,
+                    kw,
+                    s,
+                    qh,
+                    qw,
+                    ow,
+                });
+                run_gemm(source, out)
+            })
+        };
         let compute_image = |b: usize, out: &mut [f32], threads: driver::Threads| -> Result<()> {
             let image = &xd[b * in_image..(b + 1) * in_image];
             match normalise {
-                None => compute_on(image, b, out, threads),
+                None => compute_on(image, None, b, out, threads),
+                // The direct kernel's stride-1 routes normalise while padding; the others
+                // read a normalised copy.
+                Some(affine) if use_direct_kernel.is_some() && p.stride == 1 => {
+                    let norm = Normalise::new(self.set(), affine);
+                    compute_on(image, Some(&norm), b, out, threads)
+                }
                 Some(affine) => with_buffer(&NORMED, |normed| {
                     normed.resize(in_image.max(normed.len()), 0.0);
                     let normed = &mut normed[..in_image];
                     normalise_image(self.set(), image, h * wd, affine, normed);
-                    compute_on(normed, b, out, threads)
+                    compute_on(normed, None, b, out, threads)
                 }),
             }
         };

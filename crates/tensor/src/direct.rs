@@ -19,6 +19,7 @@
 
 use rayon::prelude::*;
 
+use crate::conv::Normalise;
 use crate::gemm::driver::Threads;
 use crate::kernels::microkernel::{TileOut, TileStep};
 use crate::kernels::KernelSet;
@@ -116,6 +117,7 @@ unsafe impl Sync for OutPtr {}
 /// Every float of each channel is written (its rows copied, its border zeroed), so the
 /// buffer needs no clearing first. No margin is needed: the flat-run tiles that read
 /// this layout (rows of whole vectors, stride 1) stay inside the padded rows.
+#[allow(clippy::too_many_arguments)]
 fn pad_image(
     x: &[f32],
     c: usize,
@@ -124,6 +126,7 @@ fn pad_image(
     pad: usize,
     padded: &mut Vec<f32>,
     parallel: bool,
+    norm: Option<&Normalise>,
 ) -> (usize, Vec<usize>) {
     let (ph, pw) = (h + 2 * pad, w + 2 * pad);
     let per = ph * pw;
@@ -134,7 +137,7 @@ fn pad_image(
         h * w,
         &mut padded[..c * per],
         per,
-        |src, dst| {
+        |ch, src, dst| {
             let (top, rest) = dst.split_at_mut(pad * pw);
             top.fill(0.0);
             let (rows, bottom) = rest.split_at_mut(h * pw);
@@ -146,7 +149,10 @@ fn pad_image(
                     d[i] = 0.0;
                     d[pad + w + i] = 0.0;
                 }
-                d[pad..pad + w].copy_from_slice(row);
+                match norm {
+                    Some(n) => n.apply(ch, row, &mut d[pad..pad + w]),
+                    None => d[pad..pad + w].copy_from_slice(row),
+                }
             }
         },
     );
@@ -169,8 +175,13 @@ pub(crate) fn direct_conv_image(
     epi: DirectEpilogue,
     threads: Threads,
     padded: &mut Vec<f32>,
+    norm: Option<&Normalise>,
 ) {
     debug_assert_eq!(dw.ob, set.direct_ob);
+    assert!(
+        norm.is_none() || s == 1,
+        "direct convolution: normalised input needs stride 1"
+    );
     let (ob, lanes) = (dw.ob, set.lanes);
     let max_xv = set.direct_tiles.len();
     // Rows that are not a whole number of vectors (ResNet's 56, 28, 14, 7 on AVX-512)
@@ -196,13 +207,14 @@ pub(crate) fn direct_conv_image(
             epi,
             threads,
             padded,
+            norm,
         );
     }
     let parallel = matches!(threads, Threads::Auto);
     let (pw, offs) = if flat {
-        pad_image_masked(x, dw.c, [h, w], [dw.kh, dw.kw], pad, padded, parallel)
+        pad_image_masked(x, dw.c, [h, w], [dw.kh, dw.kw], pad, padded, parallel, norm)
     } else {
-        pad_image(x, dw.c, [h, w], [dw.kh, dw.kw], pad, padded, parallel)
+        pad_image(x, dw.c, [h, w], [dw.kh, dw.kw], pad, padded, parallel, norm)
     };
     let k = offs.len();
     let plane = oh * ow;
@@ -301,6 +313,7 @@ pub(crate) fn direct_conv_image(
 /// Against the planar route this writes `kw W` floats per row instead of `W + 2 pad`,
 /// and saves the `2 pad` wasted columns of every output row (a fifth of the work on
 /// ResNet-20's 8 x 8 stage) and the copy of the output out of a wider buffer.
+#[allow(clippy::too_many_arguments)]
 fn pad_image_masked(
     x: &[f32],
     c: usize,
@@ -309,6 +322,7 @@ fn pad_image_masked(
     pad: usize,
     padded: &mut Vec<f32>,
     parallel: bool,
+    norm: Option<&Normalise>,
 ) -> (usize, Vec<usize>) {
     let block = (h + 2 * pad) * w;
     let copy = c * block + 2 * pad;
@@ -320,12 +334,15 @@ fn pad_image_masked(
         trail.fill(0.0);
         // Columns `lo..hi` are kept; the rest of each row is zero.
         let (lo, hi) = (kx.saturating_sub(pad), (w + kx).saturating_sub(pad).min(w));
-        per_channel(parallel, x, h * w, blocks, block, |src, dst| {
+        per_channel(parallel, x, h * w, blocks, block, |ch, src, dst| {
             let (top, rest) = dst.split_at_mut(pad * w);
             top.fill(0.0);
             let (rows, bottom) = rest.split_at_mut(h * w);
             bottom.fill(0.0);
-            rows.copy_from_slice(src);
+            match norm {
+                Some(n) => n.apply(ch, src, rows),
+                None => rows.copy_from_slice(src),
+            }
             if lo > 0 || hi < w {
                 for row in rows.chunks_exact_mut(w) {
                     row[..lo].fill(0.0);
@@ -390,6 +407,7 @@ fn direct_conv_image_planar(
     epi: DirectEpilogue,
     threads: Threads,
     padded: &mut Vec<f32>,
+    norm: Option<&Normalise>,
 ) {
     let (ob, lanes) = (dw.ob, set.lanes);
     let max_xv = set.direct_tiles.len();
@@ -407,9 +425,9 @@ fn direct_conv_image_planar(
         h * w,
         padded,
         per,
-        |src, dst| {
+        |ch, src, dst| {
             dst.fill(0.0);
-            split_phases(src, w, pad, s, [qh, qw], dst);
+            split_phases(src, w, pad, s, [qh, qw], dst, norm.map(|n| (n, ch)));
         },
     );
     let offs = phase_tap_offsets(dw.c, [dw.kh, dw.kw], s, [qh, qw]);
@@ -578,7 +596,7 @@ pub(crate) fn strided_transposed_image(
     let parallel = matches!(threads, Threads::Auto);
     // dY padded by `t` on every side (its offsets table is not used: each phase has its
     // own taps).
-    let (pw, _) = pad_image(dy, o, [oh, ow], [1, 1], t, padded, parallel);
+    let (pw, _) = pad_image(dy, o, [oh, ow], [1, 1], t, padded, parallel, None);
     let ph = oh + 2 * t;
     // Phase rows `YY` 0..=yy_max and columns 0..pw are computed, flat at pitch `pw`.
     let yy_max = (h - 1 + pad) / s;

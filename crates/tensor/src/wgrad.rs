@@ -19,7 +19,7 @@
 
 use rayon::prelude::*;
 
-use crate::conv::normalise_image;
+use crate::conv::{normalise_image, Normalise};
 use crate::gemm::pack::{aligned_start, ALIGN_SLACK};
 use crate::kernels::dot::DotTile;
 use crate::kernels::KernelSet;
@@ -145,7 +145,11 @@ pub(crate) fn accumulate_weight_grad(
     for c0 in (0..n).step_by(chunk) {
         let cn = chunk.min(n - c0);
         let mut xs = &x[c0 * in_image..(c0 + cn) * in_image];
-        if let Some(affine) = normalise {
+        // Stride-1 planes are written normalised; other layouts read a normalised copy.
+        let split_norm = normalise
+            .filter(|_| !in_place && s == 1)
+            .map(|a| Normalise::new(set, a));
+        if let Some(affine) = normalise.filter(|_| split_norm.is_none()) {
             normed.resize(xs.len().max(normed.len()), 0.0);
             for (src, dst) in xs
                 .chunks_exact(in_image)
@@ -172,11 +176,13 @@ pub(crate) fn accumulate_weight_grad(
             .chunks_exact(in_image)
             .zip(planes.chunks_exact_mut(per_image))
         {
-            for (src, dst) in img
+            for (ch, (src, dst)) in img
                 .chunks_exact(g.h * g.w)
                 .zip(dst.chunks_exact_mut(s * s * plane))
+                .enumerate()
             {
-                split_phases(src, g.w, g.pad, s, [qh, qw], dst);
+                let norm = split_norm.as_ref().map(|n| (n, ch));
+                split_phases(src, g.w, g.pad, s, [qh, qw], dst, norm);
             }
         }
         let a = &db[..cn * o * len];
@@ -209,7 +215,7 @@ pub(crate) fn phase_tap_offsets(
     offs
 }
 
-/// Runs `fill(src, dst)` for each channel: `src` in chunks of `src_len` floats, `dst`
+/// Runs `fill(channel, src, dst)` for each channel: `src` in chunks of `src_len` floats, `dst`
 /// in chunks of `dst_len`, over rayon's pool when `parallel` and the destination is
 /// large. At batch 1 the copy of a layer's input into its padded or phase-plane layout
 /// is otherwise serial work between two parallel products (a quarter of a stride-2 3x3
@@ -220,7 +226,7 @@ pub(crate) fn per_channel(
     src_len: usize,
     dst: &mut [f32],
     dst_len: usize,
-    fill: impl Fn(&[f32], &mut [f32]) + Sync + Send,
+    fill: impl Fn(usize, &[f32], &mut [f32]) + Sync + Send,
 ) {
     if src_len == 0 || dst_len == 0 {
         dst.fill(0.0);
@@ -230,17 +236,20 @@ pub(crate) fn per_channel(
     if parallel && dst.len() >= 1 << 15 && rayon::current_num_threads() > 1 {
         dst.par_chunks_exact_mut(dst_len)
             .zip(src.par_chunks_exact(src_len))
-            .for_each(|(d, s)| fill(s, d));
+            .enumerate()
+            .for_each(|(i, (d, s))| fill(i, s, d));
     } else {
         dst.chunks_exact_mut(dst_len)
             .zip(src.chunks_exact(src_len))
-            .for_each(|(d, s)| fill(s, d));
+            .enumerate()
+            .for_each(|(i, (d, s))| fill(i, s, d));
     }
 }
 
 /// Writes the pixels of one channel's `s * s` phase planes (`QH x QW` each) of the
 /// image `src` (rows of `w`) padded by `pad`: padded pixel `(y, x)` goes to plane
-/// `(y % s, x % s)` at `(y / s, x / s)`.
+/// `(y % s, x % s)` at `(y / s, x / s)`. With `norm = Some((n, c))` (stride 1 only),
+/// the pixels are written normalised as channel `c`.
 pub(crate) fn split_phases(
     src: &[f32],
     w: usize,
@@ -248,13 +257,22 @@ pub(crate) fn split_phases(
     s: usize,
     [qh, qw]: [usize; 2],
     dst: &mut [f32],
+    norm: Option<(&Normalise, usize)>,
 ) {
+    debug_assert!(
+        norm.is_none() || s == 1,
+        "normalised phase planes are stride 1"
+    );
     let plane = qh * qw;
     for (iy, row) in src.chunks_exact(w).enumerate() {
         let y = iy + pad;
         let base = (y % s * s) * plane + (y / s) * qw;
         if s == 1 {
-            dst[base + pad..base + pad + w].copy_from_slice(row);
+            let d = &mut dst[base + pad..base + pad + w];
+            match norm {
+                Some((n, ch)) => n.apply(ch, row, d),
+                None => d.copy_from_slice(row),
+            }
             continue;
         }
         if s == 2 {
