@@ -3,7 +3,8 @@
 //! `cargo bench -p resnet-benches --bench train`. Backward kernels on ResNet-20 layer
 //! shapes at batch 128 (32x32 input): ReLU, batch norm (alone, fused with ReLU, and the
 //! residual block's fused end) in bytes/s of their traffic,
-//! convolution (dX and dW) and the whole step in elements/s of flops or images. The
+//! convolution (dX and dW; plain, and reading a normalised input) and the whole step in
+//! elements/s of flops or images. The
 //! one-shot figure with peak memory comes from `resnet bench train`.
 
 use std::time::Duration;
@@ -79,6 +80,31 @@ fn backward_kernels(c: &mut Criterion) {
             ));
             g.bench_function(id(&format!("{name}_backward_flops")), |b| {
                 b.iter(|| p.install(|| k.conv2d_backward(&xin, &w, &gy, pc, true, true).unwrap()))
+            });
+            // The same convolution reading relu(scale x + shift), normalised as it is
+            // copied (a block's batch norm + ReLU folded in): backward, then forward.
+            let scale = vec![1.1f32; cin];
+            let shift = vec![0.05f32; cin];
+            let affine = [&scale[..], &shift[..]];
+            g.bench_function(id(&format!("{name}_normalised_backward_flops")), |b| {
+                b.iter(|| {
+                    p.install(|| {
+                        k.conv2d_backward_normalised(&xin, affine, &w, &gy, pc, true, true)
+                            .unwrap()
+                    })
+                })
+            });
+            let packed = k.pack_conv_weights(&w).unwrap();
+            g.throughput(Throughput::Elements(
+                2 * (128 * cout * oh * ow * cin * 9) as u64,
+            ));
+            g.bench_function(id(&format!("{name}_normalised_forward_flops")), |b| {
+                b.iter(|| {
+                    p.install(|| {
+                        k.conv2d_normalised_with_stats(&xin, affine, &packed, pc)
+                            .unwrap()
+                    })
+                })
             });
         }
     }
