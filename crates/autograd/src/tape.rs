@@ -162,6 +162,15 @@ fn invalid(op: &'static str, reason: String) -> TensorError {
     TensorError::InvalidArgument { op, reason }
 }
 
+/// Whether convolving `x` (NCHW) with `w` (OIHW) gives no elements per output channel
+/// (an empty batch or an empty output plane). Shape errors come back as errors.
+fn conv_output_is_empty(x: &Tensor, w: &Tensor, p: Conv2d) -> Result<bool> {
+    let [n, _, h, wd] = x.dims4("conv2d")?;
+    let [_, _, kh, kw] = w.dims4("conv2d")?;
+    let [oh, ow] = p.output_size(h, wd, kh, kw)?;
+    Ok(n * oh * ow == 0)
+}
+
 /// `1 / sqrt(var + eps)` per channel, in `f64` before the final rounding.
 fn inv_std(var: &[f32], eps: f32) -> Vec<f32> {
     var.iter()
@@ -263,11 +272,14 @@ impl<'p> Tape<'p> {
     pub fn conv2d(&mut self, x: Var, w: Var, p: Conv2d) -> Result<Var> {
         let k = self.kernels;
         let packed = k.pack_conv_weights(self.value(w)?)?;
-        let (y, stats) = match k.conv2d_with_stats(self.value(x)?, &packed, p) {
-            Ok((y, stats)) => (y, Some(stats)),
-            // An output without elements has no statistics; the convolution itself may
-            // still be fine.
-            Err(_) => (k.conv2d(self.value(x)?, &packed, p, &[])?, None),
+        let xv = self.value(x)?;
+        // An output without elements per channel has no statistics; the convolution
+        // itself may still be fine.
+        let (y, stats) = if conv_output_is_empty(xv, self.value(w)?, p)? {
+            (k.conv2d(xv, &packed, p, &[])?, None)
+        } else {
+            let (y, stats) = k.conv2d_with_stats(xv, &packed, p)?;
+            (y, Some(stats))
         };
         Ok(self.push_op(y, Op::Conv2d { x, w, p, stats }, &[x, w]))
     }
@@ -334,14 +346,13 @@ impl<'p> Tape<'p> {
         let k = self.kernels;
         let (xv, packed) = (self.value(x)?, k.pack_conv_weights(self.value(w)?)?);
         let affine = [&scale[..], &shift[..]];
-        let (y, conv_stats) = match k.conv2d_normalised_with_stats(xv, affine, &packed, p) {
-            Ok((y, s)) => (y, Some(s)),
-            // An output without elements has no statistics; the convolution itself may
-            // still be fine.
-            Err(_) => {
-                let normed = k.scale_shift_relu(xv, &scale, &shift)?;
-                (k.conv2d(&normed, &packed, p, &[])?, None)
-            }
+        // As in `conv2d`: an output without elements per channel has no statistics.
+        let (y, conv_stats) = if conv_output_is_empty(xv, self.value(w)?, p)? {
+            let normed = k.scale_shift_relu(xv, &scale, &shift)?;
+            (k.conv2d(&normed, &packed, p, &[])?, None)
+        } else {
+            let (y, s) = k.conv2d_normalised_with_stats(xv, affine, &packed, p)?;
+            (y, Some(s))
         };
         let op = Op::BatchNormReluConv2d {
             x,

@@ -511,8 +511,10 @@ impl Kernels {
     ///   through that tap: the row-dot kernel (`crate::wgrad`) reads both operands along
     ///   the pixels, from the zero-padded image in place for stride 1, from im2col
     ///   columns of a few images at a time otherwise;
-    /// - `dX_n = col2im(W^T dY_n)`, or for stride 1 with few channels the transposed
-    ///   direct convolution (the same direct kernel as the forward's).
+    /// - `dX_n = col2im(W^T dY_n)`, or where the direct kernel is the faster algorithm
+    ///   the transposed convolution by it: for stride 1 one convolution of `dY` with
+    ///   the flipped weights, for stride `s` one per output phase `(y % s, x % s)`
+    ///   (`StridedTransposed` in `direct.rs`).
     ///
     /// A 1x1 stride-1 unpadded convolution needs no columns: `dX_n = W^T dY_n` directly.
     /// Images are split over the threads, each with its own `dW` accumulator, summed at
@@ -534,7 +536,8 @@ impl Kernels {
     /// `relu(scale[c] x + shift[c])` (`affine = [scale, shift]`), given `x`: the backward
     /// of [`Kernels::conv2d_normalised_with_stats`]. `dX` here is the gradient with
     /// respect to that normalised input (it needs no input values); `dW` normalises the
-    /// images a few at a time into a buffer as it goes. The same values as
+    /// input on the way into its operand (the phase planes, or for 1x1 a buffer of a
+    /// few images at a time). The same values as
     /// `conv2d_backward` on `scale_shift_relu(x)`, to the last bit.
     #[allow(clippy::too_many_arguments)]
     pub fn conv2d_backward_normalised(
@@ -629,7 +632,7 @@ impl Kernels {
             && p.stride > 1
             && StridedTransposed::fits(p.stride, kh, kw, p.padding, [h, wd], [oh, ow])
             && ConvPath::choose(c, o * kh * kw, wd, p.stride, self.lanes()) == ConvPath::Direct;
-        let empty = n == 0 || k == 0 || pix == 0 || o == 0;
+        let empty = n == 0 || k == 0 || pix == 0 || o == 0 || in_image == 0;
         // dX is written in full by a GEMM (1x1) or the direct kernel; col2im and the
         // empty cases add into zeros.
         let mut dx = match dx_into {

@@ -57,9 +57,11 @@ impl Conv2d {
                 "stride and kernel must be positive ({self:?}, kernel {kh}x{kw})"
             )));
         }
+        // Checked: a hostile padding must be an error, not an overflow.
+        let both_sides = self.padding.checked_mul(2);
         let (ph, pw) = (
-            h.checked_add(2 * self.padding),
-            w.checked_add(2 * self.padding),
+            both_sides.and_then(|p| h.checked_add(p)),
+            both_sides.and_then(|p| w.checked_add(p)),
         );
         match (ph, pw) {
             (Some(ph), Some(pw)) if ph >= kh && pw >= kw => {
@@ -385,8 +387,9 @@ impl Kernels {
     /// [`Kernels::conv2d_with_stats`] of `relu(scale[c] x + shift[c])` (`affine = [scale,
     /// shift]`, per input channel: a training batch norm and its ReLU, as
     /// [`Kernels::scale_shift_relu`] computes them), without that input ever being
-    /// stored: each image is normalised into a buffer of the thread that convolves it,
-    /// just before, and stays in cache. The same values as `scale_shift_relu` followed
+    /// stored: the direct kernel (stride 1) normalises as it writes its padded copy of
+    /// the image; the other routes normalise each image into a buffer of the thread
+    /// that convolves it, just before, where it stays in cache. The same values as `scale_shift_relu` followed
     /// by `conv2d_with_stats`, to the last bit, minus a pass that writes the whole
     /// normalised batch to memory and another that reads it back.
     pub fn conv2d_normalised_with_stats(
@@ -492,6 +495,8 @@ impl Kernels {
                           out: &mut [f32],
                           threads: driver::Threads|
          -> Result<()> {
+            // Only the direct kernel's copies normalise; the other routes would ignore it.
+            assert!(norm.is_none() || use_direct_kernel.is_some());
             if let Some(dw) = use_direct_kernel {
                 let mut epi = DirectEpilogue::default();
                 for step in epilogue {

@@ -219,12 +219,13 @@ pub(crate) fn direct_conv_image(
     let k = offs.len();
     let plane = oh * ow;
     let blocks = dw.o.div_ceil(ob);
-    // Every row is a whole number of vectors (`vpr` of them; the planar route took the
-    // rest), so the output image is a flat run of `oh vpr` vectors, and a tile takes
-    // `max_xv` consecutive ones, running on across row ends: each vector's input starts
-    // at its own row and column of the padded image. Rows of one or two vectors (16 x 16
-    // and 32 x 32 on AVX-512) then still give whole tiles.
-    // In the flat layout vector `g` simply starts at pixel `g lanes`.
+    // Here either every row is a whole number of vectors (`vpr` of them; the planar
+    // route took the other shapes), so the output image is a flat run of `oh vpr`
+    // vectors, and a tile takes `max_xv` consecutive ones, running on across row ends:
+    // each vector's input starts at its own row and column of the padded image. Rows of
+    // one or two vectors (16 x 16 and 32 x 32 on AVX-512) then still give whole tiles.
+    // Or (`flat`) rows are shorter than a vector but the plane is a whole number of
+    // vectors, and vector `g` simply starts at pixel `g lanes` of the masked copies.
     debug_assert!(max_xv <= MAX_XV);
     debug_assert!(flat || ow % lanes == 0);
     let vpr = ow / lanes;
@@ -251,6 +252,12 @@ pub(crate) fn direct_conv_image(
             "direct convolution: padded image too small"
         );
     }
+    // The tiles write through raw pointers: the output must hold every channel's plane.
+    assert_eq!(
+        out.len(),
+        dw.o * plane,
+        "direct convolution: output too small"
+    );
     let outp = OutPtr(out.as_mut_ptr());
     let padded = &padded[..];
     let run = |(blk, pos): (usize, usize)| {
@@ -282,10 +289,11 @@ pub(crate) fn direct_conv_image(
             load_c: epi.accumulate,
             steps,
         };
-        // SAFETY: every read stays inside `padded` (each vector reads a row of the padded
-        // image at most a vector past an output column, inside the margins above), the
-        // weights hold `k * ob` floats for block `blk`, and the tile covers only this
-        // task's channels and pixels, inside the output.
+        // SAFETY: every read stays inside `padded`: vector `g` reads `lanes` floats from
+        // `start(g)` plus a tap offset, and the largest of those was asserted above to
+        // end inside what the padded copy wrote. The weights hold `k * ob` floats for
+        // block `blk`, and the tile covers only this task's channels and pixels, inside
+        // the output (asserted `O x OH x OW` above).
         unsafe {
             (set.direct_tiles[xv - 1])(
                 k,
@@ -518,8 +526,9 @@ fn direct_conv_image_planar(
 /// phase `ry = Y % s`, `YY = Y / s`, receive exactly the taps `ky = ry + s jy`, from row
 /// `oy = YY - jy` of `dY`. So phase `(ry, rx)` of channel `c` is
 /// `sum over (o, jy, jx) of w[o][c][ry + s jy][rx + s jx] dY[o][YY - jy][XX - jx]`: a
-/// direct convolution reading `dY` zero-padded by `T = ceil(kh / s) - 1` at tap offsets
-/// `(T - jy, T - jx)`, computed flat at the padded pitch like the planar route, then
+/// direct convolution reading `dY` zero-padded on every side by
+/// `T = ceil(max(kh, kw) / s) - 1` (the most taps a sub-kernel has along a side, less
+/// one) at tap offsets `(T - jy, T - jx)`, computed flat at the padded pitch like the planar route, then
 /// scattered into every `s`-th pixel of `dX`. No column matrix, no col2im; every pixel of
 /// `dX` is written by exactly one phase.
 #[derive(Clone, Debug)]
@@ -528,8 +537,11 @@ pub(crate) struct StridedTransposed {
     /// those pixels of `dX` get nothing).
     phases: Vec<Option<DirectWeights>>,
     s: usize,
-    /// The top and left padding of `dY`, `ceil(kh / s) - 1`.
+    /// The padding of `dY` on every side, `ceil(max(kh, kw) / s) - 1`.
     t: usize,
+    /// The full kernel's size, to check a use against [`StridedTransposed::fits`].
+    kh: usize,
+    kw: usize,
 }
 
 impl StridedTransposed {
@@ -550,7 +562,13 @@ impl StridedTransposed {
                 })
             })
             .collect();
-        StridedTransposed { phases, s, t }
+        StridedTransposed {
+            phases,
+            s,
+            t,
+            kh,
+            kw,
+        }
     }
 
     /// Whether this route covers a convolution of a `[h, w]` input to `[oh, ow]` with
@@ -585,6 +603,12 @@ pub(crate) fn strided_transposed_image(
     padded: &mut Vec<f32>,
 ) {
     let (s, t) = (st.s, st.t);
+    // The phase arithmetic below (rows up to `(h - 1 + pad) / s`, reads inside the
+    // padded `dY`) holds only for the shapes `fits` accepts.
+    assert!(
+        StridedTransposed::fits(s, st.kh, st.kw, pad, [h, w], [oh, ow]),
+        "strided transposed route used outside its shapes"
+    );
     let Some(any) = st.phases.iter().flatten().next() else {
         if !accumulate {
             dx.fill(0.0);
@@ -592,6 +616,8 @@ pub(crate) fn strided_transposed_image(
         return;
     };
     let (c, o, ob, lanes) = (any.o, any.c, any.ob, set.lanes);
+    assert_eq!(dy.len(), o * oh * ow, "dY is not O x OH x OW");
+    assert_eq!(dx.len(), c * h * w, "dX is not C x H x W");
     let max_xv = set.direct_tiles.len();
     let parallel = matches!(threads, Threads::Auto);
     // dY padded by `t` on every side (its offsets table is not used: each phase has its

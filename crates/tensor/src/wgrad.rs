@@ -60,8 +60,10 @@ pub(crate) struct WeightGradScratch {
 /// `dw` (`[o, c kh kw]`) `+=` the weight gradient of the images in `x` (`[n, c, h, w]`)
 /// against `dy` (`[n, o, oh, ow]`). With `parallel`, blocks of output channels are
 /// spread over rayon's pool. With `normalise = Some([scale, shift])` the convolution's
-/// input was `relu(scale[c] x + shift[c])`: each chunk of images is normalised into a
-/// buffer (in cache) before its taps are read.
+/// input was `relu(scale[c] x + shift[c])`, normalised on the way into the kernel's
+/// operand: stride-1 phase planes are written normalised, strided ones are split from
+/// one channel normalised into L1, and the 1x1 image read in place is normalised a
+/// chunk of images at a time into a buffer.
 ///
 /// The kernel wants every tap as one contiguous run the length of `dY`'s row. For a
 /// 1x1 stride-1 unpadded convolution whose `OH OW` is a whole number of vectors, the
@@ -272,7 +274,8 @@ pub(crate) fn split_phases(
     dst: &mut [f32],
     norm: Option<(&Normalise, usize)>,
 ) {
-    debug_assert!(
+    // Strided planes would be written raw, silently: callers normalise first.
+    assert!(
         norm.is_none() || s == 1,
         "normalised phase planes are stride 1"
     );

@@ -29,6 +29,10 @@ const CHECKS: &[(&str, Check)] = &[
         "conv2d_normalised_equals_scale_shift_relu_then_conv2d",
         check_conv_normalised,
     ),
+    (
+        "conv2d_of_empty_images_with_padding_is_zero",
+        check_conv_empty_images,
+    ),
     ("linear_backward_equals_reference", check_linear),
     ("backward_rejects_bad_shapes", check_errors),
 ];
@@ -459,6 +463,64 @@ fn check_conv_normalised(k: Kernels) -> CheckResult {
     })
 }
 
+/// An image with no rows or no columns, padded, still has an output: every tap reads
+/// padding, so the convolution is zero (plus its bias), `dW` is zero and `dX` is empty.
+/// Every route (1x1, 3x3, strided, normalised) returns those values, not a panic.
+fn check_conv_empty_images(k: Kernels) -> CheckResult {
+    let fail = |what: String| Err(what);
+    for (x_shape, kernel, stride, pad) in [
+        ([2, 3, 0, 5], 3, 1, 2),
+        ([2, 3, 5, 0], 3, 1, 2),
+        ([1, 3, 0, 0], 3, 2, 2),
+        ([1, 3, 0, 4], 1, 1, 1),
+        ([1, 3, 4, 0], 1, 2, 1),
+    ] {
+        let case = format!("x {x_shape:?}, {kernel}x{kernel}, stride {stride}, padding {pad}");
+        let x = Tensor::zeros(&x_shape).map_err(|e| e.to_string())?;
+        let c = x_shape[1];
+        let w = Tensor::randn(&[4, c, kernel, kernel], 0.0, 1.0, 7).map_err(|e| e.to_string())?;
+        let p = Conv2d::new(stride, pad);
+        let [oh, ow] = p
+            .output_size(x_shape[2], x_shape[3], kernel, kernel)
+            .map_err(|e| e.to_string())?;
+        if oh * ow == 0 {
+            return fail(format!("{case}: test case has an empty output"));
+        }
+        let packed = k.pack_conv_weights(&w).map_err(|e| e.to_string())?;
+        let bias = [0.5f32, -1.0, 2.0, 0.0];
+        let y = k
+            .conv2d(&x, &packed, p, &[tensor::ConvEpilogue::Bias(&bias)])
+            .map_err(|e| format!("{case}: forward: {e}"))?;
+        let plane = oh * ow;
+        for (i, v) in y.data().iter().enumerate() {
+            if *v != bias[(i / plane) % 4] {
+                return fail(format!("{case}: forward output {i} is {v}, not the bias"));
+            }
+        }
+        let dy = Tensor::randn(&[x_shape[0], 4, oh, ow], 0.0, 1.0, 8).map_err(|e| e.to_string())?;
+        let affine = [&[1.0f32; 3][..], &[0.5f32; 3][..]];
+        for (route, grads) in [
+            ("plain", k.conv2d_backward(&x, &w, &dy, p, true, true)),
+            (
+                "normalised",
+                k.conv2d_backward_normalised(&x, affine, &w, &dy, p, true, true),
+            ),
+        ] {
+            let grads = grads.map_err(|e| format!("{case}: {route} backward: {e}"))?;
+            let (Some(dx), Some(dw)) = (grads.dx, grads.dw) else {
+                return fail(format!("{case}: {route} backward left out a gradient"));
+            };
+            if dx.shape() != x.shape() {
+                return fail(format!("{case}: {route} dx shaped {:?}", dx.shape()));
+            }
+            if dw.shape() != w.shape() || dw.data().iter().any(|v| *v != 0.0) {
+                return fail(format!("{case}: {route} dw is not zeros shaped as w"));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_linear(k: Kernels) -> CheckResult {
     prop(
         (1usize..=9, 1usize..=40, 1usize..=20, any::<u64>()),
@@ -519,6 +581,19 @@ fn check_errors(k: Kernels) -> CheckResult {
                 &t(&[3, 1, 3, 3]),
                 &t(&[1, 3, 4, 4]),
                 p,
+                true,
+                true,
+            )
+            .is_err(),
+        ),
+        (
+            // Twice this padding wraps around to 2, which would make a 2x2 output.
+            "conv padding overflows",
+            k.conv2d_backward(
+                &t(&[1, 1, 2, 2]),
+                &t(&[1, 1, 3, 3]),
+                &t(&[1, 1, 2, 2]),
+                Conv2d::new(1, usize::MAX / 2 + 2),
                 true,
                 true,
             )
