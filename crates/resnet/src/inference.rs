@@ -1,6 +1,6 @@
 //! The inference form of a ResNet: batch norm folded into every convolution, weights
 //! packed once, and each block's bias, residual add and ReLU fused into the GEMM
-//! epilogue of its last convolution.
+//! epilogue of its last convolution, which accumulates onto the shortcut in place.
 //!
 //! Activations come from a small pool of buffers kept by the model, keyed by shape: after
 //! the first call with a given input shape, a forward pass allocates nothing for its
@@ -66,6 +66,20 @@ impl FusedConv {
         let mut y = pool.take(&[n, o, oh, ow])?;
         k.conv2d_into(x, &self.weights, self.params, &steps, &mut y)?;
         Ok(y)
+    }
+}
+
+impl FusedConv {
+    /// `relu(onto + conv(x) + bias)`, computed in `onto`'s memory (`onto` has the
+    /// output's shape: a residual block's shortcut).
+    fn run_onto(&self, k: &Kernels, x: &Tensor, mut onto: Tensor) -> Result<Tensor> {
+        let steps = [
+            ConvEpilogue::Accumulate,
+            ConvEpilogue::Bias(&self.bias),
+            ConvEpilogue::Relu,
+        ];
+        k.conv2d_into(x, &self.weights, self.params, &steps, &mut onto)?;
+        Ok(onto)
     }
 }
 
@@ -258,12 +272,35 @@ impl InferenceModel {
                     pool.give(old);
                 }
             }
-            let residual = shortcut.as_ref().unwrap_or(&h);
-            let out = last.run(k, pool, y.as_ref().unwrap_or(&h), Some(residual), true)?;
-            for t in [y, shortcut].into_iter().flatten() {
-                pool.give(t);
+            match y {
+                // The block's output is written over its shortcut (the block input itself
+                // for an identity), each element right after it is read: no fresh
+                // buffer, whose first touch would miss the caches. In-process A/B on
+                // ResNet-50 at batch 1, 2 threads: best of 40 forwards 2-4% faster in
+                // five runs out of five.
+                Some(inner_out) => {
+                    match shortcut {
+                        Some(sc) => {
+                            let out = last.run_onto(k, &inner_out, sc)?;
+                            pool.give(std::mem::replace(&mut h, out));
+                        }
+                        None => {
+                            let input = std::mem::replace(&mut h, Tensor::zeros(&[0])?);
+                            h = last.run_onto(k, &inner_out, input)?;
+                        }
+                    }
+                    pool.give(inner_out);
+                }
+                // A block of one convolution reads its input, so cannot overwrite it.
+                None => {
+                    let residual = shortcut.as_ref().unwrap_or(&h);
+                    let out = last.run(k, pool, &h, Some(residual), true)?;
+                    if let Some(t) = shortcut {
+                        pool.give(t);
+                    }
+                    pool.give(std::mem::replace(&mut h, out));
+                }
             }
-            pool.give(std::mem::replace(&mut h, out));
             if std::ptr::eq(block, self.stages[s].last().unwrap_or(block)) {
                 observe(&format!("layer{}", s + 1), &h);
             }
