@@ -12,7 +12,7 @@ mod common;
 use common::{close, fail, prop, Check, CheckResult};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use tensor::{fold_batch_norm, reference, Conv2d, ConvEpilogue, ConvPath, Kernels, Tensor};
+use tensor::{fold_batch_norm, reference, Conv2d, ConvEpilogue, ConvPath, Kernels, Pool2d, Tensor};
 
 const CHECKS: &[(&str, Check)] = &[
     ("conv2d_equals_direct_convolution", check_random),
@@ -33,6 +33,7 @@ const CHECKS: &[(&str, Check)] = &[
         check_with_stats,
     ),
     ("conv2d_rejects_bad_shapes", check_errors),
+    ("blocked_conv2d_equals_direct_convolution", check_blocked),
 ];
 
 #[derive(Debug, Clone)]
@@ -236,6 +237,114 @@ fn check_resnet_layers(kern: Kernels) -> CheckResult {
             seed: i as u64,
         };
         run_case(kern, &case).map_err(|e| format!("layer {c}->{o} k{k} s{stride} p{pad}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The blocked layout's convolution (`tensor::blocked`) against the same reference:
+/// channel counts below, at and past a block of lanes and past a group of blocks (so
+/// that partial blocks and partial groups occur), every kernel, stride, padding and
+/// epilogue of the random cases, and every ResNet layer shape; the layout round trip is
+/// exact.
+fn run_blocked(kern: Kernels, c: &Case) -> Result<(), TestCaseError> {
+    let x = Tensor::randn(&[c.n, c.c, c.h, c.w], 0.0, 1.0, c.seed).map_err(fail)?;
+    let w = Tensor::randn(&[c.o, c.c, c.k, c.k], 0.0, 0.5, c.seed ^ 1).map_err(fail)?;
+    let bias: Vec<f32> = (0..c.o).map(|i| 0.1 * i as f32 - 0.3).collect();
+    let with_bias = c.epilogue & 1 != 0;
+    let (mut want, scale) =
+        reference::conv2d(&x, &w, with_bias.then_some(&bias[..]), c.stride, c.pad).map_err(fail)?;
+    let residual = Tensor::randn(want.shape(), 0.0, 1.0, c.seed ^ 2).map_err(fail)?;
+    let mut tol: Vec<f32> = scale.iter().map(|s| (1e-5 * s + 1e-6) as f32).collect();
+    let with_residual = c.epilogue & 2 != 0;
+    if with_residual {
+        for ((v, r), t) in want
+            .data_mut()
+            .iter_mut()
+            .zip(residual.data())
+            .zip(&mut tol)
+        {
+            *v += r;
+            *t += 1e-6 * r.abs();
+        }
+    }
+    let relu = c.epilogue & 4 != 0;
+    if relu {
+        want.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+    let xb = kern.to_blocked(&x).map_err(fail)?;
+    let back = kern.from_blocked(&xb).map_err(fail)?;
+    prop_assert_eq!(back.data(), x.data(), "layout round trip");
+    // Max pooling (exact: the same maxima) and global average pooling in the layout.
+    for pool in [
+        Pool2d::RESNET_STEM,
+        Pool2d::square(2, 2, 0),
+        Pool2d::square(3, 1, 1),
+    ] {
+        let Ok(pooled) = kern.max_pool2d(&x, &pool) else {
+            continue;
+        };
+        let [n, ch, oh, ow] = pooled.dims4("test").map_err(fail)?;
+        let mut got_pool = tensor::BlockedTensor::zeros(&kern, [n, ch, oh, ow]).map_err(fail)?;
+        kern.blocked_max_pool2d_into(&xb, &pool, &mut got_pool)
+            .map_err(fail)?;
+        let got_pool = kern.from_blocked(&got_pool).map_err(fail)?;
+        prop_assert_eq!(
+            got_pool.data(),
+            pooled.data(),
+            "max pool {:?} {:?}",
+            pool,
+            c
+        );
+    }
+    let mean = kern.global_avg_pool(&x).map_err(fail)?;
+    let got_mean = kern.blocked_global_avg_pool(&xb).map_err(fail)?;
+    prop_assert_eq!(got_mean.shape(), mean.shape());
+    close(
+        &format!("avg pool {c:?}"),
+        got_mean.data(),
+        mean.data(),
+        |_| 1e-5,
+    )?;
+    let rb = kern.to_blocked(&residual).map_err(fail)?;
+    let wb = kern.pack_blocked_conv_weights(&w).map_err(fail)?;
+    let y = kern
+        .blocked_conv2d(
+            &xb,
+            &wb,
+            Conv2d::new(c.stride, c.pad),
+            with_bias.then_some(&bias[..]),
+            with_residual.then_some(&rb),
+            relu,
+        )
+        .map_err(fail)?;
+    let got = kern.from_blocked(&y).map_err(fail)?;
+    prop_assert_eq!(got.shape(), want.shape());
+    close(&format!("blocked {c:?}"), got.data(), want.data(), |i| {
+        tol[i]
+    })
+}
+
+fn check_blocked(kern: Kernels) -> CheckResult {
+    let l = kern.lanes();
+    // Up to a little past two groups of blocks (4 blocks of 16 on AVX-512).
+    let channels = prop::sample::select(vec![1, l - 1, l, l + 1, 3 * l, 4 * l + 3, 9 * l]);
+    let cases =
+        (case(kern), channels.clone(), channels).prop_map(|(c, ci, co)| Case { c: ci, o: co, ..c });
+    prop(cases, |c| run_blocked(kern, &c))?;
+    for (i, &(c, o, k, stride, pad, size)) in RESNET_LAYERS.iter().enumerate() {
+        let case = Case {
+            n: 1,
+            c,
+            o,
+            h: size,
+            w: size,
+            k,
+            stride,
+            pad,
+            epilogue: (i % 8) as u8,
+            seed: i as u64,
+        };
+        run_blocked(kern, &case).map_err(|e| format!("layer {c}->{o} k{k} s{stride}: {e}"))?;
     }
     Ok(())
 }

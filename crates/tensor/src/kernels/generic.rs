@@ -88,5 +88,6 @@ super::tier_entry_points!(
     gemm_narrow = 0,
     direct_ob = 4,
     direct_xv = [1, 2],
-    dot = [2, 4]
+    dot = [2, 4],
+    blocked = [2; 1, 2, 3, 4]
 );

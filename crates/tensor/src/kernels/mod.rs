@@ -21,6 +21,7 @@
 
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod aarch64;
+pub(crate) mod blocked;
 pub(crate) mod body;
 pub(crate) mod direct;
 pub(crate) mod dot;
@@ -143,7 +144,15 @@ pub(crate) struct KernelSet {
     pub dot_nj: usize,
     /// The row-dot microkernel (`kernels::dot`).
     pub dot_tile: unsafe fn(&dot::DotTile),
+    /// Output-channel blocks per tile of the blocked-layout convolution
+    /// (`blocked::blocked_tile`), and its microkernels by pixel count:
+    /// `blocked_tiles[p - 1]` computes `blocked_f` blocks by `p` pixels.
+    pub blocked_f: usize,
+    pub blocked_tiles: &'static [BlockedTileFn],
 }
+
+/// A blocked-layout convolution microkernel entry point (`blocked::blocked_tile`).
+pub(crate) type BlockedTileFn = unsafe fn(&blocked::BlockedTile);
 
 /// A direct-convolution microkernel entry point:
 /// `(k, offsets, weights, input, vector offsets, output)`.
@@ -188,14 +197,25 @@ pub const OPERATIONS: [&str; 13] = [
 /// last `gemm_nv` vectors, and right edges of up to `gemm_narrow` valid columns take
 /// the narrow tile (0: never); the direct-convolution tile is `direct_ob` channels by up to
 /// the last `direct_xv` vectors of pixels; the row-dot tile is `dot[0] x dot[1]` vector
-/// sums. The generic tier passes no attribute.
+/// sums; the blocked-layout convolution tile is `F` channel blocks by up to the last
+/// of `blocked = [F; 1, 2, ..]` pixels. The generic tier passes no attribute.
 macro_rules! tier_entry_points {
     ($isa:expr, $S:ty, gemm_mr = $mr:literal, gemm_nv = [$($nv:literal),+],
      gemm_narrow = $narrow:literal, direct_ob = $ob:literal, direct_xv = [$($xv:literal),+],
-     dot = [$mi:literal, $nj:literal] $(, #[$attr:meta])*) => {
+     dot = [$mi:literal, $nj:literal], blocked = [$bf:literal; $($bp:literal),+]
+     $(, #[$attr:meta])*) => {
         mod entry {
             use super::*;
-            use $crate::kernels::{body, direct, dot, microkernel, DirectTileFn, GemmTileFn, KernelSet, Pool2d};
+            use $crate::kernels::{
+                blocked, body, direct, dot, microkernel, BlockedTileFn, DirectTileFn, GemmTileFn,
+                KernelSet, Pool2d,
+            };
+
+            $(#[$attr])*
+            unsafe fn blocked_tile<const P: usize>(t: &blocked::BlockedTile) {
+                blocked::blocked_tile::<$S, $bf, P>(t)
+            }
+            static BLOCKED_TILES: &[BlockedTileFn] = &[$(blocked_tile::<$bp>),+];
 
             $(#[$attr])*
             unsafe fn dot_tile(t: &dot::DotTile) {
@@ -326,6 +346,8 @@ macro_rules! tier_entry_points {
                 dot_mi: $mi,
                 dot_nj: $nj,
                 dot_tile,
+                blocked_f: $bf,
+                blocked_tiles: BLOCKED_TILES,
             };
         }
         pub(crate) use entry::KERNELS;

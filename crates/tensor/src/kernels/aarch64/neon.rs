@@ -83,4 +83,5 @@ crate::kernels::tier_entry_points!(
     direct_ob = 8,
     direct_xv = [1, 2, 3],
     dot = [4, 6],
+    blocked = [4; 1, 2, 3, 4, 5, 6],
     #[target_feature(enable = "neon")]);

@@ -100,4 +100,6 @@ crate::kernels::tier_entry_points!(
     direct_ob = 4,
     direct_xv = [1, 2, 3],
     dot = [3, 4],
+    // 2 x 6 accumulators + 2 weight vectors + a broadcast: 15 of 16 registers.
+    blocked = [2; 1, 2, 3, 4, 5, 6],
     #[target_feature(enable = "avx2,fma")]);

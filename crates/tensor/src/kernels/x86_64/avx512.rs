@@ -120,5 +120,6 @@ crate::kernels::tier_entry_points!(
     direct_ob = 8,
     direct_xv = [1, 2, 3],
     dot = [4, 6],
+    blocked = [4; 1, 2, 3, 4, 5, 6],
     #[target_feature(enable = "avx512f,avx2,fma")]
 );

@@ -1,0 +1,515 @@
+//! The blocked channel layout ("NCHWc") and a convolution over it (experimental).
+//!
+//! A [`BlockedTensor`] holds an NCHW batch as `[N][CB][H][W][L]`: the channels in blocks
+//! of `L` = the tier's vector width (16 on AVX-512), each pixel's block one vector, and
+//! the channels past `C` in the last block zeros. Over that layout a convolution needs no
+//! packing of its input and no im2col: the microkernel (`kernels::blocked`) loads
+//! weight vectors (output channels along the lanes) and broadcasts input values, for any
+//! pixel count, kernel and stride. It is the layout ONNX Runtime's CPU convolutions use.
+//!
+//! Status: the kernel and this API are tested against the reference convolution in
+//! every tier; the models do not use them yet (see `docs/convolution.md`, "The blocked
+//! layout", for its speed against the NCHW routes).
+
+use rayon::prelude::*;
+
+use crate::conv::Conv2d;
+use crate::error::{Result, TensorError};
+use crate::kernels::blocked::BlockedTile;
+use crate::kernels::{Kernels, Pool2d};
+use crate::tensor::Tensor;
+
+/// An NCHW batch in the blocked layout `[N][CB][H][W][L]` (see the module docs).
+#[derive(Clone, Debug)]
+pub struct BlockedTensor {
+    data: Vec<f32>,
+    /// The logical NCHW shape.
+    shape: [usize; 4],
+    lanes: usize,
+}
+
+impl BlockedTensor {
+    /// The logical NCHW shape.
+    pub fn shape(&self) -> [usize; 4] {
+        self.shape
+    }
+
+    /// The channel block width `L` (the vector width of the tier that made it).
+    pub fn lanes(&self) -> usize {
+        self.lanes
+    }
+
+    /// The raw `[N][CB][H][W][L]` data.
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    fn blocks(&self) -> usize {
+        self.shape[1].div_ceil(self.lanes)
+    }
+}
+
+/// Convolution weights laid out for the blocked kernel: groups of `F` output blocks,
+/// `[G][CB][kh][kw][icb][F][L oc]`, zeros past the real channels; `icb` is `L`, or the
+/// channel count of an input of a single, partial block (`block_channels`).
+#[derive(Clone, Debug)]
+pub struct BlockedConvWeights {
+    data: Vec<f32>,
+    /// OIHW.
+    shape: [usize; 4],
+    lanes: usize,
+    f: usize,
+}
+
+impl BlockedConvWeights {
+    /// The OIHW shape of the weights.
+    pub fn shape(&self) -> [usize; 4] {
+        self.shape
+    }
+}
+
+/// Input channels the kernel reads per block: all `l` lanes, except for an input of
+/// fewer channels than one block (an RGB image), where only the real ones are worth
+/// reading (3 of 16 on AVX-512: the stem does 5x less work).
+fn block_channels(c: usize, l: usize) -> usize {
+    if c < l {
+        c.max(1)
+    } else {
+        l
+    }
+}
+
+thread_local! {
+    /// This thread's padded copy of a blocked input, reused across calls.
+    static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Output pointer shared by the tasks, each of which writes its own rows of its own
+/// channel blocks.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint parts of the output (see `blocked_conv2d`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+fn lanes_mismatch(op: &'static str, got: usize, want: usize) -> TensorError {
+    TensorError::InvalidArgument {
+        op,
+        reason: format!(
+            "blocked data made for {got}-lane vectors, but these kernels use {want} lanes"
+        ),
+    }
+}
+
+impl Kernels {
+    /// `x` (NCHW) in the blocked layout of this tier.
+    pub fn to_blocked(&self, x: &Tensor) -> Result<BlockedTensor> {
+        let [n, c, h, w] = x.dims4("to_blocked")?;
+        let l = self.lanes();
+        let cb = c.div_ceil(l);
+        let plane = h * w;
+        let mut data = vec![0.0f32; n * cb * plane * l];
+        if n * c * plane > 0 {
+            for (b, img) in x.data().chunks_exact(c * plane).enumerate() {
+                for (ch, src) in img.chunks_exact(plane).enumerate() {
+                    let base = (b * cb + ch / l) * plane * l + ch % l;
+                    for (i, v) in src.iter().enumerate() {
+                        data[base + i * l] = *v;
+                    }
+                }
+            }
+        }
+        Ok(BlockedTensor {
+            data,
+            shape: [n, c, h, w],
+            lanes: l,
+        })
+    }
+
+    /// A blocked tensor back in NCHW.
+    pub fn from_blocked(&self, x: &BlockedTensor) -> Result<Tensor> {
+        let [n, c, h, w] = x.shape;
+        let (l, cb, plane) = (x.lanes, x.blocks(), h * w);
+        let mut out = Tensor::zeros(&[n, c, h, w])?;
+        let od = out.data_mut();
+        for b in 0..n {
+            for ch in 0..c {
+                let base = (b * cb + ch / l) * plane * l + ch % l;
+                let dst = &mut od[(b * c + ch) * plane..(b * c + ch + 1) * plane];
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = x.data[base + i * l];
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// OIHW weights laid out for [`Kernels::blocked_conv2d`] on this tier.
+    pub fn pack_blocked_conv_weights(&self, w: &Tensor) -> Result<BlockedConvWeights> {
+        let [o, c, kh, kw] = w.dims4("pack_blocked_conv_weights")?;
+        let (l, f) = (self.lanes(), self.set().blocked_f);
+        let (ob, cb) = (o.div_ceil(l), c.div_ceil(l));
+        let groups = ob.div_ceil(f);
+        let icb = block_channels(c, l);
+        let mut data = vec![0.0f32; groups * cb * kh * kw * icb * f * l];
+        let wd = w.data();
+        let mut at = 0;
+        for g in 0..groups {
+            for cbi in 0..cb {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        for ic in 0..icb {
+                            for fi in 0..f {
+                                for oc in 0..l {
+                                    let (oo, cc) = ((g * f + fi) * l + oc, cbi * l + ic);
+                                    if oo < o && cc < c {
+                                        data[at] = wd[((oo * c + cc) * kh + ky) * kw + kx];
+                                    }
+                                    at += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(BlockedConvWeights {
+            data,
+            shape: [o, c, kh, kw],
+            lanes: l,
+            f,
+        })
+    }
+
+    /// Convolution in the blocked layout, then `+ bias[o]`, `+ residual` (blocked, the
+    /// output's shape) and ReLU, each if given, in the tile's registers.
+    pub fn blocked_conv2d(
+        &self,
+        x: &BlockedTensor,
+        w: &BlockedConvWeights,
+        p: Conv2d,
+        bias: Option<&[f32]>,
+        residual: Option<&BlockedTensor>,
+        relu: bool,
+    ) -> Result<BlockedTensor> {
+        let [n, _, h, wd] = x.shape;
+        let [o, _, kh, kw] = w.shape;
+        let [oh, ow] = p.output_size(h, wd, kh, kw)?;
+        let l = self.lanes();
+        let mut y = BlockedTensor {
+            data: vec![0.0; n * o.div_ceil(l) * oh * ow * l],
+            shape: [n, o, oh, ow],
+            lanes: l,
+        };
+        self.blocked_conv2d_into(x, w, p, bias, residual, relu, &mut y)?;
+        Ok(y)
+    }
+
+    /// [`Kernels::blocked_conv2d`] into an existing output of this tier's layout (every
+    /// element is overwritten).
+    #[allow(clippy::too_many_arguments)]
+    pub fn blocked_conv2d_into(
+        &self,
+        x: &BlockedTensor,
+        w: &BlockedConvWeights,
+        p: Conv2d,
+        bias: Option<&[f32]>,
+        residual: Option<&BlockedTensor>,
+        relu: bool,
+        y: &mut BlockedTensor,
+    ) -> Result<()> {
+        let op = "blocked_conv2d";
+        let l = self.lanes();
+        for got in [x.lanes, w.lanes] {
+            if got != l {
+                return Err(lanes_mismatch(op, got, l));
+            }
+        }
+        let [n, c, h, wd] = x.shape;
+        let [o, wc, kh, kw] = w.shape;
+        if wc != c {
+            return Err(TensorError::ShapeMismatch {
+                op,
+                expected: vec![o, c, kh, kw],
+                got: w.shape.to_vec(),
+            });
+        }
+        let [oh, ow] = p.output_size(h, wd, kh, kw)?;
+        if let Some(b) = bias {
+            if b.len() != o {
+                return Err(TensorError::InvalidArgument {
+                    op,
+                    reason: format!("bias has {} elements for {o} output channels", b.len()),
+                });
+            }
+        }
+        if let Some(r) = residual {
+            if r.lanes != l {
+                return Err(lanes_mismatch(op, r.lanes, l));
+            }
+            if r.shape != [n, o, oh, ow] {
+                return Err(TensorError::ShapeMismatch {
+                    op,
+                    expected: vec![n, o, oh, ow],
+                    got: r.shape.to_vec(),
+                });
+            }
+        }
+        if y.lanes != l {
+            return Err(lanes_mismatch(op, y.lanes, l));
+        }
+        if y.shape != [n, o, oh, ow] {
+            return Err(TensorError::ShapeMismatch {
+                op,
+                expected: vec![n, o, oh, ow],
+                got: y.shape.to_vec(),
+            });
+        }
+        let (cb, ob, f) = (x.blocks(), o.div_ceil(l), w.f);
+        let groups = ob.div_ceil(f);
+        if n * oh * ow * o == 0 || c == 0 {
+            // Nothing to add up: the epilogue alone.
+            self.blocked_epilogue_only(y, bias, residual, relu);
+            return Ok(());
+        }
+        let bias_padded: Option<Vec<f32>> = bias.map(|b| {
+            let mut v = b.to_vec();
+            v.resize(groups * f * l, 0.0);
+            v
+        });
+        // The input padded by `p` on every side (its border zeros), or read in place.
+        let pad = p.padding;
+        let (ph, pw) = (h + 2 * pad, wd + 2 * pad);
+        let mut padded = PADDED.with(|cell| cell.take());
+        if pad > 0 {
+            padded.clear();
+            padded.resize(n * cb * ph * pw * l, 0.0);
+            let copy = |(dst, src): (&mut [f32], &[f32])| {
+                for (y, row) in src.chunks_exact(wd * l).enumerate() {
+                    let at = ((y + pad) * pw + pad) * l;
+                    dst[at..at + wd * l].copy_from_slice(row);
+                }
+            };
+            let pairs = padded
+                .par_chunks_exact_mut(ph * pw * l)
+                .zip(x.data.par_chunks_exact(h * wd * l));
+            pairs.for_each(copy);
+        }
+        let xin: &[f32] = if pad > 0 { &padded } else { &x.data };
+        let set = self.set();
+        let pmax = set.blocked_tiles.len();
+        let s = p.stride;
+        let (x_cb, x_row) = (ph * pw * l, pw * l);
+        let (in_image, plane) = (cb * x_cb, oh * ow);
+        let out_image = ob * plane * l;
+        let icb = block_channels(c, l);
+        let w_group = cb * kh * kw * icb * f * l;
+        // Each output pixel's input offset (tap (0, 0), channel block 0): tiles take `P`
+        // consecutive pixels of the flattened plane, across row ends.
+        let offs: Vec<usize> = (0..plane)
+            .map(|q| ((q / ow) * s * pw + (q % ow) * s) * l)
+            .collect();
+        // Tasks: (image, group of output blocks, run of whole tiles), about eight per
+        // thread, so that a 7 x 7 plane still splits.
+        let tiles = plane.div_ceil(pmax);
+        let wanted = 8 * rayon::current_num_threads();
+        let runs = wanted.div_ceil(n * groups).clamp(1, tiles);
+        let run_px = tiles.div_ceil(runs) * pmax;
+        let runs = plane.div_ceil(run_px);
+        let outp = OutPtr(y.data.as_mut_ptr());
+        let task = |t: usize| {
+            let (b, rest) = (t / (groups * runs), t % (groups * runs));
+            let (g, run) = (rest / runs, rest % runs);
+            let fv = f.min(ob - g * f);
+            let (q0, q1) = (run * run_px, ((run + 1) * run_px).min(plane));
+            let mut q = q0;
+            while q < q1 {
+                let pn = pmax.min(q1 - q);
+                let at = b * out_image + g * f * plane * l + q * l;
+                let tile = BlockedTile {
+                    x: xin[b * in_image..].as_ptr(),
+                    x_off: offs[q..].as_ptr(),
+                    x_cb,
+                    x_row,
+                    cb,
+                    icb,
+                    kh,
+                    kw,
+                    w: w.data[g * w_group..].as_ptr(),
+                    // SAFETY: inside the output: image b, block g f, pixel q.
+                    out: unsafe { outp.get().add(at) },
+                    out_ob: plane * l,
+                    f: fv,
+                    bias: bias_padded
+                        .as_ref()
+                        .map_or(std::ptr::null(), |v| v[g * f * l..].as_ptr()),
+                    residual: residual.map_or(std::ptr::null(), |r| r.data[at..].as_ptr()),
+                    relu,
+                };
+                // SAFETY: pixel q's taps read padded rows `oy s + ky <= (oh - 1) s + kh -
+                // 1 < ph` and columns `ox s + kx < pw` of each channel block of image b,
+                // which `xin` holds; `offs` has `pn` entries from q; the weights of group
+                // g are `w_group` floats; the tile writes (and reads, for the residual)
+                // `fv` blocks of `pn` pixels inside image b's output. Tasks differ in
+                // (b, g, run): disjoint outputs.
+                unsafe { (set.blocked_tiles[pn - 1])(&tile) };
+                q += pn;
+            }
+        };
+        let tasks = n * groups * runs;
+        let work = n * plane * f * groups * l * cb * l * kh * kw;
+        if work >= 1 << 18 && rayon::current_num_threads() > 1 {
+            (0..tasks).into_par_iter().for_each(task);
+        } else {
+            (0..tasks).for_each(task);
+        }
+        debug_assert_eq!(y.data.len(), n * out_image);
+        PADDED.with(|cell| cell.set(padded));
+        Ok(())
+    }
+
+    /// The epilogue of an empty reduction: `bias + residual`, ReLU'd if asked.
+    fn blocked_epilogue_only(
+        &self,
+        y: &mut BlockedTensor,
+        bias: Option<&[f32]>,
+        residual: Option<&BlockedTensor>,
+        relu: bool,
+    ) {
+        let [_, o, oh, ow] = y.shape;
+        let (l, ob) = (y.lanes, o.div_ceil(y.lanes));
+        for (i, v) in y.data.iter_mut().enumerate() {
+            let ch = ((i / (oh * ow * l)) % ob.max(1)) * l + i % l;
+            let mut s = bias.and_then(|b| b.get(ch)).copied().unwrap_or(0.0);
+            if let Some(r) = residual {
+                s += r.data[i];
+            }
+            *v = if relu { s.max(0.0) } else { s };
+        }
+    }
+}
+
+impl BlockedTensor {
+    /// A zero batch of the logical NCHW `shape` in `kernels`' blocked layout.
+    pub fn zeros(kernels: &Kernels, shape: [usize; 4]) -> Result<Self> {
+        let [n, c, h, w] = shape;
+        let l = kernels.lanes();
+        let len = [n, c.div_ceil(l), h, w, l]
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| TensorError::InvalidArgument {
+                op: "BlockedTensor::zeros",
+                reason: format!("shape {shape:?} overflows"),
+            })?;
+        Ok(BlockedTensor {
+            data: vec![0.0; len],
+            shape,
+            lanes: l,
+        })
+    }
+}
+
+impl Kernels {
+    /// Max pooling in the blocked layout (PyTorch's `MaxPool2d`, padding never chosen),
+    /// into an existing output of the pooled shape.
+    pub fn blocked_max_pool2d_into(
+        &self,
+        x: &BlockedTensor,
+        pool: &Pool2d,
+        y: &mut BlockedTensor,
+    ) -> Result<()> {
+        let op = "blocked_max_pool2d";
+        let [n, c, h, w] = x.shape;
+        let [oh, ow] = pool.output_size(h, w)?;
+        if y.lanes != x.lanes || y.shape != [n, c, oh, ow] {
+            return Err(TensorError::ShapeMismatch {
+                op,
+                expected: vec![n, c, oh, ow],
+                got: y.shape.to_vec(),
+            });
+        }
+        let l = x.lanes;
+        let ([kh, kw], [sh, sw], [ph, pw]) = (pool.kernel, pool.stride, pool.padding);
+        let planes = n * x.blocks();
+        if planes * oh * ow == 0 {
+            return Ok(());
+        }
+        let one = |(src, dst): (&[f32], &mut [f32])| {
+            for oy in 0..oh {
+                // The window's rows and columns inside the image (`output_size` ensured
+                // every window holds at least one).
+                let y0 = (oy * sh).saturating_sub(ph);
+                let y1 = (oy * sh + kh - ph).min(h);
+                for ox in 0..ow {
+                    let x0 = (ox * sw).saturating_sub(pw);
+                    let x1 = (ox * sw + kw - pw).min(w);
+                    let out = &mut dst[(oy * ow + ox) * l..][..l];
+                    out.fill(f32::NEG_INFINITY);
+                    for iy in y0..y1 {
+                        for ix in x0..x1 {
+                            let v = &src[(iy * w + ix) * l..][..l];
+                            for (o, v) in out.iter_mut().zip(v) {
+                                // `max` skips a NaN; PyTorch's max pool propagates it.
+                                *o = if v.is_nan() || *v > *o { *v } else { *o };
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let pairs = x
+            .data
+            .par_chunks_exact(h * w * l)
+            .zip(y.data.par_chunks_exact_mut(oh * ow * l));
+        if planes > 1 && rayon::current_num_threads() > 1 {
+            pairs.for_each(one);
+        } else {
+            x.data
+                .chunks_exact(h * w * l)
+                .zip(y.data.chunks_exact_mut(oh * ow * l))
+                .for_each(one);
+        }
+        Ok(())
+    }
+
+    /// The mean of each channel's plane, `[N, C]` (NCHW), of a blocked batch.
+    pub fn blocked_global_avg_pool(&self, x: &BlockedTensor) -> Result<Tensor> {
+        let [n, c, h, w] = x.shape;
+        let plane = h * w;
+        if plane == 0 {
+            return Err(TensorError::InvalidArgument {
+                op: "blocked_global_avg_pool",
+                reason: format!("cannot average an empty plane, shape {:?}", x.shape),
+            });
+        }
+        let (l, cb) = (x.lanes, x.blocks());
+        let mut y = Tensor::zeros(&[n, c])?;
+        let inv = 1.0 / plane as f32;
+        let yd = y.data_mut();
+        let mut sums = vec![0.0f32; l];
+        for b in 0..n {
+            for blk in 0..cb {
+                sums.fill(0.0);
+                let src = &x.data[(b * cb + blk) * plane * l..][..plane * l];
+                for px in src.chunks_exact(l) {
+                    for (s, v) in sums.iter_mut().zip(px) {
+                        *s += v;
+                    }
+                }
+                for (i, s) in sums.iter().enumerate() {
+                    if let Some(d) = yd.get_mut(b * c + blk * l + i).filter(|_| blk * l + i < c) {
+                        *d = s * inv;
+                    }
+                }
+            }
+        }
+        Ok(y)
+    }
+}
