@@ -1,6 +1,11 @@
 //! The inference form of a ResNet: batch norm folded into every convolution, weights
-//! packed once, and each block's bias, residual add and ReLU fused into the GEMM
-//! epilogue of its last convolution, which accumulates onto the shortcut in place.
+//! packed once, and each block's bias, residual add and ReLU fused into the epilogue of
+//! its last convolution.
+//!
+//! Two layouts ([`ConvLayout`]): the ImageNet nets run in the blocked channel layout
+//! (`tensor::blocked`, the input converted once, every convolution and pooling in it),
+//! the CIFAR nets (whose option-A shortcuts pad channels) in NCHW, where the last
+//! convolution of a block accumulates onto the shortcut in place.
 //!
 //! Activations come from a small pool of buffers kept by the model, keyed by shape: after
 //! the first call with a given input shape, a forward pass allocates nothing for its
@@ -11,21 +16,37 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tensor::{
-    fold_batch_norm, Conv2d, ConvEpilogue, ConvWeights, Kernels, LinearWeights, Pool2d, Result,
-    Tensor,
+    fold_batch_norm, BlockedConvWeights, BlockedTensor, Conv2d, ConvEpilogue, ConvWeights, Kernels,
+    LinearWeights, Pool2d, Result, Tensor, TensorError,
 };
 
 use crate::model::{ConvBn, ResNet, Shortcut};
 
+/// The memory layout an [`InferenceModel`] runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvLayout {
+    /// NCHW activations, convolutions by im2col + GEMM or the direct kernel.
+    Nchw,
+    /// The blocked channel layout of `tensor::blocked` (no packing per call). Needs
+    /// projection or identity shortcuts (the ImageNet nets).
+    Blocked,
+}
+
+/// A convolution's weights packed for one of the two layouts.
+enum Packed {
+    Nchw(ConvWeights),
+    Blocked(BlockedConvWeights),
+}
+
 /// A convolution with its batch norm folded in: packed weights and a bias.
 struct FusedConv {
-    weights: ConvWeights,
+    weights: Packed,
     bias: Vec<f32>,
     params: Conv2d,
 }
 
 impl FusedConv {
-    fn new(k: &Kernels, c: &ConvBn) -> Result<Self> {
+    fn new(k: &Kernels, c: &ConvBn, layout: ConvLayout) -> Result<Self> {
         let bn = &c.bn;
         let (w, bias) = fold_batch_norm(
             &c.weight,
@@ -36,11 +57,29 @@ impl FusedConv {
             bn.running_var.data(),
             bn.eps,
         )?;
+        let weights = match layout {
+            ConvLayout::Nchw => Packed::Nchw(k.pack_conv_weights(&w)?),
+            ConvLayout::Blocked => Packed::Blocked(k.pack_blocked_conv_weights(&w)?),
+        };
         Ok(FusedConv {
-            weights: k.pack_conv_weights(&w)?,
+            weights,
             bias,
             params: Conv2d::new(c.stride, c.padding),
         })
+    }
+
+    fn shape(&self) -> [usize; 4] {
+        match &self.weights {
+            Packed::Nchw(w) => w.shape(),
+            Packed::Blocked(w) => w.shape(),
+        }
+    }
+
+    fn nchw(&self) -> Result<&ConvWeights> {
+        match &self.weights {
+            Packed::Nchw(w) => Ok(w),
+            Packed::Blocked(_) => Err(wrong_layout()),
+        }
     }
 
     /// `conv(x) + bias`, then, in the same pass, `+ residual` and ReLU if asked; the
@@ -48,7 +87,7 @@ impl FusedConv {
     fn run(
         &self,
         k: &Kernels,
-        pool: &Pool,
+        pool: &Pool<Tensor>,
         x: &Tensor,
         residual: Option<&Tensor>,
         relu: bool,
@@ -61,11 +100,40 @@ impl FusedConv {
             steps.push(ConvEpilogue::Relu);
         }
         let [n, _, h, w] = x.dims4("InferenceModel")?;
-        let [o, _, kh, kw] = self.weights.shape();
+        let [o, _, kh, kw] = self.shape();
         let [oh, ow] = self.params.output_size(h, w, kh, kw)?;
-        let mut y = pool.take(&[n, o, oh, ow])?;
-        k.conv2d_into(x, &self.weights, self.params, &steps, &mut y)?;
+        let shape = [n, o, oh, ow];
+        let mut y = pool.take(&shape, || Tensor::zeros(&shape))?;
+        k.conv2d_into(x, self.nchw()?, self.params, &steps, &mut y)?;
         Ok(y)
+    }
+
+    /// The blocked layout's [`FusedConv::run`].
+    fn run_blocked(
+        &self,
+        k: &Kernels,
+        pool: &Pool<BlockedTensor>,
+        x: &BlockedTensor,
+        residual: Option<&BlockedTensor>,
+        relu: bool,
+    ) -> Result<BlockedTensor> {
+        let Packed::Blocked(w) = &self.weights else {
+            return Err(wrong_layout());
+        };
+        let [n, _, h, wd] = x.shape();
+        let [o, _, kh, kw] = self.shape();
+        let [oh, ow] = self.params.output_size(h, wd, kh, kw)?;
+        let shape = [n, o, oh, ow];
+        let mut y = pool.take(&shape, || BlockedTensor::zeros(k, shape))?;
+        k.blocked_conv2d_into(x, w, self.params, Some(&self.bias), residual, relu, &mut y)?;
+        Ok(y)
+    }
+}
+
+fn wrong_layout() -> TensorError {
+    TensorError::InvalidArgument {
+        op: "InferenceModel",
+        reason: "a convolution packed for the other layout".into(),
     }
 }
 
@@ -78,20 +146,27 @@ impl FusedConv {
             ConvEpilogue::Bias(&self.bias),
             ConvEpilogue::Relu,
         ];
-        k.conv2d_into(x, &self.weights, self.params, &steps, &mut onto)?;
+        k.conv2d_into(x, self.nchw()?, self.params, &steps, &mut onto)?;
         Ok(onto)
     }
 }
 
 /// Spare activation tensors by shape. Every tensor taken from it is overwritten whole
 /// by the operation that fills it, so stale contents never leak.
-#[derive(Default)]
-struct Pool {
-    spare: Mutex<HashMap<Vec<usize>, Vec<Tensor>>>,
+struct Pool<T> {
+    spare: Mutex<HashMap<[usize; 4], Vec<T>>>,
 }
 
-impl Pool {
-    fn take(&self, shape: &[usize]) -> Result<Tensor> {
+impl<T> Default for Pool<T> {
+    fn default() -> Self {
+        Pool {
+            spare: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T> Pool<T> {
+    fn take(&self, shape: &[usize; 4], make: impl FnOnce() -> Result<T>) -> Result<T> {
         let reused = self
             .spare
             .lock()
@@ -99,14 +174,28 @@ impl Pool {
             .and_then(|mut m| m.get_mut(shape).and_then(Vec::pop));
         match reused {
             Some(t) => Ok(t),
-            None => Tensor::zeros(shape),
+            None => make(),
         }
     }
 
-    fn give(&self, t: Tensor) {
+    fn give(&self, shape: [usize; 4], t: T) {
         if let Ok(mut m) = self.spare.lock() {
-            m.entry(t.shape().to_vec()).or_default().push(t);
+            m.entry(shape).or_default().push(t);
         }
+    }
+}
+
+impl Pool<Tensor> {
+    fn give_tensor(&self, t: Tensor) {
+        if let Ok(shape) = t.dims4("pool") {
+            self.give(shape, t);
+        }
+    }
+}
+
+impl Pool<BlockedTensor> {
+    fn give_blocked(&self, t: BlockedTensor) {
+        self.give(t.shape(), t);
     }
 }
 
@@ -121,16 +210,16 @@ struct FusedBlock {
     shortcut: FusedShortcut,
 }
 
-fn fuse_block(k: &Kernels, block: &crate::model::Block) -> Result<FusedBlock> {
+fn fuse_block(k: &Kernels, block: &crate::model::Block, layout: ConvLayout) -> Result<FusedBlock> {
     Ok(FusedBlock {
         convs: block
             .convs
             .iter()
-            .map(|c| FusedConv::new(k, c))
+            .map(|c| FusedConv::new(k, c, layout))
             .collect::<Result<_>>()?,
         shortcut: match &block.shortcut {
             Shortcut::Identity => FusedShortcut::Identity,
-            Shortcut::Projection(c) => FusedShortcut::Projection(FusedConv::new(k, c)?),
+            Shortcut::Projection(c) => FusedShortcut::Projection(FusedConv::new(k, c, layout)?),
             Shortcut::PadChannels { stride, pad } => FusedShortcut::PadChannels {
                 stride: *stride,
                 pad: *pad,
@@ -143,75 +232,119 @@ fn fuse_block(k: &Kernels, block: &crate::model::Block) -> Result<FusedBlock> {
 pub struct InferenceModel {
     kernels: Kernels,
     cifar: bool,
+    layout: ConvLayout,
     stem: FusedConv,
     stages: Vec<Vec<FusedBlock>>,
     fc: LinearWeights,
     fc_bias: Vec<f32>,
-    pool: Pool,
+    pool: Pool<Tensor>,
+    blocked_pool: Pool<BlockedTensor>,
 }
 
+/// What a forward pass reports of its stages (`forward_stages`), or nothing.
+type Observer<'a> = Option<&'a mut dyn FnMut(&str, &Tensor)>;
+
 impl InferenceModel {
-    /// Folds and packs `model` for the given kernels (`Kernels::active()?` normally).
+    /// Folds and packs `model` for the given kernels (`Kernels::active()?` normally), in
+    /// the layout [`InferenceModel::default_layout`] picks for its architecture.
     ///
     /// The folded copies are freed as they are packed, not kept for recycling (see
     /// `tensor::pool::bypass`): no later tensor has their sizes.
     pub fn new(model: &ResNet, kernels: Kernels) -> Result<Self> {
-        tensor::pool::bypass(|| Self::new_unpooled(model, kernels))
+        Self::new_with_layout(model, kernels, Self::default_layout(model))
     }
 
-    fn new_unpooled(model: &ResNet, kernels: Kernels) -> Result<Self> {
-        let k = &kernels;
-        let stages = model
-            .stages
-            .iter()
-            .map(|stage| {
-                stage
-                    .iter()
-                    .map(|b| fuse_block(k, b))
-                    .collect::<Result<Vec<_>>>()
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Self::assemble(model, kernels, stages)
+    /// [`InferenceModel::new`] in a chosen layout (an error for `Blocked` with the CIFAR
+    /// nets' channel-padding shortcuts).
+    pub fn new_with_layout(model: &ResNet, kernels: Kernels, layout: ConvLayout) -> Result<Self> {
+        check_layout(model, layout)?;
+        tensor::pool::bypass(|| {
+            let k = &kernels;
+            let stages = model
+                .stages
+                .iter()
+                .map(|stage| {
+                    stage
+                        .iter()
+                        .map(|b| fuse_block(k, b, layout))
+                        .collect::<Result<Vec<_>>>()
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Self::assemble(model, kernels, stages, layout)
+        })
     }
 
     /// Like [`InferenceModel::new`], but consumes the model and frees each block's
     /// unfused weights as soon as the block is folded, so the two forms never coexist
     /// whole (for ResNet-50 that is 102 MB of peak memory saved).
     pub fn from_model(model: ResNet, kernels: Kernels) -> Result<Self> {
-        tensor::pool::bypass(|| Self::from_model_unpooled(model, kernels))
+        let layout = Self::default_layout(&model);
+        Self::from_model_with_layout(model, kernels, layout)
     }
 
-    fn from_model_unpooled(mut model: ResNet, kernels: Kernels) -> Result<Self> {
-        let k = &kernels;
-        let mut stages = Vec::with_capacity(model.stages.len());
-        for stage in std::mem::take(&mut model.stages) {
-            let mut fused = Vec::with_capacity(stage.len());
-            for block in stage {
-                fused.push(fuse_block(k, &block)?);
-                drop(block);
+    /// [`InferenceModel::from_model`] in a chosen layout.
+    pub fn from_model_with_layout(
+        mut model: ResNet,
+        kernels: Kernels,
+        layout: ConvLayout,
+    ) -> Result<Self> {
+        check_layout(&model, layout)?;
+        tensor::pool::bypass(|| {
+            let k = &kernels;
+            let mut stages = Vec::with_capacity(model.stages.len());
+            for stage in std::mem::take(&mut model.stages) {
+                let mut fused = Vec::with_capacity(stage.len());
+                for block in stage {
+                    fused.push(fuse_block(k, &block, layout)?);
+                    drop(block);
+                }
+                stages.push(fused);
             }
-            stages.push(fused);
-        }
-        Self::assemble(&model, kernels, stages)
+            Self::assemble(&model, kernels, stages, layout)
+        })
     }
 
-    fn assemble(model: &ResNet, kernels: Kernels, stages: Vec<Vec<FusedBlock>>) -> Result<Self> {
+    /// The layout a model runs fastest in: blocked for the ImageNet nets (ResNet-50's
+    /// convolutions at batch 1, 2 threads, 0.85x the NCHW time, `docs/convolution.md`),
+    /// NCHW for the CIFAR nets, whose channel-padding shortcuts the blocked path does
+    /// not have.
+    pub fn default_layout(model: &ResNet) -> ConvLayout {
+        if model.arch.is_cifar() {
+            ConvLayout::Nchw
+        } else {
+            ConvLayout::Blocked
+        }
+    }
+
+    /// The layout this model runs in.
+    pub fn layout(&self) -> ConvLayout {
+        self.layout
+    }
+
+    fn assemble(
+        model: &ResNet,
+        kernels: Kernels,
+        stages: Vec<Vec<FusedBlock>>,
+        layout: ConvLayout,
+    ) -> Result<Self> {
         let k = &kernels;
         Ok(InferenceModel {
             kernels,
             cifar: model.arch.is_cifar(),
-            stem: FusedConv::new(k, &model.stem)?,
+            layout,
+            stem: FusedConv::new(k, &model.stem, layout)?,
             stages,
             fc: k.pack_linear_weights(&model.fc_weight)?,
             fc_bias: model.fc_bias.data().to_vec(),
             pool: Pool::default(),
+            blocked_pool: Pool::default(),
         })
     }
 
     /// The pooled feature vector of each image, `[N, feature_dim]` (2048 for
     /// ResNet-50, 512 for ResNet-18, 64 for the CIFAR nets), for an NCHW RGB batch.
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
-        self.features_observed(x, &mut |_, _| {})
+        self.features_observed(x, None)
     }
 
     /// The output of each stage for an NCHW batch, named as torchvision's modules:
@@ -221,35 +354,38 @@ impl InferenceModel {
     /// by the copies.
     pub fn forward_stages(&self, x: &Tensor) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
-        let f =
-            self.features_observed(x, &mut |name, t| out.push((name.to_string(), t.clone())))?;
+        let f = self.features_observed(
+            x,
+            Some(&mut |name: &str, t: &Tensor| out.push((name.to_string(), t.clone()))),
+        )?;
         let logits = self.kernels.linear(&f, &self.fc, Some(&self.fc_bias))?;
         out.push(("features".into(), f));
         out.push(("logits".into(), logits));
         Ok(out)
     }
 
-    fn features_observed(
-        &self,
-        x: &Tensor,
-        observe: &mut dyn FnMut(&str, &Tensor),
-    ) -> Result<Tensor> {
+    fn features_observed(&self, x: &Tensor, observe: Observer) -> Result<Tensor> {
+        match self.layout {
+            ConvLayout::Nchw => self.features_nchw(x, observe),
+            ConvLayout::Blocked => self.features_blocked(x, observe),
+        }
+    }
+
+    fn features_nchw(&self, x: &Tensor, mut observe: Observer) -> Result<Tensor> {
         let (k, pool) = (&self.kernels, &self.pool);
         let mut h = self.stem.run(k, pool, x, None, true)?;
         if !self.cifar {
             let [n, c, hh, ww] = h.dims4("InferenceModel")?;
             let [oh, ow] = Pool2d::RESNET_STEM.output_size(hh, ww)?;
-            let mut pooled = pool.take(&[n, c, oh, ow])?;
+            let shape = [n, c, oh, ow];
+            let mut pooled = pool.take(&shape, || Tensor::zeros(&shape))?;
             k.max_pool2d_into(&h, &Pool2d::RESNET_STEM, &mut pooled)?;
-            pool.give(std::mem::replace(&mut h, pooled));
+            pool.give_tensor(std::mem::replace(&mut h, pooled));
         }
-        observe("stem", &h);
-        for (s, block) in self
-            .stages
-            .iter()
-            .enumerate()
-            .flat_map(|(s, st)| st.iter().map(move |b| (s, b)))
-        {
+        if let Some(o) = observe.as_mut() {
+            o("stem", &h);
+        }
+        for (s, block) in self.blocks() {
             let shortcut = match &block.shortcut {
                 FusedShortcut::Identity => None,
                 FusedShortcut::Projection(c) => Some(c.run(k, pool, &h, None, false)?),
@@ -257,19 +393,12 @@ impl InferenceModel {
                     Some(autograd::pad_channels_forward(&h, *stride, *pad)?)
                 }
             };
-            let (last, inner) =
-                block
-                    .convs
-                    .split_last()
-                    .ok_or_else(|| tensor::TensorError::InvalidArgument {
-                        op: "InferenceModel::features",
-                        reason: "a residual block without convolutions".into(),
-                    })?;
+            let (last, inner) = split_block(block)?;
             let mut y: Option<Tensor> = None;
             for c in inner {
                 let next = c.run(k, pool, y.as_ref().unwrap_or(&h), None, true)?;
                 if let Some(old) = y.replace(next) {
-                    pool.give(old);
+                    pool.give_tensor(old);
                 }
             }
             match y {
@@ -282,32 +411,94 @@ impl InferenceModel {
                     match shortcut {
                         Some(sc) => {
                             let out = last.run_onto(k, &inner_out, sc)?;
-                            pool.give(std::mem::replace(&mut h, out));
+                            pool.give_tensor(std::mem::replace(&mut h, out));
                         }
                         None => {
                             let input = std::mem::replace(&mut h, Tensor::zeros(&[0])?);
                             h = last.run_onto(k, &inner_out, input)?;
                         }
                     }
-                    pool.give(inner_out);
+                    pool.give_tensor(inner_out);
                 }
                 // A block of one convolution reads its input, so cannot overwrite it.
                 None => {
                     let residual = shortcut.as_ref().unwrap_or(&h);
                     let out = last.run(k, pool, &h, Some(residual), true)?;
                     if let Some(t) = shortcut {
-                        pool.give(t);
+                        pool.give_tensor(t);
                     }
-                    pool.give(std::mem::replace(&mut h, out));
+                    pool.give_tensor(std::mem::replace(&mut h, out));
                 }
             }
-            if std::ptr::eq(block, self.stages[s].last().unwrap_or(block)) {
-                observe(&format!("layer{}", s + 1), &h);
+            if let Some(o) = observe.as_mut().filter(|_| self.ends_stage(s, block)) {
+                o(&format!("layer{}", s + 1), &h);
             }
         }
         let f = k.global_avg_pool(&h);
-        pool.give(h);
+        pool.give_tensor(h);
         f
+    }
+
+    /// The forward pass in the blocked layout: the input converted once, every
+    /// convolution (bias, residual and ReLU in its epilogue) and the max pool in the
+    /// layout, and the global average pool reading it.
+    fn features_blocked(&self, x: &Tensor, mut observe: Observer) -> Result<Tensor> {
+        let (k, pool) = (&self.kernels, &self.blocked_pool);
+        let shape = x.dims4("InferenceModel")?;
+        let mut xb = pool.take(&shape, || BlockedTensor::zeros(k, shape))?;
+        k.to_blocked_into(x, &mut xb)?;
+        let mut h = self.stem.run_blocked(k, pool, &xb, None, true)?;
+        pool.give_blocked(xb);
+        let [n, c, hh, ww] = h.shape();
+        let [oh, ow] = Pool2d::RESNET_STEM.output_size(hh, ww)?;
+        let shape = [n, c, oh, ow];
+        let mut pooled = pool.take(&shape, || BlockedTensor::zeros(k, shape))?;
+        k.blocked_max_pool2d_into(&h, &Pool2d::RESNET_STEM, &mut pooled)?;
+        pool.give_blocked(std::mem::replace(&mut h, pooled));
+        if let Some(o) = observe.as_mut() {
+            o("stem", &k.from_blocked(&h)?);
+        }
+        for (s, block) in self.blocks() {
+            let shortcut = match &block.shortcut {
+                FusedShortcut::Identity => None,
+                FusedShortcut::Projection(c) => Some(c.run_blocked(k, pool, &h, None, false)?),
+                FusedShortcut::PadChannels { .. } => return Err(wrong_layout()),
+            };
+            let (last, inner) = split_block(block)?;
+            let mut y: Option<BlockedTensor> = None;
+            for c in inner {
+                let next = c.run_blocked(k, pool, y.as_ref().unwrap_or(&h), None, true)?;
+                if let Some(old) = y.replace(next) {
+                    pool.give_blocked(old);
+                }
+            }
+            let residual = shortcut.as_ref().unwrap_or(&h);
+            let out = last.run_blocked(k, pool, y.as_ref().unwrap_or(&h), Some(residual), true)?;
+            for t in [y, shortcut].into_iter().flatten() {
+                pool.give_blocked(t);
+            }
+            pool.give_blocked(std::mem::replace(&mut h, out));
+            if let Some(o) = observe.as_mut().filter(|_| self.ends_stage(s, block)) {
+                o(&format!("layer{}", s + 1), &k.from_blocked(&h)?);
+            }
+        }
+        let f = k.blocked_global_avg_pool(&h);
+        pool.give_blocked(h);
+        f
+    }
+
+    /// Every residual block with its stage's index.
+    fn blocks(&self) -> impl Iterator<Item = (usize, &FusedBlock)> {
+        self.stages
+            .iter()
+            .enumerate()
+            .flat_map(|(s, st)| st.iter().map(move |b| (s, b)))
+    }
+
+    fn ends_stage(&self, s: usize, block: &FusedBlock) -> bool {
+        self.stages[s]
+            .last()
+            .is_some_and(|l| std::ptr::eq(l, block))
     }
 
     /// Class logits, `[N, num_classes]`.
@@ -315,4 +506,35 @@ impl InferenceModel {
         let f = self.features(x)?;
         self.kernels.linear(&f, &self.fc, Some(&self.fc_bias))
     }
+}
+
+/// A block's last convolution and the ones before it.
+fn split_block(block: &FusedBlock) -> Result<(&FusedConv, &[FusedConv])> {
+    block
+        .convs
+        .split_last()
+        .ok_or_else(|| TensorError::InvalidArgument {
+            op: "InferenceModel::features",
+            reason: "a residual block without convolutions".into(),
+        })
+}
+
+/// The blocked layout has no channel-padding (option-A) shortcut.
+fn check_layout(model: &ResNet, layout: ConvLayout) -> Result<()> {
+    let pads = model
+        .stages
+        .iter()
+        .flatten()
+        .any(|b| matches!(b.shortcut, Shortcut::PadChannels { .. }));
+    if layout == ConvLayout::Blocked && pads {
+        return Err(TensorError::InvalidArgument {
+            op: "InferenceModel",
+            reason: format!(
+                "{} has channel-padding shortcuts, which the blocked layout does not \
+                 implement: use ConvLayout::Nchw",
+                model.arch
+            ),
+        });
+    }
+    Ok(())
 }

@@ -38,7 +38,7 @@ pub mod trainer;
 pub mod weights;
 
 pub use arch::{Arch, BlockKind, UnknownArch};
-pub use inference::InferenceModel;
+pub use inference::{ConvLayout, InferenceModel};
 pub use model::{BatchNorm, Block, ConvBn, ResNet, Shortcut};
 pub use train::{count_correct, train_step, BatchStats, Freeze, StepOutcome, TrainForward};
 pub use trainer::{evaluate, EpochRecord, Evaluation, Progress, TrainConfig, TrainError, Trainer};

@@ -22,7 +22,7 @@ mod common;
 
 use autograd::{Sgd, SgdConfig, Tape};
 use common::{each_tier, fixture_model, load_fixture, rel_err, Fixture};
-use resnet::{Arch, Freeze, InferenceModel};
+use resnet::{Arch, ConvLayout, Freeze, InferenceModel};
 use tensor::Kernels;
 
 fn stages(arch: Arch, file: &str, tol: f64) {
@@ -32,17 +32,28 @@ fn stages(arch: Arch, file: &str, tol: f64) {
     let fx = Fixture::new(&bytes);
     let input = fx.f32("input");
     each_tier(|k: Kernels| {
-        let model = InferenceModel::from_model(fixture_model(arch, 1000), k).unwrap();
-        let outs = model.forward_stages(&input).unwrap();
-        assert_eq!(outs.len(), 7, "stem, 4 stages, features, logits");
-        for (name, got) in &outs {
-            let want = fx.f32(name);
-            let err = rel_err(got, &want);
-            println!("  {arch} {name}: relative error {err:.2e}");
-            assert!(
-                err <= tol,
-                "{arch} {name} ({}): error {err:e} > {tol:e}",
-                k.isa()
+        // Both layouts: the blocked one is the ImageNet nets' default.
+        for layout in [ConvLayout::Blocked, ConvLayout::Nchw] {
+            let net = fixture_model(arch, 1000);
+            let model = InferenceModel::from_model_with_layout(net, k, layout).unwrap();
+            let outs = model.forward_stages(&input).unwrap();
+            assert_eq!(outs.len(), 7, "stem, 4 stages, features, logits");
+            for (name, got) in &outs {
+                let want = fx.f32(name);
+                let err = rel_err(got, &want);
+                println!("  {arch} {layout:?} {name}: relative error {err:.2e}");
+                assert!(
+                    err <= tol,
+                    "{arch} {layout:?} {name} ({}): error {err:e} > {tol:e}",
+                    k.isa()
+                );
+            }
+            // The pooled buffers are reused: a second pass gives the same logits.
+            let again = model.forward(&input).unwrap();
+            assert_eq!(
+                again.data(),
+                outs[6].1.data(),
+                "{arch} {layout:?} second pass"
             );
         }
     });

@@ -111,26 +111,39 @@ fn lanes_mismatch(op: &'static str, got: usize, want: usize) -> TensorError {
 impl Kernels {
     /// `x` (NCHW) in the blocked layout of this tier.
     pub fn to_blocked(&self, x: &Tensor) -> Result<BlockedTensor> {
+        let shape = x.dims4("to_blocked")?;
+        let mut y = BlockedTensor::zeros(self, shape)?;
+        self.to_blocked_into(x, &mut y)?;
+        Ok(y)
+    }
+
+    /// [`Kernels::to_blocked`] into an existing blocked tensor of `x`'s shape (every
+    /// element written, the lanes past the channels with zeros).
+    pub fn to_blocked_into(&self, x: &Tensor, y: &mut BlockedTensor) -> Result<()> {
         let [n, c, h, w] = x.dims4("to_blocked")?;
         let l = self.lanes();
-        let cb = c.div_ceil(l);
-        let plane = h * w;
-        let mut data = vec![0.0f32; n * cb * plane * l];
+        if y.lanes != l || y.shape != [n, c, h, w] {
+            return Err(TensorError::ShapeMismatch {
+                op: "to_blocked_into",
+                expected: vec![n, c, h, w],
+                got: y.shape.to_vec(),
+            });
+        }
+        let (cb, plane) = (c.div_ceil(l), h * w);
+        if c % l != 0 {
+            y.data.fill(0.0);
+        }
         if n * c * plane > 0 {
             for (b, img) in x.data().chunks_exact(c * plane).enumerate() {
                 for (ch, src) in img.chunks_exact(plane).enumerate() {
                     let base = (b * cb + ch / l) * plane * l + ch % l;
                     for (i, v) in src.iter().enumerate() {
-                        data[base + i * l] = *v;
+                        y.data[base + i * l] = *v;
                     }
                 }
             }
         }
-        Ok(BlockedTensor {
-            data,
-            shape: [n, c, h, w],
-            lanes: l,
-        })
+        Ok(())
     }
 
     /// A blocked tensor back in NCHW.

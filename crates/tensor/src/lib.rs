@@ -18,9 +18,11 @@
 //! Module map: [`tensor`] (the type), [`isa`] (tiers and detection), [`kernels`] (the
 //! kernels and their safe API), [`reference`] (the oracle), [`rng`] (seeded random
 //! numbers), [`peak`] (machine limits: FMA peak, memory bandwidth), [`pool`] (recycled
-//! buffers of large tensors).
+//! buffers of large tensors), [`blocked`] (the blocked channel layout and its
+//! convolution, experimental).
 
 pub mod backward;
+pub mod blocked;
 pub mod conv;
 pub(crate) mod direct;
 pub mod error;
@@ -36,6 +38,7 @@ pub mod tensor;
 pub(crate) mod wgrad;
 
 pub use backward::{BatchNormGrads, ConvGrads, LinearGrads};
+pub use blocked::{BlockedConvWeights, BlockedTensor};
 pub use conv::{fold_batch_norm, Conv2d, ConvEpilogue, ConvPath, ConvWeights};
 pub use error::{Result, TensorError};
 pub use gemm::{Epilogue, MatMut, MatRef, PackedA};
