@@ -14,6 +14,7 @@
 use rayon::prelude::*;
 
 use crate::conv::Conv2d;
+use crate::direct::OutPtr;
 use crate::error::{Result, TensorError};
 use crate::kernels::blocked::BlockedTile;
 use crate::kernels::{Kernels, Pool2d};
@@ -84,19 +85,24 @@ thread_local! {
     static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// Output pointer shared by the tasks, each of which writes its own rows of its own
-/// channel blocks.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint parts of the output (see `blocked_conv2d`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
-    fn get(self) -> *mut f32 {
-        self.0
+/// `t` is a blocked tensor of `lanes` and the logical `shape`, or the error says which.
+fn expect_blocked(
+    op: &'static str,
+    t: &BlockedTensor,
+    lanes: usize,
+    shape: [usize; 4],
+) -> Result<()> {
+    if t.lanes != lanes {
+        return Err(lanes_mismatch(op, t.lanes, lanes));
     }
+    if t.shape != shape {
+        return Err(TensorError::ShapeMismatch {
+            op,
+            expected: shape.to_vec(),
+            got: t.shape.to_vec(),
+        });
+    }
+    Ok(())
 }
 
 fn lanes_mismatch(op: &'static str, got: usize, want: usize) -> TensorError {
@@ -122,13 +128,7 @@ impl Kernels {
     pub fn to_blocked_into(&self, x: &Tensor, y: &mut BlockedTensor) -> Result<()> {
         let [n, c, h, w] = x.dims4("to_blocked")?;
         let l = self.lanes();
-        if y.lanes != l || y.shape != [n, c, h, w] {
-            return Err(TensorError::ShapeMismatch {
-                op: "to_blocked_into",
-                expected: vec![n, c, h, w],
-                got: y.shape.to_vec(),
-            });
-        }
+        expect_blocked("to_blocked_into", y, l, [n, c, h, w])?;
         let (cb, plane) = (c.div_ceil(l), h * w);
         if c % l != 0 {
             y.data.fill(0.0);
@@ -264,27 +264,9 @@ impl Kernels {
             }
         }
         if let Some(r) = residual {
-            if r.lanes != l {
-                return Err(lanes_mismatch(op, r.lanes, l));
-            }
-            if r.shape != [n, o, oh, ow] {
-                return Err(TensorError::ShapeMismatch {
-                    op,
-                    expected: vec![n, o, oh, ow],
-                    got: r.shape.to_vec(),
-                });
-            }
+            expect_blocked(op, r, l, [n, o, oh, ow])?;
         }
-        if y.lanes != l {
-            return Err(lanes_mismatch(op, y.lanes, l));
-        }
-        if y.shape != [n, o, oh, ow] {
-            return Err(TensorError::ShapeMismatch {
-                op,
-                expected: vec![n, o, oh, ow],
-                got: y.shape.to_vec(),
-            });
-        }
+        expect_blocked(op, y, l, [n, o, oh, ow])?;
         let (cb, ob, f) = (x.blocks(), o.div_ceil(l), w.f);
         let groups = ob.div_ceil(f);
         if n * oh * ow * o == 0 || c == 0 {
@@ -441,13 +423,7 @@ impl Kernels {
         let op = "blocked_max_pool2d";
         let [n, c, h, w] = x.shape;
         let [oh, ow] = pool.output_size(h, w)?;
-        if y.lanes != x.lanes || y.shape != [n, c, oh, ow] {
-            return Err(TensorError::ShapeMismatch {
-                op,
-                expected: vec![n, c, oh, ow],
-                got: y.shape.to_vec(),
-            });
-        }
+        expect_blocked(op, y, x.lanes, [n, c, oh, ow])?;
         let l = x.lanes;
         let ([kh, kw], [sh, sw], [ph, pw]) = (pool.kernel, pool.stride, pool.padding);
         let planes = n * x.blocks();

@@ -103,12 +103,22 @@ thread_local! {
     static WIDE: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// A raw output pointer shared by tasks that write disjoint elements.
+/// A raw output pointer shared by tasks that write disjoint elements (here and in
+/// `crate::blocked`).
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes a disjoint set of elements (its channels of its row).
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: every user hands it to tasks that write disjoint sets of elements (here: its
+// channels of its row; in `blocked`: its pixels of its channel blocks).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper rather
+    /// than its raw field).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// Copies a `C x H x W` image into `padded`, zero-padded by `pad` on every side, and
 /// returns the padded row pitch (`W + 2 pad`) and each reduction index's offset

@@ -222,10 +222,15 @@ const RESNET_LAYERS: &[(usize, usize, usize, usize, usize, usize)] = &[
     (2048, 512, 1, 1, 0, 2),  // r50 layer4 conv1
 ];
 
-fn check_resnet_layers(kern: Kernels) -> CheckResult {
+/// Runs `run` on every layer of `RESNET_LAYERS` at batch `n`, each with its own epilogue
+/// and seed; an error names the layer.
+fn each_resnet_layer(
+    n: usize,
+    mut run: impl FnMut(&Case) -> Result<(), TestCaseError>,
+) -> CheckResult {
     for (i, &(c, o, k, stride, pad, size)) in RESNET_LAYERS.iter().enumerate() {
         let case = Case {
-            n: 2,
+            n,
             c,
             o,
             h: size,
@@ -236,9 +241,13 @@ fn check_resnet_layers(kern: Kernels) -> CheckResult {
             epilogue: (i % 8) as u8,
             seed: i as u64,
         };
-        run_case(kern, &case).map_err(|e| format!("layer {c}->{o} k{k} s{stride} p{pad}: {e}"))?;
+        run(&case).map_err(|e| format!("layer {c}->{o} k{k} s{stride} p{pad}: {e}"))?;
     }
     Ok(())
+}
+
+fn check_resnet_layers(kern: Kernels) -> CheckResult {
+    each_resnet_layer(2, |case| run_case(kern, case))
 }
 
 /// The blocked layout's convolution (`tensor::blocked`) against the same reference:
@@ -331,22 +340,7 @@ fn check_blocked(kern: Kernels) -> CheckResult {
     let cases =
         (case(kern), channels.clone(), channels).prop_map(|(c, ci, co)| Case { c: ci, o: co, ..c });
     prop(cases, |c| run_blocked(kern, &c))?;
-    for (i, &(c, o, k, stride, pad, size)) in RESNET_LAYERS.iter().enumerate() {
-        let case = Case {
-            n: 1,
-            c,
-            o,
-            h: size,
-            w: size,
-            k,
-            stride,
-            pad,
-            epilogue: (i % 8) as u8,
-            seed: i as u64,
-        };
-        run_blocked(kern, &case).map_err(|e| format!("layer {c}->{o} k{k} s{stride}: {e}"))?;
-    }
-    Ok(())
+    each_resnet_layer(1, |case| run_blocked(kern, case))
 }
 
 /// Batch 1 with at least 2^16 outputs: each algorithm splits one image across the
