@@ -269,8 +269,9 @@ impl Kernels {
         expect_blocked(op, y, l, [n, o, oh, ow])?;
         let (cb, ob, f) = (x.blocks(), o.div_ceil(l), w.f);
         let groups = ob.div_ceil(f);
-        if n * oh * ow * o == 0 || c == 0 {
-            // Nothing to add up: the epilogue alone.
+        if n * oh * ow * o == 0 || c * h * wd == 0 {
+            // Nothing to add up (no input channels, or an input of no pixels whose
+            // padding makes an output): the epilogue alone.
             self.blocked_epilogue_only(y, bias, residual, relu);
             return Ok(());
         }
@@ -284,12 +285,20 @@ impl Kernels {
         let (ph, pw) = (h + 2 * pad, wd + 2 * pad);
         let mut padded = PADDED.with(|cell| cell.take());
         if pad > 0 {
-            padded.clear();
+            // Every float of each padded plane is written (border zeros, rows copied):
+            // the reused buffer needs no clearing.
             padded.resize(n * cb * ph * pw * l, 0.0);
             let copy = |(dst, src): (&mut [f32], &[f32])| {
-                for (y, row) in src.chunks_exact(wd * l).enumerate() {
-                    let at = ((y + pad) * pw + pad) * l;
-                    dst[at..at + wd * l].copy_from_slice(row);
+                let (top, rest) = dst.split_at_mut(pad * pw * l);
+                top.fill(0.0);
+                let (body, bottom) = rest.split_at_mut(h * pw * l);
+                bottom.fill(0.0);
+                for (out, row) in body.chunks_exact_mut(pw * l).zip(src.chunks_exact(wd * l)) {
+                    let (left, rest) = out.split_at_mut(pad * l);
+                    left.fill(0.0);
+                    let (mid, right) = rest.split_at_mut(wd * l);
+                    mid.copy_from_slice(row);
+                    right.fill(0.0);
                 }
             };
             let pairs = padded

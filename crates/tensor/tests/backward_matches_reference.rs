@@ -497,6 +497,16 @@ fn check_conv_empty_images(k: Kernels) -> CheckResult {
                 return fail(format!("{case}: forward output {i} is {v}, not the bias"));
             }
         }
+        // The blocked layout's convolution too.
+        let xb = k.to_blocked(&x).map_err(|e| e.to_string())?;
+        let wb = k.pack_blocked_conv_weights(&w).map_err(|e| e.to_string())?;
+        let yb = k
+            .blocked_conv2d(&xb, &wb, p, Some(&bias), None, false)
+            .and_then(|y| k.from_blocked(&y))
+            .map_err(|e| format!("{case}: blocked forward: {e}"))?;
+        if yb.data() != y.data() {
+            return fail(format!("{case}: blocked forward is not the bias"));
+        }
         let dy = Tensor::randn(&[x_shape[0], 4, oh, ow], 0.0, 1.0, 8).map_err(|e| e.to_string())?;
         let affine = [&[1.0f32; 3][..], &[0.5f32; 3][..]];
         for (route, grads) in [

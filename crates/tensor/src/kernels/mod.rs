@@ -534,6 +534,11 @@ impl Kernels {
             .map(|op| (*op, format!("{}_f32x{}_{op}", self.set.isa, self.set.lanes)))
             .collect();
         names.push(("gemm_microkernel", self.gemm_kernel_name()));
+        let (f, p) = (self.set.blocked_f, self.set.blocked_tiles.len());
+        names.push((
+            "blocked_conv_microkernel",
+            format!("{}_f32_{f}x{}x{p}", self.set.isa, self.set.lanes),
+        ));
         names
     }
 
