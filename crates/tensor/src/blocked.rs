@@ -215,12 +215,7 @@ impl Kernels {
         let [n, _, h, wd] = x.shape;
         let [o, _, kh, kw] = w.shape;
         let [oh, ow] = p.output_size(h, wd, kh, kw)?;
-        let l = self.lanes();
-        let mut y = BlockedTensor {
-            data: vec![0.0; n * o.div_ceil(l) * oh * ow * l],
-            shape: [n, o, oh, ow],
-            lanes: l,
-        };
+        let mut y = BlockedTensor::zeros(self, [n, o, oh, ow])?;
         self.blocked_conv2d_into(x, w, p, bias, residual, relu, &mut y)?;
         Ok(y)
     }
@@ -267,8 +262,36 @@ impl Kernels {
             expect_blocked(op, r, l, [n, o, oh, ow])?;
         }
         expect_blocked(op, y, l, [n, o, oh, ow])?;
+        if w.f != self.set().blocked_f {
+            return Err(TensorError::InvalidArgument {
+                op,
+                reason: format!(
+                    "weights packed in groups of {} channel blocks, but this tier's kernel \
+                     takes {} (pack them with the same Kernels)",
+                    w.f,
+                    self.set().blocked_f
+                ),
+            });
+        }
         let (cb, ob, f) = (x.blocks(), o.div_ceil(l), w.f);
         let groups = ob.div_ceil(f);
+        // The unsafe tiles below trust these lengths: check them (and that no size
+        // wraps around) first.
+        let pad = p.padding;
+        let (ph, pw) = (h + 2 * pad, wd + 2 * pad);
+        let padded_len = checked_len(op, &[n, cb, ph, pw, l])?;
+        let icb = block_channels(c, l);
+        let w_group = checked_len(op, &[cb, kh, kw, icb, f, l])?;
+        let lengths_agree = x.data.len() == checked_len(op, &[n, cb, h, wd, l])?
+            && y.data.len() == checked_len(op, &[n, ob, oh, ow, l])?
+            && residual.is_none_or(|r| r.data.len() == y.data.len())
+            && w.data.len() == checked_len(op, &[groups, w_group])?;
+        if !lengths_agree {
+            return Err(TensorError::InvalidArgument {
+                op,
+                reason: "a blocked tensor's data does not match its shape".into(),
+            });
+        }
         if n * oh * ow * o == 0 || c * h * wd == 0 {
             // Nothing to add up (no input channels, or an input of no pixels whose
             // padding makes an output): the epilogue alone.
@@ -281,13 +304,11 @@ impl Kernels {
             v
         });
         // The input padded by `p` on every side (its border zeros), or read in place.
-        let pad = p.padding;
-        let (ph, pw) = (h + 2 * pad, wd + 2 * pad);
         let mut padded = PADDED.with(|cell| cell.take());
         if pad > 0 {
             // Every float of each padded plane is written (border zeros, rows copied):
             // the reused buffer needs no clearing.
-            padded.resize(n * cb * ph * pw * l, 0.0);
+            padded.resize(padded_len, 0.0);
             let copy = |(dst, src): (&mut [f32], &[f32])| {
                 let (top, rest) = dst.split_at_mut(pad * pw * l);
                 top.fill(0.0);
@@ -313,8 +334,6 @@ impl Kernels {
         let (x_cb, x_row) = (ph * pw * l, pw * l);
         let (in_image, plane) = (cb * x_cb, oh * ow);
         let out_image = ob * plane * l;
-        let icb = block_channels(c, l);
-        let w_group = cb * kh * kw * icb * f * l;
         // Each output pixel's input offset (tap (0, 0), channel block 0): tiles take `P`
         // consecutive pixels of the flattened plane, across row ends.
         let offs: Vec<usize> = (0..plane)
@@ -368,7 +387,9 @@ impl Kernels {
             }
         };
         let tasks = n * groups * runs;
-        let work = n * plane * f * groups * l * cb * l * kh * kw;
+        let work = [plane, f, groups, l, cb, l, kh, kw]
+            .iter()
+            .fold(n, |a, &d| a.saturating_mul(d));
         if work >= 1 << 18 && rayon::current_num_threads() > 1 {
             (0..tasks).into_par_iter().for_each(task);
         } else {
@@ -400,18 +421,22 @@ impl Kernels {
     }
 }
 
+/// The product of `dims`, or an error naming `op` when it overflows.
+fn checked_len(op: &'static str, dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| TensorError::InvalidArgument {
+            op,
+            reason: format!("sizes {dims:?} overflow"),
+        })
+}
+
 impl BlockedTensor {
     /// A zero batch of the logical NCHW `shape` in `kernels`' blocked layout.
     pub fn zeros(kernels: &Kernels, shape: [usize; 4]) -> Result<Self> {
         let [n, c, h, w] = shape;
         let l = kernels.lanes();
-        let len = [n, c.div_ceil(l), h, w, l]
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| TensorError::InvalidArgument {
-                op: "BlockedTensor::zeros",
-                reason: format!("shape {shape:?} overflows"),
-            })?;
+        let len = checked_len("BlockedTensor::zeros", &[n, c.div_ceil(l), h, w, l])?;
         Ok(BlockedTensor {
             data: vec![0.0; len],
             shape,
@@ -439,15 +464,22 @@ impl Kernels {
         if planes * oh * ow == 0 {
             return Ok(());
         }
+        if h * w == 0 {
+            // Windows of padding only would have no maximum (PyTorch rejects these too).
+            return Err(TensorError::InvalidArgument {
+                op,
+                reason: format!("cannot pool an empty plane, shape {:?}", x.shape),
+            });
+        }
         let one = |(src, dst): (&[f32], &mut [f32])| {
             for oy in 0..oh {
                 // The window's rows and columns inside the image (`output_size` ensured
                 // every window holds at least one).
                 let y0 = (oy * sh).saturating_sub(ph);
-                let y1 = (oy * sh + kh - ph).min(h);
+                let y1 = (oy * sh + (kh - ph)).min(h);
                 for ox in 0..ow {
                     let x0 = (ox * sw).saturating_sub(pw);
-                    let x1 = (ox * sw + kw - pw).min(w);
+                    let x1 = (ox * sw + (kw - pw)).min(w);
                     let out = &mut dst[(oy * ow + ox) * l..][..l];
                     out.fill(f32::NEG_INFINITY);
                     for iy in y0..y1 {

@@ -455,7 +455,42 @@ fn check_errors(kern: Kernels) -> CheckResult {
         )
         .map_err(|e| e.to_string())?;
     let wrong_res = Tensor::zeros(&[1, 4, 7, 8]).map_err(|e| e.to_string())?;
+    let e = |e: tensor::TensorError| e.to_string();
+    let xb = kern.to_blocked(&x).map_err(e)?;
+    let one = kern
+        .to_blocked(&Tensor::zeros(&[1, 1, 1, 1]).map_err(e)?)
+        .map_err(e)?;
+    let wb = |shape: &[usize]| -> Result<_, String> {
+        kern.pack_blocked_conv_weights(&Tensor::zeros(shape).map_err(e)?)
+            .map_err(e)
+    };
+    let (wb3, wb2, tall) = (wb(&[4, 3, 3, 3])?, wb(&[4, 2, 3, 3])?, wb(&[4, 1, 2, 1])?);
+    let wrong_blocked = kern.to_blocked(&wrong_res).map_err(e)?;
     let cases = [
+        // The blocked layout: channels, residual shape, bias length, and a padding and
+        // stride whose padded sizes overflow (a 1 x 1 output, every tap in the padding).
+        kern.blocked_conv2d(&xb, &wb2, Conv2d::new(1, 1), None, None, false)
+            .is_err(),
+        kern.blocked_conv2d(
+            &xb,
+            &wb3,
+            Conv2d::new(1, 1),
+            None,
+            Some(&wrong_blocked),
+            false,
+        )
+        .is_err(),
+        kern.blocked_conv2d(&xb, &wb3, Conv2d::new(1, 1), Some(&[0.0; 3]), None, false)
+            .is_err(),
+        kern.blocked_conv2d(
+            &one,
+            &tall,
+            Conv2d::new(1 << 62, 1 << 60),
+            None,
+            None,
+            false,
+        )
+        .is_err(),
         kern.conv2d(&x, &w, Conv2d::new(1, 1), &[]).is_err(),
         kern.conv2d(&x, &w3, Conv2d::new(0, 1), &[]).is_err(),
         kern.conv2d(
