@@ -180,23 +180,34 @@ pub const RESNET50_CONVS: &[(&str, usize, usize, usize, usize, usize, usize)] = 
 
 /// Runs the convolution table: every ResNet-50 layer at each batch size, forward with
 /// prepacked weights and a bias + ReLU epilogue (a folded conv + BN + ReLU), GFLOP/s
-/// counted as the direct algorithm's `2 * N * O * OH * OW * I * kh * kw`.
+/// counted as the direct algorithm's `2 * N * O * OH * OW * I * kh * kw`. `path`
+/// `None` runs the blocked layout's kernel (input and output already blocked, as inside
+/// a network).
 pub fn conv(
     k: &Kernels,
     threads: usize,
     batches: &[usize],
-    path: ConvPath,
+    path: Option<ConvPath>,
     budget: Duration,
     json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let peak = measured_peak(k, threads);
     if !json {
+        let (what, kernel) = match path {
+            Some(p) => (format!("NCHW, path {p:?}"), k.gemm_kernel_name()),
+            None => {
+                let names = k.kernel_names();
+                let blocked = names
+                    .iter()
+                    .find(|(op, _)| *op == "blocked_conv_microkernel");
+                (
+                    "blocked layout".to_string(),
+                    blocked.map(|(_, n)| n.clone()).unwrap_or_default(),
+                )
+            }
+        };
         crate::emit(&format!(
-            "conv2d forward (conv + bias + ReLU, prepacked weights, path {:?}), {} threads, microkernel {}, measured FMA peak {:.1} GFLOP/s",
-            path,
-            threads,
-            k.gemm_kernel_name(),
-            peak
+            "conv2d forward (conv + bias + ReLU, prepacked weights, {what}), {threads} threads, microkernel {kernel}, measured FMA peak {peak:.1} GFLOP/s",
         ))?;
         crate::emit(&format!(
             "{:<28} {:>5}  {:>9} {:>9}  {:>8}  {:>6}",
@@ -208,14 +219,26 @@ pub fn conv(
             let x = Tensor::randn(&[batch, cin, size, size], 0.0, 1.0, 1)?;
             let w = Tensor::randn(&[cout, cin, ks, ks], 0.0, 0.05, 2)?;
             let bias = vec![0.01f32; cout];
-            let packed = k.pack_conv_weights_for(&w, path)?;
             let p = Conv2d::new(stride, pad);
             let [oh, ow] = p.output_size(size, size, ks, ks)?;
-            let mut y = Tensor::zeros(&[batch, cout, oh, ow])?;
-            let steps = [ConvEpilogue::Bias(&bias), ConvEpilogue::Relu];
-            let t = best_time(budget, || {
-                k.conv2d_into_path(&x, &packed, p, &steps, &mut y, path)
-            })?;
+            let t = match path {
+                Some(path) => {
+                    let packed = k.pack_conv_weights_for(&w, path)?;
+                    let mut y = Tensor::zeros(&[batch, cout, oh, ow])?;
+                    let steps = [ConvEpilogue::Bias(&bias), ConvEpilogue::Relu];
+                    best_time(budget, || {
+                        k.conv2d_into_path(&x, &packed, p, &steps, &mut y, path)
+                    })?
+                }
+                None => {
+                    let packed = k.pack_blocked_conv_weights(&w)?;
+                    let xb = k.to_blocked(&x)?;
+                    let mut y = tensor::BlockedTensor::zeros(k, [batch, cout, oh, ow])?;
+                    best_time(budget, || {
+                        k.blocked_conv2d_into(&xb, &packed, p, Some(&bias), None, true, &mut y)
+                    })?
+                }
+            };
             let flops = 2.0 * (batch * cout * oh * ow * cin * ks * ks) as f64;
             let gflops = flops / t.as_secs_f64() / 1e9;
             let pct = 100.0 * gflops / peak;

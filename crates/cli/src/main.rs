@@ -155,7 +155,8 @@ enum BenchCommand {
         /// Batch sizes to run (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "1,16")]
         batch: Vec<usize>,
-        /// Algorithm: auto (the library's choice per layer), gemm or direct.
+        /// Algorithm: auto (the library's choice per layer in NCHW), gemm, direct, or
+        /// blocked (the blocked channel layout's kernel, as ResNet-18/50 inference runs).
         #[arg(long, default_value = "auto")]
         path: String,
     },
@@ -296,13 +297,15 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         return Err("--batch sizes must be at least 1".into());
                     }
                     let path = match path.as_str() {
-                        "auto" => tensor::ConvPath::Auto,
-                        "gemm" => tensor::ConvPath::Gemm,
-                        "direct" => tensor::ConvPath::Direct,
+                        "auto" => Some(tensor::ConvPath::Auto),
+                        "gemm" => Some(tensor::ConvPath::Gemm),
+                        "direct" => Some(tensor::ConvPath::Direct),
+                        "blocked" => None,
                         other => {
-                            return Err(
-                                format!("unknown --path {other:?}: auto, gemm or direct").into()
+                            return Err(format!(
+                                "unknown --path {other:?}: auto, gemm, direct or blocked"
                             )
+                            .into())
                         }
                     };
                     bench::conv(&k, threads, &batch, path, budget, json)
