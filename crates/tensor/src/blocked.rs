@@ -278,7 +278,16 @@ impl Kernels {
         // The unsafe tiles below trust these lengths: check them (and that no size
         // wraps around) first.
         let pad = p.padding;
-        let (ph, pw) = (h + 2 * pad, wd + 2 * pad);
+        // A strided 1x1 convolution without padding reads a compact copy of the pixels it
+        // uses (every `s`-th of every `s`-th row), as a stride-1 one: reading them in
+        // place touched every cache line of the input for a quarter of its pixels
+        // (ResNet-50's downsamples 1.1-1.2x slower than the NCHW route, which copies too).
+        let subsample = kh == 1 && kw == 1 && pad == 0 && p.stride > 1;
+        let (ph, pw, s) = if subsample {
+            (oh, ow, 1)
+        } else {
+            (h + 2 * pad, wd + 2 * pad, p.stride)
+        };
         let padded_len = checked_len(op, &[n, cb, ph, pw, l])?;
         let icb = block_channels(c, l);
         let w_group = checked_len(op, &[cb, kh, kw, icb, f, l])?;
@@ -327,10 +336,27 @@ impl Kernels {
                 .zip(x.data.par_chunks_exact(h * wd * l));
             pairs.for_each(copy);
         }
-        let xin: &[f32] = if pad > 0 { &padded } else { &x.data };
+        if subsample {
+            padded.resize(padded_len, 0.0);
+            let st = p.stride;
+            let pick = |(dst, src): (&mut [f32], &[f32])| {
+                for (q, out) in dst.chunks_exact_mut(l).enumerate() {
+                    let at = ((q / ow) * st * wd + (q % ow) * st) * l;
+                    out.copy_from_slice(&src[at..at + l]);
+                }
+            };
+            padded
+                .par_chunks_exact_mut(oh * ow * l)
+                .zip(x.data.par_chunks_exact(h * wd * l))
+                .for_each(pick);
+        }
+        let xin: &[f32] = if pad > 0 || subsample {
+            &padded
+        } else {
+            &x.data
+        };
         let set = self.set();
         let pmax = set.blocked_tiles.len();
-        let s = p.stride;
         let (x_cb, x_row) = (ph * pw * l, pw * l);
         let (in_image, plane) = (cb * x_cb, oh * ow);
         let out_image = ob * plane * l;
