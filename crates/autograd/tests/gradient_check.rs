@@ -234,10 +234,39 @@ fn check_conv(k: Kernels) -> CheckResult {
     })
 }
 
+/// Whether every channel of `x` (NCHW) spreads enough for an `f32` batch-norm gradient
+/// to be accurate. With two or three values per channel that nearly coincide, the
+/// normalisation subtracts numbers that agree in most of their digits, and its
+/// gradient cancels again (`dy - mean(dy) - x_hat mean(dy x_hat)`): a CI run on
+/// 2026-11-29 drew two values 0.023 apart near 2.6, whose `f32` gradient was 0.6% off
+/// the `f64` finite difference in every tier (PyTorch's `f32` batch norm is no
+/// better). Such draws test the arithmetic's conditioning, not the code.
+fn spread_enough(x: &Tensor) -> bool {
+    let [n, c, h, w] = match x.shape() {
+        &[n, c, h, w] => [n, c, h, w],
+        _ => return false,
+    };
+    let plane = h * w;
+    (0..c).all(|ch| {
+        let vals: Vec<f64> = (0..n)
+            .flat_map(|b| &x.data()[(b * c + ch) * plane..(b * c + ch + 1) * plane])
+            .map(|&v| v as f64)
+            .collect();
+        let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+        let var = vals.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / vals.len() as f64;
+        var >= 0.05
+    })
+}
+
 fn bn_case(k: Kernels, relu: bool, fixed: bool) -> CheckResult {
     let s = (2usize..=3, 1usize..=3, 1usize..=4, any::<u64>());
     prop(s, move |(n, c, size, seed)| {
         let x = Tensor::randn(&[n, c, size, size], 0.3, 1.5, seed).map_err(fail)?;
+        // Batch statistics only: the fixed (inference) form has no such cancellation.
+        prop_assume!(
+            fixed || spread_enough(&x),
+            "a channel's values nearly coincide"
+        );
         let g = Tensor::rand_uniform(&[c], 0.5, 1.5, seed ^ 1).map_err(fail)?;
         let b = t(&[c], seed ^ 2)?;
         let mean: Vec<f32> = (0..c).map(|i| 0.1 * i as f32).collect();
@@ -298,6 +327,10 @@ fn check_batch_norm_add_relu(k: Kernels) -> CheckResult {
                 t(&[c], seed ^ 2)?,
                 t(&shape, seed ^ 3)?,
             ];
+            prop_assume!(
+                spread_enough(&inputs[0]),
+                "a channel's values nearly coincide"
+            );
             let plane = size * size;
             let refn = move |v: &[Vec<f64>]| {
                 let h = bn_f64(&v[0], &v[1], &v[2], c, plane, None, false);
