@@ -75,6 +75,13 @@ impl FusedConv {
         }
     }
 
+    /// The output's NCHW shape for an input of `shape`.
+    fn output_shape(&self, [n, _, h, w]: [usize; 4]) -> Result<[usize; 4]> {
+        let [o, _, kh, kw] = self.shape();
+        let [oh, ow] = self.params.output_size(h, w, kh, kw)?;
+        Ok([n, o, oh, ow])
+    }
+
     fn nchw(&self) -> Result<&ConvWeights> {
         match &self.weights {
             Packed::Nchw(w) => Ok(w),
@@ -99,10 +106,7 @@ impl FusedConv {
         if relu {
             steps.push(ConvEpilogue::Relu);
         }
-        let [n, _, h, w] = x.dims4("InferenceModel")?;
-        let [o, _, kh, kw] = self.shape();
-        let [oh, ow] = self.params.output_size(h, w, kh, kw)?;
-        let shape = [n, o, oh, ow];
+        let shape = self.output_shape(x.dims4("InferenceModel")?)?;
         let mut y = pool.take(&shape, || Tensor::zeros(&shape))?;
         k.conv2d_into(x, self.nchw()?, self.params, &steps, &mut y)?;
         Ok(y)
@@ -120,24 +124,12 @@ impl FusedConv {
         let Packed::Blocked(w) = &self.weights else {
             return Err(wrong_layout());
         };
-        let [n, _, h, wd] = x.shape();
-        let [o, _, kh, kw] = self.shape();
-        let [oh, ow] = self.params.output_size(h, wd, kh, kw)?;
-        let shape = [n, o, oh, ow];
+        let shape = self.output_shape(x.shape())?;
         let mut y = pool.take(&shape, || BlockedTensor::zeros(k, shape))?;
         k.blocked_conv2d_into(x, w, self.params, Some(&self.bias), residual, relu, &mut y)?;
         Ok(y)
     }
-}
 
-fn wrong_layout() -> TensorError {
-    TensorError::InvalidArgument {
-        op: "InferenceModel",
-        reason: "a convolution packed for the other layout".into(),
-    }
-}
-
-impl FusedConv {
     /// `relu(onto + conv(x) + bias)`, computed in `onto`'s memory (`onto` has the
     /// output's shape: a residual block's shortcut).
     fn run_onto(&self, k: &Kernels, x: &Tensor, mut onto: Tensor) -> Result<Tensor> {
@@ -148,6 +140,13 @@ impl FusedConv {
         ];
         k.conv2d_into(x, self.nchw()?, self.params, &steps, &mut onto)?;
         Ok(onto)
+    }
+}
+
+fn wrong_layout() -> TensorError {
+    TensorError::InvalidArgument {
+        op: "InferenceModel",
+        reason: "a convolution packed for the other layout".into(),
     }
 }
 

@@ -90,39 +90,80 @@ fn case(kern: Kernels) -> impl Strategy<Value = Case> {
         })
 }
 
-/// Runs one convolution both ways and compares. `epilogue` bits: 1 bias, 2 residual, 4 ReLU.
-fn run_case(kern: Kernels, c: &Case) -> Result<(), TestCaseError> {
+/// A case's operands and the reference's answer: `pre` before the ReLU (with bias and
+/// residual as the case asks), `want` after it if asked, and the tolerance per output.
+struct Expected {
+    x: Tensor,
+    w: Tensor,
+    bias: Vec<f32>,
+    residual: Tensor,
+    with_bias: bool,
+    with_residual: bool,
+    relu: bool,
+    pre: Tensor,
+    want: Tensor,
+    tol: Vec<f32>,
+}
+
+/// `epilogue` bits: 1 bias, 2 residual, 4 ReLU.
+fn expected(c: &Case) -> Result<Expected, TestCaseError> {
     let x = Tensor::randn(&[c.n, c.c, c.h, c.w], 0.0, 1.0, c.seed).map_err(fail)?;
     let w = Tensor::randn(&[c.o, c.c, c.k, c.k], 0.0, 0.5, c.seed ^ 1).map_err(fail)?;
     let bias: Vec<f32> = (0..c.o).map(|i| 0.1 * i as f32 - 0.3).collect();
     let with_bias = c.epilogue & 1 != 0;
-    let (want, scale) =
+    let (mut pre, scale) =
         reference::conv2d(&x, &w, with_bias.then_some(&bias[..]), c.stride, c.pad).map_err(fail)?;
-    let residual = Tensor::randn(want.shape(), 0.0, 1.0, c.seed ^ 2).map_err(fail)?;
-    let mut steps = Vec::new();
-    if with_bias {
-        steps.push(ConvEpilogue::Bias(&bias));
-    }
-    let mut want = want;
+    let residual = Tensor::randn(pre.shape(), 0.0, 1.0, c.seed ^ 2).map_err(fail)?;
     let mut tol: Vec<f32> = scale.iter().map(|s| (1e-5 * s + 1e-6) as f32).collect();
-    if c.epilogue & 2 != 0 {
-        steps.push(ConvEpilogue::Residual(&residual));
-        for ((v, r), t) in want
-            .data_mut()
-            .iter_mut()
-            .zip(residual.data())
-            .zip(&mut tol)
-        {
+    let with_residual = c.epilogue & 2 != 0;
+    if with_residual {
+        for ((v, r), t) in pre.data_mut().iter_mut().zip(residual.data()).zip(&mut tol) {
             *v += r;
             *t += 1e-6 * r.abs();
         }
     }
     let relu = c.epilogue & 4 != 0;
-    // Before the ReLU, for the accumulating runs below.
-    let pre = want.clone();
+    let mut want = pre.clone();
+    if relu {
+        want.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+    Ok(Expected {
+        x,
+        w,
+        bias,
+        residual,
+        with_bias,
+        with_residual,
+        relu,
+        pre,
+        want,
+        tol,
+    })
+}
+
+/// Runs one convolution both ways and compares.
+fn run_case(kern: Kernels, c: &Case) -> Result<(), TestCaseError> {
+    let Expected {
+        x,
+        w,
+        bias,
+        residual,
+        with_bias,
+        with_residual,
+        relu,
+        pre,
+        want,
+        tol,
+    } = expected(c)?;
+    let mut steps = Vec::new();
+    if with_bias {
+        steps.push(ConvEpilogue::Bias(&bias));
+    }
+    if with_residual {
+        steps.push(ConvEpilogue::Residual(&residual));
+    }
     if relu {
         steps.push(ConvEpilogue::Relu);
-        want.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));
     }
     // Both layouts, so that both algorithms can run below.
     let packed = kern
@@ -256,30 +297,18 @@ fn check_resnet_layers(kern: Kernels) -> CheckResult {
 /// epilogue of the random cases, and every ResNet layer shape; the layout round trip is
 /// exact.
 fn run_blocked(kern: Kernels, c: &Case) -> Result<(), TestCaseError> {
-    let x = Tensor::randn(&[c.n, c.c, c.h, c.w], 0.0, 1.0, c.seed).map_err(fail)?;
-    let w = Tensor::randn(&[c.o, c.c, c.k, c.k], 0.0, 0.5, c.seed ^ 1).map_err(fail)?;
-    let bias: Vec<f32> = (0..c.o).map(|i| 0.1 * i as f32 - 0.3).collect();
-    let with_bias = c.epilogue & 1 != 0;
-    let (mut want, scale) =
-        reference::conv2d(&x, &w, with_bias.then_some(&bias[..]), c.stride, c.pad).map_err(fail)?;
-    let residual = Tensor::randn(want.shape(), 0.0, 1.0, c.seed ^ 2).map_err(fail)?;
-    let mut tol: Vec<f32> = scale.iter().map(|s| (1e-5 * s + 1e-6) as f32).collect();
-    let with_residual = c.epilogue & 2 != 0;
-    if with_residual {
-        for ((v, r), t) in want
-            .data_mut()
-            .iter_mut()
-            .zip(residual.data())
-            .zip(&mut tol)
-        {
-            *v += r;
-            *t += 1e-6 * r.abs();
-        }
-    }
-    let relu = c.epilogue & 4 != 0;
-    if relu {
-        want.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));
-    }
+    let Expected {
+        x,
+        w,
+        bias,
+        residual,
+        with_bias,
+        with_residual,
+        relu,
+        want,
+        tol,
+        ..
+    } = expected(c)?;
     let xb = kern.to_blocked(&x).map_err(fail)?;
     let back = kern.from_blocked(&xb).map_err(fail)?;
     prop_assert_eq!(back.data(), x.data(), "layout round trip");

@@ -75,9 +75,7 @@ pub(crate) unsafe fn blocked_tile<S: Simd, const F: usize, const P: usize>(t: &B
         for ky in 0..t.kh {
             for kx in 0..t.kw {
                 let tap = cb * t.x_cb + ky * t.x_row + kx * l;
-                // A whole block with a constant trip count, which the compiler unrolls.
-                let icb = if t.icb == l { S::LANES } else { t.icb };
-                for ic in 0..icb {
+                for ic in 0..t.icb {
                     // (`wrapping_add`: may point past the weights; a prefetch never faults.)
                     for f in 0..F {
                         S::prefetch(w.wrapping_add(pf + f * l));
