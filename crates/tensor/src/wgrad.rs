@@ -1,28 +1,37 @@
 //! A convolution's weight gradient, `dW[o][c kh kw] = sum_n sum_p dY_n[o][p] X_n[c kh kw][p]`,
-//! by the row-dot microkernel (`kernels::dot`).
+//! by one of two microkernels, neither of which builds a column matrix:
 //!
-//! GEMM would need one operand transposed into its packed layout (both `dY` and the
-//! taps `X` run along the pixels `p` in NCHW), which costs a pass over the im2col
-//! columns and a second over their packed copy. Here both are read as rows, and no
-//! column matrix is built:
+//! - the **outer-product** kernel (`kernels::outer`), when the output channels are a
+//!   whole number of `F >= 2` vectors: `dY` is transposed to pixel-major (output
+//!   channels along the lanes) and each tap's input value is broadcast, so each pixel
+//!   adds an outer product to `dW^T` with no horizontal sums and no padding columns;
+//! - the **row-dot** kernel (`kernels::dot`) otherwise (a single vector of output
+//!   channels, as ResNet-20's first stage on AVX-512, or a ragged count): both `dY`'s
+//!   rows and the taps' rows are read along the pixels and each vector of partial sums
+//!   is reduced at the end.
 //!
-//! - a 1x1, stride-1, unpadded convolution reads **the image itself** (tap `c` is
-//!   channel `c`) when its planes are a whole number of vectors;
-//! - everything else reads **phase planes** of the zero-padded image (see
-//!   [`accumulate_weight_grad`]): for stride `s`, `s x s` planes per channel in which
-//!   every tap is one unit-stride run over the whole image (for stride 1, the padded
-//!   image itself).
+//! Both read the taps from the image itself when a 1x1, stride-1, unpadded convolution
+//! allows (tap `c` is channel `c`), and otherwise from **phase planes** of the
+//! zero-padded image (see [`accumulate_weight_grad`]): for stride `s`, `s x s` planes
+//! per channel in which every tap is one unit-stride run along each output row (for
+//! stride 1, the padded image itself).
 //!
-//! Images are taken a few at a time so that each tile's reduction is long (its final
-//! horizontal sums are then a small part of its work) while the planes of the chunk stay
-//! in L2.
+//! Images are taken a few at a time: enough that each tile's reduction is long (its
+//! write-back, or for the row-dot kernel its horizontal sums, is then a small part of
+//! its work) while the planes of the chunk stay in L2.
+//!
+//! Measured (in-process A/B, ResNet-20's layers at batch 128, 2 threads, AVX-512,
+//! outer-product over row-dot): 32 -> 32 channels at 16x16 0.78, 64 -> 64 at 8x8 0.63,
+//! the stride-2 layers 0.62 and 0.76; 16 -> 16 at 32x32 (a single vector of output
+//! channels, `F = 1`) lost 1.29, so it stays on the row-dot kernel.
 
 use rayon::prelude::*;
 
 use crate::conv::{normalise_image, Normalise};
 use crate::gemm::pack::{aligned_start, ALIGN_SLACK};
 use crate::kernels::dot::DotTile;
-use crate::kernels::KernelSet;
+use crate::kernels::outer::OuterTile;
+use crate::kernels::{KernelSet, OuterTileFn};
 
 /// The shape of one convolution, per image.
 #[derive(Clone, Copy, Debug)]
@@ -55,27 +64,26 @@ pub(crate) struct WeightGradScratch {
     segs: Vec<[usize; 2]>,
     /// The chunk's images normalised, when the convolution's input is.
     normed: Vec<f32>,
+    /// The outer-product kernel's `dW^T`.
+    dwt: Vec<f32>,
 }
 
 /// `dw` (`[o, c kh kw]`) `+=` the weight gradient of the images in `x` (`[n, c, h, w]`)
-/// against `dy` (`[n, o, oh, ow]`). With `parallel`, blocks of output channels are
-/// spread over rayon's pool. With `normalise = Some([scale, shift])` the convolution's
-/// input was `relu(scale[c] x + shift[c])`, normalised on the way into the kernel's
-/// operand: stride-1 phase planes are written normalised, strided ones are split from
-/// one channel normalised into L1, and the 1x1 image read in place is normalised a
-/// chunk of images at a time into a buffer.
+/// against `dy` (`[n, o, oh, ow]`). With `parallel`, tiles are spread over rayon's
+/// pool. With `normalise = Some([scale, shift])` the convolution's input was
+/// `relu(scale[c] x + shift[c])`, normalised on the way into the kernel's operand:
+/// stride-1 phase planes are written normalised, strided ones are split from one
+/// channel normalised into L1, and the 1x1 image read in place is normalised a chunk of
+/// images at a time into a buffer.
 ///
-/// The kernel wants every tap as one contiguous run the length of `dY`'s row. For a
-/// 1x1 stride-1 unpadded convolution whose `OH OW` is a whole number of vectors, the
-/// image's channels are those runs already. Otherwise each image is split into
-/// *phase planes*: for stride `s`, plane `(c, ry, rx)` holds the zero-padded pixels
+/// Phase planes: for stride `s`, plane `(c, ry, rx)` holds the zero-padded pixels
 /// `(s yy + ry, s xx + rx)`, at row pitch `QW = ceil(PW / s)`. Tap `(c, ky, kx)` then
-/// reads plane `(c, ky % s, kx % s)` from `(ky / s, kx / s)` on, at unit stride, and over
-/// the whole image it is *one* run of `OH QW` floats, provided `dY` is copied to the same
-/// pitch `QW` with zeros in its `QW - OW` extra columns: the run's extra columns read
-/// neighbouring pixels, which meet those zeros. (For stride 1 the one plane per
-/// channel is just the padded image.) The cost: one pass over the image instead of
-/// im2col's `kh kw`, and `QW / OW` more multiply-adds.
+/// reads plane `(c, ky % s, kx % s)` from `(ky / s, kx / s)` on, at unit stride. The
+/// outer-product kernel reads each output row's run (`OW` pixels). The row-dot kernel
+/// reads the whole image as *one* run of `OH QW` floats, with `dY` copied to the same
+/// pitch `QW` and zeros in its `QW - OW` extra columns: the run's extra columns read
+/// neighbouring pixels, which meet those zeros (`QW / OW` more multiply-adds). Either
+/// way the cost of the planes is one pass over the image instead of im2col's `kh kw`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn accumulate_weight_grad(
     set: &KernelSet,
@@ -102,47 +110,73 @@ pub(crate) fn accumulate_weight_grad(
     );
     assert_eq!(dw.len(), o * k, "weight gradient: gradient length");
     let (lanes, s) = (set.lanes, g.stride);
-    let in_place = g.kh == 1 && g.kw == 1 && s == 1 && g.pad == 0 && pix % lanes == 0;
+    let outer = outer_tile_for(set, o);
+    let unpadded_1x1 = g.kh == 1 && g.kw == 1 && s == 1 && g.pad == 0;
+    let in_place = unpadded_1x1 && (outer.is_some() || pix % lanes == 0);
     // Phase-plane geometry: `QH x QW` planes, `s * s` per channel.
     let (qh, qw) = ((g.h + 2 * g.pad).div_ceil(s), (g.w + 2 * g.pad).div_ceil(s));
-    let plane = qh * qw;
-    // The reduction length per image (the rows' pitch) and the planes' floats per image.
+    let sp = s * s * qh * qw;
+    // The row-dot kernel's reduction length per image (the rows' pitch) and the
+    // planes' floats per image.
     let (len, per_image) = if in_place {
         (pix, in_image)
     } else {
-        ((g.oh * qw).next_multiple_of(lanes), g.c * s * s * plane)
+        ((g.oh * qw).next_multiple_of(lanes), g.c * sp)
     };
-    let chunk = REDUCTION_TARGET
-        .div_ceil(len)
-        .min(A_ROWS_MAX / (set.dot_mi * len))
-        .min(SCRATCH_MAX / per_image)
-        .clamp(1, n.max(1));
-    let a_rows: Vec<usize> = (0..o).map(|i| i * len).collect();
+    let chunk = match outer {
+        Some(_) => OUTER_PIXELS.div_ceil(pix),
+        None => REDUCTION_TARGET
+            .div_ceil(len)
+            .min(A_ROWS_MAX / (set.dot_mi * len)),
+    }
+    .min(SCRATCH_MAX / per_image)
+    .clamp(1, n.max(1));
+    // The chunk's planes are channel-major (`[c][image][s s QH QW]`): a tile's taps
+    // read a few channels, and their planes for all the chunk's images are adjacent.
+    let (ch_stride, img_stride) = if in_place {
+        (pix, in_image)
+    } else {
+        (chunk * sp, sp)
+    };
     let b_rows: Vec<usize> = if in_place {
         (0..k).map(|ci| ci * pix).collect()
     } else {
-        phase_tap_offsets(g.c, [g.kh, g.kw], s, [qh, qw])
+        phase_tap_offsets_strided(g.c, [g.kh, g.kw], s, [qh, qw], ch_stride)
     };
+    let a_rows: Vec<usize> = (0..o).map(|i| i * len).collect();
     let WeightGradScratch {
         planes,
         dy: db,
         segs,
         normed,
+        dwt,
     } = scratch;
-    if !in_place {
+    if outer.is_some() {
+        db.clear();
+        db.resize(chunk * out_image, 0.0);
+        dwt.clear();
+        dwt.resize(k * o, 0.0);
+    } else if !in_place {
         // Zeroed once: every chunk writes the same positions (the pixels, and dY's valid
-        // columns), so padding and dY's extra columns stay zero across chunks. The
-        // margin is for the last tap's run, which ends up to `kw / s + lanes` floats
-        // past the last plane.
+        // columns), so padding and dY's extra columns stay zero across chunks.
         db.clear();
         db.resize(chunk * o * len + ALIGN_SLACK, 0.0);
+    }
+    if !in_place {
+        // Zeroed once, as `db`: padding stays zero across chunks. The margin is for the
+        // row-dot kernel's last tap run, which ends up to `kw / s + lanes` floats past
+        // the last plane.
         planes.clear();
         planes.resize(chunk * per_image + g.kw + lanes, 0.0);
     }
     // dY's rows (a whole number of vectors each) start on cache lines: measured
     // (in-process A/B, ResNet-20's layers at batch 128, 2 threads, two runs) the
     // weight gradient was faster on 7 of 8, by up to 20%, than 16 bytes off.
-    let at = if in_place { 0 } else { aligned_start(db) };
+    let at = if in_place || outer.is_some() {
+        0
+    } else {
+        aligned_start(db)
+    };
     let db = &mut db[at..];
     // One normalised channel of a strided convolution's input.
     let mut channel: Vec<f32> = Vec::new();
@@ -166,8 +200,53 @@ pub(crate) fn accumulate_weight_grad(
             xs = &normed[..xs.len()];
         }
         let dys = &dy[c0 * out_image..(c0 + cn) * out_image];
+        if !in_place {
+            for (i, img) in xs.chunks_exact(in_image).enumerate() {
+                for (ch, src) in img.chunks_exact(g.h * g.w).enumerate() {
+                    let at = ch * ch_stride + i * img_stride;
+                    let dst = &mut planes[at..at + sp];
+                    match &split_norm {
+                        Some(n) if s > 1 => {
+                            channel.resize(src.len(), 0.0);
+                            n.apply(ch, src, &mut channel);
+                            split_phases(&channel, g.w, g.pad, s, [qh, qw], dst, None);
+                        }
+                        norm => {
+                            let norm = norm.as_ref().map(|n| (n, ch));
+                            split_phases(src, g.w, g.pad, s, [qh, qw], dst, norm);
+                        }
+                    }
+                }
+            }
+        }
+        let xb: &[f32] = if in_place { xs } else { planes };
+        if let Some(tile) = outer {
+            let width = tile.0 * lanes;
+            transpose_dy(set, dys, o, pix, width, &mut db[..cn * out_image]);
+            // One row per image (read in place) or per output row of each image.
+            segs.clear();
+            if in_place {
+                segs.extend((0..cn).map(|i| [i * img_stride, pix]));
+            } else {
+                segs.extend(
+                    (0..cn).flat_map(|i| (0..g.oh).map(move |y| [i * img_stride + y * qw, g.ow])),
+                );
+            }
+            outer_rows(
+                set,
+                tile,
+                &db[..cn * out_image],
+                o,
+                xb,
+                &b_rows,
+                segs,
+                dwt,
+                parallel,
+            );
+            continue;
+        }
         segs.clear();
-        segs.extend((0..cn).map(|i| [i * o * len, i * per_image]));
+        segs.extend((0..cn).map(|i| [i * o * len, i * img_stride]));
         if in_place {
             dot_rows(set, dys, &a_rows, xs, &b_rows, segs, len, dw, parallel);
             continue;
@@ -178,41 +257,161 @@ pub(crate) fn accumulate_weight_grad(
                 d[..g.ow].copy_from_slice(row);
             }
         }
-        for (img, dst) in xs
-            .chunks_exact(in_image)
-            .zip(planes.chunks_exact_mut(per_image))
-        {
-            for (ch, (src, dst)) in img
-                .chunks_exact(g.h * g.w)
-                .zip(dst.chunks_exact_mut(s * s * plane))
-                .enumerate()
-            {
-                match &split_norm {
-                    Some(n) if s > 1 => {
-                        channel.resize(src.len(), 0.0);
-                        n.apply(ch, src, &mut channel);
-                        split_phases(&channel, g.w, g.pad, s, [qh, qw], dst, None);
-                    }
-                    norm => {
-                        let norm = norm.as_ref().map(|n| (n, ch));
-                        split_phases(src, g.w, g.pad, s, [qh, qw], dst, norm);
+        let a = &db[..cn * o * len];
+        dot_rows(set, a, &a_rows, planes, &b_rows, segs, len, dw, parallel);
+    }
+    if outer.is_some() {
+        // dW^T [k][o] into dW [o][k].
+        for (kk, row) in dwt.chunks_exact(o).enumerate() {
+            for (oi, v) in row.iter().enumerate() {
+                dw[oi * k + kk] += v;
+            }
+        }
+    }
+}
+
+/// Pixels per tile row block of the outer-product kernel: enough images per chunk that
+/// a tile's accumulators are written back after this many pixels at least.
+const OUTER_PIXELS: usize = 256;
+
+/// The outer-product tile for `o` output channels: the widest whose `F` blocks divide
+/// the channels, or `None` (the row-dot kernel) when `o` is not a whole number of
+/// vectors.
+fn outer_tile_for(set: &KernelSet, o: usize) -> Option<(usize, usize, OuterTileFn)> {
+    if !o.is_multiple_of(set.lanes) {
+        return None;
+    }
+    let blocks = o / set.lanes;
+    set.outer_tiles
+        .iter()
+        .rev()
+        .find(|(f, _, _)| blocks.is_multiple_of(*f))
+        .copied()
+}
+
+/// `dY` (`[n][o][pix]`) transposed to `[o / width][n][pix][width]`: each group of
+/// `width` output channels (a whole number of vectors) pixel-major, as the
+/// outer-product kernel reads it. Whole `lanes x lanes` blocks by the tier's
+/// transpose, the last `pix % lanes` pixels one by one.
+fn transpose_dy(set: &KernelSet, dy: &[f32], o: usize, pix: usize, width: usize, out: &mut [f32]) {
+    let l = set.lanes;
+    assert!(
+        width.is_multiple_of(l) && o.is_multiple_of(width),
+        "transpose: channel groups"
+    );
+    assert_eq!(out.len(), dy.len(), "transpose: output length");
+    let n = dy.len() / (o * pix);
+    let full = pix / l * l;
+    for (i, img) in dy.chunks_exact(o * pix).enumerate() {
+        for (gi, src) in img.chunks_exact(width * pix).enumerate() {
+            let dst = &mut out[(gi * n + i) * pix * width..][..pix * width];
+            for j0 in (0..width).step_by(l) {
+                for q0 in (0..full).step_by(l) {
+                    // SAFETY: rows `j0..j0 + l` of `src` (pitch `pix`) at columns
+                    // `q0..q0 + l`, and rows `q0..q0 + l` of `dst` (pitch `width`) at
+                    // columns `j0..j0 + l`, are inside both slices (`j0 + l <= width`,
+                    // `q0 + l <= pix`); the kernel set was checked when handed out.
+                    unsafe {
+                        (set.transpose_block)(
+                            src[j0 * pix + q0..].as_ptr(),
+                            pix,
+                            dst[q0 * width + j0..].as_mut_ptr(),
+                            width,
+                        )
+                    };
+                }
+                for q in full..pix {
+                    for j in j0..j0 + l {
+                        dst[q * width + j] = src[j * pix + q];
                     }
                 }
             }
         }
-        let a = &db[..cn * o * len];
-        dot_rows(set, a, &a_rows, planes, &b_rows, segs, len, dw, parallel);
+    }
+}
+
+/// `dwt[tap][oc] += sum over rows and pixels of x[b_rows[tap] + row offset + q] *
+/// dyt[pixel][oc]`, tile by tile; `rows` holds `[x offset, length]` pairs (all rows
+/// the same length). Checks every bound first.
+#[allow(clippy::too_many_arguments)]
+fn outer_rows(
+    set: &KernelSet,
+    (f, p, tile): (usize, usize, OuterTileFn),
+    dyt: &[f32],
+    o: usize,
+    x: &[f32],
+    b_rows: &[usize],
+    rows: &[[usize; 2]],
+    dwt: &mut [f32],
+    parallel: bool,
+) {
+    let k = b_rows.len();
+    let Some(&[_, row_len]) = rows.first() else {
+        return;
+    };
+    let width = f * set.lanes;
+    assert!(rows.iter().all(|r| r[1] == row_len), "outer: ragged rows");
+    assert_eq!(dyt.len(), rows.len() * row_len * o, "outer: dY length");
+    assert_eq!(dwt.len(), k * o, "outer: gradient length");
+    let reach = b_rows.iter().max().copied().unwrap_or(0)
+        + rows.iter().map(|r| r[0]).max().unwrap_or(0)
+        + row_len;
+    assert!(
+        reach <= x.len(),
+        "outer: input read out of bounds ({reach} > {})",
+        x.len()
+    );
+    assert!(p <= 16, "outer tile larger than its offset buffer");
+    let offsets: Vec<usize> = rows.iter().map(|r| r[0]).collect();
+    let per_group = rows.len() * row_len * width;
+    let block = |t0: usize, out: &mut [f32]| {
+        let mut offs = [0usize; 16];
+        for (r, slot) in offs.iter_mut().enumerate().take(p) {
+            *slot = b_rows[(t0 + r).min(k - 1)];
+        }
+        for gi in 0..o / width {
+            let t = OuterTile {
+                dy: dyt[gi * per_group..].as_ptr(),
+                x: x.as_ptr(),
+                x_off: offs.as_ptr(),
+                rows: offsets.as_ptr(),
+                nrows: offsets.len(),
+                row_len,
+                out: out[gi * width..].as_mut_ptr(),
+                ldo: o,
+                np: (k - t0).min(p),
+            };
+            // SAFETY: every read was bounds-checked above (invalid taps repeat the last
+            // valid one); `dyt` holds `per_group` floats for each group; the tile
+            // writes `np` rows of `width` floats at stride `o` inside `out`, which holds
+            // rows `t0..t0 + np` of `dwt`; the kernel set was checked when handed out.
+            unsafe { tile(&t) };
+        }
+    };
+    if parallel && k > p {
+        dwt.par_chunks_mut(p * o)
+            .enumerate()
+            .for_each(|(bi, rows)| block(bi * p, rows));
+    } else {
+        dwt.chunks_mut(p * o)
+            .enumerate()
+            .for_each(|(bi, rows)| block(bi * p, rows));
     }
 }
 
 /// Where each tap `(c, ky, kx)` (in OIHW reduction order) starts in an image split by
 /// [`split_phases`] into `s * s` planes of `QH x QW` per channel: plane
 /// `(c, ky % s, kx % s)`, row `ky / s`, column `kx / s`.
-pub(crate) fn phase_tap_offsets(
+pub(crate) fn phase_tap_offsets(c: usize, k: [usize; 2], s: usize, q: [usize; 2]) -> Vec<usize> {
+    phase_tap_offsets_strided(c, k, s, q, s * s * q[0] * q[1])
+}
+
+pub(crate) fn phase_tap_offsets_strided(
     c: usize,
     [kh, kw]: [usize; 2],
     s: usize,
     [qh, qw]: [usize; 2],
+    channel: usize,
 ) -> Vec<usize> {
     // This runs once per image and layer in training: plain loops, with the divisions
     // by `s` taken once per kernel tap rather than once per offset (the iterator chain
@@ -222,7 +421,6 @@ pub(crate) fn phase_tap_offsets(
         .flat_map(|ky| (0..kw).map(move |kx| (ky, kx)))
         .map(|(ky, kx)| (((ky % s) * s + kx % s) * qh + ky / s) * qw + kx / s)
         .collect();
-    let channel = s * s * qh * qw;
     let mut offs = Vec::with_capacity(c * tap.len());
     for ci in 0..c {
         offs.extend(tap.iter().map(|t| ci * channel + t));

@@ -278,10 +278,13 @@ fn conv_case(k: Kernels) -> impl Strategy<Value = ConvCase> {
     // Widths past two vectors, so that the weight gradient also reads the padded image
     // in place (rows at least a vector long) with a ragged last vector.
     let max_w = 2 * k.lanes() + 3;
+    // Output channels past a GEMM tile, or two and four vectors (the weight gradient's
+    // outer-product kernel, which needs a whole number of at least two vectors).
+    let l = k.lanes();
     (
         1usize..=4,
         1usize..=5,
-        1..=2 * mr + 1,
+        prop_oneof![3 => 1..=2 * mr + 1, 1 => prop::sample::select(vec![2 * l, 4 * l])],
         1usize..=10,
         1usize..=max_w,
         prop::sample::select(vec![1usize, 2, 3, 5]),

@@ -89,5 +89,6 @@ super::tier_entry_points!(
     direct_ob = 4,
     direct_xv = [1, 2],
     dot = [2, 4],
-    blocked = [2; 1, 2, 3, 4]
+    blocked = [2; 1, 2, 3, 4],
+    outer = [(2, 4)]
 );

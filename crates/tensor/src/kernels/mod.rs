@@ -27,6 +27,7 @@ pub(crate) mod direct;
 pub(crate) mod dot;
 pub(crate) mod generic;
 pub(crate) mod microkernel;
+pub(crate) mod outer;
 pub(crate) mod simd;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_64;
@@ -149,7 +150,15 @@ pub(crate) struct KernelSet {
     /// `blocked_tiles[p - 1]` computes `blocked_f` blocks by `p` pixels.
     pub blocked_f: usize,
     pub blocked_tiles: &'static [BlockedTileFn],
+    /// Transposes a `lanes x lanes` block: `(src, src row stride, dst, dst row stride)`.
+    pub transpose_block: unsafe fn(*const f32, usize, *mut f32, usize),
+    /// The weight gradient's outer-product microkernels (`outer::outer_tile`) as
+    /// `(F, P, tile)`: `F` output blocks by `P` taps, in increasing `F`.
+    pub outer_tiles: &'static [(usize, usize, OuterTileFn)],
 }
+
+/// An outer-product (weight-gradient) microkernel entry point (`outer::outer_tile`).
+pub(crate) type OuterTileFn = unsafe fn(&outer::OuterTile);
 
 /// A blocked-layout convolution microkernel entry point (`blocked::blocked_tile`).
 pub(crate) type BlockedTileFn = unsafe fn(&blocked::BlockedTile);
@@ -198,17 +207,21 @@ pub const OPERATIONS: [&str; 13] = [
 /// the narrow tile (0: never); the direct-convolution tile is `direct_ob` channels by up to
 /// the last `direct_xv` vectors of pixels; the row-dot tile is `dot[0] x dot[1]` vector
 /// sums; the blocked-layout convolution tile is `F` channel blocks by up to the last
-/// of `blocked = [F; 1, 2, ..]` pixels. The generic tier passes no attribute.
+/// of `blocked = [F; 1, 2, ..]` pixels; the weight gradient's outer-product tiles are
+/// `outer = [(F, P), ..]`, `F` output blocks by `P` taps, in increasing `F` (a layer
+/// takes the widest whose `F` divides its output blocks). The generic tier passes no
+/// attribute.
 macro_rules! tier_entry_points {
     ($isa:expr, $S:ty, gemm_mr = $mr:literal, gemm_nv = [$($nv:literal),+],
      gemm_narrow = $narrow:literal, direct_ob = $ob:literal, direct_xv = [$($xv:literal),+],
-     dot = [$mi:literal, $nj:literal], blocked = [$bf:literal; $($bp:literal),+]
+     dot = [$mi:literal, $nj:literal], blocked = [$bf:literal; $($bp:literal),+],
+     outer = [$(($of:literal, $op:literal)),+]
      $(, #[$attr:meta])*) => {
         mod entry {
             use super::*;
             use $crate::kernels::{
-                blocked, body, direct, dot, microkernel, BlockedTileFn, DirectTileFn, GemmTileFn,
-                KernelSet, Pool2d,
+                blocked, body, direct, dot, microkernel, outer, BlockedTileFn, DirectTileFn,
+                GemmTileFn, KernelSet, OuterTileFn, Pool2d,
             };
 
             $(#[$attr])*
@@ -216,6 +229,13 @@ macro_rules! tier_entry_points {
                 blocked::blocked_tile::<$S, $bf, P>(t)
             }
             static BLOCKED_TILES: &[BlockedTileFn] = &[$(blocked_tile::<$bp>),+];
+
+            $(#[$attr])*
+            unsafe fn outer_tile<const F: usize, const P: usize>(t: &outer::OuterTile) {
+                outer::outer_tile::<$S, F, P>(t)
+            }
+            static OUTER_TILES: &[(usize, usize, OuterTileFn)] =
+                &[$(($of, $op, outer_tile::<$of, $op>)),+];
 
             $(#[$attr])*
             unsafe fn dot_tile(t: &dot::DotTile) {
@@ -316,6 +336,10 @@ macro_rules! tier_entry_points {
                 body::max_pool_plane::<$S>(s, h, w, d, oh, ow, p, scratch)
             }
             $(#[$attr])*
+            unsafe fn transpose_block(s: *const f32, ss: usize, d: *mut f32, ds: usize) {
+                <$S as $crate::kernels::simd::Simd>::transpose_block(s, ss, d, ds)
+            }
+            $(#[$attr])*
             unsafe fn fma_chains(iters: usize, seed: f32) -> f32 {
                 body::fma_chains::<$S>(iters, seed)
             }
@@ -348,6 +372,8 @@ macro_rules! tier_entry_points {
                 dot_tile,
                 blocked_f: $bf,
                 blocked_tiles: BLOCKED_TILES,
+                outer_tiles: OUTER_TILES,
+                transpose_block,
             };
         }
         pub(crate) use entry::KERNELS;
@@ -539,6 +565,12 @@ impl Kernels {
             "blocked_conv_microkernel",
             format!("{}_f32_{f}x{}x{p}", self.set.isa, self.set.lanes),
         ));
+        for &(f, p, _) in self.set.outer_tiles {
+            names.push((
+                "weight_grad_microkernel",
+                format!("{}_f32_{f}x{}x{p}_outer", self.set.isa, self.set.lanes),
+            ));
+        }
         names
     }
 

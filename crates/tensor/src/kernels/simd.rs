@@ -71,6 +71,22 @@ pub(crate) trait Simd {
     #[inline(always)]
     unsafe fn prefetch(_p: *const f32) {}
 
+    /// Transposes the `LANES x LANES` block at `src` (rows `src_stride` floats apart)
+    /// into `dst` (rows `dst_stride` apart): `dst[j][i] = src[i][j]`.
+    #[inline(always)]
+    unsafe fn transpose_block(
+        src: *const f32,
+        src_stride: usize,
+        dst: *mut f32,
+        dst_stride: usize,
+    ) {
+        for i in 0..Self::LANES {
+            for j in 0..Self::LANES {
+                *dst.add(j * dst_stride + i) = *src.add(i * src_stride + j);
+            }
+        }
+    }
+
     /// Loads `p[0], p[stride], ..., p[(LANES - 1) * stride]`.
     #[inline(always)]
     unsafe fn load_strided(p: *const f32, stride: usize) -> Self::V {

@@ -84,4 +84,5 @@ crate::kernels::tier_entry_points!(
     direct_xv = [1, 2, 3],
     dot = [4, 6],
     blocked = [4; 1, 2, 3, 4, 5, 6],
+    outer = [(2, 12), (4, 6)],
     #[target_feature(enable = "neon")]);

@@ -81,6 +81,49 @@ impl Simd for Avx2 {
         _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
     }
     #[inline(always)]
+    unsafe fn transpose_block(
+        src: *const f32,
+        src_stride: usize,
+        dst: *mut f32,
+        dst_stride: usize,
+    ) {
+        // Three rounds of 8 two-register shuffles; `[..]` is one 128-bit lane.
+        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * src_stride)));
+        // [a0 b0 a1 b1] and [a2 b2 a3 b3] in each lane, for each pair of rows.
+        let t: [__m256; 8] = std::array::from_fn(|i| {
+            let (x, y) = (r[i & !1], r[i | 1]);
+            if i % 2 == 0 {
+                _mm256_unpacklo_ps(x, y)
+            } else {
+                _mm256_unpackhi_ps(x, y)
+            }
+        });
+        // Register `4 g + j` holds column `4 lane + j` of rows `4 g .. 4 g + 4`.
+        let u: [__m256; 8] = std::array::from_fn(|i| {
+            let (g, j) = (i / 4 * 4, i % 4);
+            let (x, y) = if j < 2 {
+                (t[g], t[g + 2])
+            } else {
+                (t[g + 1], t[g + 3])
+            };
+            if j % 2 == 0 {
+                _mm256_shuffle_ps::<0x44>(x, y)
+            } else {
+                _mm256_shuffle_ps::<0xEE>(x, y)
+            }
+        });
+        // Column j: the low lanes of registers j and 4 + j; column 4 + j: their high ones.
+        for i in 0..8 {
+            let (x, y) = (u[i % 4], u[4 + i % 4]);
+            let col = if i < 4 {
+                _mm256_permute2f128_ps::<0x20>(x, y)
+            } else {
+                _mm256_permute2f128_ps::<0x31>(x, y)
+            };
+            _mm256_storeu_ps(dst.add(i * dst_stride), col);
+        }
+    }
+    #[inline(always)]
     unsafe fn load_strided(p: *const f32, stride: usize) -> __m256 {
         // Callers keep `7 * stride` far below `i32::MAX` (strides are pooling strides).
         let s = stride as i32;
@@ -102,4 +145,5 @@ crate::kernels::tier_entry_points!(
     dot = [3, 4],
     // 2 x 6 accumulators + 2 weight vectors + a broadcast: 15 of 16 registers.
     blocked = [2; 1, 2, 3, 4, 5, 6],
+    outer = [(2, 6)],
     #[target_feature(enable = "avx2,fma")]);

@@ -97,6 +97,61 @@ impl Simd for Avx512 {
         _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
     }
     #[inline(always)]
+    unsafe fn transpose_block(
+        src: *const f32,
+        src_stride: usize,
+        dst: *mut f32,
+        dst_stride: usize,
+    ) {
+        // Four rounds of 16 two-register shuffles. Rows `a, b, c, d, ..` of the block;
+        // `[..]` is one 128-bit lane.
+        let r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * src_stride)));
+        // [a0 b0 a1 b1] and [a2 b2 a3 b3] in each lane, for each pair of rows.
+        let t: [__m512; 16] = std::array::from_fn(|i| {
+            let (x, y) = (r[i & !1], r[i | 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_ps(x, y)
+            } else {
+                _mm512_unpackhi_ps(x, y)
+            }
+        });
+        // [a0 b0 c0 d0] .. [a3 b3 c3 d3] for each group of four rows: register
+        // `4 g + j` holds column `4 lane + j` of rows `4 g .. 4 g + 4`.
+        let u: [__m512; 16] = std::array::from_fn(|i| {
+            let (g, j) = (i / 4 * 4, i % 4);
+            let (x, y) = if j < 2 {
+                (t[g], t[g + 2])
+            } else {
+                (t[g + 1], t[g + 3])
+            };
+            if j % 2 == 0 {
+                _mm512_shuffle_ps::<0x44>(x, y)
+            } else {
+                _mm512_shuffle_ps::<0xEE>(x, y)
+            }
+        });
+        // Lanes 0 and 2 (0x88) or 1 and 3 (0xDD) of two registers.
+        let v: [__m512; 16] = std::array::from_fn(|i| {
+            let (h, j) = (i / 8 * 8, i % 4);
+            let (x, y) = (u[h + j], u[h + 4 + j]);
+            if i % 8 < 4 {
+                _mm512_shuffle_f32x4::<0x88>(x, y)
+            } else {
+                _mm512_shuffle_f32x4::<0xDD>(x, y)
+            }
+        });
+        for i in 0..16 {
+            let (j, hi) = (i % 8, i >= 8);
+            let (x, y) = (v[j], v[8 + j]);
+            let col = if hi {
+                _mm512_shuffle_f32x4::<0xDD>(x, y)
+            } else {
+                _mm512_shuffle_f32x4::<0x88>(x, y)
+            };
+            _mm512_storeu_ps(dst.add(i * dst_stride), col);
+        }
+    }
+    #[inline(always)]
     unsafe fn load_strided(p: *const f32, stride: usize) -> __m512 {
         // Callers keep `15 * stride` far below `i32::MAX` (strides are pooling strides).
         let idx = _mm512_mullo_epi32(
@@ -121,5 +176,9 @@ crate::kernels::tier_entry_points!(
     direct_xv = [1, 2, 3],
     dot = [4, 6],
     blocked = [4; 1, 2, 3, 4, 5, 6],
+    // The weight gradient's outer-product tiles: 2 x 12 (24 accumulators) for two
+    // vectors of output channels, 4 x 6 for four or more. Measured (in-process A/B,
+    // ResNet-20's layers at batch 128, 2 threads): 2 x 12 over 2 x 8 0.93-0.99.
+    outer = [(2, 12), (4, 6)],
     #[target_feature(enable = "avx512f,avx2,fma")]
 );
