@@ -6,7 +6,9 @@
 //! accepted and ignored). Every problem is collected and reported by name in one error,
 //! and the model is left untouched unless everything checks out. The file format itself
 //! (header, offsets, bounds) is parsed and validated by the `safetensors` crate; a
-//! truncated or hostile file is an error, never a panic.
+//! truncated or hostile file is an error, never a panic. [`ResNet::from_safetensors`]
+//! reads the header on its own and then each tensor straight into the model, so a
+//! file is never held whole in memory beside the weights it fills.
 //!
 //! Saving writes a temporary file beside the target and renames it over the target, so a
 //! crash never leaves a half-written weights file. The saved file includes
@@ -15,10 +17,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorView};
 use tensor::TensorError;
 
 use crate::arch::Arch;
@@ -124,18 +126,64 @@ fn is_ignored(key: &str) -> bool {
 
 impl ResNet {
     /// Reads a `.safetensors` file and builds `arch` from it; the number of classes is
-    /// taken from `fc.weight`.
+    /// taken from `fc.weight`. The file is read once, tensor by tensor, straight into
+    /// the model's parameters: it is never held whole in memory beside them (for
+    /// ResNet-50, 100 MB less at the peak).
     pub fn from_safetensors(arch: Arch, path: impl AsRef<Path>) -> Result<Self, WeightsError> {
         let path = path.as_ref();
-        let bytes = read(path)?;
-        let file = parse(path, &bytes)?;
-        let classes = file
-            .tensor("fc.weight")
-            .ok()
-            .and_then(|t| t.shape().first().copied())
+        let file = std::fs::File::open(path).map_err(|source| WeightsError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_safetensors_reader(arch, path, file)
+    }
+
+    /// [`ResNet::from_safetensors`] from any seekable source (`name` is used in
+    /// messages): the header is read and validated first (by the `safetensors`
+    /// crate's own metadata type, which checks that the offsets are contiguous and fit
+    /// each tensor's dtype and shape), its total length is checked against the
+    /// source's, then each tensor is read where the header puts it.
+    pub fn from_safetensors_reader(
+        arch: Arch,
+        name: impl AsRef<Path>,
+        mut reader: impl Read + Seek,
+    ) -> Result<Self, WeightsError> {
+        let path = name.as_ref();
+        let header = Header::read(path, &mut reader)?;
+        let classes = header
+            .meta
+            .info("fc.weight")
+            .and_then(|t| t.shape.first().copied())
             .unwrap_or(1000);
         let mut model = ResNet::new(arch, classes, 0).map_err(WeightsError::Tensor)?;
-        model.load_from(path, &file)?;
+        model.check_fit(
+            path,
+            |key| header.meta.info(key).map(|t| (t.dtype, t.shape.clone())),
+            header.meta.tensors().into_keys(),
+        )?;
+        let mut targets = model.named_tensors_mut();
+        // In file order, so that the reads run forwards.
+        let start = |key: &str| header.meta.info(key).map_or(0, |t| t.data_offsets.0);
+        targets.sort_by_key(|(key, _)| start(key));
+        let io = |source| WeightsError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut buf = vec![0u8; 1 << 18];
+        for (key, t) in targets.iter_mut() {
+            reader
+                .seek(SeekFrom::Start(header.data_start + start(key) as u64))
+                .map_err(io)?;
+            // Little-endian f32, a chunk of the file at a time.
+            for dst in t.data_mut().chunks_mut(buf.len() / 4) {
+                let bytes = &mut buf[..dst.len() * 4];
+                reader.read_exact(bytes).map_err(io)?;
+                for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+        }
+        drop(targets);
         Ok(model)
     }
 
@@ -160,44 +208,12 @@ impl ResNet {
 
     fn load_from(&mut self, path: &Path, file: &SafeTensors) -> Result<(), WeightsError> {
         let in_file: HashMap<&str, TensorView> = file.iter().collect();
-        let arch = self.arch;
-        let mut targets = self.named_tensors_mut();
-        let (mut missing, mut wrong_shape, mut wrong_dtype) = (Vec::new(), Vec::new(), Vec::new());
-        for (name, t) in &targets {
-            match in_file.get(name.as_str()) {
-                None => missing.push(name.clone()),
-                Some(v) if v.dtype() != Dtype::F32 => {
-                    wrong_dtype.push((name.clone(), format!("{:?}", v.dtype())))
-                }
-                Some(v) if v.shape() != t.shape() => {
-                    wrong_shape.push((name.clone(), t.shape().to_vec(), v.shape().to_vec()))
-                }
-                Some(_) => {}
-            }
-        }
-        let known: std::collections::HashSet<&str> =
-            targets.iter().map(|(n, _)| n.as_str()).collect();
-        let mut unexpected: Vec<String> = in_file
-            .keys()
-            .filter(|k| !known.contains(*k) && !is_ignored(k))
-            .map(|k| k.to_string())
-            .collect();
-        unexpected.sort();
-        if !(missing.is_empty()
-            && unexpected.is_empty()
-            && wrong_shape.is_empty()
-            && wrong_dtype.is_empty())
-        {
-            return Err(WeightsError::Mismatch(Box::new(Mismatch {
-                path: path.to_path_buf(),
-                arch,
-                missing,
-                unexpected,
-                wrong_shape,
-                wrong_dtype,
-            })));
-        }
-        for (name, t) in targets.iter_mut() {
+        self.check_fit(
+            path,
+            |key| in_file.get(key).map(|v| (v.dtype(), v.shape().to_vec())),
+            in_file.keys().map(|k| k.to_string()),
+        )?;
+        for (name, t) in self.named_tensors_mut().iter_mut() {
             let view = &in_file[name.as_str()];
             // Little-endian f32, read without assuming the bytes are 4-aligned.
             for (dst, src) in t.data_mut().iter_mut().zip(view.data().chunks_exact(4)) {
@@ -205,6 +221,53 @@ impl ResNet {
             }
         }
         Ok(())
+    }
+
+    /// Checks that a file whose keys are `keys` and whose `lookup(key)` gives a key's
+    /// dtype and shape fits this model exactly (see the module docs); every problem
+    /// is collected into one error.
+    fn check_fit(
+        &mut self,
+        path: &Path,
+        lookup: impl Fn(&str) -> Option<(Dtype, Vec<usize>)>,
+        keys: impl Iterator<Item = String>,
+    ) -> Result<(), WeightsError> {
+        let arch = self.arch;
+        let targets = self.named_tensors_mut();
+        let (mut missing, mut wrong_shape, mut wrong_dtype) = (Vec::new(), Vec::new(), Vec::new());
+        for (name, t) in &targets {
+            match lookup(name) {
+                None => missing.push(name.clone()),
+                Some((dtype, _)) if dtype != Dtype::F32 => {
+                    wrong_dtype.push((name.clone(), format!("{dtype:?}")))
+                }
+                Some((_, shape)) if shape != t.shape() => {
+                    wrong_shape.push((name.clone(), t.shape().to_vec(), shape))
+                }
+                Some(_) => {}
+            }
+        }
+        let known: std::collections::HashSet<&str> =
+            targets.iter().map(|(n, _)| n.as_str()).collect();
+        let mut unexpected: Vec<String> = keys
+            .filter(|k| !known.contains(k.as_str()) && !is_ignored(k))
+            .collect();
+        unexpected.sort();
+        if missing.is_empty()
+            && unexpected.is_empty()
+            && wrong_shape.is_empty()
+            && wrong_dtype.is_empty()
+        {
+            return Ok(());
+        }
+        Err(WeightsError::Mismatch(Box::new(Mismatch {
+            path: path.to_path_buf(),
+            arch,
+            missing,
+            unexpected,
+            wrong_shape,
+            wrong_dtype,
+        })))
     }
 
     /// Writes every parameter and buffer (plus `num_batches_tracked`) to `path`,
@@ -265,6 +328,64 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write().inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })
+}
+
+/// A safetensors file's header, read and validated on its own.
+struct Header {
+    meta: Metadata,
+    /// Where the tensors' bytes start: after the 8-byte length and the header.
+    data_start: u64,
+}
+
+impl Header {
+    /// The safetensors crate's limit on a header's size.
+    const MAX_LEN: u64 = 100_000_000;
+
+    fn read(path: &Path, reader: &mut (impl Read + Seek)) -> Result<Header, WeightsError> {
+        let format = |message: String| WeightsError::Format {
+            path: path.to_path_buf(),
+            message,
+        };
+        let io = |source| WeightsError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let len = reader.seek(SeekFrom::End(0)).map_err(io)?;
+        reader.seek(SeekFrom::Start(0)).map_err(io)?;
+        if len < 8 {
+            return Err(format(format!(
+                "{len} bytes, too short for the header's 8-byte length"
+            )));
+        }
+        let mut n = [0u8; 8];
+        reader.read_exact(&mut n).map_err(io)?;
+        let n = u64::from_le_bytes(n);
+        if n > Self::MAX_LEN {
+            return Err(format(format!(
+                "a header of {n} bytes, over the format's limit of {}",
+                Self::MAX_LEN
+            )));
+        }
+        if n > len - 8 {
+            return Err(format(format!(
+                "a header of {n} bytes, but only {} follow its length",
+                len - 8
+            )));
+        }
+        let mut text = vec![0u8; n as usize];
+        reader.read_exact(&mut text).map_err(io)?;
+        let meta: Metadata = serde_json::from_slice(&text)
+            .map_err(|e| format(format!("the header does not parse: {e}")))?;
+        let data_start = 8 + n;
+        let data = meta.data_len() as u64;
+        if data != len - data_start {
+            return Err(format(format!(
+                "the header's tensors take {data} bytes, but {} follow the header",
+                len - data_start
+            )));
+        }
+        Ok(Header { meta, data_start })
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, WeightsError> {

@@ -159,6 +159,17 @@ fn strict_loading_names_every_problem_and_changes_nothing() {
         assert!(msg.contains(needle), "message lacks {needle}: {msg}");
     }
     assert_eq!(target, before, "a failed load must not change the model");
+    // Streamed from a reader, the same file fails with the same list.
+    let streamed = ResNet::from_safetensors_reader(
+        Arch::Cifar { depth: 20 },
+        "bad.safetensors",
+        std::io::Cursor::new(&bytes),
+    )
+    .unwrap_err();
+    match (&streamed, &err) {
+        (WeightsError::Mismatch(a), WeightsError::Mismatch(b)) => assert_eq!(a, b),
+        other => panic!("expected two mismatches, got {other:?}"),
+    }
     // The same file for another architecture fails too, naming what is missing.
     let mut other = ResNet::new(Arch::Cifar { depth: 32 }, 10, 0).unwrap();
     let ok_bytes = write_file(entries_of(&source));
@@ -172,6 +183,15 @@ fn strict_loading_names_every_problem_and_changes_nothing() {
 fn truncated_malformed_and_hostile_files_are_errors() {
     let good = write_file(entries_of(&cifar(1)));
     let mut target = cifar(2);
+    // Both ways in: the whole file in memory, and streamed from a reader.
+    let streamed = |name: &str, bytes: &[u8]| {
+        ResNet::from_safetensors_reader(
+            Arch::Cifar { depth: 20 },
+            name,
+            std::io::Cursor::new(bytes),
+        )
+        .map(|_| ())
+    };
     // Every truncation point in the header, and a few in the data.
     let cuts: Vec<usize> = (0..64).chain([good.len() / 2, good.len() - 1]).collect();
     for cut in cuts {
@@ -180,7 +200,13 @@ fn truncated_malformed_and_hostile_files_are_errors() {
             matches!(r, Err(WeightsError::Format { .. })),
             "cut at {cut}: {r:?}"
         );
+        let r = streamed("cut.safetensors", &good[..cut]);
+        assert!(
+            matches!(r, Err(WeightsError::Format { .. })),
+            "streamed, cut at {cut}: {r:?}"
+        );
     }
+    assert!(streamed("good.safetensors", &good).is_ok());
     // A header that lies: offsets far past the end of the data.
     let header = br#"{"fc.bias":{"dtype":"F32","shape":[10],"data_offsets":[0,4000000]}}"#;
     let mut lying = (header.len() as u64).to_le_bytes().to_vec();
@@ -188,6 +214,10 @@ fn truncated_malformed_and_hostile_files_are_errors() {
     lying.extend_from_slice(&[0u8; 40]);
     assert!(matches!(
         target.load_safetensors_bytes("lie.safetensors", &lying),
+        Err(WeightsError::Format { .. })
+    ));
+    assert!(matches!(
+        streamed("lie.safetensors", &lying),
         Err(WeightsError::Format { .. })
     ));
     // A header length larger than the file, and plain garbage.
@@ -199,6 +229,17 @@ fn truncated_malformed_and_hostile_files_are_errors() {
     assert!(target
         .load_safetensors_bytes("junk.safetensors", b"not a weights file at all")
         .is_err());
+    for (name, bytes) in [
+        ("huge.safetensors", &huge[..]),
+        ("junk.safetensors", b"not a weights file at all"),
+    ] {
+        let err = streamed(name, bytes).unwrap_err();
+        assert!(matches!(err, WeightsError::Format { .. }), "{err}");
+        assert!(err.to_string().contains(name), "{err}");
+    }
+    let err = ResNet::from_safetensors(Arch::Cifar { depth: 20 }, "/nonexistent/w.safetensors")
+        .unwrap_err();
+    assert!(matches!(err, WeightsError::Io { .. }));
     // A missing file names its path.
     let err = target
         .load_safetensors("/nonexistent/dir/w.safetensors")
