@@ -12,7 +12,7 @@
 //!   PyTorch (`model.load_state_dict(safetensors.torch.load_file(...))`);
 //! - `metrics.csv`: one line per epoch.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -29,7 +29,7 @@ use crate::inference::InferenceModel;
 use crate::loader::Loader;
 use crate::model::ResNet;
 use crate::train::{argmax, train_step, Freeze};
-use crate::weights::{write_atomic, WeightsError};
+use crate::weights::{write_atomic, write_safetensors, SaveView, WeightsError};
 
 /// How to train.
 #[derive(Debug, Clone, PartialEq)]
@@ -378,25 +378,27 @@ impl<'d> Trainer<'d> {
 
     /// Writes the checkpoint (atomically).
     pub fn save_checkpoint(&mut self, path: &Path) -> Result<(), TrainError> {
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-        let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        for n in self.model.named_tensors() {
-            tensors.push((
-                format!("model.{}", n.name),
-                n.tensor.shape().to_vec(),
-                le(n.tensor.data()),
-            ));
-        }
         let names: Vec<String> = self
             .model
             .parameters_mut()
             .into_iter()
             .map(|(n, _)| n)
             .collect();
-        for (name, buf) in names.iter().zip(self.sgd.state()) {
-            if !buf.is_empty() {
-                tensors.push((format!("momentum.{name}"), vec![buf.len()], le(buf)));
-            }
+        // Borrowed, not copied: the writer makes each tensor's bytes as it reaches it.
+        let mut views: BTreeMap<String, SaveView> = BTreeMap::new();
+        let named = self.model.named_tensors();
+        for n in &named {
+            let (shape, data) = (n.tensor.shape(), n.tensor.data());
+            views.insert(format!("model.{}", n.name), SaveView::F32 { shape, data });
+        }
+        let momentum: Vec<(&String, [usize; 1], &[f32])> = names
+            .iter()
+            .zip(self.sgd.state())
+            .filter(|(_, buf)| !buf.is_empty())
+            .map(|(name, buf)| (name, [buf.len()], &buf[..]))
+            .collect();
+        for (name, shape, data) in &momentum {
+            views.insert(format!("momentum.{name}"), SaveView::F32 { shape, data });
         }
         let mut history = String::new();
         for r in &self.history {
@@ -414,16 +416,7 @@ impl<'d> Trainer<'d> {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let views = tensors
-            .iter()
-            .map(|(k, shape, data)| {
-                TensorView::new(Dtype::F32, shape.clone(), data).map(|v| (k.clone(), v))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| checkpoint_error(path, e.to_string()))?;
-        let bytes = safetensors::serialize(views, Some(meta))
-            .map_err(|e| checkpoint_error(path, e.to_string()))?;
-        write_atomic(path, &bytes).map_err(|source| TrainError::Io {
+        write_safetensors(path, views, Some(meta)).map_err(|source| TrainError::Io {
             path: path.to_path_buf(),
             source,
         })

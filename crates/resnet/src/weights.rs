@@ -15,12 +15,13 @@
 //! `num_batches_tracked` (as 0) for every batch norm, so PyTorch's strict loading of a
 //! torchvision model accepts it.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorView, View};
 use tensor::TensorError;
 
 use crate::arch::Arch;
@@ -271,62 +272,119 @@ impl ResNet {
     }
 
     /// Writes every parameter and buffer (plus `num_batches_tracked`) to `path`,
-    /// atomically: a temporary file in the same folder, flushed, then renamed.
+    /// atomically: a temporary file in the same folder, flushed, then renamed. Each
+    /// tensor's bytes are made as the writer reaches it, so at most one tensor is
+    /// copied at a time.
     pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<(), WeightsError> {
         let path = path.as_ref();
-        let io = |source| WeightsError::Io {
+        let named = self.named_tensors();
+        let mut views: BTreeMap<String, SaveView> = BTreeMap::new();
+        for n in &named {
+            if let Some(bn) = n.name.strip_suffix(".running_var") {
+                views.insert(format!("{bn}.num_batches_tracked"), SaveView::Counter);
+            }
+            views.insert(
+                n.name.clone(),
+                SaveView::F32 {
+                    shape: n.tensor.shape(),
+                    data: n.tensor.data(),
+                },
+            );
+        }
+        write_safetensors(path, views, None).map_err(|source| WeightsError::Io {
             path: path.to_path_buf(),
             source,
-        };
-        let mut owned: BTreeMap<String, (Vec<usize>, Vec<u8>, Dtype)> = BTreeMap::new();
-        for n in self.named_tensors() {
-            let bytes = n
-                .tensor
-                .data()
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect();
-            if let Some(bn) = n.name.strip_suffix(".running_var") {
-                owned.insert(
-                    format!("{bn}.num_batches_tracked"),
-                    (vec![], 0i64.to_le_bytes().to_vec(), Dtype::I64),
-                );
-            }
-            owned.insert(n.name, (n.tensor.shape().to_vec(), bytes, Dtype::F32));
-        }
-        let views = owned
-            .iter()
-            .map(|(k, (shape, data, dtype))| {
-                TensorView::new(*dtype, shape.clone(), data).map(|v| (k.clone(), v))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| WeightsError::Format {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
-        let bytes = safetensors::serialize(views, None).map_err(|e| WeightsError::Format {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        write_atomic(path, &bytes).map_err(io)
+        })
     }
+}
+
+/// A tensor as the safetensors writer takes it: its little-endian bytes are made when
+/// the writer reaches it.
+pub enum SaveView<'a> {
+    /// An `f32` tensor.
+    F32 { shape: &'a [usize], data: &'a [f32] },
+    /// A batch norm's `num_batches_tracked` (an `i64` zero, for PyTorch).
+    Counter,
+}
+
+impl View for SaveView<'_> {
+    fn dtype(&self) -> Dtype {
+        match self {
+            SaveView::F32 { .. } => Dtype::F32,
+            SaveView::Counter => Dtype::I64,
+        }
+    }
+    fn shape(&self) -> &[usize] {
+        match self {
+            SaveView::F32 { shape, .. } => shape,
+            SaveView::Counter => &[],
+        }
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        match self {
+            SaveView::F32 { data, .. } => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            SaveView::Counter => Cow::Owned(0i64.to_le_bytes().to_vec()),
+        }
+    }
+    fn data_len(&self) -> usize {
+        match self {
+            SaveView::F32 { data, .. } => data.len() * 4,
+            SaveView::Counter => 8,
+        }
+    }
+}
+
+/// Writes `views` (and the header's `metadata`) to `path` as a `.safetensors` file, as
+/// [`write_atomic`] does: streamed to a temporary file beside it, synced, renamed.
+pub fn write_safetensors(
+    path: &Path,
+    views: BTreeMap<String, SaveView>,
+    metadata: Option<HashMap<String, String>>,
+) -> std::io::Result<()> {
+    write_atomic_with(path, |tmp| {
+        safetensors::serialize_to_file(views, metadata, tmp).map_err(std::io::Error::other)
+    })
 }
 
 /// Writes `bytes` to `path` so that `path` is either its old self or the whole new file,
 /// never half-written (a crash, a full disk, Ctrl-C): a temporary file beside it,
 /// flushed to disk, then renamed over it. On error the temporary file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, |tmp| {
+        let mut f = std::fs::File::create(tmp)?;
+        f.write_all(bytes)
+    })
+}
+
+/// [`write_atomic`] with the temporary file written by `write`.
+fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+    let all = || -> std::io::Result<()> {
+        write(&tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, path)
     };
-    write().inspect_err(|_| {
+    all().inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, WeightsError> {
+    std::fs::read(path).map_err(|source| WeightsError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>, WeightsError> {
+    SafeTensors::deserialize(bytes).map_err(|e| WeightsError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
     })
 }
 
@@ -386,18 +444,4 @@ impl Header {
         }
         Ok(Header { meta, data_start })
     }
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, WeightsError> {
-    std::fs::read(path).map_err(|source| WeightsError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>, WeightsError> {
-    SafeTensors::deserialize(bytes).map_err(|e| WeightsError::Format {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
 }
