@@ -47,8 +47,9 @@ pub(crate) struct ConvShape {
     pub pad: usize,
 }
 
-/// Aim for at least this many floats of reduction per tile (amortises its horizontal
-/// sums: 24 of them against `24 * 1024 / 16` FMAs on AVX-512)...
+/// The row-dot kernel's chunks: aim for at least this many floats of reduction per
+/// tile (amortises its horizontal sums: 24 of them against `24 * 1024 / 16` FMAs on
+/// AVX-512)...
 const REDUCTION_TARGET: usize = 1024;
 /// ... but keep a tile's `A` rows (`MI` rows of `dY` over the chunk, reread by every
 /// tile of the row block) within this many floats, a third of a 48 KiB L1.
@@ -350,6 +351,7 @@ fn outer_rows(
         return;
     };
     let width = f * set.lanes;
+    assert!(o.is_multiple_of(width), "outer: channels not in whole groups");
     assert!(rows.iter().all(|r| r[1] == row_len), "outer: ragged rows");
     assert_eq!(dyt.len(), rows.len() * row_len * o, "outer: dY length");
     assert_eq!(dwt.len(), k * o, "outer: gradient length");
