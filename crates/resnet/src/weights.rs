@@ -156,7 +156,7 @@ impl ResNet {
             .info("fc.weight")
             .and_then(|t| t.shape.first().copied())
             .unwrap_or(1000);
-        let mut model = ResNet::new(arch, classes, 0).map_err(WeightsError::Tensor)?;
+        let mut model = ResNet::zeroed(arch, classes).map_err(WeightsError::Tensor)?;
         model.check_fit(
             path,
             |key| header.meta.info(key).map(|t| (t.dtype, t.shape.clone())),

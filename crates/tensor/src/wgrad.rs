@@ -351,7 +351,10 @@ fn outer_rows(
         return;
     };
     let width = f * set.lanes;
-    assert!(o.is_multiple_of(width), "outer: channels not in whole groups");
+    assert!(
+        o.is_multiple_of(width),
+        "outer: channels not in whole groups"
+    );
     assert!(rows.iter().all(|r| r[1] == row_len), "outer: ragged rows");
     assert_eq!(dyt.len(), rows.len() * row_len * o, "outer: dY length");
     assert_eq!(dwt.len(), k * o, "outer: gradient length");
