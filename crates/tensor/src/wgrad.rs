@@ -393,14 +393,26 @@ fn outer_rows(
             unsafe { tile(&t) };
         }
     };
-    if parallel && k > p {
-        dwt.par_chunks_mut(p * o)
+    row_blocks(dwt, p, o, parallel, block);
+}
+
+/// Runs `block(first row, rows)` on `out` (rows of `width` floats) in blocks of `rows`
+/// rows, over rayon's pool when `parallel` and there is more than one block.
+fn row_blocks(
+    out: &mut [f32],
+    rows: usize,
+    width: usize,
+    parallel: bool,
+    block: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    if parallel && out.len() > rows * width {
+        out.par_chunks_mut(rows * width)
             .enumerate()
-            .for_each(|(bi, rows)| block(bi * p, rows));
+            .for_each(|(bi, b)| block(bi * rows, b));
     } else {
-        dwt.chunks_mut(p * o)
+        out.chunks_mut(rows * width)
             .enumerate()
-            .for_each(|(bi, rows)| block(bi * p, rows));
+            .for_each(|(bi, b)| block(bi * rows, b));
     }
 }
 
@@ -602,13 +614,5 @@ fn dot_rows(
             unsafe { (set.dot_tile)(&tile) };
         }
     };
-    if parallel && m > mi {
-        out.par_chunks_mut(mi * nb)
-            .enumerate()
-            .for_each(|(bi, rows)| block(bi * mi, rows));
-    } else {
-        out.chunks_mut(mi * nb)
-            .enumerate()
-            .for_each(|(bi, rows)| block(bi * mi, rows));
-    }
+    row_blocks(out, mi, nb, parallel, block);
 }
