@@ -132,10 +132,7 @@ impl ResNet {
     /// ResNet-50, 100 MB less at the peak).
     pub fn from_safetensors(arch: Arch, path: impl AsRef<Path>) -> Result<Self, WeightsError> {
         let path = path.as_ref();
-        let file = std::fs::File::open(path).map_err(|source| WeightsError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let file = std::fs::File::open(path).map_err(io_error(path))?;
         Self::from_safetensors_reader(arch, path, file)
     }
 
@@ -166,10 +163,7 @@ impl ResNet {
         // In file order, so that the reads run forwards.
         let start = |key: &str| header.meta.info(key).map_or(0, |t| t.data_offsets.0);
         targets.sort_by_key(|(key, _)| start(key));
-        let io = |source| WeightsError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io = io_error(path);
         let mut buf = vec![0u8; 1 << 18];
         for (key, t) in targets.iter_mut() {
             reader
@@ -291,10 +285,7 @@ impl ResNet {
                 },
             );
         }
-        write_safetensors(path, views, None).map_err(|source| WeightsError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        write_safetensors(path, views, None).map_err(io_error(path))
     }
 }
 
@@ -374,11 +365,16 @@ fn write_atomic_with(
     })
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, WeightsError> {
-    std::fs::read(path).map_err(|source| WeightsError::Io {
+/// Turns an I/O error on `path` into a [`WeightsError::Io`] naming it.
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> WeightsError + Copy + '_ {
+    move |source| WeightsError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, WeightsError> {
+    std::fs::read(path).map_err(io_error(path))
 }
 
 fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>, WeightsError> {
@@ -404,10 +400,7 @@ impl Header {
             path: path.to_path_buf(),
             message,
         };
-        let io = |source| WeightsError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io = io_error(path);
         let len = reader.seek(SeekFrom::End(0)).map_err(io)?;
         reader.seek(SeekFrom::Start(0)).map_err(io)?;
         if len < 8 {

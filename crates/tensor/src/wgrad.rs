@@ -65,8 +65,9 @@ pub(crate) struct WeightGradScratch {
     segs: Vec<[usize; 2]>,
     /// The chunk's images normalised, when the convolution's input is.
     normed: Vec<f32>,
-    /// The outer-product kernel's `dW^T`.
+    /// The outer-product kernel's `dW^T`, and its rows' input offsets.
     dwt: Vec<f32>,
+    rows: Vec<usize>,
 }
 
 /// `dw` (`[o, c kh kw]`) `+=` the weight gradient of the images in `x` (`[n, c, h, w]`)
@@ -151,6 +152,7 @@ pub(crate) fn accumulate_weight_grad(
         segs,
         normed,
         dwt,
+        rows,
     } = scratch;
     if outer.is_some() {
         db.clear();
@@ -225,25 +227,16 @@ pub(crate) fn accumulate_weight_grad(
             let width = tile.0 * lanes;
             transpose_dy(set, dys, o, pix, width, &mut db[..cn * out_image]);
             // One row per image (read in place) or per output row of each image.
-            segs.clear();
-            if in_place {
-                segs.extend((0..cn).map(|i| [i * img_stride, pix]));
+            rows.clear();
+            let row_len = if in_place {
+                rows.extend((0..cn).map(|i| i * img_stride));
+                pix
             } else {
-                segs.extend(
-                    (0..cn).flat_map(|i| (0..g.oh).map(move |y| [i * img_stride + y * qw, g.ow])),
-                );
-            }
-            outer_rows(
-                set,
-                tile,
-                &db[..cn * out_image],
-                o,
-                xb,
-                &b_rows,
-                segs,
-                dwt,
-                parallel,
-            );
+                rows.extend((0..cn).flat_map(|i| (0..g.oh).map(move |y| i * img_stride + y * qw)));
+                g.ow
+            };
+            let dyt = &db[..cn * out_image];
+            outer_rows(set, tile, dyt, o, xb, &b_rows, rows, row_len, dwt, parallel);
             continue;
         }
         segs.clear();
@@ -331,9 +324,8 @@ fn transpose_dy(set: &KernelSet, dy: &[f32], o: usize, pix: usize, width: usize,
     }
 }
 
-/// `dwt[tap][oc] += sum over rows and pixels of x[b_rows[tap] + row offset + q] *
-/// dyt[pixel][oc]`, tile by tile; `rows` holds `[x offset, length]` pairs (all rows
-/// the same length). Checks every bound first.
+/// `dwt[tap][oc] += sum over rows r and pixels q < row_len of x[b_rows[tap] + rows[r] +
+/// q] * dyt[pixel][oc]`, tile by tile. Checks every bound first.
 #[allow(clippy::too_many_arguments)]
 fn outer_rows(
     set: &KernelSet,
@@ -342,24 +334,24 @@ fn outer_rows(
     o: usize,
     x: &[f32],
     b_rows: &[usize],
-    rows: &[[usize; 2]],
+    rows: &[usize],
+    row_len: usize,
     dwt: &mut [f32],
     parallel: bool,
 ) {
     let k = b_rows.len();
-    let Some(&[_, row_len]) = rows.first() else {
+    if rows.is_empty() || row_len == 0 {
         return;
-    };
+    }
     let width = f * set.lanes;
     assert!(
         o.is_multiple_of(width),
         "outer: channels not in whole groups"
     );
-    assert!(rows.iter().all(|r| r[1] == row_len), "outer: ragged rows");
     assert_eq!(dyt.len(), rows.len() * row_len * o, "outer: dY length");
     assert_eq!(dwt.len(), k * o, "outer: gradient length");
     let reach = b_rows.iter().max().copied().unwrap_or(0)
-        + rows.iter().map(|r| r[0]).max().unwrap_or(0)
+        + rows.iter().max().copied().unwrap_or(0)
         + row_len;
     assert!(
         reach <= x.len(),
@@ -367,7 +359,6 @@ fn outer_rows(
         x.len()
     );
     assert!(p <= 16, "outer tile larger than its offset buffer");
-    let offsets: Vec<usize> = rows.iter().map(|r| r[0]).collect();
     let per_group = rows.len() * row_len * width;
     let block = |t0: usize, out: &mut [f32]| {
         let mut offs = [0usize; 16];
@@ -379,8 +370,8 @@ fn outer_rows(
                 dy: dyt[gi * per_group..].as_ptr(),
                 x: x.as_ptr(),
                 x_off: offs.as_ptr(),
-                rows: offsets.as_ptr(),
-                nrows: offsets.len(),
+                rows: rows.as_ptr(),
+                nrows: rows.len(),
                 row_len,
                 out: out[gi * width..].as_mut_ptr(),
                 ldo: o,
