@@ -10,9 +10,12 @@
 //! row ends) is one call of the microkernel in [`crate::kernels::direct`]; its result
 //! goes through the epilogue (accumulate, bias, residual, ReLU) into the NCHW output.
 //!
-//! Strided convolutions and rows that are not a whole number of vectors take the planar
-//! route instead (`direct_conv_image_planar`): the image split into phase planes, the
-//! output computed as one flat run per channel at the planes' pitch, then copied out.
+//! A strided convolution whose rows are whole vectors splits the image into phase
+//! planes (for stride `s`, `s x s` subsampled copies, see `direct_conv_image_planar`)
+//! and reads them the same way, at their pitch. Other strided convolutions and rows
+//! that are not a whole number of vectors take the planar route instead
+//! (`direct_conv_image_planar`): the output computed as one flat run per channel at the
+//! planes' pitch, then copied out.
 //! Except rows shorter than a vector in a stride-1 "same" convolution whose planes are
 //! whole vectors (8 x 8 on AVX-512): those read masked copies of the image at its own
 //! pitch (`pad_image_masked`) and run flat, like whole-vector rows.
@@ -169,6 +172,37 @@ fn pad_image(
     (pw, phase_tap_offsets(c, [kh, kw], 1, [ph, pw]))
 }
 
+/// Splits a `C x H x W` image, zero-padded by `pad`, into its `s x s` phase planes per
+/// channel (see `direct_conv_image_planar`), and returns their row pitch `QW` and each
+/// reduction index's offset. Every float of each channel's planes is written.
+#[allow(clippy::too_many_arguments)]
+fn phase_planes(
+    x: &[f32],
+    c: usize,
+    [h, w]: [usize; 2],
+    [kh, kw]: [usize; 2],
+    s: usize,
+    pad: usize,
+    padded: &mut Vec<f32>,
+    parallel: bool,
+) -> (usize, Vec<usize>) {
+    let (qh, qw) = ((h + 2 * pad).div_ceil(s), (w + 2 * pad).div_ceil(s));
+    let per = s * s * qh * qw;
+    padded.resize((c * per).max(padded.len()), 0.0);
+    per_channel(
+        parallel,
+        x,
+        h * w,
+        &mut padded[..c * per],
+        per,
+        |_, src, dst| {
+            dst.fill(0.0);
+            split_phases(src, w, pad, s, [qh, qw], dst, None);
+        },
+    );
+    (qw, phase_tap_offsets(c, [kh, kw], s, [qh, qw]))
+}
+
 /// Convolves one `C x H x W` image into `out` (`O x OH x OW`), stride `s`, padding
 /// `pad`. `padded` is scratch, resized as needed. The weights must have been laid out
 /// for this tier's tile (`DirectWeights::new(.., set.direct_ob)`).
@@ -204,7 +238,12 @@ pub(crate) fn direct_conv_image(
     // at the image's own pitch, reading `kw` masked copies of the image (see
     // `pad_image_masked`) instead of the planar route's wider rows.
     let flat = s == 1 && ow < lanes && (oh, ow) == (h, w) && (oh * ow) % lanes == 0 && pad < w;
-    if !flat && (s > 1 || ow % lanes != 0) {
+    // Strided, with rows of whole vectors (ResNet-20's 32 -> 16 on AVX-512; 16 -> 8 too
+    // on AVX2 and NEON): the phase planes are read like a padded image at their pitch,
+    // and the tiles write straight into the output (no wide buffer, no copy out, no
+    // wasted columns).
+    let phased = s > 1 && ow % lanes == 0;
+    if !flat && !phased && (s > 1 || ow % lanes != 0) {
         return direct_conv_image_planar(
             set,
             x,
@@ -223,6 +262,8 @@ pub(crate) fn direct_conv_image(
     let parallel = matches!(threads, Threads::Auto);
     let (pw, offs) = if flat {
         pad_image_masked(x, dw.c, [h, w], [dw.kh, dw.kw], pad, padded, parallel, norm)
+    } else if phased {
+        phase_planes(x, dw.c, [h, w], [dw.kh, dw.kw], s, pad, padded, parallel)
     } else {
         pad_image(x, dw.c, [h, w], [dw.kh, dw.kw], pad, padded, parallel, norm)
     };
@@ -232,8 +273,9 @@ pub(crate) fn direct_conv_image(
     // Here either every row is a whole number of vectors (`vpr` of them; the planar
     // route took the other shapes), so the output image is a flat run of `oh vpr`
     // vectors, and a tile takes `max_xv` consecutive ones, running on across row ends:
-    // each vector's input starts at its own row and column of the padded image. Rows of
-    // one or two vectors (16 x 16 and 32 x 32 on AVX-512) then still give whole tiles.
+    // each vector's input starts at its own row and column of the padded image (of the
+    // phase planes, at their pitch, when strided). Rows of one or two vectors (16 x 16
+    // and 32 x 32 on AVX-512) then still give whole tiles.
     // Or (`flat`) rows are shorter than a vector but the plane is a whole number of
     // vectors, and vector `g` simply starts at pixel `g lanes` of the masked copies.
     debug_assert!(max_xv <= MAX_XV);
@@ -244,16 +286,18 @@ pub(crate) fn direct_conv_image(
         if flat {
             g * lanes
         } else {
-            (g / vpr) * s * pw + (g % vpr) * lanes * s
+            (g / vpr) * pw + (g % vpr) * lanes
         }
     };
     let positions = vectors.div_ceil(max_xv);
     // The kernel reads through raw pointers: the last tap of the last vector must end
     // inside the padded image.
-    if let (Some(&tap), true) = (offs.last(), vectors > 0) {
+    if let (Some(&tap), true) = (offs.iter().max(), vectors > 0) {
         let last = start(vectors - 1) + tap;
         let written = if flat {
             dw.kw * (dw.c * (h + 2 * pad) * w + 2 * pad)
+        } else if phased {
+            dw.c * s * s * (h + 2 * pad).div_ceil(s) * pw
         } else {
             dw.c * (h + 2 * pad) * pw
         };
@@ -402,7 +446,7 @@ fn for_each_tile(
 }
 
 /// Output rows that are not a whole number of vectors (ResNet-20's 8 x 8 stage and
-/// ResNet-50's 56 x 56 on AVX-512) and strided convolutions: a tile along one output
+/// ResNet-50's 56 x 56 on AVX-512), strided or not: a tile along one output
 /// row would leave lanes idle, or need strided loads. Instead the image is split into
 /// *phase planes* (for stride `s`, plane `(c, ry, rx)` holds the zero-padded pixels
 /// `(s yy + ry, s xx + rx)`, row pitch `QW = ceil(PW / s)`; for stride 1 it is the

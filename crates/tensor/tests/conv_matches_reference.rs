@@ -29,6 +29,10 @@ const CHECKS: &[(&str, Check)] = &[
         check_batch_1_large,
     ),
     (
+        "conv2d_strided_with_rows_of_whole_vectors",
+        check_strided_whole_rows,
+    ),
+    (
         "conv2d_with_stats_equals_conv2d_then_channel_stats",
         check_with_stats,
     ),
@@ -400,6 +404,42 @@ fn check_batch_1_large(kern: Kernels) -> CheckResult {
         }
     }
     Ok(())
+}
+
+/// Strided convolutions whose output rows are one or two whole vectors: the direct
+/// kernel reads their phase planes like a padded image and writes straight into the
+/// output (the random cases above rarely land on these widths).
+fn check_strided_whole_rows(kern: Kernels) -> CheckResult {
+    let l = kern.lanes();
+    let strategy = (
+        (1usize..=2, 1usize..=6, 1usize..=17, 1usize..=8),
+        (2usize..=3, prop::sample::select(vec![1usize, 2, 3, 5, 7])),
+        prop::sample::select(vec![l, 2 * l]),
+        (0u8..8, any::<u64>()),
+    )
+        .prop_flat_map(|(shape, (stride, k), ow, rest)| {
+            (Just((shape, stride, k, ow, rest)), 0..=k / 2 + 1, 0..stride)
+        })
+        .prop_filter_map(
+            "a width that gives `ow`",
+            |(((n, c, o, h), stride, k, ow, (epilogue, seed)), pad, extra)| {
+                // `ow = (w + 2 pad - k) / stride + 1` for every `extra < stride`.
+                let w = ((ow - 1) * stride + k + extra).checked_sub(2 * pad)?;
+                (w > 0 && h + 2 * pad >= k).then_some(Case {
+                    n,
+                    c,
+                    o,
+                    h,
+                    w,
+                    k,
+                    stride,
+                    pad,
+                    epilogue,
+                    seed,
+                })
+            },
+        );
+    prop(strategy, |c| run_case(kern, &c))
 }
 
 fn check_bn_folding(kern: Kernels) -> CheckResult {
