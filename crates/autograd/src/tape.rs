@@ -770,9 +770,20 @@ impl<'p> Tape<'p> {
             } => {
                 // As the unfused pair: the add's ReLU masks dy, which then goes
                 // unchanged to the shortcut and through batch norm's backward to x.
-                let dy = self.relu_grad(dy, out)?;
+                // When this is dy's only holder, each plane is masked in place just
+                // before batch norm's sums read it (one pass over dy fewer).
                 let (xv, gv) = (self.value(*x)?, self.value(*gamma)?.data());
-                let g = k.batch_norm_backward(xv, &dy, mean, inv_std, gv)?;
+                let (g, dy) = match Rc::try_unwrap(dy) {
+                    Ok(dy) => {
+                        let (g, masked) =
+                            k.batch_norm_add_relu_backward(xv, dy, out, mean, inv_std, gv)?;
+                        (g, Rc::new(masked))
+                    }
+                    Err(shared) => {
+                        let dy = self.relu_grad(shared, out)?;
+                        (k.batch_norm_backward(xv, &dy, mean, inv_std, gv)?, dy)
+                    }
+                };
                 let c = g.dgamma.len();
                 return Ok(vec![
                     (*x, Rc::new(g.dx)),

@@ -142,6 +142,9 @@ enum DxInto {
 enum GradIn<'a> {
     Borrowed(&'a Tensor),
     Owned(Tensor),
+    /// Owned, first masked in place by a ReLU whose output is the tensor given, and
+    /// handed back after; `dx` is written to a new tensor.
+    MaskedBy(Tensor, &'a Tensor),
 }
 
 impl Kernels {
@@ -197,6 +200,7 @@ impl Kernels {
             true,
             None,
         )
+        .map(|(g, _)| g)
     }
 
     /// [`Kernels::batch_norm_backward`] writing `dx` over `dy`'s buffer (which it
@@ -220,6 +224,37 @@ impl Kernels {
             true,
             None,
         )
+        .map(|(g, _)| g)
+    }
+
+    /// The backward of `relu(batch_norm(x) + residual)` (training statistics) from the
+    /// output gradient `dy`, which it consumes, and the output `out`: returns batch
+    /// norm's gradients and `dy` masked by the ReLU, which is also the residual's
+    /// gradient. The same as [`Kernels::relu_backward`] then
+    /// [`Kernels::batch_norm_backward`], to the last bit, but each plane is masked just
+    /// before its sums are taken, while it is in cache: one pass over `dy` fewer.
+    pub fn batch_norm_add_relu_backward(
+        &self,
+        x: &Tensor,
+        dy: Tensor,
+        out: &Tensor,
+        mean: &[f32],
+        inv_std: &[f32],
+        gamma: &[f32],
+    ) -> Result<(BatchNormGrads, Tensor)> {
+        let op = "batch_norm_add_relu_backward";
+        dy.expect_same_shape(op, out)?;
+        let (g, masked) = self.batch_norm_backward_impl(
+            op,
+            x,
+            GradIn::MaskedBy(dy, out),
+            mean,
+            inv_std,
+            gamma,
+            true,
+            None,
+        )?;
+        Ok((g, masked.expect("a masked gradient is handed back")))
     }
 
     /// Batch norm's backward with fixed statistics (running mean and variance: eval
@@ -243,6 +278,7 @@ impl Kernels {
             false,
             None,
         )
+        .map(|(g, _)| g)
     }
 
     /// The backward of batch norm fused with the ReLU after it (`Tape::batch_norm` with
@@ -274,6 +310,7 @@ impl Kernels {
             batch_stats,
             Some(affine),
         )
+        .map(|(g, _)| g)
     }
 
     /// [`Kernels::batch_norm_relu_backward_reusing`] into a new tensor, leaving `dy`.
@@ -298,6 +335,7 @@ impl Kernels {
             batch_stats,
             Some(affine),
         )
+        .map(|(g, _)| g)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -311,15 +349,19 @@ impl Kernels {
         gamma: &[f32],
         batch_stats: bool,
         relu: Option<[&[f32]; 2]>,
-    ) -> Result<BatchNormGrads> {
-        let (mut dx, borrowed) = match dy {
+    ) -> Result<(BatchNormGrads, Option<Tensor>)> {
+        let (mut dx, mut held, borrowed, mask_by) = match dy {
             GradIn::Borrowed(dy) => {
                 x.expect_same_shape(op, dy)?;
-                (Tensor::for_overwrite(x.shape())?, Some(dy))
+                (Tensor::for_overwrite(x.shape())?, None, Some(dy), None)
             }
             GradIn::Owned(dy) => {
                 x.expect_same_shape(op, &dy)?;
-                (dy, None)
+                (dy, None, None, None)
+            }
+            GradIn::MaskedBy(dy, out) => {
+                x.expect_same_shape(op, &dy)?;
+                (Tensor::for_overwrite(x.shape())?, Some(dy), None, Some(out))
             }
         };
         let (n, c, plane) = match x.shape() {
@@ -343,28 +385,38 @@ impl Kernels {
             }
         }
         let count = n * plane;
+        let (sums, apply) = (self.set().bn_backward_sums, self.set().bn_backward_apply);
+        let relu_backward = self.set().relu_backward;
+        let xd = x.data();
+        let mask = |ch: usize| relu.map(|[scale, shift]| [scale[ch], shift[ch]]);
+        // A gradient to mask first: each plane just before its sums (below).
+        let premask = |i: usize, d: &mut [f32]| {
+            if let Some(out) = mask_by {
+                let o = &out.data()[i * plane..(i + 1) * plane];
+                // SAFETY: `d` and `o` are plane `i` of equally shaped tensors; `d` is
+                // read and written element by element.
+                unsafe { relu_backward(d.as_ptr(), o.as_ptr(), d.as_mut_ptr(), plane) };
+            }
+        };
         if count == 0 {
-            return Ok(BatchNormGrads {
+            let g = BatchNormGrads {
                 dx,
                 dgamma: vec![0.0; c],
                 dbeta: vec![0.0; c],
-            });
+            };
+            return Ok((g, held));
         }
-        let (sums, apply) = (self.set().bn_backward_sums, self.set().bn_backward_apply);
-        let xd = x.data();
-        let gd = borrowed.map_or(dx.data(), |dy| dy.data());
-        let mask = |ch: usize| relu.map(|[scale, shift]| [scale[ch], shift[ch]]);
         // Plane by plane in memory order (every task streams whole images, which the
         // prefetcher follows; a channel's planes are `C` planes apart), then each
         // channel's planes summed in f64 in image order: the same sums for any number of
         // threads. (Measured against channel-by-channel tasks, in-process on ResNet-20's
         // shapes at batch 128, 2 threads: 2%, 6% and 11% faster at 32, 16 and 8 pixels.)
-        let plane_sums = |i: usize| {
+        let plane_sums = |i: usize, g: &[f32]| {
             let ch = i % c;
-            // SAFETY: plane `i` is in bounds of both equally shaped tensors.
+            // SAFETY: `g` is plane `i` of dy, in bounds like plane `i` of x.
             unsafe {
                 sums(
-                    gd[i * plane..].as_ptr(),
+                    g.as_ptr(),
                     xd[i * plane..].as_ptr(),
                     plane,
                     mean[ch],
@@ -372,14 +424,41 @@ impl Kernels {
                 )
             }
         };
-        let per_plane: Vec<[f32; 2]> = if x.len() < 1 << 16 {
-            (0..n * c).map(plane_sums).collect()
-        } else {
-            (0..n * c)
-                .into_par_iter()
-                .with_min_len((16384 / plane.max(1)).max(1))
-                .map(plane_sums)
-                .collect()
+        let min_len = (16384 / plane.max(1)).max(1);
+        let per_plane: Vec<[f32; 2]> = match (&mut held, borrowed) {
+            (Some(held), _) => {
+                let masked_sums = |(i, d): (usize, &mut [f32])| {
+                    premask(i, d);
+                    plane_sums(i, d)
+                };
+                if x.len() < 1 << 16 {
+                    held.data_mut()
+                        .chunks_mut(plane)
+                        .enumerate()
+                        .map(masked_sums)
+                        .collect()
+                } else {
+                    held.data_mut()
+                        .par_chunks_mut(plane)
+                        .enumerate()
+                        .with_min_len(min_len)
+                        .map(masked_sums)
+                        .collect()
+                }
+            }
+            (None, dy) => {
+                let gd = dy.map_or(dx.data(), |dy| dy.data());
+                let sums_of = |i: usize| plane_sums(i, &gd[i * plane..(i + 1) * plane]);
+                if x.len() < 1 << 16 {
+                    (0..n * c).map(sums_of).collect()
+                } else {
+                    (0..n * c)
+                        .into_par_iter()
+                        .with_min_len(min_len)
+                        .map(sums_of)
+                        .collect()
+                }
+            }
         };
         let mut totals = vec![(0.0f64, 0.0f64); c];
         for (i, [s_dy, s_dev]) in per_plane.into_iter().enumerate() {
@@ -408,7 +487,7 @@ impl Kernels {
         }
         // dy is read from its own tensor, or from `d` itself when dx is written over it
         // (element by element, each read before its write).
-        let gd = borrowed.map(|dy| dy.data());
+        let gd = borrowed.or(held.as_ref()).map(|dy| dy.data());
         let run = |i: usize, d: &mut [f32]| {
             let ch = i % c;
             let s = i * plane;
@@ -439,7 +518,7 @@ impl Kernels {
                 .with_min_len((16384 / plane).max(1))
                 .for_each(|(i, d)| run(i, d));
         }
-        Ok(BatchNormGrads { dx, dgamma, dbeta })
+        Ok((BatchNormGrads { dx, dgamma, dbeta }, held))
     }
 
     /// Max pooling's backward: each output's gradient goes to the input that won its

@@ -21,6 +21,10 @@ const CHECKS: &[(&str, Check)] = &[
         "batch_norm_relu_backward_equals_relu_then_batch_norm",
         check_batch_norm_relu,
     ),
+    (
+        "batch_norm_add_relu_backward_equals_relu_then_batch_norm",
+        check_batch_norm_add_relu,
+    ),
     ("max_pool2d_backward_equals_reference", check_max_pool),
     ("global_avg_pool_backward_spreads_evenly", check_avg_pool),
     ("conv2d_backward_equals_reference", check_conv),
@@ -186,6 +190,58 @@ fn check_batch_norm_relu(k: Kernels) -> CheckResult {
             }
         }
         Ok(())
+    })
+}
+
+/// The backward of `relu(batch_norm(x) + residual)` (the mask applied to each plane
+/// just before its sums) against the chain it replaces: ReLU's backward on the output,
+/// then batch norm's. Equal to the last bit, the masked gradient included; small cases
+/// and one large enough for the threaded passes.
+fn check_batch_norm_add_relu(k: Kernels) -> CheckResult {
+    let run = |n: usize, c: usize, h: usize, w: usize, seed: u64| -> Result<(), TestCaseError> {
+        let shape = [n, c, h, w];
+        let x = Tensor::randn(&shape, 0.7, 2.0, seed).map_err(fail)?;
+        let residual = Tensor::randn(&shape, -0.2, 1.0, seed ^ 1).map_err(fail)?;
+        let dy = Tensor::randn(&shape, 0.1, 1.0, seed ^ 3).map_err(fail)?;
+        let gamma: Vec<f32> = (0..c).map(|i| 0.5 - 0.3 * i as f32).collect();
+        let beta: Vec<f32> = (0..c).map(|i| 0.4 * i as f32 - 0.3).collect();
+        let stats = k.channel_stats(&x).map_err(fail)?;
+        let inv_std: Vec<f32> = stats.var.iter().map(|v| 1.0 / (v + 1e-5).sqrt()).collect();
+        let scale: Vec<f32> = gamma.iter().zip(&inv_std).map(|(g, s)| g * s).collect();
+        let shift: Vec<f32> = (0..c).map(|i| beta[i] - stats.mean[i] * scale[i]).collect();
+        let out = k
+            .scale_shift_add_relu(&x, &residual, &scale, &shift)
+            .map_err(fail)?;
+        if out.data().iter().all(|&v| v > 0.0) && n * h * w > 64 {
+            // Only a tiny random case may leave every output positive.
+            return Err(TestCaseError::fail("the case masks nothing"));
+        }
+        let masked = k.relu_backward(&dy, &out).map_err(fail)?;
+        let (mean, istd) = (&stats.mean, &inv_std);
+        let want = k
+            .batch_norm_backward(&x, &masked, mean, istd, &gamma)
+            .map_err(fail)?;
+        let (got, got_masked) = k
+            .batch_norm_add_relu_backward(&x, dy, &out, mean, istd, &gamma)
+            .map_err(fail)?;
+        let at = format!("{shape:?}");
+        close(
+            &format!("masked dy {at}"),
+            got_masked.data(),
+            masked.data(),
+            |_| 0.0,
+        )?;
+        close(&format!("dx {at}"), got.dx.data(), want.dx.data(), |_| 0.0)?;
+        close(&format!("dgamma {at}"), &got.dgamma, &want.dgamma, |_| 0.0)?;
+        close(&format!("dbeta {at}"), &got.dbeta, &want.dbeta, |_| 0.0)
+    };
+    run(2, 3, 128, 128, 11).map_err(|e| e.to_string())?;
+    let strategy = (1usize..=3, 1usize..=5, 1usize..=9, 1usize..=9, any::<u64>());
+    prop(strategy, |(n, c, h, w, seed)| {
+        if n * h * w < 2 {
+            return Ok(());
+        }
+        run(n, c, h, w, seed)
     })
 }
 
