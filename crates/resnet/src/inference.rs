@@ -346,7 +346,7 @@ impl InferenceModel {
     /// Like [`crate::train_step`], it runs on one of rayon's worker threads
     /// (`rayon::scope` moves it there when called from outside the pool), so that its
     /// parallel kernels start from inside the pool rather than each being handed over
-    /// and waited for (batch 1 on 1 thread: 0.90-0.97 of the time for ResNet-18 and
+    /// and waited for (batch 1 on 1 thread: 0.93-0.97 of the time for ResNet-18 and
     /// ResNet-50, in process and by `resnet bench model`; on 2 threads no change).
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
         rayon::scope(|_| self.features_observed(x, None))
