@@ -173,8 +173,10 @@ fn pad_image(
 }
 
 /// Splits a `C x H x W` image, zero-padded by `pad`, into its `s x s` phase planes per
-/// channel (see `direct_conv_image_planar`), and returns their row pitch `QW` and each
-/// reduction index's offset. Every float of each channel's planes is written.
+/// channel (see `direct_conv_image_planar`), normalised as it goes with `norm` (stride 1
+/// only), followed by `margin` zeros; returns their row pitch `QW` and each reduction
+/// index's offset. Every float of each channel's planes is written (each channel by one
+/// task).
 #[allow(clippy::too_many_arguments)]
 fn phase_planes(
     x: &[f32],
@@ -185,19 +187,22 @@ fn phase_planes(
     pad: usize,
     padded: &mut Vec<f32>,
     parallel: bool,
+    norm: Option<&Normalise>,
+    margin: usize,
 ) -> (usize, Vec<usize>) {
     let (qh, qw) = ((h + 2 * pad).div_ceil(s), (w + 2 * pad).div_ceil(s));
     let per = s * s * qh * qw;
-    padded.resize((c * per).max(padded.len()), 0.0);
+    padded.resize((c * per + margin).max(padded.len()), 0.0);
+    padded[c * per..c * per + margin].fill(0.0);
     per_channel(
         parallel,
         x,
         h * w,
         &mut padded[..c * per],
         per,
-        |_, src, dst| {
+        |ch, src, dst| {
             dst.fill(0.0);
-            split_phases(src, w, pad, s, [qh, qw], dst, None);
+            split_phases(src, w, pad, s, [qh, qw], dst, norm.map(|n| (n, ch)));
         },
     );
     (qw, phase_tap_offsets(c, [kh, kw], s, [qh, qw]))
@@ -263,7 +268,18 @@ pub(crate) fn direct_conv_image(
     let (pw, offs) = if flat {
         pad_image_masked(x, dw.c, [h, w], [dw.kh, dw.kw], pad, padded, parallel, norm)
     } else if phased {
-        phase_planes(x, dw.c, [h, w], [dw.kh, dw.kw], s, pad, padded, parallel)
+        phase_planes(
+            x,
+            dw.c,
+            [h, w],
+            [dw.kh, dw.kw],
+            s,
+            pad,
+            padded,
+            parallel,
+            None,
+            0,
+        )
     } else {
         pad_image(x, dw.c, [h, w], [dw.kh, dw.kw], pad, padded, parallel, norm)
     };
@@ -473,26 +489,20 @@ fn direct_conv_image_planar(
 ) {
     let (ob, lanes) = (dw.ob, set.lanes);
     let max_xv = set.direct_tiles.len();
-    let (qh, qw) = ((h + 2 * pad).div_ceil(s), (w + 2 * pad).div_ceil(s));
-    let plane = qh * qw;
-    let ext = oh * qw;
-    // The phase planes (each channel's cleared and written by one task), and a zeroed
-    // margin for the last tile's run past the last plane.
-    let (per, margin) = (s * s * plane, dw.kw + max_xv * lanes);
-    padded.resize((dw.c * per + margin).max(padded.len()), 0.0);
-    padded[dw.c * per..dw.c * per + margin].fill(0.0);
-    per_channel(
-        matches!(threads, Threads::Auto),
+    // The phase planes, and a zeroed margin for the last tile's run past the last plane.
+    let (qw, offs) = phase_planes(
         x,
-        h * w,
+        dw.c,
+        [h, w],
+        [dw.kh, dw.kw],
+        s,
+        pad,
         padded,
-        per,
-        |ch, src, dst| {
-            dst.fill(0.0);
-            split_phases(src, w, pad, s, [qh, qw], dst, norm.map(|n| (n, ch)));
-        },
+        matches!(threads, Threads::Auto),
+        norm,
+        dw.kw + max_xv * lanes,
     );
-    let offs = phase_tap_offsets(dw.c, [dw.kh, dw.kw], s, [qh, qw]);
+    let ext = oh * qw;
     let k = offs.len();
     let blocks = dw.o.div_ceil(ob);
     let step = max_xv * lanes;
