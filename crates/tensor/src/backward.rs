@@ -350,18 +350,19 @@ impl Kernels {
         batch_stats: bool,
         relu: Option<[&[f32]; 2]>,
     ) -> Result<(BatchNormGrads, Option<Tensor>)> {
-        let (mut dx, mut held, borrowed, mask_by) = match dy {
+        // `masked`: the owned dy and the ReLU output that masks it.
+        let (mut dx, borrowed, mut masked) = match dy {
             GradIn::Borrowed(dy) => {
                 x.expect_same_shape(op, dy)?;
-                (Tensor::for_overwrite(x.shape())?, None, Some(dy), None)
+                (Tensor::for_overwrite(x.shape())?, Some(dy), None)
             }
             GradIn::Owned(dy) => {
                 x.expect_same_shape(op, &dy)?;
-                (dy, None, None, None)
+                (dy, None, None)
             }
             GradIn::MaskedBy(dy, out) => {
                 x.expect_same_shape(op, &dy)?;
-                (Tensor::for_overwrite(x.shape())?, Some(dy), None, Some(out))
+                (Tensor::for_overwrite(x.shape())?, None, Some((dy, out)))
             }
         };
         let (n, c, plane) = match x.shape() {
@@ -389,22 +390,13 @@ impl Kernels {
         let relu_backward = self.set().relu_backward;
         let xd = x.data();
         let mask = |ch: usize| relu.map(|[scale, shift]| [scale[ch], shift[ch]]);
-        // A gradient to mask first: each plane just before its sums (below).
-        let premask = |i: usize, d: &mut [f32]| {
-            if let Some(out) = mask_by {
-                let o = &out.data()[i * plane..(i + 1) * plane];
-                // SAFETY: `d` and `o` are plane `i` of equally shaped tensors; `d` is
-                // read and written element by element.
-                unsafe { relu_backward(d.as_ptr(), o.as_ptr(), d.as_mut_ptr(), plane) };
-            }
-        };
         if count == 0 {
             let g = BatchNormGrads {
                 dx,
                 dgamma: vec![0.0; c],
                 dbeta: vec![0.0; c],
             };
-            return Ok((g, held));
+            return Ok((g, masked.map(|(dy, _)| dy)));
         }
         // Plane by plane in memory order (every task streams whole images, which the
         // prefetcher follows; a channel's planes are `C` planes apart), then each
@@ -425,10 +417,15 @@ impl Kernels {
             }
         };
         let min_len = (16384 / plane.max(1)).max(1);
-        let per_plane: Vec<[f32; 2]> = match (&mut held, borrowed) {
-            (Some(held), _) => {
+        let per_plane: Vec<[f32; 2]> = match (&mut masked, borrowed) {
+            (Some((held, out)), _) => {
+                // Each plane masked just before its sums.
+                let od = out.data();
                 let masked_sums = |(i, d): (usize, &mut [f32])| {
-                    premask(i, d);
+                    let o = &od[i * plane..(i + 1) * plane];
+                    // SAFETY: `d` and `o` are plane `i` of equally shaped tensors; `d`
+                    // is read and written element by element.
+                    unsafe { relu_backward(d.as_ptr(), o.as_ptr(), d.as_mut_ptr(), plane) };
                     plane_sums(i, d)
                 };
                 if x.len() < 1 << 16 {
@@ -487,7 +484,9 @@ impl Kernels {
         }
         // dy is read from its own tensor, or from `d` itself when dx is written over it
         // (element by element, each read before its write).
-        let gd = borrowed.or(held.as_ref()).map(|dy| dy.data());
+        let gd = borrowed
+            .or(masked.as_ref().map(|(dy, _)| dy))
+            .map(|dy| dy.data());
         let run = |i: usize, d: &mut [f32]| {
             let ch = i % c;
             let s = i * plane;
@@ -518,7 +517,10 @@ impl Kernels {
                 .with_min_len((16384 / plane).max(1))
                 .for_each(|(i, d)| run(i, d));
         }
-        Ok((BatchNormGrads { dx, dgamma, dbeta }, held))
+        Ok((
+            BatchNormGrads { dx, dgamma, dbeta },
+            masked.map(|(dy, _)| dy),
+        ))
     }
 
     /// Max pooling's backward: each output's gradient goes to the input that won its
