@@ -150,6 +150,113 @@ pub fn gemm(
     Ok(())
 }
 
+/// Thread scaling measured in one run: every GEMM shape timed on one thread and on
+/// `threads` in turns (a rayon pool of each size, several rounds), so that a shared
+/// host's drift, which moves separate runs by tens of percent, falls on both sides
+/// alike. The FMA peak's own scaling, probed the same way, is the yardstick: no
+/// product can scale better than the arithmetic units do.
+pub fn scaling(
+    k: &Kernels,
+    threads: usize,
+    budget: Duration,
+    json: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if threads < 2 {
+        return Err(format!(
+            "bench scaling compares one thread with --threads N, and N is {threads}: \
+             give --threads 2 or more"
+        )
+        .into());
+    }
+    let pools = [
+        rayon::ThreadPoolBuilder::new().num_threads(1).build()?,
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?,
+    ];
+    const ROUNDS: usize = 4;
+    let probe = Duration::from_millis(200);
+    let mut peak = [0.0f64; 2];
+    for _ in 0..3 {
+        for (side, n) in [1, threads].into_iter().enumerate() {
+            peak[side] = peak[side].max(peak::fma_peak(k, n, probe).gflops);
+        }
+    }
+    let peak_speedup = peak[1] / peak[0];
+    if !json {
+        crate::emit(&format!(
+            "GEMM thread scaling, 1 vs {threads} threads in turns ({ROUNDS} rounds), \
+             microkernel {}; FMA peak {:.1} vs {:.1} GFLOP/s: {:.2}x",
+            k.gemm_kernel_name(),
+            peak[0],
+            peak[1],
+            peak_speedup
+        ))?;
+        crate::emit(&format!(
+            "{:<24} {:>5} {:>6} {:>5}  {:<15} {:>17} {:>17}  {:>7}",
+            "shape",
+            "M",
+            "N",
+            "K",
+            "impl",
+            "1 thread",
+            format!("{threads} threads"),
+            "speedup"
+        ))?;
+    }
+    // Each side's share of the budget per round.
+    let slice = budget / (2 * ROUNDS) as u32;
+    for &(name, m, n, kk) in GEMM_SHAPES {
+        let a: Vec<f32> = (0..m * kk)
+            .map(|i| ((i % 17) as f32 - 8.0) * 0.01)
+            .collect();
+        let b: Vec<f32> = (0..kk * n)
+            .map(|i| ((i % 13) as f32 - 6.0) * 0.01)
+            .collect();
+        let mut c = vec![0.0f32; m * n];
+        let av = MatRef::row_major(&a, m, kk)?;
+        let bv = MatRef::row_major(&b, kk, n)?;
+        let packed = k.pack_a(av);
+        let flops = 2.0 * (m * n * kk) as f64;
+        for imp in ["ours", "ours_prepacked"] {
+            let mut best = [Duration::MAX; 2];
+            for _ in 0..ROUNDS {
+                for (side, pool) in pools.iter().enumerate() {
+                    let t = pool.install(|| {
+                        best_time(slice, || {
+                            let mut cv = MatMut::row_major(&mut c, m, n).expect("output view");
+                            if imp == "ours" {
+                                k.gemm(av, bv, &mut cv, &[])
+                            } else {
+                                k.gemm_prepacked(&packed, bv, &mut cv, &[])
+                            }
+                        })
+                    })?;
+                    best[side] = best[side].min(t);
+                }
+            }
+            let gflops = best.map(|t| flops / t.as_secs_f64() / 1e9);
+            let speedup = gflops[1] / gflops[0];
+            let line = if json {
+                format!(
+                    "{{\"bench\":\"scaling\",\"name\":\"{name}\",\"m\":{m},\"n\":{n},\"k\":{kk},\"impl\":\"{imp}\",\"threads\":{threads},\"gflops_1\":{:.2},\"gflops_n\":{:.2},\"speedup\":{speedup:.3},\"peak_speedup\":{peak_speedup:.3}}}",
+                    gflops[0], gflops[1]
+                )
+            } else {
+                format!(
+                    "{name:<24} {m:>5} {n:>6} {kk:>5}  {imp:<15} {:>7.1} ({:>5.1}%) {:>7.1} ({:>5.1}%)  {speedup:>6.2}x",
+                    gflops[0],
+                    100.0 * gflops[0] / peak[0],
+                    gflops[1],
+                    100.0 * gflops[1] / peak[1],
+                )
+            };
+            crate::emit(&line)?;
+        }
+    }
+    Ok(())
+}
+
 /// Every distinct convolution of ResNet-50 at 224x224: `(name, in, out, kernel, stride,
 /// padding, input size)`.
 pub const RESNET50_CONVS: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
@@ -192,6 +299,13 @@ pub fn conv(
     json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let peak = measured_peak(k, threads);
+    // As `--path` spells it, for the JSON rows.
+    let path_name = match path {
+        Some(ConvPath::Auto) => "auto",
+        Some(ConvPath::Gemm) => "gemm",
+        Some(ConvPath::Direct) => "direct",
+        None => "blocked",
+    };
     if !json {
         let (what, kernel) = match path {
             Some(p) => (format!("NCHW, path {p:?}"), k.gemm_kernel_name()),
@@ -245,7 +359,7 @@ pub fn conv(
             let ms = t.as_secs_f64() * 1e3;
             if json {
                 crate::emit(&format!(
-                    "{{\"bench\":\"conv\",\"name\":\"{name}\",\"batch\":{batch},\"m\":{cout},\"n\":{},\"k\":{},\"impl\":\"ours\",\"threads\":{threads},\"ms\":{ms:.3},\"gflops\":{gflops:.2},\"peak_pct\":{pct:.1}}}",
+                    "{{\"bench\":\"conv\",\"name\":\"{name}\",\"batch\":{batch},\"m\":{cout},\"n\":{},\"k\":{},\"impl\":\"ours\",\"path\":\"{path_name}\",\"threads\":{threads},\"ms\":{ms:.3},\"gflops\":{gflops:.2},\"peak_pct\":{pct:.1}}}",
                     batch * oh * ow,
                     cin * ks * ks
                 ))?;

@@ -1,8 +1,11 @@
 //! `resnet`: the command-line tool.
 //!
-//! Today it has one subcommand, `info`, which reports what the tensor engine found on
-//! this machine: CPU features, the active ISA tier (and whether `RESNET_ISA` forced it)
-//! and the kernel chosen for each operation; `--peak` also measures the FMA peak.
+//! Subcommands: `train` and `eval` (a data set, with progress, checkpoints and metrics),
+//! `classify` and `features` (images through a torchvision/timm-named `.safetensors`
+//! file), `bench` (the benchmark tables: `gemm`, `scaling`, `conv`, `model`, `train`)
+//! and `info`, which reports what the tensor engine found on this machine: CPU
+//! features, the active ISA tier (and whether `RESNET_ISA` forced it) and the kernel
+//! chosen for each operation; `--peak` also measures the FMA peak.
 
 mod bench;
 mod classify;
@@ -132,6 +135,9 @@ enum Command {
 enum BenchCommand {
     /// GEMM: squares 256..2048 and ResNet-50's im2col shapes, ours vs matrixmultiply.
     Gemm,
+    /// GEMM thread scaling: every shape of `gemm` on one thread and on --threads N, in
+    /// turns within one run, against the FMA peak's own scaling.
+    Scaling,
     /// Whole-network inference (random weights, BN folded), images/s and GFLOP/s.
     Model {
         /// Architecture: resnet18/34/50/101/152 or a CIFAR resnet20/32/44/56/110.
@@ -202,14 +208,14 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         if n == 0 {
             return Err("--threads must be at least 1".into());
         }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()?;
         // matrixmultiply (the baseline in `bench`) reads its thread count once, from
         // this variable, on first use; set it before any thread exists.
         if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
             std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
         }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()?;
     }
     match cli.command {
         Command::Info { peak } => info(peak),
@@ -280,6 +286,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let threads = rayon::current_num_threads();
             match what {
                 BenchCommand::Gemm => bench::gemm(&k, threads, budget, json),
+                BenchCommand::Scaling => bench::scaling(&k, threads, budget, json),
                 BenchCommand::Model { arch, batch } => {
                     if batch == 0 {
                         return Err("--batch must be at least 1".into());
