@@ -15,10 +15,18 @@
 //! | 1x1, stride s, no padding | the subsampled image (`x[b]` at every s-th row and column, in a per-thread buffer) |
 //! | anything else | im2col, one packed block at a time, from the image's phase planes (see `Im2col`) |
 //!
-//! The im2col is never materialised whole: the GEMM packs B in blocks of at most
-//! `KC x NC` = 256 x 2048 floats (2 MiB, about the L2), straight from the image, and each
-//! block is consumed before the next is made. For ResNet-50's first layer at batch 1 the
-//! whole column matrix would be 147 x 12544 floats (7.4 MiB); the block is 1.5 MiB.
+//! By default ([`ConvPath::choose`]) a layer with at most 64 output channels and a
+//! kernel larger than 1x1 takes neither: the direct kernel (`direct.rs`) reads the
+//! padded image in place, with no column matrix at all.
+//!
+//! The im2col is never materialised whole for a large layer: the GEMM packs B in blocks
+//! of at most `NC` = 2048 columns, straight from the image, and each block is consumed
+//! before the next is made. Along K a block is `KC` = 256 rows (2 MiB, about the L2),
+//! except that a GEMM split across threads packs all of K at once when that is at most
+//! 8 MiB (two hand-offs to the pool per column block instead of two per K block; see
+//! `gemm/driver.rs`), so a column matrix of at most 2048 columns and 8 MiB can exist
+//! whole. For ResNet-50's first layer at batch 1 the whole column matrix would be
+//! 147 x 12544 floats (7.0 MiB); its block is 147 x 2048 (1.15 MiB).
 //!
 //! Weights are packed once into the GEMM's A panels ([`ConvWeights`]); inference also
 //! folds batch norm into them ([`fold_batch_norm`]) and passes the folded bias, a

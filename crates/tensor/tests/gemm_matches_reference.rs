@@ -19,6 +19,10 @@ const CHECKS: &[(&str, Check)] = &[
     ("gemm_equals_reference_and_matrixmultiply", check_random),
     ("gemm_epilogues_equal_reference", check_epilogues),
     ("gemm_prepacked_equals_gemm", check_prepacked),
+    (
+        "gemm_general_strides_equal_reference",
+        check_general_strides,
+    ),
     ("gemm_large_crosses_every_block_and_thread", check_large),
     ("gemm_rejects_bad_shapes", check_errors),
     ("linear_equals_reference", check_linear),
@@ -200,6 +204,59 @@ fn check_prepacked(k: Kernels) -> CheckResult {
             close("prepacked vs direct", &pre, &direct, |_| 0.0)?;
         }
         Ok(())
+    })
+}
+
+/// Operands with neither stride 1 (every other element of a wider buffer, the gaps
+/// holding NaN so that a wrongly read element shows), which the packers copy element
+/// by element, and an output whose rows are longer than `n` (its extra columns must be
+/// left alone).
+fn check_general_strides(k: Kernels) -> CheckResult {
+    let (mr, nr) = k.gemm_tile();
+    let sizes = (1..=2 * mr + 1, 1..=2 * nr + 1, 1usize..=300, 0usize..4);
+    prop(sizes, |(m, n, kk, pad)| {
+        // A: element (i, q) at i (2 kk + pad) + 2 q. B: element (q, j) at 2 q + j (2 kk + pad).
+        let (ars, acs) = (2 * kk + pad, 2);
+        let (brs, bcs) = (2, 2 * kk + pad);
+        let value = |i: usize| ((i * 37 % 101) as f32 - 50.0) / 50.0;
+        let mut a = vec![f32::NAN; (m - 1) * ars + (kk - 1) * acs + 1];
+        let mut b = vec![f32::NAN; (kk - 1) * brs + (n - 1) * bcs + 1];
+        for i in 0..m {
+            for q in 0..kk {
+                a[i * ars + q * acs] = value(i * kk + q);
+            }
+        }
+        for q in 0..kk {
+            for j in 0..n {
+                b[q * brs + j * bcs] = value(7 + q * n + j);
+            }
+        }
+        let av = MatRef::new(&a, m, kk, ars, acs).map_err(fail)?;
+        let bv = MatRef::new(&b, kk, n, brs, bcs).map_err(fail)?;
+        let (want, scale) = reference::gemm(av, bv);
+        let ld = n + pad;
+        let mut got = vec![-7.0f32; m * ld];
+        k.gemm(
+            av,
+            bv,
+            &mut MatMut::new(&mut got, m, n, ld).map_err(fail)?,
+            &[],
+        )
+        .map_err(fail)?;
+        let mut inside = Vec::with_capacity(m * n);
+        for (i, row) in got.chunks(ld).enumerate() {
+            inside.extend_from_slice(&row[..n]);
+            if row[n..].iter().any(|&v| v != -7.0) {
+                return Err(fail(format!("row {i}: a column past n was written")));
+            }
+        }
+        let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+        close(
+            "strided gemm vs reference",
+            &inside,
+            &want,
+            tolerance(&scale),
+        )
     })
 }
 

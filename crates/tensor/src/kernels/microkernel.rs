@@ -9,11 +9,11 @@
 //!             [ b0 ....... | b1 ....... | b2 ....... ]
 //!  A col k   +------------+------------+------------+
 //!  a0 (bcast)| acc[0][0]  | acc[0][1]  | acc[0][2]  |   acc[r][v] += a_r * b_v
-//!  a1        | acc[1][0]  | acc[1][1]  | acc[1][2]  |   (one FMA each, a_r broadcast
-//!  ...       |    ...     |    ...     |    ...     |    from memory straight into
-//!  a7        | acc[7][0]  | acc[7][1]  | acc[7][2]  |    the FMA)
+//!  a1        | acc[1][0]  | acc[1][1]  | acc[1][2]  |   (a_r broadcast into one
+//!  ...       |    ...     |    ...     |    ...     |    register, then three FMAs
+//!  a7        | acc[7][0]  | acc[7][1]  | acc[7][2]  |    read it)
 //!            +------------+------------+------------+
-//!  24 accumulators + 3 B vectors = 27 of the 32 zmm registers
+//!  24 accumulators + 3 B vectors + 1 broadcast = 28 of the 32 zmm registers
 //! ```
 //!
 //! Per step of `k`: `NV` vector loads of B, `MR` broadcasts of A, `MR * NV` FMAs. With 24
