@@ -379,9 +379,17 @@ impl Kernels {
             let (g, run) = (rest / runs, rest % runs);
             let fv = f.min(ob - g * f);
             let (q0, q1) = (run * run_px, ((run + 1) * run_px).min(plane));
+            // The run's pixels in as few tiles as `P = pmax` allows, of balanced widths
+            // (49 = 4 x 6 + 5 x 5, not 8 x 6 + 1): a 1-pixel tile loads the same weights
+            // for a sixth of the multiply-adds of a 6-pixel one, and took 6% of the time of
+            // ResNet-50's 7 x 7 layers for 2% of their work. In-process A/B, 2 threads,
+            // batch 1: those layers 0.97-0.985 of the time (mean of 400 calls), the
+            // others unchanged; ResNet-50 0.97-0.99.
+            let (len, count) = (q1 - q0, (q1 - q0).div_ceil(pmax));
+            let (base, extra) = (len / count.max(1), len % count.max(1));
             let mut q = q0;
-            while q < q1 {
-                let pn = pmax.min(q1 - q);
+            for ti in 0..count {
+                let pn = base + usize::from(ti < extra);
                 let at = b * out_image + g * f * plane * l + q * l;
                 let tile = BlockedTile {
                     x: xin[b * in_image..].as_ptr(),
@@ -412,6 +420,7 @@ impl Kernels {
                 unsafe { (set.blocked_tiles[pn - 1])(&tile) };
                 q += pn;
             }
+            debug_assert_eq!(q, q1);
         };
         let tasks = n * groups * runs;
         let work = [plane, f, groups, l, cb, l, kh, kw]
