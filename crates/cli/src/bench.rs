@@ -44,6 +44,14 @@ pub fn best_time<T, E>(
     Ok(best)
 }
 
+/// Deterministic `A` (`m x k`) and `B` (`k x n`) for a GEMM case: small values in a
+/// repeating pattern (speed does not depend on them).
+fn gemm_operands(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
+    let a = (0..m * k).map(|i| ((i % 17) as f32 - 8.0) * 0.01).collect();
+    let b = (0..k * n).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
+    (a, b)
+}
+
 /// One result row.
 pub struct Row {
     pub bench: &'static str,
@@ -103,12 +111,7 @@ pub fn gemm(
         ))?;
     }
     for &(name, m, n, kk) in GEMM_SHAPES {
-        let a: Vec<f32> = (0..m * kk)
-            .map(|i| ((i % 17) as f32 - 8.0) * 0.01)
-            .collect();
-        let b: Vec<f32> = (0..kk * n)
-            .map(|i| ((i % 13) as f32 - 6.0) * 0.01)
-            .collect();
+        let (a, b) = gemm_operands(m, n, kk);
         let mut c = vec![0.0f32; m * n];
         let av = MatRef::row_major(&a, m, kk)?;
         let bv = MatRef::row_major(&b, kk, n)?;
@@ -207,12 +210,7 @@ pub fn scaling(
     // Each side's share of the budget per round.
     let slice = budget / (2 * ROUNDS) as u32;
     for &(name, m, n, kk) in GEMM_SHAPES {
-        let a: Vec<f32> = (0..m * kk)
-            .map(|i| ((i % 17) as f32 - 8.0) * 0.01)
-            .collect();
-        let b: Vec<f32> = (0..kk * n)
-            .map(|i| ((i % 13) as f32 - 6.0) * 0.01)
-            .collect();
+        let (a, b) = gemm_operands(m, n, kk);
         let mut c = vec![0.0f32; m * n];
         let av = MatRef::row_major(&a, m, kk)?;
         let bv = MatRef::row_major(&b, kk, n)?;
