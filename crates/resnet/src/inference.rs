@@ -455,9 +455,9 @@ impl InferenceModel {
         f
     }
 
-    /// The forward pass in the blocked layout: the input converted once, every
-    /// convolution (bias, residual and ReLU in its epilogue) and the max pool in the
-    /// layout, and the global average pool reading it.
+    /// The forward pass in the blocked layout: the stem and its max pool in NCHW, their
+    /// output converted once, every later convolution (bias, residual and ReLU in its
+    /// epilogue) in the layout, and the global average pool reading it.
     fn features_blocked(&self, x: &Tensor, mut observe: Observer) -> Result<Tensor> {
         let (k, pool) = (&self.kernels, &self.blocked_pool);
         // The stem in NCHW, by the direct kernel, and its pooled output converted: the
