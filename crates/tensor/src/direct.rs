@@ -414,17 +414,24 @@ fn pad_image_masked(
         let (lo, hi) = (kx.saturating_sub(pad), (w + kx).saturating_sub(pad).min(w));
         per_channel(parallel, x, h * w, blocks, block, |ch, src, dst| {
             let (top, rest) = dst.split_at_mut(pad * w);
-            top.fill(0.0);
             let (rows, bottom) = rest.split_at_mut(h * w);
-            bottom.fill(0.0);
+            // Zeros are stored one by one, never by `fill`: on runs this short (8
+            // floats above and below, 1 per row) each `fill` compiled to a `memset`
+            // call, 6% of the time of ResNet-20's 8 x 8 layers. Measured, in-process
+            // A/B, batch 128, 2 threads: 64 -> 64 at 8 x 8, forward 0.968, input
+            // gradient 0.961.
+            for i in 0..pad * w {
+                top[i] = 0.0;
+                bottom[i] = 0.0;
+            }
             match norm {
                 Some(n) => n.apply(ch, src, rows),
                 None => rows.copy_from_slice(src),
             }
-            if lo > 0 || hi < w {
-                for row in rows.chunks_exact_mut(w) {
-                    row[..lo].fill(0.0);
-                    row[hi..].fill(0.0);
+            // Column by column, down the rows (a strided loop, not a `memset`).
+            for col in (0..lo).chain(hi..w) {
+                for y in 0..h {
+                    rows[y * w + col] = 0.0;
                 }
             }
         });
