@@ -104,7 +104,9 @@ fn grad_check(
         for (j, want) in numeric {
             let got = g.data()[j] as f64;
             let tol = 2e-3 * scale + 1e-4;
-            if (got - want).abs() > tol {
+            // A NaN gradient must fail too, and `NaN > tol` is false.
+            let err = (got - want).abs();
+            if err.is_nan() || err > tol {
                 return Err(TestCaseError::fail(format!(
                     "input {i} element {j}: analytic {got:e}, finite difference {want:e} (tolerance {tol:e})"
                 )));

@@ -2,9 +2,12 @@
 //!
 //! Each takes the upstream gradient `dy` (shaped as the forward's output) and what the
 //! forward saved, and returns the gradients of the forward's inputs. The memory-bound
-//! ones (ReLU, batch norm) run the SIMD bodies of every tier; convolution and linear are
-//! GEMMs; max pool, average pool, im2col and col2im are plain loops (they move data and
-//! do no arithmetic worth vectorising). Naive versions are in [`crate::reference`].
+//! ones (ReLU, batch norm) run the SIMD bodies of every tier; convolution's weight
+//! gradient runs the row-dot and outer-product kernels of `crate::wgrad`, its input
+//! gradient the direct kernel (a transposed convolution) or a GEMM and col2im, chosen
+//! per layer; linear is GEMMs; max pool, average pool, im2col and col2im are plain loops
+//! (they move data and do no arithmetic worth vectorising). Naive versions are in
+//! [`crate::reference`].
 
 use rayon::prelude::*;
 
@@ -589,9 +592,10 @@ impl Kernels {
     /// Convolution's backward (NCHW input `x`, OIHW weights `w`, upstream `dy`):
     ///
     /// - `dW = sum_n dY_n X_n^T`, where row `(c, ky, kx)` of `X_n` is the image seen
-    ///   through that tap: the row-dot kernel (`crate::wgrad`) reads both operands along
-    ///   the pixels, from the zero-padded image in place for stride 1, from im2col
-    ///   columns of a few images at a time otherwise;
+    ///   through that tap, with no column matrix (`crate::wgrad`): the outer-product
+    ///   kernel when the output channels are two or more whole vectors, the row-dot
+    ///   kernel otherwise, both reading the taps from the image itself (1x1, stride 1,
+    ///   unpadded) or from its zero-padded phase planes, a few images at a time;
     /// - `dX_n = col2im(W^T dY_n)`, or where the direct kernel is the faster algorithm
     ///   the transposed convolution by it: for stride 1 one convolution of `dY` with
     ///   the flipped weights, for stride `s` one per output phase `(y % s, x % s)`

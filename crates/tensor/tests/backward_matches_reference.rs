@@ -439,8 +439,9 @@ fn check_conv_resnet20(k: Kernels) -> CheckResult {
         (32, 32, 1, 6),
         (32, 64, 2, 6),
         (64, 64, 1, 4),
-        // Rows as wide as a vector of every tier, so dX also runs as the transposed
-        // direct convolution (the shapes above are too narrow for it on AVX-512).
+        // Rows of 17 (a ragged tail on every tier) and 16 (whole vectors on every tier):
+        // the direct kernel's planar and whole-vector routes, in the forward and in dX
+        // (on AVX-512 the narrower shapes above take its masked and planar routes).
         (16, 16, 1, 17),
         (8, 24, 1, 16),
     ];

@@ -138,18 +138,19 @@ pub fn each_tier(mut f: impl FnMut(Kernels)) {
 }
 
 /// The largest `|got - want|` over the largest `|want|` (a relative error that does not
-/// blow up on elements near zero).
+/// blow up on elements near zero). Infinite when either side has a NaN or an infinity
+/// anywhere, so a non-finite result can never pass a tolerance (`f64::max` alone would
+/// drop a NaN).
 pub fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
     assert_eq!(got.shape(), want.shape());
-    let scale = want
-        .data()
-        .iter()
-        .fold(0.0f64, |m, &v| m.max(v.abs() as f64));
-    let diff = got
-        .data()
-        .iter()
-        .zip(want.data())
-        .fold(0.0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
+    let (mut scale, mut diff) = (0.0f64, 0.0f64);
+    for (&a, &b) in got.data().iter().zip(want.data()) {
+        if !(a.is_finite() && b.is_finite()) {
+            return f64::INFINITY;
+        }
+        scale = scale.max((b as f64).abs());
+        diff = diff.max((a as f64 - b as f64).abs());
+    }
     if scale == 0.0 {
         diff
     } else {
