@@ -2,15 +2,17 @@
 //!
 //! `cargo bench -p resnet-benches --bench train`. Backward kernels on ResNet-20 layer
 //! shapes at batch 128 (32x32 input): ReLU, batch norm (alone, fused with ReLU, and the
-//! residual block's fused end) in bytes/s of their traffic,
-//! convolution (dX and dW; plain, and reading a normalised input) and the whole step in
-//! elements/s of flops or images. The
-//! one-shot figure with peak memory comes from `resnet bench train`.
+//! residual block's fused end, forward and backward), max pool and global average pool
+//! in bytes/s of their traffic; convolution (dX and dW; plain, and reading a normalised
+//! input; every 3 x 3 shape of the stages) and the linear layer in flops/s; the tape's
+//! own backward ops (option-A shortcut, cross-entropy) with their forward on a fresh
+//! tape; and the whole step in images/s. The one-shot figure with peak memory comes
+//! from `resnet bench train`.
 
 use std::time::Duration;
 
-use autograd::{Sgd, SgdConfig};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use autograd::{Sgd, SgdConfig, Tape};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use resnet::{train_step, Arch, Freeze, ResNet};
 use resnet_benches::{active, pool, thread_counts};
 use tensor::{Conv2d, Pool2d, Tensor};
@@ -59,22 +61,91 @@ fn backward_kernels(c: &mut Criterion) {
         g.bench_function(id("scale_shift_add_relu_128x16x32x32"), |b| {
             b.iter(|| p.install(|| k.scale_shift_add_relu(&x, &dy, &scale, &shift).unwrap()))
         });
+        // Its backward: dy masked by the output, then batch norm's two passes (x, dy and
+        // the output read; the masked dy, which the shortcut receives, and dx written).
+        let out = k.scale_shift_add_relu(&x, &dy, &scale, &shift).unwrap();
+        g.throughput(Throughput::Bytes(5 * bytes));
+        g.bench_function(id("batch_norm_add_relu_backward_128x16x32x32"), |b| {
+            b.iter_batched(
+                || dy.clone(),
+                |d| {
+                    p.install(|| {
+                        k.batch_norm_add_relu_backward(&x, d, &out, &stats.mean, &inv_std, &gamma)
+                            .unwrap()
+                    })
+                },
+                BatchSize::LargeInput,
+            )
+        });
+        // The head: global average pool (dy [128, 64] spread over 8 x 8 planes) and the
+        // classifier (dx, dW and db of a 64 -> 10 linear layer).
+        let pooled_dy = Tensor::randn(&[128, 64], 0.0, 1.0, 6).unwrap();
+        g.throughput(Throughput::Bytes((128 * 64 * 64 * 4) as u64));
+        g.bench_function(id("global_avg_pool_backward_128x64x8x8"), |b| {
+            b.iter(|| {
+                p.install(|| {
+                    k.global_avg_pool_backward(&pooled_dy, [128, 64, 8, 8])
+                        .unwrap()
+                })
+            })
+        });
+        let fc_w = Tensor::randn(&[10, 64], 0.0, 0.1, 7).unwrap();
+        let logits_dy = Tensor::randn(&[128, 10], 0.0, 1.0, 8).unwrap();
+        g.throughput(Throughput::Elements(2 * 2 * 128 * 64 * 10));
+        g.bench_function(id("linear_backward_128x64_to_10_flops"), |b| {
+            b.iter(|| p.install(|| k.linear_backward(&pooled_dy, &fc_w, &logits_dy).unwrap()))
+        });
+        // Two ops whose backward lives in the tape (`autograd`), timed as forward and
+        // backward on a fresh tape: the option-A shortcut (stride-2 subsample, channels
+        // zero-padded 16 -> 32) and softmax cross-entropy with label smoothing.
+        g.throughput(Throughput::Bytes(bytes));
+        g.bench_function(id("shortcut_option_a_fwd_bwd_128x16x32x32"), |b| {
+            let seed = Tensor::randn(&[128, 32, 16, 16], 0.0, 1.0, 9).unwrap();
+            b.iter(|| {
+                p.install(|| {
+                    let mut tape = Tape::new(k);
+                    let v = tape.param(&x);
+                    let y = tape.pad_channels(v, 2, 8).unwrap();
+                    tape.backward_from(y, seed.clone())
+                        .unwrap()
+                        .take(v)
+                        .unwrap()
+                })
+            })
+        });
+        let logits = Tensor::randn(&[128, 10], 0.0, 1.0, 10).unwrap();
+        let targets: Vec<usize> = (0..128).map(|i| i % 10).collect();
+        g.throughput(Throughput::Elements(128));
+        g.bench_function(id("cross_entropy_fwd_bwd_128x10"), |b| {
+            b.iter(|| {
+                p.install(|| {
+                    let mut tape = Tape::new(k);
+                    let v = tape.param(&logits);
+                    let loss = tape.cross_entropy(v, &targets, 0.1).unwrap();
+                    tape.backward(loss).unwrap().take(v).unwrap()
+                })
+            })
+        });
         g.throughput(Throughput::Bytes(2 * bytes));
         g.bench_function(id("max_pool2d_backward_3x3s2"), |b| {
             let pool3 = Pool2d::RESNET_STEM;
             let y = k.max_pool2d(&x, &pool3).unwrap();
             b.iter(|| p.install(|| k.max_pool2d_backward(&x, &y, &pool3).unwrap()))
         });
+        // Every 3 x 3 convolution shape of ResNet-20's stages.
         for (name, cin, cout, size, stride) in [
             ("conv_16_16_s1", 16, 16, 32, 1),
+            ("conv_16_32_s2", 16, 32, 32, 2),
+            ("conv_32_32_s1", 32, 32, 16, 1),
             ("conv_32_64_s2", 32, 64, 16, 2),
+            ("conv_64_64_s1", 64, 64, 8, 1),
         ] {
             let xin = Tensor::randn(&[128, cin, size, size], 0.0, 1.0, 3).unwrap();
             let w = Tensor::randn(&[cout, cin, 3, 3], 0.0, 0.1, 4).unwrap();
             let pc = Conv2d::new(stride, 1);
             let [oh, ow] = pc.output_size(size, size, 3, 3).unwrap();
             let gy = Tensor::randn(&[128, cout, oh, ow], 0.0, 1.0, 5).unwrap();
-            // dX and dW: two GEMMs of the forward's size.
+            // dX and dW: each as many multiply-adds as the forward.
             g.throughput(Throughput::Elements(
                 4 * (128 * cout * oh * ow * cin * 9) as u64,
             ));

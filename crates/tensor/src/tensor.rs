@@ -59,7 +59,7 @@ impl Tensor {
     ///
     /// With debug assertions on (the test profile), the elements are NaN instead, so
     /// that any test of a caller that misses an element fails.
-    pub(crate) fn for_overwrite(shape: &[usize]) -> Result<Self> {
+    pub fn for_overwrite(shape: &[usize]) -> Result<Self> {
         let n = checked_count("Tensor::for_overwrite", shape)?;
         if cfg!(debug_assertions) {
             return Self::full(shape, f32::NAN);
