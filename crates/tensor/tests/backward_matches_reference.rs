@@ -30,6 +30,10 @@ const CHECKS: &[(&str, Check)] = &[
     ("conv2d_backward_equals_reference", check_conv),
     ("conv2d_backward_resnet20_layers", check_conv_resnet20),
     (
+        "conv2d_backward_wide_input_gemm_route",
+        check_conv_wide_input,
+    ),
+    (
         "conv2d_normalised_equals_scale_shift_relu_then_conv2d",
         check_conv_normalised,
     ),
@@ -459,6 +463,35 @@ fn check_conv_resnet20(k: Kernels) -> CheckResult {
             seed: i as u64,
         };
         run_conv(k, &case).map_err(|e| format!("{c}->{o} s{stride}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// More than 64 input channels: `ConvPath::choose` then gives dX to the GEMM route
+/// (`col2im(W^T dY)`, or `W^T dY` straight into dX for 1x1, stride 1, unpadded), the
+/// ImageNet nets' route, which the narrow random cases above reach only through shape
+/// fallbacks. 3x3 at stride 1 and 2, 1x1 at stride 1 and 2, ragged sizes, batch 3.
+fn check_conv_wide_input(k: Kernels) -> CheckResult {
+    let layers = [
+        (72, 5, 3, 1, 1, 7),
+        (65, 8, 3, 2, 1, 9),
+        (80, 3, 1, 1, 0, 6),
+        (70, 16, 1, 2, 0, 7),
+    ];
+    for (i, &(c, o, kk, stride, pad, size)) in layers.iter().enumerate() {
+        let case = ConvCase {
+            n: 3,
+            c,
+            o,
+            h: size,
+            w: size,
+            k: kk,
+            stride,
+            pad,
+            want: 3,
+            seed: 100 + i as u64,
+        };
+        run_conv(k, &case).map_err(|e| format!("{c}->{o} {kk}x{kk} s{stride}: {e}"))?;
     }
     Ok(())
 }
