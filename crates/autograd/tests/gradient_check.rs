@@ -25,6 +25,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("batch_norm_gradients", check_batch_norm),
     ("batch_norm_relu_gradients", check_batch_norm_relu),
     ("batch_norm_fixed_gradients", check_batch_norm_fixed),
+    ("batch_norm_fixed_relu_gradients", check_batch_norm_fixed_relu),
     ("batch_norm_add_relu_gradients", check_batch_norm_add_relu),
     (
         "batch_norm_relu_conv2d_gradients",
@@ -314,6 +315,10 @@ fn check_batch_norm_relu(k: Kernels) -> CheckResult {
 }
 
 fn check_batch_norm_fixed(k: Kernels) -> CheckResult {
+    bn_case(k, false, true)
+}
+
+fn check_batch_norm_fixed_relu(k: Kernels) -> CheckResult {
     bn_case(k, true, true)
 }
 
