@@ -49,8 +49,21 @@ pub struct Sgd {
 }
 
 impl Sgd {
-    /// An optimizer for `params` parameters.
+    /// An optimizer for `params` parameters. Like `torch.optim.SGD`, it refuses a
+    /// negative learning rate, momentum or weight decay (and a NaN or infinite one).
     pub fn new(config: SgdConfig, params: usize) -> Result<Self> {
+        for (name, v) in [
+            ("learning rate", config.lr),
+            ("momentum", config.momentum),
+            ("weight decay", config.weight_decay),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(TensorError::InvalidArgument {
+                    op: "Sgd::new",
+                    reason: format!("invalid {name}: {v}"),
+                });
+            }
+        }
         if config.nesterov && (config.momentum <= 0.0 || config.dampening != 0.0) {
             return Err(TensorError::InvalidArgument {
                 op: "Sgd::new",
@@ -83,7 +96,7 @@ impl Sgd {
                 ),
             });
         }
-        for (p, g) in params.iter().zip(grads) {
+        for (i, ((p, g), buf)) in params.iter().zip(grads).zip(&self.buffers).enumerate() {
             if let Some(g) = g {
                 if g.shape() != p.shape() {
                     return Err(TensorError::ShapeMismatch {
@@ -92,6 +105,17 @@ impl Sgd {
                         got: g.shape().to_vec(),
                     });
                 }
+            }
+            // A buffer restored by `load_state` must fit its parameter.
+            if !buf.is_empty() && buf.len() != p.len() {
+                return Err(TensorError::InvalidArgument {
+                    op: "Sgd::step",
+                    reason: format!(
+                        "momentum buffer {i} has {} elements for a parameter of {}",
+                        buf.len(),
+                        p.len()
+                    ),
+                });
             }
         }
         let SgdConfig {
@@ -132,7 +156,9 @@ impl Sgd {
         &self.buffers
     }
 
-    /// Restores momentum buffers saved by [`Sgd::state`].
+    /// Restores momentum buffers saved by [`Sgd::state`]. Their lengths are checked
+    /// against the parameters at the next [`Sgd::step`] (which refuses, changing
+    /// nothing, a buffer that does not fit).
     pub fn load_state(&mut self, buffers: Vec<Vec<f32>>) -> Result<()> {
         if buffers.len() != self.buffers.len() {
             return Err(TensorError::InvalidArgument {
@@ -242,5 +268,40 @@ mod tests {
             1
         )
         .is_err());
+    }
+
+    #[test]
+    fn sgd_rejects_bad_settings_and_buffers() {
+        for bad in [
+            SgdConfig {
+                lr: -0.1,
+                ..Default::default()
+            },
+            SgdConfig {
+                momentum: -0.9,
+                ..Default::default()
+            },
+            SgdConfig {
+                weight_decay: f32::NAN,
+                ..Default::default()
+            },
+        ] {
+            let err = Sgd::new(bad, 1).unwrap_err().to_string();
+            assert!(err.contains("invalid"), "{err}");
+        }
+        // A restored buffer of the wrong length: refused at the step, nothing moved.
+        let config = SgdConfig {
+            momentum: 0.9,
+            ..Default::default()
+        };
+        let mut sgd = Sgd::new(config, 1).unwrap();
+        sgd.load_state(vec![vec![0.0; 3]]).unwrap();
+        let mut p = t(&[1.0, 2.0]);
+        let err = sgd
+            .step(&mut [&mut p], &[Some(&t(&[1.0, 1.0]))])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("momentum buffer 0 has 3"), "{err}");
+        assert_eq!(p.data(), &[1.0, 2.0]);
     }
 }

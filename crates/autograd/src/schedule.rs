@@ -1,6 +1,8 @@
 //! Learning-rate schedules: the rate as a function of the epoch (or step) count `t`,
-//! matching PyTorch's `StepLR`, `MultiStepLR`, `CosineAnnealingLR` and a linear
-//! warm-up (`LinearLR` from `start_factor` to 1) chained before any of them.
+//! matching PyTorch's `StepLR`, `MultiStepLR`, `CosineAnnealingLR` (for `t <= t_max`;
+//! past it this one stays at `eta_min`, where PyTorch's closed form climbs back up the
+//! cosine) and a linear warm-up (`LinearLR` from `start_factor` to 1) chained before
+//! any of them.
 
 /// A schedule of the learning rate over `t = 0, 1, 2, ...` (epochs or steps, as the
 /// trainer counts them).
@@ -8,7 +10,8 @@
 pub enum Schedule {
     /// The base rate throughout.
     Constant,
-    /// `base * gamma^(t / step_size)` (integer division).
+    /// `base * gamma^(t / step_size)` (integer division; a `step_size` of 0 counts as
+    /// 1, where PyTorch would refuse it).
     Step { step_size: usize, gamma: f32 },
     /// `base * gamma^(number of milestones <= t)`.
     MultiStep { milestones: Vec<usize>, gamma: f32 },
