@@ -25,7 +25,10 @@ const CHECKS: &[(&str, Check)] = &[
     ("batch_norm_gradients", check_batch_norm),
     ("batch_norm_relu_gradients", check_batch_norm_relu),
     ("batch_norm_fixed_gradients", check_batch_norm_fixed),
-    ("batch_norm_fixed_relu_gradients", check_batch_norm_fixed_relu),
+    (
+        "batch_norm_fixed_relu_gradients",
+        check_batch_norm_fixed_relu,
+    ),
     ("batch_norm_add_relu_gradients", check_batch_norm_add_relu),
     (
         "batch_norm_relu_conv2d_gradients",
