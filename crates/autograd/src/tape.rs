@@ -20,7 +20,7 @@ use std::rc::Rc;
 
 use rayon::prelude::*;
 
-use tensor::{ChannelStats, Conv2d, Kernels, Pool2d, Result, Tensor, TensorError};
+use tensor::{BatchNormGrads, ChannelStats, Conv2d, Kernels, Pool2d, Result, Tensor, TensorError};
 
 /// A value on a tape: the index of the node that made it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -648,6 +648,52 @@ impl<'p> Tape<'p> {
         }
     }
 
+    /// Batch norm's backward (training or fixed statistics, with or without the ReLU
+    /// after it), writing dx over dy's buffer when nobody else holds dy.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_grads(
+        &self,
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        mean: &[f32],
+        inv_std: &[f32],
+        relu: bool,
+        batch_stats: bool,
+        dy: Rc<Tensor>,
+    ) -> Result<BatchNormGrads> {
+        let k = self.kernels;
+        let (xv, gv) = (self.value(x)?, self.value(gamma)?.data());
+        if relu {
+            // The ReLU's mask is recomputed from x inside the batch-norm passes, with
+            // the forward's scale and shift (the same arithmetic as `affine`, so the
+            // same floats): no ReLU-backward pass.
+            let [scale, shift] = affine_coefficients(gv, self.value(beta)?.data(), mean, inv_std);
+            let affine = [&scale[..], &shift[..]];
+            return match Rc::try_unwrap(dy) {
+                Ok(dy) => k.batch_norm_relu_backward_reusing(
+                    xv,
+                    dy,
+                    mean,
+                    inv_std,
+                    gv,
+                    affine,
+                    batch_stats,
+                ),
+                Err(dy) => {
+                    k.batch_norm_relu_backward(xv, &dy, mean, inv_std, gv, affine, batch_stats)
+                }
+            };
+        }
+        if !batch_stats {
+            return k.batch_norm_fixed_backward(xv, &dy, mean, inv_std, gv);
+        }
+        match Rc::try_unwrap(dy) {
+            Ok(dy) => k.batch_norm_backward_reusing(xv, dy, mean, inv_std, gv),
+            Err(dy) => k.batch_norm_backward(xv, &dy, mean, inv_std, gv),
+        }
+    }
+
     /// The gradients of node `i`'s inputs, given the gradient `dy` of its output. For a
     /// convolution, `dx_acc` is the gradient its input already has, to add `dX` into.
     fn node_backward(
@@ -681,50 +727,17 @@ impl<'p> Tape<'p> {
                 relu,
                 batch_stats,
             } => {
-                let (xv, gv) = (self.value(*x)?, self.value(*gamma)?.data());
-                let g = if *relu {
-                    // The ReLU's mask is recomputed from x inside the batch-norm passes,
-                    // with the forward's scale and shift (the same arithmetic as
-                    // `affine`, so the same floats): no ReLU-backward pass.
-                    let [scale, shift] =
-                        affine_coefficients(gv, self.value(*beta)?.data(), mean, inv_std);
-                    let affine = [&scale[..], &shift[..]];
-                    match Rc::try_unwrap(dy) {
-                        Ok(dy) => k.batch_norm_relu_backward_reusing(
-                            xv,
-                            dy,
-                            mean,
-                            inv_std,
-                            gv,
-                            affine,
-                            *batch_stats,
-                        )?,
-                        Err(dy) => k.batch_norm_relu_backward(
-                            xv,
-                            &dy,
-                            mean,
-                            inv_std,
-                            gv,
-                            affine,
-                            *batch_stats,
-                        )?,
-                    }
-                } else if *batch_stats {
-                    // dx over dy's buffer when nobody else holds dy.
-                    match Rc::try_unwrap(dy) {
-                        Ok(dy) => k.batch_norm_backward_reusing(xv, dy, mean, inv_std, gv)?,
-                        Err(dy) => k.batch_norm_backward(xv, &dy, mean, inv_std, gv)?,
-                    }
-                } else {
-                    k.batch_norm_fixed_backward(xv, &dy, mean, inv_std, gv)?
-                };
-                let c = g.dgamma.len();
-                let (dx, dgamma, dbeta) = (
-                    g.dx,
-                    Tensor::from_vec(&[c], g.dgamma)?,
-                    Tensor::from_vec(&[c], g.dbeta)?,
-                );
-                vec![(*x, dx), (*gamma, dgamma), (*beta, dbeta)]
+                let g = self.batch_norm_grads(
+                    *x,
+                    *gamma,
+                    *beta,
+                    mean,
+                    inv_std,
+                    *relu,
+                    *batch_stats,
+                    dy,
+                )?;
+                bn_grads(*x, *gamma, *beta, g)?
             }
             Op::BatchNormReluConv2d {
                 x,
@@ -736,27 +749,21 @@ impl<'p> Tape<'p> {
                 inv_std,
                 ..
             } => {
+                // The convolution's input gradient is the normalised tensor's, which
+                // batch norm's backward (with the ReLU's mask from x) turns into x's.
                 let (xv, gv) = (self.value(*x)?, self.value(*gamma)?.data());
                 let [scale, shift] =
                     affine_coefficients(gv, self.value(*beta)?.data(), mean, inv_std);
                 let affine = [&scale[..], &shift[..]];
-                // The convolution's input gradient is the normalised tensor's, which
-                // batch norm's backward (with the ReLU's mask from x) turns into x's.
                 let to_x = wants(*x) || wants(*gamma) || wants(*beta);
                 let wv = self.value(*w)?;
                 let g = k.conv2d_backward_normalised(xv, affine, wv, &dy, *p, to_x, wants(*w))?;
-                let mut grads = Vec::with_capacity(4);
-                if let Some(dw) = g.dw {
-                    grads.push((*w, dw));
-                }
+                let mut grads: Vec<_> = g.dw.map(|dw| (*w, dw)).into_iter().collect();
                 if let Some(dn) = g.dx {
                     let g = k.batch_norm_relu_backward_reusing(
                         xv, dn, mean, inv_std, gv, affine, true,
                     )?;
-                    let c = g.dgamma.len();
-                    grads.push((*x, g.dx));
-                    grads.push((*gamma, Tensor::from_vec(&[c], g.dgamma)?));
-                    grads.push((*beta, Tensor::from_vec(&[c], g.dbeta)?));
+                    grads.extend(bn_grads(*x, *gamma, *beta, g)?);
                 }
                 grads
             }
@@ -784,13 +791,12 @@ impl<'p> Tape<'p> {
                         (k.batch_norm_backward(xv, &dy, mean, inv_std, gv)?, dy)
                     }
                 };
-                let c = g.dgamma.len();
-                return Ok(vec![
-                    (*x, Rc::new(g.dx)),
-                    (*gamma, Rc::new(Tensor::from_vec(&[c], g.dgamma)?)),
-                    (*beta, Rc::new(Tensor::from_vec(&[c], g.dbeta)?)),
-                    (*residual, dy),
-                ]);
+                let mut grads: Vec<_> = bn_grads(*x, *gamma, *beta, g)?
+                    .into_iter()
+                    .map(|(v, t)| (v, Rc::new(t)))
+                    .collect();
+                grads.push((*residual, dy));
+                return Ok(grads);
             }
             Op::Relu { x } => return Ok(vec![(*x, self.relu_grad(dy, out)?)]),
             Op::Add { a, b, relu } => {
@@ -818,24 +824,46 @@ impl<'p> Tape<'p> {
                 probs,
                 targets,
                 smoothing,
-            } => {
-                // d loss / d logits = (softmax - target distribution) / N, times the
-                // loss's own upstream gradient.
-                let [n, classes] = probs.dims2("cross_entropy_backward")?;
-                let scale = dy.data()[0] / n as f32;
-                let spread = smoothing / classes as f32;
-                let mut d = probs.clone();
-                for (row, &t) in d.data_mut().chunks_mut(classes).zip(targets) {
-                    for v in row.iter_mut() {
-                        *v = (*v - spread) * scale;
-                    }
-                    row[t] -= (1.0 - smoothing) * scale;
-                }
-                vec![(*logits, d)]
-            }
+            } => vec![(
+                *logits,
+                cross_entropy_backward(probs, targets, *smoothing, dy.data()[0])?,
+            )],
         };
         Ok(grads.into_iter().map(|(v, g)| (v, Rc::new(g))).collect())
     }
+}
+
+/// Softmax cross-entropy's backward: `d loss / d logits = (softmax - target
+/// distribution) / N`, times the loss's own upstream gradient `dloss`. The target
+/// distribution puts `1 - smoothing` on the target class and spreads `smoothing` evenly
+/// over all classes.
+fn cross_entropy_backward(
+    probs: &Tensor,
+    targets: &[usize],
+    smoothing: f32,
+    dloss: f32,
+) -> Result<Tensor> {
+    let [n, classes] = probs.dims2("cross_entropy_backward")?;
+    let scale = dloss / n as f32;
+    let spread = smoothing / classes as f32;
+    let mut d = probs.clone();
+    for (row, &t) in d.data_mut().chunks_mut(classes).zip(targets) {
+        for v in row.iter_mut() {
+            *v = (*v - spread) * scale;
+        }
+        row[t] -= (1.0 - smoothing) * scale;
+    }
+    Ok(d)
+}
+
+/// Batch norm's gradients as `(input, gradient)` pairs: x, gamma, beta.
+fn bn_grads(x: Var, gamma: Var, beta: Var, g: BatchNormGrads) -> Result<Vec<(Var, Tensor)>> {
+    let c = g.dgamma.len();
+    Ok(vec![
+        (x, g.dx),
+        (gamma, Tensor::from_vec(&[c], g.dgamma)?),
+        (beta, Tensor::from_vec(&[c], g.dbeta)?),
+    ])
 }
 
 /// What follows a batch norm's affine map in the same pass.
