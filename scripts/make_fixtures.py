@@ -3,6 +3,7 @@
 
     pip install torch torchvision safetensors numpy
     python3 scripts/make_fixtures.py            # writes crates/resnet/tests/fixtures/
+    python3 scripts/make_fixtures.py --only schedules   # just one of them
 
 Every weight is made by a tiny counter-based generator (splitmix64 of the tensor's
 torchvision key and the element index, see `hash_uniform`) that the Rust tests
@@ -18,6 +19,8 @@ Files (all float32 unless noted):
   `after.<key>` for every parameter and running statistic after the step.
 - `sgd_steps.safetensors`: three steps of torch.optim.SGD on one tensor under three
   settings (`<setting>.p0`, `.g1..g3`, `.p1..p3`).
+- `schedules.safetensors`: the learning rate per epoch (base 0.1) under `StepLR`,
+  `MultiStepLR`, `CosineAnnealingLR` and `LinearLR` then cosine (`SequentialLR`).
 - `images.safetensors`: torchvision's standard evaluation transform (PIL `Resize(256)`,
   `CenterCrop(224)`, `ToTensor`, `Normalize` with the ImageNet statistics) of the photos
   in `crates/resnet/tests/images/`: rows 0, 56, 112, 168 and 223 of each channel
@@ -189,6 +192,38 @@ def sgd_fixture(out):
     print("sgd_steps: 3 settings x 3 steps")
 
 
+def schedules_fixture(out):
+    """The learning rate per epoch of torch.optim.lr_scheduler's schedules (base 0.1),
+    as `<name>` ([epochs]); the Rust test rebuilds each as an `autograd::Schedule`."""
+    def run(make, epochs):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        sched = make(opt)
+        lrs = []
+        for _ in range(epochs):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return torch.tensor(lrs, dtype=torch.float32)
+
+    lr_s = torch.optim.lr_scheduler
+    tensors = {
+        "step": run(lambda o: lr_s.StepLR(o, step_size=3, gamma=0.1), 12),
+        "multistep": run(lambda o: lr_s.MultiStepLR(o, milestones=[4, 9], gamma=0.2), 12),
+        # Up to t_max: past it PyTorch's cosine climbs back, where ours holds eta_min.
+        "cosine": run(lambda o: lr_s.CosineAnnealingLR(o, T_max=10, eta_min=0.001), 11),
+        "warmup_cosine": run(
+            lambda o: lr_s.SequentialLR(
+                o,
+                [lr_s.LinearLR(o, start_factor=0.1, total_iters=5), lr_s.CosineAnnealingLR(o, T_max=10)],
+                milestones=[5],
+            ),
+            16,
+        ),
+    }
+    save_file(tensors, os.path.join(out, "schedules.safetensors"))
+    print("schedules: " + ", ".join(tensors))
+
+
 def stages_fixture(out, arch, batch):
     model = getattr(torchvision.models, arch)(weights=None)
     fill(model)
@@ -255,15 +290,26 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=default_out, help="fixture folder (default: %(default)s)")
     ap.add_argument("--weights", metavar="DIR", help="also write resnet18/50 weight files here")
+    fixtures = {
+        "resnet20_step": lambda out: train_step_fixture(out),
+        "sgd_steps": lambda out: sgd_fixture(out),
+        "schedules": lambda out: schedules_fixture(out),
+        "resnet18_stages": lambda out: stages_fixture(out, "resnet18", 2),
+        "resnet50_stages": lambda out: stages_fixture(out, "resnet50", 1),
+        "images": lambda out: images_fixture(
+            out, os.path.join(here, "..", "crates", "resnet", "tests", "images")
+        ),
+    }
+    ap.add_argument(
+        "--only", choices=sorted(fixtures), action="append", help="write only this fixture (repeatable)"
+    )
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True)
     os.makedirs(args.out, exist_ok=True)
-    train_step_fixture(args.out)
-    sgd_fixture(args.out)
-    stages_fixture(args.out, "resnet18", 2)
-    stages_fixture(args.out, "resnet50", 1)
-    images_fixture(args.out, os.path.join(here, "..", "crates", "resnet", "tests", "images"))
+    for name, make in fixtures.items():
+        if not args.only or name in args.only:
+            make(args.out)
     if args.weights:
         weights_files(args.weights)
 

@@ -21,7 +21,7 @@
 
 mod common;
 
-use autograd::{Sgd, SgdConfig, Tape};
+use autograd::{Schedule, Sgd, SgdConfig, Tape};
 use common::{each_tier, fixture_model, load_fixture, rel_err, Fixture};
 use resnet::{Arch, ConvLayout, Freeze, InferenceModel};
 use tensor::{Kernels, Tensor};
@@ -169,6 +169,52 @@ fn resnet20_training_step_equals_pytorch() {
         }
         println!("  worst update: {} at {:.2e}", worst.1, worst.0);
     });
+}
+
+/// Each learning-rate schedule against `torch.optim.lr_scheduler`'s, epoch by epoch
+/// (base rate 0.1; the cosine up to `t_max`, where the two part ways by design).
+#[test]
+fn schedules_equal_torch_lr_schedulers() {
+    let Some(bytes) = load_fixture("schedules.safetensors") else {
+        return;
+    };
+    let fx = Fixture::new(&bytes);
+    let cosine = |t_max, eta_min| Schedule::Cosine { t_max, eta_min };
+    let cases = [
+        (
+            "step",
+            Schedule::Step {
+                step_size: 3,
+                gamma: 0.1,
+            },
+        ),
+        (
+            "multistep",
+            Schedule::MultiStep {
+                milestones: vec![4, 9],
+                gamma: 0.2,
+            },
+        ),
+        ("cosine", cosine(10, 0.001)),
+        (
+            "warmup_cosine",
+            Schedule::Warmup {
+                steps: 5,
+                start_factor: 0.1,
+                then: Box::new(cosine(10, 0.0)),
+            },
+        ),
+    ];
+    for (name, schedule) in cases {
+        let want = fx.f32(name);
+        for (t, &w) in want.data().iter().enumerate() {
+            let got = schedule.lr(0.1, t);
+            assert!(
+                (got - w).abs() <= 1e-6 * 0.1,
+                "{name} at epoch {t}: {got} vs PyTorch {w}"
+            );
+        }
+    }
 }
 
 /// `a - b`, element by element.
