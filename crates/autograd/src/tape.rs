@@ -22,9 +22,14 @@ use rayon::prelude::*;
 
 use tensor::{BatchNormGrads, ChannelStats, Conv2d, Kernels, Pool2d, Result, Tensor, TensorError};
 
-/// A value on a tape: the index of the node that made it.
+/// A value on a tape: the index of the node that made it, and which tape that is (a
+/// `Var` handed to another tape, or to another tape's gradients, is an error, not a
+/// silent reference to whatever node has the same index there).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Var(usize);
+pub struct Var(usize, u32);
+
+/// The next tape's identity.
+static NEXT_TAPE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Var {
     /// The node index (creation order).
@@ -139,21 +144,30 @@ struct Node<'p> {
 pub struct Tape<'p> {
     kernels: Kernels,
     nodes: Vec<Node<'p>>,
+    id: u32,
 }
 
 /// The gradients a backward pass left on the leaves that require them.
 pub struct Gradients {
     grads: Vec<Option<Tensor>>,
+    tape: u32,
 }
 
 impl Gradients {
-    /// The gradient of a leaf, if one reached it.
+    /// The gradient of a leaf, if one reached it (`None` too for a `Var` of another
+    /// tape).
     pub fn get(&self, v: Var) -> Option<&Tensor> {
+        if v.1 != self.tape {
+            return None;
+        }
         self.grads.get(v.0).and_then(|g| g.as_ref())
     }
 
     /// Takes a leaf's gradient out.
     pub fn take(&mut self, v: Var) -> Option<Tensor> {
+        if v.1 != self.tape {
+            return None;
+        }
         self.grads.get_mut(v.0).and_then(|g| g.take())
     }
 }
@@ -184,6 +198,7 @@ impl<'p> Tape<'p> {
         Tape {
             kernels,
             nodes: Vec::new(),
+            id: NEXT_TAPE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -208,11 +223,11 @@ impl<'p> Tape<'p> {
             op,
             requires_grad,
         });
-        Var(self.nodes.len() - 1)
+        Var(self.nodes.len() - 1, self.id)
     }
 
     fn push_op(&mut self, value: Tensor, op: Op, inputs: &[Var]) -> Var {
-        let requires_grad = inputs.iter().any(|v| self.nodes[v.0].requires_grad);
+        let requires_grad = inputs.iter().any(|&v| self.requires_grad(v));
         self.push(Value::Owned(value), op, requires_grad)
     }
 
@@ -234,7 +249,7 @@ impl<'p> Tape<'p> {
 
     /// The value of `v`.
     pub fn value(&self, v: Var) -> Result<&Tensor> {
-        match self.nodes.get(v.0).map(|n| &n.value) {
+        match self.node(v).map(|n| &n.value) {
             Some(Value::Owned(t)) => Ok(t),
             Some(Value::Borrowed(t)) => Ok(t),
             _ => Err(invalid(
@@ -261,9 +276,17 @@ impl<'p> Tape<'p> {
             * std::mem::size_of::<f32>()
     }
 
+    /// The node `v` names, if it is one of this tape's.
+    fn node(&self, v: Var) -> Option<&Node<'p>> {
+        if v.1 != self.id {
+            return None;
+        }
+        self.nodes.get(v.0)
+    }
+
     /// Whether a gradient will flow to `v`.
     pub fn requires_grad(&self, v: Var) -> bool {
-        self.nodes.get(v.0).is_some_and(|n| n.requires_grad)
+        self.node(v).is_some_and(|n| n.requires_grad)
     }
 
     // ---- Operations ----
@@ -313,7 +336,7 @@ impl<'p> Tape<'p> {
     /// The per-channel batch statistics of `x`: those its convolution gathered, or a
     /// pass over it.
     fn batch_stats(&self, x: Var) -> Result<ChannelStats> {
-        match self.nodes.get(x.0).map(|n| &n.op) {
+        match self.node(x).map(|n| &n.op) {
             Some(Op::Conv2d {
                 stats: Some(stats), ..
             })
@@ -633,7 +656,10 @@ impl<'p> Tape<'p> {
             .into_iter()
             .map(|g| g.map(|g| Rc::try_unwrap(g).unwrap_or_else(|g| (*g).clone())))
             .collect();
-        Ok(Gradients { grads })
+        Ok(Gradients {
+            grads,
+            tape: self.id,
+        })
     }
 
     /// ReLU's backward for a node whose output is `out`: in place when this is the
@@ -704,7 +730,7 @@ impl<'p> Tape<'p> {
     ) -> Result<Vec<(Var, Rc<Tensor>)>> {
         let k = self.kernels;
         let wants = |v: Var| self.nodes[v.0].requires_grad;
-        let out = self.value(Var(i))?;
+        let out = self.value(Var(i, self.id))?;
         let grads = match &self.nodes[i].op {
             Op::Leaf => Vec::new(),
             Op::Conv2d { x, w, p, .. } => {
@@ -985,4 +1011,29 @@ fn pad_channels_backward(
             .for_each(image);
     }
     Ok(dx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_var_of_another_tape_is_an_error() {
+        let k = Kernels::active().unwrap();
+        let a = Tensor::from_vec(&[2], vec![1.0, -1.0]).unwrap();
+        let mut first = Tape::new(k);
+        let x = first.param(&a);
+        let mut second = Tape::new(k);
+        let other = second.param(&a);
+        // Same index, other tape: refused, not taken for `other`.
+        assert_eq!(x.index(), other.index());
+        assert!(second.value(x).is_err());
+        assert!(!second.requires_grad(x));
+        assert!(second.relu(x).is_err());
+        let y = first.relu(x).unwrap();
+        let dy = Tensor::from_vec(&[2], vec![3.0, 4.0]).unwrap();
+        let grads = first.backward_from(y, dy).unwrap();
+        assert_eq!(grads.get(x).unwrap().data(), &[3.0, 0.0]);
+        assert!(grads.get(other).is_none());
+    }
 }
