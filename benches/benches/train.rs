@@ -4,7 +4,8 @@
 //! shapes at batch 128 (32x32 input): ReLU, batch norm (alone, fused with ReLU, and the
 //! residual block's fused end, forward and backward), max pool and global average pool
 //! in bytes/s of their traffic; convolution (dX and dW; plain, and reading a normalised
-//! input; every 3 x 3 shape of the stages) and the linear layer in flops/s; the tape's
+//! input, or adding dX into a gradient; every 3 x 3 shape of the stages, and a 1 x 1
+//! convolution of an ImageNet bottleneck) and the linear layer in flops/s; the tape's
 //! own backward ops (option-A shortcut, cross-entropy) with their forward on a fresh
 //! tape; and the whole step in images/s. The one-shot figure with peak memory comes
 //! from `resnet bench train`.
@@ -177,7 +178,36 @@ fn backward_kernels(c: &mut Criterion) {
                     })
                 })
             });
+            if name == "conv_16_16_s1" {
+                // A block's first convolution: dX added into the gradient the shortcut
+                // already gave its input.
+                g.throughput(Throughput::Elements(
+                    4 * (128 * cout * oh * ow * cin * 9) as u64,
+                ));
+                g.bench_function(id(&format!("{name}_backward_accumulating_flops")), |b| {
+                    b.iter_batched(
+                        || xin.clone(),
+                        |acc| {
+                            p.install(|| {
+                                k.conv2d_backward_accumulating(&xin, &w, &gy, pc, acc, true)
+                                    .unwrap()
+                            })
+                        },
+                        BatchSize::LargeInput,
+                    )
+                });
+            }
         }
+        // A 1x1 convolution (an ImageNet bottleneck's 256 -> 64 at 14 x 14, batch 32):
+        // dX as one GEMM per image with no col2im, dW with no columns.
+        let x1 = Tensor::randn(&[32, 256, 14, 14], 0.0, 1.0, 11).unwrap();
+        let w1 = Tensor::randn(&[64, 256, 1, 1], 0.0, 0.1, 12).unwrap();
+        let gy1 = Tensor::randn(&[32, 64, 14, 14], 0.0, 1.0, 13).unwrap();
+        g.throughput(Throughput::Elements(2 * 2 * 32 * 64 * 256 * 14 * 14));
+        g.bench_function(id("conv1x1_256_64_14x14_backward_flops"), |b| {
+            let p1 = Conv2d::new(1, 0);
+            b.iter(|| p.install(|| k.conv2d_backward(&x1, &w1, &gy1, p1, true, true).unwrap()))
+        });
     }
     g.finish();
 }
