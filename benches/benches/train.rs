@@ -1,14 +1,14 @@
 //! The backward kernels and a whole ResNet-20 training step under criterion.
 //!
 //! `cargo bench -p resnet-benches --bench train`. Backward kernels on ResNet-20 layer
-//! shapes at batch 128 (32x32 input): ReLU, batch norm (alone, fused with ReLU, and the
-//! residual block's fused end, forward and backward), max pool and global average pool
-//! in bytes/s of their traffic; convolution (dX and dW; plain, and reading a normalised
-//! input, or adding dX into a gradient; every 3 x 3 shape of the stages, and a 1 x 1
-//! convolution of an ImageNet bottleneck) and the linear layer in flops/s; the tape's
-//! own backward ops (option-A shortcut, cross-entropy) with their forward on a fresh
-//! tape; and the whole step in images/s. The one-shot figure with peak memory comes
-//! from `resnet bench train`.
+//! shapes at batch 128 (32x32 input): ReLU, batch norm (alone, with fixed statistics,
+//! fused with ReLU, and the residual block's fused end, forward and backward), max pool
+//! and global average pool in bytes/s of their traffic; convolution (dX and dW; plain,
+//! reading a normalised input, or adding dX into a gradient; every 3 x 3 shape of the
+//! stages, and a 1 x 1 convolution of an ImageNet bottleneck) and the linear layer in
+//! flops/s; the tape's own backward ops (option-A shortcut, cross-entropy) with their
+//! forward on a fresh tape; and the whole step in images/s. The one-shot figure with
+//! peak memory comes from `resnet bench train`.
 
 use std::time::Duration;
 
@@ -40,6 +40,17 @@ fn backward_kernels(c: &mut Criterion) {
             b.iter(|| {
                 p.install(|| {
                     k.batch_norm_backward(&x, &dy, &stats.mean, &inv_std, &gamma)
+                        .unwrap()
+                })
+            })
+        });
+        // With fixed (running) statistics, as when fine-tuning a frozen backbone: dx is
+        // a per-channel scaling of dy, and dgamma and dbeta still need a pass.
+        g.throughput(Throughput::Bytes(3 * bytes));
+        g.bench_function(id("batch_norm_fixed_backward_128x16x32x32"), |b| {
+            b.iter(|| {
+                p.install(|| {
+                    k.batch_norm_fixed_backward(&x, &dy, &stats.mean, &inv_std, &gamma)
                         .unwrap()
                 })
             })
