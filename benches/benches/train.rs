@@ -158,9 +158,8 @@ fn backward_kernels(c: &mut Criterion) {
             let [oh, ow] = pc.output_size(size, size, 3, 3).unwrap();
             let gy = Tensor::randn(&[128, cout, oh, ow], 0.0, 1.0, 5).unwrap();
             // dX and dW: each as many multiply-adds as the forward.
-            g.throughput(Throughput::Elements(
-                4 * (128 * cout * oh * ow * cin * 9) as u64,
-            ));
+            let backward_flops = 4 * (128 * cout * oh * ow * cin * 9) as u64;
+            g.throughput(Throughput::Elements(backward_flops));
             g.bench_function(id(&format!("{name}_backward_flops")), |b| {
                 b.iter(|| p.install(|| k.conv2d_backward(&xin, &w, &gy, pc, true, true).unwrap()))
             });
@@ -192,9 +191,7 @@ fn backward_kernels(c: &mut Criterion) {
             if name == "conv_16_16_s1" {
                 // A block's first convolution: dX added into the gradient the shortcut
                 // already gave its input.
-                g.throughput(Throughput::Elements(
-                    4 * (128 * cout * oh * ow * cin * 9) as u64,
-                ));
+                g.throughput(Throughput::Elements(backward_flops));
                 g.bench_function(id(&format!("{name}_backward_accumulating_flops")), |b| {
                     b.iter_batched(
                         || xin.clone(),

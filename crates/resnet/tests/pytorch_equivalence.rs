@@ -285,38 +285,24 @@ fn sgd_equals_torch_optim_sgd_over_three_steps() {
 /// or not (the standard harness shows them only on failure). Arguments not starting
 /// with `-` select tests by substring, as `cargo test`'s filter does.
 fn main() {
-    let tests: &[(&str, fn())] = &[
-        (
-            "resnet18_equals_pytorch_stage_by_stage",
-            resnet18_equals_pytorch_stage_by_stage,
-        ),
-        (
-            "resnet50_equals_pytorch_stage_by_stage",
-            resnet50_equals_pytorch_stage_by_stage,
-        ),
-        (
-            "resnet20_training_step_equals_pytorch",
-            resnet20_training_step_equals_pytorch,
-        ),
-        (
-            "schedules_equal_torch_lr_schedulers",
-            schedules_equal_torch_lr_schedulers,
-        ),
-        (
-            "rel_err_fails_non_finite_values",
-            rel_err_fails_non_finite_values,
-        ),
-        (
-            "sgd_equals_torch_optim_sgd_over_three_steps",
-            sgd_equals_torch_optim_sgd_over_three_steps,
-        ),
+    // Each test with its name, spelled once.
+    macro_rules! named {
+        ($($f:ident),+ $(,)?) => { [$((stringify!($f), $f as fn())),+] };
+    }
+    let tests = named![
+        resnet18_equals_pytorch_stage_by_stage,
+        resnet50_equals_pytorch_stage_by_stage,
+        resnet20_training_step_equals_pytorch,
+        schedules_equal_torch_lr_schedulers,
+        rel_err_fails_non_finite_values,
+        sgd_equals_torch_optim_sgd_over_three_steps,
     ];
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
     let (mut passed, mut failed) = (0, 0);
-    for &(name, test) in tests {
+    for (name, test) in tests {
         if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
             continue;
         }
