@@ -11,7 +11,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use resnet_benches::{active, pool, thread_counts};
 use tensor::gemm::matrixmultiply_gemm;
-use tensor::{Conv2d, ConvEpilogue, MatMut, MatRef, Tensor};
+use tensor::{Conv2d, ConvEpilogue, ConvPlan, MatMut, MatRef, Mode, Tensor};
 
 const SHAPES: &[(&str, usize, usize, usize)] = &[
     ("square_1024", 1024, 1024, 1024),
@@ -78,8 +78,13 @@ fn conv(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(2));
     // ResNet-50 layer2's 3x3 convolution at batch 1: 128 -> 128 channels, 28x28.
     let x = Tensor::randn(&[1, 128, 28, 28], 0.0, 1.0, 1).expect("x");
+    let plan =
+        ConvPlan::new(&k, [128, 128, 3, 3], Conv2d::new(1, 1), Mode::Inference).expect("plan");
     let w = k
-        .pack_conv_weights(&Tensor::randn(&[128, 128, 3, 3], 0.0, 0.05, 2).expect("w"))
+        .pack_conv(
+            &plan,
+            &Tensor::randn(&[128, 128, 3, 3], 0.0, 0.05, 2).expect("w"),
+        )
         .expect("packed");
     let bias = vec![0.0f32; 128];
     let mut y = Tensor::zeros(&[1, 128, 28, 28]).expect("y");
@@ -94,7 +99,6 @@ fn conv(c: &mut Criterion) {
                         k.conv2d_into(
                             &x,
                             &w,
-                            Conv2d::new(1, 1),
                             &[ConvEpilogue::Bias(&bias), ConvEpilogue::Relu],
                             &mut y,
                         )

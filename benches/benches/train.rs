@@ -16,7 +16,7 @@ use autograd::{Sgd, SgdConfig, Tape};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use resnet::{train_step, Arch, Freeze, ResNet};
 use resnet_benches::{active, pool, thread_counts};
-use tensor::{Conv2d, Pool2d, Tensor};
+use tensor::{Conv2d, ConvPlan, Mode, Pool2d, Tensor};
 
 fn backward_kernels(c: &mut Criterion) {
     let k = active();
@@ -156,6 +156,8 @@ fn backward_kernels(c: &mut Criterion) {
             let w = Tensor::randn(&[cout, cin, 3, 3], 0.0, 0.1, 4).unwrap();
             let pc = Conv2d::new(stride, 1);
             let [oh, ow] = pc.output_size(size, size, 3, 3).unwrap();
+            let plan = ConvPlan::new(&k, [cout, cin, 3, 3], pc, Mode::Training).unwrap();
+            let pc = &plan;
             let gy = Tensor::randn(&[128, cout, oh, ow], 0.0, 1.0, 5).unwrap();
             // dX and dW: each as many multiply-adds as the forward.
             let backward_flops = 4 * (128 * cout * oh * ow * cin * 9) as u64;
@@ -176,14 +178,14 @@ fn backward_kernels(c: &mut Criterion) {
                     })
                 })
             });
-            let packed = k.pack_conv_weights(&w).unwrap();
+            let packed = k.pack_conv(&plan, &w).unwrap();
             g.throughput(Throughput::Elements(
                 2 * (128 * cout * oh * ow * cin * 9) as u64,
             ));
             g.bench_function(id(&format!("{name}_normalised_forward_flops")), |b| {
                 b.iter(|| {
                     p.install(|| {
-                        k.conv2d_normalised_with_stats(&xin, affine, &packed, pc)
+                        k.conv2d_normalised_with_stats(&xin, affine, &packed)
                             .unwrap()
                     })
                 })
@@ -213,8 +215,8 @@ fn backward_kernels(c: &mut Criterion) {
         let gy1 = Tensor::randn(&[32, 64, 14, 14], 0.0, 1.0, 13).unwrap();
         g.throughput(Throughput::Elements(2 * 2 * 32 * 64 * 256 * 14 * 14));
         g.bench_function(id("conv1x1_256_64_14x14_backward_flops"), |b| {
-            let p1 = Conv2d::new(1, 0);
-            b.iter(|| p.install(|| k.conv2d_backward(&x1, &w1, &gy1, p1, true, true).unwrap()))
+            let p1 = ConvPlan::new(&k, [64, 256, 1, 1], Conv2d::new(1, 0), Mode::Training).unwrap();
+            b.iter(|| p.install(|| k.conv2d_backward(&x1, &w1, &gy1, &p1, true, true).unwrap()))
         });
     }
     g.finish();

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tensor::{Conv2d, ConvEpilogue, Kernels, MatMut, MatRef, Pool2d, Tensor};
+use tensor::{Conv2d, ConvEpilogue, ConvPlan, Kernels, MatMut, MatRef, Mode, Pool2d, Tensor};
 
 /// Caps the elements a case may allocate, so the fuzzer explores logic, not memory.
 const MAX_ELEMENTS: usize = 1 << 16;
@@ -49,8 +49,10 @@ fuzz_target!(|bytes: &[u8]| {
         }),
         // A convolution with weights of an arbitrary shape, stride and padding.
         _ => Tensor::zeros(&[a + 1, b, c, c]).and_then(|w| {
-            let w = k.pack_conv_weights(&w)?;
-            k.conv2d(&x, &w, Conv2d::new(pool.stride[0], pool.padding[0]), &[ConvEpilogue::Bias(&params)])
+            let p = Conv2d::new(pool.stride[0], pool.padding[0]);
+            let plan = ConvPlan::new(&k, w.dims4("fuzz")?, p, Mode::Inference)?;
+            let w = k.pack_conv(&plan, &w)?;
+            k.conv2d(&x, &w, &[ConvEpilogue::Bias(&params)])
                 .map(drop)
         }),
     };

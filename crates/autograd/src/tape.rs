@@ -20,7 +20,10 @@ use std::rc::Rc;
 
 use rayon::prelude::*;
 
-use tensor::{BatchNormGrads, ChannelStats, Conv2d, Kernels, Pool2d, Result, Tensor, TensorError};
+use tensor::{
+    BatchNormGrads, ChannelStats, Conv2d, ConvPlan, ConvWeights, Kernels, Mode, Pool2d, Result,
+    Tensor, TensorError,
+};
 
 /// A value on a tape: the index of the node that made it, and which tape that is (a
 /// `Var` handed to another tape, or to another tape's gradients, is an error, not a
@@ -54,7 +57,8 @@ enum Op {
     Conv2d {
         x: Var,
         w: Var,
-        p: Conv2d,
+        /// The plan: the routes of the forward, `dX` and `dW`.
+        plan: ConvPlan,
         /// The output's per-channel batch statistics, gathered while each image's
         /// output was still in cache, for the batch norm that follows.
         stats: Option<ChannelStats>,
@@ -79,7 +83,8 @@ enum Op {
         gamma: Var,
         beta: Var,
         w: Var,
-        p: Conv2d,
+        /// The plan: the routes of the forward, `dX` and `dW`.
+        plan: ConvPlan,
         mean: Vec<f32>,
         inv_std: Vec<f32>,
         /// The convolution's output statistics, as for [`Op::Conv2d`].
@@ -294,17 +299,25 @@ impl<'p> Tape<'p> {
     /// 2-D convolution (no bias): NCHW `x`, OIHW `w`.
     pub fn conv2d(&mut self, x: Var, w: Var, p: Conv2d) -> Result<Var> {
         let k = self.kernels;
-        let packed = k.pack_conv_weights(self.value(w)?)?;
+        let (packed, plan) = self.plan_conv(w, p)?;
         let xv = self.value(x)?;
         // An output without elements per channel has no statistics; the convolution
         // itself may still be fine.
         let (y, stats) = if conv_output_is_empty(xv, self.value(w)?, p)? {
-            (k.conv2d(xv, &packed, p, &[])?, None)
+            (k.conv2d(xv, &packed, &[])?, None)
         } else {
-            let (y, stats) = k.conv2d_with_stats(xv, &packed, p)?;
+            let (y, stats) = k.conv2d_with_stats(xv, &packed)?;
             (y, Some(stats))
         };
-        Ok(self.push_op(y, Op::Conv2d { x, w, p, stats }, &[x, w]))
+        Ok(self.push_op(y, Op::Conv2d { x, w, plan, stats }, &[x, w]))
+    }
+
+    /// The training plan of a convolution by `w`'s value (the routes of its forward
+    /// and both gradients, `tensor::ConvPlan`) and its weights packed for it.
+    fn plan_conv(&self, w: Var, p: Conv2d) -> Result<(ConvWeights, ConvPlan)> {
+        let wv = self.value(w)?;
+        let plan = ConvPlan::new(&self.kernels, wv.dims4("conv2d")?, p, Mode::Training)?;
+        Ok((self.kernels.pack_conv(&plan, wv)?, plan))
     }
 
     /// Training-mode batch norm over `[N, C, ...]`: normalise with the batch's mean and
@@ -367,14 +380,15 @@ impl<'p> Tape<'p> {
         let inv_std = inv_std(&stats.var, eps);
         let [scale, shift] = self.checked_affine(gamma, beta, &stats.mean, &inv_std)?;
         let k = self.kernels;
-        let (xv, packed) = (self.value(x)?, k.pack_conv_weights(self.value(w)?)?);
+        let (packed, plan) = self.plan_conv(w, p)?;
+        let xv = self.value(x)?;
         let affine = [&scale[..], &shift[..]];
         // As in `conv2d`: an output without elements per channel has no statistics.
         let (y, conv_stats) = if conv_output_is_empty(xv, self.value(w)?, p)? {
             let normed = k.scale_shift_relu(xv, &scale, &shift)?;
-            (k.conv2d(&normed, &packed, p, &[])?, None)
+            (k.conv2d(&normed, &packed, &[])?, None)
         } else {
-            let (y, s) = k.conv2d_normalised_with_stats(xv, affine, &packed, p)?;
+            let (y, s) = k.conv2d_normalised_with_stats(xv, affine, &packed)?;
             (y, Some(s))
         };
         let op = Op::BatchNormReluConv2d {
@@ -382,7 +396,7 @@ impl<'p> Tape<'p> {
             gamma,
             beta,
             w,
-            p,
+            plan,
             mean: stats.mean.clone(),
             inv_std,
             stats: conv_stats,
@@ -733,11 +747,13 @@ impl<'p> Tape<'p> {
         let out = self.value(Var(i, self.id))?;
         let grads = match &self.nodes[i].op {
             Op::Leaf => Vec::new(),
-            Op::Conv2d { x, w, p, .. } => {
+            Op::Conv2d { x, w, plan, .. } => {
                 let (xv, wv) = (self.value(*x)?, self.value(*w)?);
                 let g = match dx_acc {
-                    Some(acc) => k.conv2d_backward_accumulating(xv, wv, &dy, *p, acc, wants(*w))?,
-                    None => k.conv2d_backward(xv, wv, &dy, *p, wants(*x), wants(*w))?,
+                    Some(acc) => {
+                        k.conv2d_backward_accumulating(xv, wv, &dy, plan, acc, wants(*w))?
+                    }
+                    None => k.conv2d_backward(xv, wv, &dy, plan, wants(*x), wants(*w))?,
                 };
                 [(*x, g.dx), (*w, g.dw)]
                     .into_iter()
@@ -770,7 +786,7 @@ impl<'p> Tape<'p> {
                 gamma,
                 beta,
                 w,
-                p,
+                plan,
                 mean,
                 inv_std,
                 ..
@@ -783,7 +799,7 @@ impl<'p> Tape<'p> {
                 let affine = [&scale[..], &shift[..]];
                 let to_x = wants(*x) || wants(*gamma) || wants(*beta);
                 let wv = self.value(*w)?;
-                let g = k.conv2d_backward_normalised(xv, affine, wv, &dy, *p, to_x, wants(*w))?;
+                let g = k.conv2d_backward_normalised(xv, affine, wv, &dy, plan, to_x, wants(*w))?;
                 let mut grads: Vec<_> = g.dw.map(|dw| (*w, dw)).into_iter().collect();
                 if let Some(dn) = g.dx {
                     let g = k.batch_norm_relu_backward_reusing(

@@ -8,7 +8,10 @@
 use std::time::{Duration, Instant};
 
 use tensor::gemm::matrixmultiply_gemm;
-use tensor::{peak, Conv2d, ConvEpilogue, ConvPath, Kernels, MatMut, MatRef, Tensor};
+use tensor::{
+    peak, Conv2d, ConvEpilogue, ConvPlan, DirectForm, Forward, Kernels, Layout, MatMut, MatRef,
+    Mode, Tensor,
+};
 
 /// The GEMM shapes: squares, then ResNet-50's convolutions as im2col GEMMs
 /// `(M, N, K) = (out channels, output pixels at batch 1, in channels x kh x kw)`.
@@ -283,47 +286,105 @@ pub const RESNET50_CONVS: &[(&str, usize, usize, usize, usize, usize, usize)] = 
     ("layer4_1x1_2048_512", 2048, 512, 1, 1, 0, 7),
 ];
 
+/// Which route `resnet bench conv` runs each layer by (`--path`).
+#[derive(Clone, Copy, Debug)]
+pub enum ConvRoute {
+    /// The plan's choice, NCHW.
+    Auto,
+    /// The plan's choice in the blocked layout (input and output already blocked, as
+    /// inside a network).
+    Blocked,
+    /// The GEMM family: the GEMM route that fits the layer.
+    Gemm,
+    /// The direct kernel, in the form the ladder picks for the shape.
+    Direct,
+    /// One forward route, forced.
+    Forced(Forward),
+}
+
+impl std::str::FromStr for ConvRoute {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "auto" => ConvRoute::Auto,
+            "blocked" => ConvRoute::Blocked,
+            "gemm" => ConvRoute::Gemm,
+            "direct" => ConvRoute::Direct,
+            other => ConvRoute::Forced(other.parse().map_err(|_| {
+                format!(
+                    "unknown --path {other:?}: auto, blocked, gemm, direct or a forward route ({})",
+                    Forward::ALL.map(|r| r.to_string()).join(", ")
+                )
+            })?),
+        })
+    }
+}
+
+impl std::fmt::Display for ConvRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConvRoute::Auto => f.write_str("auto"),
+            ConvRoute::Blocked => f.write_str("blocked"),
+            ConvRoute::Gemm => f.write_str("gemm"),
+            ConvRoute::Direct => f.write_str("direct"),
+            ConvRoute::Forced(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+impl ConvRoute {
+    /// The plan of a layer with `w`'s shape, stride/padding `p`, for an input of
+    /// `input` shape; `None` where the route cannot run the layer.
+    fn plan(self, k: &Kernels, w: [usize; 4], p: Conv2d, input: [usize; 4]) -> Option<ConvPlan> {
+        let plan = ConvPlan::new(k, w, p, Mode::Inference).ok()?;
+        let candidates: Vec<Forward> = match self {
+            ConvRoute::Auto => return Some(plan),
+            ConvRoute::Blocked => return plan.in_layout(Layout::Blocked).ok(),
+            ConvRoute::Gemm => vec![
+                Forward::GemmImage,
+                Forward::GemmSubsampled,
+                Forward::GemmIm2col,
+            ],
+            ConvRoute::Direct => {
+                let [oh, ow] = p.output_size(input[2], input[3], w[2], w[3]).ok()?;
+                let form = DirectForm::choose(
+                    p.stride,
+                    [input[2], input[3]],
+                    [oh, ow],
+                    p.padding,
+                    k.lanes(),
+                );
+                vec![Forward::Direct(form)]
+            }
+            ConvRoute::Forced(r) => vec![r],
+        };
+        candidates
+            .into_iter()
+            .map(|r| plan.force_forward(r))
+            .find(|plan| plan.routes(input).is_ok())
+    }
+}
+
 /// Runs the convolution table: every ResNet-50 layer at each batch size, forward with
 /// prepacked weights and a bias + ReLU epilogue (a folded conv + BN + ReLU), GFLOP/s
-/// counted as the direct algorithm's `2 * N * O * OH * OW * I * kh * kw`. `path`
-/// `None` runs the blocked layout's kernel (input and output already blocked, as inside
-/// a network).
+/// counted as the direct algorithm's `2 * N * O * OH * OW * I * kh * kw`, by the route
+/// `route` names (a layer it cannot run prints `n/a`).
 pub fn conv(
     k: &Kernels,
     threads: usize,
     batches: &[usize],
-    path: Option<ConvPath>,
+    route: ConvRoute,
     budget: Duration,
     json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let peak = measured_peak(k, threads);
-    // As `--path` spells it, for the JSON rows.
-    let path_name = match path {
-        Some(ConvPath::Auto) => "auto",
-        Some(ConvPath::Gemm) => "gemm",
-        Some(ConvPath::Direct) => "direct",
-        None => "blocked",
-    };
     if !json {
-        let (what, kernel) = match path {
-            Some(p) => (format!("NCHW, path {p:?}"), k.gemm_kernel_name()),
-            None => {
-                let names = k.kernel_names();
-                let blocked = names
-                    .iter()
-                    .find(|(op, _)| *op == "blocked_conv_microkernel");
-                (
-                    "blocked layout".to_string(),
-                    blocked.map(|(_, n)| n.clone()).unwrap_or_default(),
-                )
-            }
-        };
         crate::emit(&format!(
-            "conv2d forward (conv + bias + ReLU, prepacked weights, {what}), {threads} threads, microkernel {kernel}, measured FMA peak {peak:.1} GFLOP/s",
+            "conv2d forward (conv + bias + ReLU, prepacked weights, --path {route}), {threads} threads, measured FMA peak {peak:.1} GFLOP/s",
         ))?;
         crate::emit(&format!(
-            "{:<28} {:>5}  {:>9} {:>9}  {:>8}  {:>6}",
-            "layer", "batch", "ms", "GFLOP/s", "% peak", "thr"
+            "{:<28} {:>5}  {:>9} {:>9}  {:>8}  {:>6}  {:<16} microkernel",
+            "layer", "batch", "ms", "GFLOP/s", "% peak", "thr", "route"
         ))?;
     }
     for &batch in batches {
@@ -333,37 +394,43 @@ pub fn conv(
             let bias = vec![0.01f32; cout];
             let p = Conv2d::new(stride, pad);
             let [oh, ow] = p.output_size(size, size, ks, ks)?;
-            let t = match path {
-                Some(path) => {
-                    let packed = k.pack_conv_weights_for(&w, path)?;
-                    let mut y = Tensor::zeros(&[batch, cout, oh, ow])?;
-                    let steps = [ConvEpilogue::Bias(&bias), ConvEpilogue::Relu];
-                    best_time(budget, || {
-                        k.conv2d_into_path(&x, &packed, p, &steps, &mut y, path)
-                    })?
+            let input = [batch, cin, size, size];
+            let Some(plan) = route.plan(k, [cout, cin, ks, ks], p, input) else {
+                if !json {
+                    crate::emit(&format!(
+                        "{name:<28} {batch:>5}  n/a: --path {route} does not run this layer"
+                    ))?;
                 }
-                None => {
-                    let packed = k.pack_blocked_conv_weights(&w)?;
-                    let xb = k.to_blocked(&x)?;
-                    let mut y = tensor::BlockedTensor::zeros(k, [batch, cout, oh, ow])?;
-                    best_time(budget, || {
-                        k.blocked_conv2d_into(&xb, &packed, p, Some(&bias), None, true, &mut y)
-                    })?
-                }
+                continue;
+            };
+            let forward = plan.routes(input)?.forward;
+            let packed = k.pack_conv(&plan, &w)?;
+            let t = if forward == Forward::Blocked {
+                let xb = k.to_blocked(&x)?;
+                let mut y = tensor::BlockedTensor::zeros(k, [batch, cout, oh, ow])?;
+                best_time(budget, || {
+                    k.blocked_conv2d_into(&xb, &packed, Some(&bias), None, true, &mut y)
+                })?
+            } else {
+                let mut y = Tensor::zeros(&[batch, cout, oh, ow])?;
+                let steps = [ConvEpilogue::Bias(&bias), ConvEpilogue::Relu];
+                best_time(budget, || k.conv2d_into(&x, &packed, &steps, &mut y))?
             };
             let flops = 2.0 * (batch * cout * oh * ow * cin * ks * ks) as f64;
             let gflops = flops / t.as_secs_f64() / 1e9;
             let pct = 100.0 * gflops / peak;
             let ms = t.as_secs_f64() * 1e3;
+            let kernel = forward.microkernel(k);
             if json {
                 crate::emit(&format!(
-                    "{{\"bench\":\"conv\",\"name\":\"{name}\",\"batch\":{batch},\"m\":{cout},\"n\":{},\"k\":{},\"impl\":\"ours\",\"path\":\"{path_name}\",\"threads\":{threads},\"ms\":{ms:.3},\"gflops\":{gflops:.2},\"peak_pct\":{pct:.1}}}",
+                    "{{\"bench\":\"conv\",\"name\":\"{name}\",\"batch\":{batch},\"m\":{cout},\"n\":{},\"k\":{},\"impl\":\"ours\",\"path\":\"{route}\",\"route\":\"{forward}\",\"microkernel\":\"{kernel}\",\"threads\":{threads},\"ms\":{ms:.3},\"gflops\":{gflops:.2},\"peak_pct\":{pct:.1}}}",
                     batch * oh * ow,
                     cin * ks * ks
                 ))?;
             } else {
                 crate::emit(&format!(
-                    "{name:<28} {batch:>5}  {ms:>9.3} {gflops:>9.1}  {pct:>7.1}%  {threads:>6}"
+                    "{name:<28} {batch:>5}  {ms:>9.3} {gflops:>9.1}  {pct:>7.1}%  {threads:>6}  {:<16} {kernel}",
+                    forward.to_string()
                 ))?;
             }
         }

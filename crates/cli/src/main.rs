@@ -5,10 +5,12 @@
 //! file), `bench` (the benchmark tables: `gemm`, `scaling`, `conv`, `model`, `train`)
 //! and `info`, which reports what the tensor engine found on this machine: CPU
 //! features, the active ISA tier (and whether `RESNET_ISA` forced it) and the kernel
-//! chosen for each operation; `--peak` also measures the FMA peak.
+//! chosen for each operation; `--peak` also measures the FMA peak, and `--plan ARCH`
+//! prints the convolution plan of every layer of a network.
 
 mod bench;
 mod classify;
+mod plan;
 mod plot;
 mod train;
 
@@ -35,11 +37,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the CPU features found, the active ISA tier and the kernel for each operation.
+    /// Print the CPU features found, the active ISA tier and the kernel for each
+    /// operation; with --plan ARCH, the convolution plan of every layer of a network.
     Info {
         /// Also measure the peak FMA rate of every supported tier (about a second each).
         #[arg(long)]
         peak: bool,
+        /// Print the convolution plan of this architecture instead: per layer, the
+        /// forward, dX and dW routes, the layout and the microkernels.
+        #[arg(long, value_name = "ARCH")]
+        plan: Option<String>,
+        /// With --plan: images per batch.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// With --plan: image side (default: 224, or 32 for the CIFAR nets).
+        #[arg(long)]
+        size: Option<usize>,
+        /// With --plan: the training plan (forward, dX and dW, in NCHW) instead of
+        /// inference's.
+        #[arg(long)]
+        train: bool,
+        /// With --plan: one JSON object per layer instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Train a ResNet (default: ResNet-20 on the shipped handwritten digits) with a
     /// progress bar; writes the best model, a checkpoint, metrics and a plot to --out.
@@ -161,8 +181,10 @@ enum BenchCommand {
         /// Batch sizes to run (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "1,16")]
         batch: Vec<usize>,
-        /// Algorithm: auto (the library's choice per layer in NCHW), gemm, direct, or
-        /// blocked (the blocked channel layout's kernel, as ResNet-18/50 inference runs).
+        /// Route: auto (the plan's choice per layer in NCHW), blocked (the blocked
+        /// channel layout, as ResNet-18/50 inference runs), gemm or direct (that family,
+        /// in the form the plan picks for the shape), or one forward route by name
+        /// (`resnet info --plan` lists them: gemm-im2col, direct-planar, ...).
         #[arg(long, default_value = "auto")]
         path: String,
     },
@@ -218,7 +240,25 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             .build_global()?;
     }
     match cli.command {
-        Command::Info { peak } => info(peak),
+        Command::Info {
+            peak,
+            plan: Some(arch),
+            batch,
+            size,
+            train,
+            json,
+        } => {
+            if peak {
+                return Err(
+                    "--peak and --plan are separate reports: run them one at a time".into(),
+                );
+            }
+            if batch == 0 || size == Some(0) {
+                return Err("--batch and --size must be at least 1".into());
+            }
+            plan::print(&Kernels::active()?, arch.parse()?, batch, size, train, json)
+        }
+        Command::Info { peak, .. } => info(peak),
         Command::Train {
             data,
             arch,
@@ -303,19 +343,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     if batch.contains(&0) {
                         return Err("--batch sizes must be at least 1".into());
                     }
-                    let path = match path.as_str() {
-                        "auto" => Some(tensor::ConvPath::Auto),
-                        "gemm" => Some(tensor::ConvPath::Gemm),
-                        "direct" => Some(tensor::ConvPath::Direct),
-                        "blocked" => None,
-                        other => {
-                            return Err(format!(
-                                "unknown --path {other:?}: auto, gemm, direct or blocked"
-                            )
-                            .into())
-                        }
-                    };
-                    bench::conv(&k, threads, &batch, path, budget, json)
+                    let route: bench::ConvRoute = path.parse()?;
+                    bench::conv(&k, threads, &batch, route, budget, json)
                 }
             }
         }

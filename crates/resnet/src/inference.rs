@@ -17,33 +17,23 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tensor::{
-    fold_batch_norm, BlockedConvWeights, BlockedTensor, Conv2d, ConvEpilogue, ConvWeights, Kernels,
-    LinearWeights, Pool2d, Result, Tensor, TensorError,
+    fold_batch_norm, BlockedTensor, ConvEpilogue, ConvWeights, Kernels, LinearWeights, Mode,
+    Pool2d, Result, Tensor, TensorError,
 };
 
 use crate::model::{ConvBn, ResNet, Shortcut};
 
-/// The memory layout an [`InferenceModel`] runs in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConvLayout {
-    /// NCHW activations, convolutions by im2col + GEMM or the direct kernel.
-    Nchw,
-    /// The blocked channel layout of `tensor::blocked` (no packing per call). Needs
-    /// projection or identity shortcuts (the ImageNet nets).
-    Blocked,
-}
+/// The memory layout an [`InferenceModel`] runs in: `Nchw` (activations `[N][C][H][W]`,
+/// convolutions by the NCHW routes of the plan) or `Blocked` (the blocked channel
+/// layout of `tensor::blocked`, no packing per call; needs projection or identity
+/// shortcuts, as the ImageNet nets have).
+pub use tensor::Layout as ConvLayout;
 
-/// A convolution's weights packed for one of the two layouts.
-enum Packed {
-    Nchw(ConvWeights),
-    Blocked(BlockedConvWeights),
-}
-
-/// A convolution with its batch norm folded in: packed weights and a bias.
+/// A convolution with its batch norm folded in: weights packed for the layer's plan,
+/// and a bias.
 struct FusedConv {
-    weights: Packed,
+    weights: ConvWeights,
     bias: Vec<f32>,
-    params: Conv2d,
 }
 
 impl FusedConv {
@@ -58,36 +48,18 @@ impl FusedConv {
             bn.running_var.data(),
             bn.eps,
         )?;
-        let weights = match layout {
-            ConvLayout::Nchw => Packed::Nchw(k.pack_conv_weights(&w)?),
-            ConvLayout::Blocked => Packed::Blocked(k.pack_blocked_conv_weights(&w)?),
-        };
+        let plan = c.plan(k, Mode::Inference, layout)?;
         Ok(FusedConv {
-            weights,
+            weights: k.pack_conv(&plan, &w)?,
             bias,
-            params: Conv2d::new(c.stride, c.padding),
         })
-    }
-
-    fn shape(&self) -> [usize; 4] {
-        match &self.weights {
-            Packed::Nchw(w) => w.shape(),
-            Packed::Blocked(w) => w.shape(),
-        }
     }
 
     /// The output's NCHW shape for an input of `shape`.
     fn output_shape(&self, [n, _, h, w]: [usize; 4]) -> Result<[usize; 4]> {
-        let [o, _, kh, kw] = self.shape();
-        let [oh, ow] = self.params.output_size(h, w, kh, kw)?;
+        let [o, _, kh, kw] = self.weights.shape();
+        let [oh, ow] = self.weights.plan().conv().output_size(h, w, kh, kw)?;
         Ok([n, o, oh, ow])
-    }
-
-    fn nchw(&self) -> Result<&ConvWeights> {
-        match &self.weights {
-            Packed::Nchw(w) => Ok(w),
-            Packed::Blocked(_) => Err(wrong_layout()),
-        }
     }
 
     /// `conv(x) + bias`, then, in the same pass, `+ residual` and ReLU if asked; the
@@ -109,7 +81,7 @@ impl FusedConv {
         }
         let shape = self.output_shape(x.dims4("InferenceModel")?)?;
         let mut y = pool.take(&shape, || Tensor::zeros(&shape))?;
-        k.conv2d_into(x, self.nchw()?, self.params, &steps, &mut y)?;
+        k.conv2d_into(x, &self.weights, &steps, &mut y)?;
         Ok(y)
     }
 
@@ -122,12 +94,9 @@ impl FusedConv {
         residual: Option<&BlockedTensor>,
         relu: bool,
     ) -> Result<BlockedTensor> {
-        let Packed::Blocked(w) = &self.weights else {
-            return Err(wrong_layout());
-        };
         let shape = self.output_shape(x.shape())?;
         let mut y = pool.take(&shape, || BlockedTensor::zeros(k, shape))?;
-        k.blocked_conv2d_into(x, w, self.params, Some(&self.bias), residual, relu, &mut y)?;
+        k.blocked_conv2d_into(x, &self.weights, Some(&self.bias), residual, relu, &mut y)?;
         Ok(y)
     }
 
@@ -139,7 +108,7 @@ impl FusedConv {
             ConvEpilogue::Bias(&self.bias),
             ConvEpilogue::Relu,
         ];
-        k.conv2d_into(x, self.nchw()?, self.params, &steps, &mut onto)?;
+        k.conv2d_into(x, &self.weights, &steps, &mut onto)?;
         Ok(onto)
     }
 }
@@ -147,7 +116,7 @@ impl FusedConv {
 fn wrong_layout() -> TensorError {
     TensorError::InvalidArgument {
         op: "InferenceModel",
-        reason: "a convolution packed for the other layout".into(),
+        reason: "a channel-padding shortcut in the blocked layout".into(),
     }
 }
 
@@ -233,7 +202,8 @@ pub struct InferenceModel {
     kernels: Kernels,
     cifar: bool,
     layout: ConvLayout,
-    /// Packed for NCHW in both layouts (see `features_blocked`).
+    /// Run in NCHW in both layouts: its plan keeps an input of fewer channels than a
+    /// block out of the blocked layout (see `features_blocked`).
     stem: FusedConv,
     stages: Vec<Vec<FusedBlock>>,
     fc: LinearWeights,
@@ -333,7 +303,7 @@ impl InferenceModel {
             kernels,
             cifar: model.arch.is_cifar(),
             layout,
-            stem: FusedConv::new(k, &model.stem, ConvLayout::Nchw)?,
+            stem: FusedConv::new(k, &model.stem, layout)?,
             stages,
             fc: k.pack_linear_weights(&model.fc_weight)?,
             fc_bias: model.fc_bias.data().to_vec(),

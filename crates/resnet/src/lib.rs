@@ -39,7 +39,7 @@ pub mod weights;
 
 pub use arch::{Arch, BlockKind, UnknownArch};
 pub use inference::{ConvLayout, InferenceModel};
-pub use model::{BatchNorm, Block, ConvBn, ResNet, Shortcut};
+pub use model::{BatchNorm, Block, ConvBn, ConvLayer, ResNet, Shortcut};
 pub use train::{count_correct, train_step, BatchStats, Freeze, StepOutcome, TrainForward};
 pub use trainer::{evaluate, EpochRecord, Evaluation, Progress, TrainConfig, TrainError, Trainer};
 pub use weights::WeightsError;

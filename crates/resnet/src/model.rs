@@ -6,7 +6,7 @@
 //! into the fast form.
 
 use tensor::rng::Rng;
-use tensor::{Result, Tensor};
+use tensor::{Conv2d, ConvPlan, Kernels, Layout, Mode, Result, Tensor};
 
 use crate::arch::{Arch, BlockKind};
 
@@ -75,6 +75,29 @@ impl ConvBn {
     pub fn out_channels(&self) -> usize {
         self.weight.shape()[0]
     }
+
+    /// Stride and padding.
+    pub fn conv(&self) -> Conv2d {
+        Conv2d::new(self.stride, self.padding)
+    }
+
+    /// This convolution's plan on `k`'s tier: the one inference (`InferenceModel`) and
+    /// training (`autograd::Tape::conv2d`) make for it.
+    pub fn plan(&self, k: &Kernels, mode: Mode, layout: Layout) -> Result<ConvPlan> {
+        ConvPlan::new(k, self.weight.dims4("ConvBn::plan")?, self.conv(), mode)?.in_layout(layout)
+    }
+}
+
+/// One convolution of a network, as the forward pass meets it.
+#[derive(Debug, Clone)]
+pub struct ConvLayer<'a> {
+    /// The torchvision key of its weights, less `.weight` (`layer1.0.conv2`).
+    pub name: String,
+    pub conv: &'a ConvBn,
+    /// The NCHW shape of its input.
+    pub input: [usize; 4],
+    /// The NCHW shape of its output.
+    pub output: [usize; 4],
 }
 
 /// How a block's input reaches its output.
@@ -251,31 +274,56 @@ impl ResNet {
         out
     }
 
+    /// Every convolution in forward order (a block's shortcut after its convolutions),
+    /// with its input and output shapes for an NCHW input of `input` shape.
+    pub fn conv_layers<'a>(&'a self, input: [usize; 4]) -> Result<Vec<ConvLayer<'a>>> {
+        fn layer(name: String, conv: &ConvBn, input: [usize; 4]) -> Result<ConvLayer<'_>> {
+            let [n, _, h, w] = input;
+            let [o, _, kh, kw] = conv.weight.dims4("conv_layers")?;
+            let [oh, ow] = conv.conv().output_size(h, w, kh, kw)?;
+            Ok(ConvLayer {
+                name,
+                conv,
+                input,
+                output: [n, o, oh, ow],
+            })
+        }
+        let mut out = Vec::new();
+        let mut push = |l: ConvLayer<'a>| {
+            let y = l.output;
+            out.push(l);
+            y
+        };
+        let mut x = push(layer("conv1".into(), &self.stem, input)?);
+        if !self.arch.is_cifar() {
+            let [h, w] = tensor::Pool2d::RESNET_STEM.output_size(x[2], x[3])?;
+            x = [x[0], x[1], h, w];
+        }
+        for (s, stage) in self.stages.iter().enumerate() {
+            for (b, block) in stage.iter().enumerate() {
+                let (prefix, x0) = (format!("layer{}.{b}", s + 1), x);
+                for (i, c) in block.convs.iter().enumerate() {
+                    x = push(layer(format!("{prefix}.conv{}", i + 1), c, x)?);
+                }
+                if let Shortcut::Projection(c) = &block.shortcut {
+                    push(layer(format!("{prefix}.downsample.0"), c, x0)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Multiply-adds of one forward pass on an `h x w` image, counting convolutions and
     /// the classifier (pooling, batch norm and additions are a rounding error beside
     /// them): ResNet-50 at 224 x 224 is about 4.1 G.
     pub fn forward_macs(&self, h: usize, w: usize) -> Result<f64> {
-        let conv = |c: &ConvBn, h: usize, w: usize| -> Result<(f64, usize, usize)> {
-            let [o, i, kh, kw] = c.weight.dims4("forward_macs")?;
-            let [oh, ow] = tensor::Conv2d::new(c.stride, c.padding).output_size(h, w, kh, kw)?;
-            Ok(((o * oh * ow * i * kh * kw) as f64, oh, ow))
-        };
-        let (mut macs, mut h, mut w) = conv(&self.stem, h, w)?;
-        if !self.arch.is_cifar() {
-            [h, w] = tensor::Pool2d::RESNET_STEM.output_size(h, w)?;
+        let mut macs = self.fc_weight.len() as f64;
+        for layer in self.conv_layers([1, self.stem.weight.shape()[1], h, w])? {
+            let [_, o, oh, ow] = layer.output;
+            let [_, i, kh, kw] = layer.conv.weight.dims4("forward_macs")?;
+            macs += (o * oh * ow * i * kh * kw) as f64;
         }
-        for block in self.stages.iter().flatten() {
-            let (h0, w0) = (h, w);
-            for c in &block.convs {
-                let (m, oh, ow) = conv(c, h, w)?;
-                macs += m;
-                (h, w) = (oh, ow);
-            }
-            if let Shortcut::Projection(c) = &block.shortcut {
-                macs += conv(c, h0, w0)?.0;
-            }
-        }
-        Ok(macs + self.fc_weight.len() as f64)
+        Ok(macs)
     }
 
     /// Every parameter and buffer, mutable, under the same keys and in the same order as

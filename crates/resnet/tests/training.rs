@@ -94,12 +94,12 @@ fn a_training_step_updates_running_statistics_like_pytorch() {
     drop(tape);
     // The stem's batch statistics are those of its convolution's output: gathered by
     // the convolution as it runs, equal (to rounding) to a pass over its output.
+    let plan = model
+        .stem
+        .plan(&kernels(), tensor::Mode::Training, tensor::Layout::Nchw)
+        .unwrap();
     let (conv, direct) = kernels()
-        .conv2d_with_stats(
-            &x,
-            &kernels().pack_conv_weights(&model.stem.weight).unwrap(),
-            tensor::Conv2d::new(1, 1),
-        )
+        .conv2d_with_stats(&x, &kernels().pack_conv(&plan, &model.stem.weight).unwrap())
         .unwrap();
     assert_eq!(stem_stats.stats, direct);
     let pass = kernels().channel_stats(&conv).unwrap();

@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use crate::conv::{Conv2d, ConvPath};
+use crate::conv::{ConvPlan, DirectForm, InputGrad, Mode};
 use crate::direct::{
     direct_conv_image, strided_transposed_image, DirectEpilogue, DirectWeights, StridedTransposed,
 };
@@ -609,12 +609,12 @@ impl Kernels {
         x: &Tensor,
         w: &Tensor,
         dy: &Tensor,
-        p: Conv2d,
+        plan: &ConvPlan,
         want_dx: bool,
         want_dw: bool,
     ) -> Result<ConvGrads> {
         let dx = want_dx.then_some(DxInto::New);
-        self.conv2d_backward_impl("conv2d_backward", x, w, dy, p, dx, want_dw, None)
+        self.conv2d_backward_impl("conv2d_backward", x, w, dy, plan, dx, want_dw, None)
     }
 
     /// [`Kernels::conv2d_backward`] of a convolution whose input was
@@ -631,7 +631,7 @@ impl Kernels {
         affine: [&[f32]; 2],
         w: &Tensor,
         dy: &Tensor,
-        p: Conv2d,
+        plan: &ConvPlan,
         want_dx: bool,
         want_dw: bool,
     ) -> Result<ConvGrads> {
@@ -639,7 +639,7 @@ impl Kernels {
         let [_, c, _, _] = x.dims4(op)?;
         crate::conv::check_affine(op, affine, c)?;
         let dx = want_dx.then_some(DxInto::New);
-        self.conv2d_backward_impl(op, x, w, dy, p, dx, want_dw, Some(affine))
+        self.conv2d_backward_impl(op, x, w, dy, plan, dx, want_dw, Some(affine))
     }
 
     /// [`Kernels::conv2d_backward`] adding `dX` into `dx_acc` (the gradient other
@@ -652,13 +652,13 @@ impl Kernels {
         x: &Tensor,
         w: &Tensor,
         dy: &Tensor,
-        p: Conv2d,
+        plan: &ConvPlan,
         dx_acc: Tensor,
         want_dw: bool,
     ) -> Result<ConvGrads> {
         let op = "conv2d_backward_accumulating";
         x.expect_same_shape(op, &dx_acc)?;
-        self.conv2d_backward_impl(op, x, w, dy, p, Some(DxInto::Add(dx_acc)), want_dw, None)
+        self.conv2d_backward_impl(op, x, w, dy, plan, Some(DxInto::Add(dx_acc)), want_dw, None)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -668,7 +668,7 @@ impl Kernels {
         x: &Tensor,
         w: &Tensor,
         dy: &Tensor,
-        p: Conv2d,
+        plan: &ConvPlan,
         dx_into: Option<DxInto>,
         want_dw: bool,
         normalise: Option<[&[f32]; 2]>,
@@ -677,13 +677,26 @@ impl Kernels {
         let accumulate = matches!(dx_into, Some(DxInto::Add(_)));
         let [n, c, h, wd] = x.dims4(op)?;
         let [o, wc, kh, kw] = w.dims4(op)?;
-        if wc != c {
+        if [o, wc, kh, kw] != plan.weights_shape() {
             return Err(TensorError::ShapeMismatch {
                 op,
-                expected: vec![o, c, kh, kw],
+                expected: plan.weights_shape().to_vec(),
                 got: w.shape().to_vec(),
             });
         }
+        self.check_plan(op, plan)?;
+        let routes = plan.routes([n, c, h, wd])?;
+        let (Some(dx_route), Some(dw_route)) = (routes.input_grad, routes.weight_grad) else {
+            return Err(TensorError::InvalidArgument {
+                op,
+                reason: format!(
+                    "the plan is for {:?}: a backward needs one made with Mode::Training",
+                    plan.mode()
+                ),
+            });
+        };
+        debug_assert_eq!(plan.mode(), Mode::Training);
+        let p = plan.conv();
         let [oh, ow] = p.output_size(h, wd, kh, kw)?;
         expect_shape(op, &[n, o, oh, ow], dy)?;
         let g = Geometry {
@@ -699,31 +712,23 @@ impl Kernels {
         };
         let (k, pix) = (c * kh * kw, oh * ow);
         let (in_image, out_image) = (c * h * wd, o * pix);
-        let direct = kh == 1 && kw == 1 && p.stride == 1 && p.padding == 0;
-        // dX of a stride-1 convolution is itself a convolution: of dY with the weights
-        // rotated by 180 degrees and their channels swapped, padded by `kh - 1 - p`.
-        // Where the direct kernel is the faster algorithm for that convolution, use it
-        // (no dcols, no col2im); otherwise dX = col2im(W^T dY).
-        let transposed = want_dx
-            && !direct
-            && p.stride == 1
-            && kh == kw
-            && p.padding < kh
-            && ConvPath::choose(c, o * kh * kw, wd, 1, self.lanes()) == ConvPath::Direct;
-        // A strided convolution's dX by the direct kernel, phase by phase, on the same
-        // policy.
-        let strided = want_dx
-            && !direct
-            && p.stride > 1
-            && StridedTransposed::fits(p.stride, kh, kw, p.padding, [h, wd], [oh, ow])
-            && ConvPath::choose(c, o * kh * kw, wd, p.stride, self.lanes()) == ConvPath::Direct;
+        // The plan's dX route: a GEMM straight into dX (1x1), the transposed
+        // convolution by the direct kernel (stride 1: dY with the weights rotated by 180
+        // degrees and their channels swapped, padded by `kh - 1 - p`; strided: phase by
+        // phase), or a GEMM into dcols and col2im.
+        let direct = want_dx && dx_route == InputGrad::GemmImage;
+        let transposed: Option<DirectForm> = match dx_route {
+            InputGrad::DirectTransposed(form) if want_dx => Some(form),
+            _ => None,
+        };
+        let strided = want_dx && dx_route == InputGrad::DirectPhases;
         let empty = n == 0 || k == 0 || pix == 0 || o == 0 || in_image == 0;
         // dX is written in full by a GEMM (1x1) or the direct kernel; col2im and the
         // empty cases add into zeros.
         let mut dx = match dx_into {
             None => None,
             Some(DxInto::Add(acc)) => Some(acc),
-            Some(DxInto::New) if !empty && (direct || transposed || strided) => {
+            Some(DxInto::New) if !empty && (direct || transposed.is_some() || strided) => {
                 Some(Tensor::for_overwrite(x.shape())?)
             }
             Some(DxInto::New) => Some(Tensor::zeros(x.shape())?),
@@ -738,12 +743,16 @@ impl Kernels {
         }
         let set = self.set();
         let mr = set.gemm_mr;
-        let flipped =
-            transposed.then(|| DirectWeights::flipped(w.data(), [o, c, kh, kw], set.direct_ob));
+        let flipped = transposed.map(|form| {
+            (
+                form,
+                DirectWeights::flipped(w.data(), [o, c, kh, kw], set.direct_ob),
+            )
+        });
         let phased = strided
             .then(|| StridedTransposed::new(w.data(), [o, c, kh, kw], p.stride, set.direct_ob));
         // W^T ([K, O]), packed once for every image's dX GEMM.
-        let wt = if want_dx && !transposed && !strided {
+        let wt = if want_dx && transposed.is_none() && !strided {
             Some(PackedA::pack(
                 self.isa(),
                 mr,
@@ -768,6 +777,7 @@ impl Kernels {
                 &mut scratch,
                 threads == Threads::Auto,
                 normalise,
+                dw_route,
             );
             dw_part
         };
@@ -779,9 +789,10 @@ impl Kernels {
                         dcols: &mut Vec<f32>|
          -> Result<()> {
             let dy_b = &gd[b * out_image..(b + 1) * out_image];
-            if let Some(fw) = &flipped {
+            if let Some((form, fw)) = &flipped {
                 direct_conv_image(
                     set,
+                    *form,
                     dy_b,
                     [oh, ow],
                     fw,

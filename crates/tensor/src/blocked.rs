@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use crate::conv::Conv2d;
+use crate::conv::{ConvWeights, Forward, Packed};
 use crate::direct::OutPtr;
 use crate::error::{Result, TensorError};
 use crate::kernels::blocked::BlockedTile;
@@ -165,8 +165,9 @@ impl Kernels {
         Ok(out)
     }
 
-    /// OIHW weights laid out for [`Kernels::blocked_conv2d`] on this tier.
-    pub fn pack_blocked_conv_weights(&self, w: &Tensor) -> Result<BlockedConvWeights> {
+    /// OIHW weights laid out for the blocked kernel on this tier (through
+    /// [`Kernels::pack_conv`] for a plan in the blocked layout).
+    pub(crate) fn pack_blocked_conv_weights(&self, w: &Tensor) -> Result<BlockedConvWeights> {
         let [o, c, kh, kw] = w.dims4("pack_blocked_conv_weights")?;
         let (l, f) = (self.lanes(), self.set().blocked_f);
         let (ob, cb) = (o.div_ceil(l), c.div_ceil(l));
@@ -207,34 +208,44 @@ impl Kernels {
     pub fn blocked_conv2d(
         &self,
         x: &BlockedTensor,
-        w: &BlockedConvWeights,
-        p: Conv2d,
+        w: &ConvWeights,
         bias: Option<&[f32]>,
         residual: Option<&BlockedTensor>,
         relu: bool,
     ) -> Result<BlockedTensor> {
         let [n, _, h, wd] = x.shape;
-        let [o, _, kh, kw] = w.shape;
-        let [oh, ow] = p.output_size(h, wd, kh, kw)?;
+        let [o, _, kh, kw] = w.shape();
+        let [oh, ow] = w.plan().conv().output_size(h, wd, kh, kw)?;
         let mut y = BlockedTensor::zeros(self, [n, o, oh, ow])?;
-        self.blocked_conv2d_into(x, w, p, bias, residual, relu, &mut y)?;
+        self.blocked_conv2d_into(x, w, bias, residual, relu, &mut y)?;
         Ok(y)
     }
 
     /// [`Kernels::blocked_conv2d`] into an existing output of this tier's layout (every
     /// element is overwritten).
-    #[allow(clippy::too_many_arguments)]
     pub fn blocked_conv2d_into(
         &self,
         x: &BlockedTensor,
-        w: &BlockedConvWeights,
-        p: Conv2d,
+        weights: &ConvWeights,
         bias: Option<&[f32]>,
         residual: Option<&BlockedTensor>,
         relu: bool,
         y: &mut BlockedTensor,
     ) -> Result<()> {
         let op = "blocked_conv2d";
+        self.check_plan(op, weights.plan())?;
+        let (w, p) = match (weights.plan().routes(x.shape)?.forward, weights.packed()) {
+            (Forward::Blocked, Packed::Blocked(w)) => (w, weights.plan().conv()),
+            (route, _) => {
+                return Err(TensorError::InvalidArgument {
+                    op,
+                    reason: format!(
+                        "the plan runs this layer by route {route}, not in the blocked layout: \
+                         use conv2d"
+                    ),
+                })
+            }
+        };
         let l = self.lanes();
         for got in [x.lanes, w.lanes] {
             if got != l {

@@ -2,27 +2,33 @@
 //! output channels, where packing the column matrix costs more than the arithmetic it
 //! feeds (each packed element serves only `2 x out_channels` flops).
 //!
-//! The input image is copied once into a zero-padded buffer (`pad` on every side, and a
-//! right margin so that a tile of pixels may run past the row end without leaving the
-//! buffer); the weights are stored transposed, `[C kh kw][O]`. When every output row is
-//! a whole number of vectors, each channel's output is one flat run of vectors, and
-//! every tile of `OB` output channels by `XV` consecutive vectors (running on across
-//! row ends) is one call of the microkernel in [`crate::kernels::direct`]; its result
-//! goes through the epilogue (accumulate, bias, residual, ReLU) into the NCHW output.
+//! The kernel reads the image in one of four forms ([`DirectForm`]), which the
+//! convolution plan (`crate::conv`) picks from the shape; the weights are stored
+//! transposed, `[C kh kw][O]`, in blocks of `OB` output channels. Every tile of `OB`
+//! output channels by `XV` consecutive vectors of pixels is one call of the microkernel
+//! in [`crate::kernels::direct`]; its result goes through the epilogue (accumulate,
+//! bias, residual, ReLU) into the NCHW output.
 //!
-//! A strided convolution whose rows are whole vectors splits the image into phase
-//! planes (for stride `s`, `s x s` subsampled copies, see `direct_conv_image_planar`)
-//! and reads them the same way, at their pitch. Other strided convolutions and rows
-//! that are not a whole number of vectors take the planar route instead
-//! (`direct_conv_image_planar`): the output computed as one flat run per channel at the
-//! planes' pitch, then copied out.
-//! Except rows shorter than a vector in a stride-1 "same" convolution whose planes are
-//! whole vectors (8 x 8 on AVX-512): those read masked copies of the image at its own
-//! pitch (`pad_image_masked`) and run flat, like whole-vector rows.
+//! - `Padded` (stride 1, output rows of whole vectors): the image is copied once into a
+//!   zero-padded buffer, each channel's output is one flat run of vectors, and tiles run
+//!   on across row ends.
+//! - `Phased` (strided, rows of whole vectors): the image is split into phase planes
+//!   (for stride `s`, `s x s` subsampled copies, see `direct_conv_image_planar`), read
+//!   the same way at their pitch.
+//! - `Planar` (any shape; the ladder's choice for rows that are not a whole number of
+//!   vectors): the output computed as one flat run per channel at the planes' pitch into
+//!   a wider buffer, then copied out (`direct_conv_image_planar`).
+//! - `Masked` (rows shorter than a vector in a stride-1 "same" convolution whose planes
+//!   are whole vectors, 8 x 8 on AVX-512): masked copies of the image at its own pitch
+//!   (`pad_image_masked`), run flat like whole-vector rows.
+//!
+//! The input gradient of a convolution is a transposed convolution, run by the same
+//! kernel: with flipped weights for stride 1 ([`DirectWeights::flipped`]), phase by phase
+//! for a stride above 1 ([`StridedTransposed`]).
 
 use rayon::prelude::*;
 
-use crate::conv::Normalise;
+use crate::conv::{DirectForm, Normalise};
 use crate::gemm::driver::Threads;
 use crate::kernels::microkernel::{TileOut, TileStep};
 use crate::kernels::KernelSet;
@@ -214,6 +220,7 @@ fn phase_planes(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn direct_conv_image(
     set: &KernelSet,
+    form: DirectForm,
     x: &[f32],
     [h, w]: [usize; 2],
     dw: &DirectWeights,
@@ -233,37 +240,32 @@ pub(crate) fn direct_conv_image(
     );
     let (ob, lanes) = (dw.ob, set.lanes);
     let max_xv = set.direct_tiles.len();
-    // Rows that are not a whole number of vectors (ResNet's 56, 28, 14, 7 on AVX-512)
-    // take the planar route too: tiles along a row would end in a narrow, half-empty
-    // one, where the planar route's flat runs waste only the `QW - OW` pad columns
-    // (measured, in-process A/B, 2 threads: 64->64 at 56 x 56, batch 1, 155 -> 177 and
-    // 159 -> 187 GFLOP/s; ResNet-50 at batch 1 53.5 -> 51.7 and 67.3 -> 63.5 ms).
-    // Rows shorter than a vector in a "same" convolution whose planes are a whole
-    // number of vectors (ResNet-20's 8 x 8 stage on AVX-512): one flat run per channel
-    // at the image's own pitch, reading `kw` masked copies of the image (see
-    // `pad_image_masked`) instead of the planar route's wider rows.
-    let flat = s == 1 && ow < lanes && (oh, ow) == (h, w) && (oh * ow) % lanes == 0 && pad < w;
-    // Strided, with rows of whole vectors (ResNet-20's 32 -> 16 on AVX-512; 16 -> 8 too
-    // on AVX2 and NEON): the phase planes are read like a padded image at their pitch,
-    // and the tiles write straight into the output (no wide buffer, no copy out, no
-    // wasted columns).
-    let phased = s > 1 && ow % lanes == 0;
-    if !flat && !phased && (s > 1 || ow % lanes != 0) {
-        return direct_conv_image_planar(
-            set,
-            x,
-            [h, w],
-            dw,
-            s,
-            pad,
-            [oh, ow],
-            out,
-            epi,
-            threads,
-            padded,
-            norm,
-        );
+    // The plan checked the form against this shape (`DirectForm::fits`); the raw
+    // pointer arithmetic below relies on it.
+    if let Err(why) = form.fits(s, [h, w], [oh, ow], pad, lanes) {
+        panic!("direct convolution: {why}");
     }
+    let (flat, phased) = match form {
+        DirectForm::Planar => {
+            return direct_conv_image_planar(
+                set,
+                x,
+                [h, w],
+                dw,
+                s,
+                pad,
+                [oh, ow],
+                out,
+                epi,
+                threads,
+                padded,
+                norm,
+            )
+        }
+        DirectForm::Masked => (true, false),
+        DirectForm::Phased => (false, true),
+        DirectForm::Padded => (false, false),
+    };
     let parallel = matches!(threads, Threads::Auto);
     let (pw, offs) = if flat {
         pad_image_masked(x, dw.c, [h, w], [dw.kh, dw.kw], pad, padded, parallel, norm)

@@ -38,8 +38,11 @@ pub mod tensor;
 pub(crate) mod wgrad;
 
 pub use backward::{BatchNormGrads, ConvGrads, LinearGrads};
-pub use blocked::{BlockedConvWeights, BlockedTensor};
-pub use conv::{fold_batch_norm, Conv2d, ConvEpilogue, ConvPath, ConvWeights};
+pub use blocked::BlockedTensor;
+pub use conv::{
+    fold_batch_norm, Conv2d, ConvEpilogue, ConvPlan, ConvWeights, DirectForm, Forward, InputGrad,
+    Layout, Mode, Routes, Taps, WeightGrad,
+};
 pub use error::{Result, TensorError};
 pub use gemm::{Epilogue, MatMut, MatRef, PackedA};
 pub use isa::Isa;

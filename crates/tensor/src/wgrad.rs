@@ -1,7 +1,8 @@
 //! A convolution's weight gradient, `dW[o][c kh kw] = sum_n sum_p dY_n[o][p] X_n[c kh kw][p]`,
-//! by one of two microkernels, neither of which builds a column matrix:
+//! by one of two microkernels, neither of which builds a column matrix (the convolution
+//! plan, `crate::conv::WeightGrad`, chooses which, and where the taps are read from):
 //!
-//! - the **outer-product** kernel (`kernels::outer`), when the output channels are a
+//! - the **outer-product** kernel (`kernels::outer`), where the output channels are a
 //!   whole number of `F >= 2` vectors: `dY` is transposed to pixel-major (output
 //!   channels along the lanes) and each tap's input value is broadcast, so each pixel
 //!   adds an outer product to `dW^T` with no horizontal sums and no padding columns;
@@ -27,7 +28,7 @@
 
 use rayon::prelude::*;
 
-use crate::conv::{normalise_image, Normalise};
+use crate::conv::{normalise_image, Normalise, Taps, WeightGrad};
 use crate::gemm::pack::{aligned_start, ALIGN_SLACK};
 use crate::kernels::dot::DotTile;
 use crate::kernels::outer::OuterTile;
@@ -97,6 +98,7 @@ pub(crate) fn accumulate_weight_grad(
     scratch: &mut WeightGradScratch,
     parallel: bool,
     normalise: Option<[&[f32]; 2]>,
+    route: WeightGrad,
 ) {
     let (k, pix) = (g.c * g.kh * g.kw, g.oh * g.ow);
     let (in_image, out_image) = (g.c * g.h * g.w, o * pix);
@@ -112,9 +114,26 @@ pub(crate) fn accumulate_weight_grad(
     );
     assert_eq!(dw.len(), o * k, "weight gradient: gradient length");
     let (lanes, s) = (set.lanes, g.stride);
-    let outer = outer_tile_for(set, o);
-    let unpadded_1x1 = g.kh == 1 && g.kw == 1 && s == 1 && g.pad == 0;
-    let in_place = unpadded_1x1 && (outer.is_some() || pix % lanes == 0);
+    // The plan's route (`ConvPlan::routes` checked it fits this layer).
+    let (outer, in_place) = match route {
+        WeightGrad::OuterProduct(taps) => {
+            let tile = outer_tile_for(set, o);
+            assert!(
+                tile.is_some(),
+                "weight gradient: no outer-product tile for {o} channels"
+            );
+            (tile, taps == Taps::Image)
+        }
+        WeightGrad::RowDot(taps) => (None, taps == Taps::Image),
+    };
+    assert!(
+        !in_place || (g.kh == 1 && g.kw == 1 && s == 1 && g.pad == 0),
+        "weight gradient: taps in place need a 1x1, stride-1, unpadded layer"
+    );
+    assert!(
+        !in_place || outer.is_some() || pix % lanes == 0,
+        "weight gradient: the row-dot kernel reads the image in place only for whole vectors"
+    );
     // Phase-plane geometry: `QH x QW` planes, `s * s` per channel.
     let (qh, qw) = ((g.h + 2 * g.pad).div_ceil(s), (g.w + 2 * g.pad).div_ceil(s));
     let sp = s * s * qh * qw;
@@ -271,7 +290,7 @@ const OUTER_PIXELS: usize = 256;
 /// The outer-product tile for `o` output channels: the widest whose `F` blocks divide
 /// the channels, or `None` (the row-dot kernel) when `o` is not a whole number of
 /// vectors.
-fn outer_tile_for(set: &KernelSet, o: usize) -> Option<(usize, usize, OuterTileFn)> {
+pub(crate) fn outer_tile_for(set: &KernelSet, o: usize) -> Option<(usize, usize, OuterTileFn)> {
     if !o.is_multiple_of(set.lanes) {
         return None;
     }

@@ -12,7 +12,7 @@ mod common;
 use common::{close, fail, prop, Check, CheckResult};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use tensor::{reference, Conv2d, Kernels, Pool2d, Tensor};
+use tensor::{reference, Conv2d, ConvPlan, Forward, Kernels, Layout, Mode, Pool2d, Tensor};
 
 const CHECKS: &[(&str, Check)] = &[
     ("relu_backward_equals_reference", check_relu),
@@ -375,6 +375,12 @@ fn conv_case(k: Kernels) -> impl Strategy<Value = ConvCase> {
         })
 }
 
+/// The training plan of a layer of `w`'s shape (the ladder's routes).
+fn tp(k: &Kernels, w: &Tensor, p: Conv2d) -> ConvPlan {
+    let shape = w.dims4("test").expect("4-D weights");
+    ConvPlan::new(k, shape, p, Mode::Training).expect("a training plan")
+}
+
 fn run_conv(kern: Kernels, c: &ConvCase) -> Result<(), TestCaseError> {
     let x = Tensor::randn(&[c.n, c.c, c.h, c.w], 0.0, 1.0, c.seed).map_err(fail)?;
     let w = Tensor::randn(&[c.o, c.c, c.k, c.k], 0.0, 0.5, c.seed ^ 1).map_err(fail)?;
@@ -383,7 +389,7 @@ fn run_conv(kern: Kernels, c: &ConvCase) -> Result<(), TestCaseError> {
     let dy = Tensor::randn(&[c.n, c.o, oh, ow], 0.0, 1.0, c.seed ^ 2).map_err(fail)?;
     let (want_dx, want_dw) = (c.want & 1 != 0, c.want & 2 != 0);
     let got = kern
-        .conv2d_backward(&x, &w, &dy, p, want_dx, want_dw)
+        .conv2d_backward(&x, &w, &dy, &tp(&kern, &w, p), want_dx, want_dw)
         .map_err(fail)?;
     let (dx, dw) = reference::conv2d_backward(&x, &w, &dy, c.stride, c.pad).map_err(fail)?;
     let (sx, sw) =
@@ -404,7 +410,7 @@ fn run_conv(kern: Kernels, c: &ConvCase) -> Result<(), TestCaseError> {
         // Accumulating into another consumer's gradient: that gradient plus dX.
         let acc = Tensor::randn(x.shape(), 0.0, 1.0, c.seed ^ 3).map_err(fail)?;
         let summed = kern
-            .conv2d_backward_accumulating(&x, &w, &dy, p, acc.clone(), want_dw)
+            .conv2d_backward_accumulating(&x, &w, &dy, &tp(&kern, &w, p), acc.clone(), want_dw)
             .map_err(fail)?;
         let sum = summed.dx.ok_or_else(|| TestCaseError::fail("no dx"))?;
         let want: Vec<f32> = dx
@@ -467,7 +473,7 @@ fn check_conv_resnet20(k: Kernels) -> CheckResult {
     Ok(())
 }
 
-/// More than 64 input channels: `ConvPath::choose` then gives dX to the GEMM route
+/// More than 64 input channels: the plan then gives dX to the GEMM route
 /// (`col2im(W^T dY)`, or `W^T dY` straight into dX for 1x1, stride 1, unpadded), the
 /// ImageNet nets' route, which the narrow random cases above reach only through shape
 /// fallbacks. 3x3 at stride 1 and 2, 1x1 at stride 1 and 2, ragged sizes, batch 3.
@@ -513,10 +519,11 @@ fn check_conv_normalised(k: Kernels) -> CheckResult {
         let y = k
             .scale_shift_relu(&x, scale.data(), shift.data())
             .map_err(fail)?;
-        let packed = k.pack_conv_weights(&w).map_err(fail)?;
-        let (want, want_stats) = k.conv2d_with_stats(&y, &packed, p).map_err(fail)?;
+        let plan = tp(&k, &w, p);
+        let packed = k.pack_conv(&plan, &w).map_err(fail)?;
+        let (want, want_stats) = k.conv2d_with_stats(&y, &packed).map_err(fail)?;
         let (got, got_stats) = k
-            .conv2d_normalised_with_stats(&x, affine, &packed, p)
+            .conv2d_normalised_with_stats(&x, affine, &packed)
             .map_err(fail)?;
         close(&format!("forward {c:?}"), got.data(), want.data(), |_| 0.0)?;
         close(
@@ -533,10 +540,10 @@ fn check_conv_normalised(k: Kernels) -> CheckResult {
         )?;
         let (want_dx, want_dw) = (c.want & 1 != 0, c.want & 2 != 0);
         let want = k
-            .conv2d_backward(&y, &w, &dy, p, want_dx, want_dw)
+            .conv2d_backward(&y, &w, &dy, &plan, want_dx, want_dw)
             .map_err(fail)?;
         let got = k
-            .conv2d_backward_normalised(&x, affine, &w, &dy, p, want_dx, want_dw)
+            .conv2d_backward_normalised(&x, affine, &w, &dy, &plan, want_dx, want_dw)
             .map_err(fail)?;
         for (name, g, r) in [("dx", &got.dx, &want.dx), ("dw", &got.dw, &want.dw)] {
             prop_assert_eq!(g.is_some(), r.is_some());
@@ -547,10 +554,10 @@ fn check_conv_normalised(k: Kernels) -> CheckResult {
         // A scale or shift of the wrong length is an error, not a panic.
         let short = &shift.data()[..c.c - 1];
         prop_assert!(k
-            .conv2d_normalised_with_stats(&x, [scale.data(), short], &packed, p)
+            .conv2d_normalised_with_stats(&x, [scale.data(), short], &packed)
             .is_err());
         prop_assert!(k
-            .conv2d_backward_normalised(&x, [short, shift.data()], &w, &dy, p, true, true)
+            .conv2d_backward_normalised(&x, [short, shift.data()], &w, &dy, &plan, true, true)
             .is_err());
         Ok(())
     })
@@ -579,10 +586,11 @@ fn check_conv_empty_images(k: Kernels) -> CheckResult {
         if oh * ow == 0 {
             return fail(format!("{case}: test case has an empty output"));
         }
-        let packed = k.pack_conv_weights(&w).map_err(|e| e.to_string())?;
+        let plan = tp(&k, &w, p);
+        let packed = k.pack_conv(&plan, &w).map_err(|e| e.to_string())?;
         let bias = [0.5f32, -1.0, 2.0, 0.0];
         let y = k
-            .conv2d(&x, &packed, p, &[tensor::ConvEpilogue::Bias(&bias)])
+            .conv2d(&x, &packed, &[tensor::ConvEpilogue::Bias(&bias)])
             .map_err(|e| format!("{case}: forward: {e}"))?;
         let plane = oh * ow;
         for (i, v) in y.data().iter().enumerate() {
@@ -592,9 +600,13 @@ fn check_conv_empty_images(k: Kernels) -> CheckResult {
         }
         // The blocked layout's convolution too.
         let xb = k.to_blocked(&x).map_err(|e| e.to_string())?;
-        let wb = k.pack_blocked_conv_weights(&w).map_err(|e| e.to_string())?;
+        let blocked = ConvPlan::new(&k, plan.weights_shape(), p, Mode::Inference)
+            .and_then(|p| p.in_layout(Layout::Blocked))
+            .map_err(|e| e.to_string())?
+            .force_forward(Forward::Blocked);
+        let wb = k.pack_conv(&blocked, &w).map_err(|e| e.to_string())?;
         let yb = k
-            .blocked_conv2d(&xb, &wb, p, Some(&bias), None, false)
+            .blocked_conv2d(&xb, &wb, Some(&bias), None, false)
             .and_then(|y| k.from_blocked(&y))
             .map_err(|e| format!("{case}: blocked forward: {e}"))?;
         if yb.data() != y.data() {
@@ -603,10 +615,13 @@ fn check_conv_empty_images(k: Kernels) -> CheckResult {
         let dy = Tensor::randn(&[x_shape[0], 4, oh, ow], 0.0, 1.0, 8).map_err(|e| e.to_string())?;
         let affine = [&[1.0f32; 3][..], &[0.5f32; 3][..]];
         for (route, grads) in [
-            ("plain", k.conv2d_backward(&x, &w, &dy, p, true, true)),
+            (
+                "plain",
+                k.conv2d_backward(&x, &w, &dy, &tp(&k, &w, p), true, true),
+            ),
             (
                 "normalised",
-                k.conv2d_backward_normalised(&x, affine, &w, &dy, p, true, true),
+                k.conv2d_backward_normalised(&x, affine, &w, &dy, &tp(&k, &w, p), true, true),
             ),
         ] {
             let grads = grads.map_err(|e| format!("{case}: {route} backward: {e}"))?;
@@ -671,7 +686,7 @@ fn check_errors(k: Kernels) -> CheckResult {
                 &t(&[1, 2, 4, 4]),
                 &t(&[3, 2, 3, 3]),
                 &t(&[1, 3, 3, 4]),
-                p,
+                &tp(&k, &t(&[3, 2, 3, 3]), p),
                 true,
                 true,
             )
@@ -683,7 +698,7 @@ fn check_errors(k: Kernels) -> CheckResult {
                 &t(&[1, 2, 4, 4]),
                 &t(&[3, 1, 3, 3]),
                 &t(&[1, 3, 4, 4]),
-                p,
+                &tp(&k, &t(&[3, 1, 3, 3]), p),
                 true,
                 true,
             )
@@ -696,7 +711,31 @@ fn check_errors(k: Kernels) -> CheckResult {
                 &t(&[1, 1, 2, 2]),
                 &t(&[1, 1, 3, 3]),
                 &t(&[1, 1, 2, 2]),
-                Conv2d::new(1, usize::MAX / 2 + 2),
+                &tp(&k, &t(&[1, 1, 3, 3]), Conv2d::new(1, usize::MAX / 2 + 2)),
+                true,
+                true,
+            )
+            .is_err(),
+        ),
+        (
+            "conv weights not the plan's",
+            k.conv2d_backward(
+                &t(&[1, 2, 4, 4]),
+                &t(&[3, 2, 3, 3]),
+                &t(&[1, 3, 4, 4]),
+                &tp(&k, &t(&[3, 2, 5, 5]), p),
+                true,
+                true,
+            )
+            .is_err(),
+        ),
+        (
+            "conv backward with an inference plan",
+            k.conv2d_backward(
+                &t(&[1, 2, 4, 4]),
+                &t(&[3, 2, 3, 3]),
+                &t(&[1, 3, 4, 4]),
+                &ConvPlan::new(&k, [3, 2, 3, 3], p, Mode::Inference).unwrap(),
                 true,
                 true,
             )

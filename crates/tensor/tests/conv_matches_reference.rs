@@ -1,8 +1,9 @@
-//! Convolution forward, in every ISA tier this CPU has and by both algorithms (im2col +
-//! GEMM and the direct kernel), equals the direct convolution (`reference::conv2d`, in
-//! `f64`) over random channels, sizes, kernels, strides,
-//! padding, batch and epilogues, and over every distinct layer shape of ResNet-18 and
-//! ResNet-50 at a small spatial size.
+//! Convolution forward, in every ISA tier this CPU has, by the plan's own route and by
+//! every other NCHW forward route that can run the shape (forced), equals the direct
+//! convolution (`reference::conv2d`, in `f64`) over random channels, sizes, kernels,
+//! strides, padding, batch and epilogues, and over every distinct layer shape of
+//! ResNet-18 and ResNet-50 at a small spatial size. `conv_routes.rs` forces each route
+//! on shapes made for it, so none is covered by chance.
 //!
 //! Tolerance: `1e-5 * (|bias| + sum |w x|) + 1e-6` per output, plus the residual's
 //! magnitude when one is added (see `gemm_matches_reference.rs` for why).
@@ -12,7 +13,16 @@ mod common;
 use common::{close, fail, prop, Check, CheckResult};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use tensor::{fold_batch_norm, reference, Conv2d, ConvEpilogue, ConvPath, Kernels, Pool2d, Tensor};
+use tensor::{
+    fold_batch_norm, reference, Conv2d, ConvEpilogue, ConvPlan, ConvWeights, DirectForm, Forward,
+    Kernels, Layout, Mode, Pool2d, Tensor,
+};
+
+/// `w` packed for its layer's inference plan in NCHW (the ladder's routes).
+fn packed(kern: &Kernels, w: &Tensor, p: Conv2d) -> tensor::Result<ConvWeights> {
+    let plan = ConvPlan::new(kern, w.dims4("test")?, p, Mode::Inference)?;
+    kern.pack_conv(&plan, w)
+}
 
 const CHECKS: &[(&str, Check)] = &[
     ("conv2d_equals_direct_convolution", check_random),
@@ -169,32 +179,29 @@ fn run_case(kern: Kernels, c: &Case) -> Result<(), TestCaseError> {
     if relu {
         steps.push(ConvEpilogue::Relu);
     }
-    // Both layouts, so that both algorithms can run below.
-    let packed = kern
-        .pack_conv_weights_for(&w, ConvPath::Direct)
-        .map_err(fail)?;
+    let p = Conv2d::new(c.stride, c.pad);
     let got = kern
-        .conv2d(&x, &packed, Conv2d::new(c.stride, c.pad), &steps)
+        .conv2d(&x, &packed(&kern, &w, p).map_err(fail)?, &steps)
         .map_err(fail)?;
     prop_assert_eq!(got.shape(), want.shape());
     close(&format!("conv2d {c:?}"), got.data(), want.data(), |i| {
         tol[i]
     })?;
-    // Both algorithms, whichever `Auto` picked.
-    for path in [ConvPath::Gemm, ConvPath::Direct] {
-        // NaNs: each algorithm must write every output element.
+    // Every NCHW route that can run this shape, whichever the plan picked.
+    let plan =
+        ConvPlan::new(&kern, w.dims4("test").map_err(fail)?, p, Mode::Inference).map_err(fail)?;
+    for route in Forward::ALL.into_iter().filter(|r| *r != Forward::Blocked) {
+        let forced = plan.force_forward(route);
+        if forced.routes(x.dims4("test").map_err(fail)?).is_err() {
+            continue;
+        }
+        let packed = kern.pack_conv(&forced, &w).map_err(fail)?;
+        // NaNs: each route must write every output element.
         let mut y = Tensor::full(want.shape(), f32::NAN).map_err(fail)?;
-        kern.conv2d_into_path(
-            &x,
-            &packed,
-            Conv2d::new(c.stride, c.pad),
-            &steps,
-            &mut y,
-            path,
-        )
-        .map_err(fail)?;
+        kern.conv2d_into(&x, &packed, &steps, &mut y)
+            .map_err(fail)?;
         close(
-            &format!("conv2d {path:?} {c:?}"),
+            &format!("conv2d {route} {c:?}"),
             y.data(),
             want.data(),
             |i| tol[i],
@@ -204,15 +211,8 @@ fn run_case(kern: Kernels, c: &Case) -> Result<(), TestCaseError> {
         let mut y = y0.clone();
         let mut acc_steps = vec![ConvEpilogue::Accumulate];
         acc_steps.extend_from_slice(&steps);
-        kern.conv2d_into_path(
-            &x,
-            &packed,
-            Conv2d::new(c.stride, c.pad),
-            &acc_steps,
-            &mut y,
-            path,
-        )
-        .map_err(fail)?;
+        kern.conv2d_into(&x, &packed, &acc_steps, &mut y)
+            .map_err(fail)?;
         let want_acc: Vec<f32> = pre
             .data()
             .iter()
@@ -220,7 +220,7 @@ fn run_case(kern: Kernels, c: &Case) -> Result<(), TestCaseError> {
             .map(|(p, a)| if relu { (p + a).max(0.0) } else { p + a })
             .collect();
         close(
-            &format!("conv2d {path:?} accumulating {c:?}"),
+            &format!("conv2d {route} accumulating {c:?}"),
             y.data(),
             &want_acc,
             |i| tol[i] + 1e-6 * y0.data()[i].abs(),
@@ -348,12 +348,21 @@ fn run_blocked(kern: Kernels, c: &Case) -> Result<(), TestCaseError> {
         |_| 1e-5,
     )?;
     let rb = kern.to_blocked(&residual).map_err(fail)?;
-    let wb = kern.pack_blocked_conv_weights(&w).map_err(fail)?;
+    // Forced: the ladder keeps inputs narrower than a block in NCHW.
+    let plan = ConvPlan::new(
+        &kern,
+        w.dims4("test").map_err(fail)?,
+        Conv2d::new(c.stride, c.pad),
+        Mode::Inference,
+    )
+    .and_then(|p| p.in_layout(Layout::Blocked))
+    .map_err(fail)?
+    .force_forward(Forward::Blocked);
+    let wb = kern.pack_conv(&plan, &w).map_err(fail)?;
     let y = kern
         .blocked_conv2d(
             &xb,
             &wb,
-            Conv2d::new(c.stride, c.pad),
             with_bias.then_some(&bias[..]),
             with_residual.then_some(&rb),
             relu,
@@ -456,8 +465,7 @@ fn check_bn_folding(kern: Kernels) -> CheckResult {
         let plain = kern
             .conv2d(
                 &x,
-                &kern.pack_conv_weights(&w).map_err(fail)?,
-                Conv2d::new(1, 1),
+                &packed(&kern, &w, Conv2d::new(1, 1)).map_err(fail)?,
                 &[],
             )
             .map_err(fail)?;
@@ -468,14 +476,9 @@ fn check_bn_folding(kern: Kernels) -> CheckResult {
             .map_err(fail)?;
         // Fused: folded weights and bias, ReLU in the epilogue.
         let (wf, bf) = fold_batch_norm(&w, None, &gamma, &beta, &mean, &var, eps).map_err(fail)?;
-        let packed = kern.pack_conv_weights(&wf).map_err(fail)?;
+        let packed = packed(&kern, &wf, Conv2d::new(1, 1)).map_err(fail)?;
         let got = kern
-            .conv2d(
-                &x,
-                &packed,
-                Conv2d::new(1, 1),
-                &[ConvEpilogue::Bias(&bf), ConvEpilogue::Relu],
-            )
+            .conv2d(&x, &packed, &[ConvEpilogue::Bias(&bf), ConvEpilogue::Relu])
             .map_err(fail)?;
         let (_, err_scale) = reference::conv2d(&x, &w, None, 1, 1).map_err(fail)?;
         close("folded conv+bn+relu", got.data(), want.data(), |i| {
@@ -494,10 +497,9 @@ fn check_with_stats(kern: Kernels) -> CheckResult {
     prop(strategy, |(c, n)| {
         let x = Tensor::randn(&[n, c.c, c.h, c.w], 0.3, 1.0, c.seed).map_err(fail)?;
         let w = Tensor::randn(&[c.o, c.c, c.k, c.k], 0.1, 0.5, c.seed ^ 1).map_err(fail)?;
-        let packed = kern.pack_conv_weights(&w).map_err(fail)?;
-        let p = Conv2d::new(c.stride, c.pad);
-        let want = kern.conv2d(&x, &packed, p, &[]).map_err(fail)?;
-        let (got, stats) = kern.conv2d_with_stats(&x, &packed, p).map_err(fail)?;
+        let packed = packed(&kern, &w, Conv2d::new(c.stride, c.pad)).map_err(fail)?;
+        let want = kern.conv2d(&x, &packed, &[]).map_err(fail)?;
+        let (got, stats) = kern.conv2d_with_stats(&x, &packed).map_err(fail)?;
         close("output", got.data(), want.data(), |_| 0.0)?;
         let plain = kern.channel_stats(&want).map_err(fail)?;
         prop_assert_eq!(stats.count, plain.count);
@@ -510,99 +512,101 @@ fn check_with_stats(kern: Kernels) -> CheckResult {
 }
 
 fn check_errors(kern: Kernels) -> CheckResult {
-    let x = Tensor::zeros(&[1, 3, 8, 8]).map_err(|e| e.to_string())?;
-    let w = kern
-        .pack_conv_weights(&Tensor::zeros(&[4, 2, 3, 3]).map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
-    let w3 = kern
-        .pack_conv_weights(&Tensor::zeros(&[4, 3, 3, 3]).map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
-    let gemm_only = kern
-        .pack_conv_weights_for(
-            &Tensor::zeros(&[4, 3, 3, 3]).map_err(|e| e.to_string())?,
-            ConvPath::Gemm,
-        )
-        .map_err(|e| e.to_string())?;
-    let wrong_res = Tensor::zeros(&[1, 4, 7, 8]).map_err(|e| e.to_string())?;
     let e = |e: tensor::TensorError| e.to_string();
+    let zeros = |shape: &[usize]| Tensor::zeros(shape).map_err(e);
+    let x = zeros(&[1, 3, 8, 8])?;
+    let same = Conv2d::new(1, 1);
+    let w = packed(&kern, &zeros(&[4, 2, 3, 3])?, same).map_err(e)?;
+    let w3 = packed(&kern, &zeros(&[4, 3, 3, 3])?, same).map_err(e)?;
+    let wrong_res = zeros(&[1, 4, 7, 8])?;
     let xb = kern.to_blocked(&x).map_err(e)?;
-    let one = kern
-        .to_blocked(&Tensor::zeros(&[1, 1, 1, 1]).map_err(e)?)
-        .map_err(e)?;
-    let wb = |shape: &[usize]| -> Result<_, String> {
-        kern.pack_blocked_conv_weights(&Tensor::zeros(shape).map_err(e)?)
-            .map_err(e)
+    let one = kern.to_blocked(&zeros(&[1, 1, 1, 1])?).map_err(e)?;
+    let wb = |shape: &[usize], p: Conv2d| -> Result<_, String> {
+        let plan = ConvPlan::new(
+            &kern,
+            [shape[0], shape[1], shape[2], shape[3]],
+            p,
+            Mode::Inference,
+        )
+        .and_then(|p| p.in_layout(Layout::Blocked))
+        .map_err(e)?
+        .force_forward(Forward::Blocked);
+        kern.pack_conv(&plan, &zeros(shape)?).map_err(e)
     };
-    let (wb3, wb2, tall) = (wb(&[4, 3, 3, 3])?, wb(&[4, 2, 3, 3])?, wb(&[4, 1, 2, 1])?);
+    let (wb3, wb2) = (wb(&[4, 3, 3, 3], same)?, wb(&[4, 2, 3, 3], same)?);
+    let tall = wb(&[4, 1, 2, 1], Conv2d::new(1 << 62, 1 << 60))?;
     let wrong_blocked = kern.to_blocked(&wrong_res).map_err(e)?;
+    let plan3 = *w3.plan();
+    let input = [1, 3, 8, 8];
     let cases = [
         // The blocked layout: channels, residual shape, bias length, and a padding and
         // stride whose padded sizes overflow (a 1 x 1 output, every tap in the padding).
-        kern.blocked_conv2d(&xb, &wb2, Conv2d::new(1, 1), None, None, false)
+        kern.blocked_conv2d(&xb, &wb2, None, None, false).is_err(),
+        kern.blocked_conv2d(&xb, &wb3, None, Some(&wrong_blocked), false)
             .is_err(),
-        kern.blocked_conv2d(
-            &xb,
-            &wb3,
-            Conv2d::new(1, 1),
-            None,
-            Some(&wrong_blocked),
-            false,
-        )
-        .is_err(),
-        kern.blocked_conv2d(&xb, &wb3, Conv2d::new(1, 1), Some(&[0.0; 3]), None, false)
+        kern.blocked_conv2d(&xb, &wb3, Some(&[0.0; 3]), None, false)
             .is_err(),
-        kern.blocked_conv2d(
-            &one,
-            &tall,
-            Conv2d::new(1 << 62, 1 << 60),
-            None,
-            None,
-            false,
-        )
-        .is_err(),
-        kern.conv2d(&x, &w, Conv2d::new(1, 1), &[]).is_err(),
-        kern.conv2d(&x, &w3, Conv2d::new(0, 1), &[]).is_err(),
-        kern.conv2d(
-            &x,
-            &w3,
-            Conv2d::new(1, 1),
-            &[ConvEpilogue::Residual(&wrong_res)],
-        )
-        .is_err(),
-        kern.conv2d(&x, &w3, Conv2d::new(1, 1), &[ConvEpilogue::Bias(&[0.0; 3])])
+        kern.blocked_conv2d(&one, &tall, None, None, false).is_err(),
+        // An NCHW plan run in the blocked layout, and a blocked one in NCHW.
+        kern.blocked_conv2d(&xb, &w3, None, None, false).is_err(),
+        kern.conv2d(&x, &wb3, &[]).is_err(),
+        kern.conv2d(&x, &w, &[]).is_err(),
+        packed(&kern, &zeros(&[4, 3, 3, 3])?, Conv2d::new(0, 1)).is_err(),
+        kern.conv2d(&x, &w3, &[ConvEpilogue::Residual(&wrong_res)])
+            .is_err(),
+        kern.conv2d(&x, &w3, &[ConvEpilogue::Bias(&[0.0; 3])])
             .is_err(),
         kern.conv2d(
-            &Tensor::zeros(&[1, 3, 1, 1]).map_err(|e| e.to_string())?,
-            &w3,
-            Conv2d::new(1, 0),
+            &zeros(&[1, 3, 1, 1])?,
+            &packed(&kern, &zeros(&[4, 3, 3, 3])?, Conv2d::new(1, 0)).map_err(e)?,
             &[],
         )
         .is_err(),
-        kern.pack_conv_weights(&Tensor::zeros(&[4, 3, 3]).map_err(|e| e.to_string())?)
-            .is_err(),
+        packed(&kern, &zeros(&[4, 3, 3])?, same).is_err(),
+        // Weights of another shape than the plan's.
+        kern.pack_conv(&plan3, &zeros(&[4, 3, 5, 5])?).is_err(),
         // Statistics of an output without elements, and of a mismatched convolution.
-        kern.conv2d_with_stats(
-            &Tensor::zeros(&[0, 3, 8, 8]).map_err(|e| e.to_string())?,
-            &w3,
-            Conv2d::new(1, 1),
-        )
-        .is_err(),
-        kern.conv2d_with_stats(&x, &w, Conv2d::new(1, 1)).is_err(),
-        // The direct kernel asked for on weights packed for GEMM only.
-        kern.conv2d_into_path(
-            &x,
-            &gemm_only,
-            Conv2d::new(1, 1),
-            &[],
-            &mut Tensor::zeros(&[1, 4, 8, 8]).map_err(|e| e.to_string())?,
-            ConvPath::Direct,
-        )
-        .is_err(),
+        kern.conv2d_with_stats(&zeros(&[0, 3, 8, 8])?, &w3).is_err(),
+        kern.conv2d_with_stats(&x, &w).is_err(),
+        // Forced routes that cannot run the layer: the GEMM on the image for a 3x3, the
+        // padded direct form for stride 2, the masked form for rows of whole vectors,
+        // the direct kernel for a 1x1, the blocked kernel in an NCHW plan.
+        plan3
+            .force_forward(Forward::GemmImage)
+            .routes(input)
+            .is_err(),
+        ConvPlan::new(&kern, [4, 3, 3, 3], Conv2d::new(2, 1), Mode::Inference)
+            .map_err(e)?
+            .force_forward(Forward::Direct(DirectForm::Padded))
+            .routes(input)
+            .is_err(),
+        plan3
+            .force_forward(Forward::Direct(DirectForm::Masked))
+            .routes([1, 3, 8, 8 * kern.lanes()])
+            .is_err(),
+        ConvPlan::new(&kern, [4, 3, 1, 1], Conv2d::new(1, 0), Mode::Inference)
+            .map_err(e)?
+            .force_forward(Forward::Direct(DirectForm::Planar))
+            .routes(input)
+            .is_err(),
+        plan3.force_forward(Forward::Blocked).routes(input).is_err(),
+        // A training plan in the blocked layout.
+        ConvPlan::new(&kern, [4, 3, 3, 3], same, Mode::Training)
+            .and_then(|p| p.in_layout(Layout::Blocked))
+            .is_err(),
     ];
-    match cases.iter().position(|rejected| !rejected) {
-        None => Ok(()),
-        Some(i) => Err(format!("bad input {i} was accepted")),
+    if let Some(i) = cases.iter().position(|rejected| !rejected) {
+        return Err(format!("bad input {i} was accepted"));
     }
+    // A plan made for another tier's kernels.
+    let generic = Kernels::for_isa(tensor::Isa::Generic).map_err(|e| e.to_string())?;
+    if generic.isa() != kern.isa() {
+        let other = ConvPlan::new(&generic, [4, 3, 3, 3], same, Mode::Inference).map_err(e)?;
+        if kern.pack_conv(&other, &zeros(&[4, 3, 3, 3])?).is_ok() {
+            return Err("a plan of another tier was accepted".into());
+        }
+    }
+    Ok(())
 }
 
 fn main() {

@@ -560,18 +560,50 @@ impl Kernels {
             .map(|op| (*op, format!("{}_f32x{}_{op}", self.set.isa, self.set.lanes)))
             .collect();
         names.push(("gemm_microkernel", self.gemm_kernel_name()));
-        let (f, p) = (self.set.blocked_f, self.set.blocked_tiles.len());
-        names.push((
-            "blocked_conv_microkernel",
-            format!("{}_f32_{f}x{}x{p}", self.set.isa, self.set.lanes),
-        ));
-        for &(f, p, _) in self.set.outer_tiles {
+        if self.set.gemm_narrow_max > 0 {
             names.push((
-                "weight_grad_microkernel",
-                format!("{}_f32_{f}x{}x{p}_outer", self.set.isa, self.set.lanes),
+                "gemm_narrow_microkernel",
+                format!(
+                    "{}_f32_{}x{}_narrow",
+                    self.set.isa, self.set.gemm_mr, self.set.gemm_narrow_max
+                ),
             ));
         }
+        names.push(("direct_conv_microkernel", self.direct_kernel_name()));
+        names.push(("blocked_conv_microkernel", self.blocked_kernel_name()));
+        for &(f, p, _) in self.set.outer_tiles {
+            names.push(("weight_grad_microkernel", self.outer_kernel_name(f, p)));
+        }
+        names.push(("weight_grad_microkernel", self.dot_kernel_name()));
         names
+    }
+
+    /// The direct convolution's microkernel: `OB` output channels by up to `XV`
+    /// vectors of pixels.
+    pub fn direct_kernel_name(&self) -> String {
+        let (ob, xv) = (self.set.direct_ob, self.set.direct_tiles.len());
+        format!("{}_f32_{ob}x{}_direct", self.set.isa, xv * self.set.lanes)
+    }
+
+    /// The blocked layout's microkernel: `F` output blocks of `L` lanes by up to `P`
+    /// pixels.
+    pub fn blocked_kernel_name(&self) -> String {
+        let (f, p) = (self.set.blocked_f, self.set.blocked_tiles.len());
+        format!("{}_f32_{f}x{}x{p}_blocked", self.set.isa, self.set.lanes)
+    }
+
+    /// The weight gradient's outer-product microkernel of `f` vectors of output
+    /// channels by `p` taps.
+    pub(crate) fn outer_kernel_name(&self, f: usize, p: usize) -> String {
+        format!("{}_f32_{f}x{}x{p}_outer", self.set.isa, self.set.lanes)
+    }
+
+    /// The weight gradient's row-dot microkernel: `MI` rows of `dY` by `NJ` taps.
+    pub fn dot_kernel_name(&self) -> String {
+        format!(
+            "{}_f32_{}x{}_rowdot",
+            self.set.isa, self.set.dot_mi, self.set.dot_nj
+        )
     }
 
     /// The name of the full GEMM microkernel: tier, type and tile.

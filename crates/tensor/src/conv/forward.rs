@@ -7,17 +7,17 @@
 //! the image) is the im2col matrix. `y` is `O x (OH OW)`: the NCHW output plane block of
 //! that image, row-major, so the GEMM writes the output in place.
 //!
-//! # The ladder: which path a convolution takes
+//! This module runs the forward routes the plan (`super`) picks: the three GEMM routes,
+//! whose B operand is
 //!
-//! | shape | B operand of the GEMM |
+//! | route | B operand of the GEMM |
 //! |---|---|
-//! | 1x1, stride 1, no padding | the input itself: `x[b]` is already the `I x (H W)` matrix |
-//! | 1x1, stride s, no padding | the subsampled image (`x[b]` at every s-th row and column, in a per-thread buffer) |
-//! | anything else | im2col, one packed block at a time, from the image's phase planes (see `Im2col`) |
+//! | `GemmImage` (1x1, stride 1, no padding) | the input itself: `x[b]` is already the `I x (H W)` matrix |
+//! | `GemmSubsampled` (1x1, stride s, no padding) | the subsampled image (`x[b]` at every s-th row and column, in a per-thread buffer) |
+//! | `GemmIm2col` | im2col, one packed block at a time, from the image's phase planes (see `Im2col`) |
 //!
-//! By default ([`ConvPath::choose`]) a layer with at most 64 output channels and a
-//! kernel larger than 1x1 takes neither: the direct kernel (`direct.rs`) reads the
-//! padded image in place, with no column matrix at all.
+//! and the direct kernel's (`crate::direct`), which reads the padded image in place,
+//! with no column matrix at all.
 //!
 //! The im2col is never materialised whole for a large layer: the GEMM packs B in blocks
 //! of at most `NC` = 2048 columns, straight from the image, and each block is consumed
@@ -28,11 +28,13 @@
 //! whole. For ResNet-50's first layer at batch 1 the whole column matrix would be
 //! 147 x 12544 floats (7.0 MiB); its block is 147 x 2048 (1.15 MiB).
 //!
-//! Weights are packed once into the GEMM's A panels ([`ConvWeights`]); inference also
+//! Weights are packed once in the layout of the plan's route ([`ConvWeights`]); inference also
 //! folds batch norm into them ([`fold_batch_norm`]) and passes the folded bias, a
 //! residual and ReLU as the GEMM epilogue, so conv + BN + (residual +) ReLU is one pass
 //! over the output while it is in registers.
 
+use super::{ConvPlan, Forward};
+use crate::blocked::BlockedConvWeights;
 use crate::direct::{direct_conv_image, DirectEpilogue, DirectWeights};
 use crate::error::{Result, TensorError};
 use crate::gemm::pack::{BSource, Im2col, IM2COL_CHUNK};
@@ -83,20 +85,38 @@ impl Conv2d {
     }
 }
 
-/// Convolution weights packed for one tier's GEMM: pack once, convolve many times.
+/// A layer's weights packed in the layout its plan's forward route reads, with the
+/// plan: pack once ([`Kernels::pack_conv`]), convolve many times.
 #[derive(Clone, Debug)]
 pub struct ConvWeights {
-    packed: PackedA,
-    /// The same weights laid out for the direct kernel, for the shapes that use it.
-    direct: Option<DirectWeights>,
-    /// `[out, in, kh, kw]`.
-    shape: [usize; 4],
+    plan: ConvPlan,
+    packed: Packed,
+}
+
+/// The weights in one route family's layout.
+#[derive(Clone, Debug)]
+pub(crate) enum Packed {
+    /// The GEMM's A panels (`O x (C kh kw)`).
+    Gemm(PackedA),
+    /// The direct kernel's `[C kh kw][ob]` blocks.
+    Direct(DirectWeights),
+    /// The blocked layout's weight groups.
+    Blocked(BlockedConvWeights),
 }
 
 impl ConvWeights {
     /// `[out_channels, in_channels, kh, kw]`.
     pub fn shape(&self) -> [usize; 4] {
-        self.shape
+        self.plan.weights_shape()
+    }
+
+    /// The plan these weights were packed for.
+    pub fn plan(&self) -> &ConvPlan {
+        &self.plan
+    }
+
+    pub(crate) fn packed(&self) -> &Packed {
+        &self.packed
     }
 }
 
@@ -198,45 +218,6 @@ fn with_buffer<R>(
     result
 }
 
-/// Which algorithm a convolution runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConvPath {
-    /// The faster one for the shape, as measured (see [`ConvPath::choose`]).
-    Auto,
-    /// im2col (or, for 1x1, the image itself) feeding the packed GEMM.
-    Gemm,
-    /// The direct kernel (no im2col); falls back to GEMM for 1x1 kernels.
-    Direct,
-}
-
-impl ConvPath {
-    /// The measured choice for `o` output channels, `k = C kh kw`, output rows `ow`
-    /// wide, stride `s`, on a tier with `lanes`-wide vectors. From the AVX-512 runs in
-    /// `docs/convolution.md` (2 threads): the direct kernel wins 1.3-2.2x for up to 64
-    /// output channels (ResNet-20's 16 and 32 channels: 87 -> 216 and 96 -> 165
-    /// GFLOP/s; its 8 x 8 stage 71 -> 117; the stride-2 layers, read through phase
-    /// planes, 44 -> 100 and 47-78 -> 91-153; ResNet-50's 7 x 7 stem at batch 1, 64-85 ->
-    /// 118-153); with 128 and more channels the two are within the host's noise and
-    /// im2col + GEMM keeps them.
-    ///
-    /// The policy measured so far depends on `o` alone; the other arguments describe
-    /// the layer for policies that will tell widths, strides or tiers apart.
-    pub fn choose(o: usize, _k: usize, _ow: usize, _s: usize, _lanes: usize) -> ConvPath {
-        if Self::may_pick_direct(o) {
-            ConvPath::Direct
-        } else {
-            ConvPath::Gemm
-        }
-    }
-
-    /// Whether [`ConvPath::choose`] may pick the direct kernel for a layer with `o`
-    /// output channels, at some width and stride: what decides whether
-    /// [`Kernels::pack_conv_weights`] keeps the direct kernel's layout of the weights.
-    pub fn may_pick_direct(o: usize) -> bool {
-        o <= 64
-    }
-}
-
 /// Folds inference batch norm into the preceding convolution:
 /// `w'[o] = w[o] * g[o]`, `b'[o] = beta[o] + (b[o] - mean[o]) * g[o]` with
 /// `g = gamma / sqrt(running_var + eps)`. Returns the new weights and bias.
@@ -282,50 +263,61 @@ pub fn fold_batch_norm(
 }
 
 impl Kernels {
-    /// Packs OIHW convolution weights for [`Kernels::conv2d`], in the layouts the
-    /// algorithm [`ConvPath::choose`] picks for them needs: GEMM panels always (1x1
-    /// kernels and explicit GEMM runs use them), the direct kernel's layout only for a
-    /// layer it may run ([`ConvPath::may_pick_direct`]). Keeping both for every 3x3 layer
-    /// held ResNet-50's 3x3 weights twice, about 45 MB.
-    pub fn pack_conv_weights(&self, w: &Tensor) -> Result<ConvWeights> {
-        self.pack_conv_weights_for(w, ConvPath::Auto)
-    }
-
-    /// [`Kernels::pack_conv_weights`] for a chosen algorithm: with `Direct`, the direct
-    /// kernel's layout is made whatever the policy says (to compare the two paths);
-    /// with `Gemm`, only the GEMM panels.
-    pub fn pack_conv_weights_for(&self, w: &Tensor, path: ConvPath) -> Result<ConvWeights> {
-        let shape = w.dims4("pack_conv_weights")?;
+    /// Packs OIHW weights `w` for `plan`: in the layout of the forward route family its
+    /// ladder picks for the layer (GEMM panels, the direct kernel's blocks, or the
+    /// blocked layout's groups), and only that one (keeping both the GEMM's and the
+    /// direct kernel's for every 3x3 layer held ResNet-50's 3x3 weights twice, about
+    /// 45 MB).
+    pub fn pack_conv(&self, plan: &ConvPlan, w: &Tensor) -> Result<ConvWeights> {
+        let shape = w.dims4("pack_conv")?;
+        if shape != plan.weights_shape() {
+            return Err(TensorError::ShapeMismatch {
+                op: "pack_conv",
+                expected: plan.weights_shape().to_vec(),
+                got: shape.to_vec(),
+            });
+        }
+        self.check_plan("pack_conv", plan)?;
         let [o, i, kh, kw] = shape;
-        let a = MatRef::row_major(w.data(), o, i * kh * kw)?;
-        let wanted = match path {
-            ConvPath::Auto => ConvPath::may_pick_direct(o),
-            ConvPath::Direct => true,
-            ConvPath::Gemm => false,
+        let packed = match plan.forward_family() {
+            Forward::Direct(_) => {
+                Packed::Direct(DirectWeights::new(w.data(), shape, self.set().direct_ob))
+            }
+            Forward::Blocked => Packed::Blocked(self.pack_blocked_conv_weights(w)?),
+            Forward::GemmImage | Forward::GemmSubsampled | Forward::GemmIm2col => {
+                Packed::Gemm(self.pack_a(MatRef::row_major(w.data(), o, i * kh * kw)?))
+            }
         };
-        let direct = (wanted && kh * kw > 1)
-            .then(|| DirectWeights::new(w.data(), shape, self.set().direct_ob));
         Ok(ConvWeights {
-            packed: self.pack_a(a),
-            direct,
-            shape,
+            plan: *plan,
+            packed,
         })
     }
 
-    /// Convolution of an NCHW batch, then the epilogue steps in order.
-    pub fn conv2d(
-        &self,
-        x: &Tensor,
-        w: &ConvWeights,
-        p: Conv2d,
-        epilogue: &[ConvEpilogue],
-    ) -> Result<Tensor> {
+    /// A plan made for another tier's kernels is an error.
+    pub(crate) fn check_plan(&self, op: &'static str, plan: &ConvPlan) -> Result<()> {
+        if plan.kernels().isa() != self.isa() {
+            return Err(TensorError::InvalidArgument {
+                op,
+                reason: format!(
+                    "the plan was made for tier {}, but these kernels are {}",
+                    plan.kernels().isa(),
+                    self.isa()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Convolution of an NCHW batch by the routes `w`'s plan picks for its shape, then
+    /// the epilogue steps in order.
+    pub fn conv2d(&self, x: &Tensor, w: &ConvWeights, epilogue: &[ConvEpilogue]) -> Result<Tensor> {
         let [n, _, h, wd] = x.dims4("conv2d")?;
-        let [o, _, kh, kw] = w.shape;
-        let [oh, ow] = p.output_size(h, wd, kh, kw)?;
-        // Every path writes every output element (the tests start from NaNs).
+        let [o, _, kh, kw] = w.shape();
+        let [oh, ow] = w.plan.conv().output_size(h, wd, kh, kw)?;
+        // Every route writes every output element (the tests start from NaNs).
         let mut y = Tensor::for_overwrite(&[n, o, oh, ow])?;
-        self.conv2d_into(x, w, p, epilogue, &mut y)?;
+        self.conv2d_into(x, w, epilogue, &mut y)?;
         Ok(y)
     }
 
@@ -334,62 +326,22 @@ impl Kernels {
         &self,
         x: &Tensor,
         w: &ConvWeights,
-        p: Conv2d,
         epilogue: &[ConvEpilogue],
         y: &mut Tensor,
     ) -> Result<()> {
-        self.conv2d_into_path(x, w, p, epilogue, y, ConvPath::Auto)
+        self.conv2d_impl(x, w, epilogue, y, None, None)
     }
 
-    /// [`Kernels::conv2d_into`] on a chosen algorithm (for tests and measurements).
-    pub fn conv2d_into_path(
-        &self,
-        x: &Tensor,
-        w: &ConvWeights,
-        p: Conv2d,
-        epilogue: &[ConvEpilogue],
-        y: &mut Tensor,
-        path: ConvPath,
-    ) -> Result<()> {
-        self.conv2d_impl(x, w, p, epilogue, y, path, None, None)
-    }
-
-    /// [`Kernels::conv2d`] (no epilogue) and its output's per-channel batch statistics,
-    /// as [`Kernels::channel_stats`] gives them, for the batch norm that follows a
-    /// convolution in training. Each image's planes are summed right after the image is
+    /// [`Kernels::conv2d`] without an epilogue, also returning the output's
+    /// per-channel batch statistics (mean and biased variance over N, H, W), as a
+    /// training batch norm that follows needs them: each image's planes are summed as
+    /// soon as they are
     /// computed, while its output is still in cache, instead of in a later pass over
     /// the whole output from memory; the planes' statistics are then combined exactly
     /// (each plane's sum of squared deviations about its own mean, shifted to the
     /// batch mean in `f64`).
-    pub fn conv2d_with_stats(
-        &self,
-        x: &Tensor,
-        w: &ConvWeights,
-        p: Conv2d,
-    ) -> Result<(Tensor, ChannelStats)> {
-        let [n, _, h, wd] = x.dims4("conv2d_with_stats")?;
-        let [o, _, kh, kw] = w.shape;
-        let [oh, ow] = p.output_size(h, wd, kh, kw)?;
-        let plane = oh * ow;
-        if n * plane == 0 {
-            return Err(TensorError::InvalidArgument {
-                op: "conv2d_with_stats",
-                reason: format!("no elements per channel in the output [{n}, {o}, {oh}, {ow}]"),
-            });
-        }
-        let mut y = Tensor::for_overwrite(&[n, o, oh, ow])?;
-        let mut planes = vec![[0.0f64; 2]; n * o];
-        self.conv2d_impl(
-            x,
-            w,
-            p,
-            &[],
-            &mut y,
-            ConvPath::Auto,
-            Some(&mut planes),
-            None,
-        )?;
-        Ok((y, combine_plane_stats(&planes, n, o, plane)))
+    pub fn conv2d_with_stats(&self, x: &Tensor, w: &ConvWeights) -> Result<(Tensor, ChannelStats)> {
+        self.conv2d_stats_impl("conv2d_with_stats", x, w, None)
     }
 
     /// [`Kernels::conv2d_with_stats`] of `relu(scale[c] x + shift[c])` (`affine = [scale,
@@ -397,21 +349,31 @@ impl Kernels {
     /// [`Kernels::scale_shift_relu`] computes them), without that input ever being
     /// stored: the direct kernel (stride 1) normalises as it writes its padded copy of
     /// the image; the other routes normalise each image into a buffer of the thread
-    /// that convolves it, just before, where it stays in cache. The same values as `scale_shift_relu` followed
-    /// by `conv2d_with_stats`, to the last bit, minus a pass that writes the whole
-    /// normalised batch to memory and another that reads it back.
+    /// that convolves it, just before, where it stays in cache. The same values as
+    /// `scale_shift_relu` followed by `conv2d_with_stats`, to the last bit, minus a pass
+    /// that writes the whole normalised batch to memory and another that reads it back.
     pub fn conv2d_normalised_with_stats(
         &self,
         x: &Tensor,
         affine: [&[f32]; 2],
         w: &ConvWeights,
-        p: Conv2d,
     ) -> Result<(Tensor, ChannelStats)> {
         let op = "conv2d_normalised_with_stats";
-        let [n, c, h, wd] = x.dims4(op)?;
+        let [_, c, _, _] = x.dims4(op)?;
         check_affine(op, affine, c)?;
-        let [o, _, kh, kw] = w.shape;
-        let [oh, ow] = p.output_size(h, wd, kh, kw)?;
+        self.conv2d_stats_impl(op, x, w, Some(affine))
+    }
+
+    fn conv2d_stats_impl(
+        &self,
+        op: &'static str,
+        x: &Tensor,
+        w: &ConvWeights,
+        normalise: Option<[&[f32]; 2]>,
+    ) -> Result<(Tensor, ChannelStats)> {
+        let [n, _, h, wd] = x.dims4(op)?;
+        let [o, _, kh, kw] = w.shape();
+        let [oh, ow] = w.plan.conv().output_size(h, wd, kh, kw)?;
         let plane = oh * ow;
         if n * plane == 0 {
             return Err(TensorError::InvalidArgument {
@@ -421,33 +383,27 @@ impl Kernels {
         }
         let mut y = Tensor::for_overwrite(&[n, o, oh, ow])?;
         let mut planes = vec![[0.0f64; 2]; n * o];
-        let stats = Some(&mut planes[..]);
-        self.conv2d_impl(x, w, p, &[], &mut y, ConvPath::Auto, stats, Some(affine))?;
+        self.conv2d_impl(x, w, &[], &mut y, Some(&mut planes), normalise)?;
         Ok((y, combine_plane_stats(&planes, n, o, plane)))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Runs `w`'s plan on `x` into `y`: checks, then the routes the plan resolves for
+    /// `x`'s shape, image by image.
     fn conv2d_impl(
         &self,
         x: &Tensor,
         w: &ConvWeights,
-        p: Conv2d,
         epilogue: &[ConvEpilogue],
         y: &mut Tensor,
-        path: ConvPath,
         stats: Option<&mut [[f64; 2]]>,
         normalise: Option<[&[f32]; 2]>,
     ) -> Result<()> {
-        self.check_packed(&w.packed)?;
-        let [n, c, h, wd] = x.dims4("conv2d")?;
-        let [o, wc, kh, kw] = w.shape;
-        if wc != c {
-            return Err(TensorError::ShapeMismatch {
-                op: "conv2d",
-                expected: vec![o, c, kh, kw],
-                got: w.shape.to_vec(),
-            });
-        }
+        self.check_plan("conv2d", &w.plan)?;
+        let input = x.dims4("conv2d")?;
+        let routes = w.plan.routes(input)?;
+        let [n, c, h, wd] = input;
+        let [o, _, kh, kw] = w.shape();
+        let p = w.plan.conv();
         let [oh, ow] = p.output_size(h, wd, kh, kw)?;
         let out_shape = [n, o, oh, ow];
         if y.shape() != out_shape {
@@ -476,24 +432,33 @@ impl Kernels {
                 }
             }
         }
+        // The route's weights: the plan packed them for this route's family.
+        let (packed, direct) = match (routes.forward, &w.packed) {
+            (Forward::Direct(form), Packed::Direct(dw)) => (None, Some((form, dw))),
+            (
+                Forward::GemmImage | Forward::GemmSubsampled | Forward::GemmIm2col,
+                Packed::Gemm(a),
+            ) => {
+                self.check_packed(a)?;
+                (Some(a), None)
+            }
+            (Forward::Blocked, _) => {
+                return Err(TensorError::InvalidArgument {
+                    op: "conv2d",
+                    reason: "this plan runs in the blocked layout: use blocked_conv2d".into(),
+                })
+            }
+            (route, _) => {
+                return Err(TensorError::InvalidArgument {
+                    op: "conv2d",
+                    reason: format!("route {route} has no weights packed for it in this plan"),
+                })
+            }
+        };
         let (in_image, out_image) = (c * h * wd, o * oh * ow);
         if n == 0 || out_image == 0 {
             return Ok(());
         }
-        let direct = kh == 1 && kw == 1 && p.stride == 1 && p.padding == 0;
-        let path = match path {
-            ConvPath::Auto => ConvPath::choose(o, c * kh * kw, ow, p.stride, self.lanes()),
-            other => other,
-        };
-        if path == ConvPath::Direct && kh * kw > 1 && w.direct.is_none() {
-            return Err(TensorError::InvalidArgument {
-                op: "conv2d",
-                reason: "the direct kernel was asked for, but the weights were packed \
-                         without its layout (use pack_conv_weights_for(w, ConvPath::Direct))"
-                    .into(),
-            });
-        }
-        let use_direct_kernel = w.direct.as_ref().filter(|_| path == ConvPath::Direct);
         let xd = x.data();
         // `norm`: the image is to be normalised as the direct kernel's padded copy is
         // written (stride 1 only).
@@ -504,8 +469,8 @@ impl Kernels {
                           threads: driver::Threads|
          -> Result<()> {
             // Only the direct kernel's copies normalise; the other routes would ignore it.
-            assert!(norm.is_none() || use_direct_kernel.is_some());
-            if let Some(dw) = use_direct_kernel {
+            assert!(norm.is_none() || direct.is_some());
+            if let Some((form, dw)) = direct {
                 let mut epi = DirectEpilogue::default();
                 for step in epilogue {
                     match *step {
@@ -520,6 +485,7 @@ impl Kernels {
                 with_buffer(&PADDED, |buf| {
                     direct_conv_image(
                         self.set(),
+                        form,
                         image,
                         [h, wd],
                         dw,
@@ -535,6 +501,7 @@ impl Kernels {
                 });
                 return Ok(());
             }
+            let packed = packed.expect("a GEMM route has GEMM weights");
             let steps: Vec<Epilogue> = epilogue
                 .iter()
                 .map(|s| match *s {
@@ -551,7 +518,7 @@ impl Kernels {
                 let mut c_mat = MatMut::row_major(out, o, oh * ow)?;
                 driver::gemm(
                     self.set(),
-                    &w.packed,
+                    packed,
                     &source,
                     o,
                     oh * ow,
@@ -560,13 +527,13 @@ impl Kernels {
                     threads,
                 )
             };
-            if direct {
-                return run_gemm(BSource::Matrix(MatRef::row_major(image, c, h * wd)?), out);
-            }
             let s = p.stride;
-            if kh == 1 && kw == 1 && p.padding == 0 {
+            match routes.forward {
+                Forward::GemmImage => {
+                    run_gemm(BSource::Matrix(MatRef::row_major(image, c, h * wd)?), out)
+                }
                 // A strided 1x1 convolution: B is the subsampled image, `[c, oh ow]`.
-                return with_buffer(&PLANES, |sub| {
+                Forward::GemmSubsampled => with_buffer(&PLANES, |sub| {
                     // Every element is written below: no clearing.
                     sub.resize(c * oh * ow, 0.0);
                     let parallel = threads == driver::Threads::Auto;
@@ -580,36 +547,39 @@ impl Kernels {
                     });
                     let sub = &sub[..c * oh * ow];
                     run_gemm(BSource::Matrix(MatRef::row_major(sub, c, oh * ow)?), out)
-                });
+                }),
+                // im2col, packed block by block from the image's phase planes (see
+                // `Im2col`), made in this thread's buffer.
+                _ => {
+                    let (qh, qw) = (
+                        (h + 2 * p.padding).div_ceil(s),
+                        (wd + 2 * p.padding).div_ceil(s),
+                    );
+                    with_buffer(&PLANES, |planes| {
+                        // Each channel's planes are cleared (the padding) and written by
+                        // one task; the margin past them only feeds over-copied runs,
+                        // which are overwritten.
+                        let per = s * s * qh * qw;
+                        planes.resize((c * per + IM2COL_CHUNK).max(planes.len()), 0.0);
+                        let parallel = threads == driver::Threads::Auto;
+                        per_channel(parallel, image, h * wd, planes, per, |_, src, dst| {
+                            dst.fill(0.0);
+                            split_phases(src, wd, p.padding, s, [qh, qw], dst, None);
+                        });
+                        let source = BSource::Im2col(Im2col {
+                            planes,
+                            c,
+                            kh,
+                            kw,
+                            s,
+                            qh,
+                            qw,
+                            ow,
+                        });
+                        run_gemm(source, out)
+                    })
+                }
             }
-            // im2col, packed block by block from the image's phase planes (see `Im2col`),
-            // made in this thread's buffer.
-            let (qh, qw) = (
-                (h + 2 * p.padding).div_ceil(s),
-                (wd + 2 * p.padding).div_ceil(s),
-            );
-            with_buffer(&PLANES, |planes| {
-                // Each channel's planes are cleared (the padding) and written by one task;
-                // the margin past them only feeds over-copied runs, which are overwritten.
-                let per = s * s * qh * qw;
-                planes.resize((c * per + IM2COL_CHUNK).max(planes.len()), 0.0);
-                let parallel = threads == driver::Threads::Auto;
-                per_channel(parallel, image, h * wd, planes, per, |_, src, dst| {
-                    dst.fill(0.0);
-                    split_phases(src, wd, p.padding, s, [qh, qw], dst, None);
-                });
-                let source = BSource::Im2col(Im2col {
-                    planes,
-                    c,
-                    kh,
-                    kw,
-                    s,
-                    qh,
-                    qw,
-                    ow,
-                });
-                run_gemm(source, out)
-            })
         };
         let compute_image = |b: usize, out: &mut [f32], threads: driver::Threads| -> Result<()> {
             let image = &xd[b * in_image..(b + 1) * in_image];
@@ -617,7 +587,7 @@ impl Kernels {
                 None => compute_on(image, None, b, out, threads),
                 // The direct kernel's stride-1 routes normalise while padding; the others
                 // read a normalised copy.
-                Some(affine) if use_direct_kernel.is_some() && p.stride == 1 => {
+                Some(affine) if direct.is_some() && p.stride == 1 => {
                     let norm = Normalise::new(self.set(), affine);
                     compute_on(image, Some(&norm), b, out, threads)
                 }

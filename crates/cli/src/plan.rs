@@ -1,0 +1,96 @@
+//! `resnet info --plan ARCH`: the convolution plan of every layer of a network, as the
+//! library makes it (`ConvBn::plan`, the same call `InferenceModel` and the training
+//! tape make), resolved for the input shape asked for.
+
+use resnet::{Arch, InferenceModel, ResNet};
+use tensor::{Kernels, Layout, Mode};
+
+use crate::emit;
+
+/// Prints the plan of `arch` for a batch of `batch` images of `size` (default: the
+/// architecture's own), for training or inference.
+pub fn print(
+    k: &Kernels,
+    arch: Arch,
+    batch: usize,
+    size: Option<usize>,
+    train: bool,
+    json: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let size = size.unwrap_or(if arch.is_cifar() { 32 } else { 224 });
+    let classes = if arch.is_cifar() { 10 } else { 1000 };
+    let model = ResNet::new(arch, classes, 0)?;
+    let (mode, layout) = if train {
+        (Mode::Training, Layout::Nchw)
+    } else {
+        (Mode::Inference, InferenceModel::default_layout(&model))
+    };
+    let what = if train { "training" } else { "inference" };
+    if !json {
+        emit(&format!(
+            "convolution plan of {arch}, {what}, batch {batch}, {size}x{size} input, tier {} \
+             ({} lanes), {layout} layout asked",
+            k.isa(),
+            k.lanes()
+        ))?;
+        let mut header = format!(
+            "{:<22} {:>16} {:>16} {:>7}  {:<7} {:<16} {:<22}",
+            "layer", "input", "weights", "s/pad", "layout", "forward", "microkernel"
+        );
+        if train {
+            header += &format!(
+                " {:<26} {:<22} {:<14} {}",
+                "dX", "microkernel", "dW", "microkernel"
+            );
+        }
+        emit(header.trim_end())?;
+    }
+    for layer in model.conv_layers([batch, 3, size, size])? {
+        let plan = layer.conv.plan(k, mode, layout)?;
+        let routes = plan.routes(layer.input)?;
+        let weights = plan.weights_shape();
+        let conv = plan.conv();
+        let fwd_kernel = routes.forward.microkernel(k);
+        let dx = routes.input_grad.map(|r| (r.to_string(), r.microkernel(k)));
+        let dw = routes
+            .weight_grad
+            .map(|r| (r.to_string(), r.microkernel(k, weights[0])));
+        let shape = |s: [usize; 4]| format!("{}x{}x{}x{}", s[0], s[1], s[2], s[3]);
+        if json {
+            let opt = |v: &Option<(String, String)>, i: usize| match v {
+                Some(p) => format!("\"{}\"", if i == 0 { &p.0 } else { &p.1 }),
+                None => "null".into(),
+            };
+            emit(&format!(
+                "{{\"arch\":\"{arch}\",\"mode\":\"{what}\",\"layer\":\"{}\",\"input\":{:?},\"weights\":{:?},\"stride\":{},\"padding\":{},\"layout\":\"{}\",\"forward\":\"{}\",\"forward_kernel\":\"{fwd_kernel}\",\"dx\":{},\"dx_kernel\":{},\"dw\":{},\"dw_kernel\":{}}}",
+                layer.name,
+                layer.input,
+                weights,
+                conv.stride,
+                conv.padding,
+                routes.layout,
+                routes.forward,
+                opt(&dx, 0),
+                opt(&dx, 1),
+                opt(&dw, 0),
+                opt(&dw, 1),
+            ))?;
+        } else {
+            let mut line = format!(
+                "{:<22} {:>16} {:>16} {:>7}  {:<7} {:<16} {:<22}",
+                layer.name,
+                shape(layer.input),
+                shape(weights),
+                format!("{}/{}", conv.stride, conv.padding),
+                routes.layout.to_string(),
+                routes.forward.to_string(),
+                fwd_kernel
+            );
+            if let (Some(dx), Some(dw)) = (dx, dw) {
+                line += &format!(" {:<26} {:<22} {:<14} {}", dx.0, dx.1, dw.0, dw.1);
+            }
+            emit(line.trim_end())?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,767 @@
+//! Convolution (NCHW input, OIHW weights, groups = 1): the **plan** that chooses how each
+//! layer runs, and the routes it chooses between.
+//!
+//! A [`ConvPlan`] is made once per layer from what the layer is (its weights' shape, its
+//! stride and padding), the tier's [`Kernels`], the [`Mode`] (inference, or training,
+//! which also needs the two gradients) and the activations' [`Layout`]. For an input
+//! shape, [`ConvPlan::routes`] names what runs, as values: the forward route
+//! ([`Forward`]), the input gradient's ([`InputGrad`]) and the weight gradient's
+//! ([`WeightGrad`]). Every one of those choices is made in one function, `ladder` below,
+//! read top to bottom; no kernel decides a route on its own. A test or a tool can force a
+//! route ([`ConvPlan::force_forward`] and its two siblings); a forced route that cannot
+//! run the layer is an error naming why, never a silent fallback. `resnet info --plan`
+//! lists a whole network's plan.
+//!
+//! [`Kernels::pack_conv`] packs a layer's weights in the layout its plan's forward route
+//! reads ([`ConvWeights`], which keeps the plan), and [`Kernels::conv2d`] runs it. What
+//! decides the weights' layout depends on the layer alone, never on the image size, so
+//! one packing serves every input size: only the direct kernel's form (which reads the
+//! image padded, in phase planes, ...) and the weight gradient's operand depend on the
+//! image, and the ladder resolves them again for each input shape.
+//!
+//! # The ladder
+//!
+//! | rung | route | when |
+//! |---|---|---|
+//! | forward, 1 | [`Forward::Blocked`] | blocked layout, except an input of fewer channels than a vector (the RGB stem) |
+//! | forward, 2 | [`Forward::Direct`] | a kernel larger than 1x1 and at most 64 output channels |
+//! | forward, 3 | [`Forward::GemmImage`] | 1x1, stride 1, unpadded |
+//! | forward, 4 | [`Forward::GemmSubsampled`] | 1x1, unpadded, strided |
+//! | forward, 5 | [`Forward::GemmIm2col`] | anything else |
+//! | direct form | [`DirectForm`] | `Masked` for a stride-1 "same" convolution whose rows are shorter than a vector but whose plane is whole vectors; `Padded` (stride 1) or `Phased` (strided) when rows are whole vectors; `Planar` otherwise |
+//! | dX, 1 | [`InputGrad::GemmImage`] | 1x1, stride 1, unpadded |
+//! | dX, 2 | [`InputGrad::DirectTransposed`] | stride 1, square kernel, at most 64 input channels |
+//! | dX, 3 | [`InputGrad::DirectPhases`] | strided, at most 64 input channels, where every phase reads inside `dY` |
+//! | dX, 4 | [`InputGrad::GemmCol2im`] | anything else |
+//! | dW | [`WeightGrad`] | the outer-product kernel when the output channels are whole groups of its tile's vectors, else row-dot; taps read from the image itself for a 1x1, stride-1, unpadded layer, else from phase planes |
+//!
+//! How each route works is in its own module: the GEMM routes in `forward.rs` (and
+//! `crate::gemm`), the direct kernel's forms and the transposed ones in
+//! `crate::direct`, the weight gradient in `crate::wgrad`, the blocked layout in
+//! `crate::blocked`, the backward drivers in `crate::backward`. `docs/convolution.md`
+//! explains them with their measurements.
+
+mod forward;
+
+use std::fmt;
+
+pub(crate) use forward::{check_affine, normalise_image, Normalise, Packed};
+pub use forward::{fold_batch_norm, Conv2d, ConvEpilogue, ConvWeights};
+
+use crate::direct::StridedTransposed;
+use crate::error::{Result, TensorError};
+use crate::kernels::Kernels;
+use crate::wgrad::outer_tile_for;
+
+/// The most output channels (of the convolution the kernel computes: the forward's, or
+/// for dX the input channels) for which the direct kernel is chosen. Measured
+/// (`docs/convolution.md`, AVX-512, 2 threads): it beats im2col + GEMM 1.3-2.2x up to 64
+/// channels (ResNet-20's 16 and 32 channels: 87 -> 216 and 96 -> 165 GFLOP/s; its 8 x 8
+/// stage 71 -> 117; the stride-2 layers, read through phase planes, 44 -> 100 and 47-78
+/// -> 91-153; ResNet-50's 7 x 7 stem at batch 1, 64-85 -> 118-153); with 128 and more
+/// the two are within the host's noise and im2col + GEMM keeps them.
+pub const DIRECT_MAX_CHANNELS: usize = 64;
+
+/// Whether a plan is for inference (forward only) or training (the forward, `dX` and
+/// `dW`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Inference,
+    Training,
+}
+
+/// The memory layout of the activations a convolution reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// `[N][C][H][W]`, PyTorch's.
+    #[default]
+    Nchw,
+    /// The blocked channel layout `[N][C / L][H][W][L]` of `crate::blocked` (inference
+    /// only).
+    Blocked,
+}
+
+/// How the forward convolution runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Forward {
+    /// 1x1, stride 1, unpadded: the packed GEMM reads the image itself as its `B`
+    /// matrix (`x[b]` is already `C x (H W)`).
+    GemmImage,
+    /// 1x1, unpadded, strided: `B` is the image subsampled at every `s`-th row and
+    /// column, copied into a per-thread buffer.
+    GemmSubsampled,
+    /// im2col packed block by block from the image's phase planes into the GEMM.
+    GemmIm2col,
+    /// The direct kernel (no column matrix), in one of its forms.
+    Direct(DirectForm),
+    /// The blocked-layout kernel (`crate::blocked`).
+    Blocked,
+}
+
+/// How the direct kernel reads the image (see `crate::direct`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DirectForm {
+    /// Stride 1, output rows of whole vectors: a zero-padded copy of the image, tiles
+    /// running on across row ends.
+    Padded,
+    /// Stride 1 "same" convolution whose rows are shorter than a vector but whose plane
+    /// is whole vectors (ResNet-20's 8 x 8 stage on AVX-512): `kw` masked copies of the
+    /// image at its own pitch, one flat run per channel.
+    Masked,
+    /// Strided, output rows of whole vectors: the phase planes read like a padded image.
+    Phased,
+    /// Any shape: the phase planes (the padded image for stride 1) computed as one flat
+    /// run per channel at their pitch into a wider buffer, then copied out.
+    Planar,
+}
+
+/// How the input gradient `dX` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InputGrad {
+    /// 1x1, stride 1, unpadded: `dX_n = W^T dY_n`, one GEMM straight into `dX`.
+    GemmImage,
+    /// `dcols = W^T dY_n` by the GEMM, then col2im into `dX`.
+    GemmCol2im,
+    /// Stride 1: the transposed convolution (`dY` with the weights rotated by 180
+    /// degrees and their channels swapped, padded by `kh - 1 - p`) by the direct kernel,
+    /// in the form given (`Padded`, `Masked` or `Planar`: the transposed convolution has
+    /// stride 1).
+    DirectTransposed(DirectForm),
+    /// Strided: the direct kernel once per output phase `(y % s, x % s)`, the phases
+    /// interleaved into `dX` (`StridedTransposed`).
+    DirectPhases,
+}
+
+/// Where the weight gradient's kernels read the taps (the input seen through each
+/// kernel position).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Taps {
+    /// The image itself (1x1, stride 1, unpadded: tap `c` is channel `c`).
+    Image,
+    /// The zero-padded image's phase planes, in which every tap is a unit-stride run.
+    PhasePlanes,
+}
+
+/// How the weight gradient `dW` runs (see `crate::wgrad`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightGrad {
+    /// `dY` transposed pixel-major, each input value broadcast: outer products into
+    /// `dW^T` (output channels a whole number of the tile's vector groups).
+    OuterProduct(Taps),
+    /// Rows of `dY` and of the taps dotted along the pixels, reduced at the end.
+    RowDot(Taps),
+}
+
+/// What a plan runs for one input shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routes {
+    /// The layout the forward reads and writes ([`Layout::Blocked`] exactly when the
+    /// forward is [`Forward::Blocked`]).
+    pub layout: Layout,
+    pub forward: Forward,
+    /// `None` in inference.
+    pub input_grad: Option<InputGrad>,
+    /// `None` in inference.
+    pub weight_grad: Option<WeightGrad>,
+}
+
+/// A layer's convolution plan: what it is, for which tier and mode, and any routes
+/// forced on it. Cheap to copy; holds no weights ([`ConvWeights`] holds them, with
+/// their plan).
+#[derive(Clone, Copy, Debug)]
+pub struct ConvPlan {
+    kernels: Kernels,
+    /// OIHW.
+    weights: [usize; 4],
+    conv: Conv2d,
+    mode: Mode,
+    layout: Layout,
+    forced: Forced,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Forced {
+    forward: Option<Forward>,
+    input_grad: Option<InputGrad>,
+    weight_grad: Option<WeightGrad>,
+}
+
+/// One convolution's whole geometry: the layer and an input shape.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    s: usize,
+    pad: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geometry {
+    fn unpadded_1x1(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.pad == 0
+    }
+}
+
+impl ConvPlan {
+    /// The plan of a layer with OIHW weights of `weights` shape and stride/padding
+    /// `conv`, in `mode`, on `kernels`' tier, with NCHW activations.
+    pub fn new(kernels: &Kernels, weights: [usize; 4], conv: Conv2d, mode: Mode) -> Result<Self> {
+        let [o, c, kh, kw] = weights;
+        if o == 0 || c == 0 || kh == 0 || kw == 0 || conv.stride == 0 {
+            return Err(TensorError::InvalidArgument {
+                op: "ConvPlan",
+                reason: format!(
+                    "weights [{o}, {c}, {kh}, {kw}] with stride {}: every dimension and the \
+                     stride must be positive",
+                    conv.stride
+                ),
+            });
+        }
+        Ok(ConvPlan {
+            kernels: *kernels,
+            weights,
+            conv,
+            mode,
+            layout: Layout::Nchw,
+            forced: Forced::default(),
+        })
+    }
+
+    /// The same plan for activations in `layout`. The blocked layout has no backward: a
+    /// training plan in it is an error.
+    pub fn in_layout(mut self, layout: Layout) -> Result<Self> {
+        if layout == Layout::Blocked && self.mode == Mode::Training {
+            return Err(TensorError::InvalidArgument {
+                op: "ConvPlan",
+                reason: "the blocked layout has no backward routes: training runs in NCHW".into(),
+            });
+        }
+        self.layout = layout;
+        Ok(self)
+    }
+
+    /// Forces the forward route. [`ConvPlan::routes`] then fails for an input the route
+    /// cannot run, naming why.
+    pub fn force_forward(mut self, route: Forward) -> Self {
+        self.forced.forward = Some(route);
+        self
+    }
+
+    /// Forces the input gradient's route (see [`ConvPlan::force_forward`]).
+    pub fn force_input_grad(mut self, route: InputGrad) -> Self {
+        self.forced.input_grad = Some(route);
+        self
+    }
+
+    /// Forces the weight gradient's route (see [`ConvPlan::force_forward`]).
+    pub fn force_weight_grad(mut self, route: WeightGrad) -> Self {
+        self.forced.weight_grad = Some(route);
+        self
+    }
+
+    /// The OIHW weight shape.
+    pub fn weights_shape(&self) -> [usize; 4] {
+        self.weights
+    }
+
+    /// Stride and padding.
+    pub fn conv(&self) -> Conv2d {
+        self.conv
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The layout the plan was asked to run in (a layer whose input is narrower than a
+    /// channel block still runs in NCHW: see [`Routes::layout`]).
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    pub fn kernels(&self) -> &Kernels {
+        &self.kernels
+    }
+
+    /// The routes for an NCHW input of `input` shape: the ladder's choice, or the forced
+    /// routes, checked against this input.
+    pub fn routes(&self, input: [usize; 4]) -> Result<Routes> {
+        let g = self.geometry(input)?;
+        let chosen = self.ladder(&g);
+        let forward = match self.forced.forward {
+            Some(r) => {
+                self.forward_fits(r, &g)
+                    .map_err(|why| unfit("forward", r, why))?;
+                r
+            }
+            None => chosen.forward,
+        };
+        let training = self.mode == Mode::Training;
+        let input_grad = match self.forced.input_grad {
+            Some(r) if training => {
+                self.input_grad_fits(r, &g)
+                    .map_err(|why| unfit("dX", r, why))?;
+                Some(r)
+            }
+            _ => chosen.input_grad,
+        };
+        let weight_grad = match self.forced.weight_grad {
+            Some(r) if training => {
+                self.weight_grad_fits(r, &g)
+                    .map_err(|why| unfit("dW", r, why))?;
+                Some(r)
+            }
+            _ => chosen.weight_grad,
+        };
+        Ok(Routes {
+            layout: forward.layout(),
+            forward,
+            input_grad,
+            weight_grad,
+        })
+    }
+
+    /// The forward route's family, which fixes the weights' layout: the ladder's first
+    /// rungs, which look at the layer alone (or the forced route).
+    pub(crate) fn forward_family(&self) -> Forward {
+        if let Some(r) = self.forced.forward {
+            return r;
+        }
+        let [o, c, kh, kw] = self.weights;
+        let lanes = self.kernels.lanes();
+        // 1. The blocked layout runs every layer in it, except one whose input has fewer
+        //    channels than a block (the RGB stem: 3 of 16 lanes on AVX-512 would be read,
+        //    and its output is 4x the pooled tensor the next layer reads; in NCHW on the
+        //    direct kernel, ResNet-18 at batch 1 ran at 0.94-0.96 of the time, ResNet-50
+        //    at 0.96-0.99, in-process A/B on 2 threads).
+        if self.layout == Layout::Blocked && c >= lanes {
+            return Forward::Blocked;
+        }
+        // 2. Few output channels and a real kernel: the direct kernel (see
+        //    `DIRECT_MAX_CHANNELS` for the measurements). Its form depends on the image.
+        if kh * kw > 1 && o <= DIRECT_MAX_CHANNELS {
+            return Forward::Direct(DirectForm::Planar);
+        }
+        // 3-5. The GEMM, its B operand by the layer's kernel and stride.
+        let (s, pad) = (self.conv.stride, self.conv.padding);
+        match (kh * kw, s, pad) {
+            (1, 1, 0) => Forward::GemmImage,
+            (1, _, 0) => Forward::GemmSubsampled,
+            _ => Forward::GemmIm2col,
+        }
+    }
+
+    /// The whole ladder for one input: every route the plan would choose by itself.
+    fn ladder(&self, g: &Geometry) -> Routes {
+        let lanes = self.kernels.lanes();
+        let forward = match self.forward_family() {
+            // The direct kernel's form, from how its output rows meet the vectors.
+            Forward::Direct(_) => Forward::Direct(DirectForm::choose(
+                g.s,
+                [g.h, g.w],
+                [g.oh, g.ow],
+                g.pad,
+                lanes,
+            )),
+            family => family,
+        };
+        if self.mode == Mode::Inference {
+            return Routes {
+                layout: forward.layout(),
+                forward,
+                input_grad: None,
+                weight_grad: None,
+            };
+        }
+        // dX: the transposed convolution has the layer's input channels as its output
+        // channels, so the direct kernel's threshold applies to `c`.
+        let direct_dx = g.c <= DIRECT_MAX_CHANNELS;
+        let input_grad = if g.unpadded_1x1() && g.s == 1 {
+            InputGrad::GemmImage
+        } else if g.s == 1 && g.kh == g.kw && g.pad < g.kh && direct_dx {
+            let pad_t = g.kh - 1 - g.pad;
+            InputGrad::DirectTransposed(DirectForm::choose(
+                1,
+                [g.oh, g.ow],
+                [g.h, g.w],
+                pad_t,
+                lanes,
+            ))
+        } else if g.s > 1 && direct_dx && self.phases_fit(g) {
+            InputGrad::DirectPhases
+        } else {
+            InputGrad::GemmCol2im
+        };
+        // dW: the outer-product kernel where it has a tile for the output channels
+        // (in-process A/B, ResNet-20's layers at batch 128, 2 threads, AVX-512, against
+        // row-dot: 32 -> 32 at 16 x 16 0.78 of the time, 64 -> 64 at 8 x 8 0.63, the
+        // stride-2 layers 0.62 and 0.76; 16 channels, one vector, has no outer tile and
+        // lost 1.29 in a one-vector variant). Taps from the image in place when a 1x1
+        // layer allows (the row-dot kernel reads a whole number of vectors along the
+        // pixels there).
+        let outer = outer_tile_for(self.kernels.set(), g.o).is_some();
+        let in_place =
+            g.unpadded_1x1() && g.s == 1 && (outer || (g.oh * g.ow).is_multiple_of(lanes));
+        let taps = if in_place {
+            Taps::Image
+        } else {
+            Taps::PhasePlanes
+        };
+        let weight_grad = if outer {
+            WeightGrad::OuterProduct(taps)
+        } else {
+            WeightGrad::RowDot(taps)
+        };
+        Routes {
+            layout: forward.layout(),
+            forward,
+            input_grad: Some(input_grad),
+            weight_grad: Some(weight_grad),
+        }
+    }
+
+    fn geometry(&self, [n, c, h, w]: [usize; 4]) -> Result<Geometry> {
+        let [o, wc, kh, kw] = self.weights;
+        if wc != c {
+            return Err(TensorError::ShapeMismatch {
+                op: "conv2d",
+                expected: vec![o, c, kh, kw],
+                got: self.weights.to_vec(),
+            });
+        }
+        let _ = n;
+        let [oh, ow] = self.conv.output_size(h, w, kh, kw)?;
+        Ok(Geometry {
+            c,
+            h,
+            w,
+            o,
+            kh,
+            kw,
+            s: self.conv.stride,
+            pad: self.conv.padding,
+            oh,
+            ow,
+        })
+    }
+
+    fn phases_fit(&self, g: &Geometry) -> bool {
+        StridedTransposed::fits(g.s, g.kh, g.kw, g.pad, [g.h, g.w], [g.oh, g.ow])
+    }
+
+    fn forward_fits(&self, r: Forward, g: &Geometry) -> std::result::Result<(), String> {
+        let lanes = self.kernels.lanes();
+        match r {
+            Forward::GemmImage if !(g.unpadded_1x1() && g.s == 1) => {
+                Err("it needs a 1x1, stride-1, unpadded layer".into())
+            }
+            Forward::GemmSubsampled if !g.unpadded_1x1() => {
+                Err("it needs a 1x1, unpadded layer".into())
+            }
+            Forward::Direct(_) if g.kh * g.kw == 1 => {
+                Err("the direct kernel runs kernels larger than 1x1".into())
+            }
+            Forward::Direct(f) => f.fits(g.s, [g.h, g.w], [g.oh, g.ow], g.pad, lanes),
+            Forward::Blocked if self.layout != Layout::Blocked => {
+                Err("it needs a plan in the blocked layout".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn input_grad_fits(&self, r: InputGrad, g: &Geometry) -> std::result::Result<(), String> {
+        match r {
+            InputGrad::GemmImage if !(g.unpadded_1x1() && g.s == 1) => {
+                Err("it needs a 1x1, stride-1, unpadded layer".into())
+            }
+            InputGrad::DirectTransposed(_)
+                if g.s != 1 || g.kh != g.kw || g.pad >= g.kh || g.kh == 1 =>
+            {
+                Err(
+                    "it needs stride 1, a square kernel larger than 1x1 and padding \
+                     below its size"
+                        .into(),
+                )
+            }
+            InputGrad::DirectTransposed(f) => f.fits(
+                1,
+                [g.oh, g.ow],
+                [g.h, g.w],
+                g.kh - 1 - g.pad,
+                self.kernels.lanes(),
+            ),
+            InputGrad::DirectPhases if !self.phases_fit(g) => {
+                Err("it needs a stride above 1 and every phase of dX inside dY".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn weight_grad_fits(&self, r: WeightGrad, g: &Geometry) -> std::result::Result<(), String> {
+        let outer = matches!(r, WeightGrad::OuterProduct(_));
+        if outer && outer_tile_for(self.kernels.set(), g.o).is_none() {
+            return Err(format!(
+                "no outer-product tile covers {} output channels on {}",
+                g.o,
+                self.kernels.isa()
+            ));
+        }
+        let (WeightGrad::OuterProduct(taps) | WeightGrad::RowDot(taps)) = r;
+        let lanes = self.kernels.lanes();
+        if taps == Taps::Image {
+            if !(g.unpadded_1x1() && g.s == 1) {
+                return Err("taps from the image need a 1x1, stride-1, unpadded layer".into());
+            }
+            if !outer && !(g.oh * g.ow).is_multiple_of(lanes) {
+                return Err(format!(
+                    "the row-dot kernel reads the image in place only when its {} pixels are \
+                     whole {lanes}-lane vectors",
+                    g.oh * g.ow
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unfit(what: &str, route: impl fmt::Display, why: String) -> TensorError {
+    TensorError::InvalidArgument {
+        op: "conv2d plan",
+        reason: format!("the {what} route {route} was forced, but {why}"),
+    }
+}
+
+impl DirectForm {
+    /// Every form, for tests and tools.
+    pub const ALL: [DirectForm; 4] = [
+        DirectForm::Padded,
+        DirectForm::Masked,
+        DirectForm::Phased,
+        DirectForm::Planar,
+    ];
+
+    /// The ladder's form for a convolution of an `[h, w]` image to `[oh, ow]`, stride
+    /// `s`, padding `pad`, on `lanes`-wide vectors. Rows that are not a whole number of
+    /// vectors (ResNet's 56, 28, 14, 7 on AVX-512) take the planar form: tiles along a
+    /// row would end in a narrow, half-empty one, where the planar form's flat runs
+    /// waste only the pad columns (in-process A/B, 2 threads: 64->64 at 56 x 56, batch 1,
+    /// 155 -> 177 and 159 -> 187 GFLOP/s; ResNet-50 at batch 1 53.5 -> 51.7 and 67.3 ->
+    /// 63.5 ms). The masked form saves the planar form's `2 pad` wasted columns per row
+    /// (a fifth of the work on ResNet-20's 8 x 8 stage) and its copy out.
+    pub fn choose(s: usize, hw: [usize; 2], ohw: [usize; 2], pad: usize, lanes: usize) -> Self {
+        if DirectForm::Masked.fits(s, hw, ohw, pad, lanes).is_ok() {
+            DirectForm::Masked
+        } else if ohw[1].is_multiple_of(lanes) {
+            if s == 1 {
+                DirectForm::Padded
+            } else {
+                DirectForm::Phased
+            }
+        } else {
+            DirectForm::Planar
+        }
+    }
+
+    /// Whether this form can run that convolution, or why not.
+    pub fn fits(
+        self,
+        s: usize,
+        [h, w]: [usize; 2],
+        [oh, ow]: [usize; 2],
+        pad: usize,
+        lanes: usize,
+    ) -> std::result::Result<(), String> {
+        let whole_rows = ow.is_multiple_of(lanes);
+        match self {
+            DirectForm::Padded if s != 1 || !whole_rows => Err(format!(
+                "the padded form needs stride 1 and rows of whole {lanes}-lane vectors \
+                 (stride {s}, rows of {ow})"
+            )),
+            DirectForm::Phased if s == 1 || !whole_rows => Err(format!(
+                "the phased form needs a stride above 1 and rows of whole {lanes}-lane \
+                 vectors (stride {s}, rows of {ow})"
+            )),
+            DirectForm::Masked
+                if !(s == 1
+                    && ow < lanes
+                    && (oh, ow) == (h, w)
+                    && (oh * ow).is_multiple_of(lanes)
+                    && pad < w) =>
+            {
+                Err(format!(
+                    "the masked form needs a stride-1 'same' convolution with rows shorter \
+                     than a {lanes}-lane vector, a plane of whole vectors and padding below \
+                     the width ([{h}, {w}] -> [{oh}, {ow}], stride {s}, padding {pad})"
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Forward {
+    /// Every forward route, for tests and tools.
+    pub const ALL: [Forward; 8] = [
+        Forward::GemmImage,
+        Forward::GemmSubsampled,
+        Forward::GemmIm2col,
+        Forward::Direct(DirectForm::Padded),
+        Forward::Direct(DirectForm::Masked),
+        Forward::Direct(DirectForm::Phased),
+        Forward::Direct(DirectForm::Planar),
+        Forward::Blocked,
+    ];
+
+    /// The layout this route reads and writes.
+    pub fn layout(self) -> Layout {
+        match self {
+            Forward::Blocked => Layout::Blocked,
+            _ => Layout::Nchw,
+        }
+    }
+
+    /// The microkernel that does its arithmetic, named by tier and tile.
+    pub fn microkernel(self, k: &Kernels) -> String {
+        match self {
+            Forward::GemmImage | Forward::GemmSubsampled | Forward::GemmIm2col => {
+                k.gemm_kernel_name()
+            }
+            Forward::Direct(_) => k.direct_kernel_name(),
+            Forward::Blocked => k.blocked_kernel_name(),
+        }
+    }
+}
+
+impl InputGrad {
+    /// Every input-gradient route, for tests and tools (the transposed convolution has
+    /// stride 1, so it never takes the phased form).
+    pub const ALL: [InputGrad; 6] = [
+        InputGrad::GemmImage,
+        InputGrad::GemmCol2im,
+        InputGrad::DirectTransposed(DirectForm::Padded),
+        InputGrad::DirectTransposed(DirectForm::Masked),
+        InputGrad::DirectTransposed(DirectForm::Planar),
+        InputGrad::DirectPhases,
+    ];
+
+    /// The microkernel that does its arithmetic, named by tier and tile.
+    pub fn microkernel(self, k: &Kernels) -> String {
+        match self {
+            InputGrad::GemmImage | InputGrad::GemmCol2im => k.gemm_kernel_name(),
+            InputGrad::DirectTransposed(_) | InputGrad::DirectPhases => k.direct_kernel_name(),
+        }
+    }
+}
+
+impl WeightGrad {
+    /// Every weight-gradient route, for tests and tools.
+    pub const ALL: [WeightGrad; 4] = [
+        WeightGrad::OuterProduct(Taps::Image),
+        WeightGrad::OuterProduct(Taps::PhasePlanes),
+        WeightGrad::RowDot(Taps::Image),
+        WeightGrad::RowDot(Taps::PhasePlanes),
+    ];
+
+    /// The microkernel that does its arithmetic for `o` output channels, named by tier
+    /// and tile.
+    pub fn microkernel(self, k: &Kernels, o: usize) -> String {
+        match self {
+            WeightGrad::OuterProduct(_) => match outer_tile_for(k.set(), o) {
+                Some((f, p, _)) => k.outer_kernel_name(f, p),
+                None => "none".into(),
+            },
+            WeightGrad::RowDot(_) => k.dot_kernel_name(),
+        }
+    }
+}
+
+impl fmt::Display for DirectForm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DirectForm::Padded => "padded",
+            DirectForm::Masked => "masked",
+            DirectForm::Phased => "phased",
+            DirectForm::Planar => "planar",
+        })
+    }
+}
+
+impl fmt::Display for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Forward::GemmImage => f.write_str("gemm-image"),
+            Forward::GemmSubsampled => f.write_str("gemm-subsampled"),
+            Forward::GemmIm2col => f.write_str("gemm-im2col"),
+            Forward::Direct(form) => write!(f, "direct-{form}"),
+            Forward::Blocked => f.write_str("blocked"),
+        }
+    }
+}
+
+impl fmt::Display for InputGrad {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InputGrad::GemmImage => f.write_str("gemm-image"),
+            InputGrad::GemmCol2im => f.write_str("gemm-col2im"),
+            InputGrad::DirectTransposed(form) => write!(f, "direct-transposed-{form}"),
+            InputGrad::DirectPhases => f.write_str("direct-phases"),
+        }
+    }
+}
+
+impl fmt::Display for Taps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Taps::Image => "image",
+            Taps::PhasePlanes => "planes",
+        })
+    }
+}
+
+impl fmt::Display for WeightGrad {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WeightGrad::OuterProduct(t) => write!(f, "outer-{t}"),
+            WeightGrad::RowDot(t) => write!(f, "rowdot-{t}"),
+        }
+    }
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Layout::Nchw => "nchw",
+            Layout::Blocked => "blocked",
+        })
+    }
+}
+
+/// Parses a route by the name it prints as (`direct-planar`, `gemm-im2col`, ...).
+macro_rules! parse_by_name {
+    ($t:ty) => {
+        impl std::str::FromStr for $t {
+            type Err = TensorError;
+            fn from_str(s: &str) -> Result<Self> {
+                <$t>::ALL
+                    .into_iter()
+                    .find(|r| r.to_string() == s)
+                    .ok_or_else(|| TensorError::InvalidArgument {
+                        op: stringify!($t),
+                        reason: format!(
+                            "unknown route {s:?}; the routes are: {}",
+                            <$t>::ALL.map(|r| r.to_string()).join(", ")
+                        ),
+                    })
+            }
+        }
+    };
+}
+parse_by_name!(Forward);
+parse_by_name!(InputGrad);
+parse_by_name!(WeightGrad);

@@ -1,0 +1,422 @@
+//! Every convolution route, forced: each forward, input-gradient and weight-gradient
+//! route of the plan (`tensor::conv`) runs on random shapes made for it (so that no
+//! route is covered by chance, or only when the ladder happens to pick it) and equals the
+//! `f64` reference (`reference::conv2d`, `reference::conv2d_backward`), in every ISA tier
+//! this CPU has. One check per route, named after it; a failure names the route and the
+//! microkernel that ran. Every case a generator makes must be accepted by the plan (a
+//! rejection fails the check), so the generators and `ConvPlan`'s checks agree.
+//!
+//! Forward outputs start as NaNs, so an element a route does not write fails. Epilogues
+//! (bias, residual, ReLU, accumulate) vary with the case. Tolerances as in
+//! `conv_matches_reference.rs` and `backward_matches_reference.rs`: `1e-5` of the sum of
+//! the magnitudes of the products, plus `1e-6`.
+
+mod common;
+
+use common::{close, fail, prop, Check, CheckResult};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+use tensor::{
+    reference, Conv2d, ConvEpilogue, ConvPlan, DirectForm, Forward, InputGrad, Kernels, Mode, Taps,
+    Tensor, WeightGrad,
+};
+
+/// One convolution: batch, channels, image, square kernel, stride, padding, the
+/// epilogue's bits (1 bias, 2 residual, 4 ReLU, 8 accumulate) and a seed.
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    n: usize,
+    c: usize,
+    o: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    pad: usize,
+    epilogue: u8,
+    seed: u64,
+}
+
+impl Case {
+    fn fits(&self) -> bool {
+        self.h + 2 * self.pad >= self.k && self.w + 2 * self.pad >= self.k
+    }
+    fn out(&self) -> [usize; 2] {
+        let o = |size: usize| (size + 2 * self.pad - self.k) / self.s + 1;
+        [o(self.h), o(self.w)]
+    }
+}
+
+/// What a generator fixes; the rest is random.
+#[derive(Clone, Copy, Default)]
+struct Shape {
+    /// The kernel sizes to draw from (empty: 1, 2, 3, 5).
+    k: &'static [usize],
+    /// Strides to draw from (empty: 1..=3).
+    s: &'static [usize],
+    /// Padding `k / 2` ("same") instead of a random one.
+    same: bool,
+    /// Padding 0.
+    unpadded: bool,
+    /// The output (for the forward) or the input (for dX's transposed convolution)
+    /// width, a whole number of vectors.
+    whole_rows: bool,
+    /// Masked form: rows shorter than a vector, planes of whole vectors, "same".
+    masked: bool,
+    /// Output channels a multiple of this many vectors (0: any count).
+    o_vectors: usize,
+    /// Input channels around a vector (the blocked layout's blocks).
+    blocked: bool,
+    /// Padding below the kernel size (dX's transposed convolution pads by
+    /// `k - 1 - pad`).
+    transposed: bool,
+    /// Every phase of dX reads inside dY (`StridedTransposed`): for stride `s`, with
+    /// `t = ceil(k / s) - 1`, the last row and column `(size - 1 + pad) / s` of each
+    /// phase fall before `out + 2 t`.
+    phases: bool,
+}
+
+fn cases(kern: Kernels, shape: Shape) -> impl Strategy<Value = Case> {
+    let l = kern.lanes();
+    let ks = if shape.k.is_empty() {
+        vec![1, 2, 3, 5]
+    } else {
+        shape.k.to_vec()
+    };
+    let ss = if shape.s.is_empty() {
+        vec![1, 2, 3]
+    } else {
+        shape.s.to_vec()
+    };
+    let channels = if shape.blocked {
+        prop::sample::select(vec![1, l - 1, l, l + 1, 2 * l + 1]).boxed()
+    } else {
+        (1usize..=5).boxed()
+    };
+    let outs = match shape.o_vectors {
+        0 if shape.blocked => prop::sample::select(vec![1, l - 1, l, l + 1, 2 * l + 1]).boxed(),
+        0 => (1usize..=19).boxed(),
+        v => (1usize..=3).prop_map(move |m| m * v * l).boxed(),
+    };
+    (
+        1usize..=3,
+        channels,
+        outs,
+        prop::sample::select(ks),
+        prop::sample::select(ss),
+        (0usize..=3, 1usize..=3, 1usize..=9, 0usize..=3),
+        0u8..16,
+        any::<u64>(),
+    )
+        .prop_map(
+            move |(n, c, o, k, s, (pad, m, size, extra), epilogue, seed)| {
+                let pad = if shape.unpadded {
+                    0
+                } else if shape.same || shape.masked {
+                    k / 2
+                } else if shape.transposed {
+                    pad.min(k - 1)
+                } else {
+                    pad.min(k / 2 + 1)
+                };
+                let mut case = Case {
+                    n,
+                    c,
+                    o,
+                    h: size,
+                    w: size + extra,
+                    k,
+                    s,
+                    pad,
+                    epilogue,
+                    seed,
+                };
+                if shape.masked {
+                    // Rows shorter than a vector, wider than the padding, and a plane of
+                    // whole vectors: `h` a multiple of `l / gcd(w, l)`.
+                    let w = (pad + 1 + extra).min(l - 1).max(pad + 1);
+                    let g = (1..=w)
+                        .rev()
+                        .find(|d| w.is_multiple_of(*d) && l.is_multiple_of(*d))
+                        .unwrap_or(1);
+                    case.w = w;
+                    case.h = (l / g) * m;
+                } else if shape.whole_rows {
+                    // The forward's output rows `ow = m l`: `w = (ow - 1) s + k - 2 pad + e`
+                    // with `e < s`.
+                    let ow = m * l;
+                    let w = ((ow - 1) * s + k + extra % s).saturating_sub(2 * pad);
+                    case.w = w.max(1);
+                }
+                case
+            },
+        )
+        .prop_filter("the kernel fits the padded image", Case::fits)
+        .prop_filter("whole rows kept", move |c| {
+            !shape.whole_rows || c.out()[1] % l == 0
+        })
+        .prop_filter("every phase of dX inside dY", move |c| {
+            let t = c.k.div_ceil(c.s) - 1;
+            let [oh, ow] = c.out();
+            !shape.phases
+                || ((c.h - 1 + c.pad) / c.s < oh + 2 * t && (c.w - 1 + c.pad) / c.s < ow + 2 * t)
+        })
+}
+
+/// `plan` forced to `route` must accept the case.
+fn accepted(
+    plan: ConvPlan,
+    input: [usize; 4],
+    what: &str,
+) -> Result<tensor::Routes, TestCaseError> {
+    plan.routes(input).map_err(|e| {
+        TestCaseError::fail(format!("{what}: the plan rejected a case made for it: {e}"))
+    })
+}
+
+fn operands(c: &Case) -> Result<(Tensor, Tensor, Tensor), TestCaseError> {
+    let x = Tensor::randn(&[c.n, c.c, c.h, c.w], 0.0, 1.0, c.seed).map_err(fail)?;
+    let w = Tensor::randn(&[c.o, c.c, c.k, c.k], 0.0, 0.5, c.seed ^ 1).map_err(fail)?;
+    let [oh, ow] = c.out();
+    let dy = Tensor::randn(&[c.n, c.o, oh, ow], 0.0, 1.0, c.seed ^ 2).map_err(fail)?;
+    Ok((x, w, dy))
+}
+
+fn abs(t: &Tensor) -> Tensor {
+    let mut a = t.clone();
+    a.data_mut().iter_mut().for_each(|v| *v = v.abs());
+    a
+}
+
+/// The forward by `route`, with the case's epilogue, against the reference.
+fn run_forward(kern: Kernels, route: Forward, c: &Case) -> Result<(), TestCaseError> {
+    let (x, w, _) = operands(c)?;
+    let layout = route.layout();
+    let plan = ConvPlan::new(
+        &kern,
+        [c.o, c.c, c.k, c.k],
+        Conv2d::new(c.s, c.pad),
+        Mode::Inference,
+    )
+    .and_then(|p| p.in_layout(layout))
+    .map_err(fail)?
+    .force_forward(route);
+    let what = format!("{route} ({}) {c:?}", route.microkernel(&kern));
+    prop_assert_eq!(accepted(plan, [c.n, c.c, c.h, c.w], &what)?.forward, route);
+    let packed = kern.pack_conv(&plan, &w).map_err(fail)?;
+    let bias: Vec<f32> = (0..c.o).map(|i| 0.1 * i as f32 - 0.3).collect();
+    let (with_bias, with_residual, relu, accumulate) = (
+        c.epilogue & 1 != 0,
+        c.epilogue & 2 != 0,
+        c.epilogue & 4 != 0,
+        // The blocked kernel has no accumulate step.
+        c.epilogue & 8 != 0 && route != Forward::Blocked,
+    );
+    let (mut want, scale) =
+        reference::conv2d(&x, &w, with_bias.then_some(&bias[..]), c.s, c.pad).map_err(fail)?;
+    let mut tol: Vec<f32> = scale.iter().map(|s| (1e-5 * s + 1e-6) as f32).collect();
+    let residual = Tensor::randn(want.shape(), 0.0, 1.0, c.seed ^ 3).map_err(fail)?;
+    let start = Tensor::randn(want.shape(), 0.0, 1.0, c.seed ^ 4).map_err(fail)?;
+    for (add, on) in [(&start, accumulate), (&residual, with_residual)] {
+        if on {
+            for ((v, r), t) in want.data_mut().iter_mut().zip(add.data()).zip(&mut tol) {
+                *v += r;
+                *t += 1e-6 * r.abs();
+            }
+        }
+    }
+    if relu {
+        want.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+    let got = if route == Forward::Blocked {
+        let xb = kern.to_blocked(&x).map_err(fail)?;
+        let rb = kern.to_blocked(&residual).map_err(fail)?;
+        let y = kern
+            .blocked_conv2d(
+                &xb,
+                &packed,
+                with_bias.then_some(&bias[..]),
+                with_residual.then_some(&rb),
+                relu,
+            )
+            .map_err(fail)?;
+        kern.from_blocked(&y).map_err(fail)?
+    } else {
+        let mut steps = Vec::new();
+        if accumulate {
+            steps.push(ConvEpilogue::Accumulate);
+        }
+        if with_bias {
+            steps.push(ConvEpilogue::Bias(&bias));
+        }
+        if with_residual {
+            steps.push(ConvEpilogue::Residual(&residual));
+        }
+        if relu {
+            steps.push(ConvEpilogue::Relu);
+        }
+        // NaNs, unless accumulating: the route must write every element.
+        let mut y = if accumulate {
+            start.clone()
+        } else {
+            Tensor::full(want.shape(), f32::NAN).map_err(fail)?
+        };
+        kern.conv2d_into(&x, &packed, &steps, &mut y)
+            .map_err(fail)?;
+        y
+    };
+    close(&what, got.data(), want.data(), |i| tol[i])
+}
+
+/// A training plan forced to `dx` or `dw`, its backward against the reference; dX also
+/// added into another consumer's gradient when the case's accumulate bit is set.
+fn run_backward(
+    kern: Kernels,
+    dx: Option<InputGrad>,
+    dw: Option<WeightGrad>,
+    c: &Case,
+) -> Result<(), TestCaseError> {
+    let (x, w, dy) = operands(c)?;
+    let mut plan = ConvPlan::new(
+        &kern,
+        [c.o, c.c, c.k, c.k],
+        Conv2d::new(c.s, c.pad),
+        Mode::Training,
+    )
+    .map_err(fail)?;
+    let what = match (dx, dw) {
+        (Some(r), _) => {
+            plan = plan.force_input_grad(r);
+            format!("dX {r} ({}) {c:?}", r.microkernel(&kern))
+        }
+        (_, Some(r)) => {
+            plan = plan.force_weight_grad(r);
+            format!("dW {r} ({}) {c:?}", r.microkernel(&kern, c.o))
+        }
+        _ => unreachable!("a route to force"),
+    };
+    let routes = accepted(plan, [c.n, c.c, c.h, c.w], &what)?;
+    prop_assert!(dx.is_none() || routes.input_grad == dx);
+    prop_assert!(dw.is_none() || routes.weight_grad == dw);
+    let (rdx, rdw) = reference::conv2d_backward(&x, &w, &dy, c.s, c.pad).map_err(fail)?;
+    let (sx, sw) =
+        reference::conv2d_backward(&abs(&x), &abs(&w), &abs(&dy), c.s, c.pad).map_err(fail)?;
+    if dw.is_some() {
+        let got = kern
+            .conv2d_backward(&x, &w, &dy, &plan, false, true)
+            .map_err(fail)?;
+        let g = got.dw.ok_or_else(|| TestCaseError::fail("no dW"))?;
+        return close(&what, g.data(), rdw.data(), |i| 1e-5 * sw.data()[i] + 1e-6);
+    }
+    let got = if c.epilogue & 8 != 0 {
+        let acc = Tensor::randn(x.shape(), 0.0, 1.0, c.seed ^ 5).map_err(fail)?;
+        let got = kern
+            .conv2d_backward_accumulating(&x, &w, &dy, &plan, acc.clone(), false)
+            .map_err(fail)?;
+        let mut g = got.dx.ok_or_else(|| TestCaseError::fail("no dX"))?;
+        g.data_mut()
+            .iter_mut()
+            .zip(acc.data())
+            .for_each(|(v, a)| *v -= a);
+        g
+    } else {
+        let got = kern
+            .conv2d_backward(&x, &w, &dy, &plan, true, false)
+            .map_err(fail)?;
+        got.dx.ok_or_else(|| TestCaseError::fail("no dX"))?
+    };
+    close(&what, got.data(), rdx.data(), |i| {
+        1e-5 * sx.data()[i] + 2e-6
+    })
+}
+
+fn forward(kern: Kernels, route: Forward, shape: Shape) -> CheckResult {
+    prop(cases(kern, shape), |c| run_forward(kern, route, &c))
+}
+
+fn input_grad(kern: Kernels, route: InputGrad, shape: Shape) -> CheckResult {
+    prop(cases(kern, shape), |c| {
+        run_backward(kern, Some(route), None, &c)
+    })
+}
+
+fn weight_grad(kern: Kernels, route: WeightGrad, shape: Shape) -> CheckResult {
+    prop(cases(kern, shape), |c| {
+        run_backward(kern, None, Some(route), &c)
+    })
+}
+
+const ONE: &[usize] = &[1];
+const REAL: &[usize] = &[2, 3, 5];
+const STRIDE_1: &[usize] = &[1];
+const STRIDED: &[usize] = &[2, 3];
+const UNIT_1X1: Shape = Shape {
+    k: ONE,
+    s: STRIDE_1,
+    unpadded: true,
+    same: false,
+    whole_rows: false,
+    masked: false,
+    o_vectors: 0,
+    blocked: false,
+    transposed: false,
+    phases: false,
+};
+const ANY: Shape = Shape {
+    k: &[],
+    s: &[],
+    unpadded: false,
+    same: false,
+    whole_rows: false,
+    masked: false,
+    o_vectors: 0,
+    blocked: false,
+    transposed: false,
+    phases: false,
+};
+
+/// One check per route: `(name, check)`.
+macro_rules! route_checks {
+    ($($name:ident => $body:expr;)*) => {
+        $(fn $name(k: Kernels) -> CheckResult { $body(k) })*
+        const CHECKS: &[(&str, Check)] = &[$((stringify!($name), $name)),*];
+    };
+}
+
+route_checks! {
+    forward_gemm_image => |k| forward(k, Forward::GemmImage, UNIT_1X1);
+    forward_gemm_subsampled => |k| forward(k, Forward::GemmSubsampled, Shape { s: &[1, 2, 3], ..UNIT_1X1 });
+    forward_gemm_im2col => |k| forward(k, Forward::GemmIm2col, ANY);
+    forward_direct_padded => |k| forward(k, Forward::Direct(DirectForm::Padded), Shape { k: REAL, s: STRIDE_1, whole_rows: true, ..ANY });
+    forward_direct_masked => |k| forward(k, Forward::Direct(DirectForm::Masked), Shape { k: &[3, 5], s: STRIDE_1, masked: true, ..ANY });
+    forward_direct_phased => |k| forward(k, Forward::Direct(DirectForm::Phased), Shape { k: REAL, s: STRIDED, whole_rows: true, ..ANY });
+    forward_direct_planar => |k| forward(k, Forward::Direct(DirectForm::Planar), Shape { k: REAL, ..ANY });
+    forward_blocked => |k| forward(k, Forward::Blocked, Shape { k: &[1, 3], blocked: true, ..ANY });
+    dx_gemm_image => |k| input_grad(k, InputGrad::GemmImage, UNIT_1X1);
+    dx_gemm_col2im => |k| input_grad(k, InputGrad::GemmCol2im, ANY);
+    dx_direct_transposed_padded => |k| input_grad(k, InputGrad::DirectTransposed(DirectForm::Padded), Shape { k: &[3, 5], s: STRIDE_1, same: true, whole_rows: true, ..ANY });
+    dx_direct_transposed_masked => |k| input_grad(k, InputGrad::DirectTransposed(DirectForm::Masked), Shape { k: &[3, 5], s: STRIDE_1, masked: true, ..ANY });
+    dx_direct_transposed_planar => |k| input_grad(k, InputGrad::DirectTransposed(DirectForm::Planar), Shape { k: REAL, s: STRIDE_1, transposed: true, ..ANY });
+    dx_direct_phases => |k| input_grad(k, InputGrad::DirectPhases, Shape { s: STRIDED, phases: true, ..ANY });
+    dw_outer_image => |k| weight_grad(k, WeightGrad::OuterProduct(Taps::Image), Shape { o_vectors: 2, ..UNIT_1X1 });
+    dw_outer_planes => |k| weight_grad(k, WeightGrad::OuterProduct(Taps::PhasePlanes), Shape { o_vectors: 2, ..ANY });
+    dw_rowdot_image => |k| weight_grad(k, WeightGrad::RowDot(Taps::Image), Shape { whole_rows: true, ..UNIT_1X1 });
+    dw_rowdot_planes => |k| weight_grad(k, WeightGrad::RowDot(Taps::PhasePlanes), ANY);
+}
+
+fn main() {
+    // Every route in the library's lists has a check here.
+    let names: Vec<String> = CHECKS.iter().map(|(n, _)| n.replace('_', "-")).collect();
+    let listed = Forward::ALL
+        .iter()
+        .map(|r| format!("forward-{r}"))
+        .chain(InputGrad::ALL.iter().map(|r| format!("dx-{r}")))
+        .chain(WeightGrad::ALL.iter().map(|r| format!("dw-{r}")));
+    for route in listed {
+        assert!(
+            names.contains(&route),
+            "route {route} has no check in conv_routes.rs"
+        );
+    }
+    common::run("conv_routes", CHECKS);
+}
