@@ -18,8 +18,6 @@
 
 use std::rc::Rc;
 
-use rayon::prelude::*;
-
 use tensor::{
     BatchNormGrads, ChannelStats, Conv2d, ConvPlan, ConvWeights, Kernels, Mode, Pool2d, Result,
     Tensor, TensorError,
@@ -551,7 +549,7 @@ impl<'p> Tape<'p> {
     /// The CIFAR ResNets' option-A shortcut: `x[:, :, ::stride, ::stride]` with `pad`
     /// zero channels added before and after.
     pub fn pad_channels(&mut self, x: Var, stride: usize, pad: usize) -> Result<Var> {
-        let y = pad_channels_forward(self.value(x)?, stride, pad)?;
+        let y = self.kernels.pad_channels(self.value(x)?, stride, pad)?;
         Ok(self.push_op(y, Op::PadChannels { x, stride, pad }, &[x]))
     }
 
@@ -859,7 +857,7 @@ impl<'p> Tape<'p> {
             }
             Op::PadChannels { x, stride, pad } => {
                 let shape = self.value(*x)?.dims4("pad_channels_backward")?;
-                vec![(*x, pad_channels_backward(&dy, shape, *stride, *pad)?)]
+                vec![(*x, k.pad_channels_backward(&dy, shape, *stride, *pad)?)]
             }
             Op::CrossEntropy {
                 logits,
@@ -945,88 +943,6 @@ fn affine_coefficients(
         .map(|((b, m), s)| b - m * s)
         .collect();
     [scale, shift]
-}
-
-/// The option-A shortcut's forward: subsample, then zero channels on both sides.
-pub fn pad_channels_forward(x: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
-    let [n, c, h, w] = x.dims4("pad_channels")?;
-    if stride == 0 {
-        return Err(invalid("pad_channels", "stride must be positive".into()));
-    }
-    let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));
-    let oc = c + 2 * pad;
-    let mut y = Tensor::for_overwrite(&[n, oc, oh, ow])?;
-    let xd = x.data();
-    // Image by image over rayon's pool (a batch of 128 is 8 MB each way), every element
-    // written once: the padding channels zeroed here rather than the whole output
-    // zeroed first, in a separate pass on one thread.
-    let image = |(b, yb): (usize, &mut [f32])| {
-        let (front, rest) = yb.split_at_mut(pad * oh * ow);
-        let (inner, back) = rest.split_at_mut(c * oh * ow);
-        front.fill(0.0);
-        back.fill(0.0);
-        for ch in 0..c {
-            let src = &xd[(b * c + ch) * h * w..][..h * w];
-            let dst = &mut inner[ch * oh * ow..][..oh * ow];
-            for (oy, row) in dst.chunks_exact_mut(ow.max(1)).enumerate() {
-                let src_row = &src[oy * stride * w..];
-                for (ox, d) in row.iter_mut().enumerate() {
-                    *d = src_row[ox * stride];
-                }
-            }
-        }
-    };
-    if oc * oh * ow > 0 {
-        y.data_mut()
-            .par_chunks_mut(oc * oh * ow)
-            .enumerate()
-            .for_each(image);
-    }
-    Ok(y)
-}
-
-/// The option-A shortcut's backward: the inner channels' gradients go back to the
-/// subsampled positions; the rest of the input gets 0.
-fn pad_channels_backward(
-    dy: &Tensor,
-    x_shape: [usize; 4],
-    stride: usize,
-    pad: usize,
-) -> Result<Tensor> {
-    let [n, c, h, w] = x_shape;
-    let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));
-    let oc = c + 2 * pad;
-    if dy.shape() != [n, oc, oh, ow] {
-        return Err(TensorError::ShapeMismatch {
-            op: "pad_channels_backward",
-            expected: vec![n, oc, oh, ow],
-            got: dy.shape().to_vec(),
-        });
-    }
-    let mut dx = Tensor::for_overwrite(&x_shape)?;
-    let gd = dy.data();
-    // Each plane zeroed just before its scatter, while it is in L1: one pass over `dx`
-    // instead of a zeroing pass first.
-    let image = |(b, xb): (usize, &mut [f32])| {
-        for ch in 0..c {
-            let src = &gd[(b * oc + ch + pad) * oh * ow..][..oh * ow];
-            let dst = &mut xb[ch * h * w..][..h * w];
-            dst.fill(0.0);
-            for (oy, row) in src.chunks_exact(ow.max(1)).enumerate() {
-                let dst_row = &mut dst[oy * stride * w..];
-                for (ox, &g) in row.iter().enumerate() {
-                    dst_row[ox * stride] = g;
-                }
-            }
-        }
-    };
-    if c * h * w > 0 {
-        dx.data_mut()
-            .par_chunks_mut(c * h * w)
-            .enumerate()
-            .for_each(image);
-    }
-    Ok(dx)
 }
 
 #[cfg(test)]

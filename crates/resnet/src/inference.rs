@@ -8,7 +8,7 @@
 //! CIFAR nets (whose option-A shortcuts pad channels) in NCHW, where the last
 //! convolution of a block accumulates onto the shortcut in place.
 //!
-//! Activations come from a small pool of buffers kept by the model, keyed by shape: after
+//! Activations come from a small cache of buffers kept by the model, keyed by shape: after
 //! the first call with a given input shape, a forward pass allocates nothing for its
 //! activations (a fresh multi-megabyte buffer per layer would be mapped and page-faulted
 //! anew each time, and the whole network is ~50 layers).
@@ -63,11 +63,11 @@ impl FusedConv {
     }
 
     /// `conv(x) + bias`, then, in the same pass, `+ residual` and ReLU if asked; the
-    /// output comes from `pool`.
+    /// output comes from `cache`.
     fn run(
         &self,
         k: &Kernels,
-        pool: &Pool<Tensor>,
+        cache: &ActivationCache<Tensor>,
         x: &Tensor,
         residual: Option<&Tensor>,
         relu: bool,
@@ -80,7 +80,7 @@ impl FusedConv {
             steps.push(ConvEpilogue::Relu);
         }
         let shape = self.output_shape(x.dims4("InferenceModel")?)?;
-        let mut y = pool.take(&shape, || Tensor::zeros(&shape))?;
+        let mut y = cache.take(&shape, || Tensor::zeros(&shape))?;
         k.conv2d_into(x, &self.weights, &steps, &mut y)?;
         Ok(y)
     }
@@ -89,13 +89,13 @@ impl FusedConv {
     fn run_blocked(
         &self,
         k: &Kernels,
-        pool: &Pool<BlockedTensor>,
+        cache: &ActivationCache<BlockedTensor>,
         x: &BlockedTensor,
         residual: Option<&BlockedTensor>,
         relu: bool,
     ) -> Result<BlockedTensor> {
         let shape = self.output_shape(x.shape())?;
-        let mut y = pool.take(&shape, || BlockedTensor::zeros(k, shape))?;
+        let mut y = cache.take(&shape, || BlockedTensor::zeros(k, shape))?;
         k.blocked_conv2d_into(x, &self.weights, Some(&self.bias), residual, relu, &mut y)?;
         Ok(y)
     }
@@ -122,19 +122,19 @@ fn wrong_layout() -> TensorError {
 
 /// Spare activation tensors by shape. Every tensor taken from it is overwritten whole
 /// by the operation that fills it, so stale contents never leak.
-struct Pool<T> {
+struct ActivationCache<T> {
     spare: Mutex<HashMap<[usize; 4], Vec<T>>>,
 }
 
-impl<T> Default for Pool<T> {
+impl<T> Default for ActivationCache<T> {
     fn default() -> Self {
-        Pool {
+        ActivationCache {
             spare: Mutex::new(HashMap::new()),
         }
     }
 }
 
-impl<T> Pool<T> {
+impl<T> ActivationCache<T> {
     fn take(&self, shape: &[usize; 4], make: impl FnOnce() -> Result<T>) -> Result<T> {
         let reused = self
             .spare
@@ -154,15 +154,15 @@ impl<T> Pool<T> {
     }
 }
 
-impl Pool<Tensor> {
+impl ActivationCache<Tensor> {
     fn give_tensor(&self, t: Tensor) {
-        if let Ok(shape) = t.dims4("pool") {
+        if let Ok(shape) = t.dims4("cache") {
             self.give(shape, t);
         }
     }
 }
 
-impl Pool<BlockedTensor> {
+impl ActivationCache<BlockedTensor> {
     fn give_blocked(&self, t: BlockedTensor) {
         self.give(t.shape(), t);
     }
@@ -208,8 +208,8 @@ pub struct InferenceModel {
     stages: Vec<Vec<FusedBlock>>,
     fc: LinearWeights,
     fc_bias: Vec<f32>,
-    pool: Pool<Tensor>,
-    blocked_pool: Pool<BlockedTensor>,
+    cache: ActivationCache<Tensor>,
+    blocked_cache: ActivationCache<BlockedTensor>,
 }
 
 /// What a forward pass reports of its stages (`forward_stages`), or nothing.
@@ -220,7 +220,7 @@ impl InferenceModel {
     /// the layout [`InferenceModel::default_layout`] picks for its architecture.
     ///
     /// The folded copies are freed as they are packed, not kept for recycling (see
-    /// `tensor::pool::bypass`): no later tensor has their sizes.
+    /// `tensor::recycle::bypass`): no later tensor has their sizes.
     pub fn new(model: &ResNet, kernels: Kernels) -> Result<Self> {
         Self::new_with_layout(model, kernels, Self::default_layout(model))
     }
@@ -229,7 +229,7 @@ impl InferenceModel {
     /// nets' channel-padding shortcuts).
     pub fn new_with_layout(model: &ResNet, kernels: Kernels, layout: ConvLayout) -> Result<Self> {
         check_layout(model, layout)?;
-        tensor::pool::bypass(|| {
+        tensor::recycle::bypass(|| {
             let k = &kernels;
             let stages = model
                 .stages
@@ -260,7 +260,7 @@ impl InferenceModel {
         layout: ConvLayout,
     ) -> Result<Self> {
         check_layout(&model, layout)?;
-        tensor::pool::bypass(|| {
+        tensor::recycle::bypass(|| {
             let k = &kernels;
             let mut stages = Vec::with_capacity(model.stages.len());
             for stage in std::mem::take(&mut model.stages) {
@@ -307,8 +307,8 @@ impl InferenceModel {
             stages,
             fc: k.pack_linear_weights(&model.fc_weight)?,
             fc_bias: model.fc_bias.data().to_vec(),
-            pool: Pool::default(),
-            blocked_pool: Pool::default(),
+            cache: ActivationCache::default(),
+            blocked_cache: ActivationCache::default(),
         })
     }
 
@@ -349,24 +349,24 @@ impl InferenceModel {
     }
 
     /// The stem (convolution, folded batch norm, ReLU) in NCHW, then, for the ImageNet
-    /// nets, the max pool; the output comes from the NCHW pool.
+    /// nets, the max pool; the output comes from the NCHW cache.
     fn stem_nchw(&self, x: &Tensor) -> Result<Tensor> {
-        let (k, pool) = (&self.kernels, &self.pool);
-        let h = self.stem.run(k, pool, x, None, true)?;
+        let (k, cache) = (&self.kernels, &self.cache);
+        let h = self.stem.run(k, cache, x, None, true)?;
         if self.cifar {
             return Ok(h);
         }
         let [n, c, hh, ww] = h.dims4("InferenceModel")?;
         let [oh, ow] = Pool2d::RESNET_STEM.output_size(hh, ww)?;
         let shape = [n, c, oh, ow];
-        let mut pooled = pool.take(&shape, || Tensor::zeros(&shape))?;
+        let mut pooled = cache.take(&shape, || Tensor::zeros(&shape))?;
         k.max_pool2d_into(&h, &Pool2d::RESNET_STEM, &mut pooled)?;
-        pool.give_tensor(h);
+        cache.give_tensor(h);
         Ok(pooled)
     }
 
     fn features_nchw(&self, x: &Tensor, mut observe: Observer) -> Result<Tensor> {
-        let (k, pool) = (&self.kernels, &self.pool);
+        let (k, cache) = (&self.kernels, &self.cache);
         let mut h = self.stem_nchw(x)?;
         if let Some(o) = observe.as_mut() {
             o("stem", &h);
@@ -374,17 +374,17 @@ impl InferenceModel {
         for (s, block) in self.blocks() {
             let shortcut = match &block.shortcut {
                 FusedShortcut::Identity => None,
-                FusedShortcut::Projection(c) => Some(c.run(k, pool, &h, None, false)?),
+                FusedShortcut::Projection(c) => Some(c.run(k, cache, &h, None, false)?),
                 FusedShortcut::PadChannels { stride, pad } => {
-                    Some(autograd::pad_channels_forward(&h, *stride, *pad)?)
+                    Some(k.pad_channels(&h, *stride, *pad)?)
                 }
             };
             let (last, inner) = split_block(block)?;
             let mut y: Option<Tensor> = None;
             for c in inner {
-                let next = c.run(k, pool, y.as_ref().unwrap_or(&h), None, true)?;
+                let next = c.run(k, cache, y.as_ref().unwrap_or(&h), None, true)?;
                 if let Some(old) = y.replace(next) {
-                    pool.give_tensor(old);
+                    cache.give_tensor(old);
                 }
             }
             match y {
@@ -397,23 +397,23 @@ impl InferenceModel {
                     match shortcut {
                         Some(sc) => {
                             let out = last.run_onto(k, &inner_out, sc)?;
-                            pool.give_tensor(std::mem::replace(&mut h, out));
+                            cache.give_tensor(std::mem::replace(&mut h, out));
                         }
                         None => {
                             let input = std::mem::replace(&mut h, Tensor::zeros(&[0])?);
                             h = last.run_onto(k, &inner_out, input)?;
                         }
                     }
-                    pool.give_tensor(inner_out);
+                    cache.give_tensor(inner_out);
                 }
                 // A block of one convolution reads its input, so cannot overwrite it.
                 None => {
                     let residual = shortcut.as_ref().unwrap_or(&h);
-                    let out = last.run(k, pool, &h, Some(residual), true)?;
+                    let out = last.run(k, cache, &h, Some(residual), true)?;
                     if let Some(t) = shortcut {
-                        pool.give_tensor(t);
+                        cache.give_tensor(t);
                     }
-                    pool.give_tensor(std::mem::replace(&mut h, out));
+                    cache.give_tensor(std::mem::replace(&mut h, out));
                 }
             }
             if let Some(o) = observe.as_mut().filter(|_| self.ends_stage(s, block)) {
@@ -421,7 +421,7 @@ impl InferenceModel {
             }
         }
         let f = k.global_avg_pool(&h);
-        pool.give_tensor(h);
+        cache.give_tensor(h);
         f
     }
 
@@ -429,7 +429,7 @@ impl InferenceModel {
     /// output converted once, every later convolution (bias, residual and ReLU in its
     /// epilogue) in the layout, and the global average pool reading it.
     fn features_blocked(&self, x: &Tensor, mut observe: Observer) -> Result<Tensor> {
-        let (k, pool) = (&self.kernels, &self.blocked_pool);
+        let (k, cache) = (&self.kernels, &self.blocked_cache);
         // The stem in NCHW, by the direct kernel, and its pooled output converted: the
         // blocked layout would hold the three input channels in 16-lane blocks, and
         // the stem's output before the pool, four times the pooled size. In process,
@@ -440,35 +440,35 @@ impl InferenceModel {
             o("stem", &stem);
         }
         let shape = stem.dims4("InferenceModel")?;
-        let mut h = pool.take(&shape, || BlockedTensor::zeros(k, shape))?;
+        let mut h = cache.take(&shape, || BlockedTensor::zeros(k, shape))?;
         k.to_blocked_into(&stem, &mut h)?;
-        self.pool.give_tensor(stem);
+        self.cache.give_tensor(stem);
         for (s, block) in self.blocks() {
             let shortcut = match &block.shortcut {
                 FusedShortcut::Identity => None,
-                FusedShortcut::Projection(c) => Some(c.run_blocked(k, pool, &h, None, false)?),
+                FusedShortcut::Projection(c) => Some(c.run_blocked(k, cache, &h, None, false)?),
                 FusedShortcut::PadChannels { .. } => return Err(wrong_layout()),
             };
             let (last, inner) = split_block(block)?;
             let mut y: Option<BlockedTensor> = None;
             for c in inner {
-                let next = c.run_blocked(k, pool, y.as_ref().unwrap_or(&h), None, true)?;
+                let next = c.run_blocked(k, cache, y.as_ref().unwrap_or(&h), None, true)?;
                 if let Some(old) = y.replace(next) {
-                    pool.give_blocked(old);
+                    cache.give_blocked(old);
                 }
             }
             let residual = shortcut.as_ref().unwrap_or(&h);
-            let out = last.run_blocked(k, pool, y.as_ref().unwrap_or(&h), Some(residual), true)?;
+            let out = last.run_blocked(k, cache, y.as_ref().unwrap_or(&h), Some(residual), true)?;
             for t in [y, shortcut].into_iter().flatten() {
-                pool.give_blocked(t);
+                cache.give_blocked(t);
             }
-            pool.give_blocked(std::mem::replace(&mut h, out));
+            cache.give_blocked(std::mem::replace(&mut h, out));
             if let Some(o) = observe.as_mut().filter(|_| self.ends_stage(s, block)) {
                 o(&format!("layer{}", s + 1), &k.from_blocked(&h)?);
             }
         }
         let f = k.blocked_global_avg_pool(&h);
-        pool.give_blocked(h);
+        cache.give_blocked(h);
         f
     }
 

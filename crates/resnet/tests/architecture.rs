@@ -148,9 +148,10 @@ fn forward_reference(m: &ResNet, x: &Tensor) -> Tensor {
         let shortcut = match &block.shortcut {
             Shortcut::Identity => h.clone(),
             Shortcut::Projection(c) => conv_bn_reference(&h, c, false),
-            Shortcut::PadChannels { stride, pad } => {
-                autograd::pad_channels_forward(&h, *stride, *pad).unwrap()
-            }
+            Shortcut::PadChannels { stride, pad } => tensor::Kernels::active()
+                .unwrap()
+                .pad_channels(&h, *stride, *pad)
+                .unwrap(),
         };
         let mut y = h.clone();
         let n = block.convs.len();
@@ -220,7 +221,10 @@ fn reused_activation_buffers_never_leak_into_results() {
 #[test]
 fn option_a_shortcut_subsamples_and_pads_both_sides() {
     let x = Tensor::from_vec(&[1, 1, 3, 3], (1..=9).map(|v| v as f32).collect()).unwrap();
-    let y = autograd::pad_channels_forward(&x, 2, 1).unwrap();
+    let y = tensor::Kernels::active()
+        .unwrap()
+        .pad_channels(&x, 2, 1)
+        .unwrap();
     assert_eq!(y.shape(), &[1, 3, 2, 2]);
     assert_eq!(&y.data()[..4], &[0.0; 4]);
     assert_eq!(&y.data()[4..8], &[1.0, 3.0, 7.0, 9.0]);

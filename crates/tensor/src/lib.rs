@@ -15,27 +15,41 @@
 //! # Ok::<(), tensor::TensorError>(())
 //! ```
 //!
-//! Module map: [`tensor`] (the type), [`isa`] (tiers and detection), [`kernels`] (the
-//! kernels and their safe API), [`reference`] (the oracle), [`rng`] (seeded random
-//! numbers), [`peak`] (machine limits: FMA peak, memory bandwidth), [`pool`] (recycled
-//! buffers of large tensors), [`blocked`] (the blocked channel layout and its
-//! convolution, experimental).
+//! Module map, from the bottom up:
+//!
+//! - [`tensor`] (the type), [`error`], [`rng`] (seeded random numbers), [`recycle`]
+//!   (reuse of large tensors' buffers);
+//! - [`isa`] (tiers and detection), [`kernels`] (the kernels of every tier, their safe
+//!   API and their microkernels: `kernels/microkernel.rs` the GEMM's tiles,
+//!   `direct_tile.rs`, `blocked_tile.rs`, `outer.rs` and `dot.rs` the convolution's);
+//! - [`gemm`] (packing, the loop nest, the epilogue), `layout` (the copies the
+//!   convolution routes share: padding, phase planes, per-channel views, the
+//!   disjoint-output pointer), [`blocked`] (the blocked channel layout and its pooling);
+//! - [`conv`] (the convolution plan: `mod.rs` holds the ladder that picks every route,
+//!   one file per route family: `forward.rs` (entry points, the GEMM routes),
+//!   `direct.rs`, `nchwc.rs` (the blocked layout's), `weight_grad.rs`, `backward.rs`);
+//! - [`backward`] (the other ops' gradients), [`linear`], the option-A shortcut;
+//! - [`reference`] (the naive `f64` oracle every kernel is tested against), [`peak`]
+//!   (machine limits: FMA peak, memory bandwidth).
+//!
+//! Dependencies run one way, down this list: `tests/module_graph.rs` fails on an
+//! import cycle between the crate's top-level modules.
 
 pub mod backward;
 pub mod blocked;
 pub mod conv;
-pub(crate) mod direct;
 pub mod error;
 pub mod gemm;
 pub mod isa;
 pub mod kernels;
+pub(crate) mod layout;
 pub mod linear;
 pub mod peak;
-pub mod pool;
+pub mod recycle;
 pub mod reference;
 pub mod rng;
+mod shortcut;
 pub mod tensor;
-pub(crate) mod wgrad;
 
 pub use backward::{BatchNormGrads, ConvGrads, LinearGrads};
 pub use blocked::BlockedTensor;

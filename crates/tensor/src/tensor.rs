@@ -6,13 +6,13 @@
 //! instead), which keeps every buffer's ownership obvious.
 
 use crate::error::{Result, TensorError};
-use crate::pool;
+use crate::recycle;
 use crate::rng::Rng;
 
 /// An owned, contiguous `f32` tensor.
 ///
 /// Large tensors' buffers are recycled: dropping one hands its memory to
-/// [`crate::pool`] for the next tensor of that size.
+/// [`crate::recycle`] for the next tensor of that size.
 #[derive(PartialEq)]
 pub struct Tensor {
     shape: Vec<usize>,
@@ -40,7 +40,7 @@ impl Tensor {
     /// A tensor with every element equal to `value`.
     pub fn full(shape: &[usize], value: f32) -> Result<Self> {
         let n = checked_count("Tensor::full", shape)?;
-        let data = match pool::take(n) {
+        let data = match recycle::take(n) {
             Some(mut v) => {
                 v.fill(value);
                 v
@@ -53,7 +53,7 @@ impl Tensor {
         })
     }
 
-    /// A tensor whose elements are unspecified: a recycled buffer (see [`crate::pool`])
+    /// A tensor whose elements are unspecified: a recycled buffer (see [`crate::recycle`])
     /// or fresh zeros. For outputs the caller then writes in full; it saves the pass
     /// over memory that zeroing would cost.
     ///
@@ -67,7 +67,7 @@ impl Tensor {
         Ok(Tensor {
             shape: shape.to_vec(),
             // Fresh zeros come from the allocator's zeroed pages: no pass here either.
-            data: pool::take(n).unwrap_or_else(|| vec![0.0; n]),
+            data: recycle::take(n).unwrap_or_else(|| vec![0.0; n]),
         })
     }
 
@@ -246,7 +246,7 @@ impl Tensor {
 
 impl Clone for Tensor {
     fn clone(&self) -> Self {
-        let data = match pool::take(self.data.len()) {
+        let data = match recycle::take(self.data.len()) {
             Some(mut v) => {
                 v.copy_from_slice(&self.data);
                 v
@@ -262,7 +262,7 @@ impl Clone for Tensor {
 
 impl Drop for Tensor {
     fn drop(&mut self) {
-        pool::give(std::mem::take(&mut self.data));
+        recycle::give(std::mem::take(&mut self.data));
     }
 }
 

@@ -16,7 +16,7 @@
 //! | `GemmSubsampled` (1x1, stride s, no padding) | the subsampled image (`x[b]` at every s-th row and column, in a per-thread buffer) |
 //! | `GemmIm2col` | im2col, one packed block at a time, from the image's phase planes (see `Im2col`) |
 //!
-//! and the direct kernel's (`crate::direct`), which reads the padded image in place,
+//! and the direct kernel's (`direct.rs`), which reads the padded image in place,
 //! with no column matrix at all.
 //!
 //! The im2col is never materialised whole for a large layer: the GEMM packs B in blocks
@@ -33,15 +33,15 @@
 //! residual and ReLU as the GEMM epilogue, so conv + BN + (residual +) ReLU is one pass
 //! over the output while it is in registers.
 
+use super::direct::{direct_conv_image, DirectEpilogue, DirectWeights};
+use super::nchwc::BlockedConvWeights;
 use super::{ConvPlan, Forward};
-use crate::blocked::BlockedConvWeights;
-use crate::direct::{direct_conv_image, DirectEpilogue, DirectWeights};
 use crate::error::{Result, TensorError};
 use crate::gemm::pack::{BSource, Im2col, IM2COL_CHUNK};
 use crate::gemm::{driver, Epilogue, MatMut, MatRef, PackedA};
 use crate::kernels::{ChannelStats, Kernels};
+use crate::layout::{check_affine, normalise_image, per_channel, split_phases, Normalise};
 use crate::tensor::Tensor;
-use crate::wgrad::{per_channel, split_phases};
 
 /// Stride and zero padding of a convolution (the same along both axes, as in every
 /// ResNet layer).
@@ -140,70 +140,6 @@ thread_local! {
     static PLANES: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
     /// This thread's normalised input image (`conv2d_normalised_with_stats`).
     static NORMED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-/// A per-channel normalisation `relu(scale[c] x + shift[c])` applied while copying, by
-/// the kernel set's `scale_shift_relu` (so the same floats as
-/// `Kernels::scale_shift_relu`).
-#[derive(Clone, Copy)]
-pub(crate) struct Normalise<'a> {
-    kernel: unsafe fn(*const f32, *mut f32, usize, f32, f32),
-    scale: &'a [f32],
-    shift: &'a [f32],
-}
-
-impl<'a> Normalise<'a> {
-    pub fn new(set: &crate::kernels::KernelSet, [scale, shift]: [&'a [f32]; 2]) -> Self {
-        Normalise {
-            kernel: set.scale_shift_relu,
-            scale,
-            shift,
-        }
-    }
-
-    /// `dst = relu(scale[ch] src + shift[ch])`.
-    pub fn apply(&self, ch: usize, src: &[f32], dst: &mut [f32]) {
-        assert_eq!(src.len(), dst.len(), "normalise: lengths differ");
-        let (a, b) = (self.scale[ch], self.shift[ch]);
-        // SAFETY: `src` and `dst` hold `src.len()` floats each; the kernel set's features
-        // were checked when it was handed out.
-        unsafe { (self.kernel)(src.as_ptr(), dst.as_mut_ptr(), src.len(), a, b) };
-    }
-}
-
-/// Writes `relu(scale[c] x + shift[c])` of the `[C, plane]` image `x` into `out` (see
-/// [`Normalise`]). The caller checked `scale` and `shift` against `C`.
-pub(crate) fn normalise_image(
-    set: &crate::kernels::KernelSet,
-    x: &[f32],
-    plane: usize,
-    affine: [&[f32]; 2],
-    out: &mut [f32],
-) {
-    if plane == 0 {
-        return;
-    }
-    let n = Normalise::new(set, affine);
-    for (ch, (src, dst)) in x
-        .chunks_exact(plane)
-        .zip(out.chunks_exact_mut(plane))
-        .enumerate()
-    {
-        n.apply(ch, src, dst);
-    }
-}
-
-/// Checks a per-channel `[scale, shift]` pair against `c` channels.
-pub(crate) fn check_affine(op: &'static str, affine: [&[f32]; 2], c: usize) -> Result<()> {
-    for (name, v) in ["scale", "shift"].into_iter().zip(affine) {
-        if v.len() != c {
-            return Err(TensorError::InvalidArgument {
-                op,
-                reason: format!("{name} has {} elements for {c} input channels", v.len()),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Runs `f` on this thread's buffer in `key`, taken out for the call (a nested call

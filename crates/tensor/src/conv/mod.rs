@@ -35,23 +35,27 @@
 //! | dX, 4 | [`InputGrad::GemmCol2im`] | anything else |
 //! | dW | [`WeightGrad`] | the outer-product kernel when the output channels are whole groups of its tile's vectors, else row-dot; taps read from the image itself for a 1x1, stride-1, unpadded layer, else from phase planes |
 //!
-//! How each route works is in its own module: the GEMM routes in `forward.rs` (and
-//! `crate::gemm`), the direct kernel's forms and the transposed ones in
-//! `crate::direct`, the weight gradient in `crate::wgrad`, the blocked layout in
-//! `crate::blocked`, the backward drivers in `crate::backward`. `docs/convolution.md`
-//! explains them with their measurements.
+//! Each route family has a file of its own in this folder: `forward.rs` (the entry
+//! points and the three GEMM routes, over `crate::gemm`), `direct.rs` (the direct
+//! kernel's forms, and the transposed ones of `dX`), `nchwc.rs` (the blocked layout's
+//! kernel), `weight_grad.rs` (`dW`) and `backward.rs` (the backward's driver and the
+//! GEMM + col2im route of `dX`). The copies they share (padding, phase planes,
+//! per-channel views) are in `crate::layout`. `docs/convolution.md` explains them with
+//! their measurements.
 
+mod backward;
+mod direct;
 mod forward;
+mod nchwc;
+mod weight_grad;
 
 use std::fmt;
 
-pub(crate) use forward::{check_affine, normalise_image, Normalise, Packed};
+pub(crate) use forward::Packed;
 pub use forward::{fold_batch_norm, Conv2d, ConvEpilogue, ConvWeights};
 
-use crate::direct::StridedTransposed;
 use crate::error::{Result, TensorError};
 use crate::kernels::Kernels;
-use crate::wgrad::outer_tile_for;
 
 /// The most output channels (of the convolution the kernel computes: the forward's, or
 /// for dX the input channels) for which the direct kernel is chosen. Measured
@@ -99,7 +103,7 @@ pub enum Forward {
     Blocked,
 }
 
-/// How the direct kernel reads the image (see `crate::direct`).
+/// How the direct kernel reads the image (see `direct.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DirectForm {
     /// Stride 1, output rows of whole vectors: a zero-padded copy of the image, tiles
@@ -143,7 +147,7 @@ pub enum Taps {
     PhasePlanes,
 }
 
-/// How the weight gradient `dW` runs (see `crate::wgrad`).
+/// How the weight gradient `dW` runs (see `weight_grad.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WeightGrad {
     /// `dY` transposed pixel-major, each input value broadcast: outer products into
@@ -405,7 +409,7 @@ impl ConvPlan {
         // lost 1.29 in a one-vector variant). Taps from the image in place when a 1x1
         // layer allows (the row-dot kernel reads a whole number of vectors along the
         // pixels there).
-        let outer = outer_tile_for(self.kernels.set(), g.o).is_some();
+        let outer = self.kernels.set().outer_tile(g.o).is_some();
         let in_place =
             g.unpadded_1x1() && g.s == 1 && (outer || (g.oh * g.ow).is_multiple_of(lanes));
         let taps = if in_place {
@@ -452,7 +456,7 @@ impl ConvPlan {
     }
 
     fn phases_fit(&self, g: &Geometry) -> bool {
-        StridedTransposed::fits(g.s, g.kh, g.kw, g.pad, [g.h, g.w], [g.oh, g.ow])
+        phases_fit(g.s, [g.kh, g.kw], g.pad, [g.h, g.w], [g.oh, g.ow])
     }
 
     fn forward_fits(&self, r: Forward, g: &Geometry) -> std::result::Result<(), String> {
@@ -505,7 +509,7 @@ impl ConvPlan {
 
     fn weight_grad_fits(&self, r: WeightGrad, g: &Geometry) -> std::result::Result<(), String> {
         let outer = matches!(r, WeightGrad::OuterProduct(_));
-        if outer && outer_tile_for(self.kernels.set(), g.o).is_none() {
+        if outer && self.kernels.set().outer_tile(g.o).is_none() {
             return Err(format!(
                 "no outer-product tile covers {} output channels on {}",
                 g.o,
@@ -528,6 +532,21 @@ impl ConvPlan {
         }
         Ok(())
     }
+}
+
+/// Whether [`InputGrad::DirectPhases`] covers a convolution of stride `s`, kernel
+/// `[kh, kw]` and padding `pad` from `[h, w]` to `[oh, ow]`: every phase row and column
+/// of `dX` must read inside `dY` padded by `t = ceil(max(kh, kw) / s) - 1` or the zeros
+/// just past it (`direct::StridedTransposed`).
+pub(crate) fn phases_fit(
+    s: usize,
+    [kh, kw]: [usize; 2],
+    pad: usize,
+    [h, w]: [usize; 2],
+    [oh, ow]: [usize; 2],
+) -> bool {
+    let t = kh.max(kw).div_ceil(s).saturating_sub(1);
+    s > 1 && h > 0 && w > 0 && (h - 1 + pad) / s < oh + 2 * t && (w - 1 + pad) / s < ow + 2 * t
 }
 
 fn unfit(what: &str, route: impl fmt::Display, why: String) -> TensorError {
@@ -672,7 +691,7 @@ impl WeightGrad {
     /// and tile.
     pub fn microkernel(self, k: &Kernels, o: usize) -> String {
         match self {
-            WeightGrad::OuterProduct(_) => match outer_tile_for(k.set(), o) {
+            WeightGrad::OuterProduct(_) => match k.set().outer_tile(o) {
                 Some((f, p, _)) => k.outer_kernel_name(f, p),
                 None => "none".into(),
             },

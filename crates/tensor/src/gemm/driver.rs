@@ -28,6 +28,7 @@ use super::{check_epilogue, Epilogue, MatMut};
 use crate::error::Result;
 use crate::kernels::microkernel::{TileOut, TileStep};
 use crate::kernels::KernelSet;
+use crate::layout::OutPtr;
 
 // The three blocking sizes below start from the cache sizes (the reasons are given
 // with each) and were then measured (2026-11-29, AVX-512 Xeon, 2 MiB L2 per core): each
@@ -58,22 +59,6 @@ pub(crate) const NC: usize = 2048;
 const WHOLE_K_MAX: usize = 1 << 21;
 /// Below this many multiply-adds a GEMM runs on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
-
-/// A raw pointer to C that tasks may share: each task writes a disjoint set of tiles.
-#[derive(Clone, Copy)]
-struct SharedC(*mut f32);
-// SAFETY: tasks write disjoint tiles of C (their row blocks and panel groups do not
-// overlap), and the scope that uses the pointer ends before C's borrow does.
-unsafe impl Send for SharedC {}
-unsafe impl Sync for SharedC {}
-
-impl SharedC {
-    /// The pointer. (A method, so that closures capture the `Sync` wrapper rather than
-    /// its raw-pointer field.)
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// Whether a GEMM may split its work across rayon's threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,7 +102,8 @@ pub(crate) fn gemm(
     let m_panels = m.div_ceil(mr);
     let m_blocks = m_panels.div_ceil(MC_PANELS);
     let ldc = c.ld;
-    let cptr = SharedC(c.data.as_mut_ptr());
+    // Tasks write disjoint tiles of C (their row blocks and panel groups do not overlap).
+    let cptr = OutPtr(c.data.as_mut_ptr());
 
     thread_local! {
         /// This thread's buffer for packed blocks of B, reused across calls: a fresh

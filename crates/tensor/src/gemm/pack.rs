@@ -162,7 +162,7 @@ pub(crate) const IM2COL_CHUNK: usize = 8;
 /// The geometry of a convolution seen as a GEMM's B matrix, read from the image's
 /// *phase planes*: `B[(ci, ky, kx), (oy, ox)] = xpad[ci, oy s + ky, ox s + kx]`, where
 /// `xpad` is the zero-padded image, and padded pixel `(y, x)` is stored in plane
-/// `(ci, y % s, x % s)` at `(y / s, x / s)` ([`crate::wgrad::split_phases`]).
+/// `(ci, y % s, x % s)` at `(y / s, x / s)` ((`crate::layout::split_phases`)).
 ///
 /// In those planes, row `(ci, ky, kx)` of B over one output row is a *contiguous* run:
 /// plane `(ci, ky % s, kx % s)` from `(oy + ky / s, kx / s)` on, `OW` floats. The

@@ -21,7 +21,7 @@
 //!
 //! The rows are described by offsets, and the reduction by *segments*: equal-length
 //! stretches (a whole number of vectors) at per-segment offsets added to every row, one
-//! segment per image of the chunk. The caller (`crate::wgrad`) decides what a row is:
+//! segment per image of the chunk. The caller (`conv/weight_grad.rs`) decides what a row is:
 //! a channel of the image, or one tap's run over the image's phase planes, with no
 //! column matrix at all.
 

@@ -21,9 +21,9 @@
 
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod aarch64;
-pub(crate) mod blocked;
+pub(crate) mod blocked_tile;
 pub(crate) mod body;
-pub(crate) mod direct;
+pub(crate) mod direct_tile;
 pub(crate) mod dot;
 pub(crate) mod generic;
 pub(crate) mod microkernel;
@@ -146,7 +146,7 @@ pub(crate) struct KernelSet {
     /// The row-dot microkernel (`kernels::dot`).
     pub dot_tile: unsafe fn(&dot::DotTile),
     /// Output-channel blocks per tile of the blocked-layout convolution
-    /// (`blocked::blocked_tile`), and its microkernels by pixel count:
+    /// (`blocked_tile::blocked_tile`), and its microkernels by pixel count:
     /// `blocked_tiles[p - 1]` computes `blocked_f` blocks by `p` pixels.
     pub blocked_f: usize,
     pub blocked_tiles: &'static [BlockedTileFn],
@@ -157,11 +157,28 @@ pub(crate) struct KernelSet {
     pub outer_tiles: &'static [(usize, usize, OuterTileFn)],
 }
 
+impl KernelSet {
+    /// The weight gradient's outer-product tile for `o` output channels: the widest
+    /// whose `F` vectors divide the channels, as `(F, taps, kernel)`, or `None` when `o`
+    /// is not a whole number of vectors (then only the row-dot kernel runs it).
+    pub(crate) fn outer_tile(&self, o: usize) -> Option<(usize, usize, OuterTileFn)> {
+        if !o.is_multiple_of(self.lanes) {
+            return None;
+        }
+        let blocks = o / self.lanes;
+        self.outer_tiles
+            .iter()
+            .rev()
+            .find(|(f, _, _)| blocks.is_multiple_of(*f))
+            .copied()
+    }
+}
+
 /// An outer-product (weight-gradient) microkernel entry point (`outer::outer_tile`).
 pub(crate) type OuterTileFn = unsafe fn(&outer::OuterTile);
 
-/// A blocked-layout convolution microkernel entry point (`blocked::blocked_tile`).
-pub(crate) type BlockedTileFn = unsafe fn(&blocked::BlockedTile);
+/// A blocked-layout convolution microkernel entry point (`blocked_tile::blocked_tile`).
+pub(crate) type BlockedTileFn = unsafe fn(&blocked_tile::BlockedTile);
 
 /// A direct-convolution microkernel entry point:
 /// `(k, offsets, weights, input, vector offsets, output)`.
@@ -220,13 +237,13 @@ macro_rules! tier_entry_points {
         mod entry {
             use super::*;
             use $crate::kernels::{
-                blocked, body, direct, dot, microkernel, outer, BlockedTileFn, DirectTileFn,
+                blocked_tile, body, direct_tile, dot, microkernel, outer, BlockedTileFn, DirectTileFn,
                 GemmTileFn, KernelSet, OuterTileFn, Pool2d,
             };
 
             $(#[$attr])*
-            unsafe fn blocked_tile<const P: usize>(t: &blocked::BlockedTile) {
-                blocked::blocked_tile::<$S, $bf, P>(t)
+            unsafe fn blocked_tile<const P: usize>(t: &blocked_tile::BlockedTile) {
+                blocked_tile::blocked_tile::<$S, $bf, P>(t)
             }
             static BLOCKED_TILES: &[BlockedTileFn] = &[$(blocked_tile::<$bp>),+];
 
@@ -247,7 +264,7 @@ macro_rules! tier_entry_points {
                 k: usize, offs: *const usize, w: *const f32, x: *const f32, vo: *const usize,
                 out: &microkernel::TileOut,
             ) {
-                direct::direct_tile::<$S, $ob, XV>(k, offs, w, x, vo, out)
+                direct_tile::direct_tile::<$S, $ob, XV>(k, offs, w, x, vo, out)
             }
             static DIRECT_TILES: &[DirectTileFn] = &[$(direct_tile::<$xv>),+];
 

@@ -28,11 +28,12 @@
 
 use rayon::prelude::*;
 
-use crate::conv::{normalise_image, Normalise, Taps, WeightGrad};
+use super::{Taps, WeightGrad};
 use crate::gemm::pack::{aligned_start, ALIGN_SLACK};
 use crate::kernels::dot::DotTile;
 use crate::kernels::outer::OuterTile;
 use crate::kernels::{KernelSet, OuterTileFn};
+use crate::layout::{normalise_image, phase_tap_offsets_strided, split_phases, Normalise};
 
 /// The shape of one convolution, per image.
 #[derive(Clone, Copy, Debug)]
@@ -117,7 +118,7 @@ pub(crate) fn accumulate_weight_grad(
     // The plan's route (`ConvPlan::routes` checked it fits this layer).
     let (outer, in_place) = match route {
         WeightGrad::OuterProduct(taps) => {
-            let tile = outer_tile_for(set, o);
+            let tile = set.outer_tile(o);
             assert!(
                 tile.is_some(),
                 "weight gradient: no outer-product tile for {o} channels"
@@ -287,21 +288,6 @@ pub(crate) fn accumulate_weight_grad(
 /// a tile's accumulators are written back after this many pixels at least.
 const OUTER_PIXELS: usize = 256;
 
-/// The outer-product tile for `o` output channels: the widest whose `F` blocks divide
-/// the channels, or `None` (the row-dot kernel) when `o` is not a whole number of
-/// vectors.
-pub(crate) fn outer_tile_for(set: &KernelSet, o: usize) -> Option<(usize, usize, OuterTileFn)> {
-    if !o.is_multiple_of(set.lanes) {
-        return None;
-    }
-    let blocks = o / set.lanes;
-    set.outer_tiles
-        .iter()
-        .rev()
-        .find(|(f, _, _)| blocks.is_multiple_of(*f))
-        .copied()
-}
-
 /// `dY` (`[n][o][pix]`) transposed to `[o / width][n][pix][width]`: each group of
 /// `width` output channels (a whole number of vectors) pixel-major, as the
 /// outer-product kernel reads it. Whole `lanes x lanes` blocks by the tier's
@@ -427,132 +413,6 @@ fn row_blocks(
         out.chunks_mut(rows * width)
             .enumerate()
             .for_each(|(bi, b)| block(bi * rows, b));
-    }
-}
-
-/// Where each tap `(c, ky, kx)` (in OIHW reduction order) starts in an image split by
-/// [`split_phases`] into `s * s` planes of `QH x QW` per channel: plane
-/// `(c, ky % s, kx % s)`, row `ky / s`, column `kx / s`.
-pub(crate) fn phase_tap_offsets(c: usize, k: [usize; 2], s: usize, q: [usize; 2]) -> Vec<usize> {
-    phase_tap_offsets_strided(c, k, s, q, s * s * q[0] * q[1])
-}
-
-pub(crate) fn phase_tap_offsets_strided(
-    c: usize,
-    [kh, kw]: [usize; 2],
-    s: usize,
-    [qh, qw]: [usize; 2],
-    channel: usize,
-) -> Vec<usize> {
-    // This runs once per image and layer in training: plain loops, with the divisions
-    // by `s` taken once per kernel tap rather than once per offset (the iterator chain
-    // with per-offset divisions it replaced took 1.7% of a ResNet-20 training step).
-    // A tap's offset within channel 0, plus a whole channel's planes per channel.
-    let tap: Vec<usize> = (0..kh)
-        .flat_map(|ky| (0..kw).map(move |kx| (ky, kx)))
-        .map(|(ky, kx)| (((ky % s) * s + kx % s) * qh + ky / s) * qw + kx / s)
-        .collect();
-    let mut offs = Vec::with_capacity(c * tap.len());
-    for ci in 0..c {
-        offs.extend(tap.iter().map(|t| ci * channel + t));
-    }
-    offs
-}
-
-/// Runs `fill(channel, src, dst)` for each channel: `src` in chunks of `src_len` floats, `dst`
-/// in chunks of `dst_len`, over rayon's pool when `parallel` and the destination is
-/// large. At batch 1 the copy of a layer's input into its padded or phase-plane layout
-/// is otherwise serial work between two parallel products (a quarter of a stride-2 3x3
-/// layer's time on two threads: its input is four times its output).
-pub(crate) fn per_channel(
-    parallel: bool,
-    src: &[f32],
-    src_len: usize,
-    dst: &mut [f32],
-    dst_len: usize,
-    fill: impl Fn(usize, &[f32], &mut [f32]) + Sync + Send,
-) {
-    if src_len == 0 || dst_len == 0 {
-        dst.fill(0.0);
-        return;
-    }
-    let dst = &mut dst[..src.len() / src_len * dst_len];
-    if parallel && dst.len() >= 1 << 15 && rayon::current_num_threads() > 1 {
-        dst.par_chunks_exact_mut(dst_len)
-            .zip(src.par_chunks_exact(src_len))
-            .enumerate()
-            .for_each(|(i, (d, s))| fill(i, s, d));
-    } else {
-        dst.chunks_exact_mut(dst_len)
-            .zip(src.chunks_exact(src_len))
-            .enumerate()
-            .for_each(|(i, (d, s))| fill(i, s, d));
-    }
-}
-
-/// Writes the pixels of one channel's `s * s` phase planes (`QH x QW` each) of the
-/// image `src` (rows of `w`) padded by `pad`: padded pixel `(y, x)` goes to plane
-/// `(y % s, x % s)` at `(y / s, x / s)`. With `norm = Some((n, c))` (stride 1 only),
-/// the pixels are written normalised as channel `c`.
-pub(crate) fn split_phases(
-    src: &[f32],
-    w: usize,
-    pad: usize,
-    s: usize,
-    [qh, qw]: [usize; 2],
-    dst: &mut [f32],
-    norm: Option<(&Normalise, usize)>,
-) {
-    // Strided planes would be written raw, silently: callers normalise first.
-    assert!(
-        norm.is_none() || s == 1,
-        "normalised phase planes are stride 1"
-    );
-    let plane = qh * qw;
-    for (iy, row) in src.chunks_exact(w).enumerate() {
-        let y = iy + pad;
-        let base = (y % s * s) * plane + (y / s) * qw;
-        if s == 1 {
-            let d = &mut dst[base + pad..base + pad + w];
-            match norm {
-                Some((n, ch)) => n.apply(ch, row, d),
-                None => d.copy_from_slice(row),
-            }
-            continue;
-        }
-        if s == 2 {
-            // Pixel 2m goes to phase pad % 2 at column pad / 2 + m, pixel 2m + 1 to the
-            // other phase at column (pad + 1) / 2 + m: a de-interleave of pairs.
-            let (lo, hi) = dst.split_at_mut(base + plane);
-            let (p0, p1) = (&mut lo[base..], hi);
-            let (even, odd) = if pad.is_multiple_of(2) {
-                (p0, p1)
-            } else {
-                (p1, p0)
-            };
-            let even = &mut even[pad / 2..pad / 2 + w.div_ceil(2)];
-            let odd = &mut odd[pad.div_ceil(2)..pad.div_ceil(2) + w / 2];
-            for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
-                *e = pair[0];
-                *o = pair[1];
-            }
-            if w % 2 == 1 {
-                even[w / 2] = row[w - 1];
-            }
-            continue;
-        }
-        // Column phase rx holds the pixels ix with (ix + pad) % s == rx, in order.
-        for rx in 0..s {
-            let ix0 = (rx + s - pad % s) % s;
-            if ix0 >= w {
-                continue;
-            }
-            let start = base + rx * plane + (ix0 + pad) / s;
-            let dst_row = &mut dst[start..start + (w - ix0).div_ceil(s)];
-            for (d, &v) in dst_row.iter_mut().zip(row[ix0..].iter().step_by(s)) {
-                *d = v;
-            }
-        }
     }
 }
 

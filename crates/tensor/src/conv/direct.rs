@@ -6,7 +6,7 @@
 //! convolution plan (`crate::conv`) picks from the shape; the weights are stored
 //! transposed, `[C kh kw][O]`, in blocks of `OB` output channels. Every tile of `OB`
 //! output channels by `XV` consecutive vectors of pixels is one call of the microkernel
-//! in [`crate::kernels::direct`]; its result goes through the epilogue (accumulate,
+//! in `crate::kernels::direct_tile`; its result goes through the epilogue (accumulate,
 //! bias, residual, ReLU) into the NCHW output.
 //!
 //! - `Padded` (stride 1, output rows of whole vectors): the image is copied once into a
@@ -28,11 +28,11 @@
 
 use rayon::prelude::*;
 
-use crate::conv::{DirectForm, Normalise};
+use super::{phases_fit, DirectForm};
 use crate::gemm::driver::Threads;
 use crate::kernels::microkernel::{TileOut, TileStep};
 use crate::kernels::KernelSet;
-use crate::wgrad::{per_channel, phase_tap_offsets, split_phases};
+use crate::layout::{per_channel, phase_tap_offsets, split_phases, Normalise, OutPtr};
 
 /// Convolution weights laid out for the direct kernel: blocks of `ob` output channels,
 /// each `[C kh kw][ob]` (`wt[(blk * k + r) * ob + b]` for reduction index
@@ -110,23 +110,6 @@ pub(crate) struct DirectEpilogue<'a> {
 thread_local! {
     /// This thread's buffer for the planar route's output at the planes' pitch.
     static WIDE: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-/// A raw output pointer shared by tasks that write disjoint elements (here and in
-/// `crate::blocked`).
-#[derive(Clone, Copy)]
-pub(crate) struct OutPtr(pub(crate) *mut f32);
-// SAFETY: every user hands it to tasks that write disjoint sets of elements (here: its
-// channels of its row; in `blocked`: its pixels of its channel blocks).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer (a method, so that closures capture the whole `Sync` wrapper rather
-    /// than its raw field).
-    pub(crate) fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// Copies a `C x H x W` image into `padded`, zero-padded by `pad` on every side, and
@@ -644,21 +627,6 @@ impl StridedTransposed {
             kw,
         }
     }
-
-    /// Whether this route covers a convolution of a `[h, w]` input to `[oh, ow]` with
-    /// padding `pad`: every phase row and column of `dX` must read inside `dY`'s padded
-    /// image or the zeros just past it.
-    pub fn fits(
-        s: usize,
-        kh: usize,
-        kw: usize,
-        pad: usize,
-        [h, w]: [usize; 2],
-        [oh, ow]: [usize; 2],
-    ) -> bool {
-        let t = kh.max(kw).div_ceil(s).saturating_sub(1);
-        s > 1 && h > 0 && w > 0 && (h - 1 + pad) / s < oh + 2 * t && (w - 1 + pad) / s < ow + 2 * t
-    }
 }
 
 /// One image's input gradient through [`StridedTransposed`]: `dy` is `O x OH x OW`,
@@ -678,9 +646,9 @@ pub(crate) fn strided_transposed_image(
 ) {
     let (s, t) = (st.s, st.t);
     // The phase arithmetic below (rows up to `(h - 1 + pad) / s`, reads inside the
-    // padded `dY`) holds only for the shapes `fits` accepts.
+    // padded `dY`) holds only for the shapes `phases_fit` accepts.
     assert!(
-        StridedTransposed::fits(s, st.kh, st.kw, pad, [h, w], [oh, ow]),
+        phases_fit(s, [st.kh, st.kw], pad, [h, w], [oh, ow]),
         "strided transposed route used outside its shapes"
     );
     let Some(any) = st.phases.iter().flatten().next() else {

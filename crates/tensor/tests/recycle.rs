@@ -2,28 +2,28 @@
 //! and the limit holds. One test function: the pool is process-wide, and this file is
 //! its own process, so no other test takes or gives buffers meanwhile.
 
-use tensor::{pool, Tensor};
+use tensor::{recycle, Tensor};
 
 #[test]
 fn dropped_buffers_are_reused_within_the_limit() {
-    pool::set_limit(64 << 20);
-    pool::release();
-    assert_eq!(pool::held_bytes(), 0);
+    recycle::set_limit(64 << 20);
+    recycle::release();
+    assert_eq!(recycle::held_bytes(), 0);
 
     // Small tensors are left to the allocator.
-    drop(Tensor::full(&[pool::MIN_FLOATS - 1], 1.0).unwrap());
-    assert_eq!(pool::held_bytes(), 0);
+    drop(Tensor::full(&[recycle::MIN_FLOATS - 1], 1.0).unwrap());
+    assert_eq!(recycle::held_bytes(), 0);
 
     // A large one comes back for the next tensor of its size, with the new contents.
     let n = 100_000;
     let a = Tensor::full(&[n], 7.0).unwrap();
     let ptr = a.data().as_ptr();
     drop(a);
-    assert_eq!(pool::held_bytes(), n * 4);
+    assert_eq!(recycle::held_bytes(), n * 4);
     let z = Tensor::zeros(&[10, n / 10]).unwrap();
     assert_eq!(z.data().as_ptr(), ptr, "the pooled buffer was not reused");
     assert!(z.data().iter().all(|&v| v == 0.0), "stale values leaked");
-    assert_eq!(pool::held_bytes(), 0);
+    assert_eq!(recycle::held_bytes(), 0);
 
     // Up to twice the size is reused (shortened); past that it is not.
     drop(z);
@@ -49,54 +49,58 @@ fn dropped_buffers_are_reused_within_the_limit() {
     assert_eq!(c, full);
 
     // The limit: past it, buffers go back to the allocator; lowering it frees.
-    pool::release();
-    pool::set_limit(n * 4);
+    recycle::release();
+    recycle::set_limit(n * 4);
     drop(c);
     drop(full);
-    assert_eq!(pool::held_bytes(), n * 4);
-    pool::set_limit(0);
-    assert_eq!(pool::held_bytes(), 0);
+    assert_eq!(recycle::held_bytes(), n * 4);
+    recycle::set_limit(0);
+    assert_eq!(recycle::held_bytes(), 0);
     drop(Tensor::zeros(&[n]).unwrap());
-    assert_eq!(pool::held_bytes(), 0);
+    assert_eq!(recycle::held_bytes(), 0);
 
     // `into_vec` hands the buffer to the caller, not to the pool.
-    pool::set_limit(pool::DEFAULT_LIMIT);
+    recycle::set_limit(recycle::DEFAULT_LIMIT);
     let v = Tensor::full(&[n], 1.0).unwrap().into_vec();
     assert_eq!(v.len(), n);
-    assert_eq!(pool::held_bytes(), 0);
+    assert_eq!(recycle::held_bytes(), 0);
     let r = Tensor::from_vec(&[n], v)
         .unwrap()
         .reshape(&[2, n / 2])
         .unwrap();
-    assert_eq!(pool::held_bytes(), 0);
+    assert_eq!(recycle::held_bytes(), 0);
     drop(r);
-    assert_eq!(pool::held_bytes(), n * 4);
-    pool::release();
-    assert_eq!(pool::held_bytes(), 0);
+    assert_eq!(recycle::held_bytes(), n * 4);
+    recycle::release();
+    assert_eq!(recycle::held_bytes(), 0);
 
     // Bypassed: drops free, and nothing pooled is handed out.
     drop(Tensor::zeros(&[n]).unwrap());
-    let kept = pool::held_bytes();
+    let kept = recycle::held_bytes();
     assert_eq!(kept, n * 4);
-    pool::bypass(|| {
+    recycle::bypass(|| {
         let t = Tensor::zeros(&[n]).unwrap();
         assert_eq!(
-            pool::held_bytes(),
+            recycle::held_bytes(),
             kept,
             "a bypassed allocation took a buffer"
         );
         drop(t);
-        assert_eq!(pool::held_bytes(), kept, "a bypassed drop kept its buffer");
+        assert_eq!(
+            recycle::held_bytes(),
+            kept,
+            "a bypassed drop kept its buffer"
+        );
     });
     drop(Tensor::zeros(&[n]).unwrap());
-    assert_eq!(pool::held_bytes(), kept);
+    assert_eq!(recycle::held_bytes(), kept);
 
     // A buffer no recent request could use is not kept: a tensor made from a Vec of a
     // size nobody asked for (a decoded photo, a data loader's batch).
-    pool::release();
+    recycle::release();
     drop(Tensor::from_vec(&[7 * n], vec![0.5; 7 * n]).unwrap());
     assert_eq!(
-        pool::held_bytes(),
+        recycle::held_bytes(),
         0,
         "a buffer of an unrequested size was kept"
     );
@@ -104,10 +108,14 @@ fn dropped_buffers_are_reused_within_the_limit() {
     // A buffer nobody takes is freed after MAX_AGE pool operations; one that is taken
     // and given back keeps circulating.
     drop(Tensor::zeros(&[3 * n]).unwrap()); // never asked for again
-    for _ in 0..pool::MAX_AGE {
+    for _ in 0..recycle::MAX_AGE {
         drop(Tensor::zeros(&[n]).unwrap()); // a take and a give per round
     }
-    assert_eq!(pool::held_bytes(), n * 4, "the stale buffer is still held");
+    assert_eq!(
+        recycle::held_bytes(),
+        n * 4,
+        "the stale buffer is still held"
+    );
 
     // Threads taking and giving at once never share a buffer: each fills its tensor
     // with its own value and finds only that value there.
@@ -124,5 +132,5 @@ fn dropped_buffers_are_reused_within_the_limit() {
             });
         }
     });
-    assert!(pool::held_bytes() <= pool::limit());
+    assert!(recycle::held_bytes() <= recycle::limit());
 }

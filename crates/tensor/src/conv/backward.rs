@@ -1,0 +1,436 @@
+//! A convolution's backward: the input gradient by the route the plan picked (a GEMM
+//! straight into `dX` for an unpadded 1x1, the direct kernel's transposed convolution,
+//! or a GEMM into `dcols` and col2im), and the weight gradient by `weight_grad.rs`.
+//! Images are split over the threads, each with its own `dW` accumulator, summed at the
+//! end.
+
+use rayon::prelude::*;
+
+use super::direct::{
+    direct_conv_image, strided_transposed_image, DirectEpilogue, DirectWeights, StridedTransposed,
+};
+use super::weight_grad::{accumulate_weight_grad, ConvShape, WeightGradScratch};
+use super::{ConvPlan, DirectForm, InputGrad, Mode};
+use crate::backward::ConvGrads;
+use crate::error::{Result, TensorError};
+use crate::gemm::driver::{self, Threads};
+use crate::gemm::pack::{BSource, PackedA};
+use crate::gemm::{Epilogue, MatMut, MatRef};
+use crate::kernels::Kernels;
+use crate::layout::check_affine;
+use crate::tensor::Tensor;
+
+fn expect_shape(op: &'static str, expected: &[usize], got: &Tensor) -> Result<()> {
+    if got.shape() != expected {
+        return Err(TensorError::ShapeMismatch {
+            op,
+            expected: expected.to_vec(),
+            got: got.shape().to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// The output positions `o` in `0..out` whose input coordinate `o * stride + offset -
+/// pad` falls inside `0..size`, as a range (they are contiguous).
+fn valid_outputs(
+    out: usize,
+    stride: usize,
+    offset: usize,
+    pad: usize,
+    size: usize,
+) -> (usize, usize) {
+    // o * stride + offset >= pad  <=>  o >= ceil((pad - offset) / stride)
+    let lo = if offset >= pad {
+        0
+    } else {
+        (pad - offset).div_ceil(stride)
+    };
+    // o * stride + offset - pad < size  <=>  o * stride < size + pad - offset
+    let limit = size + pad;
+    let hi = if limit <= offset {
+        0
+    } else {
+        (limit - offset).div_ceil(stride)
+    };
+    (lo.min(out), hi.min(out).max(lo.min(out)))
+}
+
+/// The convolution geometry of one image (col2im here; im2col is `Im2col::pack_panel`).
+type Geometry = ConvShape;
+
+impl Geometry {
+    /// Visits every (column-matrix row, output row) pair with the input row it reads
+    /// and the valid output columns: `f(col_offset, input_offset, ox0, ox1, kx)`, where
+    /// column `ox` of the run reads input column `ox * stride + kx - pad`.
+    fn for_each_run(&self, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
+        let p = self.oh * self.ow;
+        for ci in 0..self.c {
+            for ky in 0..self.kh {
+                let (oy0, oy1) = valid_outputs(self.oh, self.stride, ky, self.pad, self.h);
+                for kx in 0..self.kw {
+                    let row = (ci * self.kh + ky) * self.kw + kx;
+                    let (ox0, ox1) = valid_outputs(self.ow, self.stride, kx, self.pad, self.w);
+                    if ox0 == ox1 {
+                        continue; // this tap reads only padding
+                    }
+                    for oy in oy0..oy1 {
+                        let iy = oy * self.stride + ky - self.pad;
+                        f(
+                            row * p + oy * self.ow,
+                            (ci * self.h + iy) * self.w,
+                            ox0,
+                            ox1,
+                            kx,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds the column matrix `cols` back into the image gradient `dx` (the transpose
+    /// of im2col, `Im2col::pack_panel`: every input pixel collects the columns that read it).
+    fn col2im(&self, cols: &[f32], dx: &mut [f32]) {
+        let (s, pad) = (self.stride, self.pad);
+        self.for_each_run(|src, dst, ox0, ox1, kx| {
+            let run = &cols[src + ox0..src + ox1];
+            let first = dst + ox0 * s + kx - pad;
+            if s == 1 {
+                // Contiguous on both sides: the compiler vectorises this.
+                let out = &mut dx[first..first + run.len()];
+                out.iter_mut().zip(run).for_each(|(d, v)| *d += v);
+            } else {
+                let out = dx[first..].iter_mut().step_by(s);
+                out.zip(run).for_each(|(d, v)| *d += v);
+            }
+        });
+    }
+}
+
+/// Where a convolution's input gradient goes: a new tensor, or added into one.
+enum DxInto {
+    New,
+    Add(Tensor),
+}
+
+impl Kernels {
+    /// Convolution's backward (NCHW input `x`, OIHW weights `w`, upstream `dy`):
+    ///
+    /// - `dW = sum_n dY_n X_n^T`, where row `(c, ky, kx)` of `X_n` is the image seen
+    ///   through that tap, with no column matrix (`weight_grad.rs`): the outer-product
+    ///   kernel when the output channels are two or more whole vectors, the row-dot
+    ///   kernel otherwise, both reading the taps from the image itself (1x1, stride 1,
+    ///   unpadded) or from its zero-padded phase planes, a few images at a time;
+    /// - `dX_n = col2im(W^T dY_n)`, or where the direct kernel is the faster algorithm
+    ///   the transposed convolution by it: for stride 1 one convolution of `dY` with
+    ///   the flipped weights, for stride `s` one per output phase `(y % s, x % s)`
+    ///   (`StridedTransposed` in `direct.rs`).
+    ///
+    /// A 1x1 stride-1 unpadded convolution needs no columns: `dX_n = W^T dY_n` directly.
+    /// Images are split over the threads, each with its own `dW` accumulator, summed at
+    /// the end.
+    pub fn conv2d_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        plan: &ConvPlan,
+        want_dx: bool,
+        want_dw: bool,
+    ) -> Result<ConvGrads> {
+        let dx = want_dx.then_some(DxInto::New);
+        self.conv2d_backward_impl("conv2d_backward", x, w, dy, plan, dx, want_dw, None)
+    }
+
+    /// [`Kernels::conv2d_backward`] of a convolution whose input was
+    /// `relu(scale[c] x + shift[c])` (`affine = [scale, shift]`), given `x`: the backward
+    /// of [`Kernels::conv2d_normalised_with_stats`]. `dX` here is the gradient with
+    /// respect to that normalised input (it needs no input values); `dW` normalises the
+    /// input on the way into its operand (the phase planes, or for 1x1 a buffer of a
+    /// few images at a time). The same values as
+    /// `conv2d_backward` on `scale_shift_relu(x)`, to the last bit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv2d_backward_normalised(
+        &self,
+        x: &Tensor,
+        affine: [&[f32]; 2],
+        w: &Tensor,
+        dy: &Tensor,
+        plan: &ConvPlan,
+        want_dx: bool,
+        want_dw: bool,
+    ) -> Result<ConvGrads> {
+        let op = "conv2d_backward_normalised";
+        let [_, c, _, _] = x.dims4(op)?;
+        check_affine(op, affine, c)?;
+        let dx = want_dx.then_some(DxInto::New);
+        self.conv2d_backward_impl(op, x, w, dy, plan, dx, want_dw, Some(affine))
+    }
+
+    /// [`Kernels::conv2d_backward`] adding `dX` into `dx_acc` (the gradient other
+    /// consumers of `x` already sent it, shaped as `x`), which comes back as the `dx`
+    /// of the result: no separate tensor and no pass to add it (the kernels' epilogues
+    /// and col2im accumulate in place). A residual block's input gets its shortcut's
+    /// gradient first, then the first convolution's this way.
+    pub fn conv2d_backward_accumulating(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        plan: &ConvPlan,
+        dx_acc: Tensor,
+        want_dw: bool,
+    ) -> Result<ConvGrads> {
+        let op = "conv2d_backward_accumulating";
+        x.expect_same_shape(op, &dx_acc)?;
+        self.conv2d_backward_impl(op, x, w, dy, plan, Some(DxInto::Add(dx_acc)), want_dw, None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_backward_impl(
+        &self,
+        op: &'static str,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        plan: &ConvPlan,
+        dx_into: Option<DxInto>,
+        want_dw: bool,
+        normalise: Option<[&[f32]; 2]>,
+    ) -> Result<ConvGrads> {
+        let want_dx = dx_into.is_some();
+        let accumulate = matches!(dx_into, Some(DxInto::Add(_)));
+        let [n, c, h, wd] = x.dims4(op)?;
+        let [o, wc, kh, kw] = w.dims4(op)?;
+        if [o, wc, kh, kw] != plan.weights_shape() {
+            return Err(TensorError::ShapeMismatch {
+                op,
+                expected: plan.weights_shape().to_vec(),
+                got: w.shape().to_vec(),
+            });
+        }
+        self.check_plan(op, plan)?;
+        let routes = plan.routes([n, c, h, wd])?;
+        let (Some(dx_route), Some(dw_route)) = (routes.input_grad, routes.weight_grad) else {
+            return Err(TensorError::InvalidArgument {
+                op,
+                reason: format!(
+                    "the plan is for {:?}: a backward needs one made with Mode::Training",
+                    plan.mode()
+                ),
+            });
+        };
+        debug_assert_eq!(plan.mode(), Mode::Training);
+        let p = plan.conv();
+        let [oh, ow] = p.output_size(h, wd, kh, kw)?;
+        expect_shape(op, &[n, o, oh, ow], dy)?;
+        let g = Geometry {
+            c,
+            h,
+            w: wd,
+            kh,
+            kw,
+            oh,
+            ow,
+            stride: p.stride,
+            pad: p.padding,
+        };
+        let (k, pix) = (c * kh * kw, oh * ow);
+        let (in_image, out_image) = (c * h * wd, o * pix);
+        // The plan's dX route: a GEMM straight into dX (1x1), the transposed
+        // convolution by the direct kernel (stride 1: dY with the weights rotated by 180
+        // degrees and their channels swapped, padded by `kh - 1 - p`; strided: phase by
+        // phase), or a GEMM into dcols and col2im.
+        let direct = want_dx && dx_route == InputGrad::GemmImage;
+        let transposed: Option<DirectForm> = match dx_route {
+            InputGrad::DirectTransposed(form) if want_dx => Some(form),
+            _ => None,
+        };
+        let strided = want_dx && dx_route == InputGrad::DirectPhases;
+        let empty = n == 0 || k == 0 || pix == 0 || o == 0 || in_image == 0;
+        // dX is written in full by a GEMM (1x1) or the direct kernel; col2im and the
+        // empty cases add into zeros.
+        let mut dx = match dx_into {
+            None => None,
+            Some(DxInto::Add(acc)) => Some(acc),
+            Some(DxInto::New) if !empty && (direct || transposed.is_some() || strided) => {
+                Some(Tensor::for_overwrite(x.shape())?)
+            }
+            Some(DxInto::New) => Some(Tensor::zeros(x.shape())?),
+        };
+        if empty {
+            let dw = if want_dw {
+                Some(Tensor::zeros(w.shape())?)
+            } else {
+                None
+            };
+            return Ok(ConvGrads { dx, dw });
+        }
+        let set = self.set();
+        let mr = set.gemm_mr;
+        let flipped = transposed.map(|form| {
+            (
+                form,
+                DirectWeights::flipped(w.data(), [o, c, kh, kw], set.direct_ob),
+            )
+        });
+        let phased = strided
+            .then(|| StridedTransposed::new(w.data(), [o, c, kh, kw], p.stride, set.direct_ob));
+        // W^T ([K, O]), packed once for every image's dX GEMM.
+        let wt = if want_dx && transposed.is_none() && !strided {
+            Some(PackedA::pack(
+                self.isa(),
+                mr,
+                MatRef::row_major(w.data(), o, k)?.t(),
+            ))
+        } else {
+            None
+        };
+        let (xd, gd) = (x.data(), dy.data());
+
+        // One group of images' partial dW.
+        let dw_group = |images: std::ops::Range<usize>, threads: Threads| -> Vec<f32> {
+            let mut dw_part = vec![0.0f32; o * k];
+            let mut scratch = WeightGradScratch::default();
+            accumulate_weight_grad(
+                set,
+                &g,
+                o,
+                &xd[images.start * in_image..images.end * in_image],
+                &gd[images.start * out_image..images.end * out_image],
+                &mut dw_part,
+                &mut scratch,
+                threads == Threads::Auto,
+                normalise,
+                dw_route,
+            );
+            dw_part
+        };
+        // One image's dX, with scratch buffers the caller keeps between images.
+        let dx_image = |b: usize,
+                        dx_b: &mut [f32],
+                        threads: Threads,
+                        padded: &mut Vec<f32>,
+                        dcols: &mut Vec<f32>|
+         -> Result<()> {
+            let dy_b = &gd[b * out_image..(b + 1) * out_image];
+            if let Some((form, fw)) = &flipped {
+                direct_conv_image(
+                    set,
+                    *form,
+                    dy_b,
+                    [oh, ow],
+                    fw,
+                    1,
+                    kh - 1 - p.padding,
+                    [h, wd],
+                    dx_b,
+                    DirectEpilogue {
+                        accumulate,
+                        ..DirectEpilogue::default()
+                    },
+                    threads,
+                    padded,
+                    None,
+                );
+            }
+            if let Some(st) = &phased {
+                strided_transposed_image(
+                    set,
+                    dy_b,
+                    [oh, ow],
+                    st,
+                    p.padding,
+                    [h, wd],
+                    dx_b,
+                    accumulate,
+                    threads,
+                    padded,
+                );
+            }
+            if let Some(wt) = &wt {
+                // dcols [K, P] = W^T [K, O] dY_b [O, P], straight into dX_b when the
+                // columns are the image itself.
+                let source = BSource::Matrix(MatRef::row_major(dy_b, o, pix)?);
+                if direct {
+                    let mut c_mat = MatMut::row_major(dx_b, k, pix)?;
+                    let epilogue: &[Epilogue] = if accumulate {
+                        &[Epilogue::Accumulate]
+                    } else {
+                        &[]
+                    };
+                    driver::gemm(set, wt, &source, k, pix, &mut c_mat, epilogue, threads)?;
+                } else {
+                    // Written in full by the GEMM: a reused buffer needs no clearing.
+                    dcols.resize(k * pix, 0.0);
+                    let mut c_mat = MatMut::row_major(dcols, k, pix)?;
+                    driver::gemm(set, wt, &source, k, pix, &mut c_mat, &[], threads)?;
+                    g.col2im(dcols, dx_b);
+                }
+            }
+            Ok(())
+        };
+
+        let threads = rayon::current_num_threads();
+        let mut partials: Vec<Vec<f32>> = Vec::new();
+        if threads > 1 && n >= threads {
+            // dW in one group of images per thread (each group's reduction runs over
+            // all its images), dX image by image; both handed to rayon together, so a
+            // thread that falls behind (the host is shared) is helped by the others
+            // rather than waited for.
+            let per = n.div_ceil(threads);
+            let groups: Vec<std::ops::Range<usize>> =
+                (0..n).step_by(per).map(|s| s..(s + per).min(n)).collect();
+            let dx_all = |dx: &mut Tensor| -> Result<()> {
+                dx.data_mut()
+                    .par_chunks_mut(in_image)
+                    .enumerate()
+                    .try_for_each_init(
+                        || (Vec::new(), Vec::new()),
+                        |(padded, dcols), (b, dx_b)| {
+                            dx_image(b, dx_b, Threads::Single, padded, dcols)
+                        },
+                    )
+            };
+            let (parts, dx_done) = rayon::join(
+                || {
+                    if want_dw {
+                        groups
+                            .into_par_iter()
+                            .map(|r| dw_group(r, Threads::Single))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    }
+                },
+                || dx.as_mut().map_or(Ok(()), dx_all),
+            );
+            dx_done?;
+            partials = parts;
+        } else {
+            if want_dw {
+                partials.push(dw_group(0..n, Threads::Auto));
+            }
+            if let Some(dx) = dx.as_mut() {
+                let (mut padded, mut dcols) = (Vec::new(), Vec::new());
+                for (b, dx_b) in dx.data_mut().chunks_mut(in_image).enumerate() {
+                    dx_image(b, dx_b, Threads::Auto, &mut padded, &mut dcols)?;
+                }
+            }
+        }
+        let dw = if want_dw {
+            // Sum the groups' partial dW, already in OIHW order.
+            let mut it = partials.into_iter();
+            let mut total = it.next().unwrap_or_else(|| vec![0.0; k * o]);
+            for part in it {
+                total.iter_mut().zip(&part).for_each(|(t, v)| *t += v);
+            }
+            let dw = Tensor::from_vec(w.shape(), total)?;
+            Some(dw)
+        } else {
+            None
+        };
+        Ok(ConvGrads { dx, dw })
+    }
+}

@@ -1,0 +1,348 @@
+//! The blocked layout's convolution route (`Forward::Blocked`): over `[N][CB][H][W][L]`
+//! activations (`crate::blocked`) a convolution needs no packing of its input and no
+//! im2col: the microkernel (`kernels::blocked_tile`) loads weight vectors (output
+//! channels along the lanes) and broadcasts input values, for any pixel count, kernel and
+//! stride. It is the layout ONNX Runtime's CPU convolutions use. The ImageNet nets'
+//! inference runs every layer but the stem on it (`docs/convolution.md`).
+
+use rayon::prelude::*;
+
+use super::{ConvWeights, Forward, Packed};
+use crate::blocked::{checked_len, expect_blocked, lanes_mismatch, BlockedTensor};
+use crate::error::{Result, TensorError};
+use crate::kernels::blocked_tile::BlockedTile;
+use crate::kernels::Kernels;
+use crate::layout::OutPtr;
+use crate::tensor::Tensor;
+
+/// Convolution weights laid out for the blocked kernel: groups of `F` output blocks,
+/// `[G][CB][kh][kw][icb][F][L oc]`, zeros past the real channels; `icb` is `L`, or the
+/// channel count of an input of a single, partial block (`block_channels`).
+#[derive(Clone, Debug)]
+pub struct BlockedConvWeights {
+    data: Vec<f32>,
+    /// OIHW.
+    shape: [usize; 4],
+    lanes: usize,
+    f: usize,
+}
+
+/// Input channels the kernel reads per block: all `l` lanes, except for an input of
+/// fewer channels than one block (an RGB image), where only the real ones are worth
+/// reading (3 of 16 on AVX-512: the stem does 5x less work).
+fn block_channels(c: usize, l: usize) -> usize {
+    if c < l {
+        c.max(1)
+    } else {
+        l
+    }
+}
+
+thread_local! {
+    /// This thread's padded copy of a blocked input, reused across calls.
+    static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl Kernels {
+    /// OIHW weights laid out for the blocked kernel on this tier (through
+    /// [`Kernels::pack_conv`] for a plan in the blocked layout).
+    pub(crate) fn pack_blocked_conv_weights(&self, w: &Tensor) -> Result<BlockedConvWeights> {
+        let [o, c, kh, kw] = w.dims4("pack_blocked_conv_weights")?;
+        let (l, f) = (self.lanes(), self.set().blocked_f);
+        let (ob, cb) = (o.div_ceil(l), c.div_ceil(l));
+        let groups = ob.div_ceil(f);
+        let icb = block_channels(c, l);
+        let mut data = vec![0.0f32; groups * cb * kh * kw * icb * f * l];
+        let wd = w.data();
+        let mut at = 0;
+        for g in 0..groups {
+            for cbi in 0..cb {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        for ic in 0..icb {
+                            for fi in 0..f {
+                                for oc in 0..l {
+                                    let (oo, cc) = ((g * f + fi) * l + oc, cbi * l + ic);
+                                    if oo < o && cc < c {
+                                        data[at] = wd[((oo * c + cc) * kh + ky) * kw + kx];
+                                    }
+                                    at += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(BlockedConvWeights {
+            data,
+            shape: [o, c, kh, kw],
+            lanes: l,
+            f,
+        })
+    }
+
+    /// Convolution in the blocked layout, then `+ bias[o]`, `+ residual` (blocked, the
+    /// output's shape) and ReLU, each if given, in the tile's registers.
+    pub fn blocked_conv2d(
+        &self,
+        x: &BlockedTensor,
+        w: &ConvWeights,
+        bias: Option<&[f32]>,
+        residual: Option<&BlockedTensor>,
+        relu: bool,
+    ) -> Result<BlockedTensor> {
+        let [n, _, h, wd] = x.shape;
+        let [o, _, kh, kw] = w.shape();
+        let [oh, ow] = w.plan().conv().output_size(h, wd, kh, kw)?;
+        let mut y = BlockedTensor::zeros(self, [n, o, oh, ow])?;
+        self.blocked_conv2d_into(x, w, bias, residual, relu, &mut y)?;
+        Ok(y)
+    }
+
+    /// [`Kernels::blocked_conv2d`] into an existing output of this tier's layout (every
+    /// element is overwritten).
+    pub fn blocked_conv2d_into(
+        &self,
+        x: &BlockedTensor,
+        weights: &ConvWeights,
+        bias: Option<&[f32]>,
+        residual: Option<&BlockedTensor>,
+        relu: bool,
+        y: &mut BlockedTensor,
+    ) -> Result<()> {
+        let op = "blocked_conv2d";
+        self.check_plan(op, weights.plan())?;
+        let (w, p) = match (weights.plan().routes(x.shape)?.forward, weights.packed()) {
+            (Forward::Blocked, Packed::Blocked(w)) => (w, weights.plan().conv()),
+            (route, _) => {
+                return Err(TensorError::InvalidArgument {
+                    op,
+                    reason: format!(
+                        "the plan runs this layer by route {route}, not in the blocked layout: \
+                         use conv2d"
+                    ),
+                })
+            }
+        };
+        let l = self.lanes();
+        for got in [x.lanes, w.lanes] {
+            if got != l {
+                return Err(lanes_mismatch(op, got, l));
+            }
+        }
+        let [n, c, h, wd] = x.shape;
+        let [o, wc, kh, kw] = w.shape;
+        if wc != c {
+            return Err(TensorError::ShapeMismatch {
+                op,
+                expected: vec![o, c, kh, kw],
+                got: w.shape.to_vec(),
+            });
+        }
+        let [oh, ow] = p.output_size(h, wd, kh, kw)?;
+        if let Some(b) = bias {
+            if b.len() != o {
+                return Err(TensorError::InvalidArgument {
+                    op,
+                    reason: format!("bias has {} elements for {o} output channels", b.len()),
+                });
+            }
+        }
+        if let Some(r) = residual {
+            expect_blocked(op, r, l, [n, o, oh, ow])?;
+        }
+        expect_blocked(op, y, l, [n, o, oh, ow])?;
+        if w.f != self.set().blocked_f {
+            return Err(TensorError::InvalidArgument {
+                op,
+                reason: format!(
+                    "weights packed in groups of {} channel blocks, but this tier's kernel \
+                     takes {} (pack them with the same Kernels)",
+                    w.f,
+                    self.set().blocked_f
+                ),
+            });
+        }
+        let (cb, ob, f) = (x.blocks(), o.div_ceil(l), w.f);
+        let groups = ob.div_ceil(f);
+        // The unsafe tiles below trust these lengths: check them (and that no size
+        // wraps around) first.
+        let pad = p.padding;
+        // A strided 1x1 convolution without padding reads a compact copy of the pixels it
+        // uses (every `s`-th of every `s`-th row), as a stride-1 one: reading them in
+        // place touched every cache line of the input for a quarter of its pixels
+        // (ResNet-50's downsamples 1.1-1.2x slower than the NCHW route, which copies too).
+        let subsample = kh == 1 && kw == 1 && pad == 0 && p.stride > 1;
+        let (ph, pw, s) = if subsample {
+            (oh, ow, 1)
+        } else {
+            (h + 2 * pad, wd + 2 * pad, p.stride)
+        };
+        let padded_len = checked_len(op, &[n, cb, ph, pw, l])?;
+        let icb = block_channels(c, l);
+        let w_group = checked_len(op, &[cb, kh, kw, icb, f, l])?;
+        let lengths_agree = x.data.len() == checked_len(op, &[n, cb, h, wd, l])?
+            && y.data.len() == checked_len(op, &[n, ob, oh, ow, l])?
+            && residual.is_none_or(|r| r.data.len() == y.data.len())
+            && w.data.len() == checked_len(op, &[groups, w_group])?;
+        if !lengths_agree {
+            return Err(TensorError::InvalidArgument {
+                op,
+                reason: "a blocked tensor's data does not match its shape".into(),
+            });
+        }
+        if n * oh * ow * o == 0 || c * h * wd == 0 {
+            // Nothing to add up (no input channels, or an input of no pixels whose
+            // padding makes an output): the epilogue alone.
+            self.blocked_epilogue_only(y, bias, residual, relu);
+            return Ok(());
+        }
+        let bias_padded: Option<Vec<f32>> = bias.map(|b| {
+            let mut v = b.to_vec();
+            v.resize(groups * f * l, 0.0);
+            v
+        });
+        // The input padded by `p` on every side (its border zeros), or read in place.
+        let mut padded = PADDED.with(|cell| cell.take());
+        if pad > 0 {
+            // Every float of each padded plane is written (border zeros, rows copied):
+            // the reused buffer needs no clearing.
+            padded.resize(padded_len, 0.0);
+            let copy = |(dst, src): (&mut [f32], &[f32])| {
+                let (top, rest) = dst.split_at_mut(pad * pw * l);
+                top.fill(0.0);
+                let (body, bottom) = rest.split_at_mut(h * pw * l);
+                bottom.fill(0.0);
+                for (out, row) in body.chunks_exact_mut(pw * l).zip(src.chunks_exact(wd * l)) {
+                    let (left, rest) = out.split_at_mut(pad * l);
+                    left.fill(0.0);
+                    let (mid, right) = rest.split_at_mut(wd * l);
+                    mid.copy_from_slice(row);
+                    right.fill(0.0);
+                }
+            };
+            let pairs = padded
+                .par_chunks_exact_mut(ph * pw * l)
+                .zip(x.data.par_chunks_exact(h * wd * l));
+            pairs.for_each(copy);
+        }
+        if subsample {
+            padded.resize(padded_len, 0.0);
+            let st = p.stride;
+            let pick = |(dst, src): (&mut [f32], &[f32])| {
+                for (q, out) in dst.chunks_exact_mut(l).enumerate() {
+                    let at = ((q / ow) * st * wd + (q % ow) * st) * l;
+                    out.copy_from_slice(&src[at..at + l]);
+                }
+            };
+            padded
+                .par_chunks_exact_mut(oh * ow * l)
+                .zip(x.data.par_chunks_exact(h * wd * l))
+                .for_each(pick);
+        }
+        let xin: &[f32] = if pad > 0 || subsample {
+            &padded
+        } else {
+            &x.data
+        };
+        let set = self.set();
+        let pmax = set.blocked_tiles.len();
+        let (x_cb, x_row) = (ph * pw * l, pw * l);
+        let (in_image, plane) = (cb * x_cb, oh * ow);
+        let out_image = ob * plane * l;
+        // Each output pixel's input offset (tap (0, 0), channel block 0): tiles take `P`
+        // consecutive pixels of the flattened plane, across row ends.
+        let offs: Vec<usize> = (0..plane)
+            .map(|q| ((q / ow) * s * pw + (q % ow) * s) * l)
+            .collect();
+        // Tasks: (image, group of output blocks, run of whole tiles), about eight per
+        // thread, so that a 7 x 7 plane still splits.
+        let tiles = plane.div_ceil(pmax);
+        let wanted = 8 * rayon::current_num_threads();
+        let runs = wanted.div_ceil(n * groups).clamp(1, tiles);
+        let run_px = tiles.div_ceil(runs) * pmax;
+        let runs = plane.div_ceil(run_px);
+        let outp = OutPtr(y.data.as_mut_ptr());
+        let task = |t: usize| {
+            let (b, rest) = (t / (groups * runs), t % (groups * runs));
+            let (g, run) = (rest / runs, rest % runs);
+            let fv = f.min(ob - g * f);
+            let (q0, q1) = (run * run_px, ((run + 1) * run_px).min(plane));
+            // The run's pixels in as few tiles as `P = pmax` allows, of balanced widths
+            // (49 = 4 x 6 + 5 x 5, not 8 x 6 + 1): a 1-pixel tile loads the same weights
+            // for a sixth of the multiply-adds of a 6-pixel one, and took 6% of the time of
+            // ResNet-50's 7 x 7 layers for 2% of their work. In-process A/B, 2 threads,
+            // batch 1: those layers 0.97-0.985 of the time (mean of 400 calls), the
+            // others unchanged; ResNet-50 0.97-0.99.
+            let (len, count) = (q1 - q0, (q1 - q0).div_ceil(pmax));
+            let (base, extra) = (len / count.max(1), len % count.max(1));
+            let mut q = q0;
+            for ti in 0..count {
+                let pn = base + usize::from(ti < extra);
+                let at = b * out_image + g * f * plane * l + q * l;
+                let tile = BlockedTile {
+                    x: xin[b * in_image..].as_ptr(),
+                    x_off: offs[q..].as_ptr(),
+                    x_cb,
+                    x_row,
+                    cb,
+                    icb,
+                    kh,
+                    kw,
+                    w: w.data[g * w_group..].as_ptr(),
+                    // SAFETY: inside the output: image b, block g f, pixel q.
+                    out: unsafe { outp.get().add(at) },
+                    out_ob: plane * l,
+                    f: fv,
+                    bias: bias_padded
+                        .as_ref()
+                        .map_or(std::ptr::null(), |v| v[g * f * l..].as_ptr()),
+                    residual: residual.map_or(std::ptr::null(), |r| r.data[at..].as_ptr()),
+                    relu,
+                };
+                // SAFETY: pixel q's taps read padded rows `oy s + ky <= (oh - 1) s + kh -
+                // 1 < ph` and columns `ox s + kx < pw` of each channel block of image b,
+                // which `xin` holds; `offs` has `pn` entries from q; the weights of group
+                // g are `w_group` floats; the tile writes (and reads, for the residual)
+                // `fv` blocks of `pn` pixels inside image b's output. Tasks differ in
+                // (b, g, run): disjoint outputs.
+                unsafe { (set.blocked_tiles[pn - 1])(&tile) };
+                q += pn;
+            }
+            debug_assert_eq!(q, q1);
+        };
+        let tasks = n * groups * runs;
+        let work = [plane, f, groups, l, cb, l, kh, kw]
+            .iter()
+            .fold(n, |a, &d| a.saturating_mul(d));
+        if work >= 1 << 18 && rayon::current_num_threads() > 1 {
+            (0..tasks).into_par_iter().for_each(task);
+        } else {
+            (0..tasks).for_each(task);
+        }
+        debug_assert_eq!(y.data.len(), n * out_image);
+        PADDED.with(|cell| cell.set(padded));
+        Ok(())
+    }
+
+    /// The epilogue of an empty reduction: `bias + residual`, ReLU'd if asked.
+    fn blocked_epilogue_only(
+        &self,
+        y: &mut BlockedTensor,
+        bias: Option<&[f32]>,
+        residual: Option<&BlockedTensor>,
+        relu: bool,
+    ) {
+        let [_, o, oh, ow] = y.shape;
+        let (l, ob) = (y.lanes, o.div_ceil(y.lanes));
+        for (i, v) in y.data.iter_mut().enumerate() {
+            let ch = ((i / (oh * ow * l)) % ob.max(1)) * l + i % l;
+            let mut s = bias.and_then(|b| b.get(ch)).copied().unwrap_or(0.0);
+            if let Some(r) = residual {
+                s += r.data[i];
+            }
+            *v = if relu { s.max(0.0) } else { s };
+        }
+    }
+}
