@@ -11,7 +11,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use resnet_benches::{active, pool, thread_counts};
 use tensor::gemm::matrixmultiply_gemm;
-use tensor::{Conv2d, ConvEpilogue, ConvPlan, MatMut, MatRef, Mode, Tensor};
+use tensor::{Conv2d, ConvPlan, Epilogue, MatMut, MatRef, Mode, Tensor};
 
 const SHAPES: &[(&str, usize, usize, usize)] = &[
     ("square_1024", 1024, 1024, 1024),
@@ -96,12 +96,7 @@ fn conv(c: &mut Criterion) {
             |bch| {
                 bch.iter(|| {
                     p.install(|| {
-                        k.conv2d_into(
-                            &x,
-                            &w,
-                            &[ConvEpilogue::Bias(&bias), ConvEpilogue::Relu],
-                            &mut y,
-                        )
+                        k.conv2d_into(&x, &w, &[Epilogue::Bias(&bias), Epilogue::Relu], &mut y)
                     })
                 })
             },

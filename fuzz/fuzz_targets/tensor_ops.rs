@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tensor::{Conv2d, ConvEpilogue, ConvPlan, Kernels, MatMut, MatRef, Mode, Pool2d, Tensor};
+use tensor::{Conv2d, Epilogue, ConvPlan, Kernels, MatMut, MatRef, Mode, Pool2d, Tensor};
 
 /// Caps the elements a case may allocate, so the fuzzer explores logic, not memory.
 const MAX_ELEMENTS: usize = 1 << 16;
@@ -45,14 +45,14 @@ fuzz_target!(|bytes: &[u8]| {
             let bv = MatRef::new(x.data(), b, c, 1, b.max(1))?;
             let mut out = vec![0.0; a * c];
             let mut cv = MatMut::row_major(&mut out, a, c)?;
-            k.gemm(av, bv, &mut cv, &[tensor::Epilogue::RowBias(&params), tensor::Epilogue::Relu])
+            k.gemm(av, bv, &mut cv, &[tensor::Epilogue::Bias(&params), tensor::Epilogue::Relu])
         }),
         // A convolution with weights of an arbitrary shape, stride and padding.
         _ => Tensor::zeros(&[a + 1, b, c, c]).and_then(|w| {
             let p = Conv2d::new(pool.stride[0], pool.padding[0]);
             let plan = ConvPlan::new(&k, w.dims4("fuzz")?, p, Mode::Inference)?;
             let w = k.pack_conv(&plan, &w)?;
-            k.conv2d(&x, &w, &[ConvEpilogue::Bias(&params)])
+            k.conv2d(&x, &w, &[Epilogue::Bias(&params)])
                 .map(drop)
         }),
     };

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use tensor::gemm::matrixmultiply_gemm;
 use tensor::{
-    peak, Conv2d, ConvEpilogue, ConvPlan, DirectForm, Forward, Kernels, Layout, MatMut, MatRef,
-    Mode, Tensor,
+    peak, Conv2d, ConvPlan, DirectForm, Epilogue, Forward, Kernels, Layout, MatMut, MatRef, Mode,
+    Tensor,
 };
 
 /// The GEMM shapes: squares, then ResNet-50's convolutions as im2col GEMMs
@@ -409,11 +409,16 @@ pub fn conv(
                 let xb = k.to_blocked(&x)?;
                 let mut y = tensor::BlockedTensor::zeros(k, [batch, cout, oh, ow])?;
                 best_time(budget, || {
-                    k.blocked_conv2d_into(&xb, &packed, Some(&bias), None, true, &mut y)
+                    k.blocked_conv2d_into(
+                        &xb,
+                        &packed,
+                        &[Epilogue::Bias(&bias), Epilogue::Relu],
+                        &mut y,
+                    )
                 })?
             } else {
                 let mut y = Tensor::zeros(&[batch, cout, oh, ow])?;
-                let steps = [ConvEpilogue::Bias(&bias), ConvEpilogue::Relu];
+                let steps = [Epilogue::Bias(&bias), Epilogue::Relu];
                 best_time(budget, || k.conv2d_into(&x, &packed, &steps, &mut y))?
             };
             let flops = 2.0 * (batch * cout * oh * ow * cin * ks * ks) as f64;

@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tensor::{
-    fold_batch_norm, BlockedTensor, ConvEpilogue, ConvWeights, Kernels, LinearWeights, Mode,
-    Pool2d, Result, Tensor, TensorError,
+    fold_batch_norm, BlockedTensor, ConvWeights, Epilogue, Kernels, LinearWeights, Mode, Pool2d,
+    Result, Tensor, TensorError,
 };
 
 use crate::model::{ConvBn, ResNet, Shortcut};
@@ -72,12 +72,12 @@ impl FusedConv {
         residual: Option<&Tensor>,
         relu: bool,
     ) -> Result<Tensor> {
-        let mut steps = vec![ConvEpilogue::Bias(&self.bias)];
+        let mut steps = vec![Epilogue::Bias(&self.bias)];
         if let Some(r) = residual {
-            steps.push(ConvEpilogue::Residual(r));
+            steps.push(Epilogue::residual(r));
         }
         if relu {
-            steps.push(ConvEpilogue::Relu);
+            steps.push(Epilogue::Relu);
         }
         let shape = self.output_shape(x.dims4("InferenceModel")?)?;
         let mut y = cache.take(&shape, || Tensor::zeros(&shape))?;
@@ -96,7 +96,14 @@ impl FusedConv {
     ) -> Result<BlockedTensor> {
         let shape = self.output_shape(x.shape())?;
         let mut y = cache.take(&shape, || BlockedTensor::zeros(k, shape))?;
-        k.blocked_conv2d_into(x, &self.weights, Some(&self.bias), residual, relu, &mut y)?;
+        let mut steps = vec![Epilogue::Bias(&self.bias)];
+        if let Some(r) = residual {
+            steps.push(Epilogue::residual_blocked(r));
+        }
+        if relu {
+            steps.push(Epilogue::Relu);
+        }
+        k.blocked_conv2d_into(x, &self.weights, &steps, &mut y)?;
         Ok(y)
     }
 
@@ -104,9 +111,9 @@ impl FusedConv {
     /// output's shape: a residual block's shortcut).
     fn run_onto(&self, k: &Kernels, x: &Tensor, mut onto: Tensor) -> Result<Tensor> {
         let steps = [
-            ConvEpilogue::Accumulate,
-            ConvEpilogue::Bias(&self.bias),
-            ConvEpilogue::Relu,
+            Epilogue::Accumulate,
+            Epilogue::Bias(&self.bias),
+            Epilogue::Relu,
         ];
         k.conv2d_into(x, &self.weights, &steps, &mut onto)?;
         Ok(onto)

@@ -38,6 +38,7 @@
 pub mod backward;
 pub mod blocked;
 pub mod conv;
+pub mod epilogue;
 pub mod error;
 pub mod gemm;
 pub mod isa;
@@ -54,11 +55,12 @@ pub mod tensor;
 pub use backward::{BatchNormGrads, ConvGrads, LinearGrads};
 pub use blocked::BlockedTensor;
 pub use conv::{
-    fold_batch_norm, Conv2d, ConvEpilogue, ConvPlan, ConvWeights, DirectForm, Forward, InputGrad,
-    Layout, Mode, Routes, Taps, WeightGrad,
+    fold_batch_norm, Conv2d, ConvPlan, ConvWeights, DirectForm, Forward, InputGrad, Layout, Mode,
+    Routes, Taps, WeightGrad,
 };
+pub use epilogue::{Epilogue, Residual};
 pub use error::{Result, TensorError};
-pub use gemm::{Epilogue, MatMut, MatRef, PackedA};
+pub use gemm::{MatMut, MatRef, PackedA};
 pub use isa::Isa;
 pub use kernels::{ChannelStats, Kernels, Pool2d};
 pub use linear::LinearWeights;

@@ -6,9 +6,10 @@
 //! which at classifier sizes (N <= a few hundred, out = 1000) is a small copy next to
 //! the `N * out * in` multiply-adds.
 
+use crate::epilogue::Epilogue;
 use crate::error::{Result, TensorError};
 use crate::gemm::pack::BSource;
-use crate::gemm::{driver, Epilogue, MatMut, MatRef, PackedA};
+use crate::gemm::{driver, MatMut, MatRef, PackedA};
 use crate::kernels::Kernels;
 use crate::tensor::Tensor;
 
@@ -52,7 +53,7 @@ impl Kernels {
             });
         }
         let mut yt = vec![0.0f32; out * n];
-        let steps: Vec<Epilogue> = bias.map(Epilogue::RowBias).into_iter().collect();
+        let steps: Vec<Epilogue> = bias.map(Epilogue::Bias).into_iter().collect();
         let xt = MatRef::row_major(x.data(), n, inp)?.t();
         let mut c = MatMut::row_major(&mut yt, out, n)?;
         driver::gemm(

@@ -590,7 +590,7 @@ fn check_conv_empty_images(k: Kernels) -> CheckResult {
         let packed = k.pack_conv(&plan, &w).map_err(|e| e.to_string())?;
         let bias = [0.5f32, -1.0, 2.0, 0.0];
         let y = k
-            .conv2d(&x, &packed, &[tensor::ConvEpilogue::Bias(&bias)])
+            .conv2d(&x, &packed, &[tensor::Epilogue::Bias(&bias)])
             .map_err(|e| format!("{case}: forward: {e}"))?;
         let plane = oh * ow;
         for (i, v) in y.data().iter().enumerate() {
@@ -606,7 +606,7 @@ fn check_conv_empty_images(k: Kernels) -> CheckResult {
             .force_forward(Forward::Blocked);
         let wb = k.pack_conv(&blocked, &w).map_err(|e| e.to_string())?;
         let yb = k
-            .blocked_conv2d(&xb, &wb, Some(&bias), None, false)
+            .blocked_conv2d(&xb, &wb, &[tensor::Epilogue::Bias(&bias)])
             .and_then(|y| k.from_blocked(&y))
             .map_err(|e| format!("{case}: blocked forward: {e}"))?;
         if yb.data() != y.data() {

@@ -14,7 +14,7 @@ use common::{close, fail, prop, Check, CheckResult};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use tensor::{
-    fold_batch_norm, reference, Conv2d, ConvEpilogue, ConvPlan, ConvWeights, DirectForm, Forward,
+    fold_batch_norm, reference, Conv2d, ConvPlan, ConvWeights, DirectForm, Epilogue, Forward,
     Kernels, Layout, Mode, Pool2d, Tensor,
 };
 
@@ -171,13 +171,13 @@ fn run_case(kern: Kernels, c: &Case) -> Result<(), TestCaseError> {
     } = expected(c)?;
     let mut steps = Vec::new();
     if with_bias {
-        steps.push(ConvEpilogue::Bias(&bias));
+        steps.push(Epilogue::Bias(&bias));
     }
     if with_residual {
-        steps.push(ConvEpilogue::Residual(&residual));
+        steps.push(Epilogue::residual(&residual));
     }
     if relu {
-        steps.push(ConvEpilogue::Relu);
+        steps.push(Epilogue::Relu);
     }
     let p = Conv2d::new(c.stride, c.pad);
     let got = kern
@@ -209,7 +209,7 @@ fn run_case(kern: Kernels, c: &Case) -> Result<(), TestCaseError> {
         // Accumulating into an output that already holds values (first in the order).
         let y0 = Tensor::randn(want.shape(), 0.0, 1.0, c.seed ^ 3).map_err(fail)?;
         let mut y = y0.clone();
-        let mut acc_steps = vec![ConvEpilogue::Accumulate];
+        let mut acc_steps = vec![Epilogue::Accumulate];
         acc_steps.extend_from_slice(&steps);
         kern.conv2d_into(&x, &packed, &acc_steps, &mut y)
             .map_err(fail)?;
@@ -363,9 +363,11 @@ fn run_blocked(kern: Kernels, c: &Case) -> Result<(), TestCaseError> {
         .blocked_conv2d(
             &xb,
             &wb,
-            with_bias.then_some(&bias[..]),
-            with_residual.then_some(&rb),
-            relu,
+            &blocked_steps(
+                with_bias.then_some(&bias[..]),
+                with_residual.then_some(&rb),
+                relu,
+            ),
         )
         .map_err(fail)?;
     let got = kern.from_blocked(&y).map_err(fail)?;
@@ -373,6 +375,20 @@ fn run_blocked(kern: Kernels, c: &Case) -> Result<(), TestCaseError> {
     close(&format!("blocked {c:?}"), got.data(), want.data(), |i| {
         tol[i]
     })
+}
+
+/// A blocked convolution's epilogue: bias, residual, then ReLU, each if given.
+fn blocked_steps<'a>(
+    bias: Option<&'a [f32]>,
+    residual: Option<&'a tensor::BlockedTensor>,
+    relu: bool,
+) -> Vec<Epilogue<'a>> {
+    let mut steps: Vec<Epilogue> = bias.map(Epilogue::Bias).into_iter().collect();
+    steps.extend(residual.map(Epilogue::residual_blocked));
+    if relu {
+        steps.push(Epilogue::Relu);
+    }
+    steps
 }
 
 fn check_blocked(kern: Kernels) -> CheckResult {
@@ -478,7 +494,7 @@ fn check_bn_folding(kern: Kernels) -> CheckResult {
         let (wf, bf) = fold_batch_norm(&w, None, &gamma, &beta, &mean, &var, eps).map_err(fail)?;
         let packed = packed(&kern, &wf, Conv2d::new(1, 1)).map_err(fail)?;
         let got = kern
-            .conv2d(&x, &packed, &[ConvEpilogue::Bias(&bf), ConvEpilogue::Relu])
+            .conv2d(&x, &packed, &[Epilogue::Bias(&bf), Epilogue::Relu])
             .map_err(fail)?;
         let (_, err_scale) = reference::conv2d(&x, &w, None, 1, 1).map_err(fail)?;
         close("folded conv+bn+relu", got.data(), want.data(), |i| {
@@ -541,21 +557,39 @@ fn check_errors(kern: Kernels) -> CheckResult {
     let cases = [
         // The blocked layout: channels, residual shape, bias length, and a padding and
         // stride whose padded sizes overflow (a 1 x 1 output, every tap in the padding).
-        kern.blocked_conv2d(&xb, &wb2, None, None, false).is_err(),
-        kern.blocked_conv2d(&xb, &wb3, None, Some(&wrong_blocked), false)
+        kern.blocked_conv2d(&xb, &wb2, &[]).is_err(),
+        kern.blocked_conv2d(&xb, &wb3, &[Epilogue::residual_blocked(&wrong_blocked)])
             .is_err(),
-        kern.blocked_conv2d(&xb, &wb3, Some(&[0.0; 3]), None, false)
+        kern.blocked_conv2d(&xb, &wb3, &[Epilogue::Bias(&[0.0; 3])])
             .is_err(),
-        kern.blocked_conv2d(&one, &tall, None, None, false).is_err(),
+        kern.blocked_conv2d(&one, &tall, &[]).is_err(),
         // An NCHW plan run in the blocked layout, and a blocked one in NCHW.
-        kern.blocked_conv2d(&xb, &w3, None, None, false).is_err(),
+        kern.blocked_conv2d(&xb, &w3, &[]).is_err(),
+        // Epilogues a route cannot run: ReLU before the residual and Accumulate in the
+        // blocked kernel; an NCHW residual there; a blocked one in NCHW; Accumulate
+        // not first.
+        kern.blocked_conv2d(&xb, &wb3, &[Epilogue::Relu, Epilogue::Bias(&[0.0; 4])])
+            .is_err(),
+        kern.blocked_conv2d(&xb, &wb3, &[Epilogue::Accumulate])
+            .is_err(),
+        kern.blocked_conv2d(&xb, &wb3, &[Epilogue::residual(&zeros(&[1, 4, 8, 8])?)])
+            .is_err(),
+        kern.conv2d(
+            &x,
+            &w3,
+            &[Epilogue::residual_blocked(
+                &kern.to_blocked(&zeros(&[1, 4, 8, 8])?).map_err(e)?,
+            )],
+        )
+        .is_err(),
+        kern.conv2d(&x, &w3, &[Epilogue::Relu, Epilogue::Accumulate])
+            .is_err(),
         kern.conv2d(&x, &wb3, &[]).is_err(),
         kern.conv2d(&x, &w, &[]).is_err(),
         packed(&kern, &zeros(&[4, 3, 3, 3])?, Conv2d::new(0, 1)).is_err(),
-        kern.conv2d(&x, &w3, &[ConvEpilogue::Residual(&wrong_res)])
+        kern.conv2d(&x, &w3, &[Epilogue::residual(&wrong_res)])
             .is_err(),
-        kern.conv2d(&x, &w3, &[ConvEpilogue::Bias(&[0.0; 3])])
-            .is_err(),
+        kern.conv2d(&x, &w3, &[Epilogue::Bias(&[0.0; 3])]).is_err(),
         kern.conv2d(
             &zeros(&[1, 3, 1, 1])?,
             &packed(&kern, &zeros(&[4, 3, 3, 3])?, Conv2d::new(1, 0)).map_err(e)?,

@@ -17,7 +17,7 @@ use common::{close, fail, prop, Check, CheckResult};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use tensor::{
-    reference, Conv2d, ConvEpilogue, ConvPlan, DirectForm, Forward, InputGrad, Kernels, Mode, Taps,
+    reference, Conv2d, ConvPlan, DirectForm, Epilogue, Forward, InputGrad, Kernels, Mode, Taps,
     Tensor, WeightGrad,
 };
 
@@ -228,33 +228,29 @@ fn run_forward(kern: Kernels, route: Forward, c: &Case) -> Result<(), TestCaseEr
     if relu {
         want.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));
     }
+    let rb = kern.to_blocked(&residual).map_err(fail)?;
+    let mut steps = Vec::new();
+    if accumulate {
+        steps.push(Epilogue::Accumulate);
+    }
+    if with_bias {
+        steps.push(Epilogue::Bias(&bias));
+    }
+    if with_residual {
+        steps.push(if route == Forward::Blocked {
+            Epilogue::residual_blocked(&rb)
+        } else {
+            Epilogue::residual(&residual)
+        });
+    }
+    if relu {
+        steps.push(Epilogue::Relu);
+    }
     let got = if route == Forward::Blocked {
         let xb = kern.to_blocked(&x).map_err(fail)?;
-        let rb = kern.to_blocked(&residual).map_err(fail)?;
-        let y = kern
-            .blocked_conv2d(
-                &xb,
-                &packed,
-                with_bias.then_some(&bias[..]),
-                with_residual.then_some(&rb),
-                relu,
-            )
-            .map_err(fail)?;
+        let y = kern.blocked_conv2d(&xb, &packed, &steps).map_err(fail)?;
         kern.from_blocked(&y).map_err(fail)?
     } else {
-        let mut steps = Vec::new();
-        if accumulate {
-            steps.push(ConvEpilogue::Accumulate);
-        }
-        if with_bias {
-            steps.push(ConvEpilogue::Bias(&bias));
-        }
-        if with_residual {
-            steps.push(ConvEpilogue::Residual(&residual));
-        }
-        if relu {
-            steps.push(ConvEpilogue::Relu);
-        }
         // NaNs, unless accumulating: the route must write every element.
         let mut y = if accumulate {
             start.clone()

@@ -133,13 +133,10 @@ fn check_epilogues(k: Kernels) -> CheckResult {
             steps.push(Epilogue::Accumulate);
         }
         if with_bias {
-            steps.push(Epilogue::RowBias(&bias));
+            steps.push(Epilogue::Bias(&bias));
         }
         if with_res {
-            steps.push(Epilogue::Residual {
-                data: &residual,
-                ld,
-            });
+            steps.push(Epilogue::residual_matrix(&residual, ld));
         }
         if relu {
             steps.push(Epilogue::Relu);
@@ -317,7 +314,7 @@ fn check_errors(k: Kernels) -> CheckResult {
             av,
             bv,
             &mut MatMut::row_major(&mut c, 2, 4).unwrap(),
-            &[Epilogue::RowBias(&[1.0])],
+            &[Epilogue::Bias(&[1.0])],
         )
         .is_err(),
         k.gemm(
@@ -331,7 +328,7 @@ fn check_errors(k: Kernels) -> CheckResult {
             av,
             bv,
             &mut MatMut::row_major(&mut c, 2, 4).unwrap(),
-            &[Epilogue::Residual { data: &a, ld: 4 }],
+            &[Epilogue::residual_matrix(&a, 4)],
         )
         .is_err(),
         MatRef::row_major(&a, 3, 3).is_err(),

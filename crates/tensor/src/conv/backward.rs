@@ -7,15 +7,16 @@
 use rayon::prelude::*;
 
 use super::direct::{
-    direct_conv_image, strided_transposed_image, DirectEpilogue, DirectWeights, StridedTransposed,
+    direct_conv_image, strided_transposed_image, DirectWeights, StridedTransposed,
 };
 use super::weight_grad::{accumulate_weight_grad, ConvShape, WeightGradScratch};
 use super::{ConvPlan, DirectForm, InputGrad, Mode};
 use crate::backward::ConvGrads;
+use crate::epilogue::Epilogue;
 use crate::error::{Result, TensorError};
 use crate::gemm::driver::{self, Threads};
 use crate::gemm::pack::{BSource, PackedA};
-use crate::gemm::{Epilogue, MatMut, MatRef};
+use crate::gemm::{MatMut, MatRef};
 use crate::kernels::Kernels;
 use crate::layout::check_affine;
 use crate::tensor::Tensor;
@@ -326,9 +327,10 @@ impl Kernels {
                     kh - 1 - p.padding,
                     [h, wd],
                     dx_b,
-                    DirectEpilogue {
-                        accumulate,
-                        ..DirectEpilogue::default()
+                    if accumulate {
+                        &[Epilogue::Accumulate]
+                    } else {
+                        &[]
                     },
                     threads,
                     padded,

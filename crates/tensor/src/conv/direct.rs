@@ -29,8 +29,9 @@
 use rayon::prelude::*;
 
 use super::{phases_fit, DirectForm};
+use crate::epilogue::{accumulates, finish_row, tile_steps, Epilogue};
 use crate::gemm::driver::Threads;
-use crate::kernels::microkernel::{TileOut, TileStep};
+use crate::kernels::microkernel::TileOut;
 use crate::kernels::KernelSet;
 use crate::layout::{per_channel, phase_tap_offsets, split_phases, Normalise, OutPtr};
 
@@ -95,16 +96,6 @@ impl DirectWeights {
             kw,
         }
     }
-}
-
-/// What happens to each output element after the reduction, in this order.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct DirectEpilogue<'a> {
-    pub accumulate: bool,
-    pub bias: Option<&'a [f32]>,
-    /// This image's residual, shaped as the output.
-    pub residual: Option<&'a [f32]>,
-    pub relu: bool,
 }
 
 thread_local! {
@@ -211,7 +202,7 @@ pub(crate) fn direct_conv_image(
     pad: usize,
     [oh, ow]: [usize; 2],
     out: &mut [f32],
-    epi: DirectEpilogue,
+    epilogue: &[Epilogue],
     threads: Threads,
     padded: &mut Vec<f32>,
     norm: Option<&Normalise>,
@@ -239,7 +230,7 @@ pub(crate) fn direct_conv_image(
                 pad,
                 [oh, ow],
                 out,
-                epi,
+                epilogue,
                 threads,
                 padded,
                 norm,
@@ -322,26 +313,17 @@ pub(crate) fn direct_conv_image(
         let xv = max_xv.min(vectors - g0);
         let vo: [usize; MAX_XV] = std::array::from_fn(|v| start(g0 + v.min(xv - 1)) - start(g0));
         let at = o0 * plane + g0 * lanes;
-        let mut steps = [None; 4];
-        let mut m = 0;
-        if let Some(b) = epi.bias {
-            steps[m] = Some(TileStep::RowBias(b[o0..].as_ptr()));
-            m += 1;
-        }
-        if let Some(r) = epi.residual {
-            steps[m] = Some(TileStep::Residual(r[at..].as_ptr(), plane));
-            m += 1;
-        }
-        if epi.relu {
-            steps[m] = Some(TileStep::Relu);
-        }
+        // SAFETY: the plan checked the epilogue against this image's `O x (OH OW)`
+        // output (lowered to a matrix residual by the caller), and (o0, g0 lanes) is
+        // inside it.
+        let steps = unsafe { tile_steps(epilogue, o0, g0 * lanes) };
         let tile = TileOut {
             // SAFETY: `at` is inside the output (channel o0 < O, pixel g0 lanes < plane).
             c: unsafe { out.0.add(at) },
             ldc: plane,
             m: ob.min(dw.o - o0),
             n: xv * lanes,
-            load_c: epi.accumulate,
+            load_c: accumulates(epilogue),
             steps,
         };
         // SAFETY: every read stays inside `padded`: vector `g` reads `lanes` floats from
@@ -474,7 +456,7 @@ fn direct_conv_image_planar(
     pad: usize,
     [oh, ow]: [usize; 2],
     out: &mut [f32],
-    epi: DirectEpilogue,
+    epilogue: &[Epilogue],
     threads: Threads,
     padded: &mut Vec<f32>,
     norm: Option<&Normalise>,
@@ -539,24 +521,8 @@ fn direct_conv_image_planar(
     // the convolution itself was split.
     let opix = oh * ow;
     let copy_out = |(oc, (dst, src)): (usize, (&mut [f32], &[f32]))| {
-        let residual = epi.residual.map(|r| &r[oc * opix..(oc + 1) * opix]);
         for (oy, (d, s)) in dst.chunks_exact_mut(ow).zip(src.chunks(qw)).enumerate() {
-            let s = &s[..ow];
-            if epi.accumulate {
-                d.iter_mut().zip(s).for_each(|(d, v)| *d += v);
-            } else {
-                d.copy_from_slice(s);
-            }
-            if let Some(b) = epi.bias {
-                d.iter_mut().for_each(|d| *d += b[oc]);
-            }
-            if let Some(r) = residual {
-                let r = &r[oy * ow..(oy + 1) * ow];
-                d.iter_mut().zip(r).for_each(|(d, r)| *d += r);
-            }
-            if epi.relu {
-                d.iter_mut().for_each(|d| *d = d.max(0.0));
-            }
+            finish_row(epilogue, oc, oy * ow, &s[..ow], d);
         }
     };
     if matches!(threads, Threads::Auto) && out.len() >= 1 << 16 && rayon::current_num_threads() > 1

@@ -33,12 +33,13 @@
 //! residual and ReLU as the GEMM epilogue, so conv + BN + (residual +) ReLU is one pass
 //! over the output while it is in registers.
 
-use super::direct::{direct_conv_image, DirectEpilogue, DirectWeights};
+use super::direct::{direct_conv_image, DirectWeights};
 use super::nchwc::BlockedConvWeights;
 use super::{ConvPlan, Forward};
+use crate::epilogue::{self, Epilogue, Output, Residual};
 use crate::error::{Result, TensorError};
 use crate::gemm::pack::{BSource, Im2col, IM2COL_CHUNK};
-use crate::gemm::{driver, Epilogue, MatMut, MatRef, PackedA};
+use crate::gemm::{driver, MatMut, MatRef, PackedA};
 use crate::kernels::{ChannelStats, Kernels};
 use crate::layout::{check_affine, normalise_image, per_channel, split_phases, Normalise};
 use crate::tensor::Tensor;
@@ -118,19 +119,6 @@ impl ConvWeights {
     pub(crate) fn packed(&self) -> &Packed {
         &self.packed
     }
-}
-
-/// One epilogue step of a convolution, applied while the output is in registers.
-#[derive(Clone, Copy, Debug)]
-pub enum ConvEpilogue<'a> {
-    /// Add to the output tensor's current contents instead of overwriting them.
-    Accumulate,
-    /// Add a per-output-channel bias (a folded batch norm's shift).
-    Bias(&'a [f32]),
-    /// Add a tensor of the output's shape (a residual block's shortcut).
-    Residual(&'a Tensor),
-    /// `max(x, 0)`.
-    Relu,
 }
 
 thread_local! {
@@ -247,7 +235,7 @@ impl Kernels {
 
     /// Convolution of an NCHW batch by the routes `w`'s plan picks for its shape, then
     /// the epilogue steps in order.
-    pub fn conv2d(&self, x: &Tensor, w: &ConvWeights, epilogue: &[ConvEpilogue]) -> Result<Tensor> {
+    pub fn conv2d(&self, x: &Tensor, w: &ConvWeights, epilogue: &[Epilogue]) -> Result<Tensor> {
         let [n, _, h, wd] = x.dims4("conv2d")?;
         let [o, _, kh, kw] = w.shape();
         let [oh, ow] = w.plan.conv().output_size(h, wd, kh, kw)?;
@@ -262,7 +250,7 @@ impl Kernels {
         &self,
         x: &Tensor,
         w: &ConvWeights,
-        epilogue: &[ConvEpilogue],
+        epilogue: &[Epilogue],
         y: &mut Tensor,
     ) -> Result<()> {
         self.conv2d_impl(x, w, epilogue, y, None, None)
@@ -329,7 +317,7 @@ impl Kernels {
         &self,
         x: &Tensor,
         w: &ConvWeights,
-        epilogue: &[ConvEpilogue],
+        epilogue: &[Epilogue],
         y: &mut Tensor,
         stats: Option<&mut [[f64; 2]]>,
         normalise: Option<[&[f32]; 2]>,
@@ -349,25 +337,7 @@ impl Kernels {
                 got: y.shape().to_vec(),
             });
         }
-        for step in epilogue {
-            if let ConvEpilogue::Bias(b) = step {
-                if b.len() != o {
-                    return Err(TensorError::InvalidArgument {
-                        op: "conv2d",
-                        reason: format!("bias has {} elements for {o} output channels", b.len()),
-                    });
-                }
-            }
-            if let ConvEpilogue::Residual(r) = step {
-                if r.shape() != out_shape {
-                    return Err(TensorError::ShapeMismatch {
-                        op: "conv2d residual",
-                        expected: out_shape.to_vec(),
-                        got: r.shape().to_vec(),
-                    });
-                }
-            }
-        }
+        epilogue::check("conv2d", epilogue, Output::Nchw(&out_shape))?;
         // The route's weights: the plan packed them for this route's family.
         let (packed, direct) = match (routes.forward, &w.packed) {
             (Forward::Direct(form), Packed::Direct(dw)) => (None, Some((form, dw))),
@@ -406,18 +376,20 @@ impl Kernels {
          -> Result<()> {
             // Only the direct kernel's copies normalise; the other routes would ignore it.
             assert!(norm.is_none() || direct.is_some());
+            // The epilogue of this image: its residual is the `O x (OH OW)` matrix at
+            // the image's place in the residual tensor.
+            let mut steps = [Epilogue::Relu; epilogue::MAX_STEPS];
+            for (s, e) in steps.iter_mut().zip(epilogue) {
+                *s = match *e {
+                    Epilogue::Residual(Residual::Nchw(r)) => Epilogue::residual_matrix(
+                        &r.data()[b * out_image..(b + 1) * out_image],
+                        oh * ow,
+                    ),
+                    other => other,
+                };
+            }
+            let steps = &steps[..epilogue.len()];
             if let Some((form, dw)) = direct {
-                let mut epi = DirectEpilogue::default();
-                for step in epilogue {
-                    match *step {
-                        ConvEpilogue::Accumulate => epi.accumulate = true,
-                        ConvEpilogue::Bias(bias) => epi.bias = Some(bias),
-                        ConvEpilogue::Residual(r) => {
-                            epi.residual = Some(&r.data()[b * out_image..(b + 1) * out_image])
-                        }
-                        ConvEpilogue::Relu => epi.relu = true,
-                    }
-                }
                 with_buffer(&PADDED, |buf| {
                     direct_conv_image(
                         self.set(),
@@ -429,7 +401,7 @@ impl Kernels {
                         p.padding,
                         [oh, ow],
                         out,
-                        epi,
+                        steps,
                         threads,
                         buf,
                         norm,
@@ -438,18 +410,6 @@ impl Kernels {
                 return Ok(());
             }
             let packed = packed.expect("a GEMM route has GEMM weights");
-            let steps: Vec<Epilogue> = epilogue
-                .iter()
-                .map(|s| match *s {
-                    ConvEpilogue::Accumulate => Epilogue::Accumulate,
-                    ConvEpilogue::Bias(bias) => Epilogue::RowBias(bias),
-                    ConvEpilogue::Residual(r) => Epilogue::Residual {
-                        data: &r.data()[b * out_image..(b + 1) * out_image],
-                        ld: oh * ow,
-                    },
-                    ConvEpilogue::Relu => Epilogue::Relu,
-                })
-                .collect();
             let run_gemm = |source: BSource, out: &mut [f32]| -> Result<()> {
                 let mut c_mat = MatMut::row_major(out, o, oh * ow)?;
                 driver::gemm(
@@ -459,7 +419,7 @@ impl Kernels {
                     o,
                     oh * ow,
                     &mut c_mat,
-                    &steps,
+                    steps,
                     threads,
                 )
             };

@@ -52,7 +52,7 @@ mod weight_grad;
 use std::fmt;
 
 pub(crate) use forward::Packed;
-pub use forward::{fold_batch_norm, Conv2d, ConvEpilogue, ConvWeights};
+pub use forward::{fold_batch_norm, Conv2d, ConvWeights};
 
 use crate::error::{Result, TensorError};
 use crate::kernels::Kernels;

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::{ConvWeights, Forward, Packed};
 use crate::blocked::{checked_len, expect_blocked, lanes_mismatch, BlockedTensor};
+use crate::epilogue::{self, Epilogue, Output, Residual};
 use crate::error::{Result, TensorError};
 use crate::kernels::blocked_tile::BlockedTile;
 use crate::kernels::Kernels;
@@ -82,21 +83,21 @@ impl Kernels {
         })
     }
 
-    /// Convolution in the blocked layout, then `+ bias[o]`, `+ residual` (blocked, the
-    /// output's shape) and ReLU, each if given, in the tile's registers.
+    /// Convolution in the blocked layout by a plan whose route is [`Forward::Blocked`],
+    /// then the epilogue in the tile's registers: a bias, a residual
+    /// ([`Epilogue::residual_blocked`], the output's shape) and ReLU, which must come
+    /// last (this kernel applies it after the additions); no `Accumulate`.
     pub fn blocked_conv2d(
         &self,
         x: &BlockedTensor,
         w: &ConvWeights,
-        bias: Option<&[f32]>,
-        residual: Option<&BlockedTensor>,
-        relu: bool,
+        epilogue: &[Epilogue],
     ) -> Result<BlockedTensor> {
         let [n, _, h, wd] = x.shape;
         let [o, _, kh, kw] = w.shape();
         let [oh, ow] = w.plan().conv().output_size(h, wd, kh, kw)?;
         let mut y = BlockedTensor::zeros(self, [n, o, oh, ow])?;
-        self.blocked_conv2d_into(x, w, bias, residual, relu, &mut y)?;
+        self.blocked_conv2d_into(x, w, epilogue, &mut y)?;
         Ok(y)
     }
 
@@ -106,9 +107,7 @@ impl Kernels {
         &self,
         x: &BlockedTensor,
         weights: &ConvWeights,
-        bias: Option<&[f32]>,
-        residual: Option<&BlockedTensor>,
-        relu: bool,
+        epilogue: &[Epilogue],
         y: &mut BlockedTensor,
     ) -> Result<()> {
         let op = "blocked_conv2d";
@@ -141,18 +140,29 @@ impl Kernels {
             });
         }
         let [oh, ow] = p.output_size(h, wd, kh, kw)?;
-        if let Some(b) = bias {
-            if b.len() != o {
-                return Err(TensorError::InvalidArgument {
-                    op,
-                    reason: format!("bias has {} elements for {o} output channels", b.len()),
-                });
+        let shape = [n, o, oh, ow];
+        epilogue::check(op, epilogue, Output::Blocked { shape, lanes: l })?;
+        // The tile adds the bias and the residual (in either order: both are sums), then
+        // applies the ReLU.
+        let (mut bias, mut residual, mut relu) = (None, None, false);
+        for (i, step) in epilogue.iter().enumerate() {
+            match *step {
+                Epilogue::Bias(b) => bias = Some(b),
+                Epilogue::Residual(Residual::Blocked(r)) => residual = Some(r),
+                Epilogue::Relu if i + 1 == epilogue.len() => relu = true,
+                Epilogue::Relu => {
+                    return Err(TensorError::InvalidArgument {
+                        op,
+                        reason: "the blocked kernel applies ReLU after the bias and the \
+                                 residual: put Relu last"
+                            .into(),
+                    })
+                }
+                // `check` rejected the others.
+                Epilogue::Accumulate | Epilogue::Residual(_) => unreachable!("checked"),
             }
         }
-        if let Some(r) = residual {
-            expect_blocked(op, r, l, [n, o, oh, ow])?;
-        }
-        expect_blocked(op, y, l, [n, o, oh, ow])?;
+        expect_blocked(op, y, l, shape)?;
         if w.f != self.set().blocked_f {
             return Err(TensorError::InvalidArgument {
                 op,

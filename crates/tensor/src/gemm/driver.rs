@@ -24,9 +24,10 @@
 use rayon::prelude::*;
 
 use super::pack::{aligned_start, b_panels, pack_b, BPanel, BSource, PackedA, ALIGN_SLACK};
-use super::{check_epilogue, Epilogue, MatMut};
+use super::{check_epilogue, MatMut};
+use crate::epilogue::{accumulates, tile_steps, Epilogue};
 use crate::error::Result;
-use crate::kernels::microkernel::{TileOut, TileStep};
+use crate::kernels::microkernel::TileOut;
 use crate::kernels::KernelSet;
 use crate::layout::OutPtr;
 
@@ -90,7 +91,7 @@ pub(crate) fn gemm(
     let lanes = set.lanes;
     let mr = set.gemm_mr;
     let nr = set.gemm_tiles.len() * lanes;
-    let accumulate = matches!(epilogue.first(), Some(Epilogue::Accumulate));
+    let accumulate = accumulates(epilogue);
     let parallel = threads == Threads::Auto
         && m * n * k.max(1) >= PARALLEL_MIN_MACS
         && rayon::current_num_threads() > 1;
@@ -172,29 +173,13 @@ pub(crate) fn gemm(
                         let col = jc + j;
                         for p in mb * MC_PANELS..((mb + 1) * MC_PANELS).min(m_panels) {
                             let row = p * mr;
-                            let mut steps = [None; 4];
-                            if last {
-                                for (s, e) in steps.iter_mut().zip(epilogue) {
-                                    *s = match *e {
-                                        Epilogue::Accumulate => None,
-                                        // SAFETY (pointer offsets): check_epilogue
-                                        // verified the bias has m rows and the residual
-                                        // covers m x n.
-                                        Epilogue::RowBias(bias) => {
-                                            Some(TileStep::RowBias(unsafe {
-                                                bias.as_ptr().add(row)
-                                            }))
-                                        }
-                                        Epilogue::Residual { data, ld } => {
-                                            Some(TileStep::Residual(
-                                                unsafe { data.as_ptr().add(row * ld + col) },
-                                                ld,
-                                            ))
-                                        }
-                                        Epilogue::Relu => Some(TileStep::Relu),
-                                    };
-                                }
-                            }
+                            let steps = if last {
+                                // SAFETY: check_epilogue verified the list against
+                                // m x n, and (row, col) is inside.
+                                unsafe { tile_steps(epilogue, row, col) }
+                            } else {
+                                [None; 4]
+                            };
                             let out = TileOut {
                                 // SAFETY: row < m and col < n, inside C (validated by
                                 // MatMut).

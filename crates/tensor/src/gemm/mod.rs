@@ -23,6 +23,7 @@
 pub(crate) mod driver;
 pub(crate) mod pack;
 
+use crate::epilogue::{self, Epilogue};
 use crate::error::{Result, TensorError};
 use crate::kernels::Kernels;
 
@@ -135,23 +136,6 @@ impl<'a> MatMut<'a> {
     }
 }
 
-/// One step of the GEMM epilogue, applied to each output tile in registers, in the
-/// order given, after the product is complete.
-#[derive(Clone, Copy, Debug)]
-pub enum Epilogue<'a> {
-    /// Add C's previous contents: `C = C + A B` (gradient accumulation). Must be the
-    /// first step.
-    Accumulate,
-    /// Add `bias[i]` to row `i` (a convolution's or a folded batch norm's bias: rows
-    /// are output channels).
-    RowBias(&'a [f32]),
-    /// Add a matrix of C's shape: element `(i, j)` is `data[i * ld + j]` (the shortcut
-    /// of a residual block).
-    Residual { data: &'a [f32], ld: usize },
-    /// `max(x, 0)`.
-    Relu,
-}
-
 /// Checks an epilogue against an `m x n` output.
 pub(crate) fn check_epilogue(
     op: &'static str,
@@ -159,31 +143,7 @@ pub(crate) fn check_epilogue(
     m: usize,
     n: usize,
 ) -> Result<()> {
-    let bad = |reason: String| Err(TensorError::InvalidArgument { op, reason });
-    if steps.len() > 4 {
-        return bad(format!("at most 4 epilogue steps, got {}", steps.len()));
-    }
-    for (i, step) in steps.iter().enumerate() {
-        match *step {
-            Epilogue::Accumulate if i != 0 => {
-                return bad("Accumulate must be the first epilogue step".into())
-            }
-            Epilogue::RowBias(b) if b.len() != m => {
-                return bad(format!("row bias has {} elements for {m} rows", b.len()))
-            }
-            Epilogue::Residual { data, ld } => match extent(m, n, ld, 1) {
-                Some(e) if e <= data.len() && (ld >= n || m <= 1) => {}
-                _ => {
-                    return bad(format!(
-                        "residual of {} elements with row stride {ld} does not cover {m}x{n}",
-                        data.len()
-                    ))
-                }
-            },
-            _ => {}
-        }
-    }
-    Ok(())
+    epilogue::check(op, steps, epilogue::Output::Matrix { m, n })
 }
 
 impl Kernels {
