@@ -369,7 +369,7 @@ fn info(measure_peak: bool) -> Result<(), Box<dyn std::error::Error>> {
     let k = Kernels::active()?;
     emit("kernels:")?;
     for (op, kernel) in k.kernel_names() {
-        emit(&format!("  {op:<18} {kernel}"))?;
+        emit(&format!("  {op:<24} {kernel}"))?;
     }
     if measure_peak {
         emit("measured FMA peak (GFLOP/s, best of ~1 s of register-only FMA chains):")?;

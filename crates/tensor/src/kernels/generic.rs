@@ -84,11 +84,12 @@ super::tier_entry_points!(
     crate::isa::Isa::Generic,
     Portable,
     gemm_mr = 4,
-    gemm_nv = [1, 2],
-    gemm_narrow = 0,
+        gemm_nv = [(1, generic_f32_4x4), (2, generic_f32_4x8)],
+    gemm_narrow = (0, generic_f32_4x0_narrow),
     direct_ob = 4,
-    direct_xv = [1, 2],
-    dot = [2, 4],
-    blocked = [2; 1, 2, 3, 4],
-    outer = [(2, 4)]
+    direct_xv = [(1, generic_f32_4x4_direct), (2, generic_f32_4x8_direct)],
+    dot = [2, 4, generic_f32_2x4_rowdot],
+    blocked = [2; (1, generic_f32_2x4x1_blocked), (2, generic_f32_2x4x2_blocked), (3, generic_f32_2x4x3_blocked), (4, generic_f32_2x4x4_blocked)],
+    outer = [(2, 4, generic_f32_2x4x4_outer)],
+    #[inline]
 );

@@ -155,6 +155,8 @@ pub(crate) struct KernelSet {
     /// The weight gradient's outer-product microkernels (`outer::outer_tile`) as
     /// `(F, P, tile)`: `F` output blocks by `P` taps, in increasing `F`.
     pub outer_tiles: &'static [(usize, usize, OuterTileFn)],
+    /// Every microkernel's function name (`avx2_f32_6x16`, `avx2_f32_4x24_direct`, ...).
+    pub tile_names: &'static [&'static str],
 }
 
 impl KernelSet {
@@ -217,23 +219,29 @@ pub const OPERATIONS: [&str; 13] = [
 
 /// Stamps out a tier's `#[target_feature]` entry points and its `static KERNELS`.
 ///
-/// `tier_entry_points!(Isa::X, SimdType, gemm_mr = 8, gemm_nv = [1, 2, 3],
-/// gemm_narrow = 4, direct_ob = 8, direct_xv = [1, 2, 3], dot = [4, 6],
-/// #[target_feature(enable = "...")])`: the GEMM tile is `gemm_mr` rows by up to the
+/// `tier_entry_points!(Isa::X, SimdType, gemm_mr = 8, gemm_nv = [(1, x_f32_8x16), ..],
+/// gemm_narrow = (4, x_f32_8x4_narrow), direct_ob = 8, direct_xv = [(1, x_f32_8x16_direct),
+/// ..], dot = [4, 6, x_f32_4x6_rowdot], blocked = [4; (1, x_f32_4x16x1_blocked), ..],
+/// outer = [(2, 12, x_f32_2x16x12_outer), ..], #[target_feature(enable = "...")])`:
+/// the GEMM tile is `gemm_mr` rows by up to the
 /// last `gemm_nv` vectors, and right edges of up to `gemm_narrow` valid columns take
 /// the narrow tile (0: never); the direct-convolution tile is `direct_ob` channels by up to
 /// the last `direct_xv` vectors of pixels; the row-dot tile is `dot[0] x dot[1]` vector
 /// sums; the blocked-layout convolution tile is `F` channel blocks by up to the last
 /// of `blocked = [F; 1, 2, ..]` pixels; the weight gradient's outer-product tiles are
 /// `outer = [(F, P), ..]`, `F` output blocks by `P` taps, in increasing `F` (a layer
-/// takes the widest whose `F` divides its output blocks). The generic tier passes no
-/// attribute.
+/// takes the widest whose `F` divides its output blocks). Each tile is named by an
+/// identifier, its function's name. The last argument is the attribute every entry
+/// point gets: the tier's `target_feature` (the generic tier passes `#[inline]`, which
+/// asks for nothing).
 macro_rules! tier_entry_points {
-    ($isa:expr, $S:ty, gemm_mr = $mr:literal, gemm_nv = [$($nv:literal),+],
-     gemm_narrow = $narrow:literal, direct_ob = $ob:literal, direct_xv = [$($xv:literal),+],
-     dot = [$mi:literal, $nj:literal], blocked = [$bf:literal; $($bp:literal),+],
-     outer = [$(($of:literal, $op:literal)),+]
-     $(, #[$attr:meta])*) => {
+    ($isa:expr, $S:ty, gemm_mr = $mr:literal, gemm_nv = [$(($nv:literal, $gemm:ident)),+],
+     gemm_narrow = ($narrow:literal, $narrow_name:ident), direct_ob = $ob:literal,
+     direct_xv = [$(($xv:literal, $direct:ident)),+],
+     dot = [$mi:literal, $nj:literal, $dot:ident],
+     blocked = [$bf:literal; $(($bp:literal, $blocked:ident)),+],
+     outer = [$(($of:literal, $op:literal, $outer:ident)),+],
+     #[$attr:meta]) => {
         mod entry {
             use super::*;
             use $crate::kernels::{
@@ -241,43 +249,61 @@ macro_rules! tier_entry_points {
                 GemmTileFn, KernelSet, OuterTileFn, Pool2d,
             };
 
-            $(#[$attr])*
-            unsafe fn blocked_tile<const P: usize>(t: &blocked_tile::BlockedTile) {
-                blocked_tile::blocked_tile::<$S, $bf, P>(t)
-            }
-            static BLOCKED_TILES: &[BlockedTileFn] = &[$(blocked_tile::<$bp>),+];
+            // Every microkernel is its own function named by tier, type, tile and
+            // family (`avx2_f32_6x16`, `avx2_f32_4x24_direct`), so a profile or a
+            // failing test names the tile; `Kernels::kernel_names` lists the same names
+            // (a test checks that they agree).
+            $(
+                #[$attr]
+                unsafe fn $blocked(t: &blocked_tile::BlockedTile) {
+                    blocked_tile::blocked_tile::<$S, $bf, $bp>(t)
+                }
+            )+
+            static BLOCKED_TILES: &[BlockedTileFn] = &[$($blocked),+];
 
-            $(#[$attr])*
-            unsafe fn outer_tile<const F: usize, const P: usize>(t: &outer::OuterTile) {
-                outer::outer_tile::<$S, F, P>(t)
-            }
-            static OUTER_TILES: &[(usize, usize, OuterTileFn)] =
-                &[$(($of, $op, outer_tile::<$of, $op>)),+];
+            $(
+                #[$attr]
+                unsafe fn $outer(t: &outer::OuterTile) {
+                    outer::outer_tile::<$S, $of, $op>(t)
+                }
+            )+
+            static OUTER_TILES: &[(usize, usize, OuterTileFn)] = &[$(($of, $op, $outer)),+];
 
-            $(#[$attr])*
-            unsafe fn dot_tile(t: &dot::DotTile) {
+            #[$attr]
+            unsafe fn $dot(t: &dot::DotTile) {
                 dot::dot_tile::<$S, $mi, $nj>(t)
             }
 
-            $(#[$attr])*
-            unsafe fn direct_tile<const XV: usize>(
-                k: usize, offs: *const usize, w: *const f32, x: *const f32, vo: *const usize,
-                out: &microkernel::TileOut,
-            ) {
-                direct_tile::direct_tile::<$S, $ob, XV>(k, offs, w, x, vo, out)
-            }
-            static DIRECT_TILES: &[DirectTileFn] = &[$(direct_tile::<$xv>),+];
+            $(
+                #[$attr]
+                unsafe fn $direct(
+                    k: usize, offs: *const usize, w: *const f32, x: *const f32,
+                    vo: *const usize, out: &microkernel::TileOut,
+                ) {
+                    direct_tile::direct_tile::<$S, $ob, $xv>(k, offs, w, x, vo, out)
+                }
+            )+
+            static DIRECT_TILES: &[DirectTileFn] = &[$($direct),+];
 
-            $(#[$attr])*
-            unsafe fn gemm_tile<const NV: usize>(
-                kc: usize, a: *const f32, b: *const f32, ldb: usize, out: &microkernel::TileOut,
-            ) {
-                microkernel::gemm_tile::<$S, $mr, NV>(kc, a, b, ldb, out)
-            }
-            static GEMM_TILES: &[GemmTileFn] = &[$(gemm_tile::<$nv>),+];
+            $(
+                #[$attr]
+                unsafe fn $gemm(
+                    kc: usize, a: *const f32, b: *const f32, ldb: usize,
+                    out: &microkernel::TileOut,
+                ) {
+                    microkernel::gemm_tile::<$S, $mr, $nv>(kc, a, b, ldb, out)
+                }
+            )+
+            static GEMM_TILES: &[GemmTileFn] = &[$($gemm),+];
 
-            $(#[$attr])*
-            unsafe fn gemm_narrow(
+            /// Every microkernel's name, as its function is named.
+            static TILE_NAMES: &[&str] = &[
+                $(stringify!($gemm)),+, stringify!($narrow_name), $(stringify!($direct)),+,
+                stringify!($dot), $(stringify!($blocked)),+, $(stringify!($outer)),+
+            ];
+
+            #[$attr]
+            unsafe fn $narrow_name(
                 kc: usize, a: *const f32, b: *const f32, ldb: usize, out: &microkernel::TileOut,
             ) {
                 match out.n {
@@ -291,72 +317,72 @@ macro_rules! tier_entry_points {
             // SAFETY (all entry points): the caller guarantees the CPU features of the
             // tier (a KernelSet is only handed out after detection) and pointers valid
             // for the given lengths (checked by the safe wrappers in `kernels`).
-            $(#[$attr])*
+            #[$attr]
             unsafe fn scale_shift(s: *const f32, d: *mut f32, n: usize, a: f32, b: f32) {
                 body::scale_shift::<$S>(s, d, n, a, b)
             }
-            $(#[$attr])*
+            #[$attr]
             unsafe fn scale_shift_relu(s: *const f32, d: *mut f32, n: usize, a: f32, b: f32) {
                 body::scale_shift_relu::<$S>(s, d, n, a, b)
             }
-            $(#[$attr])*
+            #[$attr]
             unsafe fn relu(s: *const f32, d: *mut f32, n: usize) {
                 body::relu::<$S>(s, d, n)
             }
-            $(#[$attr])*
+            #[$attr]
             unsafe fn add(a: *const f32, b: *const f32, d: *mut f32, n: usize) {
                 body::add::<$S>(a, b, d, n)
             }
-            $(#[$attr])*
+            #[$attr]
             unsafe fn add_relu(a: *const f32, b: *const f32, d: *mut f32, n: usize) {
                 body::add_relu::<$S>(a, b, d, n)
             }
-            $(#[$attr])*
+            #[$attr]
             unsafe fn relu_backward(dy: *const f32, y: *const f32, dx: *mut f32, n: usize) {
                 body::relu_backward::<$S>(dy, y, dx, n)
             }
-            $(#[$attr])*
+            #[$attr]
             unsafe fn bn_backward_sums(
                 dy: *const f32, x: *const f32, n: usize, mean: f32, relu: Option<[f32; 2]>,
             ) -> [f32; 2] {
                 body::bn_backward_sums::<$S>(dy, x, n, mean, relu)
             }
-            $(#[$attr])*
+            #[$attr]
             unsafe fn bn_backward_apply(
                 dy: *const f32, x: *const f32, dx: *mut f32, n: usize, coef: [f32; 3],
                 relu: Option<[f32; 2]>,
             ) {
                 body::bn_backward_apply::<$S>(dy, x, dx, n, coef, relu)
             }
-            $(#[$attr])*
+            #[$attr]
             unsafe fn sum(s: *const f32, n: usize) -> f32 {
                 body::sum::<$S>(s, n)
             }
-            $(#[$attr])*
+            #[$attr]
             unsafe fn sum_sq_dev(s: *const f32, n: usize, mean: f32) -> f32 {
                 body::sum_sq_dev::<$S>(s, n, mean)
             }
-            $(#[$attr])*
+            #[$attr]
             unsafe fn softmax_row(s: *const f32, d: *mut f32, n: usize) {
                 body::softmax_row::<$S>(s, d, n)
             }
-            $(#[$attr])*
+            #[$attr]
             unsafe fn log_softmax_row(s: *const f32, d: *mut f32, n: usize) {
                 body::log_softmax_row::<$S>(s, d, n)
             }
             #[allow(clippy::too_many_arguments)]
-            $(#[$attr])*
+            #[$attr]
             unsafe fn max_pool_plane(
                 s: *const f32, h: usize, w: usize, d: *mut f32, oh: usize, ow: usize,
                 p: &Pool2d, scratch: *mut f32,
             ) {
                 body::max_pool_plane::<$S>(s, h, w, d, oh, ow, p, scratch)
             }
-            $(#[$attr])*
+            #[$attr]
             unsafe fn transpose_block(s: *const f32, ss: usize, d: *mut f32, ds: usize) {
                 <$S as $crate::kernels::simd::Simd>::transpose_block(s, ss, d, ds)
             }
-            $(#[$attr])*
+            #[$attr]
             unsafe fn fma_chains(iters: usize, seed: f32) -> f32 {
                 body::fma_chains::<$S>(iters, seed)
             }
@@ -381,12 +407,13 @@ macro_rules! tier_entry_points {
                 gemm_mr: $mr,
                 gemm_tiles: GEMM_TILES,
                 gemm_narrow_max: $narrow,
-                gemm_narrow,
+                gemm_narrow: $narrow_name,
                 direct_ob: $ob,
                 direct_tiles: DIRECT_TILES,
                 dot_mi: $mi,
                 dot_nj: $nj,
-                dot_tile,
+                dot_tile: $dot,
+                tile_names: TILE_NAMES,
                 blocked_f: $bf,
                 blocked_tiles: BLOCKED_TILES,
                 outer_tiles: OUTER_TILES,
@@ -576,22 +603,18 @@ impl Kernels {
             .iter()
             .map(|op| (*op, format!("{}_f32x{}_{op}", self.set.isa, self.set.lanes)))
             .collect();
-        names.push(("gemm_microkernel", self.gemm_kernel_name()));
-        if self.set.gemm_narrow_max > 0 {
-            names.push((
-                "gemm_narrow_microkernel",
-                format!(
-                    "{}_f32_{}x{}_narrow",
-                    self.set.isa, self.set.gemm_mr, self.set.gemm_narrow_max
-                ),
-            ));
+        // Every microkernel, as its function is named (the tier's `tier_entry_points!`).
+        for name in self.set.tile_names {
+            let family = match name.rsplit('_').next() {
+                Some("direct") => "direct_conv_microkernel",
+                Some("blocked") => "blocked_conv_microkernel",
+                Some("outer") | Some("rowdot") => "weight_grad_microkernel",
+                Some("narrow") if self.set.gemm_narrow_max == 0 => continue, // never runs
+                Some("narrow") => "gemm_narrow_microkernel",
+                _ => "gemm_microkernel",
+            };
+            names.push((family, name.to_string()));
         }
-        names.push(("direct_conv_microkernel", self.direct_kernel_name()));
-        names.push(("blocked_conv_microkernel", self.blocked_kernel_name()));
-        for &(f, p, _) in self.set.outer_tiles {
-            names.push(("weight_grad_microkernel", self.outer_kernel_name(f, p)));
-        }
-        names.push(("weight_grad_microkernel", self.dot_kernel_name()));
         names
     }
 
@@ -1039,5 +1062,53 @@ impl Kernels {
                 .for_each(|(i, o)| *o = mean_of(i));
         }
         Ok(y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names the plan and `resnet info` print are the microkernels' own function
+    /// names, in every tier compiled for this target (whether or not this CPU runs it).
+    #[test]
+    fn microkernel_names_are_their_function_names() {
+        for isa in Isa::ALL {
+            let Some(set) = compiled_set(isa) else {
+                continue;
+            };
+            let k = Kernels { set };
+            let mut computed = vec![
+                k.gemm_kernel_name(),
+                k.direct_kernel_name(),
+                k.blocked_kernel_name(),
+                k.dot_kernel_name(),
+            ];
+            computed.extend(
+                set.outer_tiles
+                    .iter()
+                    .map(|&(f, p, _)| k.outer_kernel_name(f, p)),
+            );
+            for name in &computed {
+                assert!(
+                    set.tile_names.contains(&name.as_str()),
+                    "{isa}: {name} is not one of {:?}",
+                    set.tile_names
+                );
+            }
+            let prefix = format!("{isa}_f32_");
+            assert!(set.tile_names.iter().all(|n| n.starts_with(&prefix)));
+            let counts = set.gemm_tiles.len()
+                + 1
+                + set.direct_tiles.len()
+                + 1
+                + set.blocked_tiles.len()
+                + set.outer_tiles.len();
+            assert_eq!(
+                set.tile_names.len(),
+                counts,
+                "{isa}: one name per microkernel"
+            );
+        }
     }
 }

@@ -136,14 +136,14 @@ crate::kernels::tier_entry_points!(
     crate::isa::Isa::Avx2,
     Avx2,
     gemm_mr = 6,
-    gemm_nv = [1, 2],
+    gemm_nv = [(1, avx2_f32_6x8), (2, avx2_f32_6x16)],
     // Measured as AVX-512's: the 7 x 7 layers' 1-column edge gains (54 -> 61, 61 -> 69,
     // 59 -> 68 GFLOP/s), a 4-column edge loses (66 -> 62), so only the narrowest.
-    gemm_narrow = 2,
+    gemm_narrow = (2, avx2_f32_6x2_narrow),
     direct_ob = 4,
-    direct_xv = [1, 2, 3],
-    dot = [3, 4],
+    direct_xv = [(1, avx2_f32_4x8_direct), (2, avx2_f32_4x16_direct), (3, avx2_f32_4x24_direct)],
+    dot = [3, 4, avx2_f32_3x4_rowdot],
     // 2 x 6 accumulators + 2 weight vectors + a broadcast: 15 of 16 registers.
-    blocked = [2; 1, 2, 3, 4, 5, 6],
-    outer = [(2, 6)],
+    blocked = [2; (1, avx2_f32_2x8x1_blocked), (2, avx2_f32_2x8x2_blocked), (3, avx2_f32_2x8x3_blocked), (4, avx2_f32_2x8x4_blocked), (5, avx2_f32_2x8x5_blocked), (6, avx2_f32_2x8x6_blocked)],
+    outer = [(2, 6, avx2_f32_2x8x6_outer)],
     #[target_feature(enable = "avx2,fma")]);

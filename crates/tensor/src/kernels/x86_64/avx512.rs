@@ -166,19 +166,19 @@ crate::kernels::tier_entry_points!(
     crate::isa::Isa::Avx512,
     Avx512,
     gemm_mr = 8,
-    gemm_nv = [1, 2, 3],
+    gemm_nv = [(1, avx512_f32_8x16), (2, avx512_f32_8x32), (3, avx512_f32_8x48)],
     // Edges of up to 4 columns take the narrow tile. Measured (in-process A/B, 1
     // thread, ResNet-50's 7 x 7 layers at batch 1, whose 49 columns end in one): 512->512
     // 3x3 76 -> 86, 512->2048 1x1 82 -> 93, 2048->512 1x1 79 -> 122 GFLOP/s; the 14 x 14
     // layers' 4-column edges unchanged (88-97 either way).
-    gemm_narrow = 4,
+    gemm_narrow = (4, avx512_f32_8x4_narrow),
     direct_ob = 8,
-    direct_xv = [1, 2, 3],
-    dot = [4, 6],
-    blocked = [4; 1, 2, 3, 4, 5, 6],
+    direct_xv = [(1, avx512_f32_8x16_direct), (2, avx512_f32_8x32_direct), (3, avx512_f32_8x48_direct)],
+    dot = [4, 6, avx512_f32_4x6_rowdot],
+    blocked = [4; (1, avx512_f32_4x16x1_blocked), (2, avx512_f32_4x16x2_blocked), (3, avx512_f32_4x16x3_blocked), (4, avx512_f32_4x16x4_blocked), (5, avx512_f32_4x16x5_blocked), (6, avx512_f32_4x16x6_blocked)],
     // The weight gradient's outer-product tiles: 2 x 12 (24 accumulators) for two
     // vectors of output channels, 4 x 6 for four or more. Measured (in-process A/B,
     // ResNet-20's layers at batch 128, 2 threads): 2 x 12 over 2 x 8 0.93-0.99.
-    outer = [(2, 12), (4, 6)],
+    outer = [(2, 12, avx512_f32_2x16x12_outer), (4, 6, avx512_f32_4x16x6_outer)],
     #[target_feature(enable = "avx512f,avx2,fma")]
 );
