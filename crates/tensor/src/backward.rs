@@ -19,23 +19,31 @@ use crate::tensor::Tensor;
 /// Gradients of batch norm's input and affine parameters.
 #[derive(Debug, Clone)]
 pub struct BatchNormGrads {
+    /// The input's gradient.
     pub dx: Tensor,
+    /// The scale's (`gamma`'s) gradient, per channel.
     pub dgamma: Vec<f32>,
+    /// The shift's (`beta`'s) gradient, per channel.
     pub dbeta: Vec<f32>,
 }
 
 /// Gradients of a convolution's input and weights; each is `None` when not asked for.
 #[derive(Debug, Clone)]
 pub struct ConvGrads {
+    /// The input's gradient, shaped as the input.
     pub dx: Option<Tensor>,
+    /// The weights' gradient, OIHW.
     pub dw: Option<Tensor>,
 }
 
 /// Gradients of a linear layer `y = x W^T + b`.
 #[derive(Debug, Clone)]
 pub struct LinearGrads {
+    /// The input's gradient, `[N, in]`.
     pub dx: Tensor,
+    /// The weights' gradient, `[out, in]`.
     pub dw: Tensor,
+    /// The bias's gradient, `[out]`.
     pub db: Vec<f32>,
 }
 

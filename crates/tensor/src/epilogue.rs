@@ -37,7 +37,12 @@ pub enum Residual<'a> {
     /// A blocked tensor of a blocked convolution's output shape.
     Blocked(&'a BlockedTensor),
     /// A GEMM's `m x n` output: element `(i, j)` is `data[i * ld + j]`.
-    Matrix { data: &'a [f32], ld: usize },
+    Matrix {
+        /// The elements, row-major.
+        data: &'a [f32],
+        /// The row stride.
+        ld: usize,
+    },
 }
 
 impl<'a> Epilogue<'a> {

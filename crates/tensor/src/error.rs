@@ -15,31 +15,48 @@ use crate::isa::IsaError;
 pub enum TensorError {
     /// The number of elements does not match the shape (`from_vec`, `reshape`).
     ElementCount {
+        /// The operation that found it.
         op: &'static str,
+        /// The shape asked for.
         shape: Vec<usize>,
+        /// Its number of elements.
         expected: usize,
+        /// The number given.
         got: usize,
     },
     /// Two operands (or an operand and a parameter) disagree on a shape.
     ShapeMismatch {
+        /// The operation that found it.
         op: &'static str,
+        /// The shape the operation needs.
         expected: Vec<usize>,
+        /// The shape given.
         got: Vec<usize>,
     },
     /// An operand has the wrong number of dimensions.
     Rank {
+        /// The operation that found it.
         op: &'static str,
+        /// The number of dimensions it needs.
         expected: usize,
+        /// The shape given.
         got: Vec<usize>,
     },
     /// An index outside the tensor.
     Index {
+        /// The index given.
         index: Vec<usize>,
+        /// The tensor's shape.
         shape: Vec<usize>,
     },
     /// An argument that is out of its legal range (a zero stride, a kernel larger than
     /// the padded input, ...), with the reason in words.
-    InvalidArgument { op: &'static str, reason: String },
+    InvalidArgument {
+        /// The operation that found it.
+        op: &'static str,
+        /// What is wrong, in words.
+        reason: String,
+    },
     /// The requested ISA tier cannot run on this machine, or `RESNET_ISA` is not a tier.
     Isa(IsaError),
 }

@@ -122,7 +122,9 @@ pub enum IsaError {
     Unknown(String),
     /// The CPU lacks a feature the tier needs.
     Unsupported {
+        /// The tier asked for.
         isa: Isa,
+        /// The features this CPU has, for the message.
         cpu_features: Vec<&'static str>,
     },
 }

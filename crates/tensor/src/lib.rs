@@ -1,8 +1,9 @@
+#![warn(missing_docs)]
 //! # resnet-tensor
 //!
 //! The tensor engine under the ResNet crates: an owned `f32` [`Tensor`], SIMD kernels in
 //! four tiers (portable Rust, AVX2 + FMA, AVX-512, NEON) chosen at run time, and the
-//! naive [`reference`] implementations every kernel is tested against.
+//! naive [`reference`](mod@reference) implementations every kernel is tested against.
 //!
 //! ```
 //! use tensor::{Kernels, Pool2d, Tensor};
@@ -15,48 +16,53 @@
 //! # Ok::<(), tensor::TensorError>(())
 //! ```
 //!
-//! Module map, from the bottom up:
+//! Module map, from the bottom up (the public API is the items re-exported here, plus
+//! the modules [`gemm`], [`isa`], [`peak`], [`recycle`], [`reference`](mod@reference) and
+//! [`rng`]):
 //!
-//! - [`tensor`] (the type), [`error`], [`rng`] (seeded random numbers), [`recycle`]
-//!   (reuse of large tensors' buffers);
-//! - [`isa`] (tiers and detection), [`kernels`] (the kernels of every tier, their safe
-//!   API and their microkernels: `kernels/microkernel.rs` the GEMM's tiles,
+//! - `tensor` (the [`Tensor`] type), `error` ([`TensorError`]), [`rng`] (seeded random
+//!   numbers), [`recycle`] (reuse of large tensors' buffers);
+//! - [`isa`] (tiers and detection), `kernels` ([`Kernels`]: the kernels of every tier,
+//!   their safe API and their microkernels: `kernels/microkernel.rs` the GEMM's tiles,
 //!   `direct_tile.rs`, `blocked_tile.rs`, `outer.rs` and `dot.rs` the convolution's);
-//! - [`gemm`] (packing, the loop nest, the epilogue), `layout` (the copies the
-//!   convolution routes share: padding, phase planes, per-channel views, the
-//!   disjoint-output pointer), [`blocked`] (the blocked channel layout and its pooling);
-//! - [`conv`] (the convolution plan: `mod.rs` holds the ladder that picks every route,
-//!   one file per route family: `forward.rs` (entry points, the GEMM routes),
-//!   `direct.rs`, `nchwc.rs` (the blocked layout's), `weight_grad.rs`, `backward.rs`);
-//! - [`backward`] (the other ops' gradients), [`linear`], the option-A shortcut;
-//! - [`reference`] (the naive `f64` oracle every kernel is tested against), [`peak`]
-//!   (machine limits: FMA peak, memory bandwidth).
+//! - [`gemm`] (packing, the loop nest), `epilogue` ([`Epilogue`], the steps every GEMM
+//!   and convolution route applies in registers), `layout` (the copies the convolution
+//!   routes share: padding, phase planes, per-channel views, the disjoint-output
+//!   pointer), `blocked` ([`BlockedTensor`], the blocked channel layout and its pooling);
+//! - `conv` (the convolution plan, [`ConvPlan`]: `mod.rs` holds the ladder that picks
+//!   every route, one file per route family: `forward.rs` (entry points, the GEMM
+//!   routes), `direct.rs`, `nchwc.rs` (the blocked layout's), `weight_grad.rs`,
+//!   `backward.rs`);
+//! - `backward` (the other ops' gradients), `linear` ([`LinearWeights`]), `shortcut`
+//!   (the option-A shortcut);
+//! - [`reference`](mod@reference) (the naive `f64` oracle every kernel is tested
+//!   against), [`peak`] (machine limits: FMA peak, memory bandwidth).
 //!
 //! Dependencies run one way, down this list: `tests/module_graph.rs` fails on an
 //! import cycle between the crate's top-level modules.
 
-pub mod backward;
-pub mod blocked;
-pub mod conv;
-pub mod epilogue;
-pub mod error;
+mod backward;
+mod blocked;
+mod conv;
+mod epilogue;
+mod error;
 pub mod gemm;
 pub mod isa;
-pub mod kernels;
+mod kernels;
 pub(crate) mod layout;
-pub mod linear;
+mod linear;
 pub mod peak;
 pub mod recycle;
 pub mod reference;
 pub mod rng;
 mod shortcut;
-pub mod tensor;
+mod tensor;
 
 pub use backward::{BatchNormGrads, ConvGrads, LinearGrads};
 pub use blocked::BlockedTensor;
 pub use conv::{
     fold_batch_norm, Conv2d, ConvPlan, ConvWeights, DirectForm, Forward, InputGrad, Layout, Mode,
-    Routes, Taps, WeightGrad,
+    Routes, Taps, WeightGrad, DIRECT_MAX_CHANNELS,
 };
 pub use epilogue::{Epilogue, Residual};
 pub use error::{Result, TensorError};

@@ -48,11 +48,14 @@ use crate::tensor::Tensor;
 /// ResNet layer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conv2d {
+    /// The step between output pixels, in input pixels.
     pub stride: usize,
+    /// Zeros added on every side of the input.
     pub padding: usize,
 }
 
 impl Conv2d {
+    /// A convolution of `stride` and `padding`.
     pub fn new(stride: usize, padding: usize) -> Self {
         Conv2d { stride, padding }
     }

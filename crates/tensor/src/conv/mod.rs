@@ -70,8 +70,10 @@ pub const DIRECT_MAX_CHANNELS: usize = 64;
 /// `dW`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
+    /// The forward only, with batch norm folded in by the caller.
     #[default]
     Inference,
+    /// The forward, and the routes of `dX` and `dW` for the backward.
     Training,
 }
 
@@ -163,6 +165,7 @@ pub struct Routes {
     /// The layout the forward reads and writes ([`Layout::Blocked`] exactly when the
     /// forward is [`Forward::Blocked`]).
     pub layout: Layout,
+    /// The forward's route.
     pub forward: Forward,
     /// `None` in inference.
     pub input_grad: Option<InputGrad>,
@@ -279,6 +282,7 @@ impl ConvPlan {
         self.conv
     }
 
+    /// Inference or training.
     pub fn mode(&self) -> Mode {
         self.mode
     }
@@ -289,6 +293,7 @@ impl ConvPlan {
         self.layout
     }
 
+    /// The tier's kernels the plan was made for.
     pub fn kernels(&self) -> &Kernels {
         &self.kernels
     }

@@ -89,10 +89,12 @@ impl<'a> MatRef<'a> {
         }
     }
 
+    /// Rows of the matrix (of the view, after any transpose).
     pub fn rows(&self) -> usize {
         self.rows
     }
 
+    /// Columns of the matrix (of the view, after any transpose).
     pub fn cols(&self) -> usize {
         self.cols
     }

@@ -42,8 +42,12 @@ use crate::tensor::Tensor;
 /// `MaxPool2d(kernel_size, stride, padding)` with `ceil_mode=False` and no dilation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pool2d {
+    /// The window's `[height, width]`.
     pub kernel: [usize; 2],
+    /// The step between windows, `[down, across]`.
     pub stride: [usize; 2],
+    /// Implicit padding on each side, `[top and bottom, left and right]` (max pooling
+    /// never picks it).
     pub padding: [usize; 2],
 }
 
@@ -517,7 +521,9 @@ fn new_written(
 /// N, H and W, as batch norm normalises with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChannelStats {
+    /// Per channel, the mean.
     pub mean: Vec<f32>,
+    /// Per channel, the biased variance (divided by the count).
     pub var: Vec<f32>,
     /// Elements per channel (`N * H * W`), for the unbiased variance
     /// `var * count / (count - 1)` that updates `running_var`.
