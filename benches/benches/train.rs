@@ -16,7 +16,7 @@ use autograd::{Sgd, SgdConfig, Tape};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use resnet::{train_step, Arch, Freeze, ResNet};
 use resnet_benches::{active, pool, thread_counts};
-use tensor::{Conv2d, ConvPlan, Mode, Pool2d, Tensor};
+use tensor::{Conv2d, ConvBackward, ConvPlan, Mode, Pool2d, Tensor};
 
 fn backward_kernels(c: &mut Criterion) {
     let k = active();
@@ -163,7 +163,12 @@ fn backward_kernels(c: &mut Criterion) {
             let backward_flops = 4 * (128 * cout * oh * ow * cin * 9) as u64;
             g.throughput(Throughput::Elements(backward_flops));
             g.bench_function(id(&format!("{name}_backward_flops")), |b| {
-                b.iter(|| p.install(|| k.conv2d_backward(&xin, &w, &gy, pc, true, true).unwrap()))
+                b.iter(|| {
+                    p.install(|| {
+                        k.conv2d_backward(&xin, &w, &gy, pc, ConvBackward::new(true, true))
+                            .unwrap()
+                    })
+                })
             });
             // The same convolution reading relu(scale x + shift), normalised as it is
             // copied (a block's batch norm + ReLU folded in): backward, then forward.
@@ -173,8 +178,14 @@ fn backward_kernels(c: &mut Criterion) {
             g.bench_function(id(&format!("{name}_normalised_backward_flops")), |b| {
                 b.iter(|| {
                     p.install(|| {
-                        k.conv2d_backward_normalised(&xin, affine, &w, &gy, pc, true, true)
-                            .unwrap()
+                        k.conv2d_backward(
+                            &xin,
+                            &w,
+                            &gy,
+                            pc,
+                            ConvBackward::new(true, true).normalised(affine),
+                        )
+                        .unwrap()
                     })
                 })
             });
@@ -183,12 +194,7 @@ fn backward_kernels(c: &mut Criterion) {
                 2 * (128 * cout * oh * ow * cin * 9) as u64,
             ));
             g.bench_function(id(&format!("{name}_normalised_forward_flops")), |b| {
-                b.iter(|| {
-                    p.install(|| {
-                        k.conv2d_normalised_with_stats(&xin, affine, &packed)
-                            .unwrap()
-                    })
-                })
+                b.iter(|| p.install(|| k.conv2d_with_stats(&xin, &packed, Some(affine)).unwrap()))
             });
             if name == "conv_16_16_s1" {
                 // A block's first convolution: dX added into the gradient the shortcut
@@ -199,8 +205,14 @@ fn backward_kernels(c: &mut Criterion) {
                         || xin.clone(),
                         |acc| {
                             p.install(|| {
-                                k.conv2d_backward_accumulating(&xin, &w, &gy, pc, acc, true)
-                                    .unwrap()
+                                k.conv2d_backward(
+                                    &xin,
+                                    &w,
+                                    &gy,
+                                    pc,
+                                    ConvBackward::new(false, true).adding_dx_into(acc),
+                                )
+                                .unwrap()
                             })
                         },
                         BatchSize::LargeInput,
@@ -216,7 +228,12 @@ fn backward_kernels(c: &mut Criterion) {
         g.throughput(Throughput::Elements(2 * 2 * 32 * 64 * 256 * 14 * 14));
         g.bench_function(id("conv1x1_256_64_14x14_backward_flops"), |b| {
             let p1 = ConvPlan::new(&k, [64, 256, 1, 1], Conv2d::new(1, 0), Mode::Training).unwrap();
-            b.iter(|| p.install(|| k.conv2d_backward(&x1, &w1, &gy1, &p1, true, true).unwrap()))
+            b.iter(|| {
+                p.install(|| {
+                    k.conv2d_backward(&x1, &w1, &gy1, &p1, ConvBackward::new(true, true))
+                        .unwrap()
+                })
+            })
         });
     }
     g.finish();

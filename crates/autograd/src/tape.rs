@@ -19,8 +19,8 @@
 use std::rc::Rc;
 
 use tensor::{
-    BatchNormGrads, ChannelStats, Conv2d, ConvPlan, ConvWeights, Kernels, Mode, Pool2d, Result,
-    Tensor, TensorError,
+    BatchNormGrads, ChannelStats, Conv2d, ConvBackward, ConvPlan, ConvWeights, Kernels, Mode,
+    Pool2d, Result, Tensor, TensorError,
 };
 
 /// A value on a tape: the index of the node that made it, and which tape that is (a
@@ -304,7 +304,7 @@ impl<'p> Tape<'p> {
         let (y, stats) = if conv_output_is_empty(xv, self.value(w)?, p)? {
             (k.conv2d(xv, &packed, &[])?, None)
         } else {
-            let (y, stats) = k.conv2d_with_stats(xv, &packed)?;
+            let (y, stats) = k.conv2d_with_stats(xv, &packed, None)?;
             (y, Some(stats))
         };
         Ok(self.push_op(y, Op::Conv2d { x, w, plan, stats }, &[x, w]))
@@ -359,7 +359,7 @@ impl<'p> Tape<'p> {
     }
 
     /// `conv2d(relu(batch_norm(x)), w)` with the batch's statistics, the normalised
-    /// tensor never stored (`Kernels::conv2d_normalised_with_stats`): the first batch
+    /// tensor never stored (`Kernels::conv2d_with_stats` with the affine): the first batch
     /// norm of a residual block, its ReLU and the block's next convolution as one op.
     /// The same values as [`Tape::batch_norm`] with ReLU followed by [`Tape::conv2d`],
     /// with one activation fewer kept for the backward pass and two passes over memory
@@ -386,7 +386,7 @@ impl<'p> Tape<'p> {
             let normed = k.scale_shift_relu(xv, &scale, &shift)?;
             (k.conv2d(&normed, &packed, &[])?, None)
         } else {
-            let (y, s) = k.conv2d_normalised_with_stats(xv, affine, &packed)?;
+            let (y, s) = k.conv2d_with_stats(xv, &packed, Some(affine))?;
             (y, Some(s))
         };
         let op = Op::BatchNormReluConv2d {
@@ -748,10 +748,20 @@ impl<'p> Tape<'p> {
             Op::Conv2d { x, w, plan, .. } => {
                 let (xv, wv) = (self.value(*x)?, self.value(*w)?);
                 let g = match dx_acc {
-                    Some(acc) => {
-                        k.conv2d_backward_accumulating(xv, wv, &dy, plan, acc, wants(*w))?
-                    }
-                    None => k.conv2d_backward(xv, wv, &dy, plan, wants(*x), wants(*w))?,
+                    Some(acc) => k.conv2d_backward(
+                        xv,
+                        wv,
+                        &dy,
+                        plan,
+                        ConvBackward::new(false, wants(*w)).adding_dx_into(acc),
+                    )?,
+                    None => k.conv2d_backward(
+                        xv,
+                        wv,
+                        &dy,
+                        plan,
+                        ConvBackward::new(wants(*x), wants(*w)),
+                    )?,
                 };
                 [(*x, g.dx), (*w, g.dw)]
                     .into_iter()
@@ -797,7 +807,13 @@ impl<'p> Tape<'p> {
                 let affine = [&scale[..], &shift[..]];
                 let to_x = wants(*x) || wants(*gamma) || wants(*beta);
                 let wv = self.value(*w)?;
-                let g = k.conv2d_backward_normalised(xv, affine, wv, &dy, plan, to_x, wants(*w))?;
+                let g = k.conv2d_backward(
+                    xv,
+                    wv,
+                    &dy,
+                    plan,
+                    ConvBackward::new(to_x, wants(*w)).normalised(affine),
+                )?;
                 let mut grads: Vec<_> = g.dw.map(|dw| (*w, dw)).into_iter().collect();
                 if let Some(dn) = g.dx {
                     let g = k.batch_norm_relu_backward_reusing(

@@ -99,7 +99,11 @@ fn a_training_step_updates_running_statistics_like_pytorch() {
         .plan(&kernels(), tensor::Mode::Training, tensor::Layout::Nchw)
         .unwrap();
     let (conv, direct) = kernels()
-        .conv2d_with_stats(&x, &kernels().pack_conv(&plan, &model.stem.weight).unwrap())
+        .conv2d_with_stats(
+            &x,
+            &kernels().pack_conv(&plan, &model.stem.weight).unwrap(),
+            None,
+        )
         .unwrap();
     assert_eq!(stem_stats.stats, direct);
     let pass = kernels().channel_stats(&conv).unwrap();

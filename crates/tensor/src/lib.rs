@@ -61,8 +61,8 @@ mod tensor;
 pub use backward::{BatchNormGrads, ConvGrads, LinearGrads};
 pub use blocked::BlockedTensor;
 pub use conv::{
-    fold_batch_norm, Conv2d, ConvPlan, ConvWeights, DirectForm, Forward, InputGrad, Layout, Mode,
-    Routes, Taps, WeightGrad, DIRECT_MAX_CHANNELS,
+    fold_batch_norm, Conv2d, ConvBackward, ConvPlan, ConvWeights, DirectForm, DxInto, Forward,
+    InputGrad, Layout, Mode, Routes, Taps, WeightGrad, DIRECT_MAX_CHANNELS,
 };
 pub use epilogue::{Epilogue, Residual};
 pub use error::{Result, TensorError};

@@ -12,7 +12,9 @@ mod common;
 use common::{close, fail, prop, Check, CheckResult};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use tensor::{reference, Conv2d, ConvPlan, Forward, Kernels, Layout, Mode, Pool2d, Tensor};
+use tensor::{
+    reference, Conv2d, ConvBackward, ConvPlan, Forward, Kernels, Layout, Mode, Pool2d, Tensor,
+};
 
 const CHECKS: &[(&str, Check)] = &[
     ("relu_backward_equals_reference", check_relu),
@@ -389,7 +391,13 @@ fn run_conv(kern: Kernels, c: &ConvCase) -> Result<(), TestCaseError> {
     let dy = Tensor::randn(&[c.n, c.o, oh, ow], 0.0, 1.0, c.seed ^ 2).map_err(fail)?;
     let (want_dx, want_dw) = (c.want & 1 != 0, c.want & 2 != 0);
     let got = kern
-        .conv2d_backward(&x, &w, &dy, &tp(&kern, &w, p), want_dx, want_dw)
+        .conv2d_backward(
+            &x,
+            &w,
+            &dy,
+            &tp(&kern, &w, p),
+            ConvBackward::new(want_dx, want_dw),
+        )
         .map_err(fail)?;
     let (dx, dw) = reference::conv2d_backward(&x, &w, &dy, c.stride, c.pad).map_err(fail)?;
     let (sx, sw) =
@@ -410,7 +418,13 @@ fn run_conv(kern: Kernels, c: &ConvCase) -> Result<(), TestCaseError> {
         // Accumulating into another consumer's gradient: that gradient plus dX.
         let acc = Tensor::randn(x.shape(), 0.0, 1.0, c.seed ^ 3).map_err(fail)?;
         let summed = kern
-            .conv2d_backward_accumulating(&x, &w, &dy, &tp(&kern, &w, p), acc.clone(), want_dw)
+            .conv2d_backward(
+                &x,
+                &w,
+                &dy,
+                &tp(&kern, &w, p),
+                ConvBackward::new(false, want_dw).adding_dx_into(acc.clone()),
+            )
             .map_err(fail)?;
         let sum = summed.dx.ok_or_else(|| TestCaseError::fail("no dx"))?;
         let want: Vec<f32> = dx
@@ -521,9 +535,9 @@ fn check_conv_normalised(k: Kernels) -> CheckResult {
             .map_err(fail)?;
         let plan = tp(&k, &w, p);
         let packed = k.pack_conv(&plan, &w).map_err(fail)?;
-        let (want, want_stats) = k.conv2d_with_stats(&y, &packed).map_err(fail)?;
+        let (want, want_stats) = k.conv2d_with_stats(&y, &packed, None).map_err(fail)?;
         let (got, got_stats) = k
-            .conv2d_normalised_with_stats(&x, affine, &packed)
+            .conv2d_with_stats(&x, &packed, Some(affine))
             .map_err(fail)?;
         close(&format!("forward {c:?}"), got.data(), want.data(), |_| 0.0)?;
         close(
@@ -540,10 +554,16 @@ fn check_conv_normalised(k: Kernels) -> CheckResult {
         )?;
         let (want_dx, want_dw) = (c.want & 1 != 0, c.want & 2 != 0);
         let want = k
-            .conv2d_backward(&y, &w, &dy, &plan, want_dx, want_dw)
+            .conv2d_backward(&y, &w, &dy, &plan, ConvBackward::new(want_dx, want_dw))
             .map_err(fail)?;
         let got = k
-            .conv2d_backward_normalised(&x, affine, &w, &dy, &plan, want_dx, want_dw)
+            .conv2d_backward(
+                &x,
+                &w,
+                &dy,
+                &plan,
+                ConvBackward::new(want_dx, want_dw).normalised(affine),
+            )
             .map_err(fail)?;
         for (name, g, r) in [("dx", &got.dx, &want.dx), ("dw", &got.dw, &want.dw)] {
             prop_assert_eq!(g.is_some(), r.is_some());
@@ -554,10 +574,16 @@ fn check_conv_normalised(k: Kernels) -> CheckResult {
         // A scale or shift of the wrong length is an error, not a panic.
         let short = &shift.data()[..c.c - 1];
         prop_assert!(k
-            .conv2d_normalised_with_stats(&x, [scale.data(), short], &packed)
+            .conv2d_with_stats(&x, &packed, Some([scale.data(), short]))
             .is_err());
         prop_assert!(k
-            .conv2d_backward_normalised(&x, [short, shift.data()], &w, &dy, &plan, true, true)
+            .conv2d_backward(
+                &x,
+                &w,
+                &dy,
+                &plan,
+                ConvBackward::new(true, true).normalised([short, shift.data()])
+            )
             .is_err());
         Ok(())
     })
@@ -617,11 +643,17 @@ fn check_conv_empty_images(k: Kernels) -> CheckResult {
         for (route, grads) in [
             (
                 "plain",
-                k.conv2d_backward(&x, &w, &dy, &tp(&k, &w, p), true, true),
+                k.conv2d_backward(&x, &w, &dy, &tp(&k, &w, p), ConvBackward::new(true, true)),
             ),
             (
                 "normalised",
-                k.conv2d_backward_normalised(&x, affine, &w, &dy, &tp(&k, &w, p), true, true),
+                k.conv2d_backward(
+                    &x,
+                    &w,
+                    &dy,
+                    &tp(&k, &w, p),
+                    ConvBackward::new(true, true).normalised(affine),
+                ),
             ),
         ] {
             let grads = grads.map_err(|e| format!("{case}: {route} backward: {e}"))?;
@@ -687,8 +719,7 @@ fn check_errors(k: Kernels) -> CheckResult {
                 &t(&[3, 2, 3, 3]),
                 &t(&[1, 3, 3, 4]),
                 &tp(&k, &t(&[3, 2, 3, 3]), p),
-                true,
-                true,
+                ConvBackward::new(true, true),
             )
             .is_err(),
         ),
@@ -699,8 +730,7 @@ fn check_errors(k: Kernels) -> CheckResult {
                 &t(&[3, 1, 3, 3]),
                 &t(&[1, 3, 4, 4]),
                 &tp(&k, &t(&[3, 1, 3, 3]), p),
-                true,
-                true,
+                ConvBackward::new(true, true),
             )
             .is_err(),
         ),
@@ -712,8 +742,7 @@ fn check_errors(k: Kernels) -> CheckResult {
                 &t(&[1, 1, 3, 3]),
                 &t(&[1, 1, 2, 2]),
                 &tp(&k, &t(&[1, 1, 3, 3]), Conv2d::new(1, usize::MAX / 2 + 2)),
-                true,
-                true,
+                ConvBackward::new(true, true),
             )
             .is_err(),
         ),
@@ -724,8 +753,7 @@ fn check_errors(k: Kernels) -> CheckResult {
                 &t(&[3, 2, 3, 3]),
                 &t(&[1, 3, 4, 4]),
                 &tp(&k, &t(&[3, 2, 5, 5]), p),
-                true,
-                true,
+                ConvBackward::new(true, true),
             )
             .is_err(),
         ),
@@ -736,8 +764,7 @@ fn check_errors(k: Kernels) -> CheckResult {
                 &t(&[3, 2, 3, 3]),
                 &t(&[1, 3, 4, 4]),
                 &ConvPlan::new(&k, [3, 2, 3, 3], p, Mode::Inference).unwrap(),
-                true,
-                true,
+                ConvBackward::new(true, true),
             )
             .is_err(),
         ),

@@ -515,7 +515,7 @@ fn check_with_stats(kern: Kernels) -> CheckResult {
         let w = Tensor::randn(&[c.o, c.c, c.k, c.k], 0.1, 0.5, c.seed ^ 1).map_err(fail)?;
         let packed = packed(&kern, &w, Conv2d::new(c.stride, c.pad)).map_err(fail)?;
         let want = kern.conv2d(&x, &packed, &[]).map_err(fail)?;
-        let (got, stats) = kern.conv2d_with_stats(&x, &packed).map_err(fail)?;
+        let (got, stats) = kern.conv2d_with_stats(&x, &packed, None).map_err(fail)?;
         close("output", got.data(), want.data(), |_| 0.0)?;
         let plain = kern.channel_stats(&want).map_err(fail)?;
         prop_assert_eq!(stats.count, plain.count);
@@ -600,8 +600,9 @@ fn check_errors(kern: Kernels) -> CheckResult {
         // Weights of another shape than the plan's.
         kern.pack_conv(&plan3, &zeros(&[4, 3, 5, 5])?).is_err(),
         // Statistics of an output without elements, and of a mismatched convolution.
-        kern.conv2d_with_stats(&zeros(&[0, 3, 8, 8])?, &w3).is_err(),
-        kern.conv2d_with_stats(&x, &w).is_err(),
+        kern.conv2d_with_stats(&zeros(&[0, 3, 8, 8])?, &w3, None)
+            .is_err(),
+        kern.conv2d_with_stats(&x, &w, None).is_err(),
         // Forced routes that cannot run the layer: the GEMM on the image for a 3x3, the
         // padded direct form for stride 2, the masked form for rows of whole vectors,
         // the direct kernel for a 1x1, the blocked kernel in an NCHW plan.

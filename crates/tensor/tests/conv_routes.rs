@@ -17,8 +17,8 @@ use common::{close, fail, prop, Check, CheckResult};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use tensor::{
-    reference, Conv2d, ConvPlan, DirectForm, Epilogue, Forward, InputGrad, Kernels, Mode, Taps,
-    Tensor, WeightGrad,
+    reference, Conv2d, ConvBackward, ConvPlan, DirectForm, Epilogue, Forward, InputGrad, Kernels,
+    Mode, Taps, Tensor, WeightGrad,
 };
 
 /// One convolution: batch, channels, image, square kernel, stride, padding, the
@@ -299,7 +299,7 @@ fn run_backward(
         reference::conv2d_backward(&abs(&x), &abs(&w), &abs(&dy), c.s, c.pad).map_err(fail)?;
     if dw.is_some() {
         let got = kern
-            .conv2d_backward(&x, &w, &dy, &plan, false, true)
+            .conv2d_backward(&x, &w, &dy, &plan, ConvBackward::new(false, true))
             .map_err(fail)?;
         let g = got.dw.ok_or_else(|| TestCaseError::fail("no dW"))?;
         return close(&what, g.data(), rdw.data(), |i| 1e-5 * sw.data()[i] + 1e-6);
@@ -307,7 +307,13 @@ fn run_backward(
     let got = if c.epilogue & 8 != 0 {
         let acc = Tensor::randn(x.shape(), 0.0, 1.0, c.seed ^ 5).map_err(fail)?;
         let got = kern
-            .conv2d_backward_accumulating(&x, &w, &dy, &plan, acc.clone(), false)
+            .conv2d_backward(
+                &x,
+                &w,
+                &dy,
+                &plan,
+                ConvBackward::new(false, false).adding_dx_into(acc.clone()),
+            )
             .map_err(fail)?;
         let mut g = got.dx.ok_or_else(|| TestCaseError::fail("no dX"))?;
         g.data_mut()
@@ -317,7 +323,7 @@ fn run_backward(
         g
     } else {
         let got = kern
-            .conv2d_backward(&x, &w, &dy, &plan, true, false)
+            .conv2d_backward(&x, &w, &dy, &plan, ConvBackward::new(true, false))
             .map_err(fail)?;
         got.dx.ok_or_else(|| TestCaseError::fail("no dX"))?
     };

@@ -109,14 +109,81 @@ impl Geometry {
     }
 }
 
-/// Where a convolution's input gradient goes: a new tensor, or added into one.
-enum DxInto {
+/// Where a convolution's input gradient `dX` goes.
+#[derive(Debug, Default)]
+pub enum DxInto {
+    /// Not computed.
+    Skip,
+    /// A new tensor, shaped as the input.
+    #[default]
     New,
+    /// Added into this tensor, shaped as the input: the gradient other consumers of the
+    /// input already sent it (a residual block's input gets its shortcut's gradient
+    /// first). It comes back as the result's `dx`; the kernels' epilogues and col2im
+    /// add in place, so there is no separate tensor and no pass to add it.
     Add(Tensor),
 }
 
+/// What [`Kernels::conv2d_backward`] computes. The default: `dX` into a new tensor and
+/// `dW`, for a convolution of the plain input.
+#[derive(Debug)]
+pub struct ConvBackward<'a> {
+    /// `Some([scale, shift])`: the convolution read `relu(scale[c] x + shift[c])` of the
+    /// `x` given (a training batch norm and its ReLU folded in, as the forward
+    /// `conv2d_with_stats(x, w, Some(affine))` ran it). `dX` is then the gradient with
+    /// respect to that normalised input (it needs no input values), and `dW` normalises
+    /// the input on the way into its operand (the phase planes, or for 1x1 a buffer of a
+    /// few images at a time): the same values as a backward on `scale_shift_relu(x)`, to
+    /// the last bit.
+    pub input_affine: Option<[&'a [f32]; 2]>,
+    /// Where `dX` goes.
+    pub dx: DxInto,
+    /// Whether to compute `dW`.
+    pub dw: bool,
+}
+
+impl<'a> ConvBackward<'a> {
+    /// `dX` into a new tensor if `want_dx`, `dW` if `want_dw`, of the plain input.
+    pub fn new(want_dx: bool, want_dw: bool) -> Self {
+        ConvBackward {
+            input_affine: None,
+            dx: if want_dx { DxInto::New } else { DxInto::Skip },
+            dw: want_dw,
+        }
+    }
+
+    /// The same for a convolution that read `relu(scale[c] x + shift[c])` (see
+    /// [`ConvBackward::input_affine`]).
+    pub fn normalised(self, affine: [&'a [f32]; 2]) -> Self {
+        ConvBackward {
+            input_affine: Some(affine),
+            ..self
+        }
+    }
+
+    /// `dX` added into `acc` (see [`DxInto::Add`]).
+    pub fn adding_dx_into(self, acc: Tensor) -> Self {
+        ConvBackward {
+            dx: DxInto::Add(acc),
+            ..self
+        }
+    }
+}
+
+impl Default for ConvBackward<'_> {
+    fn default() -> Self {
+        ConvBackward {
+            input_affine: None,
+            dx: DxInto::New,
+            dw: true,
+        }
+    }
+}
+
 impl Kernels {
-    /// Convolution's backward (NCHW input `x`, OIHW weights `w`, upstream `dy`):
+    /// Convolution's backward (NCHW input `x`, OIHW weights `w`, upstream `dy`) by the
+    /// routes of `plan`, a training plan of the layer; `what` says which gradients, and
+    /// whether the input was normalised on the way in:
     ///
     /// - `dW = sum_n dY_n X_n^T`, where row `(c, ky, kx)` of `X_n` is the image seen
     ///   through that tap, with no column matrix (`weight_grad.rs`): the outer-product
@@ -137,55 +204,21 @@ impl Kernels {
         w: &Tensor,
         dy: &Tensor,
         plan: &ConvPlan,
-        want_dx: bool,
-        want_dw: bool,
+        what: ConvBackward,
     ) -> Result<ConvGrads> {
-        let dx = want_dx.then_some(DxInto::New);
-        self.conv2d_backward_impl("conv2d_backward", x, w, dy, plan, dx, want_dw, None)
-    }
-
-    /// [`Kernels::conv2d_backward`] of a convolution whose input was
-    /// `relu(scale[c] x + shift[c])` (`affine = [scale, shift]`), given `x`: the backward
-    /// of [`Kernels::conv2d_normalised_with_stats`]. `dX` here is the gradient with
-    /// respect to that normalised input (it needs no input values); `dW` normalises the
-    /// input on the way into its operand (the phase planes, or for 1x1 a buffer of a
-    /// few images at a time). The same values as
-    /// `conv2d_backward` on `scale_shift_relu(x)`, to the last bit.
-    #[allow(clippy::too_many_arguments)]
-    pub fn conv2d_backward_normalised(
-        &self,
-        x: &Tensor,
-        affine: [&[f32]; 2],
-        w: &Tensor,
-        dy: &Tensor,
-        plan: &ConvPlan,
-        want_dx: bool,
-        want_dw: bool,
-    ) -> Result<ConvGrads> {
-        let op = "conv2d_backward_normalised";
+        let op = "conv2d_backward";
         let [_, c, _, _] = x.dims4(op)?;
-        check_affine(op, affine, c)?;
-        let dx = want_dx.then_some(DxInto::New);
-        self.conv2d_backward_impl(op, x, w, dy, plan, dx, want_dw, Some(affine))
-    }
-
-    /// [`Kernels::conv2d_backward`] adding `dX` into `dx_acc` (the gradient other
-    /// consumers of `x` already sent it, shaped as `x`), which comes back as the `dx`
-    /// of the result: no separate tensor and no pass to add it (the kernels' epilogues
-    /// and col2im accumulate in place). A residual block's input gets its shortcut's
-    /// gradient first, then the first convolution's this way.
-    pub fn conv2d_backward_accumulating(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        dy: &Tensor,
-        plan: &ConvPlan,
-        dx_acc: Tensor,
-        want_dw: bool,
-    ) -> Result<ConvGrads> {
-        let op = "conv2d_backward_accumulating";
-        x.expect_same_shape(op, &dx_acc)?;
-        self.conv2d_backward_impl(op, x, w, dy, plan, Some(DxInto::Add(dx_acc)), want_dw, None)
+        if let Some(affine) = what.input_affine {
+            check_affine(op, affine, c)?;
+        }
+        if let DxInto::Add(acc) = &what.dx {
+            x.expect_same_shape(op, acc)?;
+        }
+        let dx = match what.dx {
+            DxInto::Skip => None,
+            into => Some(into),
+        };
+        self.conv2d_backward_impl(op, x, w, dy, plan, dx, what.dw, what.input_affine)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -253,7 +286,7 @@ impl Kernels {
         // dX is written in full by a GEMM (1x1) or the direct kernel; col2im and the
         // empty cases add into zeros.
         let mut dx = match dx_into {
-            None => None,
+            None | Some(DxInto::Skip) => None,
             Some(DxInto::Add(acc)) => Some(acc),
             Some(DxInto::New) if !empty && (direct || transposed.is_some() || strided) => {
                 Some(Tensor::for_overwrite(x.shape())?)

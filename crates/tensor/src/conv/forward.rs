@@ -129,7 +129,7 @@ thread_local! {
     static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
     /// This thread's phase planes of the input image for im2col, reused across calls.
     static PLANES: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-    /// This thread's normalised input image (`conv2d_normalised_with_stats`).
+    /// This thread's normalised input image (`conv2d_with_stats` with an input affine).
     static NORMED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
@@ -259,36 +259,34 @@ impl Kernels {
         self.conv2d_impl(x, w, epilogue, y, None, None)
     }
 
-    /// [`Kernels::conv2d`] without an epilogue, also returning the output's
-    /// per-channel batch statistics (mean and biased variance over N, H, W), as a
-    /// training batch norm that follows needs them: each image's planes are summed as
-    /// soon as they are
-    /// computed, while its output is still in cache, instead of in a later pass over
-    /// the whole output from memory; the planes' statistics are then combined exactly
-    /// (each plane's sum of squared deviations about its own mean, shifted to the
+    /// [`Kernels::conv2d`] without an epilogue, for training: also returns the output's
+    /// per-channel batch statistics (mean and biased variance over N, H, W), which the
+    /// training batch norm that follows needs. Each image's planes are summed as soon as
+    /// they are computed, while its output is still in cache, instead of in a later pass
+    /// over the whole output from memory; the planes' statistics are then combined
+    /// exactly (each plane's sum of squared deviations about its own mean, shifted to the
     /// batch mean in `f64`).
-    pub fn conv2d_with_stats(&self, x: &Tensor, w: &ConvWeights) -> Result<(Tensor, ChannelStats)> {
-        self.conv2d_stats_impl("conv2d_with_stats", x, w, None)
-    }
-
-    /// [`Kernels::conv2d_with_stats`] of `relu(scale[c] x + shift[c])` (`affine = [scale,
-    /// shift]`, per input channel: a training batch norm and its ReLU, as
-    /// [`Kernels::scale_shift_relu`] computes them), without that input ever being
-    /// stored: the direct kernel (stride 1) normalises as it writes its padded copy of
-    /// the image; the other routes normalise each image into a buffer of the thread
-    /// that convolves it, just before, where it stays in cache. The same values as
-    /// `scale_shift_relu` followed by `conv2d_with_stats`, to the last bit, minus a pass
-    /// that writes the whole normalised batch to memory and another that reads it back.
-    pub fn conv2d_normalised_with_stats(
+    ///
+    /// With `input_affine = Some([scale, shift])` (per input channel) it convolves
+    /// `relu(scale[c] x + shift[c])` (a training batch norm and its ReLU, as
+    /// [`Kernels::scale_shift_relu`] computes them) without that input ever being stored:
+    /// the direct kernel (stride 1) normalises as it writes its padded copy of the image;
+    /// the other routes normalise each image into a buffer of the thread that convolves
+    /// it, just before, where it stays in cache. The same values as `scale_shift_relu`
+    /// followed by the plain call, to the last bit, minus a pass that writes the whole
+    /// normalised batch to memory and another that reads it back.
+    pub fn conv2d_with_stats(
         &self,
         x: &Tensor,
-        affine: [&[f32]; 2],
         w: &ConvWeights,
+        input_affine: Option<[&[f32]; 2]>,
     ) -> Result<(Tensor, ChannelStats)> {
-        let op = "conv2d_normalised_with_stats";
-        let [_, c, _, _] = x.dims4(op)?;
-        check_affine(op, affine, c)?;
-        self.conv2d_stats_impl(op, x, w, Some(affine))
+        let op = "conv2d_with_stats";
+        if let Some(affine) = input_affine {
+            let [_, c, _, _] = x.dims4(op)?;
+            check_affine(op, affine, c)?;
+        }
+        self.conv2d_stats_impl(op, x, w, input_affine)
     }
 
     fn conv2d_stats_impl(

@@ -51,6 +51,7 @@ mod weight_grad;
 
 use std::fmt;
 
+pub use backward::{ConvBackward, DxInto};
 pub(crate) use forward::Packed;
 pub use forward::{fold_batch_norm, Conv2d, ConvWeights};
 
