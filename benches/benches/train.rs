@@ -16,7 +16,7 @@ use autograd::{Sgd, SgdConfig, Tape};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use resnet::{train_step, Arch, Freeze, ResNet};
 use resnet_benches::{active, pool, thread_counts};
-use tensor::{Conv2d, ConvBackward, ConvPlan, Mode, Pool2d, Tensor};
+use tensor::{BatchNormBackward, BnGradIn, Conv2d, ConvBackward, ConvPlan, Mode, Pool2d, Tensor};
 
 fn backward_kernels(c: &mut Criterion) {
     let k = active();
@@ -39,8 +39,12 @@ fn backward_kernels(c: &mut Criterion) {
         g.bench_function(id("batch_norm_backward_128x16x32x32"), |b| {
             b.iter(|| {
                 p.install(|| {
-                    k.batch_norm_backward(&x, &dy, &stats.mean, &inv_std, &gamma)
-                        .unwrap()
+                    k.batch_norm_backward(
+                        &x,
+                        BnGradIn::Borrowed(&dy),
+                        &BatchNormBackward::batch(&stats.mean, &inv_std, &gamma),
+                    )
+                    .unwrap()
                 })
             })
         });
@@ -50,8 +54,12 @@ fn backward_kernels(c: &mut Criterion) {
         g.bench_function(id("batch_norm_fixed_backward_128x16x32x32"), |b| {
             b.iter(|| {
                 p.install(|| {
-                    k.batch_norm_fixed_backward(&x, &dy, &stats.mean, &inv_std, &gamma)
-                        .unwrap()
+                    k.batch_norm_backward(
+                        &x,
+                        BnGradIn::Borrowed(&dy),
+                        &BatchNormBackward::fixed(&stats.mean, &inv_std, &gamma),
+                    )
+                    .unwrap()
                 })
             })
         });
@@ -63,8 +71,13 @@ fn backward_kernels(c: &mut Criterion) {
             b.iter(|| {
                 p.install(|| {
                     let affine = [&scale[..], &shift[..]];
-                    k.batch_norm_relu_backward(&x, &dy, &stats.mean, &inv_std, &gamma, affine, true)
-                        .unwrap()
+                    k.batch_norm_backward(
+                        &x,
+                        BnGradIn::Borrowed(&dy),
+                        &BatchNormBackward::new(&stats.mean, &inv_std, &gamma, true)
+                            .with_relu(affine),
+                    )
+                    .unwrap()
                 })
             })
         });
@@ -82,7 +95,8 @@ fn backward_kernels(c: &mut Criterion) {
                 || dy.clone(),
                 |d| {
                     p.install(|| {
-                        k.batch_norm_add_relu_backward(&x, d, &out, &stats.mean, &inv_std, &gamma)
+                        let bn = BatchNormBackward::batch(&stats.mean, &inv_std, &gamma);
+                        k.batch_norm_backward(&x, BnGradIn::MaskedBy(d, &out), &bn)
                             .unwrap()
                     })
                 },

@@ -19,8 +19,8 @@
 use std::rc::Rc;
 
 use tensor::{
-    BatchNormGrads, ChannelStats, Conv2d, ConvBackward, ConvPlan, ConvWeights, Kernels, Mode,
-    Pool2d, Result, Tensor, TensorError,
+    BatchNormBackward, BatchNormGrads, BnGradIn, ChannelStats, Conv2d, ConvBackward, ConvPlan,
+    ConvWeights, Kernels, Mode, Pool2d, Result, Tensor, TensorError,
 };
 
 /// A value on a tape: the index of the node that made it, and which tape that is (a
@@ -709,26 +709,36 @@ impl<'p> Tape<'p> {
             let [scale, shift] = affine_coefficients(gv, self.value(beta)?.data(), mean, inv_std);
             let affine = [&scale[..], &shift[..]];
             return match Rc::try_unwrap(dy) {
-                Ok(dy) => k.batch_norm_relu_backward_reusing(
+                Ok(dy) => k.batch_norm_backward(
                     xv,
-                    dy,
-                    mean,
-                    inv_std,
-                    gv,
-                    affine,
-                    batch_stats,
+                    BnGradIn::Owned(dy),
+                    &BatchNormBackward::new(mean, inv_std, gv, batch_stats).with_relu(affine),
                 ),
-                Err(dy) => {
-                    k.batch_norm_relu_backward(xv, &dy, mean, inv_std, gv, affine, batch_stats)
-                }
+                Err(dy) => k.batch_norm_backward(
+                    xv,
+                    BnGradIn::Borrowed(&dy),
+                    &BatchNormBackward::new(mean, inv_std, gv, batch_stats).with_relu(affine),
+                ),
             };
         }
         if !batch_stats {
-            return k.batch_norm_fixed_backward(xv, &dy, mean, inv_std, gv);
+            return k.batch_norm_backward(
+                xv,
+                BnGradIn::Borrowed(&dy),
+                &BatchNormBackward::fixed(mean, inv_std, gv),
+            );
         }
         match Rc::try_unwrap(dy) {
-            Ok(dy) => k.batch_norm_backward_reusing(xv, dy, mean, inv_std, gv),
-            Err(dy) => k.batch_norm_backward(xv, &dy, mean, inv_std, gv),
+            Ok(dy) => k.batch_norm_backward(
+                xv,
+                BnGradIn::Owned(dy),
+                &BatchNormBackward::batch(mean, inv_std, gv),
+            ),
+            Err(dy) => k.batch_norm_backward(
+                xv,
+                BnGradIn::Borrowed(&dy),
+                &BatchNormBackward::batch(mean, inv_std, gv),
+            ),
         }
     }
 
@@ -816,8 +826,10 @@ impl<'p> Tape<'p> {
                 )?;
                 let mut grads: Vec<_> = g.dw.map(|dw| (*w, dw)).into_iter().collect();
                 if let Some(dn) = g.dx {
-                    let g = k.batch_norm_relu_backward_reusing(
-                        xv, dn, mean, inv_std, gv, affine, true,
+                    let g = k.batch_norm_backward(
+                        xv,
+                        BnGradIn::Owned(dn),
+                        &BatchNormBackward::new(mean, inv_std, gv, true).with_relu(affine),
                     )?;
                     grads.extend(bn_grads(*x, *gamma, *beta, g)?);
                 }
@@ -838,13 +850,21 @@ impl<'p> Tape<'p> {
                 let (xv, gv) = (self.value(*x)?, self.value(*gamma)?.data());
                 let (g, dy) = match Rc::try_unwrap(dy) {
                     Ok(dy) => {
-                        let (g, masked) =
-                            k.batch_norm_add_relu_backward(xv, dy, out, mean, inv_std, gv)?;
+                        let bn = BatchNormBackward::batch(mean, inv_std, gv);
+                        let mut g = k.batch_norm_backward(xv, BnGradIn::MaskedBy(dy, out), &bn)?;
+                        let masked = g.masked_dy.take().expect("a masked gradient comes back");
                         (g, Rc::new(masked))
                     }
                     Err(shared) => {
                         let dy = self.relu_grad(shared, out)?;
-                        (k.batch_norm_backward(xv, &dy, mean, inv_std, gv)?, dy)
+                        (
+                            k.batch_norm_backward(
+                                xv,
+                                BnGradIn::Borrowed(&dy),
+                                &BatchNormBackward::batch(mean, inv_std, gv),
+                            )?,
+                            dy,
+                        )
                     }
                 };
                 let mut grads: Vec<_> = bn_grads(*x, *gamma, *beta, g)?

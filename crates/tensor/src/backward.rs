@@ -25,6 +25,8 @@ pub struct BatchNormGrads {
     pub dgamma: Vec<f32>,
     /// The shift's (`beta`'s) gradient, per channel.
     pub dbeta: Vec<f32>,
+    /// With [`BnGradIn::MaskedBy`], `dy` masked by the ReLU: the residual's gradient.
+    pub masked_dy: Option<Tensor>,
 }
 
 /// Gradients of a convolution's input and weights; each is `None` when not asked for.
@@ -58,14 +60,70 @@ fn expect_shape(op: &'static str, expected: &[usize], got: &Tensor) -> Result<()
     Ok(())
 }
 
-/// An output gradient handed to a backward op: read only, or owned and overwritten by
-/// the input gradient.
-enum GradIn<'a> {
+/// The output gradient handed to [`Kernels::batch_norm_backward`].
+#[derive(Debug)]
+pub enum BnGradIn<'a> {
+    /// Read only; `dx` goes to a new tensor.
     Borrowed(&'a Tensor),
+    /// Consumed: `dx` is written over its buffer (the training step's usual case, where
+    /// the output gradient is not needed afterwards).
     Owned(Tensor),
-    /// Owned, first masked in place by a ReLU whose output is the tensor given, and
-    /// handed back after; `dx` is written to a new tensor.
+    /// Consumed, and first masked by the ReLU of `relu(batch_norm(x) + residual)`, whose
+    /// output is the tensor given: each plane is masked just before its sums are taken,
+    /// while it is in cache (one pass over `dy` fewer than `relu_backward` first). The
+    /// masked gradient, also the residual's, comes back as
+    /// [`BatchNormGrads::masked_dy`]; `dx` goes to a new tensor.
     MaskedBy(Tensor, &'a Tensor),
+}
+
+/// What a batch norm's forward was, for its backward.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchNormBackward<'a> {
+    /// The mean the forward normalised with, per channel.
+    pub mean: &'a [f32],
+    /// `1 / sqrt(var + eps)` the forward normalised with, per channel.
+    pub inv_std: &'a [f32],
+    /// The scale, per channel.
+    pub gamma: &'a [f32],
+    /// The batch's statistics (training mode), or fixed ones (running statistics: eval
+    /// mode, a frozen backbone), which are constants: then `dx = gamma inv_std dy`.
+    pub batch_stats: bool,
+    /// A ReLU after the batch norm, `y = max(scale x + shift, 0)` with this per-channel
+    /// `[scale, shift]` (as [`Kernels::scale_shift_relu`] computes it): its mask is
+    /// recomputed from `x` inside the two passes, so the ReLU costs no pass of its own.
+    pub relu: Option<[&'a [f32]; 2]>,
+}
+
+impl<'a> BatchNormBackward<'a> {
+    /// A forward that normalised with `mean` and `inv_std`, by the batch's statistics if
+    /// `batch_stats`, else by fixed ones, with no ReLU after it.
+    pub fn new(mean: &'a [f32], inv_std: &'a [f32], gamma: &'a [f32], batch_stats: bool) -> Self {
+        BatchNormBackward {
+            mean,
+            inv_std,
+            gamma,
+            batch_stats,
+            relu: None,
+        }
+    }
+
+    /// [`BatchNormBackward::new`] with the batch's statistics (training mode).
+    pub fn batch(mean: &'a [f32], inv_std: &'a [f32], gamma: &'a [f32]) -> Self {
+        Self::new(mean, inv_std, gamma, true)
+    }
+
+    /// [`BatchNormBackward::new`] with fixed statistics (eval mode, a frozen backbone).
+    pub fn fixed(mean: &'a [f32], inv_std: &'a [f32], gamma: &'a [f32]) -> Self {
+        Self::new(mean, inv_std, gamma, false)
+    }
+
+    /// The same with a ReLU after the batch norm (see [`BatchNormBackward::relu`]).
+    pub fn with_relu(self, affine: [&'a [f32]; 2]) -> Self {
+        BatchNormBackward {
+            relu: Some(affine),
+            ..self
+        }
+    }
 }
 
 impl Kernels {
@@ -94,169 +152,40 @@ impl Kernels {
         Ok(dx)
     }
 
-    /// Training batch norm's backward over `[N, C, ...]`, given the input `x`, the
-    /// batch `mean` and `inv_std = 1 / sqrt(var + eps)` the forward normalised with, and
-    /// `gamma`. With `x_hat = (x - mean) inv_std` and `M = N H W` elements per channel:
+    /// Batch norm's backward over `[N, C, ...]`, given the input `x`, the output
+    /// gradient `dy` and what the forward was (`bn`: the statistics and `gamma` it
+    /// normalised with, and a ReLU after it, if any). With batch statistics, `x_hat =
+    /// (x - mean) inv_std` and `M = N H W` elements per channel:
     ///
     /// - `dbeta = sum(dy)`, `dgamma = sum(dy x_hat)`;
     /// - `dx = gamma inv_std (dy - dbeta / M - x_hat dgamma / M)`.
     ///
     /// Per channel that is affine in `dy` and `x`, so the second pass is one fused
-    /// kernel: `dx = a dy + b x + c` (see `docs/autograd.md` for the derivation).
+    /// kernel: `dx = a dy + b x + c` (see `docs/autograd.md` for the derivation). With
+    /// fixed statistics `dx = gamma inv_std dy`. Every fused form (a ReLU after it, a
+    /// residual and ReLU after it, `dy` overwritten) gives the same values as the
+    /// unfused ops in a row, to the last bit.
     pub fn batch_norm_backward(
         &self,
         x: &Tensor,
-        dy: &Tensor,
-        mean: &[f32],
-        inv_std: &[f32],
-        gamma: &[f32],
+        dy: BnGradIn,
+        bn: &BatchNormBackward,
     ) -> Result<BatchNormGrads> {
-        self.batch_norm_backward_impl(
+        if let BnGradIn::MaskedBy(dy, out) = &dy {
+            dy.expect_same_shape("batch_norm_backward", out)?;
+        }
+        let (mut g, masked) = self.batch_norm_backward_impl(
             "batch_norm_backward",
             x,
-            GradIn::Borrowed(dy),
-            mean,
-            inv_std,
-            gamma,
-            true,
-            None,
-        )
-        .map(|(g, _)| g)
-    }
-
-    /// [`Kernels::batch_norm_backward`] writing `dx` over `dy`'s buffer (which it
-    /// consumes) instead of a new tensor: the training step's usual case, where the
-    /// output gradient is not needed afterwards.
-    pub fn batch_norm_backward_reusing(
-        &self,
-        x: &Tensor,
-        dy: Tensor,
-        mean: &[f32],
-        inv_std: &[f32],
-        gamma: &[f32],
-    ) -> Result<BatchNormGrads> {
-        self.batch_norm_backward_impl(
-            "batch_norm_backward_reusing",
-            x,
-            GradIn::Owned(dy),
-            mean,
-            inv_std,
-            gamma,
-            true,
-            None,
-        )
-        .map(|(g, _)| g)
-    }
-
-    /// The backward of `relu(batch_norm(x) + residual)` (training statistics) from the
-    /// output gradient `dy`, which it consumes, and the output `out`: returns batch
-    /// norm's gradients and `dy` masked by the ReLU, which is also the residual's
-    /// gradient. The same as [`Kernels::relu_backward`] then
-    /// [`Kernels::batch_norm_backward`], to the last bit, but each plane is masked just
-    /// before its sums are taken, while it is in cache: one pass over `dy` fewer.
-    pub fn batch_norm_add_relu_backward(
-        &self,
-        x: &Tensor,
-        dy: Tensor,
-        out: &Tensor,
-        mean: &[f32],
-        inv_std: &[f32],
-        gamma: &[f32],
-    ) -> Result<(BatchNormGrads, Tensor)> {
-        let op = "batch_norm_add_relu_backward";
-        dy.expect_same_shape(op, out)?;
-        let (g, masked) = self.batch_norm_backward_impl(
-            op,
-            x,
-            GradIn::MaskedBy(dy, out),
-            mean,
-            inv_std,
-            gamma,
-            true,
-            None,
+            dy,
+            bn.mean,
+            bn.inv_std,
+            bn.gamma,
+            bn.batch_stats,
+            bn.relu,
         )?;
-        Ok((g, masked.expect("a masked gradient is handed back")))
-    }
-
-    /// Batch norm's backward with fixed statistics (running mean and variance: eval
-    /// mode, a frozen backbone): the statistics are constants, so `dx = gamma inv_std
-    /// dy`; `dbeta` and `dgamma` are as in [`Kernels::batch_norm_backward`].
-    pub fn batch_norm_fixed_backward(
-        &self,
-        x: &Tensor,
-        dy: &Tensor,
-        mean: &[f32],
-        inv_std: &[f32],
-        gamma: &[f32],
-    ) -> Result<BatchNormGrads> {
-        self.batch_norm_backward_impl(
-            "batch_norm_fixed_backward",
-            x,
-            GradIn::Borrowed(dy),
-            mean,
-            inv_std,
-            gamma,
-            false,
-            None,
-        )
-        .map(|(g, _)| g)
-    }
-
-    /// The backward of batch norm fused with the ReLU after it (`Tape::batch_norm` with
-    /// `relu`), writing `dx` over `dy`'s buffer, which it consumes: the ReLU's mask is
-    /// recomputed from `x` and the forward's per-channel `affine = [scale, shift]`
-    /// (`y = max(scale x + shift, 0)`, computed by [`Kernels::scale_shift_relu`]) inside
-    /// the two batch-norm passes, so the ReLU costs no pass of its own. The same as
-    /// [`Kernels::relu_backward`] on the forward's output followed by
-    /// [`Kernels::batch_norm_backward`] (or, with `batch_stats = false`,
-    /// [`Kernels::batch_norm_fixed_backward`]), to the last bit.
-    #[allow(clippy::too_many_arguments)]
-    pub fn batch_norm_relu_backward_reusing(
-        &self,
-        x: &Tensor,
-        dy: Tensor,
-        mean: &[f32],
-        inv_std: &[f32],
-        gamma: &[f32],
-        affine: [&[f32]; 2],
-        batch_stats: bool,
-    ) -> Result<BatchNormGrads> {
-        self.batch_norm_backward_impl(
-            "batch_norm_relu_backward_reusing",
-            x,
-            GradIn::Owned(dy),
-            mean,
-            inv_std,
-            gamma,
-            batch_stats,
-            Some(affine),
-        )
-        .map(|(g, _)| g)
-    }
-
-    /// [`Kernels::batch_norm_relu_backward_reusing`] into a new tensor, leaving `dy`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn batch_norm_relu_backward(
-        &self,
-        x: &Tensor,
-        dy: &Tensor,
-        mean: &[f32],
-        inv_std: &[f32],
-        gamma: &[f32],
-        affine: [&[f32]; 2],
-        batch_stats: bool,
-    ) -> Result<BatchNormGrads> {
-        self.batch_norm_backward_impl(
-            "batch_norm_relu_backward",
-            x,
-            GradIn::Borrowed(dy),
-            mean,
-            inv_std,
-            gamma,
-            batch_stats,
-            Some(affine),
-        )
-        .map(|(g, _)| g)
+        g.masked_dy = masked;
+        Ok(g)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -264,7 +193,7 @@ impl Kernels {
         &self,
         op: &'static str,
         x: &Tensor,
-        dy: GradIn,
+        dy: BnGradIn,
         mean: &[f32],
         inv_std: &[f32],
         gamma: &[f32],
@@ -273,15 +202,15 @@ impl Kernels {
     ) -> Result<(BatchNormGrads, Option<Tensor>)> {
         // `masked`: the owned dy and the ReLU output that masks it.
         let (mut dx, borrowed, mut masked) = match dy {
-            GradIn::Borrowed(dy) => {
+            BnGradIn::Borrowed(dy) => {
                 x.expect_same_shape(op, dy)?;
                 (Tensor::for_overwrite(x.shape())?, Some(dy), None)
             }
-            GradIn::Owned(dy) => {
+            BnGradIn::Owned(dy) => {
                 x.expect_same_shape(op, &dy)?;
                 (dy, None, None)
             }
-            GradIn::MaskedBy(dy, out) => {
+            BnGradIn::MaskedBy(dy, out) => {
                 x.expect_same_shape(op, &dy)?;
                 (Tensor::for_overwrite(x.shape())?, None, Some((dy, out)))
             }
@@ -316,6 +245,7 @@ impl Kernels {
                 dx,
                 dgamma: vec![0.0; c],
                 dbeta: vec![0.0; c],
+                masked_dy: None,
             };
             return Ok((g, masked.map(|(dy, _)| dy)));
         }
@@ -439,7 +369,12 @@ impl Kernels {
                 .for_each(|(i, d)| run(i, d));
         }
         Ok((
-            BatchNormGrads { dx, dgamma, dbeta },
+            BatchNormGrads {
+                dx,
+                dgamma,
+                dbeta,
+                masked_dy: None,
+            },
             masked.map(|(dy, _)| dy),
         ))
     }

@@ -58,7 +58,7 @@ pub mod rng;
 mod shortcut;
 mod tensor;
 
-pub use backward::{BatchNormGrads, ConvGrads, LinearGrads};
+pub use backward::{BatchNormBackward, BatchNormGrads, BnGradIn, ConvGrads, LinearGrads};
 pub use blocked::BlockedTensor;
 pub use conv::{
     fold_batch_norm, Conv2d, ConvBackward, ConvPlan, ConvWeights, DirectForm, DxInto, Forward,

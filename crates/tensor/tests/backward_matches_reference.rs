@@ -13,7 +13,8 @@ use common::{close, fail, prop, Check, CheckResult};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use tensor::{
-    reference, Conv2d, ConvBackward, ConvPlan, Forward, Kernels, Layout, Mode, Pool2d, Tensor,
+    reference, BatchNormBackward, BnGradIn, Conv2d, ConvBackward, ConvPlan, Forward, Kernels,
+    Layout, Mode, Pool2d, Tensor,
 };
 
 const CHECKS: &[(&str, Check)] = &[
@@ -92,7 +93,11 @@ fn check_batch_norm(k: Kernels) -> CheckResult {
         let stats = k.channel_stats(&x).map_err(fail)?;
         let inv_std: Vec<f32> = stats.var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
         let got = k
-            .batch_norm_backward(&x, &dy, &stats.mean, &inv_std, &gamma)
+            .batch_norm_backward(
+                &x,
+                BnGradIn::Borrowed(&dy),
+                &BatchNormBackward::batch(&stats.mean, &inv_std, &gamma),
+            )
             .map_err(fail)?;
         let (dx, dgamma, dbeta) =
             reference::batch_norm_backward(&x, &dy, &gamma, eps).map_err(fail)?;
@@ -125,7 +130,11 @@ fn check_batch_norm(k: Kernels) -> CheckResult {
         })?;
         // Writing dx over dy's buffer is the same arithmetic: equal to the last bit.
         let reused = k
-            .batch_norm_backward_reusing(&x, dy.clone(), &stats.mean, &inv_std, &gamma)
+            .batch_norm_backward(
+                &x,
+                BnGradIn::Owned(dy.clone()),
+                &BatchNormBackward::batch(&stats.mean, &inv_std, &gamma),
+            )
             .map_err(fail)?;
         close("dx (reusing dy)", reused.dx.data(), got.dx.data(), |_| 0.0)?;
         close("dgamma (reusing dy)", &reused.dgamma, &got.dgamma, |_| 0.0)?;
@@ -168,24 +177,32 @@ fn check_batch_norm_relu(k: Kernels) -> CheckResult {
         let affine = [&scale[..], &shift[..]];
         for batch_stats in [true, false] {
             let want = if batch_stats {
-                k.batch_norm_backward(&x, &masked, &stats.mean, &inv_std, &gamma)
+                k.batch_norm_backward(
+                    &x,
+                    BnGradIn::Borrowed(&masked),
+                    &BatchNormBackward::batch(&stats.mean, &inv_std, &gamma),
+                )
             } else {
-                k.batch_norm_fixed_backward(&x, &masked, &stats.mean, &inv_std, &gamma)
+                k.batch_norm_backward(
+                    &x,
+                    BnGradIn::Borrowed(&masked),
+                    &BatchNormBackward::fixed(&stats.mean, &inv_std, &gamma),
+                )
             }
             .map_err(fail)?;
             let (mean, istd) = (&stats.mean, &inv_std);
             let got = k
-                .batch_norm_relu_backward(&x, &dy, mean, istd, &gamma, affine, batch_stats)
+                .batch_norm_backward(
+                    &x,
+                    BnGradIn::Borrowed(&dy),
+                    &BatchNormBackward::new(mean, istd, &gamma, batch_stats).with_relu(affine),
+                )
                 .map_err(fail)?;
             let reused = k
-                .batch_norm_relu_backward_reusing(
+                .batch_norm_backward(
                     &x,
-                    dy.clone(),
-                    mean,
-                    istd,
-                    &gamma,
-                    affine,
-                    batch_stats,
+                    BnGradIn::Owned(dy.clone()),
+                    &BatchNormBackward::new(mean, istd, &gamma, batch_stats).with_relu(affine),
                 )
                 .map_err(fail)?;
             for (how, g) in [("new tensor", &got), ("reusing dy", &reused)] {
@@ -225,11 +242,20 @@ fn check_batch_norm_add_relu(k: Kernels) -> CheckResult {
         let masked = k.relu_backward(&dy, &out).map_err(fail)?;
         let (mean, istd) = (&stats.mean, &inv_std);
         let want = k
-            .batch_norm_backward(&x, &masked, mean, istd, &gamma)
+            .batch_norm_backward(
+                &x,
+                BnGradIn::Borrowed(&masked),
+                &BatchNormBackward::batch(mean, istd, &gamma),
+            )
             .map_err(fail)?;
-        let (got, got_masked) = k
-            .batch_norm_add_relu_backward(&x, dy, &out, mean, istd, &gamma)
+        let mut got = k
+            .batch_norm_backward(
+                &x,
+                BnGradIn::MaskedBy(dy, &out),
+                &BatchNormBackward::batch(mean, istd, &gamma),
+            )
             .map_err(fail)?;
+        let got_masked = got.masked_dy.take().ok_or_else(|| fail("no masked dy"))?;
         let at = format!("{shape:?}");
         close(
             &format!("masked dy {at}"),
@@ -772,10 +798,8 @@ fn check_errors(k: Kernels) -> CheckResult {
             "bn params",
             k.batch_norm_backward(
                 &t(&[1, 2, 2, 2]),
-                &t(&[1, 2, 2, 2]),
-                &[0.0],
-                &[1.0, 1.0],
-                &[1.0, 1.0],
+                BnGradIn::Borrowed(&t(&[1, 2, 2, 2])),
+                &BatchNormBackward::batch(&[0.0], &[1.0, 1.0], &[1.0, 1.0]),
             )
             .is_err(),
         ),
