@@ -49,7 +49,8 @@ pub struct LinearGrads {
     pub db: Vec<f32>,
 }
 
-fn expect_shape(op: &'static str, expected: &[usize], got: &Tensor) -> Result<()> {
+/// `got` has the shape `expected`, or the error names both.
+pub(crate) fn expect_shape(op: &'static str, expected: &[usize], got: &Tensor) -> Result<()> {
     if got.shape() != expected {
         return Err(TensorError::ShapeMismatch {
             op,

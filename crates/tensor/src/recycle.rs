@@ -5,13 +5,13 @@
 //! operating system costs a page fault and a page of zeroing on first touch (in a
 //! ResNet-20 training step at batch 128 that was 7.5% of the time, spread over whichever
 //! kernel first wrote each output). So a dropped tensor of at least [`MIN_FLOATS`]
-//! elements gives its buffer to this pool, and the next tensor of about that size takes
+//! elements gives its buffer to this recycler, and the next tensor of about that size takes
 //! it instead of asking the allocator.
 //!
-//! The pool is bounded in bytes and in time: it holds at most [`limit`] bytes (default
+//! The recycler is bounded in bytes and in time: it holds at most [`limit`] bytes (default
 //! [`DEFAULT_LIMIT`]), a buffer that would pass the limit goes back to the allocator as
-//! usual, and a buffer nobody took within [`MAX_AGE`] pool operations (takes and gives
-//! of large buffers) is freed too. Nor does the pool take a buffer that no recent
+//! usual, and a buffer nobody took within [`MAX_AGE`] recycler operations (takes and gives
+//! of large buffers) is freed too. Nor does the recycler take a buffer that no recent
 //! request could use: a buffer is kept only if one of the last [`RECENT`] requests was
 //! for a length it serves. So sizes that do not recur (a data loader's batch made with
 //! `Tensor::from_vec` each step, decoded photos of every size) pass through instead of
@@ -33,20 +33,20 @@ use std::sync::Mutex;
 /// recycles small blocks well on its own.
 pub const MIN_FLOATS: usize = 16 * 1024;
 
-/// The default bound on the bytes the pool holds: 512 MiB, twice what a ResNet-20
+/// The default bound on the bytes the recycler holds: 512 MiB, twice what a ResNet-20
 /// training step at batch 128 keeps for its backward pass.
 pub const DEFAULT_LIMIT: usize = 512 << 20;
 
-/// A pooled buffer not taken within this many pool operations is freed. A training step
+/// A kept buffer not taken within this many recycler operations is freed. A training step
 /// of ResNet-20 makes a few hundred (every activation and gradient is taken once and
 /// given once), ResNet-152's a few thousand; a buffer freed by one step is taken again
 /// by the next, well within this.
 pub const MAX_AGE: u64 = 4096;
 
-/// How many recent requests a buffer is matched against before the pool keeps it.
+/// How many recent requests a buffer is matched against before the recycler keeps it.
 pub const RECENT: usize = 64;
 
-struct Pool {
+struct Recycler {
     /// Each buffer with the clock reading when it was given.
     buffers: Vec<(Vec<f32>, u64)>,
     /// The lengths of the last [`RECENT`] requests (0: none yet), a ring whose next
@@ -55,11 +55,11 @@ struct Pool {
     next: usize,
     bytes: usize,
     limit: usize,
-    /// Pool operations so far.
+    /// Recycler operations so far.
     clock: u64,
 }
 
-impl Pool {
+impl Recycler {
     /// Advances the clock and frees the buffers that have waited longer than
     /// [`MAX_AGE`].
     fn tick(&mut self) {
@@ -77,7 +77,7 @@ impl Pool {
     }
 }
 
-static POOL: Mutex<Pool> = Mutex::new(Pool {
+static RECYCLER: Mutex<Recycler> = Mutex::new(Recycler {
     buffers: Vec::new(),
     recent: [0; RECENT],
     next: 0,
@@ -86,37 +86,37 @@ static POOL: Mutex<Pool> = Mutex::new(Pool {
     clock: 0,
 });
 
-fn lock() -> std::sync::MutexGuard<'static, Pool> {
-    // A panic while holding the lock cannot leave the pool inconsistent (every update
+fn lock() -> std::sync::MutexGuard<'static, Recycler> {
+    // A panic while holding the lock cannot leave the recycler inconsistent (every update
     // is a push or a swap_remove plus counters), so a poisoned lock is still usable.
-    POOL.lock().unwrap_or_else(|p| p.into_inner())
+    RECYCLER.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn bytes_of(v: &Vec<f32>) -> usize {
     v.capacity() * std::mem::size_of::<f32>()
 }
 
-/// A buffer of `len` floats with unspecified (but initialised) contents, if the pool
+/// A buffer of `len` floats with unspecified (but initialised) contents, if the recycler
 /// holds one whose capacity is between `len` and `2 * len` (the smallest such).
 pub(crate) fn take(len: usize) -> Option<Vec<f32>> {
     if len < MIN_FLOATS || bypassed() {
         return None;
     }
-    let mut pool = lock();
-    pool.tick();
-    let next = pool.next;
-    pool.recent[next] = len;
-    pool.next = (next + 1) % RECENT;
-    let best = pool
+    let mut bin = lock();
+    bin.tick();
+    let next = bin.next;
+    bin.recent[next] = len;
+    bin.next = (next + 1) % RECENT;
+    let best = bin
         .buffers
         .iter()
         .enumerate()
         .filter(|(_, (b, _))| (len..=2 * len).contains(&b.capacity()))
         .min_by_key(|(_, (b, _))| b.capacity())
         .map(|(i, _)| i)?;
-    let (mut v, _) = pool.buffers.swap_remove(best);
-    pool.bytes -= bytes_of(&v);
-    drop(pool);
+    let (mut v, _) = bin.buffers.swap_remove(best);
+    bin.bytes -= bytes_of(&v);
+    drop(bin);
     // Within capacity: `truncate` is free, `resize` writes only the part past the old
     // length (a buffer shortened by an earlier `take`).
     v.resize(len, 0.0);
@@ -128,7 +128,7 @@ thread_local! {
     static BYPASS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Runs `f` with the pool bypassed on this thread: tensors dropped meanwhile free
+/// Runs `f` with the recycler bypassed on this thread: tensors dropped meanwhile free
 /// their memory, and new ones come from the allocator.
 pub fn bypass<R>(f: impl FnOnce() -> R) -> R {
     struct Restore(bool);
@@ -145,53 +145,53 @@ fn bypassed() -> bool {
     BYPASS.with(|b| b.get())
 }
 
-/// Takes `v` into the pool if it is large enough, a recent request could use it, and it
+/// Takes `v` into the recycler if it is large enough, a recent request could use it, and it
 /// fits under the limit; otherwise frees it.
 pub(crate) fn give(v: Vec<f32>) {
     if v.capacity() < MIN_FLOATS || bypassed() {
         return;
     }
-    let mut pool = lock();
-    pool.tick();
+    let mut bin = lock();
+    bin.tick();
     let cap = v.capacity();
-    let wanted = pool
+    let wanted = bin
         .recent
         .iter()
         .any(|&l| l > 0 && (l..=2 * l).contains(&cap));
-    if wanted && pool.bytes + bytes_of(&v) <= pool.limit {
-        pool.bytes += bytes_of(&v);
-        let now = pool.clock;
-        pool.buffers.push((v, now));
+    if wanted && bin.bytes + bytes_of(&v) <= bin.limit {
+        bin.bytes += bytes_of(&v);
+        let now = bin.clock;
+        bin.buffers.push((v, now));
     }
 }
 
-/// The bound on the bytes the pool holds.
+/// The bound on the bytes the recycler holds.
 pub fn limit() -> usize {
     lock().limit
 }
 
-/// Sets the bound on the bytes the pool holds, freeing buffers past it (largest
+/// Sets the bound on the bytes the recycler holds, freeing buffers past it (largest
 /// first). `0` turns recycling off.
 pub fn set_limit(bytes: usize) {
-    let mut pool = lock();
-    pool.limit = bytes;
-    pool.buffers.sort_by_key(|(b, _)| b.capacity());
-    while pool.bytes > bytes {
-        let Some((v, _)) = pool.buffers.pop() else {
+    let mut bin = lock();
+    bin.limit = bytes;
+    bin.buffers.sort_by_key(|(b, _)| b.capacity());
+    while bin.bytes > bytes {
+        let Some((v, _)) = bin.buffers.pop() else {
             break;
         };
-        pool.bytes -= bytes_of(&v);
+        bin.bytes -= bytes_of(&v);
     }
 }
 
-/// The bytes the pool holds now.
+/// The bytes the recycler holds now.
 pub fn held_bytes() -> usize {
     lock().bytes
 }
 
-/// Frees every buffer the pool holds (the limit stays).
+/// Frees every buffer the recycler holds (the limit stays).
 pub fn release() {
-    let mut pool = lock();
-    pool.buffers = Vec::new();
-    pool.bytes = 0;
+    let mut bin = lock();
+    bin.buffers = Vec::new();
+    bin.bytes = 0;
 }

@@ -356,13 +356,7 @@ const UNIT_1X1: Shape = Shape {
     k: ONE,
     s: STRIDE_1,
     unpadded: true,
-    same: false,
-    whole_rows: false,
-    masked: false,
-    o_vectors: 0,
-    blocked: false,
-    transposed: false,
-    phases: false,
+    ..ANY
 };
 const ANY: Shape = Shape {
     k: &[],

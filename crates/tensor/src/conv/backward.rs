@@ -11,7 +11,7 @@ use super::direct::{
 };
 use super::weight_grad::{accumulate_weight_grad, ConvShape, WeightGradScratch};
 use super::{ConvPlan, DirectForm, InputGrad, Mode};
-use crate::backward::ConvGrads;
+use crate::backward::{expect_shape, ConvGrads};
 use crate::epilogue::Epilogue;
 use crate::error::{Result, TensorError};
 use crate::gemm::driver::{self, Threads};
@@ -20,17 +20,6 @@ use crate::gemm::{MatMut, MatRef};
 use crate::kernels::Kernels;
 use crate::layout::check_affine;
 use crate::tensor::Tensor;
-
-fn expect_shape(op: &'static str, expected: &[usize], got: &Tensor) -> Result<()> {
-    if got.shape() != expected {
-        return Err(TensorError::ShapeMismatch {
-            op,
-            expected: expected.to_vec(),
-            got: got.shape().to_vec(),
-        });
-    }
-    Ok(())
-}
 
 /// The output positions `o` in `0..out` whose input coordinate `o * stride + offset -
 /// pad` falls inside `0..size`, as a range (they are contiguous).
