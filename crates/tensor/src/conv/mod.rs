@@ -338,7 +338,8 @@ impl ConvPlan {
     }
 
     /// The forward route's family, which fixes the weights' layout: the ladder's first
-    /// rungs, which look at the layer alone (or the forced route).
+    /// rungs, which look at the layer alone (or the forced route). For the direct kernel
+    /// the form in the value returned is a placeholder: `ladder` picks it for the image.
     pub(crate) fn forward_family(&self) -> Forward {
         if let Some(r) = self.forced.forward {
             return r;
