@@ -3,7 +3,7 @@
 //! its last convolution.
 //!
 //! Two layouts ([`ConvLayout`]): the ImageNet nets run in the blocked channel layout
-//! (`tensor::blocked`: after the stem, which runs in NCHW, its pooled output is
+//! (`tensor::BlockedTensor`: after the stem, which runs in NCHW, its pooled output is
 //! converted once, and every later convolution and pooling runs in the layout), the
 //! CIFAR nets (whose option-A shortcuts pad channels) in NCHW, where the last
 //! convolution of a block accumulates onto the shortcut in place.
@@ -25,7 +25,7 @@ use crate::model::{ConvBn, ResNet, Shortcut};
 
 /// The memory layout an [`InferenceModel`] runs in: `Nchw` (activations `[N][C][H][W]`,
 /// convolutions by the NCHW routes of the plan) or `Blocked` (the blocked channel
-/// layout of `tensor::blocked`, no packing per call; needs projection or identity
+/// layout of `tensor::BlockedTensor`, no packing per call; needs projection or identity
 /// shortcuts, as the ImageNet nets have).
 pub use tensor::Layout as ConvLayout;
 

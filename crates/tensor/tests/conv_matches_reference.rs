@@ -295,7 +295,7 @@ fn check_resnet_layers(kern: Kernels) -> CheckResult {
     each_resnet_layer(2, |case| run_case(kern, case))
 }
 
-/// The blocked layout's convolution (`tensor::blocked`) against the same reference:
+/// The blocked layout's convolution (`conv/nchwc.rs`) against the same reference:
 /// channel counts below, at and past a block of lanes and past a group of blocks (so
 /// that partial blocks and partial groups occur), every kernel, stride, padding and
 /// epilogue of the random cases, and every ResNet layer shape; the layout round trip is

@@ -1,5 +1,5 @@
 //! Every convolution route, forced: each forward, input-gradient and weight-gradient
-//! route of the plan (`tensor::conv`) runs on random shapes made for it (so that no
+//! route of the plan (`crates/tensor/src/conv/`) runs on random shapes made for it (so that no
 //! route is covered by chance, or only when the ladder happens to pick it) and equals the
 //! `f64` reference (`reference::conv2d`, `reference::conv2d_backward`), in every ISA tier
 //! this CPU has. One check per route, named after it; a failure names the route and the
