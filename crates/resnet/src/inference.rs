@@ -11,14 +11,15 @@
 //! Activations come from a small cache of buffers kept by the model, keyed by shape: after
 //! the first call with a given input shape, a forward pass allocates nothing for its
 //! activations (a fresh multi-megabyte buffer per layer would be mapped and page-faulted
-//! anew each time, and the whole network is ~50 layers).
+//! anew each time, and the whole network is ~50 layers). The kernels' scratch and any
+//! other large tensor come from the model's own [`Workspace`] ([`InferenceModel::workspace`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tensor::{
     fold_batch_norm, BlockedTensor, ConvWeights, Epilogue, Kernels, LinearWeights, Mode, Pool2d,
-    Result, Tensor, TensorError,
+    Result, Tensor, TensorError, Workspace,
 };
 
 use crate::model::{ConvBn, ResNet, Shortcut};
@@ -217,6 +218,8 @@ pub struct InferenceModel {
     fc_bias: Vec<f32>,
     cache: ActivationCache<Tensor>,
     blocked_cache: ActivationCache<BlockedTensor>,
+    /// The scratch and recycled buffers its kernels reuse (see [`InferenceModel::workspace`]).
+    workspace: Workspace,
 }
 
 /// What a forward pass reports of its stages (`forward_stages`), or nothing.
@@ -227,7 +230,7 @@ impl InferenceModel {
     /// the layout [`InferenceModel::default_layout`] picks for its architecture.
     ///
     /// The folded copies are freed as they are packed, not kept for recycling (see
-    /// `tensor::recycle::bypass`): no later tensor has their sizes.
+    /// `tensor::workspace::bypass`): no later tensor has their sizes.
     pub fn new(model: &ResNet, kernels: Kernels) -> Result<Self> {
         Self::new_with_layout(model, kernels, Self::default_layout(model))
     }
@@ -236,7 +239,7 @@ impl InferenceModel {
     /// nets' channel-padding shortcuts).
     pub fn new_with_layout(model: &ResNet, kernels: Kernels, layout: ConvLayout) -> Result<Self> {
         check_layout(model, layout)?;
-        tensor::recycle::bypass(|| {
+        tensor::workspace::bypass(|| {
             let k = &kernels;
             let stages = model
                 .stages
@@ -267,7 +270,7 @@ impl InferenceModel {
         layout: ConvLayout,
     ) -> Result<Self> {
         check_layout(&model, layout)?;
-        tensor::recycle::bypass(|| {
+        tensor::workspace::bypass(|| {
             let k = &kernels;
             let mut stages = Vec::with_capacity(model.stages.len());
             for stage in std::mem::take(&mut model.stages) {
@@ -299,6 +302,16 @@ impl InferenceModel {
         self.layout
     }
 
+    /// The memory this model's kernels reuse between calls: each worker thread's scratch
+    /// (padded images, packed panels) and recycled large tensors. Its own, not shared with
+    /// other models; bound it with [`Workspace::set_limit`] (a smaller bound costs speed,
+    /// not correctness), free it between bursts of work with [`Workspace::release`].
+    /// The activations of one forward pass are kept apart, in a cache of one buffer per
+    /// activation shape, and freed with the model.
+    pub fn workspace(&self) -> &Workspace {
+        &self.workspace
+    }
+
     fn assemble(
         model: &ResNet,
         kernels: Kernels,
@@ -316,6 +329,7 @@ impl InferenceModel {
             fc_bias: model.fc_bias.data().to_vec(),
             cache: ActivationCache::default(),
             blocked_cache: ActivationCache::default(),
+            workspace: Workspace::new(),
         })
     }
 
@@ -328,7 +342,7 @@ impl InferenceModel {
     /// and waited for (batch 1 on 1 thread: 0.93-0.97 of the time for ResNet-18 and
     /// ResNet-50, in process and by `resnet bench model`; on 2 threads no change).
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
-        rayon::scope(|_| self.features_observed(x, None))
+        rayon::scope(|_| self.workspace.run(|| self.features_observed(x, None)))
     }
 
     /// The output of each stage for an NCHW batch, named as torchvision's modules:
@@ -337,15 +351,17 @@ impl InferenceModel {
     /// another implementation layer by layer; slower than [`InferenceModel::forward`]
     /// by the copies.
     pub fn forward_stages(&self, x: &Tensor) -> Result<Vec<(String, Tensor)>> {
-        let mut out = Vec::new();
-        let f = self.features_observed(
-            x,
-            Some(&mut |name: &str, t: &Tensor| out.push((name.to_string(), t.clone()))),
-        )?;
-        let logits = self.kernels.linear(&f, &self.fc, Some(&self.fc_bias))?;
-        out.push(("features".into(), f));
-        out.push(("logits".into(), logits));
-        Ok(out)
+        self.workspace.run(|| {
+            let mut out = Vec::new();
+            let f = self.features_observed(
+                x,
+                Some(&mut |name: &str, t: &Tensor| out.push((name.to_string(), t.clone()))),
+            )?;
+            let logits = self.kernels.linear(&f, &self.fc, Some(&self.fc_bias))?;
+            out.push(("features".into(), f));
+            out.push(("logits".into(), logits));
+            Ok(out)
+        })
     }
 
     fn features_observed(&self, x: &Tensor, observe: Observer) -> Result<Tensor> {
@@ -497,8 +513,10 @@ impl InferenceModel {
     /// [`InferenceModel::features`].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         rayon::scope(|_| {
-            let f = self.features_observed(x, None)?;
-            self.kernels.linear(&f, &self.fc, Some(&self.fc_bias))
+            self.workspace.run(|| {
+                let f = self.features_observed(x, None)?;
+                self.kernels.linear(&f, &self.fc, Some(&self.fc_bias))
+            })
         })
     }
 }

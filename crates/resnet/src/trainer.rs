@@ -20,7 +20,7 @@ use std::time::Instant;
 use autograd::{Schedule, Sgd, SgdConfig};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
-use tensor::{Kernels, TensorError};
+use tensor::{Kernels, TensorError, Workspace};
 
 use crate::arch::Arch;
 use crate::augment::Augment;
@@ -200,6 +200,8 @@ pub struct Trainer<'d> {
     kernels: Kernels,
     data: &'d Split,
     out: PathBuf,
+    /// The scratch and recycled buffers of the training steps.
+    workspace: Workspace,
     /// Epochs completed.
     pub epochs_done: usize,
     pub history: Vec<EpochRecord>,
@@ -228,9 +230,17 @@ impl<'d> Trainer<'d> {
             kernels,
             data,
             out: out.to_path_buf(),
+            workspace: Workspace::new(),
             epochs_done: 0,
             history: Vec::new(),
         })
+    }
+
+    /// The memory the training steps' kernels reuse: per-thread scratch and the
+    /// activation and gradient buffers of the last steps (up to its limit, 512 MiB by
+    /// default). Bound it with [`Workspace::set_limit`]; it is freed with the trainer.
+    pub fn workspace(&self) -> &Workspace {
+        &self.workspace
     }
 
     /// Continues the run saved in `checkpoint` (its architecture and classes must match
@@ -293,21 +303,28 @@ impl<'d> Trainer<'d> {
             let start = Instant::now();
             let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
             let mut lr = self.config.lr;
-            let (model, sgd, kernels, config) =
-                (&mut self.model, &mut self.sgd, self.kernels, &self.config);
+            let (model, sgd, kernels, config, ws) = (
+                &mut self.model,
+                &mut self.sgd,
+                self.kernels,
+                &self.config,
+                &self.workspace,
+            );
             loader.for_each_batch(epoch, 0, |b, batch| -> Result<(), TrainError> {
                 lr = schedule.lr(config.lr, epoch * batches + b);
                 sgd.set_lr(lr);
                 let n = batch.labels.len();
-                let step = train_step(
-                    model,
-                    sgd,
-                    kernels,
-                    batch.x,
-                    &batch.labels,
-                    Freeze::None,
-                    config.label_smoothing,
-                )?;
+                let step = ws.run(|| {
+                    train_step(
+                        model,
+                        sgd,
+                        kernels,
+                        batch.x,
+                        &batch.labels,
+                        Freeze::None,
+                        config.label_smoothing,
+                    )
+                })?;
                 if !step.loss.is_finite() {
                     return Err(TrainError::Tensor(TensorError::InvalidArgument {
                         op: "train",

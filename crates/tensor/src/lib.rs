@@ -17,11 +17,12 @@
 //! ```
 //!
 //! Module map, from the bottom up (the public API is the items re-exported here, plus
-//! the modules [`gemm`], [`isa`], [`peak`], [`recycle`], [`reference`](mod@reference) and
-//! [`rng`]):
+//! the modules [`gemm`], [`isa`], [`peak`], [`reference`](mod@reference), [`rng`] and
+//! [`workspace`]):
 //!
 //! - `tensor` (the [`Tensor`] type), `error` ([`TensorError`]), [`rng`] (seeded random
-//!   numbers), [`recycle`] (reuse of large tensors' buffers);
+//!   numbers), [`workspace`] ([`Workspace`]: the scratch and recycled buffers the
+//!   kernels reuse between calls);
 //! - [`isa`] (tiers and detection), `kernels` ([`Kernels`]: the kernels of every tier,
 //!   their safe API and their microkernels: `kernels/microkernel.rs` the GEMM's tiles,
 //!   `direct_tile.rs`, `blocked_tile.rs`, `outer.rs` and `dot.rs` the convolution's);
@@ -52,11 +53,11 @@ mod kernels;
 pub(crate) mod layout;
 mod linear;
 pub mod peak;
-pub mod recycle;
 pub mod reference;
 pub mod rng;
 mod shortcut;
 mod tensor;
+pub mod workspace;
 
 pub use backward::{BatchNormBackward, BatchNormGrads, BnGradIn, ConvGrads, LinearGrads};
 pub use blocked::BlockedTensor;
@@ -71,3 +72,4 @@ pub use isa::Isa;
 pub use kernels::{ChannelStats, Kernels, Pool2d};
 pub use linear::LinearWeights;
 pub use tensor::Tensor;
+pub use workspace::Workspace;

@@ -65,6 +65,7 @@ impl Kernels {
             &mut c,
             &steps,
             driver::Threads::Auto,
+            &crate::Workspace::current(),
         )?;
         let mut y = Tensor::zeros(&[n, out])?;
         for (o, row) in yt.chunks_exact(n.max(1)).enumerate().take(out) {

@@ -6,17 +6,27 @@
 //! instead), which keeps every buffer's ownership obvious.
 
 use crate::error::{Result, TensorError};
-use crate::recycle;
 use crate::rng::Rng;
+use crate::workspace::{self, Workspace};
 
 /// An owned, contiguous `f32` tensor.
 ///
-/// Large tensors' buffers are recycled: dropping one hands its memory to
-/// [`crate::recycle`] for the next tensor of that size.
-#[derive(PartialEq)]
+/// Large tensors' buffers are reused: a tensor of at least
+/// [`workspace::MIN_FLOATS`](crate::workspace::MIN_FLOATS) elements belongs to the
+/// [`Workspace`] it was made in, and dropping it hands its memory back there for the next
+/// tensor of that size.
 pub struct Tensor {
     shape: Vec<usize>,
     data: Vec<f32>,
+    /// Where the buffer returns when the tensor is dropped (`None`: to the allocator).
+    home: Option<Workspace>,
+}
+
+impl PartialEq for Tensor {
+    /// Equal shapes and elements (where the memory returns does not count).
+    fn eq(&self, other: &Self) -> bool {
+        self.shape == other.shape && self.data == other.data
+    }
 }
 
 /// The number of elements a shape holds, or `None` if that overflows `usize`.
@@ -32,6 +42,14 @@ fn checked_count(op: &'static str, shape: &[usize]) -> Result<usize> {
 }
 
 impl Tensor {
+    /// The workspace a new tensor of `n` elements belongs to, and a buffer it reuses.
+    fn home_for(n: usize) -> (Option<Workspace>, Option<Vec<f32>>) {
+        match workspace::home_for(n) {
+            Some((ws, buf)) => (Some(ws), buf),
+            None => (None, None),
+        }
+    }
+
     /// A tensor of zeros.
     pub fn zeros(shape: &[usize]) -> Result<Self> {
         Self::full(shape, 0.0)
@@ -40,7 +58,8 @@ impl Tensor {
     /// A tensor with every element equal to `value`.
     pub fn full(shape: &[usize], value: f32) -> Result<Self> {
         let n = checked_count("Tensor::full", shape)?;
-        let data = match recycle::take(n) {
+        let (home, reused) = Self::home_for(n);
+        let data = match reused {
             Some(mut v) => {
                 v.fill(value);
                 v
@@ -50,10 +69,11 @@ impl Tensor {
         Ok(Tensor {
             shape: shape.to_vec(),
             data,
+            home,
         })
     }
 
-    /// A tensor whose elements are unspecified: a recycled buffer (see [`crate::recycle`])
+    /// A tensor whose elements are unspecified: a reused buffer (see [`Workspace`])
     /// or fresh zeros. For outputs the caller then writes in full; it saves the pass
     /// over memory that zeroing would cost.
     ///
@@ -64,10 +84,12 @@ impl Tensor {
         if cfg!(debug_assertions) {
             return Self::full(shape, f32::NAN);
         }
+        let (home, reused) = Self::home_for(n);
         Ok(Tensor {
             shape: shape.to_vec(),
             // Fresh zeros come from the allocator's zeroed pages: no pass here either.
-            data: recycle::take(n).unwrap_or_else(|| vec![0.0; n]),
+            data: reused.unwrap_or_else(|| vec![0.0; n]),
+            home,
         })
     }
 
@@ -85,6 +107,7 @@ impl Tensor {
         Ok(Tensor {
             shape: shape.to_vec(),
             data,
+            home: workspace::home_of_given(expected),
         })
     }
 
@@ -93,6 +116,7 @@ impl Tensor {
         Tensor {
             shape: Vec::new(),
             data: vec![value],
+            home: None,
         }
     }
 
@@ -105,6 +129,7 @@ impl Tensor {
         Ok(Tensor {
             shape: shape.to_vec(),
             data,
+            home: workspace::home_of_given(n),
         })
     }
 
@@ -122,6 +147,7 @@ impl Tensor {
         Ok(Tensor {
             shape: shape.to_vec(),
             data,
+            home: workspace::home_of_given(n),
         })
     }
 
@@ -174,6 +200,7 @@ impl Tensor {
         Ok(Tensor {
             shape: shape.to_vec(),
             data: std::mem::take(&mut self.data),
+            home: self.home.take(),
         })
     }
 
@@ -246,7 +273,8 @@ impl Tensor {
 
 impl Clone for Tensor {
     fn clone(&self) -> Self {
-        let data = match recycle::take(self.data.len()) {
+        let (home, reused) = Self::home_for(self.data.len());
+        let data = match reused {
             Some(mut v) => {
                 v.copy_from_slice(&self.data);
                 v
@@ -256,13 +284,16 @@ impl Clone for Tensor {
         Tensor {
             shape: self.shape.clone(),
             data,
+            home,
         }
     }
 }
 
 impl Drop for Tensor {
     fn drop(&mut self) {
-        recycle::give(std::mem::take(&mut self.data));
+        if let Some(home) = self.home.take() {
+            home.give(std::mem::take(&mut self.data));
+        }
     }
 }
 

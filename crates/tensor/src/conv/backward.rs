@@ -20,6 +20,7 @@ use crate::gemm::{MatMut, MatRef};
 use crate::kernels::Kernels;
 use crate::layout::check_affine;
 use crate::tensor::Tensor;
+use crate::workspace::Workspace;
 
 /// The output positions `o` in `0..out` whose input coordinate `o * stride + offset -
 /// pad` falls inside `0..size`, as a range (they are contiguous).
@@ -291,6 +292,8 @@ impl Kernels {
             return Ok(ConvGrads { dx, dw });
         }
         let set = self.set();
+        // Scratch comes from the caller's workspace, in whichever thread runs an image.
+        let ws = Workspace::current();
         let mr = set.gemm_mr;
         let flipped = transposed.map(|form| {
             (
@@ -357,6 +360,7 @@ impl Kernels {
                     threads,
                     padded,
                     None,
+                    &ws,
                 );
             }
             if let Some(st) = &phased {
@@ -371,6 +375,7 @@ impl Kernels {
                     accumulate,
                     threads,
                     padded,
+                    &ws,
                 );
             }
             if let Some(wt) = &wt {
@@ -384,12 +389,12 @@ impl Kernels {
                     } else {
                         &[]
                     };
-                    driver::gemm(set, wt, &source, k, pix, &mut c_mat, epilogue, threads)?;
+                    driver::gemm(set, wt, &source, k, pix, &mut c_mat, epilogue, threads, &ws)?;
                 } else {
                     // Written in full by the GEMM: a reused buffer needs no clearing.
                     dcols.resize(k * pix, 0.0);
                     let mut c_mat = MatMut::row_major(dcols, k, pix)?;
-                    driver::gemm(set, wt, &source, k, pix, &mut c_mat, &[], threads)?;
+                    driver::gemm(set, wt, &source, k, pix, &mut c_mat, &[], threads, &ws)?;
                     g.col2im(dcols, dx_b);
                 }
             }

@@ -34,6 +34,7 @@ use crate::gemm::driver::Threads;
 use crate::kernels::microkernel::TileOut;
 use crate::kernels::KernelSet;
 use crate::layout::{per_channel, phase_tap_offsets, split_phases, Normalise, OutPtr};
+use crate::workspace::{Scratch, Workspace};
 
 /// Convolution weights laid out for the direct kernel: blocks of `ob` output channels,
 /// each `[C kh kw][ob]` (`wt[(blk * k + r) * ob + b]` for reduction index
@@ -96,11 +97,6 @@ impl DirectWeights {
             kw,
         }
     }
-}
-
-thread_local! {
-    /// This thread's buffer for the planar route's output at the planes' pitch.
-    static WIDE: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Copies a `C x H x W` image into `padded`, zero-padded by `pad` on every side, and
@@ -206,6 +202,7 @@ pub(crate) fn direct_conv_image(
     threads: Threads,
     padded: &mut Vec<f32>,
     norm: Option<&Normalise>,
+    ws: &Workspace,
 ) {
     debug_assert_eq!(dw.ob, set.direct_ob);
     assert!(
@@ -234,6 +231,7 @@ pub(crate) fn direct_conv_image(
                 threads,
                 padded,
                 norm,
+                ws,
             )
         }
         DirectForm::Masked => (true, false),
@@ -460,6 +458,7 @@ fn direct_conv_image_planar(
     threads: Threads,
     padded: &mut Vec<f32>,
     norm: Option<&Normalise>,
+    ws: &Workspace,
 ) {
     let (ob, lanes) = (dw.ob, set.lanes);
     let max_xv = set.direct_tiles.len();
@@ -485,59 +484,61 @@ fn direct_conv_image_planar(
     // Every element of `wide` is written by a tile before it is read, so a reused
     // buffer needs no clearing (a fresh zeroed one per call cost page faults: 3.3 MB for
     // ResNet-50's stem).
-    let mut wide = WIDE.with(|cell| cell.take());
-    wide.resize(dw.o * ext, 0.0);
-    let wp = OutPtr(wide.as_mut_ptr());
-    let padded = &padded[..];
-    let run = |(blk, chunk): (usize, usize)| {
-        let (o0, t0) = (blk * ob, chunk * step);
-        let xv = (ext - t0).div_ceil(lanes).min(max_xv);
-        let wide = wp;
-        let tile = TileOut {
-            // SAFETY: channel o0 < O and pixel t0 < OH PW are inside `wide`.
-            c: unsafe { wide.0.add(o0 * ext + t0) },
-            ldc: ext,
-            m: ob.min(dw.o - o0),
-            n: (xv * lanes).min(ext - t0),
-            load_c: false,
-            steps: [None; 4],
+    ws.scratch(Scratch::DirectWide, |wide| {
+        wide.resize(dw.o * ext, 0.0);
+        let wp = OutPtr(wide.as_mut_ptr());
+        let padded = &padded[..];
+        let run = |(blk, chunk): (usize, usize)| {
+            let (o0, t0) = (blk * ob, chunk * step);
+            let xv = (ext - t0).div_ceil(lanes).min(max_xv);
+            let wide = wp;
+            let tile = TileOut {
+                // SAFETY: channel o0 < O and pixel t0 < OH PW are inside `wide`.
+                c: unsafe { wide.0.add(o0 * ext + t0) },
+                ldc: ext,
+                m: ob.min(dw.o - o0),
+                n: (xv * lanes).min(ext - t0),
+                load_c: false,
+                steps: [None; 4],
+            };
+            // SAFETY: the reads reach at most offs[k - 1] + t0 + xv * lanes, inside the
+            // padded planes plus their margin; the weights hold `k * ob` floats for block
+            // `blk`; the tile covers only this task's channels and pixels of `wide`.
+            unsafe {
+                (set.direct_tiles[xv - 1])(
+                    k,
+                    offs.as_ptr(),
+                    dw.wt.as_ptr().add(blk * k * ob),
+                    padded.as_ptr().add(t0),
+                    along_row.as_ptr(),
+                    &tile,
+                )
+            };
         };
-        // SAFETY: the reads reach at most offs[k - 1] + t0 + xv * lanes, inside the
-        // padded planes plus their margin; the weights hold `k * ob` floats for block
-        // `blk`; the tile covers only this task's channels and pixels of `wide`.
-        unsafe {
-            (set.direct_tiles[xv - 1])(
-                k,
-                offs.as_ptr(),
-                dw.wt.as_ptr().add(blk * k * ob),
-                padded.as_ptr().add(t0),
-                along_row.as_ptr(),
-                &tile,
-            )
+        for_each_tile(blocks, chunks, k * blocks * ob * ext, threads, run);
+        // The valid columns, through the epilogue, in its order; channels in parallel when
+        // the convolution itself was split.
+        let opix = oh * ow;
+        let copy_out = |(oc, (dst, src)): (usize, (&mut [f32], &[f32]))| {
+            for (oy, (d, s)) in dst.chunks_exact_mut(ow).zip(src.chunks(qw)).enumerate() {
+                finish_row(epilogue, oc, oy * ow, &s[..ow], d);
+            }
         };
-    };
-    for_each_tile(blocks, chunks, k * blocks * ob * ext, threads, run);
-    // The valid columns, through the epilogue, in its order; channels in parallel when
-    // the convolution itself was split.
-    let opix = oh * ow;
-    let copy_out = |(oc, (dst, src)): (usize, (&mut [f32], &[f32]))| {
-        for (oy, (d, s)) in dst.chunks_exact_mut(ow).zip(src.chunks(qw)).enumerate() {
-            finish_row(epilogue, oc, oy * ow, &s[..ow], d);
+        if matches!(threads, Threads::Auto)
+            && out.len() >= 1 << 16
+            && rayon::current_num_threads() > 1
+        {
+            out.par_chunks_exact_mut(opix)
+                .zip(wide.par_chunks_exact(ext))
+                .enumerate()
+                .for_each(copy_out);
+        } else {
+            out.chunks_exact_mut(opix)
+                .zip(wide.chunks_exact(ext))
+                .enumerate()
+                .for_each(copy_out);
         }
-    };
-    if matches!(threads, Threads::Auto) && out.len() >= 1 << 16 && rayon::current_num_threads() > 1
-    {
-        out.par_chunks_exact_mut(opix)
-            .zip(wide.par_chunks_exact(ext))
-            .enumerate()
-            .for_each(copy_out);
-    } else {
-        out.chunks_exact_mut(opix)
-            .zip(wide.chunks_exact(ext))
-            .enumerate()
-            .for_each(copy_out);
-    }
-    WIDE.with(|cell| cell.set(wide));
+    });
 }
 
 /// The input gradient of a strided convolution, by the direct kernel: for stride `s`,
@@ -609,6 +610,7 @@ pub(crate) fn strided_transposed_image(
     accumulate: bool,
     threads: Threads,
     padded: &mut Vec<f32>,
+    ws: &Workspace,
 ) {
     let (s, t) = (st.s, st.t);
     // The phase arithmetic below (rows up to `(h - 1 + pad) / s`, reads inside the
@@ -650,86 +652,86 @@ pub(crate) fn strided_transposed_image(
     // tile before it is read: no clearing.
     let phases = s * s;
     let zeros = phases * c * ext;
-    let mut wide = WIDE.with(|cell| cell.take());
-    wide.resize(zeros + pw, 0.0);
-    wide[zeros..zeros + pw].fill(0.0);
-    for (phase, weights) in st.phases.iter().enumerate() {
-        let Some(dwp) = weights else { continue };
-        let (ny, nx) = (dwp.kh, dwp.kw);
-        let mut offs = Vec::with_capacity(o * ny * nx);
-        for oc in 0..o {
-            for jy in 0..ny {
-                offs.extend((0..nx).map(|jx| oc * ph * pw + (t - jy) * pw + t - jx));
+    ws.scratch(Scratch::DirectWide, |wide| {
+        wide.resize(zeros + pw, 0.0);
+        wide[zeros..zeros + pw].fill(0.0);
+        for (phase, weights) in st.phases.iter().enumerate() {
+            let Some(dwp) = weights else { continue };
+            let (ny, nx) = (dwp.kh, dwp.kw);
+            let mut offs = Vec::with_capacity(o * ny * nx);
+            for oc in 0..o {
+                for jy in 0..ny {
+                    offs.extend((0..nx).map(|jx| oc * ph * pw + (t - jy) * pw + t - jx));
+                }
             }
+            let k = offs.len();
+            let blocks = c.div_ceil(ob);
+            let chunks = ext.div_ceil(step);
+            let wp = OutPtr(wide[phase * c * ext..].as_mut_ptr());
+            let run = |(blk, chunk): (usize, usize)| {
+                let (o0, t0) = (blk * ob, chunk * step);
+                let xv = (ext - t0).div_ceil(lanes).min(max_xv);
+                let wide = wp;
+                let tile = TileOut {
+                    // SAFETY: channel o0 < C and pixel t0 < ext are inside this phase's part
+                    // of `wide`.
+                    c: unsafe { wide.0.add(o0 * ext + t0) },
+                    ldc: ext,
+                    m: ob.min(c - o0),
+                    n: (xv * lanes).min(ext - t0),
+                    load_c: false,
+                    steps: [None; 4],
+                };
+                // SAFETY: reads reach at most the largest offset plus `t0 + xv lanes`, inside
+                // `need` (zeroed past the padded image); the weights hold `k * ob` floats per
+                // block; the tile covers only this task's channels and pixels of its phase.
+                unsafe {
+                    (set.direct_tiles[xv - 1])(
+                        k,
+                        offs.as_ptr(),
+                        dwp.wt.as_ptr().add(blk * k * ob),
+                        src.as_ptr().add(t0),
+                        along_row.as_ptr(),
+                        &tile,
+                    )
+                };
+            };
+            for_each_tile(blocks, chunks, k * blocks * ob * ext, threads, run);
         }
-        let k = offs.len();
-        let blocks = c.div_ceil(ob);
-        let chunks = ext.div_ceil(step);
-        let wp = OutPtr(wide[phase * c * ext..].as_mut_ptr());
-        let run = |(blk, chunk): (usize, usize)| {
-            let (o0, t0) = (blk * ob, chunk * step);
-            let xv = (ext - t0).div_ceil(lanes).min(max_xv);
-            let wide = wp;
-            let tile = TileOut {
-                // SAFETY: channel o0 < C and pixel t0 < ext are inside this phase's part
-                // of `wide`.
-                c: unsafe { wide.0.add(o0 * ext + t0) },
-                ldc: ext,
-                m: ob.min(c - o0),
-                n: (xv * lanes).min(ext - t0),
-                load_c: false,
-                steps: [None; 4],
-            };
-            // SAFETY: reads reach at most the largest offset plus `t0 + xv lanes`, inside
-            // `need` (zeroed past the padded image); the weights hold `k * ob` floats per
-            // block; the tile covers only this task's channels and pixels of its phase.
-            unsafe {
-                (set.direct_tiles[xv - 1])(
-                    k,
-                    offs.as_ptr(),
-                    dwp.wt.as_ptr().add(blk * k * ob),
-                    src.as_ptr().add(t0),
-                    along_row.as_ptr(),
-                    &tile,
-                )
-            };
+        // Row `y` of `dX` is phase row `YY = (y + pad) / s` of the phases `ry = (y + pad) % s`;
+        // its pixel `x` is column `(x + pad) / s` of phase `rx = (x + pad) % s`. `fits`
+        // keeps both inside the computed rows and columns.
+        let wide_ref = &wide[..];
+        let row_of = |phase: usize, ch: usize, yy: usize| match st.phases[phase] {
+            Some(_) => (phase * c + ch) * ext + yy * pw,
+            None => zeros,
         };
-        for_each_tile(blocks, chunks, k * blocks * ob * ext, threads, run);
-    }
-    // Row `y` of `dX` is phase row `YY = (y + pad) / s` of the phases `ry = (y + pad) % s`;
-    // its pixel `x` is column `(x + pad) / s` of phase `rx = (x + pad) % s`. `fits`
-    // keeps both inside the computed rows and columns.
-    let wide_ref = &wide[..];
-    let row_of = |phase: usize, ch: usize, yy: usize| match st.phases[phase] {
-        Some(_) => (phase * c + ch) * ext + yy * pw,
-        None => zeros,
-    };
-    for (ch, plane) in dx.chunks_exact_mut(h * w).enumerate() {
-        for (y, row) in plane.chunks_exact_mut(w).enumerate() {
-            let (yy, ry) = ((y + pad) / s, (y + pad) % s);
-            if s == 2 {
-                // Pixel 2j from column pad / 2 + j of phase rx = pad % 2, pixel 2j + 1
-                // from column (pad + 1) / 2 + j of the other.
-                let r0 = pad % 2;
-                let a = row_of(2 * ry + r0, ch, yy) + pad / 2;
-                let b = row_of(2 * ry + 1 - r0, ch, yy) + pad.div_ceil(2);
-                let (na, nb) = (w.div_ceil(2), w / 2);
-                interleave2(&wide_ref[a..a + na], &wide_ref[b..b + nb], row, accumulate);
-                continue;
-            }
-            for (x, d) in row.iter_mut().enumerate() {
-                let (xx, rx) = ((x + pad) / s, (x + pad) % s);
-                let r = row_of(ry * s + rx, ch, yy);
-                let v = if r == zeros { 0.0 } else { wide_ref[r + xx] };
-                if accumulate {
-                    *d += v;
-                } else {
-                    *d = v;
+        for (ch, plane) in dx.chunks_exact_mut(h * w).enumerate() {
+            for (y, row) in plane.chunks_exact_mut(w).enumerate() {
+                let (yy, ry) = ((y + pad) / s, (y + pad) % s);
+                if s == 2 {
+                    // Pixel 2j from column pad / 2 + j of phase rx = pad % 2, pixel 2j + 1
+                    // from column (pad + 1) / 2 + j of the other.
+                    let r0 = pad % 2;
+                    let a = row_of(2 * ry + r0, ch, yy) + pad / 2;
+                    let b = row_of(2 * ry + 1 - r0, ch, yy) + pad.div_ceil(2);
+                    let (na, nb) = (w.div_ceil(2), w / 2);
+                    interleave2(&wide_ref[a..a + na], &wide_ref[b..b + nb], row, accumulate);
+                    continue;
+                }
+                for (x, d) in row.iter_mut().enumerate() {
+                    let (xx, rx) = ((x + pad) / s, (x + pad) % s);
+                    let r = row_of(ry * s + rx, ch, yy);
+                    let v = if r == zeros { 0.0 } else { wide_ref[r + xx] };
+                    if accumulate {
+                        *d += v;
+                    } else {
+                        *d = v;
+                    }
                 }
             }
         }
-    }
-    WIDE.with(|cell| cell.set(wide));
+    });
 }
 
 /// `row[2 j] (+)= a[j]` and `row[2 j + 1] (+)= b[j]`, where `a` holds `ceil(len / 2)`

@@ -43,6 +43,7 @@ use crate::gemm::{driver, MatMut, MatRef, PackedA};
 use crate::kernels::{ChannelStats, Kernels};
 use crate::layout::{check_affine, normalise_image, per_channel, split_phases, Normalise};
 use crate::tensor::Tensor;
+use crate::workspace::{Scratch, Workspace};
 
 /// Stride and zero padding of a convolution (the same along both axes, as in every
 /// ResNet layer).
@@ -122,27 +123,6 @@ impl ConvWeights {
     pub(crate) fn packed(&self) -> &Packed {
         &self.packed
     }
-}
-
-thread_local! {
-    /// This thread's zero-padded input image for the direct kernel, reused across calls.
-    static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-    /// This thread's phase planes of the input image for im2col, reused across calls.
-    static PLANES: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-    /// This thread's normalised input image (`conv2d_with_stats` with an input affine).
-    static NORMED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-/// Runs `f` on this thread's buffer in `key`, taken out for the call (a nested call
-/// finds an empty one) and put back after.
-fn with_buffer<R>(
-    key: &'static std::thread::LocalKey<std::cell::Cell<Vec<f32>>>,
-    f: impl FnOnce(&mut Vec<f32>) -> R,
-) -> R {
-    let mut buf = key.with(|cell| cell.take());
-    let result = f(&mut buf);
-    key.with(|cell| cell.set(buf));
-    result
 }
 
 /// Folds inference batch norm into the preceding convolution:
@@ -367,6 +347,8 @@ impl Kernels {
             return Ok(());
         }
         let xd = x.data();
+        // Scratch comes from the caller's workspace, in whichever thread runs an image.
+        let ws = Workspace::current();
         // `norm`: the image is to be normalised as the direct kernel's padded copy is
         // written (stride 1 only).
         let compute_on = |image: &[f32],
@@ -391,7 +373,7 @@ impl Kernels {
             }
             let steps = &steps[..epilogue.len()];
             if let Some((form, dw)) = direct {
-                with_buffer(&PADDED, |buf| {
+                ws.scratch(Scratch::ConvPadded, |buf| {
                     direct_conv_image(
                         self.set(),
                         form,
@@ -406,6 +388,7 @@ impl Kernels {
                         threads,
                         buf,
                         norm,
+                        &ws,
                     )
                 });
                 return Ok(());
@@ -422,6 +405,7 @@ impl Kernels {
                     &mut c_mat,
                     steps,
                     threads,
+                    &ws,
                 )
             };
             let s = p.stride;
@@ -430,7 +414,7 @@ impl Kernels {
                     run_gemm(BSource::Matrix(MatRef::row_major(image, c, h * wd)?), out)
                 }
                 // A strided 1x1 convolution: B is the subsampled image, `[c, oh ow]`.
-                Forward::GemmSubsampled => with_buffer(&PLANES, |sub| {
+                Forward::GemmSubsampled => ws.scratch(Scratch::ConvPlanes, |sub| {
                     // Every element is written below: no clearing.
                     sub.resize(c * oh * ow, 0.0);
                     let parallel = threads == driver::Threads::Auto;
@@ -452,7 +436,7 @@ impl Kernels {
                         (h + 2 * p.padding).div_ceil(s),
                         (wd + 2 * p.padding).div_ceil(s),
                     );
-                    with_buffer(&PLANES, |planes| {
+                    ws.scratch(Scratch::ConvPlanes, |planes| {
                         // Each channel's planes are cleared (the padding) and written by
                         // one task; the margin past them only feeds over-copied runs,
                         // which are overwritten.
@@ -488,7 +472,7 @@ impl Kernels {
                     let norm = Normalise::new(self.set(), affine);
                     compute_on(image, Some(&norm), b, out, threads)
                 }
-                Some(affine) => with_buffer(&NORMED, |normed| {
+                Some(affine) => ws.scratch(Scratch::ConvNormed, |normed| {
                     normed.resize(in_image.max(normed.len()), 0.0);
                     let normed = &mut normed[..in_image];
                     normalise_image(self.set(), image, h * wd, affine, normed);

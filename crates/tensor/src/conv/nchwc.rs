@@ -15,6 +15,7 @@ use crate::kernels::blocked_tile::BlockedTile;
 use crate::kernels::Kernels;
 use crate::layout::OutPtr;
 use crate::tensor::Tensor;
+use crate::workspace::{Scratch, Workspace};
 
 /// Convolution weights laid out for the blocked kernel: groups of `F` output blocks,
 /// `[G][CB][kh][kw][icb][F][L oc]`, zeros past the real channels; `icb` is `L`, or the
@@ -37,11 +38,6 @@ fn block_channels(c: usize, l: usize) -> usize {
     } else {
         l
     }
-}
-
-thread_local! {
-    /// This thread's padded copy of a blocked input, reused across calls.
-    static PADDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 impl Kernels {
@@ -213,126 +209,127 @@ impl Kernels {
             v.resize(groups * f * l, 0.0);
             v
         });
-        // The input padded by `p` on every side (its border zeros), or read in place.
-        let mut padded = PADDED.with(|cell| cell.take());
-        if pad > 0 {
-            // Every float of each padded plane is written (border zeros, rows copied):
-            // the reused buffer needs no clearing.
-            padded.resize(padded_len, 0.0);
-            let copy = |(dst, src): (&mut [f32], &[f32])| {
-                let (top, rest) = dst.split_at_mut(pad * pw * l);
-                top.fill(0.0);
-                let (body, bottom) = rest.split_at_mut(h * pw * l);
-                bottom.fill(0.0);
-                for (out, row) in body.chunks_exact_mut(pw * l).zip(src.chunks_exact(wd * l)) {
-                    let (left, rest) = out.split_at_mut(pad * l);
-                    left.fill(0.0);
-                    let (mid, right) = rest.split_at_mut(wd * l);
-                    mid.copy_from_slice(row);
-                    right.fill(0.0);
-                }
-            };
-            let pairs = padded
-                .par_chunks_exact_mut(ph * pw * l)
-                .zip(x.data.par_chunks_exact(h * wd * l));
-            pairs.for_each(copy);
-        }
-        if subsample {
-            padded.resize(padded_len, 0.0);
-            let st = p.stride;
-            let pick = |(dst, src): (&mut [f32], &[f32])| {
-                for (q, out) in dst.chunks_exact_mut(l).enumerate() {
-                    let at = ((q / ow) * st * wd + (q % ow) * st) * l;
-                    out.copy_from_slice(&src[at..at + l]);
-                }
-            };
-            padded
-                .par_chunks_exact_mut(oh * ow * l)
-                .zip(x.data.par_chunks_exact(h * wd * l))
-                .for_each(pick);
-        }
-        let xin: &[f32] = if pad > 0 || subsample {
-            &padded
-        } else {
-            &x.data
-        };
-        let set = self.set();
-        let pmax = set.blocked_tiles.len();
-        let (x_cb, x_row) = (ph * pw * l, pw * l);
-        let (in_image, plane) = (cb * x_cb, oh * ow);
-        let out_image = ob * plane * l;
-        // Each output pixel's input offset (tap (0, 0), channel block 0): tiles take `P`
-        // consecutive pixels of the flattened plane, across row ends.
-        let offs: Vec<usize> = (0..plane)
-            .map(|q| ((q / ow) * s * pw + (q % ow) * s) * l)
-            .collect();
-        // Tasks: (image, group of output blocks, run of whole tiles), about eight per
-        // thread, so that a 7 x 7 plane still splits.
-        let tiles = plane.div_ceil(pmax);
-        let wanted = 8 * rayon::current_num_threads();
-        let runs = wanted.div_ceil(n * groups).clamp(1, tiles);
-        let run_px = tiles.div_ceil(runs) * pmax;
-        let runs = plane.div_ceil(run_px);
-        let outp = OutPtr(y.data.as_mut_ptr());
-        let task = |t: usize| {
-            let (b, rest) = (t / (groups * runs), t % (groups * runs));
-            let (g, run) = (rest / runs, rest % runs);
-            let fv = f.min(ob - g * f);
-            let (q0, q1) = (run * run_px, ((run + 1) * run_px).min(plane));
-            // The run's pixels in as few tiles as `P = pmax` allows, of balanced widths
-            // (49 = 4 x 6 + 5 x 5, not 8 x 6 + 1): a 1-pixel tile loads the same weights
-            // for a sixth of the multiply-adds of a 6-pixel one, and took 6% of the time of
-            // ResNet-50's 7 x 7 layers for 2% of their work. In-process A/B, 2 threads,
-            // batch 1: those layers 0.97-0.985 of the time (mean of 400 calls), the
-            // others unchanged; ResNet-50 0.97-0.99.
-            let (len, count) = (q1 - q0, (q1 - q0).div_ceil(pmax));
-            let (base, extra) = (len / count.max(1), len % count.max(1));
-            let mut q = q0;
-            for ti in 0..count {
-                let pn = base + usize::from(ti < extra);
-                let at = b * out_image + g * f * plane * l + q * l;
-                let tile = BlockedTile {
-                    x: xin[b * in_image..].as_ptr(),
-                    x_off: offs[q..].as_ptr(),
-                    x_cb,
-                    x_row,
-                    cb,
-                    icb,
-                    kh,
-                    kw,
-                    w: w.data[g * w_group..].as_ptr(),
-                    // SAFETY: inside the output: image b, block g f, pixel q.
-                    out: unsafe { outp.get().add(at) },
-                    out_ob: plane * l,
-                    f: fv,
-                    bias: bias_padded
-                        .as_ref()
-                        .map_or(std::ptr::null(), |v| v[g * f * l..].as_ptr()),
-                    residual: residual.map_or(std::ptr::null(), |r| r.data[at..].as_ptr()),
-                    relu,
+        // The input padded by `p` on every side (its border zeros), or read in place: this
+        // thread's copy, from the caller's workspace.
+        Workspace::current().scratch(Scratch::BlockedPadded, |padded| {
+            if pad > 0 {
+                // Every float of each padded plane is written (border zeros, rows copied):
+                // the reused buffer needs no clearing.
+                padded.resize(padded_len, 0.0);
+                let copy = |(dst, src): (&mut [f32], &[f32])| {
+                    let (top, rest) = dst.split_at_mut(pad * pw * l);
+                    top.fill(0.0);
+                    let (body, bottom) = rest.split_at_mut(h * pw * l);
+                    bottom.fill(0.0);
+                    for (out, row) in body.chunks_exact_mut(pw * l).zip(src.chunks_exact(wd * l)) {
+                        let (left, rest) = out.split_at_mut(pad * l);
+                        left.fill(0.0);
+                        let (mid, right) = rest.split_at_mut(wd * l);
+                        mid.copy_from_slice(row);
+                        right.fill(0.0);
+                    }
                 };
-                // SAFETY: pixel q's taps read padded rows `oy s + ky <= (oh - 1) s + kh -
-                // 1 < ph` and columns `ox s + kx < pw` of each channel block of image b,
-                // which `xin` holds; `offs` has `pn` entries from q; the weights of group
-                // g are `w_group` floats; the tile writes (and reads, for the residual)
-                // `fv` blocks of `pn` pixels inside image b's output. Tasks differ in
-                // (b, g, run): disjoint outputs.
-                unsafe { (set.blocked_tiles[pn - 1])(&tile) };
-                q += pn;
+                let pairs = padded
+                    .par_chunks_exact_mut(ph * pw * l)
+                    .zip(x.data.par_chunks_exact(h * wd * l));
+                pairs.for_each(copy);
             }
-            debug_assert_eq!(q, q1);
-        };
-        let tasks = n * groups * runs;
-        let work = [plane, f, groups, l, cb, l, kh, kw]
-            .iter()
-            .fold(n, |a, &d| a.saturating_mul(d));
-        if work >= 1 << 18 && rayon::current_num_threads() > 1 {
-            (0..tasks).into_par_iter().for_each(task);
-        } else {
-            (0..tasks).for_each(task);
-        }
-        debug_assert_eq!(y.data.len(), n * out_image);
-        PADDED.with(|cell| cell.set(padded));
+            if subsample {
+                padded.resize(padded_len, 0.0);
+                let st = p.stride;
+                let pick = |(dst, src): (&mut [f32], &[f32])| {
+                    for (q, out) in dst.chunks_exact_mut(l).enumerate() {
+                        let at = ((q / ow) * st * wd + (q % ow) * st) * l;
+                        out.copy_from_slice(&src[at..at + l]);
+                    }
+                };
+                padded
+                    .par_chunks_exact_mut(oh * ow * l)
+                    .zip(x.data.par_chunks_exact(h * wd * l))
+                    .for_each(pick);
+            }
+            let xin: &[f32] = if pad > 0 || subsample {
+                padded
+            } else {
+                &x.data
+            };
+            let set = self.set();
+            let pmax = set.blocked_tiles.len();
+            let (x_cb, x_row) = (ph * pw * l, pw * l);
+            let (in_image, plane) = (cb * x_cb, oh * ow);
+            let out_image = ob * plane * l;
+            // Each output pixel's input offset (tap (0, 0), channel block 0): tiles take `P`
+            // consecutive pixels of the flattened plane, across row ends.
+            let offs: Vec<usize> = (0..plane)
+                .map(|q| ((q / ow) * s * pw + (q % ow) * s) * l)
+                .collect();
+            // Tasks: (image, group of output blocks, run of whole tiles), about eight per
+            // thread, so that a 7 x 7 plane still splits.
+            let tiles = plane.div_ceil(pmax);
+            let wanted = 8 * rayon::current_num_threads();
+            let runs = wanted.div_ceil(n * groups).clamp(1, tiles);
+            let run_px = tiles.div_ceil(runs) * pmax;
+            let runs = plane.div_ceil(run_px);
+            let outp = OutPtr(y.data.as_mut_ptr());
+            let task = |t: usize| {
+                let (b, rest) = (t / (groups * runs), t % (groups * runs));
+                let (g, run) = (rest / runs, rest % runs);
+                let fv = f.min(ob - g * f);
+                let (q0, q1) = (run * run_px, ((run + 1) * run_px).min(plane));
+                // The run's pixels in as few tiles as `P = pmax` allows, of balanced widths
+                // (49 = 4 x 6 + 5 x 5, not 8 x 6 + 1): a 1-pixel tile loads the same weights
+                // for a sixth of the multiply-adds of a 6-pixel one, and took 6% of the time of
+                // ResNet-50's 7 x 7 layers for 2% of their work. In-process A/B, 2 threads,
+                // batch 1: those layers 0.97-0.985 of the time (mean of 400 calls), the
+                // others unchanged; ResNet-50 0.97-0.99.
+                let (len, count) = (q1 - q0, (q1 - q0).div_ceil(pmax));
+                let (base, extra) = (len / count.max(1), len % count.max(1));
+                let mut q = q0;
+                for ti in 0..count {
+                    let pn = base + usize::from(ti < extra);
+                    let at = b * out_image + g * f * plane * l + q * l;
+                    let tile = BlockedTile {
+                        x: xin[b * in_image..].as_ptr(),
+                        x_off: offs[q..].as_ptr(),
+                        x_cb,
+                        x_row,
+                        cb,
+                        icb,
+                        kh,
+                        kw,
+                        w: w.data[g * w_group..].as_ptr(),
+                        // SAFETY: inside the output: image b, block g f, pixel q.
+                        out: unsafe { outp.get().add(at) },
+                        out_ob: plane * l,
+                        f: fv,
+                        bias: bias_padded
+                            .as_ref()
+                            .map_or(std::ptr::null(), |v| v[g * f * l..].as_ptr()),
+                        residual: residual.map_or(std::ptr::null(), |r| r.data[at..].as_ptr()),
+                        relu,
+                    };
+                    // SAFETY: pixel q's taps read padded rows `oy s + ky <= (oh - 1) s + kh -
+                    // 1 < ph` and columns `ox s + kx < pw` of each channel block of image b,
+                    // which `xin` holds; `offs` has `pn` entries from q; the weights of group
+                    // g are `w_group` floats; the tile writes (and reads, for the residual)
+                    // `fv` blocks of `pn` pixels inside image b's output. Tasks differ in
+                    // (b, g, run): disjoint outputs.
+                    unsafe { (set.blocked_tiles[pn - 1])(&tile) };
+                    q += pn;
+                }
+                debug_assert_eq!(q, q1);
+            };
+            let tasks = n * groups * runs;
+            let work = [plane, f, groups, l, cb, l, kh, kw]
+                .iter()
+                .fold(n, |a, &d| a.saturating_mul(d));
+            if work >= 1 << 18 && rayon::current_num_threads() > 1 {
+                (0..tasks).into_par_iter().for_each(task);
+            } else {
+                (0..tasks).for_each(task);
+            }
+            debug_assert_eq!(y.data.len(), n * out_image);
+        });
         Ok(())
     }
 

@@ -30,6 +30,7 @@ use crate::error::Result;
 use crate::kernels::microkernel::TileOut;
 use crate::kernels::KernelSet;
 use crate::layout::OutPtr;
+use crate::workspace::{Scratch, Workspace};
 
 // The three blocking sizes below start from the cache sizes (the reasons are given
 // with each) and were then measured (2026-11-29, AVX-512 Xeon, 2 MiB L2 per core): each
@@ -81,6 +82,7 @@ pub(crate) fn gemm(
     c: &mut MatMut,
     epilogue: &[Epilogue],
     threads: Threads,
+    ws: &Workspace,
 ) -> Result<()> {
     check_epilogue("gemm", epilogue, m, n)?;
     let k = a.cols();
@@ -106,116 +108,113 @@ pub(crate) fn gemm(
     // Tasks write disjoint tiles of C (their row blocks and panel groups do not overlap).
     let cptr = OutPtr(c.data.as_mut_ptr());
 
-    thread_local! {
-        /// This thread's buffer for packed blocks of B, reused across calls: a fresh
-        /// 2 MiB allocation per call would be mapped (and page-faulted) anew each time.
-        static B_BUFFER: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-    }
-    let mut buf = B_BUFFER.with(|b| b.take());
-    // K = 0 still runs one (empty) block, so C gets zeros and the epilogue.
-    let k_blocks = k.div_ceil(KC).max(1);
-    for jc in (0..n).step_by(NC) {
-        let nc = NC.min(n - jc);
-        // Split across threads, a product whose whole packed B (all of K) is small is
-        // packed at once, and each task then runs every K block: two hand-offs per
-        // column block instead of two per K block, and no barrier between K blocks.
-        // Otherwise B is packed one K block at a time (a cache-sized block).
-        let whole_k = parallel && k_blocks > 1 && b_panels(nc, nr, lanes, k).len <= WHOLE_K_MAX;
-        let step = if whole_k { k_blocks } else { 1 };
-        for kb0 in (0..k_blocks).step_by(step) {
-            let kbs = kb0..(kb0 + step).min(k_blocks);
-            // The packed rows: `pc0..pc0 + rows` of B, every panel holding all of them.
-            let pc0 = kb0 * KC;
-            let rows = (kbs.end * KC).min(k) - pc0.min(k);
-            let layout = b_panels(nc, nr, lanes, rows);
-            buf.resize((layout.len + ALIGN_SLACK).max(buf.len()), 0.0);
-            // Panels start on cache lines (their sizes are whole vectors).
-            let at = aligned_start(&buf);
-            pack_b(
-                b,
-                pc0.min(k),
-                rows,
-                jc,
-                nc,
-                &layout,
-                &mut buf[at..],
-                parallel && rows * nc >= 1 << 15,
-            );
-            let n_panels = layout.panels.len();
-            // Split the panels into groups so that there are >= 4 tasks per thread.
-            let groups = (4 * threads).div_ceil(m_blocks).clamp(1, n_panels);
-            let per_group = n_panels.div_ceil(groups);
-            let groups = n_panels.div_ceil(per_group);
-            let bbuf = &buf[at..];
-            let layout = &layout;
-            let kbs = &kbs;
+    // This thread's buffer for packed blocks of B, reused across calls: a fresh 2 MiB
+    // allocation per call would be mapped (and page-faulted) anew each time.
+    ws.scratch(Scratch::PackB, |buf| {
+        // K = 0 still runs one (empty) block, so C gets zeros and the epilogue.
+        let k_blocks = k.div_ceil(KC).max(1);
+        for jc in (0..n).step_by(NC) {
+            let nc = NC.min(n - jc);
+            // Split across threads, a product whose whole packed B (all of K) is small is
+            // packed at once, and each task then runs every K block: two hand-offs per
+            // column block instead of two per K block, and no barrier between K blocks.
+            // Otherwise B is packed one K block at a time (a cache-sized block).
+            let whole_k = parallel && k_blocks > 1 && b_panels(nc, nr, lanes, k).len <= WHOLE_K_MAX;
+            let step = if whole_k { k_blocks } else { 1 };
+            for kb0 in (0..k_blocks).step_by(step) {
+                let kbs = kb0..(kb0 + step).min(k_blocks);
+                // The packed rows: `pc0..pc0 + rows` of B, every panel holding all of them.
+                let pc0 = kb0 * KC;
+                let rows = (kbs.end * KC).min(k) - pc0.min(k);
+                let layout = b_panels(nc, nr, lanes, rows);
+                buf.resize((layout.len + ALIGN_SLACK).max(buf.len()), 0.0);
+                // Panels start on cache lines (their sizes are whole vectors).
+                let at = aligned_start(buf);
+                pack_b(
+                    b,
+                    pc0.min(k),
+                    rows,
+                    jc,
+                    nc,
+                    &layout,
+                    &mut buf[at..],
+                    parallel && rows * nc >= 1 << 15,
+                );
+                let n_panels = layout.panels.len();
+                // Split the panels into groups so that there are >= 4 tasks per thread.
+                let groups = (4 * threads).div_ceil(m_blocks).clamp(1, n_panels);
+                let per_group = n_panels.div_ceil(groups);
+                let groups = n_panels.div_ceil(per_group);
+                let bbuf = &buf[at..];
+                let layout = &layout;
+                let kbs = &kbs;
 
-            let task = |t: usize| {
-                let (mb, g) = (t / groups, t % groups);
-                for kb in kbs.clone() {
-                    let pc = kb * KC;
-                    let kc = KC.min(k - pc.min(k));
-                    let first = kb == 0;
-                    let last = kb + 1 == k_blocks;
-                    for &BPanel { j, width, at } in
-                        &layout.panels[g * per_group..((g + 1) * per_group).min(n_panels)]
-                    {
-                        // A one-vector edge of a few valid columns takes the narrow tile.
-                        let valid = (n - (jc + j)).min(width);
-                        let tile = if width == lanes && valid <= set.gemm_narrow_max {
-                            set.gemm_narrow
-                        } else {
-                            set.gemm_tiles[width / lanes - 1]
-                        };
-                        // This K block's rows of the panel.
-                        let from = at + (pc - pc0) * width;
-                        let bpanel = &bbuf[from..from + width * kc];
-                        let col = jc + j;
-                        for p in mb * MC_PANELS..((mb + 1) * MC_PANELS).min(m_panels) {
-                            let row = p * mr;
-                            let steps = if last {
-                                // SAFETY: check_epilogue verified the list against
-                                // m x n, and (row, col) is inside.
-                                unsafe { tile_steps(epilogue, row, col) }
+                let task = |t: usize| {
+                    let (mb, g) = (t / groups, t % groups);
+                    for kb in kbs.clone() {
+                        let pc = kb * KC;
+                        let kc = KC.min(k - pc.min(k));
+                        let first = kb == 0;
+                        let last = kb + 1 == k_blocks;
+                        for &BPanel { j, width, at } in
+                            &layout.panels[g * per_group..((g + 1) * per_group).min(n_panels)]
+                        {
+                            // A one-vector edge of a few valid columns takes the narrow tile.
+                            let valid = (n - (jc + j)).min(width);
+                            let tile = if width == lanes && valid <= set.gemm_narrow_max {
+                                set.gemm_narrow
                             } else {
-                                [None; 4]
+                                set.gemm_tiles[width / lanes - 1]
                             };
-                            let out = TileOut {
-                                // SAFETY: row < m and col < n, inside C (validated by
-                                // MatMut).
-                                c: unsafe { cptr.get().add(row * ldc + col) },
-                                ldc,
-                                m: (m - row).min(mr),
-                                n: (n - col).min(width),
-                                load_c: !first || accumulate,
-                                steps,
-                            };
-                            // SAFETY: the tier is supported (Kernels was built for it);
-                            // the A panel holds kc x MR floats and the B panel kc x width
-                            // (whole vectors), both zero-padded; the tile's valid m x n
-                            // part is inside C and the residual, and no other task
-                            // writes this tile.
-                            unsafe {
-                                tile(
-                                    kc,
-                                    a.panel(p, pc.min(k), kc).as_ptr(),
-                                    bpanel.as_ptr(),
-                                    width,
-                                    &out,
-                                )
-                            };
+                            // This K block's rows of the panel.
+                            let from = at + (pc - pc0) * width;
+                            let bpanel = &bbuf[from..from + width * kc];
+                            let col = jc + j;
+                            for p in mb * MC_PANELS..((mb + 1) * MC_PANELS).min(m_panels) {
+                                let row = p * mr;
+                                let steps = if last {
+                                    // SAFETY: check_epilogue verified the list against
+                                    // m x n, and (row, col) is inside.
+                                    unsafe { tile_steps(epilogue, row, col) }
+                                } else {
+                                    [None; 4]
+                                };
+                                let out = TileOut {
+                                    // SAFETY: row < m and col < n, inside C (validated by
+                                    // MatMut).
+                                    c: unsafe { cptr.get().add(row * ldc + col) },
+                                    ldc,
+                                    m: (m - row).min(mr),
+                                    n: (n - col).min(width),
+                                    load_c: !first || accumulate,
+                                    steps,
+                                };
+                                // SAFETY: the tier is supported (Kernels was built for it);
+                                // the A panel holds kc x MR floats and the B panel kc x width
+                                // (whole vectors), both zero-padded; the tile's valid m x n
+                                // part is inside C and the residual, and no other task
+                                // writes this tile.
+                                unsafe {
+                                    tile(
+                                        kc,
+                                        a.panel(p, pc.min(k), kc).as_ptr(),
+                                        bpanel.as_ptr(),
+                                        width,
+                                        &out,
+                                    )
+                                };
+                            }
                         }
                     }
+                };
+                let tasks = m_blocks * groups;
+                if parallel {
+                    (0..tasks).into_par_iter().for_each(task);
+                } else {
+                    (0..tasks).for_each(task);
                 }
-            };
-            let tasks = m_blocks * groups;
-            if parallel {
-                (0..tasks).into_par_iter().for_each(task);
-            } else {
-                (0..tasks).for_each(task);
             }
         }
-    }
-    B_BUFFER.with(|b| b.set(buf));
+    });
     Ok(())
 }

@@ -26,6 +26,7 @@ pub(crate) mod pack;
 use crate::epilogue::{self, Epilogue};
 use crate::error::{Result, TensorError};
 use crate::kernels::Kernels;
+use crate::workspace::{Scratch, Workspace};
 
 pub use pack::PackedA;
 
@@ -153,24 +154,24 @@ impl Kernels {
     /// `B` is `k x n`, `C` is `m x n`; any of A and B may be transposed views.
     pub fn gemm(&self, a: MatRef, b: MatRef, c: &mut MatMut, epilogue: &[Epilogue]) -> Result<()> {
         self.check_gemm_shapes("gemm", a.rows, a.cols, b, c)?;
-        thread_local! {
-            /// This thread's buffer for packing A, reused across calls.
-            static A_BUFFER: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-        }
-        let buf = A_BUFFER.with(|b| b.take());
-        let packed = PackedA::pack_into(self.isa(), self.set().gemm_mr, a, buf);
-        let result = driver::gemm(
-            self.set(),
-            &packed,
-            &pack::BSource::Matrix(b),
-            c.rows,
-            c.cols,
-            c,
-            epilogue,
-            driver::Threads::Auto,
-        );
-        A_BUFFER.with(|b| b.set(packed.into_buffer()));
-        result
+        // A is packed into this thread's buffer, reused across calls.
+        let ws = Workspace::current();
+        ws.scratch(Scratch::PackA, |buf| {
+            let packed = PackedA::pack_into(self.isa(), self.set().gemm_mr, a, std::mem::take(buf));
+            let result = driver::gemm(
+                self.set(),
+                &packed,
+                &pack::BSource::Matrix(b),
+                c.rows,
+                c.cols,
+                c,
+                epilogue,
+                driver::Threads::Auto,
+                &ws,
+            );
+            *buf = packed.into_buffer();
+            result
+        })
     }
 
     /// `C = A B` with A packed beforehand by [`Kernels::pack_a`] (by the same tier).
@@ -192,6 +193,7 @@ impl Kernels {
             c,
             epilogue,
             driver::Threads::Auto,
+            &Workspace::current(),
         )
     }
 
