@@ -44,6 +44,10 @@ impl Var {
 enum Value<'p> {
     Owned(Tensor),
     Borrowed(&'p Tensor),
+    /// A batch norm's output, computed only when something reads it: a convolution or a
+    /// residual add that reads it applies the batch norm on the way in instead (see
+    /// [`Tape::batch_norm`]).
+    Deferred(std::cell::OnceCell<Tensor>),
     /// Freed by the backward pass after its last use.
     Released,
 }
@@ -60,6 +64,10 @@ enum Op {
         /// The output's per-channel batch statistics, gathered while each image's
         /// output was still in cache, for the batch norm that follows.
         stats: Option<ChannelStats>,
+        /// `x` is a batch norm + ReLU whose output was never stored: the convolution
+        /// normalised its input image by image (the plan's input prologue), and its
+        /// backward recomputes the normalised input the same way for `dW`.
+        normalised: bool,
     },
     /// Batch norm, optionally fused with ReLU: with the batch's statistics (training
     /// mode) or with fixed ones (running statistics: a frozen backbone, eval mode).
@@ -72,33 +80,6 @@ enum Op {
         relu: bool,
         batch_stats: bool,
     },
-    /// A training batch norm and its ReLU folded into the convolution that reads them:
-    /// `conv2d(relu(batch_norm(x)), w)`. The normalised tensor is never stored: the
-    /// forward normalises each image just before convolving it, the weight gradient
-    /// each chunk of images again, and batch norm's backward needs only `x`.
-    BatchNormReluConv2d {
-        x: Var,
-        gamma: Var,
-        beta: Var,
-        w: Var,
-        /// The plan: the routes of the forward, `dX` and `dW`.
-        plan: ConvPlan,
-        mean: Vec<f32>,
-        inv_std: Vec<f32>,
-        /// The convolution's output statistics, as for [`Op::Conv2d`].
-        stats: Option<ChannelStats>,
-    },
-    /// The end of a residual block in training: `relu(batch_norm(x) + residual)`, batch
-    /// statistics. The normalised tensor is never stored: the backward needs only `x`,
-    /// the statistics and the output (for the ReLU's mask).
-    BatchNormAddRelu {
-        x: Var,
-        gamma: Var,
-        beta: Var,
-        residual: Var,
-        mean: Vec<f32>,
-        inv_std: Vec<f32>,
-    },
     Relu {
         x: Var,
     },
@@ -106,6 +87,9 @@ enum Op {
         a: Var,
         b: Var,
         relu: bool,
+        /// `a` is a batch norm (no ReLU, batch statistics) whose output was never
+        /// stored: the add applied it to its input in the same pass.
+        normalised: bool,
     },
     MaxPool {
         x: Var,
@@ -140,6 +124,8 @@ struct Node<'p> {
     op: Op,
     /// Whether any gradient flows here: a trainable leaf, or an op with such an input.
     requires_grad: bool,
+    /// How many ops have read this node so far.
+    uses: u32,
 }
 
 /// The record of one training step's forward pass. `'p` is the borrow of the model's
@@ -225,13 +211,23 @@ impl<'p> Tape<'p> {
             value,
             op,
             requires_grad,
+            uses: 0,
         });
         Var(self.nodes.len() - 1, self.id)
     }
 
     fn push_op(&mut self, value: Tensor, op: Op, inputs: &[Var]) -> Var {
+        self.push_value(Value::Owned(value), op, inputs)
+    }
+
+    fn push_value(&mut self, value: Value<'p>, op: Op, inputs: &[Var]) -> Var {
         let requires_grad = inputs.iter().any(|&v| self.requires_grad(v));
-        self.push(Value::Owned(value), op, requires_grad)
+        for v in inputs {
+            if let Some(n) = self.nodes.get_mut(v.0) {
+                n.uses += 1;
+            }
+        }
+        self.push(value, op, requires_grad)
     }
 
     /// A trainable parameter: it receives a gradient.
@@ -250,15 +246,59 @@ impl<'p> Tape<'p> {
         self.push(Value::Owned(t), Op::Leaf, false)
     }
 
-    /// The value of `v`.
+    /// The value of `v` (a deferred batch norm's is computed now, once).
     pub fn value(&self, v: Var) -> Result<&Tensor> {
         match self.node(v).map(|n| &n.value) {
             Some(Value::Owned(t)) => Ok(t),
             Some(Value::Borrowed(t)) => Ok(t),
+            Some(Value::Deferred(cell)) => {
+                if let Some(t) = cell.get() {
+                    return Ok(t);
+                }
+                let Some(Op::BatchNorm {
+                    x,
+                    gamma,
+                    beta,
+                    mean,
+                    inv_std,
+                    relu,
+                    ..
+                }) = self.node(v).map(|n| &n.op)
+                else {
+                    unreachable!("only a batch norm's value is deferred");
+                };
+                let y = self.affine(*x, *gamma, *beta, mean, inv_std, *relu)?;
+                Ok(cell.get_or_init(|| y))
+            }
             _ => Err(invalid(
                 "Tape::value",
                 format!("{v:?} is not a value on this tape"),
             )),
+        }
+    }
+
+    /// The batch norm `v` names if its output has not been computed: its input, `gamma`,
+    /// `beta`, its `[scale, shift]` and whether a ReLU follows.
+    fn deferred_norm(&self, v: Var) -> Option<DeferredNorm> {
+        let n = self.node(v)?;
+        match (&n.value, &n.op) {
+            (
+                Value::Deferred(cell),
+                Op::BatchNorm {
+                    x,
+                    gamma,
+                    beta,
+                    mean,
+                    inv_std,
+                    relu,
+                    ..
+                },
+            ) if cell.get().is_none() => Some(DeferredNorm {
+                x: *x,
+                affine: self.checked_affine(*gamma, *beta, mean, inv_std).ok()?,
+                relu: *relu,
+            }),
+            _ => None,
         }
     }
 
@@ -273,6 +313,7 @@ impl<'p> Tape<'p> {
             .iter()
             .map(|n| match &n.value {
                 Value::Owned(t) => t.len() + saved(&n.op),
+                Value::Deferred(cell) => cell.get().map_or(0, Tensor::len) + saved(&n.op),
                 _ => saved(&n.op),
             })
             .sum::<usize>()
@@ -287,6 +328,54 @@ impl<'p> Tape<'p> {
         self.nodes.get(v.0)
     }
 
+    /// What made `v`, in a few words, with the fusions the tape chose: `conv2d` or
+    /// `conv2d of a normalised input` (the batch norm + ReLU before it applied on the
+    /// way in), `batch_norm` with `(deferred)` while its output has not been computed,
+    /// `add+relu of a normalised input`, ... `None` for a `Var` of another tape.
+    pub fn describe(&self, v: Var) -> Option<String> {
+        let n = self.node(v)?;
+        let text = match &n.op {
+            Op::Leaf => "leaf".to_string(),
+            Op::Conv2d { normalised, .. } => match normalised {
+                true => "conv2d of a normalised input".into(),
+                false => "conv2d".into(),
+            },
+            Op::BatchNorm {
+                relu, batch_stats, ..
+            } => {
+                let stats = if *batch_stats {
+                    ""
+                } else {
+                    " (fixed statistics)"
+                };
+                let relu = if *relu { "+relu" } else { "" };
+                let deferred = match &n.value {
+                    Value::Deferred(cell) if cell.get().is_none() => " (deferred)",
+                    _ => "",
+                };
+                format!("batch_norm{relu}{stats}{deferred}")
+            }
+            Op::Relu { .. } => "relu".into(),
+            Op::Add {
+                relu, normalised, ..
+            } => {
+                let relu = if *relu { "+relu" } else { "" };
+                let norm = if *normalised {
+                    " of a normalised input"
+                } else {
+                    ""
+                };
+                format!("add{relu}{norm}")
+            }
+            Op::MaxPool { .. } => "max_pool2d".into(),
+            Op::GlobalAvgPool { .. } => "global_avg_pool".into(),
+            Op::Linear { .. } => "linear".into(),
+            Op::PadChannels { .. } => "pad_channels".into(),
+            Op::CrossEntropy { .. } => "cross_entropy".into(),
+        };
+        Some(text)
+    }
+
     /// Whether a gradient will flow to `v`.
     pub fn requires_grad(&self, v: Var) -> bool {
         self.node(v).is_some_and(|n| n.requires_grad)
@@ -295,19 +384,36 @@ impl<'p> Tape<'p> {
     // ---- Operations ----
 
     /// 2-D convolution (no bias): NCHW `x`, OIHW `w`.
+    ///
+    /// When `x` is a batch norm + ReLU whose output nobody has read yet, the
+    /// convolution reads the batch norm's input and normalises it image by image on the
+    /// way in (the plan's input prologue): the normalised tensor is never stored, and the
+    /// backward needs only the batch norm's input. The same values as reading `x`.
     pub fn conv2d(&mut self, x: Var, w: Var, p: Conv2d) -> Result<Var> {
         let k = self.kernels;
         let (packed, plan) = self.plan_conv(w, p)?;
-        let xv = self.value(x)?;
+        let norm = self.deferred_norm(x).filter(|n| n.relu);
+        let (input, affine) = match &norm {
+            Some(n) => (n.x, Some([&n.affine[0][..], &n.affine[1][..]])),
+            None => (x, None),
+        };
+        let xv = self.value(input)?;
         // An output without elements per channel has no statistics; the convolution
         // itself may still be fine.
-        let (y, stats) = if conv_output_is_empty(xv, self.value(w)?, p)? {
-            (k.conv2d(xv, &packed, &[])?, None)
+        let (y, stats, normalised) = if conv_output_is_empty(xv, self.value(w)?, p)? {
+            (k.conv2d(self.value(x)?, &packed, &[])?, None, false)
         } else {
-            let (y, stats) = k.conv2d_with_stats(xv, &packed, None)?;
-            (y, Some(stats))
+            let (y, stats) = k.conv2d_with_stats(xv, &packed, affine)?;
+            (y, Some(stats), affine.is_some())
         };
-        Ok(self.push_op(y, Op::Conv2d { x, w, plan, stats }, &[x, w]))
+        let op = Op::Conv2d {
+            x,
+            w,
+            plan,
+            stats,
+            normalised,
+        };
+        Ok(self.push_op(y, op, &[x, w]))
     }
 
     /// The training plan of a convolution by `w`'s value (the routes of its forward
@@ -321,6 +427,12 @@ impl<'p> Tape<'p> {
     /// Training-mode batch norm over `[N, C, ...]`: normalise with the batch's mean and
     /// biased variance, scale by `gamma`, shift by `beta`, then ReLU if `relu`. Returns
     /// the batch statistics too, for the caller to update its running statistics.
+    ///
+    /// The output is computed when first read, and the op that reads it may apply the
+    /// batch norm itself instead, in the pass it makes anyway: a convolution after
+    /// batch norm + ReLU ([`Tape::conv2d`]), an add + ReLU after batch norm
+    /// ([`Tape::add`]). Those fusions are the tape's choice, not the caller's: a model
+    /// records the plain graph.
     pub fn batch_norm(
         &mut self,
         x: Var,
@@ -331,7 +443,8 @@ impl<'p> Tape<'p> {
     ) -> Result<(Var, ChannelStats)> {
         let stats = self.batch_stats(x)?;
         let inv_std = inv_std(&stats.var, eps);
-        let y = self.affine(x, gamma, beta, &stats.mean, &inv_std, AfterNorm::relu(relu))?;
+        // The lengths are checked now, not when (or if) the output is computed.
+        self.checked_affine(gamma, beta, &stats.mean, &inv_std)?;
         let op = Op::BatchNorm {
             x,
             gamma,
@@ -341,7 +454,8 @@ impl<'p> Tape<'p> {
             relu,
             batch_stats: true,
         };
-        Ok((self.push_op(y, op, &[x, gamma, beta]), stats))
+        let deferred = Value::Deferred(std::cell::OnceCell::new());
+        Ok((self.push_value(deferred, op, &[x, gamma, beta]), stats))
     }
 
     /// The per-channel batch statistics of `x`: those its convolution gathered, or a
@@ -350,84 +464,9 @@ impl<'p> Tape<'p> {
         match self.node(x).map(|n| &n.op) {
             Some(Op::Conv2d {
                 stats: Some(stats), ..
-            })
-            | Some(Op::BatchNormReluConv2d {
-                stats: Some(stats), ..
             }) => Ok(stats.clone()),
             _ => self.kernels.channel_stats(self.value(x)?),
         }
-    }
-
-    /// `conv2d(relu(batch_norm(x)), w)` with the batch's statistics, the normalised
-    /// tensor never stored (`Kernels::conv2d_with_stats` with the affine): the first batch
-    /// norm of a residual block, its ReLU and the block's next convolution as one op.
-    /// The same values as [`Tape::batch_norm`] with ReLU followed by [`Tape::conv2d`],
-    /// with one activation fewer kept for the backward pass and two passes over memory
-    /// fewer. Returns the batch norm's statistics too, for the caller's running ones.
-    #[allow(clippy::too_many_arguments)]
-    pub fn batch_norm_relu_conv2d(
-        &mut self,
-        x: Var,
-        gamma: Var,
-        beta: Var,
-        eps: f32,
-        w: Var,
-        p: Conv2d,
-    ) -> Result<(Var, ChannelStats)> {
-        let stats = self.batch_stats(x)?;
-        let inv_std = inv_std(&stats.var, eps);
-        let [scale, shift] = self.checked_affine(gamma, beta, &stats.mean, &inv_std)?;
-        let k = self.kernels;
-        let (packed, plan) = self.plan_conv(w, p)?;
-        let xv = self.value(x)?;
-        let affine = [&scale[..], &shift[..]];
-        // As in `conv2d`: an output without elements per channel has no statistics.
-        let (y, conv_stats) = if conv_output_is_empty(xv, self.value(w)?, p)? {
-            let normed = k.scale_shift_relu(xv, &scale, &shift)?;
-            (k.conv2d(&normed, &packed, &[])?, None)
-        } else {
-            let (y, s) = k.conv2d_with_stats(xv, &packed, Some(affine))?;
-            (y, Some(s))
-        };
-        let op = Op::BatchNormReluConv2d {
-            x,
-            gamma,
-            beta,
-            w,
-            plan,
-            mean: stats.mean.clone(),
-            inv_std,
-            stats: conv_stats,
-        };
-        Ok((self.push_op(y, op, &[x, gamma, beta, w]), stats))
-    }
-
-    /// `relu(batch_norm(x) + residual)` with the batch's statistics: the second batch
-    /// norm of a residual block, the shortcut and the ReLU as one op and one pass over
-    /// memory (`Kernels::scale_shift_add_relu`). The same values as [`Tape::batch_norm`]
-    /// without ReLU followed by [`Tape::add`] with ReLU, without storing the normalised
-    /// tensor in between.
-    pub fn batch_norm_add_relu(
-        &mut self,
-        x: Var,
-        gamma: Var,
-        beta: Var,
-        eps: f32,
-        residual: Var,
-    ) -> Result<(Var, ChannelStats)> {
-        let stats = self.batch_stats(x)?;
-        let inv_std = inv_std(&stats.var, eps);
-        let then = AfterNorm::AddRelu(residual);
-        let y = self.affine(x, gamma, beta, &stats.mean, &inv_std, then)?;
-        let op = Op::BatchNormAddRelu {
-            x,
-            gamma,
-            beta,
-            residual,
-            mean: stats.mean.clone(),
-            inv_std,
-        };
-        Ok((self.push_op(y, op, &[x, gamma, beta, residual]), stats))
     }
 
     /// Batch norm with fixed statistics (`running_mean`, `running_var`): eval mode, as
@@ -445,14 +484,7 @@ impl<'p> Tape<'p> {
         relu: bool,
     ) -> Result<Var> {
         let inv_std = inv_std(running_var, eps);
-        let y = self.affine(
-            x,
-            gamma,
-            beta,
-            running_mean,
-            &inv_std,
-            AfterNorm::relu(relu),
-        )?;
+        let y = self.affine(x, gamma, beta, running_mean, &inv_std, relu)?;
         let op = Op::BatchNorm {
             x,
             gamma,
@@ -465,7 +497,7 @@ impl<'p> Tape<'p> {
         Ok(self.push_op(y, op, &[x, gamma, beta]))
     }
 
-    /// `gamma (x - mean) inv_std + beta`, then what `then` says, as one kernel pass.
+    /// `gamma (x - mean) inv_std + beta`, then ReLU if `relu`, as one kernel pass.
     fn affine(
         &self,
         x: Var,
@@ -473,14 +505,14 @@ impl<'p> Tape<'p> {
         beta: Var,
         mean: &[f32],
         inv_std: &[f32],
-        then: AfterNorm,
+        relu: bool,
     ) -> Result<Tensor> {
         let [scale, shift] = self.checked_affine(gamma, beta, mean, inv_std)?;
         let (k, xv) = (self.kernels, self.value(x)?);
-        match then {
-            AfterNorm::Nothing => k.scale_shift(xv, &scale, &shift),
-            AfterNorm::Relu => k.scale_shift_relu(xv, &scale, &shift),
-            AfterNorm::AddRelu(r) => k.scale_shift_add_relu(xv, self.value(r)?, &scale, &shift),
+        if relu {
+            k.scale_shift_relu(xv, &scale, &shift)
+        } else {
+            k.scale_shift(xv, &scale, &shift)
         }
     }
 
@@ -515,14 +547,50 @@ impl<'p> Tape<'p> {
     }
 
     /// `a + b` (same shapes), then ReLU if `relu`: the end of a residual block.
+    ///
+    /// With ReLU, when `a` or `b` is a batch norm (no ReLU, batch statistics) whose output
+    /// nobody has read yet, the add applies it in the same pass
+    /// (`Kernels::scale_shift_add_relu`): the normalised tensor is never stored, and the
+    /// backward masks the gradient in the pass batch norm's backward makes over it.
     pub fn add(&mut self, a: Var, b: Var, relu: bool) -> Result<Var> {
-        let (av, bv) = (self.value(a)?, self.value(b)?);
-        let y = if relu {
-            self.kernels.add_relu(av, bv)?
-        } else {
-            self.kernels.add(av, bv)?
+        let fusable = |v: Var| {
+            self.deferred_norm(v)
+                .filter(|n| relu && !n.relu && self.is_batch_norm(v, true))
         };
-        Ok(self.push_op(y, Op::Add { a, b, relu }, &[a, b]))
+        // The batch norm goes first.
+        let (a, b, norm) = match (fusable(a), fusable(b)) {
+            (Some(n), _) => (a, b, Some(n)),
+            (None, Some(n)) => (b, a, Some(n)),
+            (None, None) => (a, b, None),
+        };
+        let k = self.kernels;
+        let y = match &norm {
+            Some(n) => {
+                let [scale, shift] = &n.affine;
+                k.scale_shift_add_relu(self.value(n.x)?, self.value(b)?, scale, shift)?
+            }
+            None => {
+                let (av, bv) = (self.value(a)?, self.value(b)?);
+                if relu {
+                    k.add_relu(av, bv)?
+                } else {
+                    k.add(av, bv)?
+                }
+            }
+        };
+        let op = Op::Add {
+            a,
+            b,
+            relu,
+            normalised: norm.is_some(),
+        };
+        Ok(self.push_op(y, op, &[a, b]))
+    }
+
+    /// Whether `v` is a batch norm, with batch statistics if `batch_stats`.
+    fn is_batch_norm(&self, v: Var, batch_stats: bool) -> bool {
+        matches!(self.node(v).map(|n| &n.op),
+            Some(Op::BatchNorm { batch_stats: b, .. }) if *b == batch_stats)
     }
 
     /// 2-D max pooling.
@@ -674,6 +742,25 @@ impl<'p> Tape<'p> {
         })
     }
 
+    /// The input and `[scale, shift]` of the batch norm `v`, which a convolution applied
+    /// on the way in.
+    fn norm_of(&self, v: Var) -> Result<(Var, [Vec<f32>; 2])> {
+        match self.node(v).map(|n| &n.op) {
+            Some(Op::BatchNorm {
+                x,
+                gamma,
+                beta,
+                mean,
+                inv_std,
+                ..
+            }) => Ok((*x, self.checked_affine(*gamma, *beta, mean, inv_std)?)),
+            _ => Err(invalid(
+                "backward",
+                format!("{v:?} was read as a batch norm's output but is not one"),
+            )),
+        }
+    }
+
     /// ReLU's backward for a node whose output is `out`: in place when this is the
     /// gradient's only holder (the usual case), into a new tensor otherwise.
     fn relu_grad(&self, dy: Rc<Tensor>, out: &Tensor) -> Result<Rc<Tensor>> {
@@ -752,27 +839,36 @@ impl<'p> Tape<'p> {
     ) -> Result<Vec<(Var, Rc<Tensor>)>> {
         let k = self.kernels;
         let wants = |v: Var| self.nodes[v.0].requires_grad;
-        let out = self.value(Var(i, self.id))?;
+        // The node's own output, for the ops whose backward reads it (a deferred batch
+        // norm's is never computed for this).
+        let out = || self.value(Var(i, self.id));
         let grads = match &self.nodes[i].op {
             Op::Leaf => Vec::new(),
-            Op::Conv2d { x, w, plan, .. } => {
-                let (xv, wv) = (self.value(*x)?, self.value(*w)?);
-                let g = match dx_acc {
-                    Some(acc) => k.conv2d_backward(
-                        xv,
-                        wv,
-                        &dy,
-                        plan,
-                        ConvBackward::new(false, wants(*w)).adding_dx_into(acc),
-                    )?,
-                    None => k.conv2d_backward(
-                        xv,
-                        wv,
-                        &dy,
-                        plan,
-                        ConvBackward::new(wants(*x), wants(*w)),
-                    )?,
+            Op::Conv2d {
+                x,
+                w,
+                plan,
+                normalised,
+                ..
+            } => {
+                // A normalised input: the batch norm's input and its affine map; dX is
+                // the gradient of the normalised tensor, which goes to the batch norm.
+                let norm = match *normalised {
+                    true => Some(self.norm_of(*x)?),
+                    false => None,
                 };
+                let (xv, what) = match &norm {
+                    Some((input, [scale, shift])) => (
+                        self.value(*input)?,
+                        ConvBackward::new(wants(*x), wants(*w)).normalised([scale, shift]),
+                    ),
+                    None => (self.value(*x)?, ConvBackward::new(wants(*x), wants(*w))),
+                };
+                let what = match dx_acc {
+                    Some(acc) => what.adding_dx_into(acc),
+                    None => what,
+                };
+                let g = k.conv2d_backward(xv, self.value(*w)?, &dy, plan, what)?;
                 [(*x, g.dx), (*w, g.dw)]
                     .into_iter()
                     .filter_map(|(v, t)| t.map(|t| (v, t)))
@@ -799,84 +895,56 @@ impl<'p> Tape<'p> {
                 )?;
                 bn_grads(*x, *gamma, *beta, g)?
             }
-            Op::BatchNormReluConv2d {
-                x,
-                gamma,
-                beta,
-                w,
-                plan,
-                mean,
-                inv_std,
-                ..
-            } => {
-                // The convolution's input gradient is the normalised tensor's, which
-                // batch norm's backward (with the ReLU's mask from x) turns into x's.
+            Op::Add {
+                a,
+                b,
+                relu: true,
+                normalised: true,
+            } if self.nodes[a.0].uses == 1 => {
+                // `a` is a batch norm only this add read, so its gradient is this one
+                // masked by the ReLU: the mask is applied plane by plane as batch norm's
+                // backward reads it (when this is dy's only holder, in place), and the
+                // masked gradient goes unchanged to `b`. Batch norm's node then
+                // receives nothing.
+                let Op::BatchNorm {
+                    x,
+                    gamma,
+                    beta,
+                    mean,
+                    inv_std,
+                    ..
+                } = &self.nodes[a.0].op
+                else {
+                    unreachable!("a normalised add reads a batch norm");
+                };
                 let (xv, gv) = (self.value(*x)?, self.value(*gamma)?.data());
-                let [scale, shift] =
-                    affine_coefficients(gv, self.value(*beta)?.data(), mean, inv_std);
-                let affine = [&scale[..], &shift[..]];
-                let to_x = wants(*x) || wants(*gamma) || wants(*beta);
-                let wv = self.value(*w)?;
-                let g = k.conv2d_backward(
-                    xv,
-                    wv,
-                    &dy,
-                    plan,
-                    ConvBackward::new(to_x, wants(*w)).normalised(affine),
-                )?;
-                let mut grads: Vec<_> = g.dw.map(|dw| (*w, dw)).into_iter().collect();
-                if let Some(dn) = g.dx {
-                    let g = k.batch_norm_backward(
-                        xv,
-                        BnGradIn::Owned(dn),
-                        &BatchNormBackward::new(mean, inv_std, gv, true).with_relu(affine),
-                    )?;
-                    grads.extend(bn_grads(*x, *gamma, *beta, g)?);
-                }
-                grads
-            }
-            Op::BatchNormAddRelu {
-                x,
-                gamma,
-                beta,
-                residual,
-                mean,
-                inv_std,
-            } => {
-                // As the unfused pair: the add's ReLU masks dy, which then goes
-                // unchanged to the shortcut and through batch norm's backward to x.
-                // When this is dy's only holder, each plane is masked in place just
-                // before batch norm's sums read it (one pass over dy fewer).
-                let (xv, gv) = (self.value(*x)?, self.value(*gamma)?.data());
+                let bn = BatchNormBackward::batch(mean, inv_std, gv);
                 let (g, dy) = match Rc::try_unwrap(dy) {
                     Ok(dy) => {
-                        let bn = BatchNormBackward::batch(mean, inv_std, gv);
-                        let mut g = k.batch_norm_backward(xv, BnGradIn::MaskedBy(dy, out), &bn)?;
+                        let mut g =
+                            k.batch_norm_backward(xv, BnGradIn::MaskedBy(dy, out()?), &bn)?;
                         let masked = g.masked_dy.take().expect("a masked gradient comes back");
                         (g, Rc::new(masked))
                     }
                     Err(shared) => {
-                        let dy = self.relu_grad(shared, out)?;
-                        (
-                            k.batch_norm_backward(
-                                xv,
-                                BnGradIn::Borrowed(&dy),
-                                &BatchNormBackward::batch(mean, inv_std, gv),
-                            )?,
-                            dy,
-                        )
+                        let dy = self.relu_grad(shared, out()?)?;
+                        (k.batch_norm_backward(xv, BnGradIn::Borrowed(&dy), &bn)?, dy)
                     }
                 };
                 let mut grads: Vec<_> = bn_grads(*x, *gamma, *beta, g)?
                     .into_iter()
                     .map(|(v, t)| (v, Rc::new(t)))
                     .collect();
-                grads.push((*residual, dy));
+                grads.push((*b, dy));
                 return Ok(grads);
             }
-            Op::Relu { x } => return Ok(vec![(*x, self.relu_grad(dy, out)?)]),
-            Op::Add { a, b, relu } => {
-                let dy = if *relu { self.relu_grad(dy, out)? } else { dy };
+            Op::Relu { x } => return Ok(vec![(*x, self.relu_grad(dy, out()?)?)]),
+            Op::Add { a, b, relu, .. } => {
+                let dy = if *relu {
+                    self.relu_grad(dy, out()?)?
+                } else {
+                    dy
+                };
                 return Ok(vec![(*a, Rc::clone(&dy)), (*b, dy)]);
             }
             Op::MaxPool { x, pool } => {
@@ -932,6 +1000,14 @@ fn cross_entropy_backward(
     Ok(d)
 }
 
+/// A batch norm whose output has not been computed (see [`Tape::batch_norm`]).
+struct DeferredNorm {
+    x: Var,
+    /// `[scale, shift]` (see [`affine_coefficients`]).
+    affine: [Vec<f32>; 2],
+    relu: bool,
+}
+
 /// Batch norm's gradients as `(input, gradient)` pairs: x, gamma, beta.
 fn bn_grads(x: Var, gamma: Var, beta: Var, g: BatchNormGrads) -> Result<Vec<(Var, Tensor)>> {
     let c = g.dgamma.len();
@@ -940,25 +1016,6 @@ fn bn_grads(x: Var, gamma: Var, beta: Var, g: BatchNormGrads) -> Result<Vec<(Var
         (gamma, Tensor::from_vec(&[c], g.dgamma)?),
         (beta, Tensor::from_vec(&[c], g.dbeta)?),
     ])
-}
-
-/// What follows a batch norm's affine map in the same pass.
-#[derive(Clone, Copy)]
-enum AfterNorm {
-    Nothing,
-    Relu,
-    /// Add this residual, then ReLU: the end of a residual block.
-    AddRelu(Var),
-}
-
-impl AfterNorm {
-    fn relu(relu: bool) -> Self {
-        if relu {
-            AfterNorm::Relu
-        } else {
-            AfterNorm::Nothing
-        }
-    }
 }
 
 /// Batch norm as one affine map per channel, `y = scale x + shift`: `scale = gamma

@@ -34,6 +34,7 @@ const CHECKS: &[(&str, Check)] = &[
         "batch_norm_relu_conv2d_gradients",
         check_batch_norm_relu_conv2d,
     ),
+    ("batch_norm_shared_gradients", check_batch_norm_shared),
     ("relu_gradients", check_relu),
     ("add_relu_gradients", check_add_relu),
     ("add_of_one_input_twice_gradients", check_add_twice),
@@ -325,11 +326,19 @@ fn check_batch_norm_fixed_relu(k: Kernels) -> CheckResult {
     bn_case(k, true, true)
 }
 
-/// `relu(bn(x) + r)` as one op: gradients to x, gamma, beta and the residual.
+/// `relu(bn(x) + r)`, which the tape fuses into one pass (the add applies the batch
+/// norm), or not when the batch norm's output was read first: gradients to x, gamma,
+/// beta and the residual, both ways.
 fn check_batch_norm_add_relu(k: Kernels) -> CheckResult {
     prop(
-        (2usize..=3, 1usize..=3, 1usize..=4, any::<u64>()),
-        |(n, c, size, seed)| {
+        (
+            2usize..=3,
+            1usize..=3,
+            1usize..=4,
+            any::<bool>(),
+            any::<u64>(),
+        ),
+        |(n, c, size, fused, seed)| {
             let shape = [n, c, size, size];
             let inputs = [
                 t(&shape, seed)?,
@@ -350,8 +359,22 @@ fn check_batch_norm_add_relu(k: Kernels) -> CheckResult {
                 k,
                 &inputs,
                 |tp, v| {
-                    tp.batch_norm_add_relu(v[0], v[1], v[2], 1e-5, v[3])
-                        .map(|(y, _)| y)
+                    let (h, _) = tp.batch_norm(v[0], v[1], v[2], 1e-5, false)?;
+                    if !fused {
+                        tp.value(h)?;
+                    }
+                    // The residual first: the tape finds the batch norm either side.
+                    let y = tp.add(v[3], h, true)?;
+                    expect_op(
+                        tp,
+                        y,
+                        if fused {
+                            "add+relu of a normalised input"
+                        } else {
+                            "add+relu"
+                        },
+                    )?;
+                    Ok(y)
                 },
                 &refn,
                 seed ^ 4,
@@ -360,8 +383,23 @@ fn check_batch_norm_add_relu(k: Kernels) -> CheckResult {
     )
 }
 
-/// `conv2d(relu(bn(x)), w)` as one op (the normalised tensor never stored): gradients
-/// to x, gamma, beta and w.
+/// Fails unless the tape describes `v` as `expected`: a fusion the tape should choose
+/// (or not) is checked, not assumed.
+fn expect_op(tp: &Tape, v: Var, expected: &str) -> tensor::Result<()> {
+    let got = tp.describe(v).unwrap_or_default();
+    if got == expected {
+        Ok(())
+    } else {
+        Err(tensor::TensorError::InvalidArgument {
+            op: "expect_op",
+            reason: format!("the tape recorded {got:?}, expected {expected:?}"),
+        })
+    }
+}
+
+/// `conv2d(relu(bn(x)), w)`, which the tape fuses (the convolution normalises its
+/// input on the way in; the normalised tensor is never stored), or not when the batch
+/// norm's output was read first: gradients to x, gamma, beta and w, both ways.
 fn check_batch_norm_relu_conv2d(k: Kernels) -> CheckResult {
     let s = (
         2usize..=3,
@@ -370,9 +408,9 @@ fn check_batch_norm_relu_conv2d(k: Kernels) -> CheckResult {
         2usize..=5,
         prop::sample::select(vec![1usize, 3]),
         1usize..=2,
-        any::<u64>(),
+        (any::<bool>(), any::<u64>()),
     );
-    prop(s, |(n, c, o, size, kk, stride, seed)| {
+    prop(s, |(n, c, o, size, kk, stride, (fused, seed))| {
         let pad = kk / 2;
         let inputs = [
             Tensor::randn(&[n, c, size, size], 0.3, 1.5, seed).map_err(fail)?,
@@ -390,13 +428,79 @@ fn check_batch_norm_relu_conv2d(k: Kernels) -> CheckResult {
             k,
             &inputs,
             |tp, v| {
-                tp.batch_norm_relu_conv2d(v[0], v[1], v[2], 1e-5, v[3], p)
-                    .map(|(y, _)| y)
+                let (h, _) = tp.batch_norm(v[0], v[1], v[2], 1e-5, true)?;
+                if !fused {
+                    tp.value(h)?;
+                }
+                let y = tp.conv2d(h, v[3], p)?;
+                expect_op(
+                    tp,
+                    y,
+                    if fused {
+                        "conv2d of a normalised input"
+                    } else {
+                        "conv2d"
+                    },
+                )?;
+                Ok(y)
             },
             &refn,
             seed ^ 4,
         )
     })
+}
+
+/// A batch norm + ReLU read by a fused convolution and, afterwards, by an add (a
+/// CIFAR stem's output, which is also the first block's shortcut), and a batch norm read
+/// by two adds: the gradients of every consumer reach x, gamma and beta.
+fn check_batch_norm_shared(k: Kernels) -> CheckResult {
+    prop(
+        (2usize..=3, 1usize..=3, 2usize..=4, any::<u64>()),
+        |(n, c, size, seed)| {
+            let shape = [n, c, size, size];
+            let inputs = [
+                Tensor::randn(&shape, 0.3, 1.5, seed).map_err(fail)?,
+                Tensor::rand_uniform(&[c], 0.5, 1.5, seed ^ 1).map_err(fail)?,
+                t(&[c], seed ^ 2)?,
+                Tensor::randn(&[c, c, 3, 3], 0.0, 0.5, seed ^ 3).map_err(fail)?,
+                t(&shape, seed ^ 4)?,
+            ];
+            prop_assume!(
+                spread_enough(&inputs[0]),
+                "a channel's values nearly coincide"
+            );
+            let plane = size * size;
+            let refn = move |v: &[Vec<f64>]| {
+                let h = bn_f64(&v[0], &v[1], &v[2], c, plane, None, true);
+                let y = conv_f64(&h, &v[3], shape, [c, 3, 3], 1, 1);
+                let z = relu_f64(&y.iter().zip(&h).map(|(a, b)| a + b).collect::<Vec<_>>());
+                // The second: bn(x) (no ReLU) into two adds, summed.
+                let g = bn_f64(&v[0], &v[1], &v[2], c, plane, None, false);
+                let a = relu_f64(&g.iter().zip(&v[4]).map(|(a, b)| a + b).collect::<Vec<_>>());
+                let b = relu_f64(&g.iter().zip(&z).map(|(a, b)| a + b).collect::<Vec<_>>());
+                a.iter().zip(&b).map(|(a, b)| a + b).collect()
+            };
+            grad_check(
+                k,
+                &inputs,
+                |tp, v| {
+                    let (h, _) = tp.batch_norm(v[0], v[1], v[2], 1e-5, true)?;
+                    let y = tp.conv2d(h, v[3], Conv2d::new(1, 1))?;
+                    expect_op(tp, y, "conv2d of a normalised input")?;
+                    let z = tp.add(y, h, true)?;
+                    expect_op(tp, h, "batch_norm+relu")?;
+                    let (g, _) = tp.batch_norm(v[0], v[1], v[2], 1e-5, false)?;
+                    let a = tp.add(g, v[4], true)?;
+                    let b = tp.add(g, z, true)?;
+                    expect_op(tp, a, "add+relu of a normalised input")?;
+                    expect_op(tp, b, "add+relu of a normalised input")?;
+                    tp.add(a, b, false)
+                },
+                &refn,
+                seed ^ 5,
+            )
+        },
+    )
 }
 
 fn check_relu(k: Kernels) -> CheckResult {
@@ -621,7 +725,8 @@ fn check_cross_entropy(k: Kernels) -> CheckResult {
 
 /// A whole basic residual block, `relu(bn(conv(relu(bn(conv(x))))) + x)`, checks that
 /// gradients accumulate where a value has two consumers (x feeds both branches); its
-/// end either as batch norm then add, or as the fused `batch_norm_add_relu`.
+/// end fused by the tape (the add applies the batch norm) or, when the batch norm's
+/// output is read first, not.
 fn check_block(k: Kernels) -> CheckResult {
     prop(
         (
@@ -653,10 +758,10 @@ fn check_block(k: Kernels) -> CheckResult {
                 let h = tp.conv2d(v[0], v[1], p)?;
                 let (h, _) = tp.batch_norm(h, v[3], v[4], 1e-5, true)?;
                 let h = tp.conv2d(h, v[2], p)?;
-                if fused {
-                    return Ok(tp.batch_norm_add_relu(h, v[3], v[4], 1e-5, v[0])?.0);
-                }
                 let (h, _) = tp.batch_norm(h, v[3], v[4], 1e-5, false)?;
+                if !fused {
+                    tp.value(h)?;
+                }
                 tp.add(h, v[0], true)
             };
             grad_check(k, &inputs, build, &refn, seed ^ 5)

@@ -57,22 +57,6 @@ pub struct BatchStats {
     pub stats: ChannelStats,
 }
 
-/// The input of a block's next convolution: a value, or (in training) the previous
-/// convolution's output with its batch norm and ReLU still to apply, which the next
-/// convolution folds in ([`Tape::batch_norm_relu_conv2d`]) so that the normalised
-/// tensor is never stored.
-enum Input {
-    Value(Var),
-    Normalise {
-        x: Var,
-        gamma: Var,
-        beta: Var,
-        eps: f32,
-        /// The batch norm's index, for its running statistics.
-        index: usize,
-    },
-}
-
 /// Walks the forward pass, recording on the tape.
 struct Recorder<'t, 'p> {
     tape: &'t mut Tape<'p>,
@@ -93,54 +77,17 @@ impl<'p> Recorder<'_, 'p> {
         }
     }
 
-    /// The convolution of a conv-bn pair: its parameters registered in
-    /// `parameters_mut` order (conv weight, bn weight, bn bias) and the batch norm's
-    /// index taken. Returns the convolution's output, `gamma`, `beta` and that index.
-    fn conv(&mut self, x: Input, c: &'p ConvBn, train: bool) -> Result<(Var, Var, Var, usize)> {
+    /// `conv -> bn (-> relu)`, its parameters registered in `parameters_mut` order
+    /// (conv weight, bn weight, bn bias). In training the batch norm uses the batch's
+    /// statistics (and the tape may fold it into the op that reads it, see
+    /// [`Tape::batch_norm`]); frozen, its running statistics.
+    fn conv_bn(&mut self, x: Var, c: &'p ConvBn, train: bool, relu: bool) -> Result<Var> {
         let w = self.leaf(&c.weight, train);
         let gamma = self.leaf(&c.bn.weight, train);
         let beta = self.leaf(&c.bn.bias, train);
-        let p = Conv2d::new(c.stride, c.padding);
-        let h = match x {
-            Input::Value(x) => self.tape.conv2d(x, w, p)?,
-            Input::Normalise {
-                x,
-                gamma,
-                beta,
-                eps,
-                index,
-            } => {
-                let (h, stats) = self
-                    .tape
-                    .batch_norm_relu_conv2d(x, gamma, beta, eps, w, p)?;
-                self.batch_stats.push(BatchStats { index, stats });
-                h
-            }
-        };
+        let h = self.tape.conv2d(x, w, Conv2d::new(c.stride, c.padding))?;
         let index = self.bn_index;
         self.bn_index += 1;
-        Ok((h, gamma, beta, index))
-    }
-
-    /// `conv -> bn -> relu` inside a block: in training the batch norm and ReLU are
-    /// left to the next convolution, which folds them in.
-    fn conv_bn_relu_inner(&mut self, x: Input, c: &'p ConvBn, train: bool) -> Result<Input> {
-        if !train {
-            return Ok(Input::Value(self.conv_bn(x, c, train, true)?));
-        }
-        let (x, gamma, beta, index) = self.conv(x, c, train)?;
-        Ok(Input::Normalise {
-            x,
-            gamma,
-            beta,
-            eps: c.bn.eps,
-            index,
-        })
-    }
-
-    /// `conv -> bn (-> relu)`.
-    fn conv_bn(&mut self, x: Input, c: &'p ConvBn, train: bool, relu: bool) -> Result<Var> {
-        let (h, gamma, beta, index) = self.conv(x, c, train)?;
         if train {
             let (y, stats) = self.tape.batch_norm(h, gamma, beta, c.bn.eps, relu)?;
             self.batch_stats.push(BatchStats { index, stats });
@@ -156,28 +103,6 @@ impl<'p> Recorder<'_, 'p> {
                 relu,
             )
         }
-    }
-
-    /// `relu(conv -> bn + residual)`, the end of a residual block; in training one fused
-    /// op ([`Tape::batch_norm_add_relu`]), frozen the fixed-statistics batch norm then
-    /// the add.
-    fn conv_bn_add_relu(
-        &mut self,
-        x: Input,
-        c: &'p ConvBn,
-        train: bool,
-        residual: Var,
-    ) -> Result<Var> {
-        if !train {
-            let y = self.conv_bn(x, c, train, false)?;
-            return self.tape.add(y, residual, true);
-        }
-        let (h, gamma, beta, index) = self.conv(x, c, train)?;
-        let (y, stats) = self
-            .tape
-            .batch_norm_add_relu(h, gamma, beta, c.bn.eps, residual)?;
-        self.batch_stats.push(BatchStats { index, stats });
-        Ok(y)
     }
 }
 
@@ -221,12 +146,7 @@ impl ResNet {
             bn_index: 0,
         };
         let input = r.tape.input(x);
-        let mut h = r.conv_bn(
-            Input::Value(input),
-            &self.stem,
-            freeze == Freeze::None,
-            true,
-        )?;
+        let mut h = r.conv_bn(input, &self.stem, freeze == Freeze::None, true)?;
         if !self.arch.is_cifar() {
             h = r.tape.max_pool2d(h, Pool2d::RESNET_STEM)?;
         }
@@ -237,25 +157,20 @@ impl ResNet {
                 let Some((last, inner)) = block.convs.split_last() else {
                     continue;
                 };
-                let mut y = Input::Value(x);
+                // ReLU after every conv-bn but the last, which joins the shortcut.
+                let mut y = x;
                 for c in inner {
-                    // ReLU after every conv-bn but the last, which joins the shortcut.
-                    y = r.conv_bn_relu_inner(y, c, train)?;
+                    y = r.conv_bn(y, c, train, true)?;
                 }
-                h = match &block.shortcut {
-                    Shortcut::Projection(c) => {
-                        let y = r.conv_bn(y, last, train, false)?;
-                        let shortcut = r.conv_bn(Input::Value(x), c, train, false)?;
-                        r.tape.add(y, shortcut, true)?
-                    }
-                    // A shortcut without parameters is made first, so that the last
-                    // conv-bn, the add and the ReLU can be one op.
-                    Shortcut::Identity => r.conv_bn_add_relu(y, last, train, x)?,
+                let y = r.conv_bn(y, last, train, false)?;
+                let shortcut = match &block.shortcut {
+                    Shortcut::Projection(c) => r.conv_bn(x, c, train, false)?,
+                    Shortcut::Identity => x,
                     Shortcut::PadChannels { stride, pad } => {
-                        let shortcut = r.tape.pad_channels(x, *stride, *pad)?;
-                        r.conv_bn_add_relu(y, last, train, shortcut)?
+                        r.tape.pad_channels(x, *stride, *pad)?
                     }
                 };
+                h = r.tape.add(y, shortcut, true)?;
             }
         }
         let features = r.tape.global_avg_pool(h)?;
@@ -355,6 +270,9 @@ pub struct StepOutcome {
 /// the pool instead of each being handed over from the calling thread and waited for
 /// (in-process A/B, ResNet-20 at batch 128: on 1 thread 0.77 and 0.82 of the time, best
 /// of 15 and 10 steps; on 2 threads no change, 0.95-1.07).
+///
+/// It runs in the calling thread's [`tensor::Workspace`] (the trainer's own, under
+/// [`crate::trainer::Trainer`]; [`tensor::Workspace::global`] if the caller names none).
 pub fn train_step(
     model: &mut ResNet,
     sgd: &mut autograd::Sgd,
@@ -364,7 +282,9 @@ pub fn train_step(
     freeze: Freeze,
     smoothing: f32,
 ) -> Result<StepOutcome> {
-    rayon::scope(|_| train_step_here(model, sgd, kernels, x, targets, freeze, smoothing))
+    // The scope's body may run on another thread: it runs in the caller's workspace.
+    let ws = tensor::Workspace::current();
+    rayon::scope(|_| ws.run(|| train_step_here(model, sgd, kernels, x, targets, freeze, smoothing)))
 }
 
 /// [`train_step`] on the calling thread.
