@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use resnet_benches::{active, pool, supported_tiers, thread_counts, LARGE};
-use tensor::{Kernels, Pool2d, Tensor};
+use tensor::{Epilogue, Kernels, Pool2d, Tensor};
 
 /// 16 Mi floats as a batch of ResNet activations: [16, 64, 128, 128].
 const SHAPE: [usize; 4] = [16, 64, 128, 128];
@@ -50,16 +50,20 @@ fn bench_tier(c: &mut Criterion, k: Kernels, all_ops: bool) {
             })
         });
         g.bench_function(id("scale_shift_relu_into"), |b| {
-            b.iter(|| p.install(|| k.scale_shift_relu_into(&x, &scale, &shift, &mut y)))
+            b.iter(|| {
+                p.install(|| k.scale_shift_into(&x, &scale, &shift, &[Epilogue::Relu], &mut y))
+            })
         });
         g.bench_function(id("scale_shift_relu_inplace"), |b| {
-            b.iter(|| p.install(|| k.scale_shift_relu_inplace(&mut y, &scale, &shift)))
+            b.iter(|| {
+                p.install(|| k.scale_shift_inplace(&mut y, &scale, &shift, &[Epilogue::Relu]))
+            })
         });
         // Read a and b, write a.
         g.throughput(Throughput::Bytes(3 * BYTES));
         let mut acc = x.clone();
         g.bench_function(id("add_relu_assign"), |b| {
-            b.iter(|| p.install(|| k.add_relu_assign(&mut acc, &r)))
+            b.iter(|| p.install(|| k.add_assign(&mut acc, &r, &[Epilogue::Relu])))
         });
         if !all_ops {
             continue;

@@ -16,7 +16,9 @@ use autograd::{Sgd, SgdConfig, Tape};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use resnet::{train_step, Arch, Freeze, ResNet};
 use resnet_benches::{active, pool, thread_counts};
-use tensor::{BatchNormBackward, BnGradIn, Conv2d, ConvBackward, ConvPlan, Mode, Pool2d, Tensor};
+use tensor::{
+    BatchNormBackward, BnGradIn, Conv2d, ConvBackward, ConvPlan, Epilogue, Mode, Pool2d, Tensor,
+};
 
 fn backward_kernels(c: &mut Criterion) {
     let k = active();
@@ -84,11 +86,28 @@ fn backward_kernels(c: &mut Criterion) {
         // The block end's forward, relu(bn(x) + r): x and r read, y written.
         g.throughput(Throughput::Bytes(3 * bytes));
         g.bench_function(id("scale_shift_add_relu_128x16x32x32"), |b| {
-            b.iter(|| p.install(|| k.scale_shift_add_relu(&x, &dy, &scale, &shift).unwrap()))
+            b.iter(|| {
+                p.install(|| {
+                    k.scale_shift(
+                        &x,
+                        &scale,
+                        &shift,
+                        &[Epilogue::residual(&dy), Epilogue::Relu],
+                    )
+                    .unwrap()
+                })
+            })
         });
         // Its backward: dy masked by the output, then batch norm's two passes (x, dy and
         // the output read; the masked dy, which the shortcut receives, and dx written).
-        let out = k.scale_shift_add_relu(&x, &dy, &scale, &shift).unwrap();
+        let out = k
+            .scale_shift(
+                &x,
+                &scale,
+                &shift,
+                &[Epilogue::residual(&dy), Epilogue::Relu],
+            )
+            .unwrap();
         g.throughput(Throughput::Bytes(5 * bytes));
         g.bench_function(id("batch_norm_add_relu_backward_128x16x32x32"), |b| {
             b.iter_batched(

@@ -32,14 +32,14 @@ fuzz_target!(|bytes: &[u8]| {
     };
     let (a, b, c) = (next() % 9, next() % 9, next() % 9);
     let _ = match op % 10 {
-        0 => k.scale_shift(&x, &params, &params).map(drop),
-        1 => k.scale_shift_relu(&x, &params, &params).map(drop),
+        0 => k.scale_shift(&x, &params, &params, &[]).map(drop),
+        1 => k.scale_shift(&x, &params, &params, &[Epilogue::Relu]).map(drop),
         2 => k.channel_stats(&x).map(drop),
         3 => k.softmax(&x).map(drop),
         4 => k.log_softmax(&x).map(drop),
         5 => k.max_pool2d(&x, &pool).map(drop),
         6 => k.global_avg_pool(&x).map(drop),
-        7 => x.clone().reshape(&[count, 1]).and_then(|y| k.add(&x, &y)).map(drop),
+        7 => x.clone().reshape(&[count, 1]).and_then(|y| k.add(&x, &y, &[])).map(drop),
         // A GEMM over views of arbitrary (possibly inconsistent) shapes and strides.
         8 => MatRef::new(x.data(), a, b, b, 1).and_then(|av| {
             let bv = MatRef::new(x.data(), b, c, 1, b.max(1))?;

@@ -20,7 +20,7 @@ use std::rc::Rc;
 
 use tensor::{
     BatchNormBackward, BatchNormGrads, BnGradIn, ChannelStats, Conv2d, ConvBackward, ConvPlan,
-    ConvWeights, Kernels, Mode, Pool2d, Result, Tensor, TensorError,
+    ConvWeights, Epilogue, Kernels, Mode, Pool2d, Result, Tensor, TensorError,
 };
 
 /// A value on a tape: the index of the node that made it, and which tape that is (a
@@ -510,9 +510,9 @@ impl<'p> Tape<'p> {
         let [scale, shift] = self.checked_affine(gamma, beta, mean, inv_std)?;
         let (k, xv) = (self.kernels, self.value(x)?);
         if relu {
-            k.scale_shift_relu(xv, &scale, &shift)
+            k.scale_shift(xv, &scale, &shift, &[Epilogue::Relu])
         } else {
-            k.scale_shift(xv, &scale, &shift)
+            k.scale_shift(xv, &scale, &shift, &[])
         }
     }
 
@@ -550,7 +550,8 @@ impl<'p> Tape<'p> {
     ///
     /// With ReLU, when `a` or `b` is a batch norm (no ReLU, batch statistics) whose output
     /// nobody has read yet, the add applies it in the same pass
-    /// (`Kernels::scale_shift_add_relu`): the normalised tensor is never stored, and the
+    /// (`Kernels::scale_shift` with the epilogue `[residual, Relu]`): the normalised
+    /// tensor is never stored, and the
     /// backward masks the gradient in the pass batch norm's backward makes over it.
     pub fn add(&mut self, a: Var, b: Var, relu: bool) -> Result<Var> {
         let fusable = |v: Var| {
@@ -567,14 +568,19 @@ impl<'p> Tape<'p> {
         let y = match &norm {
             Some(n) => {
                 let [scale, shift] = &n.affine;
-                k.scale_shift_add_relu(self.value(n.x)?, self.value(b)?, scale, shift)?
+                k.scale_shift(
+                    self.value(n.x)?,
+                    scale,
+                    shift,
+                    &[Epilogue::residual(self.value(b)?), Epilogue::Relu],
+                )?
             }
             None => {
                 let (av, bv) = (self.value(a)?, self.value(b)?);
                 if relu {
-                    k.add_relu(av, bv)?
+                    k.add(av, bv, &[Epilogue::Relu])?
                 } else {
-                    k.add(av, bv)?
+                    k.add(av, bv, &[])?
                 }
             }
         };
@@ -726,7 +732,7 @@ impl<'p> Tape<'p> {
                     continue;
                 }
                 match &mut grads[input.0] {
-                    Some(acc) => self.kernels.add_assign(Rc::make_mut(acc), &g)?,
+                    Some(acc) => self.kernels.add_assign(Rc::make_mut(acc), &g, &[])?,
                     slot => *slot = Some(g),
                 }
             }

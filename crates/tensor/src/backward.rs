@@ -90,7 +90,7 @@ pub struct BatchNormBackward<'a> {
     /// mode, a frozen backbone), which are constants: then `dx = gamma inv_std dy`.
     pub batch_stats: bool,
     /// A ReLU after the batch norm, `y = max(scale x + shift, 0)` with this per-channel
-    /// `[scale, shift]` (as [`Kernels::scale_shift_relu`] computes it): its mask is
+    /// `[scale, shift]` (as [`Kernels::scale_shift`] with `[Epilogue::Relu]` computes it): its mask is
     /// recomputed from `x` inside the two passes, so the ReLU costs no pass of its own.
     pub relu: Option<[&'a [f32]; 2]>,
 }

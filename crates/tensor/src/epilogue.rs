@@ -9,9 +9,12 @@
 //! outside a microkernel (the direct kernel's planar form copies its output out of a
 //! wider buffer) go through [`finish_row`], the same steps in the same order.
 
+use std::sync::Mutex;
+
 use crate::blocked::BlockedTensor;
 use crate::error::{Result, TensorError};
 use crate::kernels::microkernel::TileStep;
+use crate::kernels::ChannelStats;
 use crate::tensor::Tensor;
 
 /// One step of an epilogue, applied to every output element in the order given.
@@ -27,6 +30,34 @@ pub enum Epilogue<'a> {
     Residual(Residual<'a>),
     /// `max(x, 0)`.
     Relu,
+    /// Gather the output's per-channel batch statistics (mean and biased variance over
+    /// N, H and W: what a training batch norm after the convolution normalises with) into
+    /// the sink. The last step, after the others; NCHW convolutions only. Each image's
+    /// planes are summed as soon as they are computed, while still in cache, instead of in
+    /// a later pass over the whole output from memory, and combined exactly (each plane's
+    /// sum of squared deviations about its own mean, shifted to the batch mean in `f64`).
+    Statistics(&'a StatsSink),
+}
+
+/// Where an [`Epilogue::Statistics`] step leaves the statistics of the output it ran on.
+#[derive(Debug, Default)]
+pub struct StatsSink(Mutex<Option<ChannelStats>>);
+
+impl StatsSink {
+    /// An empty sink.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The statistics the last convolution with this sink gathered (`None` before one
+    /// ran), taken out.
+    pub fn take(&self) -> Option<ChannelStats> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    pub(crate) fn set(&self, stats: ChannelStats) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
+    }
 }
 
 /// The operand of [`Epilogue::Residual`], in the output's layout.
@@ -62,8 +93,8 @@ impl<'a> Epilogue<'a> {
     }
 }
 
-/// The most steps an epilogue has (each kind once; a microkernel keeps them in a
-/// fixed array).
+/// The most steps a microkernel applies (each kind once, in a fixed array); an epilogue
+/// may have one more, [`Epilogue::Statistics`], which the convolution applies per image.
 pub const MAX_STEPS: usize = 4;
 
 /// What a route's output is, for checking an epilogue against it.
@@ -81,10 +112,13 @@ pub(crate) enum Output<'s> {
 /// and extent.
 pub(crate) fn check(op: &'static str, steps: &[Epilogue], out: Output) -> Result<()> {
     let bad = |reason: String| Err(TensorError::InvalidArgument { op, reason });
-    if steps.len() > MAX_STEPS {
+    let in_tile = steps
+        .iter()
+        .filter(|s| !matches!(s, Epilogue::Statistics(_)))
+        .count();
+    if in_tile > MAX_STEPS {
         return bad(format!(
-            "at most {MAX_STEPS} epilogue steps, got {}",
-            steps.len()
+            "at most {MAX_STEPS} epilogue steps besides Statistics, got {in_tile}"
         ));
     }
     let rows = match out {
@@ -107,6 +141,17 @@ pub(crate) fn check(op: &'static str, steps: &[Epilogue], out: Output) -> Result
                 ))
             }
             (Epilogue::Residual(r), out) => check_residual(op, r, out)?,
+            (Epilogue::Statistics(_), Output::Nchw(_)) if i + 1 != steps.len() => {
+                return bad("Statistics must be the last epilogue step".into())
+            }
+            (Epilogue::Statistics(_), Output::Nchw(_)) => {}
+            (Epilogue::Statistics(_), _) => {
+                return bad(
+                    "batch statistics are gathered by the NCHW convolution only (not by a \
+                     GEMM or the blocked layout)"
+                        .into(),
+                )
+            }
             _ => {}
         }
     }
@@ -208,6 +253,8 @@ pub(crate) unsafe fn tile_steps(
             )),
             Epilogue::Residual(_) => unreachable!("only matrix residuals reach a tile"),
             Epilogue::Relu => Some(TileStep::Relu),
+            // Applied per image by the convolution, after the tiles.
+            Epilogue::Statistics(_) => None,
         };
     }
     out
@@ -237,6 +284,31 @@ pub(crate) fn finish_row(steps: &[Epilogue], row: usize, col: usize, src: &[f32]
             }
             Epilogue::Residual(_) => unreachable!("only matrix residuals reach a row"),
             Epilogue::Relu => dst.iter_mut().for_each(|d| *d = d.max(0.0)),
+            Epilogue::Statistics(_) => {}
         }
+    }
+}
+
+/// The epilogue of an empty reduction (no input channels, or no input pixels) into a
+/// blocked output: every element is the steps applied to 0, in order. `steps` passed
+/// [`check`] against the blocked output `y`.
+pub(crate) fn finish_blocked_empty(steps: &[Epilogue], y: &mut BlockedTensor) {
+    let [_, o, oh, ow] = y.shape;
+    let (l, ob) = (y.lanes, o.div_ceil(y.lanes).max(1));
+    for (i, v) in y.data.iter_mut().enumerate() {
+        // Element i is lane i % l of pixel (i / l) % (oh ow) of channel block
+        // (i / (oh ow l)) % ob.
+        let ch = ((i / (oh * ow * l)) % ob) * l + i % l;
+        let mut s = 0.0f32;
+        for step in steps {
+            match *step {
+                // Padding channels past `o` get 0 bias, as the tiles give them.
+                Epilogue::Bias(b) => s += b.get(ch).copied().unwrap_or(0.0),
+                Epilogue::Residual(Residual::Blocked(r)) => s += r.data[i],
+                Epilogue::Relu => s = s.max(0.0),
+                _ => unreachable!("checked against a blocked output"),
+            }
+        }
+        *v = s;
     }
 }

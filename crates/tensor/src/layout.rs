@@ -142,7 +142,7 @@ pub(crate) fn split_phases(
 
 /// A per-channel normalisation `relu(scale[c] x + shift[c])` applied while copying, by
 /// the kernel set's `scale_shift_relu` (so the same floats as
-/// `Kernels::scale_shift_relu`).
+/// `Kernels::scale_shift` with `[Epilogue::Relu]`).
 #[derive(Clone, Copy)]
 pub(crate) struct Normalise<'a> {
     kernel: unsafe fn(*const f32, *mut f32, usize, f32, f32),

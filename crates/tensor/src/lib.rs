@@ -6,11 +6,11 @@
 //! naive [`reference`](mod@reference) implementations every kernel is tested against.
 //!
 //! ```
-//! use tensor::{Kernels, Pool2d, Tensor};
+//! use tensor::{Epilogue, Kernels, Pool2d, Tensor};
 //!
 //! let k = Kernels::active()?; // the widest tier this CPU runs, or RESNET_ISA's choice
 //! let x = Tensor::randn(&[1, 64, 112, 112], 0.0, 1.0, 42)?;
-//! let y = k.scale_shift_relu(&x, &[0.5; 64], &[0.1; 64])?; // folded BN + ReLU
+//! let y = k.scale_shift(&x, &[0.5; 64], &[0.1; 64], &[Epilogue::Relu])?; // folded BN + ReLU
 //! let y = k.max_pool2d(&y, &Pool2d::RESNET_STEM)?;
 //! assert_eq!(y.shape(), &[1, 64, 56, 56]);
 //! # Ok::<(), tensor::TensorError>(())
@@ -29,7 +29,9 @@
 //! - [`gemm`] (packing, the loop nest), `epilogue` ([`Epilogue`], the steps every GEMM
 //!   and convolution route applies in registers), `layout` (the copies the convolution
 //!   routes share: padding, phase planes, per-channel views, the disjoint-output
-//!   pointer), `blocked` ([`BlockedTensor`], the blocked channel layout and its pooling);
+//!   pointer), `blocked` ([`BlockedTensor`], the blocked channel layout and its pooling),
+//!   `elementwise` (batch norm as a per-channel affine map, ReLU, the residual add: what
+//!   follows each in the same pass is an [`Epilogue`], not another method);
 //! - `conv` (the convolution plan, [`ConvPlan`]: `mod.rs` holds the ladder that picks
 //!   every route, one file per route family: `forward.rs` (entry points, the GEMM
 //!   routes), `direct.rs`, `nchwc.rs` (the blocked layout's), `weight_grad.rs`,
@@ -45,6 +47,7 @@
 mod backward;
 mod blocked;
 mod conv;
+mod elementwise;
 mod epilogue;
 mod error;
 pub mod gemm;
@@ -65,7 +68,7 @@ pub use conv::{
     fold_batch_norm, Conv2d, ConvBackward, ConvPlan, ConvWeights, DirectForm, DxInto, Forward,
     InputGrad, Layout, Mode, Routes, Taps, WeightGrad, DIRECT_MAX_CHANNELS,
 };
-pub use epilogue::{Epilogue, Residual};
+pub use epilogue::{Epilogue, Residual, StatsSink};
 pub use error::{Result, TensorError};
 pub use gemm::{MatMut, MatRef, PackedA};
 pub use isa::Isa;

@@ -13,8 +13,8 @@ use common::{close, fail, prop, Check, CheckResult};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use tensor::{
-    reference, BatchNormBackward, BnGradIn, Conv2d, ConvBackward, ConvPlan, Forward, Kernels,
-    Layout, Mode, Pool2d, Tensor,
+    reference, BatchNormBackward, BnGradIn, Conv2d, ConvBackward, ConvPlan, Epilogue, Forward,
+    Kernels, Layout, Mode, Pool2d, Tensor,
 };
 
 const CHECKS: &[(&str, Check)] = &[
@@ -169,7 +169,9 @@ fn check_batch_norm_relu(k: Kernels) -> CheckResult {
         let inv_std: Vec<f32> = stats.var.iter().map(|v| 1.0 / (v + 1e-5).sqrt()).collect();
         let scale: Vec<f32> = gamma.iter().zip(&inv_std).map(|(g, s)| g * s).collect();
         let shift: Vec<f32> = (0..c).map(|i| beta[i] - stats.mean[i] * scale[i]).collect();
-        let y = k.scale_shift_relu(&x, &scale, &shift).map_err(fail)?;
+        let y = k
+            .scale_shift(&x, &scale, &shift, &[Epilogue::Relu])
+            .map_err(fail)?;
         if y.data().iter().all(|&v| v > 0.0) {
             return Err(TestCaseError::fail("the case masks nothing"));
         }
@@ -233,7 +235,12 @@ fn check_batch_norm_add_relu(k: Kernels) -> CheckResult {
         let scale: Vec<f32> = gamma.iter().zip(&inv_std).map(|(g, s)| g * s).collect();
         let shift: Vec<f32> = (0..c).map(|i| beta[i] - stats.mean[i] * scale[i]).collect();
         let out = k
-            .scale_shift_add_relu(&x, &residual, &scale, &shift)
+            .scale_shift(
+                &x,
+                &scale,
+                &shift,
+                &[Epilogue::residual(&residual), Epilogue::Relu],
+            )
             .map_err(fail)?;
         if out.data().iter().all(|&v| v > 0.0) && n * h * w > 64 {
             // Only a tiny random case may leave every output positive.
@@ -557,7 +564,7 @@ fn check_conv_normalised(k: Kernels) -> CheckResult {
         let [oh, ow] = p.output_size(c.h, c.w, c.k, c.k).map_err(fail)?;
         let dy = Tensor::randn(&[c.n, c.o, oh, ow], 0.0, 1.0, c.seed ^ 2).map_err(fail)?;
         let y = k
-            .scale_shift_relu(&x, scale.data(), shift.data())
+            .scale_shift(&x, scale.data(), shift.data(), &[Epilogue::Relu])
             .map_err(fail)?;
         let plan = tp(&k, &w, p);
         let packed = k.pack_conv(&plan, &w).map_err(fail)?;

@@ -15,7 +15,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use tensor::{
     fold_batch_norm, reference, Conv2d, ConvPlan, ConvWeights, DirectForm, Epilogue, Forward,
-    Kernels, Layout, Mode, Pool2d, Tensor,
+    Kernels, Layout, Mode, Pool2d, StatsSink, Tensor,
 };
 
 /// `w` packed for its layer's inference plan in NCHW (the ladder's routes).
@@ -488,7 +488,7 @@ fn check_bn_folding(kern: Kernels) -> CheckResult {
         let scale: Vec<f32> = (0..o).map(|i| gamma[i] / (var[i] + eps).sqrt()).collect();
         let shift: Vec<f32> = (0..o).map(|i| beta[i] - mean[i] * scale[i]).collect();
         let want = kern
-            .scale_shift_relu(&plain, &scale, &shift)
+            .scale_shift(&plain, &scale, &shift, &[Epilogue::Relu])
             .map_err(fail)?;
         // Fused: folded weights and bias, ReLU in the epilogue.
         let (wf, bf) = fold_batch_norm(&w, None, &gamma, &beta, &mean, &var, eps).map_err(fail)?;
@@ -523,6 +523,33 @@ fn check_with_stats(kern: Kernels) -> CheckResult {
         close("mean", &stats.mean, &plain.mean, |_| 1e-6 * scale + 1e-7)?;
         close("var", &stats.var, &plain.var, |i| {
             1e-5 * plain.var[i] + 1e-7
+        })?;
+        // The same step after others: the statistics are the final output's.
+        let bias: Vec<f32> = (0..c.o).map(|i| i as f32 * 0.3 - 0.5).collect();
+        let sink = StatsSink::new();
+        let steps = [
+            Epilogue::Bias(&bias),
+            Epilogue::Relu,
+            Epilogue::Statistics(&sink),
+        ];
+        let got = kern.conv2d(&x, &packed, &steps).map_err(fail)?;
+        let want = kern
+            .conv2d(&x, &packed, &[Epilogue::Bias(&bias), Epilogue::Relu])
+            .map_err(fail)?;
+        close(
+            "output after bias and ReLU",
+            got.data(),
+            want.data(),
+            |_| 0.0,
+        )?;
+        let stats = sink.take().expect("the step filled its sink");
+        let plain = kern.channel_stats(&want).map_err(fail)?;
+        let scale = want.data().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        close("mean after bias and ReLU", &stats.mean, &plain.mean, |_| {
+            1e-6 * scale + 1e-7
+        })?;
+        close("var after bias and ReLU", &stats.var, &plain.var, |i| {
+            1e-5 * plain.var[i] + 1e-7
         })
     })
 }
@@ -554,7 +581,15 @@ fn check_errors(kern: Kernels) -> CheckResult {
     let wrong_blocked = kern.to_blocked(&wrong_res).map_err(e)?;
     let plan3 = *w3.plan();
     let input = [1, 3, 8, 8];
+    let sink = StatsSink::new();
+    let stats = [Epilogue::Statistics(&sink)];
     let cases = [
+        // Statistics: last, NCHW convolutions only (not a GEMM, not the blocked layout),
+        // and not of an empty output.
+        kern.conv2d(&x, &w3, &[Epilogue::Statistics(&sink), Epilogue::Relu])
+            .is_err(),
+        kern.blocked_conv2d(&xb, &wb3, &stats).is_err(),
+        kern.conv2d(&zeros(&[0, 3, 8, 8])?, &w3, &stats).is_err(),
         // The blocked layout: channels, residual shape, bias length, and a padding and
         // stride whose padded sizes overflow (a 1 x 1 output, every tap in the padding).
         kern.blocked_conv2d(&xb, &wb2, &[]).is_err(),

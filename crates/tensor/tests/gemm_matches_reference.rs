@@ -324,6 +324,14 @@ fn check_errors(k: Kernels) -> CheckResult {
             &[Epilogue::Relu, Epilogue::Accumulate],
         )
         .is_err(),
+        // Batch statistics are the NCHW convolution's step, not a GEMM's.
+        k.gemm(
+            av,
+            bv,
+            &mut MatMut::row_major(&mut c, 2, 4).unwrap(),
+            &[Epilogue::Statistics(&tensor::StatsSink::new())],
+        )
+        .is_err(),
         k.gemm(
             av,
             bv,

@@ -30,7 +30,7 @@ mod common;
 use common::{close, fail, prop, Check, CheckResult};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use tensor::{reference, Kernels, Pool2d, Tensor};
+use tensor::{reference, Epilogue, Kernels, Pool2d, Tensor};
 
 /// The checks, by name. Each runs against one tier's kernels.
 const CHECKS: &[(&str, Check)] = &[
@@ -107,9 +107,9 @@ fn check_scale_shift(k: Kernels, relu: bool) -> CheckResult {
         let x = tensor(&shape, data)?;
         let want = reference::scale_shift(&x, &scale, &shift, relu).map_err(fail)?;
         let got = if relu {
-            k.scale_shift_relu(&x, &scale, &shift)
+            k.scale_shift(&x, &scale, &shift, &[Epilogue::Relu])
         } else {
-            k.scale_shift(&x, &scale, &shift)
+            k.scale_shift(&x, &scale, &shift, &[])
         }
         .map_err(fail)?;
         let plane = shape[2] * shape[3];
@@ -137,14 +137,26 @@ fn check_scale_shift_add_relu(k: Kernels) -> CheckResult {
     prop(strategy, |(shape, data, res, scale, shift)| {
         let x = tensor(&shape, data)?;
         let r = tensor(&shape, res)?;
-        let normalised = k.scale_shift(&x, &scale, &shift).map_err(fail)?;
-        let want = k.add_relu(&normalised, &r).map_err(fail)?;
+        let normalised = k.scale_shift(&x, &scale, &shift, &[]).map_err(fail)?;
+        let want = k.add(&normalised, &r, &[Epilogue::Relu]).map_err(fail)?;
         let got = k
-            .scale_shift_add_relu(&x, &r, &scale, &shift)
+            .scale_shift(
+                &x,
+                &scale,
+                &shift,
+                &[Epilogue::residual(&r), Epilogue::Relu],
+            )
             .map_err(fail)?;
         close("scale_shift_add_relu", got.data(), want.data(), |_| 0.0)?;
         let wrong = Tensor::zeros(&[shape[0], shape[1], shape[2], shape[3] + 1]).map_err(fail)?;
-        if k.scale_shift_add_relu(&x, &wrong, &scale, &shift).is_ok() {
+        if k.scale_shift(
+            &x,
+            &scale,
+            &shift,
+            &[Epilogue::residual(&wrong), Epilogue::Relu],
+        )
+        .is_ok()
+        {
             return Err(TestCaseError::fail(
                 "a residual of another shape was accepted",
             ));
@@ -161,32 +173,34 @@ fn check_scale_shift_inplace(k: Kernels) -> CheckResult {
         let shift: Vec<f32> = (0..c).map(|i| -(i as f32)).collect();
         for relu in [false, true] {
             let want = if relu {
-                k.scale_shift_relu(&x, &scale, &shift)
+                k.scale_shift(&x, &scale, &shift, &[Epilogue::Relu])
             } else {
-                k.scale_shift(&x, &scale, &shift)
+                k.scale_shift(&x, &scale, &shift, &[])
             }
             .map_err(fail)?;
             let mut got = x.clone();
             if relu {
-                k.scale_shift_relu_inplace(&mut got, &scale, &shift)
+                k.scale_shift_inplace(&mut got, &scale, &shift, &[Epilogue::Relu])
                     .map_err(fail)?;
             } else {
-                k.scale_shift_inplace(&mut got, &scale, &shift)
+                k.scale_shift_inplace(&mut got, &scale, &shift, &[])
                     .map_err(fail)?;
             }
             close("scale_shift_inplace", got.data(), want.data(), |_| 0.0)?;
             let mut into = Tensor::full(&shape, f32::NAN).map_err(fail)?;
             if relu {
-                k.scale_shift_relu_into(&x, &scale, &shift, &mut into)
+                k.scale_shift_into(&x, &scale, &shift, &[Epilogue::Relu], &mut into)
                     .map_err(fail)?;
             } else {
-                k.scale_shift_into(&x, &scale, &shift, &mut into)
+                k.scale_shift_into(&x, &scale, &shift, &[], &mut into)
                     .map_err(fail)?;
             }
             close("scale_shift_into", into.data(), want.data(), |_| 0.0)?;
         }
         let mut wrong = Tensor::zeros(&[shape[0], c + 1, shape[2], shape[3]]).map_err(fail)?;
-        prop_assert!(k.scale_shift_into(&x, &scale, &shift, &mut wrong).is_err());
+        prop_assert!(k
+            .scale_shift_into(&x, &scale, &shift, &[], &mut wrong)
+            .is_err());
         Ok(())
     })
 }
@@ -214,17 +228,17 @@ fn check_add(k: Kernels, relu: bool) -> CheckResult {
         let (a, b) = (tensor(&[n], a)?, tensor(&[n], b)?);
         let want = reference::add(&a, &b, relu).map_err(fail)?;
         let got = if relu {
-            k.add_relu(&a, &b)
+            k.add(&a, &b, &[Epilogue::Relu])
         } else {
-            k.add(&a, &b)
+            k.add(&a, &b, &[])
         }
         .map_err(fail)?;
         close("add", got.data(), want.data(), |_| 0.0)?;
         let mut acc = a.clone();
         if relu {
-            k.add_relu_assign(&mut acc, &b)
+            k.add_assign(&mut acc, &b, &[Epilogue::Relu])
         } else {
-            k.add_assign(&mut acc, &b)
+            k.add_assign(&mut acc, &b, &[])
         }
         .map_err(fail)?;
         close("add_assign", acc.data(), want.data(), |_| 0.0)
@@ -363,22 +377,24 @@ fn check_large_parallel(k: Kernels) -> CheckResult {
         let scale: Vec<f32> = (0..24).map(|i| 0.1 * i as f32 - 1.0).collect();
         let shift: Vec<f32> = (0..24).map(|i| 0.05 * i as f32).collect();
         let want = reference::scale_shift(&x, &scale, &shift, true).map_err(fail)?;
-        let got = k.scale_shift_relu(&x, &scale, &shift).map_err(fail)?;
+        let got = k
+            .scale_shift(&x, &scale, &shift, &[Epilogue::Relu])
+            .map_err(fail)?;
         close("large scale_shift_relu", got.data(), want.data(), |i| {
             1e-6 * (x.data()[i].abs() * 2.5 + 2.0)
         })?;
         let want = reference::add(&x, &r, true).map_err(fail)?;
         close(
             "large add_relu",
-            k.add_relu(&x, &r).map_err(fail)?.data(),
+            k.add(&x, &r, &[Epilogue::Relu]).map_err(fail)?.data(),
             want.data(),
             |_| 0.0,
         )?;
         let want = reference::add(&x, &r, false).map_err(fail)?;
-        let got = k.add(&x, &r).map_err(fail)?;
+        let got = k.add(&x, &r, &[]).map_err(fail)?;
         close("large add", got.data(), want.data(), |_| 0.0)?;
         let want = reference::scale_shift(&x, &scale, &shift, false).map_err(fail)?;
-        let got = k.scale_shift(&x, &scale, &shift).map_err(fail)?;
+        let got = k.scale_shift(&x, &scale, &shift, &[]).map_err(fail)?;
         close("large scale_shift", got.data(), want.data(), |i| {
             1e-6 * (x.data()[i].abs() * 2.5 + 2.0)
         })?;
@@ -431,7 +447,7 @@ fn regressions(k: Kernels) -> CheckResult {
             let want = reference::add(&a, &b, true).map_err(fail)?;
             close(
                 "edge add_relu",
-                k.add_relu(&a, &b).map_err(fail)?.data(),
+                k.add(&a, &b, &[Epilogue::Relu]).map_err(fail)?.data(),
                 want.data(),
                 |_| 0.0,
             )?;
@@ -461,7 +477,7 @@ fn regressions(k: Kernels) -> CheckResult {
         // Empty batches are legal for the elementwise ops and pooling.
         let empty = Tensor::zeros(&[0, 4, 5, 5]).map_err(fail)?;
         prop_assert!(k
-            .scale_shift(&empty, &[1.0; 4], &[0.0; 4])
+            .scale_shift(&empty, &[1.0; 4], &[0.0; 4], &[])
             .map_err(fail)?
             .is_empty());
         let pooled = k.max_pool2d(&empty, &Pool2d::RESNET_STEM).map_err(fail)?;
@@ -470,10 +486,34 @@ fn regressions(k: Kernels) -> CheckResult {
         prop_assert!(k.channel_stats(&empty).is_err());
         // Wrong parameter lengths and shapes are errors.
         let x = Tensor::zeros(&[1, 3, 2, 2]).map_err(fail)?;
-        prop_assert!(k.scale_shift(&x, &[1.0; 2], &[0.0; 3]).is_err());
+        prop_assert!(k.scale_shift(&x, &[1.0; 2], &[0.0; 3], &[]).is_err());
         prop_assert!(k
-            .add(&x, &Tensor::zeros(&[1, 3, 2, 3]).map_err(fail)?)
+            .add(&x, &Tensor::zeros(&[1, 3, 2, 3]).map_err(fail)?, &[])
             .is_err());
+        // An epilogue an element-wise op does not apply is an error, not ignored.
+        let (one, zero) = ([1.0f32; 3], [0.0f32; 3]);
+        let residual = [Epilogue::residual(&x), Epilogue::Relu];
+        prop_assert!(k
+            .scale_shift(&x, &one, &zero, &[Epilogue::Bias(&one)])
+            .is_err());
+        prop_assert!(k
+            .scale_shift(&x, &one, &zero, &[Epilogue::Relu, Epilogue::Relu])
+            .is_err());
+        prop_assert!(k.scale_shift(&x, &one, &zero, &residual[1..]).is_ok());
+        prop_assert!(k.scale_shift(&x, &one, &zero, &residual).is_ok());
+        let mut out = x.clone();
+        prop_assert!(k
+            .scale_shift_into(&x, &one, &zero, &residual, &mut out)
+            .is_err());
+        prop_assert!(k
+            .scale_shift_inplace(&mut out, &one, &zero, &residual)
+            .is_err());
+        prop_assert!(k.add(&x, &x, &residual).is_err());
+        prop_assert!(k.add_assign(&mut out, &x, &[Epilogue::Accumulate]).is_err());
+        // A residual of another shape.
+        let wrong = Tensor::zeros(&[1, 3, 2, 3]).map_err(fail)?;
+        let steps = [Epilogue::residual(&wrong), Epilogue::Relu];
+        prop_assert!(k.scale_shift(&x, &one, &zero, &steps).is_err());
         prop_assert!(k
             .max_pool2d(
                 &Tensor::zeros(&[3, 2, 2]).map_err(fail)?,

@@ -36,7 +36,7 @@
 use super::direct::{direct_conv_image, DirectWeights};
 use super::nchwc::BlockedConvWeights;
 use super::{ConvPlan, Forward};
-use crate::epilogue::{self, Epilogue, Output, Residual};
+use crate::epilogue::{self, Epilogue, Output, Residual, StatsSink};
 use crate::error::{Result, TensorError};
 use crate::gemm::pack::{BSource, Im2col, IM2COL_CHUNK};
 use crate::gemm::{driver, MatMut, MatRef, PackedA};
@@ -236,20 +236,16 @@ impl Kernels {
         epilogue: &[Epilogue],
         y: &mut Tensor,
     ) -> Result<()> {
-        self.conv2d_impl(x, w, epilogue, y, None, None)
+        self.conv2d_impl(x, w, epilogue, y, None)
     }
 
-    /// [`Kernels::conv2d`] without an epilogue, for training: also returns the output's
-    /// per-channel batch statistics (mean and biased variance over N, H, W), which the
-    /// training batch norm that follows needs. Each image's planes are summed as soon as
-    /// they are computed, while its output is still in cache, instead of in a later pass
-    /// over the whole output from memory; the planes' statistics are then combined
-    /// exactly (each plane's sum of squared deviations about its own mean, shifted to the
-    /// batch mean in `f64`).
+    /// [`Kernels::conv2d`] for training: the output and its per-channel batch statistics
+    /// (the [`Epilogue::Statistics`] step), which the training batch norm that follows
+    /// needs.
     ///
     /// With `input_affine = Some([scale, shift])` (per input channel) it convolves
     /// `relu(scale[c] x + shift[c])` (a training batch norm and its ReLU, as
-    /// [`Kernels::scale_shift_relu`] computes them) without that input ever being stored:
+    /// [`Kernels::scale_shift`] with `[Epilogue::Relu]` computes them) without that input ever being stored:
     /// the direct kernel (stride 1) normalises as it writes its padded copy of the image;
     /// the other routes normalise each image into a buffer of the thread that convolves
     /// it, just before, where it stays in cache. The same values as `scale_shift_relu`
@@ -262,34 +258,17 @@ impl Kernels {
         input_affine: Option<[&[f32]; 2]>,
     ) -> Result<(Tensor, ChannelStats)> {
         let op = "conv2d_with_stats";
+        let [n, c, h, wd] = x.dims4(op)?;
         if let Some(affine) = input_affine {
-            let [_, c, _, _] = x.dims4(op)?;
             check_affine(op, affine, c)?;
         }
-        self.conv2d_stats_impl(op, x, w, input_affine)
-    }
-
-    fn conv2d_stats_impl(
-        &self,
-        op: &'static str,
-        x: &Tensor,
-        w: &ConvWeights,
-        normalise: Option<[&[f32]; 2]>,
-    ) -> Result<(Tensor, ChannelStats)> {
-        let [n, _, h, wd] = x.dims4(op)?;
         let [o, _, kh, kw] = w.shape();
         let [oh, ow] = w.plan.conv().output_size(h, wd, kh, kw)?;
-        let plane = oh * ow;
-        if n * plane == 0 {
-            return Err(TensorError::InvalidArgument {
-                op,
-                reason: format!("no elements per channel in the output [{n}, {o}, {oh}, {ow}]"),
-            });
-        }
         let mut y = Tensor::for_overwrite(&[n, o, oh, ow])?;
-        let mut planes = vec![[0.0f64; 2]; n * o];
-        self.conv2d_impl(x, w, &[], &mut y, Some(&mut planes), normalise)?;
-        Ok((y, combine_plane_stats(&planes, n, o, plane)))
+        let sink = StatsSink::new();
+        self.conv2d_impl(x, w, &[Epilogue::Statistics(&sink)], &mut y, input_affine)?;
+        let stats = sink.take().expect("the Statistics step fills its sink");
+        Ok((y, stats))
     }
 
     /// Runs `w`'s plan on `x` into `y`: checks, then the routes the plan resolves for
@@ -300,7 +279,6 @@ impl Kernels {
         w: &ConvWeights,
         epilogue: &[Epilogue],
         y: &mut Tensor,
-        stats: Option<&mut [[f64; 2]]>,
         normalise: Option<[&[f32]; 2]>,
     ) -> Result<()> {
         self.check_plan("conv2d", &w.plan)?;
@@ -319,6 +297,20 @@ impl Kernels {
             });
         }
         epilogue::check("conv2d", epilogue, Output::Nchw(&out_shape))?;
+        // A Statistics step (last, checked) runs per image below; the routes get the rest.
+        let (epilogue, sink) = match epilogue.split_last() {
+            Some((Epilogue::Statistics(sink), rest)) => (rest, Some(*sink)),
+            _ => (epilogue, None),
+        };
+        if sink.is_some() && n * oh * ow == 0 {
+            return Err(TensorError::InvalidArgument {
+                op: "conv2d",
+                reason: format!(
+                    "batch statistics of an output without elements per channel [{n}, {o}, \
+                     {oh}, {ow}]"
+                ),
+            });
+        }
         // The route's weights: the plan packed them for this route's family.
         let (packed, direct) = match (routes.forward, &w.packed) {
             (Forward::Direct(form), Packed::Direct(dw)) => (None, Some((form, dw))),
@@ -508,9 +500,14 @@ impl Kernels {
         // smaller batch runs image after image, each GEMM split across the threads.
         let threads = rayon::current_num_threads();
         let per_image = threads > 1 && n > 1 && (n % threads == 0 || n >= 4 * threads);
-        // Each image's slots for its `o` planes, or none.
-        let mut slots: Vec<Option<&mut [[f64; 2]]>> = match stats {
-            Some(st) => st.chunks_mut(o).map(Some).collect(),
+        // Each image's slots for its `o` planes' `[sum, sum of squared deviations]`, or
+        // none.
+        let mut planes = match sink {
+            Some(_) => vec![[0.0f64; 2]; n * o],
+            None => Vec::new(),
+        };
+        let mut slots: Vec<Option<&mut [[f64; 2]]>> = match sink {
+            Some(_) => planes.chunks_mut(o).map(Some).collect(),
             None => (0..n).map(|_| None).collect(),
         };
         if per_image {
@@ -523,9 +520,14 @@ impl Kernels {
                     run_image(b, out, st.take(), driver::Threads::Single)
                 })?;
         } else {
-            for (b, (out, st)) in y.data_mut().chunks_mut(out_image).zip(slots).enumerate() {
-                run_image(b, out, st, driver::Threads::Auto)?;
+            let images = y.data_mut().chunks_mut(out_image);
+            for (b, (out, st)) in images.zip(slots.iter_mut()).enumerate() {
+                run_image(b, out, st.take(), driver::Threads::Auto)?;
             }
+        }
+        drop(slots);
+        if let Some(sink) = sink {
+            sink.set(combine_plane_stats(&planes, n, o, oh * ow));
         }
         Ok(())
     }

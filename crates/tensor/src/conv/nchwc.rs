@@ -155,7 +155,9 @@ impl Kernels {
                     })
                 }
                 // `check` rejected the others.
-                Epilogue::Accumulate | Epilogue::Residual(_) => unreachable!("checked"),
+                Epilogue::Accumulate | Epilogue::Residual(_) | Epilogue::Statistics(_) => {
+                    unreachable!("checked")
+                }
             }
         }
         expect_blocked(op, y, l, shape)?;
@@ -201,7 +203,7 @@ impl Kernels {
         if n * oh * ow * o == 0 || c * h * wd == 0 {
             // Nothing to add up (no input channels, or an input of no pixels whose
             // padding makes an output): the epilogue alone.
-            self.blocked_epilogue_only(y, bias, residual, relu);
+            epilogue::finish_blocked_empty(epilogue, y);
             return Ok(());
         }
         let bias_padded: Option<Vec<f32>> = bias.map(|b| {
@@ -331,25 +333,5 @@ impl Kernels {
             debug_assert_eq!(y.data.len(), n * out_image);
         });
         Ok(())
-    }
-
-    /// The epilogue of an empty reduction: `bias + residual`, ReLU'd if asked.
-    fn blocked_epilogue_only(
-        &self,
-        y: &mut BlockedTensor,
-        bias: Option<&[f32]>,
-        residual: Option<&BlockedTensor>,
-        relu: bool,
-    ) {
-        let [_, o, oh, ow] = y.shape;
-        let (l, ob) = (y.lanes, o.div_ceil(y.lanes));
-        for (i, v) in y.data.iter_mut().enumerate() {
-            let ch = ((i / (oh * ow * l)) % ob.max(1)) * l + i % l;
-            let mut s = bias.and_then(|b| b.get(ch)).copied().unwrap_or(0.0);
-            if let Some(r) = residual {
-                s += r.data[i];
-            }
-            *v = if relu { s.max(0.0) } else { s };
-        }
     }
 }

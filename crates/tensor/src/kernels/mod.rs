@@ -450,11 +450,11 @@ const PARALLEL_MIN: usize = 1 << 16;
 /// The least work, in elements, one rayon task is given.
 const TASK_GRAIN: usize = 1 << 14;
 /// The chunk length for operations with no natural plane (plain elementwise ops).
-const ELEMENTWISE_CHUNK: usize = 1 << 14;
+pub(crate) const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
 /// Calls `f(index, chunk)` for each `plane`-long chunk of `data` (the last may be
 /// shorter), in parallel when the data is large.
-fn for_each_chunk<T: Send>(
+pub(crate) fn for_each_chunk<T: Send>(
     data: &mut [T],
     plane: usize,
     f: impl Fn(usize, &mut [T]) + Sync + Send,
@@ -476,7 +476,7 @@ fn for_each_chunk<T: Send>(
 }
 
 /// Like [`for_each_chunk`], with a read-only companion slice chunked the same way.
-fn for_each_chunk_with(
+pub(crate) fn for_each_chunk_with(
     data: &mut [f32],
     other: &[f32],
     plane: usize,
@@ -505,7 +505,7 @@ fn for_each_chunk_with(
 /// `out`, chunk `i` of `chunk` elements (the last may be shorter). Unlike
 /// `Tensor::zeros` and then a kernel, nothing is written twice: the output starts as
 /// `Tensor::for_overwrite` (a recycled buffer, or the allocator's zeroed pages).
-fn new_written(
+pub(crate) fn new_written(
     like: &Tensor,
     chunk: usize,
     fill: impl Fn(usize, *mut f32, usize) + Sync + Send,
@@ -544,7 +544,7 @@ impl std::fmt::Debug for Kernels {
 
 /// The channel count and per-channel plane length of a tensor of rank >= 2 laid out as
 /// `[N, C, ...]`.
-fn channels_and_plane(op: &'static str, x: &Tensor) -> Result<(usize, usize)> {
+pub(crate) fn channels_and_plane(op: &'static str, x: &Tensor) -> Result<(usize, usize)> {
     match x.shape() {
         [_, c, rest @ ..] => Ok((*c, rest.iter().product())),
         _ => Err(TensorError::Rank {
@@ -555,7 +555,11 @@ fn channels_and_plane(op: &'static str, x: &Tensor) -> Result<(usize, usize)> {
     }
 }
 
-fn expect_channel_params(op: &'static str, c: usize, params: &[(&str, &[f32])]) -> Result<()> {
+pub(crate) fn expect_channel_params(
+    op: &'static str,
+    c: usize,
+    params: &[(&str, &[f32])],
+) -> Result<()> {
     for (_, p) in params {
         if p.len() != c {
             return Err(TensorError::ShapeMismatch {
@@ -665,237 +669,6 @@ impl Kernels {
 
     pub(crate) fn set(&self) -> &'static KernelSet {
         self.set
-    }
-
-    // ---- Inference batch norm: per-channel scale and shift, optionally with ReLU ----
-
-    fn scale_shift_impl(
-        &self,
-        op: &'static str,
-        x: &mut Tensor,
-        src: Option<&Tensor>,
-        scale: &[f32],
-        shift: &[f32],
-        relu: bool,
-    ) -> Result<()> {
-        let (c, plane) = channels_and_plane(op, src.unwrap_or(&*x))?;
-        expect_channel_params(op, c, &[("scale", scale), ("shift", shift)])?;
-        let kernel = if relu {
-            self.set.scale_shift_relu
-        } else {
-            self.set.scale_shift
-        };
-        let run = |i: usize, d: &mut [f32], s: *const f32| {
-            let ch = i % c;
-            // SAFETY: `s` and `d` point to `d.len()` valid floats (same chunking of two
-            // equally long buffers, or the same buffer), and the tier is supported.
-            unsafe { kernel(s, d.as_mut_ptr(), d.len(), scale[ch], shift[ch]) }
-        };
-        match src {
-            Some(s) => for_each_chunk_with(x.data_mut(), s.data(), plane, |i, d, s| {
-                run(i, d, s.as_ptr())
-            }),
-            None => for_each_chunk(x.data_mut(), plane, |i, d| {
-                let p = d.as_ptr();
-                run(i, d, p)
-            }),
-        }
-        Ok(())
-    }
-
-    /// Inference batch norm on `[N, C, ...]`: `y = x * scale[c] + shift[c]`, where
-    /// `scale = gamma / sqrt(running_var + eps)` and `shift = beta - mean * scale`.
-    pub fn scale_shift(&self, x: &Tensor, scale: &[f32], shift: &[f32]) -> Result<Tensor> {
-        self.scale_shift_new("scale_shift", x, scale, shift, false)
-    }
-
-    /// `scale_shift(_relu)` into a new tensor, written once.
-    fn scale_shift_new(
-        &self,
-        op: &'static str,
-        x: &Tensor,
-        scale: &[f32],
-        shift: &[f32],
-        relu: bool,
-    ) -> Result<Tensor> {
-        let (c, plane) = channels_and_plane(op, x)?;
-        expect_channel_params(op, c, &[("scale", scale), ("shift", shift)])?;
-        let kernel = if relu {
-            self.set.scale_shift_relu
-        } else {
-            self.set.scale_shift
-        };
-        let xd = x.data();
-        new_written(x, plane, |i, out, len| {
-            let ch = i % c;
-            // SAFETY: chunk `i` is plane `i` of `x` (`len` floats, in bounds) and `out`
-            // holds `len` writable floats; the tier is supported.
-            unsafe { kernel(xd[i * plane..].as_ptr(), out, len, scale[ch], shift[ch]) }
-        })
-    }
-
-    /// [`Kernels::scale_shift`] followed by ReLU, in one pass.
-    pub fn scale_shift_relu(&self, x: &Tensor, scale: &[f32], shift: &[f32]) -> Result<Tensor> {
-        self.scale_shift_new("scale_shift_relu", x, scale, shift, true)
-    }
-
-    /// `max(scale x + shift + residual, 0)` per channel: the end of a residual block in
-    /// training (the second batch norm, the shortcut, the ReLU) in one pass over memory.
-    /// Each plane is normalised into the output and the residual added to it while it is
-    /// still in L1, by the same kernels as [`Kernels::scale_shift`] then
-    /// [`Kernels::add_relu`], so the result equals that pair to the bit; the
-    /// normalised tensor itself is never written to memory.
-    pub fn scale_shift_add_relu(
-        &self,
-        x: &Tensor,
-        residual: &Tensor,
-        scale: &[f32],
-        shift: &[f32],
-    ) -> Result<Tensor> {
-        let op = "scale_shift_add_relu";
-        x.expect_same_shape(op, residual)?;
-        let (c, plane) = channels_and_plane(op, x)?;
-        expect_channel_params(op, c, &[("scale", scale), ("shift", shift)])?;
-        let (affine, add_relu) = (self.set.scale_shift, self.set.add_relu);
-        let (xd, rd) = (x.data(), residual.data());
-        new_written(x, plane, |i, out, len| {
-            let ch = i % c;
-            // SAFETY: chunk `i` is plane `i` of `x` and of `residual` (`len` floats each,
-            // in bounds) and `out` holds `len` writable floats; `add_relu` reads each
-            // vector of `out` before writing it back; the tier is supported.
-            unsafe {
-                affine(xd[i * plane..].as_ptr(), out, len, scale[ch], shift[ch]);
-                add_relu(out, rd[i * plane..].as_ptr(), out, len);
-            }
-        })
-    }
-
-    /// [`Kernels::scale_shift`] into an existing tensor of `x`'s shape (no allocation:
-    /// a fresh 64 MiB output costs more in page faults than the kernel itself).
-    pub fn scale_shift_into(
-        &self,
-        x: &Tensor,
-        scale: &[f32],
-        shift: &[f32],
-        out: &mut Tensor,
-    ) -> Result<()> {
-        x.expect_same_shape("scale_shift_into", out)?;
-        self.scale_shift_impl("scale_shift_into", out, Some(x), scale, shift, false)
-    }
-
-    /// [`Kernels::scale_shift_relu`] into an existing tensor of `x`'s shape.
-    pub fn scale_shift_relu_into(
-        &self,
-        x: &Tensor,
-        scale: &[f32],
-        shift: &[f32],
-        out: &mut Tensor,
-    ) -> Result<()> {
-        x.expect_same_shape("scale_shift_relu_into", out)?;
-        self.scale_shift_impl("scale_shift_relu_into", out, Some(x), scale, shift, true)
-    }
-
-    /// [`Kernels::scale_shift`] in place.
-    pub fn scale_shift_inplace(&self, x: &mut Tensor, scale: &[f32], shift: &[f32]) -> Result<()> {
-        self.scale_shift_impl("scale_shift_inplace", x, None, scale, shift, false)
-    }
-
-    /// [`Kernels::scale_shift_relu`] in place.
-    pub fn scale_shift_relu_inplace(
-        &self,
-        x: &mut Tensor,
-        scale: &[f32],
-        shift: &[f32],
-    ) -> Result<()> {
-        self.scale_shift_impl("scale_shift_relu_inplace", x, None, scale, shift, true)
-    }
-
-    // ---- ReLU ----
-
-    /// `max(x, 0)`.
-    pub fn relu(&self, x: &Tensor) -> Result<Tensor> {
-        let kernel = self.set.relu;
-        let xd = x.data();
-        new_written(x, ELEMENTWISE_CHUNK, |i, out, len| {
-            // SAFETY: chunk `i` of `x` holds `len` floats, `out` as many writable ones.
-            unsafe { kernel(xd[i * ELEMENTWISE_CHUNK..].as_ptr(), out, len) }
-        })
-    }
-
-    /// `max(x, 0)` in place.
-    pub fn relu_inplace(&self, x: &mut Tensor) {
-        let kernel = self.set.relu;
-        for_each_chunk(x.data_mut(), ELEMENTWISE_CHUNK, |_, d| {
-            // SAFETY: in place over one valid chunk; each element is read, then written.
-            unsafe { kernel(d.as_ptr(), d.as_mut_ptr(), d.len()) }
-        });
-    }
-
-    // ---- Residual add ----
-
-    fn add_impl(&self, op: &'static str, acc: &mut Tensor, b: &Tensor, relu: bool) -> Result<()> {
-        acc.expect_same_shape(op, b)?;
-        let kernel = if relu {
-            self.set.add_relu
-        } else {
-            self.set.add
-        };
-        for_each_chunk_with(acc.data_mut(), b.data(), ELEMENTWISE_CHUNK, |_, d, s| {
-            // SAFETY: `d` (also the first operand, in place) and `s` are equally long
-            // chunks of buffers whose shapes were checked equal.
-            unsafe { kernel(d.as_ptr(), s.as_ptr(), d.as_mut_ptr(), d.len().min(s.len())) }
-        });
-        Ok(())
-    }
-
-    /// `a + b` (same shapes).
-    pub fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        self.add_new("add", a, b, false)
-    }
-
-    /// `max(a + b, 0)`: the end of a residual block.
-    pub fn add_relu(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        self.add_new("add_relu", a, b, true)
-    }
-
-    /// `add(_relu)` into a new tensor, written once.
-    fn add_new(&self, op: &'static str, a: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
-        a.expect_same_shape(op, b)?;
-        let kernel = if relu {
-            self.set.add_relu
-        } else {
-            self.set.add
-        };
-        let (ad, bd) = (a.data(), b.data());
-        new_written(a, ELEMENTWISE_CHUNK, |i, out, len| {
-            let at = i * ELEMENTWISE_CHUNK;
-            // SAFETY: chunk `i` of `a` and `b` (same shape) holds `len` floats each, and
-            // `out` as many writable ones.
-            unsafe { kernel(ad[at..].as_ptr(), bd[at..].as_ptr(), out, len) }
-        })
-    }
-
-    /// `a += b`.
-    pub fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
-        self.add_impl("add_assign", a, b, false)
-    }
-
-    /// ReLU's backward in place: `dy` becomes `dx` (`dy` where `y > 0`, else 0, with `y`
-    /// the ReLU's output), without a new buffer. See [`Kernels::relu_backward`].
-    pub fn relu_backward_assign(&self, dy: &mut Tensor, y: &Tensor) -> Result<()> {
-        dy.expect_same_shape("relu_backward_assign", y)?;
-        let kernel = self.set.relu_backward;
-        for_each_chunk_with(dy.data_mut(), y.data(), ELEMENTWISE_CHUNK, |_, d, o| {
-            // SAFETY: `d` (the gradient read and, element by element, the result written)
-            // and `o` are equally long chunks of buffers whose shapes were checked equal.
-            unsafe { kernel(d.as_ptr(), o.as_ptr(), d.as_mut_ptr(), d.len().min(o.len())) }
-        });
-        Ok(())
-    }
-
-    /// `a = max(a + b, 0)`.
-    pub fn add_relu_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
-        self.add_impl("add_relu_assign", a, b, true)
     }
 
     // ---- Batch statistics ----
