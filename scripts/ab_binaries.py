@@ -10,7 +10,8 @@ faster). On a shared, drifting host only the interleaving makes the two comparab
     scripts/ab_binaries.py OLD NEW [--rounds 5] [--seconds 2] [--cases all]
 
 Cases: r18b1, r18b16, r50b1, r50b16 (`bench model`, 2 threads), train1, train2 (`bench
-train`, ResNet-20 at batch 128, 1 and 2 threads). Build each binary with
+train`, ResNet-20 at batch 128, 1 and 2 threads), and, named in --cases only, train18
+(`bench train`, ResNet-18 at 224 x 224, batch 8, 2 threads). Build each binary with
 `cargo build --release -p resnet-cli` at its commit (a `git worktree` for the old one).
 """
 
@@ -27,6 +28,11 @@ CASES = {
     "r50b16": (["--threads", "2", "bench", "model", "--arch", "resnet50", "--batch", "16"], "ms"),
     "train1": (["--threads", "1", "bench", "train"], "ms_per_step"),
     "train2": (["--threads", "2", "bench", "train"], "ms_per_step"),
+    # ResNet-18 at 224 x 224, batch 8: the projection shortcuts' blocks (not in ResNet-20).
+    "train18": (
+        ["--threads", "2", "bench", "train", "--arch", "resnet18", "--batch", "8"],
+        "ms_per_step",
+    ),
 }
 
 
@@ -54,7 +60,8 @@ def main():
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--cases", default="all", help="comma-separated, or 'all'")
     a = p.parse_args()
-    names = list(CASES) if a.cases == "all" else a.cases.split(",")
+    default = [c for c in CASES if c != "train18"]
+    names = default if a.cases == "all" else a.cases.split(",")
     for name in names:
         if name not in CASES:
             sys.exit(f"unknown case {name!r}: {', '.join(CASES)}")
