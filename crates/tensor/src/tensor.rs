@@ -7,19 +7,20 @@
 
 use crate::error::{Result, TensorError};
 use crate::rng::Rng;
-use crate::workspace::{self, Workspace};
+use crate::workspace::{self, Home};
 
 /// An owned, contiguous `f32` tensor.
 ///
 /// Large tensors' buffers are reused: a tensor of at least
 /// [`workspace::MIN_FLOATS`](crate::workspace::MIN_FLOATS) elements belongs to the
-/// [`Workspace`] it was made in, and dropping it hands its memory back there for the next
-/// tensor of that size.
+/// [`Workspace`](crate::Workspace) it was made in, and dropping it hands its memory back
+/// there for the next tensor of that size (or to the allocator, if that workspace is gone:
+/// a tensor does not keep its workspace alive).
 pub struct Tensor {
     shape: Vec<usize>,
     data: Vec<f32>,
     /// Where the buffer returns when the tensor is dropped (`None`: to the allocator).
-    home: Option<Workspace>,
+    home: Option<Home>,
 }
 
 impl PartialEq for Tensor {
@@ -43,7 +44,7 @@ fn checked_count(op: &'static str, shape: &[usize]) -> Result<usize> {
 
 impl Tensor {
     /// The workspace a new tensor of `n` elements belongs to, and a buffer it reuses.
-    fn home_for(n: usize) -> (Option<Workspace>, Option<Vec<f32>>) {
+    fn home_for(n: usize) -> (Option<Home>, Option<Vec<f32>>) {
         match workspace::home_for(n) {
             Some((ws, buf)) => (Some(ws), buf),
             None => (None, None),

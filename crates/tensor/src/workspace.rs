@@ -17,10 +17,11 @@
 //!
 //! A workspace is a cheap-to-clone handle (clones share the memory). Code runs *in* a
 //! workspace with [`Workspace::run`]: the tensors it makes on that thread come from it and
-//! return to it, and the kernels it calls take their scratch from it, in every worker
-//! thread they use. Code that names none runs in [`Workspace::global`]. The models own one
-//! each (`InferenceModel::workspace`, the trainer's), so two models in one process do not
-//! share, and dropping a model frees its memory.
+//! return to it (if it still exists: a tensor does not keep its workspace alive), and the
+//! kernels it calls take their scratch from it, in every worker thread they use. Code that
+//! names none runs in [`Workspace::global`]. The models own one each
+//! (`InferenceModel::workspace`, the trainer's), so two models in one process do not
+//! share, and dropping a model frees its memory, even while tensors it returned live on.
 //!
 //! The workspace is bounded: it holds at most [`Workspace::limit`] bytes between calls,
 //! scratch and recycled activations together (default [`DEFAULT_LIMIT`]). A buffer that
@@ -39,7 +40,7 @@
 //! kernel then writes), so no stale value is ever observable.
 
 use std::cell::{Cell, RefCell};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 /// Buffers smaller than this many floats (64 KiB) are left to the allocator, which
 /// recycles small blocks well on its own.
@@ -399,20 +400,36 @@ impl Workspace {
     }
 }
 
-/// The workspace a new tensor of `len` floats belongs to, and a reused buffer for it if
-/// that workspace has one: `None` for small tensors and under [`bypass`].
-pub(crate) fn home_for(len: usize) -> Option<(Workspace, Option<Vec<f32>>)> {
+/// Where a tensor's buffer goes back when the tensor is dropped: the workspace it was made
+/// in, if that still exists. A tensor does not keep its workspace alive: the features a
+/// model returned outlive the model without holding its scratch.
+#[derive(Debug)]
+pub(crate) struct Home(Weak<Inner>);
+
+impl Home {
+    /// Hands `v` back to the workspace (see [`Workspace::give`]), or to the allocator if
+    /// the workspace is gone.
+    pub(crate) fn give(self, v: Vec<f32>) {
+        if let Some(inner) = self.0.upgrade() {
+            Workspace { inner }.give(v);
+        }
+    }
+}
+
+/// The home of a new tensor of `len` floats, and a reused buffer for it if its workspace
+/// has one: `None` for small tensors and under [`bypass`].
+pub(crate) fn home_for(len: usize) -> Option<(Home, Option<Vec<f32>>)> {
     if len < MIN_FLOATS || bypassed() {
         return None;
     }
     let ws = Workspace::current();
     let buf = ws.take(len);
-    Some((ws, buf))
+    Some((Home(Arc::downgrade(&ws.inner)), buf))
 }
 
-/// The workspace a tensor wrapping a caller's buffer of `len` floats returns it to.
-pub(crate) fn home_of_given(len: usize) -> Option<Workspace> {
-    (len >= MIN_FLOATS && !bypassed()).then(Workspace::current)
+/// The home of a tensor wrapping a caller's buffer of `len` floats.
+pub(crate) fn home_of_given(len: usize) -> Option<Home> {
+    (len >= MIN_FLOATS && !bypassed()).then(|| Home(Arc::downgrade(&Workspace::current().inner)))
 }
 
 /// Runs `f` with reuse bypassed on this thread: tensors dropped meanwhile free their

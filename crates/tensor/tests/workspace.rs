@@ -147,6 +147,12 @@ fn tensors_return_to_the_workspace_they_were_made_in() {
     assert!(a2.same(&a) && !a2.same(&b));
     a2.release();
     assert_eq!(a.held_bytes(), 0);
+    // A tensor outlives its workspace: dropped after it, it frees its buffer.
+    let kept = {
+        let gone = Workspace::new();
+        gone.run(|| Tensor::zeros(&[n]).unwrap())
+    };
+    drop(kept);
     // Bypassed, a new tensor belongs to no workspace.
     let v = a.run(|| workspace::bypass(|| Tensor::zeros(&[n]).unwrap()));
     drop(v);
