@@ -277,29 +277,22 @@ impl<'p> Tape<'p> {
         }
     }
 
-    /// The batch norm `v` names if its output has not been computed: its input, `gamma`,
-    /// `beta`, its `[scale, shift]` and whether a ReLU follows.
+    /// The batch norm `v` names if its output has not been computed: its input, its
+    /// `[scale, shift]` and whether a ReLU follows.
     fn deferred_norm(&self, v: Var) -> Option<DeferredNorm> {
         let n = self.node(v)?;
-        match (&n.value, &n.op) {
-            (
-                Value::Deferred(cell),
-                Op::BatchNorm {
-                    x,
-                    gamma,
-                    beta,
-                    mean,
-                    inv_std,
-                    relu,
-                    ..
-                },
-            ) if cell.get().is_none() => Some(DeferredNorm {
-                x: *x,
-                affine: self.checked_affine(*gamma, *beta, mean, inv_std).ok()?,
-                relu: *relu,
-            }),
-            _ => None,
+        let (Value::Deferred(cell), Op::BatchNorm { relu, .. }) = (&n.value, &n.op) else {
+            return None;
+        };
+        if cell.get().is_some() {
+            return None;
         }
+        let (x, affine) = self.norm_of(v).ok()?;
+        Some(DeferredNorm {
+            x,
+            affine,
+            relu: *relu,
+        })
     }
 
     /// Bytes of the values the tape owns (activations and inputs, not the borrowed

@@ -204,17 +204,27 @@ impl Kernels {
 
     // ---- Residual add ----
 
-    /// `a + b` (same shapes), then `epilogue`: `&[]`, or `&[Epilogue::Relu]` for
-    /// `max(a + b, 0)`, the end of a residual block.
-    pub fn add(&self, a: &Tensor, b: &Tensor, epilogue: &[Epilogue]) -> Result<Tensor> {
-        let op = "add";
+    /// The add kernel `epilogue` asks for (`[]` or `[Relu]`), once `a` and `b` agree.
+    fn add_kernel(
+        &self,
+        op: &'static str,
+        a: &Tensor,
+        b: &Tensor,
+        epilogue: &[Epilogue],
+    ) -> Result<unsafe fn(*const f32, *const f32, *mut f32, usize)> {
         let relu = matches!(after(op, epilogue, false)?, After::Relu);
         a.expect_same_shape(op, b)?;
-        let kernel = if relu {
+        Ok(if relu {
             self.set().add_relu
         } else {
             self.set().add
-        };
+        })
+    }
+
+    /// `a + b` (same shapes), then `epilogue`: `&[]`, or `&[Epilogue::Relu]` for
+    /// `max(a + b, 0)`, the end of a residual block.
+    pub fn add(&self, a: &Tensor, b: &Tensor, epilogue: &[Epilogue]) -> Result<Tensor> {
+        let kernel = self.add_kernel("add", a, b, epilogue)?;
         let (ad, bd) = (a.data(), b.data());
         new_written(a, ELEMENTWISE_CHUNK, |i, out, len| {
             let at = i * ELEMENTWISE_CHUNK;
@@ -226,14 +236,7 @@ impl Kernels {
 
     /// `a += b`, then `epilogue` on `a`: `&[]`, or `&[Epilogue::Relu]`.
     pub fn add_assign(&self, a: &mut Tensor, b: &Tensor, epilogue: &[Epilogue]) -> Result<()> {
-        let op = "add_assign";
-        let relu = matches!(after(op, epilogue, false)?, After::Relu);
-        a.expect_same_shape(op, b)?;
-        let kernel = if relu {
-            self.set().add_relu
-        } else {
-            self.set().add
-        };
+        let kernel = self.add_kernel("add_assign", a, b, epilogue)?;
         for_each_chunk_with(a.data_mut(), b.data(), ELEMENTWISE_CHUNK, |_, d, s| {
             // SAFETY: `d` (also the first operand, in place) and `s` are equally long
             // chunks of buffers whose shapes were checked equal.
