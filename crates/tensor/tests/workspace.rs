@@ -174,15 +174,21 @@ fn conv_case(k: &Kernels) -> (Tensor, tensor::ConvWeights) {
 
 #[test]
 fn kernels_take_their_scratch_from_the_workspace_they_run_in() {
+    // Scratch is kept per worker thread, and which workers take a batch's images depends on
+    // scheduling: one worker makes the amount the same from call to call.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
     let k = Kernels::active().unwrap();
     let (x, w) = conv_case(&k);
     let (ws, other) = (Workspace::new(), Workspace::new());
-    let y = ws.run(|| k.conv2d(&x, &w, &[]).unwrap());
+    let y = pool.install(|| ws.run(|| k.conv2d(&x, &w, &[]).unwrap()));
     assert!(ws.scratch_bytes() > 0, "the convolution parked no scratch");
     assert_eq!(other.held_bytes(), 0);
     // Again: the same scratch, no more.
     let held = ws.scratch_bytes();
-    let again = ws.run(|| k.conv2d(&x, &w, &[]).unwrap());
+    let again = pool.install(|| ws.run(|| k.conv2d(&x, &w, &[]).unwrap()));
     assert_eq!(again, y);
     assert_eq!(ws.scratch_bytes(), held, "a second call grew the scratch");
     ws.release();
