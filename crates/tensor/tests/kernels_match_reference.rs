@@ -278,17 +278,25 @@ fn check_channel_stats(k: Kernels) -> CheckResult {
 
 fn check_softmax(k: Kernels, log: bool) -> CheckResult {
     // Rows of up to 1000 classes, with logits spread widely enough that many
-    // probabilities underflow towards 0.
+    // probabilities underflow towards 0, and logits up to 1e6 in magnitude, where
+    // rounding at the scale of the maximum would show.
     let strategy = (
         1usize..=4,
         prop_oneof![3 => 1usize..=40, 1 => 40usize..=1000],
-        1.0f32..8.0,
+        prop_oneof![2 => 1.0f32..8.0, 1 => 8.0f32..1e5],
+        prop_oneof![1 => Just(0.0f32), 1 => -1e6f32..1e6],
     )
-        .prop_flat_map(|(rows, cols, spread)| {
-            (Just(rows), Just(cols), values(rows * cols), Just(spread))
+        .prop_flat_map(|(rows, cols, spread, offset)| {
+            (
+                Just(rows),
+                Just(cols),
+                values(rows * cols),
+                Just(spread),
+                Just(offset),
+            )
         });
-    prop(strategy, |(rows, cols, data, spread)| {
-        let data: Vec<f32> = data.iter().map(|v| v * spread).collect();
+    prop(strategy, |(rows, cols, data, spread, offset)| {
+        let data: Vec<f32> = data.iter().map(|v| v * spread + offset).collect();
         let x = tensor(&[rows, cols], data)?;
         if log {
             let want = reference::log_softmax(&x);
@@ -466,6 +474,22 @@ fn regressions(k: Kernels) -> CheckResult {
         let one = tensor(&[1, 1], vec![42.0])?;
         prop_assert_eq!(k.softmax(&one).map_err(fail)?.into_vec(), vec![1.0]);
         prop_assert_eq!(k.log_softmax(&one).map_err(fail)?.into_vec(), vec![0.0]);
+        // ONNX's conformance case `test_logsoftmax_large_number`: logits of 1e4 give the
+        // same log-probabilities as logits near 0.
+        let large = tensor(
+            &[2, 4],
+            vec![0.0, 1.0, 2.0, 3.0, 1e4, 1e4 + 1.0, 1e4 + 2.0, 1e4 + 3.0],
+        )?;
+        let want = [-3.440_189_7f32, -2.440_189_7, -1.440_189_7, -0.440_189_75];
+        let got = k.log_softmax(&large).map_err(fail)?;
+        for (i, g) in got.data().iter().enumerate() {
+            prop_assert!(
+                (g - want[i % 4]).abs() <= 1e-6,
+                "log_softmax(large)[{}] = {}",
+                i,
+                g
+            );
+        }
         // A 1x1 input with the stem's padding: the one value is every window's max.
         let x = tensor(&[1, 1, 1, 1], vec![-3.0])?;
         prop_assert_eq!(
