@@ -1,5 +1,5 @@
 //! Our ResNets against PyTorch on the same weights, from fixtures made by
-//! `scripts/make_fixtures.py` (committed; a missing one is a visible SKIP naming the
+//! `scripts/make_fixtures.py` (committed; a missing one fails the test, naming the
 //! command that makes it).
 //!
 //! Tolerances, as the largest error over the largest magnitude of each tensor
@@ -29,9 +29,7 @@ use resnet::{Arch, ConvLayout, Freeze, InferenceModel};
 use tensor::{Kernels, Tensor};
 
 fn stages(arch: Arch, file: &str, tol: f64) {
-    let Some(bytes) = load_fixture(file) else {
-        return;
-    };
+    let bytes = load_fixture(file);
     let fx = Fixture::new(&bytes);
     let input = fx.f32("input");
     each_tier(|k: Kernels| {
@@ -71,9 +69,7 @@ fn resnet50_equals_pytorch_stage_by_stage() {
 }
 
 fn resnet20_training_step_equals_pytorch() {
-    let Some(bytes) = load_fixture("resnet20_step.safetensors") else {
-        return;
-    };
+    let bytes = load_fixture("resnet20_step.safetensors");
     let fx = Fixture::new(&bytes);
     let input = fx.f32("input");
     let targets: Vec<usize> = fx.i64("targets").iter().map(|&t| t as usize).collect();
@@ -173,9 +169,7 @@ fn resnet20_training_step_equals_pytorch() {
 /// Each learning-rate schedule against `torch.optim.lr_scheduler`'s, epoch by epoch
 /// (base rate 0.1; the cosine up to `t_max`, where the two part ways by design).
 fn schedules_equal_torch_lr_schedulers() {
-    let Some(bytes) = load_fixture("schedules.safetensors") else {
-        return;
-    };
+    let bytes = load_fixture("schedules.safetensors");
     let fx = Fixture::new(&bytes);
     let cosine = |t_max, eta_min| Schedule::Cosine { t_max, eta_min };
     let cases = [
@@ -234,9 +228,7 @@ fn rel_err_fails_non_finite_values() {
 }
 
 fn sgd_equals_torch_optim_sgd_over_three_steps() {
-    let Some(bytes) = load_fixture("sgd_steps.safetensors") else {
-        return;
-    };
+    let bytes = load_fixture("sgd_steps.safetensors");
     let fx = Fixture::new(&bytes);
     let settings = [
         (
@@ -280,8 +272,25 @@ fn sgd_equals_torch_optim_sgd_over_three_steps() {
     }
 }
 
+/// A fixture that cannot be read fails its test: it never passes having compared nothing.
+fn a_missing_fixture_fails() {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let missing = catch_unwind(|| load_fixture("no-such-fixture.safetensors"));
+    std::panic::set_hook(hook);
+    let message = missing.expect_err("a missing fixture was loaded");
+    let text = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        text.contains("no-such-fixture.safetensors") && text.contains("make_fixtures.py"),
+        "{text}"
+    );
+}
+
 /// A harness of its own (`harness = false`): each test's per-tier lines, and the SKIP
-/// lines of tiers this CPU lacks or of a missing fixture, are printed whether it passes
+/// lines of tiers this CPU lacks, are printed whether it passes
 /// or not (the standard harness shows them only on failure). Arguments not starting
 /// with `-` select tests by substring, as `cargo test`'s filter does.
 fn main() {
@@ -296,6 +305,7 @@ fn main() {
         schedules_equal_torch_lr_schedulers,
         rel_err_fails_non_finite_values,
         sgd_equals_torch_optim_sgd_over_three_steps,
+        a_missing_fixture_fails,
     ];
     let filters: Vec<String> = std::env::args()
         .skip(1)

@@ -74,18 +74,17 @@ pub fn fixture_path(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The fixture's bytes, or `None` after printing a visible SKIP that says how to make it.
-pub fn load_fixture(name: &str) -> Option<Vec<u8>> {
+/// The fixture's bytes. The fixtures are committed with the repository, so a missing one
+/// is a failure (a test that compared nothing must not pass), with how to make it again.
+pub fn load_fixture(name: &str) -> Vec<u8> {
     let path = fixture_path(name);
     match std::fs::read(&path) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            println!(
-                "SKIP    fixture tests/fixtures/{name} is missing ({e}); make it with \
-                 `pip install torch torchvision safetensors numpy && python3 scripts/make_fixtures.py`"
-            );
-            None
-        }
+        Ok(b) => b,
+        Err(e) => panic!(
+            "fixture tests/fixtures/{name} cannot be read ({e}); it is part of the \
+             repository: restore it from git, or make it again with \
+             `pip install torch torchvision safetensors numpy && python3 scripts/make_fixtures.py`"
+        ),
     }
 }
 
