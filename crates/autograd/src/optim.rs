@@ -101,6 +101,7 @@ impl Sgd {
                 if g.shape() != p.shape() {
                     return Err(TensorError::ShapeMismatch {
                         op: "Sgd::step",
+                        arg: "gradient",
                         expected: p.shape().to_vec(),
                         got: g.shape().to_vec(),
                     });
@@ -200,6 +201,7 @@ pub fn accumulate_gradients(
                 if a.shape() != g.shape() {
                     return Err(TensorError::ShapeMismatch {
                         op: "accumulate_gradients",
+                        arg: "gradient",
                         expected: a.shape().to_vec(),
                         got: g.shape().to_vec(),
                     });

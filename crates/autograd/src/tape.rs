@@ -476,6 +476,26 @@ impl<'p> Tape<'p> {
         eps: f32,
         relu: bool,
     ) -> Result<Var> {
+        let c = match self.value(x)?.shape() {
+            [_, c, ..] => *c,
+            s => {
+                return Err(TensorError::Rank {
+                    op: "batch_norm_fixed",
+                    expected: 4,
+                    got: s.to_vec(),
+                })
+            }
+        };
+        for (arg, v) in [("running_mean", running_mean), ("running_var", running_var)] {
+            if v.len() != c {
+                return Err(TensorError::ShapeMismatch {
+                    op: "batch_norm_fixed",
+                    arg,
+                    expected: vec![c],
+                    got: vec![v.len()],
+                });
+            }
+        }
         let inv_std = inv_std(running_var, eps);
         let y = self.affine(x, gamma, beta, running_mean, &inv_std, relu)?;
         let op = Op::BatchNorm {
@@ -520,15 +540,15 @@ impl<'p> Tape<'p> {
     ) -> Result<[Vec<f32>; 2]> {
         let (g, b) = (self.value(gamma)?.data(), self.value(beta)?.data());
         let c = mean.len();
-        if g.len() != c || b.len() != c || inv_std.len() != c {
-            return Err(invalid(
-                "batch_norm",
-                format!(
-                    "gamma has {}, beta {} elements for {c} channels",
-                    g.len(),
-                    b.len()
-                ),
-            ));
+        for (arg, v) in [("gamma", g), ("beta", b), ("running_var", inv_std)] {
+            if v.len() != c {
+                return Err(TensorError::ShapeMismatch {
+                    op: "batch_norm",
+                    arg,
+                    expected: vec![c],
+                    got: vec![v.len()],
+                });
+            }
         }
         Ok(affine_coefficients(g, b, mean, inv_std))
     }
@@ -685,6 +705,7 @@ impl<'p> Tape<'p> {
         if dy.shape() != shape {
             return Err(TensorError::ShapeMismatch {
                 op: "backward_from",
+                arg: "dy",
                 expected: shape,
                 got: dy.shape().to_vec(),
             });
@@ -1040,6 +1061,40 @@ fn affine_coefficients(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_norm_fixed_names_the_statistic_of_the_wrong_length() {
+        let k = Kernels::active().unwrap();
+        let (gamma, beta, beta3) = (
+            Tensor::full(&[4], 1.0).unwrap(),
+            Tensor::zeros(&[4]).unwrap(),
+            Tensor::zeros(&[3]).unwrap(),
+        );
+        let mut tp = Tape::new(k);
+        let x = tp.input(Tensor::zeros(&[1, 4, 2, 2]).unwrap());
+        let g = tp.param(&gamma);
+        let b = tp.param(&beta);
+        let e = tp
+            .batch_norm_fixed(x, g, b, &[0.0; 4], &[1.0; 3], 1e-5, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("running_var") && e.contains("[3]") && e.contains("[4]"),
+            "{e}"
+        );
+        assert!(!e.contains("gamma"), "{e}");
+        let e = tp
+            .batch_norm_fixed(x, g, b, &[0.0; 5], &[1.0; 4], 1e-5, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("running_mean") && e.contains("[5]"), "{e}");
+        let short = tp.param(&beta3);
+        let e = tp
+            .batch_norm_fixed(x, g, short, &[0.0; 4], &[1.0; 4], 1e-5, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("beta") && e.contains("[3]"), "{e}");
+    }
 
     #[test]
     fn a_var_of_another_tape_is_an_error() {

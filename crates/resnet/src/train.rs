@@ -213,12 +213,18 @@ impl ResNet {
                     reason: format!("batch norm {} of {count}", s.index),
                 })?;
             let c = bn.running_mean.len();
-            if s.stats.mean.len() != c || s.stats.var.len() != c {
-                return Err(TensorError::ShapeMismatch {
-                    op: "update_running_stats",
-                    expected: vec![c],
-                    got: vec![s.stats.mean.len()],
-                });
+            for (arg, got) in [
+                ("batch mean", &s.stats.mean),
+                ("batch variance", &s.stats.var),
+            ] {
+                if got.len() != c {
+                    return Err(TensorError::ShapeMismatch {
+                        op: "update_running_stats",
+                        arg,
+                        expected: vec![c],
+                        got: vec![got.len()],
+                    });
+                }
             }
             let m = bn.momentum;
             let unbias = if s.stats.count > 1 {

@@ -50,10 +50,16 @@ pub struct LinearGrads {
 }
 
 /// `got` has the shape `expected`, or the error names both.
-pub(crate) fn expect_shape(op: &'static str, expected: &[usize], got: &Tensor) -> Result<()> {
+pub(crate) fn expect_shape(
+    op: &'static str,
+    arg: &'static str,
+    expected: &[usize],
+    got: &Tensor,
+) -> Result<()> {
     if got.shape() != expected {
         return Err(TensorError::ShapeMismatch {
             op,
+            arg,
             expected: expected.to_vec(),
             got: got.shape().to_vec(),
         });
@@ -131,7 +137,7 @@ impl Kernels {
     /// ReLU's backward: `dx = dy` where `y > 0`, else 0, with `y` the ReLU's output
     /// (also right for a fused BN + ReLU or add + ReLU, whose output is that ReLU's).
     pub fn relu_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
-        dy.expect_same_shape("relu_backward", y)?;
+        dy.expect_same_shape("relu_backward", "y", y)?;
         let mut dx = Tensor::for_overwrite(dy.shape())?;
         let kernel = self.set().relu_backward;
         let chunk = 1 << 14;
@@ -173,7 +179,7 @@ impl Kernels {
         bn: &BatchNormBackward,
     ) -> Result<BatchNormGrads> {
         if let BnGradIn::MaskedBy(dy, out) = &dy {
-            dy.expect_same_shape("batch_norm_backward", out)?;
+            dy.expect_same_shape("batch_norm_backward", "out", out)?;
         }
         let (mut g, masked) = self.batch_norm_backward_impl(
             "batch_norm_backward",
@@ -204,15 +210,15 @@ impl Kernels {
         // `masked`: the owned dy and the ReLU output that masks it.
         let (mut dx, borrowed, mut masked) = match dy {
             BnGradIn::Borrowed(dy) => {
-                x.expect_same_shape(op, dy)?;
+                x.expect_same_shape(op, "dy", dy)?;
                 (Tensor::for_overwrite(x.shape())?, Some(dy), None)
             }
             BnGradIn::Owned(dy) => {
-                x.expect_same_shape(op, &dy)?;
+                x.expect_same_shape(op, "dy", &dy)?;
                 (dy, None, None)
             }
             BnGradIn::MaskedBy(dy, out) => {
-                x.expect_same_shape(op, &dy)?;
+                x.expect_same_shape(op, "dy", &dy)?;
                 (Tensor::for_overwrite(x.shape())?, None, Some((dy, out)))
             }
         };
@@ -386,7 +392,7 @@ impl Kernels {
     pub fn max_pool2d_backward(&self, x: &Tensor, dy: &Tensor, pool: &Pool2d) -> Result<Tensor> {
         let [n, c, h, w] = x.dims4("max_pool2d_backward")?;
         let [oh, ow] = pool.output_size(h, w)?;
-        expect_shape("max_pool2d_backward", &[n, c, oh, ow], dy)?;
+        expect_shape("max_pool2d_backward", "dy", &[n, c, oh, ow], dy)?;
         let mut dx = Tensor::zeros(x.shape())?;
         if h * w == 0 {
             return Ok(dx);
@@ -431,7 +437,7 @@ impl Kernels {
     /// Global average pooling's backward: `dx[n, c, :, :] = dy[n, c] / (H W)`.
     pub fn global_avg_pool_backward(&self, dy: &Tensor, x_shape: [usize; 4]) -> Result<Tensor> {
         let [n, c, h, w] = x_shape;
-        expect_shape("global_avg_pool_backward", &[n, c], dy)?;
+        expect_shape("global_avg_pool_backward", "dy", &[n, c], dy)?;
         let mut dx = Tensor::for_overwrite(&x_shape)?;
         let plane = h * w;
         if plane > 0 {
@@ -452,11 +458,12 @@ impl Kernels {
         if win != inp {
             return Err(TensorError::ShapeMismatch {
                 op,
+                arg: "w",
                 expected: vec![out, inp],
                 got: w.shape().to_vec(),
             });
         }
-        expect_shape(op, &[n, out], dy)?;
+        expect_shape(op, "dy", &[n, out], dy)?;
         let mut dx = Tensor::zeros(&[n, inp])?;
         let mut dw = Tensor::zeros(&[out, inp])?;
         let dy_m = MatRef::row_major(dy.data(), n, out)?;

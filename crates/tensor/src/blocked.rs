@@ -49,6 +49,7 @@ impl BlockedTensor {
 /// `t` is a blocked tensor of `lanes` and the logical `shape`, or the error says which.
 pub(crate) fn expect_blocked(
     op: &'static str,
+    arg: &'static str,
     t: &BlockedTensor,
     lanes: usize,
     shape: [usize; 4],
@@ -59,6 +60,7 @@ pub(crate) fn expect_blocked(
     if t.shape != shape {
         return Err(TensorError::ShapeMismatch {
             op,
+            arg,
             expected: shape.to_vec(),
             got: t.shape.to_vec(),
         });
@@ -89,7 +91,7 @@ impl Kernels {
     pub fn to_blocked_into(&self, x: &Tensor, y: &mut BlockedTensor) -> Result<()> {
         let [n, c, h, w] = x.dims4("to_blocked")?;
         let l = self.lanes();
-        expect_blocked("to_blocked_into", y, l, [n, c, h, w])?;
+        expect_blocked("to_blocked_into", "y", y, l, [n, c, h, w])?;
         let (cb, plane) = (c.div_ceil(l), h * w);
         if c % l != 0 {
             y.data.fill(0.0);
@@ -162,7 +164,7 @@ impl Kernels {
         let op = "blocked_max_pool2d";
         let [n, c, h, w] = x.shape;
         let [oh, ow] = pool.output_size(h, w)?;
-        expect_blocked(op, y, x.lanes, [n, c, oh, ow])?;
+        expect_blocked(op, "y", y, x.lanes, [n, c, oh, ow])?;
         let l = x.lanes;
         let ([kh, kw], [sh, sw], [ph, pw]) = (pool.kernel, pool.stride, pool.padding);
         let planes = n * x.blocks();

@@ -86,7 +86,7 @@ impl Kernels {
                 })
             }
             After::AddRelu(residual) => {
-                x.expect_same_shape(op, residual)?;
+                x.expect_same_shape(op, "residual", residual)?;
                 let (affine, add_relu) = (set.scale_shift, set.add_relu);
                 let rd = residual.data();
                 new_written(x, plane, |i, out, len| {
@@ -117,7 +117,7 @@ impl Kernels {
     ) -> Result<()> {
         let op = "scale_shift_into";
         let relu = matches!(after(op, epilogue, false)?, After::Relu);
-        x.expect_same_shape(op, out)?;
+        x.expect_same_shape(op, "out", out)?;
         self.scale_shift_impl(op, out, Some(x), scale, shift, relu)
     }
 
@@ -192,7 +192,7 @@ impl Kernels {
     /// ReLU's backward in place: `dy` becomes `dx` (`dy` where `y > 0`, else 0, with `y`
     /// the ReLU's output), without a new buffer. See [`Kernels::relu_backward`].
     pub fn relu_backward_assign(&self, dy: &mut Tensor, y: &Tensor) -> Result<()> {
-        dy.expect_same_shape("relu_backward_assign", y)?;
+        dy.expect_same_shape("relu_backward_assign", "y", y)?;
         let kernel = self.set().relu_backward;
         for_each_chunk_with(dy.data_mut(), y.data(), ELEMENTWISE_CHUNK, |_, d, o| {
             // SAFETY: `d` (the gradient read and, element by element, the result written)
@@ -213,7 +213,7 @@ impl Kernels {
         epilogue: &[Epilogue],
     ) -> Result<unsafe fn(*const f32, *const f32, *mut f32, usize)> {
         let relu = matches!(after(op, epilogue, false)?, After::Relu);
-        a.expect_same_shape(op, b)?;
+        a.expect_same_shape(op, "b", b)?;
         Ok(if relu {
             self.set().add_relu
         } else {

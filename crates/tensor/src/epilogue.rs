@@ -162,6 +162,7 @@ fn check_residual(op: &'static str, r: Residual, out: &Output) -> Result<()> {
     let mismatch = |expected: &[usize], got: &[usize]| {
         Err(TensorError::ShapeMismatch {
             op,
+            arg: "residual",
             expected: expected.to_vec(),
             got: got.to_vec(),
         })

@@ -28,6 +28,8 @@ pub enum TensorError {
     ShapeMismatch {
         /// The operation that found it.
         op: &'static str,
+        /// The argument whose shape is wrong.
+        arg: &'static str,
         /// The shape the operation needs.
         expected: Vec<usize>,
         /// The shape given.
@@ -73,9 +75,12 @@ impl fmt::Display for TensorError {
                 f,
                 "{op}: shape {shape:?} holds {expected} elements but {got} were given"
             ),
-            TensorError::ShapeMismatch { op, expected, got } => {
-                write!(f, "{op}: expected shape {expected:?}, got {got:?}")
-            }
+            TensorError::ShapeMismatch {
+                op,
+                arg,
+                expected,
+                got,
+            } => write!(f, "{op}: {arg} has shape {got:?}, expected {expected:?}"),
             TensorError::Rank { op, expected, got } => write!(
                 f,
                 "{op}: expected a tensor of rank {expected}, got shape {got:?} (rank {})",

@@ -48,8 +48,17 @@ impl Kernels {
         if inp != w.in_features() {
             return Err(TensorError::ShapeMismatch {
                 op: "linear",
+                arg: "x",
                 expected: vec![n, w.in_features()],
                 got: x.shape().to_vec(),
+            });
+        }
+        if let Some(b) = bias.filter(|b| b.len() != out) {
+            return Err(TensorError::ShapeMismatch {
+                op: "linear",
+                arg: "bias",
+                expected: vec![out],
+                got: vec![b.len()],
             });
         }
         let mut yt = vec![0.0f32; out * n];

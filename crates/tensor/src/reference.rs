@@ -10,10 +10,12 @@ use crate::gemm::MatRef;
 use crate::kernels::Pool2d;
 use crate::tensor::Tensor;
 
-fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+/// `b` (named `arg`) has `a`'s shape.
+fn same_shape(op: &'static str, arg: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.shape() != b.shape() {
         return Err(TensorError::ShapeMismatch {
             op,
+            arg,
             expected: a.shape().to_vec(),
             got: b.shape().to_vec(),
         });
@@ -62,7 +64,7 @@ pub fn relu(x: &Tensor) -> Tensor {
 
 /// `a + b`, then `max(., 0)` if `relu`.
 pub fn add(a: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
-    same_shape("reference::add", a, b)?;
+    same_shape("reference::add", "b", a, b)?;
     let mut y = a.clone();
     for (v, w) in y.data_mut().iter_mut().zip(b.data()) {
         let s = *v + *w;
@@ -256,6 +258,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&[f32]>) -> Result<Tensor> {
     if win != inp {
         return Err(TensorError::ShapeMismatch {
             op: "reference::linear",
+            arg: "weight",
             expected: vec![out, inp],
             got: w.shape().to_vec(),
         });
@@ -277,7 +280,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&[f32]>) -> Result<Tensor> {
 
 /// ReLU's backward: `dy` where the ReLU's output `y > 0`, else 0.
 pub fn relu_backward(dy: &Tensor, y: &Tensor) -> Result<Tensor> {
-    same_shape("reference::relu_backward", dy, y)?;
+    same_shape("reference::relu_backward", "y", dy, y)?;
     let mut dx = dy.clone();
     for (d, &o) in dx.data_mut().iter_mut().zip(y.data()) {
         if o.is_nan() || o <= 0.0 {
@@ -296,7 +299,7 @@ pub fn batch_norm_backward(
     gamma: &[f32],
     eps: f32,
 ) -> Result<(Tensor, Vec<f32>, Vec<f32>)> {
-    same_shape("reference::batch_norm_backward", x, dy)?;
+    same_shape("reference::batch_norm_backward", "dy", x, dy)?;
     let (mean, var) = channel_mean_var(x)?;
     let shape = x.shape();
     let c = shape[1];
@@ -328,6 +331,7 @@ pub fn max_pool2d_backward(x: &Tensor, dy: &Tensor, p: &Pool2d) -> Result<Tensor
     if dy.shape() != [n, c, oh, ow] {
         return Err(TensorError::ShapeMismatch {
             op: "reference::max_pool2d_backward",
+            arg: "dy",
             expected: vec![n, c, oh, ow],
             got: dy.shape().to_vec(),
         });

@@ -72,6 +72,7 @@ impl Kernels {
         if dy.shape() != [n, oc, oh, ow] {
             return Err(TensorError::ShapeMismatch {
                 op: "pad_channels_backward",
+                arg: "dy",
                 expected: vec![n, oc, oh, ow],
                 got: dy.shape().to_vec(),
             });

@@ -259,11 +259,17 @@ impl Tensor {
         Ok(())
     }
 
-    /// Checks that `other` has exactly this tensor's shape.
-    pub(crate) fn expect_same_shape(&self, op: &'static str, other: &Tensor) -> Result<()> {
+    /// Checks that `other` (the argument `arg`) has exactly this tensor's shape.
+    pub(crate) fn expect_same_shape(
+        &self,
+        op: &'static str,
+        arg: &'static str,
+        other: &Tensor,
+    ) -> Result<()> {
         if self.shape != other.shape {
             return Err(TensorError::ShapeMismatch {
                 op,
+                arg,
                 expected: self.shape.clone(),
                 got: other.shape.clone(),
             });

@@ -202,7 +202,7 @@ impl Kernels {
             check_affine(op, affine, c)?;
         }
         if let DxInto::Add(acc) = &what.dx {
-            x.expect_same_shape(op, acc)?;
+            x.expect_same_shape(op, "dx accumulator", acc)?;
         }
         let dx = match what.dx {
             DxInto::Skip => None,
@@ -230,6 +230,7 @@ impl Kernels {
         if [o, wc, kh, kw] != plan.weights_shape() {
             return Err(TensorError::ShapeMismatch {
                 op,
+                arg: "w",
                 expected: plan.weights_shape().to_vec(),
                 got: w.shape().to_vec(),
             });
@@ -248,7 +249,7 @@ impl Kernels {
         debug_assert_eq!(plan.mode(), Mode::Training);
         let p = plan.conv();
         let [oh, ow] = p.output_size(h, wd, kh, kw)?;
-        expect_shape(op, &[n, o, oh, ow], dy)?;
+        expect_shape(op, "dy", &[n, o, oh, ow], dy)?;
         let g = Geometry {
             c,
             h,

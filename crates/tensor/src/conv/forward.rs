@@ -180,6 +180,7 @@ impl Kernels {
         if shape != plan.weights_shape() {
             return Err(TensorError::ShapeMismatch {
                 op: "pack_conv",
+                arg: "weights",
                 expected: plan.weights_shape().to_vec(),
                 got: shape.to_vec(),
             });
@@ -292,6 +293,7 @@ impl Kernels {
         if y.shape() != out_shape {
             return Err(TensorError::ShapeMismatch {
                 op: "conv2d_into",
+                arg: "y",
                 expected: out_shape.to_vec(),
                 got: y.shape().to_vec(),
             });

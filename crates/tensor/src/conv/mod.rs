@@ -442,6 +442,7 @@ impl ConvPlan {
         if wc != c {
             return Err(TensorError::ShapeMismatch {
                 op: "conv2d",
+                arg: "weights",
                 expected: vec![o, c, kh, kw],
                 got: self.weights.to_vec(),
             });

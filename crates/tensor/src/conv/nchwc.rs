@@ -131,6 +131,7 @@ impl Kernels {
         if wc != c {
             return Err(TensorError::ShapeMismatch {
                 op,
+                arg: "weights",
                 expected: vec![o, c, kh, kw],
                 got: w.shape.to_vec(),
             });
@@ -160,7 +161,7 @@ impl Kernels {
                 }
             }
         }
-        expect_blocked(op, y, l, shape)?;
+        expect_blocked(op, "y", y, l, shape)?;
         if w.f != self.set().blocked_f {
             return Err(TensorError::InvalidArgument {
                 op,

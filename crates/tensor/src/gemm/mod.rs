@@ -224,26 +224,38 @@ impl Kernels {
         b: MatRef,
         c: &MatMut,
     ) -> Result<()> {
-        if b.rows != k || c.rows != m || c.cols != b.cols {
-            return Err(TensorError::ShapeMismatch {
-                op,
-                expected: vec![m, k, k, b.cols, m, b.cols],
-                got: vec![m, k, b.rows, b.cols, c.rows, c.cols],
-            });
-        }
-        Ok(())
+        gemm_shapes(op, [m, k], [b.rows, b.cols], [c.rows, c.cols])
     }
+}
+
+/// The shapes of `C = A B`: `B` must have `A`'s columns as rows, `C` `A`'s rows and
+/// `B`'s columns. The error names the matrix that does not fit.
+fn gemm_shapes(op: &'static str, a: [usize; 2], b: [usize; 2], c: [usize; 2]) -> Result<()> {
+    let mismatch = |arg, expected: [usize; 2], got: [usize; 2]| {
+        Err(TensorError::ShapeMismatch {
+            op,
+            arg,
+            expected: expected.to_vec(),
+            got: got.to_vec(),
+        })
+    };
+    if b[0] != a[1] {
+        return mismatch("B (A is [m, k]: B must be [k, n])", [a[1], b[1]], b);
+    }
+    if c != [a[0], b[1]] {
+        return mismatch("C (must be [m, n])", [a[0], b[1]], c);
+    }
+    Ok(())
 }
 
 /// `C = A B` by matrixmultiply, the portable baseline and second oracle.
 pub fn matrixmultiply_gemm(a: MatRef, b: MatRef, c: &mut MatMut) -> Result<()> {
-    if a.cols != b.rows || c.rows != a.rows || c.cols != b.cols {
-        return Err(TensorError::ShapeMismatch {
-            op: "matrixmultiply_gemm",
-            expected: vec![a.rows, a.cols, a.cols, b.cols],
-            got: vec![a.rows, a.cols, b.rows, b.cols],
-        });
-    }
+    gemm_shapes(
+        "matrixmultiply_gemm",
+        [a.rows, a.cols],
+        [b.rows, b.cols],
+        [c.rows, c.cols],
+    )?;
     if c.rows == 0 || c.cols == 0 {
         return Ok(());
     }

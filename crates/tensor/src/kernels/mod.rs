@@ -558,12 +558,13 @@ pub(crate) fn channels_and_plane(op: &'static str, x: &Tensor) -> Result<(usize,
 pub(crate) fn expect_channel_params(
     op: &'static str,
     c: usize,
-    params: &[(&str, &[f32])],
+    params: &[(&'static str, &[f32])],
 ) -> Result<()> {
-    for (_, p) in params {
+    for &(arg, p) in params {
         if p.len() != c {
             return Err(TensorError::ShapeMismatch {
                 op,
+                arg,
                 expected: vec![c],
                 got: vec![p.len()],
             });
@@ -762,6 +763,7 @@ impl Kernels {
         if y.shape() != [n, c, oh, ow] {
             return Err(TensorError::ShapeMismatch {
                 op: "max_pool2d_into",
+                arg: "y",
                 expected: vec![n, c, oh, ow],
                 got: y.shape().to_vec(),
             });
