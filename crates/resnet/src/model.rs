@@ -6,7 +6,7 @@
 //! into the fast form.
 
 use tensor::rng::Rng;
-use tensor::{Conv2d, ConvPlan, Kernels, Layout, Mode, Result, Tensor};
+use tensor::{Conv2d, ConvPlan, Kernels, Layout, Mode, Result, Tensor, TensorError};
 
 use crate::arch::{Arch, BlockKind};
 
@@ -154,6 +154,18 @@ impl ResNet {
     }
 
     fn build(arch: Arch, num_classes: usize, mut rng: Option<&mut Rng>) -> Result<Self> {
+        // The head is `num_classes x feature_dim` floats: refused before anything is
+        // allocated when it is empty or could not be addressed.
+        let head = num_classes.checked_mul(arch.feature_dim());
+        if num_classes == 0 || head.is_none_or(|n| n > isize::MAX as usize / 4) {
+            return Err(TensorError::InvalidArgument {
+                op: "ResNet::new",
+                reason: format!(
+                    "num_classes is {num_classes}: a head needs at least one class, and at \
+                     most what memory can address"
+                ),
+            });
+        }
         let stem = if arch.is_cifar() {
             ConvBn::new(rng.as_deref_mut(), 3, 16, 3, 1, 1)?
         } else {

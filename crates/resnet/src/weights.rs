@@ -148,11 +148,19 @@ impl ResNet {
     ) -> Result<Self, WeightsError> {
         let path = name.as_ref();
         let header = Header::read(path, &mut reader)?;
-        let classes = header
-            .meta
-            .info("fc.weight")
-            .and_then(|t| t.shape.first().copied())
-            .unwrap_or(1000);
+        // The head's size comes from `fc.weight` when its shape fits the architecture
+        // (`[classes, feature_dim]`, whose bytes the header check has found in the file);
+        // otherwise a 1000-class model is built only to list what does not fit.
+        let classes = match header.meta.info("fc.weight").map(|t| t.shape.as_slice()) {
+            Some(&[0, d]) if d == arch.feature_dim() => {
+                return Err(WeightsError::Format {
+                    path: path.to_path_buf(),
+                    message: format!("fc.weight has shape [0, {d}]: a head of zero classes"),
+                })
+            }
+            Some(&[n, d]) if d == arch.feature_dim() => n,
+            _ => 1000,
+        };
         let mut model = ResNet::zeroed(arch, classes).map_err(WeightsError::Tensor)?;
         model.check_fit(
             path,

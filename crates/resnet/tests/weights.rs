@@ -256,3 +256,41 @@ fn saving_into_a_missing_folder_is_an_error_and_leaves_nothing_behind() {
         .unwrap_err();
     assert!(matches!(err, WeightsError::Io { .. }), "{err}");
 }
+
+/// A tiny file whose only tensor is `fc.weight` of `shape` (no data when a dimension is 0).
+fn head_only(shape: &str) -> Vec<u8> {
+    let header =
+        format!(r#"{{"fc.weight":{{"dtype":"F32","shape":{shape},"data_offsets":[0,0]}}}}"#);
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes
+}
+
+#[test]
+fn a_head_of_zero_or_absurd_size_is_refused_before_anything_is_allocated() {
+    // An 80-byte file with `fc.weight` of shape `[N, 0]` used to make the loader allocate
+    // `N * 512` floats (an abort for N = 4e8, an overflow for N = 2^62) before any check.
+    for (arch, shape) in [
+        (Arch::ResNet18, "[400000000,0]"),
+        (Arch::ResNet18, "[4611686018427387904,0]"),
+        (Arch::ResNet50, "[100000000000,0]"),
+        (Arch::Cifar { depth: 20 }, "[0,64]"),
+        (Arch::ResNet18, "[0,512]"),
+    ] {
+        let bytes = head_only(shape);
+        let r =
+            ResNet::from_safetensors_reader(arch, "head.safetensors", std::io::Cursor::new(&bytes));
+        let e = r.expect_err(shape).to_string();
+        assert!(
+            e.contains("head.safetensors") && e.contains("fc.weight"),
+            "{shape}: {e}"
+        );
+    }
+    // A 0-class head is refused by the constructor too (it used to build, then
+    // `classify` panicked on it).
+    let e = ResNet::new(Arch::Cifar { depth: 20 }, 0, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("num_classes is 0"), "{e}");
+    assert!(ResNet::new(Arch::ResNet50, usize::MAX / 2, 1).is_err());
+}
