@@ -164,7 +164,7 @@ def main():
     with tempfile.TemporaryDirectory() as workdir:
         for case in cases:
             if case == "train":
-                bench, peers = ["train", "--arch", "resnet20", "--batch", "128"], Train().peers()
+                bench, peers = ["train", "--arch", "cifar-resnet20", "--batch", "128"], Train().peers()
                 batch, unit = 128, "ms/step"
             elif case in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
                 bench = ["model", "--arch", case, "--batch", "1"]

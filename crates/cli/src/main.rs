@@ -68,8 +68,8 @@ enum Command {
         /// (DIR/train/<class>/*.jpg|png and DIR/test/<class>/...).
         #[arg(long, default_value = "digits")]
         data: String,
-        /// Architecture: a CIFAR resnet20/32/44/56/110 or resnet18/34/50/101/152.
-        #[arg(long, default_value = "resnet20")]
+        /// Architecture: a CIFAR cifar-resnet20/32/44/56/110 or resnet18/34/50/101/152.
+        #[arg(long, default_value = "cifar-resnet20")]
         arch: String,
         /// Epochs (default: 30).
         #[arg(long)]
@@ -102,7 +102,7 @@ enum Command {
         #[arg(long, default_value = "digits")]
         data: String,
         /// Architecture of the weights.
-        #[arg(long, default_value = "resnet20")]
+        #[arg(long, default_value = "cifar-resnet20")]
         arch: String,
         /// Images per batch.
         #[arg(long, default_value_t = 128)]
@@ -160,7 +160,7 @@ enum BenchCommand {
     Scaling,
     /// Whole-network inference (random weights, BN folded), images/s and GFLOP/s.
     Model {
-        /// Architecture: resnet18/34/50/101/152 or a CIFAR resnet20/32/44/56/110.
+        /// Architecture: resnet18/34/50/101/152 or a CIFAR cifar-resnet20/32/44/56/110.
         #[arg(long, default_value = "resnet50")]
         arch: String,
         /// Images per batch.
@@ -169,8 +169,8 @@ enum BenchCommand {
     },
     /// One training step (forward, backward, SGD update): ms/step, images/s, peak RSS.
     Train {
-        /// Architecture: a CIFAR resnet20/32/44/56/110 (32x32) or resnet18/34/50/101/152 (224x224).
-        #[arg(long, default_value = "resnet20")]
+        /// Architecture: a CIFAR cifar-resnet20/32/44/56/110 (32x32) or resnet18/34/50/101/152 (224x224).
+        #[arg(long, default_value = "cifar-resnet20")]
         arch: String,
         /// Images per batch.
         #[arg(long, default_value_t = 128)]
@@ -318,10 +318,15 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             json,
             seconds,
         } => {
-            if !(seconds > 0.0 && seconds.is_finite()) {
-                return Err("--seconds must be a positive number".into());
-            }
-            let budget = Duration::from_secs_f64(seconds);
+            // At most a day: a larger budget is a typo, and `Duration` cannot hold 1e300.
+            let budget = Duration::try_from_secs_f64(seconds)
+                .ok()
+                .filter(|d| !d.is_zero() && d.as_secs() <= 86_400)
+                .ok_or_else(|| {
+                    format!(
+                        "--seconds {seconds}: must be a positive number of at most 86400 (a day)"
+                    )
+                })?;
             let k = Kernels::active()?;
             let threads = rayon::current_num_threads();
             match what {

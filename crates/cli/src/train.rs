@@ -71,6 +71,15 @@ pub fn train(k: Kernels, args: TrainArgs) -> Result<(), Box<dyn std::error::Erro
     let mut trainer = match &args.resume {
         Some(ckpt) => {
             let t = Trainer::resume(config, &data, k, &args.out, ckpt)?;
+            if t.epochs_done >= t.config.epochs {
+                return Err(format!(
+                    "{} has already finished all {} epochs: nothing to train (raise --epochs to \
+                     train further)",
+                    ckpt.display(),
+                    t.config.epochs
+                )
+                .into());
+            }
             eprintln!(
                 "resumed from {} after epoch {}",
                 ckpt.display(),
@@ -156,7 +165,11 @@ pub fn train(k: Kernels, args: TrainArgs) -> Result<(), Box<dyn std::error::Erro
         ("metrics", "metrics.csv"),
         ("plot", "training.png"),
     ] {
-        crate::emit(&format!("  {what}: {}", args.out.join(file).display()))?;
+        // Only what this run really wrote.
+        let path = args.out.join(file);
+        if path.is_file() {
+            crate::emit(&format!("  {what}: {}", path.display()))?;
+        }
     }
     Ok(())
 }
@@ -191,17 +204,19 @@ pub fn eval(
     crate::emit("confusion matrix (rows: true class, columns: predicted):")?;
     let w = classes
         .iter()
-        .map(|c| c.len())
+        .map(|c| c.chars().count())
         .max()
         .unwrap_or(1)
         .clamp(4, 12);
+    // Class names are cut by characters, not bytes: they are folder names, in any script.
+    let clip = |c: &str, n: usize| c.chars().take(n).collect::<String>();
     let mut header = format!("{:>w$} ", "");
     for c in classes {
-        header.push_str(&format!("{:>5}", &c[..c.len().min(5)]));
+        header.push_str(&format!("{:>5}", clip(c, 5)));
     }
     crate::emit(&header)?;
     for (c, row) in classes.iter().zip(&e.confusion) {
-        let mut line = format!("{:>w$} ", &c[..c.len().min(w)]);
+        let mut line = format!("{:>w$} ", clip(c, w));
         for v in row {
             line.push_str(&format!("{v:>5}"));
         }

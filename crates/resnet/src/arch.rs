@@ -106,7 +106,7 @@ impl fmt::Display for Arch {
             Arch::ResNet50 => f.write_str("resnet50"),
             Arch::ResNet101 => f.write_str("resnet101"),
             Arch::ResNet152 => f.write_str("resnet152"),
-            Arch::Cifar { depth } => write!(f, "resnet{depth}"),
+            Arch::Cifar { depth } => write!(f, "cifar-resnet{depth}"),
         }
     }
 }
@@ -119,9 +119,28 @@ impl fmt::Display for UnknownArch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unknown architecture {:?}: expected resnet18/34/50/101/152 or a CIFAR resnet of depth 6n+2 (resnet20, resnet32, resnet44, resnet56, resnet110, ...)",
+            "unknown architecture {:?}: expected resnet18/34/50/101/152 (ImageNet, \
+             torchvision's) or cifar-resnetN, a CIFAR ResNet of depth N = 6n+2 \
+             (cifar-resnet20, cifar-resnet32, cifar-resnet44, cifar-resnet56, cifar-resnet110, ...)",
             self.0
-        )
+        )?;
+        // A CIFAR depth under the ImageNet prefix: timm and torchvision use such names
+        // (timm's resnet26 is an ImageNet bottleneck net), so it is never guessed.
+        if let Some(d) = self
+            .0
+            .trim()
+            .to_ascii_lowercase()
+            .strip_prefix("resnet")
+            .and_then(|d| d.parse::<usize>().ok())
+            .filter(|&d| d >= 8 && (d - 2) % 6 == 0)
+        {
+            write!(
+                f,
+                "; the CIFAR net of depth {d} is cifar-resnet{d} (a plain resnet{d} is not \
+                 taken for it: timm's resnet26, for one, is an ImageNet network)"
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -132,19 +151,28 @@ impl FromStr for Arch {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let lower = s.trim().to_ascii_lowercase();
-        let depth: usize = lower
+        let unknown = || UnknownArch(s.to_string());
+        // `cifar-resnetN` (or `cifar_resnetN`): the CIFAR family, under its own prefix.
+        let (cifar, rest) = match lower
+            .strip_prefix("cifar-")
+            .or_else(|| lower.strip_prefix("cifar_"))
+        {
+            Some(rest) => (true, rest),
+            None => (false, lower.as_str()),
+        };
+        let depth: usize = rest
             .strip_prefix("resnet")
             .and_then(|d| d.strip_prefix('-').or(Some(d)))
             .and_then(|d| d.parse().ok())
-            .ok_or_else(|| UnknownArch(s.to_string()))?;
-        Ok(match depth {
-            18 => Arch::ResNet18,
-            34 => Arch::ResNet34,
-            50 => Arch::ResNet50,
-            101 => Arch::ResNet101,
-            152 => Arch::ResNet152,
-            d if d >= 8 && (d - 2) % 6 == 0 => Arch::Cifar { depth: d },
-            _ => return Err(UnknownArch(s.to_string())),
+            .ok_or_else(unknown)?;
+        Ok(match (cifar, depth) {
+            (false, 18) => Arch::ResNet18,
+            (false, 34) => Arch::ResNet34,
+            (false, 50) => Arch::ResNet50,
+            (false, 101) => Arch::ResNet101,
+            (false, 152) => Arch::ResNet152,
+            (true, d) if d >= 8 && (d - 2) % 6 == 0 => Arch::Cifar { depth: d },
+            _ => return Err(unknown()),
         })
     }
 }

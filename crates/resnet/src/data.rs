@@ -302,7 +302,10 @@ pub fn cifar10(dir: &Path) -> Result<Split, DataError> {
         let (mut images, mut labels) = (Vec::new(), Vec::new());
         for name in files {
             let path = dir.join(name);
-            let bytes = std::fs::read(&path).map_err(io_error(&path))?;
+            // A batch holds 10,000 records (30.7 MB); a file far larger is not one, and
+            // is refused before it is read.
+            let bytes = crate::files::read_regular(&path, (5 * 10_000 * CIFAR_RECORD) as u64)
+                .map_err(io_error(&path))?;
             parse_cifar10_records(&path, &bytes, &mut images, &mut labels)?;
         }
         Ok(Dataset {

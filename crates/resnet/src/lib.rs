@@ -29,6 +29,7 @@
 pub mod arch;
 pub mod augment;
 pub mod data;
+pub mod files;
 pub mod inference;
 pub mod loader;
 pub mod model;

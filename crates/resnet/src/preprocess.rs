@@ -45,6 +45,10 @@ fn chw(img: &Tensor) -> Result<[usize; 3], DataError> {
 /// The most floats a resize may produce (64 M: 256 MB).
 const MAX_RESIZED: usize = 1 << 26;
 
+/// The largest image file read (256 MiB): a photo is a few MB.
+#[cfg(feature = "images")]
+const MAX_IMAGE_FILE: u64 = 1 << 28;
+
 /// The triangle (bilinear) filter weights of one output coordinate: `(first input
 /// index, normalised weights)`. PIL's `precompute_coeffs` for the bilinear filter.
 fn filter_taps(out: usize, in_size: usize, out_size: usize) -> (usize, Vec<f64>) {
@@ -196,10 +200,11 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Tensor, DataError> {
 /// Reads and decodes an image file.
 #[cfg(feature = "images")]
 pub fn load(path: &Path) -> Result<Tensor, DataError> {
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes =
+        crate::files::read_regular(path, MAX_IMAGE_FILE).map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     decode(path, &bytes)
 }
 

@@ -207,6 +207,14 @@ pub struct Trainer<'d> {
     pub history: Vec<EpochRecord>,
 }
 
+/// The files a run writes into its folder (`training.png` by the `resnet` tool).
+pub const OUTPUTS: [&str; 4] = [
+    "best.safetensors",
+    "checkpoint.safetensors",
+    "metrics.csv",
+    "training.png",
+];
+
 impl<'d> Trainer<'d> {
     /// A fresh run writing into `out` (created if missing).
     pub fn new(
@@ -220,6 +228,11 @@ impl<'d> Trainer<'d> {
             path: out.to_path_buf(),
             source,
         })?;
+        // A run killed while saving leaves one `<file>.tmp` beside the file: removed here,
+        // on the next run in the same folder.
+        for name in OUTPUTS {
+            let _ = std::fs::remove_file(crate::weights::temporary_path(&out.join(name)));
+        }
         let classes = data.train.classes.len();
         let mut model = ResNet::new(config.arch, classes, config.seed)?;
         let sgd = Sgd::new(sgd_config(&config), model.parameters_mut().len())?;
@@ -442,10 +455,11 @@ impl<'d> Trainer<'d> {
     /// Restores model, optimizer state, epoch count and history from a checkpoint.
     /// Nothing is changed on error.
     pub fn load_checkpoint(&mut self, path: &Path) -> Result<(), TrainError> {
-        let bytes = std::fs::read(path).map_err(|source| TrainError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes =
+            crate::files::read_regular(path, u64::MAX).map_err(|source| TrainError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let (_, header) = SafeTensors::read_metadata(&bytes)
             .map_err(|e| checkpoint_error(path, format!("not a checkpoint: {e}")))?;
         let meta = header.metadata().clone().unwrap_or_default();
@@ -458,7 +472,12 @@ impl<'d> Trainer<'d> {
         }
         let (arch, classes) = (get("arch"), get("classes"));
         let want_classes = self.model.num_classes().to_string();
-        if arch != self.config.arch.to_string() || classes != want_classes {
+        // Checkpoints written before the CIFAR family had its prefix say `resnet20`.
+        let legacy = match self.config.arch {
+            Arch::Cifar { depth } => format!("resnet{depth}"),
+            a => a.to_string(),
+        };
+        if (arch != self.config.arch.to_string() && arch != legacy) || classes != want_classes {
             return Err(checkpoint_error(
                 path,
                 format!(

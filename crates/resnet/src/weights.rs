@@ -42,6 +42,9 @@ pub enum WeightsError {
     Mismatch(Box<Mismatch>),
     /// Building the model failed (for example a head of zero classes).
     Tensor(TensorError),
+    /// The file is valid and may even fit, but says it is something else (its metadata
+    /// or a `config.json` beside it names another architecture).
+    Refused { path: PathBuf, reason: String },
 }
 
 /// Every way a valid weights file failed to fit a model.
@@ -68,6 +71,7 @@ impl fmt::Display for WeightsError {
                     path.display()
                 )
             }
+            WeightsError::Refused { path, reason } => write!(f, "{}: {reason}", path.display()),
             WeightsError::Mismatch(m) => {
                 let Mismatch {
                     path,
@@ -132,7 +136,8 @@ impl ResNet {
     /// ResNet-50, 100 MB less at the peak).
     pub fn from_safetensors(arch: Arch, path: impl AsRef<Path>) -> Result<Self, WeightsError> {
         let path = path.as_ref();
-        let file = std::fs::File::open(path).map_err(io_error(path))?;
+        check_config_beside(arch, path)?;
+        let file = crate::files::open_regular(path).map_err(io_error(path))?;
         Self::from_safetensors_reader(arch, path, file)
     }
 
@@ -148,6 +153,7 @@ impl ResNet {
     ) -> Result<Self, WeightsError> {
         let path = name.as_ref();
         let header = Header::read(path, &mut reader)?;
+        check_declared_arch(arch, path, header.meta.metadata().as_ref())?;
         // The head's size comes from `fc.weight` when its shape fits the architecture
         // (`[classes, feature_dim]`, whose bytes the header check has found in the file);
         // otherwise a 1000-class model is built only to list what does not fit.
@@ -194,6 +200,7 @@ impl ResNet {
     /// docs). On error the model is unchanged.
     pub fn load_safetensors(&mut self, path: impl AsRef<Path>) -> Result<(), WeightsError> {
         let path = path.as_ref();
+        check_config_beside(self.arch, path)?;
         let bytes = read(path)?;
         self.load_safetensors_bytes(path, &bytes)
     }
@@ -206,6 +213,9 @@ impl ResNet {
     ) -> Result<(), WeightsError> {
         let path = name.as_ref();
         let file = parse(path, bytes)?;
+        if let Ok((_, meta)) = SafeTensors::read_metadata(bytes) {
+            check_declared_arch(self.arch, path, meta.metadata().as_ref())?;
+        }
         self.load_from(path, &file)
     }
 
@@ -334,20 +344,60 @@ impl View for SaveView<'_> {
 }
 
 /// Writes `views` (and the header's `metadata`) to `path` as a `.safetensors` file, as
-/// [`write_atomic`] does: streamed to a temporary file beside it, synced, renamed.
+/// [`write_atomic`] does: streamed to the one temporary file beside it, synced, renamed.
+///
+/// The header is made here rather than by the `safetensors` crate's `serialize_to_file`,
+/// which writes through a randomly named temporary file of its own that a killed
+/// process leaves behind (200 MB per kill for a ResNet-50 checkpoint) and nothing
+/// cleans up. Tensors are laid out 8-byte types first, each group by name, so every
+/// tensor is aligned to its element size, and the header is padded with spaces to a
+/// multiple of 8 bytes, as the format recommends.
 pub fn write_safetensors(
     path: &Path,
     views: BTreeMap<String, SaveView>,
     metadata: Option<HashMap<String, String>>,
 ) -> std::io::Result<()> {
+    let mut order: Vec<(&String, &SaveView)> = views.iter().collect();
+    order.sort_by_key(|(_, v)| std::cmp::Reverse(v.dtype().bitsize()));
+    let mut header = serde_json::Map::new();
+    if let Some(m) = metadata {
+        header.insert("__metadata__".into(), serde_json::json!(m));
+    }
+    let mut offset = 0usize;
+    for (name, v) in &order {
+        let end = offset + v.data_len();
+        header.insert(
+            name.to_string(),
+            serde_json::json!({
+                "dtype": v.dtype(),
+                "shape": v.shape(),
+                "data_offsets": [offset, end],
+            }),
+        );
+        offset = end;
+    }
+    let mut text = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
+    text.resize(text.len().next_multiple_of(8), b' ');
     write_atomic_with(path, |tmp| {
-        safetensors::serialize_to_file(views, metadata, tmp).map_err(std::io::Error::other)
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(tmp)?);
+        f.write_all(&(text.len() as u64).to_le_bytes())?;
+        f.write_all(&text)?;
+        for (_, v) in &order {
+            f.write_all(&v.data())?;
+        }
+        f.flush()
     })
 }
 
 /// Writes `bytes` to `path` so that `path` is either its old self or the whole new file,
 /// never half-written (a crash, a full disk, Ctrl-C): a temporary file beside it,
 /// flushed to disk, then renamed over it. On error the temporary file is removed.
+///
+/// The temporary file is always `<path>.tmp`: a process killed while writing leaves at
+/// most that one file, which the next write of `path` replaces ([`temporary_path`]).
+/// A `path` that is a symbolic link is written through (the link's target is replaced,
+/// the link kept); a `path` that exists but is not a regular file (a device such as
+/// `/dev/full`, a FIFO, a folder) is refused, never replaced by a file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_atomic_with(path, |tmp| {
         let mut f = std::fs::File::create(tmp)?;
@@ -355,21 +405,129 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     })
 }
 
+/// The temporary file [`write_atomic`] writes `path` through: `<path>.tmp`.
+pub fn temporary_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    PathBuf::from(name)
+}
+
+/// Where a write to `path` must go: `path` itself when it is absent or a regular file,
+/// the file a symbolic link leads to, or an error for anything else.
+fn write_target(path: &Path) -> std::io::Result<PathBuf> {
+    let refuse = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{what}: refusing to replace it with a file"),
+        )
+    };
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(path.to_path_buf()),
+        Err(e) => Err(e),
+        Ok(m) if m.file_type().is_symlink() => {
+            let target = std::fs::canonicalize(path)
+                .map_err(|_| refuse("a symbolic link to nothing (dangling)"))?;
+            match std::fs::metadata(&target) {
+                Ok(m) if m.is_file() => Ok(target),
+                _ => Err(refuse(
+                    "a symbolic link to something that is not a regular file",
+                )),
+            }
+        }
+        Ok(m) if m.is_file() => Ok(path.to_path_buf()),
+        Ok(m) if m.is_dir() => Err(refuse("a folder")),
+        Ok(_) => Err(refuse("not a regular file (a device, FIFO or socket)")),
+    }
+}
+
 /// [`write_atomic`] with the temporary file written by `write`.
 fn write_atomic_with(
     path: &Path,
     write: impl FnOnce(&Path) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
+    let path = write_target(path)?;
+    let tmp = temporary_path(&path);
     let all = || -> std::io::Result<()> {
         write(&tmp)?;
         std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, &path)
     };
     all().inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Refuses a file whose own metadata (`arch` or `architecture` in the safetensors
+/// header) names an architecture other than `arch`.
+///
+/// Some networks have exactly the keys and shapes of another and compute a different
+/// function (timm's `resnetaa50` and `resnetblur50` look like torchvision's ResNet-50;
+/// see docs/resnet.md): where the file says what it is, that is believed over its keys.
+fn check_declared_arch(
+    arch: Arch,
+    path: &Path,
+    meta: Option<&HashMap<String, String>>,
+) -> Result<(), WeightsError> {
+    let Some(meta) = meta else { return Ok(()) };
+    for key in ["arch", "architecture"] {
+        if let Some(declared) = meta.get(key) {
+            refuse_other_arch(
+                arch,
+                path,
+                declared,
+                &format!("its metadata says `{key}: {declared}`"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a file with a timm/Hugging Face `config.json` beside it whose
+/// `architecture` (or `arch`) is not `arch` (`resnet50.a1_in1k` is `resnet50`, a
+/// pretrained tag after the dot; `resnetaa50.a1h_in1k` is not).
+fn check_config_beside(arch: Arch, path: &Path) -> Result<(), WeightsError> {
+    let config = path.with_file_name("config.json");
+    let Ok(len) = crate::files::regular_len(&config) else {
+        return Ok(());
+    };
+    if len > 1 << 20 {
+        return Ok(());
+    }
+    let Ok(text) = std::fs::read(&config) else {
+        return Ok(());
+    };
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&text) else {
+        return Ok(());
+    };
+    for key in ["architecture", "arch"] {
+        if let Some(declared) = json.get(key).and_then(|v| v.as_str()) {
+            let what = format!("{} says `{key}: {declared}`", config.display());
+            refuse_other_arch(arch, path, declared, &what)?;
+        }
+    }
+    Ok(())
+}
+
+fn refuse_other_arch(
+    arch: Arch,
+    path: &Path,
+    declared: &str,
+    what: &str,
+) -> Result<(), WeightsError> {
+    // timm names a pretrained variant `<arch>.<tag>`.
+    let base = declared.split('.').next().unwrap_or(declared);
+    let same = base.parse::<Arch>().is_ok_and(|a| a == arch)
+        || base.eq_ignore_ascii_case(&arch.to_string());
+    if same {
+        return Ok(());
+    }
+    Err(WeightsError::Refused {
+        path: path.to_path_buf(),
+        reason: format!(
+            "{what}, not {arch}: the file is refused even if its keys fit, because some \
+             architectures share {arch}'s keys and shapes but compute another function \
+             (see docs/resnet.md)"
+        ),
     })
 }
 
@@ -382,7 +540,7 @@ fn io_error(path: &Path) -> impl Fn(std::io::Error) -> WeightsError + Copy + '_ 
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, WeightsError> {
-    std::fs::read(path).map_err(io_error(path))
+    crate::files::read_regular(path, u64::MAX).map_err(io_error(path))
 }
 
 fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>, WeightsError> {

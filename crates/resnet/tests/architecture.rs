@@ -87,9 +87,33 @@ fn architecture_names_parse() {
         assert_eq!(arch.to_string().parse::<Arch>().unwrap(), arch);
     }
     assert_eq!("ResNet-50".parse::<Arch>().unwrap(), Arch::ResNet50);
-    for bad in ["resnet", "resnet21", "vgg16", "resnet2"] {
+    for bad in [
+        "resnet",
+        "resnet21",
+        "vgg16",
+        "resnet2",
+        "cifar-resnet18",
+        "cifar-resnet21",
+    ] {
         let e = bad.parse::<Arch>().unwrap_err();
         assert!(e.to_string().contains("resnet18/34/50/101/152"), "{e}");
+    }
+    // The CIFAR family has its own prefix; a CIFAR depth under the ImageNet prefix is
+    // refused with the right name (timm's resnet26 is an ImageNet bottleneck net).
+    assert_eq!(
+        "cifar-resnet20".parse::<Arch>().unwrap(),
+        Arch::Cifar { depth: 20 }
+    );
+    assert_eq!(
+        "CIFAR_ResNet-56".parse::<Arch>().unwrap(),
+        Arch::Cifar { depth: 56 }
+    );
+    for (bad, hint) in [
+        ("resnet26", "cifar-resnet26"),
+        ("resnet20", "cifar-resnet20"),
+    ] {
+        let e = bad.parse::<Arch>().unwrap_err().to_string();
+        assert!(e.contains(hint) && e.contains("timm"), "{e}");
     }
 }
 

@@ -294,3 +294,138 @@ fn a_head_of_zero_or_absurd_size_is_refused_before_anything_is_allocated() {
     assert!(e.contains("num_classes is 0"), "{e}");
     assert!(ResNet::new(Arch::ResNet50, usize::MAX / 2, 1).is_err());
 }
+
+fn views(entries: &[(String, Vec<usize>, Vec<u8>, Dtype)]) -> Vec<(String, TensorView<'_>)> {
+    entries
+        .iter()
+        .map(|(n, shape, data, dtype)| {
+            (
+                n.clone(),
+                TensorView::new(*dtype, shape.clone(), data).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_file_that_says_it_is_another_architecture_is_refused() {
+    let model = cifar(1);
+    let entries = entries_of(&model);
+    let arch = Arch::Cifar { depth: 20 };
+    // Keys and shapes fit; the metadata names another network.
+    let meta = std::collections::HashMap::from([("arch".to_string(), "resnetaa50".to_string())]);
+    let bytes = safetensors::serialize(views(&entries), Some(meta)).unwrap();
+    let e = ResNet::from_safetensors_reader(arch, "aa.safetensors", std::io::Cursor::new(&bytes))
+        .unwrap_err();
+    assert!(matches!(e, WeightsError::Refused { .. }), "{e}");
+    assert!(e.to_string().contains("resnetaa50"), "{e}");
+    let mut target = cifar(2);
+    assert!(target
+        .load_safetensors_bytes("aa.safetensors", &bytes)
+        .is_err());
+    assert_eq!(target, cifar(2));
+    // Metadata naming this architecture (its own name, or timm's `<arch>.<tag>`) is fine.
+    for name in ["cifar-resnet20", "cifar-resnet20.my_run"] {
+        let meta =
+            std::collections::HashMap::from([("architecture".to_string(), name.to_string())]);
+        let bytes = safetensors::serialize(views(&entries), Some(meta)).unwrap();
+        ResNet::from_safetensors_reader(arch, "ok.safetensors", std::io::Cursor::new(&bytes))
+            .unwrap();
+    }
+    // A timm `config.json` beside the file.
+    let dir = temp_dir("config-beside");
+    let path = dir.join("model.safetensors");
+    model.save_safetensors(&path).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"architecture": "resnetblur50.bt_in1k", "num_classes": 10}"#,
+    )
+    .unwrap();
+    let e = ResNet::from_safetensors(arch, &path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("config.json") && e.contains("resnetblur50"),
+        "{e}"
+    );
+    assert!(cifar(3).load_safetensors(&path).is_err());
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"architecture": "cifar-resnet20"}"#,
+    )
+    .unwrap();
+    assert_eq!(ResNet::from_safetensors(arch, &path).unwrap(), model);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn saving_refuses_what_is_not_a_regular_file_and_writes_through_links() {
+    let dir = temp_dir("targets");
+    let model = cifar(1);
+    // A folder, and (on Linux) a device, are never replaced by a file.
+    let e = model.save_safetensors(&dir).unwrap_err().to_string();
+    assert!(e.contains("folder"), "{e}");
+    assert!(dir.is_dir());
+    #[cfg(target_os = "linux")]
+    {
+        let e = resnet::weights::write_atomic(std::path::Path::new("/dev/null"), b"x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        assert!(!std::fs::metadata("/dev/null").unwrap().is_file());
+    }
+    // A symbolic link is written through: the link stays, its target gets the file.
+    #[cfg(unix)]
+    {
+        let real = dir.join("real.safetensors");
+        std::fs::write(&real, b"old").unwrap();
+        let link = dir.join("link.safetensors");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        model.save_safetensors(&link).unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(
+            ResNet::from_safetensors(Arch::Cifar { depth: 20 }, &real).unwrap(),
+            model
+        );
+        // A dangling link is refused.
+        let dangling = dir.join("dangling.safetensors");
+        std::os::unix::fs::symlink(dir.join("nowhere"), &dangling).unwrap();
+        assert!(model.save_safetensors(&dangling).is_err());
+    }
+    // One temporary name: a stale `<file>.tmp` (a killed save) is replaced, never
+    // joined by randomly named ones.
+    let out = dir.join("w.safetensors");
+    std::fs::write(dir.join("w.safetensors.tmp"), b"stale").unwrap();
+    model.save_safetensors(&out).unwrap();
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("tmp"))
+        .collect();
+    assert!(names.is_empty(), "temporary files left: {names:?}");
+    // The file we write is one the safetensors crate reads.
+    let bytes = std::fs::read(&out).unwrap();
+    safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn inputs_that_are_not_regular_files_are_refused_without_blocking() {
+    #[cfg(target_os = "linux")]
+    {
+        let dir = temp_dir("fifo");
+        let fifo = dir.join("w.safetensors");
+        let status = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if status.is_ok_and(|s| s.success()) {
+            let e = ResNet::from_safetensors(Arch::Cifar { depth: 20 }, &fifo).unwrap_err();
+            assert!(e.to_string().contains("not a regular file"), "{e}");
+            assert!(cifar(1).load_safetensors(&fifo).is_err());
+        } else {
+            panic!("mkfifo is needed for this test");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
