@@ -155,9 +155,18 @@ impl<T> ActivationCache<T> {
         }
     }
 
+    /// Keeps `t` for reuse, unless `MAX_SPARE` of its shape are kept already: then it is
+    /// dropped. A forward pass never holds more than a few activations of one shape at
+    /// once, so the bound costs no reuse; without it, a tensor made outside the cache
+    /// and given to it every pass (the channel-padding shortcut's output did that) grew
+    /// the cache by one tensor per forward, without end.
     fn give(&self, shape: [usize; 4], t: T) {
+        const MAX_SPARE: usize = 4;
         if let Ok(mut m) = self.spare.lock() {
-            m.entry(shape).or_default().push(t);
+            let list = m.entry(shape).or_default();
+            if list.len() < MAX_SPARE {
+                list.push(t);
+            }
         }
     }
 }
