@@ -32,15 +32,28 @@ pub fn classify(
     arch: Arch,
     images: Vec<PathBuf>,
     top: usize,
+    batch: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     if images.is_empty() {
         return Err("no images given".into());
     }
     let fast = model(k, arch, &weights)?;
-    let x = batch_of(&images)?;
-    let logits = fast.forward(&x)?;
-    let classes = logits.shape()[1];
     let names = imagenet_classes();
+    // `batch` images at a time: decoded, run and printed before the next are read.
+    for group in images.chunks(batch.max(1)) {
+        let logits = fast.forward(&batch_of(group)?)?;
+        print_top(group, &logits, top, &names)?;
+    }
+    Ok(())
+}
+
+fn print_top(
+    images: &[PathBuf],
+    logits: &Tensor,
+    top: usize,
+    names: &[&str],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let classes = logits.shape()[1].max(1);
     for (path, row) in images.iter().zip(logits.data().chunks(classes)) {
         crate::emit(&path.display().to_string())?;
         for (rank, (c, p)) in top_k(row, top).into_iter().enumerate() {
@@ -67,23 +80,30 @@ pub fn features(
     arch: Arch,
     images: Vec<PathBuf>,
     out: PathBuf,
+    batch: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     if images.is_empty() {
         return Err("no images given".into());
     }
     let fast = model(k, arch, &weights)?;
-    let f = fast.features(&batch_of(&images)?)?;
-    let bytes: Vec<u8> = f.data().iter().flat_map(|v| v.to_le_bytes()).collect();
+    // `batch` images at a time; only the embeddings (a few KB each) are kept.
+    let dim = arch.feature_dim();
+    let mut bytes: Vec<u8> = Vec::with_capacity(images.len() * dim * 4);
+    for group in images.chunks(batch.max(1)) {
+        let f = fast.features(&batch_of(group)?)?;
+        bytes.extend(f.data().iter().flat_map(|v| v.to_le_bytes()));
+    }
+    let shape = vec![images.len(), dim];
     let view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, f.shape().to_vec(), &bytes)?;
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), &bytes)?;
     let list: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
     let meta = std::collections::HashMap::from([("images".to_string(), list.join("\n"))]);
     let file = safetensors::serialize([("features", view)], Some(meta))?;
     resnet::weights::write_atomic(&out, &file).map_err(|e| format!("{}: {e}", out.display()))?;
     crate::emit(&format!(
         "wrote {} embeddings of {} floats to {}",
-        f.shape()[0],
-        f.shape()[1],
+        shape[0],
+        shape[1],
         out.display()
     ))?;
     Ok(())

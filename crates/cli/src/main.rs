@@ -121,6 +121,9 @@ enum Command {
         /// How many classes to print per image.
         #[arg(long, default_value_t = 5)]
         top: usize,
+        /// Images decoded and run at once: memory stays flat however many are given.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
         /// The images.
         #[arg(required = true)]
         images: Vec<std::path::PathBuf>,
@@ -135,6 +138,9 @@ enum Command {
         /// Output file.
         #[arg(long, default_value = "features.safetensors")]
         out: std::path::PathBuf,
+        /// Images decoded and run at once: memory stays flat however many are given.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
         #[arg(required = true)]
         images: Vec<std::path::PathBuf>,
     },
@@ -286,6 +292,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             weights,
             arch,
             top,
+            batch,
             images,
         } => classify::classify(
             Kernels::active()?,
@@ -293,13 +300,22 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             arch.parse()?,
             images,
             top.max(1),
+            batch.max(1),
         ),
         Command::Features {
             weights,
             arch,
             out,
+            batch,
             images,
-        } => classify::features(Kernels::active()?, weights, arch.parse()?, images, out),
+        } => classify::features(
+            Kernels::active()?,
+            weights,
+            arch.parse()?,
+            images,
+            out,
+            batch.max(1),
+        ),
         Command::Eval {
             weights,
             data,
