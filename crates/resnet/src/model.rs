@@ -229,6 +229,25 @@ impl ResNet {
         })
     }
 
+    /// The first parameter or statistic that cannot be right: a non-finite value
+    /// anywhere, or a negative running variance. `(key, index, value)`, or `None` when
+    /// every value is usable. Loading refuses such files, and training stops on them.
+    pub fn first_invalid_value(&self) -> Option<(String, usize, f32)> {
+        for n in self.named_tensors() {
+            let var = n.name.ends_with(".running_var");
+            if let Some((i, &v)) = n
+                .tensor
+                .data()
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !v.is_finite() || (var && **v < 0.0))
+            {
+                return Some((n.name, i, v));
+            }
+        }
+        None
+    }
+
     /// Classes of the head.
     pub fn num_classes(&self) -> usize {
         self.fc_weight.shape()[0]

@@ -156,6 +156,11 @@ pub enum TrainError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Training diverged: a loss, a weight or a running statistic became non-finite.
+    Diverged {
+        epoch: usize,
+        reason: String,
+    },
 }
 
 impl fmt::Display for TrainError {
@@ -168,6 +173,9 @@ impl fmt::Display for TrainError {
                 write!(f, "checkpoint {}: {reason}", path.display())
             }
             TrainError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            TrainError::Diverged { epoch, reason } => {
+                write!(f, "training diverged in epoch {epoch}: {reason}")
+            }
         }
     }
 }
@@ -316,6 +324,17 @@ impl<'d> Trainer<'d> {
             let start = Instant::now();
             let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
             let mut lr = self.config.lr;
+            // What a diverged epoch leaves: nothing of it is saved.
+            let last_good = format!(
+                "nothing of this epoch was saved, {} holds the last good one ({}): lower \
+                 the learning rate",
+                self.out.join("checkpoint.safetensors").display(),
+                if self.epochs_done == 0 {
+                    "none yet".to_string()
+                } else {
+                    format!("epoch {}", self.epochs_done)
+                }
+            );
             let (model, sgd, kernels, config, ws) = (
                 &mut self.model,
                 &mut self.sgd,
@@ -339,14 +358,13 @@ impl<'d> Trainer<'d> {
                     )
                 })?;
                 if !step.loss.is_finite() {
-                    return Err(TrainError::Tensor(TensorError::InvalidArgument {
-                        op: "train",
+                    return Err(TrainError::Diverged {
+                        epoch: epoch + 1,
                         reason: format!(
-                            "the loss became {} at epoch {}, batch {b}: lower the learning rate",
-                            step.loss,
-                            epoch + 1
+                            "the training loss became {} at batch {b}; {last_good}",
+                            step.loss
                         ),
-                    }));
+                    });
                 }
                 loss_sum += step.loss as f64 * n as f64;
                 correct += step.correct;
@@ -376,6 +394,19 @@ impl<'d> Trainer<'d> {
                 test_acc: eval.accuracy,
                 seconds: start.elapsed().as_secs_f32(),
             };
+            // A diverged epoch is not saved: the checkpoint of the last good one stays.
+            let invalid = self.model.first_invalid_value();
+            if !record.test_loss.is_finite() || !record.train_loss.is_finite() || invalid.is_some()
+            {
+                let what = match invalid {
+                    Some((key, i, v)) => format!("{key}[{i}] became {v}"),
+                    None => format!("the test loss became {}", record.test_loss),
+                };
+                return Err(TrainError::Diverged {
+                    epoch: epoch + 1,
+                    reason: format!("{what}; {last_good}"),
+                });
+            }
             let best = self.history.iter().map(|r| r.test_acc).fold(-1.0, f32::max);
             self.epochs_done += 1;
             self.history.push(record.clone());
@@ -512,12 +543,20 @@ impl<'d> Trainer<'d> {
         let mut buffers = Vec::with_capacity(names.len());
         for (name, len) in &names {
             match file.tensor(&format!("momentum.{name}")) {
-                Ok(v) if v.dtype() == Dtype::F32 && v.shape() == [*len] => buffers.push(
-                    v.data()
+                Ok(v) if v.dtype() == Dtype::F32 && v.shape() == [*len] => {
+                    let buffer: Vec<f32> = v
+                        .data()
                         .chunks_exact(4)
                         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect(),
-                ),
+                        .collect();
+                    if let Some(bad) = buffer.iter().find(|v| !v.is_finite()) {
+                        return Err(checkpoint_error(
+                            path,
+                            format!("momentum.{name} holds {bad}: the run had diverged"),
+                        ));
+                    }
+                    buffers.push(buffer)
+                }
                 Ok(_) => {
                     return Err(checkpoint_error(
                         path,

@@ -193,6 +193,7 @@ impl ResNet {
             }
         }
         drop(targets);
+        refuse_invalid_values(path, &model)?;
         Ok(model)
     }
 
@@ -226,13 +227,17 @@ impl ResNet {
             |key| in_file.get(key).map(|v| (v.dtype(), v.shape().to_vec())),
             in_file.keys().map(|k| k.to_string()),
         )?;
-        for (name, t) in self.named_tensors_mut().iter_mut() {
+        // Filled into a copy first: a file with unusable values leaves `self` unchanged.
+        let mut filled = self.clone();
+        for (name, t) in filled.named_tensors_mut().iter_mut() {
             let view = &in_file[name.as_str()];
             // Little-endian f32, read without assuming the bytes are 4-aligned.
             for (dst, src) in t.data_mut().iter_mut().zip(view.data().chunks_exact(4)) {
                 *dst = f32::from_le_bytes([src[0], src[1], src[2], src[3]]);
             }
         }
+        refuse_invalid_values(path, &filled)?;
+        *self = filled;
         Ok(())
     }
 
@@ -455,6 +460,21 @@ fn write_atomic_with(
     all().inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })
+}
+
+/// Refuses a model whose values cannot be right (NaN, infinities, a negative running
+/// variance): run, it would give a confident-looking answer out of NaN.
+fn refuse_invalid_values(path: &Path, model: &ResNet) -> Result<(), WeightsError> {
+    match model.first_invalid_value() {
+        None => Ok(()),
+        Some((key, i, v)) => Err(WeightsError::Refused {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{key}[{i}] is {v}: the weights hold non-finite values or a negative \
+                 running variance (a diverged run?), refused rather than run"
+            ),
+        }),
+    }
 }
 
 /// Refuses a file whose own metadata (`arch` or `architecture` in the safetensors

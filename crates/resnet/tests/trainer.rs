@@ -111,3 +111,41 @@ fn a_checkpoint_of_another_architecture_or_a_broken_one_is_refused() {
     assert!(e.to_string().contains("cut.safetensors"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_diverged_epoch_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let data = digits().unwrap();
+    let k = Kernels::active().unwrap();
+    let out = out_dir("diverged");
+    let mut t = Trainer::new(quick(3), &data, k, &out).unwrap();
+    t.run_epochs(1, &mut |_| {}).unwrap();
+    let good = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
+    // A running variance that became infinite (as `--lr 10` made them): the epoch ends
+    // with an error naming it, and nothing of it is saved.
+    t.model.stem.bn.running_var.data_mut()[3] = f32::INFINITY;
+    t.model.stem.bn.weight.data_mut()[3] = f32::NAN;
+    let e = t.run_epochs(1, &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(e, resnet::TrainError::Diverged { epoch: 2, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("epoch 1"), "{e}");
+    assert_eq!(t.epochs_done, 1);
+    assert_eq!(
+        std::fs::read(out.join("checkpoint.safetensors")).unwrap(),
+        good
+    );
+    // Weights with NaN are refused at loading, and so is a checkpoint holding them.
+    let mut poisoned = resnet::ResNet::new(Arch::Cifar { depth: 20 }, 10, 1).unwrap();
+    poisoned.fc_weight.data_mut()[7] = f32::NAN;
+    let path = out.join("nan.safetensors");
+    poisoned.save_safetensors(&path).unwrap();
+    let e = resnet::ResNet::from_safetensors(Arch::Cifar { depth: 20 }, &path).unwrap_err();
+    assert!(e.to_string().contains("fc.weight[7] is NaN"), "{e}");
+    let mut negative = resnet::ResNet::new(Arch::Cifar { depth: 20 }, 10, 1).unwrap();
+    negative.stem.bn.running_var.data_mut()[0] = -1.0;
+    negative.save_safetensors(&path).unwrap();
+    let e = resnet::ResNet::from_safetensors(Arch::Cifar { depth: 20 }, &path).unwrap_err();
+    assert!(e.to_string().contains("bn1.running_var[0] is -1"), "{e}");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -284,7 +284,7 @@ pub(crate) fn finish_row(steps: &[Epilogue], row: usize, col: usize, src: &[f32]
                 dst.iter_mut().zip(r).for_each(|(d, r)| *d += r);
             }
             Epilogue::Residual(_) => unreachable!("only matrix residuals reach a row"),
-            Epilogue::Relu => dst.iter_mut().for_each(|d| *d = d.max(0.0)),
+            Epilogue::Relu => dst.iter_mut().for_each(|d| *d = crate::kernels::relu1(*d)),
             Epilogue::Statistics(_) => {}
         }
     }
@@ -306,7 +306,7 @@ pub(crate) fn finish_blocked_empty(steps: &[Epilogue], y: &mut BlockedTensor) {
                 // Padding channels past `o` get 0 bias, as the tiles give them.
                 Epilogue::Bias(b) => s += b.get(ch).copied().unwrap_or(0.0),
                 Epilogue::Residual(Residual::Blocked(r)) => s += r.data[i],
-                Epilogue::Relu => s = s.max(0.0),
+                Epilogue::Relu => s = crate::kernels::relu1(s),
                 _ => unreachable!("checked against a blocked output"),
             }
         }

@@ -47,8 +47,9 @@ pub fn scale_shift(x: &Tensor, scale: &[f32], shift: &[f32], relu: bool) -> Resu
     Ok(y)
 }
 
+/// `max(v, 0)`, NaN kept (PyTorch's ReLU propagates NaN).
 fn relu_scalar(v: f32) -> f32 {
-    if v > 0.0 {
+    if v > 0.0 || v.is_nan() {
         v
     } else {
         0.0
@@ -146,7 +147,11 @@ pub fn max_pool2d(x: &Tensor, p: &Pool2d) -> Result<Tensor> {
                             let iy = (oy * p.stride[0] + ky) as isize - p.padding[0] as isize;
                             let ix = (ox * p.stride[1] + kx) as isize - p.padding[1] as isize;
                             if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                m = m.max(x.get(&[b, ch, iy as usize, ix as usize])?);
+                                let v = x.get(&[b, ch, iy as usize, ix as usize])?;
+                                // A NaN in the window is the result, as in PyTorch.
+                                if v > m || v.is_nan() {
+                                    m = v;
+                                }
                             }
                         }
                     }

@@ -67,6 +67,7 @@ const CHECKS: &[(&str, Check)] = &[
         check_large_parallel,
     ),
     ("regressions", regressions),
+    ("nan_propagates_as_in_pytorch", nan_propagates),
 ];
 
 /// Lengths that exercise the ragged tails of every vector width (most cases are short),
@@ -553,4 +554,79 @@ fn regressions(k: Kernels) -> CheckResult {
 
 fn main() {
     common::run("kernels_match_reference", CHECKS);
+}
+
+/// NaN comes out of ReLU, max pooling and softmax as it went in (PyTorch propagates it;
+/// `max(x, 0)` by `maxps` or `f32::max` would turn it into 0, and NaN weights into a
+/// confident-looking answer). Every vector position and the scalar tails.
+fn nan_propagates(k: Kernels) -> CheckResult {
+    let run = || -> Result<(), TestCaseError> {
+        for n in [1usize, 3, 4, 5, 8, 9, 16, 17, 33] {
+            for at in [0, n / 2, n - 1] {
+                let mut v: Vec<f32> = (0..n).map(|i| i as f32 - 2.0).collect();
+                v[at] = f32::NAN;
+                let x = tensor(&[1, 1, 1, n], v.clone())?;
+                let ones = tensor(&[1, 1, 1, n], vec![1.0; n])?;
+                let nan_at = |y: &[f32], what: &str| -> Result<(), TestCaseError> {
+                    prop_assert!(
+                        y[at].is_nan(),
+                        "{} of NaN at {} of {}: {:?}",
+                        what,
+                        at,
+                        n,
+                        y
+                    );
+                    Ok(())
+                };
+                nan_at(k.relu(&x).map_err(fail)?.data(), "relu")?;
+                let mut inplace = x.clone();
+                k.relu_inplace(&mut inplace);
+                nan_at(inplace.data(), "relu_inplace")?;
+                let relu = [Epilogue::Relu];
+                nan_at(k.add(&x, &ones, &relu).map_err(fail)?.data(), "add+relu")?;
+                nan_at(
+                    k.scale_shift(&x, &[2.0], &[1.0], &relu)
+                        .map_err(fail)?
+                        .data(),
+                    "scale_shift+relu",
+                )?;
+                // A 1x2 window, stride 1: outputs at-1 and at both cover the NaN.
+                let pool = Pool2d {
+                    kernel: [1, 2],
+                    stride: [1, 1],
+                    padding: [0, 0],
+                };
+                if n >= 2 {
+                    let y = k.max_pool2d(&x, &pool).map_err(fail)?;
+                    let want = reference::max_pool2d(&x, &pool).map_err(fail)?;
+                    for (i, (g, w)) in y.data().iter().zip(want.data()).enumerate() {
+                        prop_assert!(
+                            g.is_nan() == w.is_nan() && (w.is_nan() || g == w),
+                            "max_pool2d of NaN at {} of {}: output {} is {}, reference {}",
+                            at,
+                            n,
+                            i,
+                            g,
+                            w
+                        );
+                    }
+                    prop_assert!(want.data().iter().any(|v| v.is_nan()));
+                }
+                let row = tensor(&[1, n], v)?;
+                for (what, y) in [
+                    ("softmax", k.softmax(&row).map_err(fail)?),
+                    ("log_softmax", k.log_softmax(&row).map_err(fail)?),
+                ] {
+                    prop_assert!(
+                        y.data().iter().all(|v| v.is_nan()),
+                        "{} of a row with NaN: {:?}",
+                        what,
+                        y.data()
+                    );
+                }
+            }
+        }
+        Ok(())
+    };
+    run().map_err(|e| e.to_string())
 }

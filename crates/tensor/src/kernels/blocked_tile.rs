@@ -103,7 +103,7 @@ pub(crate) unsafe fn blocked_tile<S: Simd, const F: usize, const P: usize>(t: &B
                 *v = S::add(*v, S::load(t.residual.add(at)));
             }
             if t.relu {
-                *v = S::max(*v, S::splat(0.0));
+                *v = S::max(S::splat(0.0), *v);
             }
             S::store(t.out.add(at), *v);
         }

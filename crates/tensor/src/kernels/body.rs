@@ -111,14 +111,14 @@ pub(crate) unsafe fn scale_shift_relu<S: Simd>(
     shift: f32,
 ) {
     let (a, b, zero) = (S::splat(scale), S::splat(shift), S::splat(0.0));
-    map1::<S>(src, dst, n, |x| S::max(S::mul_add(x, a, b), zero));
+    map1::<S>(src, dst, n, |x| S::max(zero, S::mul_add(x, a, b)));
 }
 
 /// `dst = max(src, 0)`.
 #[inline(always)]
 pub(crate) unsafe fn relu<S: Simd>(src: *const f32, dst: *mut f32, n: usize) {
     let zero = S::splat(0.0);
-    map1::<S>(src, dst, n, |x| S::max(x, zero));
+    map1::<S>(src, dst, n, |x| S::max(zero, x));
 }
 
 /// Residual add: `dst = a + b`.
@@ -131,7 +131,7 @@ pub(crate) unsafe fn add<S: Simd>(a: *const f32, b: *const f32, dst: *mut f32, n
 #[inline(always)]
 pub(crate) unsafe fn add_relu<S: Simd>(a: *const f32, b: *const f32, dst: *mut f32, n: usize) {
     let zero = S::splat(0.0);
-    map2::<S>(a, b, dst, n, |x, y| S::max(S::add(x, y), zero));
+    map2::<S>(a, b, dst, n, |x, y| S::max(zero, S::add(x, y)));
 }
 
 /// ReLU's backward: `dx = dy` where the ReLU's output `y > 0`, else `0`. Also the
@@ -273,7 +273,8 @@ pub(crate) unsafe fn sum_sq_dev<S: Simd>(src: *const f32, n: usize, mean: f32) -
 /// the float's exponent bits. `ln2` is split in two parts so that `n * ln2_hi` is exact.
 #[inline(always)]
 pub(crate) unsafe fn exp<S: Simd>(x: S::V) -> S::V {
-    let x = S::min(S::max(x, S::splat(-87.336_55)), S::splat(88.722_83));
+    // The value that may be NaN second, so that exp(NaN) is NaN (see `Simd::max`).
+    let x = S::min(S::splat(88.722_83), S::max(S::splat(-87.336_55), x));
     let n = S::round(S::mul(x, S::splat(std::f32::consts::LOG2_E)));
     let r = S::mul_add(n, S::splat(-0.693_359_4), x);
     let r = S::mul_add(n, S::splat(2.121_944_4e-4), r);
@@ -408,7 +409,7 @@ pub(crate) unsafe fn max_pool_plane<S: Simd>(
         let iy1 = ((top + kh as isize) as usize).min(h);
         std::ptr::copy_nonoverlapping(src.add(iy0 * w), row, w);
         for iy in iy0 + 1..iy1 {
-            map2::<S>(row, src.add(iy * w), row, w, |a, b| S::max(a, b));
+            map2::<S>(row, src.add(iy * w), row, w, |a, b| S::max_nan(a, b));
         }
         let out = dst.add(oy * ow);
         let mut ox = 0;
@@ -424,7 +425,7 @@ pub(crate) unsafe fn max_pool_plane<S: Simd>(
             let base = scratch.add(ox * sw);
             let mut m = load(base);
             for kx in 1..kw {
-                m = S::max(m, load(base.add(kx)));
+                m = S::max_nan(m, load(base.add(kx)));
             }
             S::store(out.add(ox), m);
             ox += S::LANES;
@@ -433,7 +434,10 @@ pub(crate) unsafe fn max_pool_plane<S: Simd>(
             let base = scratch.add(ox * sw);
             let mut m = *base;
             for kx in 1..kw {
-                m = m.max(*base.add(kx));
+                let v = *base.add(kx);
+                if v > m || v.is_nan() {
+                    m = v;
+                }
             }
             *out.add(ox) = m;
         }

@@ -50,6 +50,16 @@ impl Simd for Portable {
         lanes(|i| if a[i] > b[i] { a[i] } else { b[i] })
     }
     #[inline(always)]
+    unsafe fn max_nan(a: V4, b: V4) -> V4 {
+        lanes(|i| {
+            if a[i] > b[i] || a[i].is_nan() {
+                a[i]
+            } else {
+                b[i]
+            }
+        })
+    }
+    #[inline(always)]
     unsafe fn min(a: V4, b: V4) -> V4 {
         lanes(|i| if a[i] < b[i] { a[i] } else { b[i] })
     }

@@ -154,7 +154,7 @@ pub(crate) unsafe fn finish_tile<S: Simd, const MR: usize, const NV: usize>(
                 let zero = S::splat(0.0);
                 for row in acc.iter_mut() {
                     for acc in row.iter_mut() {
-                        *acc = S::max(*acc, zero);
+                        *acc = S::max(zero, *acc);
                     }
                 }
             }
@@ -230,7 +230,7 @@ pub(crate) unsafe fn gemm_narrow_tile<const MR: usize, const N: usize>(
             match *step {
                 TileStep::RowBias(bias) => v += *bias.add(r),
                 TileStep::Residual(res, ld) => v += *res.add(r * ld + j),
-                TileStep::Relu => v = v.max(0.0),
+                TileStep::Relu => v = crate::kernels::relu1(v),
             }
         }
         *c = v;

@@ -454,6 +454,17 @@ pub(crate) const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
 /// Calls `f(index, chunk)` for each `plane`-long chunk of `data` (the last may be
 /// shorter), in parallel when the data is large.
+/// ReLU of one float, as the vector tiers compute it (`max(0, v)` with `v` second): NaN
+/// stays NaN, as in PyTorch.
+#[inline(always)]
+pub(crate) fn relu1(v: f32) -> f32 {
+    if 0.0 > v {
+        0.0
+    } else {
+        v
+    }
+}
+
 pub(crate) fn for_each_chunk<T: Send>(
     data: &mut [T],
     plane: usize,

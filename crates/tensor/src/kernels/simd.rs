@@ -31,7 +31,15 @@ pub(crate) trait Simd {
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    /// The larger of `a` and `b`, lane by lane. Where either is NaN, the result is `b`
+    /// (x86's `maxps` and the generic tier) or NaN (NEON's `fmax`): a NaN in `b` always
+    /// comes out. So ReLU is `max(0, x)`, the value that may be NaN second, and NaN
+    /// propagates as in PyTorch.
     unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+    /// The larger of `a` and `b`, or NaN where either is NaN (a max pool's window: a
+    /// NaN anywhere in it is the result, as in PyTorch).
+    unsafe fn max_nan(a: Self::V, b: Self::V) -> Self::V;
+    /// The smaller; where either is NaN, `b` or NaN, as [`Simd::max`].
     unsafe fn min(a: Self::V, b: Self::V) -> Self::V;
     /// `a * b + c`, fused (one rounding) where the tier has FMA.
     unsafe fn mul_add(a: Self::V, b: Self::V, c: Self::V) -> Self::V;

@@ -41,6 +41,11 @@ impl Simd for Neon {
         vmaxq_f32(a, b)
     }
     #[inline(always)]
+    unsafe fn max_nan(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        // `fmax` returns NaN when either lane is NaN.
+        vmaxq_f32(a, b)
+    }
+    #[inline(always)]
     unsafe fn min(a: float32x4_t, b: float32x4_t) -> float32x4_t {
         vminq_f32(a, b)
     }

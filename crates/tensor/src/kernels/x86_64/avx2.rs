@@ -40,6 +40,12 @@ impl Simd for Avx2 {
         _mm256_max_ps(a, b)
     }
     #[inline(always)]
+    unsafe fn max_nan(a: __m256, b: __m256) -> __m256 {
+        // `maxps` gives `b` when either is NaN: put `a` back where it is the NaN.
+        let m = _mm256_max_ps(a, b);
+        _mm256_blendv_ps(m, a, _mm256_cmp_ps::<_CMP_UNORD_Q>(a, a))
+    }
+    #[inline(always)]
     unsafe fn min(a: __m256, b: __m256) -> __m256 {
         _mm256_min_ps(a, b)
     }

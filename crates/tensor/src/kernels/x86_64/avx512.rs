@@ -47,6 +47,12 @@ impl Simd for Avx512 {
         _mm512_max_ps(a, b)
     }
     #[inline(always)]
+    unsafe fn max_nan(a: __m512, b: __m512) -> __m512 {
+        // `maxps` gives `b` when either is NaN: put `a` back where it is the NaN.
+        let nan_a = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a, a);
+        _mm512_mask_blend_ps(nan_a, _mm512_max_ps(a, b), a)
+    }
+    #[inline(always)]
     unsafe fn min(a: __m512, b: __m512) -> __m512 {
         _mm512_min_ps(a, b)
     }
