@@ -283,7 +283,8 @@ impl Kernels {
                     let o = &od[i * plane..(i + 1) * plane];
                     // SAFETY: `d` and `o` are plane `i` of equally shaped tensors; `d`
                     // is read and written element by element.
-                    unsafe { relu_backward(d.as_ptr(), o.as_ptr(), d.as_mut_ptr(), plane) };
+                    let p = d.as_mut_ptr();
+                    unsafe { relu_backward(p, o.as_ptr(), p, plane) };
                     plane_sums(i, d)
                 };
                 if x.len() < 1 << 16 {
@@ -348,13 +349,16 @@ impl Kernels {
         let run = |i: usize, d: &mut [f32]| {
             let ch = i % c;
             let s = i * plane;
-            let g = gd.map_or(d.as_ptr(), |gd| gd[s..].as_ptr());
+            // In place when there is no separate dy: one pointer, taken mutably, reads and
+            // writes `d`.
+            let dp = d.as_mut_ptr();
+            let g = gd.map_or(dp.cast_const(), |gd| gd[s..].as_ptr());
             // SAFETY: plane `i` of dy and x is in bounds, as long as `d`.
             unsafe {
                 apply(
                     g,
                     xd[s..].as_ptr(),
-                    d.as_mut_ptr(),
+                    dp,
                     plane,
                     coef[ch],
                     mask(ch),

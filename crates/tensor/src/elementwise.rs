@@ -150,20 +150,23 @@ impl Kernels {
         } else {
             self.set().scale_shift
         };
+        // `s` null: in place, `d` is the source too.
         let run = |i: usize, d: &mut [f32], s: *const f32| {
             let ch = i % c;
+            let dp = d.as_mut_ptr();
+            let s = if s.is_null() { dp.cast_const() } else { s };
             // SAFETY: `s` and `d` point to `d.len()` valid floats (same chunking of two
-            // equally long buffers, or the same buffer), and the tier is supported.
-            unsafe { kernel(s, d.as_mut_ptr(), d.len(), scale[ch], shift[ch]) }
+            // equally long buffers, or the same pointer), and the tier is supported.
+            unsafe { kernel(s, dp, d.len(), scale[ch], shift[ch]) }
         };
         match src {
             Some(s) => for_each_chunk_with(x.data_mut(), s.data(), plane, |i, d, s| {
                 run(i, d, s.as_ptr())
             }),
-            None => for_each_chunk(x.data_mut(), plane, |i, d| {
-                let p = d.as_ptr();
-                run(i, d, p)
-            }),
+            // In place: `run` reads through the very pointer it writes through (taken once,
+            // mutably: a shared pointer taken first would be invalidated by the mutable
+            // one under Stacked Borrows).
+            None => for_each_chunk(x.data_mut(), plane, |i, d| run(i, d, std::ptr::null())),
         }
         Ok(())
     }
@@ -185,7 +188,9 @@ impl Kernels {
         let kernel = self.set().relu;
         for_each_chunk(x.data_mut(), ELEMENTWISE_CHUNK, |_, d| {
             // SAFETY: in place over one valid chunk; each element is read, then written.
-            unsafe { kernel(d.as_ptr(), d.as_mut_ptr(), d.len()) }
+            // One pointer, taken mutably, for reading and writing (see `scale_shift_impl`).
+            let p = d.as_mut_ptr();
+            unsafe { kernel(p, p, d.len()) }
         });
     }
 
@@ -197,7 +202,8 @@ impl Kernels {
         for_each_chunk_with(dy.data_mut(), y.data(), ELEMENTWISE_CHUNK, |_, d, o| {
             // SAFETY: `d` (the gradient read and, element by element, the result written)
             // and `o` are equally long chunks of buffers whose shapes were checked equal.
-            unsafe { kernel(d.as_ptr(), o.as_ptr(), d.as_mut_ptr(), d.len().min(o.len())) }
+            let (n, p) = (d.len().min(o.len()), d.as_mut_ptr());
+            unsafe { kernel(p, o.as_ptr(), p, n) }
         });
         Ok(())
     }
@@ -240,7 +246,8 @@ impl Kernels {
         for_each_chunk_with(a.data_mut(), b.data(), ELEMENTWISE_CHUNK, |_, d, s| {
             // SAFETY: `d` (also the first operand, in place) and `s` are equally long
             // chunks of buffers whose shapes were checked equal.
-            unsafe { kernel(d.as_ptr(), s.as_ptr(), d.as_mut_ptr(), d.len().min(s.len())) }
+            let (n, p) = (d.len().min(s.len()), d.as_mut_ptr());
+            unsafe { kernel(p, s.as_ptr(), p, n) }
         });
         Ok(())
     }
