@@ -26,6 +26,10 @@ Files (all float32 unless noted):
   in `crates/resnet/tests/images/`: rows 0, 56, 112, 168 and 223 of each channel
   (`pre.<file>`, `[3, 5, 224]`), and the logits of the fixture ResNet-18 on the whole
   preprocessed image (`logits.<file>`).
+- `preprocess.safetensors`: the same transform step by step (PIL's decoding, the
+  8-bit resize and crop, the normalised result) on the photos and on images made from
+  them in `crates/resnet/tests/images/generated/` (grey, palette, RGBA, upsampled PNGs;
+  baseline and progressive JPEGs, 4:2:0 and 4:4:4, grey): see `preprocess_fixture`.
 - `resnet18_stages.safetensors`, `resnet50_stages.safetensors`: torchvision ResNet-18
   (batch 2) and ResNet-50 (batch 1) in eval mode on 64x64 inputs: `input`, and the
   output of `stem` (after the max pool), `layer1`..`layer4`, `features`, `logits`.
@@ -273,6 +277,83 @@ def images_fixture(out, image_dir):
     print(f"images: {sorted(k for k in tensors if k.startswith('pre.'))}")
 
 
+# The images the preprocessing parity test reads, made from the two photos by PIL
+# (`preprocess_fixture`), each exercising one way an image reaches `convert("RGB")`
+# and one size class: downsampled (both sides over 256) or upsampled.
+GENERATED = {
+    "rgb.png": ("chelsea.png", "RGB", {}),
+    "grey.png": ("chelsea.png", "L", {}),
+    "palette.png": ("chelsea.png", "P", {}),
+    "rgba.png": ("chelsea.png", "RGBA", {}),
+    "small.png": ("chelsea.png", "RGB", {"size": (131, 97)}),
+    "baseline420.jpg": ("rocket.jpg", "RGB", {"quality": 90, "subsampling": 2}),
+    "baseline444.jpg": ("rocket.jpg", "RGB", {"quality": 90, "subsampling": 0}),
+    "progressive420.jpg": ("rocket.jpg", "RGB", {"quality": 85, "subsampling": 2, "progressive": True}),
+    "progressive444.jpg": ("rocket.jpg", "RGB", {"quality": 85, "subsampling": 0, "progressive": True}),
+    "grey.jpg": ("rocket.jpg", "L", {"quality": 90}),
+}
+
+
+def make_generated(image_dir):
+    """Writes `GENERATED` into `image_dir/generated/` (deterministic: PIL's encoders)."""
+    from PIL import Image
+
+    gen = os.path.join(image_dir, "generated")
+    os.makedirs(gen, exist_ok=True)
+    for name, (src, mode, opts) in GENERATED.items():
+        im = Image.open(os.path.join(image_dir, src)).convert("RGB")
+        opts = dict(opts)
+        size = opts.pop("size", None)
+        # A 320-wide crop keeps the files small; both sides stay over 256 or (`size`)
+        # well under it.
+        im = im.crop((0, 0, 320, 280))
+        if size:
+            im = im.resize(size, Image.NEAREST)
+        if mode == "P":
+            im = im.quantize(colors=64)
+        elif mode == "RGBA":
+            im = im.convert("RGBA")
+            alpha = Image.linear_gradient("L").resize(im.size)
+            im.putalpha(alpha)
+        else:
+            im = im.convert(mode)
+        im.save(os.path.join(gen, name), **opts)
+    return [os.path.join("generated", n) for n in GENERATED]
+
+
+def preprocess_fixture(out, image_dir):
+    """torchvision's evaluation transform, step by step, on every test image.
+
+    - `decoded.<name>`: PIL's decoding, converted to RGB as `ImageFolder` does
+      (`Image.open(f).convert("RGB")`), `[H, W, 3]` uint8; for the JPEGs only (what
+      the decoder comparison needs; PNG decoding is exact by construction).
+    - `crop.<name>`: after `Resize(256)` and `CenterCrop(224)` (PIL, 8-bit), `[224, 224,
+      3]` uint8: the resize is compared bit for bit.
+    - `eval.<name>`: the whole transform (`ToTensor`, `Normalize`), rows `IMAGE_ROWS` of
+      each channel, `[3, 5, 224]` float32.
+    """
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms
+
+    names = ["chelsea.png", "rocket.jpg"] + make_generated(image_dir)
+    crop = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])
+    norm = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+    )
+    tensors = {}
+    for name in names:
+        key = name.replace("generated/", "")
+        im = Image.open(os.path.join(image_dir, name)).convert("RGB")
+        if name.endswith(".jpg"):
+            tensors[f"decoded.{key}"] = torch.from_numpy(np.asarray(im).copy())
+        c = crop(im)
+        tensors[f"crop.{key}"] = torch.from_numpy(np.asarray(c).copy())
+        tensors[f"eval.{key}"] = norm(c)[:, IMAGE_ROWS, :].contiguous()
+    save_file(tensors, os.path.join(out, "preprocess.safetensors"))
+    print(f"preprocess: {len(names)} images")
+
+
 def weights_files(out):
     os.makedirs(out, exist_ok=True)
     for arch in ["resnet18", "resnet50"]:
@@ -297,6 +378,9 @@ def main():
         "resnet18_stages": lambda out: stages_fixture(out, "resnet18", 2),
         "resnet50_stages": lambda out: stages_fixture(out, "resnet50", 1),
         "images": lambda out: images_fixture(
+            out, os.path.join(here, "..", "crates", "resnet", "tests", "images")
+        ),
+        "preprocess": lambda out: preprocess_fixture(
             out, os.path.join(here, "..", "crates", "resnet", "tests", "images")
         ),
     }

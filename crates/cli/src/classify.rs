@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use resnet::preprocess::{imagenet_classes, imagenet_eval, load};
+use resnet::preprocess::{imagenet_classes, load_imagenet};
 use resnet::trainer::top_k;
 use resnet::{Arch, InferenceModel, ResNet};
 use tensor::{Kernels, Tensor};
@@ -11,7 +11,7 @@ use tensor::{Kernels, Tensor};
 fn batch_of(images: &[PathBuf]) -> Result<Tensor, Box<dyn std::error::Error>> {
     let mut data = Vec::with_capacity(images.len() * 3 * 224 * 224);
     for path in images {
-        let x = imagenet_eval(&load(path)?).map_err(|e| format!("{}: {e}", path.display()))?;
+        let x = load_imagenet(path)?;
         data.extend_from_slice(x.data());
     }
     Ok(Tensor::from_vec(&[images.len(), 3, 224, 224], data)?)

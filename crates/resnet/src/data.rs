@@ -388,6 +388,24 @@ fn folder_set(dir: &Path, size: usize, expect: Option<&[String]>) -> Result<Data
         }
         files.extend(entries.into_iter().map(|p| (p, label)));
     }
+    // The decoded set is `files x 3 x size^2` floats: refused with the figure, before
+    // anything is decoded, when it would not fit in memory.
+    let need = (files.len() as u64)
+        .saturating_mul(3 * 4)
+        .saturating_mul((size as u64).saturating_mul(size as u64));
+    let room = crate::files::memory_available().unwrap_or(16 << 30);
+    if need > room / 2 {
+        return Err(format_error(
+            dir,
+            format!(
+                "{} images of {size}x{size} take {:.1} GB as f32, more than half the {:.1} GB \
+                 of memory available: use a smaller --size or fewer images",
+                files.len(),
+                need as f64 / 1e9,
+                room as f64 / 1e9
+            ),
+        ));
+    }
     let decoded: Vec<Vec<f32>> = files
         .par_iter()
         .map(|(p, _)| crate::preprocess::load_resized(p, size).map(|t| t.into_vec()))

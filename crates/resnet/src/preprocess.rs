@@ -1,14 +1,31 @@
-//! Image preprocessing as torchvision's standard ImageNet evaluation transform:
-//! `Resize(256)` (shorter side to 256, bilinear with antialiasing, as PIL does it),
-//! `CenterCrop(224)`, `ToTensor()` (to `[0, 1]`), `Normalize(IMAGENET_MEAN, IMAGENET_STD)`.
+//! Image preprocessing as torchvision's standard ImageNet evaluation transform on a PIL
+//! image: `Resize(256)` (shorter side to 256, bilinear with antialiasing),
+//! `CenterCrop(224)`, `ToTensor()` (to `[0, 1]`), `Normalize(IMAGENET_MEAN,
+//! IMAGENET_STD)`.
 //!
-//! The resize is PIL's separable resampling: each output pixel is a normalised
-//! triangle-filter average of the input pixels under it, the filter widened by the
-//! scale when shrinking (that is the antialiasing). PIL rounds to 8 bits between the
-//! horizontal and vertical passes; this keeps `f32`, so results differ from
-//! torchvision's by at most about one grey level (see the tests).
+//! Files go through [`load_imagenet`]: decoded to 8-bit RGB as PIL's
+//! `Image.open(f).convert("RGB")` gives it ([`Rgb8`]), resized in 8 bits as PIL resizes
+//! ([`resize_rgb8`]: a separable triangle filter widened by the scale when shrinking,
+//! coefficients in 22-bit fixed point, each pass rounded to 8 bits), cropped, then
+//! divided by 255 and normalised in `f32` exactly as `ToTensor` and `Normalize` do.
+//! What this makes equal to torchvision, as the tests measure it
+//! (`tests/preprocess_parity.rs`, fixtures by `scripts/make_fixtures.py`):
 //!
-//! Decoding needs the `images` feature (the `image` crate); the rest does not.
+//! - PNG (RGB, grey, palette, RGBA, up- and downsampled): bit for bit, every pixel of
+//!   the normalised tensor;
+//! - given the same decoded pixels, JPEG included: bit for bit (the resize, crop and
+//!   normalisation are exact);
+//! - JPEG files: the decoder (`jpeg-decoder`, chosen by measurement over `zune-jpeg`)
+//!   is not libjpeg-turbo: decoded pixels differ from PIL's by up to 3 grey levels
+//!   (measured on baseline and progressive, 4:2:0 and 4:4:4 files), which reaches the
+//!   resized image as up to 3 levels too.
+//!
+//! [`imagenet_eval`] is the same transform on an `f32` tensor (a picture decoded by other
+//! means): it resizes in `f32`, without PIL's 8-bit rounding, so it is within about one
+//! grey level of torchvision, not equal.
+//!
+//! Decoding needs the `images` feature (`image` for PNG, `jpeg-decoder` for JPEG); the
+//! rest does not.
 
 use crate::data::DataError;
 #[cfg(feature = "images")]
@@ -42,12 +59,12 @@ fn chw(img: &Tensor) -> Result<[usize; 3], DataError> {
     }
 }
 
-/// The most floats a resize may produce (64 M: 256 MB).
-const MAX_RESIZED: usize = 1 << 26;
-
 /// The largest image file read (256 MiB): a photo is a few MB.
 #[cfg(feature = "images")]
 const MAX_IMAGE_FILE: u64 = 1 << 28;
+
+/// The most pixels a resize may produce per channel (64 M).
+const MAX_RESIZED: usize = 1 << 26;
 
 /// The triangle (bilinear) filter weights of one output coordinate: `(first input
 /// index, normalised weights)`. PIL's `precompute_coeffs` for the bilinear filter.
@@ -170,52 +187,377 @@ pub fn imagenet_eval(img: &Tensor) -> Result<Tensor, DataError> {
     Ok(x)
 }
 
-/// Decodes an image file's bytes (JPEG or PNG) into RGB `[3, H, W]` in `[0, 1]`.
-#[cfg(feature = "images")]
-pub fn decode(path: &Path, bytes: &[u8]) -> Result<Tensor, DataError> {
-    let img = image::load_from_memory(bytes).map_err(|e| DataError::Format {
-        path: path.to_path_buf(),
-        reason: format!("not a decodable image: {e}"),
-    })?;
-    let rgb = img.to_rgb8();
-    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
-    if w == 0 || h == 0 {
-        return Err(DataError::Format {
-            path: path.to_path_buf(),
-            reason: "empty image".into(),
-        });
-    }
-    let mut out = vec![0.0f32; 3 * h * w];
-    for (i, px) in rgb.pixels().enumerate() {
-        for c in 0..3 {
-            out[c * h * w + i] = px[c] as f32 / 255.0;
-        }
-    }
-    Tensor::from_vec(&[3, h, w], out).map_err(|e| DataError::Format {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+// ---- 8-bit images, as PIL holds them ----
+
+/// An 8-bit RGB image, `height` rows of `width` pixels of 3 bytes (R, G, B), as PIL's
+/// `RGB` mode holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rgb8 {
+    pub width: usize,
+    pub height: usize,
+    /// `height * width * 3` bytes, row by row.
+    pub data: Vec<u8>,
 }
 
-/// Reads and decodes an image file.
+impl Rgb8 {
+    /// An image from its bytes; the length must be `height * width * 3`.
+    pub fn new(width: usize, height: usize, data: Vec<u8>) -> Result<Self, DataError> {
+        if width.checked_mul(height).and_then(|n| n.checked_mul(3)) != Some(data.len()) {
+            return Err(bad(format!(
+                "{} bytes for a {width}x{height} RGB image (expected {width} x {height} x 3)",
+                data.len()
+            )));
+        }
+        Ok(Rgb8 {
+            width,
+            height,
+            data,
+        })
+    }
+
+    /// `ToTensor()`: `[3, H, W]`, each byte divided by 255 in `f32`.
+    pub fn to_tensor(&self) -> Tensor {
+        self.normalized([0.0; 3], [1.0; 3])
+    }
+
+    /// `ToTensor()` then `Normalize(mean, std)`, with torchvision's operations and
+    /// roundings: `(v / 255 - mean) / std`, each step in `f32`.
+    pub fn normalized(&self, mean: [f32; 3], std: [f32; 3]) -> Tensor {
+        let plane = self.width * self.height;
+        let mut out = vec![0.0f32; 3 * plane];
+        for (i, px) in self.data.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                out[c * plane + i] = (px[c] as f32 / 255.0 - mean[c]) / std[c];
+            }
+        }
+        Tensor::from_vec(&[3, self.height, self.width], out).expect("3 planes of height x width")
+    }
+}
+
+/// PIL's fixed-point precision for 8-bit resampling: coefficients are scaled by 2^22.
+const PRECISION_BITS: u32 = 22;
+
+/// The bilinear (triangle) filter's taps for every output coordinate of a resize from
+/// `in_size` to `out_size`, as PIL computes them (`precompute_coeffs`, then rounded to
+/// fixed point): for output `i`, `(first input index, integer weights)`.
+///
+/// In `f64`: `scale = in / out`, the filter widened to `support = max(scale, 1)`;
+/// output `i`'s centre is `(i + 0.5) scale`; its inputs run from `trunc(centre -
+/// support + 0.5)` (at least 0) to `trunc(centre + support + 0.5)` (at most `in`);
+/// input `x` weighs `triangle((x - centre + 0.5) / max(scale, 1))`, where the division
+/// is a multiplication by the reciprocal, as in PIL; the weights are divided by their
+/// sum, then scaled by 2^22 and rounded half away from zero.
+fn pil_taps(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
+    let scale = in_size as f64 / out_size as f64;
+    let filter_scale = scale.max(1.0);
+    let support = filter_scale; // the triangle's support is 1
+    let inv = 1.0 / filter_scale;
+    let triangle = |x: f64| {
+        let x = x.abs();
+        if x < 1.0 {
+            1.0 - x
+        } else {
+            0.0
+        }
+    };
+    (0..out_size)
+        .map(|i| {
+            let centre = (i as f64 + 0.5) * scale;
+            let lo = ((centre - support + 0.5) as i64).max(0) as usize;
+            let hi = ((centre + support + 0.5) as i64).clamp(0, in_size as i64) as usize;
+            let w: Vec<f64> = (lo..hi.max(lo))
+                .map(|x| triangle((x as f64 - centre + 0.5) * inv))
+                .collect();
+            let total: f64 = w.iter().sum();
+            let fixed = w
+                .iter()
+                .map(|&v| {
+                    let v = if total != 0.0 { v / total } else { v };
+                    let scaled = v * (1u32 << PRECISION_BITS) as f64;
+                    (if scaled < 0.0 {
+                        scaled - 0.5
+                    } else {
+                        scaled + 0.5
+                    }) as i32
+                })
+                .collect();
+            (lo, fixed)
+        })
+        .collect()
+}
+
+/// A weighted sum rounded back to 8 bits, as PIL's `clip8`: half of the last unit added
+/// first, then shifted down and clamped to 0..=255.
+#[inline]
+fn clip8(sum: i64) -> u8 {
+    ((sum + (1 << (PRECISION_BITS - 1))) >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// Resizes to `width x height` exactly as PIL's `Image.resize(size, BILINEAR)` does an
+/// RGB image: a horizontal pass, rounded to 8 bits, then a vertical one, rounded again;
+/// a pass whose size does not change is skipped (it would be the identity).
+pub fn resize_rgb8(img: &Rgb8, width: usize, height: usize) -> Result<Rgb8, DataError> {
+    let (w, h) = (img.width, img.height);
+    if w == 0 || h == 0 || width == 0 || height == 0 {
+        return Err(bad(format!("cannot resize {w}x{h} to {width}x{height}")));
+    }
+    if width.saturating_mul(height) > MAX_RESIZED {
+        return Err(bad(format!(
+            "resizing {w}x{h} to {width}x{height} would be too large"
+        )));
+    }
+    let mut cur = std::borrow::Cow::Borrowed(img);
+    if width != w {
+        let taps = pil_taps(w, width);
+        let mut out = vec![0u8; h * width * 3];
+        for (src, dst) in cur
+            .data
+            .chunks_exact(w * 3)
+            .zip(out.chunks_exact_mut(width * 3))
+        {
+            for (x, (lo, k)) in taps.iter().enumerate() {
+                for c in 0..3 {
+                    let sum: i64 = k
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &kj)| src[(lo + j) * 3 + c] as i64 * kj as i64)
+                        .sum();
+                    dst[x * 3 + c] = clip8(sum);
+                }
+            }
+        }
+        cur = std::borrow::Cow::Owned(Rgb8::new(width, h, out)?);
+    }
+    if height != h {
+        let taps = pil_taps(h, height);
+        let row = width * 3;
+        let mut out = vec![0u8; height * row];
+        for (y, (lo, k)) in taps.iter().enumerate() {
+            for i in 0..row {
+                let sum: i64 = k
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &kj)| cur.data[(lo + j) * row + i] as i64 * kj as i64)
+                    .sum();
+                out[y * row + i] = clip8(sum);
+            }
+        }
+        cur = std::borrow::Cow::Owned(Rgb8::new(width, height, out)?);
+    }
+    Ok(cur.into_owned())
+}
+
+/// torchvision's `CenterCrop(size)` of an image at least `size` on each side (the offset
+/// `round((H - size) / 2)`, ties to even, as [`center_crop`]).
+pub fn center_crop_rgb8(img: &Rgb8, size: usize) -> Result<Rgb8, DataError> {
+    let (w, h) = (img.width, img.height);
+    if h < size || w < size {
+        return Err(bad(format!("cannot crop {size}x{size} out of {h}x{w}")));
+    }
+    let top = ((h - size) as f64 / 2.0).round_ties_even() as usize;
+    let left = ((w - size) as f64 / 2.0).round_ties_even() as usize;
+    let mut out = Vec::with_capacity(size * size * 3);
+    for y in top..top + size {
+        out.extend_from_slice(&img.data[(y * w + left) * 3..][..size * 3]);
+    }
+    Rgb8::new(size, size, out)
+}
+
+/// torchvision's `Resize(size)` then `CenterCrop(crop)` on an 8-bit image.
+pub fn resize_and_crop_rgb8(img: &Rgb8, size: usize, crop: usize) -> Result<Rgb8, DataError> {
+    let (h, w) = (img.height, img.width);
+    if h == 0 || w == 0 || h.max(w) > 64 * h.min(w) {
+        return Err(bad(format!(
+            "a {w}x{h} image is empty or too elongated (aspect ratio above 64)"
+        )));
+    }
+    let (rh, rw) = resized_size(h, w, size);
+    center_crop_rgb8(&resize_rgb8(img, rw, rh)?, crop)
+}
+
+/// The standard ImageNet evaluation transform of an 8-bit image, equal to torchvision's
+/// on the same pixels: `[3, 224, 224]`.
+pub fn imagenet_eval_rgb8(img: &Rgb8) -> Result<Tensor, DataError> {
+    Ok(resize_and_crop_rgb8(img, 256, 224)?.normalized(IMAGENET_MEAN, IMAGENET_STD))
+}
+
+// ---- Decoding ----
+
+/// The most pixels an image may have (100 M: 300 MB as 8-bit RGB). The pipeline needs
+/// the decoded image plus one resized copy; a picture over this (a 20000x20000 PNG is
+/// 400 M pixels in a few hundred KB) is refused before it is decoded.
+pub const MAX_PIXELS: u64 = 100_000_000;
+
+/// The most memory a decoder may allocate on its own (1 GiB: a 100 M pixel image with
+/// 16 bits per channel and alpha, 800 MB, fits).
 #[cfg(feature = "images")]
-pub fn load(path: &Path) -> Result<Tensor, DataError> {
+const MAX_DECODER_ALLOC: u64 = 1 << 30;
+
+#[cfg(feature = "images")]
+fn format_error(path: &Path, reason: String) -> DataError {
+    DataError::Format {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+#[cfg(feature = "images")]
+fn check_pixels(path: &Path, width: u64, height: u64) -> Result<(), DataError> {
+    let pixels = width * height;
+    if width == 0 || height == 0 {
+        return Err(format_error(path, "empty image".into()));
+    }
+    if pixels > MAX_PIXELS {
+        return Err(format_error(
+            path,
+            format!(
+                "a {width}x{height} image ({} M pixels, {:.1} GB as 8-bit RGB) is over the \
+                 {} M pixels this pipeline decodes",
+                pixels / 1_000_000,
+                pixels as f64 * 3.0 / 1e9,
+                MAX_PIXELS / 1_000_000
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes an image file's bytes (JPEG or PNG) to 8-bit RGB as PIL's
+/// `Image.open(f).convert("RGB")` gives it: grey replicated, alpha dropped (not
+/// composited), a palette looked up, 16-bit RGB cut to its high byte and 16-bit grey
+/// clipped at 255 (PIL's `I;16` to `RGB`). Images over [`MAX_PIXELS`] are refused from
+/// their header, before any pixel is decoded.
+#[cfg(feature = "images")]
+pub fn decode_rgb8(path: &Path, bytes: &[u8]) -> Result<Rgb8, DataError> {
+    let undecodable = |e: String| format_error(path, format!("not a decodable image: {e}"));
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        return decode_jpeg(path, bytes);
+    }
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| undecodable(e.to_string()))?;
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| undecodable(e.to_string()))?;
+    check_pixels(path, w as u64, h as u64)?;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| undecodable(e.to_string()))?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODER_ALLOC);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| undecodable(e.to_string()))?;
+    use image::DynamicImage as D;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let data: Vec<u8> = match &img {
+        D::ImageRgb8(i) => i.as_raw().clone(),
+        D::ImageRgba8(i) => i
+            .as_raw()
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect(),
+        D::ImageLuma8(i) => i.as_raw().iter().flat_map(|&v| [v, v, v]).collect(),
+        D::ImageLumaA8(i) => i.as_raw().chunks_exact(2).flat_map(|p| [p[0]; 3]).collect(),
+        D::ImageRgb16(i) => i.as_raw().iter().map(|&v| (v >> 8) as u8).collect(),
+        D::ImageRgba16(i) => i
+            .as_raw()
+            .chunks_exact(4)
+            .flat_map(|p| [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8])
+            .collect(),
+        D::ImageLuma16(i) => i
+            .as_raw()
+            .iter()
+            .flat_map(|&v| [v.min(255) as u8; 3])
+            .collect(),
+        D::ImageLumaA16(i) => i
+            .as_raw()
+            .chunks_exact(2)
+            .flat_map(|p| [p[0].min(255) as u8; 3])
+            .collect(),
+        other => other.to_rgb8().into_raw(),
+    };
+    Rgb8::new(w, h, data).map_err(|e| format_error(path, e.to_string()))
+}
+
+/// JPEG by `jpeg-decoder` (see the module docs for how far it is from PIL's libjpeg).
+#[cfg(feature = "images")]
+fn decode_jpeg(path: &Path, bytes: &[u8]) -> Result<Rgb8, DataError> {
+    let undecodable = |e: String| format_error(path, format!("not a decodable image: {e}"));
+    let mut d = jpeg_decoder::Decoder::new(std::io::Cursor::new(bytes));
+    d.read_info().map_err(|e| undecodable(e.to_string()))?;
+    let info = d
+        .info()
+        .ok_or_else(|| undecodable("no frame header".into()))?;
+    check_pixels(path, info.width as u64, info.height as u64)?;
+    d.set_max_decoding_buffer_size(MAX_DECODER_ALLOC as usize);
+    let px = d.decode().map_err(|e| undecodable(e.to_string()))?;
+    let (w, h) = (info.width as usize, info.height as usize);
+    use jpeg_decoder::PixelFormat as F;
+    let data: Vec<u8> = match info.pixel_format {
+        F::RGB24 => px,
+        F::L8 => px.iter().flat_map(|&v| [v, v, v]).collect(),
+        F::L16 => px
+            .chunks_exact(2)
+            .flat_map(|b| [u16::from_be_bytes([b[0], b[1]]).min(255) as u8; 3])
+            .collect(),
+        // CMYK as Adobe stores it (inverted): PIL's CMYK to RGB, `(255 - C)(255 - K) /
+        // 255`, on the stored bytes. Not checked against PIL (no such fixture).
+        F::CMYK32 => px
+            .chunks_exact(4)
+            .flat_map(|p| {
+                let k = p[3] as u32;
+                [0, 1, 2].map(|c| ((p[c] as u32 * k + 127) / 255) as u8)
+            })
+            .collect(),
+    };
+    Rgb8::new(w, h, data).map_err(|e| format_error(path, e.to_string()))
+}
+
+/// Reads and decodes an image file to 8-bit RGB (see [`decode_rgb8`]). Only a regular
+/// file of at most 256 MiB is read.
+#[cfg(feature = "images")]
+pub fn load_rgb8(path: &Path) -> Result<Rgb8, DataError> {
     let bytes =
         crate::files::read_regular(path, MAX_IMAGE_FILE).map_err(|source| DataError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-    decode(path, &bytes)
+    decode_rgb8(path, &bytes)
+}
+
+/// Decodes an image file's bytes (JPEG or PNG) into RGB `[3, H, W]` in `[0, 1]`.
+#[cfg(feature = "images")]
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<Tensor, DataError> {
+    Ok(decode_rgb8(path, bytes)?.to_tensor())
+}
+
+/// Reads and decodes an image file into RGB `[3, H, W]` in `[0, 1]`.
+#[cfg(feature = "images")]
+pub fn load(path: &Path) -> Result<Tensor, DataError> {
+    Ok(load_rgb8(path)?.to_tensor())
+}
+
+/// An image file through torchvision's ImageNet evaluation transform: `[3, 224, 224]`,
+/// equal to torchvision's as the module docs state.
+#[cfg(feature = "images")]
+pub fn load_imagenet(path: &Path) -> Result<Tensor, DataError> {
+    imagenet_eval_rgb8(&load_rgb8(path)?).map_err(|e| match e {
+        DataError::Format { reason, .. } => format_error(path, reason),
+        e => e,
+    })
 }
 
 /// Reads an image and makes it `[3, size, size]` in `[0, 1]`: shorter side resized to
-/// `size`, then centre-cropped (for image-folder data sets).
+/// `size` (in 8 bits, as PIL), then centre-cropped (for image-folder data sets).
 #[cfg(feature = "images")]
 pub fn load_resized(path: &Path, size: usize) -> Result<Tensor, DataError> {
-    let img = load(path)?;
-    let (h, w) = (img.shape()[1], img.shape()[2]);
-    let (rh, rw) = resized_size(h, w, size);
-    center_crop(&resize_bilinear(&img, rh, rw)?, size)
+    let img = load_rgb8(path)?;
+    Ok(resize_and_crop_rgb8(&img, size, size)
+        .map_err(|e| match e {
+            DataError::Format { reason, .. } => format_error(path, reason),
+            e => e,
+        })?
+        .to_tensor())
 }
 
 #[cfg(test)]

@@ -354,16 +354,7 @@ impl Kernels {
             let dp = d.as_mut_ptr();
             let g = gd.map_or(dp.cast_const(), |gd| gd[s..].as_ptr());
             // SAFETY: plane `i` of dy and x is in bounds, as long as `d`.
-            unsafe {
-                apply(
-                    g,
-                    xd[s..].as_ptr(),
-                    dp,
-                    plane,
-                    coef[ch],
-                    mask(ch),
-                )
-            }
+            unsafe { apply(g, xd[s..].as_ptr(), dp, plane, coef[ch], mask(ch)) }
         };
         if plane == 0 {
             // Nothing to write.
