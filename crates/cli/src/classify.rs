@@ -38,6 +38,13 @@ pub fn classify(
         return Err("no images given".into());
     }
     let fast = model(k, arch, &weights)?;
+    if arch.is_cifar() {
+        eprintln!(
+            "warning: {arch} is a CIFAR network (32x32 images, its own classes); `classify` \
+             preprocesses photos for ImageNet networks (224x224, ImageNet statistics), so its \
+             answers here may mean little"
+        );
+    }
     let names = imagenet_classes();
     // `batch` images at a time: decoded, run and printed before the next are read.
     for group in images.chunks(batch.max(1)) {
