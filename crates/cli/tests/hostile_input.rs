@@ -112,7 +112,10 @@ fn classify_and_features_stream_their_images_in_batches() {
     let t = expect(&o, true, "classify");
     assert_eq!(t.matches("chelsea.png").count(), 3, "{t}");
     // A CIFAR net on photos preprocessed for ImageNet says so.
-    assert!(t.contains("warning: cifar-resnet20 is a CIFAR network"), "{t}");
+    assert!(
+        t.contains("warning: cifar-resnet20 is a CIFAR network"),
+        "{t}"
+    );
     let out = dir.join("f.safetensors");
     let o = resnet(&[
         "features",

@@ -83,8 +83,13 @@ pub fn fail(e: impl std::fmt::Display) -> TestCaseError {
 /// Runs every check in every tier (or the one `RESNET_ISA` selects), prints a line per
 /// check and a SKIP line per tier that cannot run, and exits non-zero on any failure.
 pub fn run(suite: &str, checks: &[(&str, Check)]) {
-    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let selected = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
+    // Every argument not starting with `-` is a filter; a check runs if any matches.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let selected =
+        |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
     // RESNET_ISA narrows the run to one tier (CI runs it once with `generic`); a bad
     // value fails the run instead of quietly testing something else.
     let forced = match std::env::var(isa::ISA_ENV) {
