@@ -23,12 +23,18 @@ fn inference_memory_stays_flat_for_every_architecture() {
     }
     let k = Kernels::active().unwrap();
     for arch in Arch::ALL {
-        // The small nets for long, the large ones less (ResNet-152 is the slowest).
+        // The small nets for long, the large ones less (ResNet-152 is the slowest); a
+        // debug build (`cargo test --workspace`) leaves ResNet-34..152 to the release run
+        // CI makes of this test.
         let passes = match (arch.is_cifar(), cfg!(debug_assertions)) {
             (true, false) => 2000,
             (false, false) => 100,
             (true, true) => 100,
-            (false, true) => 10,
+            (false, true) if arch == Arch::ResNet18 => 10,
+            (false, true) => {
+                println!("SKIP    {arch}: in the release run only (cargo test --release -p resnet --test flat_memory)");
+                continue;
+            }
         };
         let size = if arch.is_cifar() { 32 } else { 64 };
         let model = InferenceModel::from_model(ResNet::new(arch, 10, 1).unwrap(), k).unwrap();
