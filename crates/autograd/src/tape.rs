@@ -161,6 +161,20 @@ impl Gradients {
     }
 }
 
+/// Each named per-channel parameter has `c` elements, or the error names the first that
+/// does not.
+fn expect_lengths(op: &'static str, c: usize, params: &[(&'static str, &[f32])]) -> Result<()> {
+    match params.iter().find(|(_, v)| v.len() != c) {
+        Some(&(arg, v)) => Err(TensorError::ShapeMismatch {
+            op,
+            arg,
+            expected: vec![c],
+            got: vec![v.len()],
+        }),
+        None => Ok(()),
+    }
+}
+
 fn invalid(op: &'static str, reason: String) -> TensorError {
     TensorError::InvalidArgument { op, reason }
 }
@@ -486,16 +500,11 @@ impl<'p> Tape<'p> {
                 })
             }
         };
-        for (arg, v) in [("running_mean", running_mean), ("running_var", running_var)] {
-            if v.len() != c {
-                return Err(TensorError::ShapeMismatch {
-                    op: "batch_norm_fixed",
-                    arg,
-                    expected: vec![c],
-                    got: vec![v.len()],
-                });
-            }
-        }
+        expect_lengths(
+            "batch_norm_fixed",
+            c,
+            &[("running_mean", running_mean), ("running_var", running_var)],
+        )?;
         let inv_std = inv_std(running_var, eps);
         let y = self.affine(x, gamma, beta, running_mean, &inv_std, relu)?;
         let op = Op::BatchNorm {
@@ -540,16 +549,11 @@ impl<'p> Tape<'p> {
     ) -> Result<[Vec<f32>; 2]> {
         let (g, b) = (self.value(gamma)?.data(), self.value(beta)?.data());
         let c = mean.len();
-        for (arg, v) in [("gamma", g), ("beta", b), ("running_var", inv_std)] {
-            if v.len() != c {
-                return Err(TensorError::ShapeMismatch {
-                    op: "batch_norm",
-                    arg,
-                    expected: vec![c],
-                    got: vec![v.len()],
-                });
-            }
-        }
+        expect_lengths(
+            "batch_norm",
+            c,
+            &[("gamma", g), ("beta", b), ("running_var", inv_std)],
+        )?;
         Ok(affine_coefficients(g, b, mean, inv_std))
     }
 
