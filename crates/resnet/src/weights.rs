@@ -227,17 +227,29 @@ impl ResNet {
             |key| in_file.get(key).map(|v| (v.dtype(), v.shape().to_vec())),
             in_file.keys().map(|k| k.to_string()),
         )?;
-        // Filled into a copy first: a file with unusable values leaves `self` unchanged.
-        let mut filled = self.clone();
-        for (name, t) in filled.named_tensors_mut().iter_mut() {
-            let view = &in_file[name.as_str()];
-            // Little-endian f32, read without assuming the bytes are 4-aligned.
-            for (dst, src) in t.data_mut().iter_mut().zip(view.data().chunks_exact(4)) {
-                *dst = f32::from_le_bytes([src[0], src[1], src[2], src[3]]);
+        // Little-endian f32, read without assuming the bytes are 4-aligned.
+        let values = |name: &str| {
+            in_file[name]
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        // The values are checked in the file, before any is copied: a file with unusable
+        // values leaves `self` unchanged (without a second copy of the model).
+        for name in self.named_tensors().into_iter().map(|n| n.name) {
+            let var = name.ends_with(".running_var");
+            if let Some((i, v)) = values(&name)
+                .enumerate()
+                .find(|(_, v)| !v.is_finite() || (var && *v < 0.0))
+            {
+                return Err(invalid_value(path, &name, i, v));
             }
         }
-        refuse_invalid_values(path, &filled)?;
-        *self = filled;
+        for (name, t) in self.named_tensors_mut().iter_mut() {
+            for (dst, v) in t.data_mut().iter_mut().zip(values(name)) {
+                *dst = v;
+            }
+        }
         Ok(())
     }
 
@@ -467,13 +479,17 @@ fn write_atomic_with(
 fn refuse_invalid_values(path: &Path, model: &ResNet) -> Result<(), WeightsError> {
     match model.first_invalid_value() {
         None => Ok(()),
-        Some((key, i, v)) => Err(WeightsError::Refused {
-            path: path.to_path_buf(),
-            reason: format!(
-                "{key}[{i}] is {v}: the weights hold non-finite values or a negative \
-                 running variance (a diverged run?), refused rather than run"
-            ),
-        }),
+        Some((key, i, v)) => Err(invalid_value(path, &key, i, v)),
+    }
+}
+
+fn invalid_value(path: &Path, key: &str, i: usize, v: f32) -> WeightsError {
+    WeightsError::Refused {
+        path: path.to_path_buf(),
+        reason: format!(
+            "{key}[{i}] is {v}: the weights hold non-finite values or a negative running \
+             variance (a diverged run?), refused rather than run"
+        ),
     }
 }
 
