@@ -25,6 +25,24 @@
 //! assert_eq!(logits.shape(), &[2, 10]);
 //! # Ok::<(), tensor::TensorError>(())
 //! ```
+//!
+//! Classifying a photo with pretrained torchvision weights (`features = ["images"]`),
+//! with `resnet` the only dependency; the README's example, compiled here:
+//!
+//! ```no_run
+//! # #[cfg(feature = "images")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let net = resnet::ResNet::from_safetensors(resnet::Arch::ResNet50, "resnet50.safetensors")?;
+//! let model = resnet::InferenceModel::from_model(net, resnet::Kernels::active()?)?;
+//! let x = resnet::preprocess::load_imagenet("cat.jpg")?; // torchvision's transform
+//! let logits = model.forward(&x.reshape(&[1, 3, 224, 224])?)?;
+//! let top5 = resnet::top_k(logits.data(), 5); // (class, probability), best first
+//! # let _ = top5;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "images"))]
+//! # fn main() {}
+//! ```
 
 pub mod arch;
 pub mod augment;
@@ -38,9 +56,17 @@ pub mod train;
 pub mod trainer;
 pub mod weights;
 
+// What an embedder touches of the tensor engine, so that `resnet` is the one dependency
+// to add: `resnet::Kernels`, `resnet::Tensor`, `resnet::TensorError`, and the whole
+// engine as `resnet::tensor`.
+pub use tensor;
+pub use tensor::{Kernels, Tensor, TensorError};
+
 pub use arch::{Arch, BlockKind, UnknownArch};
 pub use inference::{ConvLayout, InferenceModel};
 pub use model::{BatchNorm, Block, ConvBn, ConvLayer, ResNet, Shortcut};
 pub use train::{count_correct, train_step, BatchStats, Freeze, StepOutcome, TrainForward};
-pub use trainer::{evaluate, EpochRecord, Evaluation, Progress, TrainConfig, TrainError, Trainer};
+pub use trainer::{
+    evaluate, top_k, EpochRecord, Evaluation, Progress, TrainConfig, TrainError, Trainer,
+};
 pub use weights::WeightsError;

@@ -516,7 +516,8 @@ fn decode_jpeg(path: &Path, bytes: &[u8]) -> Result<Rgb8, DataError> {
 /// Reads and decodes an image file to 8-bit RGB (see [`decode_rgb8`]). Only a regular
 /// file of at most 256 MiB is read.
 #[cfg(feature = "images")]
-pub fn load_rgb8(path: &Path) -> Result<Rgb8, DataError> {
+pub fn load_rgb8(path: impl AsRef<Path>) -> Result<Rgb8, DataError> {
+    let path = path.as_ref();
     let bytes =
         crate::files::read_regular(path, MAX_IMAGE_FILE).map_err(|source| DataError::Io {
             path: path.to_path_buf(),
@@ -533,14 +534,15 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<Tensor, DataError> {
 
 /// Reads and decodes an image file into RGB `[3, H, W]` in `[0, 1]`.
 #[cfg(feature = "images")]
-pub fn load(path: &Path) -> Result<Tensor, DataError> {
+pub fn load(path: impl AsRef<Path>) -> Result<Tensor, DataError> {
     Ok(load_rgb8(path)?.to_tensor())
 }
 
 /// An image file through torchvision's ImageNet evaluation transform: `[3, 224, 224]`,
 /// equal to torchvision's as the module docs state.
 #[cfg(feature = "images")]
-pub fn load_imagenet(path: &Path) -> Result<Tensor, DataError> {
+pub fn load_imagenet(path: impl AsRef<Path>) -> Result<Tensor, DataError> {
+    let path = path.as_ref();
     imagenet_eval_rgb8(&load_rgb8(path)?).map_err(|e| match e {
         DataError::Format { reason, .. } => format_error(path, reason),
         e => e,

@@ -33,7 +33,7 @@ fn photos_preprocess_and_classify_as_in_torchvision() {
     .unwrap();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/images");
     for name in ["chelsea.png", "rocket.jpg"] {
-        let x = load_imagenet(&dir.join(name)).unwrap();
+        let x = load_imagenet(dir.join(name)).unwrap();
         assert_eq!(x.shape(), &[3, 224, 224]);
         let want = fx.f32(&format!("pre.{name}"));
         let rows = [0, 56, 112, 168, 223];
@@ -84,7 +84,7 @@ fn files_that_are_not_images_are_clear_errors() {
     let cut = dir.join("cut.png");
     std::fs::write(&cut, &png[..png.len() / 3]).unwrap();
     assert!(resnet::preprocess::load(&cut).is_err());
-    let e = resnet::preprocess::load(&dir.join("missing.png"))
+    let e = resnet::preprocess::load(dir.join("missing.png"))
         .unwrap_err()
         .to_string();
     assert!(e.contains("missing.png"), "{e}");

@@ -91,7 +91,7 @@ mod parity {
                 let (shape, data) = u8s(&fx, &format!("decoded.{key}"));
                 rgb8(&shape, data)
             } else {
-                load_rgb8(&file(name)).unwrap()
+                load_rgb8(file(name)).unwrap()
             };
             let ours = resize_and_crop_rgb8(&img, 256, 224).unwrap();
             let (shape, want) = u8s(&fx, &format!("crop.{key}"));
@@ -119,7 +119,7 @@ mod parity {
         let bytes = load_fixture("preprocess.safetensors");
         let fx = SafeTensors::deserialize(&bytes).unwrap();
         for (key, name) in IMAGES.into_iter().filter(|(k, _)| k.ends_with(".png")) {
-            let x = load_imagenet(&file(name)).unwrap();
+            let x = load_imagenet(file(name)).unwrap();
             let want = f32s(&fx, &format!("eval.{key}"));
             let mut worst = 0.0f32;
             for c in 0..3 {
@@ -140,7 +140,7 @@ mod parity {
         let bytes = load_fixture("preprocess.safetensors");
         let fx = SafeTensors::deserialize(&bytes).unwrap();
         for (key, name) in IMAGES.into_iter().filter(|(k, _)| k.ends_with(".jpg")) {
-            let ours = load_rgb8(&file(name)).unwrap();
+            let ours = load_rgb8(file(name)).unwrap();
             let (shape, want) = u8s(&fx, &format!("decoded.{key}"));
             assert_eq!([ours.height, ours.width, 3], shape[..], "{key}");
             let decoded = max_diff(&ours.data, &want);

@@ -146,7 +146,10 @@ fn a_diverged_epoch_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let mut target = resnet::ResNet::new(Arch::Cifar { depth: 20 }, 10, 2).unwrap();
     let e = target.load_safetensors(&path).unwrap_err();
     assert!(e.to_string().contains("fc.weight[7] is NaN"), "{e}");
-    assert_eq!(target, resnet::ResNet::new(Arch::Cifar { depth: 20 }, 10, 2).unwrap());
+    assert_eq!(
+        target,
+        resnet::ResNet::new(Arch::Cifar { depth: 20 }, 10, 2).unwrap()
+    );
     let mut negative = resnet::ResNet::new(Arch::Cifar { depth: 20 }, 10, 1).unwrap();
     negative.stem.bn.running_var.data_mut()[0] = -1.0;
     negative.save_safetensors(&path).unwrap();
