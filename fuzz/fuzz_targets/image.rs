@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|bytes: &[u8]| {
     let path = std::path::Path::new("fuzz.img");
     if let Ok(img) = resnet::preprocess::decode_rgb8(path, bytes) {
-        if img.width * img.height > 4_000_000 {
+        if img.width() * img.height() > 4_000_000 {
             return;
         }
         if let Ok(x) = resnet::preprocess::imagenet_eval_rgb8(&img) {

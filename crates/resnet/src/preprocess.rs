@@ -190,13 +190,14 @@ pub fn imagenet_eval(img: &Tensor) -> Result<Tensor, DataError> {
 // ---- 8-bit images, as PIL holds them ----
 
 /// An 8-bit RGB image, `height` rows of `width` pixels of 3 bytes (R, G, B), as PIL's
-/// `RGB` mode holds it.
+/// `RGB` mode holds it. Made by [`Rgb8::new`], which checks the length, so every function
+/// taking one can trust it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rgb8 {
-    pub width: usize,
-    pub height: usize,
+    width: usize,
+    height: usize,
     /// `height * width * 3` bytes, row by row.
-    pub data: Vec<u8>,
+    data: Vec<u8>,
 }
 
 impl Rgb8 {
@@ -213,6 +214,26 @@ impl Rgb8 {
             height,
             data,
         })
+    }
+
+    /// Pixels per row.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Rows.
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    /// The `height * width * 3` bytes, row by row, R, G, B.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// The bytes, taken out.
+    pub fn into_data(self) -> Vec<u8> {
+        self.data
     }
 
     /// `ToTensor()`: `[3, H, W]`, each byte divided by 255 in `f32`.

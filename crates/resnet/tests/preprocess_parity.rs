@@ -96,7 +96,7 @@ mod parity {
             let ours = resize_and_crop_rgb8(&img, 256, 224).unwrap();
             let (shape, want) = u8s(&fx, &format!("crop.{key}"));
             assert_eq!(shape, [224, 224, 3], "{key}");
-            let diff = max_diff(&ours.data, &want);
+            let diff = max_diff(ours.data(), &want);
             println!("{key}: resize and crop of the same pixels, largest difference {diff}");
             assert_eq!(diff, 0, "{key}: the 8-bit resize differs from PIL's");
             // ToTensor and Normalize, bit for bit.
@@ -142,12 +142,17 @@ mod parity {
         for (key, name) in IMAGES.into_iter().filter(|(k, _)| k.ends_with(".jpg")) {
             let ours = load_rgb8(file(name)).unwrap();
             let (shape, want) = u8s(&fx, &format!("decoded.{key}"));
-            assert_eq!([ours.height, ours.width, 3], shape[..], "{key}");
-            let decoded = max_diff(&ours.data, &want);
-            let exact = ours.data.iter().zip(&want).filter(|(a, b)| a == b).count();
+            assert_eq!([ours.height(), ours.width(), 3], shape[..], "{key}");
+            let decoded = max_diff(ours.data(), &want);
+            let exact = ours
+                .data()
+                .iter()
+                .zip(&want)
+                .filter(|(a, b)| a == b)
+                .count();
             let cropped = resize_and_crop_rgb8(&ours, 256, 224).unwrap();
             let (_, crop) = u8s(&fx, &format!("crop.{key}"));
-            let after = max_diff(&cropped.data, &crop);
+            let after = max_diff(cropped.data(), &crop);
             println!(
                 "{key}: decoded pixels within {decoded} grey levels of PIL's ({:.2}% equal), \
                  {after} after the resize and crop",
