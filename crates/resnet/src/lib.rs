@@ -49,6 +49,8 @@ pub mod augment;
 pub mod data;
 pub mod files;
 pub mod inference;
+#[cfg(feature = "images")]
+mod jpeg;
 pub mod loader;
 pub mod model;
 pub mod preprocess;

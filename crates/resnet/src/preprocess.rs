@@ -11,21 +11,22 @@
 //! What this makes equal to torchvision, as the tests measure it
 //! (`tests/preprocess_parity.rs`, fixtures by `scripts/make_fixtures.py`):
 //!
-//! - PNG (RGB, grey, palette, RGBA, up- and downsampled): bit for bit, every pixel of
-//!   the normalised tensor;
-//! - given the same decoded pixels, JPEG included: bit for bit (the resize, crop and
-//!   normalisation are exact);
-//! - JPEG files: the decoder (`jpeg-decoder`, chosen by measurement over `zune-jpeg`)
-//!   is not libjpeg-turbo: decoded pixels differ from PIL's by up to 3 grey levels
-//!   (measured on baseline and progressive, 4:2:0 and 4:4:4 files), which reaches the
-//!   resized image as up to 3 levels too.
+//! - PNG (RGB, grey, palette, RGBA, up- and downsampled) and JPEG (baseline and
+//!   progressive, 4:2:0 and 4:4:4, grey): bit for bit, every pixel of the normalised
+//!   tensor;
+//! - JPEG decoding: bit for bit with PIL's libjpeg-turbo, by this crate's own decoder,
+//!   which follows libjpeg's integer IDCT, "fancy" chroma upsampling and fixed-point
+//!   colour conversion (module `jpeg`; checked on odd sizes, 4:2:2, restart intervals,
+//!   extreme qualities, CMYK and tiny images in `tests/jpeg_parity.rs`). Arithmetic-coded,
+//!   lossless, hierarchical and 12-bit JPEGs are refused with an error naming the
+//!   feature (libjpeg-turbo decodes the first and last; they are rare in image sets).
 //!
 //! [`imagenet_eval`] is the same transform on an `f32` tensor (a picture decoded by other
 //! means): it resizes in `f32`, without PIL's 8-bit rounding, so it is within about one
 //! grey level of torchvision, not equal.
 //!
-//! Decoding needs the `images` feature (`image` for PNG, `jpeg-decoder` for JPEG); the
-//! rest does not.
+//! Decoding needs the `images` feature (`image` for PNG; JPEG is this crate's own
+//! decoder); the rest does not.
 
 use crate::data::DataError;
 #[cfg(feature = "images")]
@@ -500,38 +501,21 @@ pub fn decode_rgb8(path: &Path, bytes: &[u8]) -> Result<Rgb8, DataError> {
     Rgb8::new(w, h, data).map_err(|e| format_error(path, e.to_string()))
 }
 
-/// JPEG by `jpeg-decoder` (see the module docs for how far it is from PIL's libjpeg).
+/// JPEG by this crate's decoder, which reproduces libjpeg-turbo's default output
+/// ([`crate::jpeg`]).
 #[cfg(feature = "images")]
 fn decode_jpeg(path: &Path, bytes: &[u8]) -> Result<Rgb8, DataError> {
-    let undecodable = |e: String| format_error(path, format!("not a decodable image: {e}"));
-    let mut d = jpeg_decoder::Decoder::new(std::io::Cursor::new(bytes));
-    d.read_info().map_err(|e| undecodable(e.to_string()))?;
-    let info = d
-        .info()
-        .ok_or_else(|| undecodable("no frame header".into()))?;
-    check_pixels(path, info.width as u64, info.height as u64)?;
-    d.set_max_decoding_buffer_size(MAX_DECODER_ALLOC as usize);
-    let px = d.decode().map_err(|e| undecodable(e.to_string()))?;
-    let (w, h) = (info.width as usize, info.height as usize);
-    use jpeg_decoder::PixelFormat as F;
-    let data: Vec<u8> = match info.pixel_format {
-        F::RGB24 => px,
-        F::L8 => px.iter().flat_map(|&v| [v, v, v]).collect(),
-        F::L16 => px
-            .chunks_exact(2)
-            .flat_map(|b| [u16::from_be_bytes([b[0], b[1]]).min(255) as u8; 3])
-            .collect(),
-        // CMYK as Adobe stores it (inverted): PIL's CMYK to RGB, `(255 - C)(255 - K) /
-        // 255`, on the stored bytes. Not checked against PIL (no such fixture).
-        F::CMYK32 => px
-            .chunks_exact(4)
-            .flat_map(|p| {
-                let k = p[3] as u32;
-                [0, 1, 2].map(|c| ((p[c] as u32 * k + 127) / 255) as u8)
-            })
-            .collect(),
+    let accept = |w: u64, h: u64| match check_pixels(path, w, h) {
+        Err(DataError::Format { reason, .. }) => Err(reason),
+        _ => Ok(()),
     };
-    Rgb8::new(w, h, data).map_err(|e| format_error(path, e.to_string()))
+    let img = crate::jpeg::decode(bytes, accept, MAX_DECODER_ALLOC)
+        .map_err(|e| format_error(path, format!("not a decodable image: {e}")))?;
+    let data = match img.channels {
+        1 => img.data.iter().flat_map(|&v| [v; 3]).collect(),
+        _ => img.data,
+    };
+    Rgb8::new(img.width, img.height, data).map_err(|e| format_error(path, e.to_string()))
 }
 
 /// Reads and decodes an image file to 8-bit RGB (see [`decode_rgb8`]). Only a regular
