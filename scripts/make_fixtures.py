@@ -30,6 +30,12 @@ Files (all float32 unless noted):
   8-bit resize and crop, the normalised result) on the photos and on images made from
   them in `crates/resnet/tests/images/generated/` (grey, palette, RGBA, upsampled PNGs;
   baseline and progressive JPEGs, 4:2:0 and 4:4:4, grey): see `preprocess_fixture`.
+- `jpeg.safetensors`: PIL's decoding (`Image.open(f).convert("RGB")`, `[H, W, 3]`
+  uint8, `decoded.<file>`) of the small JPEGs in `crates/resnet/tests/images/jpeg/`:
+  baseline, progressive and restart intervals at 4:2:0, 4:2:2, 4:4:4 and grey, odd and
+  tiny sizes, quality 3 to 100, CMYK and RGB-coded, made by PIL from crops of the photos
+  and from a saturated synthetic image; 4:4:0, 4:1:1 and the like by libjpeg-turbo's
+  `cjpeg` (see `jpeg_fixture`). The metadata names the Pillow and libjpeg-turbo versions.
 - `resnet18_stages.safetensors`, `resnet50_stages.safetensors`: torchvision ResNet-18
   (batch 2) and ResNet-50 (batch 1) in eval mode on 64x64 inputs: `input`, and the
   output of `stem` (after the max pool), `layer1`..`layer4`, `features`, `logits`.
@@ -354,6 +360,251 @@ def preprocess_fixture(out, image_dir):
     print(f"preprocess: {len(names)} images")
 
 
+# The JPEG stress fixture (`jpeg_fixture`): small files, each (source, (width, height),
+# PIL mode, PIL save options). Sources: a crop of `rocket.jpg` or `chelsea.png` at a
+# fixed origin (`JPEG_CROP`), or `bars`, a synthetic saturated high-contrast image
+# (`synthetic_bars`) that drives the colour conversion and the IDCT into clamping.
+JPEG_CROP = {"rocket": ("rocket.jpg", (275, 300)), "chelsea": ("chelsea.png", (150, 75))}
+JPEG_FILES = {
+    # Baseline, 4:2:0 (subsampling=2), 4:2:2 (1) and 4:4:4 (0), odd sizes.
+    "rocket_420_q90_37x29.jpg": ("rocket", (37, 29), "RGB", {"quality": 90, "subsampling": 2}),
+    "chelsea_420_q75_33x17.jpg": ("chelsea", (33, 17), "RGB", {"quality": 75, "subsampling": 2}),
+    "bars_420_q90_37x29.jpg": ("bars", (37, 29), "RGB", {"quality": 90, "subsampling": 2}),
+    "rocket_420_q90_99x67.jpg": ("rocket", (99, 67), "RGB", {"quality": 90, "subsampling": 2}),
+    "chelsea_422_q85_35x21.jpg": ("chelsea", (35, 21), "RGB", {"quality": 85, "subsampling": 1}),
+    "bars_422_q90_29x19.jpg": ("bars", (29, 19), "RGB", {"quality": 90, "subsampling": 1}),
+    "rocket_444_q90_45x31.jpg": ("rocket", (45, 31), "RGB", {"quality": 90, "subsampling": 0}),
+    "bars_444_q95_41x23.jpg": ("bars", (41, 23), "RGB", {"quality": 95, "subsampling": 0}),
+    # Quality 100 (every quantiser 1) and 3-5 (huge coefficients), optimised Huffman tables.
+    "rocket_420_q100_49x37.jpg": ("rocket", (49, 37), "RGB", {"quality": 100, "subsampling": 2}),
+    "bars_444_q100_37x29.jpg": ("bars", (37, 29), "RGB", {"quality": 100, "subsampling": 0}),
+    "chelsea_420_q3_43x35.jpg": ("chelsea", (43, 35), "RGB", {"quality": 3, "subsampling": 2}),
+    "rocket_422_q3_41x27.jpg": ("rocket", (41, 27), "RGB", {"quality": 3, "subsampling": 1}),
+    "bars_420_q4_37x29.jpg": ("bars", (37, 29), "RGB", {"quality": 4, "subsampling": 2}),
+    "bars_444_q5_33x17.jpg": ("bars", (33, 17), "RGB", {"quality": 5, "subsampling": 0}),
+    "rocket_420_optimize_51x39.jpg": (
+        "rocket", (51, 39), "RGB",
+        {"quality": 90, "subsampling": 2, "optimize": True},
+    ),
+    "bars_444_optimize_q60_37x29.jpg": (
+        "bars", (37, 29), "RGB",
+        {"quality": 60, "subsampling": 0, "optimize": True},
+    ),
+    # Restart intervals (in MCUs, or in MCU rows), baseline and progressive.
+    "rocket_420_rst1_53x41.jpg": (
+        "rocket", (53, 41), "RGB",
+        {"quality": 90, "subsampling": 2, "restart_marker_blocks": 1},
+    ),
+    "bars_420_rst3_37x29.jpg": (
+        "bars", (37, 29), "RGB",
+        {"quality": 90, "subsampling": 2, "restart_marker_blocks": 3},
+    ),
+    "chelsea_422_rstrow1_47x33.jpg": (
+        "chelsea", (47, 33), "RGB",
+        {"quality": 85, "subsampling": 1, "restart_marker_rows": 1},
+    ),
+    "bars_444_rstrow2_q100_35x27.jpg": (
+        "bars", (35, 27), "RGB",
+        {"quality": 100, "subsampling": 0, "restart_marker_rows": 2},
+    ),
+    "chelsea_grey_rst5_37x29.jpg": ("chelsea", (37, 29), "L", {"quality": 90, "restart_marker_blocks": 5}),
+    "rocket_prog420_rst2_45x33.jpg": (
+        "rocket", (45, 33), "RGB",
+        {"quality": 85, "subsampling": 2, "progressive": True, "restart_marker_blocks": 2},
+    ),
+    "chelsea_prog444_rstrow1_37x29.jpg": (
+        "chelsea", (37, 29), "RGB",
+        {"quality": 85, "subsampling": 0, "progressive": True, "restart_marker_rows": 1},
+    ),
+    "rocket_proggrey_rst1_29x21.jpg": (
+        "rocket", (29, 21), "L",
+        {"quality": 85, "progressive": True, "restart_marker_blocks": 1},
+    ),
+    # Progressive, odd sizes.
+    "rocket_prog420_37x29.jpg": (
+        "rocket", (37, 29), "RGB",
+        {"quality": 85, "subsampling": 2, "progressive": True},
+    ),
+    "chelsea_prog422_35x27.jpg": (
+        "chelsea", (35, 27), "RGB",
+        {"quality": 85, "subsampling": 1, "progressive": True},
+    ),
+    "bars_prog444_33x17.jpg": (
+        "bars", (33, 17), "RGB",
+        {"quality": 90, "subsampling": 0, "progressive": True},
+    ),
+    "chelsea_prog444_100x75.jpg": (
+        "chelsea", (100, 75), "RGB",
+        {"quality": 85, "subsampling": 0, "progressive": True},
+    ),
+    "rocket_proggrey_41x29.jpg": ("rocket", (41, 29), "L", {"quality": 85, "progressive": True}),
+    "bars_prog420_q100_29x23.jpg": (
+        "bars", (29, 23), "RGB",
+        {"quality": 100, "subsampling": 2, "progressive": True},
+    ),
+    "bars_prog420_q4_37x29.jpg": (
+        "bars", (37, 29), "RGB",
+        {"quality": 4, "subsampling": 2, "progressive": True},
+    ),
+    # Grey baseline.
+    "chelsea_grey_37x29.jpg": ("chelsea", (37, 29), "L", {"quality": 90}),
+    "bars_grey_q5_31x23.jpg": ("bars", (31, 23), "L", {"quality": 5}),
+    "rocket_grey_q100_17x13.jpg": ("rocket", (17, 13), "L", {"quality": 100}),
+    # Tiny sizes: a chroma plane 1 or 2 samples wide takes its own upsampling path.
+    "bars_420_1x1.jpg": ("bars", (1, 1), "RGB", {"quality": 90, "subsampling": 2}),
+    "bars_420_2x2.jpg": ("bars", (2, 2), "RGB", {"quality": 90, "subsampling": 2}),
+    "bars_420_3x5.jpg": ("bars", (3, 5), "RGB", {"quality": 90, "subsampling": 2}),
+    "bars_420_4x4.jpg": ("bars", (4, 4), "RGB", {"quality": 90, "subsampling": 2}),
+    "bars_420_17x1.jpg": ("bars", (17, 1), "RGB", {"quality": 90, "subsampling": 2}),
+    "bars_420_1x17.jpg": ("bars", (1, 17), "RGB", {"quality": 90, "subsampling": 2}),
+    "bars_420_6x6.jpg": ("bars", (6, 6), "RGB", {"quality": 90, "subsampling": 2}),
+    "rocket_420_16x16.jpg": ("rocket", (16, 16), "RGB", {"quality": 90, "subsampling": 2}),
+    "chelsea_420_2x2.jpg": ("chelsea", (2, 2), "RGB", {"quality": 90, "subsampling": 2}),
+    "bars_422_5x3.jpg": ("bars", (5, 3), "RGB", {"quality": 90, "subsampling": 1}),
+    "bars_prog420_3x5.jpg": ("bars", (3, 5), "RGB", {"quality": 90, "subsampling": 2, "progressive": True}),
+    "bars_prog420_17x1.jpg": ("bars", (17, 1), "RGB", {"quality": 90, "subsampling": 2, "progressive": True}),
+    # CMYK (PIL writes it inverted, with an Adobe marker) and RGB-coded (Adobe transform 0).
+    "chelsea_cmyk_37x29.jpg": ("chelsea", (37, 29), "CMYK", {"quality": 90}),
+    "bars_cmyk_q50_33x17.jpg": ("bars", (33, 17), "CMYK", {"quality": 50}),
+    "rocket_cmykprog_29x23.jpg": ("rocket", (29, 23), "CMYK", {"quality": 85, "progressive": True}),
+    "bars_rgbcoded_37x29.jpg": ("bars", (37, 29), "RGB", {"quality": 90, "keep_rgb": True}),
+}
+
+# Made by libjpeg-turbo's `cjpeg` (samplings PIL cannot ask for), from a PPM written by
+# PIL: (source, (width, height), cjpeg options). Committed as made; remade only where
+# `cjpeg` is on PATH (made with libjpeg-turbo 2.1.5's cjpeg, Debian libjpeg-turbo-progs).
+JPEG_CJPEG = {
+    "rocket_440_37x29.jpg": ("rocket", (37, 29), ["-quality", "90", "-sample", "1x2"]),
+    "bars_440_29x19.jpg": ("bars", (29, 19), ["-quality", "90", "-sample", "1x2"]),
+    "rocket_prog440_33x25.jpg": ("rocket", (33, 25), ["-quality", "85", "-sample", "1x2", "-progressive"]),
+    "rocket_411_37x29.jpg": ("rocket", (37, 29), ["-quality", "90", "-sample", "4x1"]),
+    "bars_411_45x17.jpg": ("bars", (45, 17), ["-quality", "90", "-sample", "4x1"]),
+    "bars_411_7x3.jpg": ("bars", (7, 3), ["-quality", "90", "-sample", "4x1"]),
+    "chelsea_rgb_33x17.jpg": ("chelsea", (33, 17), ["-quality", "90", "-rgb"]),
+    # Quality 5 without PIL's force_baseline: 16-bit quantisation tables, SOF1 (cjpeg
+    # says "quantization tables are too coarse for baseline JPEG").
+    "bars_rgb_q5_29x19.jpg": ("bars", (29, 19), ["-quality", "5", "-rgb"]),
+    "rocket_luma22_chroma21_37x29.jpg": ("rocket", (37, 29), ["-quality", "90", "-sample", "2x2,2x1,2x1"]),
+}
+
+# The eight saturated colours of the synthetic bars.
+BAR_COLOURS = [
+    (255, 255, 255), (255, 255, 0), (0, 255, 255), (0, 255, 0),
+    (255, 0, 255), (255, 0, 0), (0, 0, 255), (0, 0, 0),
+]
+
+
+def synthetic_bars(w, h):
+    """A saturated, sharp-edged RGB image of `w` x `h`: colour bars 5 pixels wide in the
+    top third, a one-pixel red/blue and green/magenta checkerboard in the middle one,
+    black/white diagonals crossed by yellow/blue squares below; under 8 pixels on a side,
+    a different saturated colour at each pixel."""
+    from PIL import Image
+
+    bars = np.array(BAR_COLOURS, dtype=np.uint8)
+    y, x = np.mgrid[0:h, 0:w]
+    if w < 8 or h < 8:
+        return Image.fromarray(bars[(5 * x + 3 * y) % 8], "RGB")
+    out = bars[(x // 5) % 8].copy()
+    mid = (y >= h // 3) & (y < 2 * h // 3)
+    checker = np.where(((x + y) % 2 == 0)[..., None],
+                       np.where((y % 4 < 2)[..., None], bars[5], bars[3]),
+                       np.where((y % 4 < 2)[..., None], bars[6], bars[4]))
+    out[mid] = checker[mid]
+    low = y >= 2 * h // 3
+    diag = np.where((((x + 2 * y) // 7) % 2 == 0)[..., None], bars[0], bars[7])
+    square = ((x // 3) % 3 == 0) & ((y // 3) % 2 == 0)
+    diag = np.where(square[..., None], np.where(((x // 9) % 2 == 0)[..., None], bars[1], bars[6]), diag)
+    out[low] = diag[low]
+    return Image.fromarray(out, "RGB")
+
+
+def jpeg_source(image_dir, source, size):
+    """The RGB pixels a fixture JPEG is made from: a crop of a photo, or the bars."""
+    from PIL import Image
+
+    w, h = size
+    if source == "bars":
+        return synthetic_bars(w, h)
+    name, (x0, y0) = JPEG_CROP[source]
+    return Image.open(os.path.join(image_dir, name)).convert("RGB").crop((x0, y0, x0 + w, y0 + h))
+
+
+def to_cmyk(im):
+    """RGB to a CMYK with real black (k = 3/4 of 255 - max) and ink left in C, M and Y
+    (PIL's own RGB to CMYK leaves k at 0), so that PIL's CMYK to RGB multiplies."""
+    from PIL import Image
+
+    a = np.asarray(im).astype(np.int32)
+    k = (255 - a.max(axis=2)) * 3 // 4
+    cmy = np.clip(255 - a - k[..., None], 0, 255)
+    return Image.fromarray(np.dstack([cmy, k]).astype(np.uint8), "CMYK")
+
+
+def save_file_sorted_metadata(tensors, path, metadata):
+    """`save_file` with the metadata's keys in sorted order: safetensors writes them
+    in the order of a Rust `HashMap`, which changes from run to run."""
+    import json
+
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    assert len(text) <= n, "the re-ordered header is longer"
+    with open(path, "wb") as f:
+        f.write(raw[:8] + text + b" " * (n - len(text)) + raw[8 + n :])
+
+
+def jpeg_fixture(out, image_dir):
+    """The JPEG stress fixture: writes `JPEG_FILES` (by PIL) and `JPEG_CJPEG` (by
+    `cjpeg`, where it is on PATH; the committed files otherwise) into
+    `image_dir/jpeg/`, and `jpeg.safetensors` with `decoded.<file>`: PIL's decoding as
+    `Image.open(f).convert("RGB")`, `[H, W, 3]` uint8. The metadata names the Pillow and
+    libjpeg-turbo versions that decoded them."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    import PIL
+    import PIL.features
+    from PIL import Image
+
+    jdir = os.path.join(image_dir, "jpeg")
+    os.makedirs(jdir, exist_ok=True)
+    for name, (source, size, mode, opts) in JPEG_FILES.items():
+        im = jpeg_source(image_dir, source, size)
+        im = to_cmyk(im) if mode == "CMYK" else im.convert(mode)
+        im.save(os.path.join(jdir, name), "JPEG", **opts)
+    cjpeg = shutil.which("cjpeg")
+    for name, (source, size, args) in JPEG_CJPEG.items():
+        path = os.path.join(jdir, name)
+        if cjpeg is None:
+            if not os.path.exists(path):
+                raise SystemExit(f"jpeg: {path} is missing and cjpeg is not on PATH "
+                                 "(apt-get install libjpeg-turbo-progs)")
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            ppm = os.path.join(tmp, "in.ppm")
+            jpeg_source(image_dir, source, size).save(ppm, "PPM")
+            subprocess.run([cjpeg, *args, "-outfile", path, ppm], check=True)
+    if cjpeg is None:
+        print(f"jpeg: cjpeg is not on PATH: kept the {len(JPEG_CJPEG)} committed cjpeg files")
+    tensors = {}
+    for name in list(JPEG_FILES) + list(JPEG_CJPEG):
+        with Image.open(os.path.join(jdir, name)) as im:
+            tensors[f"decoded.{name}"] = torch.from_numpy(np.asarray(im.convert("RGB")).copy())
+    metadata = {
+        "pillow": PIL.__version__,
+        "libjpeg_turbo": str(PIL.features.version("libjpeg_turbo")),
+    }
+    save_file_sorted_metadata(tensors, os.path.join(out, "jpeg.safetensors"), metadata)
+    print(f"jpeg: {len(tensors)} files, decoded by Pillow {metadata['pillow']} "
+          f"(libjpeg-turbo {metadata['libjpeg_turbo']})")
+
+
 def weights_files(out):
     os.makedirs(out, exist_ok=True)
     for arch in ["resnet18", "resnet50"]:
@@ -381,6 +632,9 @@ def main():
             out, os.path.join(here, "..", "crates", "resnet", "tests", "images")
         ),
         "preprocess": lambda out: preprocess_fixture(
+            out, os.path.join(here, "..", "crates", "resnet", "tests", "images")
+        ),
+        "jpeg": lambda out: jpeg_fixture(
             out, os.path.join(here, "..", "crates", "resnet", "tests", "images")
         ),
     }
