@@ -1077,6 +1077,16 @@ fn idct_1d(i: [i32; 8]) -> [i32; 8] {
 /// Dequantises and inverse-transforms one block into 8x8 samples at `out` (row stride
 /// `stride`), level-shifted by 128 and clamped to 0..=255.
 fn idct_block(coefs: &[i16; 64], quant: &[i32; 64], out: &mut [u8], stride: usize) {
+    if coefs[1..].iter().all(|&c| c == 0) {
+        // A flat block: both passes reduce to the DC term (the same result as the full
+        // transform, which gives `DC << 2` in every column-pass output, then descales).
+        let dc = (coefs[0] as i32).wrapping_mul(quant[0]) << PASS1_BITS;
+        let v = descale(dc, PASS1_BITS + 3).wrapping_add(128).clamp(0, 255) as u8;
+        for row in 0..8 {
+            out[row * stride..row * stride + 8].fill(v);
+        }
+        return;
+    }
     let mut ws = [0i32; 64];
     // Pass 1: columns, from dequantised coefficients, keeping 2 extra bits.
     for col in 0..8 {
@@ -1141,8 +1151,12 @@ fn finish(f: Frame, jfif: bool, adobe: Option<u8>) -> Result<Decoded, Error> {
             for bx in 0..bw {
                 let at = (by * comp.blocks_w + bx) * 64;
                 let block: &[i16; 64] = comp.coefs[at..at + 64].try_into().unwrap();
-                let start = by * 8 * stride + bx * 8;
-                idct_block(block, &quant, &mut plane[start..], stride);
+                idct_block(
+                    block,
+                    &quant,
+                    &mut plane[by * 8 * stride + bx * 8..],
+                    stride,
+                );
             }
         }
         planes.push(plane);
@@ -1232,8 +1246,12 @@ fn upsample_row(comp: &Component, plane: &[u8], hr: usize, vr: usize, y: usize, 
         return;
     }
     // Replication (including 1:1).
-    for (x, &v) in src.iter().enumerate() {
-        out[x * hr..x * hr + hr].fill(v);
+    if hr == 1 {
+        out[..dw].copy_from_slice(src);
+    } else {
+        for (o, &v) in out.chunks_exact_mut(hr).zip(src) {
+            o.fill(v);
+        }
     }
 }
 
@@ -1273,8 +1291,9 @@ fn convert_row(colour: Colour, rows: &[Vec<u8>], out: &mut [u8], w: usize) {
             }
         }
         Colour::YCbCr => {
-            for (x, px) in out.chunks_exact_mut(3).enumerate() {
-                px.copy_from_slice(&ycc_to_rgb(rows[0][x], rows[1][x], rows[2][x]));
+            let (y, cb, cr) = (&rows[0][..w], &rows[1][..w], &rows[2][..w]);
+            for (px, ((&y, &cb), &cr)) in out.chunks_exact_mut(3).zip(y.iter().zip(cb).zip(cr)) {
+                px.copy_from_slice(&ycc_to_rgb(y, cb, cr));
             }
         }
         Colour::Cmyk => {
