@@ -254,4 +254,58 @@ mod parity {
         );
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
+
+    /// A file without its DHT segments, as Motion-JPEG frames are written.
+    fn without_huffman_tables(b: &[u8]) -> Vec<u8> {
+        let mut out = b[..2].to_vec();
+        let mut i = 2;
+        while i + 4 <= b.len() && b[i] == 0xFF && b[i + 1] != 0xDA {
+            let len = u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize;
+            if b[i + 1] != 0xC4 {
+                out.extend_from_slice(&b[i..i + 2 + len]);
+            }
+            i += 2 + len;
+        }
+        out.extend_from_slice(&b[i..]);
+        out
+    }
+
+    #[test]
+    fn frames_without_huffman_tables_use_the_standard_ones() {
+        // Baseline files Pillow wrote without `optimize`: their tables are the
+        // standard's (T.81 Annex K), so the stripped file must still give PIL's pixels.
+        let bytes = load_fixture("jpeg.safetensors");
+        let fx = SafeTensors::deserialize(&bytes).unwrap();
+        let files = expected(&fx);
+        let names = [
+            "rocket_420_q90_37x29.jpg",
+            "chelsea_422_q85_35x21.jpg",
+            "chelsea_grey_37x29.jpg",
+        ];
+        for name in names {
+            let (_, _, want) = files
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .unwrap_or_else(|| panic!("{name} is not in the fixture"));
+            let stripped = without_huffman_tables(&read(name));
+            assert!(
+                !stripped.windows(2).any(|w| w == [0xFF, 0xC4]),
+                "{name}: DHT left"
+            );
+            let got = decode_rgb8(Path::new(name), &stripped)
+                .unwrap_or_else(|e| panic!("{name} without its tables: {e}"));
+            assert!(
+                got.data() == &want[..],
+                "{name}: pixels differ without the tables"
+            );
+        }
+        // A table the standard does not supply (id 2) is still an error naming it.
+        let mut renamed = without_huffman_tables(&read(names[0]));
+        let sos = renamed.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+        renamed[sos + 6] = 0x22; // first scan component: DC and AC table 2
+        let e = decode_rgb8(Path::new("renamed.jpg"), &renamed)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Huffman table 2"), "{e}");
+    }
 }
