@@ -4,7 +4,9 @@
 //! Images larger than 4 megapixels are skipped after decoding's header check to keep
 //! runs fast (the decoder's own limits guard memory).
 //!
-//! `cargo +nightly fuzz run image` (from this folder's parent).
+//! `cargo +nightly fuzz run image fuzz/corpus/image crates/resnet/tests/images/jpeg`
+//! (from this folder's parent): the JPEG stress files seed the run, and new inputs go to
+//! the first folder, not among the test files.
 
 #![no_main]
 

@@ -159,6 +159,11 @@ impl Huffman {
             let n = counts[len as usize - 1] as usize;
             offset[len as usize] = index as i32 - code as i32;
             for _ in 0..n {
+                // A code of `len` bits must fit in `len` bits (libjpeg: "Bogus Huffman
+                // table").
+                if code >= 1 << len {
+                    return corrupt("a Huffman table has more codes than its lengths allow");
+                }
                 if len <= LOOKUP_BITS {
                     let first = (code << (LOOKUP_BITS - len)) as usize;
                     let entry = (len as u16) << 8 | values[index] as u16;
@@ -169,10 +174,6 @@ impl Huffman {
             }
             if n > 0 {
                 maxcode[len as usize] = code as i32 - 1;
-            }
-            // A code of `len` bits must fit in `len` bits (libjpeg: "Bogus Huffman table").
-            if code > 1 << len {
-                return corrupt("a Huffman table has more codes than its lengths allow");
             }
             code <<= 1;
         }
@@ -1387,6 +1388,24 @@ mod tests {
             seen[n as usize] = true;
         }
         assert!(NATURAL[64..].iter().all(|&n| n == 63));
+    }
+
+    #[test]
+    fn huffman_tables_with_too_many_codes_are_refused() {
+        // Three 1-bit codes cannot exist; a mutated file once made the table builder
+        // index past its look-up table.
+        let mut counts = [0u8; 16];
+        counts[0] = 3;
+        assert!(matches!(
+            Huffman::new(&counts, &[1, 2, 3]),
+            Err(Error::Corrupt(_))
+        ));
+        // Two 1-bit codes use every code: no 10-bit code is left.
+        counts[0] = 2;
+        counts[9] = 1;
+        assert!(Huffman::new(&counts, &[1, 2, 3]).is_err());
+        // The standard's tables are valid.
+        assert!(Huffman::new(&STD_AC_COUNTS[0], &STD_AC_VALUES[0]).is_ok());
     }
 
     #[test]
