@@ -37,6 +37,9 @@
 //! # Ok::<(), tensor::TensorError>(())
 //! ```
 
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod optim;
 pub mod schedule;
 pub mod tape;

@@ -19,10 +19,20 @@ use tensor::{Result, Tensor, TensorError};
 /// SGD's settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SgdConfig {
+    /// Learning rate `lr` (default 0.1); finite and non-negative. A schedule changes it
+    /// through [`Sgd::set_lr`].
     pub lr: f32,
+    /// Momentum factor `mu` (default 0: plain SGD, no buffers kept); finite and
+    /// non-negative.
     pub momentum: f32,
+    /// Dampening `tau`: a buffer takes `(1 - tau)` of each later gradient (default 0; not
+    /// applied on a buffer's first step). Must be 0 with Nesterov.
     pub dampening: f32,
+    /// Weight decay `wd` (an L2 penalty): `wd * p` is added to each gradient before
+    /// momentum (default 0); finite and non-negative.
     pub weight_decay: f32,
+    /// Nesterov momentum: step along `g + mu * b` rather than `b` (default false). Needs
+    /// momentum > 0 and zero dampening.
     pub nesterov: bool,
 }
 
@@ -43,8 +53,11 @@ impl Default for SgdConfig {
 /// i-th gradient given to [`Sgd::step`] belongs to the i-th parameter).
 #[derive(Debug, Clone)]
 pub struct Sgd {
+    /// The settings, checked by [`Sgd::new`]. Only `lr` is meant to change afterwards
+    /// ([`Sgd::set_lr`]); other values written here are not checked again.
     pub config: SgdConfig,
-    /// One momentum buffer per parameter, empty until its first step.
+    /// One momentum buffer per parameter, empty until its first step (and always while
+    /// momentum is 0).
     buffers: Vec<Vec<f32>>,
 }
 
@@ -152,7 +165,8 @@ impl Sgd {
         Ok(())
     }
 
-    /// The momentum buffers (empty for a parameter that has not stepped yet).
+    /// The momentum buffers (empty for a parameter that has not stepped yet, and for
+    /// every parameter while momentum is 0).
     pub fn state(&self) -> &[Vec<f32>] {
         &self.buffers
     }

@@ -12,17 +12,37 @@ pub enum Schedule {
     Constant,
     /// `base * gamma^(t / step_size)` (integer division; a `step_size` of 0 counts as
     /// 1, where PyTorch would refuse it).
-    Step { step_size: usize, gamma: f32 },
+    Step {
+        /// Epochs or steps between decays (0 counts as 1).
+        step_size: usize,
+        /// Factor the rate is multiplied by at each decay.
+        gamma: f32,
+    },
     /// `base * gamma^(number of milestones <= t)`.
-    MultiStep { milestones: Vec<usize>, gamma: f32 },
+    MultiStep {
+        /// The `t`s from which the rate is multiplied by `gamma` once more, in any order
+        /// (one listed twice counts twice).
+        milestones: Vec<usize>,
+        /// Factor the rate is multiplied by at each milestone.
+        gamma: f32,
+    },
     /// `eta_min + (base - eta_min) (1 + cos(pi t / t_max)) / 2`, held at `eta_min`
     /// after `t_max`.
-    Cosine { t_max: usize, eta_min: f32 },
+    Cosine {
+        /// Length of the decay (half a cosine period) in epochs or steps; 0 gives
+        /// `eta_min` throughout.
+        t_max: usize,
+        /// The lowest rate, reached at `t_max` and held after it.
+        eta_min: f32,
+    },
     /// A linear ramp from `base * start_factor` at `t = 0` to `base` at `t = steps`,
     /// then `then` with its clock started at the end of the ramp.
     Warmup {
+        /// Length of the ramp in epochs or steps (0: `then` from the start).
         steps: usize,
+        /// Fraction of the base rate at `t = 0`.
         start_factor: f32,
+        /// The schedule after the ramp, its `t` counted from the end of the ramp.
         then: Box<Schedule>,
     },
 }

@@ -3,8 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use resnet::preprocess::{imagenet_classes, load_imagenet};
-use resnet::trainer::top_k;
-use resnet::{Arch, InferenceModel, ResNet};
+use resnet::{top_k, Arch, InferenceModel, ResNet};
 use tensor::{Kernels, Tensor};
 
 /// Decodes and preprocesses the images into one `[N, 3, 224, 224]` batch.

@@ -34,13 +34,21 @@ impl BlockKind {
 /// A ResNet architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
+    /// torchvision's ResNet-18: basic blocks, 2-2-2-2 per stage.
     ResNet18,
+    /// torchvision's ResNet-34: basic blocks, 3-4-6-3 per stage.
     ResNet34,
+    /// torchvision's ResNet-50: bottleneck blocks, 3-4-6-3 per stage.
     ResNet50,
+    /// torchvision's ResNet-101: bottleneck blocks, 3-4-23-3 per stage.
     ResNet101,
+    /// torchvision's ResNet-152: bottleneck blocks, 3-8-36-3 per stage.
     ResNet152,
     /// A CIFAR ResNet of depth `6n + 2` (20, 32, 44, 56, 110, ...).
     Cifar {
+        /// Weighted layers, `6n + 2` for `n >= 1` basic blocks per stage. Parsing
+        /// (`cifar-resnetN`) checks it; a value set directly is not checked, and
+        /// `(depth - 2) / 6` blocks per stage are built.
         depth: usize,
     },
 }

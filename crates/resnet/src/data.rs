@@ -6,7 +6,6 @@
 //! deviation to normalise with after augmentation.
 
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -15,13 +14,17 @@ use std::str::FromStr;
 pub struct Dataset {
     /// `len() * 3 * height * width` pixels in `[0, 1]`, image after image, NCHW.
     pub images: Vec<f32>,
+    /// Class of each image (an index into `classes`), in image order: its length is the
+    /// number of images.
     pub labels: Vec<usize>,
     /// `[channels, height, width]` of every image.
     pub shape: [usize; 3],
     /// Class names, indexed by label.
     pub classes: Vec<String>,
-    /// Per-channel mean and standard deviation to normalise with.
+    /// Per-channel mean to normalise with, after augmentation: the training set's own
+    /// for the digits, the usual CIFAR-10 figures, ImageNet's for an image folder.
     pub mean: [f32; 3],
+    /// Per-channel standard deviation to normalise with (from the same source as `mean`).
     pub std: [f32; 3],
 }
 
@@ -31,6 +34,7 @@ impl Dataset {
         self.labels.len()
     }
 
+    /// True when the set holds no images.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
@@ -50,7 +54,9 @@ impl Dataset {
 /// A training set and a test set.
 #[derive(Debug, Clone)]
 pub struct Split {
+    /// The training set.
     pub train: Dataset,
+    /// The test set, normalised with the same statistics as `train`.
     pub test: Dataset,
 }
 
@@ -59,11 +65,20 @@ pub struct Split {
 pub enum DataError {
     /// A file or folder could not be read.
     Io {
+        /// The file or folder.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
-    /// A file's contents are not what the format says.
-    Format { path: PathBuf, reason: String },
+    /// A file's contents, or a data-set folder's layout, are not what the format needs;
+    /// also an image-folder set too large for memory, or one in a build without the
+    /// `images` feature.
+    Format {
+        /// The file or folder at fault (`<image>` for an image in memory).
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A data-set description (`--data`) that names no known kind.
     Spec(String),
 }
@@ -104,12 +119,18 @@ fn format_error(path: &Path, reason: impl Into<String>) -> DataError {
 /// Which data set, as `--data` names it: `digits`, `cifar10:DIR` or `folder:DIR`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataSpec {
+    /// `digits`: the handwritten digits shipped with the crate (see `digits()`; without
+    /// the `train` feature, loading it is an error).
     Digits,
+    /// `cifar10:DIR`: CIFAR-10's binary version in `DIR` (see `cifar10()`).
     Cifar10(PathBuf),
     /// `DIR/train/<class>/*` and `DIR/test/<class>/*` (or `val` for `test`), images
     /// resized to `size x size`.
     Folder {
+        /// The folder holding `train` and `test` (or `val`).
         dir: PathBuf,
+        /// Side of the square images, in pixels: 64 as parsed from `folder:DIR`, changed
+        /// by [`DataSpec::with_size`].
         size: usize,
     },
 }
@@ -156,7 +177,12 @@ impl DataSpec {
     /// Loads the training and test sets.
     pub fn load(&self) -> Result<Split, DataError> {
         match self {
+            #[cfg(feature = "train")]
             DataSpec::Digits => digits(),
+            #[cfg(not(feature = "train"))]
+            DataSpec::Digits => Err(DataError::Spec(
+                "the shipped digits come with the `train` feature".into(),
+            )),
             DataSpec::Cifar10(dir) => cifar10(dir),
             DataSpec::Folder { dir, size } => folder(dir, *size),
         }
@@ -166,16 +192,20 @@ impl DataSpec {
 // ---- Digits ----
 
 /// The shipped digits, gzipped CSV as scikit-learn ships them (see `data/README.md`).
+#[cfg(feature = "train")]
 static DIGITS_CSV_GZ: &[u8] = include_bytes!("../data/digits.csv.gz");
 
 /// The UCI handwritten digits shipped with the crate: 1797 grey 8x8 images of the
-/// digits 0-9 (pixel values 0..16, scaled to `[0, 1]`). Fixed split: every fifth image
+/// digits 0-9 (pixel values 0..=16, scaled to `[0, 1]`). Fixed split: every fifth image
 /// (index 0, 5, 10, ...) is a test image (360), the rest train (1437).
+#[cfg(feature = "train")]
 pub fn digits() -> Result<Split, DataError> {
     parse_digits(Path::new("<shipped digits.csv.gz>"), DIGITS_CSV_GZ)
 }
 
+#[cfg(feature = "train")]
 fn parse_digits(path: &Path, gz: &[u8]) -> Result<Split, DataError> {
+    use std::io::Read;
     let mut text = String::new();
     flate2::read::GzDecoder::new(gz)
         .read_to_string(&mut text)
@@ -225,6 +255,7 @@ fn parse_digits(path: &Path, gz: &[u8]) -> Result<Split, DataError> {
 }
 
 /// Per-channel mean and standard deviation over a whole data set.
+#[cfg(feature = "train")]
 fn channel_mean_std(d: &Dataset) -> ([f32; 3], [f32; 3]) {
     let plane = d.shape[1] * d.shape[2];
     let (mut sum, mut sq) = ([0.0f64; 3], [0.0f64; 3]);
@@ -344,6 +375,8 @@ pub fn folder(dir: &Path, size: usize) -> Result<Split, DataError> {
     Ok(Split { train, test })
 }
 
+/// Without the `images` feature there is no image decoding: always a
+/// [`DataError::Format`] saying so.
 #[cfg(not(feature = "images"))]
 pub fn folder(dir: &Path, _size: usize) -> Result<Split, DataError> {
     Err(format_error(
@@ -426,6 +459,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(feature = "train")]
     fn digits_split_is_fixed_and_complete() {
         let s = digits().unwrap();
         assert_eq!((s.train.len(), s.test.len()), (1437, 360));

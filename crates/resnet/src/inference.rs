@@ -560,3 +560,16 @@ fn check_layout(model: &ResNet, layout: ConvLayout) -> Result<()> {
     }
     Ok(())
 }
+
+/// The `k` largest classes of one row of logits, as `(class, softmax probability)`, best
+/// first (the probabilities are computed in `f64` from the max-shifted logits).
+pub fn top_k(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let total: f64 = logits.iter().map(|&v| ((v - m) as f64).exp()).sum();
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    idx.into_iter()
+        .take(k)
+        .map(|i| (i, (((logits[i] - m) as f64).exp() / total) as f32))
+        .collect()
+}

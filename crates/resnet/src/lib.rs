@@ -5,6 +5,7 @@
 //! - [`Arch`], [`ResNet`]: ResNet-18/34/50/101/152 and the CIFAR ResNet-20/32/44/56/110,
 //!   torchvision parameter names and initialisation; [`weights`]: strict `.safetensors`
 //!   loading and atomic saving.
+//! - [`Classifier`]: a pretrained network as one call, image file in, named classes out.
 //! - [`InferenceModel`]: the fast form (batch norm folded, weights packed, residual add
 //!   and ReLU fused into the convolutions), equal to torchvision stage by stage.
 //! - [`preprocess`]: torchvision's evaluation transform (decoding with the `images`
@@ -15,23 +16,23 @@
 //!   and batching.
 //!
 //! ```
-//! use resnet::{Arch, InferenceModel, ResNet};
-//! use tensor::{Kernels, Tensor};
+//! use resnet::{Arch, InferenceModel, Kernels, ResNet, Tensor};
 //!
 //! let model = ResNet::new(Arch::Cifar { depth: 20 }, 10, 42)?;
 //! assert_eq!(model.num_parameters(), 269_722);
 //! let fast = InferenceModel::new(&model, Kernels::active()?)?;
 //! let logits = fast.forward(&Tensor::randn(&[2, 3, 32, 32], 0.0, 1.0, 7)?)?;
 //! assert_eq!(logits.shape(), &[2, 10]);
-//! # Ok::<(), tensor::TensorError>(())
+//! # Ok::<(), resnet::Error>(())
 //! ```
 //!
-//! Classifying a photo with pretrained torchvision weights (`features = ["images"]`),
-//! with `resnet` the only dependency; the README's example, compiled here:
+//! Classifying a photo with pretrained torchvision weights takes one call
+//! ([`Classifier`], with the `images` feature); the parts it puts together, with
+//! [`Error`] as the one error type:
 //!
 //! ```no_run
 //! # #[cfg(feature = "images")]
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # fn main() -> resnet::Result<()> {
 //! let net = resnet::ResNet::from_safetensors(resnet::Arch::ResNet50, "resnet50.safetensors")?;
 //! let model = resnet::InferenceModel::from_model(net, resnet::Kernels::active()?)?;
 //! let x = resnet::preprocess::load_imagenet("cat.jpg")?; // torchvision's transform
@@ -43,18 +44,34 @@
 //! # #[cfg(not(feature = "images"))]
 //! # fn main() {}
 //! ```
+//!
+//! ## Features
+//!
+//! - `train` (default): [`train`], [`trainer`], [`augment`], [`loader`] and the data
+//!   sets of [`data`] (autograd, flate2 and the shipped digits). Inference alone:
+//!   `default-features = false`.
+//! - `images`: PNG and JPEG decoding ([`preprocess::load_imagenet`], image folders).
+
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod arch;
+#[cfg(feature = "train")]
 pub mod augment;
+pub mod classifier;
 pub mod data;
+pub mod error;
 pub mod files;
 pub mod inference;
 #[cfg(feature = "images")]
 mod jpeg;
+#[cfg(feature = "train")]
 pub mod loader;
 pub mod model;
 pub mod preprocess;
+#[cfg(feature = "train")]
 pub mod train;
+#[cfg(feature = "train")]
 pub mod trainer;
 pub mod weights;
 
@@ -65,10 +82,13 @@ pub use tensor;
 pub use tensor::{Kernels, Tensor, TensorError};
 
 pub use arch::{Arch, BlockKind, UnknownArch};
-pub use inference::{ConvLayout, InferenceModel};
+pub use classifier::{Classifier, Prediction};
+pub use data::DataError;
+pub use error::{Error, Result};
+pub use inference::{top_k, ConvLayout, InferenceModel};
 pub use model::{BatchNorm, Block, ConvBn, ConvLayer, ResNet, Shortcut};
+#[cfg(feature = "train")]
 pub use train::{count_correct, train_step, BatchStats, Freeze, StepOutcome, TrainForward};
-pub use trainer::{
-    evaluate, top_k, EpochRecord, Evaluation, Progress, TrainConfig, TrainError, Trainer,
-};
+#[cfg(feature = "train")]
+pub use trainer::{evaluate, EpochRecord, Evaluation, Progress, TrainConfig, TrainError, Trainer};
 pub use weights::WeightsError;

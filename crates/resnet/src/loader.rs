@@ -16,19 +16,26 @@ use crate::data::Dataset;
 /// One mini-batch: `[B, C, H, W]` normalised images and their labels.
 #[derive(Debug, Clone)]
 pub struct Batch {
+    /// The images, `[B, C, H, W]`, augmented as the loader's `augment` says and
+    /// normalised with the data set's mean and standard deviation.
     pub x: Tensor,
+    /// The label of each image of `x`, in the same order.
     pub labels: Vec<usize>,
 }
 
 /// Splits a data set into batches (see the module docs).
 #[derive(Debug, Clone, Copy)]
 pub struct Loader<'a> {
+    /// The images and labels to batch, with the statistics to normalise them by.
     pub data: &'a Dataset,
+    /// Images per batch, at least 1; the last batch of an epoch holds what is left.
     pub batch: usize,
     /// Applied to training batches; evaluation uses [`Augment::NONE`].
     pub augment: Augment,
     /// Shuffle each epoch (training) or keep the data set's order (evaluation).
     pub shuffle: bool,
+    /// Seeds the shuffle (mixed with the epoch) and each image's augmentation (mixed
+    /// with the epoch and the image's position in it).
     pub seed: u64,
 }
 

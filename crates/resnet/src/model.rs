@@ -14,11 +14,20 @@ use crate::arch::{Arch, BlockKind};
 /// running statistics, and PyTorch's defaults `eps = 1e-5`, `momentum = 0.1`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchNorm {
+    /// Learned per-channel scale (gamma), `[C]`, initially 1.
     pub weight: Tensor,
+    /// Learned per-channel shift (beta), `[C]`, initially 0.
     pub bias: Tensor,
+    /// Running mean of each channel, `[C]`, initially 0: what eval mode (and a frozen
+    /// layer in training) normalises with; training updates it after each step.
     pub running_mean: Tensor,
+    /// Running unbiased variance of each channel, `[C]`, initially 1; updated like
+    /// `running_mean`.
     pub running_var: Tensor,
+    /// Added to the variance before its square root is taken (default `1e-5`).
     pub eps: f32,
+    /// Weight of a batch's statistics in the running-statistics update,
+    /// `running = (1 - momentum) running + momentum batch` (default 0.1).
     pub momentum: f32,
 }
 
@@ -41,8 +50,11 @@ impl BatchNorm {
 pub struct ConvBn {
     /// OIHW weights.
     pub weight: Tensor,
+    /// The batch norm over the convolution's output channels.
     pub bn: BatchNorm,
+    /// The convolution's stride, on both spatial axes.
     pub stride: usize,
+    /// Zero padding on each side of both spatial axes, in pixels.
     pub padding: usize,
 }
 
@@ -93,6 +105,7 @@ impl ConvBn {
 pub struct ConvLayer<'a> {
     /// The torchvision key of its weights, less `.weight` (`layer1.0.conv2`).
     pub name: String,
+    /// The convolution, with its batch norm, in the model.
     pub conv: &'a ConvBn,
     /// The NCHW shape of its input.
     pub input: [usize; 4],
@@ -109,7 +122,12 @@ pub enum Shortcut {
     Projection(Box<ConvBn>),
     /// The CIFAR paper's option A: `x[:, :, ::stride, ::stride]` zero-padded with `pad`
     /// channels on each side. No parameters.
-    PadChannels { stride: usize, pad: usize },
+    PadChannels {
+        /// Subsampling step on both spatial axes.
+        stride: usize,
+        /// Zero channels added before and after the input's: `(out - in) / 2`.
+        pad: usize,
+    },
 }
 
 /// A residual block: `relu(convs(x) + shortcut(x))`, with BN and ReLU between the convs.
@@ -117,23 +135,34 @@ pub enum Shortcut {
 pub struct Block {
     /// Two (basic) or three (bottleneck) convolutions, in order.
     pub convs: Vec<ConvBn>,
+    /// How the block's input reaches the addition.
     pub shortcut: Shortcut,
 }
 
 /// A whole ResNet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResNet {
+    /// The architecture it was built as.
     pub arch: Arch,
+    /// The first convolution and batch norm (`conv1`, `bn1`): 7x7 stride 2 to 64
+    /// channels for the ImageNet nets (a 3x3/2 max pool follows), 3x3 stride 1 to 16
+    /// channels for the CIFAR ones.
     pub stem: ConvBn,
+    /// The residual stages (`layer1`, `layer2`, ...: four for the ImageNet nets, three
+    /// for the CIFAR ones), each a list of blocks; every stage after the first has
+    /// stride 2 in its first block.
     pub stages: Vec<Vec<Block>>,
     /// `[num_classes, feature_dim]`.
     pub fc_weight: Tensor,
+    /// `[num_classes]`.
     pub fc_bias: Tensor,
 }
 
 /// A borrowed parameter or buffer, by torchvision key.
 pub struct Named<'a> {
+    /// The torchvision key (`layer1.0.bn1.running_var`).
     pub name: String,
+    /// The tensor in the model.
     pub tensor: &'a Tensor,
     /// Learned (a parameter) rather than a running statistic (a buffer).
     pub trainable: bool,

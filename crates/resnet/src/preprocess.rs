@@ -3,7 +3,7 @@
 //! `CenterCrop(224)`, `ToTensor()` (to `[0, 1]`), `Normalize(IMAGENET_MEAN,
 //! IMAGENET_STD)`.
 //!
-//! Files go through [`load_imagenet`]: decoded to 8-bit RGB as PIL's
+//! Files go through `load_imagenet` (`images` feature): decoded to 8-bit RGB as PIL's
 //! `Image.open(f).convert("RGB")` gives it ([`Rgb8`]), resized in 8 bits as PIL resizes
 //! ([`resize_rgb8`]: a separable triangle filter widened by the scale when shrinking,
 //! coefficients in 22-bit fixed point, each pass rounded to 8 bits), cropped, then
@@ -33,8 +33,9 @@ use crate::data::DataError;
 use std::path::Path;
 use tensor::Tensor;
 
-/// ImageNet's per-channel mean and standard deviation (RGB), as torchvision uses them.
+/// ImageNet's per-channel mean (RGB), as torchvision uses it.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet's per-channel standard deviation (RGB), as torchvision uses it.
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// The 1000 ImageNet class names, by class index (torchvision's order).

@@ -54,6 +54,8 @@ pub struct BatchStats {
     /// The batch norm's index in model order (stem first, then each block's convs, then
     /// its projection).
     pub index: usize,
+    /// The batch's per-channel mean and biased variance, and the number of values per
+    /// channel (`N * H * W`) they were taken over.
     pub stats: ChannelStats,
 }
 

@@ -2,7 +2,8 @@
 //! evaluation after each epoch, metrics, atomic checkpoints, resume, and export of the
 //! best model in torchvision naming.
 //!
-//! Output folder contents (each rewritten atomically after every epoch):
+//! Output folder contents (each written atomically: `best.safetensors` after an epoch
+//! that improves the test accuracy, the others after every epoch):
 //!
 //! - `checkpoint.safetensors`: the model (torchvision keys under `model.`), SGD's
 //!   momentum buffers (under `momentum.`), and in the metadata the architecture, the
@@ -34,17 +35,27 @@ use crate::weights::{write_atomic, write_safetensors, SaveView, WeightsError};
 /// How to train.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
+    /// The network to train, initialised from `seed` (a checkpoint to resume must be
+    /// for the same one).
     pub arch: Arch,
+    /// Epochs of the whole run, at least 1 (a resumed run continues up to this many).
     pub epochs: usize,
+    /// Images per mini-batch, at least 1; the evaluation after each epoch uses it too.
     pub batch: usize,
     /// Peak learning rate (after warm-up).
     pub lr: f32,
+    /// SGD momentum (0: none).
     pub momentum: f32,
+    /// SGD weight decay, `wd * p` added to every parameter's gradient (0: none).
     pub weight_decay: f32,
+    /// Nesterov momentum (needs `momentum > 0`).
     pub nesterov: bool,
     /// Epochs of linear warm-up from `lr / 10`, before the cosine decay to 0.
     pub warmup_epochs: usize,
+    /// Label smoothing of the training loss, in `[0, 1)` (0: none); evaluation uses
+    /// none.
     pub label_smoothing: f32,
+    /// Augmentation of the training images (evaluation uses none).
     pub augment: Augment,
     /// Seeds the initial weights, every shuffle and every augmentation.
     pub seed: u64,
@@ -77,16 +88,26 @@ pub struct EpochRecord {
     pub epoch: usize,
     /// The learning rate at the epoch's last step.
     pub lr: f32,
+    /// Mean training loss over the epoch's images, each batch's taken before its update
+    /// (on augmented images, with label smoothing).
     pub train_loss: f32,
+    /// Fraction of the epoch's training images, in `[0, 1]`, whose highest logit was
+    /// their label at their step (before its update).
     pub train_acc: f32,
+    /// Mean cross-entropy on the test set after the epoch (eval mode, no smoothing).
     pub test_loss: f32,
+    /// Fraction of the test set, in `[0, 1]`, classified right after the epoch.
     pub test_acc: f32,
+    /// Wall-clock seconds of the epoch, training and evaluation.
     pub seconds: f32,
 }
 
 impl EpochRecord {
+    /// The first line of `metrics.csv`: the column names of [`EpochRecord::csv`].
     pub const CSV_HEADER: &'static str = "epoch,lr,train_loss,train_acc,test_loss,test_acc,seconds";
 
+    /// The record as a line of `metrics.csv`, without the newline: the rate, losses and
+    /// accuracies with 6 decimals, the seconds with 3.
     pub fn csv(&self) -> String {
         format!(
             "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.3}",
@@ -121,7 +142,9 @@ impl EpochRecord {
 /// Loss, accuracy and confusion matrix of a model on a data set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evaluation {
+    /// Mean cross-entropy (natural log) over the data set.
     pub loss: f32,
+    /// Fraction of the images, in `[0, 1]`, whose highest logit is their label.
     pub accuracy: f32,
     /// `confusion[true][predicted]` counts.
     pub confusion: Vec<Vec<usize>>,
@@ -130,35 +153,57 @@ pub struct Evaluation {
 /// Progress reports, for a progress bar.
 #[derive(Debug, Clone)]
 pub enum Progress<'a> {
+    /// After each training step.
     Step {
+        /// The epoch in progress, 1-based.
         epoch: usize,
+        /// The run's total epochs ([`TrainConfig::epochs`]).
         epochs: usize,
+        /// The batch just trained, 1-based.
         batch: usize,
+        /// Batches per epoch.
         batches: usize,
+        /// Mean training loss of the epoch so far.
         loss: f32,
+        /// Training images per second since the epoch began.
         images_per_s: f32,
     },
+    /// After each epoch, once it is evaluated and saved: its record.
     Epoch(&'a EpochRecord),
 }
 
 /// Why training stopped.
 #[derive(Debug)]
 pub enum TrainError {
+    /// A data set could not be loaded (converted from [`DataError`] by `?`; the trainer
+    /// itself is given its data loaded).
     Data(DataError),
+    /// A tensor operation failed, or the settings are refused (zero epochs or batch, a
+    /// learning rate that is not positive, an empty set, fewer than two classes, SGD
+    /// settings that [`Sgd::new`] refuses).
     Tensor(TensorError),
+    /// Saving `best.safetensors` failed, or a checkpoint's model part does not fit the
+    /// model or holds unusable values.
     Weights(WeightsError),
     /// A checkpoint that cannot be resumed from here.
     Checkpoint {
+        /// The checkpoint file.
         path: PathBuf,
+        /// Why it cannot be resumed.
         reason: String,
     },
+    /// A file or folder of the run could not be created, read or written.
     Io {
+        /// The file or folder.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
     /// Training diverged: a loss, a weight or a running statistic became non-finite.
     Diverged {
+        /// The epoch it happened in, 1-based.
         epoch: usize,
+        /// What became non-finite, and which checkpoint holds the last good epoch.
         reason: String,
     },
 }
@@ -202,7 +247,10 @@ const CHECKPOINT_FORMAT: &str = "resnet-checkpoint-v1";
 
 /// A training run in progress.
 pub struct Trainer<'d> {
+    /// The run's settings.
     pub config: TrainConfig,
+    /// The network being trained: after each epoch, that epoch's weights (the best so
+    /// far are in `best.safetensors`).
     pub model: ResNet,
     sgd: Sgd,
     kernels: Kernels,
@@ -212,6 +260,8 @@ pub struct Trainer<'d> {
     workspace: Workspace,
     /// Epochs completed.
     pub epochs_done: usize,
+    /// One record per completed epoch, oldest first (restored from the checkpoint on
+    /// resume; also written to `metrics.csv`).
     pub history: Vec<EpochRecord>,
 }
 
@@ -656,14 +706,4 @@ pub fn evaluate(
     })
 }
 
-/// Top-k classes of one row of logits, with softmax probabilities, best first.
-pub fn top_k(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
-    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let total: f64 = logits.iter().map(|&v| ((v - m) as f64).exp()).sum();
-    let mut idx: Vec<usize> = (0..logits.len()).collect();
-    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    idx.into_iter()
-        .take(k)
-        .map(|i| (i, (((logits[i] - m) as f64).exp() / total) as f32))
-        .collect()
-}
+pub use crate::inference::top_k;

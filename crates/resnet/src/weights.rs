@@ -32,27 +32,46 @@ use crate::model::ResNet;
 pub enum WeightsError {
     /// The file could not be read or written.
     Io {
+        /// The file.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
     /// The bytes are not a valid safetensors file (truncated, a header that does not
-    /// parse, offsets outside the data, ...).
-    Format { path: PathBuf, message: String },
+    /// parse, offsets outside the data, ...), or `fc.weight` is a head of zero classes.
+    Format {
+        /// The file (the name given, for a reader or bytes).
+        path: PathBuf,
+        /// What is wrong, as the parser or the header check found it.
+        message: String,
+    },
     /// The file is valid but does not fit the model; every problem is listed.
     Mismatch(Box<Mismatch>),
-    /// Building the model failed (for example a head of zero classes).
+    /// Building the model failed (a head, from `fc.weight`'s shape, too large to
+    /// address; a head of zero classes is a [`WeightsError::Format`]).
     Tensor(TensorError),
     /// The file is valid and may even fit, but says it is something else (its metadata
-    /// or a `config.json` beside it names another architecture).
-    Refused { path: PathBuf, reason: String },
+    /// or a `config.json` beside it names another architecture), or holds values that
+    /// cannot be right (NaN, an infinity, a negative running variance).
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// What the file says it is, or the first unusable value.
+        reason: String,
+    },
 }
 
 /// Every way a valid weights file failed to fit a model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mismatch {
+    /// The file.
     pub path: PathBuf,
+    /// The architecture the model was built as.
     pub arch: Arch,
+    /// The model's keys that the file lacks, in torchvision order.
     pub missing: Vec<String>,
+    /// The file's keys that the model does not have, sorted (`*.num_batches_tracked`
+    /// is never one).
     pub unexpected: Vec<String>,
     /// `(key, model's shape, file's shape)`.
     pub wrong_shape: Vec<(String, Vec<usize>, Vec<usize>)>,
@@ -328,7 +347,12 @@ impl ResNet {
 /// the writer reaches it.
 pub enum SaveView<'a> {
     /// An `f32` tensor.
-    F32 { shape: &'a [usize], data: &'a [f32] },
+    F32 {
+        /// Its dimensions.
+        shape: &'a [usize],
+        /// Its values, row-major: as many as the product of `shape`.
+        data: &'a [f32],
+    },
     /// A batch norm's `num_batches_tracked` (an `i64` zero, for PyTorch).
     Counter,
 }

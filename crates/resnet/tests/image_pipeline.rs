@@ -19,7 +19,7 @@ mod common;
 fn photos_preprocess_and_classify_as_in_torchvision() {
     use common::{fixture_model, load_fixture, rel_err, Fixture};
     use resnet::preprocess::load_imagenet;
-    use resnet::trainer::top_k;
+    use resnet::top_k;
     use resnet::{Arch, InferenceModel};
     use tensor::{Kernels, Tensor};
 

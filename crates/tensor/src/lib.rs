@@ -1,4 +1,5 @@
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! # resnet-tensor
 //!
 //! The tensor engine under the ResNet crates: an owned `f32` [`Tensor`], SIMD kernels in

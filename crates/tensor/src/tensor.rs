@@ -74,7 +74,7 @@ impl Tensor {
         })
     }
 
-    /// A tensor whose elements are unspecified: a reused buffer (see [`Workspace`])
+    /// A tensor whose elements are unspecified: a reused buffer (see [`Workspace`](crate::Workspace))
     /// or fresh zeros. For outputs the caller then writes in full; it saves the pass
     /// over memory that zeroing would cost.
     ///
