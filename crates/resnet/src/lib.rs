@@ -78,6 +78,9 @@ pub mod weights;
 // What an embedder touches of the tensor engine, so that `resnet` is the one dependency
 // to add: `resnet::Kernels`, `resnet::Tensor`, `resnet::TensorError`, and the whole
 // engine as `resnet::tensor`.
+/// The autograd engine (tape, SGD, schedules), for training loops of your own.
+#[cfg(feature = "train")]
+pub use autograd;
 pub use tensor;
 pub use tensor::{Kernels, Tensor, TensorError};
 
