@@ -225,7 +225,17 @@ impl fmt::Display for TrainError {
     }
 }
 
-impl std::error::Error for TrainError {}
+impl std::error::Error for TrainError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TrainError::Data(e) => Some(e),
+            TrainError::Tensor(e) => Some(e),
+            TrainError::Weights(e) => Some(e),
+            TrainError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
 
 impl From<TensorError> for TrainError {
     fn from(e: TensorError) -> Self {
