@@ -406,7 +406,10 @@ impl Kernels {
                     let mut best = y0 * w + x0;
                     for iy in y0..y1 {
                         for ix in x0..x1 {
-                            if xs[iy * w + ix] > xs[best] {
+                            // PyTorch's rule: the first maximum, or the last NaN
+                            // (the forward pass propagates it).
+                            let v = xs[iy * w + ix];
+                            if v > xs[best] || v.is_nan() {
                                 best = iy * w + ix;
                             }
                         }

@@ -355,7 +355,8 @@ pub fn max_pool2d_backward(x: &Tensor, dy: &Tensor, p: &Pool2d) -> Result<Tensor
                                 continue;
                             }
                             let v = x.get(&[b, ch, iy as usize, ix as usize])?;
-                            if best.is_none_or(|(_, _, m)| v > m) {
+                            // The first maximum, or the last NaN (PyTorch's rule).
+                            if best.is_none_or(|(_, _, m)| v > m || v.is_nan()) {
                                 best = Some((iy as usize, ix as usize, v));
                             }
                         }

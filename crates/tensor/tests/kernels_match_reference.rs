@@ -612,6 +612,28 @@ fn nan_propagates(k: Kernels) -> CheckResult {
                     }
                     prop_assert!(want.data().iter().any(|v| v.is_nan()));
                 }
+                if n == 5 && at == 0 {
+                    // The gradient goes where PyTorch sends it: to the window's last NaN
+                    // (checked against torch 2.15: [0, 0, 0, 1, 0]), and without NaN to
+                    // the first of equal maxima.
+                    let nan = f32::NAN;
+                    let pool = Pool2d {
+                        kernel: [1, 5],
+                        stride: [1, 1],
+                        padding: [0, 0],
+                    };
+                    let dy = tensor(&[1, 1, 1, 1], vec![1.0])?;
+                    for (xs, want) in [
+                        ([1.0, nan, 5.0, nan, 2.0], [0.0, 0.0, 0.0, 1.0, 0.0]),
+                        ([1.0, 5.0, 5.0, 2.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0]),
+                    ] {
+                        let x = tensor(&[1, 1, 1, 5], xs.to_vec())?;
+                        let got = k.max_pool2d_backward(&x, &dy, &pool).map_err(fail)?;
+                        let refr = reference::max_pool2d_backward(&x, &dy, &pool).map_err(fail)?;
+                        prop_assert_eq!(got.data(), &want[..], "max_pool2d_backward of {:?}", xs);
+                        prop_assert_eq!(refr.data(), &want[..], "reference of {:?}", xs);
+                    }
+                }
                 let row = tensor(&[1, n], v)?;
                 for (what, y) in [
                     ("softmax", k.softmax(&row).map_err(fail)?),
