@@ -70,10 +70,12 @@ pub struct Row {
 
 impl Row {
     pub fn json(&self) -> String {
-        format!(
-            "{{\"bench\":\"{}\",\"name\":\"{}\",\"m\":{},\"n\":{},\"k\":{},\"impl\":\"{}\",\"threads\":{},\"gflops\":{:.2},\"peak_pct\":{:.1}}}",
-            self.bench, self.name, self.m, self.n, self.k, self.imp, self.threads, self.gflops, self.peak_pct
-        )
+        serde_json::json!({
+            "bench": self.bench, "name": self.name, "m": self.m, "n": self.n, "k": self.k,
+            "impl": self.imp, "threads": self.threads,
+            "gflops": round(self.gflops, 2), "peak_pct": round(self.peak_pct, 1),
+        })
+        .to_string()
     }
 
     pub fn text(&self) -> String {
@@ -263,10 +265,13 @@ pub fn scaling(
             let gflops = best.map(|t| flops / t.as_secs_f64() / 1e9);
             let speedup = gflops[1] / gflops[0];
             let line = if json {
-                format!(
-                    "{{\"bench\":\"scaling\",\"name\":\"{name}\",\"m\":{m},\"n\":{n},\"k\":{kk},\"impl\":\"{imp}\",\"threads\":{threads},\"gflops_1\":{:.2},\"gflops_n\":{:.2},\"speedup\":{speedup:.3},\"peak_speedup\":{peak_speedup:.3}}}",
-                    gflops[0], gflops[1]
-                )
+                serde_json::json!({
+                    "bench": "scaling", "name": name, "m": m, "n": n, "k": kk, "impl": imp,
+                    "threads": threads, "gflops_1": round(gflops[0], 2),
+                    "gflops_n": round(gflops[1], 2), "speedup": round(speedup, 3),
+                    "peak_speedup": round(peak_speedup, 3),
+                })
+                .to_string()
             } else {
                 format!(
                     "{name:<24} {m:>5} {n:>6} {kk:>5}  {imp:<15} {:>7.1} ({:>5.1}%) {:>7.1} ({:>5.1}%)  {speedup:>6.2}x",
@@ -451,11 +456,16 @@ pub fn conv(
             let ms = t.as_secs_f64() * 1e3;
             let kernel = forward.microkernel(k);
             if json {
-                crate::emit(&format!(
-                    "{{\"bench\":\"conv\",\"name\":\"{name}\",\"batch\":{batch},\"m\":{cout},\"n\":{},\"k\":{},\"impl\":\"ours\",\"path\":\"{route}\",\"route\":\"{forward}\",\"microkernel\":\"{kernel}\",\"threads\":{threads},\"ms\":{ms:.3},\"gflops\":{gflops:.2},\"peak_pct\":{pct:.1}}}",
-                    batch * oh * ow,
-                    cin * ks * ks
-                ))?;
+                crate::emit(
+                    &serde_json::json!({
+                        "bench": "conv", "name": name, "batch": batch, "m": cout,
+                        "n": batch * oh * ow, "k": cin * ks * ks, "impl": "ours",
+                        "path": route.to_string(), "route": forward.to_string(),
+                        "microkernel": kernel.to_string(), "threads": threads,
+                        "ms": round(ms, 3), "gflops": round(gflops, 2), "peak_pct": round(pct, 1),
+                    })
+                    .to_string(),
+                )?;
             } else {
                 crate::emit(&format!(
                     "{name:<28} {batch:>5}  {ms:>9.3} {gflops:>9.1}  {pct:>7.1}%  {threads:>6}  {:<16} {kernel}",
@@ -496,9 +506,14 @@ pub fn model(
     let gflops = 2.0 * macs * batch as f64 / t.as_secs_f64() / 1e9;
     let pct = 100.0 * gflops / peak;
     if json {
-        crate::emit(&format!(
-            "{{\"bench\":\"model\",\"arch\":\"{arch}\",\"batch\":{batch},\"threads\":{threads},\"ms\":{ms:.3},\"images_per_s\":{images_per_s:.2},\"gflops\":{gflops:.2},\"peak_pct\":{pct:.1}}}"
-        ))?;
+        crate::emit(
+            &serde_json::json!({
+                "bench": "model", "arch": arch.to_string(), "batch": batch, "threads": threads,
+                "ms": round(ms, 3), "images_per_s": round(images_per_s, 2),
+                "gflops": round(gflops, 2), "peak_pct": round(pct, 1),
+            })
+            .to_string(),
+        )?;
     } else {
         crate::emit(&format!(
             "{arch} inference, batch {batch}, {threads} threads, {size}x{size}: {ms:.2} ms/batch, {images_per_s:.1} images/s, {gflops:.1} GFLOP/s ({pct:.1}% of the measured peak {peak:.1})"
@@ -562,11 +577,16 @@ pub fn train(
     let ms = t.as_secs_f64() * 1e3;
     let images_per_s = batch as f64 / t.as_secs_f64();
     let rss = peak_rss_mb();
-    let rss_json = rss.map_or("null".to_string(), |r| format!("{r:.1}"));
     if json {
-        crate::emit(&format!(
-            "{{\"bench\":\"train\",\"arch\":\"{arch}\",\"batch\":{batch},\"threads\":{threads},\"ms_per_step\":{ms:.2},\"images_per_s\":{images_per_s:.1},\"peak_rss_mb\":{rss_json},\"activations_mb\":{activations_mb:.1}}}"
-        ))?;
+        crate::emit(
+            &serde_json::json!({
+                "bench": "train", "arch": arch.to_string(), "batch": batch, "threads": threads,
+                "ms_per_step": round(ms, 2), "images_per_s": round(images_per_s, 1),
+                "peak_rss_mb": rss.map(|r| round(r, 1)),
+                "activations_mb": round(activations_mb, 1),
+            })
+            .to_string(),
+        )?;
     } else {
         let rss_text = rss.map_or("unknown".to_string(), |r| format!("{r:.0} MB"));
         crate::emit(&format!(
@@ -574,4 +594,11 @@ pub fn train(
         ))?;
     }
     Ok(())
+}
+
+/// `v` rounded to `digits` decimals, for JSON output as tidy as the text tables (a
+/// non-finite value, which JSON cannot hold, becomes `null`).
+fn round(v: f64, digits: i32) -> Option<f64> {
+    let scale = 10f64.powi(digits);
+    v.is_finite().then(|| (v * scale).round() / scale)
 }

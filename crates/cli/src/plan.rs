@@ -57,24 +57,21 @@ pub fn print(
             .map(|r| (r.to_string(), r.microkernel(k, weights[0])));
         let shape = |s: [usize; 4]| format!("{}x{}x{}x{}", s[0], s[1], s[2], s[3]);
         if json {
-            let opt = |v: &Option<(String, String)>, i: usize| match v {
-                Some(p) => format!("\"{}\"", if i == 0 { &p.0 } else { &p.1 }),
-                None => "null".into(),
+            let pick = |v: &Option<(String, String)>, i: usize| {
+                v.as_ref()
+                    .map(|p| if i == 0 { p.0.clone() } else { p.1.clone() })
             };
-            emit(&format!(
-                "{{\"arch\":\"{arch}\",\"mode\":\"{what}\",\"layer\":\"{}\",\"input\":{:?},\"weights\":{:?},\"stride\":{},\"padding\":{},\"layout\":\"{}\",\"forward\":\"{}\",\"forward_kernel\":\"{fwd_kernel}\",\"dx\":{},\"dx_kernel\":{},\"dw\":{},\"dw_kernel\":{}}}",
-                layer.name,
-                layer.input,
-                weights,
-                conv.stride,
-                conv.padding,
-                routes.layout,
-                routes.forward,
-                opt(&dx, 0),
-                opt(&dx, 1),
-                opt(&dw, 0),
-                opt(&dw, 1),
-            ))?;
+            emit(
+                &serde_json::json!({
+                    "arch": arch.to_string(), "mode": what, "layer": layer.name,
+                    "input": layer.input, "weights": weights, "stride": conv.stride,
+                    "padding": conv.padding, "layout": routes.layout.to_string(),
+                    "forward": routes.forward.to_string(), "forward_kernel": fwd_kernel.to_string(),
+                    "dx": pick(&dx, 0), "dx_kernel": pick(&dx, 1),
+                    "dw": pick(&dw, 0), "dw_kernel": pick(&dw, 1),
+                })
+                .to_string(),
+            )?;
         } else {
             let mut line = format!(
                 "{:<22} {:>16} {:>16} {:>7}  {:<7} {:<16} {:<22}",
