@@ -328,7 +328,8 @@ pub fn parse_cifar10_records(
 
 /// CIFAR-10 from its binary distribution: `DIR/data_batch_1.bin` .. `data_batch_5.bin`
 /// (training) and `DIR/test_batch.bin`.
-pub fn cifar10(dir: &Path) -> Result<Split, DataError> {
+pub fn cifar10(dir: impl AsRef<Path>) -> Result<Split, DataError> {
+    let dir = dir.as_ref();
     let read_set = |files: &[String]| -> Result<Dataset, DataError> {
         let (mut images, mut labels) = (Vec::new(), Vec::new());
         for name in files {
@@ -364,7 +365,8 @@ pub fn cifar10(dir: &Path) -> Result<Split, DataError> {
 /// side to `size`, bilinear) and centre-cropped to `size x size`. A file that does not
 /// decode, or a class with no images, is an error naming it.
 #[cfg(feature = "images")]
-pub fn folder(dir: &Path, size: usize) -> Result<Split, DataError> {
+pub fn folder(dir: impl AsRef<Path>, size: usize) -> Result<Split, DataError> {
+    let dir = dir.as_ref();
     let test_dir = ["test", "val"]
         .iter()
         .map(|t| dir.join(t))
@@ -378,7 +380,8 @@ pub fn folder(dir: &Path, size: usize) -> Result<Split, DataError> {
 /// Without the `images` feature there is no image decoding: always a
 /// [`DataError::Format`] saying so.
 #[cfg(not(feature = "images"))]
-pub fn folder(dir: &Path, _size: usize) -> Result<Split, DataError> {
+pub fn folder(dir: impl AsRef<Path>, _size: usize) -> Result<Split, DataError> {
+    let dir = dir.as_ref();
     Err(format_error(
         dir,
         "this build has no image decoding (enable the `images` feature of the resnet crate)",

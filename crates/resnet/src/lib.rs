@@ -69,6 +69,8 @@ mod jpeg;
 pub mod loader;
 pub mod model;
 pub mod preprocess;
+#[cfg(doctest)]
+mod readme;
 #[cfg(feature = "train")]
 pub mod train;
 #[cfg(feature = "train")]

@@ -289,8 +289,9 @@ impl<'d> Trainer<'d> {
         config: TrainConfig,
         data: &'d Split,
         kernels: Kernels,
-        out: &Path,
+        out: impl AsRef<Path>,
     ) -> Result<Self, TrainError> {
+        let out = out.as_ref();
         validate(&config, data)?;
         std::fs::create_dir_all(out).map_err(|source| TrainError::Io {
             path: out.to_path_buf(),
@@ -331,9 +332,10 @@ impl<'d> Trainer<'d> {
         config: TrainConfig,
         data: &'d Split,
         kernels: Kernels,
-        out: &Path,
-        checkpoint: &Path,
+        out: impl AsRef<Path>,
+        checkpoint: impl AsRef<Path>,
     ) -> Result<Self, TrainError> {
+        let checkpoint = checkpoint.as_ref();
         let mut t = Trainer::new(config, data, kernels, out)?;
         t.load_checkpoint(checkpoint)?;
         Ok(t)
@@ -498,7 +500,8 @@ impl<'d> Trainer<'d> {
     }
 
     /// Writes the checkpoint (atomically).
-    pub fn save_checkpoint(&mut self, path: &Path) -> Result<(), TrainError> {
+    pub fn save_checkpoint(&mut self, path: impl AsRef<Path>) -> Result<(), TrainError> {
+        let path = path.as_ref();
         let names: Vec<String> = self
             .model
             .parameters_mut()
@@ -545,7 +548,8 @@ impl<'d> Trainer<'d> {
 
     /// Restores model, optimizer state, epoch count and history from a checkpoint.
     /// Nothing is changed on error.
-    pub fn load_checkpoint(&mut self, path: &Path) -> Result<(), TrainError> {
+    pub fn load_checkpoint(&mut self, path: impl AsRef<Path>) -> Result<(), TrainError> {
+        let path = path.as_ref();
         let bytes =
             crate::files::read_regular(path, u64::MAX).map_err(|source| TrainError::Io {
                 path: path.to_path_buf(),
