@@ -477,7 +477,7 @@ impl<'d> Trainer<'d> {
                     .save_safetensors(self.out.join("best.safetensors"))?;
             }
             self.write_metrics()?;
-            self.save_checkpoint(&self.out.join("checkpoint.safetensors"))?;
+            self.save_checkpoint(self.out.join("checkpoint.safetensors"))?;
             progress(Progress::Epoch(&record));
         }
         Ok(&self.history)
