@@ -37,12 +37,8 @@ fn doctest_blocks(text: &str) -> Vec<Vec<String>> {
                 blocks.push(std::mem::take(b));
                 current = None;
             }
-            Some(b) => {
-                if !(doc == "#" || doc.starts_with("# ")) {
-                    b.push(doc.to_string());
-                }
-            }
-            None => {}
+            Some(b) if !(doc == "#" || doc.starts_with("# ")) => b.push(doc.to_string()),
+            _ => {}
         }
     }
     blocks

@@ -67,7 +67,7 @@ fn resuming_reproduces_the_uninterrupted_run_exactly() {
         &data,
         k,
         &b_dir,
-        &b_dir.join("checkpoint.safetensors"),
+        b_dir.join("checkpoint.safetensors"),
     )
     .unwrap();
     assert_eq!(b.epochs_done, 1);
@@ -97,7 +97,7 @@ fn a_checkpoint_of_another_architecture_or_a_broken_one_is_refused() {
         .expect("refused");
     assert!(e.to_string().contains("resnet20"), "{e}");
     // A weights file is not a checkpoint.
-    let e = Trainer::resume(quick(1), &data, k, &dir, &dir.join("best.safetensors"))
+    let e = Trainer::resume(quick(1), &data, k, &dir, dir.join("best.safetensors"))
         .err()
         .unwrap();
     assert!(e.to_string().contains("not a resnet-checkpoint"), "{e}");
