@@ -62,6 +62,7 @@ pub struct Split {
 
 /// Why a data set could not be loaded.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum DataError {
     /// A file or folder could not be read.
     Io {

@@ -174,6 +174,7 @@ pub enum Progress<'a> {
 
 /// Why training stopped.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum TrainError {
     /// A data set could not be loaded (converted from [`DataError`] by `?`; the trainer
     /// itself is given its data loaded).

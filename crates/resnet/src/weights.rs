@@ -29,6 +29,7 @@ use crate::model::ResNet;
 
 /// What went wrong reading or writing weights.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum WeightsError {
     /// The file could not be read or written.
     Io {
