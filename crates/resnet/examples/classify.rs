@@ -17,7 +17,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     run(arch, weights, images)
 }
 
-#[cfg(feature = "images")]
 fn run(arch: &str, weights: &str, images: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let classifier = resnet::Classifier::from_file(arch.parse()?, weights)?;
     for image in images {
@@ -32,9 +31,4 @@ fn run(arch: &str, weights: &str, images: &[String]) -> Result<(), Box<dyn std::
         }
     }
     Ok(())
-}
-
-#[cfg(not(feature = "images"))]
-fn run(_: &str, _: &str, _: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    Err("decoding images needs the `images` feature: add `--features images`".into())
 }

@@ -15,7 +15,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     run(arch, weights, out, images)
 }
 
-#[cfg(feature = "images")]
 fn run(
     arch: &str,
     weights: &str,
@@ -51,9 +50,4 @@ fn run(
     )?;
     println!("{} embeddings of {} numbers in {out}", shape[0], shape[1]);
     Ok(())
-}
-
-#[cfg(not(feature = "images"))]
-fn run(_: &str, _: &str, _: &str, _: &[String]) -> Result<(), Box<dyn std::error::Error>> {
-    Err("decoding images needs the `images` feature: add `--features images`".into())
 }
