@@ -1,7 +1,8 @@
 //! Loading and saving weights as `.safetensors`, with torchvision's key names.
 //!
 //! Loading is strict, like PyTorch's `load_state_dict(strict=True)`: every key the model
-//! has must be in the file with the model's shape and dtype `F32`, and the file may hold
+//! has must be in the file with the model's shape and a floating-point dtype (`F32`, or
+//! `F16`/`BF16`, converted to `f32` exactly on load), and the file may hold
 //! nothing else (except `*.num_batches_tracked`, PyTorch's batch-norm counters, which are
 //! accepted and ignored). Every problem is collected and reported by name in one error,
 //! and the model is left untouched unless everything checks out. The file format itself
@@ -126,7 +127,7 @@ impl fmt::Display for WeightsError {
                     write!(f, " {k} has shape {got:?}, the model needs {want:?};")?;
                 }
                 for (k, dtype) in wrong_dtype.iter().take(8) {
-                    write!(f, " {k} is {dtype}, only F32 is supported;")?;
+                    write!(f, " {k} is {dtype}, only F32, F16 and BF16 are supported;")?;
                 }
                 Ok(())
             }
@@ -203,12 +204,15 @@ impl ResNet {
             reader
                 .seek(SeekFrom::Start(header.data_start + start(key) as u64))
                 .map_err(io)?;
-            // Little-endian f32, a chunk of the file at a time.
+            // `check_fit` accepted the dtype: F32, F16 or BF16, little-endian.
+            let dtype = header.meta.info(key).map_or(Dtype::F32, |t| t.dtype);
+            let size = element_size(dtype).unwrap_or(4);
+            // A chunk of the file at a time.
             for dst in t.data_mut().chunks_mut(buf.len() / 4) {
-                let bytes = &mut buf[..dst.len() * 4];
+                let bytes = &mut buf[..dst.len() * size];
                 reader.read_exact(bytes).map_err(io)?;
-                for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
-                    *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(size)) {
+                    *d = to_f32(dtype, b);
                 }
             }
         }
@@ -247,12 +251,15 @@ impl ResNet {
             |key| in_file.get(key).map(|v| (v.dtype(), v.shape().to_vec())),
             in_file.keys().map(|k| k.to_string()),
         )?;
-        // Little-endian f32, read without assuming the bytes are 4-aligned.
+        // Little-endian F32, F16 or BF16 (what `check_fit` accepted), read without
+        // assuming the bytes are aligned.
         let values = |name: &str| {
-            in_file[name]
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            let view = &in_file[name];
+            let dtype = view.dtype();
+            let size = element_size(dtype).unwrap_or(4);
+            view.data()
+                .chunks_exact(size)
+                .map(move |b| to_f32(dtype, b))
         };
         // The values are checked in the file, before any is copied: a file with unusable
         // values leaves `self` unchanged (without a second copy of the model).
@@ -288,7 +295,7 @@ impl ResNet {
         for (name, t) in &targets {
             match lookup(name) {
                 None => missing.push(name.clone()),
-                Some((dtype, _)) if dtype != Dtype::F32 => {
+                Some((dtype, _)) if element_size(dtype).is_none() => {
                     wrong_dtype.push((name.clone(), format!("{dtype:?}")))
                 }
                 Some((_, shape)) if shape != t.shape() => {
@@ -663,5 +670,150 @@ impl Header {
             )));
         }
         Ok(Header { meta, data_start })
+    }
+}
+
+/// The bytes per element of the dtypes a model loads from (converted to `f32`), or `None`.
+fn element_size(dtype: Dtype) -> Option<usize> {
+    match dtype {
+        Dtype::F32 => Some(4),
+        Dtype::F16 | Dtype::BF16 => Some(2),
+        _ => None,
+    }
+}
+
+/// One little-endian element of an accepted dtype, as `f32` (exact: both half formats
+/// are subsets of `f32`).
+fn to_f32(dtype: Dtype, b: &[u8]) -> f32 {
+    match dtype {
+        Dtype::F16 => f16_to_f32(u16::from_le_bytes([b[0], b[1]])),
+        // bfloat16 is the upper half of an f32.
+        Dtype::BF16 => f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16),
+        _ => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+    }
+}
+
+/// IEEE binary16 to binary32: sign, 5-bit exponent (bias 15), 10-bit fraction;
+/// subnormals, infinities and NaN (its payload kept) included.
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match exp {
+        // Zero, or a subnormal: frac * 2^-24, exact in f32.
+        0 => {
+            let v = frac as f32 * 2f32.powi(-24);
+            return if sign != 0 { -v } else { v };
+        }
+        // Infinity or NaN.
+        0x1f => sign | 0x7f80_0000 | (frac << 13),
+        // Normal: rebias the exponent (127 - 15).
+        _ => sign | ((exp + 112) << 23) | (frac << 13),
+    };
+    f32::from_bits(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_precision_values_convert_exactly() {
+        let cases: [(u16, f32); 8] = [
+            (0x3c00, 1.0),
+            (0xc000, -2.0),
+            (0x7bff, 65504.0),
+            (0x0001, 2f32.powi(-24)),
+            (0x03ff, 1023.0 * 2f32.powi(-24)),
+            (0x0400, 2f32.powi(-14)),
+            (0x7c00, f32::INFINITY),
+            (0x3555, 0.333_251_95),
+        ];
+        for (h, want) in cases {
+            assert_eq!(f16_to_f32(h), want, "{h:#06x}");
+        }
+        assert!(f16_to_f32(0x7e00).is_nan());
+        assert_eq!(f16_to_f32(0x8000).to_bits(), (-0.0f32).to_bits());
+        assert_eq!(to_f32(Dtype::BF16, &0x3f80u16.to_le_bytes()), 1.0);
+        assert_eq!(to_f32(Dtype::BF16, &0xc0a0u16.to_le_bytes()), -5.0);
+    }
+
+    /// A model whose every value is `k / 256` for `|k| < 256` (exact in f16 and bf16),
+    /// saved in `dtype` by the safetensors crate.
+    fn half_file(model: &ResNet, dtype: Dtype) -> Vec<u8> {
+        let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = model
+            .named_tensors()
+            .into_iter()
+            .map(|n| {
+                let bytes = n
+                    .tensor
+                    .data()
+                    .iter()
+                    .flat_map(|&v| {
+                        let bits = v.to_bits();
+                        match dtype {
+                            Dtype::BF16 => ((bits >> 16) as u16).to_le_bytes(),
+                            // f16 of a value k/256: exponent rebias, 10-bit fraction.
+                            _ => {
+                                if v == 0.0 {
+                                    0u16.to_le_bytes()
+                                } else {
+                                    let sign = ((bits >> 31) as u16) << 15;
+                                    let exp = (((bits >> 23) & 0xff) as u16) - 112;
+                                    let frac = ((bits >> 13) & 0x3ff) as u16;
+                                    (sign | exp << 10 | frac).to_le_bytes()
+                                }
+                            }
+                        }
+                    })
+                    .collect();
+                (n.name, n.tensor.shape().to_vec(), bytes)
+            })
+            .collect();
+        let views: Vec<(String, TensorView)> = tensors
+            .iter()
+            .map(|(name, shape, bytes)| {
+                (
+                    name.clone(),
+                    TensorView::new(dtype, shape.clone(), bytes).unwrap(),
+                )
+            })
+            .collect();
+        safetensors::serialize(views, None).unwrap()
+    }
+
+    #[test]
+    fn f16_and_bf16_files_load_as_their_exact_values() {
+        let arch = Arch::Cifar { depth: 20 };
+        let mut want = ResNet::new(arch, 10, 1).unwrap();
+        let mut k = 0i32;
+        for (name, t) in want.named_tensors_mut() {
+            let var = name.ends_with(".running_var");
+            for v in t.data_mut() {
+                k = (k * 37 + 11) % 511;
+                *v = if var {
+                    (k % 255 + 1) as f32 / 256.0
+                } else {
+                    (k - 255) as f32 / 256.0
+                };
+            }
+        }
+        for dtype in [Dtype::F16, Dtype::BF16] {
+            let bytes = half_file(&want, dtype);
+            let mut got = ResNet::new(arch, 10, 2).unwrap();
+            got.load_safetensors_bytes("half.safetensors", &bytes)
+                .unwrap();
+            let from_reader = ResNet::from_safetensors_reader(
+                arch,
+                "half.safetensors",
+                std::io::Cursor::new(&bytes),
+            )
+            .unwrap();
+            for model in [&got, &from_reader] {
+                for (a, b) in model.named_tensors().iter().zip(want.named_tensors()) {
+                    assert_eq!(a.tensor.data(), b.tensor.data(), "{dtype:?} {}", a.name);
+                }
+            }
+        }
     }
 }
