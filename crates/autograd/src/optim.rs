@@ -59,6 +59,8 @@ pub struct Sgd {
     /// One momentum buffer per parameter, empty until its first step (and always while
     /// momentum is 0).
     buffers: Vec<Vec<f32>>,
+    /// Per-parameter factors on the learning rate (empty: 1 for every parameter).
+    lr_scales: Vec<f32>,
 }
 
 impl Sgd {
@@ -86,7 +88,32 @@ impl Sgd {
         Ok(Sgd {
             config,
             buffers: vec![Vec::new(); params],
+            lr_scales: Vec::new(),
         })
+    }
+
+    /// Gives parameter `i` the learning rate `lr * scales[i]` (PyTorch's parameter groups
+    /// with their own `lr`, as fine-tuning uses for a pretrained backbone): one finite,
+    /// non-negative factor per parameter. A factor of 0 keeps a parameter where it is.
+    pub fn set_lr_scales(&mut self, scales: Vec<f32>) -> Result<()> {
+        if scales.len() != self.buffers.len() {
+            return Err(TensorError::InvalidArgument {
+                op: "Sgd::set_lr_scales",
+                reason: format!(
+                    "{} factors for an optimizer of {} parameters",
+                    scales.len(),
+                    self.buffers.len()
+                ),
+            });
+        }
+        if let Some(bad) = scales.iter().find(|s| !s.is_finite() || **s < 0.0) {
+            return Err(TensorError::InvalidArgument {
+                op: "Sgd::set_lr_scales",
+                reason: format!("invalid learning-rate factor {bad}"),
+            });
+        }
+        self.lr_scales = scales;
+        Ok(())
     }
 
     /// Sets the learning rate (a schedule calls this each epoch or step).
@@ -139,8 +166,14 @@ impl Sgd {
             weight_decay,
             nesterov,
         } = self.config;
-        for ((p, g), buf) in params.iter_mut().zip(grads).zip(&mut self.buffers) {
+        for (i, ((p, g), buf)) in params
+            .iter_mut()
+            .zip(grads)
+            .zip(&mut self.buffers)
+            .enumerate()
+        {
             let Some(g) = g else { continue };
+            let lr = lr * self.lr_scales.get(i).copied().unwrap_or(1.0);
             let first = buf.is_empty();
             if momentum != 0.0 && first {
                 buf.resize(p.len(), 0.0);
@@ -255,6 +288,30 @@ mod tests {
         assert_eq!(acc[1].as_ref().unwrap().data(), &[2.5]);
         assert!(accumulate_gradients(&mut acc, vec![None]).is_err());
         assert!(accumulate_gradients(&mut acc, vec![Some(t(&[1.0])), None]).is_err());
+    }
+
+    #[test]
+    fn per_parameter_learning_rates_scale_each_update() {
+        let config = SgdConfig {
+            lr: 0.5,
+            weight_decay: 0.1,
+            ..Default::default()
+        };
+        let mut sgd = Sgd::new(config, 3).unwrap();
+        sgd.set_lr_scales(vec![1.0, 0.1, 0.0]).unwrap();
+        let (mut a, mut b, mut c) = (t(&[1.0]), t(&[1.0]), t(&[1.0]));
+        let g = t(&[2.0]);
+        sgd.step(
+            &mut [&mut a, &mut b, &mut c],
+            &[Some(&g), Some(&g), Some(&g)],
+        )
+        .unwrap();
+        // p -= lr * scale * (g + wd * p): 1 - 0.5 * 2.1, 1 - 0.05 * 2.1, unchanged.
+        assert_eq!(a.data(), &[1.0 - 0.5 * 2.1]);
+        assert_eq!(b.data(), &[1.0 - 0.05f32 * 2.1]);
+        assert_eq!(c.data(), &[1.0]);
+        assert!(sgd.set_lr_scales(vec![1.0; 2]).is_err());
+        assert!(sgd.set_lr_scales(vec![1.0, -1.0, f32::NAN]).is_err());
     }
 
     #[test]

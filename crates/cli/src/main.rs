@@ -86,6 +86,19 @@ enum Command {
         /// Continue from a checkpoint written by an earlier run.
         #[arg(long)]
         resume: Option<std::path::PathBuf>,
+        /// Fine-tune: start from these weights (a torchvision/timm-named `.safetensors`
+        /// of --arch, any head: a head of another size is replaced to fit the data set).
+        #[arg(long, conflicts_with = "resume")]
+        init: Option<std::path::PathBuf>,
+        /// What stays fixed: `none`, `backbone` (only the head trains) or
+        /// `all-but-last-stage` (the last stage and the head train). Frozen weights and
+        /// their batch norms' statistics stay exactly as they were.
+        #[arg(long, default_value = "none")]
+        freeze: String,
+        /// Learning rate of everything but the head, as a fraction of --lr (fine-tuning
+        /// often uses 0.1).
+        #[arg(long, default_value_t = 1.0)]
+        backbone_lr_scale: f32,
         /// Output folder.
         #[arg(long, default_value = "runs/train")]
         out: std::path::PathBuf,
@@ -273,6 +286,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             lr,
             seed,
             resume,
+            init,
+            freeze,
+            backbone_lr_scale,
             out,
             size,
         } => train::train(
@@ -285,6 +301,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 lr,
                 seed,
                 resume,
+                init,
+                freeze: freeze.parse()?,
+                backbone_lr_scale,
                 out,
             },
         ),

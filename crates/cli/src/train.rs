@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use resnet::data::DataSpec;
-use resnet::{evaluate, Arch, Progress, ResNet, TrainConfig, Trainer};
+use resnet::{evaluate, Arch, Freeze, Progress, ResNet, TrainConfig, Trainer};
 use tensor::Kernels;
 
 use crate::plot;
@@ -19,6 +19,10 @@ pub struct TrainArgs {
     pub lr: Option<f32>,
     pub seed: Option<u64>,
     pub resume: Option<PathBuf>,
+    /// Weights to fine-tune from.
+    pub init: Option<PathBuf>,
+    pub freeze: Freeze,
+    pub backbone_lr_scale: f32,
     pub out: PathBuf,
 }
 
@@ -41,6 +45,8 @@ fn config_for(args: &TrainArgs) -> TrainConfig {
     c.batch = args.batch.unwrap_or(c.batch);
     c.lr = args.lr.unwrap_or(c.lr);
     c.seed = args.seed.unwrap_or(c.seed);
+    c.freeze = args.freeze;
+    c.backbone_lr_scale = args.backbone_lr_scale;
     c
 }
 
@@ -87,7 +93,25 @@ pub fn train(k: Kernels, args: TrainArgs) -> Result<(), Box<dyn std::error::Erro
             );
             t
         }
-        None => Trainer::new(config, &data, k, &args.out)?,
+        None => match &args.init {
+            Some(weights) => {
+                let model = ResNet::from_safetensors(config.arch, weights)?;
+                eprintln!(
+                    "fine-tuning from {} ({} classes{}), freeze {}, backbone learning rate x{}",
+                    weights.display(),
+                    model.num_classes(),
+                    if model.num_classes() == data.train.classes.len() {
+                        ""
+                    } else {
+                        ": the head is replaced"
+                    },
+                    config.freeze,
+                    config.backbone_lr_scale
+                );
+                Trainer::from_model(config, model, &data, k, &args.out)?
+            }
+            None => Trainer::new(config, &data, k, &args.out)?,
+        },
     };
     let epochs = trainer.config.epochs;
     let mut epoch_start = Instant::now();

@@ -33,6 +33,32 @@ pub enum Freeze {
     AllButLastStage,
 }
 
+impl std::fmt::Display for Freeze {
+    /// `none`, `backbone` or `all-but-last-stage`, as the CLI and checkpoints name it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Freeze::None => "none",
+            Freeze::Backbone => "backbone",
+            Freeze::AllButLastStage => "all-but-last-stage",
+        })
+    }
+}
+
+impl std::str::FromStr for Freeze {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "none" => Ok(Freeze::None),
+            "backbone" => Ok(Freeze::Backbone),
+            "all-but-last-stage" => Ok(Freeze::AllButLastStage),
+            other => Err(format!(
+                "unknown freeze policy {other:?}: expected none, backbone or all-but-last-stage"
+            )),
+        }
+    }
+}
+
 /// What [`ResNet::forward_train`] recorded.
 pub struct TrainForward {
     /// `[N, classes]`.

@@ -59,6 +59,12 @@ pub struct TrainConfig {
     pub augment: Augment,
     /// Seeds the initial weights, every shuffle and every augmentation.
     pub seed: u64,
+    /// Which parameters train; the rest (and their batch norms' statistics) stay as
+    /// they were. For fine-tuning a pretrained model ([`Trainer::from_model`]).
+    pub freeze: Freeze,
+    /// The learning rate of every parameter but the head's (`fc`), as a fraction of
+    /// `lr`, in `[0, 1]` usually (1: the same rate; fine-tuning often uses 0.1).
+    pub backbone_lr_scale: f32,
 }
 
 impl TrainConfig {
@@ -77,6 +83,8 @@ impl TrainConfig {
             label_smoothing: 0.0,
             augment: Augment::DIGITS,
             seed: 1,
+            freeze: Freeze::None,
+            backbone_lr_scale: 1.0,
         }
     }
 }
@@ -285,15 +293,42 @@ pub const OUTPUTS: [&str; 4] = [
 ];
 
 impl<'d> Trainer<'d> {
-    /// A fresh run writing into `out` (created if missing).
+    /// A fresh run writing into `out` (created if missing), from a network initialised
+    /// from `config.seed`.
     pub fn new(
         config: TrainConfig,
         data: &'d Split,
         kernels: Kernels,
         out: impl AsRef<Path>,
     ) -> Result<Self, TrainError> {
+        validate(&config, data)?;
+        let model = ResNet::new(config.arch, data.train.classes.len(), config.seed)?;
+        Self::from_model(config, model, data, kernels, out)
+    }
+
+    /// A run that starts from `model` (pretrained weights, say, from
+    /// [`ResNet::from_safetensors`]): fine-tuning. Its architecture must be
+    /// `config.arch`; a head whose number of classes differs from the data set's is
+    /// replaced by a fresh one (seeded by `config.seed`). `config.freeze` and
+    /// `config.backbone_lr_scale` say what trains and how fast.
+    pub fn from_model(
+        config: TrainConfig,
+        mut model: ResNet,
+        data: &'d Split,
+        kernels: Kernels,
+        out: impl AsRef<Path>,
+    ) -> Result<Self, TrainError> {
         let out = out.as_ref();
         validate(&config, data)?;
+        if model.arch != config.arch {
+            return Err(TrainError::Tensor(TensorError::InvalidArgument {
+                op: "train",
+                reason: format!(
+                    "the initial model is {}, but the run is configured for {}",
+                    model.arch, config.arch
+                ),
+            }));
+        }
         std::fs::create_dir_all(out).map_err(|source| TrainError::Io {
             path: out.to_path_buf(),
             source,
@@ -304,8 +339,24 @@ impl<'d> Trainer<'d> {
             let _ = std::fs::remove_file(crate::weights::temporary_path(&out.join(name)));
         }
         let classes = data.train.classes.len();
-        let mut model = ResNet::new(config.arch, classes, config.seed)?;
-        let sgd = Sgd::new(sgd_config(&config), model.parameters_mut().len())?;
+        if model.num_classes() != classes {
+            model.replace_head(classes, config.seed)?;
+        }
+        let mut sgd = Sgd::new(sgd_config(&config), model.parameters_mut().len())?;
+        if config.backbone_lr_scale != 1.0 {
+            let scales = model
+                .parameters_mut()
+                .into_iter()
+                .map(|(name, _)| {
+                    if name.starts_with("fc.") {
+                        1.0
+                    } else {
+                        config.backbone_lr_scale
+                    }
+                })
+                .collect();
+            sgd.set_lr_scales(scales)?;
+        }
         Ok(Trainer {
             config,
             model,
@@ -416,7 +467,7 @@ impl<'d> Trainer<'d> {
                         kernels,
                         batch.x,
                         &batch.labels,
-                        Freeze::None,
+                        config.freeze,
                         config.label_smoothing,
                     )
                 })?;
@@ -536,6 +587,11 @@ impl<'d> Trainer<'d> {
             ("classes", self.model.num_classes().to_string()),
             ("epochs_done", self.epochs_done.to_string()),
             ("seed", self.config.seed.to_string()),
+            ("freeze", self.config.freeze.to_string()),
+            (
+                "backbone_lr_scale",
+                self.config.backbone_lr_scale.to_string(),
+            ),
             ("history", history),
         ]
         .into_iter()
@@ -563,7 +619,9 @@ impl<'d> Trainer<'d> {
         if get("format") != CHECKPOINT_FORMAT {
             return Err(checkpoint_error(
                 path,
-                format!("not a {CHECKPOINT_FORMAT} file (a weights file? use --weights)"),
+                format!(
+                    "not a {CHECKPOINT_FORMAT} file (weights to start a new run from? use --init)"
+                ),
             ));
         }
         let (arch, classes) = (get("arch"), get("classes"));
@@ -579,6 +637,23 @@ impl<'d> Trainer<'d> {
                 format!(
                     "it is for {arch} with {classes} classes, but this run trains {} with {want_classes}",
                     self.config.arch
+                ),
+            ));
+        }
+        // Written since fine-tuning came; older checkpoints trained everything at one rate.
+        let (freeze, scale) = (get("freeze"), get("backbone_lr_scale"));
+        let (want_freeze, want_scale) = (
+            self.config.freeze.to_string(),
+            self.config.backbone_lr_scale,
+        );
+        if (!freeze.is_empty() && freeze != want_freeze)
+            || (!scale.is_empty() && scale.parse::<f32>().ok() != Some(want_scale))
+        {
+            return Err(checkpoint_error(
+                path,
+                format!(
+                    "it was trained with freeze {freeze} and backbone learning-rate scale \
+                     {scale}, but this run has {want_freeze} and {want_scale}"
                 ),
             ));
         }
@@ -668,6 +743,12 @@ fn validate(c: &TrainConfig, data: &Split) -> Result<(), TrainError> {
     }
     if !(c.lr > 0.0 && c.lr.is_finite()) {
         return bad(format!("learning rate {} must be a positive number", c.lr));
+    }
+    if !(c.backbone_lr_scale >= 0.0 && c.backbone_lr_scale.is_finite()) {
+        return bad(format!(
+            "backbone learning-rate scale {} must be a number >= 0",
+            c.backbone_lr_scale
+        ));
     }
     if data.train.is_empty() || data.test.is_empty() {
         return bad("the training and test sets must not be empty".into());

@@ -157,3 +157,127 @@ fn a_diverged_epoch_stops_the_run_and_keeps_the_last_good_checkpoint() {
     assert!(e.to_string().contains("bn1.running_var[0] is -1"), "{e}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// Every tensor (parameters and batch-norm statistics) by name, as bits.
+fn snapshot(model: &resnet::ResNet) -> Vec<(String, Vec<u32>)> {
+    model
+        .named_tensors()
+        .into_iter()
+        .map(|n| {
+            (
+                n.name,
+                n.tensor.data().iter().map(|v| v.to_bits()).collect(),
+            )
+        })
+        .collect()
+}
+
+/// Fine-tunes a "pretrained" CIFAR ResNet-20 (7 classes, so the head is replaced) on the
+/// digits for one epoch and returns the names of the tensors that changed, and whether
+/// every other one is bit-identical.
+fn fine_tune(freeze: resnet::Freeze, backbone_lr_scale: f32, tag: &str) -> Vec<String> {
+    let data = digits().unwrap();
+    let pretrained = resnet::ResNet::new(resnet::Arch::Cifar { depth: 20 }, 7, 5).unwrap();
+    let before = snapshot(&pretrained);
+    let config = TrainConfig {
+        freeze,
+        backbone_lr_scale,
+        ..quick(1)
+    };
+    let out = out_dir(tag);
+    let mut t =
+        Trainer::from_model(config, pretrained, &data, Kernels::active().unwrap(), &out).unwrap();
+    assert_eq!(
+        t.model.num_classes(),
+        10,
+        "the head is replaced to fit the digits"
+    );
+    t.run(&mut |_| {}).unwrap();
+    let after = snapshot(&t.model);
+    after
+        .iter()
+        .filter(|(name, _)| !name.starts_with("fc."))
+        .filter(|(name, bits)| before.iter().find(|(n, _)| n == name).map(|(_, b)| b) != Some(bits))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+#[test]
+fn a_frozen_backbone_stays_bit_identical_statistics_included() {
+    let changed = fine_tune(resnet::Freeze::Backbone, 1.0, "freeze-backbone");
+    assert!(changed.is_empty(), "frozen tensors changed: {changed:?}");
+}
+
+#[test]
+fn freezing_all_but_the_last_stage_trains_only_layer3_and_the_head() {
+    let changed = fine_tune(resnet::Freeze::AllButLastStage, 1.0, "freeze-last");
+    assert!(!changed.is_empty(), "the last stage trained");
+    assert!(
+        changed.iter().all(|n| n.starts_with("layer3.")),
+        "outside the last stage: {:?}",
+        changed
+            .iter()
+            .filter(|n| !n.starts_with("layer3."))
+            .collect::<Vec<_>>()
+    );
+    // Its batch norms' running statistics move with it.
+    assert!(changed.iter().any(|n| n.ends_with(".running_mean")));
+}
+
+#[test]
+fn a_backbone_learning_rate_of_zero_keeps_its_weights() {
+    // Nothing frozen: the backbone's batch norms still update their statistics in
+    // training mode, but its weights (rate 0) do not move.
+    let changed = fine_tune(resnet::Freeze::None, 0.0, "backbone-lr-0");
+    assert!(
+        changed
+            .iter()
+            .all(|n| n.ends_with(".running_mean") || n.ends_with(".running_var")),
+        "backbone weights moved: {:?}",
+        changed
+            .iter()
+            .filter(|n| !n.contains("running"))
+            .collect::<Vec<_>>()
+    );
+    assert!(!changed.is_empty(), "the statistics did update");
+}
+
+#[test]
+fn a_checkpoint_resumes_only_with_its_own_freeze_policy() {
+    let data = digits().unwrap();
+    let k = Kernels::active().unwrap();
+    let dir = out_dir("freeze-resume");
+    let frozen = TrainConfig {
+        freeze: resnet::Freeze::Backbone,
+        ..quick(2)
+    };
+    let mut t = Trainer::new(
+        TrainConfig {
+            epochs: 1,
+            ..frozen.clone()
+        },
+        &data,
+        k,
+        &dir,
+    )
+    .unwrap();
+    t.run(&mut |_| {}).unwrap();
+    let ckpt = dir.join("checkpoint.safetensors");
+    let e = Trainer::resume(quick(2), &data, k, &dir, &ckpt)
+        .err()
+        .expect("a different freeze policy is refused")
+        .to_string();
+    assert!(e.contains("freeze backbone") && e.contains("none"), "{e}");
+    let t = Trainer::resume(frozen, &data, k, &dir, &ckpt).unwrap();
+    assert_eq!(t.epochs_done, 1);
+    // A model of another architecture is refused before anything is trained.
+    let other = resnet::ResNet::new(resnet::Arch::Cifar { depth: 32 }, 10, 1).unwrap();
+    let e = Trainer::from_model(quick(1), other, &data, k, &dir)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("cifar-resnet32") && e.contains("cifar-resnet20"),
+        "{e}"
+    );
+}
