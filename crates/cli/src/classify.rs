@@ -2,77 +2,88 @@
 
 use std::path::{Path, PathBuf};
 
-use resnet::preprocess::{imagenet_classes, load_imagenet};
-use resnet::{top_k, Arch, InferenceModel, ResNet};
+use resnet::{Arch, Classifier, ModelInfo, ResNet};
 use tensor::{Kernels, Tensor};
 
-/// Decodes and preprocesses the images into one `[N, 3, 224, 224]` batch.
-fn batch_of(images: &[PathBuf]) -> Result<Tensor, Box<dyn std::error::Error>> {
-    let mut data = Vec::with_capacity(images.len() * 3 * 224 * 224);
-    for path in images {
-        let x = load_imagenet(path)?;
-        data.extend_from_slice(x.data());
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// The architecture to build for `weights`, and what the file says about itself: a
+/// file written by `resnet train` names its architecture (and `--arch` may only repeat
+/// it); a torchvision/timm file does not, and then `--arch` is needed.
+pub fn resolve(weights: &Path, arch: Option<&str>) -> Res<(Arch, Option<ModelInfo>)> {
+    let info = ModelInfo::read(weights)?;
+    let given: Option<Arch> = arch.map(str::parse).transpose()?;
+    match (given, &info) {
+        (Some(a), Some(i)) if a != i.arch => Err(format!(
+            "--arch {a} contradicts {}, which says it is a {} (leave out --arch)",
+            weights.display(),
+            i.arch
+        )
+        .into()),
+        (Some(a), _) => Ok((a, info)),
+        (None, Some(i)) => Ok((i.arch, info)),
+        (None, None) => Err(format!(
+            "{} does not say its architecture (torchvision and timm files do not): give \
+             --arch (resnet18, resnet34, resnet50, resnet101, resnet152, cifar-resnetN)",
+            weights.display()
+        )
+        .into()),
     }
-    Ok(Tensor::from_vec(&[images.len(), 3, 224, 224], data)?)
 }
 
-fn model(
-    k: Kernels,
-    arch: Arch,
-    weights: &Path,
-) -> Result<InferenceModel, Box<dyn std::error::Error>> {
+/// The network of `weights`, fed as its file says (ImageNet's transform when it says
+/// nothing).
+fn classifier(k: Kernels, weights: &Path, arch: Option<&str>) -> Res<Classifier> {
+    let (arch, info) = resolve(weights, arch)?;
+    if info.is_none() && arch.is_cifar() {
+        eprintln!(
+            "warning: {arch} is a CIFAR network (32x32 images, its own classes) and {} does \
+             not say how its images were made; they are preprocessed here for ImageNet \
+             networks (224x224, ImageNet statistics), so its answers may mean little",
+            weights.display()
+        );
+    }
     let net = ResNet::from_safetensors(arch, weights)?;
-    Ok(InferenceModel::from_model(net, k)?)
+    Ok(Classifier::with_info(net, info, k)?)
+}
+
+/// Decodes and preprocesses the images into one `[N, 3, S, S]` batch.
+fn batch_of(info: &ModelInfo, images: &[PathBuf]) -> Res<Tensor> {
+    let s = info.input_size;
+    let mut data = Vec::with_capacity(images.len() * 3 * s * s);
+    for path in images {
+        let x = info.load_image(path)?;
+        data.extend_from_slice(x.data());
+    }
+    Ok(Tensor::from_vec(&[images.len(), 3, s, s], data)?)
 }
 
 pub fn classify(
     k: Kernels,
     weights: PathBuf,
-    arch: Arch,
+    arch: Option<String>,
     images: Vec<PathBuf>,
     top: usize,
     batch: usize,
-) -> Result<(), Box<dyn std::error::Error>> {
+) -> Res<()> {
     if images.is_empty() {
         return Err("no images given".into());
     }
-    let fast = model(k, arch, &weights)?;
-    if arch.is_cifar() {
-        eprintln!(
-            "warning: {arch} is a CIFAR network (32x32 images, its own classes); `classify` \
-             preprocesses photos for ImageNet networks (224x224, ImageNet statistics), so its \
-             answers here may mean little"
-        );
-    }
-    let names = imagenet_classes();
+    let c = classifier(k, &weights, arch.as_deref())?;
     // `batch` images at a time: decoded, run and printed before the next are read.
     for group in images.chunks(batch.max(1)) {
-        let logits = fast.forward(&batch_of(group)?)?;
-        print_top(group, &logits, top, &names)?;
-    }
-    Ok(())
-}
-
-fn print_top(
-    images: &[PathBuf],
-    logits: &Tensor,
-    top: usize,
-    names: &[&str],
-) -> Result<(), Box<dyn std::error::Error>> {
-    let classes = logits.shape()[1].max(1);
-    for (path, row) in images.iter().zip(logits.data().chunks(classes)) {
-        crate::emit(&path.display().to_string())?;
-        for (rank, (c, p)) in top_k(row, top).into_iter().enumerate() {
-            let name = if classes == names.len() {
-                names[c].to_string()
-            } else {
-                format!("class {c}")
-            };
-            crate::emit(&format!(
-                "  {}. {:>6.2}%  {name} ({c})",
-                rank + 1,
-                100.0 * p
-            ))?;
+        let answers = c.top_k_batch(&batch_of(c.info(), group)?, top)?;
+        for (path, answer) in group.iter().zip(answers) {
+            crate::emit(&path.display().to_string())?;
+            for (rank, p) in answer.into_iter().enumerate() {
+                let name = p.name.unwrap_or_else(|| format!("class {}", p.class));
+                crate::emit(&format!(
+                    "  {}. {:>6.2}%  {name} ({})",
+                    rank + 1,
+                    100.0 * p.probability,
+                    p.class
+                ))?;
+            }
         }
     }
     Ok(())
@@ -83,20 +94,21 @@ fn print_top(
 pub fn features(
     k: Kernels,
     weights: PathBuf,
-    arch: Arch,
+    arch: Option<String>,
     images: Vec<PathBuf>,
     out: PathBuf,
     batch: usize,
-) -> Result<(), Box<dyn std::error::Error>> {
+) -> Res<()> {
     if images.is_empty() {
         return Err("no images given".into());
     }
-    let fast = model(k, arch, &weights)?;
+    let c = classifier(k, &weights, arch.as_deref())?;
+    let fast = c.model();
     // `batch` images at a time; only the embeddings (a few KB each) are kept.
-    let dim = arch.feature_dim();
+    let dim = c.arch().feature_dim();
     let mut bytes: Vec<u8> = Vec::with_capacity(images.len() * dim * 4);
     for group in images.chunks(batch.max(1)) {
-        let f = fast.features(&batch_of(group)?)?;
+        let f = fast.features(&batch_of(c.info(), group)?)?;
         bytes.extend(f.data().iter().flat_map(|v| v.to_le_bytes()));
     }
     let shape = vec![images.len(), dim];

@@ -114,23 +114,29 @@ enum Command {
         /// Data set, as for `train`.
         #[arg(long, default_value = "digits")]
         data: String,
-        /// Architecture of the weights.
-        #[arg(long, default_value = "cifar-resnet20")]
-        arch: String,
+        /// Architecture of the weights: needed for a file that does not say it
+        /// (torchvision's, timm's); files written by `train` do.
+        #[arg(long)]
+        arch: Option<String>,
         /// Images per batch.
         #[arg(long, default_value_t = 128)]
         batch: usize,
-        /// Image side for `folder:DIR` data, as the model was trained with.
-        #[arg(long, default_value_t = 64)]
-        size: usize,
+        /// Image side for `folder:DIR` data: the model file's own when it says it,
+        /// otherwise 64.
+        #[arg(long)]
+        size: Option<usize>,
     },
-    /// Top-5 ImageNet classes of images (JPEG or PNG), with probabilities.
+    /// Top-5 classes of images (JPEG or PNG), with probabilities: a model trained by
+    /// `train` is fed as it was trained (its file says how); a torchvision/timm file as
+    /// an ImageNet network.
     Classify {
-        /// A torchvision/timm-named `.safetensors` file for the architecture.
+        /// A `.safetensors` file: `best.safetensors` from `train`, or a
+        /// torchvision/timm-named file (then give --arch).
         #[arg(long)]
         weights: std::path::PathBuf,
-        #[arg(long, default_value = "resnet50")]
-        arch: String,
+        /// Architecture of the weights: needed for a file that does not say it.
+        #[arg(long)]
+        arch: Option<String>,
         /// How many classes to print per image.
         #[arg(long, default_value_t = 5)]
         top: usize,
@@ -144,10 +150,12 @@ enum Command {
     /// Pooled embeddings of images (2048 floats each for ResNet-50, 512 for ResNet-18),
     /// written to a `.safetensors` file (`features`, `[N, D]`).
     Features {
+        /// A `.safetensors` file, as for `classify`.
         #[arg(long)]
         weights: std::path::PathBuf,
-        #[arg(long, default_value = "resnet50")]
-        arch: String,
+        /// Architecture of the weights: needed for a file that does not say it.
+        #[arg(long)]
+        arch: Option<String>,
         /// Output file.
         #[arg(long, default_value = "features.safetensors")]
         out: std::path::PathBuf,
@@ -316,7 +324,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         } => classify::classify(
             Kernels::active()?,
             weights,
-            arch.parse()?,
+            arch,
             images,
             top.max(1),
             batch.max(1),
@@ -327,27 +335,38 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             out,
             batch,
             images,
-        } => classify::features(
-            Kernels::active()?,
-            weights,
-            arch.parse()?,
-            images,
-            out,
-            batch.max(1),
-        ),
+        } => classify::features(Kernels::active()?, weights, arch, images, out, batch.max(1)),
         Command::Eval {
             weights,
             data,
             arch,
             batch,
             size,
-        } => train::eval(
-            Kernels::active()?,
-            weights,
-            arch.parse()?,
-            parse_data(&data, size)?,
-            batch.max(1),
-        ),
+        } => {
+            let (arch, info) = classify::resolve(&weights, arch.as_deref())?;
+            let size = match (size, &info) {
+                (Some(s), Some(i)) if s != i.input_size => {
+                    return Err(format!(
+                        "--size {s} contradicts {}, whose model takes {n}x{n} images (leave \
+                         out --size)",
+                        weights.display(),
+                        n = i.input_size
+                    )
+                    .into())
+                }
+                (Some(s), _) => s,
+                (None, Some(i)) => i.input_size,
+                (None, None) => 64,
+            };
+            train::eval(
+                Kernels::active()?,
+                weights,
+                arch,
+                info,
+                parse_data(&data, size)?,
+                batch.max(1),
+            )
+        }
         Command::Bench {
             what,
             json,

@@ -202,12 +202,38 @@ pub fn eval(
     k: Kernels,
     weights: PathBuf,
     arch: Arch,
+    info: Option<resnet::ModelInfo>,
     data: DataSpec,
     batch: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let split = data.load()?;
     let model = ResNet::from_safetensors(arch, &weights)?;
     let classes = &split.test.classes;
+    // A model that names its classes and normalisation is only scored on data that
+    // has the same (a folder with the classes in another order would score nonsense).
+    if let Some(info) = &info {
+        if &info.classes != classes {
+            return Err(format!(
+                "{} was trained on the classes {:?}, but {data} has {:?}",
+                weights.display(),
+                info.classes,
+                classes
+            )
+            .into());
+        }
+        if info.mean != split.test.mean || info.std != split.test.std {
+            return Err(format!(
+                "{} was trained on images normalised with mean {:?} and std {:?}, but {data} \
+                 is normalised with {:?} and {:?}",
+                weights.display(),
+                info.mean,
+                info.std,
+                split.test.mean,
+                split.test.std
+            )
+            .into());
+        }
+    }
     if model.num_classes() != classes.len() {
         return Err(format!(
             "{} has {} classes, but {data} has {}",

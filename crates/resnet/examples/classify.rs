@@ -22,7 +22,7 @@ fn run(arch: &str, weights: &str, images: &[String]) -> Result<(), Box<dyn std::
     for image in images {
         println!("{image}:");
         for p in classifier.classify_file(image, 5)? {
-            let name = p.name.unwrap_or("(no name)");
+            let name = p.name.as_deref().unwrap_or("(no name)");
             println!(
                 "  {:5.1}%  {name} (class {})",
                 100.0 * p.probability,

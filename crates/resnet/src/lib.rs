@@ -68,6 +68,7 @@ mod jpeg;
 #[cfg(feature = "train")]
 pub mod loader;
 pub mod model;
+pub mod model_info;
 pub mod preprocess;
 #[cfg(doctest)]
 mod readme;
@@ -92,6 +93,7 @@ pub use data::DataError;
 pub use error::{Error, Result};
 pub use inference::{top_k, ConvLayout, InferenceModel};
 pub use model::{BatchNorm, Block, ConvBn, ConvLayer, ResNet, Shortcut};
+pub use model_info::ModelInfo;
 #[cfg(feature = "train")]
 pub use train::{count_correct, train_step, BatchStats, Freeze, StepOutcome, TrainForward};
 #[cfg(feature = "train")]

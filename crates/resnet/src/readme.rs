@@ -74,7 +74,7 @@ pub struct Training;
 /// # fn main() -> resnet::Result<()> {
 /// let classifier = resnet::Classifier::from_file(resnet::Arch::ResNet50, "resnet50.safetensors")?;
 /// for p in classifier.classify_file("cat.jpg", 5)? {      // torchvision's transform, exactly
-///     println!("{:5.1}%  {}", 100.0 * p.probability, p.name.unwrap_or("?"));
+///     println!("{:5.1}%  {}", 100.0 * p.probability, p.name.as_deref().unwrap_or("?"));
 /// }
 /// # Ok(())
 /// # }

@@ -526,13 +526,27 @@ impl<'d> Trainer<'d> {
             self.history.push(record.clone());
             if record.test_acc > best {
                 self.model
-                    .save_safetensors(self.out.join("best.safetensors"))?;
+                    .save_safetensors_with(self.out.join("best.safetensors"), Some(&self.info()))?;
             }
             self.write_metrics()?;
             self.save_checkpoint(self.out.join("checkpoint.safetensors"))?;
             progress(Progress::Epoch(&record));
         }
         Ok(&self.history)
+    }
+
+    /// What a user of the trained model needs to feed it: the architecture, the class
+    /// names and the preprocessing of the training set (written into `best.safetensors`
+    /// and checkpoints, read by `resnet classify`, `features` and `eval`).
+    pub fn info(&self) -> crate::ModelInfo {
+        let train = &self.data.train;
+        crate::ModelInfo::new(
+            self.config.arch,
+            train.classes.clone(),
+            train.shape[1],
+            train.mean,
+            train.std,
+        )
     }
 
     fn write_metrics(&self) -> Result<(), TrainError> {
@@ -581,22 +595,24 @@ impl<'d> Trainer<'d> {
             history.push_str(&r.csv());
             history.push('\n');
         }
-        let meta: HashMap<String, String> = [
-            ("format", CHECKPOINT_FORMAT.to_string()),
-            ("arch", self.config.arch.to_string()),
-            ("classes", self.model.num_classes().to_string()),
-            ("epochs_done", self.epochs_done.to_string()),
-            ("seed", self.config.seed.to_string()),
-            ("freeze", self.config.freeze.to_string()),
-            (
-                "backbone_lr_scale",
-                self.config.backbone_lr_scale.to_string(),
-            ),
-            ("history", history),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        let mut meta: HashMap<String, String> = self.info().to_metadata();
+        meta.extend(
+            [
+                ("format", CHECKPOINT_FORMAT.to_string()),
+                ("arch", self.config.arch.to_string()),
+                ("classes", self.model.num_classes().to_string()),
+                ("epochs_done", self.epochs_done.to_string()),
+                ("seed", self.config.seed.to_string()),
+                ("freeze", self.config.freeze.to_string()),
+                (
+                    "backbone_lr_scale",
+                    self.config.backbone_lr_scale.to_string(),
+                ),
+                ("history", history),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+        );
         write_safetensors(path, views, Some(meta)).map_err(|source| TrainError::Io {
             path: path.to_path_buf(),
             source,

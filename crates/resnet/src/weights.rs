@@ -79,6 +79,9 @@ pub struct Mismatch {
     pub wrong_shape: Vec<(String, Vec<usize>, Vec<usize>)>,
     /// `(key, file's dtype)`.
     pub wrong_dtype: Vec<(String, String)>,
+    /// The architecture whose layout the file's keys have, when it is another one
+    /// (a ResNet-18 file given as a ResNet-50 says so instead of listing only keys).
+    pub looks_like: Option<Arch>,
 }
 
 impl fmt::Display for WeightsError {
@@ -101,8 +104,13 @@ impl fmt::Display for WeightsError {
                     unexpected,
                     wrong_shape,
                     wrong_dtype,
+                    looks_like,
                 } = &**m;
-                write!(f, "{}: the weights do not fit {arch}:", path.display())?;
+                write!(f, "{}: the weights do not fit {arch}", path.display())?;
+                if let Some(other) = looks_like {
+                    write!(f, " (this looks like {other}: its blocks are {other}'s)")?;
+                }
+                f.write_str(":")?;
                 let list = |v: &[String]| {
                     let shown: Vec<_> = v.iter().take(8).cloned().collect();
                     let more = v.len().saturating_sub(8);
@@ -144,6 +152,43 @@ impl std::error::Error for WeightsError {
             _ => None,
         }
     }
+}
+
+/// The architecture whose blocks the keys name: the block type (`layer1.0.conv3` is a
+/// bottleneck's) and the blocks per stage (`layer{s}.{i}.`); `None` if none fits.
+pub fn guess_arch<S: AsRef<str>>(keys: &[S]) -> Option<Arch> {
+    let mut blocks = [0usize; 4];
+    let mut bottleneck = false;
+    for key in keys {
+        let key = key.as_ref();
+        bottleneck |= key.starts_with("layer1.0.conv3.");
+        let Some(rest) = key.strip_prefix("layer") else {
+            continue;
+        };
+        let mut parts = rest.split('.');
+        let (Some(Ok(s)), Some(Ok(i))) = (
+            parts.next().map(str::parse::<usize>),
+            parts.next().map(str::parse::<usize>),
+        ) else {
+            continue;
+        };
+        if (1..=4).contains(&s) {
+            blocks[s - 1] = blocks[s - 1].max(i.saturating_add(1));
+        }
+    }
+    let kind = if bottleneck {
+        crate::arch::BlockKind::Bottleneck
+    } else {
+        crate::arch::BlockKind::Basic
+    };
+    let found: Vec<usize> = blocks.iter().copied().filter(|&b| b > 0).collect();
+    let cifar = (found.len() == 3 && blocks[3] == 0).then(|| Arch::Cifar {
+        depth: 6 * found[0] + 2,
+    });
+    Arch::ALL
+        .into_iter()
+        .chain(cifar)
+        .find(|a| a.block() == kind && a.stage_blocks() == found)
 }
 
 fn is_ignored(key: &str) -> bool {
@@ -306,8 +351,11 @@ impl ResNet {
         }
         let known: std::collections::HashSet<&str> =
             targets.iter().map(|(n, _)| n.as_str()).collect();
+        let keys: Vec<String> = keys.collect();
         let mut unexpected: Vec<String> = keys
+            .iter()
             .filter(|k| !known.contains(k.as_str()) && !is_ignored(k))
+            .cloned()
             .collect();
         unexpected.sort();
         if missing.is_empty()
@@ -324,6 +372,7 @@ impl ResNet {
             unexpected,
             wrong_shape,
             wrong_dtype,
+            looks_like: guess_arch(&keys).filter(|&g| g != arch),
         })))
     }
 
@@ -332,6 +381,16 @@ impl ResNet {
     /// tensor's bytes are made as the writer reaches it, so at most one tensor is
     /// copied at a time.
     pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<(), WeightsError> {
+        self.save_safetensors_with(path, None)
+    }
+
+    /// [`ResNet::save_safetensors`], with `info` (how to use the model) in the file's
+    /// metadata.
+    pub fn save_safetensors_with(
+        &self,
+        path: impl AsRef<Path>,
+        info: Option<&crate::ModelInfo>,
+    ) -> Result<(), WeightsError> {
         let path = path.as_ref();
         let named = self.named_tensors();
         let mut views: BTreeMap<String, SaveView> = BTreeMap::new();
@@ -347,8 +406,18 @@ impl ResNet {
                 },
             );
         }
-        write_safetensors(path, views, None).map_err(io_error(path))
+        let meta = info.map(|i| i.to_metadata());
+        write_safetensors(path, views, meta).map_err(io_error(path))
     }
+}
+
+/// The metadata of a `.safetensors` file (its header only is read; empty if it has
+/// none).
+pub fn read_metadata(path: impl AsRef<Path>) -> Result<HashMap<String, String>, WeightsError> {
+    let path = path.as_ref();
+    let mut file = crate::files::open_regular(path).map_err(io_error(path))?;
+    let header = Header::read(path, &mut file)?;
+    Ok(header.meta.metadata().clone().unwrap_or_default())
 }
 
 /// A tensor as the safetensors writer takes it: its little-endian bytes are made when

@@ -429,3 +429,43 @@ fn inputs_that_are_not_regular_files_are_refused_without_blocking() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+#[test]
+fn a_file_of_another_depth_says_which_architecture_it_looks_like() {
+    for arch in [
+        Arch::ResNet18,
+        Arch::ResNet34,
+        Arch::ResNet50,
+        Arch::Cifar { depth: 20 },
+        Arch::Cifar { depth: 56 },
+    ] {
+        let names: Vec<String> = ResNet::new(arch, 10, 0)
+            .unwrap()
+            .named_tensors()
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        assert_eq!(resnet::weights::guess_arch(&names), Some(arch), "{arch}");
+    }
+    assert_eq!(resnet::weights::guess_arch(&["fc.weight"]), None);
+    // A ResNet-18 file given as a ResNet-50, and a CIFAR ResNet-20 as a ResNet-32.
+    let dir = temp_dir("looks-like");
+    for (saved, asked) in [
+        (Arch::ResNet18, Arch::ResNet50),
+        (Arch::Cifar { depth: 20 }, Arch::Cifar { depth: 32 }),
+    ] {
+        let path = dir.join(format!("{saved}.safetensors"));
+        ResNet::new(saved, 10, 0)
+            .unwrap()
+            .save_safetensors(&path)
+            .unwrap();
+        match ResNet::from_safetensors(asked, &path) {
+            Err(e @ WeightsError::Mismatch(_)) => {
+                let text = e.to_string();
+                assert!(text.contains(&format!("looks like {saved}")), "{text}");
+            }
+            other => panic!("{saved} as {asked}: {other:?}"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
