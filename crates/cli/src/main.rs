@@ -99,6 +99,12 @@ enum Command {
         /// often uses 0.1).
         #[arg(long, default_value_t = 1.0)]
         backbone_lr_scale: f32,
+        /// Fraction of the training images held out (per class, seeded) as the
+        /// validation set that picks best.safetensors; the test set is only reported.
+        /// Not used when an image folder has its own `val/` beside `test/`. 0: no
+        /// validation, best.safetensors is the last epoch.
+        #[arg(long, default_value_t = 0.1)]
+        val_fraction: f32,
         /// Output folder.
         #[arg(long, default_value = "runs/train")]
         out: std::path::PathBuf,
@@ -297,6 +303,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             init,
             freeze,
             backbone_lr_scale,
+            val_fraction,
             out,
             size,
         } => train::train(
@@ -312,6 +319,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 init,
                 freeze: freeze.parse()?,
                 backbone_lr_scale,
+                val_fraction,
                 out,
             },
         ),

@@ -1,5 +1,5 @@
-//! The training plot: a PNG with two panels, loss and accuracy per epoch, training in
-//! blue and test in orange. Drawn pixel by pixel (lines, a 5x7 bitmap font for the few
+//! The training plot: a PNG with two panels, loss (log axis) and accuracy per epoch,
+//! training in blue, validation in green and test in orange. Drawn pixel by pixel (lines, a 5x7 bitmap font for the few
 //! labels) and encoded by the `png` crate.
 
 use std::path::Path;
@@ -10,6 +10,7 @@ const W: usize = 1010;
 const H: usize = 420;
 const BLUE: [u8; 3] = [31, 119, 180];
 const ORANGE: [u8; 3] = [255, 127, 14];
+const GREEN: [u8; 3] = [44, 160, 44];
 const GREY: [u8; 3] = [220, 220, 220];
 const BLACK: [u8; 3] = [40, 40, 40];
 
@@ -164,6 +165,18 @@ fn glyph(c: char) -> Option<[&'static str; 7]> {
         'Y' => [
             "#   #", "#   #", " # # ", "  #  ", "  #  ", "  #  ", "  #  ",
         ],
+        'V' => [
+            "#   #", "#   #", "#   #", "#   #", "#   #", " # # ", "  #  ",
+        ],
+        'G' => [
+            " ### ", "#   #", "#    ", "# ###", "#   #", "#   #", " ### ",
+        ],
+        '(' => [
+            "   # ", "  #  ", " #   ", " #   ", " #   ", "  #  ", "   # ",
+        ],
+        ')' => [
+            " #   ", "  #  ", "   # ", "   # ", "   # ", "  #  ", " #   ",
+        ],
         _ => return None,
     })
 }
@@ -174,16 +187,22 @@ fn label(v: f32) -> String {
         format!("{v:.0}")
     } else if v.abs() >= 1.0 {
         format!("{v:.1}")
-    } else {
+    } else if v.abs() >= 0.01 || v == 0.0 {
         format!("{v:.2}")
+    } else {
+        format!("{v:.4}")
     }
 }
 
-/// One panel: series of `(epoch, value)` in a box at `x0..x0 + pw`.
-fn panel(cv: &mut Canvas, x0: i64, title: &str, series: &[Series], epochs: usize) {
+/// One panel: series of `(epoch, value)` in a box at `x0..x0 + pw`; with `log`, on a
+/// logarithmic value axis (a loss falls over decades: on a linear axis the first
+/// epoch's squashes the rest into a flat line).
+fn panel(cv: &mut Canvas, x0: i64, title: &str, series: &[Series], epochs: usize, log: bool) {
     let (top, pw, ph) = (50i64, 400i64, 300i64);
     let (left, bottom) = (x0 + 70, top + ph);
-    let all = series.iter().flat_map(|(s, _)| s.iter().map(|p| p.1));
+    let tf = |v: f32| if log { v.max(1e-4).log10() } else { v };
+    let untf = |v: f32| if log { 10f32.powf(v) } else { v };
+    let all = series.iter().flat_map(|(s, _)| s.iter().map(|p| tf(p.1)));
     let (mut lo, mut hi) = all.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
         (a.min(v), b.max(v))
     });
@@ -195,7 +214,7 @@ fn panel(cv: &mut Canvas, x0: i64, title: &str, series: &[Series], epochs: usize
     }
     let pad = 0.05 * (hi - lo);
     // Losses and accuracies are never negative, and accuracies never pass 100.
-    let lo = if lo >= 0.0 {
+    let lo = if lo >= 0.0 && !log {
         (lo - pad).max(0.0)
     } else {
         lo - pad
@@ -216,7 +235,7 @@ fn panel(cv: &mut Canvas, x0: i64, title: &str, series: &[Series], epochs: usize
         let v = lo + (hi - lo) * i as f32 / 4.0;
         let (_, y) = to_px(1.0, v);
         cv.line((left, y), (left + pw, y), GREY, 1);
-        let text = label(v);
+        let text = label(untf(v));
         cv.text(left - 8 - 12 * text.len() as i64, y - 7, &text, BLACK);
     }
     for (a, b) in [
@@ -232,10 +251,15 @@ fn panel(cv: &mut Canvas, x0: i64, title: &str, series: &[Series], epochs: usize
     cv.text(left + pw - 6 * last.len() as i64, bottom + 8, &last, BLACK);
     for (s, color) in series {
         for w in s.windows(2) {
-            cv.line(to_px(w[0].0, w[0].1), to_px(w[1].0, w[1].1), *color, 3);
+            cv.line(
+                to_px(w[0].0, tf(w[0].1)),
+                to_px(w[1].0, tf(w[1].1)),
+                *color,
+                3,
+            );
         }
         if let [only] = s {
-            let p = to_px(only.0, only.1);
+            let p = to_px(only.0, tf(only.1));
             cv.line(p, p, *color, 6);
         }
     }
@@ -251,21 +275,41 @@ pub fn write_training_plot(
         history.iter().map(|r| (r.epoch as f32, f(r))).collect()
     };
     let epochs = history.last().map_or(1, |r| r.epoch);
-    let (tl, vl) = (pts(|r| r.train_loss), pts(|r| r.test_loss));
-    let (ta, va) = (pts(|r| 100.0 * r.train_acc), pts(|r| 100.0 * r.test_acc));
-    panel(&mut cv, 0, "LOSS", &[(&tl, BLUE), (&vl, ORANGE)], epochs);
+    // The validation series only where the run had a validation set.
+    let val = |f: fn(&EpochRecord) -> Option<f32>| -> Vec<(f32, f32)> {
+        history
+            .iter()
+            .filter_map(|r| f(r).map(|v| (r.epoch as f32, v)))
+            .collect()
+    };
+    let (tl, sl) = (pts(|r| r.train_loss), pts(|r| r.test_loss));
+    let (ta, sa) = (pts(|r| 100.0 * r.train_acc), pts(|r| 100.0 * r.test_acc));
+    let (vl, va) = (val(|r| r.val_loss), val(|r| r.val_acc.map(|a| 100.0 * a)));
+    panel(
+        &mut cv,
+        0,
+        "LOSS (LOG)",
+        &[(&tl, BLUE), (&vl, GREEN), (&sl, ORANGE)],
+        epochs,
+        true,
+    );
     panel(
         &mut cv,
         480,
         "ACCURACY %",
-        &[(&ta, BLUE), (&va, ORANGE)],
+        &[(&ta, BLUE), (&va, GREEN), (&sa, ORANGE)],
         epochs,
+        false,
     );
     // Legend.
-    cv.line((700, 22), (730, 22), BLUE, 3);
-    cv.text(738, 15, "TRAIN", BLACK);
-    cv.line((820, 22), (850, 22), ORANGE, 3);
-    cv.text(858, 15, "TEST", BLACK);
+    cv.line((690, 22), (720, 22), BLUE, 3);
+    cv.text(728, 15, "TRAIN", BLACK);
+    if !vl.is_empty() {
+        cv.line((800, 22), (830, 22), GREEN, 3);
+        cv.text(838, 15, "VAL", BLACK);
+    }
+    cv.line((890, 22), (920, 22), ORANGE, 3);
+    cv.text(928, 15, "TEST", BLACK);
     let mut bytes = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut bytes, W as u32, H as u32);

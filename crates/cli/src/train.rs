@@ -23,6 +23,9 @@ pub struct TrainArgs {
     pub init: Option<PathBuf>,
     pub freeze: Freeze,
     pub backbone_lr_scale: f32,
+    /// Fraction of the training images held out to pick the best model (when the data
+    /// has no validation set of its own).
+    pub val_fraction: f32,
     pub out: PathBuf,
 }
 
@@ -58,10 +61,11 @@ fn fmt_duration(s: f32) -> String {
 pub fn train(k: Kernels, args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     eprintln!("loading {} ...", args.data);
-    let data = args.data.load()?;
     let config = config_for(&args);
+    let data = args.data.load()?.hold_out(args.val_fraction, config.seed)?;
+    let val = data.val.as_ref().map_or(0, |v| v.len());
     eprintln!(
-        "training {} on {}: {} training and {} test images of {:?}, {} classes; {} epochs, batch {}, lr {}, {} threads, kernels {}",
+        "training {} on {}: {} training, {val} validation (picks the best model) and {} test images (only reported) of {:?}, {} classes; {} epochs, batch {}, lr {}, {} threads, kernels {}",
         config.arch,
         args.data,
         data.train.len(),
@@ -150,8 +154,12 @@ pub fn train(k: Kernels, args: TrainArgs) -> Result<(), Box<dyn std::error::Erro
             if tty {
                 let _ = write!(std::io::stderr(), "\r{:100}\r", "");
             }
+            let val = match (r.val_loss, r.val_acc) {
+                (Some(l), Some(a)) => format!("  val loss {l:.4} acc {:.2}%", 100.0 * a),
+                _ => String::new(),
+            };
             eprintln!(
-                "epoch {:>3}/{epochs}  lr {:.4}  train loss {:.4} acc {:.2}%  test loss {:.4} acc {:.2}%  {:.1}s",
+                "epoch {:>3}/{epochs}  lr {:.4}  train loss {:.4} acc {:.2}%{val}  test loss {:.4} acc {:.2}%  {:.1}s",
                 r.epoch,
                 r.lr,
                 r.train_loss,
@@ -166,22 +174,30 @@ pub fn train(k: Kernels, args: TrainArgs) -> Result<(), Box<dyn std::error::Erro
     let history = trainer.history.clone();
     let plot_path = args.out.join("training.png");
     plot::write_training_plot(&plot_path, &history)?;
-    // The first epoch with the best accuracy: the one best.safetensors holds (the
-    // trainer replaces it only on a strict improvement).
-    let best = history
-        .iter()
-        .reduce(|a, b| if b.test_acc > a.test_acc { b } else { a })
-        .ok_or("no epoch ran")?;
+    let best = trainer.best_epoch().ok_or("no epoch ran")?;
     let last = history.last().ok_or("no epoch ran")?;
+    let chosen = match best.val_acc {
+        Some(v) => format!(
+            "best.safetensors is epoch {} (best validation accuracy, {:.2}%), test accuracy {:.2}%",
+            best.epoch,
+            100.0 * v,
+            100.0 * best.test_acc
+        ),
+        None => format!(
+            "no validation set: best.safetensors is the last epoch ({})",
+            best.epoch
+        ),
+    };
     crate::emit(&format!(
-        "done in {}: final test accuracy {:.2}%, best {:.2}% (epoch {})",
+        "done in {}: final test accuracy {:.2}%; {chosen}",
         fmt_duration(started.elapsed().as_secs_f32()),
         100.0 * last.test_acc,
-        100.0 * best.test_acc,
-        best.epoch
     ))?;
     for (what, file) in [
-        ("best model (torchvision names)", "best.safetensors"),
+        (
+            "model picked by validation (torchvision names, with its architecture, classes and preprocessing)",
+            "best.safetensors",
+        ),
         (
             "checkpoint (resume with --resume)",
             "checkpoint.safetensors",

@@ -49,15 +49,86 @@ impl Dataset {
         let n = self.image_len();
         &self.images[i * n..(i + 1) * n]
     }
+
+    /// The images at `indices` (in that order), with the same classes and statistics.
+    pub fn select(&self, indices: &[usize]) -> Dataset {
+        let mut images = Vec::with_capacity(indices.len() * self.image_len());
+        for &i in indices {
+            images.extend_from_slice(self.image(i));
+        }
+        Dataset {
+            images,
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            shape: self.shape,
+            classes: self.classes.clone(),
+            mean: self.mean,
+            std: self.std,
+        }
+    }
 }
 
-/// A training set and a test set.
+/// A training set, an optional validation set and a test set.
+///
+/// The validation set picks the model (the trainer's `best.safetensors` is the epoch
+/// with the best validation accuracy); the test set is only reported, so its figure is
+/// an honest estimate. A data set that has no validation set of its own gets one from
+/// [`Split::hold_out`].
 #[derive(Debug, Clone)]
 pub struct Split {
     /// The training set.
     pub train: Dataset,
+    /// The validation set, normalised with the same statistics as `train`: an image
+    /// folder's `val/` beside `test/`, or images held out of `train`.
+    pub val: Option<Dataset>,
     /// The test set, normalised with the same statistics as `train`.
     pub test: Dataset,
+}
+
+impl Split {
+    /// Moves `fraction` of the training images into a validation set, class by class
+    /// (each class keeps its share in both, and at least one image in each when it has
+    /// two or more), chosen by a shuffle seeded with `seed`: the same seed holds out the
+    /// same images. A split that already has a validation set, or a `fraction` of 0, is
+    /// returned as it is; a `fraction` outside `[0, 1)` is an error.
+    pub fn hold_out(mut self, fraction: f32, seed: u64) -> Result<Split, DataError> {
+        if !(0.0..1.0).contains(&fraction) {
+            return Err(DataError::Spec(format!(
+                "the validation fraction {fraction} is not in [0, 1)"
+            )));
+        }
+        if self.val.is_some() || fraction == 0.0 {
+            return Ok(self);
+        }
+        let classes = self.train.classes.len();
+        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+        for (i, &label) in self.train.labels.iter().enumerate() {
+            if let Some(c) = by_class.get_mut(label) {
+                c.push(i);
+            }
+        }
+        let mut held = vec![false; self.train.len()];
+        for (c, members) in by_class.iter_mut().enumerate() {
+            let n = members.len();
+            if n < 2 {
+                continue;
+            }
+            let mut rng = tensor::rng::Rng::seed_from_u64(
+                seed ^ 0x7661_6c5f_7370_6c74 ^ (c as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            );
+            rng.shuffle(members);
+            let take = ((n as f64 * fraction as f64).round() as usize).clamp(1, n - 1);
+            for &i in &members[..take] {
+                held[i] = true;
+            }
+        }
+        let pick =
+            |keep: bool| -> Vec<usize> { (0..held.len()).filter(|&i| held[i] != keep).collect() };
+        let (train_idx, val_idx) = (pick(true), pick(false));
+        let val = self.train.select(&val_idx);
+        self.train = self.train.select(&train_idx);
+        self.val = Some(val);
+        Ok(self)
+    }
 }
 
 /// Why a data set could not be loaded.
@@ -252,7 +323,11 @@ fn parse_digits(path: &Path, gz: &[u8]) -> Result<Split, DataError> {
     let mut test = make(test_images, test_labels);
     test.mean = mean;
     test.std = std;
-    Ok(Split { train, test })
+    Ok(Split {
+        train,
+        val: None,
+        test,
+    })
 }
 
 /// Per-channel mean and standard deviation over a whole data set.
@@ -354,28 +429,37 @@ pub fn cifar10(dir: impl AsRef<Path>) -> Result<Split, DataError> {
     let train_files: Vec<String> = (1..=5).map(|i| format!("data_batch_{i}.bin")).collect();
     Ok(Split {
         train: read_set(&train_files)?,
+        val: None,
         test: read_set(&["test_batch.bin".to_string()])?,
     })
 }
 
 // ---- Image folders ----
 
-/// An image-folder data set: `DIR/train/<class>/<image>` and `DIR/test/<class>/<image>`
-/// (`val` is accepted for `test`); classes are the sub-folder names in sorted order and
-/// must be the same in both. Every image is decoded (JPEG or PNG), resized (shorter
+/// An image-folder data set: `DIR/train/<class>/<image>` and `DIR/test/<class>/<image>`,
+/// and `DIR/val/<class>/<image>` as the validation set when present. With no `test/`,
+/// `val/` is the test set (ImageNet's layout) and the split has no validation set.
+/// Classes are the sub-folder names of `train` in sorted order; the other sets must
+/// have the same. Every image is decoded (JPEG or PNG), resized (shorter
 /// side to `size`, bilinear) and centre-cropped to `size x size`. A file that does not
 /// decode, or a class with no images, is an error naming it.
 #[cfg(feature = "images")]
 pub fn folder(dir: impl AsRef<Path>, size: usize) -> Result<Split, DataError> {
     let dir = dir.as_ref();
-    let test_dir = ["test", "val"]
-        .iter()
-        .map(|t| dir.join(t))
-        .find(|p| p.is_dir())
-        .ok_or_else(|| format_error(dir, "no `test` or `val` sub-folder"))?;
+    let (test_dir, val_dir) = (dir.join("test"), dir.join("val"));
+    let (test_dir, val_dir) = match (test_dir.is_dir(), val_dir.is_dir()) {
+        (true, true) => (test_dir, Some(val_dir)),
+        (true, false) => (test_dir, None),
+        (false, true) => (val_dir, None),
+        (false, false) => return Err(format_error(dir, "no `test` or `val` sub-folder")),
+    };
     let train = folder_set(&dir.join("train"), size, None)?;
+    let val = match val_dir {
+        Some(v) => Some(folder_set(&v, size, Some(&train.classes))?),
+        None => None,
+    };
     let test = folder_set(&test_dir, size, Some(&train.classes))?;
-    Ok(Split { train, test })
+    Ok(Split { train, val, test })
 }
 
 /// Without the `images` feature there is no image decoding: always a

@@ -2,15 +2,22 @@
 //! evaluation after each epoch, metrics, atomic checkpoints, resume, and export of the
 //! best model in torchvision naming.
 //!
+//! Model selection is honest: the data's validation set ([`Split::val`], an image
+//! folder's `val/` or images held out of the training set by [`Split::hold_out`]) picks
+//! `best.safetensors`; the test set is only reported. Without a validation set the
+//! latest epoch is kept.
+//!
 //! Output folder contents (each written atomically: `best.safetensors` after an epoch
-//! that improves the test accuracy, the others after every epoch):
+//! that improves the validation accuracy, the others after every epoch):
 //!
 //! - `checkpoint.safetensors`: the model (torchvision keys under `model.`), SGD's
 //!   momentum buffers (under `momentum.`), and in the metadata the architecture, the
 //!   number of classes, the epochs done, the seed (from which every shuffle and
-//!   augmentation is derived), and the history of metrics;
-//! - `best.safetensors`: the weights with the best test accuracy so far, loadable by
-//!   PyTorch (`model.load_state_dict(safetensors.torch.load_file(...))`);
+//!   augmentation is derived), the freeze policy, the number of validation images, the
+//!   history of metrics and the [`crate::ModelInfo`];
+//! - `best.safetensors`: the weights with the best validation accuracy so far, loadable
+//!   by PyTorch (`model.load_state_dict(safetensors.torch.load_file(...))`), with the
+//!   [`crate::ModelInfo`] in its metadata;
 //! - `metrics.csv`: one line per epoch.
 
 use std::collections::{BTreeMap, HashMap};
@@ -102,6 +109,12 @@ pub struct EpochRecord {
     /// Fraction of the epoch's training images, in `[0, 1]`, whose highest logit was
     /// their label at their step (before its update).
     pub train_acc: f32,
+    /// Mean cross-entropy on the validation set after the epoch (eval mode, no
+    /// smoothing); `None` when the data has no validation set.
+    pub val_loss: Option<f32>,
+    /// Fraction of the validation set classified right after the epoch: what picks
+    /// `best.safetensors`.
+    pub val_acc: Option<f32>,
     /// Mean cross-entropy on the test set after the epoch (eval mode, no smoothing).
     pub test_loss: f32,
     /// Fraction of the test set, in `[0, 1]`, classified right after the epoch.
@@ -112,37 +125,56 @@ pub struct EpochRecord {
 
 impl EpochRecord {
     /// The first line of `metrics.csv`: the column names of [`EpochRecord::csv`].
-    pub const CSV_HEADER: &'static str = "epoch,lr,train_loss,train_acc,test_loss,test_acc,seconds";
+    pub const CSV_HEADER: &'static str =
+        "epoch,lr,train_loss,train_acc,val_loss,val_acc,test_loss,test_acc,seconds";
 
-    /// The record as a line of `metrics.csv`, without the newline: the rate, losses and
-    /// accuracies with 6 decimals, the seconds with 3.
+    /// The record as a line of `metrics.csv`, without the newline: every number in
+    /// the shortest form that reads back to the same `f32` (the checkpoint keeps its
+    /// history this way, so a resumed run compares against exact figures), the
+    /// validation fields empty without a validation set.
     pub fn csv(&self) -> String {
+        let opt = |v: Option<f32>| v.map(|v| v.to_string()).unwrap_or_default();
         format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.3}",
+            "{},{},{},{},{},{},{},{},{}",
             self.epoch,
             self.lr,
             self.train_loss,
             self.train_acc,
+            opt(self.val_loss),
+            opt(self.val_acc),
             self.test_loss,
             self.test_acc,
             self.seconds
         )
     }
 
+    /// A line of [`EpochRecord::csv`]; also the 7-field lines of checkpoints written
+    /// before validation sets.
     fn parse_csv(line: &str) -> Option<Self> {
-        let f: Vec<&str> = line.split(',').collect();
-        if f.len() != 7 {
-            return None;
-        }
-        let p = |i: usize| f[i].trim().parse::<f32>().ok();
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        let p = |i: usize| f[i].parse::<f32>().ok();
+        let opt = |i: usize| -> Option<Option<f32>> {
+            if f[i].is_empty() {
+                Some(None)
+            } else {
+                p(i).map(Some)
+            }
+        };
+        let (val_loss, val_acc, rest) = match f.len() {
+            9 => (opt(4)?, opt(5)?, 6),
+            7 => (None, None, 4),
+            _ => return None,
+        };
         Some(EpochRecord {
-            epoch: f[0].trim().parse().ok()?,
+            epoch: f[0].parse().ok()?,
             lr: p(1)?,
             train_loss: p(2)?,
             train_acc: p(3)?,
-            test_loss: p(4)?,
-            test_acc: p(5)?,
-            seconds: p(6)?,
+            val_loss,
+            val_acc,
+            test_loss: p(rest)?,
+            test_acc: p(rest + 1)?,
+            seconds: p(rest + 2)?,
         })
     }
 }
@@ -499,11 +531,17 @@ impl<'d> Trainer<'d> {
                 self.kernels,
                 self.config.batch,
             )?;
+            let val = match &self.data.val {
+                Some(v) => Some(evaluate(&self.model, v, self.kernels, self.config.batch)?),
+                None => None,
+            };
             let record = EpochRecord {
                 epoch: epoch + 1,
                 lr,
                 train_loss: (loss_sum / seen.max(1) as f64) as f32,
                 train_acc: correct as f32 / seen.max(1) as f32,
+                val_loss: val.as_ref().map(|v| v.loss),
+                val_acc: val.as_ref().map(|v| v.accuracy),
                 test_loss: eval.loss,
                 test_acc: eval.accuracy,
                 seconds: start.elapsed().as_secs_f32(),
@@ -521,10 +559,21 @@ impl<'d> Trainer<'d> {
                     reason: format!("{what}; {last_good}"),
                 });
             }
-            let best = self.history.iter().map(|r| r.test_acc).fold(-1.0, f32::max);
+            // The validation set picks the model; without one, the latest epoch is kept
+            // (the test set never chooses: its figure would no longer be an estimate).
+            let improved = match record.val_acc {
+                Some(acc) => {
+                    acc > self
+                        .history
+                        .iter()
+                        .filter_map(|r| r.val_acc)
+                        .fold(-1.0, f32::max)
+                }
+                None => true,
+            };
             self.epochs_done += 1;
             self.history.push(record.clone());
-            if record.test_acc > best {
+            if improved {
                 self.model
                     .save_safetensors_with(self.out.join("best.safetensors"), Some(&self.info()))?;
             }
@@ -533,6 +582,21 @@ impl<'d> Trainer<'d> {
             progress(Progress::Epoch(&record));
         }
         Ok(&self.history)
+    }
+
+    /// The epoch `best.safetensors` holds: the first with the highest validation
+    /// accuracy, or the latest when the data has no validation set.
+    pub fn best_epoch(&self) -> Option<&EpochRecord> {
+        if self.data.val.is_none() {
+            return self.history.last();
+        }
+        self.history.iter().reduce(|a, b| {
+            if b.val_acc.unwrap_or(-1.0) > a.val_acc.unwrap_or(-1.0) {
+                b
+            } else {
+                a
+            }
+        })
     }
 
     /// What a user of the trained model needs to feed it: the architecture, the class
@@ -605,6 +669,10 @@ impl<'d> Trainer<'d> {
                 ("seed", self.config.seed.to_string()),
                 ("freeze", self.config.freeze.to_string()),
                 (
+                    "val_images",
+                    self.data.val.as_ref().map_or(0, |v| v.len()).to_string(),
+                ),
+                (
                     "backbone_lr_scale",
                     self.config.backbone_lr_scale.to_string(),
                 ),
@@ -670,6 +738,18 @@ impl<'d> Trainer<'d> {
                 format!(
                     "it was trained with freeze {freeze} and backbone learning-rate scale \
                      {scale}, but this run has {want_freeze} and {want_scale}"
+                ),
+            ));
+        }
+        // Written since validation sets came: the run must hold out the same images.
+        let val = get("val_images");
+        let want_val = self.data.val.as_ref().map_or(0, |v| v.len()).to_string();
+        if !val.is_empty() && val != want_val {
+            return Err(checkpoint_error(
+                path,
+                format!(
+                    "its run validated on {val} images, but this run's data has {want_val}: \
+                     hold out the same (the same --val-fraction and --seed)"
                 ),
             ));
         }
@@ -768,6 +848,17 @@ fn validate(c: &TrainConfig, data: &Split) -> Result<(), TrainError> {
     }
     if data.train.is_empty() || data.test.is_empty() {
         return bad("the training and test sets must not be empty".into());
+    }
+    if let Some(val) = &data.val {
+        if val.is_empty() || val.classes != data.train.classes {
+            return bad(format!(
+                "the validation set has {} images of {} classes; it needs images of the \
+                 training set's {} classes",
+                val.len(),
+                val.classes.len(),
+                data.train.classes.len()
+            ));
+        }
     }
     if data.train.classes.len() < 2 {
         return bad("at least two classes are needed".into());

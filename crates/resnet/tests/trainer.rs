@@ -281,3 +281,104 @@ fn a_checkpoint_resumes_only_with_its_own_freeze_policy() {
         "{e}"
     );
 }
+
+#[test]
+fn a_held_out_validation_set_is_per_class_seeded_and_disjoint() {
+    let data = digits().unwrap();
+    let a = data.clone().hold_out(0.1, 7).unwrap();
+    let val = a.val.as_ref().unwrap();
+    assert_eq!(a.train.len() + val.len(), data.train.len());
+    for c in 0..10 {
+        let count = |d: &resnet::data::Dataset| d.labels.iter().filter(|&&l| l == c).count();
+        let want = (count(&data.train) as f64 * 0.1).round() as usize;
+        assert_eq!(count(val), want, "class {c}");
+    }
+    // Every training image lands in exactly one of the two (images are distinct rows).
+    let rows = |d: &resnet::data::Dataset| -> Vec<Vec<u32>> {
+        (0..d.len())
+            .map(|i| d.image(i).iter().map(|v| v.to_bits()).collect())
+            .collect()
+    };
+    let (mut all, mut parts) = (rows(&data.train), rows(&a.train));
+    parts.extend(rows(val));
+    all.sort();
+    parts.sort();
+    assert_eq!(all, parts);
+    // The same seed holds out the same images; another seed others.
+    let again = data.clone().hold_out(0.1, 7).unwrap();
+    assert_eq!(rows(again.val.as_ref().unwrap()), rows(val));
+    let other = data.clone().hold_out(0.1, 8).unwrap();
+    assert_ne!(rows(other.val.as_ref().unwrap()), rows(val));
+    // 0 holds out nothing; a fraction of 1 or more is refused.
+    assert!(data.clone().hold_out(0.0, 7).unwrap().val.is_none());
+    assert!(data.clone().hold_out(1.0, 7).is_err());
+}
+
+#[test]
+fn the_validation_set_picks_best_safetensors_and_the_test_set_is_only_reported() {
+    let data = digits().unwrap().hold_out(0.1, 1).unwrap();
+    let k = Kernels::active().unwrap();
+    let out = out_dir("validation");
+    let mut t = Trainer::new(quick(3), &data, k, &out).unwrap();
+    let mut snapshots = Vec::new();
+    for _ in 0..3 {
+        t.run_epochs(1, &mut |_| {}).unwrap();
+        snapshots.push(snapshot(&t.model));
+    }
+    assert!(t
+        .history
+        .iter()
+        .all(|r| r.val_acc.is_some() && r.val_loss.is_some()));
+    let best = t.best_epoch().unwrap().clone();
+    let top = t
+        .history
+        .iter()
+        .map(|r| r.val_acc.unwrap())
+        .fold(-1.0, f32::max);
+    assert_eq!(best.val_acc, Some(top));
+    let first_top = t
+        .history
+        .iter()
+        .position(|r| r.val_acc == Some(top))
+        .unwrap();
+    assert_eq!(best.epoch, first_top + 1);
+    // best.safetensors holds that epoch's weights, and says what it is.
+    let path = out.join("best.safetensors");
+    let saved = resnet::ResNet::from_safetensors(Arch::Cifar { depth: 20 }, &path).unwrap();
+    assert!(snapshot(&saved) == snapshots[best.epoch - 1]);
+    assert_eq!(resnet::ModelInfo::read(&path).unwrap(), Some(t.info()));
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert!(csv.starts_with("epoch,lr,train_loss,train_acc,val_loss,val_acc,test_loss"));
+    assert_eq!(csv.lines().count(), 4);
+    // A run that holds out other images cannot resume this one.
+    let other = digits().unwrap().hold_out(0.2, 1).unwrap();
+    let e = Trainer::resume(
+        quick(4),
+        &other,
+        k,
+        &out,
+        out.join("checkpoint.safetensors"),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("validated on"), "{e}");
+    // The same split resumes, with its history (validation figures included).
+    let r = Trainer::resume(quick(4), &data, k, &out, out.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(r.history, t.history);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn without_a_validation_set_the_last_epoch_is_kept() {
+    let data = digits().unwrap();
+    let out = out_dir("no-validation");
+    let mut t = Trainer::new(quick(2), &data, Kernels::active().unwrap(), &out).unwrap();
+    t.run(&mut |_| {}).unwrap();
+    assert_eq!(t.best_epoch().unwrap().epoch, 2);
+    let saved =
+        resnet::ResNet::from_safetensors(Arch::Cifar { depth: 20 }, out.join("best.safetensors"))
+            .unwrap();
+    assert!(snapshot(&saved) == snapshot(&t.model));
+    let _ = std::fs::remove_dir_all(&out);
+}
