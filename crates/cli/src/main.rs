@@ -64,14 +64,16 @@ enum Command {
     /// Train a ResNet (default: ResNet-20 on the shipped handwritten digits) with a
     /// progress bar; writes the best model, a checkpoint, metrics and a plot to --out.
     Train {
-        /// Data set: `digits` (shipped), `cifar10:DIR` (the binary version) or `folder:DIR`
-        /// (DIR/train/<class>/*.jpg|png and DIR/test/<class>/...).
-        #[arg(long, default_value = "digits")]
-        data: String,
-        /// Architecture: a CIFAR cifar-resnet20/32/44/56/110 or resnet18/34/50/101/152.
-        #[arg(long, default_value = "cifar-resnet20")]
-        arch: String,
-        /// Epochs (default: 30).
+        /// Data set: `digits` (shipped; the default), `cifar10:DIR` (the binary version)
+        /// or `folder:DIR` (DIR/train/<class>/*.jpg|png, DIR/test/<class>/..., and
+        /// DIR/val/<class>/... as the validation set if present).
+        #[arg(long)]
+        data: Option<String>,
+        /// Architecture: a CIFAR cifar-resnet20/32/44/56/110 or resnet18/34/50/101/152
+        /// (default: cifar-resnet20).
+        #[arg(long)]
+        arch: Option<String>,
+        /// Epochs of the whole run (default: 30); the one setting a resumed run may change.
         #[arg(long)]
         epochs: Option<usize>,
         /// Images per batch (default: 64, 128 for CIFAR-10).
@@ -80,37 +82,46 @@ enum Command {
         /// Peak learning rate, after a 2-epoch warm-up, then cosine decay (default: 0.1).
         #[arg(long)]
         lr: Option<f32>,
-        /// Seed for the initial weights, shuffles and augmentation (default: 1).
+        /// Seed for the initial weights, the validation split, shuffles and augmentation
+        /// (default: 1).
         #[arg(long)]
         seed: Option<u64>,
-        /// Continue from a checkpoint written by an earlier run.
+        /// Continue the run of this checkpoint, with the settings it records (data set
+        /// included): only --epochs may change, other flags must repeat its values. Writes
+        /// into the checkpoint's folder unless --out says otherwise.
         #[arg(long)]
         resume: Option<std::path::PathBuf>,
         /// Fine-tune: start from these weights (a torchvision/timm-named `.safetensors`
         /// of --arch, any head: a head of another size is replaced to fit the data set).
         #[arg(long, conflicts_with = "resume")]
         init: Option<std::path::PathBuf>,
-        /// What stays fixed: `none`, `backbone` (only the head trains) or
+        /// What stays fixed: `none` (the default), `backbone` (only the head trains) or
         /// `all-but-last-stage` (the last stage and the head train). Frozen weights and
         /// their batch norms' statistics stay exactly as they were.
-        #[arg(long, default_value = "none")]
-        freeze: String,
-        /// Learning rate of everything but the head, as a fraction of --lr (fine-tuning
-        /// often uses 0.1).
-        #[arg(long, default_value_t = 1.0)]
-        backbone_lr_scale: f32,
+        #[arg(long)]
+        freeze: Option<String>,
+        /// Learning rate of everything but the head, as a fraction of --lr (default 1;
+        /// fine-tuning often uses 0.1).
+        #[arg(long)]
+        backbone_lr_scale: Option<f32>,
         /// Fraction of the training images held out (per class, seeded) as the
-        /// validation set that picks best.safetensors; the test set is only reported.
-        /// Not used when an image folder has its own `val/` beside `test/`. 0: no
-        /// validation, best.safetensors is the last epoch.
-        #[arg(long, default_value_t = 0.1)]
-        val_fraction: f32,
-        /// Output folder.
-        #[arg(long, default_value = "runs/train")]
-        out: std::path::PathBuf,
-        /// Image side for `folder:DIR` data (shorter side resized, then centre-cropped).
-        #[arg(long, default_value_t = 64)]
-        size: usize,
+        /// validation set that picks best.safetensors; the test set is only reported
+        /// (default 0.1). Not used when an image folder has its own `val/` beside
+        /// `test/`. 0: no validation, best.safetensors is the last epoch.
+        #[arg(long)]
+        val_fraction: Option<f32>,
+        /// Output folder. Without it: runs/train, or runs/train-2, -3, ... when that
+        /// already holds a run. A folder given here that holds a run is refused unless
+        /// --overwrite.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Replace the run in --out.
+        #[arg(long)]
+        overwrite: bool,
+        /// Image side for `folder:DIR` data (shorter side resized, then centre-cropped;
+        /// default 64).
+        #[arg(long)]
+        size: Option<usize>,
     },
     /// Accuracy and confusion matrix of a weights file on a data set's test images.
     Eval {
@@ -224,7 +235,7 @@ enum BenchCommand {
 }
 
 /// A `--data` value, with `--size` applied to image folders.
-fn parse_data(
+pub(crate) fn parse_data(
     spec: &str,
     size: usize,
 ) -> Result<resnet::data::DataSpec, Box<dyn std::error::Error>> {
@@ -305,22 +316,25 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             backbone_lr_scale,
             val_fraction,
             out,
+            overwrite,
             size,
         } => train::train(
             Kernels::active()?,
             train::TrainArgs {
-                data: parse_data(&data, size)?,
-                arch: arch.parse()?,
+                data,
+                arch,
                 epochs,
                 batch,
                 lr,
                 seed,
                 resume,
                 init,
-                freeze: freeze.parse()?,
+                freeze,
                 backbone_lr_scale,
                 val_fraction,
                 out,
+                overwrite,
+                size,
             },
         ),
         Command::Classify {

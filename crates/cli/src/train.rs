@@ -1,7 +1,7 @@
 //! `resnet train` and `resnet eval`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use resnet::data::DataSpec;
@@ -10,10 +10,11 @@ use tensor::Kernels;
 
 use crate::plot;
 
-/// `resnet train` options (already parsed).
+/// `resnet train` options as given: `None` where the flag was not given (a resumed run
+/// takes those from its checkpoint, a new one the defaults).
 pub struct TrainArgs {
-    pub data: DataSpec,
-    pub arch: Arch,
+    pub data: Option<String>,
+    pub arch: Option<String>,
     pub epochs: Option<usize>,
     pub batch: Option<usize>,
     pub lr: Option<f32>,
@@ -21,21 +22,27 @@ pub struct TrainArgs {
     pub resume: Option<PathBuf>,
     /// Weights to fine-tune from.
     pub init: Option<PathBuf>,
-    pub freeze: Freeze,
-    pub backbone_lr_scale: f32,
+    pub freeze: Option<String>,
+    pub backbone_lr_scale: Option<f32>,
     /// Fraction of the training images held out to pick the best model (when the data
     /// has no validation set of its own).
-    pub val_fraction: f32,
-    pub out: PathBuf,
+    pub val_fraction: Option<f32>,
+    pub out: Option<PathBuf>,
+    pub overwrite: bool,
+    pub size: Option<usize>,
 }
 
-fn config_for(args: &TrainArgs) -> TrainConfig {
+/// A new run's settings: the defaults for its data set, and the flags given.
+fn config_for(
+    args: &TrainArgs,
+    data: &DataSpec,
+) -> Result<TrainConfig, Box<dyn std::error::Error>> {
     let mut c = TrainConfig::digits();
-    if let DataSpec::Cifar10(_) = args.data {
+    if let DataSpec::Cifar10(_) = data {
         c.augment = resnet::augment::Augment::CIFAR;
         c.epochs = 30;
         c.batch = 128;
-    } else if let DataSpec::Folder { .. } = args.data {
+    } else if let DataSpec::Folder { .. } = data {
         c.augment = resnet::augment::Augment {
             crop_pad: 0,
             resized_crop: Some((0.35, 1.0)),
@@ -43,14 +50,199 @@ fn config_for(args: &TrainArgs) -> TrainConfig {
             rotate_degrees: 0.0,
         };
     }
-    c.arch = args.arch;
+    if let Some(a) = &args.arch {
+        c.arch = a.parse()?;
+    }
     c.epochs = args.epochs.unwrap_or(c.epochs);
     c.batch = args.batch.unwrap_or(c.batch);
     c.lr = args.lr.unwrap_or(c.lr);
     c.seed = args.seed.unwrap_or(c.seed);
-    c.freeze = args.freeze;
-    c.backbone_lr_scale = args.backbone_lr_scale;
-    c
+    if let Some(f) = &args.freeze {
+        c.freeze = f.parse()?;
+    }
+    c.backbone_lr_scale = args.backbone_lr_scale.unwrap_or(c.backbone_lr_scale);
+    Ok(c)
+}
+
+/// The notes `resnet train` leaves in its checkpoints, so that `--resume` needs no flag.
+const NOTE_DATA: &str = "data";
+const NOTE_SIZE: &str = "size";
+const NOTE_VAL: &str = "val_fraction";
+
+/// What a run trains on and how: the data set, its image side, the validation
+/// fraction and the trainer's settings.
+struct Plan {
+    data: DataSpec,
+    size: usize,
+    val_fraction: f32,
+    config: TrainConfig,
+}
+
+/// A resumed run's settings: the checkpoint's, with `--epochs` applied; any other flag
+/// given must repeat the checkpoint's value. Checkpoints written before settings were
+/// recorded take the flags (and defaults) as before.
+fn resumed_plan(args: &TrainArgs, ckpt: &Path) -> Result<Plan, Box<dyn std::error::Error>> {
+    let info = resnet::read_checkpoint(ckpt)?;
+    let Some(saved) = info.config else {
+        let size = args.size.unwrap_or(64);
+        let data = crate::parse_data(args.data.as_deref().unwrap_or("digits"), size)?;
+        let config = config_for(args, &data)?;
+        return Ok(Plan {
+            data,
+            size,
+            val_fraction: args.val_fraction.unwrap_or(0.1),
+            config,
+        });
+    };
+    let note = |k: &str| info.notes.get(k).cloned();
+    let mut clash = Vec::new();
+    let mut check = |flag: &str, given: Option<String>, saved: String| {
+        if let Some(g) = given {
+            if g != saved {
+                clash.push(format!("--{flag} {g} (the run: {saved})"));
+            }
+        }
+    };
+    let arch_given = match &args.arch {
+        Some(a) => Some(a.parse::<Arch>()?.to_string()),
+        None => None,
+    };
+    let freeze_given = match &args.freeze {
+        Some(f) => Some(f.parse::<Freeze>()?.to_string()),
+        None => None,
+    };
+    check("arch", arch_given, saved.arch.to_string());
+    check(
+        "batch",
+        args.batch.map(|b| b.to_string()),
+        saved.batch.to_string(),
+    );
+    check("lr", args.lr.map(|v| v.to_string()), saved.lr.to_string());
+    check(
+        "seed",
+        args.seed.map(|v| v.to_string()),
+        saved.seed.to_string(),
+    );
+    check("freeze", freeze_given, saved.freeze.to_string());
+    check(
+        "backbone-lr-scale",
+        args.backbone_lr_scale.map(|v| v.to_string()),
+        saved.backbone_lr_scale.to_string(),
+    );
+    let size: usize = match note(NOTE_SIZE) {
+        Some(s) => s
+            .parse()
+            .map_err(|_| format!("{}: bad note `size` {s:?}", ckpt.display()))?,
+        None => args.size.unwrap_or(64),
+    };
+    check("size", args.size.map(|v| v.to_string()), size.to_string());
+    let val_fraction: f32 = match note(NOTE_VAL) {
+        Some(v) => v
+            .parse()
+            .map_err(|_| format!("{}: bad note `val_fraction` {v:?}", ckpt.display()))?,
+        None => args.val_fraction.unwrap_or(0.1),
+    };
+    check(
+        "val-fraction",
+        args.val_fraction.map(|v| v.to_string()),
+        val_fraction.to_string(),
+    );
+    let data = match (note(NOTE_DATA), &args.data) {
+        (Some(d), given) => {
+            if let Some(g) = given {
+                let g = crate::parse_data(g, size)?.to_string();
+                if g != d {
+                    clash.push(format!("--data {g} (the run: {d})"));
+                }
+            }
+            crate::parse_data(&d, size)?
+        }
+        (None, Some(g)) => crate::parse_data(g, size)?,
+        (None, None) => crate::parse_data("digits", size)?,
+    };
+    if !clash.is_empty() {
+        return Err(format!(
+            "{} continues a run with other settings: {}. A resumed run keeps its own \
+             settings (only --epochs may change): leave these flags out",
+            ckpt.display(),
+            clash.join(", ")
+        )
+        .into());
+    }
+    let mut config = saved;
+    config.epochs = args.epochs.unwrap_or(config.epochs);
+    Ok(Plan {
+        data,
+        size,
+        val_fraction,
+        config,
+    })
+}
+
+/// True when `dir` holds a file of a run (`best.safetensors`, a checkpoint, metrics or
+/// the plot).
+fn holds_a_run(dir: &Path) -> bool {
+    resnet::trainer::OUTPUTS
+        .iter()
+        .any(|f| dir.join(f).exists())
+}
+
+/// Where the run writes: `--out`, the checkpoint's folder when resuming, or the first
+/// of `runs/train`, `runs/train-2`, ... that holds no run. A new run never replaces
+/// another unless `--overwrite`.
+fn out_folder(args: &TrainArgs) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    if let Some(ckpt) = &args.resume {
+        let own = ckpt.parent().map(Path::to_path_buf).unwrap_or_default();
+        let own = if own.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            own
+        };
+        return match &args.out {
+            Some(out) if !same_dir(out, &own) && holds_a_run(out) && !args.overwrite => {
+                Err(format!(
+                    "{} holds another run: resume into the checkpoint's own folder (leave out \
+                     --out), another --out, or --overwrite",
+                    out.display()
+                )
+                .into())
+            }
+            Some(out) => Ok(out.clone()),
+            None => Ok(own),
+        };
+    }
+    match &args.out {
+        Some(out) if holds_a_run(out) && !args.overwrite => Err(format!(
+            "{} already holds a run (best.safetensors, checkpoint, metrics): give another \
+             --out, continue it with --resume {}, or replace it with --overwrite",
+            out.display(),
+            out.join("checkpoint.safetensors").display()
+        )
+        .into()),
+        Some(out) => Ok(out.clone()),
+        None => {
+            let base = Path::new("runs");
+            let mut n = 1usize;
+            loop {
+                let dir = if n == 1 {
+                    base.join("train")
+                } else {
+                    base.join(format!("train-{n}"))
+                };
+                if !holds_a_run(&dir) || args.overwrite {
+                    return Ok(dir);
+                }
+                n += 1;
+            }
+        }
+    }
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 fn fmt_duration(s: f32) -> String {
@@ -60,14 +252,41 @@ fn fmt_duration(s: f32) -> String {
 
 pub fn train(k: Kernels, args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
-    eprintln!("loading {} ...", args.data);
-    let config = config_for(&args);
-    let data = args.data.load()?.hold_out(args.val_fraction, config.seed)?;
+    let plan = match &args.resume {
+        Some(ckpt) => resumed_plan(&args, ckpt)?,
+        None => {
+            let size = args.size.unwrap_or(64);
+            let data = crate::parse_data(args.data.as_deref().unwrap_or("digits"), size)?;
+            let config = config_for(&args, &data)?;
+            Plan {
+                data,
+                size,
+                val_fraction: args.val_fraction.unwrap_or(0.1),
+                config,
+            }
+        }
+    };
+    let out = out_folder(&args)?;
+    if args.overwrite && args.resume.is_none() {
+        // The old run's files go first: a new run stopped early must not leave the old
+        // best model beside its own checkpoint.
+        for f in resnet::trainer::OUTPUTS {
+            match std::fs::remove_file(out.join(f)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(format!("{}: {e}", out.join(f).display()).into())
+                }
+                _ => {}
+            }
+        }
+    }
+    eprintln!("loading {} ...", plan.data);
+    let config = plan.config.clone();
+    let data = plan.data.load()?.hold_out(plan.val_fraction, config.seed)?;
     let val = data.val.as_ref().map_or(0, |v| v.len());
     eprintln!(
-        "training {} on {}: {} training, {val} validation (picks the best model) and {} test images (only reported) of {:?}, {} classes; {} epochs, batch {}, lr {}, {} threads, kernels {}",
+        "training {} on {}: {} training, {val} validation (picks the best model) and {} test images (only reported) of {:?}, {} classes; {} epochs, batch {}, lr {}, {} threads, kernels {}; writing to {}",
         config.arch,
-        args.data,
+        plan.data,
         data.train.len(),
         data.test.len(),
         data.train.shape,
@@ -76,11 +295,12 @@ pub fn train(k: Kernels, args: TrainArgs) -> Result<(), Box<dyn std::error::Erro
         config.batch,
         config.lr,
         rayon::current_num_threads(),
-        k.isa()
+        k.isa(),
+        out.display()
     );
     let mut trainer = match &args.resume {
         Some(ckpt) => {
-            let t = Trainer::resume(config, &data, k, &args.out, ckpt)?;
+            let t = Trainer::resume(config, &data, k, &out, ckpt)?;
             if t.epochs_done >= t.config.epochs {
                 return Err(format!(
                     "{} has already finished all {} epochs: nothing to train (raise --epochs to \
@@ -112,11 +332,14 @@ pub fn train(k: Kernels, args: TrainArgs) -> Result<(), Box<dyn std::error::Erro
                     config.freeze,
                     config.backbone_lr_scale
                 );
-                Trainer::from_model(config, model, &data, k, &args.out)?
+                Trainer::from_model(config, model, &data, k, &out)?
             }
-            None => Trainer::new(config, &data, k, &args.out)?,
+            None => Trainer::new(config, &data, k, &out)?,
         },
     };
+    trainer.set_note(NOTE_DATA, &plan.data.to_string());
+    trainer.set_note(NOTE_SIZE, &plan.size.to_string());
+    trainer.set_note(NOTE_VAL, &plan.val_fraction.to_string());
     let epochs = trainer.config.epochs;
     let mut epoch_start = Instant::now();
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -172,7 +395,7 @@ pub fn train(k: Kernels, args: TrainArgs) -> Result<(), Box<dyn std::error::Erro
     };
     trainer.run(&mut progress)?;
     let history = trainer.history.clone();
-    let plot_path = args.out.join("training.png");
+    let plot_path = out.join("training.png");
     plot::write_training_plot(&plot_path, &history)?;
     let best = trainer.best_epoch().ok_or("no epoch ran")?;
     let last = history.last().ok_or("no epoch ran")?;
@@ -206,7 +429,7 @@ pub fn train(k: Kernels, args: TrainArgs) -> Result<(), Box<dyn std::error::Erro
         ("plot", "training.png"),
     ] {
         // Only what this run really wrote.
-        let path = args.out.join(file);
+        let path = out.join(file);
         if path.is_file() {
             crate::emit(&format!("  {what}: {}", path.display()))?;
         }

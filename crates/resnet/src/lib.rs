@@ -97,5 +97,8 @@ pub use model_info::ModelInfo;
 #[cfg(feature = "train")]
 pub use train::{count_correct, train_step, BatchStats, Freeze, StepOutcome, TrainForward};
 #[cfg(feature = "train")]
-pub use trainer::{evaluate, EpochRecord, Evaluation, Progress, TrainConfig, TrainError, Trainer};
+pub use trainer::{
+    evaluate, read_checkpoint, CheckpointInfo, EpochRecord, Evaluation, Progress, TrainConfig,
+    TrainError, Trainer,
+};
 pub use weights::WeightsError;

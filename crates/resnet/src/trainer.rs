@@ -96,6 +96,164 @@ impl TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// The settings as a JSON object (what a checkpoint records, key `config`).
+    pub fn to_json(&self) -> String {
+        let a = &self.augment;
+        serde_json::json!({
+            "arch": self.arch.to_string(),
+            "epochs": self.epochs,
+            "batch": self.batch,
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "nesterov": self.nesterov,
+            "warmup_epochs": self.warmup_epochs,
+            "label_smoothing": self.label_smoothing,
+            "augment": {
+                "crop_pad": a.crop_pad,
+                "resized_crop": a.resized_crop.map(|(lo, hi)| [lo, hi]),
+                "hflip": a.hflip,
+                "rotate_degrees": a.rotate_degrees,
+            },
+            "seed": self.seed,
+            "freeze": self.freeze.to_string(),
+            "backbone_lr_scale": self.backbone_lr_scale,
+        })
+        .to_string()
+    }
+
+    /// The settings, other than `epochs`, in which `self` differs from `other`, as
+    /// `name: ours vs theirs`.
+    pub fn differences(&self, other: &TrainConfig) -> Vec<String> {
+        let (a, b): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_str(&self.to_json()).unwrap_or_default(),
+            serde_json::from_str(&other.to_json()).unwrap_or_default(),
+        );
+        let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+            return Vec::new();
+        };
+        a.iter()
+            .filter(|(k, v)| k.as_str() != "epochs" && b.get(k.as_str()) != Some(v))
+            .map(|(k, v)| {
+                let theirs = b.get(k.as_str()).unwrap_or(&serde_json::Value::Null);
+                format!("{k}: {v} vs {theirs}")
+            })
+            .collect()
+    }
+
+    /// Reads [`TrainConfig::to_json`]'s object; an error names the field that is
+    /// missing or does not parse.
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let field = |k: &str| v.get(k).ok_or_else(|| format!("no `{k}`"));
+        let uint = |k: &str| -> Result<usize, String> {
+            field(k)?
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| format!("`{k}` is not a count"))
+        };
+        let float = |v: &serde_json::Value, k: &str| -> Result<f32, String> {
+            v.get(k)
+                .and_then(serde_json::Value::as_f64)
+                .map(|x| x as f32)
+                .ok_or_else(|| format!("`{k}` is not a number"))
+        };
+        let text_of = |k: &str| -> Result<&str, String> {
+            field(k)?
+                .as_str()
+                .ok_or_else(|| format!("`{k}` is not a string"))
+        };
+        let a = field("augment")?;
+        let resized_crop = match a.get("resized_crop") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(r) => {
+                let r: [f32; 2] = serde_json::from_value(r.clone())
+                    .map_err(|e| format!("`augment.resized_crop`: {e}"))?;
+                Some((r[0], r[1]))
+            }
+        };
+        Ok(TrainConfig {
+            arch: text_of("arch")?
+                .parse()
+                .map_err(|e: crate::UnknownArch| e.to_string())?,
+            epochs: uint("epochs")?,
+            batch: uint("batch")?,
+            lr: float(&v, "lr")?,
+            momentum: float(&v, "momentum")?,
+            weight_decay: float(&v, "weight_decay")?,
+            nesterov: field("nesterov")?
+                .as_bool()
+                .ok_or("`nesterov` is not true or false")?,
+            warmup_epochs: uint("warmup_epochs")?,
+            label_smoothing: float(&v, "label_smoothing")?,
+            augment: Augment {
+                crop_pad: a
+                    .get("crop_pad")
+                    .and_then(serde_json::Value::as_u64)
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or("`augment.crop_pad` is not a count")?,
+                resized_crop,
+                hflip: a
+                    .get("hflip")
+                    .and_then(serde_json::Value::as_bool)
+                    .ok_or("`augment.hflip` is not true or false")?,
+                rotate_degrees: float(a, "rotate_degrees")?,
+            },
+            seed: field("seed")?.as_u64().ok_or("`seed` is not a count")?,
+            freeze: text_of("freeze")?.parse()?,
+            backbone_lr_scale: float(&v, "backbone_lr_scale")?,
+        })
+    }
+}
+
+/// What a checkpoint says about its run, read from its header only
+/// ([`read_checkpoint`]): to resume a run with its own settings.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct CheckpointInfo {
+    /// The run's settings; `None` for a checkpoint written before they were recorded.
+    pub config: Option<TrainConfig>,
+    /// Epochs completed.
+    pub epochs_done: usize,
+    /// What the caller recorded with [`Trainer::set_note`] (the `resnet` tool: the data
+    /// set, image size and validation fraction).
+    pub notes: BTreeMap<String, String>,
+}
+
+/// Reads what a checkpoint records about its run (its header only); an error when
+/// the file is not a checkpoint.
+pub fn read_checkpoint(path: impl AsRef<Path>) -> Result<CheckpointInfo, TrainError> {
+    let path = path.as_ref();
+    let meta = crate::weights::read_metadata(path)?;
+    if meta.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
+        return Err(checkpoint_error(
+            path,
+            format!("not a {CHECKPOINT_FORMAT} file (weights to start a new run from? use --init)"),
+        ));
+    }
+    let config = match meta.get("config") {
+        None => None,
+        Some(text) => Some(
+            TrainConfig::from_json(text)
+                .map_err(|e| checkpoint_error(path, format!("its `config`: {e}")))?,
+        ),
+    };
+    let epochs_done = meta
+        .get("epochs_done")
+        .and_then(|e| e.parse().ok())
+        .ok_or_else(|| checkpoint_error(path, "bad epochs_done".into()))?;
+    let notes = meta
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("note.").map(|k| (k.to_string(), v.clone())))
+        .collect();
+    Ok(CheckpointInfo {
+        config,
+        epochs_done,
+        notes,
+    })
+}
+
 /// One epoch's measurements.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EpochRecord {
@@ -314,6 +472,8 @@ pub struct Trainer<'d> {
     /// One record per completed epoch, oldest first (restored from the checkpoint on
     /// resume; also written to `metrics.csv`).
     pub history: Vec<EpochRecord>,
+    /// The caller's notes, written into checkpoints ([`Trainer::set_note`]).
+    notes: BTreeMap<String, String>,
 }
 
 /// The files a run writes into its folder (`training.png` by the `resnet` tool).
@@ -399,6 +559,7 @@ impl<'d> Trainer<'d> {
             workspace: Workspace::new(),
             epochs_done: 0,
             history: Vec::new(),
+            notes: BTreeMap::new(),
         })
     }
 
@@ -584,6 +745,13 @@ impl<'d> Trainer<'d> {
         Ok(&self.history)
     }
 
+    /// Records `value` under `key` in every checkpoint from now on, for the caller to
+    /// read back with [`read_checkpoint`] (the `resnet` tool records the data set, so
+    /// `--resume` needs no flags repeated).
+    pub fn set_note(&mut self, key: &str, value: &str) {
+        self.notes.insert(key.to_string(), value.to_string());
+    }
+
     /// The epoch `best.safetensors` holds: the first with the highest validation
     /// accuracy, or the latest when the data has no validation set.
     pub fn best_epoch(&self) -> Option<&EpochRecord> {
@@ -677,9 +845,15 @@ impl<'d> Trainer<'d> {
                     self.config.backbone_lr_scale.to_string(),
                 ),
                 ("history", history),
+                ("config", self.config.to_json()),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v)),
+        );
+        meta.extend(
+            self.notes
+                .iter()
+                .map(|(k, v)| (format!("note.{k}"), v.clone())),
         );
         write_safetensors(path, views, Some(meta)).map_err(|source| TrainError::Io {
             path: path.to_path_buf(),
@@ -740,6 +914,23 @@ impl<'d> Trainer<'d> {
                      {scale}, but this run has {want_freeze} and {want_scale}"
                 ),
             ));
+        }
+        // Written since the settings were recorded: all but the number of epochs must be
+        // the run's own, or the resumed run would not be the one it continues.
+        if let Some(text) = meta.get("config") {
+            let saved = TrainConfig::from_json(text)
+                .map_err(|e| checkpoint_error(path, format!("its `config`: {e}")))?;
+            let differ = self.config.differences(&saved);
+            if !differ.is_empty() {
+                return Err(checkpoint_error(
+                    path,
+                    format!(
+                        "the run had other settings (this run's vs the checkpoint's): {} \
+                         (only the number of epochs may change when resuming)",
+                        differ.join(", ")
+                    ),
+                ));
+            }
         }
         // Written since validation sets came: the run must hold out the same images.
         let val = get("val_images");

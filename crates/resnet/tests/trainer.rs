@@ -382,3 +382,41 @@ fn without_a_validation_set_the_last_epoch_is_kept() {
     assert!(snapshot(&saved) == snapshot(&t.model));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn a_checkpoint_records_its_settings_and_resumes_only_with_them() {
+    let mut cifar = TrainConfig::digits();
+    cifar.augment = resnet::augment::Augment::CIFAR;
+    cifar.label_smoothing = 0.1;
+    for c in [TrainConfig::digits(), cifar] {
+        assert_eq!(TrainConfig::from_json(&c.to_json()).unwrap(), c);
+    }
+    assert!(TrainConfig::from_json("{}")
+        .unwrap_err()
+        .starts_with("no `"));
+    let data = digits().unwrap();
+    let k = Kernels::active().unwrap();
+    let out = out_dir("settings");
+    let mut t = Trainer::new(quick(1), &data, k, &out).unwrap();
+    t.set_note("data", "digits");
+    t.run(&mut |_| {}).unwrap();
+    let ckpt = out.join("checkpoint.safetensors");
+    let info = resnet::read_checkpoint(&ckpt).unwrap();
+    assert_eq!(info.config, Some(quick(1)));
+    assert_eq!(info.epochs_done, 1);
+    assert_eq!(info.notes.get("data").map(String::as_str), Some("digits"));
+    // More epochs: fine. Another rate or seed: refused, naming the setting.
+    assert!(Trainer::resume(quick(2), &data, k, &out, &ckpt).is_ok());
+    let other = TrainConfig {
+        lr: 0.05,
+        seed: 9,
+        ..quick(2)
+    };
+    let e = Trainer::resume(other, &data, k, &out, &ckpt)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("lr: ") && e.contains("seed: 9 vs 1"), "{e}");
+    assert!(resnet::read_checkpoint(out.join("best.safetensors")).is_err());
+    let _ = std::fs::remove_dir_all(&out);
+}
