@@ -47,15 +47,115 @@ fn classifier(k: Kernels, weights: &Path, arch: Option<&str>) -> Res<Classifier>
     Ok(Classifier::with_info(net, info, k)?)
 }
 
-/// Decodes and preprocesses the images into one `[N, 3, S, S]` batch.
-fn batch_of(info: &ModelInfo, images: &[PathBuf]) -> Res<Tensor> {
+/// How `classify` and `eval` print their answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// For people.
+    Text,
+    /// One JSON object per line (per image for `classify`).
+    Json,
+    /// Comma-separated values with a header line.
+    Csv,
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break (RFC 4180).
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// True for the file names the image decoders read.
+fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| ["jpg", "jpeg", "png"].contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// The images named: files as given, every JPEG and PNG under a folder (recursively,
+/// in sorted order), and the paths of `list` (one per line; blank lines and lines
+/// starting with `#` skipped). A folder without images is an error; a file that does
+/// not exist is reported when it is read.
+pub fn expand_inputs(inputs: Vec<PathBuf>, list: Option<&Path>) -> Res<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    if let Some(list) = list {
+        let bytes = resnet::files::read_regular(list, 64 << 20)
+            .map_err(|e| format!("{}: {e}", list.display()))?;
+        let text =
+            String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text", list.display()))?;
+        for line in text.lines().map(str::trim) {
+            if !line.is_empty() && !line.starts_with('#') {
+                out.push(PathBuf::from(line));
+            }
+        }
+    }
+    for input in inputs {
+        if input.is_dir() {
+            let mut found = Vec::new();
+            let mut stack = vec![input.clone()];
+            while let Some(dir) = stack.pop() {
+                let entries =
+                    std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                for entry in entries {
+                    let path = entry.map_err(|e| format!("{}: {e}", dir.display()))?.path();
+                    if path.is_dir() {
+                        stack.push(path);
+                    } else if is_image(&path) {
+                        found.push(path);
+                    }
+                }
+            }
+            if found.is_empty() {
+                return Err(
+                    format!("{}: no JPEG or PNG files in this folder", input.display()).into(),
+                );
+            }
+            found.sort();
+            out.extend(found);
+        } else {
+            out.push(input);
+        }
+    }
+    if out.is_empty() {
+        return Err("no images given".into());
+    }
+    Ok(out)
+}
+
+/// Reads and preprocesses `images` into one `[N, 3, S, S]` batch of those that could be
+/// read (`None` if none could), and per image, in order, its error if it could not.
+fn batch_of(info: &ModelInfo, images: &[PathBuf]) -> Res<(Option<Tensor>, Vec<Option<String>>)> {
     let s = info.input_size;
     let mut data = Vec::with_capacity(images.len() * 3 * s * s);
+    let mut errors = Vec::with_capacity(images.len());
     for path in images {
-        let x = info.load_image(path)?;
-        data.extend_from_slice(x.data());
+        match info.load_image(path) {
+            Ok(x) => {
+                data.extend_from_slice(x.data());
+                errors.push(None);
+            }
+            Err(e) => errors.push(Some(e.to_string())),
+        }
     }
-    Ok(Tensor::from_vec(&[images.len(), 3, s, s], data)?)
+    let n = errors.iter().filter(|e| e.is_none()).count();
+    let batch = if n == 0 {
+        None
+    } else {
+        Some(Tensor::from_vec(&[n, 3, s, s], data)?)
+    };
+    Ok((batch, errors))
+}
+
+/// The error that ends a command some of whose images could not be read (after the
+/// others were done).
+fn failed(failures: usize, total: usize) -> Res<()> {
+    if failures == 0 {
+        Ok(())
+    } else {
+        Err(format!("{failures} of {total} images could not be read (each is named above)").into())
+    }
 }
 
 pub fn classify(
@@ -65,32 +165,83 @@ pub fn classify(
     images: Vec<PathBuf>,
     top: usize,
     batch: usize,
+    format: Format,
 ) -> Res<()> {
-    if images.is_empty() {
-        return Err("no images given".into());
-    }
     let c = classifier(k, &weights, arch.as_deref())?;
+    if format == Format::Csv {
+        crate::emit("image,rank,class,name,probability")?;
+    }
+    let mut failures = 0;
     // `batch` images at a time: decoded, run and printed before the next are read.
     for group in images.chunks(batch.max(1)) {
-        let answers = c.top_k_batch(&batch_of(c.info(), group)?, top)?;
-        for (path, answer) in group.iter().zip(answers) {
-            crate::emit(&path.display().to_string())?;
-            for (rank, p) in answer.into_iter().enumerate() {
-                let name = p.name.unwrap_or_else(|| format!("class {}", p.class));
-                crate::emit(&format!(
-                    "  {}. {:>6.2}%  {name} ({})",
-                    rank + 1,
-                    100.0 * p.probability,
-                    p.class
-                ))?;
+        let (x, errors) = batch_of(c.info(), group)?;
+        let mut answers = match x {
+            Some(x) => c.top_k_batch(&x, top)?.into_iter(),
+            None => Vec::new().into_iter(),
+        };
+        // In the order given: an image that could not be read is reported in its place.
+        for (path, error) in group.iter().zip(errors) {
+            let image = path.display().to_string();
+            if let Some(e) = error {
+                failures += 1;
+                if format == Format::Json {
+                    let line = serde_json::json!({"image": image, "error": e});
+                    crate::emit(&line.to_string())?;
+                }
+                eprintln!("error: {e}");
+                continue;
+            }
+            let answer = answers.next().ok_or("fewer answers than images")?;
+            match format {
+                Format::Text => {
+                    crate::emit(&image)?;
+                    for (rank, p) in answer.into_iter().enumerate() {
+                        let name = p.name.unwrap_or_else(|| format!("class {}", p.class));
+                        crate::emit(&format!(
+                            "  {}. {:>6.2}%  {name} ({})",
+                            rank + 1,
+                            100.0 * p.probability,
+                            p.class
+                        ))?;
+                    }
+                }
+                Format::Json => {
+                    let predictions: Vec<_> = answer
+                        .into_iter()
+                        .enumerate()
+                        .map(|(rank, p)| {
+                            serde_json::json!({
+                                "rank": rank + 1,
+                                "class": p.class,
+                                "name": p.name,
+                                "probability": p.probability,
+                            })
+                        })
+                        .collect();
+                    let line = serde_json::json!({"image": image, "predictions": predictions});
+                    crate::emit(&line.to_string())?;
+                }
+                Format::Csv => {
+                    for (rank, p) in answer.into_iter().enumerate() {
+                        crate::emit(&format!(
+                            "{},{},{},{},{}",
+                            csv_field(&image),
+                            rank + 1,
+                            p.class,
+                            csv_field(p.name.as_deref().unwrap_or("")),
+                            p.probability
+                        ))?;
+                    }
+                }
             }
         }
     }
-    Ok(())
+    failed(failures, images.len())
 }
 
 /// Writes the pooled embeddings as a `.safetensors` file: `features` `[N, D]` (f32),
-/// with the image paths, in order, in the metadata (`images`, one per line).
+/// with the image paths, in order, in the metadata (`images`, one per line). Images
+/// that cannot be read are named and left out; the command then fails at the end.
 pub fn features(
     k: Kernels,
     weights: PathBuf,
@@ -99,23 +250,39 @@ pub fn features(
     out: PathBuf,
     batch: usize,
 ) -> Res<()> {
-    if images.is_empty() {
-        return Err("no images given".into());
-    }
     let c = classifier(k, &weights, arch.as_deref())?;
     let fast = c.model();
     // `batch` images at a time; only the embeddings (a few KB each) are kept.
     let dim = c.arch().feature_dim();
     let mut bytes: Vec<u8> = Vec::with_capacity(images.len() * dim * 4);
+    let mut done: Vec<String> = Vec::with_capacity(images.len());
+    let mut failures = 0;
     for group in images.chunks(batch.max(1)) {
-        let f = fast.features(&batch_of(c.info(), group)?)?;
+        let (x, errors) = batch_of(c.info(), group)?;
+        for (path, error) in group.iter().zip(errors) {
+            match error {
+                Some(e) => {
+                    failures += 1;
+                    eprintln!("error: {e}");
+                }
+                None => done.push(path.display().to_string()),
+            }
+        }
+        let Some(x) = x else { continue };
+        let f = fast.features(&x)?;
         bytes.extend(f.data().iter().flat_map(|v| v.to_le_bytes()));
     }
-    let shape = vec![images.len(), dim];
+    if done.is_empty() {
+        return Err(format!(
+            "none of the {} images could be read: nothing written",
+            images.len()
+        )
+        .into());
+    }
+    let shape = vec![done.len(), dim];
     let view =
         safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), &bytes)?;
-    let list: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
-    let meta = std::collections::HashMap::from([("images".to_string(), list.join("\n"))]);
+    let meta = std::collections::HashMap::from([("images".to_string(), done.join("\n"))]);
     let file = safetensors::serialize([("features", view)], Some(meta))?;
     resnet::weights::write_atomic(&out, &file).map_err(|e| format!("{}: {e}", out.display()))?;
     crate::emit(&format!(
@@ -124,5 +291,5 @@ pub fn features(
         shape[1],
         out.display()
     ))?;
-    Ok(())
+    failed(failures, images.len())
 }

@@ -57,7 +57,7 @@ enum Command {
         /// inference's.
         #[arg(long)]
         train: bool,
-        /// With --plan: one JSON object per layer instead of a table.
+        /// JSON instead of text: one object (with --plan: one per layer).
         #[arg(long)]
         json: bool,
     },
@@ -142,6 +142,13 @@ enum Command {
         /// otherwise 64.
         #[arg(long)]
         size: Option<usize>,
+        /// One JSON object: accuracy, loss, images, classes and the confusion matrix.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// The confusion matrix as CSV (rows: true class, columns: predicted); the
+        /// accuracy goes to standard error.
+        #[arg(long)]
+        csv: bool,
     },
     /// Top-5 classes of images (JPEG or PNG), with probabilities: a model trained by
     /// `train` is fed as it was trained (its file says how); a torchvision/timm file as
@@ -160,8 +167,19 @@ enum Command {
         /// Images decoded and run at once: memory stays flat however many are given.
         #[arg(long, default_value_t = 16)]
         batch: usize,
-        /// The images.
-        #[arg(required = true)]
+        /// One JSON object per image and line: `image`, and `predictions` (`rank`,
+        /// `class`, `name`, `probability`) or `error`.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// CSV: `image,rank,class,name,probability`, one line per prediction.
+        #[arg(long)]
+        csv: bool,
+        /// A file listing more images, one path per line (`#` starts a comment line).
+        #[arg(long)]
+        list: Option<std::path::PathBuf>,
+        /// The images: files, or folders (every JPEG and PNG inside, recursively). One
+        /// that cannot be read is reported and the rest go on; the exit status is then 1.
+        #[arg(required_unless_present = "list")]
         images: Vec<std::path::PathBuf>,
     },
     /// Pooled embeddings of images (2048 floats each for ResNet-50, 512 for ResNet-18),
@@ -179,7 +197,12 @@ enum Command {
         /// Images decoded and run at once: memory stays flat however many are given.
         #[arg(long, default_value_t = 16)]
         batch: usize,
-        #[arg(required = true)]
+        /// A file listing more images, one path per line.
+        #[arg(long)]
+        list: Option<std::path::PathBuf>,
+        /// The images: files or folders, as for `classify`; one that cannot be read is
+        /// reported and left out (the exit status is then 1).
+        #[arg(required_unless_present = "list")]
         images: Vec<std::path::PathBuf>,
     },
     /// Benchmark tables: GFLOP/s and % of the measured FMA peak.
@@ -245,6 +268,14 @@ pub(crate) fn parse_data(
     Ok(spec.parse::<resnet::data::DataSpec>()?.with_size(size))
 }
 
+fn format_of(json: bool, csv: bool) -> classify::Format {
+    match (json, csv) {
+        (true, _) => classify::Format::Json,
+        (_, true) => classify::Format::Csv,
+        _ => classify::Format::Text,
+    }
+}
+
 /// Writes one line to standard output. An error (a closed pipe, as in `resnet bench gemm
 /// | head`) ends the command instead of panicking as `println!` would.
 pub(crate) fn emit(line: &str) -> std::io::Result<()> {
@@ -302,7 +333,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             plan::print(&Kernels::active()?, arch.parse()?, batch, size, train, json)
         }
-        Command::Info { peak, .. } => info(peak),
+        Command::Info { peak, json, .. } => info(peak, json),
         Command::Train {
             data,
             arch,
@@ -342,28 +373,42 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             arch,
             top,
             batch,
+            json,
+            csv,
+            list,
             images,
         } => classify::classify(
             Kernels::active()?,
             weights,
             arch,
-            images,
+            classify::expand_inputs(images, list.as_deref())?,
             top.max(1),
             batch.max(1),
+            format_of(json, csv),
         ),
         Command::Features {
             weights,
             arch,
             out,
             batch,
+            list,
             images,
-        } => classify::features(Kernels::active()?, weights, arch, images, out, batch.max(1)),
+        } => classify::features(
+            Kernels::active()?,
+            weights,
+            arch,
+            classify::expand_inputs(images, list.as_deref())?,
+            out,
+            batch.max(1),
+        ),
         Command::Eval {
             weights,
             data,
             arch,
             batch,
             size,
+            json,
+            csv,
         } => {
             let (arch, info) = classify::resolve(&weights, arch.as_deref())?;
             let size = match (size, &info) {
@@ -387,6 +432,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 info,
                 parse_data(&data, size)?,
                 batch.max(1),
+                format_of(json, csv),
             )
         }
         Command::Bench {
@@ -432,39 +478,66 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-fn info(measure_peak: bool) -> Result<(), Box<dyn std::error::Error>> {
-    emit(&format!("cpu features:  {}", isa::cpu_features().join(" ")))?;
+fn info(measure_peak: bool, json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let features = isa::cpu_features();
     let supported: Vec<_> = Isa::ALL
         .iter()
         .filter(|i| i.is_supported())
         .map(|i| i.name())
         .collect();
-    emit(&format!("tiers here:    {}", supported.join(" ")))?;
     let choice = isa::active()?;
+    let k = Kernels::active()?;
+    let threads = rayon::current_num_threads();
+    // Measured first, printed in either form.
+    let mut peaks = Vec::new();
+    if measure_peak {
+        for isa in Isa::ALL.into_iter().filter(|i| i.is_supported()) {
+            let k = Kernels::for_isa(isa)?;
+            let one = peak::fma_peak(&k, 1, Duration::from_millis(500));
+            let all = peak::fma_peak(&k, threads, Duration::from_millis(500));
+            peaks.push((isa.name(), one.gflops, all.gflops));
+        }
+    }
+    if json {
+        let kernels: serde_json::Map<String, serde_json::Value> = k
+            .kernel_names()
+            .into_iter()
+            .map(|(op, kernel)| (op.to_string(), kernel.to_string().into()))
+            .collect();
+        let peaks: Vec<_> = peaks
+            .iter()
+            .map(|(isa, one, all)| {
+                serde_json::json!({"isa": isa, "gflops_1_thread": one, "gflops_all_threads": all})
+            })
+            .collect();
+        let v = serde_json::json!({
+            "cpu_features": features,
+            "tiers": supported,
+            "active_tier": choice.isa().name(),
+            "forced": matches!(choice, IsaChoice::Forced(_)),
+            "threads": threads,
+            "kernels": kernels,
+            "fma_peak": peaks,
+        });
+        return Ok(emit(&v.to_string())?);
+    }
+    emit(&format!("cpu features:  {}", features.join(" ")))?;
+    emit(&format!("tiers here:    {}", supported.join(" ")))?;
     let how = match choice {
         IsaChoice::Detected(_) => "detected: the widest this CPU supports".to_string(),
         IsaChoice::Forced(_) => format!("forced by {}", isa::ISA_ENV),
     };
     emit(&format!("active tier:   {} ({how})", choice.isa()))?;
-    emit(&format!("threads:       {}", rayon::current_num_threads()))?;
-    let k = Kernels::active()?;
+    emit(&format!("threads:       {threads}"))?;
     emit("kernels:")?;
     for (op, kernel) in k.kernel_names() {
         emit(&format!("  {op:<24} {kernel}"))?;
     }
     if measure_peak {
         emit("measured FMA peak (GFLOP/s, best of ~1 s of register-only FMA chains):")?;
-        let threads = rayon::current_num_threads();
-        for isa in Isa::ALL.into_iter().filter(|i| i.is_supported()) {
-            let k = Kernels::for_isa(isa)?;
-            let one = peak::fma_peak(&k, 1, Duration::from_millis(500));
-            let all = peak::fma_peak(&k, threads, Duration::from_millis(500));
+        for (isa, one, all) in &peaks {
             emit(&format!(
-                "  {:<8} 1 thread: {:7.1}   {} threads: {:7.1}",
-                isa.name(),
-                one.gflops,
-                threads,
-                all.gflops
+                "  {isa:<8} 1 thread: {one:7.1}   {threads} threads: {all:7.1}"
             ))?;
         }
     }

@@ -444,7 +444,9 @@ pub fn eval(
     info: Option<resnet::ModelInfo>,
     data: DataSpec,
     batch: usize,
+    format: crate::classify::Format,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    use crate::classify::{csv_field, Format};
     let split = data.load()?;
     let model = ResNet::from_safetensors(arch, &weights)?;
     let classes = &split.test.classes;
@@ -483,13 +485,43 @@ pub fn eval(
         .into());
     }
     let e = evaluate(&model, &split.test, k, batch)?;
-    crate::emit(&format!(
+    let summary = format!(
         "{arch} {} on the {} test images of {data}: accuracy {:.2}%, loss {:.4}",
         weights.display(),
         split.test.len(),
         100.0 * e.accuracy,
         e.loss
-    ))?;
+    );
+    match format {
+        Format::Json => {
+            let v = serde_json::json!({
+                "weights": weights.display().to_string(),
+                "arch": arch.to_string(),
+                "data": data.to_string(),
+                "images": split.test.len(),
+                "accuracy": e.accuracy,
+                "loss": e.loss,
+                "classes": classes,
+                "confusion": e.confusion,
+            });
+            return Ok(crate::emit(&v.to_string())?);
+        }
+        Format::Csv => {
+            eprintln!("{summary}");
+            let mut header = String::from("true\\predicted");
+            for c in classes {
+                header.push(',');
+                header.push_str(&csv_field(c));
+            }
+            crate::emit(&header)?;
+            for (c, row) in classes.iter().zip(&e.confusion) {
+                let cells: Vec<String> = row.iter().map(usize::to_string).collect();
+                crate::emit(&format!("{},{}", csv_field(c), cells.join(",")))?;
+            }
+            return Ok(());
+        }
+        Format::Text => crate::emit(&summary)?,
+    }
     crate::emit("confusion matrix (rows: true class, columns: predicted):")?;
     let w = classes
         .iter()
