@@ -40,6 +40,13 @@ Files (all float32 unless noted):
   (batch 2) and ResNet-50 (batch 1) in eval mode on 64x64 inputs: `input`, and the
   output of `stem` (after the max pool), `layer1`..`layer4`, `features`, `logits`.
 
+- `pth/`: PyTorch checkpoints written by `torch.save` for the `.pth` reader: the
+  fixture CIFAR ResNet-8 state dict in f32 (`resnet8.pth`), f16 (`resnet8_f16.pth`, and
+  the same as `resnet8_f16.safetensors`), bf16, and with parameters and views into one
+  shared storage (`resnet8_views.pth`); a transposed (non-contiguous) tensor, a hostile
+  pickle that would call `os.system`, a dict that is not a state dict, and the legacy
+  (pre-1.6) format.
+
 With `--weights DIR` it also writes the generated ResNet-18 and ResNet-50 weights as
 torchvision-named `.safetensors` files (46 MB and 102 MB) for trying `resnet classify`.
 """
@@ -605,6 +612,47 @@ def jpeg_fixture(out, image_dir):
           f"(libjpeg-turbo {metadata['libjpeg_turbo']})")
 
 
+class Evil:
+    """Pickles as a call of os.system: what a hostile checkpoint holds."""
+
+    def __reduce__(self):
+        return (os.system, ("echo this must never run",))
+
+
+def pth_fixture(out):
+    """PyTorch checkpoints as torch.save writes them, for the `.pth` reader."""
+    d = os.path.join(out, "pth")
+    os.makedirs(d, exist_ok=True)
+    model = CifarResNet(8, 10)
+    fill(model)
+    sd = model.state_dict()
+    torch.save(sd, os.path.join(d, "resnet8.pth"))
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
+    torch.save(half, os.path.join(d, "resnet8_f16.pth"))
+    save_file({k: v.contiguous() for k, v in half.items()}, os.path.join(d, "resnet8_f16.safetensors"))
+    bf = {k: (v.bfloat16() if v.is_floating_point() else v) for k, v in sd.items()}
+    torch.save(bf, os.path.join(d, "resnet8_bf16.pth"))
+    # Parameters (keep_vars), and tensors that are views into one storage at offsets.
+    params = model.state_dict(keep_vars=True)
+    big = torch.cat([v.detach().reshape(-1) for v in sd.values() if v.is_floating_point()])
+    views, at = {}, 0
+    for k, v in sd.items():
+        if v.is_floating_point():
+            views[k] = big[at:at + v.numel()].view(v.shape)
+            at += v.numel()
+        else:
+            views[k] = v
+    torch.save({k: params[k] if k.endswith("conv1.weight") else views[k] for k in sd},
+               os.path.join(d, "resnet8_views.pth"))
+    torch.save({"fc.weight": sd["fc.weight"].t()}, os.path.join(d, "transposed.pth"))
+    torch.save({"fc.weight": Evil()}, os.path.join(d, "hostile.pth"))
+    torch.save({"model": sd["fc.bias"], "epoch": 3}, os.path.join(d, "not_a_state_dict.pth"))
+    torch.save({"fc.bias": sd["fc.bias"]}, os.path.join(d, "legacy.pth"),
+               _use_new_zipfile_serialization=False)
+    print(f"pth: CIFAR ResNet-8 in f32, f16, bf16 and as views; hostile, legacy and odd files "
+          f"(torch {torch.__version__})")
+
+
 def weights_files(out):
     os.makedirs(out, exist_ok=True)
     for arch in ["resnet18", "resnet50"]:
@@ -634,6 +682,7 @@ def main():
         "preprocess": lambda out: preprocess_fixture(
             out, os.path.join(here, "..", "crates", "resnet", "tests", "images")
         ),
+        "pth": lambda out: pth_fixture(out),
         "jpeg": lambda out: jpeg_fixture(
             out, os.path.join(here, "..", "crates", "resnet", "tests", "images")
         ),

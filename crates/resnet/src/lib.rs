@@ -70,6 +70,7 @@ pub mod loader;
 pub mod model;
 pub mod model_info;
 pub mod preprocess;
+pub mod pth;
 #[cfg(doctest)]
 mod readme;
 #[cfg(feature = "train")]

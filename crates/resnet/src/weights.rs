@@ -200,11 +200,47 @@ impl ResNet {
     /// taken from `fc.weight`. The file is read once, tensor by tensor, straight into
     /// the model's parameters: it is never held whole in memory beside them (for
     /// ResNet-50, 100 MB less at the peak).
+    ///
+    /// A PyTorch checkpoint (`torch.save` of a state dict, `.pth`/`.pt`) is read too,
+    /// recognised by its content ([`ResNet::from_pth`]).
     pub fn from_safetensors(arch: Arch, path: impl AsRef<Path>) -> Result<Self, WeightsError> {
         let path = path.as_ref();
         check_config_beside(arch, path)?;
-        let file = crate::files::open_regular(path).map_err(io_error(path))?;
+        let mut file = crate::files::open_regular(path).map_err(io_error(path))?;
+        let mut head = [0u8; 4];
+        let n = file.read(&mut head).map_err(io_error(path))?;
+        if crate::pth::is_zip(&head[..n]) {
+            return Self::from_pth(arch, path);
+        }
+        file.seek(std::io::SeekFrom::Start(0))
+            .map_err(io_error(path))?;
         Self::from_safetensors_reader(arch, path, file)
+    }
+
+    /// Loads a PyTorch checkpoint: the state dict `torch.save(model.state_dict(), path)`
+    /// writes (torchvision's published `.pth` format), in f32, f16 or bf16, checked as
+    /// strictly as a `.safetensors` file. The file is read by a small reader that runs
+    /// no code from it ([`crate::pth`]).
+    pub fn from_pth(arch: Arch, path: impl AsRef<Path>) -> Result<Self, WeightsError> {
+        let path = path.as_ref();
+        let tensors = crate::pth::read_state_dict(path)?;
+        let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+            .iter()
+            .map(|t| {
+                safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data)
+                    .map(|v| (t.name.clone(), v))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| WeightsError::Format {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let bytes = safetensors::serialize(views, None).map_err(|e| WeightsError::Format {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        drop(tensors);
+        Self::from_safetensors_reader(arch, path, std::io::Cursor::new(bytes))
     }
 
     /// [`ResNet::from_safetensors`] from any seekable source (`name` is used in
@@ -412,10 +448,17 @@ impl ResNet {
 }
 
 /// The metadata of a `.safetensors` file (its header only is read; empty if it has
-/// none).
+/// none, or for a PyTorch checkpoint).
 pub fn read_metadata(path: impl AsRef<Path>) -> Result<HashMap<String, String>, WeightsError> {
     let path = path.as_ref();
     let mut file = crate::files::open_regular(path).map_err(io_error(path))?;
+    let mut head = [0u8; 4];
+    let n = file.read(&mut head).map_err(io_error(path))?;
+    if crate::pth::is_zip(&head[..n]) {
+        return Ok(HashMap::new()); // a PyTorch checkpoint: no metadata
+    }
+    file.seek(std::io::SeekFrom::Start(0))
+        .map_err(io_error(path))?;
     let header = Header::read(path, &mut file)?;
     Ok(header.meta.metadata().clone().unwrap_or_default())
 }
