@@ -40,10 +40,12 @@ pub struct PthTensor {
 /// The largest `.pth` file read (the whole file is held while it is read).
 pub const MAX_FILE: u64 = 4 << 30;
 
-/// True when `head` (a file's first bytes) starts a ZIP archive, as `torch.save`'s
-/// files do.
-pub fn is_zip(head: &[u8]) -> bool {
-    head.starts_with(b"PK\x03\x04")
+/// True when `head` (a file's first 4 bytes) starts a ZIP archive, as `torch.save`'s
+/// files do, or a legacy `torch.save` file (a pickle whose first value is PyTorch's
+/// magic number, an 8-byte LONG1; as a safetensors header length those bytes would be
+/// far beyond any file's).
+pub fn is_torch_file(head: &[u8]) -> bool {
+    head.starts_with(b"PK\x03\x04") || matches!(head, [0x80, 2..=5, 0x8a, ..])
 }
 
 /// Reads the state dict of the `torch.save` file at `path` (see the module docs).
@@ -53,15 +55,15 @@ pub fn read_state_dict(path: impl AsRef<Path>) -> Result<Vec<PthTensor>, Weights
         path: path.to_path_buf(),
         source,
     })?;
-    parse_state_dict(&bytes).map_err(|message| WeightsError::Format {
+    parse_state_dict(&bytes).map_err(|message| WeightsError::PyTorch {
         path: path.to_path_buf(),
-        message: format!("not a readable PyTorch state dict: {message}"),
+        message,
     })
 }
 
 /// [`read_state_dict`] on the bytes of a file; the error says what is wrong.
 pub fn parse_state_dict(bytes: &[u8]) -> Result<Vec<PthTensor>, String> {
-    if !is_zip(bytes) {
+    if !bytes.starts_with(b"PK\x03\x04") {
         if bytes.first() == Some(&0x80) {
             return Err(
                 "this is the legacy (before PyTorch 1.6) torch.save format; load it \

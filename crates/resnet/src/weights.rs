@@ -49,6 +49,14 @@ pub enum WeightsError {
     },
     /// The file is valid but does not fit the model; every problem is listed.
     Mismatch(Box<Mismatch>),
+    /// A PyTorch checkpoint (`.pth`) that is not a state dict this reader accepts
+    /// (see [`crate::pth`]): what is wrong, with where in the pickle.
+    PyTorch {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// Building the model failed (a head, from `fc.weight`'s shape, too large to
     /// address; a head of zero classes is a [`WeightsError::Format`]).
     Tensor(TensorError),
@@ -96,6 +104,11 @@ impl fmt::Display for WeightsError {
                 )
             }
             WeightsError::Refused { path, reason } => write!(f, "{}: {reason}", path.display()),
+            WeightsError::PyTorch { path, message } => write!(
+                f,
+                "{}: not a readable PyTorch state dict: {message}",
+                path.display()
+            ),
             WeightsError::Mismatch(m) => {
                 let Mismatch {
                     path,
@@ -209,7 +222,7 @@ impl ResNet {
         let mut file = crate::files::open_regular(path).map_err(io_error(path))?;
         let mut head = [0u8; 4];
         let n = file.read(&mut head).map_err(io_error(path))?;
-        if crate::pth::is_zip(&head[..n]) {
+        if crate::pth::is_torch_file(&head[..n]) {
             return Self::from_pth(arch, path);
         }
         file.seek(std::io::SeekFrom::Start(0))
@@ -454,7 +467,7 @@ pub fn read_metadata(path: impl AsRef<Path>) -> Result<HashMap<String, String>, 
     let mut file = crate::files::open_regular(path).map_err(io_error(path))?;
     let mut head = [0u8; 4];
     let n = file.read(&mut head).map_err(io_error(path))?;
-    if crate::pth::is_zip(&head[..n]) {
+    if crate::pth::is_torch_file(&head[..n]) {
         return Ok(HashMap::new()); // a PyTorch checkpoint: no metadata
     }
     file.seek(std::io::SeekFrom::Start(0))
