@@ -47,8 +47,9 @@ Files (all float32 unless noted):
   pickle that would call `os.system`, a dict that is not a state dict, and the legacy
   (pre-1.6) format.
 
-With `--weights DIR` it also writes the generated ResNet-18 and ResNet-50 weights as
-torchvision-named `.safetensors` files (46 MB and 102 MB) for trying `resnet classify`.
+With `--weights DIR` it writes the generated ResNet-18 and ResNet-50 weights as
+torchvision-named `.safetensors` files (46 MB and 102 MB) for trying `resnet classify`
+and fine-tuning, and no fixture unless `--only` names some.
 """
 
 import argparse
@@ -669,7 +670,7 @@ def main():
     default_out = os.path.join(here, "..", "crates", "resnet", "tests", "fixtures")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=default_out, help="fixture folder (default: %(default)s)")
-    ap.add_argument("--weights", metavar="DIR", help="also write resnet18/50 weight files here")
+    ap.add_argument("--weights", metavar="DIR", help="write resnet18/50 weight files here (only these, unless --only)")
     fixtures = {
         "resnet20_step": lambda out: train_step_fixture(out),
         "sgd_steps": lambda out: sgd_fixture(out),
@@ -695,7 +696,8 @@ def main():
     torch.use_deterministic_algorithms(True)
     os.makedirs(args.out, exist_ok=True)
     for name, make in fixtures.items():
-        if not args.only or name in args.only:
+        # `--weights` alone writes only the weight files.
+        if (not args.only and not args.weights) or (args.only and name in args.only):
             make(args.out)
     if args.weights:
         weights_files(args.weights)

@@ -10,6 +10,7 @@
 
 mod bench;
 mod classify;
+mod export;
 mod plan;
 mod plot;
 mod train;
@@ -122,6 +123,16 @@ enum Command {
         /// default 64).
         #[arg(long)]
         size: Option<usize>,
+    },
+    /// Write a data set as an image folder (DIR/train/<class>/*.png, DIR/test/...), e.g.
+    /// the shipped digits, to try fine-tuning and `classify` on images.
+    ExportFolder {
+        /// The data set (`digits` or `cifar10:DIR`).
+        #[arg(long, default_value = "digits")]
+        data: String,
+        /// The folder to write (must not hold `train` or `test` yet).
+        #[arg(long)]
+        out: std::path::PathBuf,
     },
     /// Accuracy and confusion matrix of a weights file on a data set's test images.
     Eval {
@@ -435,6 +446,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 format_of(json, csv),
             )
         }
+        Command::ExportFolder { data, out } => export::export_folder(&data.parse()?, &out),
         Command::Bench {
             what,
             json,

@@ -165,3 +165,45 @@ fn resume_takes_the_runs_own_settings_and_refuses_other_ones() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn export_folder_writes_the_digits_as_an_image_folder_once() {
+    let dir = temp("export");
+    ok(
+        resnet_in(&dir, &["export-folder", "--out", "digits"]),
+        "export",
+    );
+    let count = |split: &str| -> usize {
+        std::fs::read_dir(dir.join("digits").join(split))
+            .unwrap()
+            .map(|c| std::fs::read_dir(c.unwrap().path()).unwrap().count())
+            .sum()
+    };
+    assert_eq!((count("train"), count("test")), (1437, 360));
+    fails(
+        resnet_in(&dir, &["export-folder", "--out", "digits"]),
+        "already exists",
+        "second export",
+    );
+    // The folder trains and evaluates as an image folder.
+    ok(
+        resnet_in(
+            &dir,
+            &[
+                "train",
+                "--data",
+                "folder:digits",
+                "--size",
+                "8",
+                "--epochs",
+                "1",
+                "--batch",
+                "256",
+                "--out",
+                "run",
+            ],
+        ),
+        "train on the folder",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
