@@ -40,6 +40,9 @@ Files (all float32 unless noted):
   (batch 2) and ResNet-50 (batch 1) in eval mode on 64x64 inputs: `input`, and the
   output of `stem` (after the max pool), `layer1`..`layer4`, `features`, `logits`.
 
+- `png.safetensors`: PIL's decoding (`convert("RGB")`) of the PNGs in
+  `crates/resnet/tests/images/png/`, written by hand for every colour type and bit
+  depth, with transparency and Adam7 interlacing (see `png_fixture`).
 - `pth/`: PyTorch checkpoints written by `torch.save` for the `.pth` reader: the
   fixture CIFAR ResNet-8 state dict in f32 (`resnet8.pth`), f16 (`resnet8_f16.pth`, and
   the same as `resnet8_f16.safetensors`), bf16, and with parameters and views into one
@@ -613,6 +616,93 @@ def jpeg_fixture(out, image_dir):
           f"(libjpeg-turbo {metadata['libjpeg_turbo']})")
 
 
+def write_png(path, w, h, colortype, bitdepth, pixels, interlace=False, plte=None, trns=None):
+    """A PNG written by hand (zlib, filter 0), so that every colour type, bit depth and
+    Adam7 interlacing can be made: `pixels` is a `[h, w, samples]` array of the sample
+    values (big-endian for 16 bits, packed for depths under 8)."""
+    import struct
+    import zlib
+
+    samples = pixels.shape[2]
+
+    def pack(row):
+        if bitdepth == 16:
+            return row.astype(">u2").tobytes()
+        if bitdepth == 8:
+            return row.astype(np.uint8).tobytes()
+        bits = "".join(format(int(v), f"0{bitdepth}b") for v in row.reshape(-1))
+        bits += "0" * (-len(bits) % 8)
+        return int(bits, 2).to_bytes(len(bits) // 8, "big") if bits else b""
+
+    raw = b""
+    if not interlace:
+        for y in range(h):
+            raw += b"\0" + pack(pixels[y])
+    else:
+        # Adam7: seven passes, each a small image of its own rows.
+        for x0, y0, dx, dy in [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4),
+                               (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]:
+            sub = pixels[y0::dy, x0::dx]
+            if sub.shape[0] == 0 or sub.shape[1] == 0:
+                continue
+            for y in range(sub.shape[0]):
+                raw += b"\0" + pack(sub[y])
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    out = b"\x89PNG\r\n\x1a\n" + chunk(
+        b"IHDR", struct.pack(">IIBBBBB", w, h, bitdepth, colortype, 0, 0, int(interlace)))
+    if plte is not None:
+        out += chunk(b"PLTE", plte)
+    if trns is not None:
+        out += chunk(b"tRNS", trns)
+    out += chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    assert samples >= 1
+    with open(path, "wb") as f:
+        f.write(out)
+
+
+def png_fixture(out, image_dir):
+    """PNGs of every colour type and bit depth (1, 2, 4, 8, 16; palette with
+    transparency; grey with a tRNS colour; 16-bit grey with alpha; Adam7 interlaced) in
+    `image_dir/png/`, and `png.safetensors` with `decoded.<file>`: PIL's
+    `Image.open(f).convert("RGB")`, `[H, W, 3]` uint8."""
+    import struct
+
+    import PIL
+    from PIL import Image
+
+    d = os.path.join(image_dir, "png")
+    os.makedirs(d, exist_ok=True)
+    rng = np.random.default_rng(7)
+    w, h = 13, 11
+    r = lambda hi, n: rng.integers(0, hi, (h, w, n))  # noqa: E731
+    cases = {
+        "grey1.png": (0, 1, r(2, 1), {}),
+        "grey2.png": (0, 2, r(4, 1), {}),
+        "grey4.png": (0, 4, r(16, 1), {}),
+        "grey16.png": (0, 16, r(65536, 1), {}),
+        "grey8_trns.png": (0, 8, r(256, 1), {"trns": struct.pack(">H", 7)}),
+        "greyalpha16.png": (4, 16, r(65536, 2), {}),
+        "rgb16.png": (2, 16, r(65536, 3), {}),
+        "rgba16.png": (6, 16, r(65536, 4), {}),
+        "palette4_trns.png": (3, 4, r(16, 1), {"plte": bytes(rng.integers(0, 256, 48).astype(np.uint8)),
+                                                "trns": bytes([0, 128, 255])}),
+        "rgb8_adam7.png": (2, 8, r(256, 3), {"interlace": True}),
+        "grey16_adam7.png": (0, 16, r(65536, 1), {"interlace": True}),
+    }
+    tensors = {}
+    for name, (ct, bd, px, kw) in cases.items():
+        path = os.path.join(d, name)
+        write_png(path, w, h, ct, bd, px, **kw)
+        with Image.open(path) as im:
+            tensors[f"decoded.{name}"] = torch.from_numpy(np.asarray(im.convert("RGB")).copy())
+    metadata = {"pillow": PIL.__version__}
+    save_file_sorted_metadata(tensors, os.path.join(out, "png.safetensors"), metadata)
+    print(f"png: {len(tensors)} files, decoded by Pillow {metadata['pillow']}")
+
+
 class Evil:
     """Pickles as a call of os.system: what a hostile checkpoint holds."""
 
@@ -684,6 +774,9 @@ def main():
             out, os.path.join(here, "..", "crates", "resnet", "tests", "images")
         ),
         "pth": lambda out: pth_fixture(out),
+        "png": lambda out: png_fixture(
+            out, os.path.join(here, "..", "crates", "resnet", "tests", "images")
+        ),
         "jpeg": lambda out: jpeg_fixture(
             out, os.path.join(here, "..", "crates", "resnet", "tests", "images")
         ),

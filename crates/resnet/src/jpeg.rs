@@ -56,14 +56,6 @@ fn corrupt<T>(m: impl Into<String>) -> Result<T, Error> {
     Err(Error::Corrupt(m.into()))
 }
 
-/// A decoded image: `channels` is 1 (grey) or 3 (RGB), interleaved, row-major.
-pub(crate) struct Decoded {
-    pub width: usize,
-    pub height: usize,
-    pub channels: usize,
-    pub data: Vec<u8>,
-}
-
 /// `NATURAL[k]` is the position, in row-major order, of the `k`-th coefficient in
 /// zig-zag order. The 16 entries past 63 map to 63 so that corrupt run lengths (which
 /// can carry `k` up to 78) land on the last coefficient, as in libjpeg.
@@ -479,14 +471,25 @@ enum Colour {
     Ycck,
 }
 
-/// Decodes a JPEG file. `accept_size(width, height)` is called with the frame's size
-/// before anything is allocated, and may refuse it; `max_alloc` bounds the decoder's
-/// own memory (the coefficients of every component).
-pub(crate) fn decode(
+/// Where decoded rows go, top to bottom: the whole image, or a consumer that keeps only
+/// what it needs (a resize), so the full-size image is never held.
+pub(crate) trait RowSink {
+    /// Called once, before the first row: the image's size and channels (1 or 3).
+    fn start(&mut self, width: usize, height: usize, channels: usize) -> Result<(), String>;
+    /// One row, `width * channels` bytes.
+    fn row(&mut self, row: &[u8]);
+}
+
+/// Decodes a JPEG file, giving its rows (grey or RGB) to `sink` as they are made.
+/// `accept_size(width, height)` is called with the frame's size before anything is
+/// allocated, and may refuse it; `max_alloc` bounds the decoder's own memory (the
+/// coefficients of every component).
+pub(crate) fn decode_into(
     bytes: &[u8],
     accept_size: impl FnOnce(u64, u64) -> Result<(), String>,
     max_alloc: u64,
-) -> Result<Decoded, Error> {
+    sink: &mut dyn RowSink,
+) -> Result<(), Error> {
     let mut c = Cursor {
         data: bytes,
         pos: 0,
@@ -674,7 +677,7 @@ pub(crate) fn decode(
             "the file ends before the end-of-image marker".into(),
         ));
     }
-    finish(f, jfif, adobe)
+    finish(f, jfif, adobe, sink)
 }
 
 fn read_frame(s: &mut Cursor, progressive: bool) -> Result<Frame, Error> {
@@ -1178,7 +1181,12 @@ fn idct_block(coefs: &[i16; 64], quant: &[i32; 64], out: &mut [u8], stride: usiz
 
 // ---- Output: IDCT, upsampling, colour conversion ----
 
-fn finish(f: Frame, jfif: bool, adobe: Option<u8>) -> Result<Decoded, Error> {
+fn finish(
+    mut f: Frame,
+    jfif: bool,
+    adobe: Option<u8>,
+    sink: &mut dyn RowSink,
+) -> Result<(), Error> {
     let colour = match f.comps.len() {
         1 => Colour::Grey,
         3 => {
@@ -1203,9 +1211,10 @@ fn finish(f: Frame, jfif: bool, adobe: Option<u8>) -> Result<Decoded, Error> {
             Some(_) => Colour::Ycck,
         },
     };
-    // Sample planes, one per component, `visible_blocks * 8` wide.
+    // Sample planes, one per component, `visible_blocks * 8` wide; each component's
+    // coefficients are freed once its plane is made.
     let mut planes = Vec::with_capacity(f.comps.len());
-    for comp in &f.comps {
+    for comp in &mut f.comps {
         let (bw, bh) = comp.visible_blocks();
         let stride = bw * 8;
         let mut plane = vec![0u8; stride * bh * 8];
@@ -1223,10 +1232,12 @@ fn finish(f: Frame, jfif: bool, adobe: Option<u8>) -> Result<Decoded, Error> {
             }
         }
         planes.push(plane);
+        comp.coefs = Vec::new();
     }
     let (w, h) = (f.width, f.height);
     let channels = if colour == Colour::Grey { 1 } else { 3 };
-    let mut data = vec![0u8; w * h * channels];
+    sink.start(w, h, channels).map_err(Error::Refused)?;
+    let mut out = vec![0u8; w * channels];
     let mut rows: Vec<Vec<u8>> = vec![vec![0u8; w * 2 + 16]; f.comps.len()];
     for y in 0..h {
         for (ci, comp) in f.comps.iter().enumerate() {
@@ -1240,15 +1251,10 @@ fn finish(f: Frame, jfif: bool, adobe: Option<u8>) -> Result<Decoded, Error> {
             }
             upsample_row(comp, &planes[ci], hr, vr, y, &mut rows[ci]);
         }
-        let out = &mut data[y * w * channels..(y + 1) * w * channels];
-        convert_row(colour, &rows, out, w);
+        convert_row(colour, &rows, &mut out, w);
+        sink.row(&out);
     }
-    Ok(Decoded {
-        width: w,
-        height: h,
-        channels,
-        data,
-    })
+    Ok(())
 }
 
 /// Output row `y` of a component, upsampled by `hr` x `vr`, into `out[..width * hr]`.

@@ -95,18 +95,12 @@ impl ModelInfo {
     }
 
     /// Reads an image file (JPEG or PNG) and makes the model's input from it
-    /// ([`ModelInfo::preprocess_rgb8`]).
+    /// ([`ModelInfo::preprocess_rgb8`]), decoding and resizing row by row
+    /// ([`crate::preprocess::load_resized_rgb8`]).
     #[cfg(feature = "images")]
     pub fn load_image(&self, path: impl AsRef<Path>) -> Result<tensor::Tensor, crate::DataError> {
-        let path = path.as_ref();
-        let img = crate::preprocess::load_rgb8(path)?;
-        self.preprocess_rgb8(&img).map_err(|e| match e {
-            crate::DataError::Format { reason, .. } => crate::DataError::Format {
-                path: path.to_path_buf(),
-                reason,
-            },
-            e => e,
-        })
+        let img = crate::preprocess::load_resized_rgb8(path, self.resize, self.input_size)?;
+        Ok(img.normalized(self.mean, self.std))
     }
 
     /// The metadata entries to write (the keys do not clash with a checkpoint's own).

@@ -388,14 +388,139 @@ pub fn center_crop_rgb8(img: &Rgb8, size: usize) -> Result<Rgb8, DataError> {
 
 /// torchvision's `Resize(size)` then `CenterCrop(crop)` on an 8-bit image.
 pub fn resize_and_crop_rgb8(img: &Rgb8, size: usize, crop: usize) -> Result<Rgb8, DataError> {
-    let (h, w) = (img.height, img.width);
-    if h == 0 || w == 0 || h.max(w) > 64 * h.min(w) {
-        return Err(bad(format!(
-            "a {w}x{h} image is empty or too elongated (aspect ratio above 64)"
-        )));
+    let mut sink = ResizeCrop::new(img.width, img.height, size, crop)?;
+    for row in img.data.chunks_exact(img.width * 3) {
+        sink.push_row(row);
     }
-    let (rh, rw) = resized_size(h, w, size);
-    center_crop_rgb8(&resize_rgb8(img, rw, rh)?, crop)
+    sink.finish()
+}
+
+/// torchvision's `Resize(size)` then `CenterCrop(crop)` (PIL's 8-bit bilinear resize,
+/// exactly), fed one RGB row at a time: it keeps only the horizontally resized columns
+/// of the crop, for the rows the crop's vertical taps read, so a 12-megapixel photo
+/// never needs a full-size copy (a few MB instead of 36).
+///
+/// The same sums and roundings as [`resize_rgb8`] then [`center_crop_rgb8`]: PIL's
+/// horizontal pass first, rounded to 8 bits, then the vertical one; a pass whose size
+/// does not change is skipped.
+pub struct ResizeCrop {
+    width: usize,
+    height: usize,
+    crop: usize,
+    /// Per crop column: the horizontal taps (`None`: the width does not change, and
+    /// column `left + x` is copied).
+    h_taps: Option<Vec<(usize, Vec<i32>)>>,
+    left: usize,
+    /// Per crop row: the vertical taps, as rows of `kept` (`None`: copied).
+    v_taps: Option<Vec<(usize, Vec<i32>)>>,
+    /// The input rows kept: `first..first + kept_rows`.
+    first: usize,
+    kept_rows: usize,
+    kept: Vec<u8>,
+    next_row: usize,
+}
+
+impl ResizeCrop {
+    /// For a `width x height` image: the shorter side resized to `size`, then the centre
+    /// `crop x crop` square. Refuses an empty or too elongated image (aspect ratio above
+    /// 64), and a crop larger than the resized image.
+    pub fn new(width: usize, height: usize, size: usize, crop: usize) -> Result<Self, DataError> {
+        let (h, w) = (height, width);
+        if h == 0 || w == 0 || h.max(w) > 64 * h.min(w) {
+            return Err(bad(format!(
+                "a {w}x{h} image is empty or too elongated (aspect ratio above 64)"
+            )));
+        }
+        let (rh, rw) = resized_size(h, w, size);
+        if crop == 0 || rh < crop || rw < crop {
+            return Err(bad(format!("cannot crop {crop}x{crop} out of {rh}x{rw}")));
+        }
+        if rw.saturating_mul(rh) > MAX_RESIZED {
+            return Err(bad(format!(
+                "resizing {w}x{h} to {rw}x{rh} would be too large"
+            )));
+        }
+        let top = ((rh - crop) as f64 / 2.0).round_ties_even() as usize;
+        let left = ((rw - crop) as f64 / 2.0).round_ties_even() as usize;
+        let h_taps = (rw != w).then(|| pil_taps(w, rw)[left..left + crop].to_vec());
+        let v_taps = (rh != h).then(|| pil_taps(h, rh)[top..top + crop].to_vec());
+        let (first, end) = match &v_taps {
+            Some(t) => (
+                t.iter().map(|(lo, _)| *lo).min().unwrap_or(0),
+                t.iter().map(|(lo, k)| lo + k.len()).max().unwrap_or(0),
+            ),
+            None => (top, top + crop),
+        };
+        let kept_rows = end.saturating_sub(first);
+        Ok(ResizeCrop {
+            width,
+            height,
+            crop,
+            h_taps,
+            left,
+            v_taps,
+            first,
+            kept_rows,
+            kept: vec![0; kept_rows * crop * 3],
+            next_row: 0,
+        })
+    }
+
+    /// The next input row, `width * 3` bytes of RGB (rows past the image's height, and
+    /// rows of another length, are ignored).
+    pub fn push_row(&mut self, row: &[u8]) {
+        let y = self.next_row;
+        self.next_row += 1;
+        if row.len() != self.width * 3 || y < self.first || y >= self.first + self.kept_rows {
+            return;
+        }
+        let out = &mut self.kept[(y - self.first) * self.crop * 3..][..self.crop * 3];
+        match &self.h_taps {
+            None => out.copy_from_slice(&row[self.left * 3..(self.left + self.crop) * 3]),
+            Some(taps) => {
+                for (x, (lo, k)) in taps.iter().enumerate() {
+                    for c in 0..3 {
+                        let sum: i64 = k
+                            .iter()
+                            .enumerate()
+                            .map(|(j, &kj)| row[(lo + j) * 3 + c] as i64 * kj as i64)
+                            .sum();
+                        out[x * 3 + c] = clip8(sum);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The `crop x crop` result, once every row was pushed (an error if the image
+    /// ended early).
+    pub fn finish(self) -> Result<Rgb8, DataError> {
+        if self.next_row < self.height.min(self.first + self.kept_rows) {
+            return Err(bad(format!(
+                "the image ended after {} of its {} rows",
+                self.next_row, self.height
+            )));
+        }
+        let row = self.crop * 3;
+        match &self.v_taps {
+            None => Rgb8::new(self.crop, self.crop, self.kept),
+            Some(taps) => {
+                let mut out = vec![0u8; self.crop * row];
+                for (y, (lo, k)) in taps.iter().enumerate() {
+                    let base = lo - self.first;
+                    for i in 0..row {
+                        let sum: i64 = k
+                            .iter()
+                            .enumerate()
+                            .map(|(j, &kj)| self.kept[(base + j) * row + i] as i64 * kj as i64)
+                            .sum();
+                        out[y * row + i] = clip8(sum);
+                    }
+                }
+                Rgb8::new(self.crop, self.crop, out)
+            }
+        }
+    }
 }
 
 /// The standard ImageNet evaluation transform of an 8-bit image, equal to torchvision's
@@ -447,76 +572,228 @@ fn check_pixels(path: &Path, width: u64, height: u64) -> Result<(), DataError> {
 
 /// Decodes an image file's bytes (JPEG or PNG) to 8-bit RGB as PIL's
 /// `Image.open(f).convert("RGB")` gives it: grey replicated, alpha dropped (not
-/// composited), a palette looked up, 16-bit RGB cut to its high byte and 16-bit grey
-/// clipped at 255 (PIL's `I;16` to `RGB`). Images over [`MAX_PIXELS`] are refused from
+/// composited), a palette looked up, 16-bit RGB and grey-with-alpha cut to their high
+/// byte and 16-bit grey clipped at 255 (PIL's `I;16` to `RGB`). Images over [`MAX_PIXELS`] are refused from
 /// their header, before any pixel is decoded.
 #[cfg(feature = "images")]
 pub fn decode_rgb8(path: &Path, bytes: &[u8]) -> Result<Rgb8, DataError> {
-    let undecodable = |e: String| format_error(path, format!("not a decodable image: {e}"));
-    if bytes.starts_with(&[0xFF, 0xD8]) {
-        return decode_jpeg(path, bytes);
-    }
-    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| undecodable(e.to_string()))?;
-    let (w, h) = reader
-        .into_dimensions()
-        .map_err(|e| undecodable(e.to_string()))?;
-    check_pixels(path, w as u64, h as u64)?;
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| undecodable(e.to_string()))?;
-    let mut limits = image::Limits::default();
-    limits.max_alloc = Some(MAX_DECODER_ALLOC);
-    reader.limits(limits);
-    let img = reader.decode().map_err(|e| undecodable(e.to_string()))?;
-    use image::DynamicImage as D;
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let data: Vec<u8> = match &img {
-        D::ImageRgb8(i) => i.as_raw().clone(),
-        D::ImageRgba8(i) => i
-            .as_raw()
-            .chunks_exact(4)
-            .flat_map(|p| [p[0], p[1], p[2]])
-            .collect(),
-        D::ImageLuma8(i) => i.as_raw().iter().flat_map(|&v| [v, v, v]).collect(),
-        D::ImageLumaA8(i) => i.as_raw().chunks_exact(2).flat_map(|p| [p[0]; 3]).collect(),
-        D::ImageRgb16(i) => i.as_raw().iter().map(|&v| (v >> 8) as u8).collect(),
-        D::ImageRgba16(i) => i
-            .as_raw()
-            .chunks_exact(4)
-            .flat_map(|p| [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8])
-            .collect(),
-        D::ImageLuma16(i) => i
-            .as_raw()
-            .iter()
-            .flat_map(|&v| [v.min(255) as u8; 3])
-            .collect(),
-        D::ImageLumaA16(i) => i
-            .as_raw()
-            .chunks_exact(2)
-            .flat_map(|p| [p[0].min(255) as u8; 3])
-            .collect(),
-        other => other.to_rgb8().into_raw(),
-    };
-    Rgb8::new(w, h, data).map_err(|e| format_error(path, e.to_string()))
+    let mut sink = RgbSink::new(path, None);
+    decode_rows(path, std::io::Cursor::new(bytes), bytes, &mut sink)?;
+    sink.into_image()
 }
 
-/// JPEG by this crate's decoder, which reproduces libjpeg-turbo's default output
-/// ([`crate::jpeg`]).
+/// Decodes an image file's bytes and makes torchvision's `Resize(size)` then
+/// `CenterCrop(crop)` of it ([`ResizeCrop`]), row by row: the full-size image is never
+/// held (the result equals [`decode_rgb8`] then [`resize_and_crop_rgb8`]).
 #[cfg(feature = "images")]
-fn decode_jpeg(path: &Path, bytes: &[u8]) -> Result<Rgb8, DataError> {
-    let accept = |w: u64, h: u64| match check_pixels(path, w, h) {
-        Err(DataError::Format { reason, .. }) => Err(reason),
-        _ => Ok(()),
+pub fn decode_resized_rgb8(
+    path: &Path,
+    bytes: &[u8],
+    size: usize,
+    crop: usize,
+) -> Result<Rgb8, DataError> {
+    let mut sink = RgbSink::new(path, Some((size, crop)));
+    decode_rows(path, std::io::Cursor::new(bytes), bytes, &mut sink)?;
+    sink.into_image()
+}
+
+/// Decodes a JPEG (from `head`, the whole file) or a PNG (from `png`, which may be a
+/// file read as it goes; `head` then needs only its first bytes) into `sink`, RGB rows
+/// top to bottom.
+#[cfg(feature = "images")]
+fn decode_rows(
+    path: &Path,
+    png: impl std::io::BufRead + std::io::Seek,
+    head: &[u8],
+    sink: &mut RgbSink,
+) -> Result<(), DataError> {
+    let undecodable = |e: String| format_error(path, format!("not a decodable image: {e}"));
+    if head.starts_with(&[0xFF, 0xD8]) {
+        let accept = |w: u64, h: u64| match check_pixels(path, w, h) {
+            Err(DataError::Format { reason, .. }) => Err(reason),
+            _ => Ok(()),
+        };
+        return match crate::jpeg::decode_into(head, accept, MAX_DECODER_ALLOC, sink) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(sink
+                .error
+                .take()
+                .unwrap_or_else(|| undecodable(e.to_string()))),
+        };
+    }
+    if !head.starts_with(b"\x89PNG\r\n\x1a\n") {
+        return Err(undecodable("not a JPEG or PNG file".into()));
+    }
+    decode_png(path, png, sink)
+}
+
+/// A PNG through the `png` crate, row by row: palettes and low bit depths expanded to
+/// 8 bits, then each row made RGB as PIL's `convert("RGB")` does.
+#[cfg(feature = "images")]
+fn decode_png(
+    path: &Path,
+    input: impl std::io::BufRead + std::io::Seek,
+    sink: &mut RgbSink,
+) -> Result<(), DataError> {
+    use png::{BitDepth, ColorType};
+    let undecodable = |e: String| format_error(path, format!("not a decodable image: {e}"));
+    let limits = png::Limits {
+        bytes: MAX_DECODER_ALLOC as usize,
     };
-    let img = crate::jpeg::decode(bytes, accept, MAX_DECODER_ALLOC)
-        .map_err(|e| format_error(path, format!("not a decodable image: {e}")))?;
-    let data = match img.channels {
-        1 => img.data.iter().flat_map(|&v| [v; 3]).collect(),
-        _ => img.data,
+    let mut decoder = png::Decoder::new_with_limits(input, limits);
+    decoder.set_transformations(png::Transformations::EXPAND);
+    let mut reader = decoder
+        .read_info()
+        .map_err(|e| undecodable(e.to_string()))?;
+    let (w, h) = (reader.info().width as usize, reader.info().height as usize);
+    check_pixels(path, w as u64, h as u64)?;
+    let interlaced = reader.info().interlaced;
+    let (colour, depth) = reader.output_color_type();
+    let channels = colour.samples();
+    let sixteen = depth == BitDepth::Sixteen;
+    if depth != BitDepth::Eight && !sixteen {
+        return Err(undecodable(format!(
+            "{depth:?}-bit samples after expansion"
+        )));
+    }
+    if let Err(e) = crate::jpeg::RowSink::start(sink, w, h, 3) {
+        return Err(sink.error.take().unwrap_or_else(|| undecodable(e)));
+    }
+    // A sample as PIL's RGB conversion takes it: 16-bit colour keeps its high byte;
+    // 16-bit grey is clipped at 255 (PIL opens it as `I;16`), but 16-bit grey with
+    // alpha keeps its high byte (PIL opens that as RGBA).
+    let grey = matches!(colour, ColorType::Grayscale | ColorType::GrayscaleAlpha);
+    let clip = colour == ColorType::Grayscale;
+    let step = channels * if sixteen { 2 } else { 1 };
+    let mut rgb = vec![0u8; w * 3];
+    let convert = |row: &[u8], rgb: &mut [u8]| {
+        for (px, out) in row.chunks_exact(step).zip(rgb.chunks_exact_mut(3)) {
+            let sample = |i: usize| -> u8 {
+                if sixteen {
+                    let v = u16::from_be_bytes([px[2 * i], px[2 * i + 1]]);
+                    if clip {
+                        v.min(255) as u8
+                    } else {
+                        (v >> 8) as u8
+                    }
+                } else {
+                    px[i]
+                }
+            };
+            if grey {
+                out.fill(sample(0));
+            } else {
+                out.copy_from_slice(&[sample(0), sample(1), sample(2)]);
+            }
+        }
     };
-    Rgb8::new(img.width, img.height, data).map_err(|e| format_error(path, e.to_string()))
+    if interlaced {
+        // Adam7 rows come pass by pass: the whole frame first.
+        let size = reader
+            .output_buffer_size()
+            .ok_or_else(|| undecodable("the image is too large".into()))?;
+        let mut frame = vec![0u8; size];
+        let info = reader
+            .next_frame(&mut frame)
+            .map_err(|e| undecodable(e.to_string()))?;
+        for row in frame.chunks_exact(info.line_size).take(h) {
+            convert(row, &mut rgb);
+            crate::jpeg::RowSink::row(sink, &rgb);
+        }
+    } else {
+        for _ in 0..h {
+            let row = reader
+                .next_row()
+                .map_err(|e| undecodable(e.to_string()))?
+                .ok_or_else(|| undecodable("the image data ends early".into()))?;
+            convert(row.data(), &mut rgb);
+            crate::jpeg::RowSink::row(sink, &rgb);
+        }
+    }
+    Ok(())
+}
+
+/// Decoded rows, made RGB, kept whole or resized and cropped as they come.
+#[cfg(feature = "images")]
+struct RgbSink<'p> {
+    path: &'p Path,
+    resize: Option<(usize, usize)>,
+    width: usize,
+    height: usize,
+    channels: usize,
+    data: Vec<u8>,
+    resizer: Option<ResizeCrop>,
+    rgb: Vec<u8>,
+    /// An error of ours met in `start` (the decoder only carries a string).
+    error: Option<DataError>,
+}
+
+#[cfg(feature = "images")]
+impl<'p> RgbSink<'p> {
+    fn new(path: &'p Path, resize: Option<(usize, usize)>) -> Self {
+        RgbSink {
+            path,
+            resize,
+            width: 0,
+            height: 0,
+            channels: 0,
+            data: Vec::new(),
+            resizer: None,
+            rgb: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn into_image(self) -> Result<Rgb8, DataError> {
+        let path = self.path;
+        let fix = |e: DataError| match e {
+            DataError::Format { reason, .. } => format_error(path, reason),
+            e => e,
+        };
+        match self.resizer {
+            Some(r) => r.finish().map_err(fix),
+            None if self.resize.is_some() => Err(format_error(path, "no image".into())),
+            None => Rgb8::new(self.width, self.height, self.data).map_err(fix),
+        }
+    }
+}
+
+#[cfg(feature = "images")]
+impl crate::jpeg::RowSink for RgbSink<'_> {
+    fn start(&mut self, width: usize, height: usize, channels: usize) -> Result<(), String> {
+        (self.width, self.height, self.channels) = (width, height, channels);
+        self.rgb = vec![0; width * 3];
+        match self.resize {
+            Some((size, crop)) => match ResizeCrop::new(width, height, size, crop) {
+                Ok(r) => self.resizer = Some(r),
+                Err(e) => {
+                    let message = e.to_string();
+                    self.error = Some(match e {
+                        DataError::Format { reason, .. } => format_error(self.path, reason),
+                        e => e,
+                    });
+                    return Err(message);
+                }
+            },
+            None => self.data = Vec::with_capacity(width * height * 3),
+        }
+        Ok(())
+    }
+
+    fn row(&mut self, row: &[u8]) {
+        let rgb: &[u8] = if self.channels == 1 {
+            for (out, &v) in self.rgb.chunks_exact_mut(3).zip(row) {
+                out.fill(v);
+            }
+            &self.rgb
+        } else {
+            row
+        };
+        match &mut self.resizer {
+            Some(r) => r.push_row(rgb),
+            None => self.data.extend_from_slice(rgb),
+        }
+    }
 }
 
 /// Reads and decodes an image file to 8-bit RGB (see [`decode_rgb8`]). Only a regular
@@ -544,28 +821,58 @@ pub fn load(path: impl AsRef<Path>) -> Result<Tensor, DataError> {
     Ok(load_rgb8(path)?.to_tensor())
 }
 
+/// Reads an image file and makes torchvision's `Resize(size)` then `CenterCrop(crop)`
+/// of it in 8 bits, streaming: a PNG is read from the file as it decodes, a JPEG's rows
+/// go to the resize as they are made, so neither the full-size image nor (for PNG) the
+/// file is held (a 12-megapixel photo needs a few MB besides the JPEG's coefficients).
+/// Equal to [`load_rgb8`] then [`resize_and_crop_rgb8`].
+#[cfg(feature = "images")]
+pub fn load_resized_rgb8(
+    path: impl AsRef<Path>,
+    size: usize,
+    crop: usize,
+) -> Result<Rgb8, DataError> {
+    use std::io::Read;
+    let path = path.as_ref();
+    let io = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = crate::files::regular_len(path).map_err(io)?;
+    if len > MAX_IMAGE_FILE {
+        return Err(format_error(
+            path,
+            format!("{len} bytes, more than the {MAX_IMAGE_FILE} bytes an image file may have"),
+        ));
+    }
+    let mut file = crate::files::open_regular(path).map_err(io)?;
+    let mut head = [0u8; 8];
+    let n = file.read(&mut head).map_err(io)?;
+    if head[..n].starts_with(b"\x89PNG\r\n\x1a\n") {
+        use std::io::Seek;
+        file.rewind().map_err(io)?;
+        let mut sink = RgbSink::new(path, Some((size, crop)));
+        decode_rows(path, std::io::BufReader::new(file), &head[..n], &mut sink)?;
+        return sink.into_image();
+    }
+    drop(file);
+    let bytes = crate::files::read_regular(path, MAX_IMAGE_FILE).map_err(io)?;
+    decode_resized_rgb8(path, &bytes, size, crop)
+}
+
 /// An image file through torchvision's ImageNet evaluation transform: `[3, 224, 224]`,
-/// equal to torchvision's as the module docs state.
+/// equal to torchvision's as the module docs state (decoded and resized row by row:
+/// [`load_resized_rgb8`]).
 #[cfg(feature = "images")]
 pub fn load_imagenet(path: impl AsRef<Path>) -> Result<Tensor, DataError> {
-    let path = path.as_ref();
-    imagenet_eval_rgb8(&load_rgb8(path)?).map_err(|e| match e {
-        DataError::Format { reason, .. } => format_error(path, reason),
-        e => e,
-    })
+    Ok(load_resized_rgb8(path, 256, 224)?.normalized(IMAGENET_MEAN, IMAGENET_STD))
 }
 
 /// Reads an image and makes it `[3, size, size]` in `[0, 1]`: shorter side resized to
 /// `size` (in 8 bits, as PIL), then centre-cropped (for image-folder data sets).
 #[cfg(feature = "images")]
 pub fn load_resized(path: &Path, size: usize) -> Result<Tensor, DataError> {
-    let img = load_rgb8(path)?;
-    Ok(resize_and_crop_rgb8(&img, size, size)
-        .map_err(|e| match e {
-            DataError::Format { reason, .. } => format_error(path, reason),
-            e => e,
-        })?
-        .to_tensor())
+    Ok(load_resized_rgb8(path, size, size)?.to_tensor())
 }
 
 #[cfg(test)]
