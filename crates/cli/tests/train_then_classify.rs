@@ -60,12 +60,19 @@ fn folder(dir: &Path) -> Vec<(PathBuf, String)> {
 }
 
 #[test]
-fn classify_agrees_with_eval_on_a_trained_model_without_arch_or_size() {
+fn classify_agrees_with_eval_on_a_fine_tuned_model_without_arch_or_size() {
     let dir = std::env::temp_dir().join(format!("resnet-cli-trained-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let test = folder(&dir.join("data"));
     let data = format!("folder:{}", dir.join("data").display());
     let out = dir.join("run");
+    // Fine-tuned: from a "pretrained" 7-class file (its head replaced), the backbone at a
+    // tenth of the rate.
+    let pretrained = dir.join("pretrained.safetensors");
+    resnet::ResNet::new(resnet::Arch::Cifar { depth: 20 }, 7, 3)
+        .unwrap()
+        .save_safetensors(&pretrained)
+        .unwrap();
     ok(
         resnet(&[
             "--threads",
@@ -79,10 +86,14 @@ fn classify_agrees_with_eval_on_a_trained_model_without_arch_or_size() {
             "2",
             "--batch",
             "8",
+            "--init",
+            pretrained.to_str().unwrap(),
+            "--backbone-lr-scale",
+            "0.1",
             "--out",
             out.to_str().unwrap(),
         ]),
-        "train",
+        "fine-tune",
     );
     let best = out.join("best.safetensors");
     let best = best.to_str().unwrap();
