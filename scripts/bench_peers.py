@@ -166,12 +166,13 @@ def main():
             if case == "train":
                 bench, peers = ["train", "--arch", "cifar-resnet20", "--batch", "128"], Train().peers()
                 batch, unit = 128, "ms/step"
-            elif case in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
+            elif case in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                          "wide_resnet50_2", "wide_resnet101_2"):
                 bench = ["model", "--arch", case, "--batch", "1"]
                 peers = Inference(case, args.threads, workdir).peers()
                 batch, unit = 1, "ms/batch"
             else:
-                sys.exit(f"unknown case {case!r} (resnet18/34/50/101/152 or train)")
+                sys.exit(f"unknown case {case!r} (resnet18/34/50/101/152, wide_resnet50_2/101_2 or train)")
             ratios = {name: [] for name, _ in peers}
             for r in range(args.rounds):
                 mine = ours(args.ours, args.threads, bench, args.seconds)

@@ -36,8 +36,9 @@ Files (all float32 unless noted):
   tiny sizes, quality 3 to 100, CMYK and RGB-coded, made by PIL from crops of the photos
   and from a saturated synthetic image; 4:4:0, 4:1:1 and the like by libjpeg-turbo's
   `cjpeg` (see `jpeg_fixture`). The metadata names the Pillow and libjpeg-turbo versions.
-- `resnet18_stages.safetensors`, `resnet50_stages.safetensors`: torchvision ResNet-18
-  (batch 2) and ResNet-50 (batch 1) in eval mode on 64x64 inputs: `input`, and the
+- `resnet18_stages.safetensors`, `resnet50_stages.safetensors`,
+  `wide_resnet50_2_stages.safetensors`: torchvision ResNet-18 (batch 2), ResNet-50 and
+  Wide ResNet-50-2 (batch 1) in eval mode on 64x64 inputs: `input`, and the
   output of `stem` (after the max pool), `layer1`..`layer4`, `features`, `logits`.
 
 - `png.safetensors`: PIL's decoding (`convert("RGB")`) of the PNGs in
@@ -767,6 +768,7 @@ def main():
         "schedules": lambda out: schedules_fixture(out),
         "resnet18_stages": lambda out: stages_fixture(out, "resnet18", 2),
         "resnet50_stages": lambda out: stages_fixture(out, "resnet50", 1),
+        "wide_resnet50_2_stages": lambda out: stages_fixture(out, "wide_resnet50_2", 1),
         "images": lambda out: images_fixture(
             out, os.path.join(here, "..", "crates", "resnet", "tests", "images")
         ),

@@ -44,6 +44,11 @@ pub enum Arch {
     ResNet101,
     /// torchvision's ResNet-152: bottleneck blocks, 3-8-36-3 per stage.
     ResNet152,
+    /// torchvision's Wide ResNet-50-2: ResNet-50 with bottlenecks twice as wide inside
+    /// (the 3x3 convolutions have 128..1024 channels; the blocks' outputs are ResNet-50's).
+    WideResNet50_2,
+    /// torchvision's Wide ResNet-101-2: ResNet-101 with bottlenecks twice as wide inside.
+    WideResNet101_2,
     /// A CIFAR ResNet of depth `6n + 2` (20, 32, 44, 56, 110, ...).
     Cifar {
         /// Weighted layers, `6n + 2` for `n >= 1` basic blocks per stage. Parsing
@@ -68,6 +73,18 @@ impl Arch {
         Arch::Cifar { depth: 110 },
     ];
 
+    /// torchvision's wide variants (not in [`Arch::ALL`]: 69 M and 127 M parameters).
+    pub const WIDE: [Arch; 2] = [Arch::WideResNet50_2, Arch::WideResNet101_2];
+
+    /// How many times wider than the block's base channels a bottleneck's inner
+    /// convolutions are: 2 for the wide variants, 1 otherwise.
+    pub fn bottleneck_width_factor(self) -> usize {
+        match self {
+            Arch::WideResNet50_2 | Arch::WideResNet101_2 => 2,
+            _ => 1,
+        }
+    }
+
     /// The block type.
     pub fn block(self) -> BlockKind {
         match self {
@@ -80,8 +97,8 @@ impl Arch {
     pub fn stage_blocks(self) -> Vec<usize> {
         match self {
             Arch::ResNet18 => vec![2, 2, 2, 2],
-            Arch::ResNet34 | Arch::ResNet50 => vec![3, 4, 6, 3],
-            Arch::ResNet101 => vec![3, 4, 23, 3],
+            Arch::ResNet34 | Arch::ResNet50 | Arch::WideResNet50_2 => vec![3, 4, 6, 3],
+            Arch::ResNet101 | Arch::WideResNet101_2 => vec![3, 4, 23, 3],
             Arch::ResNet152 => vec![3, 8, 36, 3],
             Arch::Cifar { depth } => vec![(depth - 2) / 6; 3],
         }
@@ -114,6 +131,8 @@ impl fmt::Display for Arch {
             Arch::ResNet50 => f.write_str("resnet50"),
             Arch::ResNet101 => f.write_str("resnet101"),
             Arch::ResNet152 => f.write_str("resnet152"),
+            Arch::WideResNet50_2 => f.write_str("wide_resnet50_2"),
+            Arch::WideResNet101_2 => f.write_str("wide_resnet101_2"),
             Arch::Cifar { depth } => write!(f, "cifar-resnet{depth}"),
         }
     }
@@ -127,8 +146,8 @@ impl fmt::Display for UnknownArch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unknown architecture {:?}: expected resnet18/34/50/101/152 (ImageNet, \
-             torchvision's) or cifar-resnetN, a CIFAR ResNet of depth N = 6n+2 \
+            "unknown architecture {:?}: expected resnet18/34/50/101/152 or \
+             wide_resnet50_2/wide_resnet101_2 (ImageNet, torchvision's) or cifar-resnetN, a CIFAR ResNet of depth N = 6n+2 \
              (cifar-resnet20, cifar-resnet32, cifar-resnet44, cifar-resnet56, cifar-resnet110, ...)",
             self.0
         )?;
@@ -160,6 +179,11 @@ impl FromStr for Arch {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let lower = s.trim().to_ascii_lowercase();
         let unknown = || UnknownArch(s.to_string());
+        match lower.replace('-', "_").as_str() {
+            "wide_resnet50_2" => return Ok(Arch::WideResNet50_2),
+            "wide_resnet101_2" => return Ok(Arch::WideResNet101_2),
+            _ => {}
+        }
         // `cifar-resnetN` (or `cifar_resnetN`): the CIFAR family, under its own prefix.
         let (cifar, rest) = match lower
             .strip_prefix("cifar-")

@@ -219,11 +219,15 @@ impl ResNet {
                         ConvBn::new(rng.as_deref_mut(), width, width, 3, 1, 1)?,
                     ],
                     // torchvision v1.5: the stride is on the 3x3.
-                    BlockKind::Bottleneck => vec![
-                        ConvBn::new(rng.as_deref_mut(), cin, width, 1, 1, 0)?,
-                        ConvBn::new(rng.as_deref_mut(), width, width, 3, stride, 1)?,
-                        ConvBn::new(rng.as_deref_mut(), width, cout, 1, 1, 0)?,
-                    ],
+                    // The wide variants widen the inside only: `mid = width * factor`.
+                    BlockKind::Bottleneck => {
+                        let mid = width * arch.bottleneck_width_factor();
+                        vec![
+                            ConvBn::new(rng.as_deref_mut(), cin, mid, 1, 1, 0)?,
+                            ConvBn::new(rng.as_deref_mut(), mid, mid, 3, stride, 1)?,
+                            ConvBn::new(rng.as_deref_mut(), mid, cout, 1, 1, 0)?,
+                        ]
+                    }
                 };
                 let shortcut = if stride == 1 && cin == cout {
                     Shortcut::Identity

@@ -421,7 +421,19 @@ impl ResNet {
             unexpected,
             wrong_shape,
             wrong_dtype,
-            looks_like: guess_arch(&keys).filter(|&g| g != arch),
+            looks_like: guess_arch(&keys)
+                .map(|g| {
+                    // The wide variants have ResNet-50/101's keys; their bottlenecks'
+                    // first convolution has 128 output channels, not 64.
+                    let wide = lookup("layer1.0.conv1.weight")
+                        .is_some_and(|(_, shape)| shape.first() == Some(&128));
+                    match (g, wide) {
+                        (Arch::ResNet50, true) => Arch::WideResNet50_2,
+                        (Arch::ResNet101, true) => Arch::WideResNet101_2,
+                        (g, _) => g,
+                    }
+                })
+                .filter(|&g| g != arch),
         })))
     }
 

@@ -16,6 +16,8 @@ fn parameter_counts_equal_the_references() {
         (Arch::ResNet50, 1000, 25_557_032),
         (Arch::ResNet101, 1000, 44_549_160),
         (Arch::ResNet152, 1000, 60_192_808),
+        (Arch::WideResNet50_2, 1000, 68_883_240),
+        (Arch::WideResNet101_2, 1000, 126_886_696),
         (Arch::Cifar { depth: 20 }, 10, 269_722),
     ];
     for (arch, classes, count) in expected {
@@ -83,9 +85,13 @@ fn names_follow_torchvision() {
 
 #[test]
 fn architecture_names_parse() {
-    for arch in Arch::ALL {
+    for arch in Arch::ALL.into_iter().chain(Arch::WIDE) {
         assert_eq!(arch.to_string().parse::<Arch>().unwrap(), arch);
     }
+    assert_eq!(
+        "Wide-ResNet50-2".parse::<Arch>().unwrap(),
+        Arch::WideResNet50_2
+    );
     assert_eq!("ResNet-50".parse::<Arch>().unwrap(), Arch::ResNet50);
     for bad in [
         "resnet",

@@ -68,6 +68,14 @@ fn resnet50_equals_pytorch_stage_by_stage() {
     stages(Arch::ResNet50, "resnet50_stages.safetensors", 1e-5);
 }
 
+fn wide_resnet50_2_equals_pytorch_stage_by_stage() {
+    stages(
+        Arch::WideResNet50_2,
+        "wide_resnet50_2_stages.safetensors",
+        1e-5,
+    );
+}
+
 fn resnet20_training_step_equals_pytorch() {
     let bytes = load_fixture("resnet20_step.safetensors");
     let fx = Fixture::new(&bytes);
@@ -301,6 +309,7 @@ fn main() {
     let tests = named![
         resnet18_equals_pytorch_stage_by_stage,
         resnet50_equals_pytorch_stage_by_stage,
+        wide_resnet50_2_equals_pytorch_stage_by_stage,
         resnet20_training_step_equals_pytorch,
         schedules_equal_torch_lr_schedulers,
         rel_err_fails_non_finite_values,

@@ -453,6 +453,8 @@ fn a_file_of_another_depth_says_which_architecture_it_looks_like() {
     for (saved, asked) in [
         (Arch::ResNet18, Arch::ResNet50),
         (Arch::Cifar { depth: 20 }, Arch::Cifar { depth: 32 }),
+        (Arch::WideResNet50_2, Arch::ResNet50),
+        (Arch::ResNet50, Arch::WideResNet50_2),
     ] {
         let path = dir.join(format!("{saved}.safetensors"));
         ResNet::new(saved, 10, 0)
