@@ -70,7 +70,8 @@ enum Command {
         /// DIR/val/<class>/... as the validation set if present).
         #[arg(long)]
         data: Option<String>,
-        /// Architecture: a CIFAR cifar-resnet20/32/44/56/110 or resnet18/34/50/101/152
+        /// Architecture: a CIFAR cifar-resnet20/32/44/56/110 or resnet18/34/50/101/152,
+        /// wide_resnet50_2/wide_resnet101_2
         /// (default: cifar-resnet20).
         #[arg(long)]
         arch: Option<String>,
@@ -238,7 +239,7 @@ enum BenchCommand {
     Scaling,
     /// Whole-network inference (random weights, BN folded), images/s and GFLOP/s.
     Model {
-        /// Architecture: resnet18/34/50/101/152 or a CIFAR cifar-resnet20/32/44/56/110.
+        /// Architecture: resnet18/34/50/101/152, wide_resnet50_2/wide_resnet101_2 or a CIFAR cifar-resnet20/32/44/56/110.
         #[arg(long, default_value = "resnet50")]
         arch: String,
         /// Images per batch.
@@ -247,7 +248,7 @@ enum BenchCommand {
     },
     /// One training step (forward, backward, SGD update): ms/step, images/s, peak RSS.
     Train {
-        /// Architecture: a CIFAR cifar-resnet20/32/44/56/110 (32x32) or resnet18/34/50/101/152 (224x224).
+        /// Architecture: a CIFAR cifar-resnet20/32/44/56/110 (32x32) or resnet18/34/50/101/152, wide_resnet50_2/wide_resnet101_2 (224x224).
         #[arg(long, default_value = "cifar-resnet20")]
         arch: String,
         /// Images per batch.
