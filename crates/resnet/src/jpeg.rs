@@ -426,6 +426,9 @@ struct Component {
     blocks_w: usize,
     blocks_h: usize,
     coefs: Vec<i16>,
+    /// The first block row `coefs` holds: 0, or, when a baseline image is streamed
+    /// (only one MCU row of blocks kept), that row's first.
+    row0: usize,
     dc_pred: i32,
 }
 
@@ -444,6 +447,9 @@ struct Frame {
     mcus_x: usize,
     mcus_y: usize,
     comps: Vec<Component>,
+    /// True once the coefficients are allocated (at the first scan: a baseline image
+    /// whose one scan holds every component needs only one MCU row of them).
+    allocated: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -507,6 +513,8 @@ pub(crate) fn decode_into(
     let mut adobe: Option<u8> = None;
     let mut scans = 0usize;
     let mut saw_end = false;
+    // True once a baseline image's one scan was decoded and its rows given to `sink`.
+    let mut streamed = false;
     'markers: loop {
         // Find the next marker, skipping fill bytes (and, as libjpeg does, garbage).
         let code = loop {
@@ -633,6 +641,16 @@ pub(crate) fn decode_into(
                         ));
                     }
                 }
+                if streamed {
+                    return corrupt("another scan after a scan that held every component");
+                }
+                let stream = !f.allocated && allocate_for(f, &scan);
+                let mut streamer = if stream {
+                    streamed = true;
+                    Some(Streamer::new(f, colour_of(f, jfif, adobe)?, &mut *sink)?)
+                } else {
+                    None
+                };
                 let mut bits = Bits::new(bytes, c.pos);
                 decode_scan(
                     f,
@@ -641,6 +659,7 @@ pub(crate) fn decode_into(
                     &dc_tables,
                     &ac_tables,
                     restart_interval,
+                    streamer.as_mut(),
                 )?;
                 if bits.overran() {
                     return Err(Error::Truncated("the file ends inside a scan".into()));
@@ -676,6 +695,9 @@ pub(crate) fn decode_into(
         return Err(Error::Truncated(
             "the file ends before the end-of-image marker".into(),
         ));
+    }
+    if streamed {
+        return Ok(());
     }
     finish(f, jfif, adobe, sink)
 }
@@ -722,6 +744,7 @@ fn read_frame(s: &mut Cursor, progressive: bool) -> Result<Frame, Error> {
             blocks_w: 0,
             blocks_h: 0,
             coefs: Vec::new(),
+            row0: 0,
             dc_pred: 0,
         });
     }
@@ -748,10 +771,13 @@ fn read_frame(s: &mut Cursor, progressive: bool) -> Result<Frame, Error> {
         mcus_x,
         mcus_y,
         comps,
+        allocated: false,
     })
 }
 
-fn allocate(mut f: Frame, max_alloc: u64) -> Result<Frame, Error> {
+/// Checks that the whole image's coefficients fit `max_alloc` (they are allocated at
+/// the first scan, [`allocate_for`]).
+fn allocate(f: Frame, max_alloc: u64) -> Result<Frame, Error> {
     let blocks: u64 = f
         .comps
         .iter()
@@ -767,10 +793,21 @@ fn allocate(mut f: Frame, max_alloc: u64) -> Result<Frame, Error> {
             max_alloc / 1_000_000
         )));
     }
-    for c in &mut f.comps {
-        c.coefs = vec![0; c.blocks_w * c.blocks_h * 64];
-    }
     Ok(f)
+}
+
+/// Allocates the coefficients at the first scan: one MCU row of blocks per component
+/// when the image streams (a baseline frame whose scan holds every component), the
+/// whole image otherwise. Returns whether it streams.
+fn allocate_for(f: &mut Frame, scan: &Scan) -> bool {
+    let stream = !f.progressive && scan.comps.len() == f.comps.len();
+    for c in &mut f.comps {
+        let rows = if stream { c.v } else { c.blocks_h };
+        c.coefs = vec![0; c.blocks_w * rows * 64];
+        c.row0 = 0;
+    }
+    f.allocated = true;
+    stream
 }
 
 fn read_scan(s: &mut Cursor, f: &Frame) -> Result<Scan, Error> {
@@ -828,6 +865,7 @@ fn read_scan(s: &mut Cursor, f: &Frame) -> Result<Scan, Error> {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn decode_scan(
     f: &mut Frame,
     scan: &Scan,
@@ -835,6 +873,7 @@ fn decode_scan(
     dc_tables: &[Option<Huffman>; 4],
     ac_tables: &[Option<Huffman>; 4],
     restart_interval: usize,
+    mut stream: Option<&mut Streamer>,
 ) -> Result<(), Error> {
     for sc in &scan.comps {
         f.comps[sc.index].dc_pred = 0;
@@ -870,10 +909,17 @@ fn decode_scan(
         let (bw, bh) = f.comps[sc.index].visible_blocks();
         let (dc, ac) = tables(&sc);
         for by in 0..bh {
+            let v = f.comps[sc.index].v;
+            if stream.is_some() && by % v == 0 {
+                // A grey image streams by bands of `v` block rows, from zeros.
+                let comp = &mut f.comps[sc.index];
+                comp.row0 = by;
+                comp.coefs.fill(0);
+            }
             for bx in 0..bw {
                 restart(bits, &mut f.comps, &mut eobrun, &mut mcu);
                 let comp = &mut f.comps[sc.index];
-                let at = (by * comp.blocks_w + bx) * 64;
+                let at = ((by - comp.row0) * comp.blocks_w + bx) * 64;
                 let block: &mut [i16; 64] = (&mut comp.coefs[at..at + 64]).try_into().unwrap();
                 decode_block(
                     kind,
@@ -889,9 +935,24 @@ fn decode_scan(
             if bits.overran() {
                 return Ok(());
             }
+            if (by + 1) % v == 0 || by + 1 == bh {
+                if let Some(st) = stream.as_deref_mut() {
+                    st.band(f, by / v)?;
+                }
+            }
+        }
+        if let Some(st) = stream {
+            st.finish(f)?;
         }
     } else {
         for my in 0..f.mcus_y {
+            if stream.is_some() {
+                // One MCU row of blocks at a time, from zeros.
+                for c in &mut f.comps {
+                    c.row0 = my * c.v;
+                    c.coefs.fill(0);
+                }
+            }
             for mx in 0..f.mcus_x {
                 restart(bits, &mut f.comps, &mut eobrun, &mut mcu);
                 for sc in &scan.comps {
@@ -899,7 +960,9 @@ fn decode_scan(
                     let comp = &mut f.comps[sc.index];
                     for v in 0..comp.v {
                         for h in 0..comp.h {
-                            let at = ((my * comp.v + v) * comp.blocks_w + mx * comp.h + h) * 64;
+                            let at =
+                                ((my * comp.v + v - comp.row0) * comp.blocks_w + mx * comp.h + h)
+                                    * 64;
                             let block: &mut [i16; 64] =
                                 (&mut comp.coefs[at..at + 64]).try_into().unwrap();
                             decode_block(
@@ -919,6 +982,12 @@ fn decode_scan(
             if bits.overran() {
                 return Ok(());
             }
+            if let Some(st) = stream.as_deref_mut() {
+                st.band(f, my)?;
+            }
+        }
+        if let Some(st) = stream {
+            st.finish(f)?;
         }
     }
     Ok(())
@@ -1181,13 +1250,18 @@ fn idct_block(coefs: &[i16; 64], quant: &[i32; 64], out: &mut [u8], stride: usiz
 
 // ---- Output: IDCT, upsampling, colour conversion ----
 
-fn finish(
-    mut f: Frame,
-    jfif: bool,
-    adobe: Option<u8>,
-    sink: &mut dyn RowSink,
-) -> Result<(), Error> {
-    let colour = match f.comps.len() {
+/// The colour transform, decided as libjpeg decides it, and a check that every
+/// component's sampling divides the largest.
+fn colour_of(f: &Frame, jfif: bool, adobe: Option<u8>) -> Result<Colour, Error> {
+    for comp in &f.comps {
+        if (f.hmax / comp.h) * comp.h != f.hmax || (f.vmax / comp.v) * comp.v != f.vmax {
+            return Err(Error::Unsupported(format!(
+                "fractional sampling ({}x{} against {}x{})",
+                comp.h, comp.v, f.hmax, f.vmax
+            )));
+        }
+    }
+    Ok(match f.comps.len() {
         1 => Colour::Grey,
         3 => {
             let ids: Vec<u8> = f.comps.iter().map(|c| c.id).collect();
@@ -1210,7 +1284,16 @@ fn finish(
             None | Some(0) => Colour::Cmyk,
             Some(_) => Colour::Ycck,
         },
-    };
+    })
+}
+
+fn finish(
+    mut f: Frame,
+    jfif: bool,
+    adobe: Option<u8>,
+    sink: &mut dyn RowSink,
+) -> Result<(), Error> {
+    let colour = colour_of(&f, jfif, adobe)?;
     // Sample planes, one per component, `visible_blocks * 8` wide; each component's
     // coefficients are freed once its plane is made.
     let mut planes = Vec::with_capacity(f.comps.len());
@@ -1249,7 +1332,15 @@ fn finish(
                     comp.h, comp.v, f.hmax, f.vmax
                 )));
             }
-            upsample_row(comp, &planes[ci], hr, vr, y, &mut rows[ci]);
+            let (plane, stride, dw) = (&planes[ci], comp.width.div_ceil(8) * 8, comp.width);
+            upsample_row(
+                comp,
+                |r| &plane[r * stride..r * stride + dw],
+                hr,
+                vr,
+                y,
+                &mut rows[ci],
+            );
         }
         convert_row(colour, &rows, &mut out, w);
         sink.row(&out);
@@ -1257,11 +1348,17 @@ fn finish(
     Ok(())
 }
 
-/// Output row `y` of a component, upsampled by `hr` x `vr`, into `out[..width * hr]`.
-fn upsample_row(comp: &Component, plane: &[u8], hr: usize, vr: usize, y: usize, out: &mut [u8]) {
-    let stride = comp.width.div_ceil(8) * 8;
+/// Output row `y` of a component, upsampled by `hr` x `vr`, into `out[..width * hr]`;
+/// `row(r)` is the component's sample row `r` (`width` samples).
+fn upsample_row<'a>(
+    comp: &Component,
+    row: impl Fn(usize) -> &'a [u8],
+    hr: usize,
+    vr: usize,
+    y: usize,
+    out: &mut [u8],
+) {
     let (dw, dh) = (comp.width, comp.height);
-    let row = |r: usize| &plane[r * stride..r * stride + dw];
     let r = y / vr;
     // libjpeg filters 2:1 ratios (vertical 2:1 only, or any with more than 2 columns).
     let fancy_h = hr == 2 && dw > 2;
@@ -1320,6 +1417,107 @@ fn upsample_row(comp: &Component, plane: &[u8], hr: usize, vr: usize, y: usize, 
     } else {
         for (o, &v) in out.chunks_exact_mut(hr).zip(src) {
             o.fill(v);
+        }
+    }
+}
+
+/// A baseline image decoded as it streams: after each MCU row its blocks are
+/// transformed into a ring of three bands of sample rows per component, and the output
+/// rows of the previous band (whose upsampling may read one row of the next) go to the
+/// sink. Only one MCU row of coefficients and three of samples are ever held.
+pub(crate) struct Streamer<'s> {
+    sink: &'s mut dyn RowSink,
+    colour: Colour,
+    /// Per component: its ring (3 bands of `band_rows` rows, `stride` wide).
+    rings: Vec<Vec<u8>>,
+    band_rows: Vec<usize>,
+    strides: Vec<usize>,
+    rows: Vec<Vec<u8>>,
+    out: Vec<u8>,
+}
+
+impl<'s> Streamer<'s> {
+    fn new(f: &Frame, colour: Colour, sink: &'s mut dyn RowSink) -> Result<Self, Error> {
+        let channels = if colour == Colour::Grey { 1 } else { 3 };
+        sink.start(f.width, f.height, channels)
+            .map_err(Error::Refused)?;
+        let strides: Vec<usize> = f.comps.iter().map(|c| c.width.div_ceil(8) * 8).collect();
+        let band_rows: Vec<usize> = f.comps.iter().map(|c| c.v * 8).collect();
+        Ok(Streamer {
+            sink,
+            colour,
+            rings: strides
+                .iter()
+                .zip(&band_rows)
+                .map(|(s, b)| vec![0u8; 3 * b * s])
+                .collect(),
+            band_rows,
+            strides,
+            rows: vec![vec![0u8; f.width * 2 + 16]; f.comps.len()],
+            out: vec![0u8; f.width * channels],
+        })
+    }
+
+    /// MCU row `m` was decoded: its samples into the ring, then band `m - 1`'s rows out.
+    fn band(&mut self, f: &Frame, m: usize) -> Result<(), Error> {
+        for (ci, comp) in f.comps.iter().enumerate() {
+            let (bw, bh) = comp.visible_blocks();
+            let (stride, band) = (self.strides[ci], self.band_rows[ci]);
+            let quant = comp.quant.unwrap_or([0; 64]);
+            let ring = &mut self.rings[ci];
+            let base = (m % 3) * band * stride;
+            for by in m * comp.v..((m + 1) * comp.v).min(bh) {
+                let local = by - comp.row0;
+                for bx in 0..bw {
+                    let at = (local * comp.blocks_w + bx) * 64;
+                    let block: &[i16; 64] = comp.coefs[at..at + 64]
+                        .try_into()
+                        .map_err(|_| Error::Corrupt("coefficient block out of range".into()))?;
+                    let row = (by - m * comp.v) * 8;
+                    idct_block(
+                        block,
+                        &quant,
+                        &mut ring[base + row * stride + bx * 8..],
+                        stride,
+                    );
+                }
+            }
+        }
+        if m > 0 {
+            self.emit(f, m - 1);
+        }
+        Ok(())
+    }
+
+    /// After the last MCU row: its band's rows.
+    fn finish(&mut self, f: &Frame) -> Result<(), Error> {
+        if f.mcus_y > 0 {
+            self.emit(f, f.mcus_y - 1);
+        }
+        Ok(())
+    }
+
+    /// The output rows of MCU row `m` (the ring holds bands `m - 1` to `m + 1`).
+    fn emit(&mut self, f: &Frame, m: usize) {
+        let rows_per_mcu = f.vmax * 8;
+        let (first, end) = (m * rows_per_mcu, ((m + 1) * rows_per_mcu).min(f.height));
+        for y in first..end {
+            for (ci, comp) in f.comps.iter().enumerate() {
+                let (hr, vr) = (f.hmax / comp.h, f.vmax / comp.v);
+                let (ring, stride, band, dw) = (
+                    &self.rings[ci],
+                    self.strides[ci],
+                    self.band_rows[ci],
+                    comp.width,
+                );
+                let row = |r: usize| {
+                    let at = ((r / band) % 3 * band + r % band) * stride;
+                    &ring[at..at + dw]
+                };
+                upsample_row(comp, row, hr, vr, y, &mut self.rows[ci]);
+            }
+            convert_row(self.colour, &self.rows, &mut self.out, f.width);
+            self.sink.row(&self.out);
         }
     }
 }
