@@ -37,8 +37,9 @@ Files (all float32 unless noted):
   and from a saturated synthetic image; 4:4:0, 4:1:1 and the like by libjpeg-turbo's
   `cjpeg` (see `jpeg_fixture`). The metadata names the Pillow and libjpeg-turbo versions.
 - `resnet18_stages.safetensors`, `resnet50_stages.safetensors`,
-  `wide_resnet50_2_stages.safetensors`: torchvision ResNet-18 (batch 2), ResNet-50 and
-  Wide ResNet-50-2 (batch 1) in eval mode on 64x64 inputs: `input`, and the
+  `wide_resnet50_2_stages.safetensors`, `wide_resnet101_2_stages.safetensors`:
+  torchvision ResNet-18 (batch 2), ResNet-50, Wide ResNet-50-2 and Wide ResNet-101-2
+  (batch 1) in eval mode on 64x64 inputs: `input`, and the
   output of `stem` (after the max pool), `layer1`..`layer4`, `features`, `logits`.
 
 - `png.safetensors`: PIL's decoding (`convert("RGB")`) of the PNGs in
@@ -769,6 +770,7 @@ def main():
         "resnet18_stages": lambda out: stages_fixture(out, "resnet18", 2),
         "resnet50_stages": lambda out: stages_fixture(out, "resnet50", 1),
         "wide_resnet50_2_stages": lambda out: stages_fixture(out, "wide_resnet50_2", 1),
+        "wide_resnet101_2_stages": lambda out: stages_fixture(out, "wide_resnet101_2", 1),
         "images": lambda out: images_fixture(
             out, os.path.join(here, "..", "crates", "resnet", "tests", "images")
         ),

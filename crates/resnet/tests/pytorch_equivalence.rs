@@ -76,6 +76,14 @@ fn wide_resnet50_2_equals_pytorch_stage_by_stage() {
     );
 }
 
+fn wide_resnet101_2_equals_pytorch_stage_by_stage() {
+    stages(
+        Arch::WideResNet101_2,
+        "wide_resnet101_2_stages.safetensors",
+        1e-5,
+    );
+}
+
 fn resnet20_training_step_equals_pytorch() {
     let bytes = load_fixture("resnet20_step.safetensors");
     let fx = Fixture::new(&bytes);
@@ -310,6 +318,7 @@ fn main() {
         resnet18_equals_pytorch_stage_by_stage,
         resnet50_equals_pytorch_stage_by_stage,
         wide_resnet50_2_equals_pytorch_stage_by_stage,
+        wide_resnet101_2_equals_pytorch_stage_by_stage,
         resnet20_training_step_equals_pytorch,
         schedules_equal_torch_lr_schedulers,
         rel_err_fails_non_finite_values,
