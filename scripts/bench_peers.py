@@ -8,7 +8,8 @@
 
 Cases (the targets of the ResNet and autograd issues):
 
-- `resnet50` and `resnet18`: inference at batch 1 on 224 x 224 (`resnet bench model`
+- `resnet18` .. `resnet152`, `wide_resnet50_2`, `wide_resnet101_2`: inference at
+  batch `--batch` (default 1) on 224 x 224 (`resnet bench model`
   for ours; torchvision's model in eval mode under `torch.inference_mode`, plain and
   channels-last; the same model exported to ONNX and run by ONNX Runtime with every
   graph optimisation on);
@@ -64,11 +65,11 @@ def ours(binary, threads, args, seconds):
 class Inference:
     """torchvision's model and its ONNX export, built once and timed every round."""
 
-    def __init__(self, arch, threads, workdir):
+    def __init__(self, arch, threads, workdir, batch=1):
         torch.manual_seed(0)
         self.arch = arch
         self.model = getattr(torchvision.models, arch)(weights=None).eval()
-        self.x = torch.randn(1, 3, 224, 224)
+        self.x = torch.randn(batch, 3, 224, 224)
         self.model_cl = getattr(torchvision.models, arch)(weights=None).eval()
         self.model_cl.load_state_dict(self.model.state_dict())
         self.model_cl = self.model_cl.to(memory_format=torch.channels_last)
@@ -150,6 +151,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per run")
     ap.add_argument("--cases", default="resnet50,resnet18,train")
+    ap.add_argument("--batch", type=int, default=1, help="images per batch of the inference cases")
     ap.add_argument("--json", action="store_true", help="one JSON object per measurement")
     args = ap.parse_args()
     if not os.path.exists(args.ours):
@@ -168,9 +170,9 @@ def main():
                 batch, unit = 128, "ms/step"
             elif case in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                           "wide_resnet50_2", "wide_resnet101_2"):
-                bench = ["model", "--arch", case, "--batch", "1"]
-                peers = Inference(case, args.threads, workdir).peers()
-                batch, unit = 1, "ms/batch"
+                bench = ["model", "--arch", case, "--batch", str(args.batch)]
+                peers = Inference(case, args.threads, workdir, args.batch).peers()
+                batch, unit = args.batch, "ms/batch"
             else:
                 sys.exit(f"unknown case {case!r} (resnet18/34/50/101/152, wide_resnet50_2/101_2 or train)")
             ratios = {name: [] for name, _ in peers}
