@@ -1324,14 +1324,8 @@ fn finish(
     let mut rows: Vec<Vec<u8>> = vec![vec![0u8; w * 2 + 16]; f.comps.len()];
     for y in 0..h {
         for (ci, comp) in f.comps.iter().enumerate() {
-            let hr = f.hmax / comp.h;
-            let vr = f.vmax / comp.v;
-            if hr * comp.h != f.hmax || vr * comp.v != f.vmax {
-                return Err(Error::Unsupported(format!(
-                    "fractional sampling ({}x{} against {}x{})",
-                    comp.h, comp.v, f.hmax, f.vmax
-                )));
-            }
+            // `colour_of` refused fractional sampling.
+            let (hr, vr) = (f.hmax / comp.h, f.vmax / comp.v);
             let (plane, stride, dw) = (&planes[ci], comp.width.div_ceil(8) * 8, comp.width);
             upsample_row(
                 comp,
