@@ -29,6 +29,7 @@ fuzz_target!(|bytes: &[u8]| {
         kernel: [next() % 6, next() % 6],
         stride: [next() % 4, next() % 4],
         padding: [next() % 4, next() % 4],
+        ceil_mode: next() % 2 == 0,
     };
     let (a, b, c) = (next() % 9, next() % 9, next() % 9);
     let _ = match op % 10 {
@@ -38,7 +39,10 @@ fuzz_target!(|bytes: &[u8]| {
         3 => k.softmax(&x).map(drop),
         4 => k.log_softmax(&x).map(drop),
         5 => k.max_pool2d(&x, &pool).map(drop),
-        6 => k.global_avg_pool(&x).map(drop),
+        6 if next() % 2 == 0 => k.global_avg_pool(&x).map(drop),
+        6 => k
+            .avg_pool2d(&x, &tensor::AvgPool2d::new(pool, next() % 2 == 0))
+            .map(drop),
         7 => x.clone().reshape(&[count, 1]).and_then(|y| k.add(&x, &y, &[])).map(drop),
         // A GEMM over views of arbitrary (possibly inconsistent) shapes and strides.
         8 => MatRef::new(x.data(), a, b, b, 1).and_then(|av| {

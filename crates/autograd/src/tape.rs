@@ -19,8 +19,8 @@
 use std::rc::Rc;
 
 use tensor::{
-    BatchNormBackward, BatchNormGrads, BnGradIn, ChannelStats, Conv2d, ConvBackward, ConvPlan,
-    ConvWeights, Epilogue, Kernels, Mode, Pool2d, Result, Tensor, TensorError,
+    AvgPool2d, BatchNormBackward, BatchNormGrads, BnGradIn, ChannelStats, Conv2d, ConvBackward,
+    ConvPlan, ConvWeights, Epilogue, Kernels, Mode, Pool2d, Result, Tensor, TensorError,
 };
 
 /// A value on a tape: the index of the node that made it, and which tape that is (a
@@ -94,6 +94,10 @@ enum Op {
     MaxPool {
         x: Var,
         pool: Pool2d,
+    },
+    AvgPool {
+        x: Var,
+        pool: AvgPool2d,
     },
     GlobalAvgPool {
         x: Var,
@@ -375,6 +379,7 @@ impl<'p> Tape<'p> {
                 format!("add{relu}{norm}")
             }
             Op::MaxPool { .. } => "max_pool2d".into(),
+            Op::AvgPool { .. } => "avg_pool2d".into(),
             Op::GlobalAvgPool { .. } => "global_avg_pool".into(),
             Op::Linear { .. } => "linear".into(),
             Op::PadChannels { .. } => "pad_channels".into(),
@@ -620,6 +625,12 @@ impl<'p> Tape<'p> {
     pub fn max_pool2d(&mut self, x: Var, pool: Pool2d) -> Result<Var> {
         let y = self.kernels.max_pool2d(self.value(x)?, &pool)?;
         Ok(self.push_op(y, Op::MaxPool { x, pool }, &[x]))
+    }
+
+    /// 2-D average pooling (PyTorch's `AvgPool2d`, see `tensor::AvgPool2d`).
+    pub fn avg_pool2d(&mut self, x: Var, pool: AvgPool2d) -> Result<Var> {
+        let y = self.kernels.avg_pool2d(self.value(x)?, &pool)?;
+        Ok(self.push_op(y, Op::AvgPool { x, pool }, &[x]))
     }
 
     /// Global average pooling, `[N, C, H, W]` to `[N, C]`.
@@ -973,6 +984,10 @@ impl<'p> Tape<'p> {
             }
             Op::MaxPool { x, pool } => {
                 vec![(*x, k.max_pool2d_backward(self.value(*x)?, &dy, pool)?)]
+            }
+            Op::AvgPool { x, pool } => {
+                let shape = self.value(*x)?.dims4("avg_pool2d_backward")?;
+                vec![(*x, k.avg_pool2d_backward(&dy, shape, pool)?)]
             }
             Op::GlobalAvgPool { x } => {
                 let shape = self.value(*x)?.dims4("global_avg_pool_backward")?;

@@ -18,7 +18,7 @@ use autograd::{Tape, Var};
 use common::{fail, prop, Check, CheckResult};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use tensor::{Conv2d, Kernels, Pool2d, Result as TResult, Tensor};
+use tensor::{AvgPool2d, Conv2d, Kernels, Pool2d, Result as TResult, Tensor};
 
 const CHECKS: &[(&str, Check)] = &[
     ("conv2d_gradients", check_conv),
@@ -39,6 +39,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("add_relu_gradients", check_add_relu),
     ("add_of_one_input_twice_gradients", check_add_twice),
     ("max_pool_gradients", check_max_pool),
+    ("avg_pool2d_gradients", check_avg_pool2d),
     ("global_avg_pool_gradients", check_avg_pool),
     ("linear_gradients", check_linear),
     ("pad_channels_gradients", check_pad_channels),
@@ -598,6 +599,60 @@ fn check_max_pool(k: Kernels) -> CheckResult {
             k,
             &[t(&[1, c, size, size], seed)?],
             |tp, v| tp.max_pool2d(v[0], pool),
+            &refn,
+            seed ^ 1,
+        )
+    })
+}
+
+fn check_avg_pool2d(k: Kernels) -> CheckResult {
+    let s = (
+        1usize..=2,
+        3usize..=7,
+        2usize..=3,
+        1usize..=2,
+        any::<bool>(),
+        any::<u64>(),
+    );
+    prop(s, |(c, size, kk, stride, include_pad, seed)| {
+        let pad = kk / 2;
+        let pool = AvgPool2d::new(
+            Pool2d::square(kk, stride, pad).with_ceil_mode(true),
+            include_pad,
+        );
+        let [oh, ow] = pool.output_size(size, size).map_err(fail)?;
+        let refn = move |v: &[Vec<f64>]| {
+            let mut y = Vec::new();
+            for ch in 0..c {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let (mut sum, mut cells, mut padded) = (0.0, 0usize, 0usize);
+                        for ky in 0..kk {
+                            for kx in 0..kk {
+                                let iy = (oy * stride + ky) as isize - pad as isize;
+                                let ix = (ox * stride + kx) as isize - pad as isize;
+                                let inside = |i: isize| i >= 0 && (i as usize) < size;
+                                let in_pad =
+                                    |i: isize| i >= -(pad as isize) && i < (size + pad) as isize;
+                                if inside(iy) && inside(ix) {
+                                    sum += v[0][(ch * size + iy as usize) * size + ix as usize];
+                                    cells += 1;
+                                }
+                                if in_pad(iy) && in_pad(ix) {
+                                    padded += 1;
+                                }
+                            }
+                        }
+                        y.push(sum / if include_pad { padded } else { cells } as f64);
+                    }
+                }
+            }
+            y
+        };
+        grad_check(
+            k,
+            &[t(&[1, c, size, size], seed)?],
+            |tp, v| tp.avg_pool2d(v[0], pool),
             &refn,
             seed ^ 1,
         )

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use crate::error::{Result, TensorError};
 use crate::gemm::MatMut;
 use crate::gemm::MatRef;
-use crate::kernels::{Kernels, Pool2d};
+use crate::kernels::{AvgPool2d, Kernels, Pool2d};
 use crate::tensor::Tensor;
 
 /// Gradients of batch norm's input and affine parameters.
@@ -419,6 +419,56 @@ impl Kernels {
             }
         };
         if x.len() < 1 << 16 {
+            dx.data_mut()
+                .chunks_mut(h * w)
+                .enumerate()
+                .for_each(|(i, d)| run(i, d));
+        } else {
+            dx.data_mut()
+                .par_chunks_mut(h * w)
+                .enumerate()
+                .for_each(|(i, d)| run(i, d));
+        }
+        Ok(dx)
+    }
+
+    /// Average pooling's backward: each output's gradient, over its window's count,
+    /// added to every input of its window (`x_shape` is the forward's input shape).
+    pub fn avg_pool2d_backward(
+        &self,
+        dy: &Tensor,
+        x_shape: [usize; 4],
+        pool: &AvgPool2d,
+    ) -> Result<Tensor> {
+        let [n, c, h, w] = x_shape;
+        let [oh, ow] = pool.output_size(h, w)?;
+        expect_shape("avg_pool2d_backward", "dy", &[n, c, oh, ow], dy)?;
+        let mut dx = Tensor::zeros(&x_shape)?;
+        if h * w == 0 {
+            return Ok(dx);
+        }
+        let gd = dy.data();
+        let ([kh, kw], [sh, sw], [ph, pw]) =
+            (pool.window.kernel, pool.window.stride, pool.window.padding);
+        // Each output row's divisors are the row's count times each column's.
+        let cols: Vec<usize> = (0..ow).map(|ox| pool.count(1, ox, w)).collect();
+        let run = |i: usize, d: &mut [f32]| {
+            let gs = &gd[i * oh * ow..(i + 1) * oh * ow];
+            for oy in 0..oh {
+                let (y0, y1) = window(oy, sh, ph, kh, h);
+                let rows = pool.count(0, oy, h);
+                for ox in 0..ow {
+                    let (x0, x1) = window(ox, sw, pw, kw, w);
+                    let g = gs[oy * ow + ox] / (rows * cols[ox]) as f32;
+                    for iy in y0..y1 {
+                        for v in &mut d[iy * w + x0..iy * w + x1] {
+                            *v += g;
+                        }
+                    }
+                }
+            }
+        };
+        if dx.len() < 1 << 16 {
             dx.data_mut()
                 .chunks_mut(h * w)
                 .enumerate()

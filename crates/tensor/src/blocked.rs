@@ -13,7 +13,7 @@
 use rayon::prelude::*;
 
 use crate::error::{Result, TensorError};
-use crate::kernels::{Kernels, Pool2d};
+use crate::kernels::{AvgPool2d, Kernels, Pool2d};
 use crate::tensor::Tensor;
 
 /// An NCHW batch in the blocked layout `[N][CB][H][W][L]` (see the module docs).
@@ -207,6 +207,73 @@ impl Kernels {
             .zip(y.data.par_chunks_exact_mut(oh * ow * l));
         if planes > 1 && rayon::current_num_threads() > 1 {
             pairs.for_each(one);
+        } else {
+            x.data
+                .chunks_exact(h * w * l)
+                .zip(y.data.chunks_exact_mut(oh * ow * l))
+                .for_each(one);
+        }
+        Ok(())
+    }
+
+    /// Average pooling in the blocked layout (PyTorch's `AvgPool2d`, see
+    /// [`AvgPool2d`]), into an existing output of the pooled shape: each output pixel's
+    /// `L` channels are the sum of its window's pixels, `L` lanes at a time, times the
+    /// inverse of the window's count.
+    pub fn blocked_avg_pool2d_into(
+        &self,
+        x: &BlockedTensor,
+        pool: &AvgPool2d,
+        y: &mut BlockedTensor,
+    ) -> Result<()> {
+        let op = "blocked_avg_pool2d";
+        let [n, c, h, w] = x.shape;
+        let [oh, ow] = pool.output_size(h, w)?;
+        expect_blocked(op, "y", y, x.lanes, [n, c, oh, ow])?;
+        let l = x.lanes;
+        let w_ = &pool.window;
+        let ([kh, kw], [sh, sw], [ph, pw]) = (w_.kernel, w_.stride, w_.padding);
+        let planes = n * x.blocks();
+        if planes * oh * ow == 0 {
+            return Ok(());
+        }
+        if h * w == 0 {
+            return Err(TensorError::InvalidArgument {
+                op,
+                reason: format!("cannot average an empty plane, shape {:?}", x.shape),
+            });
+        }
+        let cols: Vec<usize> = (0..ow).map(|ox| pool.count(1, ox, w)).collect();
+        let one = |(src, dst): (&[f32], &mut [f32])| {
+            for oy in 0..oh {
+                let y0 = (oy * sh).saturating_sub(ph);
+                let y1 = (oy * sh + kh).saturating_sub(ph).min(h);
+                let rows = pool.count(0, oy, h);
+                for ox in 0..ow {
+                    let x0 = (ox * sw).saturating_sub(pw);
+                    let x1 = (ox * sw + kw).saturating_sub(pw).min(w);
+                    let out = &mut dst[(oy * ow + ox) * l..][..l];
+                    out.fill(0.0);
+                    for iy in y0..y1 {
+                        for ix in x0..x1 {
+                            let v = &src[(iy * w + ix) * l..][..l];
+                            for (o, v) in out.iter_mut().zip(v) {
+                                *o += v;
+                            }
+                        }
+                    }
+                    let inv = 1.0 / (rows * cols[ox]) as f32;
+                    for o in out.iter_mut() {
+                        *o *= inv;
+                    }
+                }
+            }
+        };
+        if planes > 1 && rayon::current_num_threads() > 1 {
+            x.data
+                .par_chunks_exact(h * w * l)
+                .zip(y.data.par_chunks_exact_mut(oh * ow * l))
+                .for_each(one);
         } else {
             x.data
                 .chunks_exact(h * w * l)

@@ -7,7 +7,7 @@
 
 use crate::error::{Result, TensorError};
 use crate::gemm::MatRef;
-use crate::kernels::Pool2d;
+use crate::kernels::{AvgPool2d, Pool2d};
 use crate::tensor::Tensor;
 
 /// `b` (named `arg`) has `a`'s shape.
@@ -161,6 +161,96 @@ pub fn max_pool2d(x: &Tensor, p: &Pool2d) -> Result<Tensor> {
         }
     }
     Ok(y)
+}
+
+/// The divisor of average pooling's output `(oy, ox)`, straight from PyTorch's
+/// definition: the window clipped to the padded input (`count_include_pad`) or to the
+/// input, rows times columns.
+fn avg_divisor(p: &AvgPool2d, [oy, ox]: [usize; 2], [h, w]: [usize; 2]) -> f64 {
+    let mut d = 1.0;
+    for (axis, (o, size)) in [(oy, h), (ox, w)].into_iter().enumerate() {
+        let (k, s, pad) = (
+            p.window.kernel[axis] as isize,
+            p.window.stride[axis] as isize,
+            p.window.padding[axis] as isize,
+        );
+        let start = o as isize * s - pad;
+        let (lo, hi) = if p.count_include_pad {
+            (start, (start + k).min(size as isize + pad))
+        } else {
+            (start.max(0), (start + k).min(size as isize))
+        };
+        d *= (hi - lo) as f64;
+    }
+    d
+}
+
+/// Average pooling, straight from the definition, in `f64`: each output is the sum of
+/// its window's inputs (padding adds zero) over the window's count.
+pub fn avg_pool2d(x: &Tensor, p: &AvgPool2d) -> Result<Tensor> {
+    let [n, c, h, w] = x.dims4("reference::avg_pool2d")?;
+    let [oh, ow] = p.output_size(h, w)?;
+    let mut y = Tensor::zeros(&[n, c, oh, ow])?;
+    for b in 0..n {
+        for ch in 0..c {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut sum = 0.0f64;
+                    for ky in 0..p.window.kernel[0] {
+                        for kx in 0..p.window.kernel[1] {
+                            let iy = (oy * p.window.stride[0] + ky) as isize
+                                - p.window.padding[0] as isize;
+                            let ix = (ox * p.window.stride[1] + kx) as isize
+                                - p.window.padding[1] as isize;
+                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                sum += x.get(&[b, ch, iy as usize, ix as usize])? as f64;
+                            }
+                        }
+                    }
+                    let d = avg_divisor(p, [oy, ox], [h, w]);
+                    y.set(&[b, ch, oy, ox], (sum / d) as f32)?;
+                }
+            }
+        }
+    }
+    Ok(y)
+}
+
+/// Average pooling's backward, in `f64`: each output's gradient, over its divisor, goes
+/// to every input of its window.
+pub fn avg_pool2d_backward(dy: &Tensor, x_shape: [usize; 4], p: &AvgPool2d) -> Result<Tensor> {
+    let [n, c, h, w] = x_shape;
+    let [oh, ow] = p.output_size(h, w)?;
+    if dy.shape() != [n, c, oh, ow] {
+        return Err(TensorError::ShapeMismatch {
+            op: "reference::avg_pool2d_backward",
+            arg: "dy",
+            expected: vec![n, c, oh, ow],
+            got: dy.shape().to_vec(),
+        });
+    }
+    let mut dx = vec![0.0f64; n * c * h * w];
+    for b in 0..n {
+        for ch in 0..c {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let g = dy.get(&[b, ch, oy, ox])? as f64 / avg_divisor(p, [oy, ox], [h, w]);
+                    for ky in 0..p.window.kernel[0] {
+                        for kx in 0..p.window.kernel[1] {
+                            let iy = (oy * p.window.stride[0] + ky) as isize
+                                - p.window.padding[0] as isize;
+                            let ix = (ox * p.window.stride[1] + kx) as isize
+                                - p.window.padding[1] as isize;
+                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                dx[((b * c + ch) * h + iy as usize) * w + ix as usize] += g;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Tensor::from_vec(&x_shape, dx.into_iter().map(|v| v as f32).collect())
 }
 
 /// Global average pooling `[N, C, H, W] -> [N, C]`, in `f64`.

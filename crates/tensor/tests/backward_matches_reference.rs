@@ -13,8 +13,8 @@ use common::{close, fail, prop, Check, CheckResult};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use tensor::{
-    reference, BatchNormBackward, BnGradIn, Conv2d, ConvBackward, ConvPlan, Epilogue, Forward,
-    Kernels, Layout, Mode, Pool2d, Tensor,
+    reference, AvgPool2d, BatchNormBackward, BnGradIn, Conv2d, ConvBackward, ConvPlan, Epilogue,
+    Forward, Kernels, Layout, Mode, Pool2d, Tensor,
 };
 
 const CHECKS: &[(&str, Check)] = &[
@@ -30,6 +30,7 @@ const CHECKS: &[(&str, Check)] = &[
     ),
     ("max_pool2d_backward_equals_reference", check_max_pool),
     ("global_avg_pool_backward_spreads_evenly", check_avg_pool),
+    ("avg_pool2d_backward_equals_reference", check_avg_pool2d),
     ("conv2d_backward_equals_reference", check_conv),
     ("conv2d_backward_resnet20_layers", check_conv_resnet20),
     (
@@ -328,6 +329,28 @@ fn check_max_pool(k: Kernels) -> CheckResult {
             |_| 0.0,
         )
     })
+}
+
+fn check_avg_pool2d(k: Kernels) -> CheckResult {
+    prop(
+        (pool_case(), any::<bool>(), any::<bool>()),
+        |((c, h, w, window, seed), ceil_mode, include_pad)| {
+            let pool = AvgPool2d::new(window.with_ceil_mode(ceil_mode), include_pad);
+            let [oh, ow] = pool.output_size(h, w).map_err(fail)?;
+            let dy = Tensor::randn(&[2, c, oh, ow], 0.0, 1.0, seed ^ 5).map_err(fail)?;
+            let got = k
+                .avg_pool2d_backward(&dy, [2, c, h, w], &pool)
+                .map_err(fail)?;
+            let want = reference::avg_pool2d_backward(&dy, [2, c, h, w], &pool).map_err(fail)?;
+            // Each input sums at most kernel^2 / stride^2 <= 16 scaled gradients.
+            close(
+                &format!("avg_pool2d_backward {pool:?}"),
+                got.data(),
+                want.data(),
+                |i| 1e-5 * (1.0 + want.data()[i].abs()),
+            )
+        },
+    )
 }
 
 fn check_avg_pool(k: Kernels) -> CheckResult {

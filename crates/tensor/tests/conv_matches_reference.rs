@@ -338,6 +338,28 @@ fn run_blocked(kern: Kernels, c: &Case) -> Result<(), TestCaseError> {
             c
         );
     }
+    // Average pooling in the layout against the NCHW kernel (the same sums in another
+    // order: within a few ulps).
+    for pool in [
+        tensor::AvgPool2d::resnet_d(2),
+        tensor::AvgPool2d::new(Pool2d::square(3, 2, 1).with_ceil_mode(true), true),
+        tensor::AvgPool2d::new(Pool2d::square(3, 1, 1), false),
+    ] {
+        let Ok(pooled) = kern.avg_pool2d(&x, &pool) else {
+            continue;
+        };
+        let [n, ch, oh, ow] = pooled.dims4("test").map_err(fail)?;
+        let mut got_pool = tensor::BlockedTensor::zeros(&kern, [n, ch, oh, ow]).map_err(fail)?;
+        kern.blocked_avg_pool2d_into(&xb, &pool, &mut got_pool)
+            .map_err(fail)?;
+        let got_pool = kern.from_blocked(&got_pool).map_err(fail)?;
+        close(
+            &format!("avg pool {pool:?} {c:?}"),
+            got_pool.data(),
+            pooled.data(),
+            |i| 1e-5 * (1.0 + pooled.data()[i].abs()),
+        )?;
+    }
     let mean = kern.global_avg_pool(&x).map_err(fail)?;
     let got_mean = kern.blocked_global_avg_pool(&xb).map_err(fail)?;
     prop_assert_eq!(got_mean.shape(), mean.shape());

@@ -30,7 +30,7 @@ mod common;
 use common::{close, fail, prop, Check, CheckResult};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use tensor::{reference, Epilogue, Kernels, Pool2d, Tensor};
+use tensor::{reference, AvgPool2d, Epilogue, Kernels, Pool2d, Tensor};
 
 /// The checks, by name. Each runs against one tier's kernels.
 const CHECKS: &[(&str, Check)] = &[
@@ -62,6 +62,11 @@ const CHECKS: &[(&str, Check)] = &[
         check_max_pool_stem,
     ),
     ("global_avg_pool_equals_reference", check_global_avg_pool),
+    ("avg_pool2d_equals_reference", check_avg_pool),
+    (
+        "avg_pool2d_resnet_d_shortcut_equals_reference",
+        check_avg_pool_resnet_d,
+    ),
     (
         "large_tensors_take_the_parallel_path_and_agree",
         check_large_parallel,
@@ -317,10 +322,11 @@ fn check_softmax(k: Kernels, log: bool) -> CheckResult {
 
 fn pool_geometry() -> impl Strategy<Value = Pool2d> {
     (1usize..=4, 1usize..=4, 1usize..=3, 1usize..=3).prop_flat_map(|(kh, kw, sh, sw)| {
-        (0..=kh / 2, 0..=kw / 2).prop_map(move |(ph, pw)| Pool2d {
+        (0..=kh / 2, 0..=kw / 2, any::<bool>()).prop_map(move |(ph, pw, ceil_mode)| Pool2d {
             kernel: [kh, kw],
             stride: [sh, sw],
             padding: [ph, pw],
+            ceil_mode,
         })
     })
 }
@@ -360,6 +366,57 @@ fn check_max_pool(k: Kernels) -> CheckResult {
 fn check_max_pool_stem(k: Kernels) -> CheckResult {
     prop(nchw(2, 3, 70), |(shape, data)| {
         check_pool_case(k, &shape, data, &Pool2d::RESNET_STEM)
+    })
+}
+
+/// Average pooling's bound against the f64 reference: `m <= 16` values of magnitude
+/// `<= 10` summed in f32 make `m - 1` roundings of partial sums `<= 10 m`, each
+/// `<= 2^-24 * 10 m`, so `<= 10 m^2 2^-24` in all, `<= 10 m 2^-24 = 9.5e-6` after the
+/// division by `m`, plus one rounding of the product: 1.1e-5, doubled.
+const AVG_TOL: f32 = 2e-5;
+
+fn check_avg_pool(k: Kernels) -> CheckResult {
+    prop(
+        (nchw(2, 3, 40), pool_geometry(), any::<bool>()),
+        |((shape, data), window, count_include_pad)| {
+            let p = AvgPool2d::new(window, count_include_pad);
+            let x = tensor(&shape, data)?;
+            match reference::avg_pool2d(&x, &p) {
+                Ok(want) => {
+                    let got = k.avg_pool2d(&x, &p).map_err(fail)?;
+                    prop_assert_eq!(got.shape(), want.shape());
+                    close("avg_pool2d", got.data(), want.data(), |_| AVG_TOL)?;
+                    let mut into = Tensor::full(want.shape(), f32::NAN).map_err(fail)?;
+                    k.avg_pool2d_into(&x, &p, &mut into).map_err(fail)?;
+                    close("avg_pool2d_into", into.data(), want.data(), |_| AVG_TOL)
+                }
+                Err(_) => {
+                    prop_assert!(k.avg_pool2d(&x, &p).is_err());
+                    Ok(())
+                }
+            }
+        },
+    )
+}
+
+/// timm's ResNet-D shortcut pool on odd and even sizes: `ceil_mode` makes a last window
+/// of one column or row, whose divisor counts only it.
+fn check_avg_pool_resnet_d(k: Kernels) -> CheckResult {
+    prop(nchw(2, 3, 41), |(shape, data)| {
+        let x = tensor(&shape, data)?;
+        let p = AvgPool2d::resnet_d(2);
+        let want = reference::avg_pool2d(&x, &p).map_err(fail)?;
+        let got = k.avg_pool2d(&x, &p).map_err(fail)?;
+        prop_assert_eq!(
+            got.shape(),
+            &[
+                shape[0],
+                shape[1],
+                shape[2].div_ceil(2),
+                shape[3].div_ceil(2)
+            ][..]
+        );
+        close("avg_pool2d resnet_d", got.data(), want.data(), |_| AVG_TOL)
     })
 }
 
@@ -441,6 +498,26 @@ fn check_large_parallel(k: Kernels) -> CheckResult {
 /// tensors, and the shrunk inputs of past failures.
 fn regressions(k: Kernels) -> CheckResult {
     let run = || -> Result<(), TestCaseError> {
+        // `ceil_mode` and `count_include_pad` as PyTorch computes them (torch 2.15:
+        // `F.avg_pool2d(x, (1, 4), (1, 3), padding=(0, 1), ceil_mode=True, ...)` on
+        // 1..=5; the last window runs past the padded row).
+        let x = tensor(&[1, 1, 1, 5], vec![1.0, 2.0, 3.0, 4.0, 5.0])?;
+        let window = Pool2d {
+            kernel: [1, 4],
+            stride: [1, 3],
+            padding: [0, 1],
+            ceil_mode: true,
+        };
+        for (include, want) in [(true, [1.5, 3.0]), (false, [2.0, 4.0])] {
+            let got = k
+                .avg_pool2d(&x, &AvgPool2d::new(window, include))
+                .map_err(fail)?;
+            prop_assert_eq!(got.data(), &want[..], "include {}", include);
+        }
+        let got = k.max_pool2d(&x, &window).map_err(fail)?;
+        prop_assert_eq!(got.data(), &[3.0, 5.0][..]);
+        let got = k.avg_pool2d(&x, &AvgPool2d::resnet_d(2)).map_err(fail)?;
+        prop_assert_eq!(got.data(), &[1.5, 3.5, 5.0][..]);
         for n in [
             0usize, 1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65,
         ] {
@@ -595,6 +672,7 @@ fn nan_propagates(k: Kernels) -> CheckResult {
                     kernel: [1, 2],
                     stride: [1, 1],
                     padding: [0, 0],
+                    ceil_mode: false,
                 };
                 if n >= 2 {
                     let y = k.max_pool2d(&x, &pool).map_err(fail)?;
@@ -621,6 +699,7 @@ fn nan_propagates(k: Kernels) -> CheckResult {
                         kernel: [1, 5],
                         stride: [1, 1],
                         padding: [0, 0],
+                        ceil_mode: false,
                     };
                     let dy = tensor(&[1, 1, 1, 1], vec![1.0])?;
                     for (xs, want) in [

@@ -13,7 +13,7 @@
 //! written, and no other element is touched in between.
 
 use super::simd::Simd;
-use super::Pool2d;
+use super::{AvgPool2d, Pool2d};
 
 /// `dst[i] = f(src[i])` over `n` elements.
 #[inline(always)]
@@ -380,8 +380,9 @@ pub(crate) unsafe fn log_softmax_row<S: Simd>(src: *const f32, dst: *mut f32, n:
 /// `scratch[ox * stride_w + kx]` over `kx`, read a vector of outputs at a time with
 /// strided loads. Padding never wins a max, as in PyTorch.
 ///
-/// `scratch` must hold `w + 2 * padding_w` floats; the geometry must be valid (checked
-/// by [`Pool2d::output_size`]), so that every window covers at least one input row.
+/// `scratch` must hold `p.padded_row_len(w, ow)` floats (`w + 2 * padding_w`, or more
+/// where a `ceil_mode` window runs past it); the geometry must be valid (checked by
+/// [`Pool2d::output_size`]), so that every window covers at least one input row.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) unsafe fn max_pool_plane<S: Simd>(
@@ -400,7 +401,9 @@ pub(crate) unsafe fn max_pool_plane<S: Simd>(
     let row = scratch.add(pw);
     for i in 0..pw {
         *scratch.add(i) = f32::NEG_INFINITY;
-        *row.add(w + i) = f32::NEG_INFINITY;
+    }
+    for i in pw + w..p.padded_row_len(w, ow) {
+        *scratch.add(i) = f32::NEG_INFINITY;
     }
     for oy in 0..oh {
         // Input rows iy0..iy1 under this output row's windows (clipped to the input).
@@ -440,6 +443,84 @@ pub(crate) unsafe fn max_pool_plane<S: Simd>(
                 }
             }
             *out.add(ox) = m;
+        }
+    }
+}
+
+/// Average pooling of one `h x w` plane into an `oh x ow` plane.
+///
+/// The same two passes as [`max_pool_plane`], with sums: the input rows under an
+/// output row's windows are added element by element into `scratch`, which holds the row
+/// between zeros (its padding, and past it as far as a `ceil_mode` window reaches), then
+/// each output sums its `kw` cells of that row (strided loads for a stride above 1) and
+/// is multiplied by the inverse of its window's count ([`AvgPool2d::count`]), made for
+/// the row in `scratch`'s tail.
+///
+/// `scratch` must hold `p.window.padded_row_len(w, ow) + ow` floats; the geometry must
+/// be valid (checked by [`Pool2d::output_size`]).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) unsafe fn avg_pool_plane<S: Simd>(
+    src: *const f32,
+    h: usize,
+    w: usize,
+    dst: *mut f32,
+    oh: usize,
+    ow: usize,
+    p: &AvgPool2d,
+    scratch: *mut f32,
+) {
+    let [kh, kw] = p.window.kernel;
+    let [sh, sw] = p.window.stride;
+    let [ph, pw] = p.window.padding;
+    let len = p.window.padded_row_len(w, ow);
+    let row = scratch.add(pw);
+    let inv = scratch.add(len);
+    for i in 0..pw {
+        *scratch.add(i) = 0.0;
+    }
+    for i in pw + w..len {
+        *scratch.add(i) = 0.0;
+    }
+    for oy in 0..oh {
+        // Input rows iy0..iy1 under this output row's windows (clipped to the input;
+        // `output_size` leaves every window at least one).
+        let top = (oy * sh) as isize - ph as isize;
+        let iy0 = top.max(0) as usize;
+        let iy1 = ((top + kh as isize) as usize).min(h);
+        let rows = p.count(0, oy, h);
+        for ox in 0..ow {
+            *inv.add(ox) = 1.0 / (rows * p.count(1, ox, w)) as f32;
+        }
+        std::ptr::copy_nonoverlapping(src.add(iy0 * w), row, w);
+        for iy in iy0 + 1..iy1 {
+            map2::<S>(row, src.add(iy * w), row, w, |a, b| S::add(a, b));
+        }
+        let out = dst.add(oy * ow);
+        let load = |q: *const f32| {
+            if sw == 1 {
+                S::load(q)
+            } else {
+                S::load_strided(q, sw)
+            }
+        };
+        let mut ox = 0;
+        while ox + S::LANES <= ow {
+            let base = scratch.add(ox * sw);
+            let mut acc = load(base);
+            for kx in 1..kw {
+                acc = S::add(acc, load(base.add(kx)));
+            }
+            S::store(out.add(ox), S::mul(acc, S::load(inv.add(ox))));
+            ox += S::LANES;
+        }
+        for ox in ox..ow {
+            let base = scratch.add(ox * sw);
+            let mut acc = *base;
+            for kx in 1..kw {
+                acc += *base.add(kx);
+            }
+            *out.add(ox) = acc * *inv.add(ox);
         }
     }
 }

@@ -39,7 +39,8 @@ use crate::isa::{self, Isa, IsaError};
 use crate::tensor::Tensor;
 
 /// The geometry of a 2-D pooling window: `[height, width]` pairs, as PyTorch's
-/// `MaxPool2d(kernel_size, stride, padding)` with `ceil_mode=False` and no dilation.
+/// `MaxPool2d(kernel_size, stride, padding, ceil_mode=...)` (no dilation). Average
+/// pooling takes it inside an [`AvgPool2d`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pool2d {
     /// The window's `[height, width]`.
@@ -47,18 +48,29 @@ pub struct Pool2d {
     /// The step between windows, `[down, across]`.
     pub stride: [usize; 2],
     /// Implicit padding on each side, `[top and bottom, left and right]` (max pooling
-    /// never picks it).
+    /// never picks it; average pooling counts it or not, see [`AvgPool2d`]).
     pub padding: [usize; 2],
+    /// PyTorch's `ceil_mode`: the output size rounds up, so a last window that runs
+    /// past the (padded) input still makes an output, provided it starts inside the
+    /// input or its left padding; it covers only what it overlaps.
+    pub ceil_mode: bool,
 }
 
 impl Pool2d {
-    /// A square window.
+    /// A square window (`ceil_mode` off).
     pub fn square(kernel: usize, stride: usize, padding: usize) -> Self {
         Pool2d {
             kernel: [kernel; 2],
             stride: [stride; 2],
             padding: [padding; 2],
+            ceil_mode: false,
         }
+    }
+
+    /// The same window with `ceil_mode` set to `on`.
+    pub fn with_ceil_mode(mut self, on: bool) -> Self {
+        self.ceil_mode = on;
+        self
     }
 
     /// The pooling after a ResNet's stem: 3x3, stride 2, padding 1.
@@ -66,15 +78,18 @@ impl Pool2d {
         kernel: [3, 3],
         stride: [2, 2],
         padding: [1, 1],
+        ceil_mode: false,
     };
 
     /// The output `[height, width]` for an `h x w` input, or why the geometry is invalid:
     /// a zero kernel or stride, padding more than half the kernel (PyTorch's rule, which
     /// guarantees every window sees at least one input), or a window larger than the
-    /// padded input.
+    /// padded input. With `ceil_mode`, PyTorch's formula: `ceil((size + 2p - k) / s) + 1`
+    /// outputs, less one if the last window would start past the input and its left
+    /// padding.
     pub fn output_size(&self, h: usize, w: usize) -> Result<[usize; 2]> {
         let invalid = |reason: String| TensorError::InvalidArgument {
-            op: "max_pool2d",
+            op: "pool2d",
             reason,
         };
         let mut out = [0; 2];
@@ -90,17 +105,94 @@ impl Pool2d {
                     "padding {p} is more than half the kernel {k} ({name})"
                 )));
             }
-            if size > i32::MAX as usize || s > i32::MAX as usize / 16 {
-                return Err(invalid(format!("{name} {size} or stride {s} is too large")));
+            if size == 0 {
+                return Err(invalid(format!("cannot pool an empty {name}")));
             }
-            if size.saturating_add(2 * p) < k {
+            if size > i32::MAX as usize || s > i32::MAX as usize / 16 || k > i32::MAX as usize / 16
+            {
                 return Err(invalid(format!(
-                    "kernel {k} is larger than the padded input {name} {size} + 2 * {p}"
+                    "{name} {size}, kernel {k} or stride {s} is too large"
                 )));
             }
-            out[d] = (size + 2 * p - k) / s + 1;
+            // PyTorch's formula, in signed arithmetic (a window larger than the padded
+            // input makes no output without `ceil_mode`, one with it).
+            let span = (size + 2 * p) as isize - k as isize;
+            let (s_, ceil) = (s as isize, self.ceil_mode);
+            let mut n = (span + if ceil { s_ - 1 } else { 0 }).div_euclid(s_) + 1;
+            // With `ceil_mode` the last window must start inside the input or its left
+            // padding.
+            if ceil && n > 1 && (n - 1) * s_ >= (size + p) as isize {
+                n -= 1;
+            }
+            if n < 1 {
+                return Err(invalid(format!(
+                    "kernel {k} is larger than the padded input {name} {size} + 2 * {p}{}",
+                    if ceil { "" } else { " (ceil_mode is off)" }
+                )));
+            }
+            out[d] = n as usize;
         }
         Ok(out)
+    }
+
+    /// The length of the padded row the NCHW kernels pool a row from: the input row
+    /// with `padding` cells on either side, or longer where `ceil_mode`'s last window
+    /// runs past it.
+    pub(crate) fn padded_row_len(&self, w: usize, ow: usize) -> usize {
+        let reach = (ow.max(1) - 1) * self.stride[1] + self.kernel[1];
+        (w + 2 * self.padding[1]).max(reach)
+    }
+}
+
+/// Average pooling, as PyTorch's `AvgPool2d(kernel_size, stride, padding, ceil_mode,
+/// count_include_pad)` (no `divisor_override`): each output is the sum over its window's
+/// inputs divided by the window's size, where the size counts the padding cells inside
+/// the padded input when `count_include_pad` is set (PyTorch's default), and only the
+/// input cells otherwise. A `ceil_mode` window's part past the padded input never counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AvgPool2d {
+    /// Window, stride, padding and `ceil_mode`.
+    pub window: Pool2d,
+    /// Whether padding cells count in the divisor.
+    pub count_include_pad: bool,
+}
+
+impl AvgPool2d {
+    /// Average pooling over `window`, counting padding in the divisor or not.
+    pub fn new(window: Pool2d, count_include_pad: bool) -> Self {
+        AvgPool2d {
+            window,
+            count_include_pad,
+        }
+    }
+
+    /// The shortcut's pooling of timm's ResNet-D (`avg_down`): 2x2 windows at `stride`,
+    /// `ceil_mode=True`, `count_include_pad=False`.
+    pub fn resnet_d(stride: usize) -> Self {
+        AvgPool2d::new(Pool2d::square(2, stride, 0).with_ceil_mode(true), false)
+    }
+
+    /// The output `[height, width]` for an `h x w` input (see [`Pool2d::output_size`]).
+    pub fn output_size(&self, h: usize, w: usize) -> Result<[usize; 2]> {
+        self.window.output_size(h, w)
+    }
+
+    /// How many cells output `o` of one axis divides by: its window's cells inside
+    /// `[-pad, size + pad)` (`count_include_pad`) or inside `[0, size)`.
+    pub(crate) fn count(&self, axis: usize, o: usize, size: usize) -> usize {
+        let (k, s, p) = (
+            self.window.kernel[axis],
+            self.window.stride[axis],
+            self.window.padding[axis],
+        );
+        // In padded coordinates: the window is [o s, o s + k), the input [p, size + p).
+        let start = o * s;
+        let end = start + k;
+        if self.count_include_pad {
+            end.min(size + 2 * p) - start
+        } else {
+            end.min(size + p).saturating_sub(start.max(p))
+        }
     }
 }
 
@@ -127,6 +219,9 @@ pub(crate) struct KernelSet {
     #[allow(clippy::type_complexity)]
     pub max_pool_plane:
         unsafe fn(*const f32, usize, usize, *mut f32, usize, usize, &Pool2d, *mut f32),
+    #[allow(clippy::type_complexity)]
+    pub avg_pool_plane:
+        unsafe fn(*const f32, usize, usize, *mut f32, usize, usize, &AvgPool2d, *mut f32),
     /// The peak-FMA probe (see [`crate::peak`]); not an operation.
     pub fma_chains: unsafe fn(usize, f32) -> f32,
     /// Rows of the GEMM microkernel's tile.
@@ -205,7 +300,7 @@ pub(crate) type BnApplyFn =
 pub(crate) type GemmTileFn = unsafe fn(usize, *const f32, *const f32, usize, &microkernel::TileOut);
 
 /// The operations a `KernelSet` provides, for [`Kernels::kernel_names`].
-pub const OPERATIONS: [&str; 13] = [
+pub const OPERATIONS: [&str; 14] = [
     "scale_shift",
     "scale_shift_relu",
     "relu",
@@ -219,6 +314,7 @@ pub const OPERATIONS: [&str; 13] = [
     "softmax_row",
     "log_softmax_row",
     "max_pool_plane",
+    "avg_pool_plane",
 ];
 
 /// Stamps out a tier's `#[target_feature]` entry points and its `static KERNELS`.
@@ -250,7 +346,7 @@ macro_rules! tier_entry_points {
             use super::*;
             use $crate::kernels::{
                 blocked_tile, body, direct_tile, dot, microkernel, outer, BlockedTileFn, DirectTileFn,
-                GemmTileFn, KernelSet, OuterTileFn, Pool2d,
+                GemmTileFn, KernelSet, OuterTileFn, Pool2d, AvgPool2d,
             };
 
             // Every microkernel is its own function named by tier, type, tile and
@@ -382,6 +478,14 @@ macro_rules! tier_entry_points {
             ) {
                 body::max_pool_plane::<$S>(s, h, w, d, oh, ow, p, scratch)
             }
+            #[allow(clippy::too_many_arguments)]
+            #[$attr]
+            unsafe fn avg_pool_plane(
+                s: *const f32, h: usize, w: usize, d: *mut f32, oh: usize, ow: usize,
+                p: &AvgPool2d, scratch: *mut f32,
+            ) {
+                body::avg_pool_plane::<$S>(s, h, w, d, oh, ow, p, scratch)
+            }
             #[$attr]
             unsafe fn transpose_block(s: *const f32, ss: usize, d: *mut f32, ds: usize) {
                 <$S as $crate::kernels::simd::Simd>::transpose_block(s, ss, d, ds)
@@ -407,6 +511,7 @@ macro_rules! tier_entry_points {
                 softmax_row,
                 log_softmax_row,
                 max_pool_plane,
+                avg_pool_plane,
                 fma_chains,
                 gemm_mr: $mr,
                 gemm_tiles: GEMM_TILES,
@@ -783,13 +888,85 @@ impl Kernels {
             return Ok(());
         }
         let kernel = self.set.max_pool_plane;
-        let scratch_len = w + 2 * pool.padding[1];
+        let scratch_len = pool.padded_row_len(w, ow);
         let src = x.data();
         let run = |scratch: &mut Vec<f32>, i: usize, d: &mut [f32]| {
             let s = &src[i * h * w..(i + 1) * h * w];
             debug_assert_eq!(d.len(), oh * ow);
             // SAFETY: `s` is one h x w input plane, `d` one oh x ow output plane, the
             // geometry was validated by `output_size`, and `scratch` holds the padded row.
+            unsafe {
+                kernel(
+                    s.as_ptr(),
+                    h,
+                    w,
+                    d.as_mut_ptr(),
+                    oh,
+                    ow,
+                    pool,
+                    scratch.as_mut_ptr(),
+                )
+            }
+        };
+        let planes = y.data_mut();
+        if planes.len() + src.len() < PARALLEL_MIN {
+            let mut scratch = vec![0.0; scratch_len];
+            planes
+                .chunks_mut(oh * ow)
+                .enumerate()
+                .for_each(|(i, d)| run(&mut scratch, i, d));
+        } else {
+            planes
+                .par_chunks_mut(oh * ow)
+                .enumerate()
+                .with_min_len((TASK_GRAIN / (h * w)).max(1))
+                .for_each_init(
+                    || vec![0.0; scratch_len],
+                    |scratch, (i, d)| run(scratch, i, d),
+                );
+        }
+        Ok(())
+    }
+
+    /// 2-D average pooling of an NCHW tensor (PyTorch's `AvgPool2d`, see [`AvgPool2d`]).
+    pub fn avg_pool2d(&self, x: &Tensor, pool: &AvgPool2d) -> Result<Tensor> {
+        let [n, c, h, w] = x.dims4("avg_pool2d")?;
+        let [oh, ow] = pool.output_size(h, w)?;
+        let mut y = Tensor::for_overwrite(&[n, c, oh, ow])?;
+        self.avg_pool2d_into(x, pool, &mut y)?;
+        Ok(y)
+    }
+
+    /// [`Kernels::avg_pool2d`] into an existing `[N, C, OH, OW]` tensor.
+    pub fn avg_pool2d_into(&self, x: &Tensor, pool: &AvgPool2d, y: &mut Tensor) -> Result<()> {
+        let [n, c, h, w] = x.dims4("avg_pool2d")?;
+        let [oh, ow] = pool.output_size(h, w)?;
+        if y.shape() != [n, c, oh, ow] {
+            return Err(TensorError::ShapeMismatch {
+                op: "avg_pool2d_into",
+                arg: "y",
+                expected: vec![n, c, oh, ow],
+                got: y.shape().to_vec(),
+            });
+        }
+        if oh * ow == 0 || n * c == 0 {
+            return Ok(());
+        }
+        if h * w == 0 {
+            return Err(TensorError::InvalidArgument {
+                op: "avg_pool2d",
+                reason: format!("cannot average an empty plane, shape {:?}", x.shape()),
+            });
+        }
+        let kernel = self.set.avg_pool_plane;
+        let scratch_len = pool.window.padded_row_len(w, ow) + ow;
+        let src = x.data();
+        let run = |scratch: &mut Vec<f32>, i: usize, d: &mut [f32]| {
+            let s = &src[i * h * w..(i + 1) * h * w];
+            debug_assert_eq!(d.len(), oh * ow);
+            // SAFETY: `s` is one h x w input plane, `d` one oh x ow output plane, the
+            // geometry was validated by `output_size`, and `scratch` holds the padded
+            // row and a row of divisors.
             unsafe {
                 kernel(
                     s.as_ptr(),
