@@ -41,6 +41,9 @@ Files (all float32 unless noted):
   torchvision ResNet-18 (batch 2), ResNet-50, Wide ResNet-50-2 and Wide ResNet-101-2
   (batch 1) in eval mode on 64x64 inputs: `input`, and the
   output of `stem` (after the max pool), `layer1`..`layer4`, `features`, `logits`.
+- `resnet26d_stages.safetensors`: the same for timm's ResNet-26-D (deep stem,
+  average-pooling shortcuts; `pip install timm`, random init, nothing downloaded), batch
+  1 on 72x72 inputs, so that two shortcut pools see odd sizes (`ceil_mode`).
 
 - `png.safetensors`: PIL's decoding (`convert("RGB")`) of the PNGs in
   `crates/resnet/tests/images/png/`, written by hand for every colour type and bit
@@ -247,19 +250,33 @@ def schedules_fixture(out):
     print("schedules: " + ", ".join(tensors))
 
 
-def stages_fixture(out, arch, batch):
-    model = getattr(torchvision.models, arch)(weights=None)
+def timm_model(arch):
+    """A timm model with random init (no download), or a clear error without timm."""
+    try:
+        import timm
+    except ImportError:
+        raise SystemExit(f"the {arch} fixture needs timm: pip install timm")
+    return timm.create_model(arch, pretrained=False)
+
+
+def stages_fixture(out, arch, batch, size=64):
+    if arch.endswith("d") and arch.startswith("resnet"):
+        model = timm_model(arch)
+        relu = model.act1
+    else:
+        model = getattr(torchvision.models, arch)(weights=None)
+        relu = model.relu
     fill(model)
     model.eval()
-    x = tensor_of("input", (batch, 3, 64, 64))
+    x = tensor_of("input", (batch, 3, size, size))
     tensors = {"input": x}
     with torch.no_grad():
-        h = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        h = model.maxpool(relu(model.bn1(model.conv1(x))))
         tensors["stem"] = h
         for i in range(1, 5):
             h = getattr(model, f"layer{i}")(h)
             tensors[f"layer{i}"] = h
-        f = torch.flatten(model.avgpool(h), 1)
+        f = torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
         tensors["features"] = f
         tensors["logits"] = model.fc(f)
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out, f"{arch}_stages.safetensors"))
@@ -771,6 +788,8 @@ def main():
         "resnet50_stages": lambda out: stages_fixture(out, "resnet50", 1),
         "wide_resnet50_2_stages": lambda out: stages_fixture(out, "wide_resnet50_2", 1),
         "wide_resnet101_2_stages": lambda out: stages_fixture(out, "wide_resnet101_2", 1),
+        # 72 x 72: odd maps (9, 5) before two of the average-pooling shortcuts.
+        "resnet26d_stages": lambda out: stages_fixture(out, "resnet26d", 1, 72),
         "images": lambda out: images_fixture(
             out, os.path.join(here, "..", "crates", "resnet", "tests", "images")
         ),

@@ -4,6 +4,9 @@
 //!   bottleneck the stride is on the 3x3 convolution): a 7x7/2 stem and 3x3/2 max pool,
 //!   four stages of 64/128/256/512 base channels, projection shortcuts (1x1 conv + BN)
 //!   where the shape changes, global average pooling and one linear layer.
+//! - timm's ResNet-D (He et al. 2018, "Bag of Tricks"): the same stages, with a deep
+//!   stem (three 3x3 convolutions) and average-pooling shortcuts (see
+//!   [`Arch::is_resnet_d`]).
 //! - CIFAR ResNets (the paper's section 4.2): a 3x3 stem with 16 channels, three stages of
 //!   16/32/64 channels with `n` basic blocks each (depth `6n + 2`), and "option A"
 //!   identity shortcuts: a stride-2 subsample zero-padded to the new channel count, with
@@ -49,6 +52,13 @@ pub enum Arch {
     WideResNet50_2,
     /// torchvision's Wide ResNet-101-2: ResNet-101 with bottlenecks twice as wide inside.
     WideResNet101_2,
+    /// timm's ResNet-26-D: bottleneck blocks, 2-2-2-2 per stage, the ResNet-D changes
+    /// (see [`Arch::is_resnet_d`]).
+    ResNet26D,
+    /// timm's ResNet-50-D: ResNet-50's blocks with the ResNet-D changes.
+    ResNet50D,
+    /// timm's ResNet-101-D: ResNet-101's blocks with the ResNet-D changes.
+    ResNet101D,
     /// A CIFAR ResNet of depth `6n + 2` (20, 32, 44, 56, 110, ...).
     Cifar {
         /// Weighted layers, `6n + 2` for `n >= 1` basic blocks per stage. Parsing
@@ -76,6 +86,27 @@ impl Arch {
     /// torchvision's wide variants (not in [`Arch::ALL`]: 69 M and 127 M parameters).
     pub const WIDE: [Arch; 2] = [Arch::WideResNet50_2, Arch::WideResNet101_2];
 
+    /// timm's ResNet-D variants (not in [`Arch::ALL`]).
+    pub const RESNET_D: [Arch; 3] = [Arch::ResNet26D, Arch::ResNet50D, Arch::ResNet101D];
+
+    /// Every ImageNet and CIFAR architecture this crate builds: [`Arch::ALL`], the wide
+    /// ones and the ResNet-D ones.
+    pub fn every() -> impl Iterator<Item = Arch> {
+        Arch::ALL
+            .into_iter()
+            .chain(Arch::WIDE)
+            .chain(Arch::RESNET_D)
+    }
+
+    /// True for timm's ResNet-D variants ("Bag of Tricks", He et al. 2018): a deep stem
+    /// of three 3x3 convolutions (32, 32, 64 channels; the first with stride 2) in place
+    /// of the 7x7, and shortcuts that average-pool 2x2 (`ceil_mode`, padding not counted)
+    /// before a stride-1 1x1 projection, instead of projecting with stride 2. timm's
+    /// names: `conv1.0`, `conv1.1` (batch norm), `conv1.3`, `conv1.4`, `conv1.6`, `bn1`;
+    /// `downsample.1` (the convolution) and `downsample.2` (its batch norm).
+    pub fn is_resnet_d(self) -> bool {
+        matches!(self, Arch::ResNet26D | Arch::ResNet50D | Arch::ResNet101D)
+    }
     /// How many times wider than the block's base channels a bottleneck's inner
     /// convolutions are: 2 for the wide variants, 1 otherwise.
     pub fn bottleneck_width_factor(self) -> usize {
@@ -96,9 +127,11 @@ impl Arch {
     /// Blocks per stage.
     pub fn stage_blocks(self) -> Vec<usize> {
         match self {
-            Arch::ResNet18 => vec![2, 2, 2, 2],
-            Arch::ResNet34 | Arch::ResNet50 | Arch::WideResNet50_2 => vec![3, 4, 6, 3],
-            Arch::ResNet101 | Arch::WideResNet101_2 => vec![3, 4, 23, 3],
+            Arch::ResNet18 | Arch::ResNet26D => vec![2, 2, 2, 2],
+            Arch::ResNet34 | Arch::ResNet50 | Arch::WideResNet50_2 | Arch::ResNet50D => {
+                vec![3, 4, 6, 3]
+            }
+            Arch::ResNet101 | Arch::WideResNet101_2 | Arch::ResNet101D => vec![3, 4, 23, 3],
             Arch::ResNet152 => vec![3, 8, 36, 3],
             Arch::Cifar { depth } => vec![(depth - 2) / 6; 3],
         }
@@ -133,6 +166,9 @@ impl fmt::Display for Arch {
             Arch::ResNet152 => f.write_str("resnet152"),
             Arch::WideResNet50_2 => f.write_str("wide_resnet50_2"),
             Arch::WideResNet101_2 => f.write_str("wide_resnet101_2"),
+            Arch::ResNet26D => f.write_str("resnet26d"),
+            Arch::ResNet50D => f.write_str("resnet50d"),
+            Arch::ResNet101D => f.write_str("resnet101d"),
             Arch::Cifar { depth } => write!(f, "cifar-resnet{depth}"),
         }
     }
@@ -147,7 +183,8 @@ impl fmt::Display for UnknownArch {
         write!(
             f,
             "unknown architecture {:?}: expected resnet18/34/50/101/152 or \
-             wide_resnet50_2/wide_resnet101_2 (ImageNet, torchvision's) or cifar-resnetN, a CIFAR ResNet of depth N = 6n+2 \
+             wide_resnet50_2/wide_resnet101_2 (ImageNet, torchvision's), resnet26d/50d/101d \
+             (timm's ResNet-D) or cifar-resnetN, a CIFAR ResNet of depth N = 6n+2 \
              (cifar-resnet20, cifar-resnet32, cifar-resnet44, cifar-resnet56, cifar-resnet110, ...)",
             self.0
         )?;
@@ -182,6 +219,9 @@ impl FromStr for Arch {
         match lower.replace('-', "_").as_str() {
             "wide_resnet50_2" => return Ok(Arch::WideResNet50_2),
             "wide_resnet101_2" => return Ok(Arch::WideResNet101_2),
+            "resnet26d" | "resnet_26d" | "resnet26_d" => return Ok(Arch::ResNet26D),
+            "resnet50d" | "resnet_50d" | "resnet50_d" => return Ok(Arch::ResNet50D),
+            "resnet101d" | "resnet_101d" | "resnet101_d" => return Ok(Arch::ResNet101D),
             _ => {}
         }
         // `cifar-resnetN` (or `cifar_resnetN`): the CIFAR family, under its own prefix.

@@ -18,8 +18,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tensor::{
-    fold_batch_norm, BlockedTensor, ConvWeights, Epilogue, Kernels, LinearWeights, Mode, Pool2d,
-    Result, Tensor, TensorError, Workspace,
+    fold_batch_norm, AvgPool2d, BlockedTensor, ConvWeights, Epilogue, Kernels, LinearWeights, Mode,
+    Pool2d, Result, Tensor, TensorError, Workspace,
 };
 
 use crate::model::{ConvBn, ResNet, Shortcut};
@@ -188,7 +188,78 @@ impl ActivationCache<BlockedTensor> {
 enum FusedShortcut {
     Identity,
     Projection(FusedConv),
-    PadChannels { stride: usize, pad: usize },
+    /// ResNet-D's: average pooling (none at stride 1), then the projection.
+    AvgProjection {
+        pool: Option<AvgPool2d>,
+        conv: FusedConv,
+    },
+    PadChannels {
+        stride: usize,
+        pad: usize,
+    },
+}
+
+impl FusedShortcut {
+    /// The shortcut of `h` in NCHW, `None` for the identity.
+    fn run(
+        &self,
+        k: &Kernels,
+        cache: &ActivationCache<Tensor>,
+        h: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        Ok(match self {
+            FusedShortcut::Identity => None,
+            FusedShortcut::Projection(c) => Some(c.run(k, cache, h, None, false)?),
+            FusedShortcut::AvgProjection { pool: None, conv } => {
+                Some(conv.run(k, cache, h, None, false)?)
+            }
+            FusedShortcut::AvgProjection {
+                pool: Some(p),
+                conv,
+            } => {
+                let [n, c, hh, ww] = h.dims4("InferenceModel")?;
+                let [oh, ow] = p.output_size(hh, ww)?;
+                let shape = [n, c, oh, ow];
+                let mut pooled = cache.take(&shape, || Tensor::zeros(&shape))?;
+                k.avg_pool2d_into(h, p, &mut pooled)?;
+                let out = conv.run(k, cache, &pooled, None, false)?;
+                cache.give_tensor(pooled);
+                Some(out)
+            }
+            FusedShortcut::PadChannels { stride, pad } => Some(k.pad_channels(h, *stride, *pad)?),
+        })
+    }
+
+    /// The shortcut of `h` in the blocked layout, `None` for the identity.
+    fn run_blocked(
+        &self,
+        k: &Kernels,
+        cache: &ActivationCache<BlockedTensor>,
+        h: &BlockedTensor,
+    ) -> Result<Option<BlockedTensor>> {
+        Ok(match self {
+            FusedShortcut::Identity => None,
+            FusedShortcut::Projection(c)
+            | FusedShortcut::AvgProjection {
+                pool: None,
+                conv: c,
+            } => Some(c.run_blocked(k, cache, h, None, false)?),
+            FusedShortcut::AvgProjection {
+                pool: Some(p),
+                conv,
+            } => {
+                let [n, c, hh, ww] = h.shape();
+                let [oh, ow] = p.output_size(hh, ww)?;
+                let shape = [n, c, oh, ow];
+                let mut pooled = cache.take(&shape, || BlockedTensor::zeros(k, shape))?;
+                k.blocked_avg_pool2d_into(h, p, &mut pooled)?;
+                let out = conv.run_blocked(k, cache, &pooled, None, false)?;
+                cache.give_blocked(pooled);
+                Some(out)
+            }
+            FusedShortcut::PadChannels { .. } => return Err(wrong_layout()),
+        })
+    }
 }
 
 struct FusedBlock {
@@ -206,6 +277,10 @@ fn fuse_block(k: &Kernels, block: &crate::model::Block, layout: ConvLayout) -> R
         shortcut: match &block.shortcut {
             Shortcut::Identity => FusedShortcut::Identity,
             Shortcut::Projection(c) => FusedShortcut::Projection(FusedConv::new(k, c, layout)?),
+            Shortcut::AvgProjection { pool, conv } => FusedShortcut::AvgProjection {
+                pool: *pool,
+                conv: FusedConv::new(k, conv, layout)?,
+            },
             Shortcut::PadChannels { stride, pad } => FusedShortcut::PadChannels {
                 stride: *stride,
                 pad: *pad,
@@ -219,6 +294,8 @@ pub struct InferenceModel {
     kernels: Kernels,
     cifar: bool,
     layout: ConvLayout,
+    /// ResNet-D's first two stem convolutions (each with ReLU), else empty; in NCHW.
+    deep_stem: Vec<FusedConv>,
     /// Run in NCHW in both layouts: its plan keeps an input of fewer channels than a
     /// block out of the blocked layout (see `features_blocked`).
     stem: FusedConv,
@@ -332,7 +409,13 @@ impl InferenceModel {
             kernels,
             cifar: model.arch.is_cifar(),
             layout,
-            stem: FusedConv::new(k, &model.stem, layout)?,
+            // The deep stem runs in NCHW, as the stem does (see `features_blocked`).
+            deep_stem: model
+                .deep_stem
+                .iter()
+                .map(|c| FusedConv::new(k, c, ConvLayout::Nchw))
+                .collect::<Result<_>>()?,
+            stem: FusedConv::new(k, &model.stem, ConvLayout::Nchw)?,
             stages,
             fc: k.pack_linear_weights(&model.fc_weight)?,
             fc_bias: model.fc_bias.data().to_vec(),
@@ -384,7 +467,19 @@ impl InferenceModel {
     /// nets, the max pool; the output comes from the NCHW cache.
     fn stem_nchw(&self, x: &Tensor) -> Result<Tensor> {
         let (k, cache) = (&self.kernels, &self.cache);
-        let h = self.stem.run(k, cache, x, None, true)?;
+        let mut deep: Option<Tensor> = None;
+        for c in &self.deep_stem {
+            let next = c.run(k, cache, deep.as_ref().unwrap_or(x), None, true)?;
+            if let Some(old) = deep.replace(next) {
+                cache.give_tensor(old);
+            }
+        }
+        let h = self
+            .stem
+            .run(k, cache, deep.as_ref().unwrap_or(x), None, true)?;
+        if let Some(t) = deep {
+            cache.give_tensor(t);
+        }
         if self.cifar {
             return Ok(h);
         }
@@ -404,13 +499,7 @@ impl InferenceModel {
             o("stem", &h);
         }
         for (s, block) in self.blocks() {
-            let shortcut = match &block.shortcut {
-                FusedShortcut::Identity => None,
-                FusedShortcut::Projection(c) => Some(c.run(k, cache, &h, None, false)?),
-                FusedShortcut::PadChannels { stride, pad } => {
-                    Some(k.pad_channels(&h, *stride, *pad)?)
-                }
-            };
+            let shortcut = block.shortcut.run(k, cache, &h)?;
             let (last, inner) = split_block(block)?;
             let mut y: Option<Tensor> = None;
             for c in inner {
@@ -476,11 +565,7 @@ impl InferenceModel {
         k.to_blocked_into(&stem, &mut h)?;
         self.cache.give_tensor(stem);
         for (s, block) in self.blocks() {
-            let shortcut = match &block.shortcut {
-                FusedShortcut::Identity => None,
-                FusedShortcut::Projection(c) => Some(c.run_blocked(k, cache, &h, None, false)?),
-                FusedShortcut::PadChannels { .. } => return Err(wrong_layout()),
-            };
+            let shortcut = block.shortcut.run_blocked(k, cache, &h)?;
             let (last, inner) = split_block(block)?;
             let mut y: Option<BlockedTensor> = None;
             for c in inner {

@@ -6,7 +6,7 @@
 //! into the fast form.
 
 use tensor::rng::Rng;
-use tensor::{Conv2d, ConvPlan, Kernels, Layout, Mode, Result, Tensor, TensorError};
+use tensor::{AvgPool2d, Conv2d, ConvPlan, Kernels, Layout, Mode, Result, Tensor, TensorError};
 
 use crate::arch::{Arch, BlockKind};
 
@@ -120,6 +120,15 @@ pub enum Shortcut {
     Identity,
     /// A 1x1 convolution with stride, then batch norm (torchvision's `downsample`).
     Projection(Box<ConvBn>),
+    /// ResNet-D's shortcut (timm's `avg_down`): a 2x2 average pool with the block's
+    /// stride (`ceil_mode`, padding not counted; none in a stride-1 block), then a
+    /// stride-1 1x1 convolution and batch norm (timm's `downsample.1`, `downsample.2`).
+    AvgProjection {
+        /// The pooling, `None` for a stride-1 block (timm's `nn.Identity`).
+        pool: Option<AvgPool2d>,
+        /// The 1x1 convolution (stride 1) and its batch norm.
+        conv: Box<ConvBn>,
+    },
     /// The CIFAR paper's option A: `x[:, :, ::stride, ::stride]` zero-padded with `pad`
     /// channels on each side. No parameters.
     PadChannels {
@@ -139,14 +148,62 @@ pub struct Block {
     pub shortcut: Shortcut,
 }
 
+/// The keys of the deep stem's `i`-th convolution and batch norm (timm's
+/// `nn.Sequential`: conv, BN, ReLU, conv, BN, ReLU, conv).
+fn deep_stem_keys(i: usize) -> (String, String) {
+    (format!("conv1.{}", 3 * i), format!("conv1.{}", 3 * i + 1))
+}
+
+impl Shortcut {
+    /// The projection's convolution, with its keys under the block's `prefix`
+    /// (`layer2.0`): torchvision's `downsample.0`/`.1`, ResNet-D's `downsample.1`/`.2`.
+    fn projection(&self, prefix: &str) -> Option<(&ConvBn, String, String)> {
+        let (conv, bn) = Shortcut::projection_keys(prefix, self);
+        match self {
+            Shortcut::Projection(c) => Some((c, conv, bn)),
+            Shortcut::AvgProjection { conv: c, .. } => Some((c, conv, bn)),
+            Shortcut::Identity | Shortcut::PadChannels { .. } => None,
+        }
+    }
+
+    fn projection_keys(prefix: &str, s: &Shortcut) -> (String, String) {
+        let first = usize::from(matches!(s, Shortcut::AvgProjection { .. }));
+        (
+            format!("{prefix}.downsample.{first}"),
+            format!("{prefix}.downsample.{}", first + 1),
+        )
+    }
+
+    /// The projection's convolution, if the shortcut has one.
+    pub fn projection_mut(&mut self) -> Option<&mut ConvBn> {
+        match self {
+            Shortcut::Projection(c) | Shortcut::AvgProjection { conv: c, .. } => Some(c),
+            Shortcut::Identity | Shortcut::PadChannels { .. } => None,
+        }
+    }
+
+    /// The projection's convolution, if the shortcut has one.
+    pub fn projection_conv(&self) -> Option<&ConvBn> {
+        match self {
+            Shortcut::Projection(c) | Shortcut::AvgProjection { conv: c, .. } => Some(c),
+            Shortcut::Identity | Shortcut::PadChannels { .. } => None,
+        }
+    }
+}
+
 /// A whole ResNet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResNet {
     /// The architecture it was built as.
     pub arch: Arch,
+    /// ResNet-D's deep stem before [`ResNet::stem`]: 3x3 stride 2 from RGB to 32
+    /// channels (`conv1.0`, `conv1.1`), then 3x3 to 32 (`conv1.3`, `conv1.4`), each
+    /// followed by ReLU. Empty for the other architectures.
+    pub deep_stem: Vec<ConvBn>,
     /// The first convolution and batch norm (`conv1`, `bn1`): 7x7 stride 2 to 64
     /// channels for the ImageNet nets (a 3x3/2 max pool follows), 3x3 stride 1 to 16
-    /// channels for the CIFAR ones.
+    /// channels for the CIFAR ones; ResNet-D's last stem convolution (3x3, 32 to 64
+    /// channels, `conv1.6`, `bn1`).
     pub stem: ConvBn,
     /// The residual stages (`layer1`, `layer2`, ...: four for the ImageNet nets, three
     /// for the CIFAR ones), each a list of blocks; every stage after the first has
@@ -195,8 +252,13 @@ impl ResNet {
                 ),
             });
         }
+        let mut deep_stem = Vec::new();
         let stem = if arch.is_cifar() {
             ConvBn::new(rng.as_deref_mut(), 3, 16, 3, 1, 1)?
+        } else if arch.is_resnet_d() {
+            deep_stem.push(ConvBn::new(rng.as_deref_mut(), 3, 32, 3, 2, 1)?);
+            deep_stem.push(ConvBn::new(rng.as_deref_mut(), 32, 32, 3, 1, 1)?);
+            ConvBn::new(rng.as_deref_mut(), 32, 64, 3, 1, 1)?
         } else {
             ConvBn::new(rng.as_deref_mut(), 3, 64, 7, 2, 3)?
         };
@@ -222,10 +284,15 @@ impl ResNet {
                     // The wide variants widen the inside only: `mid = width * factor`.
                     BlockKind::Bottleneck => {
                         let mid = width * arch.bottleneck_width_factor();
+                        let mut last = ConvBn::new(rng.as_deref_mut(), mid, cout, 1, 1, 0)?;
+                        // timm's `zero_init_last`: each block starts as the identity.
+                        if arch.is_resnet_d() && rng.is_some() {
+                            last.bn.weight = Tensor::zeros(&[cout])?;
+                        }
                         vec![
                             ConvBn::new(rng.as_deref_mut(), cin, mid, 1, 1, 0)?,
                             ConvBn::new(rng.as_deref_mut(), mid, mid, 3, stride, 1)?,
-                            ConvBn::new(rng.as_deref_mut(), mid, cout, 1, 1, 0)?,
+                            last,
                         ]
                     }
                 };
@@ -235,6 +302,11 @@ impl ResNet {
                     Shortcut::PadChannels {
                         stride,
                         pad: (cout - cin) / 2,
+                    }
+                } else if arch.is_resnet_d() {
+                    Shortcut::AvgProjection {
+                        pool: (stride > 1).then(|| AvgPool2d::resnet_d(stride)),
+                        conv: Box::new(ConvBn::new(rng.as_deref_mut(), cin, cout, 1, 1, 0)?),
                     }
                 } else {
                     let conv = ConvBn::new(rng.as_deref_mut(), cin, cout, 1, stride, 0)?;
@@ -255,6 +327,7 @@ impl ResNet {
         let b = uniform(num_classes);
         Ok(ResNet {
             arch,
+            deep_stem,
             stem,
             stages,
             fc_weight: Tensor::from_vec(&[num_classes, cin], w)?,
@@ -303,7 +376,11 @@ impl ResNet {
             push(format!("{bn}.running_var"), &c.bn.running_var, false);
         }
         let mut out = Vec::new();
-        conv_bn(&mut out, "conv1", "bn1", &self.stem);
+        for (i, c) in self.deep_stem.iter().enumerate() {
+            let (conv, bn) = deep_stem_keys(i);
+            conv_bn(&mut out, &conv, &bn, c);
+        }
+        conv_bn(&mut out, self.stem_key(), "bn1", &self.stem);
         for (s, stage) in self.stages.iter().enumerate() {
             for (b, block) in stage.iter().enumerate() {
                 let prefix = format!("layer{}.{b}", s + 1);
@@ -315,13 +392,8 @@ impl ResNet {
                         c,
                     );
                 }
-                if let Shortcut::Projection(c) = &block.shortcut {
-                    conv_bn(
-                        &mut out,
-                        &format!("{prefix}.downsample.0"),
-                        &format!("{prefix}.downsample.1"),
-                        c,
-                    );
+                if let Some((c, conv, bn)) = block.shortcut.projection(&prefix) {
+                    conv_bn(&mut out, &conv, &bn, c);
                 }
             }
         }
@@ -358,7 +430,11 @@ impl ResNet {
             out.push(l);
             y
         };
-        let mut x = push(layer("conv1".into(), &self.stem, input)?);
+        let mut x = input;
+        for (i, c) in self.deep_stem.iter().enumerate() {
+            x = push(layer(deep_stem_keys(i).0, c, x)?);
+        }
+        x = push(layer(self.stem_key().into(), &self.stem, x)?);
         if !self.arch.is_cifar() {
             let [h, w] = tensor::Pool2d::RESNET_STEM.output_size(x[2], x[3])?;
             x = [x[0], x[1], h, w];
@@ -369,8 +445,19 @@ impl ResNet {
                 for (i, c) in block.convs.iter().enumerate() {
                     x = push(layer(format!("{prefix}.conv{}", i + 1), c, x)?);
                 }
-                if let Shortcut::Projection(c) = &block.shortcut {
-                    push(layer(format!("{prefix}.downsample.0"), c, x0)?);
+                match &block.shortcut {
+                    Shortcut::Projection(c) => {
+                        push(layer(format!("{prefix}.downsample.0"), c, x0)?);
+                    }
+                    Shortcut::AvgProjection { pool, conv } => {
+                        let mut xp = x0;
+                        if let Some(p) = pool {
+                            let [h, w] = p.output_size(x0[2], x0[3])?;
+                            xp = [x0[0], x0[1], h, w];
+                        }
+                        push(layer(format!("{prefix}.downsample.1"), conv, xp)?);
+                    }
+                    Shortcut::Identity | Shortcut::PadChannels { .. } => {}
                 }
             }
         }
@@ -406,7 +493,12 @@ impl ResNet {
             out.push((format!("{bn}.running_var"), &mut c.bn.running_var));
         }
         let mut out = Vec::new();
-        conv_bn(&mut out, "conv1", "bn1", &mut self.stem);
+        let stem_key = self.stem_key();
+        for (i, c) in self.deep_stem.iter_mut().enumerate() {
+            let (conv, bn) = deep_stem_keys(i);
+            conv_bn(&mut out, &conv, &bn, c);
+        }
+        conv_bn(&mut out, stem_key, "bn1", &mut self.stem);
         for (s, stage) in self.stages.iter_mut().enumerate() {
             for (b, block) in stage.iter_mut().enumerate() {
                 let prefix = format!("layer{}.{b}", s + 1);
@@ -418,19 +510,25 @@ impl ResNet {
                         c,
                     );
                 }
-                if let Shortcut::Projection(c) = &mut block.shortcut {
-                    conv_bn(
-                        &mut out,
-                        &format!("{prefix}.downsample.0"),
-                        &format!("{prefix}.downsample.1"),
-                        c,
-                    );
+                let (conv, bn) = Shortcut::projection_keys(&prefix, &block.shortcut);
+                if let Some(c) = block.shortcut.projection_mut() {
+                    conv_bn(&mut out, &conv, &bn, c);
                 }
             }
         }
         out.push(("fc.weight".into(), &mut self.fc_weight));
         out.push(("fc.bias".into(), &mut self.fc_bias));
         out
+    }
+
+    /// The key of the stem's (last) convolution: `conv1`, or `conv1.6` in ResNet-D's
+    /// deep stem.
+    fn stem_key(&self) -> &'static str {
+        if self.deep_stem.is_empty() {
+            "conv1"
+        } else {
+            "conv1.6"
+        }
     }
 
     /// The number of trainable parameters (what papers and torchvision quote).

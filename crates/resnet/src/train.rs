@@ -174,7 +174,11 @@ impl ResNet {
             bn_index: 0,
         };
         let input = r.tape.input(x);
-        let mut h = r.conv_bn(input, &self.stem, freeze == Freeze::None, true)?;
+        let mut h = input;
+        for c in &self.deep_stem {
+            h = r.conv_bn(h, c, freeze == Freeze::None, true)?;
+        }
+        let mut h = r.conv_bn(h, &self.stem, freeze == Freeze::None, true)?;
         if !self.arch.is_cifar() {
             h = r.tape.max_pool2d(h, Pool2d::RESNET_STEM)?;
         }
@@ -193,6 +197,13 @@ impl ResNet {
                 let y = r.conv_bn(y, last, train, false)?;
                 let shortcut = match &block.shortcut {
                     Shortcut::Projection(c) => r.conv_bn(x, c, train, false)?,
+                    Shortcut::AvgProjection { pool, conv } => {
+                        let pooled = match pool {
+                            Some(p) => r.tape.avg_pool2d(x, *p)?,
+                            None => x,
+                        };
+                        r.conv_bn(pooled, conv, train, false)?
+                    }
                     Shortcut::Identity => x,
                     Shortcut::PadChannels { stride, pad } => {
                         r.tape.pad_channels(x, *stride, *pad)?
@@ -215,12 +226,13 @@ impl ResNet {
 
     /// Every batch norm in model order (the order of [`BatchStats::index`]).
     fn batch_norms_mut(&mut self) -> Vec<&mut crate::model::BatchNorm> {
-        let mut out = vec![&mut self.stem.bn];
+        let mut out: Vec<_> = self.deep_stem.iter_mut().map(|c| &mut c.bn).collect();
+        out.push(&mut self.stem.bn);
         for block in self.stages.iter_mut().flatten() {
             for c in block.convs.iter_mut() {
                 out.push(&mut c.bn);
             }
-            if let Shortcut::Projection(c) = &mut block.shortcut {
+            if let Some(c) = block.shortcut.projection_mut() {
                 out.push(&mut c.bn);
             }
         }

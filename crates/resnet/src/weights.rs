@@ -171,10 +171,11 @@ impl std::error::Error for WeightsError {
 /// bottleneck's) and the blocks per stage (`layer{s}.{i}.`); `None` if none fits.
 pub fn guess_arch<S: AsRef<str>>(keys: &[S]) -> Option<Arch> {
     let mut blocks = [0usize; 4];
-    let mut bottleneck = false;
+    let (mut bottleneck, mut deep_stem) = (false, false);
     for key in keys {
         let key = key.as_ref();
         bottleneck |= key.starts_with("layer1.0.conv3.");
+        deep_stem |= key.starts_with("conv1.0.");
         let Some(rest) = key.strip_prefix("layer") else {
             continue;
         };
@@ -198,10 +199,13 @@ pub fn guess_arch<S: AsRef<str>>(keys: &[S]) -> Option<Arch> {
     let cifar = (found.len() == 3 && blocks[3] == 0).then(|| Arch::Cifar {
         depth: 6 * found[0] + 2,
     });
+    // ResNet-D has timm's deep stem (`conv1.0`, ...); the others a single `conv1`. The
+    // wide variants share ResNet-50/101's keys (the caller tells them apart by shape).
     Arch::ALL
         .into_iter()
+        .chain(Arch::RESNET_D)
         .chain(cifar)
-        .find(|a| a.block() == kind && a.stage_blocks() == found)
+        .find(|a| a.block() == kind && a.stage_blocks() == found && a.is_resnet_d() == deep_stem)
 }
 
 fn is_ignored(key: &str) -> bool {

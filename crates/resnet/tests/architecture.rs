@@ -18,6 +18,10 @@ fn parameter_counts_equal_the_references() {
         (Arch::ResNet152, 1000, 60_192_808),
         (Arch::WideResNet50_2, 1000, 68_883_240),
         (Arch::WideResNet101_2, 1000, 126_886_696),
+        // timm 1.0.31's resnet26d / resnet50d / resnet101d.
+        (Arch::ResNet26D, 1000, 16_014_408),
+        (Arch::ResNet50D, 1000, 25_576_264),
+        (Arch::ResNet101D, 1000, 44_568_392),
         (Arch::Cifar { depth: 20 }, 10, 269_722),
     ];
     for (arch, classes, count) in expected {
@@ -84,8 +88,54 @@ fn names_follow_torchvision() {
 }
 
 #[test]
+fn resnet_d_names_follow_timm() {
+    let m = ResNet::new(Arch::ResNet26D, 1000, 0).unwrap();
+    let names: Vec<String> = m.named_tensors().into_iter().map(|n| n.name).collect();
+    // timm 1.0.31's `resnet26d().state_dict()` keys, in its order, less
+    // `num_batches_tracked`: 157 of them.
+    assert_eq!(
+        &names[..16],
+        &[
+            "conv1.0.weight",
+            "conv1.1.weight",
+            "conv1.1.bias",
+            "conv1.1.running_mean",
+            "conv1.1.running_var",
+            "conv1.3.weight",
+            "conv1.4.weight",
+            "conv1.4.bias",
+            "conv1.4.running_mean",
+            "conv1.4.running_var",
+            "conv1.6.weight",
+            "bn1.weight",
+            "bn1.bias",
+            "bn1.running_mean",
+            "bn1.running_var",
+            "layer1.0.conv1.weight",
+        ]
+    );
+    for expected in [
+        "layer1.0.downsample.1.weight",
+        "layer1.0.downsample.2.running_var",
+        "layer2.0.downsample.1.weight",
+        "layer4.0.downsample.2.bias",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "missing {expected}");
+    }
+    assert!(!names.iter().any(|n| n.contains("downsample.0")));
+    assert_eq!(names.len(), 157);
+    // timm's zero_init_last: every block's last batch norm starts at gamma = 0.
+    assert!(m.stages.iter().flatten().all(|b| b.convs[2]
+        .bn
+        .weight
+        .data()
+        .iter()
+        .all(|&g| g == 0.0)));
+}
+
+#[test]
 fn architecture_names_parse() {
-    for arch in Arch::ALL.into_iter().chain(Arch::WIDE) {
+    for arch in Arch::every() {
         assert_eq!(arch.to_string().parse::<Arch>().unwrap(), arch);
     }
     assert_eq!(
@@ -145,10 +195,11 @@ fn perturb_batch_norms(model: &mut ResNet, seed: u64) {
             .iter_mut()
             .for_each(|v| *v = rng.uniform(0.5, 1.5));
     };
+    model.deep_stem.iter_mut().for_each(&mut touch);
     touch(&mut model.stem);
     for block in model.stages.iter_mut().flatten() {
         block.convs.iter_mut().for_each(&mut touch);
-        if let Shortcut::Projection(c) = &mut block.shortcut {
+        if let Some(c) = block.shortcut.projection_mut() {
             touch(c);
         }
     }
@@ -170,7 +221,11 @@ fn conv_bn_reference(x: &Tensor, c: &ConvBn, relu: bool) -> Tensor {
 
 /// The whole network, unfused, from reference operations.
 fn forward_reference(m: &ResNet, x: &Tensor) -> Tensor {
-    let mut h = conv_bn_reference(x, &m.stem, true);
+    let mut h = x.clone();
+    for c in &m.deep_stem {
+        h = conv_bn_reference(&h, c, true);
+    }
+    let mut h = conv_bn_reference(&h, &m.stem, true);
     if !m.arch.is_cifar() {
         h = reference::max_pool2d(&h, &Pool2d::RESNET_STEM).unwrap();
     }
@@ -178,6 +233,13 @@ fn forward_reference(m: &ResNet, x: &Tensor) -> Tensor {
         let shortcut = match &block.shortcut {
             Shortcut::Identity => h.clone(),
             Shortcut::Projection(c) => conv_bn_reference(&h, c, false),
+            Shortcut::AvgProjection { pool, conv } => {
+                let pooled = match pool {
+                    Some(p) => reference::avg_pool2d(&h, p).unwrap(),
+                    None => h.clone(),
+                };
+                conv_bn_reference(&pooled, conv, false)
+            }
             Shortcut::PadChannels { stride, pad } => tensor::Kernels::active()
                 .unwrap()
                 .pad_channels(&h, *stride, *pad)
@@ -226,6 +288,13 @@ fn resnet18_inference_equals_unfused_reference() {
 #[test]
 fn resnet50_inference_equals_unfused_reference() {
     check_against_reference(Arch::ResNet50, 1000, [1, 3, 32, 32]);
+}
+
+#[test]
+fn resnet26d_inference_equals_unfused_reference() {
+    // 37 x 37: odd sizes at every stage (19, 10, 5, 3, 2), so the shortcut's pools
+    // take `ceil_mode`'s one-column windows.
+    check_against_reference(Arch::ResNet26D, 1000, [1, 3, 37, 37]);
 }
 
 #[test]

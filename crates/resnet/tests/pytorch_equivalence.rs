@@ -84,6 +84,10 @@ fn wide_resnet101_2_equals_pytorch_stage_by_stage() {
     );
 }
 
+fn resnet26d_equals_timm_stage_by_stage() {
+    stages(Arch::ResNet26D, "resnet26d_stages.safetensors", 1e-5);
+}
+
 fn resnet20_training_step_equals_pytorch() {
     let bytes = load_fixture("resnet20_step.safetensors");
     let fx = Fixture::new(&bytes);
@@ -319,6 +323,7 @@ fn main() {
         resnet50_equals_pytorch_stage_by_stage,
         wide_resnet50_2_equals_pytorch_stage_by_stage,
         wide_resnet101_2_equals_pytorch_stage_by_stage,
+        resnet26d_equals_timm_stage_by_stage,
         resnet20_training_step_equals_pytorch,
         schedules_equal_torch_lr_schedulers,
         rel_err_fails_non_finite_values,

@@ -438,6 +438,9 @@ fn a_file_of_another_depth_says_which_architecture_it_looks_like() {
         Arch::ResNet50,
         Arch::Cifar { depth: 20 },
         Arch::Cifar { depth: 56 },
+        Arch::ResNet26D,
+        Arch::ResNet50D,
+        Arch::ResNet101D,
     ] {
         let names: Vec<String> = ResNet::new(arch, 10, 0)
             .unwrap()
@@ -455,6 +458,9 @@ fn a_file_of_another_depth_says_which_architecture_it_looks_like() {
         (Arch::Cifar { depth: 20 }, Arch::Cifar { depth: 32 }),
         (Arch::WideResNet50_2, Arch::ResNet50),
         (Arch::ResNet50, Arch::WideResNet50_2),
+        (Arch::ResNet50D, Arch::ResNet50),
+        (Arch::ResNet50, Arch::ResNet50D),
+        (Arch::ResNet26D, Arch::ResNet18),
     ] {
         let path = dir.join(format!("{saved}.safetensors"));
         ResNet::new(saved, 10, 0)
