@@ -46,7 +46,9 @@ pub fn print(
         emit(header.trim_end())?;
     }
     for layer in model.conv_layers([batch, 3, size, size])? {
-        let plan = layer.conv.plan(k, mode, layout)?;
+        // The stem runs in NCHW in every layout (`ConvLayer::in_stem`).
+        let layer_layout = if layer.in_stem { Layout::Nchw } else { layout };
+        let plan = layer.conv.plan(k, mode, layer_layout)?;
         let routes = plan.routes(layer.input)?;
         let weights = plan.weights_shape();
         let conv = plan.conv();

@@ -111,6 +111,12 @@ pub struct ConvLayer<'a> {
     pub input: [usize; 4],
     /// The NCHW shape of its output.
     pub output: [usize; 4],
+    /// Part of the stem (`conv1`, or ResNet-D's `conv1.0`, `conv1.3`, `conv1.6`), which
+    /// [`crate::InferenceModel`] runs in NCHW whatever its layout: its output is pooled
+    /// and converted once (ResNet-50-D with its deep stem in the blocked layout instead,
+    /// converted after `conv1.0`: within the noise, 43.9 against 43.2 ms, best of five
+    /// interleaved runs, batch 1, 2 threads; the simpler form was kept).
+    pub in_stem: bool,
 }
 
 /// How a block's input reaches its output.
@@ -422,6 +428,7 @@ impl ResNet {
                 conv,
                 input,
                 output: [n, o, oh, ow],
+                in_stem: false,
             })
         }
         let mut out = Vec::new();
@@ -431,10 +438,11 @@ impl ResNet {
             y
         };
         let mut x = input;
+        let stem = |l: Result<ConvLayer<'a>>| l.map(|l| ConvLayer { in_stem: true, ..l });
         for (i, c) in self.deep_stem.iter().enumerate() {
-            x = push(layer(deep_stem_keys(i).0, c, x)?);
+            x = push(stem(layer(deep_stem_keys(i).0, c, x))?);
         }
-        x = push(layer(self.stem_key().into(), &self.stem, x)?);
+        x = push(stem(layer(self.stem_key().into(), &self.stem, x))?);
         if !self.arch.is_cifar() {
             let [h, w] = tensor::Pool2d::RESNET_STEM.output_size(x[2], x[3])?;
             x = [x[0], x[1], h, w];

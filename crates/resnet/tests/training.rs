@@ -125,17 +125,62 @@ fn a_training_step_updates_running_statistics_like_pytorch() {
 
 #[test]
 fn the_frozen_training_graph_equals_the_inference_model() {
-    let model = ResNet::new(Arch::ResNet18, 7, 6).unwrap();
-    let x = Tensor::randn(&[2, 3, 40, 40], 0.0, 1.0, 4).unwrap();
-    let want = InferenceModel::new(&model, kernels())
-        .unwrap()
-        .forward(&x)
-        .unwrap();
-    let mut tape = Tape::new(kernels());
-    let fwd = model.forward_train(&mut tape, x, Freeze::Backbone).unwrap();
-    let got = tape.value(fwd.logits).unwrap();
-    for (a, b) in got.data().iter().zip(want.data()) {
-        assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+    // ResNet-26-D at 37 x 37: its deep stem, and average-pooling shortcuts on odd sizes
+    // (`ceil_mode`), recorded on the tape.
+    for (arch, side) in [(Arch::ResNet18, 40), (Arch::ResNet26D, 37)] {
+        let mut model = ResNet::new(arch, 7, 6).unwrap();
+        // timm's zero-initialised last batch norms would hide each block's convolutions.
+        for (name, t) in model.named_tensors_mut() {
+            if name.ends_with("bn3.weight") {
+                t.data_mut().fill(0.7);
+            }
+        }
+        let x = Tensor::randn(&[2, 3, side, side], 0.0, 1.0, 4).unwrap();
+        let want = InferenceModel::new(&model, kernels())
+            .unwrap()
+            .forward(&x)
+            .unwrap();
+        let mut tape = Tape::new(kernels());
+        let fwd = model.forward_train(&mut tape, x, Freeze::Backbone).unwrap();
+        let got = tape.value(fwd.logits).unwrap();
+        for (a, b) in got.data().iter().zip(want.data()) {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "{arch}: {a} vs {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_resnet_d_training_step_reaches_every_parameter() {
+    // Every parameter gets a gradient through the deep stem and the pooled shortcuts
+    // (no weight decay, so a change is the gradient's doing).
+    let mut model = ResNet::new(Arch::ResNet26D, 3, 8).unwrap();
+    for (name, t) in model.named_tensors_mut() {
+        if name.ends_with("bn3.weight") {
+            t.data_mut().fill(0.7);
+        }
+    }
+    let before = snapshot(&model);
+    let config = SgdConfig {
+        lr: 0.1,
+        ..Default::default()
+    };
+    let mut opt = Sgd::new(config, model.parameters_mut().len()).unwrap();
+    let x = Tensor::randn(&[2, 3, 37, 37], 0.0, 1.0, 9).unwrap();
+    train_step(
+        &mut model,
+        &mut opt,
+        kernels(),
+        x,
+        &[0, 2],
+        Freeze::None,
+        0.0,
+    )
+    .unwrap();
+    for ((name, old), now) in before.iter().zip(model.named_tensors()) {
+        assert!(old != now.tensor, "{name} did not change");
     }
 }
 
