@@ -8,10 +8,11 @@
 
 Cases (the targets of the ResNet and autograd issues):
 
-- `resnet18` .. `resnet152`, `wide_resnet50_2`, `wide_resnet101_2`: inference at
-  batch `--batch` (default 1) on 224 x 224 (`resnet bench model`
-  for ours; torchvision's model in eval mode under `torch.inference_mode`, plain and
-  channels-last; the same model exported to ONNX and run by ONNX Runtime with every
+- `resnet18` .. `resnet152`, `wide_resnet50_2`, `wide_resnet101_2`, and timm's
+  `resnet26d`, `resnet50d`, `resnet101d` (`pip install timm`; random init, nothing
+  downloaded): inference at batch `--batch` (default 1) on 224 x 224 (`resnet bench model`
+  for ours; torchvision's (timm's) model in eval mode under `torch.inference_mode`, plain
+  and channels-last; the same model exported to ONNX and run by ONNX Runtime with every
   graph optimisation on);
 - `train`: one training step of the CIFAR ResNet-20 at batch 128 on 32 x 32 (`resnet
   bench train` for ours; for PyTorch forward, cross-entropy, backward and
@@ -62,15 +63,30 @@ def ours(binary, threads, args, seconds):
     return row["ms"] if "ms" in row else row["ms_per_step"]
 
 
+TORCHVISION = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+               "wide_resnet50_2", "wide_resnet101_2")
+TIMM = ("resnet26d", "resnet50d", "resnet101d")
+
+
+def build(arch):
+    """A fresh model in eval mode: torchvision's, or timm's for the ResNet-D names."""
+    if arch in TIMM:
+        from make_fixtures import timm_model
+
+        return timm_model(arch).eval()
+    return getattr(torchvision.models, arch)(weights=None).eval()
+
+
 class Inference:
-    """torchvision's model and its ONNX export, built once and timed every round."""
+    """torchvision's (or timm's) model and its ONNX export, built once and timed every
+    round."""
 
     def __init__(self, arch, threads, workdir, batch=1):
         torch.manual_seed(0)
         self.arch = arch
-        self.model = getattr(torchvision.models, arch)(weights=None).eval()
+        self.model = build(arch)
         self.x = torch.randn(batch, 3, 224, 224)
-        self.model_cl = getattr(torchvision.models, arch)(weights=None).eval()
+        self.model_cl = build(arch)
         self.model_cl.load_state_dict(self.model.state_dict())
         self.model_cl = self.model_cl.to(memory_format=torch.channels_last)
         self.x_cl = self.x.contiguous(memory_format=torch.channels_last)
@@ -168,13 +184,15 @@ def main():
             if case == "train":
                 bench, peers = ["train", "--arch", "cifar-resnet20", "--batch", "128"], Train().peers()
                 batch, unit = 128, "ms/step"
-            elif case in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-                          "wide_resnet50_2", "wide_resnet101_2"):
+            elif case in TORCHVISION + TIMM:
                 bench = ["model", "--arch", case, "--batch", str(args.batch)]
                 peers = Inference(case, args.threads, workdir, args.batch).peers()
                 batch, unit = args.batch, "ms/batch"
             else:
-                sys.exit(f"unknown case {case!r} (resnet18/34/50/101/152, wide_resnet50_2/101_2 or train)")
+                sys.exit(
+                    f"unknown case {case!r} (resnet18/34/50/101/152, wide_resnet50_2/101_2, "
+                    "resnet26d/50d/101d or train)"
+                )
             ratios = {name: [] for name, _ in peers}
             for r in range(args.rounds):
                 mine = ours(args.ours, args.threads, bench, args.seconds)
