@@ -297,18 +297,40 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<(Tensor, Vec<f64>)> {
+    conv2d_grouped(x, w, bias, stride, padding, 1)
+}
+
+/// [`conv2d`] in `groups` channel groups (PyTorch's `groups`): `w` is
+/// `[O, C / groups, kh, kw]`, and output channel `o` of group `g = o / (O / groups)` sums
+/// over input channels `g C / groups ..` only: `y[b, o, oy, ox] = bias[o] + sum_{j, ky, kx}
+/// w[o, j, ky, kx] x[b, g C / groups + j, ...]`.
+pub fn conv2d_grouped(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&[f32]>,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+) -> Result<(Tensor, Vec<f64>)> {
     let [n, c, h, wd] = x.dims4("reference::conv2d")?;
     let [o, wc, kh, kw] = w.dims4("reference::conv2d")?;
-    if wc != c || stride == 0 || h + 2 * padding < kh || wd + 2 * padding < kw {
+    if groups == 0
+        || wc * groups != c
+        || o % groups != 0
+        || stride == 0
+        || h + 2 * padding < kh
+        || wd + 2 * padding < kw
+    {
         return Err(TensorError::InvalidArgument {
             op: "reference::conv2d",
             reason: format!(
-                "input {:?}, weight {:?}, stride {stride}, padding {padding}",
+                "input {:?}, weight {:?}, stride {stride}, padding {padding}, groups {groups}",
                 x.shape(),
                 w.shape()
             ),
         });
     }
+    let og = o / groups;
     let oh = (h + 2 * padding - kh) / stride + 1;
     let ow = (wd + 2 * padding - kw) / stride + 1;
     let mut y = Tensor::zeros(&[n, o, oh, ow])?;
@@ -316,11 +338,12 @@ pub fn conv2d(
     let (xd, wdta) = (x.data(), w.data());
     for b in 0..n {
         for oc in 0..o {
+            let c0 = (oc / og) * wc;
             for oy in 0..oh {
                 for ox in 0..ow {
                     let b0 = bias.map_or(0.0, |bs| bs[oc] as f64);
                     let (mut acc, mut sc) = (b0, b0.abs());
-                    for ci in 0..c {
+                    for j in 0..wc {
                         for ky in 0..kh {
                             for kx in 0..kw {
                                 let iy = (oy * stride + ky) as isize - padding as isize;
@@ -328,9 +351,9 @@ pub fn conv2d(
                                 if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= wd {
                                     continue;
                                 }
-                                let xv =
-                                    xd[((b * c + ci) * h + iy as usize) * wd + ix as usize] as f64;
-                                let wv = wdta[((oc * c + ci) * kh + ky) * kw + kx] as f64;
+                                let xv = xd[((b * c + c0 + j) * h + iy as usize) * wd + ix as usize]
+                                    as f64;
+                                let wv = wdta[((oc * wc + j) * kh + ky) * kw + kx] as f64;
                                 acc += xv * wv;
                                 sc += (xv * wv).abs();
                             }
@@ -474,18 +497,42 @@ pub fn conv2d_backward(
     stride: usize,
     padding: usize,
 ) -> Result<(Tensor, Tensor)> {
+    conv2d_grouped_backward(x, w, dy, stride, padding, 1)
+}
+
+/// The gradients of [`conv2d_grouped`], as [`conv2d_backward`]'s.
+pub fn conv2d_grouped_backward(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+) -> Result<(Tensor, Tensor)> {
     let [n, c, h, wd] = x.dims4("reference::conv2d_backward")?;
-    let [o, _, kh, kw] = w.dims4("reference::conv2d_backward")?;
+    let [o, wc, kh, kw] = w.dims4("reference::conv2d_backward")?;
     let [_, _, oh, ow] = dy.dims4("reference::conv2d_backward")?;
+    if groups == 0 || wc * groups != c || o % groups != 0 {
+        return Err(TensorError::InvalidArgument {
+            op: "reference::conv2d_backward",
+            reason: format!(
+                "input {:?}, weight {:?}, groups {groups}",
+                x.shape(),
+                w.shape()
+            ),
+        });
+    }
+    let og = o / groups;
     let mut dx = vec![0.0f64; x.len()];
     let mut dw = vec![0.0f64; w.len()];
     let (xd, wdta, gd) = (x.data(), w.data(), dy.data());
     for b in 0..n {
         for oc in 0..o {
+            let c0 = (oc / og) * wc;
             for oy in 0..oh {
                 for ox in 0..ow {
                     let g = gd[((b * o + oc) * oh + oy) * ow + ox] as f64;
-                    for ci in 0..c {
+                    for j in 0..wc {
                         for ky in 0..kh {
                             for kx in 0..kw {
                                 let iy = (oy * stride + ky) as isize - padding as isize;
@@ -493,8 +540,8 @@ pub fn conv2d_backward(
                                 if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= wd {
                                     continue;
                                 }
-                                let xi = ((b * c + ci) * h + iy as usize) * wd + ix as usize;
-                                let wi = ((oc * c + ci) * kh + ky) * kw + kx;
+                                let xi = ((b * c + c0 + j) * h + iy as usize) * wd + ix as usize;
+                                let wi = ((oc * wc + j) * kh + ky) * kw + kx;
                                 dx[xi] += g * wdta[wi] as f64;
                                 dw[wi] += g * xd[xi] as f64;
                             }

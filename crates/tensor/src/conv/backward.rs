@@ -223,6 +223,26 @@ impl Kernels {
         want_dw: bool,
         normalise: Option<[&[f32]; 2]>,
     ) -> Result<ConvGrads> {
+        self.check_plan(op, plan)?;
+        if plan.groups() > 1 {
+            return self.grouped_conv2d_backward(op, x, w, dy, plan, dx_into, want_dw, normalise);
+        }
+        self.conv2d_backward_dense(op, x, w, dy, plan, dx_into, want_dw, normalise)
+    }
+
+    /// [`Kernels::conv2d_backward`] of a dense plan.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn conv2d_backward_dense(
+        &self,
+        op: &'static str,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        plan: &ConvPlan,
+        dx_into: Option<DxInto>,
+        want_dw: bool,
+        normalise: Option<[&[f32]; 2]>,
+    ) -> Result<ConvGrads> {
         let want_dx = dx_into.is_some();
         let accumulate = matches!(dx_into, Some(DxInto::Add(_)));
         let [n, c, h, wd] = x.dims4(op)?;

@@ -46,19 +46,34 @@ use crate::tensor::Tensor;
 use crate::workspace::{Scratch, Workspace};
 
 /// Stride and zero padding of a convolution (the same along both axes, as in every
-/// ResNet layer).
+/// ResNet layer), and its channel groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conv2d {
     /// The step between output pixels, in input pixels.
     pub stride: usize,
     /// Zeros added on every side of the input.
     pub padding: usize,
+    /// PyTorch's `groups`: the input and output channels are cut into `groups` equal,
+    /// consecutive parts, and output part `g` reads input part `g` only; the weights are
+    /// `[O, C / groups, kh, kw]`. 1 (every output reads every input) for a dense
+    /// convolution; ResNeXt's 3x3 layers have 32 or 64.
+    pub groups: usize,
 }
 
 impl Conv2d {
-    /// A convolution of `stride` and `padding`.
+    /// A dense convolution of `stride` and `padding`.
     pub fn new(stride: usize, padding: usize) -> Self {
-        Conv2d { stride, padding }
+        Conv2d {
+            stride,
+            padding,
+            groups: 1,
+        }
+    }
+
+    /// The same convolution in `groups` channel groups.
+    pub fn with_groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
     }
 
     /// The output `[height, width]` for an `h x w` input and a `kh x kw` kernel.
@@ -107,6 +122,8 @@ pub(crate) enum Packed {
     Direct(DirectWeights),
     /// The blocked layout's weight groups.
     Blocked(BlockedConvWeights),
+    /// A grouped plan's: each channel group's weights, packed for the group plan.
+    Grouped(Vec<ConvWeights>),
 }
 
 impl ConvWeights {
@@ -186,6 +203,12 @@ impl Kernels {
             });
         }
         self.check_plan("pack_conv", plan)?;
+        if plan.groups() > 1 {
+            return Ok(ConvWeights {
+                plan: *plan,
+                packed: Packed::Grouped(self.pack_grouped(plan, w)?),
+            });
+        }
         let [o, i, kh, kw] = shape;
         let packed = match plan.forward_family() {
             Forward::Direct(_) => {
@@ -272,9 +295,29 @@ impl Kernels {
         Ok((y, stats))
     }
 
-    /// Runs `w`'s plan on `x` into `y`: checks, then the routes the plan resolves for
-    /// `x`'s shape, image by image.
+    /// Runs `w`'s plan on `x` into `y`: a grouped plan group by group
+    /// (`grouped.rs`), a dense one by [`Kernels::conv2d_impl_dense`].
     fn conv2d_impl(
+        &self,
+        x: &Tensor,
+        w: &ConvWeights,
+        epilogue: &[Epilogue],
+        y: &mut Tensor,
+        normalise: Option<[&[f32]; 2]>,
+    ) -> Result<()> {
+        self.check_plan("conv2d", &w.plan)?;
+        if let Some(subs) = super::grouped::grouped_weights(w) {
+            if let Some(affine) = normalise {
+                check_affine("conv2d", affine, x.dims4("conv2d")?[1])?;
+            }
+            return self.grouped_conv2d(x, w, subs, epilogue, y, normalise);
+        }
+        self.conv2d_impl_dense(x, w, epilogue, y, normalise)
+    }
+
+    /// Runs a dense plan on `x` into `y`: checks, then the routes the plan resolves for
+    /// `x`'s shape, image by image.
+    pub(crate) fn conv2d_impl_dense(
         &self,
         x: &Tensor,
         w: &ConvWeights,

@@ -46,6 +46,7 @@
 mod backward;
 mod direct;
 mod forward;
+mod grouped;
 mod nchwc;
 mod weight_grad;
 
@@ -172,6 +173,8 @@ pub struct Routes {
     pub input_grad: Option<InputGrad>,
     /// `None` in inference.
     pub weight_grad: Option<WeightGrad>,
+    /// The routes run once per channel group ([`ConvPlan::group_plan`]) when above 1.
+    pub groups: usize,
 }
 
 /// A layer's convolution plan: what it is, for which tier and mode, and any routes
@@ -221,13 +224,22 @@ impl ConvPlan {
     /// `conv`, in `mode`, on `kernels`' tier, with NCHW activations.
     pub fn new(kernels: &Kernels, weights: [usize; 4], conv: Conv2d, mode: Mode) -> Result<Self> {
         let [o, c, kh, kw] = weights;
-        if o == 0 || c == 0 || kh == 0 || kw == 0 || conv.stride == 0 {
+        if o == 0 || c == 0 || kh == 0 || kw == 0 || conv.stride == 0 || conv.groups == 0 {
             return Err(TensorError::InvalidArgument {
                 op: "ConvPlan",
                 reason: format!(
-                    "weights [{o}, {c}, {kh}, {kw}] with stride {}: every dimension and the \
-                     stride must be positive",
-                    conv.stride
+                    "weights [{o}, {c}, {kh}, {kw}] with stride {} and {} groups: every \
+                     dimension, the stride and the groups must be positive",
+                    conv.stride, conv.groups
+                ),
+            });
+        }
+        if !o.is_multiple_of(conv.groups) || c.checked_mul(conv.groups).is_none() {
+            return Err(TensorError::InvalidArgument {
+                op: "ConvPlan",
+                reason: format!(
+                    "{o} output channels do not split into {} equal groups",
+                    conv.groups
                 ),
             });
         }
@@ -248,6 +260,16 @@ impl ConvPlan {
             return Err(TensorError::InvalidArgument {
                 op: "ConvPlan",
                 reason: "the blocked layout has no backward routes: training runs in NCHW".into(),
+            });
+        }
+        if layout == Layout::Blocked && self.conv.groups > 1 {
+            return Err(TensorError::InvalidArgument {
+                op: "ConvPlan",
+                reason: format!(
+                    "a convolution in {} groups has no route in the blocked layout yet: run \
+                     it in NCHW",
+                    self.conv.groups
+                ),
             });
         }
         self.layout = layout;
@@ -273,9 +295,30 @@ impl ConvPlan {
         self
     }
 
-    /// The OIHW weight shape.
+    /// The OIHW weight shape (`[O, C / groups, kh, kw]`).
     pub fn weights_shape(&self) -> [usize; 4] {
         self.weights
+    }
+
+    /// Channel groups (1: dense).
+    pub fn groups(&self) -> usize {
+        self.conv.groups
+    }
+
+    /// The dense plan each group of a grouped plan runs: `O / groups` output channels
+    /// from `C / groups` inputs, with the same stride, padding, mode, layout and forced
+    /// routes. A dense plan's is itself.
+    pub fn group_plan(&self) -> ConvPlan {
+        let [o, c, kh, kw] = self.weights;
+        let g = self.conv.groups.max(1);
+        ConvPlan {
+            weights: [o / g, c, kh, kw],
+            conv: Conv2d {
+                groups: 1,
+                ..self.conv
+            },
+            ..*self
+        }
     }
 
     /// Stride and padding.
@@ -302,6 +345,15 @@ impl ConvPlan {
     /// The routes for an NCHW input of `input` shape: the ladder's choice, or the forced
     /// routes, checked against this input.
     pub fn routes(&self, input: [usize; 4]) -> Result<Routes> {
+        if self.conv.groups > 1 {
+            // Each group is a dense convolution of its channels: the routes are its plan's,
+            // run once per group.
+            let [n, c, h, w] = input;
+            self.geometry(input)?;
+            let groups = self.conv.groups;
+            let sub = self.group_plan().routes([n, c / groups, h, w])?;
+            return Ok(Routes { groups, ..sub });
+        }
         let g = self.geometry(input)?;
         let chosen = self.ladder(&g);
         let forward = match self.forced.forward {
@@ -334,6 +386,7 @@ impl ConvPlan {
             forward,
             input_grad,
             weight_grad,
+            groups: 1,
         })
     }
 
@@ -388,6 +441,7 @@ impl ConvPlan {
                 forward,
                 input_grad: None,
                 weight_grad: None,
+                groups: 1,
             };
         }
         // dX: the transposed convolution has the layer's input channels as its output
@@ -434,16 +488,18 @@ impl ConvPlan {
             forward,
             input_grad: Some(input_grad),
             weight_grad: Some(weight_grad),
+            groups: 1,
         }
     }
 
     fn geometry(&self, [n, c, h, w]: [usize; 4]) -> Result<Geometry> {
         let [o, wc, kh, kw] = self.weights;
-        if wc != c {
+        let groups = self.conv.groups.max(1);
+        if wc * groups != c {
             return Err(TensorError::ShapeMismatch {
                 op: "conv2d",
                 arg: "weights",
-                expected: vec![o, c, kh, kw],
+                expected: vec![o, c / groups, kh, kw],
                 got: self.weights.to_vec(),
             });
         }

@@ -1,0 +1,353 @@
+//! Grouped convolution (`Conv2d::groups`, ResNeXt's 3x3 layers) against the `f64`
+//! reference (`reference::conv2d_grouped`, `reference::conv2d_grouped_backward`), in
+//! every ISA tier this CPU has: random group counts and channels per group, kernels,
+//! strides and paddings; the forward through every route its group plan can run
+//! (forced), with bias, residual, ReLU and accumulation; the batch statistics and the
+//! normalised input of training; `dX` (new and accumulated) and `dW` through every
+//! input-gradient and weight-gradient route. Outputs start as NaNs. Tolerances as in
+//! `conv_routes.rs`: `1e-5` of the sum of the products' magnitudes, plus `1e-6`.
+
+mod common;
+
+use common::{close, fail, prop, Check, CheckResult};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+use tensor::{
+    reference, Conv2d, ConvBackward, ConvPlan, Epilogue, Forward, InputGrad, Kernels, Layout, Mode,
+    Tensor, WeightGrad,
+};
+
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    n: usize,
+    groups: usize,
+    /// Input and output channels per group.
+    cg: usize,
+    og: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    pad: usize,
+    seed: u64,
+}
+
+impl Case {
+    fn conv(&self) -> Conv2d {
+        Conv2d::new(self.s, self.pad).with_groups(self.groups)
+    }
+    fn input(&self) -> [usize; 4] {
+        [self.n, self.groups * self.cg, self.h, self.w]
+    }
+    fn weights(&self) -> [usize; 4] {
+        [self.groups * self.og, self.cg, self.k, self.k]
+    }
+}
+
+fn cases() -> impl Strategy<Value = Case> {
+    (
+        1usize..=3,
+        1usize..=5,
+        prop::sample::select(vec![1usize, 2, 3, 4, 8]),
+        prop::sample::select(vec![1usize, 2, 4, 8, 17]),
+        (1usize..=9, 0usize..=3),
+        prop::sample::select(vec![1usize, 3, 5]),
+        1usize..=2,
+        0usize..=2,
+        any::<u64>(),
+    )
+        .prop_map(|(n, groups, cg, og, (size, extra), k, s, pad, seed)| Case {
+            n,
+            groups,
+            cg,
+            og,
+            h: size.max(k),
+            w: size.max(k) + extra,
+            k,
+            s,
+            pad: pad.min(k / 2),
+            seed,
+        })
+}
+
+fn tol(scale: &[f64]) -> impl Fn(usize) -> f32 + '_ {
+    |i| (1e-5 * scale[i] + 1e-6) as f32
+}
+
+fn forward(kern: Kernels, c: Case) -> Result<(), TestCaseError> {
+    let x = Tensor::randn(&c.input(), 0.0, 1.0, c.seed).map_err(fail)?;
+    let w = Tensor::randn(&c.weights(), 0.0, 0.5, c.seed ^ 1).map_err(fail)?;
+    let o = c.groups * c.og;
+    let bias: Vec<f32> = (0..o).map(|i| (i as f32 * 0.37).sin()).collect();
+    let (pre, scale) =
+        reference::conv2d_grouped(&x, &w, Some(&bias), c.s, c.pad, c.groups).map_err(fail)?;
+    let residual = Tensor::randn(pre.shape(), 0.0, 1.0, c.seed ^ 2).map_err(fail)?;
+    let want: Vec<f32> = pre
+        .data()
+        .iter()
+        .zip(residual.data())
+        .map(|(p, r)| (p + r).max(0.0))
+        .collect();
+    let steps = [
+        Epilogue::Bias(&bias),
+        Epilogue::residual(&residual),
+        Epilogue::Relu,
+    ];
+    let plan = ConvPlan::new(&kern, c.weights(), c.conv(), Mode::Inference).map_err(fail)?;
+    let routes = plan.routes(c.input()).map_err(fail)?;
+    prop_assert_eq!(routes.groups, c.groups);
+    let mut ran = 0;
+    for route in Forward::ALL.into_iter().filter(|r| *r != Forward::Blocked) {
+        let forced = plan.force_forward(route);
+        if forced.routes(c.input()).is_err() {
+            continue;
+        }
+        ran += 1;
+        let packed = kern.pack_conv(&forced, &w).map_err(fail)?;
+        let mut y = Tensor::full(pre.shape(), f32::NAN).map_err(fail)?;
+        kern.conv2d_into(&x, &packed, &steps, &mut y)
+            .map_err(fail)?;
+        close(
+            &format!("grouped {route} {c:?}"),
+            y.data(),
+            &want,
+            tol(&scale),
+        )?;
+        // Accumulating onto the output's previous contents, group by group.
+        let y0 = Tensor::randn(pre.shape(), 0.0, 1.0, c.seed ^ 3).map_err(fail)?;
+        let mut y = y0.clone();
+        kern.conv2d_into(
+            &x,
+            &packed,
+            &[Epilogue::Accumulate, Epilogue::Bias(&bias)],
+            &mut y,
+        )
+        .map_err(fail)?;
+        let want_acc: Vec<f32> = pre
+            .data()
+            .iter()
+            .zip(y0.data())
+            .map(|(p, a)| p + a)
+            .collect();
+        close(
+            &format!("grouped {route} accumulating {c:?}"),
+            y.data(),
+            &want_acc,
+            |i| tol(&scale)(i) + 1e-6 * y0.data()[i].abs(),
+        )?;
+    }
+    prop_assert!(ran > 0, "no route ran {:?}", c);
+    Ok(())
+}
+
+/// Training's forward: the batch statistics of the output, and an input normalised on
+/// the way in (`relu(scale x + shift)` per input channel).
+fn training_forward(kern: Kernels, c: Case) -> Result<(), TestCaseError> {
+    let x = Tensor::randn(&c.input(), 0.0, 1.0, c.seed).map_err(fail)?;
+    let w = Tensor::randn(&c.weights(), 0.0, 0.5, c.seed ^ 1).map_err(fail)?;
+    let ch = c.groups * c.cg;
+    let scale: Vec<f32> = (0..ch)
+        .map(|i| 0.5 + (i as f32 * 0.7).cos().abs())
+        .collect();
+    let shift: Vec<f32> = (0..ch).map(|i| (i as f32 * 0.3).sin() * 0.5).collect();
+    let normalised = kern
+        .scale_shift(&x, &scale, &shift, &[Epilogue::Relu])
+        .map_err(fail)?;
+    let (want, tols) =
+        reference::conv2d_grouped(&normalised, &w, None, c.s, c.pad, c.groups).map_err(fail)?;
+    let plan = ConvPlan::new(&kern, c.weights(), c.conv(), Mode::Training).map_err(fail)?;
+    let packed = kern.pack_conv(&plan, &w).map_err(fail)?;
+    let (y, stats) = kern
+        .conv2d_with_stats(&x, &packed, Some([&scale, &shift]))
+        .map_err(fail)?;
+    close(
+        &format!("normalised {c:?}"),
+        y.data(),
+        want.data(),
+        tol(&tols),
+    )?;
+    let direct = kern.channel_stats(&y).map_err(fail)?;
+    prop_assert_eq!(stats.count, direct.count);
+    for (i, (a, b)) in stats.mean.iter().zip(&direct.mean).enumerate() {
+        prop_assert!(
+            (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+            "mean {}: {} vs {}",
+            i,
+            a,
+            b
+        );
+    }
+    for (i, (a, b)) in stats.var.iter().zip(&direct.var).enumerate() {
+        prop_assert!(
+            (a - b).abs() <= 1e-4 * (1e-3 + b.abs()),
+            "var {}: {} vs {}",
+            i,
+            a,
+            b
+        );
+    }
+    Ok(())
+}
+
+fn backward(kern: Kernels, c: Case) -> Result<(), TestCaseError> {
+    let x = Tensor::randn(&c.input(), 0.0, 1.0, c.seed).map_err(fail)?;
+    let w = Tensor::randn(&c.weights(), 0.0, 0.5, c.seed ^ 1).map_err(fail)?;
+    let plan = ConvPlan::new(&kern, c.weights(), c.conv(), Mode::Training).map_err(fail)?;
+    let [oh, ow] = c.conv().output_size(c.h, c.w, c.k, c.k).map_err(fail)?;
+    let dy = Tensor::randn(&[c.n, c.groups * c.og, oh, ow], 0.0, 1.0, c.seed ^ 4).map_err(fail)?;
+    let (want_dx, want_dw) =
+        reference::conv2d_grouped_backward(&x, &w, &dy, c.s, c.pad, c.groups).map_err(fail)?;
+    // Magnitude bounds: each dX element sums og k^2 / s^2 products, each dW element
+    // N OH OW; 1e-5 of a generous bound of their sums of magnitudes.
+    let dx_tol = 1e-5 * (c.og * c.k * c.k) as f32 * 2.0 + 1e-6;
+    let dw_tol = 1e-5 * (c.n * oh * ow) as f32 * 2.0 + 1e-6;
+    let mut ran = 0;
+    for dx_route in InputGrad::ALL {
+        for dw_route in WeightGrad::ALL {
+            let forced = plan.force_input_grad(dx_route).force_weight_grad(dw_route);
+            if forced.routes(c.input()).is_err() {
+                continue;
+            }
+            ran += 1;
+            let g = kern
+                .conv2d_backward(&x, &w, &dy, &forced, ConvBackward::default())
+                .map_err(fail)?;
+            let name = format!("{dx_route} / {dw_route} {c:?}");
+            let dx = g.dx.expect("dX asked for");
+            let dw = g.dw.expect("dW asked for");
+            close(&format!("dX {name}"), dx.data(), want_dx.data(), |_| dx_tol)?;
+            close(&format!("dW {name}"), dw.data(), want_dw.data(), |_| dw_tol)?;
+            // Added into another consumer's gradient.
+            let acc0 = Tensor::randn(x.shape(), 0.0, 1.0, c.seed ^ 5).map_err(fail)?;
+            let g = kern
+                .conv2d_backward(
+                    &x,
+                    &w,
+                    &dy,
+                    &forced,
+                    ConvBackward::default().adding_dx_into(acc0.clone()),
+                )
+                .map_err(fail)?;
+            let want_sum: Vec<f32> = want_dx
+                .data()
+                .iter()
+                .zip(acc0.data())
+                .map(|(a, b)| a + b)
+                .collect();
+            let got = g.dx.expect("dX asked for");
+            close(&format!("dX added {name}"), got.data(), &want_sum, |_| {
+                dx_tol
+            })?;
+        }
+    }
+    prop_assert!(ran > 0, "no backward route ran {:?}", c);
+    Ok(())
+}
+
+fn check_forward(k: Kernels) -> CheckResult {
+    prop(cases(), |c| forward(k, c))
+}
+
+fn check_training_forward(k: Kernels) -> CheckResult {
+    prop(cases(), |c| training_forward(k, c))
+}
+
+fn check_backward(k: Kernels) -> CheckResult {
+    prop(cases(), |c| backward(k, c))
+}
+
+/// ResNeXt's grouped 3x3 layers (`32x4d`, `32x8d`, `64x4d`: 4 to 64 channels a group,
+/// stride 1 and 2), at small sizes.
+fn check_resnext_layers(k: Kernels) -> CheckResult {
+    let layers = [
+        (32, 4, 1, 6),
+        (32, 4, 2, 7),
+        (32, 8, 1, 5),
+        (64, 4, 2, 5),
+        (32, 16, 1, 3),
+        (32, 32, 2, 3),
+    ];
+    for (i, &(groups, cg, s, size)) in layers.iter().enumerate() {
+        let c = Case {
+            n: 2,
+            groups,
+            cg,
+            og: cg,
+            h: size,
+            w: size,
+            k: 3,
+            s,
+            pad: 1,
+            seed: i as u64,
+        };
+        forward(k, c).map_err(|e| format!("{c:?}: {e}"))?;
+        backward(k, c).map_err(|e| format!("{c:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Bad geometry is refused by name: output channels that do not split into the
+/// groups, an input of the wrong channel count, zero groups, the blocked layout.
+fn check_refusals(k: Kernels) -> CheckResult {
+    let err = |r: Result<ConvPlan, tensor::TensorError>| match r {
+        Ok(_) => Err("accepted".to_string()),
+        Err(e) => Ok(e.to_string()),
+    };
+    let e = err(ConvPlan::new(
+        &k,
+        [6, 2, 3, 3],
+        Conv2d::new(1, 1).with_groups(4),
+        Mode::Inference,
+    ))?;
+    if !e.contains("4 equal groups") {
+        return Err(e);
+    }
+    let e = err(ConvPlan::new(
+        &k,
+        [6, 2, 3, 3],
+        Conv2d::new(1, 1).with_groups(0),
+        Mode::Inference,
+    ))?;
+    if !e.contains("groups") {
+        return Err(e);
+    }
+    let plan = ConvPlan::new(
+        &k,
+        [6, 2, 3, 3],
+        Conv2d::new(1, 1).with_groups(3),
+        Mode::Inference,
+    )
+    .map_err(|e| e.to_string())?;
+    if plan.routes([1, 5, 4, 4]).is_ok() {
+        return Err("an input of 5 channels for 3 groups of 2 was accepted".into());
+    }
+    let e = err(plan.in_layout(Layout::Blocked))?;
+    if !e.contains("blocked layout") {
+        return Err(e);
+    }
+    Ok(())
+}
+
+const CHECKS: &[(&str, Check)] = &[
+    (
+        "grouped_forward_every_route_equals_reference",
+        check_forward,
+    ),
+    (
+        "grouped_training_forward_normalised_with_statistics",
+        check_training_forward,
+    ),
+    (
+        "grouped_backward_every_route_equals_reference",
+        check_backward,
+    ),
+    (
+        "resnext_grouped_layers_equal_reference",
+        check_resnext_layers,
+    ),
+    ("grouped_geometry_refused_by_name", check_refusals),
+];
+
+fn main() {
+    common::run("grouped_conv", CHECKS);
+}
