@@ -41,6 +41,14 @@ Files (all float32 unless noted):
   torchvision ResNet-18 (batch 2), ResNet-50, Wide ResNet-50-2 and Wide ResNet-101-2
   (batch 1) in eval mode on 64x64 inputs: `input`, and the
   output of `stem` (after the max pool), `layer1`..`layer4`, `features`, `logits`.
+- `resnext50_32x4d_stages.safetensors`: the same for torchvision's ResNeXt-50 32x4d
+  (grouped 3x3 convolutions), batch 1 on 64x64.
+- `resnext50_step.safetensors`: one training step of ResNeXt-50 32x4d (batch 2, 64x64,
+  training mode, label smoothing 0.1): `input`, `targets`, `loss`, the gradients of the
+  stem, of a grouped 3x3 convolution of every stage, of a batch norm and of `fc.bias`
+  (`grad.<key>`; all of them would be 100 MB), and running statistics after the step
+  (`after.<key>`); the loss and those gradients of the same step in float64 (`loss_f64`,
+  `grad64.<key>`), which the test measures against (the step is ill-conditioned).
 - `resnet26d_stages.safetensors`: the same for timm's ResNet-26-D (deep stem,
   average-pooling shortcuts; `pip install timm`, random init, nothing downloaded), batch
   1 on 72x72 inputs, so that two shortcut pools see odd sizes (`ceil_mode`).
@@ -195,6 +203,55 @@ def train_step_fixture(out):
             tensors[f"after.{key}"] = t.detach().clone()
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out, "resnet20_step.safetensors"))
     print(f"resnet20_step: loss {loss.item():.6f}")
+
+
+# The gradients the ResNeXt step fixture keeps (all of them would be 100 MB): the stem,
+# a grouped 3x3 of every stage (two of them strided), a batch norm and the head.
+RESNEXT_STEP_GRADS = [
+    "conv1.weight",
+    "layer1.0.conv2.weight",
+    "layer1.0.bn2.weight",
+    "layer2.0.conv2.weight",
+    "layer3.1.conv2.weight",
+    "layer4.0.conv2.weight",
+    "fc.bias",
+]
+
+
+def resnext_step_fixture(out):
+    """One training step of torchvision's ResNeXt-50 32x4d (batch 2, 64x64, training
+    mode, cross-entropy with label smoothing 0.1): the loss, the gradients of
+    RESNEXT_STEP_GRADS, and the running statistics of `layer1.0.bn2` (after a grouped
+    convolution) and `bn1` after the step."""
+    model = torchvision.models.resnext50_32x4d(weights=None)
+    fill(model)
+    model.train()
+    x = tensor_of("input", (2, 3, 64, 64))
+    targets = torch.tensor([3, 917], dtype=torch.int64)
+    loss = F.cross_entropy(model(x), targets, label_smoothing=0.1)
+    loss.backward()
+    tensors = {"input": x, "targets": targets, "loss": loss.detach().reshape(1)}
+    params = dict(model.named_parameters())
+    for key in RESNEXT_STEP_GRADS:
+        tensors[f"grad.{key}"] = params[key].grad.detach().clone()
+    state = model.state_dict()
+    for key in ["layer1.0.bn2.running_mean", "layer1.0.bn2.running_var", "bn1.running_mean", "bn1.running_var"]:
+        tensors[f"after.{key}"] = state[key].detach().clone()
+    # The same step in float64. This step is ill-conditioned (training-mode batch norm
+    # over 8 values a channel at layer4, millions of ReLU decisions): PyTorch's own
+    # float32 gradients are 2-5% from the float64 ones, so the test measures ours and
+    # PyTorch's against these (`loss_f64`, `grad64.<key>`, rounded to float32).
+    m64 = torchvision.models.resnext50_32x4d(weights=None)
+    fill(m64)
+    m64 = m64.double().train()
+    loss64 = F.cross_entropy(m64(x.double()), targets, label_smoothing=0.1)
+    loss64.backward()
+    tensors["loss_f64"] = loss64.detach().float().reshape(1)
+    params64 = dict(m64.named_parameters())
+    for key in RESNEXT_STEP_GRADS:
+        tensors[f"grad64.{key}"] = params64[key].grad.detach().float().clone()
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out, "resnext50_step.safetensors"))
+    print(f"resnext50_step: loss {loss.item():.6f}")
 
 
 def sgd_fixture(out):
@@ -790,6 +847,8 @@ def main():
         "wide_resnet101_2_stages": lambda out: stages_fixture(out, "wide_resnet101_2", 1),
         # 72 x 72: odd maps (9, 5) before two of the average-pooling shortcuts.
         "resnet26d_stages": lambda out: stages_fixture(out, "resnet26d", 1, 72),
+        "resnext50_32x4d_stages": lambda out: stages_fixture(out, "resnext50_32x4d", 1),
+        "resnext50_step": lambda out: resnext_step_fixture(out),
         "images": lambda out: images_fixture(
             out, os.path.join(here, "..", "crates", "resnet", "tests", "images")
         ),

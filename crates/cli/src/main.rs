@@ -71,7 +71,8 @@ enum Command {
         #[arg(long)]
         data: Option<String>,
         /// Architecture: a CIFAR cifar-resnet20/32/44/56/110 or resnet18/34/50/101/152,
-        /// wide_resnet50_2/wide_resnet101_2, resnet26d/50d/101d (timm's ResNet-D)
+        /// wide_resnet50_2/wide_resnet101_2, resnext50_32x4d/resnext101_32x8d/resnext101_64x4d,
+        /// resnet26d/50d/101d (timm's ResNet-D)
         /// (default: cifar-resnet20).
         #[arg(long)]
         arch: Option<String>,
@@ -239,7 +240,7 @@ enum BenchCommand {
     Scaling,
     /// Whole-network inference (random weights, BN folded), images/s and GFLOP/s.
     Model {
-        /// Architecture: resnet18/34/50/101/152, wide_resnet50_2/wide_resnet101_2, resnet26d/50d/101d (timm) or a CIFAR cifar-resnet20/32/44/56/110.
+        /// Architecture: resnet18/34/50/101/152, wide_resnet50_2/wide_resnet101_2, resnext50_32x4d/resnext101_32x8d/resnext101_64x4d, resnet26d/50d/101d (timm) or a CIFAR cifar-resnet20/32/44/56/110.
         #[arg(long, default_value = "resnet50")]
         arch: String,
         /// Images per batch.
@@ -248,7 +249,7 @@ enum BenchCommand {
     },
     /// One training step (forward, backward, SGD update): ms/step, images/s, peak RSS.
     Train {
-        /// Architecture: a CIFAR cifar-resnet20/32/44/56/110 (32x32) or resnet18/34/50/101/152, wide_resnet50_2/wide_resnet101_2, resnet26d/50d/101d (224x224).
+        /// Architecture: a CIFAR cifar-resnet20/32/44/56/110 (32x32) or resnet18/34/50/101/152, wide_resnet50_2/wide_resnet101_2, resnext50_32x4d/resnext101_32x8d/resnext101_64x4d, resnet26d/50d/101d (224x224).
         #[arg(long, default_value = "cifar-resnet20")]
         arch: String,
         /// Images per batch.

@@ -67,7 +67,8 @@ pub fn print(
                 &serde_json::json!({
                     "arch": arch.to_string(), "mode": what, "layer": layer.name,
                     "input": layer.input, "weights": weights, "stride": conv.stride,
-                    "padding": conv.padding, "layout": routes.layout.to_string(),
+                    "padding": conv.padding, "groups": routes.groups,
+                    "layout": routes.layout.to_string(),
                     "forward": routes.forward.to_string(), "forward_kernel": fwd_kernel.to_string(),
                     "dx": pick(&dx, 0), "dx_kernel": pick(&dx, 1),
                     "dw": pick(&dw, 0), "dw_kernel": pick(&dw, 1),
@@ -82,7 +83,12 @@ pub fn print(
                 shape(weights),
                 format!("{}/{}", conv.stride, conv.padding),
                 routes.layout.to_string(),
-                routes.forward.to_string(),
+                // A grouped layer runs its routes once per group.
+                if routes.groups > 1 {
+                    format!("{} x{}", routes.forward, routes.groups)
+                } else {
+                    routes.forward.to_string()
+                },
                 fwd_kernel
             );
             if let (Some(dx), Some(dw)) = (dx, dw) {

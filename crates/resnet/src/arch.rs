@@ -4,6 +4,8 @@
 //!   bottleneck the stride is on the 3x3 convolution): a 7x7/2 stem and 3x3/2 max pool,
 //!   four stages of 64/128/256/512 base channels, projection shortcuts (1x1 conv + BN)
 //!   where the shape changes, global average pooling and one linear layer.
+//! - ResNeXt (Xie et al. 2017, torchvision's): the ResNet-50/101 bottleneck with a
+//!   wider 3x3 convolution split into 32 or 64 channel groups (see [`Arch::groups`]).
 //! - timm's ResNet-D (He et al. 2018, "Bag of Tricks"): the same stages, with a deep
 //!   stem (three 3x3 convolutions) and average-pooling shortcuts (see
 //!   [`Arch::is_resnet_d`]).
@@ -52,6 +54,14 @@ pub enum Arch {
     WideResNet50_2,
     /// torchvision's Wide ResNet-101-2: ResNet-101 with bottlenecks twice as wide inside.
     WideResNet101_2,
+    /// torchvision's ResNeXt-50 32x4d: ResNet-50 whose bottlenecks' 3x3 convolutions
+    /// have 32 groups of 4 channels at the first stage (128..1024 channels, see
+    /// [`Arch::groups`]).
+    ResNeXt50_32x4d,
+    /// torchvision's ResNeXt-101 32x8d: ResNet-101's blocks, 32 groups of 8 channels.
+    ResNeXt101_32x8d,
+    /// torchvision's ResNeXt-101 64x4d: ResNet-101's blocks, 64 groups of 4 channels.
+    ResNeXt101_64x4d,
     /// timm's ResNet-26-D: bottleneck blocks, 2-2-2-2 per stage, the ResNet-D changes
     /// (see [`Arch::is_resnet_d`]).
     ResNet26D,
@@ -89,6 +99,13 @@ impl Arch {
     /// timm's ResNet-D variants (not in [`Arch::ALL`]).
     pub const RESNET_D: [Arch; 3] = [Arch::ResNet26D, Arch::ResNet50D, Arch::ResNet101D];
 
+    /// torchvision's ResNeXt variants (not in [`Arch::ALL`]).
+    pub const RESNEXT: [Arch; 3] = [
+        Arch::ResNeXt50_32x4d,
+        Arch::ResNeXt101_32x8d,
+        Arch::ResNeXt101_64x4d,
+    ];
+
     /// Every ImageNet and CIFAR architecture this crate builds: [`Arch::ALL`], the wide
     /// ones and the ResNet-D ones.
     pub fn every() -> impl Iterator<Item = Arch> {
@@ -96,6 +113,31 @@ impl Arch {
             .into_iter()
             .chain(Arch::WIDE)
             .chain(Arch::RESNET_D)
+            .chain(Arch::RESNEXT)
+    }
+
+    /// Channel groups of a bottleneck's 3x3 convolution (torchvision's `groups`): 32 or
+    /// 64 for ResNeXt, 1 otherwise.
+    pub fn groups(self) -> usize {
+        match self {
+            Arch::ResNeXt50_32x4d | Arch::ResNeXt101_32x8d => 32,
+            Arch::ResNeXt101_64x4d => 64,
+            _ => 1,
+        }
+    }
+
+    /// The channels inside a bottleneck of `base` base channels (64..512): torchvision's
+    /// `width = base * (width_per_group / 64) * groups`, so `base` for ResNet-50,
+    /// `2 base` for the wide nets and ResNeXt-50 32x4d (`32 x 4 = 128` at 64 base
+    /// channels), `4 base` for ResNeXt-101 32x8d and 64x4d.
+    pub fn bottleneck_width(self, base: usize) -> usize {
+        let width_per_group = match self {
+            Arch::WideResNet50_2 | Arch::WideResNet101_2 => 128,
+            Arch::ResNeXt50_32x4d | Arch::ResNeXt101_64x4d => 4,
+            Arch::ResNeXt101_32x8d => 8,
+            _ => 64,
+        };
+        base * width_per_group / 64 * self.groups()
     }
 
     /// True for timm's ResNet-D variants ("Bag of Tricks", He et al. 2018): a deep stem
@@ -107,15 +149,6 @@ impl Arch {
     pub fn is_resnet_d(self) -> bool {
         matches!(self, Arch::ResNet26D | Arch::ResNet50D | Arch::ResNet101D)
     }
-    /// How many times wider than the block's base channels a bottleneck's inner
-    /// convolutions are: 2 for the wide variants, 1 otherwise.
-    pub fn bottleneck_width_factor(self) -> usize {
-        match self {
-            Arch::WideResNet50_2 | Arch::WideResNet101_2 => 2,
-            _ => 1,
-        }
-    }
-
     /// The block type.
     pub fn block(self) -> BlockKind {
         match self {
@@ -128,10 +161,16 @@ impl Arch {
     pub fn stage_blocks(self) -> Vec<usize> {
         match self {
             Arch::ResNet18 | Arch::ResNet26D => vec![2, 2, 2, 2],
-            Arch::ResNet34 | Arch::ResNet50 | Arch::WideResNet50_2 | Arch::ResNet50D => {
-                vec![3, 4, 6, 3]
-            }
-            Arch::ResNet101 | Arch::WideResNet101_2 | Arch::ResNet101D => vec![3, 4, 23, 3],
+            Arch::ResNet34
+            | Arch::ResNet50
+            | Arch::WideResNet50_2
+            | Arch::ResNet50D
+            | Arch::ResNeXt50_32x4d => vec![3, 4, 6, 3],
+            Arch::ResNet101
+            | Arch::WideResNet101_2
+            | Arch::ResNet101D
+            | Arch::ResNeXt101_32x8d
+            | Arch::ResNeXt101_64x4d => vec![3, 4, 23, 3],
             Arch::ResNet152 => vec![3, 8, 36, 3],
             Arch::Cifar { depth } => vec![(depth - 2) / 6; 3],
         }
@@ -166,6 +205,9 @@ impl fmt::Display for Arch {
             Arch::ResNet152 => f.write_str("resnet152"),
             Arch::WideResNet50_2 => f.write_str("wide_resnet50_2"),
             Arch::WideResNet101_2 => f.write_str("wide_resnet101_2"),
+            Arch::ResNeXt50_32x4d => f.write_str("resnext50_32x4d"),
+            Arch::ResNeXt101_32x8d => f.write_str("resnext101_32x8d"),
+            Arch::ResNeXt101_64x4d => f.write_str("resnext101_64x4d"),
             Arch::ResNet26D => f.write_str("resnet26d"),
             Arch::ResNet50D => f.write_str("resnet50d"),
             Arch::ResNet101D => f.write_str("resnet101d"),
@@ -183,7 +225,8 @@ impl fmt::Display for UnknownArch {
         write!(
             f,
             "unknown architecture {:?}: expected resnet18/34/50/101/152 or \
-             wide_resnet50_2/wide_resnet101_2 (ImageNet, torchvision's), resnet26d/50d/101d \
+             wide_resnet50_2/wide_resnet101_2, resnext50_32x4d/resnext101_32x8d/resnext101_64x4d \
+             (ImageNet, torchvision's), resnet26d/50d/101d \
              (timm's ResNet-D) or cifar-resnetN, a CIFAR ResNet of depth N = 6n+2 \
              (cifar-resnet20, cifar-resnet32, cifar-resnet44, cifar-resnet56, cifar-resnet110, ...)",
             self.0
@@ -219,6 +262,9 @@ impl FromStr for Arch {
         match lower.replace('-', "_").as_str() {
             "wide_resnet50_2" => return Ok(Arch::WideResNet50_2),
             "wide_resnet101_2" => return Ok(Arch::WideResNet101_2),
+            "resnext50_32x4d" => return Ok(Arch::ResNeXt50_32x4d),
+            "resnext101_32x8d" => return Ok(Arch::ResNeXt101_32x8d),
+            "resnext101_64x4d" => return Ok(Arch::ResNeXt101_64x4d),
             "resnet26d" | "resnet_26d" | "resnet26_d" => return Ok(Arch::ResNet26D),
             "resnet50d" | "resnet_50d" | "resnet50_d" => return Ok(Arch::ResNet50D),
             "resnet101d" | "resnet_101d" | "resnet101_d" => return Ok(Arch::ResNet101D),

@@ -374,9 +374,9 @@ impl InferenceModel {
     /// The layout a model runs fastest in: blocked for the ImageNet nets (ResNet-50's
     /// convolutions at batch 1, 2 threads, 0.85x the NCHW time, `docs/convolution.md`),
     /// NCHW for the CIFAR nets, whose channel-padding shortcuts the blocked path does
-    /// not have.
+    /// not have, and for ResNeXt, whose grouped convolutions have no blocked route yet.
     pub fn default_layout(model: &ResNet) -> ConvLayout {
-        if model.arch.is_cifar() {
+        if model.arch.is_cifar() || model.arch.groups() > 1 {
             ConvLayout::Nchw
         } else {
             ConvLayout::Blocked
@@ -626,8 +626,19 @@ fn split_block(block: &FusedBlock) -> Result<(&FusedConv, &[FusedConv])> {
         })
 }
 
-/// The blocked layout has no channel-padding (option-A) shortcut.
+/// The blocked layout has no channel-padding (option-A) shortcut and no grouped
+/// convolution.
 fn check_layout(model: &ResNet, layout: ConvLayout) -> Result<()> {
+    if layout == ConvLayout::Blocked && model.arch.groups() > 1 {
+        return Err(TensorError::InvalidArgument {
+            op: "InferenceModel",
+            reason: format!(
+                "{} has grouped convolutions, which the blocked layout does not implement \
+                 yet: use ConvLayout::Nchw",
+                model.arch
+            ),
+        });
+    }
     let pads = model
         .stages
         .iter()

@@ -56,6 +56,9 @@ pub struct ConvBn {
     pub stride: usize,
     /// Zero padding on each side of both spatial axes, in pixels.
     pub padding: usize,
+    /// Channel groups (ResNeXt's 3x3 convolutions; 1 elsewhere): `weight` is
+    /// `[out, in / groups, k, k]`.
+    pub groups: usize,
 }
 
 impl ConvBn {
@@ -69,17 +72,33 @@ impl ConvBn {
         stride: usize,
         padding: usize,
     ) -> Result<Self> {
+        Self::grouped(rng, cin, cout, k, stride, padding, 1)
+    }
+
+    /// [`ConvBn::new`] in `groups` channel groups (PyTorch's `fan_out` is `out * k * k`
+    /// whatever the groups).
+    fn grouped(
+        rng: Option<&mut Rng>,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        groups: usize,
+    ) -> Result<Self> {
         let std = (2.0 / (cout * k * k) as f32).sqrt();
-        let len = cout * cin * k * k;
+        let per_group = cin / groups.max(1);
+        let len = cout * per_group * k * k;
         let data = match rng {
             Some(rng) => (0..len).map(|_| std * rng.normal()).collect(),
             None => vec![0.0; len],
         };
         Ok(ConvBn {
-            weight: Tensor::from_vec(&[cout, cin, k, k], data)?,
+            weight: Tensor::from_vec(&[cout, per_group, k, k], data)?,
             bn: BatchNorm::new(cout)?,
             stride,
             padding,
+            groups: groups.max(1),
         })
     }
 
@@ -88,9 +107,9 @@ impl ConvBn {
         self.weight.shape()[0]
     }
 
-    /// Stride and padding.
+    /// Stride, padding and groups.
     pub fn conv(&self) -> Conv2d {
-        Conv2d::new(self.stride, self.padding)
+        Conv2d::new(self.stride, self.padding).with_groups(self.groups)
     }
 
     /// This convolution's plan on `k`'s tier: the one inference (`InferenceModel`) and
@@ -289,7 +308,7 @@ impl ResNet {
                     // torchvision v1.5: the stride is on the 3x3.
                     // The wide variants widen the inside only: `mid = width * factor`.
                     BlockKind::Bottleneck => {
-                        let mid = width * arch.bottleneck_width_factor();
+                        let mid = arch.bottleneck_width(width);
                         let mut last = ConvBn::new(rng.as_deref_mut(), mid, cout, 1, 1, 0)?;
                         // timm's `zero_init_last`: each block starts as the identity.
                         if arch.is_resnet_d() && rng.is_some() {
@@ -297,7 +316,15 @@ impl ResNet {
                         }
                         vec![
                             ConvBn::new(rng.as_deref_mut(), cin, mid, 1, 1, 0)?,
-                            ConvBn::new(rng.as_deref_mut(), mid, mid, 3, stride, 1)?,
+                            ConvBn::grouped(
+                                rng.as_deref_mut(),
+                                mid,
+                                mid,
+                                3,
+                                stride,
+                                1,
+                                arch.groups(),
+                            )?,
                             last,
                         ]
                     }

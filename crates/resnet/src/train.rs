@@ -17,7 +17,7 @@
 //! ```
 
 use autograd::{Tape, Var};
-use tensor::{ChannelStats, Conv2d, Pool2d, Result, Tensor, TensorError};
+use tensor::{ChannelStats, Pool2d, Result, Tensor, TensorError};
 
 use crate::model::{ConvBn, ResNet, Shortcut};
 
@@ -113,7 +113,7 @@ impl<'p> Recorder<'_, 'p> {
         let w = self.leaf(&c.weight, train);
         let gamma = self.leaf(&c.bn.weight, train);
         let beta = self.leaf(&c.bn.bias, train);
-        let h = self.tape.conv2d(x, w, Conv2d::new(c.stride, c.padding))?;
+        let h = self.tape.conv2d(x, w, c.conv())?;
         let index = self.bn_index;
         self.bn_index += 1;
         if train {

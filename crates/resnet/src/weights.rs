@@ -427,15 +427,26 @@ impl ResNet {
             wrong_dtype,
             looks_like: guess_arch(&keys)
                 .map(|g| {
-                    // The wide variants have ResNet-50/101's keys; their bottlenecks'
-                    // first convolution has 128 output channels, not 64.
-                    let wide = lookup("layer1.0.conv1.weight")
-                        .is_some_and(|(_, shape)| shape.first() == Some(&128));
-                    match (g, wide) {
-                        (Arch::ResNet50, true) => Arch::WideResNet50_2,
-                        (Arch::ResNet101, true) => Arch::WideResNet101_2,
-                        (g, _) => g,
-                    }
+                    // The wide and ResNeXt variants have ResNet-50/101's keys; the first
+                    // bottleneck's 3x3 convolution tells them apart: `[w, w / groups, 3,
+                    // 3]`, w = 64 (plain), 128 (wide, or ResNeXt-50 in 32 groups), 256
+                    // (ResNeXt-101 in 32 or 64 groups).
+                    let Some((_, shape)) = lookup("layer1.0.conv2.weight") else {
+                        return g;
+                    };
+                    let (mid, per_group) = match shape[..] {
+                        [m, p, 3, 3] if p > 0 => (m, p),
+                        _ => return g,
+                    };
+                    Arch::every()
+                        .find(|a| {
+                            a.block() == g.block()
+                                && a.stage_blocks() == g.stage_blocks()
+                                && a.is_resnet_d() == g.is_resnet_d()
+                                && a.bottleneck_width(64) == mid
+                                && a.groups() * per_group == mid
+                        })
+                        .unwrap_or(g)
                 })
                 .filter(|&g| g != arch),
         })))

@@ -18,6 +18,9 @@ fn parameter_counts_equal_the_references() {
         (Arch::ResNet152, 1000, 60_192_808),
         (Arch::WideResNet50_2, 1000, 68_883_240),
         (Arch::WideResNet101_2, 1000, 126_886_696),
+        (Arch::ResNeXt50_32x4d, 1000, 25_028_904),
+        (Arch::ResNeXt101_32x8d, 1000, 88_791_336),
+        (Arch::ResNeXt101_64x4d, 1000, 83_455_272),
         // timm 1.0.31's resnet26d / resnet50d / resnet101d.
         (Arch::ResNet26D, 1000, 16_014_408),
         (Arch::ResNet50D, 1000, 25_576_264),
@@ -213,7 +216,8 @@ fn perturb_batch_norms(model: &mut ResNet, seed: u64) {
 
 /// Convolution then batch norm by the textbook formula (no folding).
 fn conv_bn_reference(x: &Tensor, c: &ConvBn, relu: bool) -> Tensor {
-    let (mut y, _) = reference::conv2d(x, &c.weight, None, c.stride, c.padding).unwrap();
+    let (mut y, _) =
+        reference::conv2d_grouped(x, &c.weight, None, c.stride, c.padding, c.groups).unwrap();
     let [_, ch, h, w] = y.dims4("test").unwrap();
     let bn = &c.bn;
     for (i, v) in y.data_mut().iter_mut().enumerate() {
@@ -301,6 +305,30 @@ fn resnet26d_inference_equals_unfused_reference() {
     // 37 x 37: odd sizes at every stage (19, 10, 5, 3, 2), so the shortcut's pools
     // take `ceil_mode`'s one-column windows.
     check_against_reference(Arch::ResNet26D, 1000, [1, 3, 37, 37]);
+}
+
+#[test]
+fn resnext50_inference_equals_unfused_reference() {
+    check_against_reference(Arch::ResNeXt50_32x4d, 1000, [1, 3, 32, 32]);
+}
+
+#[test]
+fn resnext_grouped_layers_have_torchvision_shapes() {
+    // torchvision's `width = planes * width_per_group / 64 * groups`: the first 3x3 of
+    // ResNeXt-50 32x4d is 128 -> 128 in 32 groups of 4, ResNeXt-101 64x4d's 256 in 64.
+    for (arch, first, last, groups) in [
+        (Arch::ResNeXt50_32x4d, [128, 4, 3, 3], [1024, 32, 3, 3], 32),
+        (Arch::ResNeXt101_32x8d, [256, 8, 3, 3], [2048, 64, 3, 3], 32),
+        (Arch::ResNeXt101_64x4d, [256, 4, 3, 3], [2048, 32, 3, 3], 64),
+    ] {
+        let m = ResNet::new(arch, 10, 0).unwrap();
+        let c1 = &m.stages[0][0].convs[1];
+        let c4 = &m.stages[3].last().unwrap().convs[1];
+        assert_eq!(c1.weight.shape(), &first[..], "{arch}");
+        assert_eq!(c4.weight.shape(), &last[..], "{arch}");
+        assert_eq!((c1.groups, c4.groups), (groups, groups), "{arch}");
+        assert_eq!(arch.groups(), groups);
+    }
 }
 
 #[test]

@@ -461,6 +461,10 @@ fn a_file_of_another_depth_says_which_architecture_it_looks_like() {
         (Arch::ResNet50D, Arch::ResNet50),
         (Arch::ResNet50, Arch::ResNet50D),
         (Arch::ResNet26D, Arch::ResNet18),
+        (Arch::ResNeXt50_32x4d, Arch::ResNet50),
+        (Arch::ResNeXt50_32x4d, Arch::WideResNet50_2),
+        (Arch::WideResNet50_2, Arch::ResNeXt50_32x4d),
+        (Arch::ResNeXt101_64x4d, Arch::ResNeXt101_32x8d),
     ] {
         let path = dir.join(format!("{saved}.safetensors"));
         ResNet::new(saved, 10, 0)

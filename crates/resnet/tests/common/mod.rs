@@ -110,6 +110,12 @@ impl<'a> Fixture<'a> {
         Tensor::from_vec(v.shape(), data).expect("shape")
     }
 
+    /// Whether the fixture holds a tensor of that name.
+    #[allow(dead_code)]
+    pub fn has(&self, name: &str) -> bool {
+        self.0.tensor(name).is_ok()
+    }
+
     pub fn i64(&self, name: &str) -> Vec<i64> {
         let v = self
             .0
