@@ -5,6 +5,7 @@
 //! `tests/kernels_match_reference.rs`). They are slow on purpose; never call them on a
 //! hot path.
 
+use crate::conv::Conv2d;
 use crate::error::{Result, TensorError};
 use crate::gemm::MatRef;
 use crate::kernels::{AvgPool2d, Pool2d};
@@ -312,27 +313,47 @@ pub fn conv2d_grouped(
     padding: usize,
     groups: usize,
 ) -> Result<(Tensor, Vec<f64>)> {
+    let conv = Conv2d::new(stride, padding).with_groups(groups);
+    conv2d_with(x, w, bias, conv)
+}
+
+/// [`conv2d`] with every setting of `conv`: stride, padding, groups (see
+/// [`conv2d_grouped`]) and dilation (tap `(ky, kx)` reads `x[.., oy s + ky d - p, ox s +
+/// kx d - p]`).
+pub fn conv2d_with(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&[f32]>,
+    conv: Conv2d,
+) -> Result<(Tensor, Vec<f64>)> {
+    let Conv2d {
+        stride,
+        padding,
+        groups,
+        dilation,
+    } = conv;
     let [n, c, h, wd] = x.dims4("reference::conv2d")?;
     let [o, wc, kh, kw] = w.dims4("reference::conv2d")?;
+    let (sh, sw) = (
+        dilation * (kh.max(1) - 1) + 1,
+        dilation * (kw.max(1) - 1) + 1,
+    );
     if groups == 0
+        || dilation == 0
         || wc * groups != c
         || o % groups != 0
         || stride == 0
-        || h + 2 * padding < kh
-        || wd + 2 * padding < kw
+        || h + 2 * padding < sh
+        || wd + 2 * padding < sw
     {
         return Err(TensorError::InvalidArgument {
             op: "reference::conv2d",
-            reason: format!(
-                "input {:?}, weight {:?}, stride {stride}, padding {padding}, groups {groups}",
-                x.shape(),
-                w.shape()
-            ),
+            reason: format!("input {:?}, weight {:?}, {conv:?}", x.shape(), w.shape()),
         });
     }
     let og = o / groups;
-    let oh = (h + 2 * padding - kh) / stride + 1;
-    let ow = (wd + 2 * padding - kw) / stride + 1;
+    let oh = (h + 2 * padding - sh) / stride + 1;
+    let ow = (wd + 2 * padding - sw) / stride + 1;
     let mut y = Tensor::zeros(&[n, o, oh, ow])?;
     let mut scale = vec![0.0f64; y.len()];
     let (xd, wdta) = (x.data(), w.data());
@@ -346,8 +367,8 @@ pub fn conv2d_grouped(
                     for j in 0..wc {
                         for ky in 0..kh {
                             for kx in 0..kw {
-                                let iy = (oy * stride + ky) as isize - padding as isize;
-                                let ix = (ox * stride + kx) as isize - padding as isize;
+                                let iy = (oy * stride + ky * dilation) as isize - padding as isize;
+                                let ix = (ox * stride + kx * dilation) as isize - padding as isize;
                                 if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= wd {
                                     continue;
                                 }
@@ -509,10 +530,26 @@ pub fn conv2d_grouped_backward(
     padding: usize,
     groups: usize,
 ) -> Result<(Tensor, Tensor)> {
+    conv2d_backward_with(x, w, dy, Conv2d::new(stride, padding).with_groups(groups))
+}
+
+/// The gradients of [`conv2d_with`], as [`conv2d_backward`]'s.
+pub fn conv2d_backward_with(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    conv: Conv2d,
+) -> Result<(Tensor, Tensor)> {
+    let Conv2d {
+        stride,
+        padding,
+        groups,
+        dilation,
+    } = conv;
     let [n, c, h, wd] = x.dims4("reference::conv2d_backward")?;
     let [o, wc, kh, kw] = w.dims4("reference::conv2d_backward")?;
     let [_, _, oh, ow] = dy.dims4("reference::conv2d_backward")?;
-    if groups == 0 || wc * groups != c || o % groups != 0 {
+    if groups == 0 || dilation == 0 || wc * groups != c || o % groups != 0 {
         return Err(TensorError::InvalidArgument {
             op: "reference::conv2d_backward",
             reason: format!(
@@ -535,8 +572,8 @@ pub fn conv2d_grouped_backward(
                     for j in 0..wc {
                         for ky in 0..kh {
                             for kx in 0..kw {
-                                let iy = (oy * stride + ky) as isize - padding as isize;
-                                let ix = (ox * stride + kx) as isize - padding as isize;
+                                let iy = (oy * stride + ky * dilation) as isize - padding as isize;
+                                let ix = (ox * stride + kx * dilation) as isize - padding as isize;
                                 if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= wd {
                                     continue;
                                 }

@@ -224,6 +224,25 @@ impl Kernels {
         normalise: Option<[&[f32]; 2]>,
     ) -> Result<ConvGrads> {
         self.check_plan(op, plan)?;
+        if plan.dilation() > 1 {
+            return self.dilated_conv2d_backward(op, x, w, dy, plan, dx_into, want_dw, normalise);
+        }
+        self.conv2d_backward_undilated(op, x, w, dy, plan, dx_into, want_dw, normalise)
+    }
+
+    /// [`Kernels::conv2d_backward`] of an undilated plan: grouped or dense.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn conv2d_backward_undilated(
+        &self,
+        op: &'static str,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        plan: &ConvPlan,
+        dx_into: Option<DxInto>,
+        want_dw: bool,
+        normalise: Option<[&[f32]; 2]>,
+    ) -> Result<ConvGrads> {
         if plan.groups() > 1 {
             return self.grouped_conv2d_backward(op, x, w, dy, plan, dx_into, want_dw, normalise);
         }

@@ -58,6 +58,10 @@ pub struct Conv2d {
     /// `[O, C / groups, kh, kw]`. 1 (every output reads every input) for a dense
     /// convolution; ResNeXt's 3x3 layers have 32 or 64.
     pub groups: usize,
+    /// PyTorch's `dilation`: the kernel's taps are `dilation` pixels apart, so a 3x3
+    /// kernel spans `2 dilation + 1` pixels (torchvision's `replace_stride_with_dilation`
+    /// backbones). 1 for an ordinary convolution.
+    pub dilation: usize,
 }
 
 impl Conv2d {
@@ -67,7 +71,22 @@ impl Conv2d {
             stride,
             padding,
             groups: 1,
+            dilation: 1,
         }
+    }
+
+    /// The same convolution with its taps `dilation` pixels apart.
+    pub fn with_dilation(mut self, dilation: usize) -> Self {
+        self.dilation = dilation;
+        self
+    }
+
+    /// The span of a `k`-tap kernel: `dilation (k - 1) + 1` pixels.
+    pub fn span(&self, k: usize) -> usize {
+        self.dilation
+            .max(1)
+            .saturating_mul(k.saturating_sub(1))
+            .saturating_add(1)
     }
 
     /// The same convolution in `groups` channel groups.
@@ -82,11 +101,13 @@ impl Conv2d {
             op: "conv2d",
             reason,
         };
-        if self.stride == 0 || kh == 0 || kw == 0 {
+        if self.stride == 0 || kh == 0 || kw == 0 || self.dilation == 0 {
             return Err(bad(format!(
-                "stride and kernel must be positive ({self:?}, kernel {kh}x{kw})"
+                "stride, dilation and kernel must be positive ({self:?}, kernel {kh}x{kw})"
             )));
         }
+        // A dilated kernel covers its span.
+        let (kh, kw) = (self.span(kh), self.span(kw));
         // Checked: a hostile padding must be an error, not an overflow.
         let both_sides = self.padding.checked_mul(2);
         let (ph, pw) = (
@@ -124,6 +145,8 @@ pub(crate) enum Packed {
     Blocked(BlockedConvWeights),
     /// A grouped plan's: each channel group's weights, packed for the group plan.
     Grouped(Vec<ConvWeights>),
+    /// A dilated plan's: the weights packed for its phase plan.
+    Dilated(Box<ConvWeights>),
 }
 
 impl ConvWeights {
@@ -203,6 +226,12 @@ impl Kernels {
             });
         }
         self.check_plan("pack_conv", plan)?;
+        if plan.dilation() > 1 {
+            return Ok(ConvWeights {
+                plan: *plan,
+                packed: Packed::Dilated(Box::new(self.pack_dilated(plan, w)?)),
+            });
+        }
         if plan.groups() > 1 {
             return Ok(ConvWeights {
                 plan: *plan,
@@ -295,8 +324,8 @@ impl Kernels {
         Ok((y, stats))
     }
 
-    /// Runs `w`'s plan on `x` into `y`: a grouped plan group by group
-    /// (`grouped.rs`), a dense one by [`Kernels::conv2d_impl_dense`].
+    /// Runs `w`'s plan on `x` into `y`: a dilated plan phase by phase (`dilated.rs`),
+    /// the others by [`Kernels::conv2d_impl_undilated`].
     fn conv2d_impl(
         &self,
         x: &Tensor,
@@ -306,10 +335,26 @@ impl Kernels {
         normalise: Option<[&[f32]; 2]>,
     ) -> Result<()> {
         self.check_plan("conv2d", &w.plan)?;
+        if let Some(affine) = normalise {
+            check_affine("conv2d", affine, x.dims4("conv2d")?[1])?;
+        }
+        if let Some(sub) = super::dilated::dilated_weights(w) {
+            return self.dilated_conv2d(x, w, sub, epilogue, y, normalise);
+        }
+        self.conv2d_impl_undilated(x, w, epilogue, y, normalise)
+    }
+
+    /// An undilated plan on `x` into `y`: a grouped one group by group (`grouped.rs`),
+    /// a dense one by [`Kernels::conv2d_impl_dense`].
+    pub(crate) fn conv2d_impl_undilated(
+        &self,
+        x: &Tensor,
+        w: &ConvWeights,
+        epilogue: &[Epilogue],
+        y: &mut Tensor,
+        normalise: Option<[&[f32]; 2]>,
+    ) -> Result<()> {
         if let Some(subs) = super::grouped::grouped_weights(w) {
-            if let Some(affine) = normalise {
-                check_affine("conv2d", affine, x.dims4("conv2d")?[1])?;
-            }
             return self.grouped_conv2d(x, w, subs, epilogue, y, normalise);
         }
         self.conv2d_impl_dense(x, w, epilogue, y, normalise)

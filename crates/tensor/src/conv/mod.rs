@@ -44,6 +44,7 @@
 //! their measurements.
 
 mod backward;
+mod dilated;
 mod direct;
 mod forward;
 mod grouped;
@@ -175,6 +176,9 @@ pub struct Routes {
     pub weight_grad: Option<WeightGrad>,
     /// The routes run once per channel group ([`ConvPlan::group_plan`]) when above 1.
     pub groups: usize,
+    /// The routes run once per phase of a `dilation x dilation` split of the image
+    /// ([`ConvPlan::phase_plan`]) when above 1.
+    pub dilation: usize,
 }
 
 /// A layer's convolution plan: what it is, for which tier and mode, and any routes
@@ -234,6 +238,28 @@ impl ConvPlan {
                 ),
             });
         }
+        let mut conv = conv;
+        if kh * kw == 1 {
+            // A 1x1 kernel has no taps to spread.
+            conv.dilation = 1;
+        }
+        if conv.dilation == 0 {
+            return Err(TensorError::InvalidArgument {
+                op: "ConvPlan",
+                reason: "the dilation must be positive".into(),
+            });
+        }
+        if conv.dilation > 1 && !dilation_fits(conv, kh, kw) {
+            return Err(TensorError::InvalidArgument {
+                op: "ConvPlan",
+                reason: format!(
+                    "a dilated convolution runs as a 'same' one for now: stride 1, a square \
+                     kernel of odd size and padding dilation * (k - 1) / 2 (got a {kh}x{kw} \
+                     kernel, stride {}, padding {}, dilation {})",
+                    conv.stride, conv.padding, conv.dilation
+                ),
+            });
+        }
         if !o.is_multiple_of(conv.groups) || c.checked_mul(conv.groups).is_none() {
             return Err(TensorError::InvalidArgument {
                 op: "ConvPlan",
@@ -260,6 +286,16 @@ impl ConvPlan {
             return Err(TensorError::InvalidArgument {
                 op: "ConvPlan",
                 reason: "the blocked layout has no backward routes: training runs in NCHW".into(),
+            });
+        }
+        if layout == Layout::Blocked && self.conv.dilation > 1 {
+            return Err(TensorError::InvalidArgument {
+                op: "ConvPlan",
+                reason: format!(
+                    "a convolution of dilation {} has no route in the blocked layout yet: run \
+                     it in NCHW",
+                    self.conv.dilation
+                ),
             });
         }
         if layout == Layout::Blocked && self.conv.groups > 1 {
@@ -305,6 +341,28 @@ impl ConvPlan {
         self.conv.groups
     }
 
+    /// The dilation (1: none).
+    pub fn dilation(&self) -> usize {
+        self.conv.dilation
+    }
+
+    /// The undilated plan each phase of a dilated plan runs (`dilated.rs`): the same
+    /// weights, groups, mode and forced routes, dilation 1 and padding `(k - 1) / 2`.
+    /// An undilated plan's is itself.
+    pub fn phase_plan(&self) -> ConvPlan {
+        if self.conv.dilation <= 1 {
+            return *self;
+        }
+        ConvPlan {
+            conv: Conv2d {
+                dilation: 1,
+                padding: (self.weights[2] - 1) / 2,
+                ..self.conv
+            },
+            ..*self
+        }
+    }
+
     /// The dense plan each group of a grouped plan runs: `O / groups` output channels
     /// from `C / groups` inputs, with the same stride, padding, mode, layout and forced
     /// routes. A dense plan's is itself.
@@ -345,6 +403,25 @@ impl ConvPlan {
     /// The routes for an NCHW input of `input` shape: the ladder's choice, or the forced
     /// routes, checked against this input.
     pub fn routes(&self, input: [usize; 4]) -> Result<Routes> {
+        if self.conv.dilation > 1 {
+            // Each of the `d x d` phases of the image is an undilated "same" convolution
+            // of its own pixels: the routes are the phase plan's, on the largest phase.
+            // (Phases differ by a row or column at most; each resolves its own ladder,
+            // and a forced route must fit them all.)
+            let [n, c, h, w] = input;
+            self.geometry(input)?;
+            let d = self.conv.dilation;
+            let phase = self.phase_plan();
+            for ph in [h / d, h.div_ceil(d)] {
+                for pw in [w / d, w.div_ceil(d)] {
+                    if ph * pw > 0 {
+                        phase.routes([n, c, ph, pw])?;
+                    }
+                }
+            }
+            let sub = phase.routes([n, c, h.div_ceil(d), w.div_ceil(d)])?;
+            return Ok(Routes { dilation: d, ..sub });
+        }
         if self.conv.groups > 1 {
             // Each group is a dense convolution of its channels: the routes are its plan's,
             // run once per group.
@@ -387,6 +464,7 @@ impl ConvPlan {
             input_grad,
             weight_grad,
             groups: 1,
+            dilation: 1,
         })
     }
 
@@ -442,6 +520,7 @@ impl ConvPlan {
                 input_grad: None,
                 weight_grad: None,
                 groups: 1,
+                dilation: 1,
             };
         }
         // dX: the transposed convolution has the layer's input channels as its output
@@ -489,6 +568,7 @@ impl ConvPlan {
             input_grad: Some(input_grad),
             weight_grad: Some(weight_grad),
             groups: 1,
+            dilation: 1,
         }
     }
 
@@ -596,6 +676,14 @@ impl ConvPlan {
         }
         Ok(())
     }
+}
+
+/// Whether a dilated convolution has a route: a "same" one (stride 1, a square kernel of
+/// odd size, padding `dilation (k - 1) / 2`, as every dilated layer of torchvision's
+/// `replace_stride_with_dilation` backbones), which splits into `dilation^2` undilated
+/// "same" convolutions of the image's phases.
+fn dilation_fits(conv: Conv2d, kh: usize, kw: usize) -> bool {
+    conv.stride == 1 && kh == kw && kh % 2 == 1 && conv.padding == conv.dilation * (kh - 1) / 2
 }
 
 /// Whether [`InputGrad::DirectPhases`] covers a convolution of stride `s`, kernel

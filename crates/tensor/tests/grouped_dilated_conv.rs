@@ -1,11 +1,12 @@
-//! Grouped convolution (`Conv2d::groups`, ResNeXt's 3x3 layers) against the `f64`
-//! reference (`reference::conv2d_grouped`, `reference::conv2d_grouped_backward`), in
-//! every ISA tier this CPU has: random group counts and channels per group, kernels,
-//! strides and paddings; the forward through every route its group plan can run
-//! (forced), with bias, residual, ReLU and accumulation; the batch statistics and the
-//! normalised input of training; `dX` (new and accumulated) and `dW` through every
-//! input-gradient and weight-gradient route. Outputs start as NaNs. Tolerances as in
-//! `conv_routes.rs`: `1e-5` of the sum of the products' magnitudes, plus `1e-6`.
+//! Grouped convolution (`Conv2d::groups`, ResNeXt's 3x3 layers) and dilated convolution
+//! (`Conv2d::dilation`, torchvision's dilated backbones) against the `f64` reference
+//! (`reference::conv2d_with`, `reference::conv2d_backward_with`), in every ISA tier this
+//! CPU has: random group counts and channels per group, dilations, kernels, strides and
+//! paddings; the forward through every route its group (or phase) plan can run (forced),
+//! with bias, residual, ReLU and accumulation; the batch statistics and the normalised
+//! input of training; `dX` (new and accumulated) and `dW` through every input-gradient
+//! and weight-gradient route. Outputs start as NaNs. Tolerances as in `conv_routes.rs`:
+//! `1e-5` of the sum of the products' magnitudes, plus `1e-6`.
 
 mod common;
 
@@ -29,12 +30,15 @@ struct Case {
     k: usize,
     s: usize,
     pad: usize,
+    dilation: usize,
     seed: u64,
 }
 
 impl Case {
     fn conv(&self) -> Conv2d {
-        Conv2d::new(self.s, self.pad).with_groups(self.groups)
+        Conv2d::new(self.s, self.pad)
+            .with_groups(self.groups)
+            .with_dilation(self.dilation)
     }
     fn input(&self) -> [usize; 4] {
         [self.n, self.groups * self.cg, self.h, self.w]
@@ -66,6 +70,35 @@ fn cases() -> impl Strategy<Value = Case> {
             k,
             s,
             pad: pad.min(k / 2),
+            dilation: 1,
+            seed,
+        })
+}
+
+/// Dilated "same" convolutions (stride 1, padding `d (k - 1) / 2`), grouped or not, on
+/// images smaller and larger than the dilation (empty phases, phases of unequal sizes).
+fn dilated_cases() -> impl Strategy<Value = Case> {
+    (
+        1usize..=2,
+        1usize..=3,
+        1usize..=4,
+        1usize..=9,
+        (1usize..=13, 0usize..=3),
+        prop::sample::select(vec![1usize, 3, 5]),
+        2usize..=4,
+        any::<u64>(),
+    )
+        .prop_map(|(n, groups, cg, og, (size, extra), k, d, seed)| Case {
+            n,
+            groups,
+            cg,
+            og,
+            h: size,
+            w: size + extra,
+            k,
+            s: 1,
+            pad: d * (k - 1) / 2,
+            dilation: d,
             seed,
         })
 }
@@ -79,8 +112,7 @@ fn forward(kern: Kernels, c: Case) -> Result<(), TestCaseError> {
     let w = Tensor::randn(&c.weights(), 0.0, 0.5, c.seed ^ 1).map_err(fail)?;
     let o = c.groups * c.og;
     let bias: Vec<f32> = (0..o).map(|i| (i as f32 * 0.37).sin()).collect();
-    let (pre, scale) =
-        reference::conv2d_grouped(&x, &w, Some(&bias), c.s, c.pad, c.groups).map_err(fail)?;
+    let (pre, scale) = reference::conv2d_with(&x, &w, Some(&bias), c.conv()).map_err(fail)?;
     let residual = Tensor::randn(pre.shape(), 0.0, 1.0, c.seed ^ 2).map_err(fail)?;
     let want: Vec<f32> = pre
         .data()
@@ -96,6 +128,7 @@ fn forward(kern: Kernels, c: Case) -> Result<(), TestCaseError> {
     let plan = ConvPlan::new(&kern, c.weights(), c.conv(), Mode::Inference).map_err(fail)?;
     let routes = plan.routes(c.input()).map_err(fail)?;
     prop_assert_eq!(routes.groups, c.groups);
+    prop_assert_eq!(routes.dilation, if c.k > 1 { c.dilation } else { 1 });
     let mut ran = 0;
     for route in Forward::ALL.into_iter().filter(|r| *r != Forward::Blocked) {
         let forced = plan.force_forward(route);
@@ -153,8 +186,7 @@ fn training_forward(kern: Kernels, c: Case) -> Result<(), TestCaseError> {
     let normalised = kern
         .scale_shift(&x, &scale, &shift, &[Epilogue::Relu])
         .map_err(fail)?;
-    let (want, tols) =
-        reference::conv2d_grouped(&normalised, &w, None, c.s, c.pad, c.groups).map_err(fail)?;
+    let (want, tols) = reference::conv2d_with(&normalised, &w, None, c.conv()).map_err(fail)?;
     let plan = ConvPlan::new(&kern, c.weights(), c.conv(), Mode::Training).map_err(fail)?;
     let packed = kern.pack_conv(&plan, &w).map_err(fail)?;
     let (y, stats) = kern
@@ -196,7 +228,7 @@ fn backward(kern: Kernels, c: Case) -> Result<(), TestCaseError> {
     let [oh, ow] = c.conv().output_size(c.h, c.w, c.k, c.k).map_err(fail)?;
     let dy = Tensor::randn(&[c.n, c.groups * c.og, oh, ow], 0.0, 1.0, c.seed ^ 4).map_err(fail)?;
     let (want_dx, want_dw) =
-        reference::conv2d_grouped_backward(&x, &w, &dy, c.s, c.pad, c.groups).map_err(fail)?;
+        reference::conv2d_backward_with(&x, &w, &dy, c.conv()).map_err(fail)?;
     // Magnitude bounds: each dX element sums og k^2 / s^2 products, each dW element
     // N OH OW; 1e-5 of a generous bound of their sums of magnitudes.
     let dx_tol = 1e-5 * (c.og * c.k * c.k) as f32 * 2.0 + 1e-6;
@@ -256,6 +288,45 @@ fn check_backward(k: Kernels) -> CheckResult {
     prop(cases(), |c| backward(k, c))
 }
 
+fn check_dilated_forward(k: Kernels) -> CheckResult {
+    prop(dilated_cases(), |c| forward(k, c))
+}
+
+fn check_dilated_training_forward(k: Kernels) -> CheckResult {
+    prop(dilated_cases(), |c| training_forward(k, c))
+}
+
+fn check_dilated_backward(k: Kernels) -> CheckResult {
+    prop(dilated_cases(), |c| backward(k, c))
+}
+
+/// The dilated 3x3 layers of torchvision's `replace_stride_with_dilation` ResNet-50
+/// (dilation 2 and 4, padding the same), and one grouped as ResNeXt's would be.
+fn check_dilated_resnet_layers(k: Kernels) -> CheckResult {
+    for (i, &(groups, cg, d, size)) in [(1, 8, 2, 9), (1, 8, 4, 9), (4, 4, 2, 7)]
+        .iter()
+        .enumerate()
+    {
+        let c = Case {
+            n: 2,
+            groups,
+            cg,
+            og: cg,
+            h: size,
+            w: size,
+            k: 3,
+            s: 1,
+            pad: d,
+            dilation: d,
+            seed: i as u64,
+        };
+        forward(k, c).map_err(|e| format!("{c:?}: {e}"))?;
+        training_forward(k, c).map_err(|e| format!("{c:?}: {e}"))?;
+        backward(k, c).map_err(|e| format!("{c:?}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// ResNeXt's grouped 3x3 layers (`32x4d`, `32x8d`, `64x4d`: 4 to 64 channels a group,
 /// stride 1 and 2), at small sizes.
 fn check_resnext_layers(k: Kernels) -> CheckResult {
@@ -278,6 +349,7 @@ fn check_resnext_layers(k: Kernels) -> CheckResult {
             k: 3,
             s,
             pad: 1,
+            dilation: 1,
             seed: i as u64,
         };
         forward(k, c).map_err(|e| format!("{c:?}: {e}"))?;
@@ -325,6 +397,28 @@ fn check_refusals(k: Kernels) -> CheckResult {
     if !e.contains("blocked layout") {
         return Err(e);
     }
+    // Dilation: only "same" layers (stride 1, padding d (k - 1) / 2) for now.
+    for conv in [
+        Conv2d::new(2, 2).with_dilation(2),
+        Conv2d::new(1, 1).with_dilation(2),
+        Conv2d::new(1, 0).with_dilation(0),
+    ] {
+        let e = err(ConvPlan::new(&k, [4, 4, 3, 3], conv, Mode::Inference))?;
+        if !e.contains("dilat") {
+            return Err(e);
+        }
+    }
+    let dilated = ConvPlan::new(
+        &k,
+        [4, 4, 3, 3],
+        Conv2d::new(1, 2).with_dilation(2),
+        Mode::Inference,
+    )
+    .map_err(|e| e.to_string())?;
+    let e = err(dilated.in_layout(Layout::Blocked))?;
+    if !e.contains("blocked layout") {
+        return Err(e);
+    }
     Ok(())
 }
 
@@ -345,9 +439,28 @@ const CHECKS: &[(&str, Check)] = &[
         "resnext_grouped_layers_equal_reference",
         check_resnext_layers,
     ),
-    ("grouped_geometry_refused_by_name", check_refusals),
+    (
+        "dilated_forward_every_route_equals_reference",
+        check_dilated_forward,
+    ),
+    (
+        "dilated_training_forward_normalised_with_statistics",
+        check_dilated_training_forward,
+    ),
+    (
+        "dilated_backward_every_route_equals_reference",
+        check_dilated_backward,
+    ),
+    (
+        "dilated_resnet_layers_equal_reference",
+        check_dilated_resnet_layers,
+    ),
+    (
+        "grouped_and_dilated_geometry_refused_by_name",
+        check_refusals,
+    ),
 ];
 
 fn main() {
-    common::run("grouped_conv", CHECKS);
+    common::run("grouped_dilated_conv", CHECKS);
 }
