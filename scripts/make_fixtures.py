@@ -43,6 +43,9 @@ Files (all float32 unless noted):
   output of `stem` (after the max pool), `layer1`..`layer4`, `features`, `logits`.
 - `resnext50_32x4d_stages.safetensors`: the same for torchvision's ResNeXt-50 32x4d
   (grouped 3x3 convolutions), batch 1 on 64x64.
+- `resnet50_os8_stages.safetensors`: torchvision's ResNet-50 with
+  `replace_stride_with_dilation=[False, True, True]` (output stride 8: layer3 and layer4
+  dilated by 2 and 4), batch 1 on 64x64.
 - `resnext50_step.safetensors`: one training step of ResNeXt-50 32x4d (batch 2, 64x64,
   training mode, label smoothing 0.1): `input`, `targets`, `loss`, the gradients of the
   stem, of a grouped 3x3 convolution of every stage, of a batch norm and of `fc.bias`
@@ -316,10 +319,13 @@ def timm_model(arch):
     return timm.create_model(arch, pretrained=False)
 
 
-def stages_fixture(out, arch, batch, size=64):
+def stages_fixture(out, arch, batch, size=64, dilate=None, name=None):
     if arch.endswith("d") and arch.startswith("resnet"):
         model = timm_model(arch)
         relu = model.act1
+    elif dilate:
+        model = getattr(torchvision.models, arch)(weights=None, replace_stride_with_dilation=dilate)
+        relu = model.relu
     else:
         model = getattr(torchvision.models, arch)(weights=None)
         relu = model.relu
@@ -336,8 +342,9 @@ def stages_fixture(out, arch, batch, size=64):
         f = torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
         tensors["features"] = f
         tensors["logits"] = model.fc(f)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out, f"{arch}_stages.safetensors"))
-    print(f"{arch}_stages: logits[0, :3] = {tensors['logits'][0, :3].tolist()}")
+    name = name or f"{arch}_stages"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out, f"{name}.safetensors"))
+    print(f"{name}: logits[0, :3] = {tensors['logits'][0, :3].tolist()}")
 
 
 IMAGE_ROWS = [0, 56, 112, 168, 223]
@@ -848,6 +855,9 @@ def main():
         # 72 x 72: odd maps (9, 5) before two of the average-pooling shortcuts.
         "resnet26d_stages": lambda out: stages_fixture(out, "resnet26d", 1, 72),
         "resnext50_32x4d_stages": lambda out: stages_fixture(out, "resnext50_32x4d", 1),
+        "resnet50_os8_stages": lambda out: stages_fixture(
+            out, "resnet50", 1, 64, [False, True, True], "resnet50_os8_stages"
+        ),
         "resnext50_step": lambda out: resnext_step_fixture(out),
         "images": lambda out: images_fixture(
             out, os.path.join(here, "..", "crates", "resnet", "tests", "images")

@@ -485,6 +485,7 @@ pub fn model(
     threads: usize,
     arch: resnet::Arch,
     batch: usize,
+    output_stride: usize,
     budget: Duration,
     json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
@@ -494,7 +495,10 @@ pub fn model(
     } else {
         (1000, 224)
     };
-    let net = resnet::ResNet::new(arch, classes, 1)?;
+    let mut net = resnet::ResNet::new(arch, classes, 1)?;
+    if output_stride != 32 {
+        net.set_output_stride(output_stride)?;
+    }
     let macs = net.forward_macs(size, size)?;
     // Folded block by block, freeing the unfused weights as it goes: only the folded,
     // packed model stays in memory, as in an embedding application.
@@ -509,14 +513,19 @@ pub fn model(
         crate::emit(
             &serde_json::json!({
                 "bench": "model", "arch": arch.to_string(), "batch": batch, "threads": threads,
-                "ms": round(ms, 3), "images_per_s": round(images_per_s, 2),
+                "output_stride": output_stride, "ms": round(ms, 3), "images_per_s": round(images_per_s, 2),
                 "gflops": round(gflops, 2), "peak_pct": round(pct, 1),
             })
             .to_string(),
         )?;
     } else {
         crate::emit(&format!(
-            "{arch} inference, batch {batch}, {threads} threads, {size}x{size}: {ms:.2} ms/batch, {images_per_s:.1} images/s, {gflops:.1} GFLOP/s ({pct:.1}% of the measured peak {peak:.1})"
+            "{arch}{} inference, batch {batch}, {threads} threads, {size}x{size}: {ms:.2} ms/batch, {images_per_s:.1} images/s, {gflops:.1} GFLOP/s ({pct:.1}% of the measured peak {peak:.1})",
+            if output_stride == 32 {
+                String::new()
+            } else {
+                format!(" (output stride {output_stride})")
+            }
         ))?;
     }
     Ok(())

@@ -33,7 +33,12 @@ pub fn resolve(weights: &Path, arch: Option<&str>) -> Res<(Arch, Option<ModelInf
 
 /// The network of `weights`, fed as its file says (ImageNet's transform when it says
 /// nothing).
-fn classifier(k: Kernels, weights: &Path, arch: Option<&str>) -> Res<Classifier> {
+fn classifier(
+    k: Kernels,
+    weights: &Path,
+    arch: Option<&str>,
+    output_stride: Option<usize>,
+) -> Res<Classifier> {
     let (arch, info) = resolve(weights, arch)?;
     if info.is_none() && arch.is_cifar() {
         eprintln!(
@@ -43,7 +48,10 @@ fn classifier(k: Kernels, weights: &Path, arch: Option<&str>) -> Res<Classifier>
             weights.display()
         );
     }
-    let net = ResNet::from_safetensors(arch, weights)?;
+    let mut net = ResNet::from_safetensors(arch, weights)?;
+    if let Some(os) = output_stride {
+        net.set_output_stride(os)?;
+    }
     Ok(Classifier::with_info(net, info, k)?)
 }
 
@@ -167,7 +175,7 @@ pub fn classify(
     batch: usize,
     format: Format,
 ) -> Res<()> {
-    let c = classifier(k, &weights, arch.as_deref())?;
+    let c = classifier(k, &weights, arch.as_deref(), None)?;
     if format == Format::Csv {
         crate::emit("image,rank,class,name,probability")?;
     }
@@ -249,8 +257,9 @@ pub fn features(
     images: Vec<PathBuf>,
     out: PathBuf,
     batch: usize,
+    output_stride: Option<usize>,
 ) -> Res<()> {
-    let c = classifier(k, &weights, arch.as_deref())?;
+    let c = classifier(k, &weights, arch.as_deref(), output_stride)?;
     let fast = c.model();
     // `batch` images at a time; only the embeddings (a few KB each) are kept.
     let dim = c.arch().feature_dim();

@@ -58,6 +58,10 @@ enum Command {
         /// inference's.
         #[arg(long)]
         train: bool,
+        /// With --plan: the backbone's output stride (8 or 16: dilated stages; 32, the
+        /// default: the plain network).
+        #[arg(long, default_value_t = 32)]
+        output_stride: usize,
         /// JSON instead of text: one object (with --plan: one per layer).
         #[arg(long)]
         json: bool,
@@ -210,6 +214,12 @@ enum Command {
         /// Images decoded and run at once: memory stays flat however many are given.
         #[arg(long, default_value_t = 16)]
         batch: usize,
+        /// Output stride of the backbone: 8 or 16 dilate layer3/layer4 instead of
+        /// striding (torchvision's `replace_stride_with_dilation`, bottleneck nets), 32
+        /// is the plain network (the default). The pooled features of a dilated backbone
+        /// see a finer map.
+        #[arg(long)]
+        output_stride: Option<usize>,
         /// A file listing more images, one path per line.
         #[arg(long)]
         list: Option<std::path::PathBuf>,
@@ -246,6 +256,9 @@ enum BenchCommand {
         /// Images per batch.
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// Output stride: 8 or 16 for the dilated backbones (bottleneck nets), 32 plain.
+        #[arg(long, default_value_t = 32)]
+        output_stride: usize,
     },
     /// One training step (forward, backward, SGD update): ms/step, images/s, peak RSS.
     Train {
@@ -334,6 +347,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             batch,
             size,
             train,
+            output_stride,
             json,
         } => {
             if peak {
@@ -344,7 +358,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if batch == 0 || size == Some(0) {
                 return Err("--batch and --size must be at least 1".into());
             }
-            plan::print(&Kernels::active()?, arch.parse()?, batch, size, train, json)
+            let shape = plan::Shape {
+                batch,
+                size,
+                output_stride,
+            };
+            plan::print(&Kernels::active()?, arch.parse()?, shape, train, json)
         }
         Command::Info { peak, json, .. } => info(peak, json),
         Command::Train {
@@ -404,6 +423,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             arch,
             out,
             batch,
+            output_stride,
             list,
             images,
         } => classify::features(
@@ -413,6 +433,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             classify::expand_inputs(images, list.as_deref())?,
             out,
             batch.max(1),
+            output_stride,
         ),
         Command::Eval {
             weights,
@@ -468,11 +489,16 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             match what {
                 BenchCommand::Gemm => bench::gemm(&k, threads, budget, json),
                 BenchCommand::Scaling => bench::scaling(&k, threads, budget, json),
-                BenchCommand::Model { arch, batch } => {
+                BenchCommand::Model {
+                    arch,
+                    batch,
+                    output_stride,
+                } => {
                     if batch == 0 {
                         return Err("--batch must be at least 1".into());
                     }
-                    bench::model(&k, threads, arch.parse()?, batch, budget, json)
+                    let arch = arch.parse()?;
+                    bench::model(&k, threads, arch, batch, output_stride, budget, json)
                 }
                 BenchCommand::Train { arch, batch } => {
                     if batch == 0 {

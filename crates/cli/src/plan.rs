@@ -7,19 +7,32 @@ use tensor::{Kernels, Layout, Mode};
 
 use crate::emit;
 
-/// Prints the plan of `arch` for a batch of `batch` images of `size` (default: the
-/// architecture's own), for training or inference.
+/// The input a plan is listed for, and the backbone's output stride.
+pub struct Shape {
+    /// Images per batch.
+    pub batch: usize,
+    /// Image side (default: the architecture's own).
+    pub size: Option<usize>,
+    /// 32 (plain), 16 or 8 (dilated stages).
+    pub output_stride: usize,
+}
+
+/// Prints the plan of `arch` for a batch of `shape.batch` images of `shape.size`, for
+/// training or inference.
 pub fn print(
     k: &Kernels,
     arch: Arch,
-    batch: usize,
-    size: Option<usize>,
+    shape: Shape,
     train: bool,
     json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let size = size.unwrap_or(if arch.is_cifar() { 32 } else { 224 });
+    let batch = shape.batch;
+    let size = shape.size.unwrap_or(if arch.is_cifar() { 32 } else { 224 });
     let classes = if arch.is_cifar() { 10 } else { 1000 };
-    let model = ResNet::new(arch, classes, 0)?;
+    let mut model = ResNet::new(arch, classes, 0)?;
+    if shape.output_stride != 32 {
+        model.set_output_stride(shape.output_stride)?;
+    }
     let (mode, layout) = if train {
         (Mode::Training, Layout::Nchw)
     } else {
@@ -68,6 +81,7 @@ pub fn print(
                     "arch": arch.to_string(), "mode": what, "layer": layer.name,
                     "input": layer.input, "weights": weights, "stride": conv.stride,
                     "padding": conv.padding, "groups": routes.groups,
+                    "dilation": routes.dilation,
                     "layout": routes.layout.to_string(),
                     "forward": routes.forward.to_string(), "forward_kernel": fwd_kernel.to_string(),
                     "dx": pick(&dx, 0), "dx_kernel": pick(&dx, 1),
@@ -83,11 +97,13 @@ pub fn print(
                 shape(weights),
                 format!("{}/{}", conv.stride, conv.padding),
                 routes.layout.to_string(),
-                // A grouped layer runs its routes once per group.
-                if routes.groups > 1 {
-                    format!("{} x{}", routes.forward, routes.groups)
-                } else {
-                    routes.forward.to_string()
+                // A grouped layer runs its routes once per group, a dilated one once per
+                // phase of the image.
+                match (routes.groups, routes.dilation) {
+                    (1, 1) => routes.forward.to_string(),
+                    (g, 1) => format!("{} x{g}", routes.forward),
+                    (1, d) => format!("{} x{}ph", routes.forward, d * d),
+                    (g, d) => format!("{} x{g}x{}ph", routes.forward, d * d),
                 },
                 fwd_kernel
             );

@@ -143,6 +143,24 @@ fn classify_and_features_stream_their_images_in_batches() {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
     assert_eq!(v[..64], v[128..]);
+    // A dilated backbone of a network without bottlenecks is refused by name, as is an
+    // output stride that is not 8, 16 or 32.
+    for (stride, says) in [("8", "bottleneck"), ("12", "8, 16 or 32")] {
+        let o = resnet(&[
+            "features",
+            "--weights",
+            w,
+            "--arch",
+            "cifar-resnet20",
+            "--output-stride",
+            stride,
+            "--out",
+            out.to_str().unwrap(),
+            p,
+        ]);
+        let t = expect(&o, false, "features --output-stride");
+        assert!(t.contains(says), "{t}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -59,6 +59,9 @@ pub struct ConvBn {
     /// Channel groups (ResNeXt's 3x3 convolutions; 1 elsewhere): `weight` is
     /// `[out, in / groups, k, k]`.
     pub groups: usize,
+    /// Spacing of the kernel's taps (1: none; see
+    /// [`ResNet::replace_stride_with_dilation`]).
+    pub dilation: usize,
 }
 
 impl ConvBn {
@@ -99,6 +102,7 @@ impl ConvBn {
             stride,
             padding,
             groups: groups.max(1),
+            dilation: 1,
         })
     }
 
@@ -107,9 +111,11 @@ impl ConvBn {
         self.weight.shape()[0]
     }
 
-    /// Stride, padding and groups.
+    /// Stride, padding, groups and dilation.
     pub fn conv(&self) -> Conv2d {
-        Conv2d::new(self.stride, self.padding).with_groups(self.groups)
+        Conv2d::new(self.stride, self.padding)
+            .with_groups(self.groups)
+            .with_dilation(self.dilation)
     }
 
     /// This convolution's plan on `k`'s tier: the one inference (`InferenceModel`) and
@@ -238,6 +244,10 @@ pub struct ResNet {
     pub fc_weight: Tensor,
     /// `[num_classes]`.
     pub fc_bias: Tensor,
+    /// torchvision's `replace_stride_with_dilation` for `layer2`..`layer4`: each stage
+    /// set here keeps its input's resolution, its stride replaced by dilating its 3x3
+    /// convolutions (see [`ResNet::replace_stride_with_dilation`]). All false by default.
+    pub dilated_stages: [bool; 3],
 }
 
 /// A borrowed parameter or buffer, by torchvision key.
@@ -365,6 +375,7 @@ impl ResNet {
             stages,
             fc_weight: Tensor::from_vec(&[num_classes, cin], w)?,
             fc_bias: Tensor::from_vec(&[num_classes], b)?,
+            dilated_stages: [false; 3],
         })
     }
 
@@ -554,6 +565,81 @@ impl ResNet {
         out.push(("fc.weight".into(), &mut self.fc_weight));
         out.push(("fc.bias".into(), &mut self.fc_bias));
         out
+    }
+
+    /// torchvision's `replace_stride_with_dilation` (`resnet50(replace_stride_with_dilation
+    /// = [False, True, True])`, the backbone of its DeepLabV3 and FCN): each of `layer2`,
+    /// `layer3`, `layer4` set in `stages` keeps its input's resolution; its first block's
+    /// stride (on the 3x3 convolution and the projection shortcut) becomes 1, and the
+    /// dilation grows by that stride from the next 3x3 convolution on (the first block
+    /// keeps the previous dilation, as torchvision's `_make_layer` does). `[false, true,
+    /// true]` gives an output stride of 8 (a 224 x 224 image ends at 28 x 28),
+    /// `[false, false, true]` 16. The weights do not change, so a loaded torchvision file
+    /// can be turned into its dilated backbone; calling it again sets another pattern.
+    ///
+    /// Bottleneck networks only (torchvision refuses dilation in basic blocks), and not
+    /// ResNet-D (timm dilates its pooled shortcuts otherwise).
+    pub fn replace_stride_with_dilation(&mut self, stages: [bool; 3]) -> Result<()> {
+        let refuse = |why: &str| {
+            Err(TensorError::InvalidArgument {
+                op: "replace_stride_with_dilation",
+                reason: format!("{}: {why}", self.arch),
+            })
+        };
+        if stages.iter().any(|&d| d) {
+            if self.arch.block() != BlockKind::Bottleneck || self.arch.is_cifar() {
+                return refuse(
+                    "dilation needs bottleneck blocks (torchvision refuses it in basic blocks)",
+                );
+            }
+            if self.arch.is_resnet_d() {
+                return refuse("dilating ResNet-D's pooled shortcuts is not implemented");
+            }
+        }
+        let mut dilation = 1;
+        for (s, stage) in self.stages.iter_mut().enumerate() {
+            let mut stride = if s > 0 { 2 } else { 1 };
+            let previous = dilation;
+            if s > 0 && stages[s - 1] {
+                dilation *= stride;
+                stride = 1;
+            }
+            for (b, block) in stage.iter_mut().enumerate() {
+                let (st, d) = if b == 0 {
+                    (stride, previous)
+                } else {
+                    (1, dilation)
+                };
+                if let Some(c) = block.convs.get_mut(1) {
+                    c.stride = st;
+                    c.dilation = d;
+                    c.padding = d;
+                }
+                if let Some(c) = block.shortcut.projection_mut() {
+                    c.stride = st;
+                }
+            }
+        }
+        self.dilated_stages = stages;
+        Ok(())
+    }
+
+    /// [`ResNet::replace_stride_with_dilation`] by the output stride wanted: 32 (the
+    /// plain network), 16 (`layer4` dilated) or 8 (`layer3` and `layer4` dilated), the
+    /// settings of torchvision's segmentation backbones.
+    pub fn set_output_stride(&mut self, output_stride: usize) -> Result<()> {
+        let stages = match output_stride {
+            32 => [false, false, false],
+            16 => [false, false, true],
+            8 => [false, true, true],
+            other => {
+                return Err(TensorError::InvalidArgument {
+                    op: "set_output_stride",
+                    reason: format!("output stride {other}: expected 8, 16 or 32"),
+                })
+            }
+        };
+        self.replace_stride_with_dilation(stages)
     }
 
     /// The key of the stem's (last) convolution: `conv1`, or `conv1.6` in ResNet-D's

@@ -216,8 +216,7 @@ fn perturb_batch_norms(model: &mut ResNet, seed: u64) {
 
 /// Convolution then batch norm by the textbook formula (no folding).
 fn conv_bn_reference(x: &Tensor, c: &ConvBn, relu: bool) -> Tensor {
-    let (mut y, _) =
-        reference::conv2d_grouped(x, &c.weight, None, c.stride, c.padding, c.groups).unwrap();
+    let (mut y, _) = reference::conv2d_with(x, &c.weight, None, c.conv()).unwrap();
     let [_, ch, h, w] = y.dims4("test").unwrap();
     let bn = &c.bn;
     for (i, v) in y.data_mut().iter_mut().enumerate() {
@@ -328,6 +327,56 @@ fn resnext_grouped_layers_have_torchvision_shapes() {
         assert_eq!(c4.weight.shape(), &last[..], "{arch}");
         assert_eq!((c1.groups, c4.groups), (groups, groups), "{arch}");
         assert_eq!(arch.groups(), groups);
+    }
+}
+
+#[test]
+fn replacing_strides_with_dilation_keeps_the_resolution() {
+    // torchvision: output stride 8 keeps layer3 and layer4 at layer2's 28 x 28, output
+    // stride 16 keeps layer4 at 14 x 14; the 3x3 convolutions' dilation grows 2, 4.
+    for (dilate, side, last_dilation) in [
+        ([false, false, false], 7, 1),
+        ([false, false, true], 14, 2),
+        ([false, true, true], 28, 4),
+    ] {
+        let mut m = ResNet::new(Arch::ResNet50, 10, 0).unwrap();
+        m.replace_stride_with_dilation(dilate).unwrap();
+        let layers = m.conv_layers([1, 3, 224, 224]).unwrap();
+        let last = layers.last().unwrap();
+        assert_eq!(&last.output[2..], &[side, side], "{dilate:?}");
+        let c = &m.stages[3][2].convs[1];
+        assert_eq!((c.dilation, c.padding), (last_dilation, last_dilation));
+        // The weights are the same (ResNet-50 with a 10-class head).
+        assert_eq!(m.num_parameters(), 25_557_032 - 990 * 2049);
+    }
+    // And back: the plain network again.
+    let mut m = ResNet::new(Arch::ResNet50, 10, 0).unwrap();
+    m.replace_stride_with_dilation([false, true, true]).unwrap();
+    m.replace_stride_with_dilation([false; 3]).unwrap();
+    assert_eq!(m, ResNet::new(Arch::ResNet50, 10, 0).unwrap());
+    for arch in [Arch::ResNet18, Arch::Cifar { depth: 20 }, Arch::ResNet50D] {
+        let mut m = ResNet::new(arch, 10, 0).unwrap();
+        let e = m
+            .replace_stride_with_dilation([false, true, true])
+            .unwrap_err();
+        assert!(e.to_string().contains(&arch.to_string()), "{e}");
+    }
+}
+
+#[test]
+fn dilated_resnet50_inference_equals_unfused_reference() {
+    let mut model = ResNet::new(Arch::ResNet50, 1000, 3).unwrap();
+    model
+        .replace_stride_with_dilation([false, true, true])
+        .unwrap();
+    perturb_batch_norms(&mut model, 4);
+    let x = Tensor::randn(&[1, 3, 40, 40], 0.0, 1.0, 5).unwrap();
+    let want = forward_reference(&model, &x);
+    let fast = InferenceModel::new(&model, Kernels::active().unwrap()).unwrap();
+    let got = fast.forward(&x).unwrap();
+    let scale = want.data().iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    for (g, w) in got.data().iter().zip(want.data()) {
+        assert!((g - w).abs() <= 1e-4 * scale, "fused {g}, reference {w}");
     }
 }
 

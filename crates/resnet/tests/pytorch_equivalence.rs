@@ -29,21 +29,31 @@ use resnet::{Arch, ConvLayout, Freeze, InferenceModel};
 use tensor::{Kernels, Tensor};
 
 fn stages(arch: Arch, file: &str, tol: f64) {
+    stages_dilated(arch, file, tol, [false; 3]);
+}
+
+/// [`stages`] of the backbone with `replace_stride_with_dilation = dilate`.
+fn stages_dilated(arch: Arch, file: &str, tol: f64, dilate: [bool; 3]) {
+    let fixture_model = |arch, classes| {
+        let mut m = fixture_model(arch, classes);
+        m.replace_stride_with_dilation(dilate).unwrap();
+        m
+    };
     let bytes = load_fixture(file);
     let fx = Fixture::new(&bytes);
     let input = fx.f32("input");
     each_tier(|k: Kernels| {
         // Both layouts: the blocked one is the ImageNet nets' default. Grouped
         // convolutions have no blocked route yet: refused there, by name.
-        let layouts: &[ConvLayout] = if arch.groups() > 1 {
+        let layouts: &[ConvLayout] = if arch.groups() > 1 || dilate.contains(&true) {
             let err = InferenceModel::from_model_with_layout(
                 fixture_model(arch, 1000),
                 k,
                 ConvLayout::Blocked,
             )
             .err()
-            .expect("the blocked layout refuses grouped convolutions");
-            assert!(err.to_string().contains("grouped"), "{err}");
+            .expect("the blocked layout refuses grouped and dilated convolutions");
+            assert!(err.to_string().contains("blocked layout"), "{err}");
             &[ConvLayout::Nchw]
         } else {
             &[ConvLayout::Blocked, ConvLayout::Nchw]
@@ -95,6 +105,15 @@ fn wide_resnet101_2_equals_pytorch_stage_by_stage() {
         Arch::WideResNet101_2,
         "wide_resnet101_2_stages.safetensors",
         1e-5,
+    );
+}
+
+fn resnet50_output_stride_8_equals_pytorch_stage_by_stage() {
+    stages_dilated(
+        Arch::ResNet50,
+        "resnet50_os8_stages.safetensors",
+        1e-5,
+        [false, true, true],
     );
 }
 
@@ -422,6 +441,7 @@ fn main() {
         wide_resnet101_2_equals_pytorch_stage_by_stage,
         resnet26d_equals_timm_stage_by_stage,
         resnext50_32x4d_equals_pytorch_stage_by_stage,
+        resnet50_output_stride_8_equals_pytorch_stage_by_stage,
         resnext50_training_step_equals_pytorch,
         resnet20_training_step_equals_pytorch,
         schedules_equal_torch_lr_schedulers,

@@ -127,8 +127,19 @@ fn a_training_step_updates_running_statistics_like_pytorch() {
 fn the_frozen_training_graph_equals_the_inference_model() {
     // ResNet-26-D at 37 x 37: its deep stem, and average-pooling shortcuts on odd sizes
     // (`ceil_mode`), recorded on the tape.
-    for (arch, side) in [(Arch::ResNet18, 40), (Arch::ResNet26D, 37)] {
+    // ResNeXt-50 (grouped) and a dilated ResNet-50 (output stride 8) too.
+    for (arch, side, dilate) in [
+        (Arch::ResNet18, 40, false),
+        (Arch::ResNet26D, 37, false),
+        (Arch::ResNeXt50_32x4d, 32, false),
+        (Arch::ResNet50, 32, true),
+    ] {
         let mut model = ResNet::new(arch, 7, 6).unwrap();
+        if dilate {
+            model
+                .replace_stride_with_dilation([false, true, true])
+                .unwrap();
+        }
         // timm's zero-initialised last batch norms would hide each block's convolutions.
         for (name, t) in model.named_tensors_mut() {
             if name.ends_with("bn3.weight") {
