@@ -8,7 +8,8 @@
 
 Cases (the targets of the ResNet and autograd issues):
 
-- `resnet18` .. `resnet152`, `wide_resnet50_2`, `wide_resnet101_2`, and timm's
+- `resnet18` .. `resnet152`, `wide_resnet50_2`, `wide_resnet101_2`,
+  `resnext50_32x4d`, `resnext101_32x8d`, `resnext101_64x4d`, and timm's
   `resnet26d`, `resnet50d`, `resnet101d` (`pip install timm`; random init, nothing
   downloaded): inference at batch `--batch` (default 1) on 224 x 224 (`resnet bench model`
   for ours; torchvision's (timm's) model in eval mode under `torch.inference_mode`, plain
@@ -64,7 +65,8 @@ def ours(binary, threads, args, seconds):
 
 
 TORCHVISION = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-               "wide_resnet50_2", "wide_resnet101_2")
+               "wide_resnet50_2", "wide_resnet101_2",
+               "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d")
 TIMM = ("resnet26d", "resnet50d", "resnet101d")
 
 
@@ -191,7 +193,7 @@ def main():
             else:
                 sys.exit(
                     f"unknown case {case!r} (resnet18/34/50/101/152, wide_resnet50_2/101_2, "
-                    "resnet26d/50d/101d or train)"
+                    "resnext50_32x4d/resnext101_32x8d/resnext101_64x4d, resnet26d/50d/101d or train)"
                 )
             ratios = {name: [] for name, _ in peers}
             for r in range(args.rounds):

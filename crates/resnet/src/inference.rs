@@ -374,11 +374,11 @@ impl InferenceModel {
     /// The layout a model runs fastest in: blocked for the ImageNet nets (ResNet-50's
     /// convolutions at batch 1, 2 threads, 0.85x the NCHW time, `docs/convolution.md`),
     /// NCHW for the CIFAR nets, whose channel-padding shortcuts the blocked path does
-    /// not have, and for ResNeXt and the dilated backbones, whose grouped and dilated
-    /// convolutions have no blocked route yet.
+    /// not have, and for the dilated backbones, whose dilated convolutions have no
+    /// blocked route yet. ResNeXt's grouped convolutions have one (`blocked-grouped`).
     pub fn default_layout(model: &ResNet) -> ConvLayout {
         let dilated = model.dilated_stages.iter().any(|&d| d);
-        if model.arch.is_cifar() || model.arch.groups() > 1 || dilated {
+        if model.arch.is_cifar() || dilated {
             ConvLayout::Nchw
         } else {
             ConvLayout::Blocked
@@ -628,7 +628,7 @@ fn split_block(block: &FusedBlock) -> Result<(&FusedConv, &[FusedConv])> {
         })
 }
 
-/// The blocked layout has no channel-padding (option-A) shortcut and no grouped
+/// The blocked layout has no channel-padding (option-A) shortcut and no dilated
 /// convolution.
 fn check_layout(model: &ResNet, layout: ConvLayout) -> Result<()> {
     if layout == ConvLayout::Blocked && model.dilated_stages.iter().any(|&d| d) {
@@ -638,16 +638,6 @@ fn check_layout(model: &ResNet, layout: ConvLayout) -> Result<()> {
                 "{} with dilated stages {:?} has dilated convolutions, which the blocked \
                  layout does not implement yet: use ConvLayout::Nchw",
                 model.arch, model.dilated_stages
-            ),
-        });
-    }
-    if layout == ConvLayout::Blocked && model.arch.groups() > 1 {
-        return Err(TensorError::InvalidArgument {
-            op: "InferenceModel",
-            reason: format!(
-                "{} has grouped convolutions, which the blocked layout does not implement \
-                 yet: use ConvLayout::Nchw",
-                model.arch
             ),
         });
     }

@@ -233,9 +233,14 @@ impl Kernels {
             });
         }
         if plan.groups() > 1 {
+            let packed = if plan.forward_family() == Forward::BlockedGrouped {
+                Packed::Blocked(self.pack_blocked_grouped_weights(w, plan.groups())?)
+            } else {
+                Packed::Grouped(self.pack_grouped(plan, w)?)
+            };
             return Ok(ConvWeights {
                 plan: *plan,
-                packed: Packed::Grouped(self.pack_grouped(plan, w)?),
+                packed,
             });
         }
         let [o, i, kh, kw] = shape;
@@ -244,6 +249,12 @@ impl Kernels {
                 Packed::Direct(DirectWeights::new(w.data(), shape, self.set().direct_ob))
             }
             Forward::Blocked => Packed::Blocked(self.pack_blocked_conv_weights(w)?),
+            Forward::BlockedGrouped => {
+                return Err(TensorError::InvalidArgument {
+                    op: "pack_conv",
+                    reason: "blocked-grouped runs grouped convolutions only".into(),
+                })
+            }
             Forward::GemmImage | Forward::GemmSubsampled | Forward::GemmIm2col => {
                 Packed::Gemm(self.pack_a(MatRef::row_major(w.data(), o, i * kh * kw)?))
             }
@@ -411,7 +422,7 @@ impl Kernels {
                 self.check_packed(a)?;
                 (Some(a), None)
             }
-            (Forward::Blocked, _) => {
+            (Forward::Blocked | Forward::BlockedGrouped, _) => {
                 return Err(TensorError::InvalidArgument {
                     op: "conv2d",
                     reason: "this plan runs in the blocked layout: use blocked_conv2d".into(),

@@ -23,10 +23,16 @@ use crate::workspace::{Scratch, Workspace};
 #[derive(Clone, Debug)]
 pub struct BlockedConvWeights {
     data: Vec<f32>,
-    /// OIHW.
+    /// OIHW (`[O, C / groups, kh, kw]` for a grouped convolution).
     shape: [usize; 4],
     lanes: usize,
     f: usize,
+    /// A grouped convolution's groups and super-groups (`super::blocked_groups`): `(groups,
+    /// input, output)` channels of each super-group, read as one dense convolution by the
+    /// single-block kernel
+    /// (`f` is then 1: one output block per weight group, `[CB of its super-group][kh]
+    /// [kw][L ic][1][L oc]`, zero between its groups).
+    groups: Option<(usize, usize, usize)>,
 }
 
 /// Input channels the kernel reads per block: all `l` lanes, except for an input of
@@ -76,6 +82,58 @@ impl Kernels {
             shape: [o, c, kh, kw],
             lanes: l,
             f,
+            groups: None,
+        })
+    }
+
+    /// Grouped OIHW weights (`[O, C / groups, kh, kw]`) laid out for the single-block
+    /// kernel, output block by output block, each over its super-group's input blocks.
+    pub(crate) fn pack_blocked_grouped_weights(
+        &self,
+        w: &Tensor,
+        groups: usize,
+    ) -> Result<BlockedConvWeights> {
+        let [o, cg, kh, kw] = w.dims4("pack_blocked_grouped_weights")?;
+        let l = self.lanes();
+        let c = cg * groups;
+        let (sg_in, sg_out) =
+            super::blocked_groups(c, o, groups, l).ok_or_else(|| TensorError::InvalidArgument {
+                op: "pack_blocked_grouped_weights",
+                reason: format!("{c} to {o} channels in {groups} groups fit no blocked route"),
+            })?;
+        let og = o / groups;
+        let (ob, in_blocks) = (o.div_ceil(l), sg_in / l);
+        let per_block = in_blocks * kh * kw * l * l;
+        let mut data = vec![0.0f32; ob * per_block];
+        let wd = w.data();
+        for (b, out) in data.chunks_exact_mut(per_block).enumerate() {
+            // The super-group of output block b, and its first input channel.
+            let c0 = (b * l / sg_out) * sg_in;
+            let mut at = 0;
+            for cbi in 0..in_blocks {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        for ic in 0..l {
+                            for oc in 0..l {
+                                let (oo, cc) = (b * l + oc, c0 + cbi * l + ic);
+                                // Only inputs of the output's own group count.
+                                if oo < o && cc / cg == oo / og {
+                                    let j = cc - (oo / og) * cg;
+                                    out[at] = wd[((oo * cg + j) * kh + ky) * kw + kx];
+                                }
+                                at += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(BlockedConvWeights {
+            data,
+            shape: [o, cg, kh, kw],
+            lanes: l,
+            f: 1,
+            groups: Some((groups, sg_in, sg_out)),
         })
     }
 
@@ -109,7 +167,9 @@ impl Kernels {
         let op = "blocked_conv2d";
         self.check_plan(op, weights.plan())?;
         let (w, p) = match (weights.plan().routes(x.shape)?.forward, weights.packed()) {
-            (Forward::Blocked, Packed::Blocked(w)) => (w, weights.plan().conv()),
+            (Forward::Blocked | Forward::BlockedGrouped, Packed::Blocked(w)) => {
+                (w, weights.plan().conv())
+            }
             (route, _) => {
                 return Err(TensorError::InvalidArgument {
                     op,
@@ -128,11 +188,12 @@ impl Kernels {
         }
         let [n, c, h, wd] = x.shape;
         let [o, wc, kh, kw] = w.shape;
-        if wc != c {
+        let conv_groups = w.groups.map_or(1, |(g, _, _)| g);
+        if wc * conv_groups != c {
             return Err(TensorError::ShapeMismatch {
                 op,
                 arg: "weights",
-                expected: vec![o, c, kh, kw],
+                expected: vec![o, c / conv_groups, kh, kw],
                 got: w.shape.to_vec(),
             });
         }
@@ -162,7 +223,7 @@ impl Kernels {
             }
         }
         expect_blocked(op, "y", y, l, shape)?;
-        if w.f != self.set().blocked_f {
+        if w.groups.is_none() && w.f != self.set().blocked_f {
             return Err(TensorError::InvalidArgument {
                 op,
                 reason: format!(
@@ -175,6 +236,14 @@ impl Kernels {
         }
         let (cb, ob, f) = (x.blocks(), o.div_ceil(l), w.f);
         let groups = ob.div_ceil(f);
+        // The input blocks each group of output blocks reads: all of them, or for a
+        // grouped convolution its super-group's (`super::blocked_groups`), from
+        // `in_start(g)`.
+        let (in_blocks, sg) = match w.groups {
+            None => (cb, None),
+            Some((_, sg_in, sg_out)) => (sg_in / l, Some((sg_in, sg_out))),
+        };
+        let in_start = |g: usize| sg.map_or(0, |(sg_in, sg_out)| (g * l / sg_out) * sg_in / l);
         // The unsafe tiles below trust these lengths: check them (and that no size
         // wraps around) first.
         let pad = p.padding;
@@ -190,7 +259,7 @@ impl Kernels {
         };
         let padded_len = checked_len(op, &[n, cb, ph, pw, l])?;
         let icb = block_channels(c, l);
-        let w_group = checked_len(op, &[cb, kh, kw, icb, f, l])?;
+        let w_group = checked_len(op, &[in_blocks, kh, kw, icb, f, l])?;
         let lengths_agree = x.data.len() == checked_len(op, &[n, cb, h, wd, l])?
             && y.data.len() == checked_len(op, &[n, ob, oh, ow, l])?
             && residual.is_none_or(|r| r.data.len() == y.data.len())
@@ -257,7 +326,13 @@ impl Kernels {
                 &x.data
             };
             let set = self.set();
-            let pmax = set.blocked_tiles.len();
+            // A grouped convolution's groups each get the single-block kernel.
+            let kernels = if sg.is_some() {
+                set.blocked1_tiles
+            } else {
+                set.blocked_tiles
+            };
+            let pmax = kernels.len();
             let (x_cb, x_row) = (ph * pw * l, pw * l);
             let (in_image, plane) = (cb * x_cb, oh * ow);
             let out_image = ob * plane * l;
@@ -292,11 +367,11 @@ impl Kernels {
                     let pn = base + usize::from(ti < extra);
                     let at = b * out_image + g * f * plane * l + q * l;
                     let tile = BlockedTile {
-                        x: xin[b * in_image..].as_ptr(),
+                        x: xin[b * in_image + in_start(g) * x_cb..].as_ptr(),
                         x_off: offs[q..].as_ptr(),
                         x_cb,
                         x_row,
-                        cb,
+                        cb: in_blocks,
                         icb,
                         kh,
                         kw,
@@ -317,13 +392,13 @@ impl Kernels {
                     // g are `w_group` floats; the tile writes (and reads, for the residual)
                     // `fv` blocks of `pn` pixels inside image b's output. Tasks differ in
                     // (b, g, run): disjoint outputs.
-                    unsafe { (set.blocked_tiles[pn - 1])(&tile) };
+                    unsafe { (kernels[pn - 1])(&tile) };
                     q += pn;
                 }
                 debug_assert_eq!(q, q1);
             };
             let tasks = n * groups * runs;
-            let work = [plane, f, groups, l, cb, l, kh, kw]
+            let work = [plane, f, groups, l, in_blocks, l, kh, kw]
                 .iter()
                 .fold(n, |a, &d| a.saturating_mul(d));
             if work >= 1 << 18 && rayon::current_num_threads() > 1 {

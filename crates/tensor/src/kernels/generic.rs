@@ -100,6 +100,9 @@ super::tier_entry_points!(
     direct_xv = [(1, generic_f32_4x4_direct), (2, generic_f32_4x8_direct)],
     dot = [2, 4, generic_f32_2x4_rowdot],
     blocked = [2; (1, generic_f32_2x4x1_blocked), (2, generic_f32_2x4x2_blocked), (3, generic_f32_2x4x3_blocked), (4, generic_f32_2x4x4_blocked)],
+    // One output block by up to 8 pixels: grouped convolutions in the blocked layout
+    // (8 accumulators, a weight vector and a broadcast fit every tier's registers).
+    blocked1 = [(1, generic_f32_1x4x1_blocked), (2, generic_f32_1x4x2_blocked), (3, generic_f32_1x4x3_blocked), (4, generic_f32_1x4x4_blocked), (5, generic_f32_1x4x5_blocked), (6, generic_f32_1x4x6_blocked), (7, generic_f32_1x4x7_blocked), (8, generic_f32_1x4x8_blocked)],
     outer = [(2, 4, generic_f32_2x4x4_outer)],
     #[inline]
 );

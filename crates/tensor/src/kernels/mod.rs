@@ -249,6 +249,10 @@ pub(crate) struct KernelSet {
     /// `blocked_tiles[p - 1]` computes `blocked_f` blocks by `p` pixels.
     pub blocked_f: usize,
     pub blocked_tiles: &'static [BlockedTileFn],
+    /// The same kernel for a single output block (`F = 1`), by up to
+    /// `blocked1_tiles.len()` pixels: grouped convolutions in the blocked layout, whose
+    /// output blocks each read their own group's input blocks.
+    pub blocked1_tiles: &'static [BlockedTileFn],
     /// Transposes a `lanes x lanes` block: `(src, src row stride, dst, dst row stride)`.
     pub transpose_block: unsafe fn(*const f32, usize, *mut f32, usize),
     /// The weight gradient's outer-product microkernels (`outer::outer_tile`) as
@@ -340,6 +344,7 @@ macro_rules! tier_entry_points {
      direct_xv = [$(($xv:literal, $direct:ident)),+],
      dot = [$mi:literal, $nj:literal, $dot:ident],
      blocked = [$bf:literal; $(($bp:literal, $blocked:ident)),+],
+     blocked1 = [$(($bp1:literal, $blocked1:ident)),+],
      outer = [$(($of:literal, $op:literal, $outer:ident)),+],
      #[$attr:meta]) => {
         mod entry {
@@ -360,6 +365,14 @@ macro_rules! tier_entry_points {
                 }
             )+
             static BLOCKED_TILES: &[BlockedTileFn] = &[$($blocked),+];
+
+            $(
+                #[$attr]
+                unsafe fn $blocked1(t: &blocked_tile::BlockedTile) {
+                    blocked_tile::blocked_tile::<$S, 1, $bp1>(t)
+                }
+            )+
+            static BLOCKED1_TILES: &[BlockedTileFn] = &[$($blocked1),+];
 
             $(
                 #[$attr]
@@ -399,7 +412,8 @@ macro_rules! tier_entry_points {
             /// Every microkernel's name, as its function is named.
             static TILE_NAMES: &[&str] = &[
                 $(stringify!($gemm)),+, stringify!($narrow_name), $(stringify!($direct)),+,
-                stringify!($dot), $(stringify!($blocked)),+, $(stringify!($outer)),+
+                stringify!($dot), $(stringify!($blocked)),+, $(stringify!($blocked1)),+,
+                $(stringify!($outer)),+
             ];
 
             #[$attr]
@@ -525,6 +539,7 @@ macro_rules! tier_entry_points {
                 tile_names: TILE_NAMES,
                 blocked_f: $bf,
                 blocked_tiles: BLOCKED_TILES,
+                blocked1_tiles: BLOCKED1_TILES,
                 outer_tiles: OUTER_TILES,
                 transpose_block,
             };
@@ -757,6 +772,13 @@ impl Kernels {
     pub fn blocked_kernel_name(&self) -> String {
         let (f, p) = (self.set.blocked_f, self.set.blocked_tiles.len());
         format!("{}_f32_{f}x{}x{p}_blocked", self.set.isa, self.set.lanes)
+    }
+
+    /// The blocked layout's single-block microkernel (grouped convolutions): one output
+    /// block of `L` lanes by up to `P` pixels.
+    pub fn blocked1_kernel_name(&self) -> String {
+        let p = self.set.blocked1_tiles.len();
+        format!("{}_f32_1x{}x{p}_blocked", self.set.isa, self.set.lanes)
     }
 
     /// The weight gradient's outer-product microkernel of `f` vectors of output
@@ -1051,6 +1073,7 @@ mod tests {
                 k.gemm_kernel_name(),
                 k.direct_kernel_name(),
                 k.blocked_kernel_name(),
+                k.blocked1_kernel_name(),
                 k.dot_kernel_name(),
             ];
             computed.extend(
@@ -1072,6 +1095,7 @@ mod tests {
                 + set.direct_tiles.len()
                 + 1
                 + set.blocked_tiles.len()
+                + set.blocked1_tiles.len()
                 + set.outer_tiles.len();
             assert_eq!(
                 set.tile_names.len(),

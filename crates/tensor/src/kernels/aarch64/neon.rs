@@ -89,5 +89,8 @@ crate::kernels::tier_entry_points!(
     direct_xv = [(1, neon_f32_8x4_direct), (2, neon_f32_8x8_direct), (3, neon_f32_8x12_direct)],
     dot = [4, 6, neon_f32_4x6_rowdot],
     blocked = [4; (1, neon_f32_4x4x1_blocked), (2, neon_f32_4x4x2_blocked), (3, neon_f32_4x4x3_blocked), (4, neon_f32_4x4x4_blocked), (5, neon_f32_4x4x5_blocked), (6, neon_f32_4x4x6_blocked)],
+    // One output block by up to 12 pixels: grouped convolutions in the blocked layout
+    // (12 accumulators, a weight vector and a broadcast fit every tier's registers).
+    blocked1 = [(1, neon_f32_1x4x1_blocked), (2, neon_f32_1x4x2_blocked), (3, neon_f32_1x4x3_blocked), (4, neon_f32_1x4x4_blocked), (5, neon_f32_1x4x5_blocked), (6, neon_f32_1x4x6_blocked), (7, neon_f32_1x4x7_blocked), (8, neon_f32_1x4x8_blocked), (9, neon_f32_1x4x9_blocked), (10, neon_f32_1x4x10_blocked), (11, neon_f32_1x4x11_blocked), (12, neon_f32_1x4x12_blocked)],
     outer = [(2, 12, neon_f32_2x4x12_outer), (4, 6, neon_f32_4x4x6_outer)],
     #[target_feature(enable = "neon")]);

@@ -151,5 +151,8 @@ crate::kernels::tier_entry_points!(
     dot = [3, 4, avx2_f32_3x4_rowdot],
     // 2 x 6 accumulators + 2 weight vectors + a broadcast: 15 of 16 registers.
     blocked = [2; (1, avx2_f32_2x8x1_blocked), (2, avx2_f32_2x8x2_blocked), (3, avx2_f32_2x8x3_blocked), (4, avx2_f32_2x8x4_blocked), (5, avx2_f32_2x8x5_blocked), (6, avx2_f32_2x8x6_blocked)],
+    // One output block by up to 12 pixels: grouped convolutions in the blocked layout
+    // (12 accumulators, a weight vector and a broadcast fit every tier's registers).
+    blocked1 = [(1, avx2_f32_1x8x1_blocked), (2, avx2_f32_1x8x2_blocked), (3, avx2_f32_1x8x3_blocked), (4, avx2_f32_1x8x4_blocked), (5, avx2_f32_1x8x5_blocked), (6, avx2_f32_1x8x6_blocked), (7, avx2_f32_1x8x7_blocked), (8, avx2_f32_1x8x8_blocked), (9, avx2_f32_1x8x9_blocked), (10, avx2_f32_1x8x10_blocked), (11, avx2_f32_1x8x11_blocked), (12, avx2_f32_1x8x12_blocked)],
     outer = [(2, 6, avx2_f32_2x8x6_outer)],
     #[target_feature(enable = "avx2,fma")]);

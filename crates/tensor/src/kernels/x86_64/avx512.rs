@@ -182,6 +182,9 @@ crate::kernels::tier_entry_points!(
     direct_xv = [(1, avx512_f32_8x16_direct), (2, avx512_f32_8x32_direct), (3, avx512_f32_8x48_direct)],
     dot = [4, 6, avx512_f32_4x6_rowdot],
     blocked = [4; (1, avx512_f32_4x16x1_blocked), (2, avx512_f32_4x16x2_blocked), (3, avx512_f32_4x16x3_blocked), (4, avx512_f32_4x16x4_blocked), (5, avx512_f32_4x16x5_blocked), (6, avx512_f32_4x16x6_blocked)],
+    // One output block by up to 12 pixels: grouped convolutions in the blocked layout
+    // (12 accumulators, a weight vector and a broadcast fit every tier's registers).
+    blocked1 = [(1, avx512_f32_1x16x1_blocked), (2, avx512_f32_1x16x2_blocked), (3, avx512_f32_1x16x3_blocked), (4, avx512_f32_1x16x4_blocked), (5, avx512_f32_1x16x5_blocked), (6, avx512_f32_1x16x6_blocked), (7, avx512_f32_1x16x7_blocked), (8, avx512_f32_1x16x8_blocked), (9, avx512_f32_1x16x9_blocked), (10, avx512_f32_1x16x10_blocked), (11, avx512_f32_1x16x11_blocked), (12, avx512_f32_1x16x12_blocked)],
     // The weight gradient's outer-product tiles: 2 x 12 (24 accumulators) for two
     // vectors of output channels, 4 x 6 for four or more. Measured (in-process A/B,
     // ResNet-20's layers at batch 128, 2 threads): 2 x 12 over 2 x 8 0.93-0.99.
