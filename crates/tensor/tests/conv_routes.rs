@@ -387,7 +387,7 @@ fn blocked_grouped(kern: Kernels) -> CheckResult {
     let l = kern.lanes();
     let narrow: Vec<usize> = [1, 2, 4, 8]
         .into_iter()
-        .filter(|d| d < &l && l % d == 0)
+        .filter(|d| d < &l && l.is_multiple_of(*d))
         .collect();
     let per_group = prop_oneof![
         // Whole blocks: (cg, og) multiples of the block.
