@@ -287,32 +287,48 @@ pub fn scaling(
     Ok(())
 }
 
+/// A convolution layer to time: `(name, in, out, kernel, stride, padding, input size,
+/// groups)`.
+pub type ConvLayer = (&'static str, usize, usize, usize, usize, usize, usize, usize);
+
+/// The distinct grouped 3x3 convolutions of ResNeXt-50 32x4d at 224x224 (32 groups of
+/// 4, 8, 16 and 32 channels).
+pub const RESNEXT50_GROUPED: &[ConvLayer] = &[
+    ("layer1_3x3_128_g32", 128, 128, 3, 1, 1, 56, 32),
+    ("layer2.0_3x3s2_256_g32", 256, 256, 3, 2, 1, 56, 32),
+    ("layer2_3x3_256_g32", 256, 256, 3, 1, 1, 28, 32),
+    ("layer3.0_3x3s2_512_g32", 512, 512, 3, 2, 1, 28, 32),
+    ("layer3_3x3_512_g32", 512, 512, 3, 1, 1, 14, 32),
+    ("layer4.0_3x3s2_1024_g32", 1024, 1024, 3, 2, 1, 14, 32),
+    ("layer4_3x3_1024_g32", 1024, 1024, 3, 1, 1, 7, 32),
+];
+
 /// Every distinct convolution of ResNet-50 at 224x224: `(name, in, out, kernel, stride,
-/// padding, input size)`.
-pub const RESNET50_CONVS: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
-    ("conv1_7x7s2", 3, 64, 7, 2, 3, 224),
-    ("layer1_1x1_64_64", 64, 64, 1, 1, 0, 56),
-    ("layer1_3x3_64", 64, 64, 3, 1, 1, 56),
-    ("layer1_1x1_64_256", 64, 256, 1, 1, 0, 56),
-    ("layer1_1x1_256_64", 256, 64, 1, 1, 0, 56),
-    ("layer2_1x1_256_128", 256, 128, 1, 1, 0, 56),
-    ("layer2_3x3s2_128", 128, 128, 3, 2, 1, 56),
-    ("layer2_3x3_128", 128, 128, 3, 1, 1, 28),
-    ("layer2_1x1_128_512", 128, 512, 1, 1, 0, 28),
-    ("layer2_down_1x1s2_256_512", 256, 512, 1, 2, 0, 56),
-    ("layer2_1x1_512_128", 512, 128, 1, 1, 0, 28),
-    ("layer3_1x1_512_256", 512, 256, 1, 1, 0, 28),
-    ("layer3_3x3s2_256", 256, 256, 3, 2, 1, 28),
-    ("layer3_3x3_256", 256, 256, 3, 1, 1, 14),
-    ("layer3_1x1_256_1024", 256, 1024, 1, 1, 0, 14),
-    ("layer3_down_1x1s2_512_1024", 512, 1024, 1, 2, 0, 28),
-    ("layer3_1x1_1024_256", 1024, 256, 1, 1, 0, 14),
-    ("layer4_1x1_1024_512", 1024, 512, 1, 1, 0, 14),
-    ("layer4_3x3s2_512", 512, 512, 3, 2, 1, 14),
-    ("layer4_3x3_512", 512, 512, 3, 1, 1, 7),
-    ("layer4_1x1_512_2048", 512, 2048, 1, 1, 0, 7),
-    ("layer4_down_1x1s2_1024_2048", 1024, 2048, 1, 2, 0, 14),
-    ("layer4_1x1_2048_512", 2048, 512, 1, 1, 0, 7),
+/// padding, input size, groups)`.
+pub const RESNET50_CONVS: &[ConvLayer] = &[
+    ("conv1_7x7s2", 3, 64, 7, 2, 3, 224, 1),
+    ("layer1_1x1_64_64", 64, 64, 1, 1, 0, 56, 1),
+    ("layer1_3x3_64", 64, 64, 3, 1, 1, 56, 1),
+    ("layer1_1x1_64_256", 64, 256, 1, 1, 0, 56, 1),
+    ("layer1_1x1_256_64", 256, 64, 1, 1, 0, 56, 1),
+    ("layer2_1x1_256_128", 256, 128, 1, 1, 0, 56, 1),
+    ("layer2_3x3s2_128", 128, 128, 3, 2, 1, 56, 1),
+    ("layer2_3x3_128", 128, 128, 3, 1, 1, 28, 1),
+    ("layer2_1x1_128_512", 128, 512, 1, 1, 0, 28, 1),
+    ("layer2_down_1x1s2_256_512", 256, 512, 1, 2, 0, 56, 1),
+    ("layer2_1x1_512_128", 512, 128, 1, 1, 0, 28, 1),
+    ("layer3_1x1_512_256", 512, 256, 1, 1, 0, 28, 1),
+    ("layer3_3x3s2_256", 256, 256, 3, 2, 1, 28, 1),
+    ("layer3_3x3_256", 256, 256, 3, 1, 1, 14, 1),
+    ("layer3_1x1_256_1024", 256, 1024, 1, 1, 0, 14, 1),
+    ("layer3_down_1x1s2_512_1024", 512, 1024, 1, 2, 0, 28, 1),
+    ("layer3_1x1_1024_256", 1024, 256, 1, 1, 0, 14, 1),
+    ("layer4_1x1_1024_512", 1024, 512, 1, 1, 0, 14, 1),
+    ("layer4_3x3s2_512", 512, 512, 3, 2, 1, 14, 1),
+    ("layer4_3x3_512", 512, 512, 3, 1, 1, 7, 1),
+    ("layer4_1x1_512_2048", 512, 2048, 1, 1, 0, 7, 1),
+    ("layer4_down_1x1s2_1024_2048", 1024, 2048, 1, 2, 0, 14, 1),
+    ("layer4_1x1_2048_512", 2048, 512, 1, 1, 0, 7, 1),
 ];
 
 /// Which route `resnet bench conv` runs each layer by (`--path`).
@@ -403,6 +419,7 @@ pub fn conv(
     threads: usize,
     batches: &[usize],
     route: ConvRoute,
+    layers: &[ConvLayer],
     budget: Duration,
     json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
@@ -417,14 +434,15 @@ pub fn conv(
         ))?;
     }
     for &batch in batches {
-        for &(name, cin, cout, ks, stride, pad, size) in RESNET50_CONVS {
+        for &(name, cin, cout, ks, stride, pad, size, groups) in layers {
             let x = Tensor::randn(&[batch, cin, size, size], 0.0, 1.0, 1)?;
-            let w = Tensor::randn(&[cout, cin, ks, ks], 0.0, 0.05, 2)?;
+            let cg = cin / groups;
+            let w = Tensor::randn(&[cout, cg, ks, ks], 0.0, 0.05, 2)?;
             let bias = vec![0.01f32; cout];
-            let p = Conv2d::new(stride, pad);
+            let p = Conv2d::new(stride, pad).with_groups(groups);
             let [oh, ow] = p.output_size(size, size, ks, ks)?;
             let input = [batch, cin, size, size];
-            let Some(plan) = route.plan(k, [cout, cin, ks, ks], p, input) else {
+            let Some(plan) = route.plan(k, [cout, cg, ks, ks], p, input) else {
                 if !json {
                     crate::emit(&format!(
                         "{name:<28} {batch:>5}  n/a: --path {route} does not run this layer"
@@ -434,7 +452,7 @@ pub fn conv(
             };
             let forward = plan.routes(input)?.forward;
             let packed = k.pack_conv(&plan, &w)?;
-            let t = if forward == Forward::Blocked {
+            let t = if forward.layout() == Layout::Blocked {
                 let xb = k.to_blocked(&x)?;
                 let mut y = tensor::BlockedTensor::zeros(k, [batch, cout, oh, ow])?;
                 best_time(budget, || {
@@ -450,7 +468,8 @@ pub fn conv(
                 let steps = [Epilogue::Bias(&bias), Epilogue::Relu];
                 best_time(budget, || k.conv2d_into(&x, &packed, &steps, &mut y))?
             };
-            let flops = 2.0 * (batch * cout * oh * ow * cin * ks * ks) as f64;
+            // Real multiply-adds: each output reads its group's inputs only.
+            let flops = 2.0 * (batch * cout * oh * ow * cg * ks * ks) as f64;
             let gflops = flops / t.as_secs_f64() / 1e9;
             let pct = 100.0 * gflops / peak;
             let ms = t.as_secs_f64() * 1e3;
@@ -459,7 +478,7 @@ pub fn conv(
                 crate::emit(
                     &serde_json::json!({
                         "bench": "conv", "name": name, "batch": batch, "m": cout,
-                        "n": batch * oh * ow, "k": cin * ks * ks, "impl": "ours",
+                        "n": batch * oh * ow, "k": cg * ks * ks, "groups": groups, "impl": "ours",
                         "path": route.to_string(), "route": forward.to_string(),
                         "microkernel": kernel.to_string(), "threads": threads,
                         "ms": round(ms, 3), "gflops": round(gflops, 2), "peak_pct": round(pct, 1),

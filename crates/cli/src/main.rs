@@ -280,6 +280,11 @@ enum BenchCommand {
         /// (`resnet info --plan` lists them: gemm-im2col, direct-planar, ...).
         #[arg(long, default_value = "auto")]
         path: String,
+        /// The layers: `resnet50` (every distinct convolution of ResNet-50) or
+        /// `resnext50` (the grouped 3x3 convolutions of ResNeXt-50 32x4d; GFLOP/s count
+        /// their real multiply-adds).
+        #[arg(long, default_value = "resnet50")]
+        layers: String,
     },
 }
 
@@ -506,12 +511,26 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     }
                     bench::train(&k, threads, arch.parse()?, batch, budget, json)
                 }
-                BenchCommand::Conv { batch, path } => {
+                BenchCommand::Conv {
+                    batch,
+                    path,
+                    layers,
+                } => {
                     if batch.contains(&0) {
                         return Err("--batch sizes must be at least 1".into());
                     }
                     let route: bench::ConvRoute = path.parse()?;
-                    bench::conv(&k, threads, &batch, route, budget, json)
+                    let layers = match layers.as_str() {
+                        "resnet50" => bench::RESNET50_CONVS,
+                        "resnext50" => bench::RESNEXT50_GROUPED,
+                        other => {
+                            return Err(format!(
+                                "unknown --layers {other:?}: resnet50 or resnext50"
+                            )
+                            .into())
+                        }
+                    };
+                    bench::conv(&k, threads, &batch, route, layers, budget, json)
                 }
             }
         }
