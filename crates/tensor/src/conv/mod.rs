@@ -1,5 +1,5 @@
-//! Convolution (NCHW input, OIHW weights, groups = 1): the **plan** that chooses how each
-//! layer runs, and the routes it chooses between.
+//! Convolution (NCHW input, OIHW weights; channel groups and dilation too): the **plan**
+//! that chooses how each layer runs, and the routes it chooses between.
 //!
 //! A [`ConvPlan`] is made once per layer from what the layer is (its weights' shape, its
 //! stride and padding), the tier's [`Kernels`], the [`Mode`] (inference, or training,
@@ -23,6 +23,9 @@
 //!
 //! | rung | route | when |
 //! |---|---|---|
+//! | dilated | the rungs below, once per phase | dilation above 1: a "same" layer (stride 1, padding `d (k - 1) / 2`) splits into `d^2` undilated convolutions of the image's phases ([`ConvPlan::phase_plan`], `dilated.rs`); other dilated layers are refused by name |
+//! | forward, grouped, 0 | [`Forward::BlockedGrouped`] | groups above 1 in the blocked layout: the single-block kernel over each output block's group of input blocks (`blocked_groups` says which groups fit) |
+//! | grouped | the rungs below, once per group | groups above 1 in NCHW (and every backward): each group a dense convolution of its channels ([`ConvPlan::group_plan`], `grouped.rs`) |
 //! | forward, 1 | [`Forward::Blocked`] | blocked layout, except an input of fewer channels than a vector (the RGB stem) |
 //! | forward, 2 | [`Forward::Direct`] | a kernel larger than 1x1 and at most 64 output channels |
 //! | forward, 3 | [`Forward::GemmImage`] | 1x1, stride 1, unpadded |
@@ -38,8 +41,9 @@
 //! Each route family has a file of its own in this folder: `forward.rs` (the entry
 //! points and the three GEMM routes, over `crate::gemm`), `direct.rs` (the direct
 //! kernel's forms, and the transposed ones of `dX`), `nchwc.rs` (the blocked layout's
-//! kernel), `weight_grad.rs` (`dW`) and `backward.rs` (the backward's driver and the
-//! GEMM + col2im route of `dX`). The copies they share (padding, phase planes,
+//! kernel, grouped or not), `weight_grad.rs` (`dW`), `backward.rs` (the backward's
+//! driver and the GEMM + col2im route of `dX`), `grouped.rs` and `dilated.rs` (groups and
+//! phases run through the dense routes). The copies they share (padding, phase planes,
 //! per-channel views) are in `crate::layout`. `docs/convolution.md` explains them with
 //! their measurements.
 
@@ -109,7 +113,7 @@ pub enum Forward {
     /// A grouped convolution in the blocked layout: each output block by the
     /// single-block kernel over its group's input blocks only (groups narrower than a
     /// block are read as one block of several groups, the weights zero between groups;
-    /// see [`blocked_groups`]).
+    /// see `blocked_groups` in `conv/mod.rs`).
     BlockedGrouped,
 }
 
