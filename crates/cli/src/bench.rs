@@ -289,7 +289,16 @@ pub fn scaling(
 
 /// A convolution layer to time: `(name, in, out, kernel, stride, padding, input size,
 /// groups)`.
-pub type ConvLayer = (&'static str, usize, usize, usize, usize, usize, usize, usize);
+pub type ConvLayer = (
+    &'static str,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+);
 
 /// The distinct grouped 3x3 convolutions of ResNeXt-50 32x4d at 224x224 (32 groups of
 /// 4, 8, 16 and 32 channels).

@@ -374,11 +374,10 @@ impl InferenceModel {
     /// The layout a model runs fastest in: blocked for the ImageNet nets (ResNet-50's
     /// convolutions at batch 1, 2 threads, 0.85x the NCHW time, `docs/convolution.md`),
     /// NCHW for the CIFAR nets, whose channel-padding shortcuts the blocked path does
-    /// not have, and for the dilated backbones, whose dilated convolutions have no
-    /// blocked route yet. ResNeXt's grouped convolutions have one (`blocked-grouped`).
+    /// not have. ResNeXt's grouped convolutions and the dilated backbones' dilated ones
+    /// run in it too (`blocked-grouped`, and the blocked kernel reading dilated taps).
     pub fn default_layout(model: &ResNet) -> ConvLayout {
-        let dilated = model.dilated_stages.iter().any(|&d| d);
-        if model.arch.is_cifar() || dilated {
+        if model.arch.is_cifar() {
             ConvLayout::Nchw
         } else {
             ConvLayout::Blocked
@@ -628,19 +627,8 @@ fn split_block(block: &FusedBlock) -> Result<(&FusedConv, &[FusedConv])> {
         })
 }
 
-/// The blocked layout has no channel-padding (option-A) shortcut and no dilated
-/// convolution.
+/// The blocked layout has no channel-padding (option-A) shortcut.
 fn check_layout(model: &ResNet, layout: ConvLayout) -> Result<()> {
-    if layout == ConvLayout::Blocked && model.dilated_stages.iter().any(|&d| d) {
-        return Err(TensorError::InvalidArgument {
-            op: "InferenceModel",
-            reason: format!(
-                "{} with dilated stages {:?} has dilated convolutions, which the blocked \
-                 layout does not implement yet: use ConvLayout::Nchw",
-                model.arch, model.dilated_stages
-            ),
-        });
-    }
     let pads = model
         .stages
         .iter()

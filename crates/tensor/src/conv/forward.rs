@@ -226,14 +226,17 @@ impl Kernels {
             });
         }
         self.check_plan("pack_conv", plan)?;
-        if plan.dilation() > 1 {
+        // (A dilated layer in the blocked layout needs no phases: packed as any other.)
+        let blocked = plan.layout() == super::Layout::Blocked
+            && plan.forward_family().layout() == super::Layout::Blocked;
+        if plan.dilation() > 1 && !blocked {
             return Ok(ConvWeights {
                 plan: *plan,
                 packed: Packed::Dilated(Box::new(self.pack_dilated(plan, w)?)),
             });
         }
         if plan.groups() > 1 {
-            let packed = if plan.forward_family() == Forward::BlockedGrouped {
+            let packed = if plan.layout() == super::Layout::Blocked {
                 Packed::Blocked(self.pack_blocked_grouped_weights(w, plan.groups())?)
             } else {
                 Packed::Grouped(self.pack_grouped(plan, w)?)

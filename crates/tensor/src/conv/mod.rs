@@ -23,7 +23,8 @@
 //!
 //! | rung | route | when |
 //! |---|---|---|
-//! | dilated | the rungs below, once per phase | dilation above 1: a "same" layer (stride 1, padding `d (k - 1) / 2`) splits into `d^2` undilated convolutions of the image's phases ([`ConvPlan::phase_plan`], `dilated.rs`); other dilated layers are refused by name |
+//! | dilated, blocked | [`Forward::Blocked`] / [`Forward::BlockedGrouped`] | dilation above 1 in the blocked layout: the kernel steps `d` rows and columns between taps |
+//! | dilated | the rungs below, once per phase | dilation above 1 in NCHW: a "same" layer (stride 1, padding `d (k - 1) / 2`) splits into `d^2` undilated convolutions of the image's phases ([`ConvPlan::phase_plan`], `dilated.rs`); other dilated layers are refused by name |
 //! | forward, grouped, 0 | [`Forward::BlockedGrouped`] | groups above 1 in the blocked layout: the single-block kernel over each output block's group of input blocks (`blocked_groups` says which groups fit) |
 //! | grouped | the rungs below, once per group | groups above 1 in NCHW (and every backward): each group a dense convolution of its channels ([`ConvPlan::group_plan`], `grouped.rs`) |
 //! | forward, 1 | [`Forward::Blocked`] | blocked layout, except an input of fewer channels than a vector (the RGB stem) |
@@ -186,7 +187,8 @@ pub struct Routes {
     /// The routes run once per channel group ([`ConvPlan::group_plan`]) when above 1.
     pub groups: usize,
     /// The routes run once per phase of a `dilation x dilation` split of the image
-    /// ([`ConvPlan::phase_plan`]) when above 1.
+    /// ([`ConvPlan::phase_plan`]) when above 1. A dilated layer in the blocked layout
+    /// has 1 here: its kernel reads the dilated taps where they lie.
     pub dilation: usize,
 }
 
@@ -295,16 +297,6 @@ impl ConvPlan {
             return Err(TensorError::InvalidArgument {
                 op: "ConvPlan",
                 reason: "the blocked layout has no backward routes: training runs in NCHW".into(),
-            });
-        }
-        if layout == Layout::Blocked && self.conv.dilation > 1 {
-            return Err(TensorError::InvalidArgument {
-                op: "ConvPlan",
-                reason: format!(
-                    "a convolution of dilation {} has no route in the blocked layout yet: run \
-                     it in NCHW",
-                    self.conv.dilation
-                ),
             });
         }
         if layout == Layout::Blocked && self.conv.groups > 1 {
@@ -419,6 +411,22 @@ impl ConvPlan {
     /// The routes for an NCHW input of `input` shape: the ladder's choice, or the forced
     /// routes, checked against this input.
     pub fn routes(&self, input: [usize; 4]) -> Result<Routes> {
+        if self.conv.dilation > 1
+            && self.layout == Layout::Blocked
+            && self.forward_family().layout() == Layout::Blocked
+        {
+            // The blocked kernel reads the dilated taps where they lie: no phases.
+            let undilated = ConvPlan {
+                conv: Conv2d {
+                    dilation: 1,
+                    ..self.conv
+                },
+                ..*self
+            };
+            self.geometry(input)?;
+            let r = undilated.routes(input)?;
+            return Ok(Routes { dilation: 1, ..r });
+        }
         if self.conv.dilation > 1 {
             // Each of the `d x d` phases of the image is an undilated "same" convolution
             // of its own pixels: the routes are the phase plan's, on the largest phase.
@@ -438,7 +446,7 @@ impl ConvPlan {
             let sub = phase.routes([n, c, h.div_ceil(d), w.div_ceil(d)])?;
             return Ok(Routes { dilation: d, ..sub });
         }
-        if self.conv.groups > 1 && self.forward_family() == Forward::BlockedGrouped {
+        if self.conv.groups > 1 && self.layout == Layout::Blocked {
             self.geometry(input)?;
             if let Some(r) = self
                 .forced

@@ -333,7 +333,9 @@ impl Kernels {
                 set.blocked_tiles
             };
             let pmax = kernels.len();
-            let (x_cb, x_row) = (ph * pw * l, pw * l);
+            // A dilated kernel's taps are `d` rows and columns apart.
+            let d = p.dilation.max(1);
+            let (x_cb, x_row, x_col) = (ph * pw * l, d * pw * l, d * l);
             let (in_image, plane) = (cb * x_cb, oh * ow);
             let out_image = ob * plane * l;
             // Each output pixel's input offset (tap (0, 0), channel block 0): tiles take `P`
@@ -371,6 +373,7 @@ impl Kernels {
                         x_off: offs[q..].as_ptr(),
                         x_cb,
                         x_row,
+                        x_col,
                         cb: in_blocks,
                         icb,
                         kh,
@@ -386,8 +389,9 @@ impl Kernels {
                         residual: residual.map_or(std::ptr::null(), |r| r.data[at..].as_ptr()),
                         relu,
                     };
-                    // SAFETY: pixel q's taps read padded rows `oy s + ky <= (oh - 1) s + kh -
-                    // 1 < ph` and columns `ox s + kx < pw` of each channel block of image b,
+                    // SAFETY: pixel q's taps read padded rows `oy s + ky d <= (oh - 1) s +
+                    // (kh - 1) d < ph` and columns `ox s + kx d < pw` (`output_size` counts
+                    // the dilated span) of each channel block of image b,
                     // which `xin` holds; `offs` has `pn` entries from q; the weights of group
                     // g are `w_group` floats; the tile writes (and reads, for the residual)
                     // `fv` blocks of `pn` pixels inside image b's output. Tasks differ in

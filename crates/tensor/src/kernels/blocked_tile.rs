@@ -34,9 +34,11 @@ use super::simd::Simd;
 pub(crate) struct BlockedTile {
     pub x: *const f32,
     pub x_off: *const usize,
-    /// Floats between input channel blocks and input rows.
+    /// Floats between input channel blocks, between the kernel's rows and between its
+    /// columns (a row and `LANES`, times the dilation).
     pub x_cb: usize,
     pub x_row: usize,
+    pub x_col: usize,
     pub cb: usize,
     /// Input channels per block read: `LANES`, or fewer when the input has a single
     /// block of fewer channels (a network's RGB input), whose other lanes are skipped.
@@ -58,7 +60,7 @@ pub(crate) struct BlockedTile {
 /// # Safety
 ///
 /// `x_off` holds `P` offsets; for every channel block, tap and lane, the `P` input
-/// values at `x + x_off[p] + cb x_cb + ky x_row + kx LANES + ic` are readable; `w`
+/// values at `x + x_off[p] + cb x_cb + ky x_row + kx x_col + ic` are readable; `w`
 /// holds `cb kh kw icb F LANES` floats; `out` (and `residual`, `bias` when not null) hold `f` blocks of `P` pixels.
 #[inline(always)]
 pub(crate) unsafe fn blocked_tile<S: Simd, const F: usize, const P: usize>(t: &BlockedTile) {
@@ -74,7 +76,7 @@ pub(crate) unsafe fn blocked_tile<S: Simd, const F: usize, const P: usize>(t: &B
     for cb in 0..t.cb {
         for ky in 0..t.kh {
             for kx in 0..t.kw {
-                let tap = cb * t.x_cb + ky * t.x_row + kx * l;
+                let tap = cb * t.x_cb + ky * t.x_row + kx * t.x_col;
                 for ic in 0..t.icb {
                     // (`wrapping_add`: may point past the weights; a prefetch never faults.)
                     for f in 0..F {
