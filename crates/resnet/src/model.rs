@@ -586,6 +586,15 @@ impl ResNet {
                 reason: format!("{}: {why}", self.arch),
             })
         };
+        let plain = self.arch.block() != BlockKind::Bottleneck
+            || self.arch.is_cifar()
+            || self.arch.is_resnet_d();
+        if plain && stages.iter().all(|&d| !d) {
+            // Nothing to dilate, and these nets' strides are placed otherwise (on a basic
+            // block's first convolution, in ResNet-D's pooled shortcuts): left alone.
+            self.dilated_stages = stages;
+            return Ok(());
+        }
         if stages.iter().any(|&d| d) {
             if self.arch.block() != BlockKind::Bottleneck || self.arch.is_cifar() {
                 return refuse(

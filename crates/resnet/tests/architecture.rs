@@ -360,6 +360,9 @@ fn replacing_strides_with_dilation_keeps_the_resolution() {
             .replace_stride_with_dilation([false, true, true])
             .unwrap_err();
         assert!(e.to_string().contains(&arch.to_string()), "{e}");
+        // The plain pattern leaves them as they are (their strides sit elsewhere).
+        m.replace_stride_with_dilation([false; 3]).unwrap();
+        assert_eq!(m, ResNet::new(arch, 10, 0).unwrap(), "{arch}");
     }
 }
 
