@@ -30,6 +30,7 @@ fuzz_target!(|bytes: &[u8]| {
         stride: [next() % 4, next() % 4],
         padding: [next() % 4, next() % 4],
         ceil_mode: next() % 2 == 0,
+        dilation: [1 + next() % 3, 1 + next() % 3],
     };
     let (a, b, c) = (next() % 9, next() % 9, next() % 9);
     let _ = match op % 10 {

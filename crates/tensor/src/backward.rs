@@ -396,25 +396,28 @@ impl Kernels {
         let [kh, kw] = pool.kernel;
         let [sh, sw] = pool.stride;
         let [ph, pw] = pool.padding;
+        let [dh, dw] = pool.dilation;
         let run = |i: usize, d: &mut [f32]| {
             let xs = &xd[i * h * w..(i + 1) * h * w];
             let gs = &gd[i * oh * ow..(i + 1) * oh * ow];
             for oy in 0..oh {
-                let (y0, y1) = window(oy, sh, ph, kh, h);
                 for ox in 0..ow {
-                    let (x0, x1) = window(ox, sw, pw, kw, w);
-                    let mut best = y0 * w + x0;
-                    for iy in y0..y1 {
-                        for ix in x0..x1 {
+                    // A dilated window of padding only has no winner (its output is
+                    // `-inf`): no gradient.
+                    let mut best: Option<usize> = None;
+                    for iy in taps(oy, sh, ph, kh, dh, h) {
+                        for ix in taps(ox, sw, pw, kw, dw, w) {
                             // PyTorch's rule: the first maximum, or the last NaN
                             // (the forward pass propagates it).
                             let v = xs[iy * w + ix];
-                            if v > xs[best] || v.is_nan() {
-                                best = iy * w + ix;
+                            if best.is_none_or(|b| v > xs[b] || v.is_nan()) {
+                                best = Some(iy * w + ix);
                             }
                         }
                     }
-                    d[best] += gs[oy * ow + ox];
+                    if let Some(b) = best {
+                        d[b] += gs[oy * ow + ox];
+                    }
                 }
             }
         };
@@ -539,6 +542,21 @@ impl Kernels {
             db: db.into_iter().map(|v| v as f32).collect(),
         })
     }
+}
+
+/// The input rows (or columns) under output `o`'s window of `k` taps `dil` apart.
+fn taps(
+    o: usize,
+    stride: usize,
+    pad: usize,
+    k: usize,
+    dil: usize,
+    size: usize,
+) -> impl Iterator<Item = usize> {
+    (0..k)
+        .map(move |t| (o * stride + t * dil) as isize - pad as isize)
+        .filter(move |&i| i >= 0 && (i as usize) < size)
+        .map(|i| i as usize)
 }
 
 /// The input rows (or columns) `lo..hi` under output `o`'s pooling window.

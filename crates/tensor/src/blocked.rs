@@ -167,6 +167,7 @@ impl Kernels {
         expect_blocked(op, "y", y, x.lanes, [n, c, oh, ow])?;
         let l = x.lanes;
         let ([kh, kw], [sh, sw], [ph, pw]) = (pool.kernel, pool.stride, pool.padding);
+        let [dh, dw] = pool.dilation;
         let planes = n * x.blocks();
         if planes * oh * ow == 0 {
             return Ok(());
@@ -179,18 +180,20 @@ impl Kernels {
             });
         }
         let one = |(src, dst): (&[f32], &mut [f32])| {
+            // The window's taps inside the image (a dilated window of padding only keeps
+            // `-inf`, as in PyTorch).
+            let taps = |o: usize, s: usize, p: usize, k: usize, d: usize, size: usize| {
+                (0..k)
+                    .map(move |t| (o * s + t * d) as isize - p as isize)
+                    .filter(move |&i| i >= 0 && (i as usize) < size)
+                    .map(|i| i as usize)
+            };
             for oy in 0..oh {
-                // The window's rows and columns inside the image (`output_size` ensured
-                // every window holds at least one).
-                let y0 = (oy * sh).saturating_sub(ph);
-                let y1 = (oy * sh + (kh - ph)).min(h);
                 for ox in 0..ow {
-                    let x0 = (ox * sw).saturating_sub(pw);
-                    let x1 = (ox * sw + (kw - pw)).min(w);
                     let out = &mut dst[(oy * ow + ox) * l..][..l];
                     out.fill(f32::NEG_INFINITY);
-                    for iy in y0..y1 {
-                        for ix in x0..x1 {
+                    for iy in taps(oy, sh, ph, kh, dh, h) {
+                        for ix in taps(ox, sw, pw, kw, dw, w) {
                             let v = &src[(iy * w + ix) * l..][..l];
                             for (o, v) in out.iter_mut().zip(v) {
                                 // `max` skips a NaN; PyTorch's max pool propagates it.

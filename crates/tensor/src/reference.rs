@@ -145,8 +145,10 @@ pub fn max_pool2d(x: &Tensor, p: &Pool2d) -> Result<Tensor> {
                     let mut m = f32::NEG_INFINITY;
                     for ky in 0..p.kernel[0] {
                         for kx in 0..p.kernel[1] {
-                            let iy = (oy * p.stride[0] + ky) as isize - p.padding[0] as isize;
-                            let ix = (ox * p.stride[1] + kx) as isize - p.padding[1] as isize;
+                            let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
+                                - p.padding[0] as isize;
+                            let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
+                                - p.padding[1] as isize;
                             if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
                                 let v = x.get(&[b, ch, iy as usize, ix as usize])?;
                                 // A NaN in the window is the result, as in PyTorch.
@@ -483,8 +485,10 @@ pub fn max_pool2d_backward(x: &Tensor, dy: &Tensor, p: &Pool2d) -> Result<Tensor
                     let mut best: Option<(usize, usize, f32)> = None;
                     for ky in 0..p.kernel[0] {
                         for kx in 0..p.kernel[1] {
-                            let iy = (oy * p.stride[0] + ky) as isize - p.padding[0] as isize;
-                            let ix = (ox * p.stride[1] + kx) as isize - p.padding[1] as isize;
+                            let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
+                                - p.padding[0] as isize;
+                            let ix = (ox * p.stride[1] + kx * p.dilation[1]) as isize
+                                - p.padding[1] as isize;
                             if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
                                 continue;
                             }

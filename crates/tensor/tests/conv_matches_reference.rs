@@ -321,6 +321,9 @@ fn run_blocked(kern: Kernels, c: &Case) -> Result<(), TestCaseError> {
         Pool2d::RESNET_STEM,
         Pool2d::square(2, 2, 0),
         Pool2d::square(3, 1, 1),
+        Pool2d::square(3, 2, 1)
+            .with_dilation(2)
+            .with_ceil_mode(true),
     ] {
         let Ok(pooled) = kern.max_pool2d(&x, &pool) else {
             continue;

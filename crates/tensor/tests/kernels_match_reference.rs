@@ -327,7 +327,16 @@ fn pool_geometry() -> impl Strategy<Value = Pool2d> {
             stride: [sh, sw],
             padding: [ph, pw],
             ceil_mode,
+            dilation: [1, 1],
         })
+    })
+}
+
+/// Max pooling's windows, dilated too (taps 1 to 3 apart on each axis).
+fn dilated_pool_geometry() -> impl Strategy<Value = Pool2d> {
+    (pool_geometry(), 1usize..=3, 1usize..=3).prop_map(|(p, dh, dw)| Pool2d {
+        dilation: [dh, dw],
+        ..p
     })
 }
 
@@ -358,9 +367,10 @@ fn check_pool_case(
 
 fn check_max_pool(k: Kernels) -> CheckResult {
     // Widths up to 40 give several full vectors of outputs at stride 1 even at 16 lanes.
-    prop((nchw(2, 3, 40), pool_geometry()), |((shape, data), p)| {
-        check_pool_case(k, &shape, data, &p)
-    })
+    prop(
+        (nchw(2, 3, 40), dilated_pool_geometry()),
+        |((shape, data), p)| check_pool_case(k, &shape, data, &p),
+    )
 }
 
 fn check_max_pool_stem(k: Kernels) -> CheckResult {
@@ -507,6 +517,7 @@ fn regressions(k: Kernels) -> CheckResult {
             stride: [1, 3],
             padding: [0, 1],
             ceil_mode: true,
+            dilation: [1, 1],
         };
         for (include, want) in [(true, [1.5, 3.0]), (false, [2.0, 4.0])] {
             let got = k
@@ -518,6 +529,30 @@ fn regressions(k: Kernels) -> CheckResult {
         prop_assert_eq!(got.data(), &[3.0, 5.0][..]);
         let got = k.avg_pool2d(&x, &AvgPool2d::resnet_d(2)).map_err(fail)?;
         prop_assert_eq!(got.data(), &[1.5, 3.5, 5.0][..]);
+        // Dilated max pooling as torch 2.15 computes it: `F.max_pool2d(x, (1, 3), (1, 2),
+        // padding=(0, 1), dilation=(1, 2))` on 1..=7, and a window whose taps all fall in
+        // the padding (`(1, 2)`, padding 1, dilation 3 on a row of 2) giving -inf.
+        let x7 = tensor(&[1, 1, 1, 7], (1..=7).map(|v| v as f32).collect())?;
+        let window = Pool2d {
+            kernel: [1, 3],
+            stride: [1, 2],
+            padding: [0, 1],
+            ceil_mode: false,
+            dilation: [1, 2],
+        };
+        let got = k.max_pool2d(&x7, &window).map_err(fail)?;
+        prop_assert_eq!(got.data(), &[4.0, 6.0, 6.0][..]);
+        let x2 = tensor(&[1, 1, 1, 2], vec![1.0, 2.0])?;
+        let empty = Pool2d {
+            kernel: [1, 2],
+            stride: [1, 1],
+            padding: [0, 1],
+            ceil_mode: false,
+            dilation: [1, 3],
+        };
+        let got = k.max_pool2d(&x2, &empty).map_err(fail)?;
+        prop_assert_eq!(got.data(), &[f32::NEG_INFINITY][..]);
+        prop_assert!(k.avg_pool2d(&x7, &AvgPool2d::new(window, true)).is_err());
         for n in [
             0usize, 1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65,
         ] {
@@ -673,6 +708,7 @@ fn nan_propagates(k: Kernels) -> CheckResult {
                     stride: [1, 1],
                     padding: [0, 0],
                     ceil_mode: false,
+                    dilation: [1, 1],
                 };
                 if n >= 2 {
                     let y = k.max_pool2d(&x, &pool).map_err(fail)?;
@@ -700,6 +736,7 @@ fn nan_propagates(k: Kernels) -> CheckResult {
                         stride: [1, 1],
                         padding: [0, 0],
                         ceil_mode: false,
+                        dilation: [1, 1],
                     };
                     let dy = tensor(&[1, 1, 1, 1], vec![1.0])?;
                     for (xs, want) in [

@@ -398,6 +398,7 @@ pub(crate) unsafe fn max_pool_plane<S: Simd>(
     let [kh, kw] = p.kernel;
     let [sh, sw] = p.stride;
     let [ph, pw] = p.padding;
+    let [dh, dw] = p.dilation;
     let row = scratch.add(pw);
     for i in 0..pw {
         *scratch.add(i) = f32::NEG_INFINITY;
@@ -406,12 +407,22 @@ pub(crate) unsafe fn max_pool_plane<S: Simd>(
         *scratch.add(i) = f32::NEG_INFINITY;
     }
     for oy in 0..oh {
-        // Input rows iy0..iy1 under this output row's windows (clipped to the input).
+        // The input rows under this output row's windows: `top + ky dh` inside the
+        // input (none, for a dilated window over padding only: then `-inf`).
         let top = (oy * sh) as isize - ph as isize;
-        let iy0 = top.max(0) as usize;
-        let iy1 = ((top + kh as isize) as usize).min(h);
-        std::ptr::copy_nonoverlapping(src.add(iy0 * w), row, w);
-        for iy in iy0 + 1..iy1 {
+        let mut rows = (0..kh)
+            .map(|ky| top + (ky * dh) as isize)
+            .filter(|&iy| iy >= 0 && (iy as usize) < h)
+            .map(|iy| iy as usize);
+        match rows.next() {
+            Some(first) => std::ptr::copy_nonoverlapping(src.add(first * w), row, w),
+            None => {
+                for i in 0..w {
+                    *row.add(i) = f32::NEG_INFINITY;
+                }
+            }
+        }
+        for iy in rows {
             map2::<S>(row, src.add(iy * w), row, w, |a, b| S::max_nan(a, b));
         }
         let out = dst.add(oy * ow);
@@ -428,7 +439,7 @@ pub(crate) unsafe fn max_pool_plane<S: Simd>(
             let base = scratch.add(ox * sw);
             let mut m = load(base);
             for kx in 1..kw {
-                m = S::max_nan(m, load(base.add(kx)));
+                m = S::max_nan(m, load(base.add(kx * dw)));
             }
             S::store(out.add(ox), m);
             ox += S::LANES;
@@ -437,7 +448,7 @@ pub(crate) unsafe fn max_pool_plane<S: Simd>(
             let base = scratch.add(ox * sw);
             let mut m = *base;
             for kx in 1..kw {
-                let v = *base.add(kx);
+                let v = *base.add(kx * dw);
                 if v > m || v.is_nan() {
                     m = v;
                 }

@@ -39,8 +39,8 @@ use crate::isa::{self, Isa, IsaError};
 use crate::tensor::Tensor;
 
 /// The geometry of a 2-D pooling window: `[height, width]` pairs, as PyTorch's
-/// `MaxPool2d(kernel_size, stride, padding, ceil_mode=...)` (no dilation). Average
-/// pooling takes it inside an [`AvgPool2d`].
+/// `MaxPool2d(kernel_size, stride, padding, dilation, ceil_mode)`. Average pooling takes
+/// it inside an [`AvgPool2d`] (without dilation, which PyTorch's `AvgPool2d` has not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pool2d {
     /// The window's `[height, width]`.
@@ -54,6 +54,9 @@ pub struct Pool2d {
     /// past the (padded) input still makes an output, provided it starts inside the
     /// input or its left padding; it covers only what it overlaps.
     pub ceil_mode: bool,
+    /// The spacing of the window's taps, `[down, across]` (1: adjacent). Max pooling
+    /// only; a window whose taps all fall in the padding gives `-inf`, as in PyTorch.
+    pub dilation: [usize; 2],
 }
 
 impl Pool2d {
@@ -64,7 +67,14 @@ impl Pool2d {
             stride: [stride; 2],
             padding: [padding; 2],
             ceil_mode: false,
+            dilation: [1; 2],
         }
+    }
+
+    /// The same window with its taps `dilation` apart on both axes.
+    pub fn with_dilation(mut self, dilation: usize) -> Self {
+        self.dilation = [dilation; 2];
+        self
     }
 
     /// The same window with `ceil_mode` set to `on`.
@@ -79,6 +89,7 @@ impl Pool2d {
         stride: [2, 2],
         padding: [1, 1],
         ceil_mode: false,
+        dilation: [1, 1],
     };
 
     /// The output `[height, width]` for an `h x w` input, or why the geometry is invalid:
@@ -94,10 +105,15 @@ impl Pool2d {
         };
         let mut out = [0; 2];
         for (d, (&size, name)) in [h, w].iter().zip(["height", "width"]).enumerate() {
-            let (k, s, p) = (self.kernel[d], self.stride[d], self.padding[d]);
-            if k == 0 || s == 0 {
+            let (k, s, p, dil) = (
+                self.kernel[d],
+                self.stride[d],
+                self.padding[d],
+                self.dilation[d],
+            );
+            if k == 0 || s == 0 || dil == 0 {
                 return Err(invalid(format!(
-                    "kernel and stride must be positive, got {self:?}"
+                    "kernel, stride and dilation must be positive, got {self:?}"
                 )));
             }
             if p > k / 2 {
@@ -108,12 +124,17 @@ impl Pool2d {
             if size == 0 {
                 return Err(invalid(format!("cannot pool an empty {name}")));
             }
-            if size > i32::MAX as usize || s > i32::MAX as usize / 16 || k > i32::MAX as usize / 16
+            if size > i32::MAX as usize
+                || s > i32::MAX as usize / 16
+                || k > i32::MAX as usize / 16
+                || dil > i32::MAX as usize / 16
             {
                 return Err(invalid(format!(
-                    "{name} {size}, kernel {k} or stride {s} is too large"
+                    "{name} {size}, kernel {k}, stride {s} or dilation {dil} is too large"
                 )));
             }
+            // A dilated window spans `dil (k - 1) + 1` cells.
+            let k = dil * (k - 1) + 1;
             // PyTorch's formula, in signed arithmetic (a window larger than the padded
             // input makes no output without `ceil_mode`, one with it).
             let span = (size + 2 * p) as isize - k as isize;
@@ -139,7 +160,8 @@ impl Pool2d {
     /// with `padding` cells on either side, or longer where `ceil_mode`'s last window
     /// runs past it.
     pub(crate) fn padded_row_len(&self, w: usize, ow: usize) -> usize {
-        let reach = (ow.max(1) - 1) * self.stride[1] + self.kernel[1];
+        let span = self.dilation[1] * (self.kernel[1] - 1) + 1;
+        let reach = (ow.max(1) - 1) * self.stride[1] + span;
         (w + 2 * self.padding[1]).max(reach)
     }
 }
@@ -172,8 +194,18 @@ impl AvgPool2d {
         AvgPool2d::new(Pool2d::square(2, stride, 0).with_ceil_mode(true), false)
     }
 
-    /// The output `[height, width]` for an `h x w` input (see [`Pool2d::output_size`]).
+    /// The output `[height, width]` for an `h x w` input (see [`Pool2d::output_size`]);
+    /// a dilated window is an error (PyTorch's `AvgPool2d` has no dilation).
     pub fn output_size(&self, h: usize, w: usize) -> Result<[usize; 2]> {
+        if self.window.dilation != [1, 1] {
+            return Err(TensorError::InvalidArgument {
+                op: "avg_pool2d",
+                reason: format!(
+                    "average pooling has no dilation (PyTorch's AvgPool2d neither), got {:?}",
+                    self.window.dilation
+                ),
+            });
+        }
         self.window.output_size(h, w)
     }
 
