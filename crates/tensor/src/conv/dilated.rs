@@ -21,10 +21,11 @@
 
 use super::backward::DxInto;
 use super::forward::{ConvWeights, Packed};
+use super::grouped::{check_split, part_steps, residual_part};
 use super::ConvPlan;
 use crate::backward::ConvGrads;
-use crate::epilogue::{self, Epilogue, Output, Residual, StatsSink};
-use crate::error::{Result, TensorError};
+use crate::epilogue::{Epilogue, StatsSink};
+use crate::error::Result;
 use crate::kernels::{ChannelStats, Kernels};
 use crate::tensor::Tensor;
 
@@ -129,21 +130,9 @@ impl Kernels {
         y: &mut Tensor,
         normalise: Option<[&[f32]; 2]>,
     ) -> Result<()> {
-        let [n, c, h, wd] = x.dims4("conv2d")?;
-        w.plan().routes([n, c, h, wd])?;
+        let [n, _, h, wd] = x.dims4("conv2d")?;
+        let [_, o, oh, ow] = check_split(w, x, y, steps)?;
         let d = w.plan().dilation();
-        let [o, _, kh, kw] = w.shape();
-        let [oh, ow] = w.plan().conv().output_size(h, wd, kh, kw)?;
-        let out_shape = [n, o, oh, ow];
-        if y.shape() != out_shape {
-            return Err(TensorError::ShapeMismatch {
-                op: "conv2d_into",
-                arg: "y",
-                expected: out_shape.to_vec(),
-                got: y.shape().to_vec(),
-            });
-        }
-        epilogue::check("conv2d", steps, Output::Nchw(&out_shape))?;
         debug_assert_eq!([oh, ow], [h, wd], "a 'same' convolution");
         let accumulate = steps.iter().any(|s| matches!(s, Epilogue::Accumulate));
         let mut stats = Vec::new();
@@ -155,24 +144,9 @@ impl Kernels {
             } else {
                 Tensor::for_overwrite(&[n, o, ph, pw])?
             };
-            let residual = steps
-                .iter()
-                .find_map(|s| match s {
-                    Epilogue::Residual(Residual::Nchw(r)) => Some(gather(r, d, phase)),
-                    _ => None,
-                })
-                .transpose()?;
+            let residual = residual_part(steps, |r| gather(r, d, phase))?;
             let sink = StatsSink::new();
-            let phase_steps: Vec<Epilogue> = steps
-                .iter()
-                .map(|s| match *s {
-                    Epilogue::Residual(Residual::Nchw(_)) => {
-                        Epilogue::residual(residual.as_ref().expect("gathered above for this step"))
-                    }
-                    Epilogue::Statistics(_) => Epilogue::Statistics(&sink),
-                    other => other,
-                })
-                .collect();
+            let phase_steps = part_steps(steps, None, residual.as_ref(), &sink);
             self.conv2d_impl_undilated(&xp, sub, &phase_steps, &mut yp, normalise)?;
             scatter(&yp, y, d, phase)?;
             stats.extend(sink.take());

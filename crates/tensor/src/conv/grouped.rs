@@ -95,21 +95,9 @@ impl Kernels {
         y: &mut Tensor,
         normalise: Option<[&[f32]; 2]>,
     ) -> Result<()> {
-        let [n, c, h, wd] = x.dims4("conv2d")?;
-        w.plan().routes([n, c, h, wd])?;
+        let [n, c, _, _] = x.dims4("conv2d")?;
+        let [_, o, oh, ow] = check_split(w, x, y, steps)?;
         let groups = subs.len();
-        let [o, _, kh, kw] = w.shape();
-        let [oh, ow] = w.plan().conv().output_size(h, wd, kh, kw)?;
-        let out_shape = [n, o, oh, ow];
-        if y.shape() != out_shape {
-            return Err(TensorError::ShapeMismatch {
-                op: "conv2d_into",
-                arg: "y",
-                expected: out_shape.to_vec(),
-                got: y.shape().to_vec(),
-            });
-        }
-        epilogue::check("conv2d", steps, Output::Nchw(&out_shape))?;
         let (cg, og) = (c / groups, o / groups);
         let accumulate = steps.iter().any(|s| matches!(s, Epilogue::Accumulate));
         let mut stats: Option<ChannelStats> = None;
@@ -120,26 +108,10 @@ impl Kernels {
             } else {
                 Tensor::for_overwrite(&[n, og, oh, ow])?
             };
-            // The residual's group, kept alive for the steps that borrow it.
-            let residual = steps
-                .iter()
-                .find_map(|s| match s {
-                    Epilogue::Residual(Residual::Nchw(r)) => Some(gather(r, g * og, og)),
-                    _ => None,
-                })
-                .transpose()?;
+            let residual = residual_part(steps, |r| gather(r, g * og, og))?;
             let sink = StatsSink::new();
-            let mut group_steps = Vec::with_capacity(steps.len());
-            for s in steps {
-                group_steps.push(match *s {
-                    Epilogue::Bias(b) => Epilogue::Bias(&b[g * og..(g + 1) * og]),
-                    Epilogue::Residual(Residual::Nchw(_)) => {
-                        Epilogue::residual(residual.as_ref().expect("gathered above for this step"))
-                    }
-                    Epilogue::Statistics(_) => Epilogue::Statistics(&sink),
-                    other => other,
-                });
-            }
+            let group_steps =
+                part_steps(steps, Some(g * og..(g + 1) * og), residual.as_ref(), &sink);
             self.conv2d_impl_dense(&xg, sub, &group_steps, &mut yg, affine_of(normalise, g, cg))?;
             scatter(&yg, y, g * og)?;
             if let Some(part) = sink.take() {
@@ -235,6 +207,69 @@ impl Kernels {
         }
         Ok(ConvGrads { dx: acc.or(dx), dw })
     }
+}
+
+/// The checks a convolution split into parts (groups, phases) makes before it runs
+/// them: the plan takes `x`, `y` has the output's shape, the epilogue fits it. Returns
+/// the output's shape.
+pub(crate) fn check_split(
+    w: &ConvWeights,
+    x: &Tensor,
+    y: &Tensor,
+    steps: &[Epilogue],
+) -> Result<[usize; 4]> {
+    let [n, c, h, wd] = x.dims4("conv2d")?;
+    w.plan().routes([n, c, h, wd])?;
+    let [o, _, kh, kw] = w.shape();
+    let [oh, ow] = w.plan().conv().output_size(h, wd, kh, kw)?;
+    let out_shape = [n, o, oh, ow];
+    if y.shape() != out_shape {
+        return Err(TensorError::ShapeMismatch {
+            op: "conv2d_into",
+            arg: "y",
+            expected: out_shape.to_vec(),
+            got: y.shape().to_vec(),
+        });
+    }
+    epilogue::check("conv2d", steps, Output::Nchw(&out_shape))?;
+    Ok(out_shape)
+}
+
+/// A part's share of the epilogue's residual, cut out by `part` (the caller keeps it
+/// alive for the part's steps).
+pub(crate) fn residual_part(
+    steps: &[Epilogue],
+    part: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Option<Tensor>> {
+    steps
+        .iter()
+        .find_map(|s| match s {
+            Epilogue::Residual(Residual::Nchw(r)) => Some(part(r)),
+            _ => None,
+        })
+        .transpose()
+}
+
+/// A part's epilogue: the bias cut to `bias` (its channels; `None`: all of them), the
+/// residual replaced by the part's (`residual_part`), the statistics gathered into the
+/// part's own sink; the other steps as they are.
+pub(crate) fn part_steps<'a>(
+    steps: &[Epilogue<'a>],
+    bias: Option<std::ops::Range<usize>>,
+    residual: Option<&'a Tensor>,
+    sink: &'a StatsSink,
+) -> Vec<Epilogue<'a>> {
+    steps
+        .iter()
+        .map(|s| match *s {
+            Epilogue::Bias(b) => Epilogue::Bias(bias.clone().map_or(b, |r| &b[r])),
+            Epilogue::Residual(Residual::Nchw(_)) => {
+                Epilogue::residual(residual.expect("the part's residual, cut out for this step"))
+            }
+            Epilogue::Statistics(_) => Epilogue::Statistics(sink),
+            other => other,
+        })
+        .collect()
 }
 
 /// `Packed::Grouped`'s weights, or `None` for a dense plan.

@@ -942,43 +942,29 @@ impl Kernels {
             return Ok(());
         }
         let kernel = self.set.max_pool_plane;
-        let scratch_len = pool.padded_row_len(w, ow);
-        let src = x.data();
-        let run = |scratch: &mut Vec<f32>, i: usize, d: &mut [f32]| {
-            let s = &src[i * h * w..(i + 1) * h * w];
-            debug_assert_eq!(d.len(), oh * ow);
-            // SAFETY: `s` is one h x w input plane, `d` one oh x ow output plane, the
-            // geometry was validated by `output_size`, and `scratch` holds the padded row.
-            unsafe {
-                kernel(
-                    s.as_ptr(),
-                    h,
-                    w,
-                    d.as_mut_ptr(),
-                    oh,
-                    ow,
-                    pool,
-                    scratch.as_mut_ptr(),
-                )
-            }
-        };
-        let planes = y.data_mut();
-        if planes.len() + src.len() < PARALLEL_MIN {
-            let mut scratch = vec![0.0; scratch_len];
-            planes
-                .chunks_mut(oh * ow)
-                .enumerate()
-                .for_each(|(i, d)| run(&mut scratch, i, d));
-        } else {
-            planes
-                .par_chunks_mut(oh * ow)
-                .enumerate()
-                .with_min_len((TASK_GRAIN / (h * w)).max(1))
-                .for_each_init(
-                    || vec![0.0; scratch_len],
-                    |scratch, (i, d)| run(scratch, i, d),
-                );
-        }
+        pool_planes(
+            x,
+            y,
+            [h, w],
+            [oh, ow],
+            pool.padded_row_len(w, ow),
+            |s, d, scratch| {
+                // SAFETY: `s` is one h x w input plane, `d` one oh x ow output plane, the
+                // geometry was validated by `output_size`, and `scratch` holds the padded row.
+                unsafe {
+                    kernel(
+                        s.as_ptr(),
+                        h,
+                        w,
+                        d.as_mut_ptr(),
+                        oh,
+                        ow,
+                        pool,
+                        scratch.as_mut_ptr(),
+                    )
+                }
+            },
+        );
         Ok(())
     }
 
@@ -1014,10 +1000,7 @@ impl Kernels {
         }
         let kernel = self.set.avg_pool_plane;
         let scratch_len = pool.window.padded_row_len(w, ow) + ow;
-        let src = x.data();
-        let run = |scratch: &mut Vec<f32>, i: usize, d: &mut [f32]| {
-            let s = &src[i * h * w..(i + 1) * h * w];
-            debug_assert_eq!(d.len(), oh * ow);
+        pool_planes(x, y, [h, w], [oh, ow], scratch_len, |s, d, scratch| {
             // SAFETY: `s` is one h x w input plane, `d` one oh x ow output plane, the
             // geometry was validated by `output_size`, and `scratch` holds the padded
             // row and a row of divisors.
@@ -1033,24 +1016,7 @@ impl Kernels {
                     scratch.as_mut_ptr(),
                 )
             }
-        };
-        let planes = y.data_mut();
-        if planes.len() + src.len() < PARALLEL_MIN {
-            let mut scratch = vec![0.0; scratch_len];
-            planes
-                .chunks_mut(oh * ow)
-                .enumerate()
-                .for_each(|(i, d)| run(&mut scratch, i, d));
-        } else {
-            planes
-                .par_chunks_mut(oh * ow)
-                .enumerate()
-                .with_min_len((TASK_GRAIN / (h * w)).max(1))
-                .for_each_init(
-                    || vec![0.0; scratch_len],
-                    |scratch, (i, d)| run(scratch, i, d),
-                );
-        }
+        });
         Ok(())
     }
 
@@ -1085,6 +1051,41 @@ impl Kernels {
                 .for_each(|(i, o)| *o = mean_of(i));
         }
         Ok(y)
+    }
+}
+
+/// Runs a pooling kernel plane by plane: each `h x w` plane of `x` into the `oh x ow`
+/// plane of `y` at the same index, `plane(src, dst, scratch)` with a scratch buffer of
+/// `scratch_len` floats per thread; over rayon's threads past `PARALLEL_MIN`.
+fn pool_planes(
+    x: &Tensor,
+    y: &mut Tensor,
+    [h, w]: [usize; 2],
+    [oh, ow]: [usize; 2],
+    scratch_len: usize,
+    plane: impl Fn(&[f32], &mut [f32], &mut [f32]) + Sync,
+) {
+    let src = x.data();
+    let run = |scratch: &mut Vec<f32>, i: usize, d: &mut [f32]| {
+        debug_assert_eq!(d.len(), oh * ow);
+        plane(&src[i * h * w..(i + 1) * h * w], d, scratch)
+    };
+    let planes = y.data_mut();
+    if planes.len() + src.len() < PARALLEL_MIN {
+        let mut scratch = vec![0.0; scratch_len];
+        planes
+            .chunks_mut(oh * ow)
+            .enumerate()
+            .for_each(|(i, d)| run(&mut scratch, i, d));
+    } else {
+        planes
+            .par_chunks_mut(oh * ow)
+            .enumerate()
+            .with_min_len((TASK_GRAIN / (h * w)).max(1))
+            .for_each_init(
+                || vec![0.0; scratch_len],
+                |scratch, (i, d)| run(scratch, i, d),
+            );
     }
 }
 
