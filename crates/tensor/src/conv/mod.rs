@@ -176,7 +176,7 @@ pub enum WeightGrad {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Routes {
     /// The layout the forward reads and writes ([`Layout::Blocked`] exactly when the
-    /// forward is [`Forward::Blocked`]).
+    /// forward is [`Forward::Blocked`] or [`Forward::BlockedGrouped`]).
     pub layout: Layout,
     /// The forward's route.
     pub forward: Forward,
