@@ -211,8 +211,11 @@ impl Kernels {
         self.conv2d_backward_impl(op, x, w, dy, plan, dx, what.dw, what.input_affine)
     }
 
+    /// The backward of `plan`: a dilated plan phase by phase (`dilated.rs`; each phase
+    /// comes back here, and may be grouped), a grouped one group by group
+    /// (`grouped.rs`), a dense one by its routes.
     #[allow(clippy::too_many_arguments)]
-    fn conv2d_backward_impl(
+    pub(crate) fn conv2d_backward_impl(
         &self,
         op: &'static str,
         x: &Tensor,
@@ -227,22 +230,6 @@ impl Kernels {
         if plan.dilation() > 1 {
             return self.dilated_conv2d_backward(op, x, w, dy, plan, dx_into, want_dw, normalise);
         }
-        self.conv2d_backward_undilated(op, x, w, dy, plan, dx_into, want_dw, normalise)
-    }
-
-    /// [`Kernels::conv2d_backward`] of an undilated plan: grouped or dense.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn conv2d_backward_undilated(
-        &self,
-        op: &'static str,
-        x: &Tensor,
-        w: &Tensor,
-        dy: &Tensor,
-        plan: &ConvPlan,
-        dx_into: Option<DxInto>,
-        want_dw: bool,
-        normalise: Option<[&[f32]; 2]>,
-    ) -> Result<ConvGrads> {
         if plan.groups() > 1 {
             return self.grouped_conv2d_backward(op, x, w, dy, plan, dx_into, want_dw, normalise);
         }

@@ -147,7 +147,7 @@ impl Kernels {
             let residual = residual_part(steps, |r| gather(r, d, phase))?;
             let sink = StatsSink::new();
             let phase_steps = part_steps(steps, None, residual.as_ref(), &sink);
-            self.conv2d_impl_undilated(&xp, sub, &phase_steps, &mut yp, normalise)?;
+            self.conv2d_impl(&xp, sub, &phase_steps, &mut yp, normalise)?;
             scatter(&yp, y, d, phase)?;
             stats.extend(sink.take());
         }
@@ -191,8 +191,7 @@ impl Kernels {
                 Some(a) => Some(DxInto::Add(gather(a, d, phase)?)),
                 None => None,
             };
-            let g =
-                self.conv2d_backward_undilated(op, &xp, w, &dyp, &sub, into, want_dw, normalise)?;
+            let g = self.conv2d_backward_impl(op, &xp, w, &dyp, &sub, into, want_dw, normalise)?;
             if let (Some(a), Some(dxp)) = (&mut acc, g.dx) {
                 scatter(&dxp, a, d, phase)?;
             }

@@ -338,9 +338,10 @@ impl Kernels {
         Ok((y, stats))
     }
 
-    /// Runs `w`'s plan on `x` into `y`: a dilated plan phase by phase (`dilated.rs`),
-    /// the others by [`Kernels::conv2d_impl_undilated`].
-    fn conv2d_impl(
+    /// Runs `w`'s plan on `x` into `y`: a dilated plan phase by phase (`dilated.rs`;
+    /// each phase comes back here, and may be grouped), a grouped one group by group
+    /// (`grouped.rs`), a dense one by [`Kernels::conv2d_impl_dense`].
+    pub(crate) fn conv2d_impl(
         &self,
         x: &Tensor,
         w: &ConvWeights,
@@ -355,19 +356,6 @@ impl Kernels {
         if let Some(sub) = super::dilated::dilated_weights(w) {
             return self.dilated_conv2d(x, w, sub, epilogue, y, normalise);
         }
-        self.conv2d_impl_undilated(x, w, epilogue, y, normalise)
-    }
-
-    /// An undilated plan on `x` into `y`: a grouped one group by group (`grouped.rs`),
-    /// a dense one by [`Kernels::conv2d_impl_dense`].
-    pub(crate) fn conv2d_impl_undilated(
-        &self,
-        x: &Tensor,
-        w: &ConvWeights,
-        epilogue: &[Epilogue],
-        y: &mut Tensor,
-        normalise: Option<[&[f32]; 2]>,
-    ) -> Result<()> {
         if let Some(subs) = super::grouped::grouped_weights(w) {
             return self.grouped_conv2d(x, w, subs, epilogue, y, normalise);
         }
