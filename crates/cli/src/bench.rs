@@ -394,6 +394,10 @@ impl ConvRoute {
         let candidates: Vec<Forward> = match self {
             ConvRoute::Auto => return Some(plan),
             ConvRoute::Blocked => return plan.in_layout(Layout::Blocked).ok(),
+            ConvRoute::Forced(r) if r.layout() == Layout::Blocked => {
+                let plan = plan.in_layout(Layout::Blocked).ok()?.force_forward(r);
+                return plan.routes(input).is_ok().then_some(plan);
+            }
             ConvRoute::Gemm => vec![
                 Forward::GemmImage,
                 Forward::GemmSubsampled,

@@ -379,22 +379,27 @@ const ANY: Shape = Shape {
     phases: false,
 };
 
-/// Grouped convolutions in the blocked layout (`Forward::BlockedGrouped`): groups of
-/// whole blocks (as many or more outputs than inputs), and groups narrower than a block
-/// with as many outputs as inputs (ResNeXt's), several in a block; bias, residual and
-/// ReLU in the tile; any kernel, stride and padding.
-fn blocked_grouped(kern: Kernels) -> CheckResult {
+/// Grouped convolutions in the blocked layout, by `route` (forced): for
+/// `Forward::BlockedGrouped`, groups of whole blocks (as many or more outputs than
+/// inputs) and groups narrower than a block with as many outputs as inputs (ResNeXt's),
+/// several in a block, read with zero weights between them; for
+/// `Forward::BlockedNarrowGroups`, the narrow ones only. Bias, residual and ReLU in the
+/// tile; any kernel, stride and padding; dilation 1-3 at stride 1; rows of 1-30 pixels.
+fn blocked_grouped(kern: Kernels, route: Forward) -> CheckResult {
     let l = kern.lanes();
     let narrow: Vec<usize> = [1, 2, 4, 8]
         .into_iter()
         .filter(|d| d < &l && l.is_multiple_of(*d))
         .collect();
-    let per_group = prop_oneof![
-        // Whole blocks: (cg, og) multiples of the block.
-        (1usize..=2, 1usize..=2).prop_map(move |(a, b)| (a * l, b * l)),
-        // Narrow: cg = og dividing the block.
-        prop::sample::select(narrow).prop_map(|d| (d, d)),
-    ];
+    // Narrow: cg = og dividing the block.
+    let narrow = prop::sample::select(narrow).prop_map(|d| (d, d));
+    let per_group = if route == Forward::BlockedGrouped {
+        // And whole blocks: (cg, og) multiples of the block.
+        let whole = (1usize..=2, 1usize..=2).prop_map(move |(a, b)| (a * l, b * l));
+        prop_oneof![whole, narrow].boxed()
+    } else {
+        narrow.boxed()
+    };
     let cases = (
         1usize..=2,
         1usize..=3,
@@ -403,70 +408,97 @@ fn blocked_grouped(kern: Kernels) -> CheckResult {
         1usize..=2,
         1usize..=9,
         0u8..8,
+        1usize..=3,
+        1usize..=30,
         any::<u64>(),
     );
-    prop(cases, |(n, mult, (cg, og), k, s, size, epilogue, seed)| {
-        // At least two groups, and enough that the channels are whole blocks.
-        let groups = if cg < l { mult * l / cg } else { mult + 1 };
-        let (c, o, pad) = (groups * cg, groups * og, k / 2);
-        let conv = Conv2d::new(s, pad).with_groups(groups);
-        let plan = ConvPlan::new(&kern, [o, cg, k, k], conv, Mode::Inference)
-            .and_then(|p| p.in_layout(tensor::Layout::Blocked))
-            .map_err(fail)?;
-        let input = [n, c, size, size + 1];
-        let what = format!("blocked-grouped {groups} x ({cg} -> {og}) k{k} s{s} {input:?}");
-        prop_assert_eq!(
-            accepted(plan, input, &what)?.forward,
-            Forward::BlockedGrouped
-        );
-        let x = Tensor::randn(&input, 0.0, 1.0, seed).map_err(fail)?;
-        let w = Tensor::randn(&[o, cg, k, k], 0.0, 0.5, seed ^ 1).map_err(fail)?;
-        let bias: Vec<f32> = (0..o).map(|i| 0.1 * i as f32 - 0.3).collect();
-        let (with_bias, with_residual, relu) =
-            (epilogue & 1 != 0, epilogue & 2 != 0, epilogue & 4 != 0);
-        let (mut want, scale) =
-            reference::conv2d_with(&x, &w, with_bias.then_some(&bias[..]), conv).map_err(fail)?;
-        let residual = Tensor::randn(want.shape(), 0.0, 1.0, seed ^ 3).map_err(fail)?;
-        if with_residual {
-            want.data_mut()
-                .iter_mut()
-                .zip(residual.data())
-                .for_each(|(v, r)| *v += r);
-        }
-        if relu {
-            want.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));
-        }
-        let rb = kern.to_blocked(&residual).map_err(fail)?;
-        let mut steps = Vec::new();
-        if with_bias {
-            steps.push(Epilogue::Bias(&bias));
-        }
-        if with_residual {
-            steps.push(Epilogue::residual_blocked(&rb));
-        }
-        if relu {
-            steps.push(Epilogue::Relu);
-        }
-        let packed = kern.pack_conv(&plan, &w).map_err(fail)?;
-        let xb = kern.to_blocked(&x).map_err(fail)?;
-        let y = kern.blocked_conv2d(&xb, &packed, &steps).map_err(fail)?;
-        let got = kern.from_blocked(&y).map_err(fail)?;
-        close(&what, got.data(), want.data(), |i| {
-            (1e-5 * (scale[i] + residual.data()[i].abs() as f64) + 1e-6) as f32
-        })?;
-        // Groups that fill no block exactly are refused there, by name.
-        if l > 2 {
-            let odd = ConvPlan::new(
+    prop(
+        cases,
+        |(n, mult, (cg, og), k, s, size, epilogue, d, width, seed)| {
+            // At least two groups, and enough that the channels are whole blocks.
+            let groups = if cg < l { mult * l / cg } else { mult + 1 };
+            // Dilation at stride 1 ("same" layers, as the dilated backbones').
+            let d = if s == 1 { d } else { 1 };
+            let (c, o, pad) = (groups * cg, groups * og, d * (k / 2));
+            let conv = Conv2d::new(s, pad).with_groups(groups).with_dilation(d);
+            let plan = ConvPlan::new(&kern, [o, cg, k, k], conv, Mode::Inference)
+                .and_then(|p| p.in_layout(tensor::Layout::Blocked))
+                .map_err(fail)?;
+            // Rows of up to 30 pixels: several tiles per row.
+            let input = [n, c, size, width];
+            let what = format!("{route} {groups} x ({cg} -> {og}) k{k} s{s} d{d} {input:?}");
+            // The ladder's choice: the narrow-group kernel wherever it fits.
+            let chosen = if cg < l {
+                Forward::BlockedNarrowGroups
+            } else {
+                Forward::BlockedGrouped
+            };
+            prop_assert_eq!(accepted(plan, input, &what)?.forward, chosen);
+            let plan = plan.force_forward(route);
+            prop_assert_eq!(accepted(plan, input, &what)?.forward, route);
+            let x = Tensor::randn(&input, 0.0, 1.0, seed).map_err(fail)?;
+            let w = Tensor::randn(&[o, cg, k, k], 0.0, 0.5, seed ^ 1).map_err(fail)?;
+            let bias: Vec<f32> = (0..o).map(|i| 0.1 * i as f32 - 0.3).collect();
+            let (with_bias, with_residual, relu) =
+                (epilogue & 1 != 0, epilogue & 2 != 0, epilogue & 4 != 0);
+            let (mut want, scale) =
+                reference::conv2d_with(&x, &w, with_bias.then_some(&bias[..]), conv)
+                    .map_err(fail)?;
+            let residual = Tensor::randn(want.shape(), 0.0, 1.0, seed ^ 3).map_err(fail)?;
+            if with_residual {
+                want.data_mut()
+                    .iter_mut()
+                    .zip(residual.data())
+                    .for_each(|(v, r)| *v += r);
+            }
+            if relu {
+                want.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+            let rb = kern.to_blocked(&residual).map_err(fail)?;
+            let mut steps = Vec::new();
+            if with_bias {
+                steps.push(Epilogue::Bias(&bias));
+            }
+            if with_residual {
+                steps.push(Epilogue::residual_blocked(&rb));
+            }
+            if relu {
+                steps.push(Epilogue::Relu);
+            }
+            let packed = kern.pack_conv(&plan, &w).map_err(fail)?;
+            let xb = kern.to_blocked(&x).map_err(fail)?;
+            let y = kern.blocked_conv2d(&xb, &packed, &steps).map_err(fail)?;
+            let got = kern.from_blocked(&y).map_err(fail)?;
+            close(&what, got.data(), want.data(), |i| {
+                (1e-5 * (scale[i] + residual.data()[i].abs() as f64) + 1e-6) as f32
+            })?;
+            // Groups that fill no block exactly are refused there, by name.
+            if l > 2 {
+                let odd = ConvPlan::new(
+                    &kern,
+                    [3 * (l - 1), l - 1, 3, 3],
+                    Conv2d::new(1, 1).with_groups(3),
+                    Mode::Inference,
+                )
+                .map_err(fail)?;
+                prop_assert!(odd.in_layout(tensor::Layout::Blocked).is_err());
+            }
+            // Groups of whole blocks have no narrow-group route: forcing it is refused.
+            let whole = ConvPlan::new(
                 &kern,
-                [3 * (l - 1), l - 1, 3, 3],
-                Conv2d::new(1, 1).with_groups(3),
+                [2 * l, l, 3, 3],
+                Conv2d::new(1, 1).with_groups(2),
                 Mode::Inference,
             )
-            .map_err(fail)?;
-            prop_assert!(odd.in_layout(tensor::Layout::Blocked).is_err());
-        }
-        Ok(())
-    })
+            .and_then(|p| p.in_layout(tensor::Layout::Blocked))
+            .map_err(fail)?
+            .force_forward(Forward::BlockedNarrowGroups);
+            prop_assert!(whole.routes([1, 2 * l, 4, 4]).is_err());
+            let zeros = Tensor::zeros(&[2 * l, l, 3, 3]).map_err(fail)?;
+            prop_assert!(kern.pack_conv(&whole, &zeros).is_err());
+            Ok(())
+        },
+    )
 }
 
 /// One check per route: `(name, check)`.
@@ -486,7 +518,8 @@ route_checks! {
     forward_direct_phased => |k| forward(k, Forward::Direct(DirectForm::Phased), Shape { k: REAL, s: STRIDED, whole_rows: true, ..ANY });
     forward_direct_planar => |k| forward(k, Forward::Direct(DirectForm::Planar), Shape { k: REAL, ..ANY });
     forward_blocked => |k| forward(k, Forward::Blocked, Shape { k: &[1, 3], blocked: true, ..ANY });
-    forward_blocked_grouped => blocked_grouped;
+    forward_blocked_grouped => |k| blocked_grouped(k, Forward::BlockedGrouped);
+    forward_blocked_narrow_groups => |k| blocked_grouped(k, Forward::BlockedNarrowGroups);
     dx_gemm_image => |k| input_grad(k, InputGrad::GemmImage, UNIT_1X1);
     dx_gemm_col2im => |k| input_grad(k, InputGrad::GemmCol2im, ANY);
     dx_direct_transposed_padded => |k| input_grad(k, InputGrad::DirectTransposed(DirectForm::Padded), Shape { k: &[3, 5], s: STRIDE_1, same: true, whole_rows: true, ..ANY });

@@ -237,7 +237,8 @@ impl Kernels {
         }
         if plan.groups() > 1 {
             let packed = if plan.layout() == super::Layout::Blocked {
-                Packed::Blocked(self.pack_blocked_grouped_weights(w, plan.groups())?)
+                let narrow = plan.blocked_grouped_route()? == Forward::BlockedNarrowGroups;
+                Packed::Blocked(self.pack_blocked_grouped_weights(w, plan.groups(), narrow)?)
             } else {
                 Packed::Grouped(self.pack_grouped(plan, w)?)
             };
@@ -252,10 +253,10 @@ impl Kernels {
                 Packed::Direct(DirectWeights::new(w.data(), shape, self.set().direct_ob))
             }
             Forward::Blocked => Packed::Blocked(self.pack_blocked_conv_weights(w)?),
-            Forward::BlockedGrouped => {
+            Forward::BlockedGrouped | Forward::BlockedNarrowGroups => {
                 return Err(TensorError::InvalidArgument {
                     op: "pack_conv",
-                    reason: "blocked-grouped runs grouped convolutions only".into(),
+                    reason: format!("{} runs grouped convolutions only", plan.forward_family()),
                 })
             }
             Forward::GemmImage | Forward::GemmSubsampled | Forward::GemmIm2col => {
@@ -413,7 +414,7 @@ impl Kernels {
                 self.check_packed(a)?;
                 (Some(a), None)
             }
-            (Forward::Blocked | Forward::BlockedGrouped, _) => {
+            (Forward::Blocked | Forward::BlockedGrouped | Forward::BlockedNarrowGroups, _) => {
                 return Err(TensorError::InvalidArgument {
                     op: "conv2d",
                     reason: "this plan runs in the blocked layout: use blocked_conv2d".into(),

@@ -23,9 +23,10 @@
 //!
 //! | rung | route | when |
 //! |---|---|---|
-//! | dilated, blocked | [`Forward::Blocked`] / [`Forward::BlockedGrouped`] | dilation above 1 in the blocked layout: the kernel steps `d` rows and columns between taps |
+//! | dilated, blocked | [`Forward::Blocked`] / [`Forward::BlockedGrouped`] / [`Forward::BlockedNarrowGroups`] | dilation above 1 in the blocked layout: the kernel steps `d` rows and columns between taps |
 //! | dilated | the rungs below, once per phase | dilation above 1 in NCHW: a "same" layer (stride 1, padding `d (k - 1) / 2`) splits into `d^2` undilated convolutions of the image's phases ([`ConvPlan::phase_plan`], `dilated.rs`); other dilated layers are refused by name |
-//! | forward, grouped, 0 | [`Forward::BlockedGrouped`] | groups above 1 in the blocked layout: the single-block kernel over each output block's group of input blocks (`blocked_groups` says which groups fit) |
+//! | forward, grouped, 0 | [`Forward::BlockedNarrowGroups`] | groups above 1 in the blocked layout, narrower than a block, as many outputs as inputs: the narrow-group kernel (`narrow_groups`) |
+//! | forward, grouped, 0' | [`Forward::BlockedGrouped`] | other groups above 1 in the blocked layout: the single-block kernel over each output block's group of input blocks (`blocked_groups` says which groups fit) |
 //! | grouped | the rungs below, once per group | groups above 1 in NCHW (and every backward): each group a dense convolution of its channels ([`ConvPlan::group_plan`], `grouped.rs`) |
 //! | forward, 1 | [`Forward::Blocked`] | blocked layout, except an input of fewer channels than a vector (the RGB stem) |
 //! | forward, 2 | [`Forward::Direct`] | a kernel larger than 1x1 and at most 64 output channels |
@@ -116,6 +117,12 @@ pub enum Forward {
     /// block are read as one block of several groups, the weights zero between groups;
     /// see `blocked_groups` in `conv/mod.rs`).
     BlockedGrouped,
+    /// A grouped convolution in the blocked layout whose groups are narrower than a
+    /// block, with as many outputs as inputs (ResNeXt's 4- and 8-channel groups on
+    /// AVX-512, a depthwise layer): the narrow-group kernel, each output lane multiplying
+    /// only its own group's inputs (`kernels::blocked_tile::narrow_tile`), no zero
+    /// weights.
+    BlockedNarrowGroups,
 }
 
 /// How the direct kernel reads the image (see `direct.rs`).
@@ -448,20 +455,9 @@ impl ConvPlan {
         }
         if self.conv.groups > 1 && self.layout == Layout::Blocked {
             self.geometry(input)?;
-            if let Some(r) = self
-                .forced
-                .forward
-                .filter(|r| *r != Forward::BlockedGrouped)
-            {
-                return Err(unfit(
-                    "forward",
-                    r,
-                    "a grouped plan in the blocked layout runs blocked-grouped".into(),
-                ));
-            }
             return Ok(Routes {
                 layout: Layout::Blocked,
-                forward: Forward::BlockedGrouped,
+                forward: self.blocked_grouped_route()?,
                 input_grad: None,
                 weight_grad: None,
                 groups: self.conv.groups,
@@ -518,9 +514,12 @@ impl ConvPlan {
     /// rungs, which look at the layer alone (or the forced route). For the direct kernel
     /// the form in the value returned is a placeholder: `ladder` picks it for the image.
     pub(crate) fn forward_family(&self) -> Forward {
-        // A grouped plan in the blocked layout (which `in_layout` admitted) has one route.
+        // A grouped plan in the blocked layout (which `in_layout` admitted, and
+        // `with_forward` checked the forced route of).
         if self.conv.groups > 1 && self.layout == Layout::Blocked {
-            return Forward::BlockedGrouped;
+            return self
+                .blocked_grouped_route()
+                .unwrap_or(Forward::BlockedGrouped);
         }
         if let Some(r) = self.forced.forward {
             return r;
@@ -622,6 +621,44 @@ impl ConvPlan {
         }
     }
 
+    /// The route of a grouped plan in the blocked layout: the narrow-group kernel where
+    /// the groups are narrower than a block with as many outputs as inputs (the dense
+    /// single-block kernel reads them with zero weights between groups: 4x the
+    /// multiply-adds for 4-channel groups on AVX-512), else blocked-grouped; or the
+    /// forced one of the two, if it fits.
+    pub(crate) fn blocked_grouped_route(&self) -> Result<Forward> {
+        let [o, cg, _, kw] = self.weights;
+        let g = self.conv.groups;
+        // (The kernel keeps a tile's input row in a buffer: a kernel row wider than it,
+        // which no network has, runs blocked-grouped.)
+        let reach = (kw - 1) * self.conv.dilation.max(1) + 1;
+        let narrow = narrow_groups(cg * g, o, g, self.kernels.lanes())
+            && reach <= crate::kernels::blocked_tile::SPREAD_ROW;
+        match self.forced.forward {
+            None if narrow => Ok(Forward::BlockedNarrowGroups),
+            None | Some(Forward::BlockedGrouped) => Ok(Forward::BlockedGrouped),
+            Some(Forward::BlockedNarrowGroups) if narrow => Ok(Forward::BlockedNarrowGroups),
+            Some(r @ Forward::BlockedNarrowGroups) => Err(unfit(
+                "forward",
+                r,
+                format!(
+                    "its groups of {cg} channels are not narrower than a {}-channel block \
+                     with as many outputs as inputs, or its kernel row spans more than {} \
+                     pixels",
+                    self.kernels.lanes(),
+                    crate::kernels::blocked_tile::SPREAD_ROW
+                ),
+            )),
+            Some(r) => Err(unfit(
+                "forward",
+                r,
+                "a grouped plan in the blocked layout runs blocked-grouped or \
+                 blocked-narrow-groups"
+                    .into(),
+            )),
+        }
+    }
+
     fn geometry(&self, [n, c, h, w]: [usize; 4]) -> Result<Geometry> {
         let [o, wc, kh, kw] = self.weights;
         let groups = self.conv.groups.max(1);
@@ -669,7 +706,7 @@ impl ConvPlan {
             Forward::Blocked if self.layout != Layout::Blocked => {
                 Err("it needs a plan in the blocked layout".into())
             }
-            Forward::BlockedGrouped => {
+            Forward::BlockedGrouped | Forward::BlockedNarrowGroups => {
                 Err("it runs grouped convolutions in the blocked layout only".into())
             }
             _ => Ok(()),
@@ -755,6 +792,19 @@ pub(crate) fn blocked_groups(
     } else {
         None
     }
+}
+
+/// Whether a grouped convolution of `c` to `o` channels in `groups` groups has the
+/// narrow-group kernel ([`Forward::BlockedNarrowGroups`]) on `lanes`-channel blocks: as
+/// many outputs as inputs per group, fewer than a block, whose width divides it (each
+/// block holds whole groups), and whole blocks of channels.
+pub(crate) fn narrow_groups(c: usize, o: usize, groups: usize, lanes: usize) -> bool {
+    groups > 1
+        && c == o
+        && c.is_multiple_of(groups)
+        && c / groups < lanes
+        && lanes.is_multiple_of(c / groups)
+        && c.is_multiple_of(lanes)
 }
 
 /// Whether a dilated convolution has a route: a "same" one (stride 1, a square kernel of
@@ -857,7 +907,7 @@ impl DirectForm {
 
 impl Forward {
     /// Every forward route, for tests and tools.
-    pub const ALL: [Forward; 9] = [
+    pub const ALL: [Forward; 10] = [
         Forward::GemmImage,
         Forward::GemmSubsampled,
         Forward::GemmIm2col,
@@ -867,12 +917,15 @@ impl Forward {
         Forward::Direct(DirectForm::Planar),
         Forward::Blocked,
         Forward::BlockedGrouped,
+        Forward::BlockedNarrowGroups,
     ];
 
     /// The layout this route reads and writes.
     pub fn layout(self) -> Layout {
         match self {
-            Forward::Blocked | Forward::BlockedGrouped => Layout::Blocked,
+            Forward::Blocked | Forward::BlockedGrouped | Forward::BlockedNarrowGroups => {
+                Layout::Blocked
+            }
             _ => Layout::Nchw,
         }
     }
@@ -886,6 +939,7 @@ impl Forward {
             Forward::Direct(_) => k.direct_kernel_name(),
             Forward::Blocked => k.blocked_kernel_name(),
             Forward::BlockedGrouped => k.blocked1_kernel_name(),
+            Forward::BlockedNarrowGroups => k.grouped_kernel_name(),
         }
     }
 }
@@ -953,6 +1007,7 @@ impl fmt::Display for Forward {
             Forward::Direct(form) => write!(f, "direct-{form}"),
             Forward::Blocked => f.write_str("blocked"),
             Forward::BlockedGrouped => f.write_str("blocked-grouped"),
+            Forward::BlockedNarrowGroups => f.write_str("blocked-narrow-groups"),
         }
     }
 }

@@ -11,7 +11,7 @@ use super::{ConvWeights, Forward, Packed};
 use crate::blocked::{checked_len, expect_blocked, lanes_mismatch, BlockedTensor};
 use crate::epilogue::{self, Epilogue, Output, Residual};
 use crate::error::{Result, TensorError};
-use crate::kernels::blocked_tile::BlockedTile;
+use crate::kernels::blocked_tile::{BlockedTile, NarrowRow, SPREAD_ROW};
 use crate::kernels::Kernels;
 use crate::layout::OutPtr;
 use crate::tensor::Tensor;
@@ -33,6 +33,10 @@ pub struct BlockedConvWeights {
     /// (`f` is then 1: one output block per weight group, `[CB of its super-group][kh]
     /// [kw][L ic][1][L oc]`, zero between its groups).
     groups: Option<(usize, usize, usize)>,
+    /// Laid out for the narrow-group kernel (`Forward::BlockedNarrowGroups`): each output
+    /// block `[kh][kw][G][L oc]`, `G` its groups' width (then `groups` is `(groups, L,
+    /// L)`).
+    narrow: bool,
 }
 
 /// Input channels the kernel reads per block: all `l` lanes, except for an input of
@@ -83,19 +87,59 @@ impl Kernels {
             lanes: l,
             f,
             groups: None,
+            narrow: false,
         })
     }
 
     /// Grouped OIHW weights (`[O, C / groups, kh, kw]`) laid out for the single-block
-    /// kernel, output block by output block, each over its super-group's input blocks.
+    /// kernel, output block by output block, each over its super-group's input blocks;
+    /// or, `narrow`, for the narrow-group kernel.
     pub(crate) fn pack_blocked_grouped_weights(
         &self,
         w: &Tensor,
         groups: usize,
+        narrow: bool,
     ) -> Result<BlockedConvWeights> {
         let [o, cg, kh, kw] = w.dims4("pack_blocked_grouped_weights")?;
         let l = self.lanes();
         let c = cg * groups;
+        if narrow {
+            if !super::narrow_groups(c, o, groups, l) {
+                return Err(TensorError::InvalidArgument {
+                    op: "pack_blocked_grouped_weights",
+                    reason: format!(
+                        "{c} to {o} channels in {groups} groups are not narrow groups of \
+                         {l}-channel blocks"
+                    ),
+                });
+            }
+            // Output block b, tap (ky, kx), input j of each lane's group: lane oc holds
+            // output b L + oc's weight for input j of its group.
+            let mut data = vec![0.0f32; o * kh * kw * cg];
+            let wd = w.data();
+            let mut at = 0;
+            for b in 0..o / l {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        for j in 0..cg {
+                            for oc in 0..l {
+                                let oo = b * l + oc;
+                                data[at] = wd[((oo * cg + j) * kh + ky) * kw + kx];
+                                at += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            return Ok(BlockedConvWeights {
+                data,
+                shape: [o, cg, kh, kw],
+                lanes: l,
+                f: 1,
+                groups: Some((groups, l, l)),
+                narrow: true,
+            });
+        }
         let (sg_in, sg_out) =
             super::blocked_groups(c, o, groups, l).ok_or_else(|| TensorError::InvalidArgument {
                 op: "pack_blocked_grouped_weights",
@@ -134,6 +178,7 @@ impl Kernels {
             lanes: l,
             f: 1,
             groups: Some((groups, sg_in, sg_out)),
+            narrow: false,
         })
     }
 
@@ -167,9 +212,10 @@ impl Kernels {
         let op = "blocked_conv2d";
         self.check_plan(op, weights.plan())?;
         let (w, p) = match (weights.plan().routes(x.shape)?.forward, weights.packed()) {
-            (Forward::Blocked | Forward::BlockedGrouped, Packed::Blocked(w)) => {
-                (w, weights.plan().conv())
-            }
+            (
+                Forward::Blocked | Forward::BlockedGrouped | Forward::BlockedNarrowGroups,
+                Packed::Blocked(w),
+            ) => (w, weights.plan().conv()),
             (route, _) => {
                 return Err(TensorError::InvalidArgument {
                     op,
@@ -259,7 +305,12 @@ impl Kernels {
         };
         let padded_len = checked_len(op, &[n, cb, ph, pw, l])?;
         let icb = block_channels(c, l);
-        let w_group = checked_len(op, &[in_blocks, kh, kw, icb, f, l])?;
+        // The narrow-group kernel's weights: `wc` (its groups' width) per lane and tap.
+        let w_group = if w.narrow {
+            checked_len(op, &[kh, kw, wc, l])?
+        } else {
+            checked_len(op, &[in_blocks, kh, kw, icb, f, l])?
+        };
         let lengths_agree = x.data.len() == checked_len(op, &[n, cb, h, wd, l])?
             && y.data.len() == checked_len(op, &[n, ob, oh, ow, l])?
             && residual.is_none_or(|r| r.data.len() == y.data.len())
@@ -281,6 +332,10 @@ impl Kernels {
             v.resize(groups * f * l, 0.0);
             v
         });
+        if w.narrow {
+            self.blocked_narrow(x, w, p, bias_padded.as_deref(), residual, relu, y);
+            return Ok(());
+        }
         // The input padded by `p` on every side (its border zeros), or read in place: this
         // thread's copy, from the caller's workspace.
         Workspace::current().scratch(Scratch::BlockedPadded, |padded| {
@@ -388,6 +443,7 @@ impl Kernels {
                             .map_or(std::ptr::null(), |v| v[g * f * l..].as_ptr()),
                         residual: residual.map_or(std::ptr::null(), |r| r.data[at..].as_ptr()),
                         relu,
+                        narrow: NarrowRow::default(),
                     };
                     // SAFETY: pixel q's taps read padded rows `oy s + ky d <= (oh - 1) s +
                     // (kh - 1) d < ph` and columns `ox s + kx d < pw` (`output_size` counts
@@ -413,5 +469,101 @@ impl Kernels {
             debug_assert_eq!(y.data.len(), n * out_image);
         });
         Ok(())
+    }
+
+    /// The narrow-group route ([`Forward::BlockedNarrowGroups`]) of
+    /// [`Kernels::blocked_conv2d_into`], whose checks it trusts (`w.narrow`, the lengths,
+    /// `bias` padded to the output blocks): tiles of consecutive pixels of one output
+    /// row, which read the image in place (`kernels::blocked_tile::narrow_tile`).
+    #[allow(clippy::too_many_arguments)]
+    fn blocked_narrow(
+        &self,
+        x: &BlockedTensor,
+        w: &BlockedConvWeights,
+        p: super::Conv2d,
+        bias: Option<&[f32]>,
+        residual: Option<&BlockedTensor>,
+        relu: bool,
+        y: &mut BlockedTensor,
+    ) {
+        let l = self.lanes();
+        let [n, cb_all, h, wd] = [x.shape[0], x.blocks(), x.shape[2], x.shape[3]];
+        let [o, cg, kh, kw] = w.shape;
+        let [oh, ow] = [y.shape[2], y.shape[3]];
+        let (s, d, pad) = (p.stride, p.dilation.max(1), p.padding);
+        let tiles = self.set().grouped_tiles;
+        // The widest tile whose input row fits the kernel's buffer (the plan sends no
+        // layer whose kernel alone does not fit).
+        let reach = (kw - 1) * d + 1;
+        debug_assert!(reach <= SPREAD_ROW);
+        let pmax = tiles.len().min((SPREAD_ROW - reach) / s + 1);
+        let (ob, plane, x_block) = (o / l, oh * ow, h * wd * l);
+        let (in_image, out_image, w_block) = (cb_all * x_block, ob * plane * l, kh * kw * cg * l);
+        // Tasks: (image, output block, run of output rows), about eight per thread.
+        let wanted = 8 * rayon::current_num_threads();
+        let runs = wanted.div_ceil(n * ob).clamp(1, oh);
+        let run_rows = oh.div_ceil(runs);
+        let runs = oh.div_ceil(run_rows);
+        let outp = OutPtr(y.data.as_mut_ptr());
+        let task = |t: usize| {
+            let (b, rest) = (t / (ob * runs), t % (ob * runs));
+            let (g, run) = (rest / runs, rest % runs);
+            // Each row in balanced tiles (56 = 12 + 4 x 11).
+            let count = ow.div_ceil(pmax);
+            let (base, extra) = (ow / count, ow % count);
+            for oy in run * run_rows..((run + 1) * run_rows).min(oh) {
+                let mut ox = 0;
+                for ti in 0..count {
+                    let pn = base + usize::from(ti < extra);
+                    let at = b * out_image + g * plane * l + (oy * ow + ox) * l;
+                    let tile = BlockedTile {
+                        x: x.data[b * in_image + g * x_block..].as_ptr(),
+                        x_off: std::ptr::null(),
+                        x_cb: x_block,
+                        x_row: wd * l,
+                        x_col: d * l,
+                        cb: 1,
+                        icb: l,
+                        kh,
+                        kw,
+                        w: w.data[g * w_block..].as_ptr(),
+                        // SAFETY: inside the output: image b, block g, pixel (oy, ox).
+                        out: unsafe { outp.get().add(at) },
+                        out_ob: plane * l,
+                        f: 1,
+                        bias: bias.map_or(std::ptr::null(), |v| v[g * l..].as_ptr()),
+                        residual: residual.map_or(std::ptr::null(), |r| r.data[at..].as_ptr()),
+                        relu,
+                        narrow: NarrowRow {
+                            group: cg,
+                            h,
+                            w: wd,
+                            iy0: (oy * s) as isize - pad as isize,
+                            ix0: (ox * s) as isize - pad as isize,
+                            stride: s,
+                            dilation: d,
+                        },
+                    };
+                    // SAFETY: the tile reads rows and columns of block g of image b only
+                    // inside its `h x wd` pixels (the others are padding: skipped or
+                    // zeros), over `(pn - 1) s + reach <= SPREAD_ROW` columns; block g's
+                    // weights are `w_block` floats; it writes (and reads, for the residual)
+                    // `pn` pixels of block g inside image b's output. Tasks differ in (b,
+                    // g, run): disjoint outputs.
+                    unsafe { (tiles[pn - 1])(&tile) };
+                    ox += pn;
+                }
+                debug_assert_eq!(ox, ow);
+            }
+        };
+        let tasks = n * ob * runs;
+        let work = [plane, o, cg, kh, kw]
+            .iter()
+            .fold(n, |a, &v| a.saturating_mul(v));
+        if work >= 1 << 18 && rayon::current_num_threads() > 1 {
+            (0..tasks).into_par_iter().for_each(task);
+        } else {
+            (0..tasks).for_each(task);
+        }
     }
 }

@@ -55,6 +55,26 @@ pub(crate) struct BlockedTile {
     pub bias: *const f32,
     pub residual: *const f32,
     pub relu: bool,
+    /// The narrow-group tile's (`narrow_tile`) own fields; the dense tile ignores them.
+    pub narrow: NarrowRow,
+}
+
+/// Where a narrow-group tile's `P` pixels (consecutive pixels of one output row) read
+/// the unpadded image: `x` points at its block's first pixel, rows `x_row` floats apart.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct NarrowRow {
+    /// Channels per group: 1, 2, 4 or 8, below `LANES`.
+    pub group: usize,
+    /// The image's rows and columns.
+    pub h: usize,
+    pub w: usize,
+    /// The input row of tap row 0 and column of pixel 0's tap column 0 (negative, or
+    /// past the image, in the padding).
+    pub iy0: isize,
+    pub ix0: isize,
+    /// Columns between the tile's pixels, and between taps.
+    pub stride: usize,
+    pub dilation: usize,
 }
 
 /// # Safety
@@ -95,19 +115,121 @@ pub(crate) unsafe fn blocked_tile<S: Simd, const F: usize, const P: usize>(t: &B
         }
     }
     for (f, row) in acc.iter_mut().enumerate().take(t.f) {
-        let bias = (!t.bias.is_null()).then(|| S::load(t.bias.add(f * l)));
-        for (p, v) in row.iter_mut().enumerate() {
-            let at = f * t.out_ob + p * l;
-            if let Some(b) = bias {
-                *v = S::add(*v, b);
-            }
-            if !t.residual.is_null() {
-                *v = S::add(*v, S::load(t.residual.add(at)));
-            }
-            if t.relu {
-                *v = S::max(S::splat(0.0), *v);
-            }
-            S::store(t.out.add(at), *v);
+        finish_block::<S, P>(t, f, row);
+    }
+}
+
+/// The epilogue of output block `f` of a tile, in registers: bias, residual, ReLU, store.
+#[inline(always)]
+unsafe fn finish_block<S: Simd, const P: usize>(t: &BlockedTile, f: usize, row: &mut [S::V; P]) {
+    let l = S::LANES;
+    let bias = (!t.bias.is_null()).then(|| S::load(t.bias.add(f * l)));
+    for (p, v) in row.iter_mut().enumerate() {
+        let at = f * t.out_ob + p * l;
+        if let Some(b) = bias {
+            *v = S::add(*v, b);
         }
+        if !t.residual.is_null() {
+            *v = S::add(*v, S::load(t.residual.add(at)));
+        }
+        if t.relu {
+            *v = S::max(S::splat(0.0), *v);
+        }
+        S::store(t.out.add(at), *v);
+    }
+}
+
+/// The narrow-group tile: one output block whose `LANES` channels fall in groups of
+/// `G < LANES` (ResNeXt-50 32x4d's first two stages on AVX-512: 4 and 8 channels a
+/// group; a depthwise layer: 1), by `P` consecutive pixels of one output row. A group's
+/// inputs lie in the output block's own input block, so an input vector, with each
+/// group's lane `j` spread over the group (`Simd::group_lane`), meets weight vector `j`,
+/// whose lane `o` is output `o`'s weight for input `j` of its group:
+///
+/// ```text
+///  input block at a pixel   [ a0 a1 a2 a3 | b0 b1 b2 b3 | c0 .. | d0 .. ]   G = 4
+///  group_lane(x, 1)         [ a1 a1 a1 a1 | b1 b1 b1 b1 | c1 .. | d1 .. ]
+///  weights j = 1            [ w(0,1) w(1,1) ...                 w(15,1) ]
+///  acc += weights x spread: G multiply-adds per pixel and tap, every lane useful
+/// ```
+///
+/// The dense single-block tile (`blocked_tile` with `F = 1`) reads the same layer with
+/// zero weights between the groups: `LANES` multiply-adds where this does `G`.
+///
+/// These layers do few multiply-adds per byte (36 per output value for 4-channel 3x3
+/// groups), so the tile also saves memory traffic: it reads the image where it lies,
+/// without a padded copy (taps in the padding read zeros, rows in it are skipped), and
+/// spreads each input vector of a tap row once, into a buffer on the stack, for all the
+/// tile's taps that read it (`kw` of them at stride 1), not once per tap. Weights are
+/// laid out `[kh][kw][G][LANES oc]`.
+///
+/// # Safety
+///
+/// `(P - 1) stride + (kw - 1) dilation + 1 <= SPREAD_ROW`; `x` holds the block's `h` rows of
+/// `w` pixels `x_row` floats apart; `w` holds `kh kw G LANES` floats; `out` (and
+/// `residual`, `bias` when not null) hold the block's `P` pixels.
+#[inline(always)]
+unsafe fn narrow_tile<S: Simd, const G: usize, const P: usize>(t: &BlockedTile) {
+    let l = S::LANES;
+    let r = t.narrow;
+    let span = (P - 1) * r.stride + (t.kw - 1) * r.dilation + 1;
+    debug_assert!(span <= SPREAD_ROW);
+    let mut acc = [S::splat(0.0); P];
+    let mut spread = [std::mem::MaybeUninit::<S::V>::uninit(); SPREAD_ROW * 8];
+    let sp = spread.as_mut_ptr() as *mut S::V;
+    let mut w = t.w;
+    for ky in 0..t.kh {
+        let iy = r.iy0 + (ky * r.dilation) as isize;
+        if iy < 0 || iy >= r.h as isize {
+            // A row of padding: zeros times these weights.
+            w = w.add(t.kw * G * l);
+            continue;
+        }
+        let xr = t.x.add(iy as usize * t.x_row);
+        for q in 0..span {
+            let ix = r.ix0 + q as isize;
+            let x = if ix >= 0 && ix < r.w as isize {
+                S::load(xr.add(ix as usize * l))
+            } else {
+                S::splat(0.0)
+            };
+            for j in 0..G {
+                sp.add(q * G + j).write(S::group_lane::<G>(x, j));
+            }
+        }
+        for kx in 0..t.kw {
+            let at = kx * r.dilation;
+            for j in 0..G {
+                let wj = S::load(w.add(j * l));
+                for (p, a) in acc.iter_mut().enumerate() {
+                    *a = S::mul_add(wj, sp.add((p * r.stride + at) * G + j).read(), *a);
+                }
+            }
+            w = w.add(G * l);
+        }
+    }
+    finish_block::<S, P>(t, 0, &mut acc);
+}
+
+/// The longest row of input vectors [`narrow_tile`] spreads once for all its taps (12
+/// pixels at stride 2 of a 3x3 kernel: 25).
+pub(crate) const SPREAD_ROW: usize = 32;
+
+/// [`narrow_tile`] for the tile's group width, one of 1, 2, 4, 8 below `LANES`.
+///
+/// # Safety
+///
+/// As [`narrow_tile`].
+#[inline(always)]
+pub(crate) unsafe fn narrow_tile_any<S: Simd, const P: usize>(t: &BlockedTile) {
+    match t.narrow.group {
+        1 => narrow_tile::<S, 1, P>(t),
+        2 if S::LANES > 2 => narrow_tile::<S, 2, P>(t),
+        4 if S::LANES > 4 => narrow_tile::<S, 4, P>(t),
+        8 if S::LANES > 8 => narrow_tile::<S, 8, P>(t),
+        g => unreachable!(
+            "no narrow-group tile for groups of {g} on {} lanes",
+            S::LANES
+        ),
     }
 }

@@ -88,6 +88,10 @@ impl Simd for Portable {
     unsafe fn select_positive(m: V4, a: V4) -> V4 {
         lanes(|i| if m[i] > 0.0 { a[i] } else { 0.0 })
     }
+    #[inline(always)]
+    unsafe fn group_lane<const G: usize>(v: V4, j: usize) -> V4 {
+        lanes(|i| v[i / G * G + j])
+    }
 }
 
 super::tier_entry_points!(
@@ -103,6 +107,7 @@ super::tier_entry_points!(
     // One output block by up to 8 pixels: grouped convolutions in the blocked layout
     // (8 accumulators, a weight vector and a broadcast fit every tier's registers).
     blocked1 = [(1, generic_f32_1x4x1_blocked), (2, generic_f32_1x4x2_blocked), (3, generic_f32_1x4x3_blocked), (4, generic_f32_1x4x4_blocked), (5, generic_f32_1x4x5_blocked), (6, generic_f32_1x4x6_blocked), (7, generic_f32_1x4x7_blocked), (8, generic_f32_1x4x8_blocked)],
+    grouped = [(1, generic_f32_1x4x1_grouped), (2, generic_f32_1x4x2_grouped), (3, generic_f32_1x4x3_grouped), (4, generic_f32_1x4x4_grouped), (5, generic_f32_1x4x5_grouped), (6, generic_f32_1x4x6_grouped), (7, generic_f32_1x4x7_grouped), (8, generic_f32_1x4x8_grouped)],
     outer = [(2, 4, generic_f32_2x4x4_outer)],
     #[inline]
 );

@@ -285,6 +285,10 @@ pub(crate) struct KernelSet {
     /// `blocked1_tiles.len()` pixels: grouped convolutions in the blocked layout, whose
     /// output blocks each read their own group's input blocks.
     pub blocked1_tiles: &'static [BlockedTileFn],
+    /// The narrow-group tile (`blocked_tile::narrow_tile`) by up to
+    /// `grouped_tiles.len()` pixels: one output block whose groups are narrower than a
+    /// block, each lane multiplying only its own group's inputs.
+    pub grouped_tiles: &'static [BlockedTileFn],
     /// Transposes a `lanes x lanes` block: `(src, src row stride, dst, dst row stride)`.
     pub transpose_block: unsafe fn(*const f32, usize, *mut f32, usize),
     /// The weight gradient's outer-product microkernels (`outer::outer_tile`) as
@@ -377,6 +381,7 @@ macro_rules! tier_entry_points {
      dot = [$mi:literal, $nj:literal, $dot:ident],
      blocked = [$bf:literal; $(($bp:literal, $blocked:ident)),+],
      blocked1 = [$(($bp1:literal, $blocked1:ident)),+],
+     grouped = [$(($gp:literal, $grouped:ident)),+],
      outer = [$(($of:literal, $op:literal, $outer:ident)),+],
      #[$attr:meta]) => {
         mod entry {
@@ -405,6 +410,14 @@ macro_rules! tier_entry_points {
                 }
             )+
             static BLOCKED1_TILES: &[BlockedTileFn] = &[$($blocked1),+];
+
+            $(
+                #[$attr]
+                unsafe fn $grouped(t: &blocked_tile::BlockedTile) {
+                    blocked_tile::narrow_tile_any::<$S, $gp>(t)
+                }
+            )+
+            static GROUPED_TILES: &[BlockedTileFn] = &[$($grouped),+];
 
             $(
                 #[$attr]
@@ -445,6 +458,7 @@ macro_rules! tier_entry_points {
             static TILE_NAMES: &[&str] = &[
                 $(stringify!($gemm)),+, stringify!($narrow_name), $(stringify!($direct)),+,
                 stringify!($dot), $(stringify!($blocked)),+, $(stringify!($blocked1)),+,
+                $(stringify!($grouped)),+,
                 $(stringify!($outer)),+
             ];
 
@@ -572,6 +586,7 @@ macro_rules! tier_entry_points {
                 blocked_f: $bf,
                 blocked_tiles: BLOCKED_TILES,
                 blocked1_tiles: BLOCKED1_TILES,
+                grouped_tiles: GROUPED_TILES,
                 outer_tiles: OUTER_TILES,
                 transpose_block,
             };
@@ -811,6 +826,13 @@ impl Kernels {
     pub fn blocked1_kernel_name(&self) -> String {
         let p = self.set.blocked1_tiles.len();
         format!("{}_f32_1x{}x{p}_blocked", self.set.isa, self.set.lanes)
+    }
+
+    /// The blocked layout's narrow-group microkernel: one output block of `L` lanes in
+    /// groups narrower than the block, by up to `P` pixels.
+    pub fn grouped_kernel_name(&self) -> String {
+        let p = self.set.grouped_tiles.len();
+        format!("{}_f32_1x{}x{p}_grouped", self.set.isa, self.set.lanes)
     }
 
     /// The weight gradient's outer-product microkernel of `f` vectors of output
@@ -1107,6 +1129,7 @@ mod tests {
                 k.direct_kernel_name(),
                 k.blocked_kernel_name(),
                 k.blocked1_kernel_name(),
+                k.grouped_kernel_name(),
                 k.dot_kernel_name(),
             ];
             computed.extend(
@@ -1129,6 +1152,7 @@ mod tests {
                 + 1
                 + set.blocked_tiles.len()
                 + set.blocked1_tiles.len()
+                + set.grouped_tiles.len()
                 + set.outer_tiles.len();
             assert_eq!(
                 set.tile_names.len(),

@@ -77,6 +77,19 @@ impl Simd for Neon {
         let positive = vcgtq_f32(m, vdupq_n_f32(0.0));
         vreinterpretq_f32_u32(vandq_u32(positive, vreinterpretq_u32_f32(a)))
     }
+    #[inline(always)]
+    unsafe fn group_lane<const G: usize>(v: float32x4_t, j: usize) -> float32x4_t {
+        match (G, j) {
+            (1, _) => v,
+            // [v0 v0 v2 v2] and [v1 v1 v3 v3].
+            (2, 0) => vtrn1q_f32(v, v),
+            (2, _) => vtrn2q_f32(v, v),
+            (_, 0) => vdupq_laneq_f32::<0>(v),
+            (_, 1) => vdupq_laneq_f32::<1>(v),
+            (_, 2) => vdupq_laneq_f32::<2>(v),
+            _ => vdupq_laneq_f32::<3>(v),
+        }
+    }
 }
 
 crate::kernels::tier_entry_points!(
@@ -92,5 +105,6 @@ crate::kernels::tier_entry_points!(
     // One output block by up to 12 pixels: grouped convolutions in the blocked layout
     // (12 accumulators, a weight vector and a broadcast fit every tier's registers).
     blocked1 = [(1, neon_f32_1x4x1_blocked), (2, neon_f32_1x4x2_blocked), (3, neon_f32_1x4x3_blocked), (4, neon_f32_1x4x4_blocked), (5, neon_f32_1x4x5_blocked), (6, neon_f32_1x4x6_blocked), (7, neon_f32_1x4x7_blocked), (8, neon_f32_1x4x8_blocked), (9, neon_f32_1x4x9_blocked), (10, neon_f32_1x4x10_blocked), (11, neon_f32_1x4x11_blocked), (12, neon_f32_1x4x12_blocked)],
+    grouped = [(1, neon_f32_1x4x1_grouped), (2, neon_f32_1x4x2_grouped), (3, neon_f32_1x4x3_grouped), (4, neon_f32_1x4x4_grouped), (5, neon_f32_1x4x5_grouped), (6, neon_f32_1x4x6_grouped), (7, neon_f32_1x4x7_grouped), (8, neon_f32_1x4x8_grouped), (9, neon_f32_1x4x9_grouped), (10, neon_f32_1x4x10_grouped), (11, neon_f32_1x4x11_grouped), (12, neon_f32_1x4x12_grouped)],
     outer = [(2, 12, neon_f32_2x4x12_outer), (4, 6, neon_f32_4x4x6_outer)],
     #[target_feature(enable = "neon")]);

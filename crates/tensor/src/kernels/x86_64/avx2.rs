@@ -130,6 +130,20 @@ impl Simd for Avx2 {
         }
     }
     #[inline(always)]
+    unsafe fn group_lane<const G: usize>(v: __m256, j: usize) -> __m256 {
+        match (G, j) {
+            (1, _) => v,
+            // Within each 128-bit lane: one `vpermilps` by immediate.
+            (2, 0) => _mm256_permute_ps::<0b10_10_00_00>(v),
+            (2, _) => _mm256_permute_ps::<0b11_11_01_01>(v),
+            (4, 0) => _mm256_permute_ps::<0x00>(v),
+            (4, 1) => _mm256_permute_ps::<0x55>(v),
+            (4, 2) => _mm256_permute_ps::<0xAA>(v),
+            (4, _) => _mm256_permute_ps::<0xFF>(v),
+            _ => _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(j as i32)),
+        }
+    }
+    #[inline(always)]
     unsafe fn load_strided(p: *const f32, stride: usize) -> __m256 {
         // Callers keep `7 * stride` far below `i32::MAX` (strides are pooling strides).
         let s = stride as i32;
@@ -154,5 +168,6 @@ crate::kernels::tier_entry_points!(
     // One output block by up to 12 pixels: grouped convolutions in the blocked layout
     // (12 accumulators, a weight vector and a broadcast fit every tier's registers).
     blocked1 = [(1, avx2_f32_1x8x1_blocked), (2, avx2_f32_1x8x2_blocked), (3, avx2_f32_1x8x3_blocked), (4, avx2_f32_1x8x4_blocked), (5, avx2_f32_1x8x5_blocked), (6, avx2_f32_1x8x6_blocked), (7, avx2_f32_1x8x7_blocked), (8, avx2_f32_1x8x8_blocked), (9, avx2_f32_1x8x9_blocked), (10, avx2_f32_1x8x10_blocked), (11, avx2_f32_1x8x11_blocked), (12, avx2_f32_1x8x12_blocked)],
+    grouped = [(1, avx2_f32_1x8x1_grouped), (2, avx2_f32_1x8x2_grouped), (3, avx2_f32_1x8x3_grouped), (4, avx2_f32_1x8x4_grouped), (5, avx2_f32_1x8x5_grouped), (6, avx2_f32_1x8x6_grouped), (7, avx2_f32_1x8x7_grouped), (8, avx2_f32_1x8x8_grouped), (9, avx2_f32_1x8x9_grouped), (10, avx2_f32_1x8x10_grouped), (11, avx2_f32_1x8x11_grouped), (12, avx2_f32_1x8x12_grouped)],
     outer = [(2, 6, avx2_f32_2x8x6_outer)],
     #[target_feature(enable = "avx2,fma")]);

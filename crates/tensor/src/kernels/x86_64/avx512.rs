@@ -158,6 +158,25 @@ impl Simd for Avx512 {
         }
     }
     #[inline(always)]
+    unsafe fn group_lane<const G: usize>(v: __m512, j: usize) -> __m512 {
+        match (G, j) {
+            (1, _) => v,
+            // Within each 128-bit lane: one `vpermilps` by immediate.
+            (2, 0) => _mm512_permute_ps::<0b10_10_00_00>(v),
+            (2, _) => _mm512_permute_ps::<0b11_11_01_01>(v),
+            (4, 0) => _mm512_permute_ps::<0x00>(v),
+            (4, 1) => _mm512_permute_ps::<0x55>(v),
+            (4, 2) => _mm512_permute_ps::<0xAA>(v),
+            (4, _) => _mm512_permute_ps::<0xFF>(v),
+            // Across 128-bit lanes: one `vpermps` by an index vector (a constant).
+            _ => {
+                let base = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8);
+                let base = if G == 8 { base } else { _mm512_setzero_si512() };
+                _mm512_permutexvar_ps(_mm512_add_epi32(base, _mm512_set1_epi32(j as i32)), v)
+            }
+        }
+    }
+    #[inline(always)]
     unsafe fn load_strided(p: *const f32, stride: usize) -> __m512 {
         // Callers keep `15 * stride` far below `i32::MAX` (strides are pooling strides).
         let idx = _mm512_mullo_epi32(
@@ -185,6 +204,7 @@ crate::kernels::tier_entry_points!(
     // One output block by up to 12 pixels: grouped convolutions in the blocked layout
     // (12 accumulators, a weight vector and a broadcast fit every tier's registers).
     blocked1 = [(1, avx512_f32_1x16x1_blocked), (2, avx512_f32_1x16x2_blocked), (3, avx512_f32_1x16x3_blocked), (4, avx512_f32_1x16x4_blocked), (5, avx512_f32_1x16x5_blocked), (6, avx512_f32_1x16x6_blocked), (7, avx512_f32_1x16x7_blocked), (8, avx512_f32_1x16x8_blocked), (9, avx512_f32_1x16x9_blocked), (10, avx512_f32_1x16x10_blocked), (11, avx512_f32_1x16x11_blocked), (12, avx512_f32_1x16x12_blocked)],
+    grouped = [(1, avx512_f32_1x16x1_grouped), (2, avx512_f32_1x16x2_grouped), (3, avx512_f32_1x16x3_grouped), (4, avx512_f32_1x16x4_grouped), (5, avx512_f32_1x16x5_grouped), (6, avx512_f32_1x16x6_grouped), (7, avx512_f32_1x16x7_grouped), (8, avx512_f32_1x16x8_grouped), (9, avx512_f32_1x16x9_grouped), (10, avx512_f32_1x16x10_grouped), (11, avx512_f32_1x16x11_grouped), (12, avx512_f32_1x16x12_grouped)],
     // The weight gradient's outer-product tiles: 2 x 12 (24 accumulators) for two
     // vectors of output channels, 4 x 6 for four or more. Measured (in-process A/B,
     // ResNet-20's layers at batch 128, 2 threads): 2 x 12 over 2 x 8 0.93-0.99.
