@@ -113,8 +113,8 @@ impl Kernels {
                     ),
                 });
             }
-            // Output block b, tap (ky, kx), input j of each lane's group: lane oc holds
-            // output b L + oc's weight for input j of its group.
+            // Output block b, tap (ky, kx), rotation j: lane oc holds output b L + oc's
+            // weight for input (oc + j) mod cg of its group (`narrow_tile`).
             let mut data = vec![0.0f32; o * kh * kw * cg];
             let wd = w.data();
             let mut at = 0;
@@ -124,7 +124,8 @@ impl Kernels {
                         for j in 0..cg {
                             for oc in 0..l {
                                 let oo = b * l + oc;
-                                data[at] = wd[((oo * cg + j) * kh + ky) * kw + kx];
+                                let input = (oc % cg + j) % cg;
+                                data[at] = wd[((oo * cg + input) * kh + ky) * kw + kx];
                                 at += 1;
                             }
                         }
@@ -496,7 +497,14 @@ impl Kernels {
         // layer whose kernel alone does not fit).
         let reach = (kw - 1) * d + 1;
         debug_assert!(reach <= SPREAD_ROW);
-        let pmax = tiles.len().min((SPREAD_ROW - reach) / s + 1);
+        let mut pmax = tiles.len().min((SPREAD_ROW - reach) / s + 1);
+        // A 3-wide kernel at stride 1 or 2 keeps a kernel row's weights (3 per group input)
+        // and the tile's accumulators in registers (`narrow_row3`) when they fit:
+        // groups of 8 on AVX-512 take tiles of up to 6 pixels for that.
+        let in_registers = self.set().vector_registers.saturating_sub(3 * cg + 2);
+        if kw == 3 && s <= 2 && d == 1 && in_registers >= 4 {
+            pmax = pmax.min(in_registers);
+        }
         let (ob, plane, x_block) = (o / l, oh * ow, h * wd * l);
         let (in_image, out_image, w_block) = (cb_all * x_block, ob * plane * l, kh * kw * cg * l);
         // Tasks: (image, output block, run of output rows), about eight per thread.

@@ -142,15 +142,17 @@ unsafe fn finish_block<S: Simd, const P: usize>(t: &BlockedTile, f: usize, row: 
 /// The narrow-group tile: one output block whose `LANES` channels fall in groups of
 /// `G < LANES` (ResNeXt-50 32x4d's first two stages on AVX-512: 4 and 8 channels a
 /// group; a depthwise layer: 1), by `P` consecutive pixels of one output row. A group's
-/// inputs lie in the output block's own input block, so an input vector, with each
-/// group's lane `j` spread over the group (`Simd::group_lane`), meets weight vector `j`,
-/// whose lane `o` is output `o`'s weight for input `j` of its group:
+/// inputs lie in the output block's own input block. Rotating each group of the input
+/// vector by `r` (`Simd::group_rotate`) brings to lane `o` input `(o + r) mod G` of
+/// its own group, which meets weight vector `r`, whose lane `o` is output `o`'s weight
+/// for that input; the `G` rotations cover every input of the group once:
 ///
 /// ```text
 ///  input block at a pixel   [ a0 a1 a2 a3 | b0 b1 b2 b3 | c0 .. | d0 .. ]   G = 4
-///  group_lane(x, 1)         [ a1 a1 a1 a1 | b1 b1 b1 b1 | c1 .. | d1 .. ]
-///  weights j = 1            [ w(0,1) w(1,1) ...                 w(15,1) ]
-///  acc += weights x spread: G multiply-adds per pixel and tap, every lane useful
+///  rotated by 1             [ a1 a2 a3 a0 | b1 b2 b3 b0 | c1 .. | d1 .. ]
+///  weights r = 1            [ w(0,1) w(1,2) w(2,3) w(3,0) | w(4,1) ...  ]
+///  acc += weights x rotated: G multiply-adds per pixel and tap, every lane useful;
+///  rotation 0 is the input itself (G - 1 shuffles per input vector)
 /// ```
 ///
 /// The dense single-block tile (`blocked_tile` with `F = 1`) reads the same layer with
@@ -158,15 +160,17 @@ unsafe fn finish_block<S: Simd, const P: usize>(t: &BlockedTile, f: usize, row: 
 ///
 /// These layers do few multiply-adds per byte (36 per output value for 4-channel 3x3
 /// groups), so the tile also saves memory traffic: it reads the image where it lies,
-/// without a padded copy (taps in the padding read zeros, rows in it are skipped), and
-/// spreads each input vector of a tap row once, into a buffer on the stack, for all the
-/// tile's taps that read it (`kw` of them at stride 1), not once per tap. Weights are
-/// laid out `[kh][kw][G][LANES oc]`.
+/// without a padded copy (taps in the padding read zeros, rows in it are skipped). Each
+/// input vector of a tap row is rotated once for all the tile's taps that read it (`kw`
+/// of them at stride 1), not once per tap: held in registers for a 3-wide kernel at
+/// stride 1 where the weights of a kernel row fit beside the accumulators
+/// (`narrow_row3`), else kept in a buffer on the stack. Weights are laid out
+/// `[kh][kw][G r][LANES oc]`.
 ///
 /// # Safety
 ///
-/// `(P - 1) stride + (kw - 1) dilation + 1 <= SPREAD_ROW`; `x` holds the block's `h` rows of
-/// `w` pixels `x_row` floats apart; `w` holds `kh kw G LANES` floats; `out` (and
+/// `(P - 1) stride + (kw - 1) dilation + 1 <= SPREAD_ROW`; `x` holds the block's `h`
+/// rows of `w` pixels `x_row` floats apart; `w` holds `kh kw G LANES` floats; `out` (and
 /// `residual`, `bias` when not null) hold the block's `P` pixels.
 #[inline(always)]
 unsafe fn narrow_tile<S: Simd, const G: usize, const P: usize>(t: &BlockedTile) {
@@ -175,6 +179,9 @@ unsafe fn narrow_tile<S: Simd, const G: usize, const P: usize>(t: &BlockedTile) 
     let span = (P - 1) * r.stride + (t.kw - 1) * r.dilation + 1;
     debug_assert!(span <= SPREAD_ROW);
     let mut acc = [S::splat(0.0); P];
+    // The rotations in registers: 3 G weights, P accumulators, the input and a rotation.
+    let in_registers =
+        t.kw == 3 && r.stride <= 2 && r.dilation == 1 && 3 * G + P + 2 <= S::REGISTERS;
     let mut spread = [std::mem::MaybeUninit::<S::V>::uninit(); SPREAD_ROW * 8];
     let sp = spread.as_mut_ptr() as *mut S::V;
     let mut w = t.w;
@@ -186,15 +193,20 @@ unsafe fn narrow_tile<S: Simd, const G: usize, const P: usize>(t: &BlockedTile) 
             continue;
         }
         let xr = t.x.add(iy as usize * t.x_row);
-        for q in 0..span {
-            let ix = r.ix0 + q as isize;
-            let x = if ix >= 0 && ix < r.w as isize {
-                S::load(xr.add(ix as usize * l))
+        if in_registers {
+            if r.stride == 1 {
+                narrow_row3::<S, G, P, 1>(&mut acc, xr, r, w);
             } else {
-                S::splat(0.0)
-            };
-            for j in 0..G {
-                sp.add(q * G + j).write(S::group_lane::<G>(x, j));
+                narrow_row3::<S, G, P, 2>(&mut acc, xr, r, w);
+            }
+            w = w.add(3 * G * l);
+            continue;
+        }
+        for q in 0..span {
+            let x = column::<S>(xr, r, q);
+            sp.add(q * G).write(x);
+            for j in 1..G {
+                sp.add(q * G + j).write(S::group_rotate::<G>(x, j));
             }
         }
         for kx in 0..t.kw {
@@ -209,6 +221,68 @@ unsafe fn narrow_tile<S: Simd, const G: usize, const P: usize>(t: &BlockedTile) 
         }
     }
     finish_block::<S, P>(t, 0, &mut acc);
+}
+
+/// Input column `q` of a narrow-group tile's row `xr`, or zeros in the padding.
+#[inline(always)]
+unsafe fn column<S: Simd>(xr: *const f32, r: NarrowRow, q: usize) -> S::V {
+    let ix = r.ix0 + q as isize;
+    if ix >= 0 && ix < r.w as isize {
+        S::load(xr.add(ix as usize * S::LANES))
+    } else {
+        S::splat(0.0)
+    }
+}
+
+/// One kernel row of a 3-wide narrow-group tile of stride `ST` (1 or 2) with its
+/// rotations in registers: input column `q` (of `(P - 1) ST + 3`), rotated by `j`,
+/// meets the weights of taps `kx = 0, 1, 2` for pixels `(q - kx) / ST`
+/// (`narrow_step`).
+#[inline(always)]
+unsafe fn narrow_row3<S: Simd, const G: usize, const P: usize, const ST: usize>(
+    acc: &mut [S::V; P],
+    xr: *const f32,
+    r: NarrowRow,
+    w: *const f32,
+) {
+    let l = S::LANES;
+    let wv: [[S::V; G]; 3] =
+        std::array::from_fn(|kx| std::array::from_fn(|j| S::load(w.add((kx * G + j) * l))));
+    // Written out, not looped, with the column a constant: LLVM does not unroll 14 steps
+    // of this size by itself, and a loop would index the accumulators at run time
+    // (through memory).
+    debug_assert!((P - 1) * ST + 3 <= 26);
+    macro_rules! steps {
+        ($($q:literal)*) => {
+            $(if $q < (P - 1) * ST + 3 {
+                narrow_step::<S, G, P, ST, $q>(acc, column::<S>(xr, r, $q), &wv);
+            })*
+        };
+    }
+    steps!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25);
+}
+
+/// Input column `Q` of [`narrow_row3`], `x`: its rotations times the weights of taps
+/// `kx = 0, 1, 2` into pixels `(Q - kx) / ST`, where that divides.
+#[inline(always)]
+unsafe fn narrow_step<S: Simd, const G: usize, const P: usize, const ST: usize, const Q: usize>(
+    acc: &mut [S::V; P],
+    x: S::V,
+    wv: &[[S::V; G]; 3],
+) {
+    for j in 0..G {
+        let xj = if j == 0 {
+            x
+        } else {
+            S::group_rotate::<G>(x, j)
+        };
+        for (kx, wk) in wv.iter().enumerate() {
+            if Q >= kx && (Q - kx) % ST == 0 && (Q - kx) / ST < P {
+                let p = (Q - kx) / ST;
+                acc[p] = S::mul_add(wk[j], xj, acc[p]);
+            }
+        }
+    }
 }
 
 /// The longest row of input vectors [`narrow_tile`] spreads once for all its taps (12

@@ -88,9 +88,10 @@ impl Simd for Portable {
     unsafe fn select_positive(m: V4, a: V4) -> V4 {
         lanes(|i| if m[i] > 0.0 { a[i] } else { 0.0 })
     }
+    const REGISTERS: usize = 16;
     #[inline(always)]
-    unsafe fn group_lane<const G: usize>(v: V4, j: usize) -> V4 {
-        lanes(|i| v[i / G * G + j])
+    unsafe fn group_rotate<const G: usize>(v: V4, r: usize) -> V4 {
+        lanes(|i| v[i / G * G + (i % G + r) % G])
     }
 }
 

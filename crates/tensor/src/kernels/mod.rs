@@ -291,6 +291,9 @@ pub(crate) struct KernelSet {
     pub grouped_tiles: &'static [BlockedTileFn],
     /// Transposes a `lanes x lanes` block: `(src, src row stride, dst, dst row stride)`.
     pub transpose_block: unsafe fn(*const f32, usize, *mut f32, usize),
+    /// The tier's vector registers (`Simd::REGISTERS`): how many pixels a kernel that
+    /// keeps its weights in registers can take.
+    pub vector_registers: usize,
     /// The weight gradient's outer-product microkernels (`outer::outer_tile`) as
     /// `(F, P, tile)`: `F` output blocks by `P` taps, in increasing `F`.
     pub outer_tiles: &'static [(usize, usize, OuterTileFn)],
@@ -589,6 +592,7 @@ macro_rules! tier_entry_points {
                 grouped_tiles: GROUPED_TILES,
                 outer_tiles: OUTER_TILES,
                 transpose_block,
+                vector_registers: <$S as $crate::kernels::simd::Simd>::REGISTERS,
             };
         }
         pub(crate) use entry::KERNELS;

@@ -95,22 +95,26 @@ pub(crate) trait Simd {
         }
     }
 
-    /// Each group of `G` lanes filled with its own lane `j`: lane `i` of the result is
-    /// lane `(i / G) G + j` of `v` (`G` divides `LANES`, `j < G`). A grouped
-    /// convolution whose groups are narrower than a vector multiplies every output lane
-    /// by input `j` of its own group this way (`blocked_tile::narrow_tile`). Tiers
-    /// override it with one shuffle; `G` and `j` are constants once the caller's loop is
-    /// unrolled.
+    /// Each group of `G` lanes rotated by `r`: lane `i` of the result is lane
+    /// `(i / G) G + (i % G + r) mod G` of `v` (`G` divides `LANES`, `0 < r < G`). A
+    /// grouped convolution whose groups are narrower than a vector multiplies every
+    /// output lane by the inputs of its own group this way, one rotation at a time
+    /// (`blocked_tile::narrow_tile`). Tiers override it with one shuffle; `G` and `r` are
+    /// constants once the caller's loop is unrolled.
     #[inline(always)]
-    unsafe fn group_lane<const G: usize>(v: Self::V, j: usize) -> Self::V {
+    unsafe fn group_rotate<const G: usize>(v: Self::V, r: usize) -> Self::V {
         let mut buf = [0.0f32; 16];
         Self::store(buf.as_mut_ptr(), v);
         let mut out = [0.0f32; 16];
         for (i, o) in out.iter_mut().take(Self::LANES).enumerate() {
-            *o = buf[i / G * G + j];
+            *o = buf[i / G * G + (i % G + r) % G];
         }
         Self::load(out.as_ptr())
     }
+
+    /// Vector registers the tier has (a kernel keeps its operands in them only where
+    /// they fit).
+    const REGISTERS: usize = 32;
 
     /// Loads `p[0], p[stride], ..., p[(LANES - 1) * stride]`.
     #[inline(always)]

@@ -78,16 +78,13 @@ impl Simd for Neon {
         vreinterpretq_f32_u32(vandq_u32(positive, vreinterpretq_u32_f32(a)))
     }
     #[inline(always)]
-    unsafe fn group_lane<const G: usize>(v: float32x4_t, j: usize) -> float32x4_t {
-        match (G, j) {
-            (1, _) => v,
-            // [v0 v0 v2 v2] and [v1 v1 v3 v3].
-            (2, 0) => vtrn1q_f32(v, v),
-            (2, _) => vtrn2q_f32(v, v),
-            (_, 0) => vdupq_laneq_f32::<0>(v),
-            (_, 1) => vdupq_laneq_f32::<1>(v),
-            (_, 2) => vdupq_laneq_f32::<2>(v),
-            _ => vdupq_laneq_f32::<3>(v),
+    unsafe fn group_rotate<const G: usize>(v: float32x4_t, r: usize) -> float32x4_t {
+        match (G, r) {
+            // [v1 v0 v3 v2].
+            (2, _) => vrev64q_f32(v),
+            (_, 1) => vextq_f32::<1>(v, v),
+            (_, 2) => vextq_f32::<2>(v, v),
+            _ => vextq_f32::<3>(v, v),
         }
     }
 }

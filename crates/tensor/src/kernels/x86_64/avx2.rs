@@ -129,18 +129,24 @@ impl Simd for Avx2 {
             _mm256_storeu_ps(dst.add(i * dst_stride), col);
         }
     }
+    const REGISTERS: usize = 16;
     #[inline(always)]
-    unsafe fn group_lane<const G: usize>(v: __m256, j: usize) -> __m256 {
-        match (G, j) {
-            (1, _) => v,
+    unsafe fn group_rotate<const G: usize>(v: __m256, r: usize) -> __m256 {
+        match (G, r) {
             // Within each 128-bit lane: one `vpermilps` by immediate.
-            (2, 0) => _mm256_permute_ps::<0b10_10_00_00>(v),
-            (2, _) => _mm256_permute_ps::<0b11_11_01_01>(v),
-            (4, 0) => _mm256_permute_ps::<0x00>(v),
-            (4, 1) => _mm256_permute_ps::<0x55>(v),
-            (4, 2) => _mm256_permute_ps::<0xAA>(v),
-            (4, _) => _mm256_permute_ps::<0xFF>(v),
-            _ => _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(j as i32)),
+            (2, _) => _mm256_permute_ps::<0b10_11_00_01>(v),
+            (4, 1) => _mm256_permute_ps::<0b00_11_10_01>(v),
+            (4, 2) => _mm256_permute_ps::<0b01_00_11_10>(v),
+            (4, _) => _mm256_permute_ps::<0b10_01_00_11>(v),
+            // The whole register (G = 8): one `vpermps`.
+            _ => {
+                let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                let idx = _mm256_and_si256(
+                    _mm256_add_epi32(lane, _mm256_set1_epi32(r as i32)),
+                    _mm256_set1_epi32(7),
+                );
+                _mm256_permutevar8x32_ps(v, idx)
+            }
         }
     }
     #[inline(always)]

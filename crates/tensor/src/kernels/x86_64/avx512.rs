@@ -158,21 +158,23 @@ impl Simd for Avx512 {
         }
     }
     #[inline(always)]
-    unsafe fn group_lane<const G: usize>(v: __m512, j: usize) -> __m512 {
-        match (G, j) {
-            (1, _) => v,
+    unsafe fn group_rotate<const G: usize>(v: __m512, r: usize) -> __m512 {
+        match (G, r) {
             // Within each 128-bit lane: one `vpermilps` by immediate.
-            (2, 0) => _mm512_permute_ps::<0b10_10_00_00>(v),
-            (2, _) => _mm512_permute_ps::<0b11_11_01_01>(v),
-            (4, 0) => _mm512_permute_ps::<0x00>(v),
-            (4, 1) => _mm512_permute_ps::<0x55>(v),
-            (4, 2) => _mm512_permute_ps::<0xAA>(v),
-            (4, _) => _mm512_permute_ps::<0xFF>(v),
+            (2, _) => _mm512_permute_ps::<0b10_11_00_01>(v),
+            (4, 1) => _mm512_permute_ps::<0b00_11_10_01>(v),
+            (4, 2) => _mm512_permute_ps::<0b01_00_11_10>(v),
+            (4, _) => _mm512_permute_ps::<0b10_01_00_11>(v),
             // Across 128-bit lanes: one `vpermps` by an index vector (a constant).
             _ => {
-                let base = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8);
-                let base = if G == 8 { base } else { _mm512_setzero_si512() };
-                _mm512_permutexvar_ps(_mm512_add_epi32(base, _mm512_set1_epi32(j as i32)), v)
+                let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+                let g = G as i32 - 1;
+                let within = _mm512_and_si512(
+                    _mm512_add_epi32(lane, _mm512_set1_epi32(r as i32)),
+                    _mm512_set1_epi32(g),
+                );
+                let base = _mm512_andnot_si512(_mm512_set1_epi32(g), lane);
+                _mm512_permutexvar_ps(_mm512_or_si512(base, within), v)
             }
         }
     }
