@@ -277,7 +277,7 @@ unsafe fn narrow_step<S: Simd, const G: usize, const P: usize, const ST: usize, 
             S::group_rotate::<G>(x, j)
         };
         for (kx, wk) in wv.iter().enumerate() {
-            if Q >= kx && (Q - kx) % ST == 0 && (Q - kx) / ST < P {
+            if Q >= kx && (Q - kx).is_multiple_of(ST) && (Q - kx) / ST < P {
                 let p = (Q - kx) / ST;
                 acc[p] = S::mul_add(wk[j], xj, acc[p]);
             }
