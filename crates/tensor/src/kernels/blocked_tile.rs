@@ -182,8 +182,8 @@ unsafe fn narrow_tile<S: Simd, const G: usize, const P: usize>(t: &BlockedTile) 
     // The rotations in registers: 3 G weights, P accumulators, the input and a rotation.
     let in_registers =
         t.kw == 3 && r.stride <= 2 && r.dilation == 1 && 3 * G + P + 2 <= S::REGISTERS;
-    let mut spread = [std::mem::MaybeUninit::<S::V>::uninit(); SPREAD_ROW * 8];
-    let sp = spread.as_mut_ptr() as *mut S::V;
+    let mut rotated = [std::mem::MaybeUninit::<S::V>::uninit(); SPREAD_ROW * 8];
+    let sp = rotated.as_mut_ptr() as *mut S::V;
     let mut w = t.w;
     for ky in 0..t.kh {
         let iy = r.iy0 + (ky * r.dilation) as isize;
@@ -285,7 +285,7 @@ unsafe fn narrow_step<S: Simd, const G: usize, const P: usize, const ST: usize, 
     }
 }
 
-/// The longest row of input vectors [`narrow_tile`] spreads once for all its taps (12
+/// The longest row of input vectors whose rotations [`narrow_tile`] keeps in its buffer (12
 /// pixels at stride 2 of a 3x3 kernel: 25).
 pub(crate) const SPREAD_ROW: usize = 32;
 
