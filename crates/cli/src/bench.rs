@@ -512,12 +512,14 @@ pub fn conv(
 /// Whole-network inference: `InferenceModel::forward` on a random batch, with random
 /// weights (speed does not depend on the values). GFLOP/s counts `2 x` the multiply-adds
 /// of the convolutions and the classifier.
+#[allow(clippy::too_many_arguments)]
 pub fn model(
     k: &Kernels,
     threads: usize,
     arch: resnet::Arch,
     batch: usize,
     output_stride: usize,
+    options: resnet::InferenceOptions,
     budget: Duration,
     json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
@@ -534,7 +536,7 @@ pub fn model(
     let macs = net.forward_macs(size, size)?;
     // Folded block by block, freeing the unfused weights as it goes: only the folded,
     // packed model stays in memory, as in an embedding application.
-    let fast = resnet::InferenceModel::from_model(net, *k)?;
+    let fast = resnet::InferenceModel::with_options(net, *k, options)?;
     let x = Tensor::randn(&[batch, 3, size, size], 0.0, 1.0, 2)?;
     let t = best_time(budget, || fast.forward(&x))?;
     let ms = t.as_secs_f64() * 1e3;

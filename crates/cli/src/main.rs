@@ -259,6 +259,10 @@ enum BenchCommand {
         /// Output stride: 8 or 16 for the dilated backbones (bottleneck nets), 32 plain.
         #[arg(long, default_value_t = 32)]
         output_stride: usize,
+        /// Keep every 3x3 layer on the exact direct kernel: no Winograd (which the plan
+        /// takes for the 64-channel 3x3 layers in the blocked layout).
+        #[arg(long)]
+        no_winograd: bool,
     },
     /// One training step (forward, backward, SGD update): ms/step, images/s, peak RSS.
     Train {
@@ -498,12 +502,26 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     arch,
                     batch,
                     output_stride,
+                    no_winograd,
                 } => {
                     if batch == 0 {
                         return Err("--batch must be at least 1".into());
                     }
                     let arch = arch.parse()?;
-                    bench::model(&k, threads, arch, batch, output_stride, budget, json)
+                    let options = resnet::InferenceOptions {
+                        winograd: !no_winograd,
+                        ..Default::default()
+                    };
+                    bench::model(
+                        &k,
+                        threads,
+                        arch,
+                        batch,
+                        output_stride,
+                        options,
+                        budget,
+                        json,
+                    )
                 }
                 BenchCommand::Train { arch, batch } => {
                     if batch == 0 {

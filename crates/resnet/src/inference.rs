@@ -30,6 +30,43 @@ use crate::model::{ConvBn, ResNet, Shortcut};
 /// shortcuts, as the ImageNet nets have).
 pub use tensor::Layout as ConvLayout;
 
+/// How an [`InferenceModel`] plans its convolutions ([`InferenceModel::with_options`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InferenceOptions {
+    /// The layout; `None`: [`InferenceModel::default_layout`]'s.
+    pub layout: Option<ConvLayout>,
+    /// Whether 3x3, stride-1 layers may run by Winograd F(4x4, 3x3) where the plan's
+    /// ladder measured it faster (`tensor::ConvPlan::with_winograd`; blocked layout
+    /// only). On by default; off keeps every output a plain sum of products, with the
+    /// direct kernel's rounding (Winograd's error is a few times larger, still far
+    /// below PyTorch's equivalence tolerances: `docs/convolution.md`).
+    pub winograd: bool,
+}
+
+impl Default for InferenceOptions {
+    fn default() -> Self {
+        InferenceOptions {
+            layout: None,
+            winograd: true,
+        }
+    }
+}
+
+/// The layout and options every convolution of one model is planned with.
+#[derive(Debug, Clone, Copy)]
+struct Planning {
+    layout: ConvLayout,
+    winograd: bool,
+}
+
+impl Planning {
+    /// The stems' (Winograd has no NCHW route).
+    const NCHW: Planning = Planning {
+        layout: ConvLayout::Nchw,
+        winograd: false,
+    };
+}
+
 /// A convolution with its batch norm folded in: weights packed for the layer's plan,
 /// and a bias.
 struct FusedConv {
@@ -38,7 +75,7 @@ struct FusedConv {
 }
 
 impl FusedConv {
-    fn new(k: &Kernels, c: &ConvBn, layout: ConvLayout) -> Result<Self> {
+    fn new(k: &Kernels, c: &ConvBn, p: Planning) -> Result<Self> {
         let bn = &c.bn;
         let (w, bias) = fold_batch_norm(
             &c.weight,
@@ -49,7 +86,9 @@ impl FusedConv {
             bn.running_var.data(),
             bn.eps,
         )?;
-        let plan = c.plan(k, Mode::Inference, layout)?;
+        let plan = c
+            .plan(k, Mode::Inference, p.layout)?
+            .with_winograd(p.winograd);
         Ok(FusedConv {
             weights: k.pack_conv(&plan, &w)?,
             bias,
@@ -267,7 +306,7 @@ struct FusedBlock {
     shortcut: FusedShortcut,
 }
 
-fn fuse_block(k: &Kernels, block: &crate::model::Block, layout: ConvLayout) -> Result<FusedBlock> {
+fn fuse_block(k: &Kernels, block: &crate::model::Block, layout: Planning) -> Result<FusedBlock> {
     Ok(FusedBlock {
         convs: block
             .convs
@@ -324,7 +363,21 @@ impl InferenceModel {
     /// [`InferenceModel::new`] in a chosen layout (an error for `Blocked` with the CIFAR
     /// nets' channel-padding shortcuts).
     pub fn new_with_layout(model: &ResNet, kernels: Kernels, layout: ConvLayout) -> Result<Self> {
-        check_layout(model, layout)?;
+        let options = InferenceOptions {
+            layout: Some(layout),
+            ..InferenceOptions::default()
+        };
+        Self::new_with_options(model, kernels, options)
+    }
+
+    /// [`InferenceModel::new`] with [`InferenceOptions`].
+    pub fn new_with_options(
+        model: &ResNet,
+        kernels: Kernels,
+        options: InferenceOptions,
+    ) -> Result<Self> {
+        let layout = Self::planning(model, options);
+        check_layout(model, layout.layout)?;
         tensor::workspace::bypass(|| {
             let k = &kernels;
             let stages = model
@@ -337,7 +390,7 @@ impl InferenceModel {
                         .collect::<Result<Vec<_>>>()
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Self::assemble(model, kernels, stages, layout)
+            Self::assemble(model, kernels, stages, layout.layout)
         })
     }
 
@@ -351,11 +404,26 @@ impl InferenceModel {
 
     /// [`InferenceModel::from_model`] in a chosen layout.
     pub fn from_model_with_layout(
-        mut model: ResNet,
+        model: ResNet,
         kernels: Kernels,
         layout: ConvLayout,
     ) -> Result<Self> {
-        check_layout(&model, layout)?;
+        let options = InferenceOptions {
+            layout: Some(layout),
+            ..InferenceOptions::default()
+        };
+        Self::with_options(model, kernels, options)
+    }
+
+    /// [`InferenceModel::from_model`] with [`InferenceOptions`]: the layout, and whether
+    /// Winograd may run.
+    pub fn with_options(
+        mut model: ResNet,
+        kernels: Kernels,
+        options: InferenceOptions,
+    ) -> Result<Self> {
+        let layout = Self::planning(&model, options);
+        check_layout(&model, layout.layout)?;
         tensor::workspace::bypass(|| {
             let k = &kernels;
             let mut stages = Vec::with_capacity(model.stages.len());
@@ -367,7 +435,7 @@ impl InferenceModel {
                 }
                 stages.push(fused);
             }
-            Self::assemble(&model, kernels, stages, layout)
+            Self::assemble(&model, kernels, stages, layout.layout)
         })
     }
 
@@ -381,6 +449,15 @@ impl InferenceModel {
             ConvLayout::Nchw
         } else {
             ConvLayout::Blocked
+        }
+    }
+
+    fn planning(model: &ResNet, options: InferenceOptions) -> Planning {
+        Planning {
+            layout: options
+                .layout
+                .unwrap_or_else(|| Self::default_layout(model)),
+            winograd: options.winograd,
         }
     }
 
@@ -414,9 +491,9 @@ impl InferenceModel {
             deep_stem: model
                 .deep_stem
                 .iter()
-                .map(|c| FusedConv::new(k, c, ConvLayout::Nchw))
+                .map(|c| FusedConv::new(k, c, Planning::NCHW))
                 .collect::<Result<_>>()?,
-            stem: FusedConv::new(k, &model.stem, ConvLayout::Nchw)?,
+            stem: FusedConv::new(k, &model.stem, Planning::NCHW)?,
             stages,
             fc: k.pack_linear_weights(&model.fc_weight)?,
             fc_bias: model.fc_bias.data().to_vec(),

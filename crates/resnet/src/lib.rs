@@ -92,7 +92,7 @@ pub use arch::{Arch, BlockKind, UnknownArch};
 pub use classifier::{Classifier, Prediction};
 pub use data::DataError;
 pub use error::{Error, Result};
-pub use inference::{top_k, ConvLayout, InferenceModel};
+pub use inference::{top_k, ConvLayout, InferenceModel, InferenceOptions};
 pub use model::{BatchNorm, Block, ConvBn, ConvLayer, ResNet, Shortcut};
 pub use model_info::ModelInfo;
 #[cfg(feature = "train")]

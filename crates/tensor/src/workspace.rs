@@ -74,13 +74,15 @@ pub(crate) enum Scratch {
     DirectWide,
     /// The blocked layout's padded input.
     BlockedPadded,
+    /// Winograd's transformed input tiles and their products (`conv/winograd.rs`).
+    Winograd,
     /// The GEMM's packed A (`Kernels::gemm` packs it per call).
     PackA,
     /// The GEMM's packed blocks of B.
     PackB,
 }
 
-const SCRATCH_KINDS: usize = 7;
+const SCRATCH_KINDS: usize = 8;
 
 impl Scratch {
     fn index(self) -> usize {

@@ -143,6 +143,8 @@ pub(crate) enum Packed {
     Direct(DirectWeights),
     /// The blocked layout's weight groups.
     Blocked(BlockedConvWeights),
+    /// Winograd's transformed weights, packed for the blocked kernel.
+    Winograd(super::WinogradWeights),
     /// A grouped plan's: each channel group's weights, packed for the group plan.
     Grouped(Vec<ConvWeights>),
     /// A dilated plan's: the weights packed for its phase plan.
@@ -253,6 +255,7 @@ impl Kernels {
                 Packed::Direct(DirectWeights::new(w.data(), shape, self.set().direct_ob))
             }
             Forward::Blocked => Packed::Blocked(self.pack_blocked_conv_weights(w)?),
+            Forward::BlockedWinograd => Packed::Winograd(self.pack_winograd_weights(w)?),
             Forward::BlockedGrouped | Forward::BlockedNarrowGroups => {
                 return Err(TensorError::InvalidArgument {
                     op: "pack_conv",
@@ -414,7 +417,13 @@ impl Kernels {
                 self.check_packed(a)?;
                 (Some(a), None)
             }
-            (Forward::Blocked | Forward::BlockedGrouped | Forward::BlockedNarrowGroups, _) => {
+            (
+                Forward::Blocked
+                | Forward::BlockedGrouped
+                | Forward::BlockedNarrowGroups
+                | Forward::BlockedWinograd,
+                _,
+            ) => {
                 return Err(TensorError::InvalidArgument {
                     op: "conv2d",
                     reason: "this plan runs in the blocked layout: use blocked_conv2d".into(),

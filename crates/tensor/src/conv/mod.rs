@@ -28,6 +28,7 @@
 //! | forward, grouped, 0 | [`Forward::BlockedNarrowGroups`] | groups above 1 in the blocked layout, narrower than a block, as many outputs as inputs: the narrow-group kernel (`narrow_groups`) |
 //! | forward, grouped, 0' | [`Forward::BlockedGrouped`] | other groups above 1 in the blocked layout: the single-block kernel over each output block's group of input blocks (`blocked_groups` says which groups fit) |
 //! | grouped | the rungs below, once per group | groups above 1 in NCHW (and every backward): each group a dense convolution of its channels ([`ConvPlan::group_plan`], `grouped.rs`) |
+//! | forward, 1' | [`Forward::BlockedWinograd`] | blocked layout, a dense 3x3 layer of stride 1 without dilation, at most `WINOGRAD_MAX_CHANNELS` channels in and out, unless [`ConvPlan::with_winograd`] turned it off |
 //! | forward, 1 | [`Forward::Blocked`] | blocked layout, except an input of fewer channels than a vector (the RGB stem) |
 //! | forward, 2 | [`Forward::Direct`] | a kernel larger than 1x1 and at most 64 output channels |
 //! | forward, 3 | [`Forward::GemmImage`] | 1x1, stride 1, unpadded |
@@ -43,7 +44,7 @@
 //! Each route family has a file of its own in this folder: `forward.rs` (the entry
 //! points and the three GEMM routes, over `crate::gemm`), `direct.rs` (the direct
 //! kernel's forms, and the transposed ones of `dX`), `nchwc.rs` (the blocked layout's
-//! kernel, grouped or not), `weight_grad.rs` (`dW`), `backward.rs` (the backward's
+//! kernel, grouped or not), `winograd.rs` (Winograd F(4x4, 3x3) in the blocked layout), `weight_grad.rs` (`dW`), `backward.rs` (the backward's
 //! driver and the GEMM + col2im route of `dX`), `grouped.rs` and `dilated.rs` (groups and
 //! phases run through the dense routes). The copies they share (padding, phase planes,
 //! per-channel views) are in `crate::layout`. `docs/convolution.md` explains them with
@@ -56,12 +57,14 @@ mod forward;
 mod grouped;
 mod nchwc;
 mod weight_grad;
+mod winograd;
 
 use std::fmt;
 
 pub use backward::{ConvBackward, DxInto};
 pub(crate) use forward::Packed;
 pub use forward::{fold_batch_norm, Conv2d, ConvWeights};
+pub use winograd::WinogradWeights;
 
 use crate::error::{Result, TensorError};
 use crate::kernels::Kernels;
@@ -123,6 +126,12 @@ pub enum Forward {
     /// only its own group's inputs (`kernels::blocked_tile::narrow_tile`), no zero
     /// weights.
     BlockedNarrowGroups,
+    /// A 3x3, stride-1, undilated, dense convolution in the blocked layout by Winograd's
+    /// F(4x4, 3x3) (`winograd.rs`): 4 x 4 output tiles from 6 x 6 input windows, 36
+    /// products per tile and channel pair instead of 144, through the blocked kernel.
+    /// Not exact: its rounding error is a few times the direct kernel's
+    /// (`docs/convolution.md`); [`ConvPlan::with_winograd`] turns it off.
+    BlockedWinograd,
 }
 
 /// How the direct kernel reads the image (see `direct.rs`).
@@ -183,7 +192,7 @@ pub enum WeightGrad {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Routes {
     /// The layout the forward reads and writes ([`Layout::Blocked`] exactly when the
-    /// forward is [`Forward::Blocked`] or [`Forward::BlockedGrouped`]).
+    /// forward is one of the blocked routes: [`Forward::layout`]).
     pub layout: Layout,
     /// The forward's route.
     pub forward: Forward,
@@ -211,6 +220,8 @@ pub struct ConvPlan {
     mode: Mode,
     layout: Layout,
     forced: Forced,
+    /// Whether the ladder may take Winograd ([`Forward::BlockedWinograd`]).
+    winograd: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -294,6 +305,7 @@ impl ConvPlan {
             mode,
             layout: Layout::Nchw,
             forced: Forced::default(),
+            winograd: true,
         })
     }
 
@@ -325,6 +337,20 @@ impl ConvPlan {
         }
         self.layout = layout;
         Ok(self)
+    }
+
+    /// Whether the ladder may run the layer by Winograd ([`Forward::BlockedWinograd`],
+    /// on by default where the ladder measured it faster); `false` keeps every layer on
+    /// a route that computes each output as a plain sum of products, for users who want
+    /// the direct kernel's rounding. (A forced route overrides it.)
+    pub fn with_winograd(mut self, on: bool) -> Self {
+        self.winograd = on;
+        self
+    }
+
+    /// Whether the ladder may take Winograd (see [`ConvPlan::with_winograd`]).
+    pub fn winograd(&self) -> bool {
+        self.winograd
     }
 
     /// Forces the forward route. [`ConvPlan::routes`] then fails for an input the route
@@ -423,11 +449,15 @@ impl ConvPlan {
             && self.forward_family().layout() == Layout::Blocked
         {
             // The blocked kernel reads the dilated taps where they lie: no phases.
+            if let Some(r @ Forward::BlockedWinograd) = self.forced.forward {
+                return Err(unfit("forward", r, "it runs undilated layers only".into()));
+            }
             let undilated = ConvPlan {
                 conv: Conv2d {
                     dilation: 1,
                     ..self.conv
                 },
+                winograd: false,
                 ..*self
             };
             self.geometry(input)?;
@@ -532,6 +562,10 @@ impl ConvPlan {
         //    direct kernel, ResNet-18 at batch 1 ran at 0.94-0.96 of the time, ResNet-50
         //    at 0.96-0.99, in-process A/B on 2 threads).
         if self.layout == Layout::Blocked && c >= lanes {
+            // 1'. Winograd for the 3x3, stride-1 layers it wins on.
+            if self.winograd && self.winograd_fits().is_ok() && winograd_wins(c, o) {
+                return Forward::BlockedWinograd;
+            }
             return Forward::Blocked;
         }
         // 2. Few output channels and a real kernel: the direct kernel (see
@@ -659,6 +693,24 @@ impl ConvPlan {
         }
     }
 
+    /// Whether Winograd F(4x4, 3x3) can run the layer, or why not (the layer alone
+    /// decides).
+    fn winograd_fits(&self) -> std::result::Result<(), String> {
+        let [_, _, kh, kw] = self.weights;
+        let c = self.conv;
+        if self.layout != Layout::Blocked {
+            Err("it needs a plan in the blocked layout".into())
+        } else if (kh, kw) != (3, 3) || c.stride != 1 || c.dilation > 1 || c.groups > 1 {
+            Err(format!(
+                "it runs dense 3x3 layers of stride 1 without dilation (this one: {kh}x{kw}, \
+                 stride {}, dilation {}, {} groups)",
+                c.stride, c.dilation, c.groups
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
     fn geometry(&self, [n, c, h, w]: [usize; 4]) -> Result<Geometry> {
         let [o, wc, kh, kw] = self.weights;
         let groups = self.conv.groups.max(1);
@@ -709,6 +761,7 @@ impl ConvPlan {
             Forward::BlockedGrouped | Forward::BlockedNarrowGroups => {
                 Err("it runs grouped convolutions in the blocked layout only".into())
             }
+            Forward::BlockedWinograd => self.winograd_fits(),
             _ => Ok(()),
         }
     }
@@ -805,6 +858,16 @@ pub(crate) fn narrow_groups(c: usize, o: usize, groups: usize, lanes: usize) -> 
         && c / groups < lanes
         && lanes.is_multiple_of(c / groups)
         && c.is_multiple_of(lanes)
+}
+
+/// The most input or output channels of a layer the ladder runs by Winograd
+/// ([`Forward::BlockedWinograd`]); see `winograd_wins`.
+pub const WINOGRAD_MAX_CHANNELS: usize = 128;
+
+/// Whether the ladder takes Winograd for a 3x3, stride-1 layer of `c` to `o` channels
+/// (the layer alone decides, as the weights' layout depends on it).
+fn winograd_wins(c: usize, o: usize) -> bool {
+    c.max(o) <= WINOGRAD_MAX_CHANNELS
 }
 
 /// Whether a dilated convolution has a route: a "same" one (stride 1, a square kernel of
@@ -907,7 +970,7 @@ impl DirectForm {
 
 impl Forward {
     /// Every forward route, for tests and tools.
-    pub const ALL: [Forward; 10] = [
+    pub const ALL: [Forward; 11] = [
         Forward::GemmImage,
         Forward::GemmSubsampled,
         Forward::GemmIm2col,
@@ -918,14 +981,16 @@ impl Forward {
         Forward::Blocked,
         Forward::BlockedGrouped,
         Forward::BlockedNarrowGroups,
+        Forward::BlockedWinograd,
     ];
 
     /// The layout this route reads and writes.
     pub fn layout(self) -> Layout {
         match self {
-            Forward::Blocked | Forward::BlockedGrouped | Forward::BlockedNarrowGroups => {
-                Layout::Blocked
-            }
+            Forward::Blocked
+            | Forward::BlockedGrouped
+            | Forward::BlockedNarrowGroups
+            | Forward::BlockedWinograd => Layout::Blocked,
             _ => Layout::Nchw,
         }
     }
@@ -940,6 +1005,7 @@ impl Forward {
             Forward::Blocked => k.blocked_kernel_name(),
             Forward::BlockedGrouped => k.blocked1_kernel_name(),
             Forward::BlockedNarrowGroups => k.grouped_kernel_name(),
+            Forward::BlockedWinograd => k.blocked_kernel_name(),
         }
     }
 }
@@ -1008,6 +1074,7 @@ impl fmt::Display for Forward {
             Forward::Blocked => f.write_str("blocked"),
             Forward::BlockedGrouped => f.write_str("blocked-grouped"),
             Forward::BlockedNarrowGroups => f.write_str("blocked-narrow-groups"),
+            Forward::BlockedWinograd => f.write_str("blocked-winograd"),
         }
     }
 }

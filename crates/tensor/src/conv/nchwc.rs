@@ -22,11 +22,11 @@ use crate::workspace::{Scratch, Workspace};
 /// channel count of an input of a single, partial block (`block_channels`).
 #[derive(Clone, Debug)]
 pub struct BlockedConvWeights {
-    data: Vec<f32>,
+    pub(super) data: Vec<f32>,
     /// OIHW (`[O, C / groups, kh, kw]` for a grouped convolution).
     shape: [usize; 4],
     lanes: usize,
-    f: usize,
+    pub(super) f: usize,
     /// A grouped convolution's groups and super-groups (`super::blocked_groups`): `(groups,
     /// input, output)` channels of each super-group, read as one dense convolution by the
     /// single-block kernel
@@ -42,7 +42,7 @@ pub struct BlockedConvWeights {
 /// Input channels the kernel reads per block: all `l` lanes, except for an input of
 /// fewer channels than one block (an RGB image), where only the real ones are worth
 /// reading (3 of 16 on AVX-512: the stem does 5x less work).
-fn block_channels(c: usize, l: usize) -> usize {
+pub(super) fn block_channels(c: usize, l: usize) -> usize {
     if c < l {
         c.max(1)
     } else {
@@ -217,6 +217,9 @@ impl Kernels {
                 Forward::Blocked | Forward::BlockedGrouped | Forward::BlockedNarrowGroups,
                 Packed::Blocked(w),
             ) => (w, weights.plan().conv()),
+            (Forward::BlockedWinograd, Packed::Winograd(w)) => {
+                return self.blocked_winograd_into(x, w, weights.plan().conv(), epilogue, y)
+            }
             (route, _) => {
                 return Err(TensorError::InvalidArgument {
                     op,
@@ -247,28 +250,7 @@ impl Kernels {
         let [oh, ow] = p.output_size(h, wd, kh, kw)?;
         let shape = [n, o, oh, ow];
         epilogue::check(op, epilogue, Output::Blocked { shape, lanes: l })?;
-        // The tile adds the bias and the residual (in either order: both are sums), then
-        // applies the ReLU.
-        let (mut bias, mut residual, mut relu) = (None, None, false);
-        for (i, step) in epilogue.iter().enumerate() {
-            match *step {
-                Epilogue::Bias(b) => bias = Some(b),
-                Epilogue::Residual(Residual::Blocked(r)) => residual = Some(r),
-                Epilogue::Relu if i + 1 == epilogue.len() => relu = true,
-                Epilogue::Relu => {
-                    return Err(TensorError::InvalidArgument {
-                        op,
-                        reason: "the blocked kernel applies ReLU after the bias and the \
-                                 residual: put Relu last"
-                            .into(),
-                    })
-                }
-                // `check` rejected the others.
-                Epilogue::Accumulate | Epilogue::Residual(_) | Epilogue::Statistics(_) => {
-                    unreachable!("checked")
-                }
-            }
-        }
+        let (bias, residual, relu) = blocked_epilogue(op, epilogue)?;
         expect_blocked(op, "y", y, l, shape)?;
         if w.groups.is_none() && w.f != self.set().blocked_f {
             return Err(TensorError::InvalidArgument {
@@ -574,4 +556,35 @@ impl Kernels {
             (0..tasks).for_each(task);
         }
     }
+}
+
+/// A blocked route's epilogue as its tile applies it: the bias and the residual (in
+/// either order: both are sums), then the ReLU, which must come last; `epilogue::check`
+/// has refused the other steps.
+#[allow(clippy::type_complexity)]
+pub(super) fn blocked_epilogue<'a>(
+    op: &'static str,
+    epilogue: &[Epilogue<'a>],
+) -> Result<(Option<&'a [f32]>, Option<&'a BlockedTensor>, bool)> {
+    let (mut bias, mut residual, mut relu) = (None, None, false);
+    for (i, step) in epilogue.iter().enumerate() {
+        match *step {
+            Epilogue::Bias(b) => bias = Some(b),
+            Epilogue::Residual(Residual::Blocked(r)) => residual = Some(r),
+            Epilogue::Relu if i + 1 == epilogue.len() => relu = true,
+            Epilogue::Relu => {
+                return Err(TensorError::InvalidArgument {
+                    op,
+                    reason: "the blocked kernel applies ReLU after the bias and the \
+                             residual: put Relu last"
+                        .into(),
+                })
+            }
+            // `check` rejected the others.
+            Epilogue::Accumulate | Epilogue::Residual(_) | Epilogue::Statistics(_) => {
+                unreachable!("checked")
+            }
+        }
+    }
+    Ok((bias, residual, relu))
 }

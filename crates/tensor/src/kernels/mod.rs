@@ -29,6 +29,7 @@ pub(crate) mod generic;
 pub(crate) mod microkernel;
 pub(crate) mod outer;
 pub(crate) mod simd;
+pub(crate) mod winograd;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_64;
 
@@ -289,6 +290,10 @@ pub(crate) struct KernelSet {
     /// `grouped_tiles.len()` pixels: one output block whose groups are narrower than a
     /// block, each lane multiplying only its own group's inputs.
     pub grouped_tiles: &'static [BlockedTileFn],
+    /// Winograd F(4x4, 3x3)'s input and output transforms of one tile and channel block
+    /// (`winograd::input_tile`, `winograd::output_tile`).
+    pub winograd_input: unsafe fn(&winograd::WinogradIn),
+    pub winograd_output: unsafe fn(&winograd::WinogradOut),
     /// Transposes a `lanes x lanes` block: `(src, src row stride, dst, dst row stride)`.
     pub transpose_block: unsafe fn(*const f32, usize, *mut f32, usize),
     /// The tier's vector registers (`Simd::REGISTERS`): how many pixels a kernel that
@@ -390,7 +395,7 @@ macro_rules! tier_entry_points {
         mod entry {
             use super::*;
             use $crate::kernels::{
-                blocked_tile, body, direct_tile, dot, microkernel, outer, BlockedTileFn, DirectTileFn,
+                blocked_tile, body, direct_tile, dot, microkernel, outer, winograd, BlockedTileFn, DirectTileFn,
                 GemmTileFn, KernelSet, OuterTileFn, Pool2d, AvgPool2d,
             };
 
@@ -554,6 +559,14 @@ macro_rules! tier_entry_points {
                 <$S as $crate::kernels::simd::Simd>::transpose_block(s, ss, d, ds)
             }
             #[$attr]
+            unsafe fn winograd_input(t: &winograd::WinogradIn) {
+                winograd::input_tile::<$S>(t)
+            }
+            #[$attr]
+            unsafe fn winograd_output(t: &winograd::WinogradOut) {
+                winograd::output_tile::<$S>(t)
+            }
+            #[$attr]
             unsafe fn fma_chains(iters: usize, seed: f32) -> f32 {
                 body::fma_chains::<$S>(iters, seed)
             }
@@ -591,6 +604,8 @@ macro_rules! tier_entry_points {
                 blocked1_tiles: BLOCKED1_TILES,
                 grouped_tiles: GROUPED_TILES,
                 outer_tiles: OUTER_TILES,
+                winograd_input,
+                winograd_output,
                 transpose_block,
                 vector_registers: <$S as $crate::kernels::simd::Simd>::REGISTERS,
             };

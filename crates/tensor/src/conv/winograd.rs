@@ -1,0 +1,367 @@
+//! Winograd's F(4x4, 3x3) in the blocked layout (`Forward::BlockedWinograd`): a 3x3,
+//! stride-1 convolution with 4x fewer multiplications than the direct kernel
+//! (`kernels::winograd` has the algebra).
+//!
+//! The output is cut into 4 x 4 tiles (the last row and column of tiles may hang over
+//! its edge), each read from a 6 x 6 window of the input. Tiles go in chunks small
+//! enough for their transforms to stay in cache, each chunk in three steps:
+//!
+//! ```text
+//!   1. input transform   x (blocked) --B^T d B--> V [tiles][36][CB][L]
+//!   2. 36 products       M[k] = V[k] U[k]: a 1x1 convolution of a "tiles-pixel image"
+//!                        by the blocked kernel (`blocked_tile`), weights U packed as
+//!                        36 sets of 1x1 blocked weights  --> M [OB][36][tiles][L]
+//!   3. output transform  M --A^T M A, + bias, + residual, ReLU--> y (blocked)
+//! ```
+//!
+//! The transformed weights take 4x the memory of the 3x3 ones (36 values per channel
+//! pair instead of 9): the ladder keeps Winograd to the layers it measured it on
+//! (`WINOGRAD_MAX_CHANNELS` in `conv/mod.rs`).
+
+use rayon::prelude::*;
+
+use super::Conv2d;
+use crate::blocked::{checked_len, expect_blocked, lanes_mismatch, BlockedTensor};
+use crate::epilogue::{self, Epilogue, Output};
+use crate::error::{Result, TensorError};
+use crate::kernels::blocked_tile::{BlockedTile, NarrowRow};
+use crate::kernels::winograd::{kernel_transform, WinogradIn, WinogradOut, POSITIONS, TILE};
+use crate::kernels::Kernels;
+use crate::layout::OutPtr;
+use crate::tensor::Tensor;
+use crate::workspace::{Scratch, Workspace};
+
+/// The floats of transformed input and products a chunk of tiles may hold (1 MiB, half
+/// a core's L2 on the Intel host). Measured on ResNet-50's 64-channel 3x3 layer
+/// (`resnet bench conv --path blocked-winograd`, 2 threads): batch 1 0.25-0.26 ms with
+/// 1 MiB or less, 0.35-0.47 with 2-4 MiB (fewer chunks than threads to share them).
+const CHUNK_FLOATS: usize = 1 << 18;
+
+/// The fewest tiles a chunk holds, so that each transformed weight read serves at
+/// least this many tiles (the 256- and 512-channel layers, whose weights are 9.4 and
+/// 38 MB, ran 1.2-1.5x slower with chunks of 1 MiB than with one chunk of all tiles).
+const MIN_CHUNK: usize = 48;
+
+/// A 3x3 layer's weights for Winograd F(4x4, 3x3): for each of the 36 positions `k`,
+/// `U[k] = (G g G^T)[k]` of every channel pair, packed as the blocked kernel's 1x1
+/// weights (`[G][CB][icb][F][L oc]`), `per_pos` floats each.
+#[derive(Clone, Debug)]
+pub struct WinogradWeights {
+    pub(super) data: Vec<f32>,
+    pub(super) per_pos: usize,
+    /// OIHW (`[O, C, 3, 3]`).
+    pub(super) shape: [usize; 4],
+    pub(super) lanes: usize,
+    pub(super) f: usize,
+    /// Input channels read per block (`nchwc::block_channels`).
+    pub(super) icb: usize,
+}
+
+impl Kernels {
+    /// 3x3 OIHW weights transformed (in `f64`, rounded once) and laid out for
+    /// [`super::Forward::BlockedWinograd`].
+    pub(crate) fn pack_winograd_weights(&self, w: &Tensor) -> Result<WinogradWeights> {
+        let [o, c, kh, kw] = w.dims4("pack_winograd_weights")?;
+        if (kh, kw) != (3, 3) {
+            return Err(TensorError::InvalidArgument {
+                op: "pack_winograd_weights",
+                reason: format!("Winograd F(4x4, 3x3) needs a 3x3 kernel, not {kh}x{kw}"),
+            });
+        }
+        let wd = w.data();
+        let mut u = vec![0.0f32; POSITIONS * o * c];
+        for (pair, g) in wd.chunks_exact(9).enumerate() {
+            let t = kernel_transform(std::array::from_fn(|i| g[i] as f64));
+            for (k, v) in t.iter().enumerate() {
+                u[k * o * c + pair] = *v as f32;
+            }
+        }
+        let mut data = Vec::new();
+        let mut per_pos = 0;
+        let mut f = self.set().blocked_f;
+        for k in 0..POSITIONS {
+            let uk = Tensor::from_vec(&[o, c, 1, 1], u[k * o * c..(k + 1) * o * c].to_vec())?;
+            let packed = self.pack_blocked_conv_weights(&uk)?;
+            per_pos = packed.data.len();
+            f = packed.f;
+            if k == 0 {
+                data.reserve_exact(POSITIONS * per_pos);
+            }
+            data.extend_from_slice(&packed.data);
+        }
+        let l = self.lanes();
+        Ok(WinogradWeights {
+            data,
+            per_pos,
+            shape: [o, c, 3, 3],
+            lanes: l,
+            f,
+            icb: super::nchwc::block_channels(c, l),
+        })
+    }
+
+    /// [`Kernels::blocked_conv2d_into`] for a plan on [`super::Forward::BlockedWinograd`]:
+    /// the arguments checked, then `blocked_winograd`.
+    pub(super) fn blocked_winograd_into(
+        &self,
+        x: &BlockedTensor,
+        w: &WinogradWeights,
+        p: Conv2d,
+        epilogue: &[Epilogue],
+        y: &mut BlockedTensor,
+    ) -> Result<()> {
+        let op = "blocked_conv2d";
+        let l = self.lanes();
+        for got in [x.lanes, w.lanes] {
+            if got != l {
+                return Err(lanes_mismatch(op, got, l));
+            }
+        }
+        let [n, c, h, wd] = x.shape;
+        let [o, wc, kh, kw] = w.shape;
+        if wc != c {
+            return Err(TensorError::ShapeMismatch {
+                op,
+                arg: "weights",
+                expected: vec![o, c, kh, kw],
+                got: w.shape.to_vec(),
+            });
+        }
+        let [oh, ow] = p.output_size(h, wd, kh, kw)?;
+        let shape = [n, o, oh, ow];
+        epilogue::check(op, epilogue, Output::Blocked { shape, lanes: l })?;
+        let (bias, residual, relu) = super::nchwc::blocked_epilogue(op, epilogue)?;
+        expect_blocked(op, "y", y, l, shape)?;
+        if w.f != self.set().blocked_f {
+            return Err(TensorError::InvalidArgument {
+                op,
+                reason: format!(
+                    "weights packed in groups of {} channel blocks, but this tier's kernel \
+                     takes {} (pack them with the same Kernels)",
+                    w.f,
+                    self.set().blocked_f
+                ),
+            });
+        }
+        let (cb, ob) = (c.div_ceil(l), o.div_ceil(l));
+        let groups = ob.div_ceil(w.f);
+        // The unsafe tiles trust these lengths: check them (and that no size wraps
+        // around) first.
+        let lengths_agree = x.data.len() == checked_len(op, &[n, cb, h, wd, l])?
+            && y.data.len() == checked_len(op, &[n, ob, oh, ow, l])?
+            && residual.is_none_or(|r| r.data.len() == y.data.len())
+            && w.per_pos == checked_len(op, &[groups, cb, w.icb, w.f, l])?
+            && w.data.len() == checked_len(op, &[POSITIONS, w.per_pos])?
+            && checked_len(
+                op,
+                &[
+                    POSITIONS,
+                    cb + ob,
+                    n,
+                    oh.div_ceil(TILE),
+                    ow.div_ceil(TILE),
+                    l,
+                ],
+            )
+            .is_ok();
+        if !lengths_agree {
+            return Err(TensorError::InvalidArgument {
+                op,
+                reason: "a blocked tensor's data does not match its shape".into(),
+            });
+        }
+        if n * oh * ow * o == 0 || c * h * wd == 0 {
+            epilogue::finish_blocked_empty(epilogue, y);
+            return Ok(());
+        }
+        let bias_padded: Option<Vec<f32>> = bias.map(|b| {
+            let mut v = b.to_vec();
+            v.resize(ob * l, 0.0);
+            v
+        });
+        self.blocked_winograd(x, w, p.padding, bias_padded.as_deref(), residual, relu, y);
+        Ok(())
+    }
+
+    /// The Winograd route, its arguments checked (`blocked_winograd_into`): `pad` the
+    /// layer's padding, `bias` padded to whole output blocks.
+    #[allow(clippy::too_many_arguments)]
+    fn blocked_winograd(
+        &self,
+        x: &BlockedTensor,
+        w: &WinogradWeights,
+        pad: usize,
+        bias: Option<&[f32]>,
+        residual: Option<&BlockedTensor>,
+        relu: bool,
+        y: &mut BlockedTensor,
+    ) {
+        let set = self.set();
+        let l = self.lanes();
+        let [n, c, h, wd] = x.shape;
+        let [_, o, oh, ow] = y.shape;
+        debug_assert_eq!(c, w.shape[1]);
+        let (cb, ob, f) = (c.div_ceil(l), o.div_ceil(l), w.f);
+        let groups = ob.div_ceil(f);
+        let w_group = cb * w.icb * f * l;
+        debug_assert_eq!(w.per_pos, groups * w_group);
+        let (th, tw) = (oh.div_ceil(TILE), ow.div_ceil(TILE));
+        let per_image = th * tw;
+        let total = n * per_image;
+        let kernels = set.blocked_tiles;
+        let pmax = kernels.len();
+        // Tiles per chunk: as many as fit `CHUNK_FLOATS`, but at least `MIN_CHUNK` (each
+        // chunk reads all the transformed weights: 36 C O floats, from memory once
+        // they outgrow the caches), a whole number of the kernel's widest tile
+        // (narrower ones run at a lower share of the peak).
+        let per_tile = POSITIONS * (cb + ob) * l;
+        let chunk = (CHUNK_FLOATS / per_tile).max(MIN_CHUNK) / pmax * pmax;
+        let chunk = chunk.max(pmax).min(total);
+        let chunks = total.div_ceil(chunk);
+        let threads = rayon::current_num_threads();
+        let parallel = threads > 1 && total * per_tile * cb.max(ob) * l >= 1 << 18;
+        // Enough chunks to go round: each thread runs whole chunks, the three steps on
+        // its own buffer, with no waiting between them; else the chunks one after
+        // another, each step split across the threads.
+        let by_chunk = parallel && chunks >= 2 * threads;
+        let outp = OutPtr(y.data.as_mut_ptr());
+        let (input_tile, output_tile) = (set.winograd_input, set.winograd_output);
+        // V is `[tile][36][CB][L]` (a tile's transform written in one place), M
+        // `[OB][36][tile][L]` (the kernel's output pixels `L` floats apart), so that
+        // neither transform strides across the whole buffer. The kernel reads V's tiles
+        // as pixels at these offsets.
+        let offs: Vec<usize> = (0..chunk).map(|q| q * POSITIONS * cb * l).collect();
+        let v_len = POSITIONS * cb * chunk * l;
+        let buf_len = v_len + POSITIONS * ob * chunk * l;
+        // Tile `t`'s image and its top-left output pixel.
+        let place = |t: usize| {
+            let (b, r) = (t / per_image, t % per_image);
+            (b, (r / tw) * TILE, (r % tw) * TILE)
+        };
+        // One chunk, from tile `t0`, in `buf`, each step split across the threads if
+        // `split`.
+        let run = |t0: usize, buf: &mut Vec<f32>, split: bool| {
+            // Every element a step reads was written by the step before it.
+            buf.resize(buf_len, 0.0);
+            let (v, m) = buf.split_at_mut(v_len);
+            let (vp, mp) = (OutPtr(v.as_mut_ptr()), OutPtr(m.as_mut_ptr()));
+            {
+                let tc = chunk.min(total - t0);
+                // 1. The input transform: V[k][cb][q] for every tile q of the chunk.
+                let transform_in = |q: usize| {
+                    let (b, oy, ox) = place(t0 + q);
+                    for i in 0..cb {
+                        let t = WinogradIn {
+                            x: x.data[(b * cb + i) * h * wd * l..].as_ptr(),
+                            h,
+                            w: wd,
+                            iy0: oy as isize - pad as isize,
+                            ix0: ox as isize - pad as isize,
+                            // SAFETY: inside V: tile q < tc <= chunk, block i.
+                            out: unsafe { vp.get().add((q * POSITIONS * cb + i) * l) },
+                            out_pos: cb * l,
+                        };
+                        // SAFETY: the window's pixels inside the image are read from
+                        // image b's block i; V holds tile q's 36 positions `cb l` apart.
+                        // Tiles write disjoint positions of V.
+                        unsafe { input_tile(&t) };
+                    }
+                };
+                // 2. The 36 products, each a 1x1 convolution over the chunk's tiles by
+                //    the blocked kernel: tasks (position, group of output blocks, run).
+                let wanted = 8 * threads;
+                let runs = wanted
+                    .div_ceil(POSITIONS * groups)
+                    .clamp(1, tc.div_ceil(pmax));
+                let run_px = tc.div_ceil(runs).div_ceil(pmax) * pmax;
+                let runs = tc.div_ceil(run_px);
+                let product = |task: usize| {
+                    let (k, rest) = (task / (groups * runs), task % (groups * runs));
+                    let (g, run) = (rest / runs, rest % runs);
+                    let fv = f.min(ob - g * f);
+                    let (q0, q1) = (run * run_px, ((run + 1) * run_px).min(tc));
+                    let (len, count) = (q1 - q0, (q1 - q0).div_ceil(pmax));
+                    let (base, extra) = (len / count.max(1), len % count.max(1));
+                    let mut q = q0;
+                    for ti in 0..count {
+                        let pn = base + usize::from(ti < extra);
+                        let tile = BlockedTile {
+                            // SAFETY: inside V: tile 0, position k.
+                            x: unsafe { vp.get().add(k * cb * l) },
+                            x_off: offs[q..].as_ptr(),
+                            x_cb: l,
+                            x_row: 0,
+                            x_col: 0,
+                            cb,
+                            icb: w.icb,
+                            kh: 1,
+                            kw: 1,
+                            w: w.data[k * w.per_pos + g * w_group..].as_ptr(),
+                            // SAFETY: inside M: block g f, position k, tile q.
+                            out: unsafe { mp.get().add(((g * f * POSITIONS + k) * tc + q) * l) },
+                            out_ob: POSITIONS * tc * l,
+                            f: fv,
+                            bias: std::ptr::null(),
+                            residual: std::ptr::null(),
+                            relu: false,
+                            narrow: NarrowRow::default(),
+                        };
+                        // SAFETY: tiles q..q + pn of each of position k's cb blocks are in
+                        // V (written by step 1); group g's weights at position k are
+                        // `w_group` floats; the kernel writes `fv` blocks of `pn` tiles of
+                        // position k's M. Tasks differ in (k, g, run): disjoint outputs.
+                        unsafe { (kernels[pn - 1])(&tile) };
+                        q += pn;
+                    }
+                };
+                // 3. The output transform and the epilogue, into y.
+                let transform_out = |q: usize| {
+                    let (b, oy, ox) = place(t0 + q);
+                    for i in 0..ob {
+                        let at = ((b * ob + i) * oh + oy) * ow * l + ox * l;
+                        let t = WinogradOut {
+                            // SAFETY: inside M: block i, position 0, tile q.
+                            m: unsafe { mp.get().add((i * POSITIONS * tc + q) * l) as *const f32 },
+                            m_pos: tc * l,
+                            // SAFETY: inside y: image b, block i, pixel (oy, ox).
+                            out: unsafe { outp.get().add(at) },
+                            row: ow * l,
+                            rows: TILE.min(oh - oy),
+                            cols: TILE.min(ow - ox),
+                            bias: bias.map_or(std::ptr::null(), |b| b[i * l..].as_ptr()),
+                            residual: residual.map_or(std::ptr::null(), |r| r.data[at..].as_ptr()),
+                            relu,
+                        };
+                        // SAFETY: M's 36 positions of tile q, block i, were written by
+                        // step 2; the tile's `rows x cols` pixels lie inside image b's
+                        // block i of y (and of the residual, of y's shape). Tiles write
+                        // disjoint pixels.
+                        unsafe { output_tile(&t) };
+                    }
+                };
+                let tasks = POSITIONS * groups * runs;
+                if split {
+                    (0..tc).into_par_iter().for_each(transform_in);
+                    (0..tasks).into_par_iter().for_each(product);
+                    (0..tc).into_par_iter().for_each(transform_out);
+                } else {
+                    (0..tc).for_each(transform_in);
+                    (0..tasks).for_each(product);
+                    (0..tc).for_each(transform_out);
+                }
+            }
+        };
+        let ws = Workspace::current();
+        if by_chunk {
+            (0..chunks)
+                .into_par_iter()
+                .for_each(|i| ws.scratch(Scratch::Winograd, |buf| run(i * chunk, buf, false)));
+        } else {
+            ws.scratch(Scratch::Winograd, |buf| {
+                for i in 0..chunks {
+                    run(i * chunk, buf, parallel);
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Winograd's F(4x4, 3x3) transforms for the blocked layout (`conv/winograd.rs`).
+//!
+//! A 3x3, stride-1 convolution computes each 4 x 4 patch of its output from a 6 x 6
+//! window of its input. Winograd's minimal filtering algorithm (Lavin and Gray, "Fast
+//! Algorithms for Convolutional Neural Networks", 2016, with the interpolation points
+//! 0, 1, -1, 2, -2 and infinity) writes that patch as
+//!
+//! ```text
+//!     Y = A^T [ (G g G^T) (.) (B^T d B) ] A        (.) : element-wise product
+//! ```
+//!
+//! `d` the 6 x 6 input window, `g` the 3 x 3 kernel, `U = G g G^T` the 6 x 6 transformed
+//! kernel (made once, at packing), `V = B^T d B` the transformed window. Summed over the
+//! input channels, the element-wise products are 36 independent matrix products, one per
+//! position of the 6 x 6 domain: `M[pos] = V[pos] U[pos]` (tiles x input channels times
+//! input channels x output channels), which the blocked layout's own kernel computes as
+//! 1x1 convolutions. 36 multiplications per tile and channel pair instead of 144: 4x
+//! fewer than the direct kernel's, paid for by the two transforms below (adds and a few
+//! multiplies, memory-bound) and by a larger rounding error (`docs/convolution.md`).
+//!
+//! In the blocked layout a pixel's `LANES` channels are one vector, so each transform
+//! is scalar arithmetic on whole vectors: every lane is a channel, transformed alike.
+//!
+//! ```text
+//!       B^T                         G                      A^T
+//!  4  0 -5  0  1  0        1/4     0     0         1  1  1  1  1  0
+//!  0 -4 -4  1  1  0       -1/6  -1/6  -1/6         0  1 -1  2 -2  0
+//!  0  4 -4 -1  1  0       -1/6   1/6  -1/6         0  1  1  4  4  0
+//!  0 -2 -1  2  1  0       1/24  1/12   1/6         0  1 -1  8 -8  1
+//!  0  2 -1 -2  1  0       1/24 -1/12   1/6
+//!  0  4  0 -5  0  1          0     0     1
+//! ```
+
+use super::simd::Simd;
+
+/// Output pixels per tile side, and input pixels per window side.
+pub(crate) const TILE: usize = 4;
+pub(crate) const WINDOW: usize = 6;
+/// Positions of the transformed domain.
+pub(crate) const POSITIONS: usize = WINDOW * WINDOW;
+
+/// One input window of one channel block, to transform.
+pub(crate) struct WinogradIn {
+    /// The image's channel block, at pixel (0, 0) (`[H][W][LANES]`).
+    pub x: *const f32,
+    pub h: usize,
+    pub w: usize,
+    /// The window's top-left pixel (negative, or past the image, in the padding: read as
+    /// zeros).
+    pub iy0: isize,
+    pub ix0: isize,
+    /// Where position 0 of the transformed window goes; position `k` at `k out_pos`
+    /// floats from it.
+    pub out: *mut f32,
+    pub out_pos: usize,
+}
+
+/// One tile of one output block, to transform back and finish.
+pub(crate) struct WinogradOut {
+    /// Position 0 of the tile's products; position `k` at `k m_pos` floats from it.
+    pub m: *const f32,
+    pub m_pos: usize,
+    /// The tile's top-left output pixel of its block; rows `row` floats apart.
+    pub out: *mut f32,
+    pub row: usize,
+    /// The rows and columns of the tile inside the output (at most 4 each).
+    pub rows: usize,
+    pub cols: usize,
+    /// `LANES` biases of the block, or null.
+    pub bias: *const f32,
+    /// Laid out as `out`, or null.
+    pub residual: *const f32,
+    pub relu: bool,
+}
+
+/// `B^T z` for one column or row of six vectors.
+#[inline(always)]
+unsafe fn input_1d<S: Simd>(z: [S::V; WINDOW]) -> [S::V; WINDOW] {
+    let (four, five, two) = (S::splat(4.0), S::splat(5.0), S::splat(2.0));
+    // r0 = 4 z0 - 5 z2 + z4, r5 = 4 z1 - 5 z3 + z5.
+    let r0 = S::mul_add(four, z[0], S::sub(z[4], S::mul(five, z[2])));
+    let r5 = S::mul_add(four, z[1], S::sub(z[5], S::mul(five, z[3])));
+    // r1, r2 = (z4 - 4 z2) +- (z3 - 4 z1).
+    let a = S::sub(z[4], S::mul(four, z[2]));
+    let b = S::sub(z[3], S::mul(four, z[1]));
+    // r3, r4 = (z4 - z2) +- 2 (z3 - z1).
+    let c = S::sub(z[4], z[2]);
+    let e = S::mul(two, S::sub(z[3], z[1]));
+    [
+        r0,
+        S::add(a, b),
+        S::sub(a, b),
+        S::add(c, e),
+        S::sub(c, e),
+        r5,
+    ]
+}
+
+/// `A^T m` for one column or row of six vectors: four.
+#[inline(always)]
+unsafe fn output_1d<S: Simd>(m: [S::V; WINDOW]) -> [S::V; TILE] {
+    let a = S::add(m[1], m[2]);
+    let b = S::sub(m[1], m[2]);
+    let c = S::add(m[3], m[4]);
+    let e = S::sub(m[3], m[4]);
+    [
+        S::add(S::add(m[0], a), c),
+        S::mul_add(S::splat(2.0), e, b),
+        S::mul_add(S::splat(4.0), c, a),
+        S::add(S::mul_add(S::splat(8.0), e, b), m[5]),
+    ]
+}
+
+/// The input transform `V = B^T d B` of one window of one channel block.
+///
+/// # Safety
+///
+/// The pixels of the window inside the `h x w` image at `x` are readable (`LANES`
+/// floats each); `out + k out_pos` is writable for `LANES` floats, `k < 36`.
+#[inline(always)]
+pub(crate) unsafe fn input_tile<S: Simd>(t: &WinogradIn) {
+    let l = S::LANES;
+    let zero = S::splat(0.0);
+    let mut d = [[zero; WINDOW]; WINDOW];
+    for (i, row) in d.iter_mut().enumerate() {
+        let y = t.iy0 + i as isize;
+        if y < 0 || y >= t.h as isize {
+            continue;
+        }
+        let base = t.x.add(y as usize * t.w * l);
+        for (j, v) in row.iter_mut().enumerate() {
+            let x = t.ix0 + j as isize;
+            if x >= 0 && x < t.w as isize {
+                *v = S::load(base.add(x as usize * l));
+            }
+        }
+    }
+    // Columns first: tmp[.][j] = B^T d[.][j].
+    let mut tmp = [[zero; WINDOW]; WINDOW];
+    for j in 0..WINDOW {
+        let col = input_1d::<S>(std::array::from_fn(|i| d[i][j]));
+        for (row, v) in tmp.iter_mut().zip(col) {
+            row[j] = v;
+        }
+    }
+    // Then rows: V[i][.] = B^T tmp[i][.] (that is, tmp B).
+    for (i, row) in tmp.iter().enumerate() {
+        let v = input_1d::<S>(*row);
+        for (j, v) in v.iter().enumerate() {
+            S::store(t.out.add((i * WINDOW + j) * t.out_pos), *v);
+        }
+    }
+}
+
+/// The output transform `Y = A^T M A` of one tile of one output block, then its
+/// epilogue (bias, residual, ReLU: in that order, as the blocked kernel's), stored for
+/// the tile's pixels inside the output.
+///
+/// # Safety
+///
+/// `m + k m_pos` is readable for `LANES` floats, `k < 36`; `out` (and `residual`) hold
+/// `rows` rows `row` floats apart of `cols` pixels; `bias` holds `LANES` floats.
+#[inline(always)]
+pub(crate) unsafe fn output_tile<S: Simd>(t: &WinogradOut) {
+    let l = S::LANES;
+    let zero = S::splat(0.0);
+    // Columns first: tmp[.][j] = A^T M[.][j] (4 x 6).
+    let mut tmp = [[zero; WINDOW]; TILE];
+    for j in 0..WINDOW {
+        let col = output_1d::<S>(std::array::from_fn(|i| {
+            S::load(t.m.add((i * WINDOW + j) * t.m_pos))
+        }));
+        for (row, v) in tmp.iter_mut().zip(col) {
+            row[j] = v;
+        }
+    }
+    let bias = (!t.bias.is_null()).then(|| S::load(t.bias));
+    for (i, row) in tmp.iter().enumerate().take(t.rows) {
+        let y = output_1d::<S>(*row);
+        for (j, v) in y.iter().enumerate().take(t.cols) {
+            let at = i * t.row + j * l;
+            let mut v = *v;
+            if let Some(b) = bias {
+                v = S::add(v, b);
+            }
+            if !t.residual.is_null() {
+                v = S::add(v, S::load(t.residual.add(at)));
+            }
+            if t.relu {
+                v = S::max(zero, v);
+            }
+            S::store(t.out.add(at), v);
+        }
+    }
+}
+
+/// `G g G^T` of one 3 x 3 kernel (row-major), in `f64`: the transformed kernel the 36
+/// products multiply by, made once when the weights are packed.
+pub(crate) fn kernel_transform(g: [f64; 9]) -> [f64; POSITIONS] {
+    let gm = |z: [f64; 3]| -> [f64; WINDOW] {
+        [
+            z[0] / 4.0,
+            -(z[0] + z[1] + z[2]) / 6.0,
+            -(z[0] - z[1] + z[2]) / 6.0,
+            z[0] / 24.0 + z[1] / 12.0 + z[2] / 6.0,
+            z[0] / 24.0 - z[1] / 12.0 + z[2] / 6.0,
+            z[2],
+        ]
+    };
+    // Columns: tmp[.][j] = G g[.][j] (6 x 3); then rows: U[i][.] = G tmp[i][.].
+    let cols: [[f64; WINDOW]; 3] = std::array::from_fn(|j| gm([g[j], g[3 + j], g[6 + j]]));
+    let mut u = [0.0; POSITIONS];
+    for i in 0..WINDOW {
+        let r = gm([cols[0][i], cols[1][i], cols[2][i]]);
+        u[i * WINDOW..(i + 1) * WINDOW].copy_from_slice(&r);
+    }
+    u
+}
