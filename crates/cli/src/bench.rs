@@ -362,11 +362,15 @@ impl std::str::FromStr for ConvRoute {
         Ok(match s {
             "auto" => ConvRoute::Auto,
             "blocked" => ConvRoute::Blocked,
+            // The route named `blocked` is forced by this name: `blocked` alone is the
+            // ladder's choice in the blocked layout (Winograd for some 3x3 layers).
+            "blocked-direct" => ConvRoute::Forced(Forward::Blocked),
             "gemm" => ConvRoute::Gemm,
             "direct" => ConvRoute::Direct,
             other => ConvRoute::Forced(other.parse().map_err(|_| {
                 format!(
-                    "unknown --path {other:?}: auto, blocked, gemm, direct or a forward route ({})",
+                    "unknown --path {other:?}: auto, blocked, blocked-direct, gemm, direct or a \
+                     forward route ({})",
                     Forward::ALL.map(|r| r.to_string()).join(", ")
                 )
             })?),

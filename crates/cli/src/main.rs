@@ -278,8 +278,10 @@ enum BenchCommand {
         /// Batch sizes to run (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "1,16")]
         batch: Vec<usize>,
-        /// Route: auto (the plan's choice per layer in NCHW), blocked (the blocked
-        /// channel layout, as ResNet-18/50 inference runs), gemm or direct (that family,
+        /// Route: auto (the plan's choice per layer in NCHW), blocked (the plan's choice
+        /// in the blocked channel layout, as ResNet-18/50 inference runs: Winograd for
+        /// the 3x3 layers of up to 128 channels), blocked-direct (the blocked kernel on
+        /// every layer, no Winograd), gemm or direct (that family,
         /// in the form the plan picks for the shape), or one forward route by name
         /// (`resnet info --plan` lists them: gemm-im2col, direct-planar, ...).
         #[arg(long, default_value = "auto")]

@@ -862,11 +862,12 @@ pub(crate) fn narrow_groups(c: usize, o: usize, groups: usize, lanes: usize) -> 
 
 /// The most input or output channels of a layer the ladder runs by Winograd
 /// ([`Forward::BlockedWinograd`]). Measured (Intel host, 2 threads, 2026-12-05,
-/// `docs/benchmarks.md`): whole networks at batch 1 with the limit at 64 / 128 / 512
-/// against Winograd off, in one run: ResNet-18 10.9 / 9.7 / 12.1 against 12.6 ms,
-/// ResNet-50 30.7 / 30.0 / 32.9 against 32.1 ms; layer by layer, the 256- and
-/// 512-channel layers at batch 1 tie or lose (their transformed weights, 9.4 and 38 MB,
-/// are read for a handful of tiles), and every layer costs 4x its 3x3 weights' memory.
+/// `docs/benchmarks.md`): ResNet-50's 64- and 128-channel 3x3 layers take 0.44-0.53 of
+/// the direct kernel's time at batch 1 and 16; whole networks at batch 1 with the limit
+/// at 64 / 128 / 512 against Winograd off, in one run: ResNet-18 10.9 / 9.7 / 12.1
+/// against 12.6 ms, ResNet-50 30.7 / 30.0 / 32.9 against 32.1 ms. The 512-channel layers
+/// lose at batch 1 (1.17x: 38 MB of transformed weights for 4 tiles); the 256-channel
+/// ones win in ResNet-18 (about 10%) but not in ResNet-50, for 35 MB more of its memory.
 pub const WINOGRAD_MAX_CHANNELS: usize = 128;
 
 /// Whether the ladder takes Winograd for a 3x3, stride-1 layer of `c` to `o` channels
