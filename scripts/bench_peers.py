@@ -20,7 +20,9 @@ Cases (the targets of the ResNet and autograd issues):
   `--batch` says, so one run can hold batch 1 and batch 16;
 - `train`: one training step of the CIFAR ResNet-20 at batch 128 on 32 x 32 (`resnet
   bench train` for ours; for PyTorch forward, cross-entropy, backward and
-  `torch.optim.SGD` with momentum 0.9 and weight decay 5e-4, plain and channels-last).
+  `torch.optim.SGD` with momentum 0.9 and weight decay 5e-4, plain and channels-last);
+- `train-NAME@B` (e.g. `train-resnet18@16`, `train-resnet50@8`): the same training step
+  of the ImageNet net `NAME` (1000 classes) at batch `B` (default 16) on 224 x 224.
 
 `--threads` takes one count or a list (`1,2,4,8,16`): every case runs at each count in
 turn (PyTorch's `set_num_threads`, ONNX Runtime's `intra_op_num_threads`, our
@@ -164,16 +166,19 @@ class Inference:
 
 
 class Train:
-    """PyTorch's training step of the CIFAR ResNet-20 at batch 128."""
+    """PyTorch's training step: of the CIFAR ResNet-20 at batch 128 on 32 x 32, or of
+    an ImageNet net (`arch`) on 224 x 224."""
 
-    def __init__(self, batch=128):
+    def __init__(self, batch=128, arch=None):
         torch.manual_seed(0)
-        self.x = torch.randn(batch, 3, 32, 32)
-        self.y = torch.randint(0, 10, (batch,))
+        self.arch = arch
+        size, classes = (32, 10) if arch is None else (224, 1000)
+        self.x = torch.randn(batch, 3, size, size)
+        self.y = torch.randint(0, classes, (batch,))
 
     def peers(self, threads):  # noqa: ARG002 (PyTorch's count is global)
         def step_of(channels_last):
-            model = CifarResNet(20).train()
+            model = (CifarResNet(20) if self.arch is None else build(self.arch)).train()
             x = self.x
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
@@ -213,6 +218,11 @@ def parse_case(case, default_batch):
     return name, int(batch)
 
 
+def train_arch(name):
+    """The ImageNet net of a `train-NAME` case, else None."""
+    return name[len("train-"):] if name.startswith("train-") else None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ours", default="target/release/resnet", help="the resnet binary")
@@ -240,12 +250,17 @@ def main():
     if not counts:
         sys.exit("no thread count left to run")
     cases = [parse_case(c, args.batch) for c in args.cases.split(",") if c]
+    # An ImageNet training case without an @B trains at batch 16.
+    cases = [
+        (n, 16 if train_arch(n) and "@" not in c else b)
+        for c, (n, b) in zip([c for c in args.cases.split(",") if c], cases)
+    ]
     for name, _ in cases:
-        if name != "train" and name not in TORCHVISION + TIMM:
+        if name != "train" and (train_arch(name) or name) not in TORCHVISION + TIMM:
             sys.exit(
                 f"unknown case {name!r} (resnet18/34/50/101/152, wide_resnet50_2/101_2, "
                 "resnext50_32x4d/resnext101_32x8d/resnext101_64x4d, resnet26d/50d/101d, "
-                "each with an optional @batch, or train)"
+                "each with an optional @batch; train; or train-NAME@B for those nets)"
             )
     if not args.json:
         print(
@@ -260,6 +275,10 @@ def main():
             if name == "train":
                 bench, runner = ["train", "--arch", "cifar-resnet20", "--batch", "128"], Train()
                 batch, unit = 128, "ms/step"
+            elif train_arch(name):
+                arch = train_arch(name)
+                bench = ["train", "--arch", arch, "--batch", str(batch)]
+                runner, unit = Train(batch, arch), "ms/step"
             else:
                 bench = ["model", "--arch", name, "--batch", str(batch)]
                 runner = Inference(name, workdir, batch)
