@@ -397,9 +397,41 @@ impl Kernels {
         let [sh, sw] = pool.stride;
         let [ph, pw] = pool.padding;
         let [dh, dw] = pool.dilation;
+        // Undilated windows (every ResNet's) are row ranges: their columns once per
+        // output column, a plain loop over each window's rows. (ResNet-18's stem pool at
+        // batch 16, 2 threads: 50.5-56.4 ms against 69.7-71.0 for the general loop
+        // below, over filtered tap iterators. What is left is one dependent chain of
+        // compare and select per window; indices saved by the forward would remove it.)
+        let cols: Vec<(usize, usize)> = (0..ow).map(|ox| window(ox, sw, pw, kw, w)).collect();
+        let undilated = |xs: &[f32], gs: &[f32], d: &mut [f32]| {
+            for oy in 0..oh {
+                let (y0, y1) = window(oy, sh, ph, kh, h);
+                for (ox, &(x0, x1)) in cols.iter().enumerate() {
+                    // PyTorch's rule: the first maximum, or the last NaN (the forward
+                    // pass propagates it).
+                    if y0 >= y1 || x0 >= x1 {
+                        continue;
+                    }
+                    let (mut best, mut bv) = (y0 * w + x0, xs[y0 * w + x0]);
+                    for iy in y0..y1 {
+                        let row = iy * w;
+                        for (ix, &v) in xs.iter().enumerate().take(row + x1).skip(row + x0) {
+                            let better = v > bv || v.is_nan();
+                            best = if better { ix } else { best };
+                            bv = if better { v } else { bv };
+                        }
+                    }
+                    d[best] += gs[oy * ow + ox];
+                }
+            }
+        };
         let run = |i: usize, d: &mut [f32]| {
             let xs = &xd[i * h * w..(i + 1) * h * w];
             let gs = &gd[i * oh * ow..(i + 1) * oh * ow];
+            if dh == 1 && dw == 1 {
+                undilated(xs, gs, d);
+                return;
+            }
             for oy in 0..oh {
                 for ox in 0..ow {
                     // A dilated window of padding only has no winner (its output is
