@@ -1,6 +1,7 @@
-//! Winograd F(4x4, 3x3)'s rounding error on every 3x3, stride-1 layer shape of
-//! ResNet-18/50 (64 channels at 56 x 56, 128 at 28, 256 at 14, 512 at 7), against the
-//! `f64` reference, next to the direct blocked kernel's on the same operands.
+//! Winograd's rounding error, F(4x4, 3x3) and F(2x2, 3x3), on every 3x3, stride-1
+//! layer shape of ResNet-18/50 (64 channels at 56 x 56, 128 at 28, 256 at 14, 512 at 7),
+//! against the `f64` reference, next to the direct blocked kernel's on the same
+//! operands.
 //!
 //! `cargo run --release -p resnet-tensor --example winograd_error`
 //!
@@ -14,8 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let k = Kernels::active()?;
     println!("tier {}", k.isa());
     println!(
-        "{:<18} {:>12} {:>12} {:>12} {:>12}",
-        "layer", "direct max", "direct rms", "winograd max", "winograd rms"
+        "{:<18} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "layer", "direct max", "direct rms", "F4x4 max", "F4x4 rms", "F2x2 max", "F2x2 rms"
     );
     for (c, hw) in [(64, 56), (128, 28), (256, 14), (512, 7)] {
         let mut x = Tensor::randn(&[1, c, hw, hw], 0.0, 1.0, 7)?;
@@ -30,7 +31,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             / want.len() as f64)
             .sqrt();
         let mut row = Vec::new();
-        for route in [Forward::Blocked, Forward::BlockedWinograd] {
+        for route in [
+            Forward::Blocked,
+            Forward::BlockedWinograd,
+            Forward::BlockedWinograd2,
+        ] {
             let plan = ConvPlan::new(&k, [c, c, 3, 3], Conv2d::new(1, 1), Mode::Inference)?
                 .in_layout(Layout::Blocked)?
                 .force_forward(route);
@@ -46,14 +51,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             row.push(worst / peak);
             row.push((sq / want.len() as f64).sqrt() / rms);
         }
-        println!(
-            "{:<18} {:>12.2e} {:>12.2e} {:>12.2e} {:>12.2e}",
-            format!("{c}ch {hw}x{hw}"),
-            row[0],
-            row[1],
-            row[2],
-            row[3]
-        );
+        print!("{:<18}", format!("{c}ch {hw}x{hw}"));
+        for v in row {
+            print!(" {v:>12.2e}");
+        }
+        println!();
     }
     Ok(())
 }

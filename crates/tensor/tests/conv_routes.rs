@@ -30,7 +30,7 @@ const WINOGRAD_TOLERANCE: f64 = 5e-6;
 /// magnitudes, not only the nine products the output sums: over the input channels,
 /// the sum of `|x|` over the window (inside the image) times the largest `|w|` of the
 /// channel pair's kernel.
-fn winograd_scale(c: &Case, x: &Tensor, w: &Tensor) -> Vec<f64> {
+fn winograd_scale(c: &Case, x: &Tensor, w: &Tensor, tile: usize) -> Vec<f64> {
     let [oh, ow] = c.out();
     let (xd, wd) = (x.data(), w.data());
     let mut out = vec![0.0f64; c.n * c.o * oh * ow];
@@ -38,15 +38,16 @@ fn winograd_scale(c: &Case, x: &Tensor, w: &Tensor) -> Vec<f64> {
         for oc in 0..c.o {
             for oy in 0..oh {
                 for ox in 0..ow {
-                    let (ty, tx) = ((oy / 4 * 4) as isize, (ox / 4 * 4) as isize);
+                    let (ty, tx) = ((oy / tile * tile) as isize, (ox / tile * tile) as isize);
+                    let span = tile as isize + 2;
                     let mut sum = 0.0;
                     for ic in 0..c.c {
                         let wmax = wd[(oc * c.c + ic) * 9..][..9]
                             .iter()
                             .fold(0.0f64, |m, v| m.max(v.abs() as f64));
                         let mut window = 0.0;
-                        for y in ty - c.pad as isize..ty - c.pad as isize + 6 {
-                            for xx in tx - c.pad as isize..tx - c.pad as isize + 6 {
+                        for y in ty - c.pad as isize..ty - c.pad as isize + span {
+                            for xx in tx - c.pad as isize..tx - c.pad as isize + span {
                                 if (0..c.h as isize).contains(&y) && (0..c.w as isize).contains(&xx)
                                 {
                                     let v =
@@ -269,8 +270,14 @@ fn run_forward(kern: Kernels, route: Forward, c: &Case) -> Result<(), TestCaseEr
     );
     let (mut want, scale) =
         reference::conv2d(&x, &w, with_bias.then_some(&bias[..]), c.s, c.pad).map_err(fail)?;
-    let mut tol: Vec<f32> = if route == Forward::BlockedWinograd {
-        winograd_scale(c, &x, &w)
+    // Winograd's output tile side (4 or 2), or 0.
+    let tile = match route {
+        Forward::BlockedWinograd => 4,
+        Forward::BlockedWinograd2 => 2,
+        _ => 0,
+    };
+    let mut tol: Vec<f32> = if tile > 0 {
+        winograd_scale(c, &x, &w, tile)
             .iter()
             .map(|s| (WINOGRAD_TOLERANCE * s + 1e-6) as f32)
             .collect()
@@ -326,13 +333,15 @@ fn run_forward(kern: Kernels, route: Forward, c: &Case) -> Result<(), TestCaseEr
         y
     };
     let mut got = got;
-    if let (Forward::BlockedWinograd, Some(at)) = (route, nan_at) {
+    if let (true, Some(at)) = (tile > 0, nan_at) {
         // Winograd mixes a whole 6 x 6 input window into each 4 x 4 output tile: a NaN
         // input makes NaN every output of the tiles whose windows hold it (a superset of
         // the outputs whose 3 x 3 windows do, which must be NaN as the reference's).
         let [oh, ow] = c.out();
         let (b, y, x) = (at / (c.c * c.h * c.w), at / c.w % c.h, at % c.w);
-        let near = |o: usize, i: usize| o / 4 * 4 <= i + c.pad && i + c.pad <= o / 4 * 4 + 5;
+        let near = |o: usize, i: usize| {
+            o / tile * tile <= i + c.pad && i + c.pad <= o / tile * tile + tile + 1
+        };
         for (i, v) in got.data_mut().iter_mut().enumerate() {
             let (ob, oy, ox) = (i / (c.o * oh * ow), i / ow % oh, i % ow);
             if v.is_nan() && ob == b && near(oy, y) && near(ox, x) {
@@ -590,6 +599,7 @@ route_checks! {
     forward_direct_planar => |k| forward(k, Forward::Direct(DirectForm::Planar), Shape { k: REAL, ..ANY });
     forward_blocked => |k| forward(k, Forward::Blocked, Shape { k: &[1, 3], blocked: true, ..ANY });
     forward_blocked_winograd => |k| forward(k, Forward::BlockedWinograd, Shape { k: &[3], s: STRIDE_1, blocked: true, ..ANY });
+    forward_blocked_winograd2 => |k| forward(k, Forward::BlockedWinograd2, Shape { k: &[3], s: STRIDE_1, blocked: true, ..ANY });
     forward_blocked_grouped => |k| blocked_grouped(k, Forward::BlockedGrouped);
     forward_blocked_narrow_groups => |k| blocked_grouped(k, Forward::BlockedNarrowGroups);
     dx_gemm_image => |k| input_grad(k, InputGrad::GemmImage, UNIT_1X1);

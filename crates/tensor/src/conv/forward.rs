@@ -255,7 +255,8 @@ impl Kernels {
                 Packed::Direct(DirectWeights::new(w.data(), shape, self.set().direct_ob))
             }
             Forward::Blocked => Packed::Blocked(self.pack_blocked_conv_weights(w)?),
-            Forward::BlockedWinograd => Packed::Winograd(self.pack_winograd_weights(w)?),
+            Forward::BlockedWinograd => Packed::Winograd(self.pack_winograd_weights(w, 4)?),
+            Forward::BlockedWinograd2 => Packed::Winograd(self.pack_winograd_weights(w, 2)?),
             Forward::BlockedGrouped | Forward::BlockedNarrowGroups => {
                 return Err(TensorError::InvalidArgument {
                     op: "pack_conv",
@@ -421,7 +422,8 @@ impl Kernels {
                 Forward::Blocked
                 | Forward::BlockedGrouped
                 | Forward::BlockedNarrowGroups
-                | Forward::BlockedWinograd,
+                | Forward::BlockedWinograd
+                | Forward::BlockedWinograd2,
                 _,
             ) => {
                 return Err(TensorError::InvalidArgument {

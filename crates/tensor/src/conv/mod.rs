@@ -132,6 +132,10 @@ pub enum Forward {
     /// Not exact: its rounding error is a few times the direct kernel's
     /// (`docs/convolution.md`); [`ConvPlan::with_winograd`] turns it off.
     BlockedWinograd,
+    /// [`Forward::BlockedWinograd`] by F(2x2, 3x3): 2 x 2 tiles from 4 x 4 windows, 16
+    /// products per tile and channel pair instead of 36 (2.25x fewer multiplications
+    /// than the direct kernel, weights 16/9 of the 3x3 ones); forced only.
+    BlockedWinograd2,
 }
 
 /// How the direct kernel reads the image (see `direct.rs`).
@@ -449,7 +453,9 @@ impl ConvPlan {
             && self.forward_family().layout() == Layout::Blocked
         {
             // The blocked kernel reads the dilated taps where they lie: no phases.
-            if let Some(r @ Forward::BlockedWinograd) = self.forced.forward {
+            if let Some(r @ (Forward::BlockedWinograd | Forward::BlockedWinograd2)) =
+                self.forced.forward
+            {
                 return Err(unfit("forward", r, "it runs undilated layers only".into()));
             }
             let undilated = ConvPlan {
@@ -563,8 +569,10 @@ impl ConvPlan {
         //    at 0.96-0.99, in-process A/B on 2 threads).
         if self.layout == Layout::Blocked && c >= lanes {
             // 1'. Winograd for the 3x3, stride-1 layers it wins on.
-            if self.winograd && self.winograd_fits().is_ok() && winograd_wins(c, o) {
-                return Forward::BlockedWinograd;
+            if self.winograd && self.winograd_fits().is_ok() {
+                if let Some(route) = winograd_route(c, o) {
+                    return route;
+                }
             }
             return Forward::Blocked;
         }
@@ -761,7 +769,7 @@ impl ConvPlan {
             Forward::BlockedGrouped | Forward::BlockedNarrowGroups => {
                 Err("it runs grouped convolutions in the blocked layout only".into())
             }
-            Forward::BlockedWinograd => self.winograd_fits(),
+            Forward::BlockedWinograd | Forward::BlockedWinograd2 => self.winograd_fits(),
             _ => Ok(()),
         }
     }
@@ -870,10 +878,16 @@ pub(crate) fn narrow_groups(c: usize, o: usize, groups: usize, lanes: usize) -> 
 /// ones win in ResNet-18 (about 10%) but not in ResNet-50, for 35 MB more of its memory.
 pub const WINOGRAD_MAX_CHANNELS: usize = 128;
 
-/// Whether the ladder takes Winograd for a 3x3, stride-1 layer of `c` to `o` channels
-/// (the layer alone decides, as the weights' layout depends on it).
-fn winograd_wins(c: usize, o: usize) -> bool {
-    c.max(o) <= WINOGRAD_MAX_CHANNELS
+/// The Winograd route the ladder takes for a 3x3, stride-1 layer of `c` to `o` channels,
+/// if any (the layer alone decides, as the weights' layout depends on it). F(2x2, 3x3)
+/// ([`Forward::BlockedWinograd2`]) is never taken: alone it beat the direct kernel on
+/// the 512-channel layer at batch 1 (0.88-0.91 of its time) and lost to F(4x4, 3x3)
+/// everywhere else, but in whole networks, on the 256- and 512-channel layers, it was
+/// within noise (ResNet-18 at batch 1 10.97 / 10.51 ms without, 11.68 / 10.10 with;
+/// ResNet-50 33.0 / 31.1 and 33.1 / 30.6, 2 threads, 2026-12-05), for 16/9 of their
+/// weights' memory.
+fn winograd_route(c: usize, o: usize) -> Option<Forward> {
+    (c.max(o) <= WINOGRAD_MAX_CHANNELS).then_some(Forward::BlockedWinograd)
 }
 
 /// Whether a dilated convolution has a route: a "same" one (stride 1, a square kernel of
@@ -976,7 +990,7 @@ impl DirectForm {
 
 impl Forward {
     /// Every forward route, for tests and tools.
-    pub const ALL: [Forward; 11] = [
+    pub const ALL: [Forward; 12] = [
         Forward::GemmImage,
         Forward::GemmSubsampled,
         Forward::GemmIm2col,
@@ -988,6 +1002,7 @@ impl Forward {
         Forward::BlockedGrouped,
         Forward::BlockedNarrowGroups,
         Forward::BlockedWinograd,
+        Forward::BlockedWinograd2,
     ];
 
     /// The layout this route reads and writes.
@@ -996,7 +1011,8 @@ impl Forward {
             Forward::Blocked
             | Forward::BlockedGrouped
             | Forward::BlockedNarrowGroups
-            | Forward::BlockedWinograd => Layout::Blocked,
+            | Forward::BlockedWinograd
+            | Forward::BlockedWinograd2 => Layout::Blocked,
             _ => Layout::Nchw,
         }
     }
@@ -1011,7 +1027,7 @@ impl Forward {
             Forward::Blocked => k.blocked_kernel_name(),
             Forward::BlockedGrouped => k.blocked1_kernel_name(),
             Forward::BlockedNarrowGroups => k.grouped_kernel_name(),
-            Forward::BlockedWinograd => k.blocked_kernel_name(),
+            Forward::BlockedWinograd | Forward::BlockedWinograd2 => k.blocked_kernel_name(),
         }
     }
 }
@@ -1081,6 +1097,7 @@ impl fmt::Display for Forward {
             Forward::BlockedGrouped => f.write_str("blocked-grouped"),
             Forward::BlockedNarrowGroups => f.write_str("blocked-narrow-groups"),
             Forward::BlockedWinograd => f.write_str("blocked-winograd"),
+            Forward::BlockedWinograd2 => f.write_str("blocked-winograd2"),
         }
     }
 }

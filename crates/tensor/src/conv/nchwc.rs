@@ -217,7 +217,7 @@ impl Kernels {
                 Forward::Blocked | Forward::BlockedGrouped | Forward::BlockedNarrowGroups,
                 Packed::Blocked(w),
             ) => (w, weights.plan().conv()),
-            (Forward::BlockedWinograd, Packed::Winograd(w)) => {
+            (Forward::BlockedWinograd | Forward::BlockedWinograd2, Packed::Winograd(w)) => {
                 return self.blocked_winograd_into(x, w, weights.plan().conv(), epilogue, y)
             }
             (route, _) => {

@@ -25,7 +25,9 @@ use crate::blocked::{checked_len, expect_blocked, lanes_mismatch, BlockedTensor}
 use crate::epilogue::{self, Epilogue, Output};
 use crate::error::{Result, TensorError};
 use crate::kernels::blocked_tile::{BlockedTile, NarrowRow};
-use crate::kernels::winograd::{kernel_transform, WinogradIn, WinogradOut, POSITIONS, TILE};
+use crate::kernels::winograd::{
+    kernel_transform, kernel_transform2, WinogradIn, WinogradOut, POSITIONS, TILE, TILE2, WINDOW2,
+};
 use crate::kernels::Kernels;
 use crate::layout::OutPtr;
 use crate::tensor::Tensor;
@@ -55,12 +57,23 @@ pub struct WinogradWeights {
     pub(super) f: usize,
     /// Input channels read per block (`nchwc::block_channels`).
     pub(super) icb: usize,
+    /// Output pixels per tile side: 4 for F(4x4, 3x3) (36 positions), 2 for F(2x2,
+    /// 3x3) (16).
+    pub(super) tile: usize,
+}
+
+impl WinogradWeights {
+    /// Positions of the transformed domain: `(tile + 2)^2`.
+    fn positions(&self) -> usize {
+        (self.tile + 2) * (self.tile + 2)
+    }
 }
 
 impl Kernels {
     /// 3x3 OIHW weights transformed (in `f64`, rounded once) and laid out for
-    /// [`super::Forward::BlockedWinograd`].
-    pub(crate) fn pack_winograd_weights(&self, w: &Tensor) -> Result<WinogradWeights> {
+    /// [`super::Forward::BlockedWinograd`] (`tile` 4) or
+    /// [`super::Forward::BlockedWinograd2`] (`tile` 2).
+    pub(crate) fn pack_winograd_weights(&self, w: &Tensor, tile: usize) -> Result<WinogradWeights> {
         let [o, c, kh, kw] = w.dims4("pack_winograd_weights")?;
         if (kh, kw) != (3, 3) {
             return Err(TensorError::InvalidArgument {
@@ -69,9 +82,19 @@ impl Kernels {
             });
         }
         let wd = w.data();
-        let mut u = vec![0.0f32; POSITIONS * o * c];
+        let positions = if tile == TILE2 {
+            WINDOW2 * WINDOW2
+        } else {
+            POSITIONS
+        };
+        let mut u = vec![0.0f32; positions * o * c];
         for (pair, g) in wd.chunks_exact(9).enumerate() {
-            let t = kernel_transform(std::array::from_fn(|i| g[i] as f64));
+            let g: [f64; 9] = std::array::from_fn(|i| g[i] as f64);
+            let t: Vec<f64> = if tile == TILE2 {
+                kernel_transform2(g).to_vec()
+            } else {
+                kernel_transform(g).to_vec()
+            };
             for (k, v) in t.iter().enumerate() {
                 u[k * o * c + pair] = *v as f32;
             }
@@ -79,13 +102,13 @@ impl Kernels {
         let mut data = Vec::new();
         let mut per_pos = 0;
         let mut f = self.set().blocked_f;
-        for k in 0..POSITIONS {
+        for k in 0..positions {
             let uk = Tensor::from_vec(&[o, c, 1, 1], u[k * o * c..(k + 1) * o * c].to_vec())?;
             let packed = self.pack_blocked_conv_weights(&uk)?;
             per_pos = packed.data.len();
             f = packed.f;
             if k == 0 {
-                data.reserve_exact(POSITIONS * per_pos);
+                data.reserve_exact(positions * per_pos);
             }
             data.extend_from_slice(&packed.data);
         }
@@ -97,6 +120,7 @@ impl Kernels {
             lanes: l,
             f,
             icb: super::nchwc::block_channels(c, l),
+            tile: if tile == TILE2 { TILE2 } else { TILE },
         })
     }
 
@@ -151,15 +175,15 @@ impl Kernels {
             && y.data.len() == checked_len(op, &[n, ob, oh, ow, l])?
             && residual.is_none_or(|r| r.data.len() == y.data.len())
             && w.per_pos == checked_len(op, &[groups, cb, w.icb, w.f, l])?
-            && w.data.len() == checked_len(op, &[POSITIONS, w.per_pos])?
+            && w.data.len() == checked_len(op, &[w.positions(), w.per_pos])?
             && checked_len(
                 op,
                 &[
-                    POSITIONS,
+                    w.positions(),
                     cb + ob,
                     n,
-                    oh.div_ceil(TILE),
-                    ow.div_ceil(TILE),
+                    oh.div_ceil(w.tile),
+                    ow.div_ceil(w.tile),
                     l,
                 ],
             )
@@ -205,7 +229,9 @@ impl Kernels {
         let groups = ob.div_ceil(f);
         let w_group = cb * w.icb * f * l;
         debug_assert_eq!(w.per_pos, groups * w_group);
-        let (th, tw) = (oh.div_ceil(TILE), ow.div_ceil(TILE));
+        // F(4x4, 3x3) or F(2x2, 3x3).
+        let (side, positions) = (w.tile, w.positions());
+        let (th, tw) = (oh.div_ceil(side), ow.div_ceil(side));
         let per_image = th * tw;
         let total = n * per_image;
         let kernels = set.blocked_tiles;
@@ -214,7 +240,7 @@ impl Kernels {
         // chunk reads all the transformed weights: 36 C O floats, from memory once
         // they outgrow the caches), a whole number of the kernel's widest tile
         // (narrower ones run at a lower share of the peak).
-        let per_tile = POSITIONS * (cb + ob) * l;
+        let per_tile = positions * (cb + ob) * l;
         let chunk = (CHUNK_FLOATS / per_tile).max(MIN_CHUNK) / pmax * pmax;
         let chunk = chunk.max(pmax).min(total);
         let chunks = total.div_ceil(chunk);
@@ -225,18 +251,22 @@ impl Kernels {
         // another, each step split across the threads.
         let by_chunk = parallel && chunks >= 2 * threads;
         let outp = OutPtr(y.data.as_mut_ptr());
-        let (input_tile, output_tile) = (set.winograd_input, set.winograd_output);
+        let (input_tile, output_tile) = if side == TILE2 {
+            (set.winograd2_input, set.winograd2_output)
+        } else {
+            (set.winograd_input, set.winograd_output)
+        };
         // V is `[tile][36][CB][L]` (a tile's transform written in one place), M
         // `[OB][36][tile][L]` (the kernel's output pixels `L` floats apart), so that
         // neither transform strides across the whole buffer. The kernel reads V's tiles
         // as pixels at these offsets.
-        let offs: Vec<usize> = (0..chunk).map(|q| q * POSITIONS * cb * l).collect();
-        let v_len = POSITIONS * cb * chunk * l;
-        let buf_len = v_len + POSITIONS * ob * chunk * l;
+        let offs: Vec<usize> = (0..chunk).map(|q| q * positions * cb * l).collect();
+        let v_len = positions * cb * chunk * l;
+        let buf_len = v_len + positions * ob * chunk * l;
         // Tile `t`'s image and its top-left output pixel.
         let place = |t: usize| {
             let (b, r) = (t / per_image, t % per_image);
-            (b, (r / tw) * TILE, (r % tw) * TILE)
+            (b, (r / tw) * side, (r % tw) * side)
         };
         // One chunk, from tile `t0`, in `buf`, each step split across the threads if
         // `split`.
@@ -258,7 +288,7 @@ impl Kernels {
                             iy0: oy as isize - pad as isize,
                             ix0: ox as isize - pad as isize,
                             // SAFETY: inside V: tile q < tc <= chunk, block i.
-                            out: unsafe { vp.get().add((q * POSITIONS * cb + i) * l) },
+                            out: unsafe { vp.get().add((q * positions * cb + i) * l) },
                             out_pos: cb * l,
                         };
                         // SAFETY: the window's pixels inside the image are read from
@@ -271,7 +301,7 @@ impl Kernels {
                 //    the blocked kernel: tasks (position, group of output blocks, run).
                 let wanted = 8 * threads;
                 let runs = wanted
-                    .div_ceil(POSITIONS * groups)
+                    .div_ceil(positions * groups)
                     .clamp(1, tc.div_ceil(pmax));
                 let run_px = tc.div_ceil(runs).div_ceil(pmax) * pmax;
                 let runs = tc.div_ceil(run_px);
@@ -298,8 +328,8 @@ impl Kernels {
                             kw: 1,
                             w: w.data[k * w.per_pos + g * w_group..].as_ptr(),
                             // SAFETY: inside M: block g f, position k, tile q.
-                            out: unsafe { mp.get().add(((g * f * POSITIONS + k) * tc + q) * l) },
-                            out_ob: POSITIONS * tc * l,
+                            out: unsafe { mp.get().add(((g * f * positions + k) * tc + q) * l) },
+                            out_ob: positions * tc * l,
                             f: fv,
                             bias: std::ptr::null(),
                             residual: std::ptr::null(),
@@ -321,13 +351,13 @@ impl Kernels {
                         let at = ((b * ob + i) * oh + oy) * ow * l + ox * l;
                         let t = WinogradOut {
                             // SAFETY: inside M: block i, position 0, tile q.
-                            m: unsafe { mp.get().add((i * POSITIONS * tc + q) * l) as *const f32 },
+                            m: unsafe { mp.get().add((i * positions * tc + q) * l) as *const f32 },
                             m_pos: tc * l,
                             // SAFETY: inside y: image b, block i, pixel (oy, ox).
                             out: unsafe { outp.get().add(at) },
                             row: ow * l,
-                            rows: TILE.min(oh - oy),
-                            cols: TILE.min(ow - ox),
+                            rows: side.min(oh - oy),
+                            cols: side.min(ow - ox),
                             bias: bias.map_or(std::ptr::null(), |b| b[i * l..].as_ptr()),
                             residual: residual.map_or(std::ptr::null(), |r| r.data[at..].as_ptr()),
                             relu,
@@ -339,7 +369,7 @@ impl Kernels {
                         unsafe { output_tile(&t) };
                     }
                 };
-                let tasks = POSITIONS * groups * runs;
+                let tasks = positions * groups * runs;
                 if split {
                     (0..tc).into_par_iter().for_each(transform_in);
                     (0..tasks).into_par_iter().for_each(product);

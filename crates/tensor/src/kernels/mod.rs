@@ -294,6 +294,9 @@ pub(crate) struct KernelSet {
     /// (`winograd::input_tile`, `winograd::output_tile`).
     pub winograd_input: unsafe fn(&winograd::WinogradIn),
     pub winograd_output: unsafe fn(&winograd::WinogradOut),
+    /// The same for F(2x2, 3x3) (`winograd::input_tile2`, `winograd::output_tile2`).
+    pub winograd2_input: unsafe fn(&winograd::WinogradIn),
+    pub winograd2_output: unsafe fn(&winograd::WinogradOut),
     /// Transposes a `lanes x lanes` block: `(src, src row stride, dst, dst row stride)`.
     pub transpose_block: unsafe fn(*const f32, usize, *mut f32, usize),
     /// The tier's vector registers (`Simd::REGISTERS`): how many pixels a kernel that
@@ -567,6 +570,14 @@ macro_rules! tier_entry_points {
                 winograd::output_tile::<$S>(t)
             }
             #[$attr]
+            unsafe fn winograd2_input(t: &winograd::WinogradIn) {
+                winograd::input_tile2::<$S>(t)
+            }
+            #[$attr]
+            unsafe fn winograd2_output(t: &winograd::WinogradOut) {
+                winograd::output_tile2::<$S>(t)
+            }
+            #[$attr]
             unsafe fn fma_chains(iters: usize, seed: f32) -> f32 {
                 body::fma_chains::<$S>(iters, seed)
             }
@@ -606,6 +617,8 @@ macro_rules! tier_entry_points {
                 outer_tiles: OUTER_TILES,
                 winograd_input,
                 winograd_output,
+                winograd2_input,
+                winograd2_output,
                 transpose_block,
                 vector_registers: <$S as $crate::kernels::simd::Simd>::REGISTERS,
             };

@@ -216,3 +216,133 @@ pub(crate) fn kernel_transform(g: [f64; 9]) -> [f64; POSITIONS] {
     }
     u
 }
+
+// F(2x2, 3x3): 2 x 2 output tiles from 4 x 4 windows, 16 products per tile and channel
+// pair instead of 36 (2.25x fewer multiplications than the direct kernel, against
+// F(4x4, 3x3)'s 4x), weights 16/9 of the 3x3 ones instead of 4x, and a smaller error.
+//
+// ```text
+//      B^T               G                 A^T
+//   1  0 -1  0       1    0    0        1  1  1  0
+//   0  1  1  0      1/2  1/2  1/2       0  1 -1 -1
+//   0 -1  1  0      1/2 -1/2  1/2
+//   0  1  0 -1       0    0    1
+// ```
+
+/// F(2x2, 3x3)'s output pixels per tile side and input pixels per window side.
+pub(crate) const TILE2: usize = 2;
+pub(crate) const WINDOW2: usize = 4;
+
+/// `B^T z` of F(2x2, 3x3).
+#[inline(always)]
+unsafe fn input2_1d<S: Simd>(z: [S::V; WINDOW2]) -> [S::V; WINDOW2] {
+    [
+        S::sub(z[0], z[2]),
+        S::add(z[1], z[2]),
+        S::sub(z[2], z[1]),
+        S::sub(z[1], z[3]),
+    ]
+}
+
+/// `A^T m` of F(2x2, 3x3).
+#[inline(always)]
+unsafe fn output2_1d<S: Simd>(m: [S::V; WINDOW2]) -> [S::V; TILE2] {
+    [
+        S::add(S::add(m[0], m[1]), m[2]),
+        S::sub(S::sub(m[1], m[2]), m[3]),
+    ]
+}
+
+/// [`input_tile`] of F(2x2, 3x3): a 4 x 4 window, 16 positions.
+///
+/// # Safety
+///
+/// As [`input_tile`], for a 4 x 4 window and 16 positions.
+#[inline(always)]
+pub(crate) unsafe fn input_tile2<S: Simd>(t: &WinogradIn) {
+    let l = S::LANES;
+    let zero = S::splat(0.0);
+    let mut d = [[zero; WINDOW2]; WINDOW2];
+    for (i, row) in d.iter_mut().enumerate() {
+        let y = t.iy0 + i as isize;
+        if y < 0 || y >= t.h as isize {
+            continue;
+        }
+        let base = t.x.add(y as usize * t.w * l);
+        for (j, v) in row.iter_mut().enumerate() {
+            let x = t.ix0 + j as isize;
+            if x >= 0 && x < t.w as isize {
+                *v = S::load(base.add(x as usize * l));
+            }
+        }
+    }
+    let mut tmp = [[zero; WINDOW2]; WINDOW2];
+    for j in 0..WINDOW2 {
+        let col = input2_1d::<S>(std::array::from_fn(|i| d[i][j]));
+        for (row, v) in tmp.iter_mut().zip(col) {
+            row[j] = v;
+        }
+    }
+    for (i, row) in tmp.iter().enumerate() {
+        for (j, v) in input2_1d::<S>(*row).iter().enumerate() {
+            S::store(t.out.add((i * WINDOW2 + j) * t.out_pos), *v);
+        }
+    }
+}
+
+/// [`output_tile`] of F(2x2, 3x3): 16 positions to a 2 x 2 tile, then the epilogue.
+///
+/// # Safety
+///
+/// As [`output_tile`], for 16 positions and at most 2 x 2 pixels.
+#[inline(always)]
+pub(crate) unsafe fn output_tile2<S: Simd>(t: &WinogradOut) {
+    let l = S::LANES;
+    let zero = S::splat(0.0);
+    let mut tmp = [[zero; WINDOW2]; TILE2];
+    for j in 0..WINDOW2 {
+        let col = output2_1d::<S>(std::array::from_fn(|i| {
+            S::load(t.m.add((i * WINDOW2 + j) * t.m_pos))
+        }));
+        for (row, v) in tmp.iter_mut().zip(col) {
+            row[j] = v;
+        }
+    }
+    let bias = (!t.bias.is_null()).then(|| S::load(t.bias));
+    for (i, row) in tmp.iter().enumerate().take(t.rows) {
+        let y = output2_1d::<S>(*row);
+        for (j, v) in y.iter().enumerate().take(t.cols) {
+            let at = i * t.row + j * l;
+            let mut v = *v;
+            if let Some(b) = bias {
+                v = S::add(v, b);
+            }
+            if !t.residual.is_null() {
+                v = S::add(v, S::load(t.residual.add(at)));
+            }
+            if t.relu {
+                v = S::max(zero, v);
+            }
+            S::store(t.out.add(at), v);
+        }
+    }
+}
+
+/// `G g G^T` of F(2x2, 3x3), in `f64`: 16 values, row-major.
+pub(crate) fn kernel_transform2(g: [f64; 9]) -> [f64; WINDOW2 * WINDOW2] {
+    let gm = |z: [f64; 3]| -> [f64; WINDOW2] {
+        [
+            z[0],
+            (z[0] + z[1] + z[2]) / 2.0,
+            (z[0] - z[1] + z[2]) / 2.0,
+            z[2],
+        ]
+    };
+    let cols: [[f64; WINDOW2]; 3] = std::array::from_fn(|j| gm([g[j], g[3 + j], g[6 + j]]));
+    let mut u = [0.0; WINDOW2 * WINDOW2];
+    for i in 0..WINDOW2 {
+        let r = gm([cols[0][i], cols[1][i], cols[2][i]]);
+        u[i * WINDOW2..(i + 1) * WINDOW2].copy_from_slice(&r);
+    }
+    u
+}
