@@ -119,9 +119,23 @@ unsafe fn output_1d<S: Simd>(m: [S::V; WINDOW]) -> [S::V; TILE] {
 /// floats each); `out + k out_pos` is writable for `LANES` floats, `k < 36`.
 #[inline(always)]
 pub(crate) unsafe fn input_tile<S: Simd>(t: &WinogradIn) {
+    transform_in::<S, WINDOW>(t, input_1d::<S>)
+}
+
+/// The input transform of an `N x N` window by the 1-D transform `b_t` (`B^T z`),
+/// columns first, then rows.
+///
+/// # Safety
+///
+/// As [`input_tile`], for an `N x N` window and `N^2` positions.
+#[inline(always)]
+unsafe fn transform_in<S: Simd, const N: usize>(
+    t: &WinogradIn,
+    b_t: unsafe fn([S::V; N]) -> [S::V; N],
+) {
     let l = S::LANES;
     let zero = S::splat(0.0);
-    let mut d = [[zero; WINDOW]; WINDOW];
+    let mut d = [[zero; N]; N];
     for (i, row) in d.iter_mut().enumerate() {
         let y = t.iy0 + i as isize;
         if y < 0 || y >= t.h as isize {
@@ -136,18 +150,17 @@ pub(crate) unsafe fn input_tile<S: Simd>(t: &WinogradIn) {
         }
     }
     // Columns first: tmp[.][j] = B^T d[.][j].
-    let mut tmp = [[zero; WINDOW]; WINDOW];
-    for j in 0..WINDOW {
-        let col = input_1d::<S>(std::array::from_fn(|i| d[i][j]));
+    let mut tmp = [[zero; N]; N];
+    for j in 0..N {
+        let col = b_t(std::array::from_fn(|i| d[i][j]));
         for (row, v) in tmp.iter_mut().zip(col) {
             row[j] = v;
         }
     }
     // Then rows: V[i][.] = B^T tmp[i][.] (that is, tmp B).
     for (i, row) in tmp.iter().enumerate() {
-        let v = input_1d::<S>(*row);
-        for (j, v) in v.iter().enumerate() {
-            S::store(t.out.add((i * WINDOW + j) * t.out_pos), *v);
+        for (j, v) in b_t(*row).iter().enumerate() {
+            S::store(t.out.add((i * N + j) * t.out_pos), *v);
         }
     }
 }
@@ -162,13 +175,27 @@ pub(crate) unsafe fn input_tile<S: Simd>(t: &WinogradIn) {
 /// `rows` rows `row` floats apart of `cols` pixels; `bias` holds `LANES` floats.
 #[inline(always)]
 pub(crate) unsafe fn output_tile<S: Simd>(t: &WinogradOut) {
+    transform_out::<S, WINDOW, TILE>(t, output_1d::<S>)
+}
+
+/// The output transform of `N x N` positions to a `T x T` tile by the 1-D transform
+/// `a_t` (`A^T m`), columns first, then rows and the epilogue.
+///
+/// # Safety
+///
+/// As [`output_tile`], for `N^2` positions and at most `T x T` pixels.
+#[inline(always)]
+unsafe fn transform_out<S: Simd, const N: usize, const T: usize>(
+    t: &WinogradOut,
+    a_t: unsafe fn([S::V; N]) -> [S::V; T],
+) {
     let l = S::LANES;
     let zero = S::splat(0.0);
-    // Columns first: tmp[.][j] = A^T M[.][j] (4 x 6).
-    let mut tmp = [[zero; WINDOW]; TILE];
-    for j in 0..WINDOW {
-        let col = output_1d::<S>(std::array::from_fn(|i| {
-            S::load(t.m.add((i * WINDOW + j) * t.m_pos))
+    // Columns first: tmp[.][j] = A^T M[.][j] (T x N).
+    let mut tmp = [[zero; N]; T];
+    for j in 0..N {
+        let col = a_t(std::array::from_fn(|i| {
+            S::load(t.m.add((i * N + j) * t.m_pos))
         }));
         for (row, v) in tmp.iter_mut().zip(col) {
             row[j] = v;
@@ -176,8 +203,7 @@ pub(crate) unsafe fn output_tile<S: Simd>(t: &WinogradOut) {
     }
     let bias = (!t.bias.is_null()).then(|| S::load(t.bias));
     for (i, row) in tmp.iter().enumerate().take(t.rows) {
-        let y = output_1d::<S>(*row);
-        for (j, v) in y.iter().enumerate().take(t.cols) {
+        for (j, v) in a_t(*row).iter().enumerate().take(t.cols) {
             let at = i * t.row + j * l;
             let mut v = *v;
             if let Some(b) = bias {
@@ -260,34 +286,7 @@ unsafe fn output2_1d<S: Simd>(m: [S::V; WINDOW2]) -> [S::V; TILE2] {
 /// As [`input_tile`], for a 4 x 4 window and 16 positions.
 #[inline(always)]
 pub(crate) unsafe fn input_tile2<S: Simd>(t: &WinogradIn) {
-    let l = S::LANES;
-    let zero = S::splat(0.0);
-    let mut d = [[zero; WINDOW2]; WINDOW2];
-    for (i, row) in d.iter_mut().enumerate() {
-        let y = t.iy0 + i as isize;
-        if y < 0 || y >= t.h as isize {
-            continue;
-        }
-        let base = t.x.add(y as usize * t.w * l);
-        for (j, v) in row.iter_mut().enumerate() {
-            let x = t.ix0 + j as isize;
-            if x >= 0 && x < t.w as isize {
-                *v = S::load(base.add(x as usize * l));
-            }
-        }
-    }
-    let mut tmp = [[zero; WINDOW2]; WINDOW2];
-    for j in 0..WINDOW2 {
-        let col = input2_1d::<S>(std::array::from_fn(|i| d[i][j]));
-        for (row, v) in tmp.iter_mut().zip(col) {
-            row[j] = v;
-        }
-    }
-    for (i, row) in tmp.iter().enumerate() {
-        for (j, v) in input2_1d::<S>(*row).iter().enumerate() {
-            S::store(t.out.add((i * WINDOW2 + j) * t.out_pos), *v);
-        }
-    }
+    transform_in::<S, WINDOW2>(t, input2_1d::<S>)
 }
 
 /// [`output_tile`] of F(2x2, 3x3): 16 positions to a 2 x 2 tile, then the epilogue.
@@ -297,35 +296,7 @@ pub(crate) unsafe fn input_tile2<S: Simd>(t: &WinogradIn) {
 /// As [`output_tile`], for 16 positions and at most 2 x 2 pixels.
 #[inline(always)]
 pub(crate) unsafe fn output_tile2<S: Simd>(t: &WinogradOut) {
-    let l = S::LANES;
-    let zero = S::splat(0.0);
-    let mut tmp = [[zero; WINDOW2]; TILE2];
-    for j in 0..WINDOW2 {
-        let col = output2_1d::<S>(std::array::from_fn(|i| {
-            S::load(t.m.add((i * WINDOW2 + j) * t.m_pos))
-        }));
-        for (row, v) in tmp.iter_mut().zip(col) {
-            row[j] = v;
-        }
-    }
-    let bias = (!t.bias.is_null()).then(|| S::load(t.bias));
-    for (i, row) in tmp.iter().enumerate().take(t.rows) {
-        let y = output2_1d::<S>(*row);
-        for (j, v) in y.iter().enumerate().take(t.cols) {
-            let at = i * t.row + j * l;
-            let mut v = *v;
-            if let Some(b) = bias {
-                v = S::add(v, b);
-            }
-            if !t.residual.is_null() {
-                v = S::add(v, S::load(t.residual.add(at)));
-            }
-            if t.relu {
-                v = S::max(zero, v);
-            }
-            S::store(t.out.add(at), v);
-        }
-    }
+    transform_out::<S, WINDOW2, TILE2>(t, output2_1d::<S>)
 }
 
 /// `G g G^T` of F(2x2, 3x3), in `f64`: 16 values, row-major.
