@@ -17,6 +17,9 @@
 //! The transformed weights take 4x the memory of the 3x3 ones (36 values per channel
 //! pair instead of 9): the ladder keeps Winograd to the layers it measured it on
 //! (`WINOGRAD_MAX_CHANNELS` in `conv/mod.rs`).
+//!
+//! F(2x2, 3x3) (`Forward::BlockedWinograd2`, forced only) runs through the same driver
+//! with 2 x 2 tiles, 4 x 4 windows and 16 positions wherever 36 is written here.
 
 use rayon::prelude::*;
 
@@ -44,9 +47,9 @@ const CHUNK_FLOATS: usize = 1 << 18;
 /// 38 MB, ran 1.2-1.5x slower with chunks of 1 MiB than with one chunk of all tiles).
 const MIN_CHUNK: usize = 48;
 
-/// A 3x3 layer's weights for Winograd F(4x4, 3x3): for each of the 36 positions `k`,
-/// `U[k] = (G g G^T)[k]` of every channel pair, packed as the blocked kernel's 1x1
-/// weights (`[G][CB][icb][F][L oc]`), `per_pos` floats each.
+/// A 3x3 layer's weights for Winograd F(4x4, 3x3) (or F(2x2, 3x3)): for each of the
+/// 36 (16) positions `k`, `U[k] = (G g G^T)[k]` of every channel pair, packed as the
+/// blocked kernel's 1x1 weights (`[G][CB][icb][F][L oc]`), `per_pos` floats each.
 #[derive(Clone, Debug)]
 pub struct WinogradWeights {
     pub(super) data: Vec<f32>,
