@@ -20,7 +20,8 @@ use std::rc::Rc;
 
 use tensor::{
     AvgPool2d, BatchNormBackward, BatchNormGrads, BnGradIn, ChannelStats, Conv2d, ConvBackward,
-    ConvPlan, ConvWeights, Epilogue, Kernels, Mode, Pool2d, Result, Tensor, TensorError,
+    ConvPlan, ConvWeights, Epilogue, Kernels, Mode, Pool2d, ReplicaSum, Result, Tensor,
+    TensorError,
 };
 
 /// A value on a tape: the index of the node that made it, and which tape that is (a
@@ -130,6 +131,9 @@ struct Node<'p> {
     requires_grad: bool,
     /// How many ops have read this node so far.
     uses: u32,
+    /// The first op that read this node: in the backward pass, the last to add to its
+    /// gradient (for [`Tape::backward_with`]'s readiness).
+    first_reader: Option<usize>,
 }
 
 /// The record of one training step's forward pass. `'p` is the borrow of the model's
@@ -138,6 +142,9 @@ pub struct Tape<'p> {
     kernels: Kernels,
     nodes: Vec<Node<'p>>,
     id: u32,
+    /// Synchronised batch norm: batch statistics and their backward's sums taken over
+    /// every replica ([`Tape::sync_batch_norm`]).
+    sync: Option<&'p dyn ReplicaSum>,
 }
 
 /// The gradients a backward pass left on the leaves that require them.
@@ -206,7 +213,18 @@ impl<'p> Tape<'p> {
             kernels,
             nodes: Vec::new(),
             id: NEXT_TAPE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            sync: None,
         }
+    }
+
+    /// Synchronised batch norm from here on (PyTorch's `SyncBatchNorm`): in data-parallel
+    /// training, where each replica records the same network on its part of the batch,
+    /// [`Tape::batch_norm`] normalises with the statistics of the whole batch (the
+    /// replicas' means and variances combined by their counts) and returns those, and
+    /// the backward pass sums its per-channel sums across the replicas. Every replica
+    /// must record the same ops in the same order: each batch norm is a collective call.
+    pub fn sync_batch_norm(&mut self, sync: &'p dyn ReplicaSum) {
+        self.sync = Some(sync);
     }
 
     /// The kernels the ops run on.
@@ -230,6 +248,7 @@ impl<'p> Tape<'p> {
             op,
             requires_grad,
             uses: 0,
+            first_reader: None,
         });
         Var(self.nodes.len() - 1, self.id)
     }
@@ -240,9 +259,11 @@ impl<'p> Tape<'p> {
 
     fn push_value(&mut self, value: Value<'p>, op: Op, inputs: &[Var]) -> Var {
         let requires_grad = inputs.iter().any(|&v| self.requires_grad(v));
+        let index = self.nodes.len();
         for v in inputs {
             if let Some(n) = self.nodes.get_mut(v.0) {
                 n.uses += 1;
+                n.first_reader.get_or_insert(index);
             }
         }
         self.push(value, op, requires_grad)
@@ -453,7 +474,10 @@ impl<'p> Tape<'p> {
         eps: f32,
         relu: bool,
     ) -> Result<(Var, ChannelStats)> {
-        let stats = self.batch_stats(x)?;
+        let mut stats = self.batch_stats(x)?;
+        if let Some(sync) = self.sync {
+            stats = combine_replicas(sync, &stats)?;
+        }
         let inv_std = inv_std(&stats.var, eps);
         // The lengths are checked now, not when (or if) the output is computed.
         self.checked_affine(gamma, beta, &stats.mean, &inv_std)?;
@@ -715,7 +739,23 @@ impl<'p> Tape<'p> {
 
     /// The backward pass seeded with gradient `dy` on any node `output` (a
     /// vector-Jacobian product): the gradients of `sum(output * dy)`. Consumes the tape.
-    pub fn backward_from(mut self, output: Var, dy: Tensor) -> Result<Gradients> {
+    pub fn backward_from(self, output: Var, dy: Tensor) -> Result<Gradients> {
+        self.backward_with(output, dy, &mut |_, _| Ok(()))
+    }
+
+    /// [`Tape::backward_from`], calling `ready` with each trainable leaf and its
+    /// gradient as soon as that gradient is final (the op that read the leaf first in
+    /// the forward pass, the last to add to it here, has run), while the rest of the
+    /// backward pass still has to run: data-parallel training starts reducing a bucket
+    /// of gradients across replicas there, so that the communication overlaps the
+    /// remaining backward work. The order is deterministic (the same on every replica
+    /// recording the same ops). An error from `ready` stops the pass.
+    pub fn backward_with(
+        mut self,
+        output: Var,
+        dy: Tensor,
+        ready: &mut dyn FnMut(Var, &Tensor) -> Result<()>,
+    ) -> Result<Gradients> {
         let shape = self.value(output)?.shape().to_vec();
         if dy.shape() != shape {
             return Err(TensorError::ShapeMismatch {
@@ -731,15 +771,45 @@ impl<'p> Tape<'p> {
         // (read only) before the second input's other consumer adds to it.
         let mut grads: Vec<Option<Rc<Tensor>>> = (0..self.nodes.len()).map(|_| None).collect();
         grads[output.0] = Some(Rc::new(dy));
+        // The trainable leaves whose gradient is final once node `i` has run.
+        let mut completes: Vec<Vec<usize>> = vec![Vec::new(); output.0 + 1];
+        for (leaf, n) in self.nodes.iter().enumerate() {
+            if let (Op::Leaf, true, Some(first)) = (&n.op, n.requires_grad, n.first_reader) {
+                if first <= output.0 {
+                    completes[first].push(leaf);
+                }
+            }
+        }
         for i in (0..=output.0).rev() {
+            self.backward_node(i, &mut grads)?;
+            for &leaf in &completes[i] {
+                if let Some(g) = &grads[leaf] {
+                    ready(Var(leaf, self.id), g)?;
+                }
+            }
+        }
+        let grads = grads
+            .into_iter()
+            .map(|g| g.map(|g| Rc::try_unwrap(g).unwrap_or_else(|g| (*g).clone())))
+            .collect();
+        Ok(Gradients {
+            grads,
+            tape: self.id,
+        })
+    }
+
+    /// One step of the backward pass: node `i`'s gradient (if it has one) through its
+    /// op into its inputs' slots; its output is freed.
+    fn backward_node(&mut self, i: usize, grads: &mut [Option<Rc<Tensor>>]) -> Result<()> {
+        {
             if !self.nodes[i].requires_grad {
-                continue;
+                return Ok(());
             }
             if let Op::Leaf = self.nodes[i].op {
-                continue; // its gradient stays in `grads`
+                return Ok(()); // its gradient stays in `grads`
             }
             let Some(dy) = grads[i].take() else {
-                continue; // nothing downstream used this node
+                return Ok(()); // nothing downstream used this node
             };
             // A convolution whose input already holds a gradient from another consumer
             // (a residual block's input: the shortcut's) adds its dX straight into it.
@@ -767,14 +837,7 @@ impl<'p> Tape<'p> {
             }
             self.nodes[i].value = Value::Released;
         }
-        let grads = grads
-            .into_iter()
-            .map(|g| g.map(|g| Rc::try_unwrap(g).unwrap_or_else(|g| (*g).clone())))
-            .collect();
-        Ok(Gradients {
-            grads,
-            tape: self.id,
-        })
+        Ok(())
     }
 
     /// The input and `[scale, shift]` of the batch norm `v`, which a convolution applied
@@ -834,12 +897,16 @@ impl<'p> Tape<'p> {
                 Ok(dy) => k.batch_norm_backward(
                     xv,
                     BnGradIn::Owned(dy),
-                    &BatchNormBackward::new(mean, inv_std, gv, batch_stats).with_relu(affine),
+                    &BatchNormBackward::new(mean, inv_std, gv, batch_stats)
+                        .with_relu(affine)
+                        .synced(self.sync),
                 ),
                 Err(dy) => k.batch_norm_backward(
                     xv,
                     BnGradIn::Borrowed(&dy),
-                    &BatchNormBackward::new(mean, inv_std, gv, batch_stats).with_relu(affine),
+                    &BatchNormBackward::new(mean, inv_std, gv, batch_stats)
+                        .with_relu(affine)
+                        .synced(self.sync),
                 ),
             };
         }
@@ -854,12 +921,12 @@ impl<'p> Tape<'p> {
             Ok(dy) => k.batch_norm_backward(
                 xv,
                 BnGradIn::Owned(dy),
-                &BatchNormBackward::batch(mean, inv_std, gv),
+                &BatchNormBackward::batch(mean, inv_std, gv).synced(self.sync),
             ),
             Err(dy) => k.batch_norm_backward(
                 xv,
                 BnGradIn::Borrowed(&dy),
-                &BatchNormBackward::batch(mean, inv_std, gv),
+                &BatchNormBackward::batch(mean, inv_std, gv).synced(self.sync),
             ),
         }
     }
@@ -953,7 +1020,7 @@ impl<'p> Tape<'p> {
                     unreachable!("a normalised add reads a batch norm");
                 };
                 let (xv, gv) = (self.value(*x)?, self.value(*gamma)?.data());
-                let bn = BatchNormBackward::batch(mean, inv_std, gv);
+                let bn = BatchNormBackward::batch(mean, inv_std, gv).synced(self.sync);
                 let (g, dy) = match Rc::try_unwrap(dy) {
                     Ok(dy) => {
                         let mut g =
@@ -1037,6 +1104,40 @@ fn cross_entropy_backward(
         row[t] -= (1.0 - smoothing) * scale;
     }
     Ok(d)
+}
+
+/// The statistics of the whole batch from each replica's `local` ones: the count-weighted
+/// mean, then the variance as the count-weighted sum of each replica's variance and
+/// squared distance of its mean from the whole batch's (exact, with no cancellation of
+/// a sum of squares), both summed in f64.
+fn combine_replicas(sync: &dyn ReplicaSum, local: &ChannelStats) -> Result<ChannelStats> {
+    let n = local.count as f64;
+    let mut first: Vec<f64> = std::iter::once(n)
+        .chain(local.mean.iter().map(|&m| n * m as f64))
+        .collect();
+    sync.sum(&mut first)?;
+    let total = first[0];
+    let mean: Vec<f64> = first[1..]
+        .iter()
+        .map(|s| if total > 0.0 { s / total } else { 0.0 })
+        .collect();
+    let mut second: Vec<f64> = local
+        .var
+        .iter()
+        .zip(&local.mean)
+        .zip(&mean)
+        .map(|((&v, &m), &g)| n * (v as f64 + (m as f64 - g) * (m as f64 - g)))
+        .collect();
+    sync.sum(&mut second)?;
+    let var = second
+        .iter()
+        .map(|s| if total > 0.0 { (s / total) as f32 } else { 0.0 })
+        .collect();
+    Ok(ChannelStats {
+        mean: mean.into_iter().map(|m| m as f32).collect(),
+        var,
+        count: total as usize,
+    })
 }
 
 /// A batch norm whose output has not been computed (see [`Tape::batch_norm`]).

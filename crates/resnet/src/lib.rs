@@ -60,6 +60,8 @@ pub mod arch;
 pub mod augment;
 pub mod classifier;
 pub mod data;
+#[cfg(feature = "train")]
+pub mod distributed;
 pub mod error;
 pub mod files;
 pub mod inference;
@@ -96,10 +98,13 @@ pub use inference::{top_k, ConvLayout, InferenceModel, InferenceOptions};
 pub use model::{BatchNorm, Block, ConvBn, ConvLayer, ResNet, Shortcut};
 pub use model_info::ModelInfo;
 #[cfg(feature = "train")]
-pub use train::{count_correct, train_step, BatchStats, Freeze, StepOutcome, TrainForward};
+pub use train::{
+    count_correct, parallel_gradients, train_step, train_step_parallel, BatchStats, Freeze,
+    StepGradients, StepOutcome, TrainForward,
+};
 #[cfg(feature = "train")]
 pub use trainer::{
-    evaluate, read_checkpoint, CheckpointInfo, EpochRecord, Evaluation, Progress, TrainConfig,
+    evaluate, evaluate_shared, read_checkpoint, CheckpointInfo, EpochRecord, Evaluation, Progress, TrainConfig,
     TrainError, Trainer,
 };
 pub use weights::WeightsError;

@@ -68,8 +68,22 @@ impl<'a> Loader<'a> {
 
     /// Batch `b` of an epoch whose order is `order`.
     pub fn make_batch(&self, epoch: usize, order: &[usize], b: usize) -> Result<Batch> {
+        let start = (b * self.batch).min(order.len());
+        self.make_range(epoch, order, start..((b + 1) * self.batch).min(order.len()))
+    }
+
+    /// The batch of positions `range` of an epoch whose order is `order`: each image
+    /// augmented by the seed of its position, so a data-parallel rank's part of a step
+    /// ([`crate::distributed::Shards`]) holds the images one process would make there.
+    pub fn make_range(
+        &self,
+        epoch: usize,
+        order: &[usize],
+        range: std::ops::Range<usize>,
+    ) -> Result<Batch> {
         let d = self.data;
-        let picks = &order[b * self.batch..((b + 1) * self.batch).min(order.len())];
+        let first = range.start;
+        let picks = &order[range];
         let n = d.image_len();
         let mut x = vec![0.0f32; picks.len() * n];
         x.par_chunks_mut(n.max(1))
@@ -78,7 +92,7 @@ impl<'a> Loader<'a> {
                 let mut img = if self.augment == Augment::NONE {
                     d.image(i).to_vec()
                 } else {
-                    let position = (b * self.batch + j) as u64;
+                    let position = (first + j) as u64;
                     let mut rng = Rng::seed_from_u64(mix(&[self.seed, epoch as u64, position, 1]));
                     self.augment.apply(d.image(i), d.shape, &mut rng)
                 };
@@ -98,16 +112,45 @@ impl<'a> Loader<'a> {
         &self,
         epoch: usize,
         start: usize,
+        step: impl FnMut(usize, Batch) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let total = self.num_batches();
+        let batch = self.batch;
+        self.for_each_range(epoch, start, total, |b| b * batch..((b + 1) * batch), step)
+    }
+
+    /// [`Loader::for_each_batch`] for data-parallel rank `rank`: its part of each step
+    /// of `shards` (made from the whole data set's order, so every rank agrees on it),
+    /// the next one made in the background.
+    pub fn for_each_part<E: From<tensor::TensorError> + Send>(
+        &self,
+        epoch: usize,
+        start: usize,
+        shards: crate::distributed::Shards,
+        rank: usize,
+        step: impl FnMut(usize, Batch) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let total = shards.steps();
+        self.for_each_range(epoch, start, total, |b| shards.part(b, rank), step)
+    }
+
+    pub(crate) fn for_each_range<E: From<tensor::TensorError> + Send>(
+        &self,
+        epoch: usize,
+        start: usize,
+        total: usize,
+        range: impl Fn(usize) -> std::ops::Range<usize> + Send + Sync,
         mut step: impl FnMut(usize, Batch) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
         let order = self.order(epoch);
-        let total = self.num_batches();
         std::thread::scope(|s| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(1);
-            let order = &order;
+            let (order, range) = (&order, &range);
             let producer = s.spawn(move || {
                 for b in start..total {
-                    if tx.send(self.make_batch(epoch, order, b)).is_err() {
+                    let r = range(b);
+                    let r = r.start.min(order.len())..r.end.min(order.len());
+                    if tx.send(self.make_range(epoch, order, r)).is_err() {
                         break; // the consumer stopped
                     }
                 }

@@ -368,6 +368,137 @@ fn train_step_here(
     Ok(outcome)
 }
 
+/// One data-parallel SGD step (see [`crate::distributed`]): this rank's part `x` of the
+/// step's global batch, `share` its fraction of the global batch's images (`n_rank /
+/// n_step`, the seed of its backward pass), the gradients summed across ranks in
+/// buckets while the backward pass runs, then the same update on every rank. The
+/// outcome is this rank's (its part's mean loss and correct count).
+#[allow(clippy::too_many_arguments)]
+pub fn train_step_parallel(
+    model: &mut ResNet,
+    sgd: &mut autograd::Sgd,
+    kernels: tensor::Kernels,
+    x: Tensor,
+    targets: &[usize],
+    freeze: Freeze,
+    smoothing: f32,
+    share: f32,
+    dp: &mut crate::distributed::DataParallel,
+) -> Result<StepOutcome> {
+    let ws = tensor::Workspace::current();
+    rayon::scope(|_| {
+        ws.run(|| {
+            let g = gradients_here(model, kernels, x, targets, freeze, smoothing, share, dp)?;
+            model.update_running_stats(&g.batch_stats)?;
+            let mut params: Vec<&mut Tensor> =
+                model.parameters_mut().into_iter().map(|(_, t)| t).collect();
+            let grads: Vec<Option<&Tensor>> = g.grads.iter().map(|g| g.as_ref()).collect();
+            sgd.step(&mut params, &grads)?;
+            Ok(g.outcome)
+        })
+    })
+}
+
+/// What a data-parallel step computed before its update ([`parallel_gradients`]).
+#[derive(Debug)]
+pub struct StepGradients {
+    /// This rank's loss and correct count.
+    pub outcome: StepOutcome,
+    /// Per parameter ([`ResNet::parameters_mut`] order), its gradient summed across
+    /// ranks: the gradient of the mean loss over the global batch (`None`: frozen).
+    pub grads: Vec<Option<Tensor>>,
+    /// The batch norms' statistics (with synchronised batch norm, the global batch's),
+    /// for [`ResNet::update_running_stats`].
+    pub batch_stats: Vec<BatchStats>,
+}
+
+/// [`train_step_parallel`] without the update: the forward and backward passes and the
+/// gradients summed across ranks. The model is unchanged.
+#[allow(clippy::too_many_arguments)]
+pub fn parallel_gradients(
+    model: &ResNet,
+    kernels: tensor::Kernels,
+    x: Tensor,
+    targets: &[usize],
+    freeze: Freeze,
+    smoothing: f32,
+    share: f32,
+    dp: &mut crate::distributed::DataParallel,
+) -> Result<StepGradients> {
+    let ws = tensor::Workspace::current();
+    rayon::scope(|_| {
+        ws.run(|| gradients_here(model, kernels, x, targets, freeze, smoothing, share, dp))
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gradients_here(
+    model: &ResNet,
+    kernels: tensor::Kernels,
+    x: Tensor,
+    targets: &[usize],
+    freeze: Freeze,
+    smoothing: f32,
+    share: f32,
+    dp: &mut crate::distributed::DataParallel,
+) -> Result<StepGradients> {
+    use crate::distributed::{timed, Buckets};
+    let comm = std::sync::Arc::clone(&dp.comm);
+    let stats = &mut dp.stats;
+    let (outcome, grads, batch_stats) = {
+        let mut tape = Tape::new(kernels);
+        if dp.sync_bn {
+            tape.sync_batch_norm(&*comm);
+        }
+        let (fwd, loss, value, correct) = timed(&mut stats.forward_s, || -> Result<_> {
+            let fwd = model.forward_train(&mut tape, x, freeze)?;
+            let loss = tape.cross_entropy(fwd.logits, targets, smoothing)?;
+            let value = tape.value(loss)?.data()[0];
+            let correct = count_correct(tape.value(fwd.logits)?, targets);
+            Ok((fwd, loss, value, correct))
+        })?;
+        let seed = Tensor::full(tape.value(loss)?.shape(), share)?;
+        // Which parameter each trainable leaf is, and the buckets of their gradients.
+        let mut position = std::collections::HashMap::new();
+        let mut lens = Vec::with_capacity(fwd.params.len());
+        for (p, v) in fwd.params.iter().enumerate() {
+            match v {
+                Some(v) => {
+                    position.insert(v.index(), p);
+                    lens.push(Some(tape.value(*v)?.len()));
+                }
+                None => lens.push(None),
+            }
+        }
+        let mut buckets = Buckets::new(&*comm, &lens, dp.bucket_bytes, dp.overlap);
+        stats.gradient_values = buckets.values();
+        timed(&mut stats.backward_s, || {
+            tape.backward_with(loss, seed, &mut |v, g| match position.get(&v.index()) {
+                Some(&p) => buckets.ready(p, g),
+                None => Ok(()),
+            })
+        })?;
+        let grads = timed(&mut stats.exposed_s, || buckets.finish())?;
+        let outcome = StepOutcome {
+            loss: value,
+            correct,
+        };
+        (outcome, grads, fwd.batch_stats)
+    };
+    stats.steps += 1;
+    // The buckets hold flat copies: give each its parameter's shape back.
+    let grads: Vec<Option<Tensor>> = grads
+        .into_iter()
+        .zip(model.named_tensors().into_iter().filter(|n| !is_buffer(&n.name)))
+        .map(|(g, p)| g.map(|g| g.reshape(p.tensor.shape())).transpose())
+        .collect::<Result<_>>()?;
+    Ok(StepGradients {
+        outcome,
+        grads,
+        batch_stats,
+    })
+}
+
 /// How many rows of `[N, classes]` logits have their maximum at the target's class.
 pub fn count_correct(logits: &Tensor, targets: &[usize]) -> usize {
     let classes = logits.shape().last().copied().unwrap_or(1).max(1);

@@ -33,10 +33,11 @@ use tensor::{Kernels, TensorError, Workspace};
 use crate::arch::Arch;
 use crate::augment::Augment;
 use crate::data::{DataError, Dataset, Split};
+use crate::distributed::{Communicator, DataParallel, Shards};
 use crate::inference::InferenceModel;
 use crate::loader::Loader;
 use crate::model::ResNet;
-use crate::train::{argmax, train_step, Freeze};
+use crate::train::{argmax, train_step, train_step_parallel, Freeze};
 use crate::weights::{write_atomic, write_safetensors, SaveView, WeightsError};
 
 /// How to train.
@@ -474,6 +475,8 @@ pub struct Trainer<'d> {
     pub history: Vec<EpochRecord>,
     /// The caller's notes, written into checkpoints ([`Trainer::set_note`]).
     notes: BTreeMap<String, String>,
+    /// Data-parallel training across ranks ([`Trainer::data_parallel`]).
+    parallel: Option<DataParallel>,
 }
 
 /// The files a run writes into its folder (`training.png` by the `resnet` tool).
@@ -560,6 +563,7 @@ impl<'d> Trainer<'d> {
             epochs_done: 0,
             history: Vec::new(),
             notes: BTreeMap::new(),
+            parallel: None,
         })
     }
 
@@ -584,6 +588,75 @@ impl<'d> Trainer<'d> {
         let mut t = Trainer::new(config, data, kernels, out)?;
         t.load_checkpoint(checkpoint)?;
         Ok(t)
+    }
+
+    /// Trains data-parallel from here on, as one of `dp`'s ranks (see
+    /// [`crate::distributed`]): rank 0's state (weights, running statistics, momentum,
+    /// epochs done, history; its checkpoint, when it resumed one) is broadcast to every
+    /// rank first, each step trains this rank's part of a global batch of `ranks x
+    /// config.batch` images, evaluation is shared out and its counts summed, and only
+    /// rank 0 writes files. Every rank must call it, with the same settings and data.
+    pub fn data_parallel(&mut self, dp: DataParallel) -> Result<(), TrainError> {
+        Shards::new(self.data.train.len(), self.config.batch, dp.ranks())?;
+        if dp.ranks() > 1 {
+            let mut bytes = Vec::new();
+            if dp.rank() == 0 {
+                bytes = self.checkpoint_bytes()?;
+            }
+            dp.comm.broadcast_bytes(&mut bytes)?;
+            if dp.rank() != 0 {
+                self.load_checkpoint_bytes(Path::new("<rank 0's state>"), &bytes)?;
+            }
+        }
+        self.parallel = Some(dp);
+        Ok(())
+    }
+
+    /// With per-rank batch norm, each rank's running statistics followed its own parts
+    /// of the batches: rank 0's are broadcast (what PyTorch DDP's `broadcast_buffers`
+    /// does before every forward pass; training-mode forwards never read them, so once
+    /// before evaluating is the same). With synchronised batch norm they are equal.
+    fn share_running_stats(&mut self) -> Result<(), TrainError> {
+        let Some(dp) = self.parallel.as_ref().filter(|p| p.ranks() > 1 && !p.sync_bn) else {
+            return Ok(());
+        };
+        let comm = std::sync::Arc::clone(&dp.comm);
+        let mut buffers: Vec<&mut tensor::Tensor> = self
+            .model
+            .named_tensors_mut()
+            .into_iter()
+            .filter(|(name, _)| crate::train::is_buffer(name))
+            .map(|(_, t)| t)
+            .collect();
+        let mut bytes: Vec<u8> = Vec::new();
+        if comm.rank() == 0 {
+            for t in &buffers {
+                bytes.extend(t.data().iter().flat_map(|v| v.to_le_bytes()));
+            }
+        }
+        comm.broadcast_bytes(&mut bytes)?;
+        let mut values = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        for t in buffers.iter_mut() {
+            for v in t.data_mut() {
+                *v = values.next().ok_or_else(|| {
+                    checkpoint_error(Path::new("<rank 0's state>"), "too few running statistics".into())
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The data-parallel state, with what its steps measured ([`Trainer::data_parallel`]).
+    pub fn parallel(&self) -> Option<&DataParallel> {
+        self.parallel.as_ref()
+    }
+
+    /// Whether this process writes the run's files: always, but in data-parallel
+    /// training only rank 0.
+    pub fn writes_files(&self) -> bool {
+        self.parallel.as_ref().is_none_or(|p| p.rank() == 0)
     }
 
     fn schedule(&self, batches: usize) -> Schedule {
@@ -624,7 +697,12 @@ impl<'d> Trainer<'d> {
             shuffle: true,
             seed: self.config.seed,
         };
-        let batches = loader.num_batches();
+        let (rank, ranks) = self
+            .parallel
+            .as_ref()
+            .map_or((0, 1), |p| (p.rank(), p.ranks()));
+        let shards = Shards::new(self.data.train.len(), self.config.batch, ranks)?;
+        let batches = shards.steps();
         let schedule = self.schedule(batches);
         while self.epochs_done < stop {
             let epoch = self.epochs_done;
@@ -642,19 +720,20 @@ impl<'d> Trainer<'d> {
                     format!("epoch {}", self.epochs_done)
                 }
             );
-            let (model, sgd, kernels, config, ws) = (
+            let (model, sgd, kernels, config, ws, parallel) = (
                 &mut self.model,
                 &mut self.sgd,
                 self.kernels,
                 &self.config,
                 &self.workspace,
+                &mut self.parallel,
             );
-            loader.for_each_batch(epoch, 0, |b, batch| -> Result<(), TrainError> {
+            loader.for_each_part(epoch, 0, shards, rank, |b, batch| -> Result<(), TrainError> {
                 lr = schedule.lr(config.lr, epoch * batches + b);
                 sgd.set_lr(lr);
                 let n = batch.labels.len();
-                let step = ws.run(|| {
-                    train_step(
+                let step = ws.run(|| match parallel.as_mut() {
+                    None => train_step(
                         model,
                         sgd,
                         kernels,
@@ -662,7 +741,18 @@ impl<'d> Trainer<'d> {
                         &batch.labels,
                         config.freeze,
                         config.label_smoothing,
-                    )
+                    ),
+                    Some(dp) => train_step_parallel(
+                        model,
+                        sgd,
+                        kernels,
+                        batch.x,
+                        &batch.labels,
+                        config.freeze,
+                        config.label_smoothing,
+                        n as f32 / shards.step_range(b).len() as f32,
+                        dp,
+                    ),
                 })?;
                 if !step.loss.is_finite() {
                     return Err(TrainError::Diverged {
@@ -682,18 +772,34 @@ impl<'d> Trainer<'d> {
                     batch: b + 1,
                     batches,
                     loss: (loss_sum / seen as f64) as f32,
-                    images_per_s: seen as f32 / start.elapsed().as_secs_f32(),
+                    // This rank's rate times the ranks: the job's, near enough.
+                    images_per_s: (seen * ranks) as f32 / start.elapsed().as_secs_f32(),
                 });
                 Ok(())
             })?;
-            let eval = evaluate(
+            self.share_running_stats()?;
+            let comm = self.parallel.as_ref().map(|p| &*p.comm);
+            if let Some(comm) = comm {
+                // The epoch's figures over every rank's images.
+                let mut totals = [loss_sum, correct as f64, seen as f64];
+                comm.sum(&mut totals)?;
+                (loss_sum, correct, seen) = (totals[0], totals[1] as usize, totals[2] as usize);
+            }
+            let eval = evaluate_shared(
                 &self.model,
                 &self.data.test,
                 self.kernels,
                 self.config.batch,
+                comm,
             )?;
             let val = match &self.data.val {
-                Some(v) => Some(evaluate(&self.model, v, self.kernels, self.config.batch)?),
+                Some(v) => Some(evaluate_shared(
+                    &self.model,
+                    v,
+                    self.kernels,
+                    self.config.batch,
+                    comm,
+                )?),
                 None => None,
             };
             let record = EpochRecord {
@@ -734,12 +840,16 @@ impl<'d> Trainer<'d> {
             };
             self.epochs_done += 1;
             self.history.push(record.clone());
-            if improved {
-                self.model
-                    .save_safetensors_with(self.out.join("best.safetensors"), Some(&self.info()))?;
+            if self.writes_files() {
+                if improved {
+                    self.model.save_safetensors_with(
+                        self.out.join("best.safetensors"),
+                        Some(&self.info()),
+                    )?;
+                }
+                self.write_metrics()?;
+                self.save_checkpoint(self.out.join("checkpoint.safetensors"))?;
             }
-            self.write_metrics()?;
-            self.save_checkpoint(self.out.join("checkpoint.safetensors"))?;
             progress(Progress::Epoch(&record));
         }
         Ok(&self.history)
@@ -800,6 +910,26 @@ impl<'d> Trainer<'d> {
     /// Writes the checkpoint (atomically).
     pub fn save_checkpoint(&mut self, path: impl AsRef<Path>) -> Result<(), TrainError> {
         let path = path.as_ref();
+        self.with_checkpoint(|views, meta| write_safetensors(path, views, Some(meta)))
+            .map_err(|source| TrainError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+    }
+
+    /// The checkpoint's bytes, as [`Trainer::save_checkpoint`] would write them.
+    fn checkpoint_bytes(&mut self) -> Result<Vec<u8>, TrainError> {
+        self.with_checkpoint(|views, meta| {
+            safetensors::serialize(views, Some(meta)).map_err(std::io::Error::other)
+        })
+        .map_err(|e| checkpoint_error(Path::new("<in memory>"), e.to_string()))
+    }
+
+    /// Hands the checkpoint's tensors (borrowed) and metadata to `write`.
+    fn with_checkpoint<R>(
+        &mut self,
+        write: impl FnOnce(BTreeMap<String, SaveView>, HashMap<String, String>) -> std::io::Result<R>,
+    ) -> std::io::Result<R> {
         let names: Vec<String> = self
             .model
             .parameters_mut()
@@ -855,10 +985,7 @@ impl<'d> Trainer<'d> {
                 .iter()
                 .map(|(k, v)| (format!("note.{k}"), v.clone())),
         );
-        write_safetensors(path, views, Some(meta)).map_err(|source| TrainError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        write(views, meta)
     }
 
     /// Restores model, optimizer state, epoch count and history from a checkpoint.
@@ -870,7 +997,12 @@ impl<'d> Trainer<'d> {
                 path: path.to_path_buf(),
                 source,
             })?;
-        let (_, header) = SafeTensors::read_metadata(&bytes)
+        self.load_checkpoint_bytes(path, &bytes)
+    }
+
+    /// [`Trainer::load_checkpoint`] from the file's bytes (`path` names it in errors).
+    fn load_checkpoint_bytes(&mut self, path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+        let (_, header) = SafeTensors::read_metadata(bytes)
             .map_err(|e| checkpoint_error(path, format!("not a checkpoint: {e}")))?;
         let meta = header.metadata().clone().unwrap_or_default();
         let get = |k: &str| meta.get(k).cloned().unwrap_or_default();
@@ -952,7 +1084,7 @@ impl<'d> Trainer<'d> {
             .filter_map(EpochRecord::parse_csv)
             .collect();
         let file =
-            SafeTensors::deserialize(&bytes).map_err(|e| checkpoint_error(path, e.to_string()))?;
+            SafeTensors::deserialize(bytes).map_err(|e| checkpoint_error(path, e.to_string()))?;
         // The model part is a torchvision-named state dict under `model.`.
         let model_part: Vec<(String, TensorView)> = file
             .iter()
@@ -1064,6 +1196,21 @@ pub fn evaluate(
     kernels: Kernels,
     batch: usize,
 ) -> Result<Evaluation, TrainError> {
+    evaluate_shared(model, data, kernels, batch, None)
+}
+
+/// [`evaluate`] shared out across data-parallel ranks (each evaluates a contiguous part
+/// of `data`, [`Shards::evaluation_part`], and the sums are summed across them): the
+/// same figures on every rank. Every rank calls it. `None`: all of it here.
+pub fn evaluate_shared(
+    model: &ResNet,
+    data: &Dataset,
+    kernels: Kernels,
+    batch: usize,
+    comm: Option<&dyn Communicator>,
+) -> Result<Evaluation, TrainError> {
+    let (rank, ranks) = comm.map_or((0, 1), |c| (c.rank(), c.size()));
+    let part = Shards::evaluation_part(data.len(), rank, ranks);
     let classes = model.num_classes();
     let fast = InferenceModel::new(model, kernels)?;
     let loader = Loader {
@@ -1075,7 +1222,9 @@ pub fn evaluate(
     };
     let mut confusion = vec![vec![0usize; classes]; classes];
     let (mut loss_sum, mut correct) = (0.0f64, 0usize);
-    loader.for_each_batch(0, 0, |_, b| -> Result<(), TrainError> {
+    let steps = part.len().div_ceil(loader.batch);
+    let range = |b: usize| part.start + b * loader.batch..(part.start + (b + 1) * loader.batch).min(part.end);
+    loader.for_each_range(0, 0, steps, range, |_, b| -> Result<(), TrainError> {
         let logits = fast.forward(&b.x)?;
         let logp = kernels.log_softmax(&logits)?;
         for (row, &t) in logp.data().chunks(classes).zip(&b.labels) {
@@ -1092,6 +1241,17 @@ pub fn evaluate(
         }
         Ok(())
     })?;
+    if let Some(comm) = comm {
+        let mut sums: Vec<f64> = [loss_sum, correct as f64]
+            .into_iter()
+            .chain(confusion.iter().flatten().map(|&c| c as f64))
+            .collect();
+        comm.sum(&mut sums)?;
+        (loss_sum, correct) = (sums[0], sums[1] as usize);
+        for (c, &s) in confusion.iter_mut().flatten().zip(&sums[2..]) {
+            *c = s as usize;
+        }
+    }
     let n = data.len().max(1);
     Ok(Evaluation {
         loss: (loss_sum / n as f64) as f32,

@@ -83,6 +83,16 @@ pub enum BnGradIn<'a> {
     MaskedBy(Tensor, &'a Tensor),
 }
 
+/// Sums across the replicas of a data-parallel job: what synchronised batch norm needs
+/// (each replica holds part of the batch; the statistics and the backward's per-channel
+/// sums are those of the whole batch). A communicator implements it (`resnet`'s MPI
+/// one); this crate never communicates itself.
+pub trait ReplicaSum: Sync + std::fmt::Debug {
+    /// Replaces every element of `values` by its sum over all replicas. Every replica
+    /// calls it at the same point of the same computation, with equally long `values`.
+    fn sum(&self, values: &mut [f64]) -> Result<()>;
+}
+
 /// What a batch norm's forward was, for its backward.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchNormBackward<'a> {
@@ -99,6 +109,12 @@ pub struct BatchNormBackward<'a> {
     /// `[scale, shift]` (as [`Kernels::scale_shift`] with `[Epilogue::Relu]` computes it): its mask is
     /// recomputed from `x` inside the two passes, so the ReLU costs no pass of its own.
     pub relu: Option<[&'a [f32]; 2]>,
+    /// Synchronised batch norm (with batch statistics): the forward normalised with the
+    /// statistics of the batch across all replicas, so the backward's two per-channel
+    /// sums (of `dy` and of `dy x_hat`) and the count `M` are summed across them before
+    /// `dx` is formed. `dgamma` and `dbeta` stay this replica's own (the data-parallel
+    /// gradient reduction sums them, as PyTorch's `SyncBatchNorm` leaves them to DDP).
+    pub sync: Option<&'a dyn ReplicaSum>,
 }
 
 impl<'a> BatchNormBackward<'a> {
@@ -111,6 +127,7 @@ impl<'a> BatchNormBackward<'a> {
             gamma,
             batch_stats,
             relu: None,
+            sync: None,
         }
     }
 
@@ -130,6 +147,12 @@ impl<'a> BatchNormBackward<'a> {
             relu: Some(affine),
             ..self
         }
+    }
+
+    /// The same, synchronised across replicas by `sync` (see [`BatchNormBackward::sync`];
+    /// `None` leaves it local).
+    pub fn synced(self, sync: Option<&'a dyn ReplicaSum>) -> Self {
+        BatchNormBackward { sync, ..self }
     }
 }
 
@@ -190,6 +213,7 @@ impl Kernels {
             bn.gamma,
             bn.batch_stats,
             bn.relu,
+            bn.sync,
         )?;
         g.masked_dy = masked;
         Ok(g)
@@ -206,6 +230,7 @@ impl Kernels {
         gamma: &[f32],
         batch_stats: bool,
         relu: Option<[&[f32]; 2]>,
+        sync: Option<&dyn ReplicaSum>,
     ) -> Result<(BatchNormGrads, Option<Tensor>)> {
         // `masked`: the owned dy and the ReLU output that masks it.
         let (mut dx, borrowed, mut masked) = match dy {
@@ -248,6 +273,10 @@ impl Kernels {
         let xd = x.data();
         let mask = |ch: usize| relu.map(|[scale, shift]| [scale[ch], shift[ch]]);
         if count == 0 {
+            if let Some(sync) = sync.filter(|_| batch_stats) {
+                // The other replicas wait for this one's (empty) sums.
+                sync.sum(&mut vec![0.0; 2 * c + 1])?;
+            }
             let g = BatchNormGrads {
                 dx,
                 dgamma: vec![0.0; c],
@@ -322,13 +351,24 @@ impl Kernels {
             t.0 += s_dy as f64;
             t.1 += s_dev as f64;
         }
+        // Synchronised: the sums and the count over every replica's part of the batch.
+        let (global, m) = match sync.filter(|_| batch_stats) {
+            Some(sync) => {
+                let mut all: Vec<f64> = totals.iter().flat_map(|&(a, b)| [a, b]).collect();
+                all.push(count as f64);
+                sync.sum(&mut all)?;
+                let m = all[2 * c];
+                let pairs = all.chunks_exact(2).map(|p| (p[0], p[1])).collect();
+                (Some::<Vec<(f64, f64)>>(pairs), m)
+            }
+            None => (None, count as f64),
+        };
         let mut dgamma = vec![0.0f32; c];
         let mut dbeta = vec![0.0f32; c];
         let mut coef = vec![[0.0f32; 3]; c];
         for ch in 0..c {
-            let (s_dy, s_dev) = totals[ch];
+            let (s_dy, s_dev) = global.as_ref().map_or(totals[ch], |g| g[ch]);
             let istd = inv_std[ch] as f64;
-            let m = count as f64;
             let k = gamma[ch] as f64 * istd;
             coef[ch] = if batch_stats {
                 // dx = k dy - k s_dy / M - k istd^2 s_dev / M (x - mean)
@@ -338,6 +378,7 @@ impl Kernels {
             } else {
                 [k as f32, 0.0, 0.0]
             };
+            let (s_dy, s_dev) = totals[ch]; // this replica's own
             dbeta[ch] = s_dy as f32;
             dgamma[ch] = (s_dev * istd) as f32;
         }

@@ -63,7 +63,9 @@ mod shortcut;
 mod tensor;
 pub mod workspace;
 
-pub use backward::{BatchNormBackward, BatchNormGrads, BnGradIn, ConvGrads, LinearGrads};
+pub use backward::{
+    BatchNormBackward, BatchNormGrads, BnGradIn, ConvGrads, LinearGrads, ReplicaSum,
+};
 pub use blocked::BlockedTensor;
 pub use conv::{
     fold_batch_norm, Conv2d, ConvBackward, ConvPlan, ConvWeights, DirectForm, DxInto, Forward,
