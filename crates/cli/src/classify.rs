@@ -263,10 +263,16 @@ pub fn features(
     let fast = c.model();
     // `batch` images at a time; only the embeddings (a few KB each) are kept.
     let dim = c.arch().feature_dim();
-    let mut bytes: Vec<u8> = Vec::with_capacity(images.len() * dim * 4);
-    let mut done: Vec<String> = Vec::with_capacity(images.len());
+    // Under MPI each rank embeds a contiguous part of the list, and rank 0 writes them
+    // all, in the list's order.
+    let comm = crate::dist::comm();
+    let (rank, ranks) = comm.map_or((0, 1), |c| (c.rank(), c.size()));
+    let part = resnet::distributed::Shards::evaluation_part(images.len(), rank, ranks);
+    let mine = &images[part];
+    let mut bytes: Vec<u8> = Vec::with_capacity(mine.len() * dim * 4);
+    let mut done: Vec<String> = Vec::with_capacity(mine.len());
     let mut failures = 0;
-    for group in images.chunks(batch.max(1)) {
+    for group in mine.chunks(batch.max(1)) {
         let (x, errors) = batch_of(c.info(), group)?;
         for (path, error) in group.iter().zip(errors) {
             match error {
@@ -280,6 +286,32 @@ pub fn features(
         let Some(x) = x else { continue };
         let f = fast.features(&x)?;
         bytes.extend(f.data().iter().flat_map(|v| v.to_le_bytes()));
+    }
+    if let Some(comm) = comm.filter(|c| c.size() > 1) {
+        // Each rank's part as: failures, names (newline-separated), embeddings.
+        let names = done.join("\n");
+        let mut msg = Vec::with_capacity(16 + names.len() + bytes.len());
+        msg.extend((failures as u64).to_le_bytes());
+        msg.extend((names.len() as u64).to_le_bytes());
+        msg.extend(names.as_bytes());
+        msg.extend(&bytes);
+        let parts = comm.gather_bytes(&msg)?;
+        if rank != 0 {
+            return Ok(()); // rank 0 writes the file and reports
+        }
+        (bytes, done, failures) = (Vec::new(), Vec::new(), 0);
+        for p in parts {
+            let word = |at: usize| u64::from_le_bytes(p[at..at + 8].try_into().unwrap_or_default());
+            let (fails, len) = (word(0) as usize, word(8) as usize);
+            failures += fails;
+            let names = std::str::from_utf8(&p[16..16 + len])?;
+            done.extend(names.lines().filter(|l| !l.is_empty()).map(str::to_string));
+            bytes.extend(&p[16 + len..]);
+        }
+        eprintln!(
+            "embedded on {ranks} ranks ({} images each at most)",
+            images.len().div_ceil(ranks)
+        );
     }
     if done.is_empty() {
         return Err(format!(

@@ -10,6 +10,7 @@
 
 mod bench;
 mod classify;
+mod dist;
 mod export;
 mod plan;
 mod plot;
@@ -129,6 +130,20 @@ enum Command {
         /// default 64).
         #[arg(long)]
         size: Option<usize>,
+        /// Under MPI (`mpirun -np N`, a binary built with `--features mpi`): synchronised
+        /// batch norm, whose statistics are those of the global batch (PyTorch's
+        /// SyncBatchNorm). Without it each rank normalises by its own part (DDP's
+        /// default). --batch is per rank either way.
+        #[arg(long)]
+        sync_bn: bool,
+        /// Under MPI: the size of the gradient buckets summed across ranks while the
+        /// backward pass runs, in MiB (default 1).
+        #[arg(long)]
+        bucket_mib: Option<f32>,
+        /// Under MPI: sum the gradients after the backward pass instead of during it (to
+        /// measure what the overlap hides).
+        #[arg(long)]
+        no_overlap: bool,
     },
     /// Write a data set as an image folder (DIR/train/<class>/*.png, DIR/test/...), e.g.
     /// the shipped digits, to try fine-tuning and `classify` on images.
@@ -322,23 +337,44 @@ pub(crate) fn emit(line: &str) -> std::io::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = dist::init() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            dist::finalize();
+            ExitCode::SUCCESS
+        }
         Err(e)
             if e.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
         {
+            dist::finalize();
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            match dist::comm().filter(|c| c.size() > 1) {
+                Some(c) => eprintln!("error on rank {}: {e}", c.rank()),
+                None => eprintln!("error: {e}"),
+            }
+            // The other ranks would wait for this one in their next collective.
+            dist::abort_if_parallel();
             ExitCode::FAILURE
         }
     }
 }
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    if let Some(n) = cli.threads {
+    // MPI ranks on one machine share its cores: one rank per machine gets them all.
+    let threads = cli.threads.or_else(|| {
+        let local = dist::local_ranks();
+        (dist::comm().is_some() && local > 1).then(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cores / local).max(1)
+        })
+    });
+    if let Some(n) = threads {
         if n == 0 {
             return Err("--threads must be at least 1".into());
         }
@@ -392,6 +428,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             out,
             overwrite,
             size,
+            sync_bn,
+            bucket_mib,
+            no_overlap,
         } => train::train(
             Kernels::active()?,
             train::TrainArgs {
@@ -409,6 +448,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 out,
                 overwrite,
                 size,
+                sync_bn,
+                bucket_mib,
+                no_overlap,
             },
         ),
         Command::Classify {

@@ -30,6 +30,10 @@ pub struct TrainArgs {
     pub out: Option<PathBuf>,
     pub overwrite: bool,
     pub size: Option<usize>,
+    /// Data-parallel settings (under MPI only).
+    pub sync_bn: bool,
+    pub bucket_mib: Option<f32>,
+    pub no_overlap: bool,
 }
 
 /// A new run's settings: the defaults for its data set, and the flags given.
@@ -68,6 +72,7 @@ fn config_for(
 const NOTE_DATA: &str = "data";
 const NOTE_SIZE: &str = "size";
 const NOTE_VAL: &str = "val_fraction";
+const NOTE_RANKS: &str = "ranks";
 
 /// What a run trains on and how: the data set, its image side, the validation
 /// fraction and the trainer's settings.
@@ -252,6 +257,24 @@ fn fmt_duration(s: f32) -> String {
 
 pub fn train(k: Kernels, args: TrainArgs) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
+    let comm = crate::dist::comm();
+    let (rank, ranks) = comm.map_or((0, 1), |c| (c.rank(), c.size()));
+    // Rank 0 speaks for the job; the others train quietly (their errors still show).
+    let lead = rank == 0;
+    macro_rules! say {
+        ($($t:tt)*) => { if lead { eprintln!($($t)*); } };
+    }
+    if comm.is_none() && (args.sync_bn || args.bucket_mib.is_some() || args.no_overlap) {
+        return Err("--sync-bn, --bucket-mib and --no-overlap are for data-parallel runs:                     `mpirun -np N resnet train ...` with a resnet built with `--features mpi`                     (docs/distributed.md)"
+            .into());
+    }
+    let bucket_bytes = match args.bucket_mib {
+        Some(m) if !(m > 0.0 && m <= 4096.0) => {
+            return Err(format!("--bucket-mib {m}: must be a positive number of MiB").into())
+        }
+        Some(m) => (m * (1 << 20) as f32) as usize,
+        None => 1 << 20,
+    };
     let plan = match &args.resume {
         Some(ckpt) => resumed_plan(&args, ckpt)?,
         None => {
@@ -267,7 +290,7 @@ pub fn train(k: Kernels, args: TrainArgs) -> Result<(), Box<dyn std::error::Erro
         }
     };
     let out = out_folder(&args)?;
-    if args.overwrite && args.resume.is_none() {
+    if args.overwrite && args.resume.is_none() && lead {
         // The old run's files go first: a new run stopped early must not leave the old
         // best model beside its own checkpoint.
         for f in resnet::trainer::OUTPUTS {
@@ -279,11 +302,11 @@ pub fn train(k: Kernels, args: TrainArgs) -> Result<(), Box<dyn std::error::Erro
             }
         }
     }
-    eprintln!("loading {} ...", plan.data);
+    say!("loading {} ...", plan.data);
     let config = plan.config.clone();
     let data = plan.data.load()?.hold_out(plan.val_fraction, config.seed)?;
     let val = data.val.as_ref().map_or(0, |v| v.len());
-    eprintln!(
+    say!(
         "training {} on {}: {} training, {val} validation (picks the best model) and {} test images (only reported) of {:?}, {} classes; {} epochs, batch {}, lr {}, {} threads, kernels {}; writing to {}",
         config.arch,
         plan.data,
@@ -298,6 +321,26 @@ pub fn train(k: Kernels, args: TrainArgs) -> Result<(), Box<dyn std::error::Erro
         k.isa(),
         out.display()
     );
+    if comm.is_some() {
+        say!(
+            "data-parallel over MPI: {ranks} ranks x {} threads; batch {} per rank, global \
+             batch {}; batch norm {}; gradients summed in buckets of {:.2} MiB {}",
+            rayon::current_num_threads(),
+            config.batch,
+            config.batch * ranks,
+            if args.sync_bn {
+                "synchronised across ranks"
+            } else {
+                "per rank"
+            },
+            bucket_bytes as f64 / (1 << 20) as f64,
+            if args.no_overlap {
+                "after the backward pass"
+            } else {
+                "during the backward pass"
+            }
+        );
+    }
     let mut trainer = match &args.resume {
         Some(ckpt) => {
             let t = Trainer::resume(config, &data, k, &out, ckpt)?;
@@ -310,17 +353,30 @@ pub fn train(k: Kernels, args: TrainArgs) -> Result<(), Box<dyn std::error::Erro
                 )
                 .into());
             }
-            eprintln!(
+            say!(
                 "resumed from {} after epoch {}",
                 ckpt.display(),
                 t.epochs_done
             );
+            let before: usize = resnet::read_checkpoint(ckpt)?
+                .notes
+                .get(NOTE_RANKS)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
+            if before != ranks {
+                say!(
+                    "note: the run trained on {before} rank(s), this one on {ranks}: each step's \
+                     global batch is now {} images (the batch per rank is kept), so the \
+                     continuation is not the step-for-step one {before} rank(s) would take",
+                    ranks * t.config.batch
+                );
+            }
             t
         }
         None => match &args.init {
             Some(weights) => {
                 let model = ResNet::from_safetensors(config.arch, weights)?;
-                eprintln!(
+                say!(
                     "fine-tuning from {} ({} classes{}), freeze {}, backbone learning rate x{}",
                     weights.display(),
                     model.num_classes(),
@@ -340,11 +396,20 @@ pub fn train(k: Kernels, args: TrainArgs) -> Result<(), Box<dyn std::error::Erro
     trainer.set_note(NOTE_DATA, &plan.data.to_string());
     trainer.set_note(NOTE_SIZE, &plan.size.to_string());
     trainer.set_note(NOTE_VAL, &plan.val_fraction.to_string());
+    trainer.set_note(NOTE_RANKS, &ranks.to_string());
+    if let Some(c) = comm {
+        let mut dp = resnet::distributed::DataParallel::new(std::sync::Arc::clone(c));
+        dp.sync_bn = args.sync_bn;
+        dp.bucket_bytes = bucket_bytes;
+        dp.overlap = !args.no_overlap;
+        trainer.data_parallel(dp)?;
+    }
     let epochs = trainer.config.epochs;
     let mut epoch_start = Instant::now();
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut last_draw = Instant::now();
     let mut progress = |p: Progress| match p {
+        _ if !lead => {}
         Progress::Step {
             epoch,
             epochs,
@@ -394,6 +459,21 @@ pub fn train(k: Kernels, args: TrainArgs) -> Result<(), Box<dyn std::error::Erro
         }
     };
     trainer.run(&mut progress)?;
+    if !lead {
+        return Ok(()); // rank 0 writes and reports
+    }
+    if let Some(dp) = trainer.parallel() {
+        let s = dp.stats;
+        let per = |t: f64| 1e3 * t / s.steps.max(1) as f64;
+        eprintln!(
+            "communication (rank 0, per step): {:.2} MB of gradients; forward {:.1} ms, \
+             backward {:.1} ms, then {:.1} ms waiting for the sums not hidden behind it",
+            s.gradient_values as f64 * 4e-6,
+            per(s.forward_s),
+            per(s.backward_s),
+            per(s.exposed_s)
+        );
+    }
     let history = trainer.history.clone();
     let plot_path = out.join("training.png");
     plot::write_training_plot(&plot_path, &history)?;

@@ -104,7 +104,7 @@ pub use train::{
 };
 #[cfg(feature = "train")]
 pub use trainer::{
-    evaluate, evaluate_shared, read_checkpoint, CheckpointInfo, EpochRecord, Evaluation, Progress, TrainConfig,
-    TrainError, Trainer,
+    evaluate, evaluate_shared, read_checkpoint, CheckpointInfo, EpochRecord, Evaluation, Progress,
+    TrainConfig, TrainError, Trainer,
 };
 pub use weights::WeightsError;

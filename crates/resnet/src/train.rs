@@ -489,7 +489,12 @@ fn gradients_here(
     // The buckets hold flat copies: give each its parameter's shape back.
     let grads: Vec<Option<Tensor>> = grads
         .into_iter()
-        .zip(model.named_tensors().into_iter().filter(|n| !is_buffer(&n.name)))
+        .zip(
+            model
+                .named_tensors()
+                .into_iter()
+                .filter(|n| !is_buffer(&n.name)),
+        )
         .map(|(g, p)| g.map(|g| g.reshape(p.tensor.shape())).transpose())
         .collect::<Result<_>>()?;
     Ok(StepGradients {

@@ -617,7 +617,11 @@ impl<'d> Trainer<'d> {
     /// does before every forward pass; training-mode forwards never read them, so once
     /// before evaluating is the same). With synchronised batch norm they are equal.
     fn share_running_stats(&mut self) -> Result<(), TrainError> {
-        let Some(dp) = self.parallel.as_ref().filter(|p| p.ranks() > 1 && !p.sync_bn) else {
+        let Some(dp) = self
+            .parallel
+            .as_ref()
+            .filter(|p| p.ranks() > 1 && !p.sync_bn)
+        else {
             return Ok(());
         };
         let comm = std::sync::Arc::clone(&dp.comm);
@@ -641,7 +645,10 @@ impl<'d> Trainer<'d> {
         for t in buffers.iter_mut() {
             for v in t.data_mut() {
                 *v = values.next().ok_or_else(|| {
-                    checkpoint_error(Path::new("<rank 0's state>"), "too few running statistics".into())
+                    checkpoint_error(
+                        Path::new("<rank 0's state>"),
+                        "too few running statistics".into(),
+                    )
                 })?;
             }
         }
@@ -728,55 +735,61 @@ impl<'d> Trainer<'d> {
                 &self.workspace,
                 &mut self.parallel,
             );
-            loader.for_each_part(epoch, 0, shards, rank, |b, batch| -> Result<(), TrainError> {
-                lr = schedule.lr(config.lr, epoch * batches + b);
-                sgd.set_lr(lr);
-                let n = batch.labels.len();
-                let step = ws.run(|| match parallel.as_mut() {
-                    None => train_step(
-                        model,
-                        sgd,
-                        kernels,
-                        batch.x,
-                        &batch.labels,
-                        config.freeze,
-                        config.label_smoothing,
-                    ),
-                    Some(dp) => train_step_parallel(
-                        model,
-                        sgd,
-                        kernels,
-                        batch.x,
-                        &batch.labels,
-                        config.freeze,
-                        config.label_smoothing,
-                        n as f32 / shards.step_range(b).len() as f32,
-                        dp,
-                    ),
-                })?;
-                if !step.loss.is_finite() {
-                    return Err(TrainError::Diverged {
-                        epoch: epoch + 1,
-                        reason: format!(
-                            "the training loss became {} at batch {b}; {last_good}",
-                            step.loss
+            loader.for_each_part(
+                epoch,
+                0,
+                shards,
+                rank,
+                |b, batch| -> Result<(), TrainError> {
+                    lr = schedule.lr(config.lr, epoch * batches + b);
+                    sgd.set_lr(lr);
+                    let n = batch.labels.len();
+                    let step = ws.run(|| match parallel.as_mut() {
+                        None => train_step(
+                            model,
+                            sgd,
+                            kernels,
+                            batch.x,
+                            &batch.labels,
+                            config.freeze,
+                            config.label_smoothing,
                         ),
+                        Some(dp) => train_step_parallel(
+                            model,
+                            sgd,
+                            kernels,
+                            batch.x,
+                            &batch.labels,
+                            config.freeze,
+                            config.label_smoothing,
+                            n as f32 / shards.step_range(b).len() as f32,
+                            dp,
+                        ),
+                    })?;
+                    if !step.loss.is_finite() {
+                        return Err(TrainError::Diverged {
+                            epoch: epoch + 1,
+                            reason: format!(
+                                "the training loss became {} at batch {b}; {last_good}",
+                                step.loss
+                            ),
+                        });
+                    }
+                    loss_sum += step.loss as f64 * n as f64;
+                    correct += step.correct;
+                    seen += n;
+                    progress(Progress::Step {
+                        epoch: epoch + 1,
+                        epochs: config.epochs,
+                        batch: b + 1,
+                        batches,
+                        loss: (loss_sum / seen as f64) as f32,
+                        // This rank's rate times the ranks: the job's, near enough.
+                        images_per_s: (seen * ranks) as f32 / start.elapsed().as_secs_f32(),
                     });
-                }
-                loss_sum += step.loss as f64 * n as f64;
-                correct += step.correct;
-                seen += n;
-                progress(Progress::Step {
-                    epoch: epoch + 1,
-                    epochs: config.epochs,
-                    batch: b + 1,
-                    batches,
-                    loss: (loss_sum / seen as f64) as f32,
-                    // This rank's rate times the ranks: the job's, near enough.
-                    images_per_s: (seen * ranks) as f32 / start.elapsed().as_secs_f32(),
-                });
-                Ok(())
-            })?;
+                    Ok(())
+                },
+            )?;
             self.share_running_stats()?;
             let comm = self.parallel.as_ref().map(|p| &*p.comm);
             if let Some(comm) = comm {
@@ -1223,7 +1236,9 @@ pub fn evaluate_shared(
     let mut confusion = vec![vec![0usize; classes]; classes];
     let (mut loss_sum, mut correct) = (0.0f64, 0usize);
     let steps = part.len().div_ceil(loader.batch);
-    let range = |b: usize| part.start + b * loader.batch..(part.start + (b + 1) * loader.batch).min(part.end);
+    let range = |b: usize| {
+        part.start + b * loader.batch..(part.start + (b + 1) * loader.batch).min(part.end)
+    };
     loader.for_each_range(0, 0, steps, range, |_, b| -> Result<(), TrainError> {
         let logits = fast.forward(&b.x)?;
         let logp = kernels.log_softmax(&logits)?;

@@ -28,7 +28,10 @@ fn rank_thread<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> std::thread::JoinHandle<T> {
     std::thread::spawn(move || {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
         pool.install(f)
     })
 }
@@ -79,7 +82,11 @@ fn sync_bn_on_two_ranks_equals_one_rank_with_the_whole_batch() {
     let two = gradients_on(2, 6, true);
     let one = gradients_on(1, 12, true);
     let (a, b) = (&two[0], &one[0]);
-    assert_eq!(worst(&two[0], &two[1]), 0.0, "every rank holds the same sums");
+    assert_eq!(
+        worst(&two[0], &two[1]),
+        0.0,
+        "every rank holds the same sums"
+    );
     let err = worst(a, b);
     println!("sync BN, 2 ranks x 6 vs 1 x 12: worst gradient error {err:.2e}");
     assert!(err < 1e-5, "{err}");
@@ -95,7 +102,10 @@ fn sync_bn_on_two_ranks_equals_one_rank_with_the_whole_batch() {
     }
     // Without synchronisation each rank normalises by its own half: another gradient.
     let local = gradients_on(2, 6, false);
-    assert!(worst(&local[0], b) > 1e-3, "per-rank BN differs from the whole batch's");
+    assert!(
+        worst(&local[0], b) > 1e-3,
+        "per-rank BN differs from the whole batch's"
+    );
 }
 
 #[test]
@@ -172,15 +182,25 @@ fn two_rank_training_keeps_the_replicas_identical_and_only_rank_0_writes() {
             })
             .collect()
     };
-    assert_eq!(timeless(h0), timeless(h1), "every rank has the same figures");
+    assert_eq!(
+        timeless(h0),
+        timeless(h1),
+        "every rank has the same figures"
+    );
     let last = h0.last().unwrap();
-    println!("2 ranks, 3 epochs: test accuracy {:.1}%", 100.0 * last.test_acc);
+    println!(
+        "2 ranks, 3 epochs: test accuracy {:.1}%",
+        100.0 * last.test_acc
+    );
     // Chance is 10%; one process reaches 60% in as many epochs (tests/trainer.rs).
     assert!(last.test_acc > 0.5, "it learns: {}", last.test_acc);
     // A global batch of 64: the epochs' steps.
     let n = data.train.len();
     assert_eq!(s0.steps, 3 * (n / 64 + usize::from(n % 64 >= 2)));
     assert!(dir.join("rank0/checkpoint.safetensors").is_file());
-    assert!(!dir.join("rank1/checkpoint.safetensors").exists(), "rank 1 writes nothing");
+    assert!(
+        !dir.join("rank1/checkpoint.safetensors").exists(),
+        "rank 1 writes nothing"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

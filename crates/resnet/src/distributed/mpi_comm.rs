@@ -12,7 +12,8 @@ use tensor::{ReplicaSum, Result, TensorError};
 use super::{Communicator, PendingSum};
 
 /// The job's ranks over MPI (`MPI_COMM_WORLD`). Made once per process
-/// ([`Mpi::init`]); dropping it finalises MPI.
+/// ([`Mpi::init`]); [`Mpi::finalize`] (or dropping it) finalises MPI, which every rank
+/// must do before it exits, or the launcher counts the exit as a failure.
 ///
 /// MPI is initialised with `MPI_THREAD_SERIALIZED`: the training step runs on one of
 /// rayon's threads, not the main one, and every call here holds one lock, so no two
@@ -20,7 +21,8 @@ use super::{Communicator, PendingSum};
 /// explicitly): a failed communication, a peer that died, ends the job instead of
 /// returning, so no rank is left waiting.
 pub struct Mpi {
-    universe: mpi::environment::Universe,
+    /// Dropping it calls `MPI_Finalize`.
+    universe: Mutex<Option<mpi::environment::Universe>>,
     lock: Mutex<()>,
     rank: usize,
     size: usize,
@@ -50,14 +52,14 @@ impl Mpi {
                  Serialized (calls from rayon's threads, one at a time)"
             )));
         }
-        let world = universe.world();
+        let world = SimpleCommunicator::world();
         // SAFETY: the world communicator and a predefined error handler, after init.
         unsafe {
             ffi::MPI_Comm_set_errhandler(world.as_raw(), ffi::RSMPI_ERRORS_ARE_FATAL);
         }
         let (rank, size) = (world.rank() as usize, world.size() as usize);
         Ok(Some(Mpi {
-            universe,
+            universe: Mutex::new(Some(universe)),
             lock: Mutex::new(()),
             rank,
             size,
@@ -78,11 +80,27 @@ impl Mpi {
         .any(|v| std::env::var_os(v).is_some())
     }
 
+    /// Finalises MPI (after a barrier: no rank leaves while another still needs it);
+    /// no call may follow. For a communicator kept in a `static`, which is never
+    /// dropped.
+    pub fn finalize(&self) {
+        let universe = self
+            .universe
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(universe) = universe {
+            let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            SimpleCommunicator::world().barrier();
+            drop(universe);
+        }
+    }
+
     fn world(&self) -> (MutexGuard<'_, ()>, SimpleCommunicator) {
         // A poisoned lock only means another thread panicked mid-call: MPI itself is
         // fine (errors are fatal), so go on.
         let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        (guard, self.universe.world())
+        (guard, SimpleCommunicator::world())
     }
 }
 
@@ -218,6 +236,6 @@ impl Communicator for Mpi {
     }
 
     fn abort(&self, code: i32) -> ! {
-        self.universe.world().abort(code)
+        SimpleCommunicator::world().abort(code)
     }
 }
