@@ -204,3 +204,62 @@ fn two_rank_training_keeps_the_replicas_identical_and_only_rank_0_writes() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Rank 0's weights after training up to `upto` of the 2 epochs of the run in `out` on
+/// `ranks` thread ranks (resuming its checkpoint if `resume`).
+fn train_ranks(ranks: usize, upto: usize, out: &std::path::Path, resume: bool) -> Vec<f32> {
+    let k = Kernels::active().unwrap();
+    let threads: Vec<_> = LocalGroup::new(ranks)
+        .into_iter()
+        .map(|comm| {
+            let out = out.to_path_buf();
+            rank_thread(move || {
+                let data = digits().unwrap();
+                let config = TrainConfig {
+                    epochs: 2,
+                    batch: 48,
+                    warmup_epochs: 0,
+                    ..TrainConfig::digits()
+                };
+                let mut t = if resume {
+                    let ckpt = out.join("checkpoint.safetensors");
+                    Trainer::resume(config, &data, k, &out, ckpt).unwrap()
+                } else {
+                    Trainer::new(config, &data, k, &out).unwrap()
+                };
+                t.data_parallel(DataParallel::new(Arc::new(comm))).unwrap();
+                t.run_epochs(upto - t.epochs_done, &mut |_| {}).unwrap();
+                t.model
+                    .named_tensors()
+                    .iter()
+                    .flat_map(|n| n.tensor.data().to_vec())
+                    .collect::<Vec<f32>>()
+            })
+        })
+        .collect();
+    let mut weights: Vec<Vec<f32>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    weights.swap_remove(0)
+}
+
+#[test]
+fn resuming_on_as_many_ranks_is_exact_and_on_another_number_goes_on() {
+    let base = std::env::temp_dir().join(format!("resnet-dp-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let straight = train_ranks(2, 2, &base.join("straight"), false);
+    // Rank 0 alone writes, and every rank reads its checkpoint: one shared folder.
+    let split = base.join("split");
+    train_ranks(2, 1, &split, false);
+    let resumed = train_ranks(2, 2, &split, true);
+    assert!(
+        resumed == straight,
+        "2 ranks, resumed after epoch 1 on 2 ranks: bit-identical"
+    );
+    // On 3 ranks the global batch changes: the run goes on from the same state, but is
+    // another run.
+    let other = base.join("other");
+    train_ranks(2, 1, &other, false);
+    let three = train_ranks(3, 2, &other, true);
+    assert!(three != straight);
+    assert!(three.iter().all(|v| v.is_finite()));
+    let _ = std::fs::remove_dir_all(&base);
+}
