@@ -1235,4 +1235,104 @@ mod tests {
         assert_eq!(grads.get(x).unwrap().data(), &[3.0, 0.0]);
         assert!(grads.get(other).is_none());
     }
+
+    /// conv -> batch norm + ReLU -> global pool -> linear -> loss, its four trainable
+    /// leaves (conv weight, gamma, beta, fc weight) and the frozen fc bias.
+    fn small_net<'p>(
+        tape: &mut Tape<'p>,
+        t: &'p [Tensor; 5],
+        x: Tensor,
+    ) -> (Var, [Var; 4], ChannelStats) {
+        let x = tape.input(x);
+        let [w, g, b, fw] = [&t[0], &t[1], &t[2], &t[3]].map(|p| tape.param(p));
+        let fb = tape.constant(&t[4]);
+        let h = tape.conv2d(x, w, Conv2d::new(1, 1)).unwrap();
+        let (h, stats) = tape.batch_norm(h, g, b, 1e-5, true).unwrap();
+        let h = tape.global_avg_pool(h).unwrap();
+        let logits = tape.linear(h, fw, fb).unwrap();
+        let loss = tape.cross_entropy(logits, &[1, 0, 2], 0.0).unwrap();
+        (loss, [w, g, b, fw], stats)
+    }
+
+    fn small_params() -> [Tensor; 5] {
+        [
+            Tensor::randn(&[4, 2, 3, 3], 0.0, 0.3, 1).unwrap(),
+            Tensor::full(&[4], 1.2).unwrap(),
+            Tensor::full(&[4], 0.1).unwrap(),
+            Tensor::randn(&[3, 4], 0.0, 0.5, 2).unwrap(),
+            Tensor::zeros(&[3]).unwrap(),
+        ]
+    }
+
+    #[test]
+    fn backward_with_reports_each_trainable_leaf_once_its_gradient_is_final() {
+        let k = Kernels::active().unwrap();
+        let params = small_params();
+        let x = Tensor::randn(&[3, 2, 5, 5], 0.0, 1.0, 3).unwrap();
+        let mut tape = Tape::new(k);
+        let (loss, leaves, _) = small_net(&mut tape, &params, x.clone());
+        let mut seen: Vec<(Var, Tensor)> = Vec::new();
+        let ones = Tensor::full(&[], 1.0).unwrap();
+        let grads = tape
+            .backward_with(loss, ones, &mut |v, g| {
+                seen.push((v, g.clone()));
+                Ok(())
+            })
+            .unwrap();
+        // The head first, the first layer last; each once, and with its final value.
+        let order: Vec<Var> = seen.iter().map(|(v, _)| *v).collect();
+        assert_eq!(order, [leaves[3], leaves[1], leaves[2], leaves[0]]);
+        for (v, g) in &seen {
+            assert_eq!(grads.get(*v).unwrap(), g);
+        }
+        // The same as the plain backward pass.
+        let mut plain = Tape::new(k);
+        let (loss, again, _) = small_net(&mut plain, &params, x);
+        let g2 = plain.backward(loss).unwrap();
+        for (a, b) in leaves.iter().zip(again) {
+            assert_eq!(grads.get(*a), g2.get(b));
+        }
+    }
+
+    /// Two replicas holding the same batch: every sum doubles.
+    #[derive(Debug)]
+    struct Twins;
+
+    impl ReplicaSum for Twins {
+        fn sum(&self, values: &mut [f64]) -> Result<()> {
+            values.iter_mut().for_each(|v| *v *= 2.0);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn synchronised_batch_norm_over_identical_replicas_is_the_local_one() {
+        // Two replicas with the same images have the batch's own statistics, twice the
+        // count, and the same gradients: what a wrong combination (a variance from
+        // uncentred sums, a count left local, dy's sums not summed) would break.
+        let k = Kernels::active().unwrap();
+        let params = small_params();
+        let x = Tensor::randn(&[3, 2, 5, 5], 0.5, 2.0, 4).unwrap();
+        let mut local = Tape::new(k);
+        let (loss, leaves, stats) = small_net(&mut local, &params, x.clone());
+        let g = local.backward(loss).unwrap();
+        let mut synced = Tape::new(k);
+        synced.sync_batch_norm(&Twins);
+        let (loss, leaves2, stats2) = small_net(&mut synced, &params, x);
+        let g2 = synced.backward(loss).unwrap();
+        assert_eq!(stats2.count, 2 * stats.count);
+        for (a, b) in stats.mean.iter().zip(&stats2.mean) {
+            assert!((a - b).abs() <= 1e-6 * (1.0 + a.abs()), "{a} {b}");
+        }
+        for (a, b) in stats.var.iter().zip(&stats2.var) {
+            assert!((a - b).abs() <= 1e-5 * a.abs(), "{a} {b}");
+        }
+        for (a, b) in leaves.iter().zip(leaves2) {
+            let (a, b) = (g.get(*a).unwrap(), g2.get(b).unwrap());
+            let scale = a.data().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            for (x, y) in a.data().iter().zip(b.data()) {
+                assert!((x - y).abs() <= 1e-5 * scale, "{x} {y}");
+            }
+        }
+    }
 }
