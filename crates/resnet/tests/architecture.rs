@@ -387,7 +387,8 @@ fn dilated_resnet50_inference_equals_unfused_reference() {
 fn reused_activation_buffers_never_leak_into_results() {
     // The model keeps activation buffers between calls; a call with another input (and
     // another batch size) in between must not change a result.
-    for arch in [Arch::Cifar { depth: 20 }, Arch::ResNet18] {
+    // ResNet-50 too: `from_model` folds its bottlenecks and projections in place.
+    for arch in [Arch::Cifar { depth: 20 }, Arch::ResNet18, Arch::ResNet50] {
         let model = ResNet::new(arch, 10, 1).unwrap();
         let fast = InferenceModel::new(&model, Kernels::active().unwrap()).unwrap();
         let a = Tensor::randn(&[2, 3, 32, 32], 0.0, 1.0, 1).unwrap();

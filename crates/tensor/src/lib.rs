@@ -68,8 +68,8 @@ pub use backward::{
 };
 pub use blocked::BlockedTensor;
 pub use conv::{
-    fold_batch_norm, Conv2d, ConvBackward, ConvPlan, ConvWeights, DirectForm, DxInto, Forward,
-    InputGrad, Layout, Mode, Routes, Taps, WeightGrad, DIRECT_MAX_CHANNELS,
+    fold_batch_norm, fold_batch_norm_into, Conv2d, ConvBackward, ConvPlan, ConvWeights, DirectForm,
+    DxInto, Forward, InputGrad, Layout, Mode, Routes, Taps, WeightGrad, DIRECT_MAX_CHANNELS,
 };
 pub use epilogue::{Epilogue, Residual, StatsSink};
 pub use error::{Result, TensorError};

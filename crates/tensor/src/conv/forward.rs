@@ -179,6 +179,21 @@ pub fn fold_batch_norm(
     var: &[f32],
     eps: f32,
 ) -> Result<(Tensor, Vec<f32>)> {
+    w.dims4("fold_batch_norm")?;
+    fold_batch_norm_into(w.clone(), bias, gamma, beta, mean, var, eps)
+}
+
+/// [`fold_batch_norm`] on weights given up: folded in place, no copy (for building an
+/// inference model layer by layer, where the unfolded weights are not needed after).
+pub fn fold_batch_norm_into(
+    w: Tensor,
+    bias: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f32,
+) -> Result<(Tensor, Vec<f32>)> {
     let [o, i, kh, kw] = w.dims4("fold_batch_norm")?;
     for (name, p) in [
         ("gamma", gamma),
@@ -197,7 +212,7 @@ pub fn fold_batch_norm(
         }
     }
     let per_out = i * kh * kw;
-    let mut folded = w.clone();
+    let mut folded = w;
     let mut new_bias = vec![0.0f32; o];
     for oc in 0..o {
         // In f64, so the fold adds no rounding beyond the final store.
