@@ -18,8 +18,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tensor::{
-    fold_batch_norm, fold_batch_norm_into, AvgPool2d, BlockedTensor, ConvWeights, Epilogue,
-    Kernels, LinearWeights, Mode, Pool2d, Result, Tensor, TensorError, Workspace,
+    fold_batch_norm_into, AvgPool2d, BlockedTensor, ConvWeights, Epilogue, Kernels, LinearWeights,
+    Mode, Pool2d, Result, Tensor, TensorError, Workspace,
 };
 
 use crate::model::{ConvBn, ResNet, Shortcut};
@@ -75,24 +75,9 @@ struct FusedConv {
 }
 
 impl FusedConv {
+    /// The layer folded (on a copy of its weights) and packed.
     fn new(k: &Kernels, c: &ConvBn, p: Planning) -> Result<Self> {
-        let bn = &c.bn;
-        let (w, bias) = fold_batch_norm(
-            &c.weight,
-            None,
-            bn.weight.data(),
-            bn.bias.data(),
-            bn.running_mean.data(),
-            bn.running_var.data(),
-            bn.eps,
-        )?;
-        let plan = c
-            .plan(k, Mode::Inference, p.layout)?
-            .with_winograd(p.winograd);
-        Ok(FusedConv {
-            weights: k.pack_conv(&plan, &w)?,
-            bias,
-        })
+        Self::from_owned(k, c.clone(), p)
     }
 
     /// [`FusedConv::new`] on a layer given up: its weights are folded in place and
