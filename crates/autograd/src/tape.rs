@@ -801,42 +801,40 @@ impl<'p> Tape<'p> {
     /// One step of the backward pass: node `i`'s gradient (if it has one) through its
     /// op into its inputs' slots; its output is freed.
     fn backward_node(&mut self, i: usize, grads: &mut [Option<Rc<Tensor>>]) -> Result<()> {
-        {
-            if !self.nodes[i].requires_grad {
-                return Ok(());
-            }
-            if let Op::Leaf = self.nodes[i].op {
-                return Ok(()); // its gradient stays in `grads`
-            }
-            let Some(dy) = grads[i].take() else {
-                return Ok(()); // nothing downstream used this node
-            };
-            // A convolution whose input already holds a gradient from another consumer
-            // (a residual block's input: the shortcut's) adds its dX straight into it.
-            let acc = match self.nodes[i].op {
-                Op::Conv2d { x, .. } if self.nodes[x.0].requires_grad => {
-                    match grads[x.0].take().map(Rc::try_unwrap) {
-                        Some(Ok(t)) => Some(t),
-                        Some(Err(shared)) => {
-                            grads[x.0] = Some(shared);
-                            None
-                        }
-                        None => None,
-                    }
-                }
-                _ => None,
-            };
-            for (input, g) in self.node_backward(i, dy, acc)? {
-                if !self.nodes[input.0].requires_grad {
-                    continue;
-                }
-                match &mut grads[input.0] {
-                    Some(acc) => self.kernels.add_assign(Rc::make_mut(acc), &g, &[])?,
-                    slot => *slot = Some(g),
-                }
-            }
-            self.nodes[i].value = Value::Released;
+        if !self.nodes[i].requires_grad {
+            return Ok(());
         }
+        if let Op::Leaf = self.nodes[i].op {
+            return Ok(()); // its gradient stays in `grads`
+        }
+        let Some(dy) = grads[i].take() else {
+            return Ok(()); // nothing downstream used this node
+        };
+        // A convolution whose input already holds a gradient from another consumer
+        // (a residual block's input: the shortcut's) adds its dX straight into it.
+        let acc = match self.nodes[i].op {
+            Op::Conv2d { x, .. } if self.nodes[x.0].requires_grad => {
+                match grads[x.0].take().map(Rc::try_unwrap) {
+                    Some(Ok(t)) => Some(t),
+                    Some(Err(shared)) => {
+                        grads[x.0] = Some(shared);
+                        None
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        for (input, g) in self.node_backward(i, dy, acc)? {
+            if !self.nodes[input.0].requires_grad {
+                continue;
+            }
+            match &mut grads[input.0] {
+                Some(acc) => self.kernels.add_assign(Rc::make_mut(acc), &g, &[])?,
+                slot => *slot = Some(g),
+            }
+        }
+        self.nodes[i].value = Value::Released;
         Ok(())
     }
 

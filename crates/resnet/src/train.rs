@@ -361,11 +361,22 @@ fn train_step_here(
         };
         (outcome, grads, fwd.batch_stats)
     };
-    model.update_running_stats(&stats)?;
+    update(model, sgd, &grads, &stats)?;
+    Ok(outcome)
+}
+
+/// A step's update: the running statistics, then SGD with `grads` (in
+/// [`ResNet::parameters_mut`] order, `None` for the frozen).
+fn update(
+    model: &mut ResNet,
+    sgd: &mut autograd::Sgd,
+    grads: &[Option<Tensor>],
+    stats: &[BatchStats],
+) -> Result<()> {
+    model.update_running_stats(stats)?;
     let grads: Vec<Option<&Tensor>> = grads.iter().map(|g| g.as_ref()).collect();
     let mut params: Vec<&mut Tensor> = model.parameters_mut().into_iter().map(|(_, t)| t).collect();
-    sgd.step(&mut params, &grads)?;
-    Ok(outcome)
+    sgd.step(&mut params, &grads)
 }
 
 /// One data-parallel SGD step (see [`crate::distributed`]): this rank's part `x` of the
@@ -389,11 +400,7 @@ pub fn train_step_parallel(
     rayon::scope(|_| {
         ws.run(|| {
             let g = gradients_here(model, kernels, x, targets, freeze, smoothing, share, dp)?;
-            model.update_running_stats(&g.batch_stats)?;
-            let mut params: Vec<&mut Tensor> =
-                model.parameters_mut().into_iter().map(|(_, t)| t).collect();
-            let grads: Vec<Option<&Tensor>> = g.grads.iter().map(|g| g.as_ref()).collect();
-            sgd.step(&mut params, &grads)?;
+            update(model, sgd, &g.grads, &g.batch_stats)?;
             Ok(g.outcome)
         })
     })
