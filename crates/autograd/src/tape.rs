@@ -145,6 +145,8 @@ pub struct Tape<'p> {
     /// Synchronised batch norm: batch statistics and their backward's sums taken over
     /// every replica ([`Tape::sync_batch_norm`]).
     sync: Option<&'p dyn ReplicaSum>,
+    /// Whether convolution plans may take Winograd ([`Tape::set_winograd`]).
+    winograd: bool,
 }
 
 /// The gradients a backward pass left on the leaves that require them.
@@ -214,7 +216,16 @@ impl<'p> Tape<'p> {
             nodes: Vec::new(),
             id: NEXT_TAPE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             sync: None,
+            winograd: true,
         }
+    }
+
+    /// Whether the convolutions recorded from here on may run by Winograd (on by default:
+    /// the 3x3, stride-1 layers the plan's ladder measured it faster on, forward and
+    /// `dX`; `tensor::ConvPlan::with_winograd`). `false` keeps every convolution on a
+    /// route that sums plain products, with the direct kernel's rounding.
+    pub fn set_winograd(&mut self, on: bool) {
+        self.winograd = on;
     }
 
     /// Synchronised batch norm from here on (PyTorch's `SyncBatchNorm`): in data-parallel
@@ -453,7 +464,8 @@ impl<'p> Tape<'p> {
     /// and both gradients, `tensor::ConvPlan`) and its weights packed for it.
     fn plan_conv(&self, w: Var, p: Conv2d) -> Result<(ConvWeights, ConvPlan)> {
         let wv = self.value(w)?;
-        let plan = ConvPlan::new(&self.kernels, wv.dims4("conv2d")?, p, Mode::Training)?;
+        let plan = ConvPlan::new(&self.kernels, wv.dims4("conv2d")?, p, Mode::Training)?
+            .with_winograd(self.winograd);
         Ok((self.kernels.pack_conv(&plan, wv)?, plan))
     }
 

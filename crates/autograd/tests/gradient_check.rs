@@ -22,6 +22,7 @@ use tensor::{AvgPool2d, Conv2d, Kernels, Pool2d, Result as TResult, Tensor};
 
 const CHECKS: &[(&str, Check)] = &[
     ("conv2d_gradients", check_conv),
+    ("conv2d_winograd_switch", check_conv_winograd_switch),
     ("batch_norm_gradients", check_batch_norm),
     ("batch_norm_relu_gradients", check_batch_norm_relu),
     ("batch_norm_fixed_gradients", check_batch_norm_fixed),
@@ -240,6 +241,84 @@ fn check_conv(k: Kernels) -> CheckResult {
             seed ^ 2,
         )
     })
+}
+
+/// A 64-channel 3x3 layer, which the training ladder runs by Winograd (forward and dX):
+/// with [`Tape::set_winograd`] off, the tape's output and gradients are those of the
+/// plan without Winograd to the bit; on, they are Winograd's (not the same bits, within
+/// its error of the exact ones). Either way dW is the same kernel's.
+fn check_conv_winograd_switch(k: Kernels) -> CheckResult {
+    use tensor::{ConvBackward, ConvPlan, Mode};
+    let x = Tensor::randn(&[2, 64, 9, 10], 0.0, 1.0, 7).map_err(|e| e.to_string())?;
+    let w = Tensor::randn(&[64, 64, 3, 3], 0.0, 0.1, 8).map_err(|e| e.to_string())?;
+    let dy = Tensor::randn(&[2, 64, 9, 10], 0.0, 1.0, 9).map_err(|e| e.to_string())?;
+    let p = Conv2d::new(1, 1);
+    let run = |winograd: bool| -> TResult<(Tensor, Tensor, Tensor)> {
+        let mut tape = Tape::new(k);
+        tape.set_winograd(winograd);
+        let (xv, wv) = (tape.param(&x), tape.param(&w));
+        let y = tape.conv2d(xv, wv, p)?;
+        let out = tape.value(y)?.clone();
+        let mut g = tape.backward_from(y, dy.clone())?;
+        let none = || tensor::TensorError::InvalidArgument {
+            op: "test",
+            reason: "no gradient".into(),
+        };
+        Ok((
+            out,
+            g.take(xv).ok_or_else(none)?,
+            g.take(wv).ok_or_else(none)?,
+        ))
+    };
+    let e = |e: tensor::TensorError| e.to_string();
+    let exact_plan = ConvPlan::new(&k, [64, 64, 3, 3], p, Mode::Training)
+        .map_err(e)?
+        .with_winograd(false);
+    let routes = exact_plan.routes([2, 64, 9, 10]).map_err(e)?;
+    if routes.forward == tensor::Forward::Winograd
+        || routes.input_grad == Some(tensor::InputGrad::Winograd)
+    {
+        return Err("the plan without Winograd took it".into());
+    }
+    let exact_y = k
+        .conv2d(&x, &k.pack_conv(&exact_plan, &w).map_err(e)?, &[])
+        .map_err(e)?;
+    let exact = k
+        .conv2d_backward(&x, &w, &dy, &exact_plan, ConvBackward::default())
+        .map_err(e)?;
+    let (exact_dx, exact_dw) = (exact.dx.ok_or("no dX")?, exact.dw.ok_or("no dW")?);
+    let (y0, dx0, dw0) = run(false).map_err(e)?;
+    let (y1, dx1, dw1) = run(true).map_err(e)?;
+    for (name, a, b) in [
+        ("y", &y0, &exact_y),
+        ("dx", &dx0, &exact_dx),
+        ("dw", &dw0, &exact_dw),
+        ("dw (Winograd on)", &dw1, &exact_dw),
+    ] {
+        if a.data() != b.data() {
+            return Err(format!("{name}: not the plan's exact route's values"));
+        }
+    }
+    let on_plan = ConvPlan::new(&k, [64, 64, 3, 3], p, Mode::Training).map_err(e)?;
+    let winograd_routes = on_plan.routes([2, 64, 9, 10]).map_err(e)?;
+    let took = winograd_routes.forward == tensor::Forward::Winograd;
+    for (name, a, b) in [("y", &y1, &exact_y), ("dx", &dx1, &exact_dx)] {
+        let scale = b.data().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let worst = a
+            .data()
+            .iter()
+            .zip(b.data())
+            .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+        if worst > 1e-4 * scale {
+            return Err(format!(
+                "{name} by Winograd: {worst} off the exact route (scale {scale})"
+            ));
+        }
+        if took && worst == 0.0 {
+            return Err(format!("{name}: Winograd on gave the exact route's bits"));
+        }
+    }
+    Ok(())
 }
 
 /// Whether every channel of `x` (NCHW) spreads enough for an `f32` batch-norm gradient

@@ -14,7 +14,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use tensor::{
     reference, AvgPool2d, BatchNormBackward, BnGradIn, Conv2d, ConvBackward, ConvPlan, Epilogue,
-    Forward, Kernels, Layout, Mode, Pool2d, Tensor,
+    Forward, InputGrad, Kernels, Layout, Mode, Pool2d, Tensor,
 };
 
 const CHECKS: &[(&str, Check)] = &[
@@ -629,58 +629,68 @@ fn check_conv_normalised(k: Kernels) -> CheckResult {
         let y = k
             .scale_shift(&x, scale.data(), shift.data(), &[Epilogue::Relu])
             .map_err(fail)?;
-        let plan = tp(&k, &w, p);
-        let packed = k.pack_conv(&plan, &w).map_err(fail)?;
-        let (want, want_stats) = k.conv2d_with_stats(&y, &packed, None).map_err(fail)?;
-        let (got, got_stats) = k
-            .conv2d_with_stats(&x, &packed, Some(affine))
-            .map_err(fail)?;
-        close(&format!("forward {c:?}"), got.data(), want.data(), |_| 0.0)?;
-        close(
-            &format!("mean {c:?}"),
-            &got_stats.mean,
-            &want_stats.mean,
-            |_| 0.0,
-        )?;
-        close(
-            &format!("var {c:?}"),
-            &got_stats.var,
-            &want_stats.var,
-            |_| 0.0,
-        )?;
-        let (want_dx, want_dw) = (c.want & 1 != 0, c.want & 2 != 0);
-        let want = k
-            .conv2d_backward(&y, &w, &dy, &plan, ConvBackward::new(want_dx, want_dw))
-            .map_err(fail)?;
-        let got = k
-            .conv2d_backward(
-                &x,
-                &w,
-                &dy,
-                &plan,
-                ConvBackward::new(want_dx, want_dw).normalised(affine),
-            )
-            .map_err(fail)?;
-        for (name, g, r) in [("dx", &got.dx, &want.dx), ("dw", &got.dw, &want.dw)] {
-            prop_assert_eq!(g.is_some(), r.is_some());
-            if let (Some(g), Some(r)) = (g, r) {
-                close(&format!("{name} {c:?}"), g.data(), r.data(), |_| 0.0)?;
+        // The ladder's plan, and Winograd's routes forced where the layer has them (the
+        // input normalised as it is copied into the blocked layout).
+        let ladder = tp(&k, &w, p);
+        let winograd = ladder
+            .force_forward(Forward::Winograd)
+            .force_input_grad(InputGrad::Winograd);
+        let input = [c.n, c.c, c.h, c.w];
+        let plans =
+            std::iter::once(ladder).chain(winograd.routes(input).is_ok().then_some(winograd));
+        for plan in plans {
+            let packed = k.pack_conv(&plan, &w).map_err(fail)?;
+            let (want, want_stats) = k.conv2d_with_stats(&y, &packed, None).map_err(fail)?;
+            let (got, got_stats) = k
+                .conv2d_with_stats(&x, &packed, Some(affine))
+                .map_err(fail)?;
+            close(&format!("forward {c:?}"), got.data(), want.data(), |_| 0.0)?;
+            close(
+                &format!("mean {c:?}"),
+                &got_stats.mean,
+                &want_stats.mean,
+                |_| 0.0,
+            )?;
+            close(
+                &format!("var {c:?}"),
+                &got_stats.var,
+                &want_stats.var,
+                |_| 0.0,
+            )?;
+            let (want_dx, want_dw) = (c.want & 1 != 0, c.want & 2 != 0);
+            let want = k
+                .conv2d_backward(&y, &w, &dy, &plan, ConvBackward::new(want_dx, want_dw))
+                .map_err(fail)?;
+            let got = k
+                .conv2d_backward(
+                    &x,
+                    &w,
+                    &dy,
+                    &plan,
+                    ConvBackward::new(want_dx, want_dw).normalised(affine),
+                )
+                .map_err(fail)?;
+            for (name, g, r) in [("dx", &got.dx, &want.dx), ("dw", &got.dw, &want.dw)] {
+                prop_assert_eq!(g.is_some(), r.is_some());
+                if let (Some(g), Some(r)) = (g, r) {
+                    close(&format!("{name} {c:?}"), g.data(), r.data(), |_| 0.0)?;
+                }
             }
+            // A scale or shift of the wrong length is an error, not a panic.
+            let short = &shift.data()[..c.c - 1];
+            prop_assert!(k
+                .conv2d_with_stats(&x, &packed, Some([scale.data(), short]))
+                .is_err());
+            prop_assert!(k
+                .conv2d_backward(
+                    &x,
+                    &w,
+                    &dy,
+                    &plan,
+                    ConvBackward::new(true, true).normalised([short, shift.data()])
+                )
+                .is_err());
         }
-        // A scale or shift of the wrong length is an error, not a panic.
-        let short = &shift.data()[..c.c - 1];
-        prop_assert!(k
-            .conv2d_with_stats(&x, &packed, Some([scale.data(), short]))
-            .is_err());
-        prop_assert!(k
-            .conv2d_backward(
-                &x,
-                &w,
-                &dy,
-                &plan,
-                ConvBackward::new(true, true).normalised([short, shift.data()])
-            )
-            .is_err());
         Ok(())
     })
 }

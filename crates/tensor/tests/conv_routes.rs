@@ -272,7 +272,7 @@ fn run_forward(kern: Kernels, route: Forward, c: &Case) -> Result<(), TestCaseEr
         reference::conv2d(&x, &w, with_bias.then_some(&bias[..]), c.s, c.pad).map_err(fail)?;
     // Winograd's output tile side (4 or 2), or 0.
     let tile = match route {
-        Forward::BlockedWinograd => 4,
+        Forward::BlockedWinograd | Forward::Winograd => 4,
         Forward::BlockedWinograd2 => 2,
         _ => 0,
     };
@@ -415,9 +415,33 @@ fn run_backward(
             .map_err(fail)?;
         got.dx.ok_or_else(|| TestCaseError::fail("no dX"))?
     };
-    close(&what, got.data(), rdx.data(), |i| {
-        1e-5 * sx.data()[i] + 2e-6
-    })
+    let tol: Vec<f64> = if dx == Some(InputGrad::Winograd) {
+        // dX is the convolution of dY by the rotated, transposed weights, padded by
+        // `2 - pad`: Winograd's error scale of that convolution.
+        let [oh, ow] = c.out();
+        let t = Case {
+            c: c.o,
+            o: c.c,
+            h: oh,
+            w: ow,
+            s: 1,
+            pad: c.k - 1 - c.pad,
+            ..*c
+        };
+        let mut wt = vec![0.0f32; c.o * c.c * 9];
+        for (i, v) in w.data().iter().enumerate() {
+            let (oc, ic, tap) = (i / (c.c * 9), i / 9 % c.c, i % 9);
+            wt[(ic * c.o + oc) * 9 + 8 - tap] = *v;
+        }
+        let wt = Tensor::from_vec(&[c.c, c.o, 3, 3], wt).map_err(fail)?;
+        winograd_scale(&t, &dy, &wt, 4)
+            .iter()
+            .map(|s| WINOGRAD_TOLERANCE * s + 2e-6)
+            .collect()
+    } else {
+        sx.data().iter().map(|s| 1e-5 * *s as f64 + 2e-6).collect()
+    };
+    close(&what, got.data(), rdx.data(), |i| tol[i] as f32)
 }
 
 fn forward(kern: Kernels, route: Forward, shape: Shape) -> CheckResult {
@@ -600,6 +624,7 @@ route_checks! {
     forward_blocked => |k| forward(k, Forward::Blocked, Shape { k: &[1, 3], blocked: true, ..ANY });
     forward_blocked_winograd => |k| forward(k, Forward::BlockedWinograd, Shape { k: &[3], s: STRIDE_1, blocked: true, ..ANY });
     forward_blocked_winograd2 => |k| forward(k, Forward::BlockedWinograd2, Shape { k: &[3], s: STRIDE_1, blocked: true, ..ANY });
+    forward_winograd => |k| forward(k, Forward::Winograd, Shape { k: &[3], s: STRIDE_1, blocked: true, ..ANY });
     forward_blocked_grouped => |k| blocked_grouped(k, Forward::BlockedGrouped);
     forward_blocked_narrow_groups => |k| blocked_grouped(k, Forward::BlockedNarrowGroups);
     dx_gemm_image => |k| input_grad(k, InputGrad::GemmImage, UNIT_1X1);
@@ -608,6 +633,7 @@ route_checks! {
     dx_direct_transposed_masked => |k| input_grad(k, InputGrad::DirectTransposed(DirectForm::Masked), Shape { k: &[3, 5], s: STRIDE_1, masked: true, ..ANY });
     dx_direct_transposed_planar => |k| input_grad(k, InputGrad::DirectTransposed(DirectForm::Planar), Shape { k: REAL, s: STRIDE_1, transposed: true, ..ANY });
     dx_direct_phases => |k| input_grad(k, InputGrad::DirectPhases, Shape { s: STRIDED, phases: true, ..ANY });
+    dx_winograd => |k| input_grad(k, InputGrad::Winograd, Shape { k: &[3], s: STRIDE_1, blocked: true, transposed: true, ..ANY });
     dw_outer_image => |k| weight_grad(k, WeightGrad::OuterProduct(Taps::Image), Shape { o_vectors: 2, ..UNIT_1X1 });
     dw_outer_planes => |k| weight_grad(k, WeightGrad::OuterProduct(Taps::PhasePlanes), Shape { o_vectors: 2, ..ANY });
     dw_rowdot_image => |k| weight_grad(k, WeightGrad::RowDot(Taps::Image), Shape { whole_rows: true, ..UNIT_1X1 });

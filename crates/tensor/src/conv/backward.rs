@@ -299,13 +299,16 @@ impl Kernels {
             _ => None,
         };
         let strided = want_dx && dx_route == InputGrad::DirectPhases;
+        let winograd = want_dx && dx_route == InputGrad::Winograd;
         let empty = n == 0 || k == 0 || pix == 0 || o == 0 || in_image == 0;
         // dX is written in full by a GEMM (1x1) or the direct kernel; col2im and the
         // empty cases add into zeros.
         let mut dx = match dx_into {
             None | Some(DxInto::Skip) => None,
             Some(DxInto::Add(acc)) => Some(acc),
-            Some(DxInto::New) if !empty && (direct || transposed.is_some() || strided) => {
+            Some(DxInto::New)
+                if !empty && (direct || transposed.is_some() || strided || winograd) =>
+            {
                 Some(Tensor::for_overwrite(x.shape())?)
             }
             Some(DxInto::New) => Some(Tensor::zeros(x.shape())?),
@@ -331,7 +334,14 @@ impl Kernels {
         let phased = strided
             .then(|| StridedTransposed::new(w.data(), [o, c, kh, kw], p.stride, set.direct_ob));
         // W^T ([K, O]), packed once for every image's dX GEMM.
-        let wt = if want_dx && transposed.is_none() && !strided {
+        // The transposed convolution's weights for Winograd.
+        let winograd_weights = if winograd {
+            let wt = super::winograd_nchw::transposed_weights(w.data(), [o, c])?;
+            Some(self.pack_winograd_weights(&wt, 4)?)
+        } else {
+            None
+        };
+        let wt = if want_dx && transposed.is_none() && !strided && !winograd {
             Some(PackedA::pack(
                 self.isa(),
                 mr,
@@ -428,6 +438,11 @@ impl Kernels {
             Ok(())
         };
 
+        // Winograd's dX runs on the whole batch at once, after dW.
+        let (mut dx_later, mut dx) = match winograd {
+            true => (dx.take(), None),
+            false => (None, dx),
+        };
         let threads = rayon::current_num_threads();
         let mut partials: Vec<Vec<f32>> = Vec::new();
         if threads > 1 && n >= threads {
@@ -474,6 +489,24 @@ impl Kernels {
                     dx_image(b, dx_b, Threads::Auto, &mut padded, &mut dcols)?;
                 }
             }
+        }
+        if let (Some(dxw), Some(ww)) = (dx_later.as_mut(), &winograd_weights) {
+            let steps: &[Epilogue] = if accumulate {
+                &[Epilogue::Accumulate]
+            } else {
+                &[]
+            };
+            self.winograd_nchw(
+                gd,
+                [n, o, oh, ow],
+                ww,
+                kh - 1 - p.padding,
+                steps,
+                None,
+                dxw.data_mut(),
+                [c, h, wd],
+            )?;
+            dx = dx_later.take();
         }
         let dw = if want_dw {
             // Sum the groups' partial dW, already in OIHW order.

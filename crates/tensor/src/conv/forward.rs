@@ -33,6 +33,8 @@
 //! residual and ReLU as the GEMM epilogue, so conv + BN + (residual +) ReLU is one pass
 //! over the output while it is in registers.
 
+use rayon::prelude::*;
+
 use super::direct::{direct_conv_image, DirectWeights};
 use super::nchwc::BlockedConvWeights;
 use super::{ConvPlan, Forward};
@@ -272,6 +274,7 @@ impl Kernels {
             Forward::Blocked => Packed::Blocked(self.pack_blocked_conv_weights(w)?),
             Forward::BlockedWinograd => Packed::Winograd(self.pack_winograd_weights(w, 4)?),
             Forward::BlockedWinograd2 => Packed::Winograd(self.pack_winograd_weights(w, 2)?),
+            Forward::Winograd => Packed::Winograd(self.pack_winograd_weights(w, 4)?),
             Forward::BlockedGrouped | Forward::BlockedNarrowGroups => {
                 return Err(TensorError::InvalidArgument {
                     op: "pack_conv",
@@ -422,6 +425,30 @@ impl Kernels {
                      {oh}, {ow}]"
                 ),
             });
+        }
+        if let (Forward::Winograd, Packed::Winograd(ww)) = (routes.forward, &w.packed) {
+            // The whole batch at once (`winograd_nchw.rs`), then the statistics.
+            self.winograd_nchw(
+                x.data(),
+                input,
+                ww,
+                p.padding,
+                epilogue,
+                normalise,
+                y.data_mut(),
+                [o, oh, ow],
+            )?;
+            if let Some(sink) = sink {
+                let plane = oh * ow;
+                let (sum, sum_sq_dev) = (self.set().sum, self.set().sum_sq_dev);
+                let planes: Vec<[f64; 2]> = y
+                    .data()
+                    .par_chunks(plane.max(1))
+                    .map(|v| plane_stats(sum, sum_sq_dev, v))
+                    .collect();
+                sink.set(combine_plane_stats(&planes, n, o, plane));
+            }
+            return Ok(());
         }
         // The route's weights: the plan packed them for this route's family.
         let (packed, direct) = match (routes.forward, &w.packed) {
@@ -602,15 +629,7 @@ impl Kernels {
          -> Result<()> {
             compute_image(b, out, threads)?;
             for (s, v) in st.into_iter().flatten().zip(out.chunks_exact(plane)) {
-                // SAFETY: `v` is one in-bounds plane of `plane` floats.
-                let total = unsafe { sum(v.as_ptr(), plane) };
-                let a = total / plane as f32;
-                let q = unsafe { sum_sq_dev(v.as_ptr(), plane, a) } as f64;
-                // The deviations were taken about `a`, the f32 mean, not the exact mean
-                // `m`: `sum (x - a)^2 = sum (x - m)^2 + plane (m - a)^2`.
-                let (len, total) = (plane as f64, total as f64);
-                let d = total / len - a as f64;
-                *s = [total, q - len * d * d];
+                *s = plane_stats(sum, sum_sq_dev, v);
             }
             Ok(())
         };
@@ -630,7 +649,6 @@ impl Kernels {
             None => (0..n).map(|_| None).collect(),
         };
         if per_image {
-            use rayon::prelude::*;
             y.data_mut()
                 .par_chunks_mut(out_image)
                 .zip(slots.par_iter_mut())
@@ -650,6 +668,25 @@ impl Kernels {
         }
         Ok(())
     }
+}
+
+/// One output plane's `[sum, sum of squared deviations about its mean]` (in `f64`, from
+/// the kernel set's `f32` sums).
+fn plane_stats(
+    sum: unsafe fn(*const f32, usize) -> f32,
+    sum_sq_dev: unsafe fn(*const f32, usize, f32) -> f32,
+    v: &[f32],
+) -> [f64; 2] {
+    let plane = v.len();
+    // SAFETY: `v` is one in-bounds plane of `plane` floats.
+    let total = unsafe { sum(v.as_ptr(), plane) };
+    let a = total / plane as f32;
+    let q = unsafe { sum_sq_dev(v.as_ptr(), plane, a) } as f64;
+    // The deviations were taken about `a`, the f32 mean, not the exact mean `m`:
+    // `sum (x - a)^2 = sum (x - m)^2 + plane (m - a)^2`.
+    let (len, total) = (plane as f64, total as f64);
+    let d = total / len - a as f64;
+    [total, q - len * d * d]
 }
 
 /// Per-channel batch statistics from per-plane `[sum, sum of squared deviations about

@@ -29,6 +29,7 @@
 //! | forward, grouped, 0' | [`Forward::BlockedGrouped`] | other groups above 1 in the blocked layout: the single-block kernel over each output block's group of input blocks (`blocked_groups` says which groups fit) |
 //! | grouped | the rungs below, once per group | groups above 1 in NCHW (and every backward): each group a dense convolution of its channels ([`ConvPlan::group_plan`], `grouped.rs`) |
 //! | forward, 1' | [`Forward::BlockedWinograd`] | blocked layout, a dense 3x3 layer of stride 1 without dilation, at most `WINOGRAD_MAX_CHANNELS` channels in and out, unless [`ConvPlan::with_winograd`] turned it off |
+//! | forward, 1'' | [`Forward::Winograd`] | NCHW (training's layout), a dense 3x3 layer of stride 1 without dilation, `WINOGRAD_NCHW_MIN_CHANNELS` to `WINOGRAD_NCHW_MAX_CHANNELS` channels in and out, unless Winograd is turned off |
 //! | forward, 1 | [`Forward::Blocked`] | blocked layout, except an input of fewer channels than a vector (the RGB stem) |
 //! | forward, 2 | [`Forward::Direct`] | a kernel larger than 1x1 and at most 64 output channels |
 //! | forward, 3 | [`Forward::GemmImage`] | 1x1, stride 1, unpadded |
@@ -36,6 +37,7 @@
 //! | forward, 5 | [`Forward::GemmIm2col`] | anything else |
 //! | direct form | [`DirectForm`] | `Masked` for a stride-1 "same" convolution whose rows are shorter than a vector but whose plane is whole vectors; `Padded` (stride 1) or `Phased` (strided) when rows are whole vectors; `Planar` otherwise |
 //! | dX, 1 | [`InputGrad::GemmImage`] | 1x1, stride 1, unpadded |
+//! | dX, 1' | [`InputGrad::Winograd`] | what forward 1'' takes (outputs and inputs swapped), padding at most 2 |
 //! | dX, 2 | [`InputGrad::DirectTransposed`] | stride 1, square kernel, at most 64 input channels |
 //! | dX, 3 | [`InputGrad::DirectPhases`] | strided, at most 64 input channels, where every phase reads inside `dY` |
 //! | dX, 4 | [`InputGrad::GemmCol2im`] | anything else |
@@ -44,7 +46,8 @@
 //! Each route family has a file of its own in this folder: `forward.rs` (the entry
 //! points and the three GEMM routes, over `crate::gemm`), `direct.rs` (the direct
 //! kernel's forms, and the transposed ones of `dX`), `nchwc.rs` (the blocked layout's
-//! kernel, grouped or not), `winograd.rs` (Winograd F(4x4, 3x3) in the blocked layout), `weight_grad.rs` (`dW`), `backward.rs` (the backward's
+//! kernel, grouped or not), `winograd.rs` (Winograd F(4x4, 3x3) in the blocked layout), `winograd_nchw.rs` (the same for NCHW
+//! activations, through copies into the blocked layout and back), `weight_grad.rs` (`dW`), `backward.rs` (the backward's
 //! driver and the GEMM + col2im route of `dX`), `grouped.rs` and `dilated.rs` (groups and
 //! phases run through the dense routes). The copies they share (padding, phase planes,
 //! per-channel views) are in `crate::layout`. `docs/convolution.md` explains them with
@@ -58,6 +61,7 @@ mod grouped;
 mod nchwc;
 mod weight_grad;
 mod winograd;
+mod winograd_nchw;
 
 use std::fmt;
 
@@ -136,6 +140,11 @@ pub enum Forward {
     /// products per tile and channel pair instead of 36 (2.25x fewer multiplications
     /// than the direct kernel, weights 16/9 of the 3x3 ones); forced only.
     BlockedWinograd2,
+    /// [`Forward::BlockedWinograd`] for NCHW activations (`winograd_nchw.rs`): the batch
+    /// copied into the blocked layout (a training batch norm + ReLU applied on the way),
+    /// the blocked route, and the output copied back with the epilogue. Training's 3x3,
+    /// stride-1 layers; the same rounding as the blocked route.
+    Winograd,
 }
 
 /// How the direct kernel reads the image (see `direct.rs`).
@@ -170,6 +179,10 @@ pub enum InputGrad {
     /// Strided: the direct kernel once per output phase `(y % s, x % s)`, the phases
     /// interleaved into `dX` (`StridedTransposed`).
     DirectPhases,
+    /// 3x3, stride 1, padding at most 2: the transposed convolution (`dY` by the weights
+    /// rotated by 180 degrees, channels swapped, padded by `2 - p`) by Winograd F(4x4,
+    /// 3x3), as [`Forward::Winograd`] runs a forward (`winograd_nchw.rs`).
+    Winograd,
 }
 
 /// Where the weight gradient's kernels read the taps (the input seen through each
@@ -576,6 +589,15 @@ impl ConvPlan {
             }
             return Forward::Blocked;
         }
+        // 1''. Winograd in NCHW (training's layout) for the 3x3, stride-1 layers it wins
+        //      on.
+        if self.layout == Layout::Nchw
+            && self.winograd
+            && self.winograd_layer_fits().is_ok()
+            && nchw_winograd_wins(c, o)
+        {
+            return Forward::Winograd;
+        }
         // 2. Few output channels and a real kernel: the direct kernel (see
         //    `DIRECT_MAX_CHANNELS` for the measurements). Its form depends on the image.
         if kh * kw > 1 && o <= DIRECT_MAX_CHANNELS {
@@ -619,6 +641,14 @@ impl ConvPlan {
         let direct_dx = g.c <= DIRECT_MAX_CHANNELS;
         let input_grad = if g.unpadded_1x1() && g.s == 1 {
             InputGrad::GemmImage
+        } else if self.layout == Layout::Nchw
+            && self.winograd
+            && self.winograd_layer_fits().is_ok()
+            && g.pad <= 2
+            && nchw_winograd_wins(g.o, g.c)
+        {
+            // The transposed convolution, from the layer's outputs to its inputs.
+            InputGrad::Winograd
         } else if g.s == 1 && g.kh == g.kw && g.pad < g.kh && direct_dx {
             let pad_t = g.kh - 1 - g.pad;
             InputGrad::DirectTransposed(DirectForm::choose(
@@ -704,11 +734,18 @@ impl ConvPlan {
     /// Whether Winograd F(4x4, 3x3) can run the layer, or why not (the layer alone
     /// decides).
     fn winograd_fits(&self) -> std::result::Result<(), String> {
-        let [_, _, kh, kw] = self.weights;
-        let c = self.conv;
         if self.layout != Layout::Blocked {
             Err("it needs a plan in the blocked layout".into())
-        } else if (kh, kw) != (3, 3) || c.stride != 1 || c.dilation > 1 || c.groups > 1 {
+        } else {
+            self.winograd_layer_fits()
+        }
+    }
+
+    /// Whether the layer is one Winograd F(4x4, 3x3) computes, in any layout.
+    fn winograd_layer_fits(&self) -> std::result::Result<(), String> {
+        let [_, _, kh, kw] = self.weights;
+        let c = self.conv;
+        if (kh, kw) != (3, 3) || c.stride != 1 || c.dilation > 1 || c.groups > 1 {
             Err(format!(
                 "it runs dense 3x3 layers of stride 1 without dilation (this one: {kh}x{kw}, \
                  stride {}, dilation {}, {} groups)",
@@ -770,6 +807,7 @@ impl ConvPlan {
                 Err("it runs grouped convolutions in the blocked layout only".into())
             }
             Forward::BlockedWinograd | Forward::BlockedWinograd2 => self.winograd_fits(),
+            Forward::Winograd => self.winograd_layer_fits(),
             _ => Ok(()),
         }
     }
@@ -797,6 +835,16 @@ impl ConvPlan {
             ),
             InputGrad::DirectPhases if !self.phases_fit(g) => {
                 Err("it needs a stride above 1 and every phase of dX inside dY".into())
+            }
+            InputGrad::Winograd => {
+                self.winograd_layer_fits()?;
+                if g.pad > 2 {
+                    return Err(format!(
+                        "its transposed convolution pads by 2 - padding: padding {} is over 2",
+                        g.pad
+                    ));
+                }
+                Ok(())
             }
             _ => Ok(()),
         }
@@ -889,6 +937,28 @@ pub const WINOGRAD_MAX_CHANNELS: usize = 128;
 fn winograd_route(c: usize, o: usize) -> Option<Forward> {
     (c.max(o) <= WINOGRAD_MAX_CHANNELS).then_some(Forward::BlockedWinograd)
 }
+
+/// Whether the ladder runs a 3x3, stride-1 convolution of `c` to `o` channels in NCHW by
+/// Winograd ([`Forward::Winograd`], and [`InputGrad::Winograd`] for its transposed
+/// convolution, `o` to `c`): between [`WINOGRAD_NCHW_MIN_CHANNELS`] and
+/// [`WINOGRAD_NCHW_MAX_CHANNELS`] channels in and out.
+fn nchw_winograd_wins(c: usize, o: usize) -> bool {
+    c.min(o) >= WINOGRAD_NCHW_MIN_CHANNELS && c.max(o) <= WINOGRAD_NCHW_MAX_CHANNELS
+}
+
+/// The fewest input and output channels of a layer the ladder runs by Winograd in NCHW.
+/// Measured (Intel host, 2 threads, 2026-12-05, `resnet bench train`, one binary with the
+/// limits set by hand, two rounds): ResNet-20 at batch 128 (its 64-channel 8 x 8 stage)
+/// 146 / 155 ms with 64 against 160 / 152 without Winograd, 172 / 184 with 16 (its
+/// 16-channel layers lose: the copies and a 16-long reduction).
+pub const WINOGRAD_NCHW_MIN_CHANNELS: usize = 64;
+
+/// The most input or output channels of a layer the ladder runs by Winograd in NCHW.
+/// Measured as [`WINOGRAD_NCHW_MIN_CHANNELS`]: ResNet-18 at 224 x 224, batch 16, 848-862
+/// ms a step without Winograd, 790 with it up to 64 channels, 762-768 up to 128, 730-744
+/// up to 256, 780-847 up to 512 (a 512-channel layer's weights, transformed twice a step,
+/// are 38 MB each time, for 4 tiles an image at 7 x 7).
+pub const WINOGRAD_NCHW_MAX_CHANNELS: usize = 256;
 
 /// Whether a dilated convolution has a route: a "same" one (stride 1, a square kernel of
 /// odd size, padding `dilation (k - 1) / 2`, as every dilated layer of torchvision's
@@ -990,7 +1060,7 @@ impl DirectForm {
 
 impl Forward {
     /// Every forward route, for tests and tools.
-    pub const ALL: [Forward; 12] = [
+    pub const ALL: [Forward; 13] = [
         Forward::GemmImage,
         Forward::GemmSubsampled,
         Forward::GemmIm2col,
@@ -1003,6 +1073,7 @@ impl Forward {
         Forward::BlockedNarrowGroups,
         Forward::BlockedWinograd,
         Forward::BlockedWinograd2,
+        Forward::Winograd,
     ];
 
     /// The layout this route reads and writes.
@@ -1027,7 +1098,9 @@ impl Forward {
             Forward::Blocked => k.blocked_kernel_name(),
             Forward::BlockedGrouped => k.blocked1_kernel_name(),
             Forward::BlockedNarrowGroups => k.grouped_kernel_name(),
-            Forward::BlockedWinograd | Forward::BlockedWinograd2 => k.blocked_kernel_name(),
+            Forward::BlockedWinograd | Forward::BlockedWinograd2 | Forward::Winograd => {
+                k.blocked_kernel_name()
+            }
         }
     }
 }
@@ -1035,13 +1108,14 @@ impl Forward {
 impl InputGrad {
     /// Every input-gradient route, for tests and tools (the transposed convolution has
     /// stride 1, so it never takes the phased form).
-    pub const ALL: [InputGrad; 6] = [
+    pub const ALL: [InputGrad; 7] = [
         InputGrad::GemmImage,
         InputGrad::GemmCol2im,
         InputGrad::DirectTransposed(DirectForm::Padded),
         InputGrad::DirectTransposed(DirectForm::Masked),
         InputGrad::DirectTransposed(DirectForm::Planar),
         InputGrad::DirectPhases,
+        InputGrad::Winograd,
     ];
 
     /// The microkernel that does its arithmetic, named by tier and tile.
@@ -1049,6 +1123,7 @@ impl InputGrad {
         match self {
             InputGrad::GemmImage | InputGrad::GemmCol2im => k.gemm_kernel_name(),
             InputGrad::DirectTransposed(_) | InputGrad::DirectPhases => k.direct_kernel_name(),
+            InputGrad::Winograd => k.blocked_kernel_name(),
         }
     }
 }
@@ -1098,6 +1173,7 @@ impl fmt::Display for Forward {
             Forward::BlockedNarrowGroups => f.write_str("blocked-narrow-groups"),
             Forward::BlockedWinograd => f.write_str("blocked-winograd"),
             Forward::BlockedWinograd2 => f.write_str("blocked-winograd2"),
+            Forward::Winograd => f.write_str("winograd"),
         }
     }
 }
@@ -1109,6 +1185,7 @@ impl fmt::Display for InputGrad {
             InputGrad::GemmCol2im => f.write_str("gemm-col2im"),
             InputGrad::DirectTransposed(form) => write!(f, "direct-transposed-{form}"),
             InputGrad::DirectPhases => f.write_str("direct-phases"),
+            InputGrad::Winograd => f.write_str("winograd"),
         }
     }
 }

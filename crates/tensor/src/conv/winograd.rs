@@ -29,7 +29,8 @@ use crate::epilogue::{self, Epilogue, Output};
 use crate::error::{Result, TensorError};
 use crate::kernels::blocked_tile::{BlockedTile, NarrowRow};
 use crate::kernels::winograd::{
-    kernel_transform, kernel_transform2, WinogradIn, WinogradOut, POSITIONS, TILE, TILE2, WINDOW2,
+    kernel_transform2, kernel_transform_lanes, WinogradIn, WinogradOut, POSITIONS, TILE, TILE2,
+    WINDOW2,
 };
 use crate::kernels::Kernels;
 use crate::layout::OutPtr;
@@ -47,12 +48,15 @@ const CHUNK_FLOATS: usize = 1 << 18;
 /// 38 MB, ran 1.2-1.5x slower with chunks of 1 MiB than with one chunk of all tiles).
 const MIN_CHUNK: usize = 48;
 
+/// Input channels whose kernels the weight transform gathers at once (36 KB).
+const GATHER: usize = 32;
+
 /// A 3x3 layer's weights for Winograd F(4x4, 3x3) (or F(2x2, 3x3)): for each of the
 /// 36 (16) positions `k`, `U[k] = (G g G^T)[k]` of every channel pair, packed as the
 /// blocked kernel's 1x1 weights (`[G][CB][icb][F][L oc]`), `per_pos` floats each.
 #[derive(Clone, Debug)]
 pub struct WinogradWeights {
-    pub(super) data: Vec<f32>,
+    pub(super) data: Tensor,
     pub(super) per_pos: usize,
     /// OIHW (`[O, C, 3, 3]`).
     pub(super) shape: [usize; 4],
@@ -90,39 +94,82 @@ impl Kernels {
         } else {
             POSITIONS
         };
-        let mut u = vec![0.0f32; positions * o * c];
-        for (pair, g) in wd.chunks_exact(9).enumerate() {
-            let g: [f64; 9] = std::array::from_fn(|i| g[i] as f64);
-            let t: Vec<f64> = if tile == TILE2 {
-                kernel_transform2(g).to_vec()
-            } else {
-                kernel_transform(g).to_vec()
-            };
-            for (k, v) in t.iter().enumerate() {
-                u[k * o * c + pair] = *v as f32;
+        // Each position's weights as the blocked kernel's 1x1 weights
+        // (`pack_blocked_conv_weights`): `[G][CB][icb][F][L oc]`, written straight from
+        // each kernel's transform. Training packs them every step: in parallel over the
+        // output channels, each writing its own lanes.
+        let (l, f) = (self.lanes(), self.set().blocked_f);
+        let (ob, cb) = (o.div_ceil(l), c.div_ceil(l));
+        let groups = ob.div_ceil(f);
+        let icb = super::nchwc::block_channels(c, l);
+        let per_pos = groups * cb * icb * f * l;
+        // From the workspace, and back to it when dropped (training packs and drops
+        // them every step: 38 MB for a 512-channel layer).
+        let mut data = Tensor::zeros(&[positions * per_pos])?;
+        let out = OutPtr(data.data_mut().as_mut_ptr());
+        // One task per block of `L` output channels: for each input channel, its `L`
+        // kernels' transforms, then one `L`-float run per position.
+        (0..ob).into_par_iter().for_each(|blk| {
+            let (g, fi) = (blk / f, blk % f);
+            let lanes = l.min(o - blk * l);
+            let mut t = vec![0.0f32; positions * l];
+            let mut gathered = vec![[[0.0f64; 16]; 9]; GATHER];
+            for cc in 0..c {
+                if tile == TILE2 {
+                    for oc in 0..lanes {
+                        let k9 = &wd[((blk * l + oc) * c + cc) * 9..][..9];
+                        let g9: [f64; 9] = std::array::from_fn(|i| k9[i] as f64);
+                        for (k, v) in kernel_transform2(g9).iter().enumerate() {
+                            t[k * l + oc] = *v as f32;
+                        }
+                    }
+                } else {
+                    // The block's kernels side by side (lanes past `o` stay zero), from
+                    // `gathered`, refilled every `GATHER` input channels row by row (the
+                    // block's rows are `9 C` floats apart: read one kernel of each per
+                    // channel, their 16 streams fell into two L1 sets).
+                    if cc % GATHER == 0 {
+                        let span = GATHER.min(c - cc);
+                        for oc in 0..lanes {
+                            let row = &wd[((blk * l + oc) * c + cc) * 9..][..span * 9];
+                            for (j, k9) in row.chunks_exact(9).enumerate() {
+                                for (i, v) in k9.iter().enumerate() {
+                                    gathered[j][i][oc] = *v as f64;
+                                }
+                            }
+                        }
+                    }
+                    for (k, u) in kernel_transform_lanes(&gathered[cc % GATHER])
+                        .iter()
+                        .enumerate()
+                    {
+                        for (d, v) in t[k * l..(k + 1) * l].iter_mut().zip(u) {
+                            *d = *v as f32;
+                        }
+                    }
+                }
+                let (cbi, ic) = (cc / icb, cc % icb);
+                let at = (((g * cb + cbi) * icb + ic) * f + fi) * l;
+                for k in 0..positions {
+                    // SAFETY: `at + l <= per_pos` (blk < ob <= G F, cc < c <= CB icb), and
+                    // block blk alone writes the run of lanes of (g, fi).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            t[k * l..].as_ptr(),
+                            out.get().add(k * per_pos + at),
+                            l,
+                        )
+                    };
+                }
             }
-        }
-        let mut data = Vec::new();
-        let mut per_pos = 0;
-        let mut f = self.set().blocked_f;
-        for k in 0..positions {
-            let uk = Tensor::from_vec(&[o, c, 1, 1], u[k * o * c..(k + 1) * o * c].to_vec())?;
-            let packed = self.pack_blocked_conv_weights(&uk)?;
-            per_pos = packed.data.len();
-            f = packed.f;
-            if k == 0 {
-                data.reserve_exact(positions * per_pos);
-            }
-            data.extend_from_slice(&packed.data);
-        }
-        let l = self.lanes();
+        });
         Ok(WinogradWeights {
             data,
             per_pos,
             shape: [o, c, 3, 3],
             lanes: l,
             f,
-            icb: super::nchwc::block_channels(c, l),
+            icb,
             tile: if tile == TILE2 { TILE2 } else { TILE },
         })
     }
@@ -213,7 +260,7 @@ impl Kernels {
     /// The Winograd route, its arguments checked (`blocked_winograd_into`): `pad` the
     /// layer's padding, `bias` padded to whole output blocks.
     #[allow(clippy::too_many_arguments)]
-    fn blocked_winograd(
+    pub(super) fn blocked_winograd(
         &self,
         x: &BlockedTensor,
         w: &WinogradWeights,
@@ -329,7 +376,7 @@ impl Kernels {
                             icb: w.icb,
                             kh: 1,
                             kw: 1,
-                            w: w.data[k * w.per_pos + g * w_group..].as_ptr(),
+                            w: w.data.data()[k * w.per_pos + g * w_group..].as_ptr(),
                             // SAFETY: inside M: block g f, position k, tile q.
                             out: unsafe { mp.get().add(((g * f * positions + k) * tc + q) * l) },
                             out_ob: positions * tc * l,

@@ -220,25 +220,43 @@ unsafe fn transform_out<S: Simd, const N: usize, const T: usize>(
     }
 }
 
-/// `G g G^T` of one 3 x 3 kernel (row-major), in `f64`: the transformed kernel the 36
-/// products multiply by, made once when the weights are packed.
-pub(crate) fn kernel_transform(g: [f64; 9]) -> [f64; POSITIONS] {
-    let gm = |z: [f64; 3]| -> [f64; WINDOW] {
-        [
-            z[0] / 4.0,
-            -(z[0] + z[1] + z[2]) / 6.0,
-            -(z[0] - z[1] + z[2]) / 6.0,
-            z[0] / 24.0 + z[1] / 12.0 + z[2] / 6.0,
-            z[0] / 24.0 - z[1] / 12.0 + z[2] / 6.0,
-            z[2],
-        ]
+/// `G g G^T` of up to 16 3 x 3 kernels (row-major) at once, in `f64`: the transformed
+/// kernels the 36 products multiply by, lane by lane (`g[i][lane]` is tap `i` of kernel
+/// `lane`), in loops over the lanes the compiler vectorises (training transforms the
+/// weights of every Winograd layer twice a step; one kernel at a time, with divisions,
+/// this was a tenth of ResNet-18's training step).
+pub(crate) fn kernel_transform_lanes(g: &[[f64; 16]; 9]) -> [[f64; 16]; POSITIONS] {
+    const SIXTH: f64 = 1.0 / 6.0;
+    const TWELFTH: f64 = 1.0 / 12.0;
+    const TWENTYFOURTH: f64 = 1.0 / 24.0;
+    let gm = |z: [&[f64; 16]; 3], out: [&mut [f64; 16]; WINDOW]| {
+        let [o0, o1, o2, o3, o4, o5] = out;
+        for q in 0..16 {
+            let (a, b, c) = (z[0][q], z[1][q], z[2][q]);
+            o0[q] = a * 0.25;
+            o1[q] = -(a + b + c) * SIXTH;
+            o2[q] = -(a - b + c) * SIXTH;
+            o3[q] = a * TWENTYFOURTH + b * TWELFTH + c * SIXTH;
+            o4[q] = a * TWENTYFOURTH - b * TWELFTH + c * SIXTH;
+            o5[q] = c;
+        }
     };
-    // Columns: tmp[.][j] = G g[.][j] (6 x 3); then rows: U[i][.] = G tmp[i][.].
-    let cols: [[f64; WINDOW]; 3] = std::array::from_fn(|j| gm([g[j], g[3 + j], g[6 + j]]));
-    let mut u = [0.0; POSITIONS];
+    // Columns: cols[j][i] = (G g[.][j])[i]; then rows: U[i][.] = G cols[.][i].
+    let mut cols = [[[0.0f64; 16]; WINDOW]; 3];
+    for (j, col) in cols.iter_mut().enumerate() {
+        let [c0, c1, c2, c3, c4, c5] = col;
+        gm([&g[j], &g[3 + j], &g[6 + j]], [c0, c1, c2, c3, c4, c5]);
+    }
+    let mut u = [[0.0f64; 16]; POSITIONS];
     for i in 0..WINDOW {
-        let r = gm([cols[0][i], cols[1][i], cols[2][i]]);
-        u[i * WINDOW..(i + 1) * WINDOW].copy_from_slice(&r);
+        let row = &mut u[i * WINDOW..(i + 1) * WINDOW];
+        let [r0, r1, r2, r3, r4, r5] = row else {
+            unreachable!("a row of WINDOW positions")
+        };
+        gm(
+            [&cols[0][i], &cols[1][i], &cols[2][i]],
+            [r0, r1, r2, r3, r4, r5],
+        );
     }
     u
 }
