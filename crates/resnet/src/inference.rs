@@ -60,7 +60,7 @@ struct Planning {
 }
 
 impl Planning {
-    /// The stems' (Winograd has no NCHW route).
+    /// The stems' (7x7 and 3-channel layers, which Winograd does not run).
     const NCHW: Planning = Planning {
         layout: ConvLayout::Nchw,
         winograd: false,
