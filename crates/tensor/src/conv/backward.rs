@@ -354,7 +354,11 @@ impl Kernels {
 
         // One group of images' partial dW.
         let dw_group = |images: std::ops::Range<usize>, threads: Threads| -> Vec<f32> {
-            let mut dw_part = vec![0.0f32; o * k];
+            // Zeros written, not the allocator's untouched zero pages, which the kernel
+            // reads before it writes them (a copy-on-write fault and a TLB shootdown per
+            // page: see `Tensor::full`).
+            let mut dw_part = Vec::with_capacity(o * k);
+            dw_part.resize(o * k, 0.0f32);
             let mut scratch = WeightGradScratch::default();
             accumulate_weight_grad(
                 set,
