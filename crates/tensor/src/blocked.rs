@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use crate::error::{Result, TensorError};
 use crate::kernels::{AvgPool2d, Kernels, Pool2d};
+use crate::layout::{copy_from_blocked, copy_to_blocked};
 use crate::tensor::Tensor;
 
 /// An NCHW batch in the blocked layout `[N][CB][H][W][L]` (see the module docs).
@@ -92,38 +93,24 @@ impl Kernels {
         let [n, c, h, w] = x.dims4("to_blocked")?;
         let l = self.lanes();
         expect_blocked("to_blocked_into", "y", y, l, [n, c, h, w])?;
-        let (cb, plane) = (c.div_ceil(l), h * w);
-        if c % l != 0 {
-            y.data.fill(0.0);
-        }
-        if n * c * plane > 0 {
-            for (b, img) in x.data().chunks_exact(c * plane).enumerate() {
-                for (ch, src) in img.chunks_exact(plane).enumerate() {
-                    let base = (b * cb + ch / l) * plane * l + ch % l;
-                    for (i, v) in src.iter().enumerate() {
-                        y.data[base + i * l] = *v;
-                    }
-                }
-            }
-        }
+        copy_to_blocked(self.set(), x.data(), [n, c, h * w], None, &mut y.data);
         Ok(())
     }
 
     /// A blocked tensor back in NCHW.
     pub fn from_blocked(&self, x: &BlockedTensor) -> Result<Tensor> {
         let [n, c, h, w] = x.shape;
-        let (l, cb, plane) = (x.lanes, x.blocks(), h * w);
-        let mut out = Tensor::zeros(&[n, c, h, w])?;
-        let od = out.data_mut();
-        for b in 0..n {
-            for ch in 0..c {
-                let base = (b * cb + ch / l) * plane * l + ch % l;
-                let dst = &mut od[(b * c + ch) * plane..(b * c + ch + 1) * plane];
-                for (i, d) in dst.iter_mut().enumerate() {
-                    *d = x.data[base + i * l];
-                }
-            }
+        if x.lanes != self.lanes() {
+            return Err(lanes_mismatch("from_blocked", x.lanes, self.lanes()));
         }
+        let mut out = Tensor::for_overwrite(&[n, c, h, w])?;
+        copy_from_blocked(
+            self.set(),
+            &x.data,
+            [n, c, h * w],
+            out.data_mut(),
+            |_, _, _, s, d| d.copy_from_slice(s),
+        );
         Ok(out)
     }
 }

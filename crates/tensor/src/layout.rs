@@ -1,6 +1,7 @@
 //! The data movement the convolution routes share: an image's zero-padded phase planes
 //! and where each kernel tap starts in them, per-channel copies spread over the
-//! threads, the training batch norm's normalisation applied while copying, and the
+//! threads, the training batch norm's normalisation applied while copying, the copies
+//! between NCHW and the blocked layout (`L x L` blocks by the tier's transpose), and the
 //! disjoint-output pointer that parallel tiles write through.
 //!
 //! Phase planes: for stride `s`, plane `(c, ry, rx)` holds the zero-padded pixels
@@ -220,4 +221,108 @@ impl OutPtr {
     pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
+}
+
+/// Pixels copied per step of a layout conversion: one channel's run of them is read
+/// (or written) contiguously, and a block's `L` runs stay in the L1 cache.
+const RUN: usize = 64;
+
+/// Copies the NCHW batch `x` (`[n, c, plane]`) into the blocked `out` (`[n][CB][plane][L]`,
+/// the lanes past `c` zero), through `norm` if given: `L x L` blocks by the tier's
+/// transpose, parallel over (image, block).
+pub(crate) fn copy_to_blocked(
+    set: &KernelSet,
+    x: &[f32],
+    [_n, c, plane]: [usize; 3],
+    norm: Option<&Normalise>,
+    out: &mut [f32],
+) {
+    let l = set.lanes;
+    let cb = c.div_ceil(l);
+    if plane == 0 {
+        return;
+    }
+    out.par_chunks_mut(plane * l)
+        .enumerate()
+        .for_each(|(bi, dst)| {
+            let (b, i) = (bi / cb, bi % cb);
+            let lanes = l.min(c - i * l);
+            // The block's channels, `RUN` pixels at a time: `[L][RUN]`, normalised or
+            // copied (rows past the channels zero).
+            let mut rows = [0.0f32; 16 * RUN];
+            let src = &x[(b * c + i * l) * plane..];
+            for p0 in (0..plane).step_by(RUN) {
+                let len = RUN.min(plane - p0);
+                for lane in 0..lanes {
+                    let run = &src[lane * plane + p0..][..len];
+                    let row = &mut rows[lane * RUN..][..len];
+                    match norm {
+                        Some(nm) => nm.apply(i * l + lane, run, row),
+                        None => row.copy_from_slice(run),
+                    }
+                }
+                let d = &mut dst[p0 * l..(p0 + len) * l];
+                let whole = len / l * l;
+                for q in (0..whole).step_by(l) {
+                    // SAFETY: rows q..q + L of each of the L rows of `rows` (RUN apart)
+                    // and pixels q..q + L of `d` (L floats each) are in bounds.
+                    unsafe {
+                        (set.transpose_block)(rows[q..].as_ptr(), RUN, d[q * l..].as_mut_ptr(), l)
+                    };
+                }
+                for q in whole..len {
+                    for lane in 0..l {
+                        d[q * l + lane] = rows[lane * RUN + q];
+                    }
+                }
+            }
+        });
+}
+
+/// Copies the blocked `yb` (`[n][OB][plane][L]`) into the NCHW `y` (`[n, o, plane]`):
+/// `L x L` blocks by the tier's transpose, parallel over (image, block), each run of a
+/// channel's row written by `finish(image, channel, first pixel, run, destination)` (a
+/// copy, or an epilogue).
+pub(crate) fn copy_from_blocked(
+    set: &KernelSet,
+    yb: &[f32],
+    [n, o, plane]: [usize; 3],
+    y: &mut [f32],
+    finish: impl Fn(usize, usize, usize, &[f32], &mut [f32]) + Sync,
+) {
+    let l = set.lanes;
+    let ob = o.div_ceil(l);
+    let yp = OutPtr(y.as_mut_ptr());
+    (0..n * ob).into_par_iter().for_each(|bi| {
+        let (b, i) = (bi / ob, bi % ob);
+        let lanes = l.min(o - i * l);
+        let src = &yb[bi * plane * l..][..plane * l];
+        let mut rows = [0.0f32; 16 * RUN];
+        for p0 in (0..plane).step_by(RUN) {
+            let len = RUN.min(plane - p0);
+            let s = &src[p0 * l..(p0 + len) * l];
+            let whole = len / l * l;
+            for q in (0..whole).step_by(l) {
+                // SAFETY: pixels q..q + L of `s` (L floats each) and columns q..q + L of
+                // the L rows of `rows` (RUN apart) are in bounds.
+                unsafe {
+                    (set.transpose_block)(s[q * l..].as_ptr(), l, rows[q..].as_mut_ptr(), RUN)
+                };
+            }
+            for q in whole..len {
+                for lane in 0..l {
+                    rows[lane * RUN + q] = s[q * l + lane];
+                }
+            }
+            for lane in 0..lanes {
+                let ch = i * l + lane;
+                // SAFETY: row `ch` of image b of y, pixels p0..p0 + len, is in bounds, and
+                // (image, block) tasks write disjoint channels.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(yp.get().add((b * o + ch) * plane + p0), len)
+                };
+                finish(b, ch, p0, &rows[lane * RUN..][..len], dst);
+            }
+        }
+    });
 }
