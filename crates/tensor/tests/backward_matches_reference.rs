@@ -37,6 +37,7 @@ const CHECKS: &[(&str, Check)] = &[
         "conv2d_backward_wide_input_gemm_route",
         check_conv_wide_input,
     ),
+    ("conv2d_dw_in_row_batches", check_conv_dw_in_row_batches),
     (
         "conv2d_normalised_equals_scale_shift_relu_then_conv2d",
         check_conv_normalised,
@@ -608,6 +609,34 @@ fn check_conv_wide_input(k: Kernels) -> CheckResult {
             seed: 100 + i as u64,
         };
         run_conv(k, &case).map_err(|e| format!("{c}->{o} {kk}x{kk} s{stride}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `dW` over images whose output gradient outgrows the outer-product kernel's batch of
+/// rows (`DY_BATCH_FLOATS` in `weight_grad.rs`, 2^18 floats: here 32 channels x 64
+/// pixels a row, 130 rows an image, read in two batches; and a strided 7x7 layer like
+/// ResNet's stem, 64 channels x 112 pixels a row), against the reference.
+fn check_conv_dw_in_row_batches(k: Kernels) -> CheckResult {
+    let layers = [
+        // (n, c, o, h, w, kernel, stride, pad)
+        (1, 2, 32, 130, 64, 3, 1, 1),
+        (1, 3, 64, 80, 224, 7, 2, 3),
+    ];
+    for (i, &(n, c, o, h, w, kk, stride, pad)) in layers.iter().enumerate() {
+        let case = ConvCase {
+            n,
+            c,
+            o,
+            h,
+            w,
+            k: kk,
+            stride,
+            pad,
+            want: 2,
+            seed: 200 + i as u64,
+        };
+        run_conv(k, &case).map_err(|e| format!("{c}->{o} {kk}x{kk} s{stride} {h}x{w}: {e}"))?;
     }
     Ok(())
 }

@@ -396,32 +396,44 @@ fn outer_rows(
     );
     assert!(p <= 16, "outer tile larger than its offset buffer");
     let per_group = rows.len() * row_len * width;
-    let block = |t0: usize, out: &mut [f32]| {
-        let mut offs = [0usize; 16];
-        for (r, slot) in offs.iter_mut().enumerate().take(p) {
-            *slot = b_rows[(t0 + r).min(k - 1)];
-        }
-        for gi in 0..o / width {
-            let t = OuterTile {
-                dy: dyt[gi * per_group..].as_ptr(),
-                x: x.as_ptr(),
-                x_off: offs.as_ptr(),
-                rows: rows.as_ptr(),
-                nrows: rows.len(),
-                row_len,
-                out: out[gi * width..].as_mut_ptr(),
-                ldo: o,
-                np: (k - t0).min(p),
-            };
-            // SAFETY: every read was bounds-checked above (invalid taps repeat the last
-            // valid one); `dyt` holds `per_group` floats for each group; the tile
-            // writes `np` rows of `width` floats at stride `o` inside `out`, which holds
-            // rows `t0..t0 + np` of `dwt`; the kernel set was checked when handed out.
-            unsafe { tile(&t) };
-        }
-    };
-    row_blocks(dwt, p, o, parallel, block);
+    // Rows in batches whose `dY` (every group's) stays in L2 while every tap block
+    // reads it: one image of the 7 x 7 stem's output gradient is 3.2 MB at batch 16,
+    // which each of its 25 tap blocks streamed from memory.
+    let batch = (DY_BATCH_FLOATS / (row_len * o)).max(1);
+    for r0 in (0..rows.len()).step_by(batch) {
+        let nrows = batch.min(rows.len() - r0);
+        let block = |t0: usize, out: &mut [f32]| {
+            let mut offs = [0usize; 16];
+            for (r, slot) in offs.iter_mut().enumerate().take(p) {
+                *slot = b_rows[(t0 + r).min(k - 1)];
+            }
+            for gi in 0..o / width {
+                let t = OuterTile {
+                    dy: dyt[gi * per_group + r0 * row_len * width..].as_ptr(),
+                    x: x.as_ptr(),
+                    x_off: offs.as_ptr(),
+                    rows: rows[r0..].as_ptr(),
+                    nrows,
+                    row_len,
+                    out: out[gi * width..].as_mut_ptr(),
+                    ldo: o,
+                    np: (k - t0).min(p),
+                };
+                // SAFETY: every read was bounds-checked above (invalid taps repeat the
+                // last valid one); `dyt` holds `per_group` floats for each group, rows
+                // `r0..r0 + nrows` of them from the offset given; the tile writes `np`
+                // rows of `width` floats at stride `o` inside `out`, which holds rows
+                // `t0..t0 + np` of `dwt`; the kernel set was checked when handed out.
+                unsafe { tile(&t) };
+            }
+        };
+        row_blocks(dwt, p, o, parallel, block);
+    }
 }
+
+/// The most floats of `dY` (all output channels) one batch of the outer-product
+/// kernel's rows holds (1 MiB, half of a core's L2).
+const DY_BATCH_FLOATS: usize = 1 << 18;
 
 /// Runs `block(first row, rows)` on `out` (rows of `width` floats) in blocks of `rows`
 /// rows, over rayon's pool when `parallel` and there is more than one block.
