@@ -105,17 +105,24 @@ impl Kernels {
         let per_pos = groups * cb * icb * f * l;
         // From the workspace, and back to it when dropped (training packs and drops
         // them every step: 38 MB for a 512-channel layer).
-        let mut data = Tensor::zeros(&[positions * per_pos])?;
+        // Every element is written below (zeros past the channels), once: for a
+        // 512-channel layer, zeroing the 38 MB first cost as much as the transforms.
+        let mut data = Tensor::for_overwrite(&[positions * per_pos])?;
         let out = OutPtr(data.data_mut().as_mut_ptr());
-        // One task per block of `L` output channels: for each input channel, its `L`
-        // kernels' transforms, then one `L`-float run per position.
-        (0..ob).into_par_iter().for_each(|blk| {
+        // One task per block of `L` output channels (the last group's blocks past the
+        // channels included): for each input channel (the last block's past the
+        // channels included), its `L` kernels' transforms, then one `L`-float run per
+        // position.
+        (0..groups * f).into_par_iter().for_each(|blk| {
             let (g, fi) = (blk / f, blk % f);
-            let lanes = l.min(o - blk * l);
+            let lanes = l.min(o.saturating_sub(blk * l));
             let mut t = vec![0.0f32; positions * l];
             let mut gathered = vec![[[0.0f64; 16]; 9]; GATHER];
-            for cc in 0..c {
-                if tile == TILE2 {
+            for cc in 0..cb * icb {
+                if cc >= c || lanes == 0 {
+                    // Past the channels: zeros.
+                    t.fill(0.0);
+                } else if tile == TILE2 {
                     for oc in 0..lanes {
                         let k9 = &wd[((blk * l + oc) * c + cc) * 9..][..9];
                         let g9: [f64; 9] = std::array::from_fn(|i| k9[i] as f64);
@@ -151,8 +158,8 @@ impl Kernels {
                 let (cbi, ic) = (cc / icb, cc % icb);
                 let at = (((g * cb + cbi) * icb + ic) * f + fi) * l;
                 for k in 0..positions {
-                    // SAFETY: `at + l <= per_pos` (blk < ob <= G F, cc < c <= CB icb), and
-                    // block blk alone writes the run of lanes of (g, fi).
+                    // SAFETY: `at + l <= per_pos` (blk < G F, cc < CB icb), and block blk
+                    // alone writes the run of lanes of (g, fi).
                     unsafe {
                         std::ptr::copy_nonoverlapping(
                             t[k * l..].as_ptr(),
