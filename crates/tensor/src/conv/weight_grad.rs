@@ -19,7 +19,9 @@
 //!
 //! Images are taken a few at a time: enough that each tile's reduction is long (its
 //! write-back, or for the row-dot kernel its horizontal sums, is then a small part of
-//! its work) while the planes of the chunk stay in L2.
+//! its work) while the planes of the chunk stay in L2. The outer-product kernel reads a
+//! large image's rows in batches (`DY_BATCH_FLOATS` of `dY`), every tap block over one
+//! batch while it is in L2, and its `dW^T` goes into `dW` by transposed blocks.
 //!
 //! Measured (in-process A/B, ResNet-20's layers at batch 128, 2 threads, AVX-512,
 //! outer-product over row-dot): 32 -> 32 channels at 16x16 0.78, 64 -> 64 at 8x8 0.63,
