@@ -233,12 +233,18 @@ const RUN: usize = 64;
 pub(crate) fn copy_to_blocked(
     set: &KernelSet,
     x: &[f32],
-    [_n, c, plane]: [usize; 3],
+    [n, c, plane]: [usize; 3],
     norm: Option<&Normalise>,
     out: &mut [f32],
 ) {
     let l = set.lanes;
     let cb = c.div_ceil(l);
+    assert_eq!(
+        out.len(),
+        n * cb * plane * l,
+        "copy_to_blocked: output length"
+    );
+    assert!(x.len() >= n * c * plane, "copy_to_blocked: input length");
     if plane == 0 {
         return;
     }
@@ -292,6 +298,12 @@ pub(crate) fn copy_from_blocked(
 ) {
     let l = set.lanes;
     let ob = o.div_ceil(l);
+    // The unsafe writes below trust these lengths.
+    assert!(y.len() >= n * o * plane, "copy_from_blocked: output length");
+    assert!(
+        yb.len() >= n * ob * plane * l,
+        "copy_from_blocked: input length"
+    );
     let yp = OutPtr(y.as_mut_ptr());
     (0..n * ob).into_par_iter().for_each(|bi| {
         let (b, i) = (bi / ob, bi % ob);

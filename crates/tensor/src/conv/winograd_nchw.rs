@@ -60,12 +60,22 @@ impl Kernels {
     ) -> Result<()> {
         let op = "conv2d (winograd)";
         let l = self.lanes();
-        if w.lanes != l || w.shape[..2] != [o, c] {
+        // The blocked route's unsafe tiles trust the weights' layout: check it.
+        let (cb, ob) = (c.div_ceil(l), o.div_ceil(l));
+        let f = self.set().blocked_f;
+        let positions = (w.tile + 2) * (w.tile + 2);
+        let packed_len = ob.div_ceil(f) * cb * w.icb * f * l;
+        if w.lanes != l
+            || w.shape[..2] != [o, c]
+            || w.f != f
+            || w.per_pos != packed_len
+            || w.data.len() != positions * packed_len
+        {
             return Err(TensorError::InvalidArgument {
                 op,
                 reason: format!(
-                    "Winograd weights of {:?} for {}-lane vectors, but the layer is {o} x {c} \
-                     on {l} lanes",
+                    "Winograd weights of {:?} packed for {}-lane vectors, but the layer is \
+                     {o} x {c} on this tier's {l} lanes (pack them with the same Kernels)",
                     w.shape, w.lanes
                 ),
             });
@@ -80,7 +90,6 @@ impl Kernels {
             return Ok(());
         }
         let ws = Workspace::current();
-        let (cb, ob) = (c.div_ceil(l), o.div_ceil(l));
         let (plane, oplane) = (h * wd, oh * ow);
         let xb_len = n * cb * plane * l;
         let yb_len = n * ob * oplane * l;
