@@ -237,7 +237,8 @@ pub struct ConvPlan {
     mode: Mode,
     layout: Layout,
     forced: Forced,
-    /// Whether the ladder may take Winograd ([`Forward::BlockedWinograd`]).
+    /// Whether the ladder may take Winograd ([`Forward::BlockedWinograd`], and in NCHW
+    /// [`Forward::Winograd`] and [`InputGrad::Winograd`]).
     winograd: bool,
 }
 
@@ -356,8 +357,9 @@ impl ConvPlan {
         Ok(self)
     }
 
-    /// Whether the ladder may run the layer by Winograd ([`Forward::BlockedWinograd`],
-    /// on by default where the ladder measured it faster); `false` keeps every layer on
+    /// Whether the ladder may run the layer by Winograd ([`Forward::BlockedWinograd`] in
+    /// the blocked layout, [`Forward::Winograd`] and [`InputGrad::Winograd`] in NCHW; on
+    /// by default where the ladder measured it faster); `false` keeps every layer on
     /// a route that computes each output as a plain sum of products, for users who want
     /// the direct kernel's rounding. (A forced route overrides it.)
     pub fn with_winograd(mut self, on: bool) -> Self {
