@@ -188,6 +188,15 @@ fn backward_kernels(c: &mut Criterion) {
                 })
             })
         });
+        g.bench_function(id("max_pool2d_with_indices_3x3s2"), |b| {
+            let pool3 = Pool2d::RESNET_STEM;
+            b.iter(|| p.install(|| k.max_pool2d_with_indices(&x, &pool3).unwrap()))
+        });
+        g.bench_function(id("max_pool2d_backward_from_indices_3x3s2"), |b| {
+            let pool3 = Pool2d::RESNET_STEM;
+            let (y, winners) = k.max_pool2d_with_indices(&x, &pool3).unwrap();
+            b.iter(|| p.install(|| k.max_pool2d_backward_from_indices(&winners, &y).unwrap()))
+        });
         // Every 3 x 3 convolution shape of ResNet-20's stages.
         for (name, cin, cout, size, stride) in [
             ("conv_16_16_s1", 16, 16, 32, 1),

@@ -39,7 +39,11 @@ fuzz_target!(|bytes: &[u8]| {
         2 => k.channel_stats(&x).map(drop),
         3 => k.softmax(&x).map(drop),
         4 => k.log_softmax(&x).map(drop),
-        5 => k.max_pool2d(&x, &pool).map(drop),
+        5 if next() % 2 == 0 => k.max_pool2d(&x, &pool).map(drop),
+        5 => k
+            .max_pool2d_with_indices(&x, &pool)
+            .and_then(|(y, w)| k.max_pool2d_backward_from_indices(&w, &y))
+            .map(drop),
         6 if next() % 2 == 0 => k.global_avg_pool(&x).map(drop),
         6 => k
             .avg_pool2d(&x, &tensor::AvgPool2d::new(pool, next() % 2 == 0))

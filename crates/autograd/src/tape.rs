@@ -20,8 +20,8 @@ use std::rc::Rc;
 
 use tensor::{
     AvgPool2d, BatchNormBackward, BatchNormGrads, BnGradIn, ChannelStats, Conv2d, ConvBackward,
-    ConvPlan, ConvWeights, Epilogue, Kernels, Mode, Pool2d, ReplicaSum, Result, Tensor,
-    TensorError,
+    ConvPlan, ConvWeights, Epilogue, Kernels, MaxPoolIndices, Mode, Pool2d, ReplicaSum, Result,
+    Tensor, TensorError,
 };
 
 /// A value on a tape: the index of the node that made it, and which tape that is (a
@@ -95,6 +95,8 @@ enum Op {
     MaxPool {
         x: Var,
         pool: Pool2d,
+        /// Each output's winner, found by the forward pass when `x` needs a gradient.
+        winners: Option<MaxPoolIndices>,
     },
     AvgPool {
         x: Var,
@@ -350,6 +352,10 @@ impl<'p> Tape<'p> {
     pub fn owned_bytes(&self) -> usize {
         let saved = |op: &Op| match op {
             Op::CrossEntropy { probs, .. } => probs.len(),
+            // (`u32`s, as many bytes as floats.)
+            Op::MaxPool {
+                winners: Some(w), ..
+            } => w.as_slice().len(),
             _ => 0,
         };
         self.nodes
@@ -657,10 +663,18 @@ impl<'p> Tape<'p> {
             Some(Op::BatchNorm { batch_stats: b, .. }) if *b == batch_stats)
     }
 
-    /// 2-D max pooling.
+    /// 2-D max pooling. Where `x` needs a gradient, the forward pass also records each
+    /// window's winner (`Kernels::max_pool2d_with_indices`: 4 bytes an output), and the
+    /// backward pass only scatters.
     pub fn max_pool2d(&mut self, x: Var, pool: Pool2d) -> Result<Var> {
-        let y = self.kernels.max_pool2d(self.value(x)?, &pool)?;
-        Ok(self.push_op(y, Op::MaxPool { x, pool }, &[x]))
+        let xv = self.value(x)?;
+        let (y, winners) = if self.requires_grad(x) {
+            let (y, w) = self.kernels.max_pool2d_with_indices(xv, &pool)?;
+            (y, Some(w))
+        } else {
+            (self.kernels.max_pool2d(xv, &pool)?, None)
+        };
+        Ok(self.push_op(y, Op::MaxPool { x, pool, winners }, &[x]))
     }
 
     /// 2-D average pooling (PyTorch's `AvgPool2d`, see `tensor::AvgPool2d`).
@@ -847,6 +861,9 @@ impl<'p> Tape<'p> {
             }
         }
         self.nodes[i].value = Value::Released;
+        if let Op::MaxPool { winners, .. } = &mut self.nodes[i].op {
+            *winners = None;
+        }
         Ok(())
     }
 
@@ -1059,8 +1076,18 @@ impl<'p> Tape<'p> {
                 };
                 return Ok(vec![(*a, Rc::clone(&dy)), (*b, dy)]);
             }
-            Op::MaxPool { x, pool } => {
-                // The output, still held, says each window's maximum: its winner is the
+            Op::MaxPool {
+                x,
+                winners: Some(w),
+                ..
+            } => vec![(*x, k.max_pool2d_backward_from_indices(w, &dy)?)],
+            Op::MaxPool {
+                x,
+                pool,
+                winners: None,
+            } => {
+                // (Not reached: a node whose input needs no gradient gets none.) The
+                // output, still held, says each window's maximum: its winner is the
                 // first input equal to it.
                 let xv = self.value(*x)?;
                 vec![(

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use crate::error::{Result, TensorError};
 use crate::gemm::MatMut;
 use crate::gemm::MatRef;
-use crate::kernels::{AvgPool2d, Kernels, Pool2d};
+use crate::kernels::{AvgPool2d, Kernels, MaxPoolIndices, Pool2d};
 use crate::tensor::Tensor;
 
 /// Gradients of batch norm's input and affine parameters.
@@ -444,6 +444,56 @@ impl Kernels {
     ) -> Result<Tensor> {
         expect_shape("max_pool2d_backward", "y", dy.shape(), y)?;
         self.max_pool_backward(x, Some(y), dy, pool)
+    }
+
+    /// Max pooling's backward from the winners the forward found
+    /// ([`Kernels::max_pool2d_with_indices`]): each output's gradient is added to its
+    /// winner's, nothing searched (ResNet-18's stem pool at batch 16: see
+    /// `docs/benchmarks.md`). The result is `[N, C, H, W]` of the pooled input.
+    pub fn max_pool2d_backward_from_indices(
+        &self,
+        indices: &MaxPoolIndices,
+        dy: &Tensor,
+    ) -> Result<Tensor> {
+        let [n, c, h, w] = indices.input_shape();
+        expect_shape(
+            "max_pool2d_backward_from_indices",
+            "dy",
+            &indices.output_shape(),
+            dy,
+        )?;
+        let (plane, out_plane) = (h * w, dy.len() / (n * c).max(1));
+        if plane == 0 || out_plane == 0 {
+            return Tensor::zeros(&[n, c, h, w]);
+        }
+        // Each plane zeroed by the task that scatters into it, while it is in cache
+        // (zeroing the whole tensor first was one more pass over memory).
+        let mut dx = Tensor::for_overwrite(&[n, c, h, w])?;
+        let (gd, at) = (dy.data(), indices.as_slice());
+        let run = |i: usize, d: &mut [f32]| {
+            d.fill(0.0);
+            let range = i * out_plane..(i + 1) * out_plane;
+            for (&g, &k) in gd[range.clone()].iter().zip(&at[range]) {
+                // `u32::MAX`: a window of padding only, no winner. Offsets come from the
+                // forward over this plane's shape, so they are inside it.
+                if let Some(d) = d.get_mut(k as usize) {
+                    *d += g;
+                }
+            }
+        };
+        if dx.len() < 1 << 16 {
+            dx.data_mut()
+                .chunks_mut(plane)
+                .enumerate()
+                .for_each(|(i, d)| run(i, d));
+        } else {
+            dx.data_mut()
+                .par_chunks_mut(plane)
+                .enumerate()
+                .with_min_len((16384 / plane).max(1))
+                .for_each(|(i, d)| run(i, d));
+        }
+        Ok(dx)
     }
 
     fn max_pool_backward(

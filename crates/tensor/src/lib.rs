@@ -75,7 +75,7 @@ pub use epilogue::{Epilogue, Residual, StatsSink};
 pub use error::{Result, TensorError};
 pub use gemm::{MatMut, MatRef, PackedA};
 pub use isa::Isa;
-pub use kernels::{AvgPool2d, ChannelStats, Kernels, Pool2d};
+pub use kernels::{AvgPool2d, ChannelStats, Kernels, MaxPoolIndices, Pool2d};
 pub use linear::LinearWeights;
 pub use tensor::Tensor;
 pub use workspace::Workspace;

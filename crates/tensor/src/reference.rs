@@ -464,25 +464,19 @@ pub fn batch_norm_backward(
     Ok((dx, f(s_dyxh), f(s_dy)))
 }
 
-/// Max pooling's backward: each output's gradient goes to the first input (in window
-/// order) holding the window's maximum.
-pub fn max_pool2d_backward(x: &Tensor, dy: &Tensor, p: &Pool2d) -> Result<Tensor> {
-    let [n, c, h, w] = x.dims4("reference::max_pool2d_backward")?;
+/// Max pooling's winners: for each output of [`max_pool2d`] (in NCHW order), the offset
+/// in its input plane (`iy W + ix`) of the first input, in row-major window order,
+/// holding the window's maximum, or of its last NaN (PyTorch's rule); `u32::MAX` for a
+/// window with no input in it.
+pub fn max_pool2d_indices(x: &Tensor, p: &Pool2d) -> Result<Vec<u32>> {
+    let [n, c, h, w] = x.dims4("reference::max_pool2d_indices")?;
     let [oh, ow] = p.output_size(h, w)?;
-    if dy.shape() != [n, c, oh, ow] {
-        return Err(TensorError::ShapeMismatch {
-            op: "reference::max_pool2d_backward",
-            arg: "dy",
-            expected: vec![n, c, oh, ow],
-            got: dy.shape().to_vec(),
-        });
-    }
-    let mut dx = Tensor::zeros(x.shape())?;
+    let mut out = Vec::with_capacity(n * c * oh * ow);
     for b in 0..n {
         for ch in 0..c {
             for oy in 0..oh {
                 for ox in 0..ow {
-                    let mut best: Option<(usize, usize, f32)> = None;
+                    let mut best: Option<(usize, f32)> = None;
                     for ky in 0..p.kernel[0] {
                         for kx in 0..p.kernel[1] {
                             let iy = (oy * p.stride[0] + ky * p.dilation[0]) as isize
@@ -494,18 +488,38 @@ pub fn max_pool2d_backward(x: &Tensor, dy: &Tensor, p: &Pool2d) -> Result<Tensor
                             }
                             let v = x.get(&[b, ch, iy as usize, ix as usize])?;
                             // The first maximum, or the last NaN (PyTorch's rule).
-                            if best.is_none_or(|(_, _, m)| v > m || v.is_nan()) {
-                                best = Some((iy as usize, ix as usize, v));
+                            if best.is_none_or(|(_, m)| v > m || v.is_nan()) {
+                                best = Some((iy as usize * w + ix as usize, v));
                             }
                         }
                     }
-                    if let Some((iy, ix, _)) = best {
-                        let g = dy.get(&[b, ch, oy, ox])?;
-                        let cur = dx.get(&[b, ch, iy, ix])?;
-                        dx.set(&[b, ch, iy, ix], cur + g)?;
-                    }
+                    out.push(best.map_or(u32::MAX, |(at, _)| at as u32));
                 }
             }
+        }
+    }
+    Ok(out)
+}
+
+/// Max pooling's backward: each output's gradient goes to the first input (in window
+/// order) holding the window's maximum ([`max_pool2d_indices`]).
+pub fn max_pool2d_backward(x: &Tensor, dy: &Tensor, p: &Pool2d) -> Result<Tensor> {
+    let [n, c, h, w] = x.dims4("reference::max_pool2d_backward")?;
+    let [oh, ow] = p.output_size(h, w)?;
+    if dy.shape() != [n, c, oh, ow] {
+        return Err(TensorError::ShapeMismatch {
+            op: "reference::max_pool2d_backward",
+            arg: "dy",
+            expected: vec![n, c, oh, ow],
+            got: dy.shape().to_vec(),
+        });
+    }
+    let winners = max_pool2d_indices(x, p)?;
+    let mut dx = Tensor::zeros(x.shape())?;
+    let d = dx.data_mut();
+    for (o, (&at, &g)) in winners.iter().zip(dy.data()).enumerate() {
+        if at != u32::MAX {
+            d[o / (oh * ow) * h * w + at as usize] += g;
         }
     }
     Ok(dx)

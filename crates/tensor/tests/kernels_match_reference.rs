@@ -61,6 +61,10 @@ const CHECKS: &[(&str, Check)] = &[
         "max_pool2d_resnet_stem_equals_reference",
         check_max_pool_stem,
     ),
+    (
+        "max_pool2d_with_indices_equals_reference",
+        check_max_pool_indices,
+    ),
     ("global_avg_pool_equals_reference", check_global_avg_pool),
     ("avg_pool2d_equals_reference", check_avg_pool),
     (
@@ -371,6 +375,76 @@ fn check_max_pool(k: Kernels) -> CheckResult {
         (nchw(2, 3, 40), dilated_pool_geometry()),
         |((shape, data), p)| check_pool_case(k, &shape, data, &p),
     )
+}
+
+/// Max pooling with its winners: the output equals the reference's and
+/// [`Kernels::max_pool2d`]'s, every winner is the reference's (ties everywhere, and in
+/// some cases `-inf` and NaN inputs: the first maximum in row-major window order, the last
+/// NaN, the first input of an all-`-inf` window), and the backward from them equals the
+/// reference's. Widths up to 48 give several vectors of windows inside the row at
+/// strides 1 and 2 even at 16 lanes.
+fn check_max_pool_indices(k: Kernels) -> CheckResult {
+    let strategy = (
+        nchw(2, 3, 48),
+        dilated_pool_geometry(),
+        0u8..4,
+        any::<u64>(),
+    );
+    prop(strategy, |((shape, data), p, special, seed)| {
+        // Values rounded to a few levels tie often; then -inf and NaN in some cases.
+        let data: Vec<f32> = data
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let r = (seed >> (i % 61)) as usize + i;
+                match special {
+                    1 if r.is_multiple_of(5) => f32::NEG_INFINITY,
+                    2 if r.is_multiple_of(13) => f32::NAN,
+                    3 => f32::NEG_INFINITY,
+                    _ => (v / 4.0).round(),
+                }
+            })
+            .collect();
+        let x = tensor(&shape, data)?;
+        let Ok(want) = reference::max_pool2d(&x, &p) else {
+            prop_assert!(k.max_pool2d_with_indices(&x, &p).is_err());
+            return Ok(());
+        };
+        let (got, idx) = k.max_pool2d_with_indices(&x, &p).map_err(fail)?;
+        close("max_pool2d_with_indices", got.data(), want.data(), |_| 0.0)?;
+        let plain = k.max_pool2d(&x, &p).map_err(fail)?;
+        close(
+            "max_pool2d_with_indices vs max_pool2d",
+            got.data(),
+            plain.data(),
+            |_| 0.0,
+        )?;
+        let winners = reference::max_pool2d_indices(&x, &p).map_err(fail)?;
+        prop_assert_eq!(idx.output_shape().to_vec(), want.shape().to_vec());
+        prop_assert_eq!(idx.input_shape().to_vec(), x.shape().to_vec());
+        if let Some(o) = (0..winners.len()).find(|&o| idx.as_slice()[o] != winners[o]) {
+            return Err(TestCaseError::fail(format!(
+                "max_pool2d_with_indices {p:?}, shape {shape:?}: output {o} won by {}, reference {}",
+                idx.as_slice()[o],
+                winners[o]
+            )));
+        }
+        let dy = Tensor::randn(want.shape(), 0.0, 1.0, seed).map_err(fail)?;
+        let dx = k
+            .max_pool2d_backward_from_indices(&idx, &dy)
+            .map_err(fail)?;
+        let want_dx = reference::max_pool2d_backward(&x, &dy, &p).map_err(fail)?;
+        close(
+            "max_pool2d_backward_from_indices",
+            dx.data(),
+            want_dx.data(),
+            |_| 0.0,
+        )?;
+        // A gradient of another shape is refused, not read out of bounds.
+        let wrong = Tensor::zeros(&[1, 1, 1, want.len() + 1]).map_err(fail)?;
+        prop_assert!(k.max_pool2d_backward_from_indices(&idx, &wrong).is_err());
+        Ok(())
+    })
 }
 
 fn check_max_pool_stem(k: Kernels) -> CheckResult {

@@ -458,6 +458,195 @@ pub(crate) unsafe fn max_pool_plane<S: Simd>(
     }
 }
 
+/// The most cells a plane may have for [`max_pool_plane_indices`]: it carries input
+/// offsets in `f32` lanes, exact below `2^24`.
+pub(crate) const POOL_INDEX_MAX_PLANE: usize = 1 << 24;
+
+/// Max pooling of one `h x w` plane into an `oh x ow` plane, with each output's winner:
+/// `idx[o]` is the offset in the plane of the input that won window `o`, by PyTorch's
+/// rule (the first maximum in row-major window order, or the last NaN), or `u32::MAX`
+/// for a window with no input in it (a dilated window over padding only: output
+/// `-inf`). A training tape keeps `idx` for the backward pass, which then only scatters.
+///
+/// Row-major order is what makes the passes run the other way round from
+/// [`max_pool_plane`]'s: first along each input row, once per row, each window's row
+/// segment reduced to its first maximum (or last NaN) and that input's column, into
+/// `scratch`; then down, each output row combining its window's rows in order, the
+/// later row taking over only with a larger value or a NaN. So the topmost row holding
+/// the maximum wins, and in it the leftmost column: row-major's first. Positions travel
+/// in float lanes beside the values ([`Simd::pool_take`]); a segment starts from `-inf`
+/// and its first input column, so a window of `-inf` inputs is won by its first input,
+/// as in PyTorch. Segments that reach into the padding or past the row go one by one.
+///
+/// `scratch` holds `2 (h + 1) ow` floats; `h w <= POOL_INDEX_MAX_PLANE`; the geometry is
+/// valid ([`Pool2d::output_size`]).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) unsafe fn max_pool_plane_indices<S: Simd>(
+    src: *const f32,
+    h: usize,
+    w: usize,
+    dst: *mut f32,
+    idx: *mut u32,
+    oh: usize,
+    ow: usize,
+    p: &Pool2d,
+    scratch: *mut f32,
+) {
+    debug_assert!(h * w <= POOL_INDEX_MAX_PLANE);
+    let [kh, kw] = p.kernel;
+    let [sh, sw] = p.stride;
+    let [ph, pw] = p.padding;
+    let [dh, dw] = p.dilation;
+    let l = S::LANES;
+    // Per input row: the segments' maxima, then their winners' columns (`-inf` for a
+    // segment with no input in it); then the first tap's column of each output column.
+    let (seg_max, seg_col, col0) = (scratch, scratch.add(h * ow), scratch.add(2 * h * ow));
+    for ox in 0..ow {
+        *col0.add(ox) = (ox * sw) as f32 - pw as f32;
+    }
+    // The output columns whose whole segment lies in the row: `ox sw >= pw` and
+    // `ox sw - pw + (kw - 1) dw < w`.
+    let span = (kw - 1) * dw;
+    let lo = pw.div_ceil(sw).min(ow);
+    let hi = if w + pw > span {
+        ((w + pw - span - 1) / sw + 1).clamp(lo, ow)
+    } else {
+        lo
+    };
+    // One segment the scalar way, taps outside the row skipped.
+    let segment = |row: *const f32, ox: usize| -> (f32, f32) {
+        let (mut m, mut at) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+        for kx in 0..kw {
+            let ix = (ox * sw + kx * dw) as isize - pw as isize;
+            if ix < 0 || ix as usize >= w {
+                continue;
+            }
+            let v = *row.add(ix as usize);
+            if at == f32::NEG_INFINITY || v > m || v.is_nan() {
+                m = v;
+                at = ix as f32;
+            }
+        }
+        (m, at)
+    };
+    for iy in 0..h {
+        let row = src.add(iy * w);
+        let (sm, sc) = (seg_max.add(iy * ow), seg_col.add(iy * ow));
+        for ox in (0..lo).chain(hi..ow) {
+            (*sm.add(ox), *sc.add(ox)) = segment(row, ox);
+        }
+        // (Not a closure: closures do not inherit the tier's target features, and the
+        // intrinsics would not inline into one.)
+        #[inline(always)]
+        unsafe fn vector<S: Simd>(
+            row: *const f32,
+            ox: usize,
+            [kw, sw, pw, dw]: [usize; 4],
+            col0: *const f32,
+            [sm, sc]: [*mut f32; 2],
+        ) {
+            // Inside the row: the first tap's column `ox sw - pw >= 0`.
+            let base = row.add(ox * sw - pw);
+            let mut col = S::load(col0.add(ox));
+            let step = S::splat(dw as f32);
+            let (mut m, mut at) = (S::splat(f32::NEG_INFINITY), col);
+            for kx in 0..kw {
+                let q = base.add(kx * dw);
+                let v = if sw == 1 {
+                    S::load(q)
+                } else {
+                    S::load_strided(q, sw)
+                };
+                (m, at) = S::pool_take(m, at, v, col);
+                col = S::add(col, step);
+            }
+            S::store(sm.add(ox), m);
+            S::store(sc.add(ox), at);
+        }
+        let mut ox = lo;
+        while ox + l <= hi {
+            vector::<S>(row, ox, [kw, sw, pw, dw], col0, [sm, sc]);
+            ox += l;
+        }
+        if ox < hi && hi - lo >= l {
+            // The last vector overlaps the one before (its outputs made again, the same).
+            vector::<S>(row, hi - l, [kw, sw, pw, dw], col0, [sm, sc]);
+        } else {
+            for ox in ox..hi {
+                (*sm.add(ox), *sc.add(ox)) = segment(row, ox);
+            }
+        }
+    }
+    // Down: each output row's window rows in order, row by row across the whole output
+    // row (the maxima in `dst`, the winners' offsets, as floats, in `offs`): a winner's
+    // offset is its column plus its row's start. A segment with no input (`-inf` column)
+    // stays `-inf`, which becomes `u32::MAX`.
+    let offs = col0.add(ow);
+    for oy in 0..oh {
+        let top = (oy * sh) as isize - ph as isize;
+        let mut rows = (0..kh)
+            .map(|ky| top + (ky * dh) as isize)
+            .filter(|&iy| iy >= 0 && (iy as usize) < h)
+            .map(|iy| iy as usize);
+        let (out, at) = (dst.add(oy * ow), idx.add(oy * ow));
+        let Some(first) = rows.next() else {
+            for ox in 0..ow {
+                *out.add(ox) = f32::NEG_INFINITY;
+                *at.add(ox) = u32::MAX;
+            }
+            continue;
+        };
+        let start = (first * w) as f32;
+        for ox in 0..ow {
+            *out.add(ox) = *seg_max.add(first * ow + ox);
+            *offs.add(ox) = *seg_col.add(first * ow + ox) + start;
+        }
+        for iy in rows {
+            let (sm, sc) = (seg_max.add(iy * ow), seg_col.add(iy * ow));
+            let start = (iy * w) as f32;
+            #[inline(always)]
+            unsafe fn vector<S: Simd>(
+                ox: usize,
+                [out, offs]: [*mut f32; 2],
+                [sm, sc]: [*const f32; 2],
+                start: f32,
+            ) {
+                let (m, off) = S::pool_take(
+                    S::load(out.add(ox)),
+                    S::load(offs.add(ox)),
+                    S::load(sm.add(ox)),
+                    S::add(S::load(sc.add(ox)), S::splat(start)),
+                );
+                S::store(out.add(ox), m);
+                S::store(offs.add(ox), off);
+            }
+            let mut ox = 0;
+            while ox + l <= ow {
+                vector::<S>(ox, [out, offs], [sm, sc], start);
+                ox += l;
+            }
+            if ox < ow && ow >= l {
+                // Overlapping the vector before: taking the same row twice changes
+                // nothing (a winner does not beat itself; a NaN takes its own place).
+                vector::<S>(ow - l, [out, offs], [sm, sc], start);
+                continue;
+            }
+            for ox in ox..ow {
+                let v = *sm.add(ox);
+                if v > *out.add(ox) || v.is_nan() {
+                    *out.add(ox) = v;
+                    *offs.add(ox) = *sc.add(ox) + start;
+                }
+            }
+        }
+        for ox in 0..ow {
+            let o = *offs.add(ox);
+            *at.add(ox) = if o >= 0.0 { o as u32 } else { u32::MAX };
+        }
+    }
+}
+
 /// Average pooling of one `h x w` plane into an `oh x ow` plane.
 ///
 /// The same two passes as [`max_pool_plane`], with sums: the input rows under an

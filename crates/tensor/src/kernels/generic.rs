@@ -60,6 +60,14 @@ impl Simd for Portable {
         })
     }
     #[inline(always)]
+    unsafe fn pool_take(m: V4, mi: V4, v: V4, vi: V4) -> (V4, V4) {
+        let take = |i: usize| v[i] > m[i] || v[i].is_nan();
+        (
+            lanes(|i| if take(i) { v[i] } else { m[i] }),
+            lanes(|i| if take(i) { vi[i] } else { mi[i] }),
+        )
+    }
+    #[inline(always)]
     unsafe fn min(a: V4, b: V4) -> V4 {
         lanes(|i| if a[i] < b[i] { a[i] } else { b[i] })
     }

@@ -167,6 +167,43 @@ impl Pool2d {
     }
 }
 
+/// Where each output of a max pool took its value from: for an `[N, C, H, W]` input
+/// pooled to `[N, C, OH, OW]`, one offset per output into its input plane (`iy W + ix`),
+/// the window's first maximum in row-major order or its last NaN (PyTorch's rule), or
+/// `u32::MAX` for a window with no input (a dilated window over padding only). Made by
+/// [`Kernels::max_pool2d_with_indices`] and read by
+/// [`Kernels::max_pool2d_backward_from_indices`], which only scatters `dY` (PyTorch's
+/// `return_indices`, counted within a plane as PyTorch counts them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaxPoolIndices {
+    input: [usize; 4],
+    output: [usize; 2],
+    data: Vec<u32>,
+}
+
+impl MaxPoolIndices {
+    /// The pooled input's `[N, C, H, W]`.
+    pub fn input_shape(&self) -> [usize; 4] {
+        self.input
+    }
+
+    /// The output's `[N, C, OH, OW]`.
+    pub fn output_shape(&self) -> [usize; 4] {
+        let [n, c, _, _] = self.input;
+        [n, c, self.output[0], self.output[1]]
+    }
+
+    /// The offsets, output by output (`u32::MAX`: no winner).
+    pub fn as_slice(&self) -> &[u32] {
+        &self.data
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * std::mem::size_of::<u32>()
+    }
+}
+
 /// Average pooling, as PyTorch's `AvgPool2d(kernel_size, stride, padding, ceil_mode,
 /// count_include_pad)` (no `divisor_override`): each output is the sum over its window's
 /// inputs divided by the window's size, where the size counts the padding cells inside
@@ -252,6 +289,8 @@ pub(crate) struct KernelSet {
     #[allow(clippy::type_complexity)]
     pub max_pool_plane:
         unsafe fn(*const f32, usize, usize, *mut f32, usize, usize, &Pool2d, *mut f32),
+    /// Max pooling with each output's winner (`body::max_pool_plane_indices`).
+    pub max_pool_plane_indices: MaxPoolIndicesFn,
     #[allow(clippy::type_complexity)]
     pub avg_pool_plane:
         unsafe fn(*const f32, usize, usize, *mut f32, usize, usize, &AvgPool2d, *mut f32),
@@ -350,8 +389,13 @@ pub(crate) type BnApplyFn =
 /// A GEMM microkernel entry point: `(kc, packed A panel, B panel, B row stride, output)`.
 pub(crate) type GemmTileFn = unsafe fn(usize, *const f32, *const f32, usize, &microkernel::TileOut);
 
+/// Max pooling of a plane with its winners: `(src, h, w, dst, indices, oh, ow, pool,
+/// scratch)` (`body::max_pool_plane_indices`).
+pub(crate) type MaxPoolIndicesFn =
+    unsafe fn(*const f32, usize, usize, *mut f32, *mut u32, usize, usize, &Pool2d, *mut f32);
+
 /// The operations a `KernelSet` provides, for [`Kernels::kernel_names`].
-pub const OPERATIONS: [&str; 14] = [
+pub const OPERATIONS: [&str; 15] = [
     "scale_shift",
     "scale_shift_relu",
     "relu",
@@ -365,6 +409,7 @@ pub const OPERATIONS: [&str; 14] = [
     "softmax_row",
     "log_softmax_row",
     "max_pool_plane",
+    "max_pool_plane_indices",
     "avg_pool_plane",
 ];
 
@@ -551,6 +596,14 @@ macro_rules! tier_entry_points {
             }
             #[allow(clippy::too_many_arguments)]
             #[$attr]
+            unsafe fn max_pool_plane_indices(
+                s: *const f32, h: usize, w: usize, d: *mut f32, i: *mut u32, oh: usize,
+                ow: usize, p: &Pool2d, scratch: *mut f32,
+            ) {
+                body::max_pool_plane_indices::<$S>(s, h, w, d, i, oh, ow, p, scratch)
+            }
+            #[allow(clippy::too_many_arguments)]
+            #[$attr]
             unsafe fn avg_pool_plane(
                 s: *const f32, h: usize, w: usize, d: *mut f32, oh: usize, ow: usize,
                 p: &AvgPool2d, scratch: *mut f32,
@@ -598,6 +651,7 @@ macro_rules! tier_entry_points {
                 softmax_row,
                 log_softmax_row,
                 max_pool_plane,
+                max_pool_plane_indices,
                 avg_pool_plane,
                 fma_chains,
                 gemm_mr: $mr,
@@ -1022,6 +1076,91 @@ impl Kernels {
         Ok(())
     }
 
+    /// [`Kernels::max_pool2d`] that also says where each output came from (what a
+    /// training tape keeps for the backward pass, [`Kernels::max_pool2d_backward_from_indices`]).
+    /// The output equals `max_pool2d`'s.
+    pub fn max_pool2d_with_indices(
+        &self,
+        x: &Tensor,
+        pool: &Pool2d,
+    ) -> Result<(Tensor, MaxPoolIndices)> {
+        let [n, c, h, w] = x.dims4("max_pool2d_with_indices")?;
+        let [oh, ow] = pool.output_size(h, w)?;
+        if h * w > u32::MAX as usize {
+            return Err(TensorError::InvalidArgument {
+                op: "max_pool2d_with_indices",
+                reason: format!("a plane of {h} x {w} has more cells than u32 offsets reach"),
+            });
+        }
+        let mut y = Tensor::for_overwrite(&[n, c, oh, ow])?;
+        let mut idx = vec![0u32; n * c * oh * ow];
+        let plane = oh * ow;
+        if plane == 0 || h * w == 0 {
+            return Ok((
+                y,
+                MaxPoolIndices {
+                    input: [n, c, h, w],
+                    output: [oh, ow],
+                    data: idx,
+                },
+            ));
+        }
+        let src = x.data();
+        let kernel = self.set.max_pool_plane_indices;
+        let vector = h * w <= body::POOL_INDEX_MAX_PLANE;
+        let scratch_len = 2 * (h + 1) * ow;
+        let run = |scratch: &mut Vec<f32>, i: usize, d: &mut [f32], at: &mut [u32]| {
+            let s = &src[i * h * w..(i + 1) * h * w];
+            if vector {
+                // SAFETY: `s` is one h x w input plane of at most 2^24 cells, `d` and
+                // `at` one oh x ow output plane each, the geometry was validated by
+                // `output_size`, and `scratch` holds `2 (h + 1) ow` floats.
+                unsafe {
+                    kernel(
+                        s.as_ptr(),
+                        h,
+                        w,
+                        d.as_mut_ptr(),
+                        at.as_mut_ptr(),
+                        oh,
+                        ow,
+                        pool,
+                        scratch.as_mut_ptr(),
+                    )
+                }
+            } else {
+                max_pool_plane_indices_scalar(s, [h, w], d, at, [oh, ow], pool);
+            }
+        };
+        let scratch_len = if vector { scratch_len } else { 0 };
+        if n * c * (plane + h * w) < PARALLEL_MIN {
+            let mut scratch = vec![0.0; scratch_len];
+            y.data_mut()
+                .chunks_mut(plane)
+                .zip(idx.chunks_mut(plane))
+                .enumerate()
+                .for_each(|(i, (d, at))| run(&mut scratch, i, d, at));
+        } else {
+            y.data_mut()
+                .par_chunks_mut(plane)
+                .zip(idx.par_chunks_mut(plane))
+                .enumerate()
+                .with_min_len((TASK_GRAIN / (h * w)).max(1))
+                .for_each_init(
+                    || vec![0.0; scratch_len],
+                    |scratch, (i, (d, at))| run(scratch, i, d, at),
+                );
+        }
+        Ok((
+            y,
+            MaxPoolIndices {
+                input: [n, c, h, w],
+                output: [oh, ow],
+                data: idx,
+            },
+        ))
+    }
+
     /// 2-D average pooling of an NCHW tensor (PyTorch's `AvgPool2d`, see [`AvgPool2d`]).
     pub fn avg_pool2d(&self, x: &Tensor, pool: &AvgPool2d) -> Result<Tensor> {
         let [n, c, h, w] = x.dims4("avg_pool2d")?;
@@ -1105,6 +1244,42 @@ impl Kernels {
                 .for_each(|(i, o)| *o = mean_of(i));
         }
         Ok(y)
+    }
+}
+
+/// [`body::max_pool_plane_indices`] one output at a time, for planes too large for its
+/// float-carried offsets: each window scanned in row-major order.
+fn max_pool_plane_indices_scalar(
+    s: &[f32],
+    [h, w]: [usize; 2],
+    d: &mut [f32],
+    at: &mut [u32],
+    [oh, ow]: [usize; 2],
+    p: &Pool2d,
+) {
+    let taps = |o: usize, axis: usize, size: usize| {
+        (0..p.kernel[axis])
+            .map(move |t| {
+                (o * p.stride[axis] + t * p.dilation[axis]) as isize - p.padding[axis] as isize
+            })
+            .filter(move |&i| i >= 0 && (i as usize) < size)
+            .map(|i| i as usize)
+    };
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let (mut m, mut best) = (f32::NEG_INFINITY, u32::MAX);
+            for iy in taps(oy, 0, h) {
+                for ix in taps(ox, 1, w) {
+                    let v = s[iy * w + ix];
+                    if best == u32::MAX || v > m || v.is_nan() {
+                        m = v;
+                        best = (iy * w + ix) as u32;
+                    }
+                }
+            }
+            d[oy * ow + ox] = m;
+            at[oy * ow + ox] = best;
+        }
     }
 }
 

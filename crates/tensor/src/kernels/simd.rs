@@ -112,6 +112,26 @@ pub(crate) trait Simd {
         Self::load(out.as_ptr())
     }
 
+    /// One step of a max pool's search with its winner: `(v, vi)` in the lanes where `v >
+    /// m` or `v` is NaN, `(m, mi)` elsewhere. Scanning a window's taps in order from
+    /// `(-inf, first tap)` leaves the first maximum, or the last NaN (PyTorch's rule),
+    /// with its position (`vi`, `mi`: positions carried as exact integers in floats).
+    #[inline(always)]
+    unsafe fn pool_take(m: Self::V, mi: Self::V, v: Self::V, vi: Self::V) -> (Self::V, Self::V) {
+        let mut bufs = [[0.0f32; 16]; 4];
+        for (b, x) in bufs.iter_mut().zip([m, mi, v, vi]) {
+            Self::store(b.as_mut_ptr(), x);
+        }
+        let [mut m, mut mi, v, vi] = bufs;
+        for i in 0..Self::LANES {
+            if v[i] > m[i] || v[i].is_nan() {
+                m[i] = v[i];
+                mi[i] = vi[i];
+            }
+        }
+        (Self::load(m.as_ptr()), Self::load(mi.as_ptr()))
+    }
+
     /// Vector registers the tier has (a kernel keeps its operands in them only where
     /// they fit).
     const REGISTERS: usize = 32;

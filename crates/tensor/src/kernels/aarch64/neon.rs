@@ -46,6 +46,17 @@ impl Simd for Neon {
         vmaxq_f32(a, b)
     }
     #[inline(always)]
+    unsafe fn pool_take(
+        m: float32x4_t,
+        mi: float32x4_t,
+        v: float32x4_t,
+        vi: float32x4_t,
+    ) -> (float32x4_t, float32x4_t) {
+        // `v > m`, or `v` unequal to itself (NaN).
+        let take = vorrq_u32(vcgtq_f32(v, m), vmvnq_u32(vceqq_f32(v, v)));
+        (vbslq_f32(take, v, m), vbslq_f32(take, vi, mi))
+    }
+    #[inline(always)]
     unsafe fn min(a: float32x4_t, b: float32x4_t) -> float32x4_t {
         vminq_f32(a, b)
     }

@@ -53,6 +53,15 @@ impl Simd for Avx512 {
         _mm512_mask_blend_ps(nan_a, _mm512_max_ps(a, b), a)
     }
     #[inline(always)]
+    unsafe fn pool_take(m: __m512, mi: __m512, v: __m512, vi: __m512) -> (__m512, __m512) {
+        let take =
+            _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, m) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+        (
+            _mm512_mask_blend_ps(take, m, v),
+            _mm512_mask_blend_ps(take, mi, vi),
+        )
+    }
+    #[inline(always)]
     unsafe fn min(a: __m512, b: __m512) -> __m512 {
         _mm512_min_ps(a, b)
     }
@@ -180,6 +189,16 @@ impl Simd for Avx512 {
     }
     #[inline(always)]
     unsafe fn load_strided(p: *const f32, stride: usize) -> __m512 {
+        if stride == 2 {
+            // Two loads and a shuffle instead of a gather (the ResNet stem pool's
+            // stride): the even lanes of `p[0..32)`, the second load masked to the 15
+            // floats it needs, so nothing past `p[30]` is read.
+            let a = _mm512_loadu_ps(p);
+            let b = _mm512_maskz_loadu_ps(0x7fff, p.add(16));
+            let evens =
+                _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            return _mm512_permutex2var_ps(a, evens, b);
+        }
         // Callers keep `15 * stride` far below `i32::MAX` (strides are pooling strides).
         let idx = _mm512_mullo_epi32(
             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
