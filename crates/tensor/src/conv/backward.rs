@@ -53,9 +53,10 @@ type Geometry = ConvShape;
 impl Geometry {
     /// Visits every (column-matrix row, output row) pair with the input row it reads
     /// and the valid output columns: `f(col_offset, input_offset, ox0, ox1, kx)`, where
-    /// column `ox` of the run reads input column `ox * stride + kx - pad`.
-    fn for_each_run(&self, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
-        let p = self.oh * self.ow;
+    /// column `ox` of the run reads input column `ox * stride + kx - pad`; the column
+    /// matrix's rows are `p` floats apart (the image's pixels, or more where the matrix
+    /// holds several images side by side).
+    fn for_each_run(&self, p: usize, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
         for ci in 0..self.c {
             for ky in 0..self.kh {
                 let (oy0, oy1) = valid_outputs(self.oh, self.stride, ky, self.pad, self.h);
@@ -81,10 +82,11 @@ impl Geometry {
     }
 
     /// Adds the column matrix `cols` back into the image gradient `dx` (the transpose
-    /// of im2col, `Im2col::pack_panel`: every input pixel collects the columns that read it).
-    fn col2im(&self, cols: &[f32], dx: &mut [f32]) {
+    /// of im2col, `Im2col::pack_panel`: every input pixel collects the columns that read
+    /// it). The image's columns start at `cols[0]`, in rows `row_stride` floats apart.
+    fn col2im(&self, cols: &[f32], row_stride: usize, dx: &mut [f32]) {
         let (s, pad) = (self.stride, self.pad);
-        self.for_each_run(|src, dst, ox0, ox1, kx| {
+        self.for_each_run(row_stride, |src, dst, ox0, ox1, kx| {
             let run = &cols[src + ox0..src + ox1];
             let first = dst + ox0 * s + kx - pad;
             if s == 1 {
@@ -98,6 +100,11 @@ impl Geometry {
         });
     }
 }
+
+/// The fewest columns a dX GEMM of the col2im route aims for: images with fewer pixels
+/// go several to a GEMM (`conv2d_backward_dense`). Measured in `docs/benchmarks.md`
+/// (2026-12-05, night).
+const DX_GEMM_COLUMNS: usize = 256;
 
 /// Where a convolution's input gradient `dX` goes.
 #[derive(Debug, Default)]
@@ -436,10 +443,58 @@ impl Kernels {
                     dcols.resize(k * pix, 0.0);
                     let mut c_mat = MatMut::row_major(dcols, k, pix)?;
                     driver::gemm(set, wt, &source, k, pix, &mut c_mat, &[], threads, &ws)?;
-                    g.col2im(dcols, dx_b);
+                    g.col2im(dcols, pix, dx_b);
                 }
             }
             Ok(())
+        };
+        // Images `b0..` whose dX chunk is `dx_chunk` (whole images). On the col2im
+        // route, several images make one GEMM, their `dY` side by side (gathered into
+        // `[O, images x pixels]`): `W^T` is then read once for them all, and the
+        // GEMM's columns fill its tiles (ResNet-18's 512-channel layers have 49
+        // pixels an image, one 48-wide tile and a nearly empty one); see
+        // `DX_GEMM_COLUMNS`.
+        let dx_images = |b0: usize,
+                         dx_chunk: &mut [f32],
+                         threads: Threads,
+                         (padded, dcols, gathered): &mut (Vec<f32>, Vec<f32>, Vec<f32>)|
+         -> Result<()> {
+            let nb = dx_chunk.len() / in_image;
+            let batched = nb > 1 && !direct && transposed.is_none() && !strided;
+            let Some(wt) = wt.as_ref().filter(|_| batched) else {
+                for (i, dx_b) in dx_chunk.chunks_mut(in_image).enumerate() {
+                    dx_image(b0 + i, dx_b, threads, padded, dcols)?;
+                }
+                return Ok(());
+            };
+            let cols = nb * pix;
+            gathered.resize(o * cols, 0.0);
+            for (i, dy_b) in gd[b0 * out_image..(b0 + nb) * out_image]
+                .chunks_exact(out_image)
+                .enumerate()
+            {
+                for (oc, run) in dy_b.chunks_exact(pix).enumerate() {
+                    gathered[oc * cols + i * pix..][..pix].copy_from_slice(run);
+                }
+            }
+            let source = BSource::Matrix(MatRef::row_major(gathered, o, cols)?);
+            dcols.resize(k * cols, 0.0);
+            let mut c_mat = MatMut::row_major(dcols, k, cols)?;
+            driver::gemm(set, wt, &source, k, cols, &mut c_mat, &[], threads, &ws)?;
+            for (i, dx_b) in dx_chunk.chunks_mut(in_image).enumerate() {
+                g.col2im(&dcols[i * pix..], cols, dx_b);
+            }
+            Ok(())
+        };
+        // Images per dX task: enough for `DX_GEMM_COLUMNS` columns on the col2im
+        // route, in equal chunks per thread.
+        let threads = rayon::current_num_threads();
+        let per_chunk = if want_dx && wt.is_some() && !direct {
+            let per_thread = n.div_ceil(threads.min(n).max(1));
+            let chunks = per_thread.div_ceil(DX_GEMM_COLUMNS.div_ceil(pix));
+            per_thread.div_ceil(chunks)
+        } else {
+            1
         };
 
         // Winograd's dX runs on the whole batch at once, after dW.
@@ -447,7 +502,6 @@ impl Kernels {
             true => (dx.take(), None),
             false => (None, dx),
         };
-        let threads = rayon::current_num_threads();
         let mut partials: Vec<Vec<f32>> = Vec::new();
         if threads > 1 && n >= threads {
             // dW in one group of images per thread (each group's reduction runs over
@@ -459,12 +513,12 @@ impl Kernels {
                 (0..n).step_by(per).map(|s| s..(s + per).min(n)).collect();
             let dx_all = |dx: &mut Tensor| -> Result<()> {
                 dx.data_mut()
-                    .par_chunks_mut(in_image)
+                    .par_chunks_mut(in_image * per_chunk)
                     .enumerate()
                     .try_for_each_init(
-                        || (Vec::new(), Vec::new()),
-                        |(padded, dcols), (b, dx_b)| {
-                            dx_image(b, dx_b, Threads::Single, padded, dcols)
+                        || (Vec::new(), Vec::new(), Vec::new()),
+                        |scratch, (i, chunk)| {
+                            dx_images(i * per_chunk, chunk, Threads::Single, scratch)
                         },
                     )
             };
@@ -488,9 +542,9 @@ impl Kernels {
                 partials.push(dw_group(0..n, Threads::Auto));
             }
             if let Some(dx) = dx.as_mut() {
-                let (mut padded, mut dcols) = (Vec::new(), Vec::new());
-                for (b, dx_b) in dx.data_mut().chunks_mut(in_image).enumerate() {
-                    dx_image(b, dx_b, Threads::Auto, &mut padded, &mut dcols)?;
+                let mut scratch = (Vec::new(), Vec::new(), Vec::new());
+                for (i, chunk) in dx.data_mut().chunks_mut(in_image * per_chunk).enumerate() {
+                    dx_images(i * per_chunk, chunk, Threads::Auto, &mut scratch)?;
                 }
             }
         }
