@@ -69,7 +69,8 @@ pub use backward::{
 pub use blocked::BlockedTensor;
 pub use conv::{
     fold_batch_norm, fold_batch_norm_into, Conv2d, ConvBackward, ConvPlan, ConvWeights, DirectForm,
-    DxInto, Forward, InputGrad, Layout, Mode, Routes, Taps, WeightGrad, DIRECT_MAX_CHANNELS,
+    DxInto, Forward, InputGrad, Layout, Mode, Routes, Taps, WeightGrad, BLOCKED_CHUNK_BYTES,
+    DIRECT_MAX_CHANNELS,
 };
 pub use epilogue::{Epilogue, Residual, StatsSink};
 pub use error::{Result, TensorError};

@@ -18,7 +18,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use tensor::{
     reference, Conv2d, ConvBackward, ConvPlan, DirectForm, Epilogue, Forward, InputGrad, Kernels,
-    Layout, Mode, Taps, Tensor, WeightGrad,
+    Layout, Mode, Taps, Tensor, WeightGrad, BLOCKED_CHUNK_BYTES,
 };
 
 /// Winograd F(4x4, 3x3)'s tolerance, relative to `winograd_scale`: the worst of 2000
@@ -605,6 +605,33 @@ fn blocked_grouped(kern: Kernels, route: Forward) -> CheckResult {
     )
 }
 
+/// The blocked kernel on a layer whose weights per group of output blocks pass
+/// `BLOCKED_CHUNK_BYTES`, so that it sums the input channels in chunks (each adding to
+/// the output the chunks before wrote): every epilogue, strides 1 and 2, ragged last
+/// input and output blocks. A few fixed cases (the layer is large for the f64 reference).
+fn blocked_in_chunks(kern: Kernels) -> CheckResult {
+    let l = kern.lanes();
+    // Four output blocks (the kernel's group), 5x5 taps: weights of `c` inputs are
+    // `c 25 4 l` floats a group; at least three chunks' worth.
+    let c = 3 * BLOCKED_CHUNK_BYTES / (25 * 4 * l * 4) + l / 2 + 1;
+    for seed in 0..4u64 {
+        let case = Case {
+            n: 2,
+            c,
+            o: 3 * l + 1,
+            h: 3,
+            w: 4 + seed as usize % 2,
+            k: 5,
+            s: 1 + seed as usize % 2,
+            pad: 2,
+            epilogue: [7, 1, 6, 2][seed as usize],
+            seed: 11 + seed,
+        };
+        run_forward(kern, Forward::Blocked, &case).map_err(|e| format!("{case:?}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// One check per route: `(name, check)`.
 macro_rules! route_checks {
     ($($name:ident => $body:expr;)*) => {
@@ -622,6 +649,7 @@ route_checks! {
     forward_direct_phased => |k| forward(k, Forward::Direct(DirectForm::Phased), Shape { k: REAL, s: STRIDED, whole_rows: true, ..ANY });
     forward_direct_planar => |k| forward(k, Forward::Direct(DirectForm::Planar), Shape { k: REAL, ..ANY });
     forward_blocked => |k| forward(k, Forward::Blocked, Shape { k: &[1, 3], blocked: true, ..ANY });
+    forward_blocked_in_chunks => blocked_in_chunks;
     forward_blocked_winograd => |k| forward(k, Forward::BlockedWinograd, Shape { k: &[3], s: STRIDE_1, blocked: true, ..ANY });
     forward_blocked_winograd2 => |k| forward(k, Forward::BlockedWinograd2, Shape { k: &[3], s: STRIDE_1, blocked: true, ..ANY });
     forward_winograd => |k| forward(k, Forward::Winograd, Shape { k: &[3], s: STRIDE_1, blocked: true, ..ANY });

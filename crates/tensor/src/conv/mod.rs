@@ -68,6 +68,7 @@ use std::fmt;
 pub use backward::{ConvBackward, DxInto};
 pub(crate) use forward::Packed;
 pub use forward::{fold_batch_norm, fold_batch_norm_into, Conv2d, ConvWeights};
+pub use nchwc::BLOCKED_CHUNK_BYTES;
 pub use winograd::WinogradWeights;
 
 use crate::error::{Result, TensorError};

@@ -17,6 +17,18 @@ use crate::layout::OutPtr;
 use crate::tensor::Tensor;
 use crate::workspace::{Scratch, Workspace};
 
+/// The most bytes of one group of output blocks' weights (`F` blocks, every input
+/// channel and tap) the blocked kernel's tiles read in one pass: past it, a task sums
+/// its tiles' input channels in chunks of input blocks, each chunk's weights read by
+/// all the task's tiles while they are in L2, and each chunk after the first adds to
+/// what the ones before stored. Wide ResNet-50-2's 1024-channel 3x3 layers have 2.3 MB
+/// a group on AVX-512, which every tile streamed from L3 again. Measured (Intel host,
+/// 2 threads, batch 1, `resnet bench model`, 2026-12-05, alternating): Wide ResNet-50-2
+/// 83.2-87.4 ms unchunked, 81.0-82.2 at 1 MiB, 76.2-80.2 at 512 KiB, 80.3-80.8 at 256
+/// KiB; ResNet-18 and -50 and ResNet-50's layers alone at batch 1 and 16 within the
+/// host's noise (`docs/benchmarks.md`).
+pub const BLOCKED_CHUNK_BYTES: usize = 512 << 10;
+
 /// Convolution weights laid out for the blocked kernel: groups of `F` output blocks,
 /// `[G][CB][kh][kw][icb][F][L oc]`, zeros past the real channels; `icb` is `L`, or the
 /// channel count of an input of a single, partial block (`block_channels`).
@@ -389,6 +401,17 @@ impl Kernels {
             let run_px = tiles.div_ceil(runs) * pmax;
             let runs = plane.div_ceil(run_px);
             let outp = OutPtr(y.data.as_mut_ptr());
+            // The reduction over input blocks in chunks whose weights (of one group of
+            // output blocks) stay in L2 while the task's tiles reuse them: see
+            // `BLOCKED_CHUNK_BYTES`. Each chunk after the first adds to the tiles'
+            // output (as a residual read where it is written); the bias and the layer's
+            // residual come with the first, the ReLU with the last.
+            let w_block = kh * kw * icb * f * l;
+            let chunks = (in_blocks * w_block * 4)
+                .div_ceil(BLOCKED_CHUNK_BYTES)
+                .clamp(1, in_blocks.max(1));
+            let chunk_blocks = in_blocks.div_ceil(chunks);
+            let chunks = in_blocks.div_ceil(chunk_blocks.max(1)).max(1);
             let task = |t: usize| {
                 let (b, rest) = (t / (groups * runs), t % (groups * runs));
                 let (g, run) = (rest / runs, rest % runs);
@@ -402,43 +425,55 @@ impl Kernels {
                 // others unchanged; ResNet-50 0.97-0.99.
                 let (len, count) = (q1 - q0, (q1 - q0).div_ceil(pmax));
                 let (base, extra) = (len / count.max(1), len % count.max(1));
-                let mut q = q0;
-                for ti in 0..count {
-                    let pn = base + usize::from(ti < extra);
-                    let at = b * out_image + g * f * plane * l + q * l;
-                    let tile = BlockedTile {
-                        x: xin[b * in_image + in_start(g) * x_cb..].as_ptr(),
-                        x_off: offs[q..].as_ptr(),
-                        x_cb,
-                        x_row,
-                        x_col,
-                        cb: in_blocks,
-                        icb,
-                        kh,
-                        kw,
-                        w: w.data[g * w_group..].as_ptr(),
+                for chunk in 0..chunks {
+                    let c0 = chunk * chunk_blocks;
+                    let c1 = (c0 + chunk_blocks).min(in_blocks);
+                    let mut q = q0;
+                    for ti in 0..count {
+                        let pn = base + usize::from(ti < extra);
+                        let at = b * out_image + g * f * plane * l + q * l;
                         // SAFETY: inside the output: image b, block g f, pixel q.
-                        out: unsafe { outp.get().add(at) },
-                        out_ob: plane * l,
-                        f: fv,
-                        bias: bias_padded
-                            .as_ref()
-                            .map_or(std::ptr::null(), |v| v[g * f * l..].as_ptr()),
-                        residual: residual.map_or(std::ptr::null(), |r| r.data[at..].as_ptr()),
-                        relu,
-                        narrow: NarrowRow::default(),
-                    };
-                    // SAFETY: pixel q's taps read padded rows `oy s + ky d <= (oh - 1) s +
-                    // (kh - 1) d < ph` and columns `ox s + kx d < pw` (`output_size` counts
-                    // the dilated span) of each channel block of image b,
-                    // which `xin` holds; `offs` has `pn` entries from q; the weights of group
-                    // g are `w_group` floats; the tile writes (and reads, for the residual)
-                    // `fv` blocks of `pn` pixels inside image b's output. Tasks differ in
-                    // (b, g, run): disjoint outputs.
-                    unsafe { (kernels[pn - 1])(&tile) };
-                    q += pn;
+                        let out = unsafe { outp.get().add(at) };
+                        let tile = BlockedTile {
+                            x: xin[b * in_image + (in_start(g) + c0) * x_cb..].as_ptr(),
+                            x_off: offs[q..].as_ptr(),
+                            x_cb,
+                            x_row,
+                            x_col,
+                            cb: c1 - c0,
+                            icb,
+                            kh,
+                            kw,
+                            w: w.data[g * w_group + c0 * w_block..].as_ptr(),
+                            out,
+                            out_ob: plane * l,
+                            f: fv,
+                            bias: match &bias_padded {
+                                Some(v) if chunk == 0 => v[g * f * l..].as_ptr(),
+                                _ => std::ptr::null(),
+                            },
+                            residual: if chunk == 0 {
+                                residual.map_or(std::ptr::null(), |r| r.data[at..].as_ptr())
+                            } else {
+                                out
+                            },
+                            relu: relu && c1 == in_blocks,
+                            narrow: NarrowRow::default(),
+                        };
+                        // SAFETY: pixel q's taps read padded rows `oy s + ky d <= (oh - 1)
+                        // s + (kh - 1) d < ph` and columns `ox s + kx d < pw` (`output_size`
+                        // counts the dilated span) of channel blocks `c0..c1` of group g
+                        // of image b, which `xin` holds; `offs` has `pn` entries from q;
+                        // the chunk's weights are `(c1 - c0) w_block` floats inside group
+                        // g's `w_group`; the tile writes (and reads, for the residual or
+                        // the previous chunks' sums, each value before it writes it) `fv`
+                        // blocks of `pn` pixels inside image b's output. Tasks differ in
+                        // (b, g, run): disjoint outputs.
+                        unsafe { (kernels[pn - 1])(&tile) };
+                        q += pn;
+                    }
+                    debug_assert_eq!(q, q1);
                 }
-                debug_assert_eq!(q, q1);
             };
             let tasks = n * groups * runs;
             let work = [plane, f, groups, l, in_blocks, l, kh, kw]
