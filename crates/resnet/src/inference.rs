@@ -154,6 +154,22 @@ impl FusedConv {
         Ok(y)
     }
 
+    /// [`FusedConv::run_onto`] in the blocked layout.
+    fn run_blocked_onto(
+        &self,
+        k: &Kernels,
+        x: &BlockedTensor,
+        mut onto: BlockedTensor,
+    ) -> Result<BlockedTensor> {
+        let steps = [
+            Epilogue::Accumulate,
+            Epilogue::Bias(&self.bias),
+            Epilogue::Relu,
+        ];
+        k.blocked_conv2d_into(x, &self.weights, &steps, &mut onto)?;
+        Ok(onto)
+    }
+
     /// `relu(onto + conv(x) + bias)`, computed in `onto`'s memory (`onto` has the
     /// output's shape: a residual block's shortcut).
     fn run_onto(&self, k: &Kernels, x: &Tensor, mut onto: Tensor) -> Result<Tensor> {
@@ -705,12 +721,31 @@ impl InferenceModel {
                     cache.give_blocked(old);
                 }
             }
-            let residual = shortcut.as_ref().unwrap_or(&h);
-            let out = last.run_blocked(k, cache, y.as_ref().unwrap_or(&h), Some(residual), true)?;
-            for t in [y, shortcut].into_iter().flatten() {
-                cache.give_blocked(t);
-            }
-            cache.give_blocked(std::mem::replace(&mut h, out));
+            // The last convolution sums onto the shortcut in its memory (the identity,
+            // which nothing reads after it, or the projection's output): the residual
+            // is read where the output goes, and no fresh buffer is written.
+            h = match (y, shortcut) {
+                (Some(x_last), Some(onto)) => {
+                    let out = last.run_blocked_onto(k, &x_last, onto)?;
+                    cache.give_blocked(x_last);
+                    cache.give_blocked(h);
+                    out
+                }
+                (Some(x_last), None) => {
+                    let out = last.run_blocked_onto(k, &x_last, h)?;
+                    cache.give_blocked(x_last);
+                    out
+                }
+                // (A block of one convolution: it reads the identity it adds.)
+                (None, shortcut) => {
+                    let residual = shortcut.as_ref().unwrap_or(&h);
+                    let out = last.run_blocked(k, cache, &h, Some(residual), true)?;
+                    for t in shortcut.into_iter().chain([h]) {
+                        cache.give_blocked(t);
+                    }
+                    out
+                }
+            };
             if let Some(o) = observe.as_mut().filter(|_| self.ends_stage(s, block)) {
                 o(&format!("layer{}", s + 1), &k.from_blocked(&h)?);
             }

@@ -128,8 +128,14 @@ pub(crate) fn check(op: &'static str, steps: &[Epilogue], out: Output) -> Result
     };
     for (i, step) in steps.iter().enumerate() {
         match (*step, &out) {
-            (Epilogue::Accumulate, Output::Blocked { .. }) => {
-                return bad("the blocked layout's kernel does not accumulate".into())
+            (Epilogue::Accumulate, Output::Blocked { .. })
+                if steps.iter().any(|s| matches!(s, Epilogue::Residual(_))) =>
+            {
+                return bad(
+                    "the blocked layout's kernel adds one tensor to its sums: the output's \
+                     values (Accumulate) or a residual, not both"
+                        .into(),
+                )
             }
             (Epilogue::Accumulate, _) if i != 0 => {
                 return bad("Accumulate must be the first epilogue step".into())
@@ -303,6 +309,7 @@ pub(crate) fn finish_blocked_empty(steps: &[Epilogue], y: &mut BlockedTensor) {
         let mut s = 0.0f32;
         for step in steps {
             match *step {
+                Epilogue::Accumulate => s += *v,
                 // Padding channels past `o` get 0 bias, as the tiles give them.
                 Epilogue::Bias(b) => s += b.get(ch).copied().unwrap_or(0.0),
                 Epilogue::Residual(Residual::Blocked(r)) => s += r.data[i],

@@ -629,13 +629,20 @@ fn check_errors(kern: Kernels) -> CheckResult {
         kern.blocked_conv2d(&one, &tall, &[]).is_err(),
         // An NCHW plan run in the blocked layout, and a blocked one in NCHW.
         kern.blocked_conv2d(&xb, &w3, &[]).is_err(),
-        // Epilogues a route cannot run: ReLU before the residual and Accumulate in the
-        // blocked kernel; an NCHW residual there; a blocked one in NCHW; Accumulate
-        // not first.
+        // Epilogues a route cannot run: ReLU before the residual, and Accumulate with a
+        // residual, in the blocked kernel; an NCHW residual there; a blocked one in
+        // NCHW; Accumulate not first.
         kern.blocked_conv2d(&xb, &wb3, &[Epilogue::Relu, Epilogue::Bias(&[0.0; 4])])
             .is_err(),
-        kern.blocked_conv2d(&xb, &wb3, &[Epilogue::Accumulate])
-            .is_err(),
+        kern.blocked_conv2d(
+            &xb,
+            &wb3,
+            &[
+                Epilogue::Accumulate,
+                Epilogue::residual_blocked(&kern.to_blocked(&zeros(&[1, 4, 8, 8])?).map_err(e)?),
+            ],
+        )
+        .is_err(),
         kern.blocked_conv2d(&xb, &wb3, &[Epilogue::residual(&zeros(&[1, 4, 8, 8])?)])
             .is_err(),
         kern.conv2d(

@@ -213,8 +213,10 @@ impl Kernels {
         Ok(y)
     }
 
-    /// [`Kernels::blocked_conv2d`] into an existing output of this tier's layout (every
-    /// element is overwritten).
+    /// [`Kernels::blocked_conv2d`] into an existing output of this tier's layout: every
+    /// element is overwritten, or with [`Epilogue::Accumulate`] first, added to (a
+    /// residual block's last convolution summing onto its shortcut in place; not
+    /// together with a residual step).
     pub fn blocked_conv2d_into(
         &self,
         x: &BlockedTensor,
@@ -308,7 +310,7 @@ impl Kernels {
         };
         let lengths_agree = x.data.len() == checked_len(op, &[n, cb, h, wd, l])?
             && y.data.len() == checked_len(op, &[n, ob, oh, ow, l])?
-            && residual.is_none_or(|r| r.data.len() == y.data.len())
+            && residual.fits(y.data.len())
             && w.data.len() == checked_len(op, &[groups, w_group])?;
         if !lengths_agree {
             return Err(TensorError::InvalidArgument {
@@ -453,7 +455,7 @@ impl Kernels {
                                 _ => std::ptr::null(),
                             },
                             residual: if chunk == 0 {
-                                residual.map_or(std::ptr::null(), |r| r.data[at..].as_ptr())
+                                residual.at(at, out)
                             } else {
                                 out
                             },
@@ -500,7 +502,7 @@ impl Kernels {
         w: &BlockedConvWeights,
         p: super::Conv2d,
         bias: Option<&[f32]>,
-        residual: Option<&BlockedTensor>,
+        residual: BlockedAdd,
         relu: bool,
         y: &mut BlockedTensor,
     ) {
@@ -557,7 +559,8 @@ impl Kernels {
                         out_ob: plane * l,
                         f: 1,
                         bias: bias.map_or(std::ptr::null(), |v| v[g * l..].as_ptr()),
-                        residual: residual.map_or(std::ptr::null(), |r| r.data[at..].as_ptr()),
+                        // SAFETY: as `out`.
+                        residual: residual.at(at, unsafe { outp.get().add(at) }),
                         relu,
                         narrow: NarrowRow {
                             group: cg,
@@ -593,19 +596,49 @@ impl Kernels {
     }
 }
 
-/// A blocked route's epilogue as its tile applies it: the bias and the residual (in
-/// either order: both are sums), then the ReLU, which must come last; `epilogue::check`
-/// has refused the other steps.
-#[allow(clippy::type_complexity)]
+/// What a blocked route's tiles add to their sums besides the bias: nothing, a residual
+/// tensor of the output's shape, or what the output already holds
+/// ([`Epilogue::Accumulate`]: a residual block's shortcut, summed in its own memory).
+/// Either way a tile reads each value just before it writes the same place.
+#[derive(Clone, Copy)]
+pub(super) enum BlockedAdd<'a> {
+    Nothing,
+    Residual(&'a BlockedTensor),
+    Output,
+}
+
+impl BlockedAdd<'_> {
+    /// The tile's residual pointer for output offset `at`, whose address is `out`.
+    pub(super) fn at(self, at: usize, out: *mut f32) -> *const f32 {
+        match self {
+            BlockedAdd::Nothing => std::ptr::null(),
+            BlockedAdd::Residual(r) => r.data[at..].as_ptr(),
+            BlockedAdd::Output => out,
+        }
+    }
+
+    /// Whether a residual tensor has `len` floats, as the output (true without one).
+    pub(super) fn fits(self, len: usize) -> bool {
+        match self {
+            BlockedAdd::Residual(r) => r.data.len() == len,
+            _ => true,
+        }
+    }
+}
+
+/// A blocked route's epilogue as its tile applies it: the bias and the residual or the
+/// output's own values (in either order: all are sums), then the ReLU, which must come
+/// last; `epilogue::check` has refused the other steps.
 pub(super) fn blocked_epilogue<'a>(
     op: &'static str,
     epilogue: &[Epilogue<'a>],
-) -> Result<(Option<&'a [f32]>, Option<&'a BlockedTensor>, bool)> {
-    let (mut bias, mut residual, mut relu) = (None, None, false);
+) -> Result<(Option<&'a [f32]>, BlockedAdd<'a>, bool)> {
+    let (mut bias, mut residual, mut relu) = (None, BlockedAdd::Nothing, false);
     for (i, step) in epilogue.iter().enumerate() {
         match *step {
             Epilogue::Bias(b) => bias = Some(b),
-            Epilogue::Residual(Residual::Blocked(r)) => residual = Some(r),
+            Epilogue::Residual(Residual::Blocked(r)) => residual = BlockedAdd::Residual(r),
+            Epilogue::Accumulate => residual = BlockedAdd::Output,
             Epilogue::Relu if i + 1 == epilogue.len() => relu = true,
             Epilogue::Relu => {
                 return Err(TensorError::InvalidArgument {
@@ -616,7 +649,7 @@ pub(super) fn blocked_epilogue<'a>(
                 })
             }
             // `check` rejected the others.
-            Epilogue::Accumulate | Epilogue::Residual(_) | Epilogue::Statistics(_) => {
+            Epilogue::Residual(_) | Epilogue::Statistics(_) => {
                 unreachable!("checked")
             }
         }

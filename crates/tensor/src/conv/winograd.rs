@@ -230,7 +230,7 @@ impl Kernels {
         // around) first.
         let lengths_agree = x.data.len() == checked_len(op, &[n, cb, h, wd, l])?
             && y.data.len() == checked_len(op, &[n, ob, oh, ow, l])?
-            && residual.is_none_or(|r| r.data.len() == y.data.len())
+            && residual.fits(y.data.len())
             && w.per_pos == checked_len(op, &[groups, cb, w.icb, w.f, l])?
             && w.data.len() == checked_len(op, &[w.positions(), w.per_pos])?
             && checked_len(
@@ -273,7 +273,7 @@ impl Kernels {
         w: &WinogradWeights,
         pad: usize,
         bias: Option<&[f32]>,
-        residual: Option<&BlockedTensor>,
+        residual: super::nchwc::BlockedAdd,
         relu: bool,
         y: &mut BlockedTensor,
     ) {
@@ -416,7 +416,8 @@ impl Kernels {
                             rows: side.min(oh - oy),
                             cols: side.min(ow - ox),
                             bias: bias.map_or(std::ptr::null(), |b| b[i * l..].as_ptr()),
-                            residual: residual.map_or(std::ptr::null(), |r| r.data[at..].as_ptr()),
+                            // SAFETY: as `out`.
+                            residual: residual.at(at, unsafe { outp.get().add(at) }),
                             relu,
                         };
                         // SAFETY: M's 36 positions of tile q, block i, were written by

@@ -110,7 +110,15 @@ impl Kernels {
             yb.data.fill(0.0);
         } else {
             // Every element of yb is written by the output transform.
-            self.blocked_winograd(&xb, w, pad, None, None, false, &mut yb);
+            self.blocked_winograd(
+                &xb,
+                w,
+                pad,
+                None,
+                super::nchwc::BlockedAdd::Nothing,
+                false,
+                &mut yb,
+            );
         }
         ws.give(xb.data);
         // Each channel's rows finished by the steps, the residual as the image's
