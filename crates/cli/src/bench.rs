@@ -312,6 +312,18 @@ pub const RESNEXT50_GROUPED: &[ConvLayer] = &[
     ("layer4_3x3_1024_g32", 1024, 1024, 3, 1, 1, 7, 32),
 ];
 
+/// The 3x3 convolutions of Wide ResNet-50-2 at 224x224 (ResNet-50's, twice as wide):
+/// `(name, in, out, kernel, stride, padding, input size, groups)`.
+pub const WIDE_RESNET50_2_3X3: &[ConvLayer] = &[
+    ("layer1_3x3_128", 128, 128, 3, 1, 1, 56, 1),
+    ("layer2.0_3x3s2_256", 256, 256, 3, 2, 1, 56, 1),
+    ("layer2_3x3_256", 256, 256, 3, 1, 1, 28, 1),
+    ("layer3.0_3x3s2_512", 512, 512, 3, 2, 1, 28, 1),
+    ("layer3_3x3_512", 512, 512, 3, 1, 1, 14, 1),
+    ("layer4.0_3x3s2_1024", 1024, 1024, 3, 2, 1, 14, 1),
+    ("layer4_3x3_1024", 1024, 1024, 3, 1, 1, 7, 1),
+];
+
 /// Every distinct convolution of ResNet-50 at 224x224: `(name, in, out, kernel, stride,
 /// padding, input size, groups)`.
 pub const RESNET50_CONVS: &[ConvLayer] = &[

@@ -301,9 +301,10 @@ enum BenchCommand {
         /// (`resnet info --plan` lists them: gemm-im2col, direct-planar, ...).
         #[arg(long, default_value = "auto")]
         path: String,
-        /// The layers: `resnet50` (every distinct convolution of ResNet-50) or
+        /// The layers: `resnet50` (every distinct convolution of ResNet-50),
         /// `resnext50` (the grouped 3x3 convolutions of ResNeXt-50 32x4d; GFLOP/s count
-        /// their real multiply-adds).
+        /// their real multiply-adds) or `wide50` (the 3x3 convolutions of Wide
+        /// ResNet-50-2).
         #[arg(long, default_value = "resnet50")]
         layers: String,
     },
@@ -585,9 +586,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     let layers = match layers.as_str() {
                         "resnet50" => bench::RESNET50_CONVS,
                         "resnext50" => bench::RESNEXT50_GROUPED,
+                        "wide50" => bench::WIDE_RESNET50_2_3X3,
                         other => {
                             return Err(format!(
-                                "unknown --layers {other:?}: resnet50 or resnext50"
+                                "unknown --layers {other:?}: resnet50, resnext50 or wide50"
                             )
                             .into())
                         }
