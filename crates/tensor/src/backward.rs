@@ -397,20 +397,7 @@ impl Kernels {
             // SAFETY: plane `i` of dy and x is in bounds, as long as `d`.
             unsafe { apply(g, xd[s..].as_ptr(), dp, plane, coef[ch], mask(ch)) }
         };
-        if plane == 0 {
-            // Nothing to write.
-        } else if x.len() < 1 << 16 {
-            dx.data_mut()
-                .chunks_mut(plane)
-                .enumerate()
-                .for_each(|(i, d)| run(i, d));
-        } else {
-            dx.data_mut()
-                .par_chunks_mut(plane)
-                .enumerate()
-                .with_min_len((16384 / plane).max(1))
-                .for_each(|(i, d)| run(i, d));
-        }
+        for_each_plane(dx.data_mut(), plane, run);
         Ok((
             BatchNormGrads {
                 dx,
@@ -481,18 +468,7 @@ impl Kernels {
                 }
             }
         };
-        if dx.len() < 1 << 16 {
-            dx.data_mut()
-                .chunks_mut(plane)
-                .enumerate()
-                .for_each(|(i, d)| run(i, d));
-        } else {
-            dx.data_mut()
-                .par_chunks_mut(plane)
-                .enumerate()
-                .with_min_len((16384 / plane).max(1))
-                .for_each(|(i, d)| run(i, d));
-        }
+        for_each_plane(dx.data_mut(), plane, run);
         Ok(dx)
     }
 
@@ -594,17 +570,7 @@ impl Kernels {
                 }
             }
         };
-        if x.len() < 1 << 16 {
-            dx.data_mut()
-                .chunks_mut(h * w)
-                .enumerate()
-                .for_each(|(i, d)| run(i, d));
-        } else {
-            dx.data_mut()
-                .par_chunks_mut(h * w)
-                .enumerate()
-                .for_each(|(i, d)| run(i, d));
-        }
+        for_each_plane(dx.data_mut(), h * w, run);
         Ok(dx)
     }
 
@@ -644,17 +610,7 @@ impl Kernels {
                 }
             }
         };
-        if dx.len() < 1 << 16 {
-            dx.data_mut()
-                .chunks_mut(h * w)
-                .enumerate()
-                .for_each(|(i, d)| run(i, d));
-        } else {
-            dx.data_mut()
-                .par_chunks_mut(h * w)
-                .enumerate()
-                .for_each(|(i, d)| run(i, d));
-        }
+        for_each_plane(dx.data_mut(), h * w, run);
         Ok(dx)
     }
 
@@ -730,6 +686,25 @@ fn taps(
         .map(move |t| (o * stride + t * dil) as isize - pad as isize)
         .filter(move |&i| i >= 0 && (i as usize) < size)
         .map(|i| i as usize)
+}
+
+/// Runs `run(i, plane)` on each `plane`-float plane of `data` (plane `i` of the tensor):
+/// in this thread for a small tensor, else over rayon's threads, at least 16 Ki floats a
+/// task. Nothing for planes of no elements.
+fn for_each_plane(data: &mut [f32], plane: usize, run: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if plane == 0 {
+        return;
+    }
+    if data.len() < 1 << 16 {
+        data.chunks_mut(plane)
+            .enumerate()
+            .for_each(|(i, d)| run(i, d));
+    } else {
+        data.par_chunks_mut(plane)
+            .enumerate()
+            .with_min_len((16384 / plane).max(1))
+            .for_each(|(i, d)| run(i, d));
+    }
 }
 
 /// The input rows (or columns) `lo..hi` under output `o`'s pooling window.

@@ -371,6 +371,19 @@ pub(crate) unsafe fn log_softmax_row<S: Simd>(src: *const f32, dst: *mut f32, n:
     map1::<S>(src, dst, n, |x| S::sub(S::sub(x, mv), log_sum));
 }
 
+/// The input rows under output row `oy`'s pooling windows, in tap order: `oy sh - ph +
+/// ky dh` for each tap row `ky` inside the `h` rows (none, for a dilated window over
+/// padding only).
+#[inline(always)]
+fn window_rows(oy: usize, p: &Pool2d, h: usize) -> impl Iterator<Item = usize> {
+    let top = (oy * p.stride[0]) as isize - p.padding[0] as isize;
+    let dh = p.dilation[0];
+    (0..p.kernel[0])
+        .map(move |ky| top + (ky * dh) as isize)
+        .filter(move |&iy| iy >= 0 && (iy as usize) < h)
+        .map(|iy| iy as usize)
+}
+
 /// Max pooling of one `h x w` plane into an `oh x ow` plane.
 ///
 /// Each output row is made in two passes. First the vertical one: the input rows its
@@ -395,10 +408,11 @@ pub(crate) unsafe fn max_pool_plane<S: Simd>(
     p: &Pool2d,
     scratch: *mut f32,
 ) {
-    let [kh, kw] = p.kernel;
-    let [sh, sw] = p.stride;
-    let [ph, pw] = p.padding;
-    let [dh, dw] = p.dilation;
+    // (Rows: `window_rows`.)
+    let [_, kw] = p.kernel;
+    let [_, sw] = p.stride;
+    let [_, pw] = p.padding;
+    let [_, dw] = p.dilation;
     let row = scratch.add(pw);
     for i in 0..pw {
         *scratch.add(i) = f32::NEG_INFINITY;
@@ -409,11 +423,7 @@ pub(crate) unsafe fn max_pool_plane<S: Simd>(
     for oy in 0..oh {
         // The input rows under this output row's windows: `top + ky dh` inside the
         // input (none, for a dilated window over padding only: then `-inf`).
-        let top = (oy * sh) as isize - ph as isize;
-        let mut rows = (0..kh)
-            .map(|ky| top + (ky * dh) as isize)
-            .filter(|&iy| iy >= 0 && (iy as usize) < h)
-            .map(|iy| iy as usize);
+        let mut rows = window_rows(oy, p, h);
         match rows.next() {
             Some(first) => std::ptr::copy_nonoverlapping(src.add(first * w), row, w),
             None => {
@@ -494,10 +504,11 @@ pub(crate) unsafe fn max_pool_plane_indices<S: Simd>(
     scratch: *mut f32,
 ) {
     debug_assert!(h * w <= POOL_INDEX_MAX_PLANE);
-    let [kh, kw] = p.kernel;
-    let [sh, sw] = p.stride;
-    let [ph, pw] = p.padding;
-    let [dh, dw] = p.dilation;
+    // (Rows: `window_rows`.)
+    let [_, kw] = p.kernel;
+    let [_, sw] = p.stride;
+    let [_, pw] = p.padding;
+    let [_, dw] = p.dilation;
     let l = S::LANES;
     // Per input row: the segments' maxima, then their winners' columns (`-inf` for a
     // segment with no input in it); then the first tap's column of each output column.
@@ -584,11 +595,7 @@ pub(crate) unsafe fn max_pool_plane_indices<S: Simd>(
     // stays `-inf`, which becomes `u32::MAX`.
     let offs = col0.add(ow);
     for oy in 0..oh {
-        let top = (oy * sh) as isize - ph as isize;
-        let mut rows = (0..kh)
-            .map(|ky| top + (ky * dh) as isize)
-            .filter(|&iy| iy >= 0 && (iy as usize) < h)
-            .map(|iy| iy as usize);
+        let mut rows = window_rows(oy, p, h);
         let (out, at) = (dst.add(oy * ow), idx.add(oy * ow));
         let Some(first) = rows.next() else {
             for ox in 0..ow {
