@@ -416,8 +416,9 @@ impl Kernels {
         self.max_pool_backward(x, None, dy, pool)
     }
 
-    /// [`Kernels::max_pool2d_backward`] given the forward's output `y` too (what a
-    /// training tape holds anyway): a window's winner is then its first input equal to
+    /// [`Kernels::max_pool2d_backward`] given the forward's output `y` too (for a caller
+    /// that kept the output but not the winners; the tape keeps the winners and runs
+    /// [`Kernels::max_pool2d_backward_from_indices`]): a window's winner is then its first input equal to
     /// the window's maximum, found without comparing the inputs with each other, and
     /// the search stops there (ResNet-18's stem pool at batch 16, 2 threads: 29.9 ms
     /// against 50.9, 2026-12-05). The result is the same whatever `y` holds: a window whose
@@ -496,8 +497,9 @@ impl Kernels {
         // batch 16, 2 threads: 50.5-56.4 ms against 69.7-71.0 for the general loop
         // below, over filtered tap iterators. What is left is about 80 cycles per output,
         // instructions more than latency: four windows interleaved gained 8%. Given the
-        // forward's output, the search for the first input equal to it is what the tape
-        // runs, see `max_pool2d_backward_given_output`.)
+        // forward's output, the search stops at the first input equal to it, see
+        // `max_pool2d_backward_given_output`; the tape needs no search at all, see
+        // `max_pool2d_backward_from_indices`.)
         let cols: Vec<(usize, usize)> = (0..ow).map(|ox| window(ox, sw, pw, kw, w)).collect();
         // The first input of a window equal to its (non-NaN) output, if any.
         let first_equal =
