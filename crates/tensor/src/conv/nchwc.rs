@@ -334,9 +334,14 @@ impl Kernels {
             return Ok(());
         }
         // The input padded by `p` on every side (its border zeros), or read in place: this
-        // thread's copy, from the caller's workspace.
-        Workspace::current().scratch(Scratch::BlockedPadded, |padded| {
-            if pad > 0 {
+        // thread's copy, from the caller's workspace. A grouped convolution's task pads
+        // only the rows of its own input blocks that its tiles read, into its thread's
+        // scratch, just before reading them (`pad_rows`): a whole padded copy cost a pass
+        // over the layer's input and its writes for layers of few multiply-adds per byte.
+        let pad_in_task = sg.is_some() && pad > 0;
+        let ws = Workspace::current();
+        ws.scratch(Scratch::BlockedPadded, |padded| {
+            if pad > 0 && !pad_in_task {
                 // Every float of each padded plane is written (border zeros, rows copied):
                 // the reused buffer needs no clearing.
                 padded.resize(padded_len, 0.0);
@@ -372,7 +377,7 @@ impl Kernels {
                     .zip(x.data.par_chunks_exact(h * wd * l))
                     .for_each(pick);
             }
-            let xin: &[f32] = if pad > 0 || subsample {
+            let xin: &[f32] = if (pad > 0 && !pad_in_task) || subsample {
                 padded
             } else {
                 &x.data
@@ -427,54 +432,85 @@ impl Kernels {
                 // others unchanged; ResNet-50 0.97-0.99.
                 let (len, count) = (q1 - q0, (q1 - q0).div_ceil(pmax));
                 let (base, extra) = (len / count.max(1), len % count.max(1));
-                for chunk in 0..chunks {
-                    let c0 = chunk * chunk_blocks;
-                    let c1 = (c0 + chunk_blocks).min(in_blocks);
-                    let mut q = q0;
-                    for ti in 0..count {
-                        let pn = base + usize::from(ti < extra);
-                        let at = b * out_image + g * f * plane * l + q * l;
-                        // SAFETY: inside the output: image b, block g f, pixel q.
-                        let out = unsafe { outp.get().add(at) };
-                        let tile = BlockedTile {
-                            x: xin[b * in_image + (in_start(g) + c0) * x_cb..].as_ptr(),
-                            x_off: offs[q..].as_ptr(),
-                            x_cb,
-                            x_row,
-                            x_col,
-                            cb: c1 - c0,
-                            icb,
-                            kh,
-                            kw,
-                            w: w.data[g * w_group + c0 * w_block..].as_ptr(),
-                            out,
-                            out_ob: plane * l,
-                            f: fv,
-                            bias: match &bias_padded {
-                                Some(v) if chunk == 0 => v[g * f * l..].as_ptr(),
-                                _ => std::ptr::null(),
-                            },
-                            residual: if chunk == 0 {
-                                residual.at(at, out)
-                            } else {
-                                out
-                            },
-                            relu: relu && c1 == in_blocks,
-                            narrow: NarrowRow::default(),
-                        };
-                        // SAFETY: pixel q's taps read padded rows `oy s + ky d <= (oh - 1)
-                        // s + (kh - 1) d < ph` and columns `ox s + kx d < pw` (`output_size`
-                        // counts the dilated span) of channel blocks `c0..c1` of group g
-                        // of image b, which `xin` holds; `offs` has `pn` entries from q;
-                        // the chunk's weights are `(c1 - c0) w_block` floats inside group
-                        // g's `w_group`; the tile writes (and reads, for the residual or
-                        // the previous chunks' sums, each value before it writes it) `fv`
-                        // blocks of `pn` pixels inside image b's output. Tasks differ in
-                        // (b, g, run): disjoint outputs.
-                        unsafe { (kernels[pn - 1])(&tile) };
-                        q += pn;
+                // The tiles read channel block `c` of the group's input from `xb[c
+                // tile_cb..]`, pixel `q`'s tap (0, 0) at `toffs[q - q0]` from there.
+                let run_tiles = |xb: &[f32], tile_cb: usize, toffs: &[usize]| {
+                    for chunk in 0..chunks {
+                        let c0 = chunk * chunk_blocks;
+                        let c1 = (c0 + chunk_blocks).min(in_blocks);
+                        let mut q = q0;
+                        for ti in 0..count {
+                            let pn = base + usize::from(ti < extra);
+                            let at = b * out_image + g * f * plane * l + q * l;
+                            // SAFETY: inside the output: image b, block g f, pixel q.
+                            let out = unsafe { outp.get().add(at) };
+                            let tile = BlockedTile {
+                                x: xb[c0 * tile_cb..].as_ptr(),
+                                x_off: toffs[q - q0..].as_ptr(),
+                                x_cb: tile_cb,
+                                x_row,
+                                x_col,
+                                cb: c1 - c0,
+                                icb,
+                                kh,
+                                kw,
+                                w: w.data[g * w_group + c0 * w_block..].as_ptr(),
+                                out,
+                                out_ob: plane * l,
+                                f: fv,
+                                bias: match &bias_padded {
+                                    Some(v) if chunk == 0 => v[g * f * l..].as_ptr(),
+                                    _ => std::ptr::null(),
+                                },
+                                residual: if chunk == 0 {
+                                    residual.at(at, out)
+                                } else {
+                                    out
+                                },
+                                relu: relu && c1 == in_blocks,
+                                narrow: NarrowRow::default(),
+                            };
+                            // SAFETY: pixel q's taps read padded rows `oy s + ky d <= (oh - 1)
+                            // s + (kh - 1) d < ph` and columns `ox s + kx d < pw` (`output_size`
+                            // counts the dilated span) of channel blocks `c0..c1` of group g
+                            // of image b, which `xb` holds (whole padded planes `x_cb` apart,
+                            // or the task's rows of them, `pad_rows`, `tile_cb` apart);
+                            // `toffs` has `pn` entries from q - q0;
+                            // the chunk's weights are `(c1 - c0) w_block` floats inside group
+                            // g's `w_group`; the tile writes (and reads, for the residual or
+                            // the previous chunks' sums, each value before it writes it) `fv`
+                            // blocks of `pn` pixels inside image b's output. Tasks differ in
+                            // (b, g, run): disjoint outputs.
+                            unsafe { (kernels[pn - 1])(&tile) };
+                            q += pn;
+                        }
+                        debug_assert_eq!(q, q1);
                     }
-                    debug_assert_eq!(q, q1);
+                };
+                if pad_in_task {
+                    // Padded rows `r0..r1` hold every tap row of output rows `q0 / ow ..=
+                    // (q1 - 1) / ow`.
+                    let r0 = q0 / ow * s;
+                    let r1 = ((q1 - 1) / ow * s + (kh - 1) * d + 1).min(ph);
+                    let rows = RowSpan {
+                        pad,
+                        h,
+                        wd,
+                        pw,
+                        l,
+                        r0,
+                        r1,
+                    };
+                    let src = &x.data[b * cb * h * wd * l + in_start(g) * h * wd * l..];
+                    ws.scratch(Scratch::ConvPadded, |local| {
+                        rows.pad_rows(&src[..in_blocks * h * wd * l], in_blocks, local);
+                        let shift = r0 * pw * l;
+                        let toffs: Vec<usize> = offs[q0..q1].iter().map(|o| o - shift).collect();
+                        run_tiles(local, (r1 - r0) * pw * l, &toffs);
+                    });
+                } else {
+                    let xb = &xin[b * in_image + in_start(g) * x_cb..];
+                    run_tiles(xb, x_cb, &offs[q0..q1]);
                 }
             };
             let tasks = n * groups * runs;
@@ -592,6 +628,54 @@ impl Kernels {
             (0..tasks).into_par_iter().for_each(task);
         } else {
             (0..tasks).for_each(task);
+        }
+    }
+}
+
+/// Rows `r0..r1` of an image's input blocks padded by `pad` on every side (`pw` the
+/// padded width): what one task of a grouped convolution reads.
+struct RowSpan {
+    pad: usize,
+    h: usize,
+    wd: usize,
+    pw: usize,
+    l: usize,
+    r0: usize,
+    r1: usize,
+}
+
+impl RowSpan {
+    /// Writes rows `r0..r1` of each of the `blocks` unpadded `[h][wd][l]` planes of
+    /// `src`, padded, into `dst` (resized to `blocks (r1 - r0) pw l` floats, every one
+    /// written).
+    fn pad_rows(&self, src: &[f32], blocks: usize, dst: &mut Vec<f32>) {
+        let RowSpan {
+            pad,
+            h,
+            wd,
+            pw,
+            l,
+            r0,
+            r1,
+        } = *self;
+        let row = pw * l;
+        dst.resize(blocks * (r1 - r0) * row, 0.0);
+        for (plane, out) in src
+            .chunks_exact(h * wd * l)
+            .zip(dst.chunks_exact_mut((r1 - r0) * row))
+        {
+            for (r, out) in (r0..r1).zip(out.chunks_exact_mut(row)) {
+                match r.checked_sub(pad).filter(|&iy| iy < h) {
+                    Some(iy) => {
+                        let (left, rest) = out.split_at_mut(pad * l);
+                        left.fill(0.0);
+                        let (mid, right) = rest.split_at_mut(wd * l);
+                        mid.copy_from_slice(&plane[iy * wd * l..(iy + 1) * wd * l]);
+                        right.fill(0.0);
+                    }
+                    None => out.fill(0.0),
+                }
+            }
         }
     }
 }
