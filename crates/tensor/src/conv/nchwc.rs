@@ -11,7 +11,7 @@ use super::{ConvWeights, Forward, Packed};
 use crate::blocked::{checked_len, expect_blocked, lanes_mismatch, BlockedTensor};
 use crate::epilogue::{self, Epilogue, Output, Residual};
 use crate::error::{Result, TensorError};
-use crate::kernels::blocked_tile::{BlockedTile, NarrowRow, SPREAD_ROW};
+use crate::kernels::blocked_tile::{BlockedTile, NarrowRow, NARROW_ROW3_REGISTERS, SPREAD_ROW};
 use crate::kernels::Kernels;
 use crate::layout::OutPtr;
 use crate::tensor::Tensor;
@@ -553,10 +553,13 @@ impl Kernels {
         let reach = (kw - 1) * d + 1;
         debug_assert!(reach <= SPREAD_ROW);
         let mut pmax = tiles.len().min((SPREAD_ROW - reach) / s + 1);
-        // A 3-wide kernel at stride 1 or 2 keeps a kernel row's weights (3 per group input)
-        // and the tile's accumulators in registers (`narrow_row3`) when they fit:
-        // groups of 8 on AVX-512 take tiles of up to 6 pixels for that.
-        let in_registers = self.set().vector_registers.saturating_sub(3 * cg + 2);
+        // A 3-wide kernel at stride 1 or 2 keeps the tile's accumulators, a rotation's
+        // weights and rotated columns in registers (`narrow_row3`) when they fit (AVX2's
+        // 16 registers: tiles of up to 8 pixels for that).
+        let in_registers = self
+            .set()
+            .vector_registers
+            .saturating_sub(NARROW_ROW3_REGISTERS);
         if kw == 3 && s <= 2 && d == 1 && in_registers >= 4 {
             pmax = pmax.min(in_registers);
         }

@@ -162,10 +162,10 @@ unsafe fn finish_block<S: Simd, const P: usize>(t: &BlockedTile, f: usize, row: 
 /// groups), so the tile also saves memory traffic: it reads the image where it lies,
 /// without a padded copy (taps in the padding read zeros, rows in it are skipped). Each
 /// input vector of a tap row is rotated once for all the tile's taps that read it (`kw`
-/// of them at stride 1), not once per tap: held in registers for a 3-wide kernel at
-/// stride 1 where the weights of a kernel row fit beside the accumulators
-/// (`narrow_row3`), else kept in a buffer on the stack. Weights are laid out
-/// `[kh][kw][G r][LANES oc]`.
+/// of them at stride 1), not once per tap: for a 3-wide kernel at stride 1 or 2, one
+/// rotation at a time across the row with the three taps' weights in registers
+/// (`narrow_row3`), else every rotation of the row kept in a buffer on the stack.
+/// Weights are laid out `[kh][kw][G r][LANES oc]`.
 ///
 /// # Safety
 ///
@@ -179,9 +179,15 @@ unsafe fn narrow_tile<S: Simd, const G: usize, const P: usize>(t: &BlockedTile) 
     let span = (P - 1) * r.stride + (t.kw - 1) * r.dilation + 1;
     debug_assert!(span <= SPREAD_ROW);
     let mut acc = [S::splat(0.0); P];
-    // The rotations in registers: 3 G weights, P accumulators, the input and a rotation.
-    let in_registers =
-        t.kw == 3 && r.stride <= 2 && r.dilation == 1 && 3 * G + P + 2 <= S::REGISTERS;
+    // The rotations in registers (`narrow_row3`): P accumulators, 3 weights, 3 rotated
+    // columns and a spare for a rotation's index; only the row's first and last columns
+    // may lie in the padding (a padding of at most 1: every ResNeXt layer).
+    let in_registers = t.kw == 3
+        && r.stride <= 2
+        && r.dilation == 1
+        && P + NARROW_ROW3_REGISTERS <= S::REGISTERS
+        && r.ix0 >= -1
+        && r.ix0 + span as isize - 1 <= r.w as isize;
     let mut rotated = [std::mem::MaybeUninit::<S::V>::uninit(); SPREAD_ROW * 8];
     let sp = rotated.as_mut_ptr() as *mut S::V;
     let mut w = t.w;
@@ -227,17 +233,20 @@ unsafe fn narrow_tile<S: Simd, const G: usize, const P: usize>(t: &BlockedTile) 
 #[inline(always)]
 unsafe fn column<S: Simd>(xr: *const f32, r: NarrowRow, q: usize) -> S::V {
     let ix = r.ix0 + q as isize;
-    if ix >= 0 && ix < r.w as isize {
-        S::load(xr.add(ix as usize * S::LANES))
-    } else {
-        S::splat(0.0)
-    }
+    // Without a branch where the tier masks its loads: a tile's first and last columns
+    // may lie in the padding, and branches there cost more than the loads.
+    let valid = ix >= 0 && ix < r.w as isize;
+    S::load_or_zero(xr.wrapping_offset(ix * S::LANES as isize), valid)
 }
 
+/// Vector registers [`narrow_row3`] needs besides a tile's accumulators.
+pub(crate) const NARROW_ROW3_REGISTERS: usize = 8;
+
 /// One kernel row of a 3-wide narrow-group tile of stride `ST` (1 or 2) with its
-/// rotations in registers: input column `q` (of `(P - 1) ST + 3`), rotated by `j`,
-/// meets the weights of taps `kx = 0, 1, 2` for pixels `(q - kx) / ST`
-/// (`narrow_step`).
+/// rotations in registers, rotation by rotation (`narrow_rotation`): for rotation `j`,
+/// the three taps' weights, then pixel by pixel the rotated input columns `p ST + kx`
+/// times them. Only the first and the last of the row's `(P - 1) ST + 3` columns may lie
+/// in the padding (`r.ix0 >= -1`, and the last column at most one past the image).
 #[inline(always)]
 unsafe fn narrow_row3<S: Simd, const G: usize, const P: usize, const ST: usize>(
     acc: &mut [S::V; P],
@@ -245,43 +254,101 @@ unsafe fn narrow_row3<S: Simd, const G: usize, const P: usize, const ST: usize>(
     r: NarrowRow,
     w: *const f32,
 ) {
-    let l = S::LANES;
-    let wv: [[S::V; G]; 3] =
-        std::array::from_fn(|kx| std::array::from_fn(|j| S::load(w.add((kx * G + j) * l))));
-    // Written out, not looped, with the column a constant: LLVM does not unroll 14 steps
-    // of this size by itself, and a loop would index the accumulators at run time
-    // (through memory).
-    debug_assert!((P - 1) * ST + 3 <= 26);
-    macro_rules! steps {
-        ($($q:literal)*) => {
-            $(if $q < (P - 1) * ST + 3 {
-                narrow_step::<S, G, P, ST, $q>(acc, column::<S>(xr, r, $q), &wv);
+    let span = (P - 1) * ST + 3;
+    let row = NarrowRow3 {
+        x: xr.wrapping_offset(r.ix0 * S::LANES as isize),
+        first: r.ix0 >= 0,
+        last: r.ix0 + (span as isize) - 1 < r.w as isize,
+        w,
+    };
+    // The sums in a local array (LLVM kept them on the stack through `acc`).
+    let mut sums = *acc;
+    // Written out, not looped, with the rotation a constant: `group_rotate` picks its
+    // shuffle by it.
+    macro_rules! rotations {
+        ($($j:literal)*) => {
+            $(if $j < G {
+                narrow_rotation::<S, G, P, ST, $j>(&mut sums, &row);
             })*
         };
     }
-    steps!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25);
+    rotations!(0 1 2 3 4 5 6 7);
+    *acc = sums;
 }
 
-/// Input column `Q` of [`narrow_row3`], `x`: its rotations times the weights of taps
-/// `kx = 0, 1, 2` into pixels `(Q - kx) / ST`, where that divides.
-#[inline(always)]
-unsafe fn narrow_step<S: Simd, const G: usize, const P: usize, const ST: usize, const Q: usize>(
-    acc: &mut [S::V; P],
-    x: S::V,
-    wv: &[[S::V; G]; 3],
-) {
-    for j in 0..G {
-        let xj = if j == 0 {
+/// A row of [`narrow_row3`]: `x` at its column 0 (which may point outside the image),
+/// whether the first and the last column are in the image, the row's weights.
+struct NarrowRow3 {
+    x: *const f32,
+    first: bool,
+    last: bool,
+    w: *const f32,
+}
+
+impl NarrowRow3 {
+    /// Column `q` of `span`, rotated by `J`.
+    #[inline(always)]
+    unsafe fn rotated<S: Simd, const G: usize, const J: usize>(
+        &self,
+        q: usize,
+        span: usize,
+    ) -> S::V {
+        let at = self.x.wrapping_add(q * S::LANES);
+        let x = if q == 0 {
+            S::load_or_zero(at, self.first)
+        } else if q + 1 == span {
+            S::load_or_zero(at, self.last)
+        } else {
+            S::load(at)
+        };
+        if J == 0 {
             x
         } else {
-            S::group_rotate::<G>(x, j)
-        };
-        for (kx, wk) in wv.iter().enumerate() {
-            if Q >= kx && (Q - kx).is_multiple_of(ST) && (Q - kx) / ST < P {
-                let p = (Q - kx) / ST;
-                acc[p] = S::mul_add(wk[j], xj, acc[p]);
-            }
+            S::group_rotate::<G>(x, J)
         }
+    }
+}
+
+/// Rotation `J` of [`narrow_row3`]. Pixel by pixel, not tap by tap: consecutive
+/// multiply-adds go to different accumulators, three in a row to each, so a pixel's
+/// sum waits for the one before it in its chain only once per three, and only the last
+/// three rotated columns are live. (Column by column, with every rotation of a column
+/// at once, each accumulator took its `3 G` multiply-adds of a row in a chain of
+/// neighbours: ResNeXt-50's 4- and 8-channel layers ran at 34-46% of the FMA peak.)
+#[inline(always)]
+unsafe fn narrow_rotation<
+    S: Simd,
+    const G: usize,
+    const P: usize,
+    const ST: usize,
+    const J: usize,
+>(
+    acc: &mut [S::V; P],
+    row: &NarrowRow3,
+) {
+    let l = S::LANES;
+    let span = (P - 1) * ST + 3;
+    let wv: [S::V; 3] = std::array::from_fn(|kx| S::load(row.w.add((kx * G + J) * l)));
+    let mut window = [
+        row.rotated::<S, G, J>(0, span),
+        row.rotated::<S, G, J>(1, span),
+        S::splat(0.0),
+    ];
+    for (p, a) in acc.iter_mut().enumerate() {
+        let q = p * ST;
+        // Columns q, q + 1, q + 2 (taps 0, 1, 2); at stride 2, column q + 1 is new too.
+        if ST == 2 {
+            window[1] = row.rotated::<S, G, J>(q + 1, span);
+        }
+        window[2] = row.rotated::<S, G, J>(q + 2, span);
+        for kx in 0..3 {
+            *a = S::mul_add(wv[kx], window[kx], *a);
+        }
+        window = if ST == 1 {
+            [window[1], window[2], window[2]]
+        } else {
+            [window[2], window[2], window[2]]
+        };
     }
 }
 

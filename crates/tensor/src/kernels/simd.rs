@@ -95,6 +95,18 @@ pub(crate) trait Simd {
         }
     }
 
+    /// `LANES` floats from `p` if `valid`, else zeros without reading `p`, which may then
+    /// point anywhere (the narrow-group tile's columns in the padding). Tiers with
+    /// masked loads override it without a branch.
+    #[inline(always)]
+    unsafe fn load_or_zero(p: *const f32, valid: bool) -> Self::V {
+        if valid {
+            Self::load(p)
+        } else {
+            Self::splat(0.0)
+        }
+    }
+
     /// Each group of `G` lanes rotated by `r`: lane `i` of the result is lane
     /// `(i / G) G + (i % G + r) mod G` of `v` (`G` divides `LANES`, `0 < r < G`). A
     /// grouped convolution whose groups are narrower than a vector multiplies every

@@ -20,6 +20,11 @@ impl Simd for Avx2 {
         _mm256_loadu_ps(p)
     }
     #[inline(always)]
+    unsafe fn load_or_zero(p: *const f32, valid: bool) -> __m256 {
+        // Masked-off lanes are not read (no fault, whatever `p` is).
+        _mm256_maskload_ps(p, _mm256_set1_epi32(-i32::from(valid)))
+    }
+    #[inline(always)]
     unsafe fn store(p: *mut f32, v: __m256) {
         _mm256_storeu_ps(p, v)
     }

@@ -27,6 +27,11 @@ impl Simd for Avx512 {
         _mm512_loadu_ps(p)
     }
     #[inline(always)]
+    unsafe fn load_or_zero(p: *const f32, valid: bool) -> __m512 {
+        // Masked-off lanes are not read (no fault, whatever `p` is).
+        _mm512_maskz_loadu_ps(0u16.wrapping_sub(u16::from(valid)), p)
+    }
+    #[inline(always)]
     unsafe fn store(p: *mut f32, v: __m512) {
         _mm512_storeu_ps(p, v)
     }
