@@ -492,15 +492,15 @@ const ANY: Shape = Shape {
 
 /// Grouped convolutions in the blocked layout, by `route` (forced): for
 /// `Forward::BlockedGrouped`, groups of whole blocks (as many or more outputs than
-/// inputs) and groups narrower than a block with as many outputs as inputs (ResNeXt's),
+/// inputs) and groups at most a block wide with as many outputs as inputs (ResNeXt's),
 /// several in a block, read with zero weights between them; for
 /// `Forward::BlockedNarrowGroups`, the narrow ones only. Bias, residual and ReLU in the
 /// tile; any kernel, stride and padding; dilation 1-3 at stride 1; rows of 1-30 pixels.
 fn blocked_grouped(kern: Kernels, route: Forward) -> CheckResult {
     let l = kern.lanes();
-    let narrow: Vec<usize> = [1, 2, 4, 8]
+    let narrow: Vec<usize> = [1, 2, 4, 8, 16]
         .into_iter()
-        .filter(|d| d < &l && l.is_multiple_of(*d))
+        .filter(|d| d <= &l && l.is_multiple_of(*d))
         .collect();
     // Narrow: cg = og dividing the block.
     let narrow = prop::sample::select(narrow).prop_map(|d| (d, d));
@@ -539,7 +539,7 @@ fn blocked_grouped(kern: Kernels, route: Forward) -> CheckResult {
             let input = [n, c, size, width];
             let what = format!("{route} {groups} x ({cg} -> {og}) k{k} s{s} d{d} {input:?}");
             // The ladder's choice: the narrow-group kernel wherever it fits.
-            let chosen = if cg < l {
+            let chosen = if cg <= l && cg == og {
                 Forward::BlockedNarrowGroups
             } else {
                 Forward::BlockedGrouped
@@ -605,18 +605,18 @@ fn blocked_grouped(kern: Kernels, route: Forward) -> CheckResult {
                 .map_err(fail)?;
                 prop_assert!(odd.in_layout(tensor::Layout::Blocked).is_err());
             }
-            // Groups of whole blocks have no narrow-group route: forcing it is refused.
+            // Groups of two blocks have no narrow-group route: forcing it is refused.
             let whole = ConvPlan::new(
                 &kern,
-                [2 * l, l, 3, 3],
+                [4 * l, 2 * l, 3, 3],
                 Conv2d::new(1, 1).with_groups(2),
                 Mode::Inference,
             )
             .and_then(|p| p.in_layout(tensor::Layout::Blocked))
             .map_err(fail)?
             .force_forward(Forward::BlockedNarrowGroups);
-            prop_assert!(whole.routes([1, 2 * l, 4, 4]).is_err());
-            let zeros = Tensor::zeros(&[2 * l, l, 3, 3]).map_err(fail)?;
+            prop_assert!(whole.routes([1, 4 * l, 4, 4]).is_err());
+            let zeros = Tensor::zeros(&[4 * l, 2 * l, 3, 3]).map_err(fail)?;
             prop_assert!(kern.pack_conv(&whole, &zeros).is_err());
             Ok(())
         },

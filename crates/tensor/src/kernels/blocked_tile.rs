@@ -63,7 +63,7 @@ pub(crate) struct BlockedTile {
 /// the unpadded image: `x` points at its block's first pixel, rows `x_row` floats apart.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct NarrowRow {
-    /// Channels per group: 1, 2, 4 or 8, below `LANES`.
+    /// Channels per group: 1, 2, 4, 8 or 16, at most `LANES`.
     pub group: usize,
     /// The image's rows and columns.
     pub h: usize,
@@ -140,8 +140,8 @@ unsafe fn finish_block<S: Simd, const P: usize>(t: &BlockedTile, f: usize, row: 
 }
 
 /// The narrow-group tile: one output block whose `LANES` channels fall in groups of
-/// `G < LANES` (ResNeXt-50 32x4d's first two stages on AVX-512: 4 and 8 channels a
-/// group; a depthwise layer: 1), by `P` consecutive pixels of one output row. A group's
+/// `G <= LANES` (ResNeXt-50 32x4d's first three stages on AVX-512: 4, 8 and 16 channels
+/// a group; a depthwise layer: 1), by `P` consecutive pixels of one output row. A group's
 /// inputs lie in the output block's own input block. Rotating each group of the input
 /// vector by `r` (`Simd::group_rotate`) brings to lane `o` input `(o + r) mod G` of
 /// its own group, which meets weight vector `r`, whose lane `o` is output `o`'s weight
@@ -188,7 +188,7 @@ unsafe fn narrow_tile<S: Simd, const G: usize, const P: usize>(t: &BlockedTile) 
         && P + NARROW_ROW3_REGISTERS <= S::REGISTERS
         && r.ix0 >= -1
         && r.ix0 + span as isize - 1 <= r.w as isize;
-    let mut rotated = [std::mem::MaybeUninit::<S::V>::uninit(); SPREAD_ROW * 8];
+    let mut rotated = [std::mem::MaybeUninit::<S::V>::uninit(); SPREAD_ROW * 16];
     let sp = rotated.as_mut_ptr() as *mut S::V;
     let mut w = t.w;
     for ky in 0..t.kh {
@@ -272,7 +272,7 @@ unsafe fn narrow_row3<S: Simd, const G: usize, const P: usize, const ST: usize>(
             })*
         };
     }
-    rotations!(0 1 2 3 4 5 6 7);
+    rotations!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
     *acc = sums;
 }
 
@@ -356,7 +356,7 @@ unsafe fn narrow_rotation<
 /// pixels at stride 2 of a 3x3 kernel: 25).
 pub(crate) const SPREAD_ROW: usize = 32;
 
-/// [`narrow_tile`] for the tile's group width, one of 1, 2, 4, 8 below `LANES`.
+/// [`narrow_tile`] for the tile's group width, one of 1, 2, 4, 8, 16 up to `LANES`.
 ///
 /// # Safety
 ///
@@ -365,9 +365,10 @@ pub(crate) const SPREAD_ROW: usize = 32;
 pub(crate) unsafe fn narrow_tile_any<S: Simd, const P: usize>(t: &BlockedTile) {
     match t.narrow.group {
         1 => narrow_tile::<S, 1, P>(t),
-        2 if S::LANES > 2 => narrow_tile::<S, 2, P>(t),
-        4 if S::LANES > 4 => narrow_tile::<S, 4, P>(t),
-        8 if S::LANES > 8 => narrow_tile::<S, 8, P>(t),
+        2 if S::LANES >= 2 => narrow_tile::<S, 2, P>(t),
+        4 if S::LANES >= 4 => narrow_tile::<S, 4, P>(t),
+        8 if S::LANES >= 8 => narrow_tile::<S, 8, P>(t),
+        16 if S::LANES >= 16 => narrow_tile::<S, 16, P>(t),
         g => unreachable!(
             "no narrow-group tile for groups of {g} on {} lanes",
             S::LANES

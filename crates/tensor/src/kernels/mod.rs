@@ -326,8 +326,8 @@ pub(crate) struct KernelSet {
     /// output blocks each read their own group's input blocks.
     pub blocked1_tiles: &'static [BlockedTileFn],
     /// The narrow-group tile (`blocked_tile::narrow_tile`) by up to
-    /// `grouped_tiles.len()` pixels: one output block whose groups are narrower than a
-    /// block, each lane multiplying only its own group's inputs.
+    /// `grouped_tiles.len()` pixels: one output block whose groups are at most a block
+    /// wide, each lane multiplying only its own group's inputs.
     pub grouped_tiles: &'static [BlockedTileFn],
     /// Winograd F(4x4, 3x3)'s input and output transforms of one tile and channel block
     /// (`winograd::input_tile`, `winograd::output_tile`).
@@ -915,7 +915,7 @@ impl Kernels {
     }
 
     /// The blocked layout's narrow-group microkernel: one output block of `L` lanes in
-    /// groups narrower than the block, by up to `P` pixels.
+    /// groups at most the block wide, by up to `P` pixels.
     pub fn grouped_kernel_name(&self) -> String {
         let p = self.set.grouped_tiles.len();
         format!("{}_f32_1x{}x{p}_grouped", self.set.isa, self.set.lanes)

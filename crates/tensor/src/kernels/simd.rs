@@ -109,7 +109,7 @@ pub(crate) trait Simd {
 
     /// Each group of `G` lanes rotated by `r`: lane `i` of the result is lane
     /// `(i / G) G + (i % G + r) mod G` of `v` (`G` divides `LANES`, `0 < r < G`). A
-    /// grouped convolution whose groups are narrower than a vector multiplies every
+    /// grouped convolution whose groups are at most a vector wide multiplies every
     /// output lane by the inputs of its own group this way, one rotation at a time
     /// (`blocked_tile::narrow_tile`). Tiers override it with one shuffle; `G` and `r` are
     /// constants once the caller's loop is unrolled.
