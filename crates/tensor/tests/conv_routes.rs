@@ -494,7 +494,8 @@ const ANY: Shape = Shape {
 /// `Forward::BlockedGrouped`, groups of whole blocks (as many or more outputs than
 /// inputs) and groups at most a block wide with as many outputs as inputs (ResNeXt's),
 /// several in a block, read with zero weights between them; for
-/// `Forward::BlockedNarrowGroups`, the narrow ones only. Bias, residual and ReLU in the
+/// `Forward::BlockedNarrowGroups`, groups of as many outputs as inputs only, narrow or
+/// of whole blocks. Bias, residual and ReLU in the
 /// tile; any kernel, stride and padding; dilation 1-3 at stride 1; rows of 1-30 pixels.
 fn blocked_grouped(kern: Kernels, route: Forward) -> CheckResult {
     let l = kern.lanes();
@@ -509,7 +510,9 @@ fn blocked_grouped(kern: Kernels, route: Forward) -> CheckResult {
         let whole = (1usize..=2, 1usize..=2).prop_map(move |(a, b)| (a * l, b * l));
         prop_oneof![whole, narrow].boxed()
     } else {
-        narrow.boxed()
+        // And whole blocks with as many outputs as inputs.
+        let square = (1usize..=2).prop_map(move |a| (a * l, a * l));
+        prop_oneof![square, narrow].boxed()
     };
     let cases = (
         1usize..=2,
@@ -539,7 +542,7 @@ fn blocked_grouped(kern: Kernels, route: Forward) -> CheckResult {
             let input = [n, c, size, width];
             let what = format!("{route} {groups} x ({cg} -> {og}) k{k} s{s} d{d} {input:?}");
             // The ladder's choice: the narrow-group kernel wherever it fits.
-            let chosen = if cg <= l && cg == og {
+            let chosen = if cg == og {
                 Forward::BlockedNarrowGroups
             } else {
                 Forward::BlockedGrouped
@@ -605,18 +608,19 @@ fn blocked_grouped(kern: Kernels, route: Forward) -> CheckResult {
                 .map_err(fail)?;
                 prop_assert!(odd.in_layout(tensor::Layout::Blocked).is_err());
             }
-            // Groups of two blocks have no narrow-group route: forcing it is refused.
+            // Groups of more outputs than inputs have no narrow-group route: forcing it
+            // is refused.
             let whole = ConvPlan::new(
                 &kern,
-                [4 * l, 2 * l, 3, 3],
+                [4 * l, l, 3, 3],
                 Conv2d::new(1, 1).with_groups(2),
                 Mode::Inference,
             )
             .and_then(|p| p.in_layout(tensor::Layout::Blocked))
             .map_err(fail)?
             .force_forward(Forward::BlockedNarrowGroups);
-            prop_assert!(whole.routes([1, 4 * l, 4, 4]).is_err());
-            let zeros = Tensor::zeros(&[4 * l, 2 * l, 3, 3]).map_err(fail)?;
+            prop_assert!(whole.routes([1, 2 * l, 4, 4]).is_err());
+            let zeros = Tensor::zeros(&[4 * l, l, 3, 3]).map_err(fail)?;
             prop_assert!(kern.pack_conv(&whole, &zeros).is_err());
             Ok(())
         },

@@ -25,7 +25,7 @@
 //! |---|---|---|
 //! | dilated, blocked | [`Forward::Blocked`] / [`Forward::BlockedGrouped`] / [`Forward::BlockedNarrowGroups`] | dilation above 1 in the blocked layout: the kernel steps `d` rows and columns between taps |
 //! | dilated | the rungs below, once per phase | dilation above 1 in NCHW: a "same" layer (stride 1, padding `d (k - 1) / 2`) splits into `d^2` undilated convolutions of the image's phases ([`ConvPlan::phase_plan`], `dilated.rs`); other dilated layers are refused by name |
-//! | forward, grouped, 0 | [`Forward::BlockedNarrowGroups`] | groups above 1 in the blocked layout, at most a block wide, as many outputs as inputs: the narrow-group kernel (`narrow_groups`) |
+//! | forward, grouped, 0 | [`Forward::BlockedNarrowGroups`] | groups above 1 in the blocked layout, dividing a block or whole blocks, as many outputs as inputs: the narrow-group kernel (`narrow_groups`) |
 //! | forward, grouped, 0' | [`Forward::BlockedGrouped`] | other groups above 1 in the blocked layout: the single-block kernel over each output block's group of input blocks (`blocked_groups` says which groups fit) |
 //! | grouped | the rungs below, once per group | groups above 1 in NCHW (and every backward): each group a dense convolution of its channels ([`ConvPlan::group_plan`], `grouped.rs`) |
 //! | forward, 1' | [`Forward::BlockedWinograd`] | blocked layout, a dense 3x3 layer of stride 1 without dilation, at most `WINOGRAD_MAX_CHANNELS` channels in and out, unless [`ConvPlan::with_winograd`] turned it off |
@@ -125,9 +125,9 @@ pub enum Forward {
     /// block are read as one block of several groups, the weights zero between groups;
     /// see `blocked_groups` in `conv/mod.rs`).
     BlockedGrouped,
-    /// A grouped convolution in the blocked layout whose groups are at most a block
-    /// wide, with as many outputs as inputs (ResNeXt-50's 4-, 8- and 16-channel groups on
-    /// AVX-512, a depthwise layer): the narrow-group kernel, each output lane multiplying
+    /// A grouped convolution in the blocked layout whose groups divide a block or are
+    /// whole blocks, with as many outputs as inputs (all of ResNeXt-50's: 4 to 32
+    /// channels; a depthwise layer): the narrow-group kernel, each output lane multiplying
     /// only its own group's inputs (`kernels::blocked_tile::narrow_tile`), no zero
     /// weights.
     BlockedNarrowGroups,
@@ -697,11 +697,11 @@ impl ConvPlan {
     }
 
     /// The route of a grouped plan in the blocked layout: the narrow-group kernel where
-    /// the groups are at most a block wide with as many outputs as inputs (the dense
-    /// single-block kernel reads narrower ones with zero weights between groups: 4x the
-    /// multiply-adds for 4-channel groups on AVX-512; and a group of exactly one block it
-    /// reads one broadcast per multiply-add, which ran at 0.83-0.9 of the narrow kernel's
-    /// speed, `docs/benchmarks.md`), else blocked-grouped; or the forced one of the two,
+    /// the groups divide a block or are whole blocks, with as many outputs as inputs (the
+    /// dense single-block kernel reads narrower ones with zero weights between groups: 4x
+    /// the multiply-adds for 4-channel groups on AVX-512; and groups of whole blocks it
+    /// reads with one broadcast load per multiply-add, which ran at 0.8-0.9 of the narrow
+    /// kernel's speed, `docs/benchmarks.md`), else blocked-grouped; or the forced one of the two,
     /// if it fits.
     pub(crate) fn blocked_grouped_route(&self) -> Result<Forward> {
         let [o, cg, _, kw] = self.weights;
@@ -719,9 +719,9 @@ impl ConvPlan {
                 "forward",
                 r,
                 format!(
-                    "its groups of {cg} channels are not at most a {}-channel block wide \
-                     with as many outputs as inputs, or its kernel row spans more than {} \
-                     pixels",
+                    "its groups of {cg} channels neither divide nor are whole {}-channel \
+                     blocks with as many outputs as inputs, or its kernel row spans more \
+                     than {} pixels",
                     self.kernels.lanes(),
                     crate::kernels::blocked_tile::SPREAD_ROW
                 ),
@@ -910,14 +910,14 @@ pub(crate) fn blocked_groups(
 
 /// Whether a grouped convolution of `c` to `o` channels in `groups` groups has the
 /// narrow-group kernel ([`Forward::BlockedNarrowGroups`]) on `lanes`-channel blocks: as
-/// many outputs as inputs per group, at most a block, whose width divides it (each
-/// block holds whole groups), and whole blocks of channels.
+/// many outputs as inputs per group, whose width divides a block (each block holds
+/// whole groups) or is a multiple of it (each group whole blocks), and whole blocks of
+/// channels.
 pub(crate) fn narrow_groups(c: usize, o: usize, groups: usize, lanes: usize) -> bool {
     groups > 1
         && c == o
         && c.is_multiple_of(groups)
-        && c / groups <= lanes
-        && lanes.is_multiple_of(c / groups)
+        && (lanes.is_multiple_of(c / groups) || (c / groups).is_multiple_of(lanes))
         && c.is_multiple_of(lanes)
 }
 

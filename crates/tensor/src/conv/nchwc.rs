@@ -125,20 +125,25 @@ impl Kernels {
                     ),
                 });
             }
-            // Output block b, tap (ky, kx), rotation j: lane oc holds output b L + oc's
-            // weight for input (oc + j) mod cg of its group (`narrow_tile`).
+            // Output block b, tap row ky, input block `blk` of the group (one, unless the
+            // group is several blocks), tap column kx, rotation j: lane oc holds output b
+            // L + oc's weight for input (oc + j) mod g of the group's inputs in that
+            // block, g = min(cg, L) of them (`narrow_tile`).
+            let (g, blocks) = (cg.min(l), cg.div_ceil(l));
             let mut data = vec![0.0f32; o * kh * kw * cg];
             let wd = w.data();
             let mut at = 0;
             for b in 0..o / l {
                 for ky in 0..kh {
-                    for kx in 0..kw {
-                        for j in 0..cg {
-                            for oc in 0..l {
-                                let oo = b * l + oc;
-                                let input = (oc % cg + j) % cg;
-                                data[at] = wd[((oo * cg + input) * kh + ky) * kw + kx];
-                                at += 1;
+                    for blk in 0..blocks {
+                        for kx in 0..kw {
+                            for j in 0..g {
+                                for oc in 0..l {
+                                    let oo = b * l + oc;
+                                    let input = blk * l + (oc % g + j) % g;
+                                    data[at] = wd[((oo * cg + input) * kh + ky) * kw + kx];
+                                    at += 1;
+                                }
                             }
                         }
                     }
@@ -565,6 +570,10 @@ impl Kernels {
         }
         let (ob, plane, x_block) = (o / l, oh * ow, h * wd * l);
         let (in_image, out_image, w_block) = (cb_all * x_block, ob * plane * l, kh * kw * cg * l);
+        // A group of several blocks (`cg` a multiple of `l`) reads its `blocks` input blocks,
+        // from the group's first; narrower groups lie in their output block's own.
+        let blocks = cg.div_ceil(l);
+        let in_block = |g: usize| g / blocks * blocks;
         // Tasks: (image, output block, run of output rows), about eight per thread.
         let wanted = 8 * rayon::current_num_threads();
         let runs = wanted.div_ceil(n * ob).clamp(1, oh);
@@ -583,12 +592,12 @@ impl Kernels {
                     let pn = base + usize::from(ti < extra);
                     let at = b * out_image + g * plane * l + (oy * ow + ox) * l;
                     let tile = BlockedTile {
-                        x: x.data[b * in_image + g * x_block..].as_ptr(),
+                        x: x.data[b * in_image + in_block(g) * x_block..].as_ptr(),
                         x_off: std::ptr::null(),
                         x_cb: x_block,
                         x_row: wd * l,
                         x_col: d * l,
-                        cb: 1,
+                        cb: blocks,
                         icb: l,
                         kh,
                         kw,
@@ -602,7 +611,7 @@ impl Kernels {
                         residual: residual.at(at, unsafe { outp.get().add(at) }),
                         relu,
                         narrow: NarrowRow {
-                            group: cg,
+                            group: cg.min(l),
                             h,
                             w: wd,
                             iy0: (oy * s) as isize - pad as isize,
@@ -611,10 +620,10 @@ impl Kernels {
                             dilation: d,
                         },
                     };
-                    // SAFETY: the tile reads rows and columns of block g of image b only
-                    // inside its `h x wd` pixels (the others are padding: skipped or
-                    // zeros), over `(pn - 1) s + reach <= SPREAD_ROW` columns; block g's
-                    // weights are `w_block` floats; it writes (and reads, for the residual)
+                    // SAFETY: the tile reads rows and columns of blocks `in_block(g)..+
+                    // blocks` of image b (block g's group's) only inside their `h x wd`
+                    // pixels (the others are padding: skipped or zeros), over `(pn - 1) s +
+                    // reach <= SPREAD_ROW` columns; block g's weights are `w_block` floats; it writes (and reads, for the residual)
                     // `pn` pixels of block g inside image b's output. Tasks differ in (b,
                     // g, run): disjoint outputs.
                     unsafe { (tiles[pn - 1])(&tile) };

@@ -63,7 +63,8 @@ pub(crate) struct BlockedTile {
 /// the unpadded image: `x` points at its block's first pixel, rows `x_row` floats apart.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct NarrowRow {
-    /// Channels per group: 1, 2, 4, 8 or 16, at most `LANES`.
+    /// Channels per group, or per input block of a group of several blocks (`G`, the
+    /// rotations): 1, 2, 4, 8 or 16, at most `LANES`.
     pub group: usize,
     /// The image's rows and columns.
     pub h: usize,
@@ -141,8 +142,10 @@ unsafe fn finish_block<S: Simd, const P: usize>(t: &BlockedTile, f: usize, row: 
 
 /// The narrow-group tile: one output block whose `LANES` channels fall in groups of
 /// `G <= LANES` (ResNeXt-50 32x4d's first three stages on AVX-512: 4, 8 and 16 channels
-/// a group; a depthwise layer: 1), by `P` consecutive pixels of one output row. A group's
-/// inputs lie in the output block's own input block. Rotating each group of the input
+/// a group; a depthwise layer: 1), or a group of `cb` whole blocks (`G = LANES`:
+/// ResNeXt-50's 32-channel groups, two blocks), by `P` consecutive pixels of one output
+/// row. A group's inputs lie in the output block's own input block (or, `cb` of them, in
+/// its group's input blocks, each taken in turn as if it were the group). Rotating each group of the input
 /// vector by `r` (`Simd::group_rotate`) brings to lane `o` input `(o + r) mod G` of
 /// its own group, which meets weight vector `r`, whose lane `o` is output `o`'s weight
 /// for that input; the `G` rotations cover every input of the group once:
@@ -165,12 +168,13 @@ unsafe fn finish_block<S: Simd, const P: usize>(t: &BlockedTile, f: usize, row: 
 /// of them at stride 1), not once per tap: for a 3-wide kernel at stride 1 or 2, one
 /// rotation at a time across the row with the three taps' weights in registers
 /// (`narrow_row3`), else every rotation of the row kept in a buffer on the stack.
-/// Weights are laid out `[kh][kw][G r][LANES oc]`.
+/// Weights are laid out `[kh][cb][kw][G r][LANES oc]`.
 ///
 /// # Safety
 ///
-/// `(P - 1) stride + (kw - 1) dilation + 1 <= SPREAD_ROW`; `x` holds the block's `h`
-/// rows of `w` pixels `x_row` floats apart; `w` holds `kh kw G LANES` floats; `out` (and
+/// `(P - 1) stride + (kw - 1) dilation + 1 <= SPREAD_ROW`; `x` holds `cb` blocks `x_cb`
+/// floats apart, each of `h` rows of `w` pixels `x_row` floats apart; `w` holds `kh cb
+/// kw G LANES` floats; `out` (and
 /// `residual`, `bias` when not null) hold the block's `P` pixels.
 #[inline(always)]
 unsafe fn narrow_tile<S: Simd, const G: usize, const P: usize>(t: &BlockedTile) {
@@ -195,35 +199,38 @@ unsafe fn narrow_tile<S: Simd, const G: usize, const P: usize>(t: &BlockedTile) 
         let iy = r.iy0 + (ky * r.dilation) as isize;
         if iy < 0 || iy >= r.h as isize {
             // A row of padding: zeros times these weights.
-            w = w.add(t.kw * G * l);
+            w = w.add(t.cb * t.kw * G * l);
             continue;
         }
-        let xr = t.x.add(iy as usize * t.x_row);
-        if in_registers {
-            if r.stride == 1 {
-                narrow_row3::<S, G, P, 1>(&mut acc, xr, r, w);
-            } else {
-                narrow_row3::<S, G, P, 2>(&mut acc, xr, r, w);
+        // A group of several blocks: each of its input blocks in turn.
+        for block in 0..t.cb {
+            let xr = t.x.add(block * t.x_cb + iy as usize * t.x_row);
+            if in_registers {
+                if r.stride == 1 {
+                    narrow_row3::<S, G, P, 1>(&mut acc, xr, r, w);
+                } else {
+                    narrow_row3::<S, G, P, 2>(&mut acc, xr, r, w);
+                }
+                w = w.add(3 * G * l);
+                continue;
             }
-            w = w.add(3 * G * l);
-            continue;
-        }
-        for q in 0..span {
-            let x = column::<S>(xr, r, q);
-            sp.add(q * G).write(x);
-            for j in 1..G {
-                sp.add(q * G + j).write(S::group_rotate::<G>(x, j));
-            }
-        }
-        for kx in 0..t.kw {
-            let at = kx * r.dilation;
-            for j in 0..G {
-                let wj = S::load(w.add(j * l));
-                for (p, a) in acc.iter_mut().enumerate() {
-                    *a = S::mul_add(wj, sp.add((p * r.stride + at) * G + j).read(), *a);
+            for q in 0..span {
+                let x = column::<S>(xr, r, q);
+                sp.add(q * G).write(x);
+                for j in 1..G {
+                    sp.add(q * G + j).write(S::group_rotate::<G>(x, j));
                 }
             }
-            w = w.add(G * l);
+            for kx in 0..t.kw {
+                let at = kx * r.dilation;
+                for j in 0..G {
+                    let wj = S::load(w.add(j * l));
+                    for (p, a) in acc.iter_mut().enumerate() {
+                        *a = S::mul_add(wj, sp.add((p * r.stride + at) * G + j).read(), *a);
+                    }
+                }
+                w = w.add(G * l);
+            }
         }
     }
     finish_block::<S, P>(t, 0, &mut acc);
