@@ -61,7 +61,12 @@ pub fn print(
     for layer in model.conv_layers([batch, 3, size, size])? {
         // The stem runs in NCHW in every layout (`ConvLayer::in_stem`).
         let layer_layout = if layer.in_stem { Layout::Nchw } else { layout };
-        let plan = layer.conv.plan(k, mode, layer_layout)?;
+        // Planned for the input it meets here, as `InferenceModel` plans each layer for
+        // its image size.
+        let plan = layer
+            .conv
+            .plan(k, mode, layer_layout)?
+            .with_planned_input(layer.input[2], layer.input[3]);
         let routes = plan.routes(layer.input)?;
         let weights = plan.weights_shape();
         let conv = plan.conv();

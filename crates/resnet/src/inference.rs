@@ -41,6 +41,12 @@ pub struct InferenceOptions {
     /// direct kernel's rounding (Winograd's error is a few times larger, still far
     /// below PyTorch's equivalence tolerances: `docs/convolution.md`).
     pub winograd: bool,
+    /// The image size (rows, columns) the model is planned for: the routes whose speed
+    /// depends on the image are chosen for it (`tensor::ConvPlan::with_planned_input`:
+    /// Winograd for the 256-channel 3x3 layers of Wide ResNet-50-2 and -101-2, whose
+    /// 28 x 28 planes pay for their transformed weights). Any size still runs, on the
+    /// routes chosen. 224 x 224 by default.
+    pub image_size: [usize; 2],
 }
 
 impl Default for InferenceOptions {
@@ -48,15 +54,18 @@ impl Default for InferenceOptions {
         InferenceOptions {
             layout: None,
             winograd: true,
+            image_size: [224, 224],
         }
     }
 }
 
-/// The layout and options every convolution of one model is planned with.
+/// The layout and options every convolution of one model is planned with, and the
+/// input size of the layer at hand, where known.
 #[derive(Debug, Clone, Copy)]
 struct Planning {
     layout: ConvLayout,
     winograd: bool,
+    planned: Option<[usize; 2]>,
 }
 
 impl Planning {
@@ -64,7 +73,16 @@ impl Planning {
     const NCHW: Planning = Planning {
         layout: ConvLayout::Nchw,
         winograd: false,
+        planned: None,
     };
+
+    /// The same for a layer planned for an input of `hw`.
+    fn at(self, hw: Option<[usize; 2]>) -> Planning {
+        Planning {
+            planned: hw,
+            ..self
+        }
+    }
 }
 
 /// A convolution with its batch norm folded in: weights packed for the layer's plan,
@@ -83,9 +101,12 @@ impl FusedConv {
     /// [`FusedConv::new`] on a layer given up: its weights are folded in place and
     /// freed once packed, so at most one layer exists twice while a model is built.
     fn from_owned(k: &Kernels, c: ConvBn, p: Planning) -> Result<Self> {
-        let plan = c
+        let mut plan = c
             .plan(k, Mode::Inference, p.layout)?
             .with_winograd(p.winograd);
+        if let Some([h, w]) = p.planned {
+            plan = plan.with_planned_input(h, w);
+        }
         let ConvBn { weight, bn, .. } = c;
         let (w, bias) = fold_batch_norm_into(
             weight,
@@ -324,6 +345,20 @@ impl FusedShortcut {
     }
 }
 
+/// The input size of every residual block of `model`, in order, for an image of
+/// `[h, w]` (none at all where the image is too small for the network).
+fn block_inputs(model: &ResNet, [h, w]: [usize; 2]) -> Vec<Option<[usize; 2]>> {
+    let channels = model.stem.weight.shape().get(1).copied().unwrap_or(3);
+    match model.conv_layers([1, channels, h, w]) {
+        Ok(layers) => layers
+            .iter()
+            .filter(|l| !l.in_stem && l.name.ends_with(".conv1"))
+            .map(|l| Some([l.input[2], l.input[3]]))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 struct FusedBlock {
     convs: Vec<FusedConv>,
     shortcut: FusedShortcut,
@@ -351,27 +386,46 @@ fn fuse_block(k: &Kernels, block: &crate::model::Block, layout: Planning) -> Res
     })
 }
 
-/// [`fuse_block`] on a block given up, layer by layer (see [`FusedConv::from_owned`]).
+/// [`fuse_block`] on a block given up, layer by layer (see [`FusedConv::from_owned`]),
+/// each layer planned for its input size when the block's, `input`, is known.
 fn fuse_block_owned(
     k: &Kernels,
     block: crate::model::Block,
     layout: Planning,
+    input: Option<[usize; 2]>,
 ) -> Result<FusedBlock> {
     let crate::model::Block { convs, shortcut } = block;
     let shortcut = match shortcut {
         Shortcut::Identity => FusedShortcut::Identity,
-        Shortcut::Projection(c) => FusedShortcut::Projection(FusedConv::from_owned(k, *c, layout)?),
-        Shortcut::AvgProjection { pool, conv } => FusedShortcut::AvgProjection {
-            pool,
-            conv: FusedConv::from_owned(k, *conv, layout)?,
-        },
+        Shortcut::Projection(c) => {
+            FusedShortcut::Projection(FusedConv::from_owned(k, *c, layout.at(input))?)
+        }
+        Shortcut::AvgProjection { pool, conv } => {
+            let pooled = match (pool, input) {
+                (Some(p), Some([h, w])) => p.output_size(h, w).ok(),
+                (None, hw) => hw,
+                (Some(_), None) => None,
+            };
+            FusedShortcut::AvgProjection {
+                pool,
+                conv: FusedConv::from_owned(k, *conv, layout.at(pooled))?,
+            }
+        }
         Shortcut::PadChannels { stride, pad } => FusedShortcut::PadChannels { stride, pad },
     };
+    // Each convolution's input: the block's, then each one's output.
+    let mut hw = input;
+    let mut fused = Vec::with_capacity(convs.len());
+    for c in convs {
+        let next = match (hw, c.weight.dims4("fuse_block")) {
+            (Some([h, w]), Ok([_, _, kh, kw])) => c.conv().output_size(h, w, kh, kw).ok(),
+            _ => None,
+        };
+        fused.push(FusedConv::from_owned(k, c, layout.at(hw))?);
+        hw = next;
+    }
     Ok(FusedBlock {
-        convs: convs
-            .into_iter()
-            .map(|c| FusedConv::from_owned(k, c, layout))
-            .collect::<Result<_>>()?,
+        convs: fused,
         shortcut,
     })
 }
@@ -481,12 +535,23 @@ impl InferenceModel {
             // this order, 2026-12-05).
             let fc = k.pack_linear_weights(&model.fc_weight)?;
             model.fc_weight = Tensor::zeros(&[0])?;
+            // Each block's input size at the planned image size (none where the image is
+            // too small for the network: then no layer is planned for a size).
+            let mut inputs = block_inputs(&model, options.image_size).into_iter();
+            let mut per_stage: Vec<Vec<Option<[usize; 2]>>> = model
+                .stages
+                .iter()
+                .map(|s| s.iter().map(|_| inputs.next().flatten()).collect())
+                .collect();
             let mut stages: Vec<Vec<FusedBlock>> = Vec::with_capacity(model.stages.len());
             for stage in std::mem::take(&mut model.stages).into_iter().rev() {
+                // (As many sizes as the stage has blocks: `per_stage` was made from it.)
+                let sizes = per_stage.pop().unwrap_or_default();
                 let mut fused = stage
                     .into_iter()
+                    .zip(sizes)
                     .rev()
-                    .map(|block| fuse_block_owned(k, block, layout))
+                    .map(|(block, hw)| fuse_block_owned(k, block, layout, hw))
                     .collect::<Result<Vec<_>>>()?;
                 fused.reverse();
                 stages.push(fused);
@@ -515,6 +580,7 @@ impl InferenceModel {
                 .layout
                 .unwrap_or_else(|| Self::default_layout(model)),
             winograd: options.winograd,
+            planned: None,
         }
     }
 

@@ -241,6 +241,9 @@ pub struct ConvPlan {
     /// Whether the ladder may take Winograd ([`Forward::BlockedWinograd`], and in NCHW
     /// [`Forward::Winograd`] and [`InputGrad::Winograd`]).
     winograd: bool,
+    /// The input's rows and columns the layer is planned for, if known
+    /// ([`ConvPlan::with_planned_input`]).
+    planned: Option<[usize; 2]>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -325,6 +328,7 @@ impl ConvPlan {
             layout: Layout::Nchw,
             forced: Forced::default(),
             winograd: true,
+            planned: None,
         })
     }
 
@@ -366,6 +370,23 @@ impl ConvPlan {
     pub fn with_winograd(mut self, on: bool) -> Self {
         self.winograd = on;
         self
+    }
+
+    /// The input size (rows, columns) the layer will mostly run on, for the choices that
+    /// depend on it: in the blocked layout, Winograd for 3x3 stride-1 layers wider than
+    /// [`WINOGRAD_MAX_CHANNELS`] where the planned image has enough tiles to pay for
+    /// their transformed weights ([`WINOGRAD_WIDE_MIN_PIXELS`]). The weights are packed
+    /// for the route chosen, so it is decided here, not per call; any input still runs.
+    /// (The `resnet` crate's `InferenceModel` plans for 224 x 224 images unless told
+    /// otherwise.)
+    pub fn with_planned_input(mut self, h: usize, w: usize) -> Self {
+        self.planned = Some([h, w]);
+        self
+    }
+
+    /// The input size the layer is planned for ([`ConvPlan::with_planned_input`]).
+    pub fn planned_input(&self) -> Option<[usize; 2]> {
+        self.planned
     }
 
     /// Whether the ladder may take Winograd (see [`ConvPlan::with_winograd`]).
@@ -586,7 +607,7 @@ impl ConvPlan {
         if self.layout == Layout::Blocked && c >= lanes {
             // 1'. Winograd for the 3x3, stride-1 layers it wins on.
             if self.winograd && self.winograd_fits().is_ok() {
-                if let Some(route) = winograd_route(c, o) {
+                if let Some(route) = winograd_route(c, o, self.planned) {
                     return route;
                 }
             }
@@ -938,10 +959,35 @@ pub const WINOGRAD_MAX_CHANNELS: usize = 128;
 /// everywhere else, but in whole networks, on the 256- and 512-channel layers, it was
 /// within noise (ResNet-18 at batch 1 10.97 / 10.51 ms without, 11.68 / 10.10 with;
 /// ResNet-50 33.0 / 31.1 and 33.1 / 30.6, 2 threads, 2026-12-05), for 16/9 of their
-/// weights' memory.
-fn winograd_route(c: usize, o: usize) -> Option<Forward> {
-    (c.max(o) <= WINOGRAD_MAX_CHANNELS).then_some(Forward::BlockedWinograd)
+/// weights' memory. Wider layers up to [`WINOGRAD_WIDE_MAX_CHANNELS`] take F(4x4, 3x3)
+/// too when planned for an input of at least [`WINOGRAD_WIDE_MIN_PIXELS`].
+fn winograd_route(c: usize, o: usize, planned: Option<[usize; 2]>) -> Option<Forward> {
+    let wide = c.max(o) <= WINOGRAD_WIDE_MAX_CHANNELS
+        && planned.is_some_and(|[h, w]| h * w >= WINOGRAD_WIDE_MIN_PIXELS);
+    (c.max(o) <= WINOGRAD_MAX_CHANNELS || wide).then_some(Forward::BlockedWinograd)
 }
+
+/// The most channels of a layer wider than [`WINOGRAD_MAX_CHANNELS`] that the ladder
+/// runs by Winograd in the blocked layout, when its planned input has at least
+/// [`WINOGRAD_WIDE_MIN_PIXELS`] pixels.
+///
+/// Whether F(4x4, 3x3) pays at batch 1 depends on the plane more than on the channels:
+/// it saves `9 h w - 36 tiles` multiply-adds per input and output channel pair, and
+/// costs its transformed weights, `36 x 4` bytes per pair, read once per forward. That
+/// is about 37 multiply-adds saved per byte at 28 x 28, 8 at 14 x 14 and 2 at 7 x 7
+/// (whatever the channels). Measured (Intel host, 2 threads, 2026-12-05, late night,
+/// `resnet bench model --arch wide_resnet50_2`, the limit by hand, three rounds
+/// alternating): Wide ResNet-50-2, whose 256-channel 3x3 layers are at 28 x 28, 84.0 /
+/// 80.5 / 81.1 ms at 128 channels, 80.4 / 77.4 / 78.1 at 256 (26 MB more memory), 76.8
+/// / 76.4 / 79.8 at 512 (its 14 x 14 layers too: 164 MB more, not taken). ResNet-50's
+/// and ResNet-18's 256-channel layers are at 14 x 14 and stay direct (no gain in
+/// ResNet-50 with 35 MB more, `WINOGRAD_MAX_CHANNELS`).
+pub const WINOGRAD_WIDE_MAX_CHANNELS: usize = 256;
+
+/// The fewest input pixels (rows x columns) a layer wider than [`WINOGRAD_MAX_CHANNELS`]
+/// needs to be planned for to run by Winograd (28 x 28; see
+/// [`WINOGRAD_WIDE_MAX_CHANNELS`]).
+pub const WINOGRAD_WIDE_MIN_PIXELS: usize = 28 * 28;
 
 /// Whether the ladder runs a 3x3, stride-1 convolution of `c` to `o` channels in NCHW by
 /// Winograd ([`Forward::Winograd`], and [`InputGrad::Winograd`] for its transposed
