@@ -565,7 +565,7 @@ impl InferenceModel {
     /// convolutions at batch 1, 2 threads, 0.85x the NCHW time, `docs/convolution.md`),
     /// NCHW for the CIFAR nets, whose channel-padding shortcuts the blocked path does
     /// not have. ResNeXt's grouped convolutions and the dilated backbones' dilated ones
-    /// run in it too (`blocked-grouped`, and the blocked kernel reading dilated taps).
+    /// run in it too (`blocked-narrow-groups`, and the blocked kernel reading dilated taps).
     pub fn default_layout(model: &ResNet) -> ConvLayout {
         if model.arch.is_cifar() {
             ConvLayout::Nchw

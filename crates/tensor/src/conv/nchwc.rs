@@ -41,13 +41,13 @@ pub struct BlockedConvWeights {
     pub(super) f: usize,
     /// A grouped convolution's groups and super-groups (`super::blocked_groups`): `(groups,
     /// input, output)` channels of each super-group, read as one dense convolution by the
-    /// single-block kernel
-    /// (`f` is then 1: one output block per weight group, `[CB of its super-group][kh]
-    /// [kw][L ic][1][L oc]`, zero between its groups).
+    /// single-block kernel (`f` is then 1: one output block per weight group, `[CB of its
+    /// super-group][kh][kw][L ic][1][L oc]`, zero between its groups).
     groups: Option<(usize, usize, usize)>,
     /// Laid out for the narrow-group kernel (`Forward::BlockedNarrowGroups`): each output
-    /// block `[kh][kw][G][L oc]`, `G` its groups' width (then `groups` is `(groups, L,
-    /// L)`).
+    /// block `[kh][blocks][kw][G][L oc]`, `G` the rotations (its groups' width, at most
+    /// `L`) and `blocks` the input blocks of a group (1 unless its groups are several
+    /// blocks); `groups` is then `(groups, L, L)`.
     narrow: bool,
 }
 
@@ -350,23 +350,19 @@ impl Kernels {
                 // Every float of each padded plane is written (border zeros, rows copied):
                 // the reused buffer needs no clearing.
                 padded.resize(padded_len, 0.0);
-                let copy = |(dst, src): (&mut [f32], &[f32])| {
-                    let (top, rest) = dst.split_at_mut(pad * pw * l);
-                    top.fill(0.0);
-                    let (body, bottom) = rest.split_at_mut(h * pw * l);
-                    bottom.fill(0.0);
-                    for (out, row) in body.chunks_exact_mut(pw * l).zip(src.chunks_exact(wd * l)) {
-                        let (left, rest) = out.split_at_mut(pad * l);
-                        left.fill(0.0);
-                        let (mid, right) = rest.split_at_mut(wd * l);
-                        mid.copy_from_slice(row);
-                        right.fill(0.0);
-                    }
+                let whole = RowSpan {
+                    pad,
+                    h,
+                    wd,
+                    pw,
+                    l,
+                    r0: 0,
+                    r1: ph,
                 };
                 let pairs = padded
                     .par_chunks_exact_mut(ph * pw * l)
                     .zip(x.data.par_chunks_exact(h * wd * l));
-                pairs.for_each(copy);
+                pairs.for_each(|(dst, src)| whole.pad_plane(src, dst));
             }
             if subsample {
                 padded.resize(padded_len, 0.0);
@@ -645,7 +641,8 @@ impl Kernels {
 }
 
 /// Rows `r0..r1` of an image's input blocks padded by `pad` on every side (`pw` the
-/// padded width): what one task of a grouped convolution reads.
+/// padded width): what one task of a grouped convolution reads, or (all `ph` rows) the
+/// padded copy the other blocked routes read.
 struct RowSpan {
     pad: usize,
     h: usize,
@@ -662,6 +659,25 @@ impl RowSpan {
     /// written).
     fn pad_rows(&self, src: &[f32], blocks: usize, dst: &mut Vec<f32>) {
         let RowSpan {
+            h,
+            wd,
+            pw,
+            l,
+            r0,
+            r1,
+            ..
+        } = *self;
+        let size = (r1 - r0) * pw * l;
+        dst.resize(blocks * size, 0.0);
+        for (plane, out) in src.chunks_exact(h * wd * l).zip(dst.chunks_exact_mut(size)) {
+            self.pad_plane(plane, out);
+        }
+    }
+
+    /// Rows `r0..r1` of one unpadded `[h][wd][l]` plane, padded, into `out` (`(r1 - r0) pw
+    /// l` floats, every one written: a reused buffer needs no clearing).
+    fn pad_plane(&self, plane: &[f32], out: &mut [f32]) {
+        let RowSpan {
             pad,
             h,
             wd,
@@ -670,23 +686,16 @@ impl RowSpan {
             r0,
             r1,
         } = *self;
-        let row = pw * l;
-        dst.resize(blocks * (r1 - r0) * row, 0.0);
-        for (plane, out) in src
-            .chunks_exact(h * wd * l)
-            .zip(dst.chunks_exact_mut((r1 - r0) * row))
-        {
-            for (r, out) in (r0..r1).zip(out.chunks_exact_mut(row)) {
-                match r.checked_sub(pad).filter(|&iy| iy < h) {
-                    Some(iy) => {
-                        let (left, rest) = out.split_at_mut(pad * l);
-                        left.fill(0.0);
-                        let (mid, right) = rest.split_at_mut(wd * l);
-                        mid.copy_from_slice(&plane[iy * wd * l..(iy + 1) * wd * l]);
-                        right.fill(0.0);
-                    }
-                    None => out.fill(0.0),
+        for (r, out) in (r0..r1).zip(out.chunks_exact_mut(pw * l)) {
+            match r.checked_sub(pad).filter(|&iy| iy < h) {
+                Some(iy) => {
+                    let (left, rest) = out.split_at_mut(pad * l);
+                    left.fill(0.0);
+                    let (mid, right) = rest.split_at_mut(wd * l);
+                    mid.copy_from_slice(&plane[iy * wd * l..(iy + 1) * wd * l]);
+                    right.fill(0.0);
                 }
+                None => out.fill(0.0),
             }
         }
     }
