@@ -485,10 +485,10 @@ pub fn conv(
             // their layers (`rayon::scope` moves the loop there): called from outside the
             // pool, every call would also pay for handing its tasks to the workers and
             // waking the caller, which no layer in a network does.
-            let t = if forward.layout() == Layout::Blocked {
-                let xb = k.to_blocked(&x)?;
-                let mut y = tensor::BlockedTensor::zeros(k, [batch, cout, oh, ow])?;
-                rayon::scope(|_| {
+            let t = rayon::scope(|_| {
+                if forward.layout() == Layout::Blocked {
+                    let xb = k.to_blocked(&x)?;
+                    let mut y = tensor::BlockedTensor::zeros(k, [batch, cout, oh, ow])?;
                     best_time(budget, || {
                         k.blocked_conv2d_into(
                             &xb,
@@ -497,12 +497,12 @@ pub fn conv(
                             &mut y,
                         )
                     })
-                })?
-            } else {
-                let mut y = Tensor::zeros(&[batch, cout, oh, ow])?;
-                let steps = [Epilogue::Bias(&bias), Epilogue::Relu];
-                rayon::scope(|_| best_time(budget, || k.conv2d_into(&x, &packed, &steps, &mut y)))?
-            };
+                } else {
+                    let mut y = Tensor::zeros(&[batch, cout, oh, ow])?;
+                    let steps = [Epilogue::Bias(&bias), Epilogue::Relu];
+                    best_time(budget, || k.conv2d_into(&x, &packed, &steps, &mut y))
+                }
+            })?;
             // Real multiply-adds: each output reads its group's inputs only.
             let flops = 2.0 * (batch * cout * oh * ow * cg * ks * ks) as f64;
             let gflops = flops / t.as_secs_f64() / 1e9;
