@@ -46,4 +46,4 @@ pub mod tape;
 
 pub use optim::{accumulate_gradients, scale_gradients, Sgd, SgdConfig};
 pub use schedule::Schedule;
-pub use tape::{Gradients, Tape, Var};
+pub use tape::{Gradients, OpTime, Tape, Var};

@@ -17,6 +17,7 @@
 //! nothing survives the step but the gradients.
 
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use tensor::{
     AvgPool2d, BatchNormBackward, BatchNormGrads, BnGradIn, ChannelStats, Conv2d, ConvBackward,
@@ -126,6 +127,25 @@ enum Op {
     },
 }
 
+impl Op {
+    /// The nodes the op read.
+    fn inputs(&self) -> Vec<Var> {
+        match self {
+            Op::Leaf => Vec::new(),
+            Op::Conv2d { x, w, .. } => vec![*x, *w],
+            Op::BatchNorm { x, gamma, beta, .. } => vec![*x, *gamma, *beta],
+            Op::Add { a, b, .. } => vec![*a, *b],
+            Op::Linear { x, w, b } => vec![*x, *w, *b],
+            Op::CrossEntropy { logits, .. } => vec![*logits],
+            Op::Relu { x }
+            | Op::MaxPool { x, .. }
+            | Op::AvgPool { x, .. }
+            | Op::GlobalAvgPool { x }
+            | Op::PadChannels { x, .. } => vec![*x],
+        }
+    }
+}
+
 struct Node<'p> {
     value: Value<'p>,
     op: Op,
@@ -149,12 +169,43 @@ pub struct Tape<'p> {
     sync: Option<&'p dyn ReplicaSum>,
     /// Whether convolution plans may take Winograd ([`Tape::set_winograd`]).
     winograd: bool,
+    /// Each node's forward time, when profiling ([`Tape::set_profile`]).
+    profile: Option<Profiler>,
+}
+
+/// The forward half of a profile: the time between one node's recording and the next.
+struct Profiler {
+    last: Instant,
+    forward: Vec<Duration>,
+}
+
+/// One op of a profiled step ([`Tape::set_profile`], [`Gradients::profile`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpTime {
+    /// The node's index on the tape (creation order).
+    pub node: usize,
+    /// What the op is ([`Tape::describe`]); for a convolution also its kernel, stride
+    /// and the routes its forward, `dX` and `dW` took.
+    pub op: String,
+    /// The output's shape.
+    pub shape: Vec<usize>,
+    /// The nodes it read, as tape indices (a parameter among them names the layer).
+    pub inputs: Vec<usize>,
+    /// The forward's multiply-adds for a convolution or a linear layer (each gradient,
+    /// `dX` and `dW`, takes as many), 0 for other ops.
+    pub macs: u64,
+    /// From the previous node's recording to this one's: the op's forward, plus a
+    /// deferred batch norm's output if this op is the one that computed it.
+    pub forward: Duration,
+    /// Its backward (zero when no gradient reached it).
+    pub backward: Duration,
 }
 
 /// The gradients a backward pass left on the leaves that require them.
 pub struct Gradients {
     grads: Vec<Option<Tensor>>,
     tape: u32,
+    profile: Option<Vec<OpTime>>,
 }
 
 impl Gradients {
@@ -173,6 +224,12 @@ impl Gradients {
             return None;
         }
         self.grads.get_mut(v.0).and_then(|g| g.take())
+    }
+
+    /// Every op's forward and backward time, in tape order, when the tape was profiled
+    /// ([`Tape::set_profile`]); leaves are left out.
+    pub fn profile(&self) -> Option<&[OpTime]> {
+        self.profile.as_deref()
     }
 }
 
@@ -219,7 +276,19 @@ impl<'p> Tape<'p> {
             id: NEXT_TAPE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             sync: None,
             winograd: true,
+            profile: None,
         }
+    }
+
+    /// Times every op from here on: its forward (from the previous node's recording to
+    /// its own) and its backward, returned by [`Gradients::profile`]. Off by default;
+    /// the clock reads cost well under a microsecond an op. Each parallel kernel
+    /// finishes before its op returns, so the times add up to the step's.
+    pub fn set_profile(&mut self, on: bool) {
+        self.profile = on.then(|| Profiler {
+            last: Instant::now(),
+            forward: vec![Duration::ZERO; self.nodes.len()],
+        });
     }
 
     /// Whether the convolutions recorded from here on may run by Winograd (on by default:
@@ -256,6 +325,11 @@ impl<'p> Tape<'p> {
     }
 
     fn push(&mut self, value: Value<'p>, op: Op, requires_grad: bool) -> Var {
+        if let Some(p) = &mut self.profile {
+            let now = Instant::now();
+            p.forward.push(now - p.last);
+            p.last = now;
+        }
         self.nodes.push(Node {
             value,
             op,
@@ -806,8 +880,16 @@ impl<'p> Tape<'p> {
                 }
             }
         }
+        let mut profile = self.profile.as_ref().map(|_| self.op_times(output.0));
         for i in (0..=output.0).rev() {
+            let start = Instant::now();
             self.backward_node(i, &mut grads)?;
+            if let Some(row) = profile
+                .as_mut()
+                .and_then(|p| p.iter_mut().find(|r| r.node == i))
+            {
+                row.backward = start.elapsed();
+            }
             for &leaf in &completes[i] {
                 if let Some(g) = &grads[leaf] {
                     ready(Var(leaf, self.id), g)?;
@@ -821,7 +903,81 @@ impl<'p> Tape<'p> {
         Ok(Gradients {
             grads,
             tape: self.id,
+            profile,
         })
+    }
+
+    /// The profile's rows for the ops up to node `last`, before the backward pass
+    /// frees their values (backward times zero).
+    fn op_times(&self, last: usize) -> Vec<OpTime> {
+        let forward = |i: usize| {
+            self.profile
+                .as_ref()
+                .and_then(|p| p.forward.get(i).copied())
+                .unwrap_or_default()
+        };
+        (0..=last)
+            .filter(|&i| !matches!(self.nodes[i].op, Op::Leaf))
+            .map(|i| {
+                let v = Var(i, self.id);
+                let n = &self.nodes[i];
+                let mut op = self.describe(v).unwrap_or_default();
+                let shape = self.shape_of(v);
+                let mut macs = 0;
+                if let Op::Conv2d { w, .. } | Op::Linear { w, .. } = &n.op {
+                    // Each output element sums one weight row: O x I x kh x kw / O.
+                    let row: usize = self.shape_of(*w).iter().skip(1).product();
+                    macs = (shape.iter().product::<usize>() * row) as u64;
+                }
+                if let Op::Conv2d { x, w, plan, .. } = &n.op {
+                    op.push_str(&self.conv_summary(*x, *w, plan));
+                }
+                OpTime {
+                    node: i,
+                    op,
+                    shape,
+                    macs,
+                    inputs: n.op.inputs().iter().map(|v| v.0).collect(),
+                    forward: forward(i),
+                    backward: Duration::ZERO,
+                }
+            })
+            .collect()
+    }
+
+    /// `" 3x3 s1: forward / dX / dW routes"` of a convolution, as far as known.
+    fn conv_summary(&self, x: Var, w: Var, plan: &ConvPlan) -> String {
+        let dims = |v: Var| self.node(v).and_then(|_| self.shape_of(v).try_into().ok());
+        let (Some(xd), Some(wd)) = (dims(x), dims(w)) else {
+            return String::new();
+        };
+        let [_, _, kh, kw]: [usize; 4] = wd;
+        let stride = plan.conv().stride;
+        match plan.routes(xd) {
+            Ok(r) => {
+                let dx = r.input_grad.map_or("-".into(), |d| d.to_string());
+                let dw = r.weight_grad.map_or("-".into(), |d| d.to_string());
+                format!(" {kh}x{kw} s{stride}: {} / {dx} / {dw}", r.forward)
+            }
+            Err(_) => format!(" {kh}x{kw} s{stride}"),
+        }
+    }
+
+    /// The shape of `v`'s value (a deferred batch norm's: its input's), before the
+    /// backward pass frees it.
+    fn shape_of(&self, v: Var) -> Vec<usize> {
+        match self.node(v) {
+            Some(Node {
+                value: Value::Deferred(cell),
+                op: Op::BatchNorm { x, .. },
+                ..
+            }) if cell.get().is_none() => self.shape_of(*x),
+            Some(_) => self
+                .value(v)
+                .map(|t| t.shape().to_vec())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        }
     }
 
     /// One step of the backward pass: node `i`'s gradient (if it has one) through its
@@ -1305,6 +1461,57 @@ mod tests {
             Tensor::randn(&[3, 4], 0.0, 0.5, 2).unwrap(),
             Tensor::zeros(&[3]).unwrap(),
         ]
+    }
+
+    #[test]
+    fn a_profiled_step_times_every_op_and_computes_the_same_gradients() {
+        let k = Kernels::active().unwrap();
+        let params = small_params();
+        let x = Tensor::randn(&[3, 2, 5, 5], 0.0, 1.0, 3).unwrap();
+        let run = |profile: bool| {
+            let mut tape = Tape::new(k);
+            tape.set_profile(profile);
+            let (loss, leaves, _) = small_net(&mut tape, &params, x.clone());
+            let grads = tape.backward(loss).unwrap();
+            let g: Vec<Tensor> = leaves
+                .iter()
+                .map(|&v| grads.get(v).unwrap().clone())
+                .collect();
+            (g, grads.profile().map(|p| p.to_vec()))
+        };
+        let (plain, none) = run(false);
+        let (profiled, rows) = run(true);
+        assert!(none.is_none());
+        assert_eq!(plain, profiled);
+        let rows = rows.unwrap();
+        // The five ops, in tape order, leaves left out.
+        let ops: Vec<&str> = rows
+            .iter()
+            .map(|r| r.op.split(' ').next().unwrap())
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                "conv2d",
+                "batch_norm+relu",
+                "global_avg_pool",
+                "linear",
+                "cross_entropy"
+            ]
+        );
+        assert!(rows.windows(2).all(|w| w[0].node < w[1].node));
+        let conv = &rows[0];
+        assert_eq!(conv.shape, [3, 4, 5, 5]);
+        assert!(conv.op.contains("3x3 s1: "), "{}", conv.op);
+        // Output elements x (input channels x 3 x 3).
+        assert_eq!(conv.macs, 3 * 4 * 5 * 5 * 2 * 3 * 3);
+        assert_eq!(rows[3].macs, 3 * 3 * 4);
+        assert_eq!(rows[1].macs, 0);
+        assert_eq!(rows[1].shape, [3, 4, 5, 5]);
+        assert_eq!(conv.inputs, [0, 1]);
+        // Every op ran forward; all but the loss's seed-only node took a backward.
+        assert!(rows.iter().all(|r| r.forward > Duration::ZERO));
+        assert!(rows[..4].iter().all(|r| r.backward > Duration::ZERO));
     }
 
     #[test]

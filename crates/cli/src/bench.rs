@@ -604,6 +604,7 @@ pub fn train(
     arch: resnet::Arch,
     batch: usize,
     budget: Duration,
+    profile: bool,
     json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     use autograd::{Sgd, SgdConfig, Tape};
@@ -658,6 +659,172 @@ pub fn train(
             "{arch} training step, batch {batch}, {threads} threads, {size}x{size}: {ms:.1} ms/step, {images_per_s:.0} images/s; activations kept {activations_mb:.0} MB, peak RSS {rss_text}"
         ))?;
     }
+    if profile {
+        let mut steps = Vec::new();
+        let start = Instant::now();
+        while steps.len() < 3 || start.elapsed() < budget {
+            steps.push(resnet::profile_step(
+                &mut net,
+                &mut sgd,
+                *k,
+                x.clone(),
+                &targets,
+            )?);
+        }
+        print_train_profile(&steps, measured_peak(k, threads), json)?;
+    }
+    Ok(())
+}
+
+/// The median of `values` in ms.
+fn median_ms(mut values: Vec<Duration>) -> f64 {
+    values.sort();
+    values
+        .get(values.len() / 2)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
+/// `bench train --profile`'s table: each op's median forward and backward time over the
+/// profiled steps (the same graph every step), in tape order, then the totals by kind;
+/// convolutions and linear layers also as a % of the FMA `peak` (GFLOP/s), counting
+/// the forward's multiply-adds twice for the backward (`dX` and `dW`), and a direct
+/// convolution's multiply-adds for Winograd (its effective rate, which may pass 100%).
+fn print_train_profile(
+    steps: &[resnet::StepProfile],
+    peak: f64,
+    json: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let Some(first) = steps.first() else {
+        return Ok(());
+    };
+    let total = median_ms(steps.iter().map(|s| s.total).collect());
+    let update = median_ms(steps.iter().map(|s| s.update).collect());
+    let column = |i: usize, f: fn(&autograd::OpTime) -> Duration| {
+        median_ms(
+            steps
+                .iter()
+                .filter_map(|s| s.ops.get(i))
+                .map(|o| f(&o.time))
+                .collect(),
+        )
+    };
+    // % of the peak for `macs` multiply-adds in `ms`, blank when the op has none.
+    let pct = |macs: u64, ms: f64| match macs > 0 && ms > 0.0 {
+        true => format!(
+            "{:.0}",
+            100.0 * 2.0 * macs as f64 / (ms * 1e-3) / 1e9 / peak
+        ),
+        false => String::new(),
+    };
+    // (kind of op, forward ms, backward ms, forward multiply-adds), summed over the ops of
+    // that kind.
+    let mut kinds: Vec<(String, f64, f64, u64)> = Vec::new();
+    if !json {
+        crate::emit(&format!(
+            "profile: median of {} steps, {total:.1} ms a step (the profiled step's own total); %pk: of the FMA peak {peak:.0} GFLOP/s",
+            steps.len()
+        ))?;
+        crate::emit(&format!(
+            "{:<30} {:>8} {:>8} {:>5} {:>6} {:>6}  {:<20} op",
+            "layer", "fwd ms", "bwd ms", "step%", "fwd%pk", "bwd%pk", "shape"
+        ))?;
+    }
+    for (i, row) in first.ops.iter().enumerate() {
+        let (fwd, bwd) = (column(i, |t| t.forward), column(i, |t| t.backward));
+        let op = &row.time.op;
+        // The kind: the description up to its routes (`conv2d 3x3 s1: ...` -> `conv2d
+        // 3x3 s1`, with the forward route), without the fusions' wording.
+        let kind = match op.split_once(": ") {
+            Some((head, routes)) => {
+                let forward = routes.split(" / ").next().unwrap_or("");
+                format!("{} ({forward})", head.replace(" of a normalised input", ""))
+            }
+            None => op
+                .replace(" of a normalised input", "")
+                .replace(" (deferred)", ""),
+        };
+        let macs = row.time.macs;
+        match kinds.iter_mut().find(|(k, ..)| *k == kind) {
+            Some(k) => {
+                k.1 += fwd;
+                k.2 += bwd;
+                k.3 += macs;
+            }
+            None => kinds.push((kind, fwd, bwd, macs)),
+        }
+        if json {
+            crate::emit(
+                &serde_json::json!({
+                    "bench": "train_profile", "layer": row.layer, "op": op,
+                    "shape": row.time.shape, "forward_ms": round(fwd, 3),
+                    "backward_ms": round(bwd, 3), "macs": macs,
+                })
+                .to_string(),
+            )?;
+        } else {
+            crate::emit(&format!(
+                "{:<30} {fwd:>8.2} {bwd:>8.2} {:>5.1} {:>6} {:>6}  {:<20} {op}",
+                row.layer,
+                100.0 * (fwd + bwd) / total,
+                pct(macs, fwd),
+                pct(2 * macs, bwd),
+                format!("{:?}", row.time.shape),
+            ))?;
+        }
+    }
+    kinds.sort_by(|a, b| (b.1 + b.2).total_cmp(&(a.1 + a.2)));
+    let (fwd_sum, bwd_sum) = kinds.iter().fold((0.0, 0.0), |a, k| (a.0 + k.1, a.1 + k.2));
+    let rest = total - fwd_sum - bwd_sum - update;
+    if json {
+        for (kind, fwd, bwd, macs) in &kinds {
+            crate::emit(
+                &serde_json::json!({
+                    "bench": "train_profile_kind", "kind": kind,
+                    "forward_ms": round(*fwd, 3), "backward_ms": round(*bwd, 3), "macs": macs,
+                })
+                .to_string(),
+            )?;
+        }
+        crate::emit(
+            &serde_json::json!({
+                "bench": "train_profile_total", "step_ms": round(total, 2),
+                "forward_ms": round(fwd_sum, 2), "backward_ms": round(bwd_sum, 2),
+                "update_ms": round(update, 2), "rest_ms": round(rest, 2),
+            })
+            .to_string(),
+        )?;
+        return Ok(());
+    }
+    crate::emit("\nby kind of op (forward route for convolutions):")?;
+    crate::emit(&format!(
+        "{:<44} {:>9} {:>9} {:>6} {:>6} {:>6}",
+        "kind", "fwd ms", "bwd ms", "step%", "fwd%pk", "bwd%pk"
+    ))?;
+    for (kind, fwd, bwd, macs) in &kinds {
+        crate::emit(&format!(
+            "{kind:<44} {fwd:>9.2} {bwd:>9.2} {:>6.1} {:>6} {:>6}",
+            100.0 * (fwd + bwd) / total,
+            pct(*macs, *fwd),
+            pct(2 * macs, *bwd),
+        ))?;
+    }
+    crate::emit(&format!(
+        "{:<44} {fwd_sum:>9.2} {bwd_sum:>9.2} {:>6.1}",
+        "all ops",
+        100.0 * (fwd_sum + bwd_sum) / total
+    ))?;
+    crate::emit(&format!(
+        "{:<44} {update:>9.2} {:>9} {:>6.1}",
+        "update (running statistics, SGD)",
+        "",
+        100.0 * update / total
+    ))?;
+    crate::emit(&format!(
+        "{:<44} {rest:>9.2} {:>9} {:>6.1}",
+        "the rest (freeing the step's memory, medians' skew)",
+        "",
+        100.0 * rest / total
+    ))?;
     Ok(())
 }
 

@@ -287,6 +287,11 @@ enum BenchCommand {
         /// Images per batch.
         #[arg(long, default_value_t = 128)]
         batch: usize,
+        /// After the timing, profile the step: every op's forward and backward time
+        /// (median over the profiled steps), with its layer, output shape, the
+        /// convolution routes and their % of the FMA peak, then the totals by kind of op.
+        #[arg(long)]
+        profile: bool,
     },
     /// conv2d forward for every distinct ResNet-50 layer.
     Conv {
@@ -568,11 +573,15 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         json,
                     )
                 }
-                BenchCommand::Train { arch, batch } => {
+                BenchCommand::Train {
+                    arch,
+                    batch,
+                    profile,
+                } => {
                     if batch == 0 {
                         return Err("--batch must be at least 1".into());
                     }
-                    bench::train(&k, threads, arch.parse()?, batch, budget, json)
+                    bench::train(&k, threads, arch.parse()?, batch, budget, profile, json)
                 }
                 BenchCommand::Conv {
                     batch,

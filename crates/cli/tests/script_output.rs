@@ -207,3 +207,40 @@ fn eval_and_info_speak_json() {
     assert!(v["active_tier"].is_string() && v["kernels"]["gemm_microkernel"].is_string());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bench_train_profile_speaks_json_op_by_op() {
+    let o = resnet(&[
+        "--threads",
+        "1",
+        "bench",
+        "--json",
+        "--seconds",
+        "0.01",
+        "train",
+        "--batch",
+        "2",
+        "--profile",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |kind: &'static str| lines.iter().filter(move |v| v["bench"] == kind);
+    assert_eq!(of("train").count(), 1);
+    // ResNet-20: 19 convolutions, each with its layer, routes and multiply-adds.
+    let convs: Vec<&serde_json::Value> = of("train_profile")
+        .filter(|v| v["op"].as_str().unwrap().starts_with("conv2d"))
+        .collect();
+    assert_eq!(convs.len(), 19);
+    assert_eq!(convs[0]["layer"], "conv1");
+    assert_eq!(convs[0]["shape"], serde_json::json!([2, 16, 32, 32]));
+    assert_eq!(convs[0]["macs"], 2 * 16 * 32 * 32 * 3 * 9);
+    assert!(convs
+        .iter()
+        .all(|v| v["forward_ms"].as_f64().unwrap() > 0.0));
+    let total = of("train_profile_total").next().expect("a total line");
+    assert!(total["step_ms"].as_f64().unwrap() > 0.0);
+    assert!(of("train_profile_kind").count() >= 5);
+}

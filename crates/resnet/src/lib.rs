@@ -99,8 +99,8 @@ pub use model::{BatchNorm, Block, ConvBn, ConvLayer, ResNet, Shortcut};
 pub use model_info::ModelInfo;
 #[cfg(feature = "train")]
 pub use train::{
-    count_correct, parallel_gradients, train_step, train_step_parallel, BatchStats, Freeze,
-    StepGradients, StepOutcome, TrainForward,
+    count_correct, parallel_gradients, profile_step, train_step, train_step_parallel, BatchStats,
+    Freeze, LayerTime, StepGradients, StepOutcome, StepProfile, TrainForward,
 };
 #[cfg(feature = "train")]
 pub use trainer::{

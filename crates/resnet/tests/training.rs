@@ -232,3 +232,47 @@ fn sgd_fits_a_small_batch() {
     );
     assert_eq!(last.correct, 8, "the batch is memorised");
 }
+
+#[test]
+fn a_profiled_step_is_the_same_step_and_names_every_op_by_its_layer() {
+    let x = Tensor::randn(&[2, 3, 16, 16], 0.0, 1.0, 1).unwrap();
+    let targets = [3, 7];
+    let mut plain = ResNet::new(Arch::Cifar { depth: 20 }, 10, 3).unwrap();
+    let mut profiled = ResNet::new(Arch::Cifar { depth: 20 }, 10, 3).unwrap();
+    let (mut opt_a, mut opt_b) = (sgd(&mut plain), sgd(&mut profiled));
+    train_step(
+        &mut plain,
+        &mut opt_a,
+        kernels(),
+        x.clone(),
+        &targets,
+        Freeze::None,
+        0.0,
+    )
+    .unwrap();
+    let p = resnet::profile_step(&mut profiled, &mut opt_b, kernels(), x, &targets).unwrap();
+    assert_eq!(
+        snapshot(&plain),
+        snapshot(&profiled),
+        "the profiled step updated differently"
+    );
+    let layers: Vec<&str> = p.ops.iter().map(|o| o.layer.as_str()).collect();
+    assert_eq!(layers[..2], ["conv1", "bn1"]);
+    assert!(layers.contains(&"layer3.2.conv2"), "{layers:?}");
+    assert!(layers.contains(&"layer1.0.bn2 > add+relu"), "{layers:?}");
+    assert_eq!(*layers.last().unwrap(), "fc > cross_entropy");
+    // ResNet-20: 19 convolutions; every op's time is part of the step's.
+    let convs = p
+        .ops
+        .iter()
+        .filter(|o| o.time.op.starts_with("conv2d"))
+        .count();
+    assert_eq!(convs, 19);
+    let ops: std::time::Duration = p.ops.iter().map(|o| o.time.forward + o.time.backward).sum();
+    assert!(
+        ops + p.update <= p.total,
+        "{ops:?} + {:?} > {:?}",
+        p.update,
+        p.total
+    );
+}
