@@ -741,6 +741,22 @@ impl<'p> Tape<'p> {
     /// window's winner (`Kernels::max_pool2d_with_indices`: 4 bytes an output), and the
     /// backward pass only scatters.
     pub fn max_pool2d(&mut self, x: Var, pool: Pool2d) -> Result<Var> {
+        // A batch norm + ReLU nobody has read (the stem's): the pool normalises each plane
+        // as it reads it, and its gradient goes to the batch norm, whose backward
+        // recomputes the ReLU's mask from its input anyway.
+        if let Some(norm) = self
+            .deferred_norm(x)
+            .filter(|n| n.relu && self.requires_grad(x))
+        {
+            let affine = [&norm.affine[0][..], &norm.affine[1][..]];
+            let (y, w) = self.kernels.max_pool2d_with_indices_normalised(
+                self.value(norm.x)?,
+                &pool,
+                Some(affine),
+            )?;
+            let winners = Some(w);
+            return Ok(self.push_op(y, Op::MaxPool { x, pool, winners }, &[x]));
+        }
         let xv = self.value(x)?;
         let (y, winners) = if self.requires_grad(x) {
             let (y, w) = self.kernels.max_pool2d_with_indices(xv, &pool)?;
@@ -1461,6 +1477,41 @@ mod tests {
             Tensor::randn(&[3, 4], 0.0, 0.5, 2).unwrap(),
             Tensor::zeros(&[3]).unwrap(),
         ]
+    }
+
+    #[test]
+    fn a_max_pool_after_batch_norm_and_relu_normalises_on_the_way_in_to_the_same_bits() {
+        let k = Kernels::active().unwrap();
+        let params = small_params();
+        let x = Tensor::randn(&[3, 2, 9, 9], 0.0, 1.0, 3).unwrap();
+        let run = |fused: bool| {
+            let mut tape = Tape::new(k);
+            let xv = tape.input(x.clone());
+            let [w, g, b, fw] =
+                [&params[0], &params[1], &params[2], &params[3]].map(|p| tape.param(p));
+            let fb = tape.constant(&params[4]);
+            let h = tape.conv2d(xv, w, Conv2d::new(1, 1)).unwrap();
+            let (h, _) = tape.batch_norm(h, g, b, 1e-5, true).unwrap();
+            if !fused {
+                tape.value(h).unwrap(); // computed: the pool reads it as it is
+            }
+            let p = tape.max_pool2d(h, Pool2d::RESNET_STEM).unwrap();
+            assert_eq!(tape.describe(h).unwrap().ends_with("(deferred)"), fused);
+            let y = tape.value(p).unwrap().clone();
+            let h = tape.global_avg_pool(p).unwrap();
+            let logits = tape.linear(h, fw, fb).unwrap();
+            let loss = tape.cross_entropy(logits, &[1, 0, 2], 0.0).unwrap();
+            let grads = tape.backward(loss).unwrap();
+            let g: Vec<Tensor> = [w, g, b, fw]
+                .iter()
+                .map(|&v| grads.get(v).unwrap().clone())
+                .collect();
+            (y, g)
+        };
+        let (y_plain, g_plain) = run(false);
+        let (y_fused, g_fused) = run(true);
+        assert_eq!(y_plain, y_fused);
+        assert_eq!(g_plain, g_fused);
     }
 
     #[test]

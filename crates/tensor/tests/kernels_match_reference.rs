@@ -443,6 +443,31 @@ fn check_max_pool_indices(k: Kernels) -> CheckResult {
         // A gradient of another shape is refused, not read out of bounds.
         let wrong = Tensor::zeros(&[1, 1, 1, want.len() + 1]).map_err(fail)?;
         prop_assert!(k.max_pool2d_backward_from_indices(&idx, &wrong).is_err());
+        // Normalising on the way in (a batch norm + ReLU before the pool) pools the same
+        // floats as normalising first, with the same winners: scales of both signs and
+        // zero, so that the ReLU ties whole windows at 0.
+        let c = shape[1];
+        let scale: Vec<f32> = (0..c)
+            .map(|ch| ((seed >> ch) % 4) as f32 * 0.5 - 0.5)
+            .collect();
+        let shift: Vec<f32> = (0..c).map(|ch| 0.25 * ch as f32 - 0.25).collect();
+        let normed = k
+            .scale_shift(&x, &scale, &shift, &[Epilogue::Relu])
+            .map_err(fail)?;
+        let (want_n, want_idx) = k.max_pool2d_with_indices(&normed, &p).map_err(fail)?;
+        let (got_n, got_idx) = k
+            .max_pool2d_with_indices_normalised(&x, &p, Some([&scale, &shift]))
+            .map_err(fail)?;
+        close(
+            "max_pool2d_with_indices_normalised",
+            got_n.data(),
+            want_n.data(),
+            |_| 0.0,
+        )?;
+        prop_assert_eq!(got_idx.as_slice(), want_idx.as_slice());
+        prop_assert!(k
+            .max_pool2d_with_indices_normalised(&x, &p, Some([&scale[1..], &shift[1..]]))
+            .is_err());
         Ok(())
     })
 }

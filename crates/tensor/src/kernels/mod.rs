@@ -1084,7 +1084,26 @@ impl Kernels {
         x: &Tensor,
         pool: &Pool2d,
     ) -> Result<(Tensor, MaxPoolIndices)> {
+        self.max_pool2d_with_indices_normalised(x, pool, None)
+    }
+
+    /// [`Kernels::max_pool2d_with_indices`] of `relu(scale[c] x + shift[c])` when
+    /// `input_affine` is `Some([scale, shift])` (a training batch norm and its ReLU
+    /// before the pool, as the stem has them): each plane is normalised into a buffer
+    /// of the task's as it is pooled, so the normalised tensor is never stored and read
+    /// back. The same floats and winners as pooling `Kernels::scale_shift` with
+    /// `[Epilogue::Relu]` of `x`.
+    pub fn max_pool2d_with_indices_normalised(
+        &self,
+        x: &Tensor,
+        pool: &Pool2d,
+        input_affine: Option<[&[f32]; 2]>,
+    ) -> Result<(Tensor, MaxPoolIndices)> {
         let [n, c, h, w] = x.dims4("max_pool2d_with_indices")?;
+        if let Some(affine) = input_affine {
+            crate::layout::check_affine("max_pool2d_with_indices", affine, c)?;
+        }
+        let norm = input_affine.map(|affine| crate::layout::Normalise::new(&self.set, affine));
         let [oh, ow] = pool.output_size(h, w)?;
         if h * w > u32::MAX as usize {
             return Err(TensorError::InvalidArgument {
@@ -1109,8 +1128,14 @@ impl Kernels {
         let kernel = self.set.max_pool_plane_indices;
         let vector = h * w <= body::POOL_INDEX_MAX_PLANE;
         let scratch_len = 2 * (h + 1) * ow;
+        // `scratch`: the vector kernel's, then (normalising) a plane's.
         let run = |scratch: &mut Vec<f32>, i: usize, d: &mut [f32], at: &mut [u32]| {
-            let s = &src[i * h * w..(i + 1) * h * w];
+            let mut s = &src[i * h * w..(i + 1) * h * w];
+            let (scratch, normed) = scratch.split_at_mut(scratch_len);
+            if let Some(norm) = &norm {
+                norm.apply(i % c, s, normed);
+                s = normed;
+            }
             if vector {
                 // SAFETY: `s` is one h x w input plane of at most 2^24 cells, `d` and
                 // `at` one oh x ow output plane each, the geometry was validated by
@@ -1133,8 +1158,9 @@ impl Kernels {
             }
         };
         let scratch_len = if vector { scratch_len } else { 0 };
+        let task_len = scratch_len + if norm.is_some() { h * w } else { 0 };
         if n * c * (plane + h * w) < PARALLEL_MIN {
-            let mut scratch = vec![0.0; scratch_len];
+            let mut scratch = vec![0.0; task_len];
             y.data_mut()
                 .chunks_mut(plane)
                 .zip(idx.chunks_mut(plane))
@@ -1147,7 +1173,7 @@ impl Kernels {
                 .enumerate()
                 .with_min_len((TASK_GRAIN / (h * w)).max(1))
                 .for_each_init(
-                    || vec![0.0; scratch_len],
+                    || vec![0.0; task_len],
                     |scratch, (i, (d, at))| run(scratch, i, d, at),
                 );
         }
