@@ -1103,7 +1103,7 @@ impl Kernels {
         if let Some(affine) = input_affine {
             crate::layout::check_affine("max_pool2d_with_indices", affine, c)?;
         }
-        let norm = input_affine.map(|affine| crate::layout::Normalise::new(&self.set, affine));
+        let norm = input_affine.map(|affine| crate::layout::Normalise::new(self.set, affine));
         let [oh, ow] = pool.output_size(h, w)?;
         if h * w > u32::MAX as usize {
             return Err(TensorError::InvalidArgument {
