@@ -70,7 +70,7 @@ pub use blocked::BlockedTensor;
 pub use conv::{
     fold_batch_norm, fold_batch_norm_into, Conv2d, ConvBackward, ConvPlan, ConvWeights, DirectForm,
     DxInto, Forward, InputGrad, Layout, Mode, Routes, Taps, WeightGrad, BLOCKED_CHUNK_BYTES,
-    DIRECT_MAX_CHANNELS, WINOGRAD_MAX_CHANNELS, WINOGRAD_WIDE_MAX_CHANNELS,
+    DIRECT_MAX_CHANNELS, GEMM_DW_MAX_PIXELS, WINOGRAD_MAX_CHANNELS, WINOGRAD_WIDE_MAX_CHANNELS,
     WINOGRAD_WIDE_MIN_PIXELS,
 };
 pub use epilogue::{Epilogue, Residual, StatsSink};

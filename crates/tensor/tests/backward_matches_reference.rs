@@ -14,7 +14,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use tensor::{
     reference, AvgPool2d, BatchNormBackward, BnGradIn, Conv2d, ConvBackward, ConvPlan, Epilogue,
-    Forward, InputGrad, Kernels, Layout, Mode, Pool2d, Tensor,
+    Forward, InputGrad, Kernels, Layout, Mode, Pool2d, Tensor, WeightGrad,
 };
 
 const CHECKS: &[(&str, Check)] = &[
@@ -665,8 +665,12 @@ fn check_conv_normalised(k: Kernels) -> CheckResult {
             .force_forward(Forward::Winograd)
             .force_input_grad(InputGrad::Winograd);
         let input = [c.n, c.c, c.h, c.w];
-        let plans =
-            std::iter::once(ladder).chain(winograd.routes(input).is_ok().then_some(winograd));
+        // And dW by one GEMM over the images where the layer is an unpadded 1x1 (its
+        // input gathered normalised).
+        let gemm_dw = ladder.force_weight_grad(WeightGrad::Gemm);
+        let plans = std::iter::once(ladder)
+            .chain(winograd.routes(input).is_ok().then_some(winograd))
+            .chain(gemm_dw.routes(input).is_ok().then_some(gemm_dw));
         for plan in plans {
             let packed = k.pack_conv(&plan, &w).map_err(fail)?;
             let (want, want_stats) = k.conv2d_with_stats(&y, &packed, None).map_err(fail)?;

@@ -10,7 +10,7 @@ use super::direct::{
     direct_conv_image, strided_transposed_image, DirectWeights, StridedTransposed,
 };
 use super::weight_grad::{accumulate_weight_grad, ConvShape, WeightGradScratch};
-use super::{ConvPlan, DirectForm, InputGrad, Mode};
+use super::{ConvPlan, DirectForm, InputGrad, Mode, WeightGrad};
 use crate::backward::{expect_shape, ConvGrads};
 use crate::epilogue::Epilogue;
 use crate::error::{Result, TensorError};
@@ -18,9 +18,80 @@ use crate::gemm::driver::{self, Threads};
 use crate::gemm::pack::{BSource, PackedA};
 use crate::gemm::{MatMut, MatRef};
 use crate::kernels::Kernels;
-use crate::layout::check_affine;
+use crate::layout::{check_affine, Normalise};
 use crate::tensor::Tensor;
 use crate::workspace::Workspace;
+
+/// `dw` (`[o, c]`) = the weight gradient of an unpadded 1x1 convolution over the images
+/// of `x` (`[n, c, h, w]`) and `dy` (`[n, o, oh, ow]`) as one GEMM ([`WeightGrad::Gemm`]):
+/// `dY` gathered to `[o, n P]` (`P = oh ow`), the input subsampled by the stride (and
+/// normalised, `relu(scale[c] x + shift[c])`, when `normalise` is given) to `[c, n P]`,
+/// then `dW = dY X^T` with the second operand read transposed.
+#[allow(clippy::too_many_arguments)]
+fn gemm_weight_grad(
+    k: &Kernels,
+    g: &ConvShape,
+    o: usize,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    normalise: Option<[&[f32]; 2]>,
+    threads: Threads,
+    ws: &Workspace,
+) -> Result<()> {
+    let (c, pix, s) = (g.c, g.oh * g.ow, g.stride);
+    let (in_image, out_image) = (c * g.h * g.w, o * pix);
+    let n = x.len() / in_image.max(1);
+    let cols = n * pix;
+    if cols == 0 || o == 0 || c == 0 {
+        return Ok(());
+    }
+    let norm = normalise.map(|affine| Normalise::new(k.set(), affine));
+    // Plain buffers (a few MB for the small-plane layers the ladder gives this route),
+    // freed on return: not parked in the workspace's scratch between steps.
+    let mut a = vec![0.0f32; o * cols];
+    let mut b = vec![0.0f32; c * cols];
+    let mut row = vec![0.0f32; if s > 1 { pix } else { 0 }];
+    let images = x.chunks_exact(in_image).zip(dy.chunks_exact(out_image));
+    for (i, (x_i, dy_i)) in images.enumerate() {
+        for (oc, run) in dy_i.chunks_exact(pix).enumerate() {
+            a[oc * cols + i * pix..][..pix].copy_from_slice(run);
+        }
+        for (ch, plane) in x_i.chunks_exact(g.h * g.w).enumerate() {
+            let dst = &mut b[ch * cols + i * pix..][..pix];
+            // The pixels the 1x1 taps read: every `s`-th of every `s`-th row.
+            let src = if s == 1 {
+                plane
+            } else {
+                for (oy, r) in row.chunks_exact_mut(g.ow).enumerate() {
+                    let line = &plane[oy * s * g.w..];
+                    r.iter_mut()
+                        .zip(line.iter().step_by(s))
+                        .for_each(|(d, v)| *d = *v);
+                }
+                &row[..]
+            };
+            match &norm {
+                Some(nm) => nm.apply(ch, src, dst),
+                None => dst.copy_from_slice(src),
+            }
+        }
+    }
+    let packed = PackedA::pack(k.isa(), k.set().gemm_mr, MatRef::row_major(&a, o, cols)?);
+    let source = BSource::Matrix(MatRef::row_major(&b, c, cols)?.t());
+    let mut c_mat = MatMut::row_major(dw, o, c)?;
+    driver::gemm(
+        k.set(),
+        &packed,
+        &source,
+        o,
+        c,
+        &mut c_mat,
+        &[],
+        threads,
+        ws,
+    )
+}
 
 /// The output positions `o` in `0..out` whose input coordinate `o * stride + offset -
 /// pad` falls inside `0..size`, as a range (they are contiguous).
@@ -360,12 +431,30 @@ impl Kernels {
         let (xd, gd) = (x.data(), dy.data());
 
         // One group of images' partial dW.
-        let dw_group = |images: std::ops::Range<usize>, threads: Threads| -> Vec<f32> {
+        let dw_group = |images: std::ops::Range<usize>, threads: Threads| -> Result<Vec<f32>> {
             // Zeros written, not the allocator's untouched zero pages, which the kernel
             // reads before it writes them (a copy-on-write fault and a TLB shootdown per
             // page: see `Tensor::full`).
             let mut dw_part = Vec::with_capacity(o * k);
             dw_part.resize(o * k, 0.0f32);
+            if dw_route == WeightGrad::Gemm {
+                let (x_g, dy_g) = (
+                    &xd[images.start * in_image..images.end * in_image],
+                    &gd[images.start * out_image..images.end * out_image],
+                );
+                gemm_weight_grad(
+                    self,
+                    &g,
+                    o,
+                    x_g,
+                    dy_g,
+                    &mut dw_part,
+                    normalise,
+                    threads,
+                    &ws,
+                )?;
+                return Ok(dw_part);
+            }
             let mut scratch = WeightGradScratch::default();
             accumulate_weight_grad(
                 set,
@@ -379,7 +468,7 @@ impl Kernels {
                 normalise,
                 dw_route,
             );
-            dw_part
+            Ok(dw_part)
         };
         // One image's dX, with scratch buffers the caller keeps between images.
         let dx_image = |b: usize,
@@ -528,18 +617,18 @@ impl Kernels {
                         groups
                             .into_par_iter()
                             .map(|r| dw_group(r, Threads::Single))
-                            .collect()
+                            .collect::<Result<Vec<_>>>()
                     } else {
-                        Vec::new()
+                        Ok(Vec::new())
                     }
                 },
                 || dx.as_mut().map_or(Ok(()), dx_all),
             );
             dx_done?;
-            partials = parts;
+            partials = parts?;
         } else {
             if want_dw {
-                partials.push(dw_group(0..n, Threads::Auto));
+                partials.push(dw_group(0..n, Threads::Auto)?);
             }
             if let Some(dx) = dx.as_mut() {
                 let mut scratch = (Vec::new(), Vec::new(), Vec::new());
