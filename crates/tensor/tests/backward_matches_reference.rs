@@ -665,8 +665,8 @@ fn check_conv_normalised(k: Kernels) -> CheckResult {
             .force_forward(Forward::Winograd)
             .force_input_grad(InputGrad::Winograd);
         let input = [c.n, c.c, c.h, c.w];
-        // And dW by one GEMM over the images where the layer is an unpadded 1x1 (its
-        // input gathered normalised).
+        // And dW by one GEMM over the images (its input's columns gathered normalised:
+        // im2col, or for an unpadded 1x1 layer the subsampled input).
         let gemm_dw = ladder.force_weight_grad(WeightGrad::Gemm);
         let plans = std::iter::once(ladder)
             .chain(winograd.routes(input).is_ok().then_some(winograd))

@@ -688,7 +688,11 @@ route_checks! {
     dw_outer_planes => |k| weight_grad(k, WeightGrad::OuterProduct(Taps::PhasePlanes), Shape { o_vectors: 2, ..ANY });
     dw_rowdot_image => |k| weight_grad(k, WeightGrad::RowDot(Taps::Image), Shape { whole_rows: true, ..UNIT_1X1 });
     dw_rowdot_planes => |k| weight_grad(k, WeightGrad::RowDot(Taps::PhasePlanes), ANY);
-    dw_gemm_images => |k| weight_grad(k, WeightGrad::Gemm, Shape { s: &[1, 2, 3], ..UNIT_1X1 });
+    dw_gemm_images => |k| {
+        // The unpadded 1x1 layers' subsampled input, and im2col for the rest.
+        weight_grad(k, WeightGrad::Gemm, Shape { s: &[1, 2, 3], ..UNIT_1X1 })?;
+        weight_grad(k, WeightGrad::Gemm, Shape { k: REAL, ..ANY })
+    };
 }
 
 fn main() {

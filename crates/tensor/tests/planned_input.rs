@@ -1,9 +1,10 @@
 //! The ladder's choices that depend on the image a layer is planned for
 //! (`ConvPlan::with_planned_input`): Winograd F(4x4, 3x3) for 3x3 stride-1 layers wider
 //! than `WINOGRAD_MAX_CHANNELS` only where the planned plane is large enough to pay for
-//! the transformed weights.
+//! the transformed weights; and those that depend on the batch it meets: `dW` by one
+//! GEMM over each thread's images only while their columns are few.
 
-use tensor::{Conv2d, ConvPlan, Forward, Kernels, Layout, Mode};
+use tensor::{Conv2d, ConvPlan, Forward, Kernels, Layout, Mode, WeightGrad};
 
 /// The forward route the ladder picks for a 3x3 stride-1 "same" layer of `c` channels in
 /// the blocked layout, planned for `planned` (or not), run on a `side x side` input.
@@ -43,4 +44,42 @@ fn wide_layers_take_winograd_only_where_planned_for_a_large_plane() {
         off.routes([1, 256, 28, 28]).unwrap().forward,
         Forward::Blocked
     );
+}
+
+/// The `dW` route the ladder picks for a `c -> o` layer with a `k x k` kernel (stride
+/// `s`, "same" padding) on `n` images of `side x side`, run in a pool of `threads`.
+fn dw_route(threads: usize, [o, c, k, s]: [usize; 4], n: usize, side: usize) -> WeightGrad {
+    let kern = Kernels::active().unwrap();
+    let plan = ConvPlan::new(&kern, [o, c, k, k], Conv2d::new(s, k / 2), Mode::Training).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        plan.routes([n, c, side, side])
+            .unwrap()
+            .weight_grad
+            .unwrap()
+    })
+}
+
+#[test]
+fn dw_by_one_gemm_only_for_small_planes_of_wide_layers_and_few_images_a_thread() {
+    let gemm = WeightGrad::Gemm;
+    // ResNet-50's 7 x 7 layers at batch 8 on 2 threads: 4 images of 49 pixels a group.
+    assert_eq!(dw_route(2, [512, 2048, 1, 1], 8, 7), gemm);
+    assert_eq!(dw_route(2, [2048, 1024, 1, 2], 8, 14), gemm);
+    assert_eq!(dw_route(2, [512, 512, 3, 1], 8, 7), gemm);
+    assert_eq!(dw_route(2, [512, 512, 3, 2], 8, 14), gemm);
+    // Batch 32 on 2 threads (784 columns a group): the outer-product kernel; on 16
+    // threads (98 columns) the GEMM again.
+    assert_ne!(dw_route(2, [512, 2048, 1, 1], 32, 7), gemm);
+    assert_eq!(dw_route(16, [512, 2048, 1, 1], 32, 7), gemm);
+    // Fewer images than threads: one group of them all.
+    assert_eq!(dw_route(16, [512, 512, 3, 1], 8, 7), gemm);
+    assert_ne!(dw_route(16, [512, 512, 3, 1], 12, 7), gemm);
+    // Planes of 14 x 14, or fewer than 512 outputs: never.
+    assert_ne!(dw_route(2, [512, 1024, 1, 1], 2, 14), gemm);
+    assert_ne!(dw_route(2, [256, 256, 3, 1], 8, 7), gemm);
+    assert_ne!(dw_route(2, [64, 64, 3, 1], 128, 8), gemm);
 }

@@ -22,11 +22,12 @@ use crate::layout::{check_affine, Normalise};
 use crate::tensor::Tensor;
 use crate::workspace::Workspace;
 
-/// `dw` (`[o, c]`) = the weight gradient of an unpadded 1x1 convolution over the images
-/// of `x` (`[n, c, h, w]`) and `dy` (`[n, o, oh, ow]`) as one GEMM ([`WeightGrad::Gemm`]):
-/// `dY` gathered to `[o, n P]` (`P = oh ow`), the input subsampled by the stride (and
-/// normalised, `relu(scale[c] x + shift[c])`, when `normalise` is given) to `[c, n P]`,
-/// then `dW = dY X^T` with the second operand read transposed.
+/// `dw` (`[o, c kh kw]`) = the weight gradient of a dense, undilated convolution over the
+/// images of `x` (`[n, c, h, w]`) and `dy` (`[n, o, oh, ow]`) as one GEMM
+/// ([`WeightGrad::Gemm`]): `dY` gathered to `[o, n P]` (`P = oh ow`), the input's columns
+/// (im2col of every image, side by side: `[c kh kw, n P]`; for an unpadded 1x1 layer the
+/// input subsampled by the stride) normalised, `relu(scale[c] x + shift[c])`, when
+/// `normalise` is given, then `dW = dY X^T` with the second operand read transposed.
 #[allow(clippy::too_many_arguments)]
 fn gemm_weight_grad(
     k: &Kernels,
@@ -43,19 +44,58 @@ fn gemm_weight_grad(
     let (in_image, out_image) = (c * g.h * g.w, o * pix);
     let n = x.len() / in_image.max(1);
     let cols = n * pix;
-    if cols == 0 || o == 0 || c == 0 {
+    let rows = c * g.kh * g.kw;
+    if cols == 0 || o == 0 || rows == 0 {
         return Ok(());
     }
     let norm = normalise.map(|affine| Normalise::new(k.set(), affine));
+    let one_by_one = g.kh == 1 && g.kw == 1 && g.pad == 0;
     // Plain buffers (a few MB for the small-plane layers the ladder gives this route),
-    // freed on return: not parked in the workspace's scratch between steps.
+    // freed on return: not parked in the workspace's scratch between steps. The columns
+    // start as zeros: im2col leaves the taps that read padding alone.
     let mut a = vec![0.0f32; o * cols];
-    let mut b = vec![0.0f32; c * cols];
-    let mut row = vec![0.0f32; if s > 1 { pix } else { 0 }];
+    let mut b = vec![0.0f32; rows * cols];
+    let mut row = vec![0.0f32; if one_by_one && s > 1 { pix } else { 0 }];
+    let mut normalised = vec![
+        0.0f32;
+        if !one_by_one && norm.is_some() {
+            in_image
+        } else {
+            0
+        }
+    ];
     let images = x.chunks_exact(in_image).zip(dy.chunks_exact(out_image));
     for (i, (x_i, dy_i)) in images.enumerate() {
         for (oc, run) in dy_i.chunks_exact(pix).enumerate() {
             a[oc * cols + i * pix..][..pix].copy_from_slice(run);
+        }
+        if !one_by_one {
+            // im2col of the (normalised) image into its columns of every row.
+            let img: &[f32] = match &norm {
+                Some(nm) => {
+                    let planes = x_i.chunks_exact(g.h * g.w);
+                    for (ch, (src, dst)) in planes
+                        .zip(normalised.chunks_exact_mut(g.h * g.w))
+                        .enumerate()
+                    {
+                        nm.apply(ch, src, dst);
+                    }
+                    &normalised
+                }
+                None => x_i,
+            };
+            g.for_each_run(cols, |dst, src, ox0, ox1, kx| {
+                let out = &mut b[dst + i * pix + ox0..dst + i * pix + ox1];
+                let first = src + ox0 * s + kx - g.pad;
+                if s == 1 {
+                    out.copy_from_slice(&img[first..first + out.len()]);
+                } else {
+                    out.iter_mut()
+                        .zip(img[first..].iter().step_by(s))
+                        .for_each(|(d, v)| *d = *v);
+                }
+            });
+            continue;
         }
         for (ch, plane) in x_i.chunks_exact(g.h * g.w).enumerate() {
             let dst = &mut b[ch * cols + i * pix..][..pix];
@@ -78,14 +118,14 @@ fn gemm_weight_grad(
         }
     }
     let packed = PackedA::pack(k.isa(), k.set().gemm_mr, MatRef::row_major(&a, o, cols)?);
-    let source = BSource::Matrix(MatRef::row_major(&b, c, cols)?.t());
-    let mut c_mat = MatMut::row_major(dw, o, c)?;
+    let source = BSource::Matrix(MatRef::row_major(&b, rows, cols)?.t());
+    let mut c_mat = MatMut::row_major(dw, o, rows)?;
     driver::gemm(
         k.set(),
         &packed,
         &source,
         o,
-        c,
+        rows,
         &mut c_mat,
         &[],
         threads,

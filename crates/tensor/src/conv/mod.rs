@@ -41,7 +41,8 @@
 //! | dX, 2 | [`InputGrad::DirectTransposed`] | stride 1, square kernel, at most 64 input channels |
 //! | dX, 3 | [`InputGrad::DirectPhases`] | strided, at most 64 input channels, where every phase reads inside `dY` |
 //! | dX, 4 | [`InputGrad::GemmCol2im`] | anything else |
-//! | dW | [`WeightGrad`] | the outer-product kernel when the output channels are whole groups of its tile's vectors, else row-dot; taps read from the image itself for a 1x1, stride-1, unpadded layer, else from phase planes |
+//! | dW, 1 | [`WeightGrad::Gemm`] | output planes under `GEMM_DW_MAX_PIXELS` pixels, at least `GEMM_DW_MIN_OUTPUTS` output channels, at most `GEMM_DW_MAX_COLUMNS` pixels in one thread's group of images |
+//! | dW, 2 | [`WeightGrad`] | the outer-product kernel when the output channels are whole groups of its tile's vectors, else row-dot; taps read from the image itself for a 1x1, stride-1, unpadded layer, else from phase planes |
 //!
 //! Each route family has a file of its own in this folder: `forward.rs` (the entry
 //! points and the three GEMM routes, over `crate::gemm`), `direct.rs` (the direct
@@ -204,11 +205,12 @@ pub enum WeightGrad {
     OuterProduct(Taps),
     /// Rows of `dY` and of the taps dotted along the pixels, reduced at the end.
     RowDot(Taps),
-    /// An unpadded 1x1 layer (any stride): `dW = dY X^T` as one GEMM over a group of
-    /// images, their pixels side by side (`[O, images x pixels]` times the subsampled,
-    /// possibly normalised, input's transpose). For small planes, where the other
-    /// routes' per-image reductions are short and their tiles of `dW` are written back
-    /// image after image.
+    /// `dW = dY X^T` as one GEMM over a group of images, their pixels side by side
+    /// (`[O, images x pixels]` times the transpose of the images' columns: im2col of the
+    /// possibly normalised input, or for an unpadded 1x1 layer the input subsampled by
+    /// the stride). For small planes of wide layers, where the other routes'
+    /// per-image reductions are short and their tiles of `dW` are written back image
+    /// after image.
     Gemm,
 }
 
@@ -262,6 +264,7 @@ struct Forced {
 /// One convolution's whole geometry: the layer and an input shape.
 #[derive(Clone, Copy, Debug)]
 struct Geometry {
+    n: usize,
     c: usize,
     h: usize,
     w: usize,
@@ -275,6 +278,18 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// How many images each of `dW`'s partial sums runs over: the backward gives each
+    /// thread of the pool one group of the batch's images (or, with fewer images than
+    /// threads, all of them to one group that threads its work inside).
+    fn dw_group_images(&self) -> usize {
+        let threads = rayon::current_num_threads().max(1);
+        if threads > 1 && self.n >= threads {
+            self.n.div_ceil(threads)
+        } else {
+            self.n
+        }
+    }
+
     fn unpadded_1x1(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.pad == 0
     }
@@ -708,7 +723,10 @@ impl ConvPlan {
         } else {
             Taps::PhasePlanes
         };
-        let weight_grad = if g.unpadded_1x1() && g.oh * g.ow < GEMM_DW_MAX_PIXELS {
+        let weight_grad = if g.oh * g.ow < GEMM_DW_MAX_PIXELS
+            && g.o >= GEMM_DW_MIN_OUTPUTS
+            && g.dw_group_images() * g.oh * g.ow <= GEMM_DW_MAX_COLUMNS
+        {
             WeightGrad::Gemm
         } else if outer {
             WeightGrad::OuterProduct(taps)
@@ -801,9 +819,9 @@ impl ConvPlan {
                 got: self.weights.to_vec(),
             });
         }
-        let _ = n;
         let [oh, ow] = self.conv.output_size(h, w, kh, kw)?;
         Ok(Geometry {
+            n,
             c,
             h,
             w,
@@ -895,10 +913,8 @@ impl ConvPlan {
         }
         let taps = match r {
             WeightGrad::OuterProduct(taps) | WeightGrad::RowDot(taps) => taps,
-            WeightGrad::Gemm if g.unpadded_1x1() => return Ok(()),
-            WeightGrad::Gemm => {
-                return Err("dW by one GEMM needs a 1x1, unpadded layer".into());
-            }
+            // Any dense, undilated layer (the geometry's): im2col of every image.
+            WeightGrad::Gemm => return Ok(()),
         };
         let lanes = self.kernels.lanes();
         if taps == Taps::Image {
@@ -1025,18 +1041,43 @@ pub const WINOGRAD_NCHW_MIN_CHANNELS: usize = 64;
 /// are 38 MB each time, for 4 tiles an image at 7 x 7).
 pub const WINOGRAD_NCHW_MAX_CHANNELS: usize = 256;
 
-/// An unpadded 1x1 layer whose output planes have fewer pixels than this takes its `dW`
-/// by one GEMM over each group of images ([`WeightGrad::Gemm`]); larger planes keep the
-/// outer-product (or row-dot) kernel.
+/// A layer whose output planes have fewer pixels than this (and at least
+/// [`GEMM_DW_MIN_OUTPUTS`] output channels) takes its `dW` by one GEMM over each group of
+/// images ([`WeightGrad::Gemm`]); larger planes keep the outer-product (or row-dot)
+/// kernel.
 ///
 /// Measured (Intel host, 2 threads, 2026-12-06, `dW` alone, batch 8, best of 6, GEMM
-/// against the outer-product kernel): ResNet-50's 7 x 7 layers 2.98 / 3.57 ms (2048 ->
+/// against the outer-product kernel): ResNet-50's 7 x 7 1x1 layers 2.98 / 3.57 ms (2048 ->
 /// 512), 2.80 / 3.95 (512 -> 2048), its stride-2 projection to 7 x 7 5.54 / 12.28;
 /// ResNet-18's projection to 7 x 7 at batch 16 0.84 / 0.90. At 14 x 14 it is a tie or a
 /// loss: 256 <-> 1024 channels 3.08 / 2.97 and 3.27 / 2.54, the stride-2 512 -> 1024
 /// projection 5.65 / 5.98, and inside the training step 1024 -> 512 12.9 / 10.5; at
-/// 28 x 28 and 56 x 56 the outer-product kernel wins by 1.2-3x.
+/// 28 x 28 and 56 x 56 the outer-product kernel wins by 1.2-3x. 3x3 layers (AMD Zen 4
+/// host, 2 threads, 2026-12-06, same timing): 512 channels at 14 -> 7 (stride 2) and
+/// 7 x 7, batch 8: 11.4 / 14.1 and 10.8 / 13.5 ms; batch 16: 27.4 / 28.4 and 23.8 /
+/// 26.9; 256 channels at 14 x 14 12.8 / 9.4 (a loss).
 pub const GEMM_DW_MAX_PIXELS: usize = 100;
+
+/// The fewest output channels a layer needs for [`WeightGrad::Gemm`] (see
+/// [`GEMM_DW_MAX_PIXELS`]): the GEMM does `2 o` flops for each float of the input's
+/// columns it gathers, and narrower layers lose to the gathering. Measured (AMD Zen 4
+/// host, 2 threads, 2026-12-06, `dW` alone, GEMM against the outer-product kernel): 3x3
+/// layers at 7 x 7, 256 channels 2.77 / 2.40 ms (batch 8), 5.77 / 4.65 (16), 27.0 / 17.4
+/// (64); 128 channels 0.83 / 0.90, 1.92 / 1.38, 7.10 / 4.31; ResNet-20's 64-channel 8 x 8
+/// layers at batch 128 6.77 / 2.83. Every layer it won on has 512 or more.
+pub const GEMM_DW_MIN_OUTPUTS: usize = 512;
+
+/// The most columns (images of one thread's group of the batch, times their output
+/// pixels) [`WeightGrad::Gemm`] takes (see [`GEMM_DW_MAX_PIXELS`]): with more images the
+/// other kernels' reductions grow long enough to win. Measured (AMD Zen 4 host, 2
+/// threads, 2026-12-06, `dW` alone, GEMM against the outer-product kernel, ResNet-50's
+/// 7 x 7 layers 2048 -> 512, 512 -> 2048 and the 1024 -> 2048 stride-2 projection; and the
+/// 3x3 512-channel layers 14 -> 7 and 7 x 7): batch 8 (4 images, 196 columns a group)
+/// 4.99 / 6.71, 4.78 / 5.61, 9.54 / 12.49, 11.4 / 14.1 and 10.8 / 13.5 ms; batch 16 (392)
+/// 9.75 / 9.97, 9.29 / 9.48, 19.0 / 20.6, 27.4 / 28.4 and 23.8 / 26.9; batch 32 (784)
+/// 20.6 / 20.5, 21.3 / 22.5, 48.5 / 43.1, 46.3 / 42.5 and 45.2 / 38.9; batch 64 (1568)
+/// 50.5 / 43.1, 50.7 / 46.6, 89.5 / 90.1, 97.2 / 89.8 and 94.7 / 74.8.
+pub const GEMM_DW_MAX_COLUMNS: usize = 512;
 
 /// Whether a dilated convolution has a route: a "same" one (stride 1, a square kernel of
 /// odd size, padding `dilation (k - 1) / 2`, as every dilated layer of torchvision's
