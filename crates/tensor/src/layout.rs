@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use crate::error::{Result, TensorError};
+pub(crate) use crate::kernels::normalise::{check_affine, Normalise};
 use crate::kernels::KernelSet;
 
 /// Where each tap `(c, ky, kx)` (in OIHW reduction order) starts in an image split by
@@ -141,35 +141,6 @@ pub(crate) fn split_phases(
     }
 }
 
-/// A per-channel normalisation `relu(scale[c] x + shift[c])` applied while copying, by
-/// the kernel set's `scale_shift_relu` (so the same floats as
-/// `Kernels::scale_shift` with `[Epilogue::Relu]`).
-#[derive(Clone, Copy)]
-pub(crate) struct Normalise<'a> {
-    kernel: unsafe fn(*const f32, *mut f32, usize, f32, f32),
-    scale: &'a [f32],
-    shift: &'a [f32],
-}
-
-impl<'a> Normalise<'a> {
-    pub fn new(set: &KernelSet, [scale, shift]: [&'a [f32]; 2]) -> Self {
-        Normalise {
-            kernel: set.scale_shift_relu,
-            scale,
-            shift,
-        }
-    }
-
-    /// `dst = relu(scale[ch] src + shift[ch])`.
-    pub fn apply(&self, ch: usize, src: &[f32], dst: &mut [f32]) {
-        assert_eq!(src.len(), dst.len(), "normalise: lengths differ");
-        let (a, b) = (self.scale[ch], self.shift[ch]);
-        // SAFETY: `src` and `dst` hold `src.len()` floats each; the kernel set's features
-        // were checked when it was handed out.
-        unsafe { (self.kernel)(src.as_ptr(), dst.as_mut_ptr(), src.len(), a, b) };
-    }
-}
-
 /// Writes `relu(scale[c] x + shift[c])` of the `[C, plane]` image `x` into `out` (see
 /// [`Normalise`]). The caller checked `scale` and `shift` against `C`.
 pub(crate) fn normalise_image(
@@ -190,19 +161,6 @@ pub(crate) fn normalise_image(
     {
         n.apply(ch, src, dst);
     }
-}
-
-/// Checks a per-channel `[scale, shift]` pair against `c` channels.
-pub(crate) fn check_affine(op: &'static str, affine: [&[f32]; 2], c: usize) -> Result<()> {
-    for (name, v) in ["scale", "shift"].into_iter().zip(affine) {
-        if v.len() != c {
-            return Err(TensorError::InvalidArgument {
-                op,
-                reason: format!("{name} has {} elements for {c} input channels", v.len()),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// The disjoint-output pointer: a raw output pointer shared by tasks that each write

@@ -27,6 +27,7 @@ pub(crate) mod direct_tile;
 pub(crate) mod dot;
 pub(crate) mod generic;
 pub(crate) mod microkernel;
+pub(crate) mod normalise;
 pub(crate) mod outer;
 pub(crate) mod simd;
 pub(crate) mod winograd;
@@ -1101,9 +1102,9 @@ impl Kernels {
     ) -> Result<(Tensor, MaxPoolIndices)> {
         let [n, c, h, w] = x.dims4("max_pool2d_with_indices")?;
         if let Some(affine) = input_affine {
-            crate::layout::check_affine("max_pool2d_with_indices", affine, c)?;
+            normalise::check_affine("max_pool2d_with_indices", affine, c)?;
         }
-        let norm = input_affine.map(|affine| crate::layout::Normalise::new(self.set, affine));
+        let norm = input_affine.map(|affine| normalise::Normalise::new(self.set, affine));
         let [oh, ow] = pool.output_size(h, w)?;
         if h * w > u32::MAX as usize {
             return Err(TensorError::InvalidArgument {
