@@ -58,6 +58,11 @@ pub fn print(
         }
         emit(header.trim_end())?;
     }
+    // Winograd where it costs memory, as `InferenceModel` decides it for the network by
+    // default (inference only).
+    let spend = !train
+        && InferenceModel::winograd_memory_needed(k, &model, layout, [size, size])
+            .is_some_and(|bytes| bytes <= resnet::InferenceOptions::default().winograd_memory);
     for layer in model.conv_layers([batch, 3, size, size])? {
         // The stem runs in NCHW in every layout (`ConvLayer::in_stem`).
         let layer_layout = if layer.in_stem { Layout::Nchw } else { layout };
@@ -66,7 +71,8 @@ pub fn print(
         let plan = layer
             .conv
             .plan(k, mode, layer_layout)?
-            .with_planned_input(layer.input[2], layer.input[3]);
+            .with_planned_input(layer.input[2], layer.input[3])
+            .with_winograd_memory(spend);
         let routes = plan.routes(layer.input)?;
         let weights = plan.weights_shape();
         let conv = plan.conv();

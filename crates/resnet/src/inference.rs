@@ -47,6 +47,15 @@ pub struct InferenceOptions {
     /// 28 x 28 planes pay for their transformed weights). Any size still runs, on the
     /// routes chosen. 224 x 224 by default.
     pub image_size: [usize; 2],
+    /// The most memory, in bytes, the model may spend on Winograd's transformed weights
+    /// beyond what the direct kernel's weights of the same layers take, for the layers
+    /// where Winograd is faster but costs more memory than it saves
+    /// (`tensor::ConvPlan::with_winograd_memory`: the 256-channel 3x3 layers at 14 x 14,
+    /// 7.1 MB more each). All such layers of the network or none: ResNet-18's three
+    /// (21 MB) fit the default, 24 MiB, and run it at 0.86-0.90 of the time at batch 1;
+    /// ResNet-50's five (35 MB) would take its batch-1 peak RSS from 135-140 MB to 170 MB
+    /// for 0.92-0.95 of the time, and do not. 0 never spends any.
+    pub winograd_memory: usize,
 }
 
 impl Default for InferenceOptions {
@@ -55,6 +64,7 @@ impl Default for InferenceOptions {
             layout: None,
             winograd: true,
             image_size: [224, 224],
+            winograd_memory: 24 << 20,
         }
     }
 }
@@ -65,6 +75,8 @@ impl Default for InferenceOptions {
 struct Planning {
     layout: ConvLayout,
     winograd: bool,
+    /// `tensor::ConvPlan::with_winograd_memory` for every layer.
+    winograd_memory: bool,
     planned: Option<[usize; 2]>,
 }
 
@@ -73,6 +85,7 @@ impl Planning {
     const NCHW: Planning = Planning {
         layout: ConvLayout::Nchw,
         winograd: false,
+        winograd_memory: false,
         planned: None,
     };
 
@@ -103,7 +116,8 @@ impl FusedConv {
     fn from_owned(k: &Kernels, c: ConvBn, p: Planning) -> Result<Self> {
         let mut plan = c
             .plan(k, Mode::Inference, p.layout)?
-            .with_winograd(p.winograd);
+            .with_winograd(p.winograd)
+            .with_winograd_memory(p.winograd_memory);
         if let Some([h, w]) = p.planned {
             plan = plan.with_planned_input(h, w);
         }
@@ -478,7 +492,7 @@ impl InferenceModel {
         kernels: Kernels,
         options: InferenceOptions,
     ) -> Result<Self> {
-        let layout = Self::planning(model, options);
+        let layout = Self::planning(&kernels, model, options);
         check_layout(model, layout.layout)?;
         tensor::workspace::bypass(|| {
             let k = &kernels;
@@ -524,7 +538,7 @@ impl InferenceModel {
         kernels: Kernels,
         options: InferenceOptions,
     ) -> Result<Self> {
-        let layout = Self::planning(&model, options);
+        let layout = Self::planning(&kernels, &model, options);
         check_layout(&model, layout.layout)?;
         tensor::workspace::bypass(|| {
             let k = &kernels;
@@ -574,14 +588,51 @@ impl InferenceModel {
         }
     }
 
-    fn planning(model: &ResNet, options: InferenceOptions) -> Planning {
+    fn planning(k: &Kernels, model: &ResNet, options: InferenceOptions) -> Planning {
+        let layout = options
+            .layout
+            .unwrap_or_else(|| Self::default_layout(model));
         Planning {
-            layout: options
-                .layout
-                .unwrap_or_else(|| Self::default_layout(model)),
+            layout,
             winograd: options.winograd,
+            winograd_memory: options.winograd
+                && Self::winograd_memory_needed(k, model, layout, options.image_size)
+                    .is_some_and(|bytes| bytes <= options.winograd_memory),
             planned: None,
         }
+    }
+
+    /// The memory (bytes) the model's layers would spend on Winograd's transformed
+    /// weights beyond the direct kernel's weights if its plans spent memory for speed
+    /// (`tensor::ConvPlan::with_winograd_memory`), planned for `image_size` images in
+    /// `layout`: the sum over the layers whose route that changes to Winograd of
+    /// `27 c o` floats (36 transformed weights a channel pair instead of 9); `None`
+    /// where the network's layers cannot be listed for that size.
+    /// [`InferenceOptions::winograd_memory`] bounds it.
+    pub fn winograd_memory_needed(
+        k: &Kernels,
+        model: &ResNet,
+        layout: ConvLayout,
+        image_size: [usize; 2],
+    ) -> Option<usize> {
+        let [h, w] = image_size;
+        let channels = model.stem.weight.shape().get(1).copied().unwrap_or(3);
+        let layers = model.conv_layers([1, channels, h, w]).ok()?;
+        let mut bytes = 0;
+        for layer in layers.iter().filter(|l| !l.in_stem) {
+            let [_, _, ih, iw] = layer.input;
+            let Ok(plan) = layer.conv.plan(k, Mode::Inference, layout) else {
+                continue;
+            };
+            let lean = plan.with_planned_input(ih, iw);
+            let spending = lean.with_winograd_memory(true);
+            let route = |p: tensor::ConvPlan| p.routes(layer.input).ok().map(|r| r.forward);
+            if route(lean) != route(spending) {
+                let [o, c, _, _] = lean.weights_shape();
+                bytes += 27 * c * o * std::mem::size_of::<f32>();
+            }
+        }
+        Some(bytes)
     }
 
     /// The layout this model runs in.

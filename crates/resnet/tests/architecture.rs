@@ -416,3 +416,29 @@ fn option_a_shortcut_subsamples_and_pads_both_sides() {
     assert_eq!(&y.data()[4..8], &[1.0, 3.0, 7.0, 9.0]);
     assert_eq!(&y.data()[8..], &[0.0; 4]);
 }
+
+/// What Winograd's memory-for-speed layers (256-channel 3x3 layers at 14 x 14) would
+/// cost each network beyond the direct kernel's weights, and which networks the
+/// default budget lets spend it: ResNet-18's three layers, not ResNet-50's five.
+#[test]
+fn winograd_memory_is_spent_only_within_the_budget() {
+    use resnet::{ConvLayout, InferenceOptions};
+    let k = Kernels::active().unwrap();
+    let layer = 27 * 256 * 256 * 4;
+    let needed = |arch: Arch, layout| {
+        let model = ResNet::new(arch, 1000, 0).unwrap();
+        InferenceModel::winograd_memory_needed(&k, &model, layout, [224, 224]).unwrap()
+    };
+    let budget = InferenceOptions::default().winograd_memory;
+    assert_eq!(needed(Arch::ResNet18, ConvLayout::Blocked), 3 * layer);
+    assert_eq!(needed(Arch::ResNet50, ConvLayout::Blocked), 5 * layer);
+    assert!(3 * layer <= budget && 5 * layer > budget);
+    // NCHW inference has no such layers (its Winograd rule does not depend on memory),
+    // and an image too small for the net lists none.
+    assert_eq!(needed(Arch::ResNet18, ConvLayout::Nchw), 0);
+    let model = ResNet::new(Arch::ResNet18, 1000, 0).unwrap();
+    assert_eq!(
+        InferenceModel::winograd_memory_needed(&k, &model, ConvLayout::Blocked, [112, 112]),
+        Some(0)
+    );
+}

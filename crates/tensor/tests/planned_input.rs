@@ -46,6 +46,30 @@ fn wide_layers_take_winograd_only_where_planned_for_a_large_plane() {
     );
 }
 
+/// [`route`] with the plan allowed to spend memory for speed on Winograd.
+fn route_spending(c: usize, planned: usize, side: usize) -> Forward {
+    let k = Kernels::active().unwrap();
+    let plan = ConvPlan::new(&k, [c, c, 3, 3], Conv2d::new(1, 1), Mode::Inference)
+        .and_then(|p| p.in_layout(Layout::Blocked))
+        .unwrap()
+        .with_planned_input(planned, planned)
+        .with_winograd_memory(true);
+    assert!(plan.winograd_memory());
+    plan.routes([1, c, side, side]).unwrap().forward
+}
+
+#[test]
+fn spending_memory_takes_winograd_for_wide_layers_down_to_14_x_14() {
+    // 256 channels at 14 x 14: Winograd only when the plan may spend the memory.
+    assert_eq!(route(256, Some(14), 14), Forward::Blocked);
+    assert_eq!(route_spending(256, 14, 14), Forward::BlockedWinograd);
+    // Not below 14 x 14, and never wider than 256 channels.
+    assert_eq!(route_spending(256, 7, 7), Forward::Blocked);
+    assert_eq!(route_spending(512, 14, 14), Forward::Blocked);
+    // Up to 128 channels it changes nothing.
+    assert_eq!(route_spending(128, 7, 7), Forward::BlockedWinograd);
+}
+
 /// The `dW` route the ladder picks for a `c -> o` layer with a `k x k` kernel (stride
 /// `s`, "same" padding) on `n` images of `side x side`, run in a pool of `threads`.
 fn dw_route(threads: usize, [o, c, k, s]: [usize; 4], n: usize, side: usize) -> WeightGrad {

@@ -252,6 +252,9 @@ pub struct ConvPlan {
     /// The input's rows and columns the layer is planned for, if known
     /// ([`ConvPlan::with_planned_input`]).
     planned: Option<[usize; 2]>,
+    /// Whether the ladder may take Winograd where it is faster but its transformed
+    /// weights cost memory ([`ConvPlan::with_winograd_memory`]).
+    winograd_memory: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -350,6 +353,7 @@ impl ConvPlan {
             forced: Forced::default(),
             winograd: true,
             planned: None,
+            winograd_memory: false,
         })
     }
 
@@ -403,6 +407,24 @@ impl ConvPlan {
     pub fn with_planned_input(mut self, h: usize, w: usize) -> Self {
         self.planned = Some([h, w]);
         self
+    }
+
+    /// Whether the ladder may spend memory for speed on Winograd: with it, 3x3 stride-1
+    /// layers wider than [`WINOGRAD_MAX_CHANNELS`] (up to
+    /// [`WINOGRAD_WIDE_MAX_CHANNELS`]) take Winograd when planned for an input of at
+    /// least [`WINOGRAD_WIDE_SPENDING_MIN_PIXELS`] (14 x 14) rather than
+    /// [`WINOGRAD_WIDE_MIN_PIXELS`]: faster, for `27 c o` more floats of weights a layer
+    /// (7.1 MB for 256 channels). Off by default; the `resnet` crate's `InferenceModel`
+    /// turns it on for a network whose layers' extra weights fit its budget.
+    pub fn with_winograd_memory(mut self, spend: bool) -> Self {
+        self.winograd_memory = spend;
+        self
+    }
+
+    /// Whether the ladder may spend memory for speed on Winograd
+    /// ([`ConvPlan::with_winograd_memory`]).
+    pub fn winograd_memory(&self) -> bool {
+        self.winograd_memory
     }
 
     /// The input size the layer is planned for ([`ConvPlan::with_planned_input`]).
@@ -628,7 +650,7 @@ impl ConvPlan {
         if self.layout == Layout::Blocked && c >= lanes {
             // 1'. Winograd for the 3x3, stride-1 layers it wins on.
             if self.winograd && self.winograd_fits().is_ok() {
-                if let Some(route) = winograd_route(c, o, self.planned) {
+                if let Some(route) = winograd_route(c, o, self.planned, self.winograd_memory) {
                     return route;
                 }
             }
@@ -991,9 +1013,19 @@ pub const WINOGRAD_MAX_CHANNELS: usize = 128;
 /// ResNet-50 33.0 / 31.1 and 33.1 / 30.6, 2 threads, 2026-12-05), for 16/9 of their
 /// weights' memory. Wider layers up to [`WINOGRAD_WIDE_MAX_CHANNELS`] take F(4x4, 3x3)
 /// too when planned for an input of at least [`WINOGRAD_WIDE_MIN_PIXELS`].
-fn winograd_route(c: usize, o: usize, planned: Option<[usize; 2]>) -> Option<Forward> {
-    let wide = c.max(o) <= WINOGRAD_WIDE_MAX_CHANNELS
-        && planned.is_some_and(|[h, w]| h * w >= WINOGRAD_WIDE_MIN_PIXELS);
+fn winograd_route(
+    c: usize,
+    o: usize,
+    planned: Option<[usize; 2]>,
+    spend_memory: bool,
+) -> Option<Forward> {
+    let min_pixels = if spend_memory {
+        WINOGRAD_WIDE_SPENDING_MIN_PIXELS
+    } else {
+        WINOGRAD_WIDE_MIN_PIXELS
+    };
+    let wide =
+        c.max(o) <= WINOGRAD_WIDE_MAX_CHANNELS && planned.is_some_and(|[h, w]| h * w >= min_pixels);
     (c.max(o) <= WINOGRAD_MAX_CHANNELS || wide).then_some(Forward::BlockedWinograd)
 }
 
@@ -1018,6 +1050,15 @@ pub const WINOGRAD_WIDE_MAX_CHANNELS: usize = 256;
 /// needs to be planned for to run by Winograd (28 x 28; see
 /// [`WINOGRAD_WIDE_MAX_CHANNELS`]).
 pub const WINOGRAD_WIDE_MIN_PIXELS: usize = 28 * 28;
+
+/// [`WINOGRAD_WIDE_MIN_PIXELS`] when the plan may spend memory for speed
+/// ([`ConvPlan::with_winograd_memory`]): 14 x 14, where F(4x4, 3x3) saves about 8
+/// multiply-adds per byte of transformed weights. Measured (AMD Zen 4 host, 2026-12-06,
+/// `resnet bench model --batch 1`, 256-channel layers at 14 x 14 by Winograd or not, three
+/// rounds alternating): ResNet-18 1 thread 21.8-22.0 / 24.9-25.2 ms, 2 threads
+/// 11.6-11.8 / 13.4-13.8; ResNet-50 65.2-68.8 / 71.2-71.4 and 33.6-34.2 / 36.6-37.0, at
+/// 169-174 MB of peak RSS against 134-140 (its five such layers: 35 MB more).
+pub const WINOGRAD_WIDE_SPENDING_MIN_PIXELS: usize = 14 * 14;
 
 /// Whether the ladder runs a 3x3, stride-1 convolution of `c` to `o` channels in NCHW by
 /// Winograd ([`Forward::Winograd`], and [`InputGrad::Winograd`] for its transposed
