@@ -378,30 +378,9 @@ struct FusedBlock {
     shortcut: FusedShortcut,
 }
 
-fn fuse_block(k: &Kernels, block: &crate::model::Block, layout: Planning) -> Result<FusedBlock> {
-    Ok(FusedBlock {
-        convs: block
-            .convs
-            .iter()
-            .map(|c| FusedConv::new(k, c, layout))
-            .collect::<Result<_>>()?,
-        shortcut: match &block.shortcut {
-            Shortcut::Identity => FusedShortcut::Identity,
-            Shortcut::Projection(c) => FusedShortcut::Projection(FusedConv::new(k, c, layout)?),
-            Shortcut::AvgProjection { pool, conv } => FusedShortcut::AvgProjection {
-                pool: *pool,
-                conv: FusedConv::new(k, conv, layout)?,
-            },
-            Shortcut::PadChannels { stride, pad } => FusedShortcut::PadChannels {
-                stride: *stride,
-                pad: *pad,
-            },
-        },
-    })
-}
-
-/// [`fuse_block`] on a block given up, layer by layer (see [`FusedConv::from_owned`]),
-/// each layer planned for its input size when the block's, `input`, is known.
+/// The block folded and packed, layer by layer, each layer's weights freed once packed
+/// (see [`FusedConv::from_owned`]), each planned for its input size when the block's,
+/// `input`, is known.
 fn fuse_block_owned(
     k: &Kernels,
     block: crate::model::Block,
@@ -496,13 +475,16 @@ impl InferenceModel {
         check_layout(model, layout.layout)?;
         tensor::workspace::bypass(|| {
             let k = &kernels;
+            // Each layer planned for its input at the planned image size, as
+            // `with_options` plans them, so both build the same model.
+            let mut inputs = block_inputs(model, options.image_size).into_iter();
             let stages = model
                 .stages
                 .iter()
                 .map(|stage| {
                     stage
                         .iter()
-                        .map(|b| fuse_block(k, b, layout))
+                        .map(|b| fuse_block_owned(k, b.clone(), layout, inputs.next().flatten()))
                         .collect::<Result<Vec<_>>>()
                 })
                 .collect::<Result<Vec<_>>>()?;
