@@ -236,6 +236,11 @@ def main():
         "--batch", type=int, default=1,
         help="images per batch of the inference cases without an @B",
     )
+    ap.add_argument(
+        "--winograd-memory", type=int, default=None,
+        help="MiB our inference models may spend on Winograd's costlier layers "
+        "(`resnet bench model --winograd-memory`; default: the library's)",
+    )
     ap.add_argument("--json", action="store_true", help="one JSON object per measurement")
     args = ap.parse_args()
     if not os.path.exists(args.ours):
@@ -281,6 +286,8 @@ def main():
                 runner, unit = Train(batch, arch), "ms/step"
             else:
                 bench = ["model", "--arch", name, "--batch", str(batch)]
+                if args.winograd_memory is not None:
+                    bench += ["--winograd-memory", str(args.winograd_memory)]
                 runner = Inference(name, workdir, batch)
                 unit = "ms/batch"
             for threads in counts:
