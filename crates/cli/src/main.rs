@@ -275,7 +275,8 @@ enum BenchCommand {
         #[arg(long, default_value_t = 32)]
         output_stride: usize,
         /// Keep every 3x3 layer on the exact direct kernel: no Winograd (which the plan
-        /// takes for the 64-channel 3x3 layers in the blocked layout).
+        /// takes for the 3x3 layers of up to 128 channels in the blocked layout, and 256
+        /// within --winograd-memory).
         #[arg(long)]
         no_winograd: bool,
         /// MiB the model may spend on Winograd's transformed weights where they cost more

@@ -67,94 +67,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let sh = vec![0.05f32; c];
         let aff = [&sc[..], &sh[..]];
         let flops = 2.0 * (n * o * oh * ow * c * kk * kk) as f64;
-        let reps = 8;
-        let dx = pool.install(|| {
-            best(
-                || {
-                    k.conv2d_backward(
-                        &x,
-                        &w,
-                        &gy,
-                        &plan,
-                        ConvBackward::new(true, false).normalised(aff),
-                    )
-                    .unwrap();
-                },
-                reps,
-            )
-        });
-        let dw = pool.install(|| {
-            best(
-                || {
-                    k.conv2d_backward(
-                        &x,
-                        &w,
-                        &gy,
-                        &plan,
-                        ConvBackward::new(false, true).normalised(aff),
-                    )
-                    .unwrap();
-                },
-                reps,
-            )
-        });
-        let both = pool.install(|| {
-            best(
-                || {
-                    k.conv2d_backward(
-                        &x,
-                        &w,
-                        &gy,
-                        &plan,
-                        ConvBackward::new(true, true).normalised(aff),
-                    )
-                    .unwrap();
-                },
-                reps,
-            )
-        });
         let gp = plan.force_weight_grad(WeightGrad::Gemm);
-        let dwg = pool.install(|| {
+        // One backward on a rayon worker, as the trainer runs it.
+        let run = |plan: &ConvPlan, dx: bool, dw: bool| {
+            pool.install(|| {
+                k.conv2d_backward(&x, &w, &gy, plan, ConvBackward::new(dx, dw).normalised(aff))
+                    .unwrap()
+            })
+        };
+        let time = |plan: &ConvPlan, dx: bool, dw: bool| {
             best(
                 || {
-                    k.conv2d_backward(
-                        &x,
-                        &w,
-                        &gy,
-                        &gp,
-                        ConvBackward::new(false, true).normalised(aff),
-                    )
-                    .unwrap();
+                    run(plan, dx, dw);
                 },
-                reps,
+                8,
             )
-        });
-        let a = pool
-            .install(|| {
-                k.conv2d_backward(
-                    &x,
-                    &w,
-                    &gy,
-                    &plan,
-                    ConvBackward::new(false, true).normalised(aff),
-                )
-                .unwrap()
-            })
-            .dw
-            .unwrap();
-        let b = pool
-            .install(|| {
-                k.conv2d_backward(
-                    &x,
-                    &w,
-                    &gy,
-                    &gp,
-                    ConvBackward::new(false, true).normalised(aff),
-                )
-                .unwrap()
-            })
-            .dw
-            .unwrap();
+        };
+        let dx = time(&plan, true, false);
+        let dw = time(&plan, false, true);
+        let both = time(&plan, true, true);
+        let dwg = time(&gp, false, true);
+        let (a, b) = (
+            run(&plan, false, true).dw.unwrap(),
+            run(&gp, false, true).dw.unwrap(),
+        );
         let err = a
             .data()
             .iter()

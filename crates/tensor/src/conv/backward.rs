@@ -18,7 +18,7 @@ use crate::gemm::driver::{self, Threads};
 use crate::gemm::pack::{BSource, PackedA};
 use crate::gemm::{MatMut, MatRef};
 use crate::kernels::Kernels;
-use crate::layout::{check_affine, Normalise};
+use crate::layout::{check_affine, normalise_image, Normalise};
 use crate::tensor::Tensor;
 use crate::workspace::Workspace;
 
@@ -71,15 +71,9 @@ fn gemm_weight_grad(
         }
         if !one_by_one {
             // im2col of the (normalised) image into its columns of every row.
-            let img: &[f32] = match &norm {
-                Some(nm) => {
-                    let planes = x_i.chunks_exact(g.h * g.w);
-                    for (ch, (src, dst)) in planes
-                        .zip(normalised.chunks_exact_mut(g.h * g.w))
-                        .enumerate()
-                    {
-                        nm.apply(ch, src, dst);
-                    }
+            let img: &[f32] = match normalise {
+                Some(affine) => {
+                    normalise_image(k.set(), x_i, g.h * g.w, affine, &mut normalised);
                     &normalised
                 }
                 None => x_i,
@@ -131,6 +125,18 @@ fn gemm_weight_grad(
         threads,
         ws,
     )
+}
+
+/// How many images each of `dW`'s partial sums runs over, for `n` images on `threads`
+/// threads: one group per thread, or with fewer images than threads all of them in one
+/// group that threads its work inside (`conv2d_backward_dense`; the ladder's
+/// [`WeightGrad::Gemm`] rule reads it too).
+pub(crate) fn dw_group_images(n: usize, threads: usize) -> usize {
+    if threads > 1 && n >= threads {
+        n.div_ceil(threads)
+    } else {
+        n
+    }
 }
 
 /// The output positions `o` in `0..out` whose input coordinate `o * stride + offset -
@@ -637,7 +643,7 @@ impl Kernels {
             // all its images), dX image by image; both handed to rayon together, so a
             // thread that falls behind (the host is shared) is helped by the others
             // rather than waited for.
-            let per = n.div_ceil(threads);
+            let per = dw_group_images(n, threads);
             let groups: Vec<std::ops::Range<usize>> =
                 (0..n).step_by(per).map(|s| s..(s + per).min(n)).collect();
             let dx_all = |dx: &mut Tensor| -> Result<()> {

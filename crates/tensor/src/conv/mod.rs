@@ -285,12 +285,7 @@ impl Geometry {
     /// thread of the pool one group of the batch's images (or, with fewer images than
     /// threads, all of them to one group that threads its work inside).
     fn dw_group_images(&self) -> usize {
-        let threads = rayon::current_num_threads().max(1);
-        if threads > 1 && self.n >= threads {
-            self.n.div_ceil(threads)
-        } else {
-            self.n
-        }
+        backward::dw_group_images(self.n, rayon::current_num_threads())
     }
 
     fn unpadded_1x1(&self) -> bool {
@@ -1001,7 +996,9 @@ pub(crate) fn narrow_groups(c: usize, o: usize, groups: usize, lanes: usize) -> 
 /// at 64 / 128 / 512 against Winograd off, in one run: ResNet-18 10.9 / 9.7 / 12.1
 /// against 12.6 ms, ResNet-50 30.7 / 30.0 / 32.9 against 32.1 ms. The 512-channel layers
 /// lose at batch 1 (1.17x: 38 MB of transformed weights for 4 tiles); the 256-channel
-/// ones win in ResNet-18 (about 10%) but not in ResNet-50, for 35 MB more of its memory.
+/// ones win in ResNet-18 (about 10%) but not in ResNet-50, for 35 MB more of its memory
+/// (they run by Winograd where a plan may spend the memory:
+/// [`WINOGRAD_WIDE_SPENDING_MIN_PIXELS`]).
 pub const WINOGRAD_MAX_CHANNELS: usize = 128;
 
 /// The Winograd route the ladder takes for a 3x3, stride-1 layer of `c` to `o` channels,
