@@ -556,6 +556,15 @@ pub fn model(
         net.set_output_stride(output_stride)?;
     }
     let macs = net.forward_macs(size, size)?;
+    // What the model spends on Winograd's transformed weights beyond the direct
+    // kernel's, as `InferenceModel` decides it for the options' batch.
+    let layout = options
+        .layout
+        .unwrap_or_else(|| resnet::InferenceModel::default_layout(&net));
+    let spent = resnet::InferenceModel::winograd_memory_needed(k, &net, layout, [size, size])
+        .filter(|&bytes| options.winograd && bytes <= options.winograd_budget())
+        .unwrap_or(0);
+    let spent_mb = spent as f64 / 1e6;
     // Folded block by block, freeing the unfused weights as it goes: only the folded,
     // packed model stays in memory, as in an embedding application.
     let fast = resnet::InferenceModel::with_options(net, *k, options)?;
@@ -571,16 +580,22 @@ pub fn model(
                 "bench": "model", "arch": arch.to_string(), "batch": batch, "threads": threads,
                 "output_stride": output_stride, "ms": round(ms, 3), "images_per_s": round(images_per_s, 2),
                 "gflops": round(gflops, 2), "peak_pct": round(pct, 1),
+                "winograd_memory_mb": round(spent_mb, 1),
             })
             .to_string(),
         )?;
     } else {
         crate::emit(&format!(
-            "{arch}{} inference, batch {batch}, {threads} threads, {size}x{size}: {ms:.2} ms/batch, {images_per_s:.1} images/s, {gflops:.1} GFLOP/s ({pct:.1}% of the measured peak {peak:.1})",
+            "{arch}{} inference, batch {batch}, {threads} threads, {size}x{size}: {ms:.2} ms/batch, {images_per_s:.1} images/s, {gflops:.1} GFLOP/s ({pct:.1}% of the measured peak {peak:.1}){}",
             if output_stride == 32 {
                 String::new()
             } else {
                 format!(" (output stride {output_stride})")
+            },
+            if spent > 0 {
+                format!(", Winograd weights spend {spent_mb:.1} MB more than direct ones")
+            } else {
+                String::new()
             }
         ))?;
     }

@@ -281,10 +281,11 @@ enum BenchCommand {
         no_winograd: bool,
         /// MiB the model may spend on Winograd's transformed weights where they cost more
         /// memory than the direct ones (all such layers or none: ResNet-18's take 21 MB,
-        /// ResNet-50's 35 MB); the library's default, 24, keeps ResNet-50's batch-1 peak
-        /// RSS under 150 MB.
-        #[arg(long, default_value_t = 24)]
-        winograd_memory: usize,
+        /// ResNet-50's 35 MB). By default the library's budget for the batch: 24 MiB and
+        /// 2 MiB an image, which keeps ResNet-50's batch-1 peak RSS under 150 MB and
+        /// spends its 35 MB from batch 5.
+        #[arg(long)]
+        winograd_memory: Option<usize>,
     },
     /// One training step (forward, backward, SGD update): ms/step, images/s, peak RSS.
     Train {
@@ -566,13 +567,17 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         return Err("--batch must be at least 1".into());
                     }
                     let arch = arch.parse()?;
-                    let options = resnet::InferenceOptions {
+                    let mut options = resnet::InferenceOptions {
                         winograd: !no_winograd,
-                        winograd_memory: winograd_memory
-                            .checked_mul(1 << 20)
-                            .ok_or("--winograd-memory is too large")?,
-                        ..Default::default()
+                        ..resnet::InferenceOptions::for_batch(batch)
                     };
+                    if let Some(mib) = winograd_memory {
+                        // The whole budget, whatever the batch.
+                        options.winograd_memory = mib
+                            .checked_mul(1 << 20)
+                            .ok_or("--winograd-memory is too large")?;
+                        options.winograd_memory_per_image = 0;
+                    }
                     bench::model(
                         &k,
                         threads,

@@ -59,10 +59,11 @@ pub fn print(
         emit(header.trim_end())?;
     }
     // Winograd where it costs memory, as `InferenceModel` decides it for the network by
-    // default (inference only).
+    // default for this batch (inference only).
+    let budget = resnet::InferenceOptions::for_batch(batch).winograd_budget();
     let spend = !train
         && InferenceModel::winograd_memory_needed(k, &model, layout, [size, size])
-            .is_some_and(|bytes| bytes <= resnet::InferenceOptions::default().winograd_memory);
+            .is_some_and(|bytes| bytes <= budget);
     for layer in model.conv_layers([batch, 3, size, size])? {
         // The stem runs in NCHW in every layout (`ConvLayer::in_stem`).
         let layer_layout = if layer.in_stem { Layout::Nchw } else { layout };

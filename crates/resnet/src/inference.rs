@@ -51,11 +51,41 @@ pub struct InferenceOptions {
     /// beyond what the direct kernel's weights of the same layers take, for the layers
     /// where Winograd is faster but costs more memory than it saves
     /// (`tensor::ConvPlan::with_winograd_memory`: the 256-channel 3x3 layers at 14 x 14,
-    /// 7.1 MB more each). All such layers of the network or none: ResNet-18's three
-    /// (21 MB) fit the default, 24 MiB, and run it at 0.86-0.90 of the time at batch 1;
-    /// ResNet-50's five (35 MB) would take its batch-1 peak RSS from 135-140 MB to 170 MB
-    /// for 0.92-0.95 of the time, and do not. 0 never spends any.
+    /// 7.1 MB more each), before [`InferenceOptions::winograd_memory_per_image`] adds to
+    /// it ([`InferenceOptions::winograd_budget`]). All such layers of the network or
+    /// none: ResNet-18's three (21 MB) fit the default, 24 MiB, and run it at 0.86-0.90
+    /// of the time at batch 1; ResNet-50's five (35 MB) would take its batch-1 peak RSS
+    /// from 135-140 MB to 170 MB for 0.92-0.95 of the time, and do not at batch 1.
     pub winograd_memory: usize,
+    /// What each image of the planned [`InferenceOptions::batch`] adds to the Winograd
+    /// budget, in bytes: 2 MiB by default, about a tenth of what each image adds to
+    /// ResNet-50's activations (peak RSS 135-140 MB at batch 1, 440 MB at batch 16).
+    /// A model planned for batch 5 or more thus runs ResNet-50's 256-channel layers by
+    /// Winograd (at batch 16, 0.91-0.92 of the time for 35 MB on a 440 MB process).
+    pub winograd_memory_per_image: usize,
+    /// The batch the model is planned for: 1 by default. Only the Winograd budget
+    /// depends on it; any batch still runs.
+    pub batch: usize,
+}
+
+impl InferenceOptions {
+    /// The default options for a model that will run batches of `batch` images.
+    pub fn for_batch(batch: usize) -> Self {
+        InferenceOptions {
+            batch,
+            ..Default::default()
+        }
+    }
+
+    /// The bytes the model may spend on Winograd's transformed weights where they cost
+    /// memory: [`InferenceOptions::winograd_memory`] plus
+    /// [`InferenceOptions::winograd_memory_per_image`] for each image of the planned
+    /// batch (at least one).
+    pub fn winograd_budget(&self) -> usize {
+        self.winograd_memory_per_image
+            .saturating_mul(self.batch.max(1))
+            .saturating_add(self.winograd_memory)
+    }
 }
 
 impl Default for InferenceOptions {
@@ -65,6 +95,8 @@ impl Default for InferenceOptions {
             winograd: true,
             image_size: [224, 224],
             winograd_memory: 24 << 20,
+            winograd_memory_per_image: 2 << 20,
+            batch: 1,
         }
     }
 }
@@ -579,7 +611,7 @@ impl InferenceModel {
             winograd: options.winograd,
             winograd_memory: options.winograd
                 && Self::winograd_memory_needed(k, model, layout, options.image_size)
-                    .is_some_and(|bytes| bytes <= options.winograd_memory),
+                    .is_some_and(|bytes| bytes <= options.winograd_budget()),
             planned: None,
         }
     }
@@ -590,7 +622,7 @@ impl InferenceModel {
     /// `layout`: the sum over the layers whose route that changes to Winograd of
     /// `27 c o` floats (36 transformed weights a channel pair instead of 9); `None`
     /// where the network's layers cannot be listed for that size.
-    /// [`InferenceOptions::winograd_memory`] bounds it.
+    /// [`InferenceOptions::winograd_budget`] bounds it.
     pub fn winograd_memory_needed(
         k: &Kernels,
         model: &ResNet,
@@ -922,4 +954,31 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
         .take(k)
         .map(|i| (i, (((logits[i] - m) as f64).exp() / total) as f32))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Arch;
+
+    /// The planning a model gets spends Winograd's memory by the options' batch:
+    /// ResNet-50's 256-channel layers (35 MB) not at batch 1, at batch 16; never with
+    /// Winograd off or with a fixed budget below their cost.
+    #[test]
+    fn winograd_memory_follows_the_planned_batch() {
+        let k = Kernels::active().unwrap();
+        let model = ResNet::new(Arch::ResNet50, 10, 0).unwrap();
+        let spends = |o: InferenceOptions| InferenceModel::planning(&k, &model, o).winograd_memory;
+        assert!(!spends(InferenceOptions::default()));
+        assert!(!spends(InferenceOptions::for_batch(4)));
+        assert!(spends(InferenceOptions::for_batch(16)));
+        assert!(!spends(InferenceOptions {
+            winograd: false,
+            ..InferenceOptions::for_batch(16)
+        }));
+        assert!(!spends(InferenceOptions {
+            winograd_memory_per_image: 0,
+            ..InferenceOptions::for_batch(16)
+        }));
+    }
 }

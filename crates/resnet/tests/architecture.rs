@@ -419,7 +419,8 @@ fn option_a_shortcut_subsamples_and_pads_both_sides() {
 
 /// What Winograd's memory-for-speed layers (256-channel 3x3 layers at 14 x 14) would
 /// cost each network beyond the direct kernel's weights, and which networks the
-/// default budget lets spend it: ResNet-18's three layers, not ResNet-50's five.
+/// default budget lets spend it: ResNet-18's three layers, not ResNet-50's five at
+/// batch 1, ResNet-50's too from batch 5.
 #[test]
 fn winograd_memory_is_spent_only_within_the_budget() {
     use resnet::{ConvLayout, InferenceOptions};
@@ -429,10 +430,24 @@ fn winograd_memory_is_spent_only_within_the_budget() {
         let model = ResNet::new(arch, 1000, 0).unwrap();
         InferenceModel::winograd_memory_needed(&k, &model, layout, [224, 224]).unwrap()
     };
-    let budget = InferenceOptions::default().winograd_memory;
+    let budget = InferenceOptions::default().winograd_budget();
+    assert_eq!(budget, InferenceOptions::for_batch(1).winograd_budget());
     assert_eq!(needed(Arch::ResNet18, ConvLayout::Blocked), 3 * layer);
     assert_eq!(needed(Arch::ResNet50, ConvLayout::Blocked), 5 * layer);
     assert!(3 * layer <= budget && 5 * layer > budget);
+    let at = |batch| InferenceOptions::for_batch(batch).winograd_budget();
+    assert!(5 * layer > at(4) && 5 * layer <= at(5) && 5 * layer <= at(16));
+    // A budget asked for in full does not grow with the batch; it saturates, not wraps.
+    let fixed = InferenceOptions {
+        winograd_memory_per_image: 0,
+        ..InferenceOptions::for_batch(16)
+    };
+    assert_eq!(fixed.winograd_budget(), fixed.winograd_memory);
+    let huge = InferenceOptions {
+        winograd_memory: usize::MAX,
+        ..InferenceOptions::for_batch(usize::MAX)
+    };
+    assert_eq!(huge.winograd_budget(), usize::MAX);
     // NCHW inference has no such layers (its Winograd rule does not depend on memory),
     // and an image too small for the net lists none.
     assert_eq!(needed(Arch::ResNet18, ConvLayout::Nchw), 0);
