@@ -80,9 +80,11 @@ pub(crate) enum Scratch {
     PackA,
     /// The GEMM's packed blocks of B.
     PackB,
+    /// One packed panel of B, packed by the task that uses it (`gemm/driver.rs`).
+    PackBPanel,
 }
 
-const SCRATCH_KINDS: usize = 8;
+const SCRATCH_KINDS: usize = 9;
 
 impl Scratch {
     fn index(self) -> usize {

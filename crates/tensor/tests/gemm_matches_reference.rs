@@ -258,7 +258,8 @@ fn check_general_strides(k: Kernels) -> CheckResult {
 }
 
 /// Past NC columns, several K blocks, several row blocks, with threads; B packed whole
-/// (all of K at once) and, past 2 Mi floats of it, one K block at a time.
+/// (all of K at once) and, past 2 Mi floats of it, one K block at a time, or (at most
+/// MC rows: 7 and 40) panel by panel by the task that uses it.
 fn check_large(k: Kernels) -> CheckResult {
     let run = || -> Result<(), TestCaseError> {
         for (m, n, kk) in [

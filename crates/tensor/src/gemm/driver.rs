@@ -10,6 +10,12 @@
 //!           microkernel -> C tile (+ epilogue on the last pc block)
 //! ```
 //!
+//! Where one task covers every row of A (at most `MC` rows), each B panel has a single
+//! reader: that task packs it just before its tiles, into a panel-sized buffer that
+//! stays in L1/L2, and no block is packed beforehand (with the prefetch of
+//! `pack.rs`'s `PREFETCH_PANELS`, the next panels' rows load while this one's tiles
+//! run).
+//!
 //! A product split across threads whose whole packed B (all of K) is at most 8 MiB packs
 //! it at once instead, and each task runs every K block of its tiles: two hand-offs per
 //! column block, not two per K block (ResNet-50 at batch 1, 2 threads, in-process A/B,
@@ -108,6 +114,10 @@ pub(crate) fn gemm(
     // Tasks write disjoint tiles of C (their row blocks and panel groups do not overlap).
     let cptr = OutPtr(c.data.as_mut_ptr());
 
+    // Where one task covers every row of A, each B panel has one reader: that task packs
+    // it, just before its tiles, into a panel-sized buffer that stays in L1/L2, instead
+    // of the block being packed first (written out past L2 and read back).
+    let in_task = m_blocks == 1;
     // This thread's buffer for packed blocks of B, reused across calls: a fresh 2 MiB
     // allocation per call would be mapped (and page-faulted) anew each time.
     ws.scratch(Scratch::PackB, |buf| {
@@ -127,29 +137,35 @@ pub(crate) fn gemm(
                 let pc0 = kb0 * KC;
                 let rows = (kbs.end * KC).min(k) - pc0.min(k);
                 let layout = b_panels(nc, nr, lanes, rows);
-                buf.resize((layout.len + ALIGN_SLACK).max(buf.len()), 0.0);
-                // Panels start on cache lines (their sizes are whole vectors).
-                let at = aligned_start(buf);
-                pack_b(
-                    b,
-                    pc0.min(k),
-                    rows,
-                    jc,
-                    nc,
-                    &layout,
-                    &mut buf[at..],
-                    parallel && rows * nc >= 1 << 15,
-                );
+                let bbuf: &[f32] = if in_task {
+                    &[]
+                } else {
+                    buf.resize((layout.len + ALIGN_SLACK).max(buf.len()), 0.0);
+                    // Panels start on cache lines (their sizes are whole vectors).
+                    let at = aligned_start(buf);
+                    pack_b(
+                        b,
+                        pc0.min(k),
+                        rows,
+                        jc,
+                        nc,
+                        &layout,
+                        &mut buf[at..],
+                        parallel && rows * nc >= 1 << 15,
+                    );
+                    &buf[at..]
+                };
                 let n_panels = layout.panels.len();
                 // Split the panels into groups so that there are >= 4 tasks per thread.
                 let groups = (4 * threads).div_ceil(m_blocks).clamp(1, n_panels);
                 let per_group = n_panels.div_ceil(groups);
                 let groups = n_panels.div_ceil(per_group);
-                let bbuf = &buf[at..];
                 let layout = &layout;
                 let kbs = &kbs;
 
-                let task = |t: usize| {
+                // One task: its row block and panel group, every K block of them; `local`
+                // is the buffer its panels are packed into when it packs them itself.
+                let body = |t: usize, mut local: Option<&mut Vec<f32>>| {
                     let (mb, g) = (t / groups, t % groups);
                     for kb in kbs.clone() {
                         let pc = kb * KC;
@@ -166,9 +182,23 @@ pub(crate) fn gemm(
                             } else {
                                 set.gemm_tiles[width / lanes - 1]
                             };
-                            // This K block's rows of the panel.
-                            let from = at + (pc - pc0) * width;
-                            let bpanel = &bbuf[from..from + width * kc];
+                            // This K block's rows of the panel, packed here or before.
+                            let bpanel: &[f32] = match local.as_deref_mut() {
+                                Some(lb) => {
+                                    let len = width * kc;
+                                    if lb.len() < len + ALIGN_SLACK {
+                                        lb.resize(len + ALIGN_SLACK, 0.0);
+                                    }
+                                    let at = aligned_start(lb);
+                                    let dst = &mut lb[at..at + len];
+                                    b.pack_panel(pc.min(k), kc, jc + j, width.min(nc - j), width, dst);
+                                    &lb[at..at + len]
+                                }
+                                None => {
+                                    let from = at + (pc - pc0) * width;
+                                    &bbuf[from..from + width * kc]
+                                }
+                            };
                             let col = jc + j;
                             for p in mb * MC_PANELS..((mb + 1) * MC_PANELS).min(m_panels) {
                                 let row = p * mr;
@@ -205,6 +235,13 @@ pub(crate) fn gemm(
                                 };
                             }
                         }
+                    }
+                };
+                let task = |t: usize| {
+                    if in_task {
+                        ws.scratch(Scratch::PackBPanel, |lb| body(t, Some(lb)));
+                    } else {
+                        body(t, None);
                     }
                 };
                 let tasks = m_blocks * groups;
