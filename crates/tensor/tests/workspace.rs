@@ -231,3 +231,56 @@ fn the_scratch_of_rayon_workers_goes_to_the_callers_workspace() {
         "a worker's scratch went to the global workspace"
     );
 }
+
+/// A convolution's backward borrows its large temporaries (each thread's partial `dW`,
+/// `W^T` packed, the column matrices, the weight gradient's scratch) from the workspace
+/// it runs in: a second call gets them back holding the first call's values and must
+/// give the same gradients bit for bit, as must a workspace of limit 0, which keeps
+/// nothing. Two layers: one whose `dW` is a GEMM over each thread's images and whose
+/// `dX` goes through col2im (512 outputs at 7 x 7), one on the outer-product kernel.
+#[test]
+fn backward_temporaries_are_lent_by_the_workspace() {
+    use tensor::{ConvBackward, Taps, WeightGrad};
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let k = Kernels::active().unwrap();
+    for (n, c, o, hw, dw_route) in [
+        (4, 128, 512, 7, WeightGrad::Gemm),
+        (4, 64, 64, 16, WeightGrad::OuterProduct(Taps::PhasePlanes)),
+    ] {
+        let x = Tensor::randn(&[n, c, hw, hw], 0.0, 1.0, 1).unwrap();
+        let w = Tensor::randn(&[o, c, 3, 3], 0.0, 0.1, 2).unwrap();
+        let gy = Tensor::randn(&[n, o, hw, hw], 0.0, 1.0, 3).unwrap();
+        let plan = ConvPlan::new(&k, [o, c, 3, 3], Conv2d::new(1, 1), Mode::Training)
+            .unwrap()
+            .force_weight_grad(dw_route);
+        let grads = |ws: &Workspace| {
+            pool.install(|| {
+                ws.run(|| {
+                    let g = k
+                        .conv2d_backward(&x, &w, &gy, &plan, ConvBackward::new(true, true))
+                        .unwrap();
+                    (g.dx.unwrap(), g.dw.unwrap())
+                })
+            })
+        };
+        let ws = Workspace::new();
+        let first = grads(&ws);
+        assert!(
+            ws.held_bytes() > 0,
+            "{dw_route:?}: the backward left nothing to reuse"
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                grads(&ws),
+                first,
+                "{dw_route:?}: a reused buffer changed the result"
+            );
+        }
+        let none = Workspace::with_limit(0);
+        assert_eq!(grads(&none), first, "{dw_route:?}: limit 0");
+        assert_eq!(none.held_bytes(), 0);
+    }
+}

@@ -20,7 +20,7 @@ use crate::gemm::{MatMut, MatRef};
 use crate::kernels::Kernels;
 use crate::layout::{check_affine, normalise_image, Normalise};
 use crate::tensor::Tensor;
-use crate::workspace::Workspace;
+use crate::workspace::{Lent, Workspace};
 
 /// `dw` (`[o, c kh kw]`) = the weight gradient of a dense, undilated convolution over the
 /// images of `x` (`[n, c, h, w]`) and `dy` (`[n, o, oh, ow]`) as one GEMM
@@ -50,20 +50,18 @@ fn gemm_weight_grad(
     }
     let norm = normalise.map(|affine| Normalise::new(k.set(), affine));
     let one_by_one = g.kh == 1 && g.kw == 1 && g.pad == 0;
-    // Plain buffers (a few MB for the small-plane layers the ladder gives this route),
-    // freed on return: not parked in the workspace's scratch between steps. The columns
-    // start as zeros: im2col leaves the taps that read padding alone.
-    let mut a = vec![0.0f32; o * cols];
-    let mut b = vec![0.0f32; rows * cols];
+    // Lent by the workspace for this call (a few MB for the small-plane layers the ladder
+    // gives this route), not parked in its scratch between steps. `dY`'s rows are
+    // written in full; the columns start as zeros: im2col leaves the taps that read
+    // padding alone.
+    let mut a = ws.lend(o * cols);
+    let mut b = ws.lend_zeroed(rows * cols);
     let mut row = vec![0.0f32; if one_by_one && s > 1 { pix } else { 0 }];
-    let mut normalised = vec![
-        0.0f32;
-        if !one_by_one && norm.is_some() {
-            in_image
-        } else {
-            0
-        }
-    ];
+    let mut normalised = ws.lend(if !one_by_one && norm.is_some() {
+        in_image
+    } else {
+        0
+    });
     let images = x.chunks_exact(in_image).zip(dy.chunks_exact(out_image));
     for (i, (x_i, dy_i)) in images.enumerate() {
         for (oc, run) in dy_i.chunks_exact(pix).enumerate() {
@@ -111,10 +109,13 @@ fn gemm_weight_grad(
             }
         }
     }
-    let packed = PackedA::pack(k.isa(), k.set().gemm_mr, MatRef::row_major(&a, o, cols)?);
+    let mr = k.set().gemm_mr;
+    let buf = ws.lend(o.div_ceil(mr) * mr * cols).into_inner();
+    let packed = PackedA::pack_into(k.isa(), mr, MatRef::row_major(&a, o, cols)?, buf);
+    drop(a);
     let source = BSource::Matrix(MatRef::row_major(&b, rows, cols)?.t());
     let mut c_mat = MatMut::row_major(dw, o, rows)?;
-    driver::gemm(
+    let done = driver::gemm(
         k.set(),
         &packed,
         &source,
@@ -124,7 +125,9 @@ fn gemm_weight_grad(
         &[],
         threads,
         ws,
-    )
+    );
+    ws.recycle(packed.into_buffer());
+    done
 }
 
 /// How many images each of `dW`'s partial sums runs over, for `n` images on `threads`
@@ -466,10 +469,12 @@ impl Kernels {
             None
         };
         let wt = if want_dx && transposed.is_none() && !strided && !winograd {
-            Some(PackedA::pack(
+            let buf = ws.lend(k.div_ceil(mr) * mr * o).into_inner();
+            Some(PackedA::pack_into(
                 self.isa(),
                 mr,
                 MatRef::row_major(w.data(), o, k)?.t(),
+                buf,
             ))
         } else {
             None
@@ -477,12 +482,10 @@ impl Kernels {
         let (xd, gd) = (x.data(), dy.data());
 
         // One group of images' partial dW.
-        let dw_group = |images: std::ops::Range<usize>, threads: Threads| -> Result<Vec<f32>> {
-            // Zeros written, not the allocator's untouched zero pages, which the kernel
-            // reads before it writes them (a copy-on-write fault and a TLB shootdown per
-            // page: see `Tensor::full`).
-            let mut dw_part = Vec::with_capacity(o * k);
-            dw_part.resize(o * k, 0.0f32);
+        let dw_group = |images: std::ops::Range<usize>, threads: Threads| -> Result<Lent> {
+            // Lent by the workspace: a fresh buffer per call cost page faults and, freed,
+            // an unmapping that interrupted the threads computing `dX` meanwhile.
+            let mut dw_part = ws.lend_zeroed(o * k);
             if dw_route == WeightGrad::Gemm {
                 let (x_g, dy_g) = (
                     &xd[images.start * in_image..images.end * in_image],
@@ -501,19 +504,20 @@ impl Kernels {
                 )?;
                 return Ok(dw_part);
             }
-            let mut scratch = WeightGradScratch::default();
-            accumulate_weight_grad(
-                set,
-                &g,
-                o,
-                &xd[images.start * in_image..images.end * in_image],
-                &gd[images.start * out_image..images.end * out_image],
-                &mut dw_part,
-                &mut scratch,
-                threads == Threads::Auto,
-                normalise,
-                dw_route,
-            );
+            WeightGradScratch::with(&ws, |scratch| {
+                accumulate_weight_grad(
+                    set,
+                    &g,
+                    o,
+                    &xd[images.start * in_image..images.end * in_image],
+                    &gd[images.start * out_image..images.end * out_image],
+                    &mut dw_part,
+                    scratch,
+                    threads == Threads::Auto,
+                    normalise,
+                    dw_route,
+                )
+            });
             Ok(dw_part)
         };
         // One image's dX, with scratch buffers the caller keeps between images.
@@ -592,7 +596,7 @@ impl Kernels {
         let dx_images = |b0: usize,
                          dx_chunk: &mut [f32],
                          threads: Threads,
-                         (padded, dcols, gathered): &mut (Vec<f32>, Vec<f32>, Vec<f32>)|
+                         (padded, dcols, gathered): &mut (Vec<f32>, Lent, Lent)|
          -> Result<()> {
             let nb = dx_chunk.len() / in_image;
             let batched = nb > 1 && !direct && transposed.is_none() && !strided;
@@ -637,7 +641,24 @@ impl Kernels {
             true => (dx.take(), None),
             false => (None, dx),
         };
-        let mut partials: Vec<Vec<f32>> = Vec::new();
+        // The dX tasks' column buffers, lent by the workspace at the sizes the col2im
+        // route asks for (`dx_images`).
+        let cols_lent = || {
+            let (dcols, gathered) = if want_dx && wt.is_some() && !direct {
+                (
+                    k * per_chunk * pix,
+                    if per_chunk > 1 {
+                        o * per_chunk * pix
+                    } else {
+                        0
+                    },
+                )
+            } else {
+                (0, 0)
+            };
+            (Vec::new(), ws.lend(dcols), ws.lend(gathered))
+        };
+        let mut partials: Vec<Lent> = Vec::new();
         if threads > 1 && n >= threads {
             // dW in one group of images per thread (each group's reduction runs over
             // all its images), dX image by image; both handed to rayon together, so a
@@ -650,12 +671,9 @@ impl Kernels {
                 dx.data_mut()
                     .par_chunks_mut(in_image * per_chunk)
                     .enumerate()
-                    .try_for_each_init(
-                        || (Vec::new(), Vec::new(), Vec::new()),
-                        |scratch, (i, chunk)| {
-                            dx_images(i * per_chunk, chunk, Threads::Single, scratch)
-                        },
-                    )
+                    .try_for_each_init(cols_lent, |scratch, (i, chunk)| {
+                        dx_images(i * per_chunk, chunk, Threads::Single, scratch)
+                    })
             };
             let (parts, dx_done) = rayon::join(
                 || {
@@ -677,7 +695,7 @@ impl Kernels {
                 partials.push(dw_group(0..n, Threads::Auto)?);
             }
             if let Some(dx) = dx.as_mut() {
-                let mut scratch = (Vec::new(), Vec::new(), Vec::new());
+                let mut scratch = cols_lent();
                 for (i, chunk) in dx.data_mut().chunks_mut(in_image * per_chunk).enumerate() {
                     dx_images(i * per_chunk, chunk, Threads::Auto, &mut scratch)?;
                 }
@@ -702,17 +720,21 @@ impl Kernels {
             dx = dx_later.take();
         }
         let dw = if want_dw {
-            // Sum the groups' partial dW, already in OIHW order.
+            // Sum the groups' partial dW, already in OIHW order, into the first (which
+            // becomes the result; the others go back to the workspace).
             let mut it = partials.into_iter();
-            let mut total = it.next().unwrap_or_else(|| vec![0.0; k * o]);
+            let mut total = it.next().map_or_else(|| vec![0.0; k * o], Lent::into_inner);
             for part in it {
-                total.iter_mut().zip(&part).for_each(|(t, v)| *t += v);
+                total.iter_mut().zip(part.iter()).for_each(|(t, v)| *t += v);
             }
             let dw = Tensor::from_vec(w.shape(), total)?;
             Some(dw)
         } else {
             None
         };
+        if let Some(wt) = wt {
+            ws.recycle(wt.into_buffer());
+        }
         Ok(ConvGrads { dx, dw })
     }
 }

@@ -36,6 +36,7 @@ use crate::kernels::dot::DotTile;
 use crate::kernels::outer::OuterTile;
 use crate::kernels::{KernelSet, OuterTileFn};
 use crate::layout::{normalise_image, phase_tap_offsets_strided, split_phases, Normalise};
+use crate::workspace::{Scratch, Workspace};
 
 /// The shape of one convolution, per image.
 #[derive(Clone, Copy, Debug)]
@@ -72,6 +73,33 @@ pub(crate) struct WeightGradScratch {
     /// The outer-product kernel's `dW^T`, and its rows' input offsets.
     dwt: Vec<f32>,
     rows: Vec<usize>,
+}
+
+impl WeightGradScratch {
+    /// Runs `f` with this thread's scratch of `ws`, kept there between calls (fresh
+    /// buffers per call, `dW^T` alone megabytes, cost page faults, and unmapping them
+    /// interrupted the other threads).
+    pub(crate) fn with<R>(ws: &Workspace, f: impl FnOnce(&mut WeightGradScratch) -> R) -> R {
+        use std::mem::take;
+        ws.scratch(Scratch::WeightGradPlanes, |planes| {
+            ws.scratch(Scratch::WeightGradDy, |dy| {
+                ws.scratch(Scratch::WeightGradNormed, |normed| {
+                    ws.scratch(Scratch::WeightGradTransposed, |dwt| {
+                        let mut s = WeightGradScratch {
+                            planes: take(planes),
+                            dy: take(dy),
+                            normed: take(normed),
+                            dwt: take(dwt),
+                            ..Default::default()
+                        };
+                        let result = f(&mut s);
+                        (*planes, *dy, *normed, *dwt) = (s.planes, s.dy, s.normed, s.dwt);
+                        result
+                    })
+                })
+            })
+        })
+    }
 }
 
 /// `dw` (`[o, c kh kw]`) `+=` the weight gradient of the images in `x` (`[n, c, h, w]`)

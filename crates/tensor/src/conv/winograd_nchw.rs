@@ -27,7 +27,9 @@ use crate::workspace::Workspace;
 /// The weights of `dX`'s transposed convolution for a 3x3 layer: `[C, O, 3, 3]`,
 /// `wt[c][o][ky][kx] = w[o][c][2 - ky][2 - kx]`.
 pub(super) fn transposed_weights(w: &[f32], [o, c]: [usize; 2]) -> Result<Tensor> {
-    let mut t = vec![0.0f32; o * c * 9];
+    // From the workspace (training makes it every step); every element is written.
+    let mut wt = Tensor::for_overwrite(&[c, o, 3, 3])?;
+    let t = wt.data_mut();
     for oc in 0..o {
         for ic in 0..c {
             let src = &w[(oc * c + ic) * 9..][..9];
@@ -37,7 +39,7 @@ pub(super) fn transposed_weights(w: &[f32], [o, c]: [usize; 2]) -> Result<Tensor
             }
         }
     }
-    Tensor::from_vec(&[c, o, 3, 3], t)
+    Ok(wt)
 }
 
 impl Kernels {

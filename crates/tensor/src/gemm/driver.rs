@@ -191,7 +191,14 @@ pub(crate) fn gemm(
                                     }
                                     let at = aligned_start(lb);
                                     let dst = &mut lb[at..at + len];
-                                    b.pack_panel(pc.min(k), kc, jc + j, width.min(nc - j), width, dst);
+                                    b.pack_panel(
+                                        pc.min(k),
+                                        kc,
+                                        jc + j,
+                                        width.min(nc - j),
+                                        width,
+                                        dst,
+                                    );
                                     &lb[at..at + len]
                                 }
                                 None => {

@@ -334,7 +334,10 @@ impl BSource<'_> {
                         copy_run(row, &m.data[start..], valid);
                         // A later panel's piece of this row (past the row's end, a
                         // harmless hint).
-                        let ahead = m.data.as_ptr().wrapping_add(start + PREFETCH_PANELS * width);
+                        let ahead = m
+                            .data
+                            .as_ptr()
+                            .wrapping_add(start + PREFETCH_PANELS * width);
                         for line in (0..width).step_by(16) {
                             prefetch(ahead.wrapping_add(line));
                         }
