@@ -639,21 +639,26 @@ pub fn train(
     let mut sgd = Sgd::new(config, net.parameters_mut().len())?;
     let x = Tensor::randn(&[batch, 3, size, size], 0.0, 1.0, 2)?;
     let targets: Vec<usize> = (0..batch).map(|i| (i * 7) % classes).collect();
-    let activations_mb = {
+    // Every step in a workspace that holds a step's buffers for the next, as the
+    // trainer's does.
+    let ws = tensor::Workspace::with_limit(resnet::TRAINING_WORKSPACE_LIMIT);
+    let activations_mb = ws.run(|| -> Result<f64, Box<dyn std::error::Error>> {
         let mut tape = Tape::new(*k);
         net.forward_train(&mut tape, x.clone(), Freeze::None)?;
-        tape.owned_bytes() as f64 / (1 << 20) as f64
-    };
-    let t = best_time(budget, || {
-        train_step(
-            &mut net,
-            &mut sgd,
-            *k,
-            x.clone(),
-            &targets,
-            Freeze::None,
-            0.0,
-        )
+        Ok(tape.owned_bytes() as f64 / (1 << 20) as f64)
+    })?;
+    let t = ws.run(|| {
+        best_time(budget, || {
+            train_step(
+                &mut net,
+                &mut sgd,
+                *k,
+                x.clone(),
+                &targets,
+                Freeze::None,
+                0.0,
+            )
+        })
     })?;
     let ms = t.as_secs_f64() * 1e3;
     let images_per_s = batch as f64 / t.as_secs_f64();
@@ -678,13 +683,9 @@ pub fn train(
         let mut steps = Vec::new();
         let start = Instant::now();
         while steps.len() < 3 || start.elapsed() < budget {
-            steps.push(resnet::profile_step(
-                &mut net,
-                &mut sgd,
-                *k,
-                x.clone(),
-                &targets,
-            )?);
+            steps.push(
+                ws.run(|| resnet::profile_step(&mut net, &mut sgd, *k, x.clone(), &targets))?,
+            );
         }
         print_train_profile(&steps, measured_peak(k, threads), json)?;
     }

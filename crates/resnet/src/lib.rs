@@ -101,6 +101,7 @@ pub use model_info::ModelInfo;
 pub use train::{
     count_correct, parallel_gradients, profile_step, train_step, train_step_parallel, BatchStats,
     Freeze, LayerTime, StepGradients, StepOutcome, StepProfile, TrainForward,
+    TRAINING_WORKSPACE_LIMIT,
 };
 #[cfg(feature = "train")]
 pub use trainer::{

@@ -301,6 +301,17 @@ pub fn is_buffer(name: &str) -> bool {
     name.ends_with(".running_mean") || name.ends_with(".running_var")
 }
 
+/// The limit of the workspace a training loop should run its steps in
+/// ([`crate::trainer::Trainer`]'s, `resnet bench train`'s): 4 GiB, a bound, not an
+/// amount held. A workspace keeps a step's activation and gradient buffers for the next
+/// step only up to its limit; past it they go back to the allocator, and the next step
+/// maps (and page-faults) them afresh. ResNet-50 at 224 x 224, batch 8, keeps 570 MB of
+/// activations: 2 threads, AMD Zen 4, 2026-12-06, two runs each, ms a step and peak RSS
+/// with a limit of 512 MiB (the default) 1081-1099 ms and 1145-1161 MB, 1 GiB 1055-1077
+/// and 1043-1066, 2 GiB 1053-1060 and 1044 (`docs/benchmarks.md`); ResNet-18 at batch 16
+/// and ResNet-20 at batch 128, whose steps fit in 512 MiB, are unchanged.
+pub const TRAINING_WORKSPACE_LIMIT: usize = 4 << 30;
+
 /// What one training step measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepOutcome {
@@ -321,6 +332,9 @@ pub struct StepOutcome {
 ///
 /// It runs in the calling thread's [`tensor::Workspace`] (the trainer's own, under
 /// [`crate::trainer::Trainer`]; [`tensor::Workspace::global`] if the caller names none).
+/// A loop of steps runs fastest in a workspace whose limit holds a step's buffers:
+/// `Workspace::with_limit(TRAINING_WORKSPACE_LIMIT).run(|| ...)`
+/// ([`TRAINING_WORKSPACE_LIMIT`]).
 pub fn train_step(
     model: &mut ResNet,
     sgd: &mut autograd::Sgd,

@@ -559,7 +559,7 @@ impl<'d> Trainer<'d> {
             kernels,
             data,
             out: out.to_path_buf(),
-            workspace: Workspace::new(),
+            workspace: Workspace::with_limit(crate::train::TRAINING_WORKSPACE_LIMIT),
             epochs_done: 0,
             history: Vec::new(),
             notes: BTreeMap::new(),
@@ -568,8 +568,9 @@ impl<'d> Trainer<'d> {
     }
 
     /// The memory the training steps' kernels reuse: per-thread scratch and the
-    /// activation and gradient buffers of the last steps (up to its limit, 512 MiB by
-    /// default). Bound it with [`Workspace::set_limit`]; it is freed with the trainer.
+    /// activation and gradient buffers of the last steps (up to its limit,
+    /// [`crate::TRAINING_WORKSPACE_LIMIT`]). Bound it with [`Workspace::set_limit`]; it is
+    /// freed with the trainer.
     pub fn workspace(&self) -> &Workspace {
         &self.workspace
     }
