@@ -47,7 +47,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 pub const MIN_FLOATS: usize = 16 * 1024;
 
 /// The default bound on the bytes a workspace holds: 512 MiB, twice what a ResNet-20
-/// training step at batch 128 keeps for its backward pass.
+/// training step at batch 128 keeps for its backward pass. A loop of larger steps wants
+/// a larger one (the trainer's is `resnet::TRAINING_WORKSPACE_LIMIT`, 4 GiB).
 pub const DEFAULT_LIMIT: usize = 512 << 20;
 
 /// A recycled activation buffer not taken within this many workspace operations (takes
