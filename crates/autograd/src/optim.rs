@@ -14,7 +14,16 @@
 //! The momentum buffers `b` are the optimizer's state; [`Sgd::state`] and
 //! [`Sgd::load_state`] carry them through a checkpoint.
 
+use rayon::prelude::*;
 use tensor::{Result, Tensor, TensorError};
+
+/// Parameters of at least this many elements are updated in runs of [`RUN`] elements over
+/// rayon's threads (the update reads three floats and writes two per element: bound by
+/// memory bandwidth, which one thread of a 2-core host does not fill); smaller ones on the
+/// calling thread.
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
+/// Elements per run of a parallel update: 64 KiB of each operand.
+const RUN: usize = 1 << 14;
 
 /// SGD's settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -178,21 +187,38 @@ impl Sgd {
             if momentum != 0.0 && first {
                 buf.resize(p.len(), 0.0);
             }
-            for (j, (pv, &gv)) in p.data_mut().iter_mut().zip(g.data()).enumerate() {
-                let mut d = gv;
-                if weight_decay != 0.0 {
-                    d += weight_decay * *pv;
+            // One run of elements: `b` is the run's momentum buffer (empty without
+            // momentum).
+            let update = |p: &mut [f32], g: &[f32], b: &mut [f32]| {
+                for (j, (pv, &gv)) in p.iter_mut().zip(g).enumerate() {
+                    let mut d = gv;
+                    if weight_decay != 0.0 {
+                        d += weight_decay * *pv;
+                    }
+                    if momentum != 0.0 {
+                        let b = &mut b[j];
+                        *b = if first {
+                            d
+                        } else {
+                            momentum * *b + (1.0 - dampening) * d
+                        };
+                        d = if nesterov { d + momentum * *b } else { *b };
+                    }
+                    *pv -= lr * d;
                 }
-                if momentum != 0.0 {
-                    let b = &mut buf[j];
-                    *b = if first {
-                        d
-                    } else {
-                        momentum * *b + (1.0 - dampening) * d
-                    };
-                    d = if nesterov { d + momentum * *b } else { *b };
+            };
+            let (pd, gd) = (p.data_mut(), g.data());
+            if pd.len() >= PARALLEL_MIN_ELEMENTS && rayon::current_num_threads() > 1 {
+                // Element by element the same arithmetic, in runs over the threads.
+                let runs = pd.par_chunks_mut(RUN).zip(gd.par_chunks(RUN));
+                if buf.is_empty() {
+                    runs.for_each(|(p, g)| update(p, g, &mut []));
+                } else {
+                    runs.zip(buf.par_chunks_mut(RUN))
+                        .for_each(|((p, g), b)| update(p, g, b));
                 }
-                *pv -= lr * d;
+            } else {
+                update(pd, gd, buf);
             }
         }
         Ok(())
@@ -288,6 +314,48 @@ mod tests {
         assert_eq!(acc[1].as_ref().unwrap().data(), &[2.5]);
         assert!(accumulate_gradients(&mut acc, vec![None]).is_err());
         assert!(accumulate_gradients(&mut acc, vec![Some(t(&[1.0])), None]).is_err());
+    }
+
+    /// A parameter large enough to be updated in parallel runs (a ragged last run
+    /// included) gets, element for element, the update of the formula, over three steps
+    /// (the momentum buffer's first and later steps), with momentum, Nesterov, and none.
+    #[test]
+    fn large_parameters_update_in_parallel_runs_as_the_formula_says() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let n = PARALLEL_MIN_ELEMENTS + RUN / 2 + 7;
+        for (momentum, nesterov) in [(0.9f32, false), (0.9, true), (0.0, false)] {
+            let config = SgdConfig {
+                lr: 0.05,
+                momentum,
+                dampening: if nesterov { 0.0 } else { 0.1 },
+                weight_decay: 1e-3,
+                nesterov,
+            };
+            let mut sgd = Sgd::new(config, 1).unwrap();
+            let mut p = Tensor::randn(&[n], 0.0, 1.0, 1).unwrap();
+            let (mut want, mut buf) = (p.data().to_vec(), vec![0.0f32; n]);
+            for step in 0..3u64 {
+                let g = Tensor::randn(&[n], 0.0, 1.0, 10 + step).unwrap();
+                pool.install(|| sgd.step(&mut [&mut p], &[Some(&g)]))
+                    .unwrap();
+                for ((w, b), &gv) in want.iter_mut().zip(&mut buf).zip(g.data()) {
+                    let mut d = gv + config.weight_decay * *w;
+                    if momentum != 0.0 {
+                        *b = if step == 0 {
+                            d
+                        } else {
+                            momentum * *b + (1.0 - config.dampening) * d
+                        };
+                        d = if nesterov { d + momentum * *b } else { *b };
+                    }
+                    *w -= config.lr * d;
+                }
+                assert_eq!(p.data(), &want[..], "momentum {momentum}, step {step}");
+            }
+        }
     }
 
     #[test]
