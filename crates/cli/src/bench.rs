@@ -557,13 +557,8 @@ pub fn model(
     }
     let macs = net.forward_macs(size, size)?;
     // What the model spends on Winograd's transformed weights beyond the direct
-    // kernel's, as `InferenceModel` decides it for the options' batch.
-    let layout = options
-        .layout
-        .unwrap_or_else(|| resnet::InferenceModel::default_layout(&net));
-    let spent = resnet::InferenceModel::winograd_memory_needed(k, &net, layout, [size, size])
-        .filter(|&bytes| options.winograd && bytes <= options.winograd_budget())
-        .unwrap_or(0);
+    // kernel's, for the options' batch.
+    let spent = resnet::InferenceModel::winograd_memory_spent(k, &net, options).unwrap_or(0);
     let spent_mb = spent as f64 / 1e6;
     // Folded block by block, freeing the unfused weights as it goes: only the folded,
     // packed model stays in memory, as in an embedding application.

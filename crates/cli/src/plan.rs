@@ -60,10 +60,12 @@ pub fn print(
     }
     // Winograd where it costs memory, as `InferenceModel` decides it for the network by
     // default for this batch (inference only).
-    let budget = resnet::InferenceOptions::for_batch(batch).winograd_budget();
-    let spend = !train
-        && InferenceModel::winograd_memory_needed(k, &model, layout, [size, size])
-            .is_some_and(|bytes| bytes <= budget);
+    let options = resnet::InferenceOptions {
+        layout: Some(layout),
+        image_size: [size, size],
+        ..resnet::InferenceOptions::for_batch(batch)
+    };
+    let spend = !train && InferenceModel::winograd_memory_spent(k, &model, options).is_some();
     for layer in model.conv_layers([batch, 3, size, size])? {
         // The stem runs in NCHW in every layout (`ConvLayer::in_stem`).
         let layer_layout = if layer.in_stem { Layout::Nchw } else { layout };

@@ -609,11 +609,26 @@ impl InferenceModel {
         Planning {
             layout,
             winograd: options.winograd,
-            winograd_memory: options.winograd
-                && Self::winograd_memory_needed(k, model, layout, options.image_size)
-                    .is_some_and(|bytes| bytes <= options.winograd_budget()),
+            winograd_memory: Self::winograd_memory_spent(k, model, options).is_some(),
             planned: None,
         }
+    }
+
+    /// What a model built from `model` with `options` spends on Winograd's transformed
+    /// weights beyond the direct kernel's weights: `Some(bytes)`
+    /// ([`InferenceModel::winograd_memory_needed`], 0 where no layer would change) when
+    /// Winograd is on and that fits [`InferenceOptions::winograd_budget`], and the layers
+    /// then run by Winograd; `None` when they do not.
+    pub fn winograd_memory_spent(
+        k: &Kernels,
+        model: &ResNet,
+        options: InferenceOptions,
+    ) -> Option<usize> {
+        let layout = options
+            .layout
+            .unwrap_or_else(|| Self::default_layout(model));
+        Self::winograd_memory_needed(k, model, layout, options.image_size)
+            .filter(|&bytes| options.winograd && bytes <= options.winograd_budget())
     }
 
     /// The memory (bytes) the model's layers would spend on Winograd's transformed

@@ -456,9 +456,7 @@ impl Workspace {
         };
         Lent { ws: self, buf }
     }
-}
 
-impl Workspace {
     /// Gives back a buffer a [`Lent`] was turned into (a packed operand made of it).
     pub(crate) fn recycle(&self, v: Vec<f32>) {
         if v.capacity() >= MIN_FLOATS {

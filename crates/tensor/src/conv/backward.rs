@@ -109,9 +109,12 @@ fn gemm_weight_grad(
             }
         }
     }
-    let mr = k.set().gemm_mr;
-    let buf = ws.lend(o.div_ceil(mr) * mr * cols).into_inner();
-    let packed = PackedA::pack_into(k.isa(), mr, MatRef::row_major(&a, o, cols)?, buf);
+    let packed = PackedA::pack_lent(
+        k.isa(),
+        k.set().gemm_mr,
+        MatRef::row_major(&a, o, cols)?,
+        ws,
+    );
     drop(a);
     let source = BSource::Matrix(MatRef::row_major(&b, rows, cols)?.t());
     let mut c_mat = MatMut::row_major(dw, o, rows)?;
@@ -469,12 +472,11 @@ impl Kernels {
             None
         };
         let wt = if want_dx && transposed.is_none() && !strided && !winograd {
-            let buf = ws.lend(k.div_ceil(mr) * mr * o).into_inner();
-            Some(PackedA::pack_into(
+            Some(PackedA::pack_lent(
                 self.isa(),
                 mr,
                 MatRef::row_major(w.data(), o, k)?.t(),
-                buf,
+                &ws,
             ))
         } else {
             None

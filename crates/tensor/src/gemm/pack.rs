@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use super::MatRef;
 use crate::isa::Isa;
+use crate::workspace::Workspace;
 
 /// A packed into row panels of `MR` for one tier's microkernel; reusable across calls.
 #[derive(Clone, Debug)]
@@ -111,6 +112,13 @@ impl PackedA {
             cols: k,
             data,
         }
+    }
+
+    /// [`PackedA::pack_into`] a buffer lent by `ws` for one call; give it back with
+    /// `ws.recycle(packed.into_buffer())`.
+    pub(crate) fn pack_lent(isa: Isa, mr: usize, a: MatRef, ws: &Workspace) -> Self {
+        let len = a.rows.div_ceil(mr) * mr * a.cols;
+        Self::pack_into(isa, mr, a, ws.lend(len).into_inner())
     }
 
     /// Gives back the buffer, for [`PackedA::pack_into`] to reuse.
