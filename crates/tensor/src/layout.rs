@@ -79,7 +79,9 @@ pub(crate) fn per_channel(
 /// image `src` (rows of `w`) padded by `pad`: padded pixel `(y, x)` goes to plane
 /// `(y % s, x % s)` at `(y / s, x / s)`. With `norm = Some((n, c))` (stride 1 only),
 /// the pixels are written normalised as channel `c`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn split_phases(
+    set: &KernelSet,
     src: &[f32],
     w: usize,
     pad: usize,
@@ -94,17 +96,18 @@ pub(crate) fn split_phases(
         "normalised phase planes are stride 1"
     );
     let plane = qh * qw;
+    if s == 1 {
+        // One plane: the rows at pitch `QW`, `pad` rows and columns in.
+        let (h, d) = (src.len() / w, &mut dst[pad * qw + pad..]);
+        match norm {
+            Some((n, ch)) => n.rows(ch, src, w, d, qw, [h, w]),
+            None => set.copy_rows(src, w, d, qw, [h, w], None),
+        }
+        return;
+    }
     for (iy, row) in src.chunks_exact(w).enumerate() {
         let y = iy + pad;
         let base = (y % s * s) * plane + (y / s) * qw;
-        if s == 1 {
-            let d = &mut dst[base + pad..base + pad + w];
-            match norm {
-                Some((n, ch)) => n.apply(ch, row, d),
-                None => d.copy_from_slice(row),
-            }
-            continue;
-        }
         if s == 2 {
             // Pixel 2m goes to phase pad % 2 at column pad / 2 + m, pixel 2m + 1 to the
             // other phase at column (pad + 1) / 2 + m: a de-interleave of pairs.

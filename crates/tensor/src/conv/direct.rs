@@ -108,6 +108,7 @@ impl DirectWeights {
 /// this layout (rows of whole vectors, stride 1) stay inside the padded rows.
 #[allow(clippy::too_many_arguments)]
 fn pad_image(
+    set: &KernelSet,
     x: &[f32],
     c: usize,
     [h, w]: [usize; 2],
@@ -131,17 +132,19 @@ fn pad_image(
             top.fill(0.0);
             let (rows, bottom) = rest.split_at_mut(h * pw);
             bottom.fill(0.0);
-            for (row, d) in src.chunks_exact(w).zip(rows.chunks_exact_mut(pw)) {
+            for d in rows.chunks_exact_mut(pw) {
                 // The border elements one by one: `fill` on a slice of one or two
                 // floats compiled to a `memset` call each (0.9% of a training step).
                 for i in 0..pad {
                     d[i] = 0.0;
                     d[pad + w + i] = 0.0;
                 }
-                match norm {
-                    Some(n) => n.apply(ch, row, &mut d[pad..pad + w]),
-                    None => d[pad..pad + w].copy_from_slice(row),
-                }
+            }
+            // The rows in one call (a call per row cost more than its copy on 16-32
+            // pixel rows).
+            match norm {
+                Some(n) => n.rows(ch, src, w, &mut rows[pad..], pw, [h, w]),
+                None => set.copy_rows(src, w, &mut rows[pad..], pw, [h, w], None),
             }
         },
     );
@@ -155,6 +158,7 @@ fn pad_image(
 /// task).
 #[allow(clippy::too_many_arguments)]
 fn phase_planes(
+    set: &KernelSet,
     x: &[f32],
     c: usize,
     [h, w]: [usize; 2],
@@ -178,7 +182,7 @@ fn phase_planes(
         per,
         |ch, src, dst| {
             dst.fill(0.0);
-            split_phases(src, w, pad, s, [qh, qw], dst, norm.map(|n| (n, ch)));
+            split_phases(set, src, w, pad, s, [qh, qw], dst, norm.map(|n| (n, ch)));
         },
     );
     (qw, phase_tap_offsets(c, [kh, kw], s, [qh, qw]))
@@ -243,6 +247,7 @@ pub(crate) fn direct_conv_image(
         pad_image_masked(x, dw.c, [h, w], [dw.kh, dw.kw], pad, padded, parallel, norm)
     } else if phased {
         phase_planes(
+            set,
             x,
             dw.c,
             [h, w],
@@ -255,7 +260,17 @@ pub(crate) fn direct_conv_image(
             0,
         )
     } else {
-        pad_image(x, dw.c, [h, w], [dw.kh, dw.kw], pad, padded, parallel, norm)
+        pad_image(
+            set,
+            x,
+            dw.c,
+            [h, w],
+            [dw.kh, dw.kw],
+            pad,
+            padded,
+            parallel,
+            norm,
+        )
     };
     let k = offs.len();
     let plane = oh * ow;
@@ -464,6 +479,7 @@ fn direct_conv_image_planar(
     let max_xv = set.direct_tiles.len();
     // The phase planes, and a zeroed margin for the last tile's run past the last plane.
     let (qw, offs) = phase_planes(
+        set,
         x,
         dw.c,
         [h, w],
@@ -632,7 +648,7 @@ pub(crate) fn strided_transposed_image(
     let parallel = matches!(threads, Threads::Auto);
     // dY padded by `t` on every side (its offsets table is not used: each phase has its
     // own taps).
-    let (pw, _) = pad_image(dy, o, [oh, ow], [1, 1], t, padded, parallel, None);
+    let (pw, _) = pad_image(set, dy, o, [oh, ow], [1, 1], t, padded, parallel, None);
     let ph = oh + 2 * t;
     // Phase rows `YY` 0..=yy_max and columns 0..pw are computed, flat at pitch `pw`.
     let yy_max = (h - 1 + pad) / s;

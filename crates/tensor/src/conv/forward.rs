@@ -583,7 +583,7 @@ impl Kernels {
                         let parallel = threads == driver::Threads::Auto;
                         per_channel(parallel, image, h * wd, planes, per, |_, src, dst| {
                             dst.fill(0.0);
-                            split_phases(src, wd, p.padding, s, [qh, qw], dst, None);
+                            split_phases(self.set(), src, wd, p.padding, s, [qh, qw], dst, None);
                         });
                         let source = BSource::Im2col(Im2col {
                             planes,

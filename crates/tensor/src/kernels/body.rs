@@ -114,6 +114,40 @@ pub(crate) unsafe fn scale_shift_relu<S: Simd>(
     map1::<S>(src, dst, n, |x| S::max(zero, S::mul_add(x, a, b)));
 }
 
+/// `rows` rows of `width` floats, row `r` read at `src + r src_pitch` and written at
+/// `dst + r dst_pitch`: copied, or with `affine = Some([scale, shift])` normalised as
+/// [`scale_shift_relu`] does. One call for a plane's rows: a call per row of 16-32
+/// floats (ResNet-20's planes, each padded or re-pitched on its way into a convolution's
+/// kernel) spent more on the call than on the copy.
+#[inline(always)]
+pub(crate) unsafe fn copy_rows<S: Simd>(
+    src: *const f32,
+    src_pitch: usize,
+    dst: *mut f32,
+    dst_pitch: usize,
+    [rows, width]: [usize; 2],
+    affine: Option<[f32; 2]>,
+) {
+    match affine {
+        Some([scale, shift]) => {
+            for r in 0..rows {
+                scale_shift_relu::<S>(
+                    src.add(r * src_pitch),
+                    dst.add(r * dst_pitch),
+                    width,
+                    scale,
+                    shift,
+                );
+            }
+        }
+        None => {
+            for r in 0..rows {
+                map1::<S>(src.add(r * src_pitch), dst.add(r * dst_pitch), width, |x| x);
+            }
+        }
+    }
+}
+
 /// `dst = max(src, 0)`.
 #[inline(always)]
 pub(crate) unsafe fn relu<S: Simd>(src: *const f32, dst: *mut f32, n: usize) {

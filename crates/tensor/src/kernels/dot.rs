@@ -46,6 +46,11 @@ pub(crate) struct DotTile {
     pub ldo: usize,
     pub mi: usize,
     pub nj: usize,
+    /// `ahead_lines` cache lines from `ahead` on are prefetched into L2, one a step of
+    /// the reduction: the next call's operands, read from memory while this one
+    /// computes.
+    pub ahead: *const f32,
+    pub ahead_lines: usize,
 }
 
 /// `out[i][j] += sum_s sum_{t < len} a[a_rows[i] + s.0 + t] * b[b_rows[j] + s.1 + t]`.
@@ -64,6 +69,7 @@ pub(crate) unsafe fn dot_tile<S: Simd, const MI: usize, const NJ: usize>(t: &Dot
     let l = S::LANES;
     debug_assert_eq!(t.len % l, 0);
     let mut acc = [[S::splat(0.0); NJ]; MI];
+    let mut ahead = 0;
     for s in 0..t.nseg {
         let [sa, sb] = *t.segs.add(s);
         let mut pa = [t.a; MI];
@@ -75,6 +81,11 @@ pub(crate) unsafe fn dot_tile<S: Simd, const MI: usize, const NJ: usize>(t: &Dot
             *p = t.b.add(*t.b_rows.add(j) + sb);
         }
         for _ in 0..t.len / l {
+            if ahead < t.ahead_lines {
+                // (`wrapping_add`: a prefetch never faults.)
+                S::prefetch_l2(t.ahead.wrapping_add(ahead * 16));
+                ahead += 1;
+            }
             let mut av = [S::splat(0.0); MI];
             for (v, p) in av.iter_mut().zip(pa.iter_mut()) {
                 *v = S::load(*p);

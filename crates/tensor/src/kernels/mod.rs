@@ -277,6 +277,9 @@ pub(crate) struct KernelSet {
     pub lanes: usize,
     pub scale_shift: unsafe fn(*const f32, *mut f32, usize, f32, f32),
     pub scale_shift_relu: unsafe fn(*const f32, *mut f32, usize, f32, f32),
+    /// Rows at one pitch to rows at another, copied or normalised (`body::copy_rows`;
+    /// [`KernelSet::copy_rows`] checks the bounds).
+    pub copy_rows: CopyRowsFn,
     pub relu: unsafe fn(*const f32, *mut f32, usize),
     pub add: unsafe fn(*const f32, *const f32, *mut f32, usize),
     pub add_relu: unsafe fn(*const f32, *const f32, *mut f32, usize),
@@ -350,6 +353,41 @@ pub(crate) struct KernelSet {
 }
 
 impl KernelSet {
+    /// Copies `rows` rows of `width` floats from `src` (row `r` at `r * src_pitch`) to
+    /// `dst` (at `r * dst_pitch`), each value `relu(scale x + shift)` with `affine =
+    /// Some([scale, shift])`. Panics if a row would reach past either slice.
+    pub(crate) fn copy_rows(
+        &self,
+        src: &[f32],
+        src_pitch: usize,
+        dst: &mut [f32],
+        dst_pitch: usize,
+        [rows, width]: [usize; 2],
+        affine: Option<[f32; 2]>,
+    ) {
+        if rows == 0 || width == 0 {
+            return;
+        }
+        let reach = |pitch: usize| (rows - 1) * pitch + width;
+        assert!(reach(src_pitch) <= src.len(), "copy_rows: source too short");
+        assert!(
+            reach(dst_pitch) <= dst.len(),
+            "copy_rows: destination too short"
+        );
+        // SAFETY: every row lies inside its slice (checked above); the kernel set's
+        // features were checked when it was handed out.
+        unsafe {
+            (self.copy_rows)(
+                src.as_ptr(),
+                src_pitch,
+                dst.as_mut_ptr(),
+                dst_pitch,
+                [rows, width],
+                affine,
+            )
+        };
+    }
+
     /// The weight gradient's outer-product tile for `o` output channels: the widest
     /// whose `F` vectors divide the channels, as `(F, taps, kernel)`, or `None` when `o`
     /// is not a whole number of vectors (then only the row-dot kernel runs it).
@@ -389,6 +427,10 @@ pub(crate) type BnApplyFn =
 
 /// A GEMM microkernel entry point: `(kc, packed A panel, B panel, B row stride, output)`.
 pub(crate) type GemmTileFn = unsafe fn(usize, *const f32, *const f32, usize, &microkernel::TileOut);
+
+/// `(src, src pitch, dst, dst pitch, [rows, width], affine)` (`body::copy_rows`).
+pub(crate) type CopyRowsFn =
+    unsafe fn(*const f32, usize, *mut f32, usize, [usize; 2], Option<[f32; 2]>);
 
 /// Max pooling of a plane with its winners: `(src, h, w, dst, indices, oh, ow, pool,
 /// scratch)` (`body::max_pool_plane_indices`).
@@ -543,6 +585,13 @@ macro_rules! tier_entry_points {
                 body::scale_shift_relu::<$S>(s, d, n, a, b)
             }
             #[$attr]
+            unsafe fn copy_rows(
+                s: *const f32, sp: usize, d: *mut f32, dp: usize, shape: [usize; 2],
+                affine: Option<[f32; 2]>,
+            ) {
+                body::copy_rows::<$S>(s, sp, d, dp, shape, affine)
+            }
+            #[$attr]
             unsafe fn relu(s: *const f32, d: *mut f32, n: usize) {
                 body::relu::<$S>(s, d, n)
             }
@@ -641,6 +690,7 @@ macro_rules! tier_entry_points {
                 lanes: <$S as $crate::kernels::simd::Simd>::LANES,
                 scale_shift,
                 scale_shift_relu,
+                copy_rows,
                 relu,
                 add,
                 add_relu,

@@ -12,18 +12,14 @@ use super::KernelSet;
 /// `Kernels::scale_shift` with `[Epilogue::Relu]`).
 #[derive(Clone, Copy)]
 pub(crate) struct Normalise<'a> {
-    kernel: unsafe fn(*const f32, *mut f32, usize, f32, f32),
+    set: &'a KernelSet,
     scale: &'a [f32],
     shift: &'a [f32],
 }
 
 impl<'a> Normalise<'a> {
-    pub fn new(set: &KernelSet, [scale, shift]: [&'a [f32]; 2]) -> Self {
-        Normalise {
-            kernel: set.scale_shift_relu,
-            scale,
-            shift,
-        }
+    pub fn new(set: &'a KernelSet, [scale, shift]: [&'a [f32]; 2]) -> Self {
+        Normalise { set, scale, shift }
     }
 
     /// `dst = relu(scale[ch] src + shift[ch])`.
@@ -32,7 +28,22 @@ impl<'a> Normalise<'a> {
         let (a, b) = (self.scale[ch], self.shift[ch]);
         // SAFETY: `src` and `dst` hold `src.len()` floats each; the kernel set's features
         // were checked when it was handed out.
-        unsafe { (self.kernel)(src.as_ptr(), dst.as_mut_ptr(), src.len(), a, b) };
+        unsafe { (self.set.scale_shift_relu)(src.as_ptr(), dst.as_mut_ptr(), src.len(), a, b) };
+    }
+
+    /// [`KernelSet::copy_rows`] of channel `ch`'s rows, normalised.
+    pub fn rows(
+        &self,
+        ch: usize,
+        src: &[f32],
+        src_pitch: usize,
+        dst: &mut [f32],
+        dst_pitch: usize,
+        shape: [usize; 2],
+    ) {
+        let affine = Some([self.scale[ch], self.shift[ch]]);
+        self.set
+            .copy_rows(src, src_pitch, dst, dst_pitch, shape, affine);
     }
 }
 

@@ -79,6 +79,11 @@ pub(crate) trait Simd {
     #[inline(always)]
     unsafe fn prefetch(_p: *const f32) {}
 
+    /// As [`Simd::prefetch`], into the level-2 cache only: for data wanted after the
+    /// current working set, which a level-1 prefetch would evict.
+    #[inline(always)]
+    unsafe fn prefetch_l2(_p: *const f32) {}
+
     /// Transposes the `LANES x LANES` block at `src` (rows `src_stride` floats apart)
     /// into `dst` (rows `dst_stride` apart): `dst[j][i] = src[i][j]`.
     #[inline(always)]

@@ -100,6 +100,10 @@ impl Simd for Avx2 {
         _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
     }
     #[inline(always)]
+    unsafe fn prefetch_l2(p: *const f32) {
+        _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
+    }
+    #[inline(always)]
     unsafe fn transpose_block(
         src: *const f32,
         src_stride: usize,
