@@ -550,6 +550,9 @@ impl Kernels {
                     padded,
                     None,
                     &ws,
+                    // The next image's dY, which this thread likely runs next.
+                    gd.get((b + 1) * out_image..(b + 2) * out_image)
+                        .unwrap_or(&[]),
                 );
             }
             if let Some(st) = &phased {

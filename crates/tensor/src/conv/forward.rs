@@ -527,6 +527,8 @@ impl Kernels {
                         buf,
                         norm,
                         &ws,
+                        // The next image, which this thread likely runs next.
+                        xd.get((b + 1) * in_image..(b + 2) * in_image).unwrap_or(&[]),
                     )
                 });
                 return Ok(());

@@ -428,6 +428,34 @@ pub(crate) type BnApplyFn =
 /// A GEMM microkernel entry point: `(kc, packed A panel, B panel, B row stride, output)`.
 pub(crate) type GemmTileFn = unsafe fn(usize, *const f32, *const f32, usize, &microkernel::TileOut);
 
+/// Asks for the cache line holding `p` in the level-2 cache (a hint: it reads nothing
+/// and never faults, whatever the address; a no-op off x86-64 and under Miri).
+#[inline(always)]
+pub(crate) fn prefetch_l2(p: *const f32) {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    // SAFETY: a prefetch reads nothing and cannot fault; SSE is part of x86-64.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch(p as *const i8, core::arch::x86_64::_MM_HINT_T1)
+    };
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    let _ = p;
+}
+
+/// Prefetches share `i` of `shares` equal runs of `data`'s cache lines into L2
+/// ([`prefetch_l2`]): a loop of `shares` steps spreads the whole of `data` over them.
+#[inline]
+pub(crate) fn prefetch_share(data: &[f32], i: usize, shares: usize) {
+    let lines = data.len().div_ceil(16);
+    if lines == 0 || shares == 0 {
+        return;
+    }
+    let per = lines.div_ceil(shares);
+    let start = (i * per).min(lines);
+    for line in start..(start + per).min(lines) {
+        prefetch_l2(data.as_ptr().wrapping_add(line * 16));
+    }
+}
+
 /// `(src, src pitch, dst, dst pitch, [rows, width], affine)` (`body::copy_rows`).
 pub(crate) type CopyRowsFn =
     unsafe fn(*const f32, usize, *mut f32, usize, [usize; 2], Option<[f32; 2]>);
