@@ -659,11 +659,13 @@ fn check_conv_normalised(k: Kernels) -> CheckResult {
             .scale_shift(&x, scale.data(), shift.data(), &[Epilogue::Relu])
             .map_err(fail)?;
         // The ladder's plan, and Winograd's routes forced where the layer has them (the
-        // input normalised as it is copied into the blocked layout).
+        // input normalised as it is copied into the blocked layout, for the forward and
+        // for dW).
         let ladder = tp(&k, &w, p);
         let winograd = ladder
             .force_forward(Forward::Winograd)
-            .force_input_grad(InputGrad::Winograd);
+            .force_input_grad(InputGrad::Winograd)
+            .force_weight_grad(WeightGrad::Winograd);
         let input = [c.n, c.c, c.h, c.w];
         // And dW by one GEMM over the images (its input's columns gathered normalised:
         // im2col, or for an unpadded 1x1 layer the subsampled input).

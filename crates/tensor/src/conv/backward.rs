@@ -488,6 +488,18 @@ impl Kernels {
             // Lent by the workspace: a fresh buffer per call cost page faults and, freed,
             // an unmapping that interrupted the threads computing `dX` meanwhile.
             let mut dw_part = ws.lend_zeroed(o * k);
+            if dw_route == WeightGrad::Winograd {
+                self.winograd_weight_grad(
+                    &xd[images.start * in_image..images.end * in_image],
+                    [images.len(), c, h, wd],
+                    &gd[images.start * out_image..images.end * out_image],
+                    [o, oh, ow],
+                    p.padding,
+                    normalise,
+                    &mut dw_part,
+                )?;
+                return Ok(dw_part);
+            }
             if dw_route == WeightGrad::Gemm {
                 let (x_g, dy_g) = (
                     &xd[images.start * in_image..images.end * in_image],
@@ -664,6 +676,10 @@ impl Kernels {
             (Vec::new(), ws.lend(dcols), ws.lend(gathered))
         };
         let mut partials: Vec<Lent> = Vec::new();
+        // Winograd's dW runs on the whole batch at once (its GEMMs' reduction runs over
+        // every image's tiles), split across the threads inside, after dX.
+        let winograd_dw = want_dw && dw_route == WeightGrad::Winograd;
+        let grouped_dw = want_dw && !winograd_dw;
         if threads > 1 && n >= threads {
             // dW in one group of images per thread (each group's reduction runs over
             // all its images), dX image by image; both handed to rayon together, so a
@@ -682,7 +698,7 @@ impl Kernels {
             };
             let (parts, dx_done) = rayon::join(
                 || {
-                    if want_dw {
+                    if grouped_dw {
                         groups
                             .into_par_iter()
                             .map(|r| dw_group(r, Threads::Single))
@@ -696,7 +712,7 @@ impl Kernels {
             dx_done?;
             partials = parts?;
         } else {
-            if want_dw {
+            if grouped_dw {
                 partials.push(dw_group(0..n, Threads::Auto)?);
             }
             if let Some(dx) = dx.as_mut() {
@@ -723,6 +739,9 @@ impl Kernels {
                 [c, h, wd],
             )?;
             dx = dx_later.take();
+        }
+        if winograd_dw {
+            partials.push(dw_group(0..n, Threads::Auto)?);
         }
         let dw = if want_dw {
             // Sum the groups' partial dW, already in OIHW order, into the first (which

@@ -528,7 +528,8 @@ impl Kernels {
                         norm,
                         &ws,
                         // The next image, which this thread likely runs next.
-                        xd.get((b + 1) * in_image..(b + 2) * in_image).unwrap_or(&[]),
+                        xd.get((b + 1) * in_image..(b + 2) * in_image)
+                            .unwrap_or(&[]),
                     )
                 });
                 return Ok(());

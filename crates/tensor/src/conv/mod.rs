@@ -41,6 +41,7 @@
 //! | dX, 2 | [`InputGrad::DirectTransposed`] | stride 1, square kernel, at most 64 input channels |
 //! | dX, 3 | [`InputGrad::DirectPhases`] | strided, at most 64 input channels, where every phase reads inside `dY` |
 //! | dX, 4 | [`InputGrad::GemmCol2im`] | anything else |
+//! | dW, 0 | [`WeightGrad::Winograd`] | what forward 1'' takes: the 36 products summed over the batch's tiles by GEMMs |
 //! | dW, 1 | [`WeightGrad::Gemm`] | output planes under `GEMM_DW_MAX_PIXELS` pixels, at least `GEMM_DW_MIN_OUTPUTS` output channels, at most `GEMM_DW_MAX_COLUMNS` pixels in one thread's group of images |
 //! | dW, 2 | [`WeightGrad`] | the outer-product kernel when the output channels are whole groups of its tile's vectors, else row-dot; taps read from the image itself for a 1x1, stride-1, unpadded layer, else from phase planes |
 //!
@@ -48,7 +49,7 @@
 //! points and the three GEMM routes, over `crate::gemm`), `direct.rs` (the direct
 //! kernel's forms, and the transposed ones of `dX`), `nchwc.rs` (the blocked layout's
 //! kernel, grouped or not), `winograd.rs` (Winograd F(4x4, 3x3) in the blocked layout), `winograd_nchw.rs` (the same for NCHW
-//! activations, through copies into the blocked layout and back), `weight_grad.rs` (`dW`), `backward.rs` (the backward's
+//! activations, through copies into the blocked layout and back, and Winograd's `dW`), `weight_grad.rs` (`dW`), `backward.rs` (the backward's
 //! driver and the GEMM + col2im route of `dX`), `grouped.rs` and `dilated.rs` (groups and
 //! phases run through the dense routes). The copies they share (padding, phase planes,
 //! per-channel views) are in `crate::layout`. `docs/convolution.md` explains them with
@@ -212,6 +213,10 @@ pub enum WeightGrad {
     /// per-image reductions are short and their tiles of `dW` are written back image
     /// after image.
     Gemm,
+    /// 3x3, stride 1: Winograd F(4x4, 3x3) turned around (`dW = G^T [(A dY A^T) (.)
+    /// (B^T d B)] G` a tile, `kernels::winograd`), the whole batch's 4 x 4 tiles the
+    /// reduction of 36 GEMMs (`winograd_nchw.rs`): 4x fewer multiplications.
+    Winograd,
 }
 
 /// What a plan runs for one input shape.
@@ -740,7 +745,13 @@ impl ConvPlan {
         } else {
             Taps::PhasePlanes
         };
-        let weight_grad = if g.oh * g.ow < GEMM_DW_MAX_PIXELS
+        let weight_grad = if self.layout == Layout::Nchw
+            && self.winograd
+            && self.winograd_layer_fits().is_ok()
+            && nchw_winograd_wins(g.c, g.o)
+        {
+            WeightGrad::Winograd
+        } else if g.oh * g.ow < GEMM_DW_MAX_PIXELS
             && g.o >= GEMM_DW_MIN_OUTPUTS
             && g.dw_group_images() * g.oh * g.ow <= GEMM_DW_MAX_COLUMNS
         {
@@ -932,6 +943,8 @@ impl ConvPlan {
             WeightGrad::OuterProduct(taps) | WeightGrad::RowDot(taps) => taps,
             // Any dense, undilated layer (the geometry's): im2col of every image.
             WeightGrad::Gemm => return Ok(()),
+            // Any padding: the windows read zeros past the image.
+            WeightGrad::Winograd => return self.winograd_layer_fits(),
         };
         let lanes = self.kernels.lanes();
         if taps == Taps::Image {
@@ -1287,12 +1300,13 @@ impl InputGrad {
 
 impl WeightGrad {
     /// Every weight-gradient route, for tests and tools.
-    pub const ALL: [WeightGrad; 5] = [
+    pub const ALL: [WeightGrad; 6] = [
         WeightGrad::OuterProduct(Taps::Image),
         WeightGrad::OuterProduct(Taps::PhasePlanes),
         WeightGrad::RowDot(Taps::Image),
         WeightGrad::RowDot(Taps::PhasePlanes),
         WeightGrad::Gemm,
+        WeightGrad::Winograd,
     ];
 
     /// The microkernel that does its arithmetic for `o` output channels, named by tier
@@ -1304,7 +1318,7 @@ impl WeightGrad {
                 None => "none".into(),
             },
             WeightGrad::RowDot(_) => k.dot_kernel_name(),
-            WeightGrad::Gemm => k.gemm_kernel_name(),
+            WeightGrad::Gemm | WeightGrad::Winograd => k.gemm_kernel_name(),
         }
     }
 }
@@ -1364,6 +1378,7 @@ impl fmt::Display for WeightGrad {
             WeightGrad::OuterProduct(t) => write!(f, "outer-{t}"),
             WeightGrad::RowDot(t) => write!(f, "rowdot-{t}"),
             WeightGrad::Gemm => f.write_str("gemm-images"),
+            WeightGrad::Winograd => f.write_str("winograd"),
         }
     }
 }

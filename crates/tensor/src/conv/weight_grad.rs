@@ -160,7 +160,9 @@ pub(crate) fn accumulate_weight_grad(
             (tile, taps == Taps::Image)
         }
         WeightGrad::RowDot(taps) => (None, taps == Taps::Image),
-        WeightGrad::Gemm => unreachable!("dW by one GEMM runs in backward.rs"),
+        WeightGrad::Gemm | WeightGrad::Winograd => {
+            unreachable!("dW by GEMMs runs in backward.rs")
+        }
     };
     assert!(
         !in_place || (g.kh == 1 && g.kw == 1 && s == 1 && g.pad == 0),

@@ -15,14 +15,24 @@
 //! `dX` of a 3x3, stride-1 layer is the same convolution of `dY` by the weights rotated
 //! by 180 degrees with their channels swapped, padded by `2 - pad`.
 
+use rayon::prelude::*;
+
 use super::WinogradWeights;
 use crate::blocked::BlockedTensor;
 use crate::epilogue::{self, Epilogue, Residual};
 use crate::error::{Result, TensorError};
+use crate::gemm::driver::{self, Threads};
+use crate::gemm::pack::{BSource, PackedA};
+use crate::gemm::{MatMut, MatRef};
+use crate::kernels::winograd::{WinogradGrad, WinogradIn, POSITIONS, TILE};
 use crate::kernels::Kernels;
-use crate::layout::{copy_from_blocked, copy_to_blocked, Normalise};
+use crate::layout::{copy_from_blocked, copy_to_blocked, Normalise, OutPtr};
 use crate::tensor::Tensor;
-use crate::workspace::Workspace;
+use crate::workspace::{Scratch, Workspace};
+
+/// The floats of transformed input and `dY` one chunk of the weight gradient's tiles
+/// holds (2 MiB).
+const GRAD_CHUNK_FLOATS: usize = 1 << 19;
 
 /// The weights of `dX`'s transposed convolution for a 3x3 layer: `[C, O, 3, 3]`,
 /// `wt[c][o][ky][kx] = w[o][c][2 - ky][2 - kx]`.
@@ -145,6 +155,137 @@ impl Kernels {
             },
         );
         ws.give(yb.data);
+        Ok(())
+    }
+
+    /// `dw += dW` of a 3x3, stride-1 layer (`[o, c, 3, 3]`, padding `pad`) by Winograd
+    /// F(4x4, 3x3) (`WeightGrad::Winograd`; the algebra in `kernels::winograd`): the
+    /// input (normalised on the way by `normalise`, as the forward read it) and `dY`
+    /// copied into the blocked layout, then chunk by chunk of 4 x 4 output tiles their
+    /// transforms `V = B^T d B` and `U = A dY A^T` (`[tile][36][blocks][L]`, in parallel
+    /// over the tiles) and the 36 products `M[k] += U[k]^T V[k]` (output channels x
+    /// input channels, the chunk's tiles the reduction; one GEMM a position, in
+    /// parallel), and once at the end `dW = G^T M G` for every channel pair.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn winograd_weight_grad(
+        &self,
+        x: &[f32],
+        [n, c, h, wd]: [usize; 4],
+        dy: &[f32],
+        [o, oh, ow]: [usize; 3],
+        pad: usize,
+        normalise: Option<[&[f32]; 2]>,
+        dw: &mut [f32],
+    ) -> Result<()> {
+        assert_eq!(x.len(), n * c * h * wd, "Winograd dW: input length");
+        assert_eq!(dy.len(), n * o * oh * ow, "Winograd dW: dY length");
+        assert_eq!(dw.len(), o * c * 9, "Winograd dW: gradient length");
+        if n * c * o * oh * ow * h * wd == 0 {
+            return Ok(());
+        }
+        let set = self.set();
+        let l = set.lanes;
+        let ws = Workspace::current();
+        let (cb, ob) = (c.div_ceil(l), o.div_ceil(l));
+        let (plane, oplane) = (h * wd, oh * ow);
+        // Every element of both is written by the copies (zeros past the channels).
+        let mut xb = ws.lend(n * cb * plane * l);
+        let norm = normalise.map(|a| Normalise::new(set, a));
+        copy_to_blocked(set, x, [n, c, plane], norm.as_ref(), &mut xb);
+        let mut yb = ws.lend(n * ob * oplane * l);
+        copy_to_blocked(set, dy, [n, o, oplane], None, &mut yb);
+        let (th, tw) = (oh.div_ceil(TILE), ow.div_ceil(TILE));
+        let per_image = th * tw;
+        let total = n * per_image;
+        let per_tile = POSITIONS * (cb + ob) * l;
+        let chunk = (GRAD_CHUNK_FLOATS / per_tile).max(1).min(total);
+        let v_len = chunk * POSITIONS * cb * l;
+        // The products summed over every tile: `[36][O][C]`.
+        let mut m = ws.lend_zeroed(POSITIONS * o * c);
+        // Every element the products read is written by the transforms first.
+        let mut buf = ws.lend(chunk * per_tile);
+        let (v, u) = buf.split_at_mut(v_len);
+        let (mr, isa) = (set.gemm_mr, self.isa());
+        for t0 in (0..total).step_by(chunk) {
+            let tc = chunk.min(total - t0);
+            let (vp, up) = (OutPtr(v.as_mut_ptr()), OutPtr(u.as_mut_ptr()));
+            let (xs, ys) = (&xb[..], &yb[..]);
+            (0..tc).into_par_iter().for_each(|q| {
+                let (b, r) = ((t0 + q) / per_image, (t0 + q) % per_image);
+                let (oy, ox) = ((r / tw) * TILE, (r % tw) * TILE);
+                for i in 0..cb {
+                    let t = WinogradIn {
+                        x: xs[(b * cb + i) * plane * l..].as_ptr(),
+                        h,
+                        w: wd,
+                        iy0: oy as isize - pad as isize,
+                        ix0: ox as isize - pad as isize,
+                        // SAFETY: inside V: tile q < tc <= chunk, block i < CB.
+                        out: unsafe { vp.get().add((q * POSITIONS * cb + i) * l) },
+                        out_pos: cb * l,
+                    };
+                    // SAFETY: the window's pixels inside the image are read from image
+                    // b's block i; tile q's 36 positions lie `cb l` apart inside V, and
+                    // no other tile writes them.
+                    unsafe { (set.winograd_input)(&t) };
+                }
+                for i in 0..ob {
+                    let t = WinogradIn {
+                        x: ys[(b * ob + i) * oplane * l..].as_ptr(),
+                        h: oh,
+                        w: ow,
+                        iy0: oy as isize,
+                        ix0: ox as isize,
+                        // SAFETY: inside U: tile q < tc <= chunk, block i < OB.
+                        out: unsafe { up.get().add((q * POSITIONS * ob + i) * l) },
+                        out_pos: ob * l,
+                    };
+                    // SAFETY: as above, for dY's block i of image b and U.
+                    unsafe { (set.winograd_grad_dy)(&t) };
+                }
+            });
+            let (v, u) = (&v[..], &u[..]);
+            m.par_chunks_mut(o * c)
+                .enumerate()
+                .try_for_each(|(k, mk)| -> Result<()> {
+                    // U[k]^T: `O x tc`, the tiles `36 OB L` apart; V[k]: `tc x C`.
+                    let a = MatRef::new(&u[k * ob * l..], o, tc, 1, POSITIONS * ob * l)?;
+                    let bm = MatRef::new(&v[k * cb * l..], tc, c, POSITIONS * cb * l, 1)?;
+                    let mut cm = MatMut::row_major(mk, o, c)?;
+                    ws.scratch(Scratch::PackA, |pbuf| {
+                        let packed = PackedA::pack_into(isa, mr, a, std::mem::take(pbuf));
+                        let done = driver::gemm(
+                            set,
+                            &packed,
+                            &BSource::Matrix(bm),
+                            o,
+                            c,
+                            &mut cm,
+                            &[Epilogue::Accumulate],
+                            Threads::Single,
+                            &ws,
+                        );
+                        *pbuf = packed.into_buffer();
+                        done
+                    })
+                })?;
+        }
+        drop(buf);
+        // dW = G^T M G, each output channel's kernels by up to `L` input channels.
+        let m = &m[..];
+        dw.par_chunks_mut(c * 9).enumerate().for_each(|(oc, dwo)| {
+            for c0 in (0..c).step_by(l) {
+                let g = WinogradGrad {
+                    m: m[oc * c + c0..].as_ptr(),
+                    m_pos: o * c,
+                    n: l.min(c - c0),
+                    out: dwo[c0 * 9..].as_mut_ptr(),
+                };
+                // SAFETY: position k's run of `n` channels is `m[k o c + oc c + c0..]`,
+                // inside M (k < 36); `dwo` holds the `9 n` taps from channel c0 on.
+                unsafe { (set.winograd_grad_dw)(&g) };
+            }
+        });
         Ok(())
     }
 }

@@ -340,6 +340,10 @@ pub(crate) struct KernelSet {
     /// The same for F(2x2, 3x3) (`winograd::input_tile2`, `winograd::output_tile2`).
     pub winograd2_input: unsafe fn(&winograd::WinogradIn),
     pub winograd2_output: unsafe fn(&winograd::WinogradOut),
+    /// The weight gradient's transforms: of a tile of `dY`, and back from the summed
+    /// products to `dW` (`winograd::grad_output_tile`, `winograd::grad_kernel_tile`).
+    pub winograd_grad_dy: unsafe fn(&winograd::WinogradIn),
+    pub winograd_grad_dw: unsafe fn(&winograd::WinogradGrad),
     /// Transposes a `lanes x lanes` block: `(src, src row stride, dst, dst row stride)`.
     pub transpose_block: unsafe fn(*const f32, usize, *mut f32, usize),
     /// The tier's vector registers (`Simd::REGISTERS`): how many pixels a kernel that
@@ -709,6 +713,14 @@ macro_rules! tier_entry_points {
                 winograd::output_tile2::<$S>(t)
             }
             #[$attr]
+            unsafe fn winograd_grad_dy(t: &winograd::WinogradIn) {
+                winograd::grad_output_tile::<$S>(t)
+            }
+            #[$attr]
+            unsafe fn winograd_grad_dw(t: &winograd::WinogradGrad) {
+                winograd::grad_kernel_tile::<$S>(t)
+            }
+            #[$attr]
             unsafe fn fma_chains(iters: usize, seed: f32) -> f32 {
                 body::fma_chains::<$S>(iters, seed)
             }
@@ -752,6 +764,8 @@ macro_rules! tier_entry_points {
                 winograd_output,
                 winograd2_input,
                 winograd2_output,
+                winograd_grad_dy,
+                winograd_grad_dw,
                 transpose_block,
                 vector_registers: <$S as $crate::kernels::simd::Simd>::REGISTERS,
             };

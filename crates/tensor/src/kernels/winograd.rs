@@ -220,6 +220,153 @@ unsafe fn transform_out<S: Simd, const N: usize, const T: usize>(
     }
 }
 
+// The weight gradient by the same algorithm. Summed over a tile's outputs, `dY (.) Y`
+// is bilinear in the kernel and the input window: differentiating `Y = A^T [(G g G^T)
+// (.) (B^T d B)] A` by `g` gives the tile's share of `dW` as
+//
+// ```text
+//     dW = G^T [ (A dY A^T) (.) (B^T d B) ] G      (3 x 3, from the 4 x 4 tile of dY)
+// ```
+//
+// the same input transform, `A` (6 x 4) for the transform of `dY`, and `G^T` (3 x 6) to
+// come back. Summed over the tiles of every image, the element-wise products are 36
+// matrix products again (output channels x tiles times tiles x input channels), and
+// the transform back runs once per channel pair.
+
+/// `A z` for one column or row of four vectors of `dY`: six.
+#[inline(always)]
+unsafe fn grad_input_1d<S: Simd>(z: [S::V; TILE]) -> [S::V; WINDOW] {
+    let (two, four, eight) = (S::splat(2.0), S::splat(4.0), S::splat(8.0));
+    // r1, r2 = (z0 + z2) +- (z1 + z3); r3, r4 = (z0 + 4 z2) +- (2 z1 + 8 z3).
+    let p = S::add(z[0], z[2]);
+    let q = S::add(z[1], z[3]);
+    let r = S::mul_add(four, z[2], z[0]);
+    let e = S::mul_add(eight, z[3], S::mul(two, z[1]));
+    [
+        z[0],
+        S::add(p, q),
+        S::sub(p, q),
+        S::add(r, e),
+        S::sub(r, e),
+        z[3],
+    ]
+}
+
+/// The transform `A dY A^T` of one 4 x 4 tile of one block of `dY` (`x` of `t` is the
+/// block, `(iy0, ix0)` the tile's top-left pixel, `h x w` the output plane: pixels past
+/// it read as zeros), written as [`input_tile`] writes its 36 positions.
+///
+/// # Safety
+///
+/// The tile's pixels inside the `h x w` plane at `x` are readable (`LANES` floats
+/// each); `out + k out_pos` is writable for `LANES` floats, `k < 36`.
+#[inline(always)]
+pub(crate) unsafe fn grad_output_tile<S: Simd>(t: &WinogradIn) {
+    let l = S::LANES;
+    let zero = S::splat(0.0);
+    let mut d = [[zero; TILE]; TILE];
+    for (i, row) in d.iter_mut().enumerate() {
+        let y = t.iy0 + i as isize;
+        if y < 0 || y >= t.h as isize {
+            continue;
+        }
+        let base = t.x.add(y as usize * t.w * l);
+        for (j, v) in row.iter_mut().enumerate() {
+            let x = t.ix0 + j as isize;
+            if x >= 0 && x < t.w as isize {
+                *v = S::load(base.add(x as usize * l));
+            }
+        }
+    }
+    // Columns first: tmp[.][j] = A d[.][j] (6 x 4); then rows: U[i][.] = A tmp[i][.].
+    let mut tmp = [[zero; TILE]; WINDOW];
+    for j in 0..TILE {
+        let col = grad_input_1d::<S>(std::array::from_fn(|i| d[i][j]));
+        for (row, v) in tmp.iter_mut().zip(col) {
+            row[j] = v;
+        }
+    }
+    for (i, row) in tmp.iter().enumerate() {
+        for (j, v) in grad_input_1d::<S>(*row).iter().enumerate() {
+            S::store(t.out.add((i * WINDOW + j) * t.out_pos), *v);
+        }
+    }
+}
+
+/// The summed products of one output channel and up to `LANES` input channels, to
+/// transform back into their `dW`.
+pub(crate) struct WinogradGrad {
+    /// Position 0 of the products (input channels along the lanes); position `k` at
+    /// `k m_pos` floats from it.
+    pub m: *const f32,
+    pub m_pos: usize,
+    /// The input channels (lanes) that are real: at most `LANES`.
+    pub n: usize,
+    /// The first channel's nine taps; channel `i`'s at `9 i` floats from it.
+    pub out: *mut f32,
+}
+
+/// `G^T m` for one column or row of six vectors: three.
+#[inline(always)]
+unsafe fn grad_kernel_1d<S: Simd>(m: [S::V; WINDOW]) -> [S::V; 3] {
+    let (quarter, sixth) = (S::splat(0.25), S::splat(1.0 / 6.0));
+    let (twelfth, twentyfourth) = (S::splat(1.0 / 12.0), S::splat(1.0 / 24.0));
+    let a = S::add(m[1], m[2]);
+    let b = S::sub(m[1], m[2]);
+    let c = S::add(m[3], m[4]);
+    let e = S::sub(m[3], m[4]);
+    // g0 = m0 / 4 - a / 6 + c / 24; g1 = e / 12 - b / 6; g2 = (c - a) / 6 + m5.
+    [
+        S::mul_add(
+            twentyfourth,
+            c,
+            S::sub(S::mul(quarter, m[0]), S::mul(sixth, a)),
+        ),
+        S::sub(S::mul(twelfth, e), S::mul(sixth, b)),
+        S::mul_add(sixth, S::sub(c, a), m[5]),
+    ]
+}
+
+/// `dW += G^T M G` of one output channel and up to `LANES` input channels: the 3 x 3
+/// taps of each channel pair from its 36 summed products.
+///
+/// # Safety
+///
+/// `m + k m_pos` is readable for `n` floats, `k < 36`, `n <= LANES`; `out` is writable
+/// for `9 n` floats.
+#[inline(always)]
+pub(crate) unsafe fn grad_kernel_tile<S: Simd>(t: &WinogradGrad) {
+    let zero = S::splat(0.0);
+    let load = |k: usize| {
+        if t.n == S::LANES {
+            S::load(t.m.add(k * t.m_pos))
+        } else {
+            S::load_partial(t.m.add(k * t.m_pos), t.n, 0.0)
+        }
+    };
+    // Columns first: tmp[.][j] = G^T M[.][j] (3 x 6); then rows: dW[i][.] = G^T tmp[i][.].
+    let mut tmp = [[zero; WINDOW]; 3];
+    for j in 0..WINDOW {
+        let col = grad_kernel_1d::<S>(std::array::from_fn(|i| load(i * WINDOW + j)));
+        for (row, v) in tmp.iter_mut().zip(col) {
+            row[j] = v;
+        }
+    }
+    // The nine taps, lane by lane into each channel's kernel.
+    let mut taps = [[0.0f32; 16]; 9];
+    for (i, row) in tmp.iter().enumerate() {
+        for (j, v) in grad_kernel_1d::<S>(*row).iter().enumerate() {
+            S::store(taps[i * 3 + j].as_mut_ptr(), *v);
+        }
+    }
+    for lane in 0..t.n {
+        let out = t.out.add(lane * 9);
+        for (tap, v) in taps.iter().enumerate() {
+            *out.add(tap) += v[lane];
+        }
+    }
+}
+
 /// `G g G^T` of up to 16 3 x 3 kernels (row-major) at once, in `f64`: the transformed
 /// kernels the 36 products multiply by, lane by lane (`g[i][lane]` is tap `i` of kernel
 /// `lane`), in loops over the lanes the compiler vectorises (training transforms the
