@@ -41,7 +41,7 @@
 //! | dX, 2 | [`InputGrad::DirectTransposed`] | stride 1, square kernel, at most 64 input channels |
 //! | dX, 3 | [`InputGrad::DirectPhases`] | strided, at most 64 input channels, where every phase reads inside `dY` |
 //! | dX, 4 | [`InputGrad::GemmCol2im`] | anything else |
-//! | dW, 0 | [`WeightGrad::Winograd`] | what forward 1'' takes: the 36 products summed over the batch's tiles by GEMMs |
+//! | dW, 0 | [`WeightGrad::Winograd`] | NCHW, a dense 3x3 layer of stride 1 without dilation, `WINOGRAD_DW_MIN_CHANNELS` to `WINOGRAD_NCHW_MAX_CHANNELS` channels in and out, unless Winograd is turned off: the 36 products summed over the batch's tiles by GEMMs |
 //! | dW, 1 | [`WeightGrad::Gemm`] | output planes under `GEMM_DW_MAX_PIXELS` pixels, at least `GEMM_DW_MIN_OUTPUTS` output channels, at most `GEMM_DW_MAX_COLUMNS` pixels in one thread's group of images |
 //! | dW, 2 | [`WeightGrad`] | the outer-product kernel when the output channels are whole groups of its tile's vectors, else row-dot; taps read from the image itself for a 1x1, stride-1, unpadded layer, else from phase planes |
 //!
@@ -748,7 +748,8 @@ impl ConvPlan {
         let weight_grad = if self.layout == Layout::Nchw
             && self.winograd
             && self.winograd_layer_fits().is_ok()
-            && nchw_winograd_wins(g.c, g.o)
+            && g.c.min(g.o) >= WINOGRAD_DW_MIN_CHANNELS
+            && g.c.max(g.o) <= WINOGRAD_NCHW_MAX_CHANNELS
         {
             WeightGrad::Winograd
         } else if g.oh * g.ow < GEMM_DW_MAX_PIXELS
@@ -1091,6 +1092,14 @@ pub const WINOGRAD_NCHW_MIN_CHANNELS: usize = 64;
 /// up to 256, 780-847 up to 512 (a 512-channel layer's weights, transformed twice a step,
 /// are 38 MB each time, for 4 tiles an image at 7 x 7).
 pub const WINOGRAD_NCHW_MAX_CHANNELS: usize = 256;
+
+/// The fewest input and output channels of a layer whose `dW` the ladder runs by
+/// Winograd ([`WeightGrad::Winograd`], up to [`WINOGRAD_NCHW_MAX_CHANNELS`]). Measured
+/// (Zen 4 host, 2 threads, 2026-12-06, ResNet-20's layers at batch 128, `dW` alone,
+/// against the outer-product and row-dot kernels): 64 channels at 8 x 8 1.25 against
+/// 2.8 ms, 32 at 16 x 16 2.3-2.5 against 2.8, 16 at 32 x 32 4.8-5.2 against 3.2-3.3
+/// (the copies and transforms outweigh products only 16 long).
+pub const WINOGRAD_DW_MIN_CHANNELS: usize = 32;
 
 /// A layer whose output planes have fewer pixels than this (and at least
 /// [`GEMM_DW_MIN_OUTPUTS`] output channels) takes its `dW` by one GEMM over each group of
