@@ -201,7 +201,9 @@ impl Kernels {
         let per_image = th * tw;
         let total = n * per_image;
         let per_tile = POSITIONS * (cb + ob) * l;
+        // Chunks of equal size (a last, short chunk ran its GEMMs on a short reduction).
         let chunk = (GRAD_CHUNK_FLOATS / per_tile).max(1).min(total);
+        let chunk = total.div_ceil(total.div_ceil(chunk));
         let v_len = chunk * POSITIONS * cb * l;
         // The products summed over every tile: `[36][O][C]`.
         let mut m = ws.lend_zeroed(POSITIONS * o * c);

@@ -122,20 +122,16 @@ pub(crate) unsafe fn input_tile<S: Simd>(t: &WinogradIn) {
     transform_in::<S, WINDOW>(t, input_1d::<S>)
 }
 
-/// The input transform of an `N x N` window by the 1-D transform `b_t` (`B^T z`),
-/// columns first, then rows.
+/// The `N x N` pixels of `t`'s window from `(iy0, ix0)` on, zeros where they fall
+/// outside the `h x w` image.
 ///
 /// # Safety
 ///
-/// As [`input_tile`], for an `N x N` window and `N^2` positions.
+/// The window's pixels inside the image at `t.x` are readable (`LANES` floats each).
 #[inline(always)]
-unsafe fn transform_in<S: Simd, const N: usize>(
-    t: &WinogradIn,
-    b_t: unsafe fn([S::V; N]) -> [S::V; N],
-) {
+unsafe fn load_window<S: Simd, const N: usize>(t: &WinogradIn) -> [[S::V; N]; N] {
     let l = S::LANES;
-    let zero = S::splat(0.0);
-    let mut d = [[zero; N]; N];
+    let mut d = [[S::splat(0.0); N]; N];
     for (i, row) in d.iter_mut().enumerate() {
         let y = t.iy0 + i as isize;
         if y < 0 || y >= t.h as isize {
@@ -149,6 +145,22 @@ unsafe fn transform_in<S: Simd, const N: usize>(
             }
         }
     }
+    d
+}
+
+/// The input transform of an `N x N` window by the 1-D transform `b_t` (`B^T z`),
+/// columns first, then rows.
+///
+/// # Safety
+///
+/// As [`input_tile`], for an `N x N` window and `N^2` positions.
+#[inline(always)]
+unsafe fn transform_in<S: Simd, const N: usize>(
+    t: &WinogradIn,
+    b_t: unsafe fn([S::V; N]) -> [S::V; N],
+) {
+    let zero = S::splat(0.0);
+    let d = load_window::<S, N>(t);
     // Columns first: tmp[.][j] = B^T d[.][j].
     let mut tmp = [[zero; N]; N];
     for j in 0..N {
@@ -262,22 +274,8 @@ unsafe fn grad_input_1d<S: Simd>(z: [S::V; TILE]) -> [S::V; WINDOW] {
 /// each); `out + k out_pos` is writable for `LANES` floats, `k < 36`.
 #[inline(always)]
 pub(crate) unsafe fn grad_output_tile<S: Simd>(t: &WinogradIn) {
-    let l = S::LANES;
     let zero = S::splat(0.0);
-    let mut d = [[zero; TILE]; TILE];
-    for (i, row) in d.iter_mut().enumerate() {
-        let y = t.iy0 + i as isize;
-        if y < 0 || y >= t.h as isize {
-            continue;
-        }
-        let base = t.x.add(y as usize * t.w * l);
-        for (j, v) in row.iter_mut().enumerate() {
-            let x = t.ix0 + j as isize;
-            if x >= 0 && x < t.w as isize {
-                *v = S::load(base.add(x as usize * l));
-            }
-        }
-    }
+    let d = load_window::<S, TILE>(t);
     // Columns first: tmp[.][j] = A d[.][j] (6 x 4); then rows: U[i][.] = A tmp[i][.].
     let mut tmp = [[zero; TILE]; WINDOW];
     for j in 0..TILE {
