@@ -107,3 +107,23 @@ fn dw_by_one_gemm_only_for_small_planes_of_wide_layers_and_few_images_a_thread()
     assert_ne!(dw_route(2, [256, 256, 3, 1], 8, 7), gemm);
     assert_ne!(dw_route(2, [64, 64, 3, 1], 128, 8), gemm);
 }
+
+#[test]
+fn dw_by_winograd_for_3x3_layers_of_32_to_256_channels_with_enough_tiles() {
+    let winograd = WeightGrad::Winograd;
+    // ResNet-20 at batch 128: its 64- and 32-channel stride-1 layers, not its 16-channel
+    // ones (products 16 long) nor its strided ones.
+    assert_eq!(dw_route(2, [64, 64, 3, 1], 128, 8), winograd);
+    assert_eq!(dw_route(2, [32, 32, 3, 1], 128, 16), winograd);
+    assert_ne!(dw_route(2, [16, 16, 3, 1], 128, 32), winograd);
+    assert_ne!(dw_route(2, [64, 32, 3, 2], 128, 16), winograd);
+    // ResNet-18/50 at 224 x 224: 64 to 256 channels, not 512.
+    assert_eq!(dw_route(2, [64, 64, 3, 1], 8, 56), winograd);
+    assert_eq!(dw_route(2, [256, 256, 3, 1], 8, 14), winograd);
+    assert_ne!(dw_route(2, [512, 512, 3, 1], 8, 7), winograd);
+    // A ResNeXt-50 group of its last stage (32 channels at 7 x 7): 32 tiles at batch 8
+    // are too few for the 36 products (`WINOGRAD_DW_MIN_PRODUCT`); 128 at batch 32 are
+    // enough.
+    assert_ne!(dw_route(2, [32, 32, 3, 1], 8, 7), winograd);
+    assert_eq!(dw_route(2, [32, 32, 3, 1], 32, 7), winograd);
+}

@@ -41,7 +41,7 @@
 //! | dX, 2 | [`InputGrad::DirectTransposed`] | stride 1, square kernel, at most 64 input channels |
 //! | dX, 3 | [`InputGrad::DirectPhases`] | strided, at most 64 input channels, where every phase reads inside `dY` |
 //! | dX, 4 | [`InputGrad::GemmCol2im`] | anything else |
-//! | dW, 0 | [`WeightGrad::Winograd`] | NCHW, a dense 3x3 layer of stride 1 without dilation, `WINOGRAD_DW_MIN_CHANNELS` to `WINOGRAD_NCHW_MAX_CHANNELS` channels in and out, unless Winograd is turned off: the 36 products summed over the batch's tiles by GEMMs |
+//! | dW, 0 | [`WeightGrad::Winograd`] | NCHW, a dense 3x3 layer of stride 1 without dilation, `WINOGRAD_DW_MIN_CHANNELS` to `WINOGRAD_NCHW_MAX_CHANNELS` channels in and out and at least `WINOGRAD_DW_MIN_PRODUCT` multiply-adds a product, unless Winograd is turned off: the 36 products summed over the batch's tiles by GEMMs |
 //! | dW, 1 | [`WeightGrad::Gemm`] | output planes under `GEMM_DW_MAX_PIXELS` pixels, at least `GEMM_DW_MIN_OUTPUTS` output channels, at most `GEMM_DW_MAX_COLUMNS` pixels in one thread's group of images |
 //! | dW, 2 | [`WeightGrad`] | the outer-product kernel when the output channels are whole groups of its tile's vectors, else row-dot; taps read from the image itself for a 1x1, stride-1, unpadded layer, else from phase planes |
 //!
@@ -750,6 +750,7 @@ impl ConvPlan {
             && self.winograd_layer_fits().is_ok()
             && g.c.min(g.o) >= WINOGRAD_DW_MIN_CHANNELS
             && g.c.max(g.o) <= WINOGRAD_NCHW_MAX_CHANNELS
+            && g.o * g.c * g.n * g.oh.div_ceil(4) * g.ow.div_ceil(4) >= WINOGRAD_DW_MIN_PRODUCT
         {
             WeightGrad::Winograd
         } else if g.oh * g.ow < GEMM_DW_MAX_PIXELS
@@ -1100,6 +1101,16 @@ pub const WINOGRAD_NCHW_MAX_CHANNELS: usize = 256;
 /// 2.8 ms, 32 at 16 x 16 2.3-2.5 against 2.8, 16 at 32 x 32 4.8-5.2 against 3.2-3.3
 /// (the copies and transforms outweigh products only 16 long).
 pub const WINOGRAD_DW_MIN_CHANNELS: usize = 32;
+
+/// The fewest multiply-adds one of Winograd's 36 `dW` products must hold (output
+/// channels x input channels x the batch's 4 x 4 tiles) for the ladder to take it:
+/// below, its copies, transforms and 36 small GEMMs cost more than they save. Measured
+/// (Zen 4 host, 2 threads, 2026-12-06, `dW` alone, Winograd / the outer-product kernel,
+/// ms): 32 channels at 7 x 7 (a ResNeXt-50 group of its last stage), batch 8 (32 tiles)
+/// 0.059 / 0.045, batch 16 0.100 / 0.088, batch 32 0.152 / 0.160, batch 64 0.261 /
+/// 0.304; 32 channels at 8 x 8, batch 8 0.073 / 0.072; 64 channels at 8 x 8, batch 8
+/// 0.166 / 0.206.
+pub const WINOGRAD_DW_MIN_PRODUCT: usize = 1 << 17;
 
 /// A layer whose output planes have fewer pixels than this (and at least
 /// [`GEMM_DW_MIN_OUTPUTS`] output channels) takes its `dW` by one GEMM over each group of
