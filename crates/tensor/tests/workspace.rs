@@ -236,8 +236,9 @@ fn the_scratch_of_rayon_workers_goes_to_the_callers_workspace() {
 /// `W^T` packed, the column matrices, the weight gradient's scratch) from the workspace
 /// it runs in: a second call gets them back holding the first call's values and must
 /// give the same gradients bit for bit, as must a workspace of limit 0, which keeps
-/// nothing. Two layers: one whose `dW` is a GEMM over each thread's images and whose
-/// `dX` goes through col2im (512 outputs at 7 x 7), one on the outer-product kernel.
+/// nothing. Three cases: one whose `dW` is a GEMM over each thread's images and whose
+/// `dX` goes through col2im (512 outputs at 7 x 7), one on the outer-product kernel, and
+/// the same layer by Winograd (its blocked copies, transforms and summed products).
 #[test]
 fn backward_temporaries_are_lent_by_the_workspace() {
     use tensor::{ConvBackward, Taps, WeightGrad};
@@ -249,6 +250,7 @@ fn backward_temporaries_are_lent_by_the_workspace() {
     for (n, c, o, hw, dw_route) in [
         (4, 128, 512, 7, WeightGrad::Gemm),
         (4, 64, 64, 16, WeightGrad::OuterProduct(Taps::PhasePlanes)),
+        (4, 64, 64, 16, WeightGrad::Winograd),
     ] {
         let x = Tensor::randn(&[n, c, hw, hw], 0.0, 1.0, 1).unwrap();
         let w = Tensor::randn(&[o, c, 3, 3], 0.0, 0.1, 2).unwrap();
