@@ -34,7 +34,7 @@ use super::{Taps, WeightGrad};
 use crate::gemm::pack::{aligned_start, ALIGN_SLACK};
 use crate::kernels::dot::DotTile;
 use crate::kernels::outer::OuterTile;
-use crate::kernels::{KernelSet, OuterTileFn};
+use crate::kernels::{line_share, KernelSet, OuterTileFn};
 use crate::layout::{normalise_image, phase_tap_offsets_strided, split_phases, Normalise};
 use crate::workspace::{Scratch, Workspace};
 
@@ -551,17 +551,7 @@ fn dot_rows(
     // tiles the first slice, odd ones the second, in equal runs of cache lines.
     let per_block = nb.div_ceil(nj);
     let tiles = m.div_ceil(mi) * per_block;
-    let prefetch = |t: usize| -> (*const f32, usize) {
-        let (r, region) = (t % 2, ahead[t % 2]);
-        let (lines, sharers) = (region.len().div_ceil(16), (tiles + 1 - r) / 2);
-        if lines == 0 || sharers == 0 {
-            return (region.as_ptr(), 0);
-        }
-        let per = lines.div_ceil(sharers);
-        let start = (t / 2 * per).min(lines);
-        let end = (start + per).min(lines);
-        (region.as_ptr().wrapping_add(start * 16), end - start)
-    };
+    let prefetch = |t: usize| line_share(ahead[t % 2], t / 2, (tiles + 1 - t % 2) / 2);
     let block = |i0: usize, rows_out: &mut [f32]| {
         let mut ar = [0usize; 8];
         for (r, slot) in ar.iter_mut().enumerate().take(mi) {

@@ -21,14 +21,13 @@ use super::WinogradWeights;
 use crate::blocked::BlockedTensor;
 use crate::epilogue::{self, Epilogue, Residual};
 use crate::error::{Result, TensorError};
-use crate::gemm::driver::{self, Threads};
-use crate::gemm::pack::{BSource, PackedA};
+use crate::gemm::driver::Threads;
 use crate::gemm::{MatMut, MatRef};
 use crate::kernels::winograd::{WinogradGrad, WinogradIn, POSITIONS, TILE};
 use crate::kernels::Kernels;
 use crate::layout::{copy_from_blocked, copy_to_blocked, Normalise, OutPtr};
 use crate::tensor::Tensor;
-use crate::workspace::{Scratch, Workspace};
+use crate::workspace::Workspace;
 
 /// The floats of transformed input and `dY` one chunk of the weight gradient's tiles
 /// holds (4 MiB). Measured (`dW` alone, batch 128, 2 threads, Zen 4, three runs each):
@@ -210,7 +209,6 @@ impl Kernels {
         // Every element the products read is written by the transforms first.
         let mut buf = ws.lend(chunk * per_tile);
         let (v, u) = buf.split_at_mut(v_len);
-        let (mr, isa) = (set.gemm_mr, self.isa());
         for t0 in (0..total).step_by(chunk) {
             let tc = chunk.min(total - t0);
             let (vp, up) = (OutPtr(v.as_mut_ptr()), OutPtr(u.as_mut_ptr()));
@@ -257,22 +255,14 @@ impl Kernels {
                     let a = MatRef::new(&u[k * ob * l..], o, tc, 1, POSITIONS * ob * l)?;
                     let bm = MatRef::new(&v[k * cb * l..], tc, c, POSITIONS * cb * l, 1)?;
                     let mut cm = MatMut::row_major(mk, o, c)?;
-                    ws.scratch(Scratch::PackA, |pbuf| {
-                        let packed = PackedA::pack_into(isa, mr, a, std::mem::take(pbuf));
-                        let done = driver::gemm(
-                            set,
-                            &packed,
-                            &BSource::Matrix(bm),
-                            o,
-                            c,
-                            &mut cm,
-                            &[Epilogue::Accumulate],
-                            Threads::Single,
-                            &ws,
-                        );
-                        *pbuf = packed.into_buffer();
-                        done
-                    })
+                    self.gemm_on(
+                        a,
+                        bm,
+                        &mut cm,
+                        &[Epilogue::Accumulate],
+                        Threads::Single,
+                        &ws,
+                    )
                 })?;
         }
         drop(buf);

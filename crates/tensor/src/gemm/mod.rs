@@ -153,9 +153,29 @@ impl Kernels {
     /// `C = A B`, then the epilogue steps, with this tier's microkernel. `A` is `m x k`,
     /// `B` is `k x n`, `C` is `m x n`; any of A and B may be transposed views.
     pub fn gemm(&self, a: MatRef, b: MatRef, c: &mut MatMut, epilogue: &[Epilogue]) -> Result<()> {
+        self.gemm_on(
+            a,
+            b,
+            c,
+            epilogue,
+            driver::Threads::Auto,
+            &Workspace::current(),
+        )
+    }
+
+    /// [`Kernels::gemm`] on the given threads (`Single` inside a caller's own parallel
+    /// loop), with its scratch from `ws` (the caller's, from whichever thread runs it).
+    pub(crate) fn gemm_on(
+        &self,
+        a: MatRef,
+        b: MatRef,
+        c: &mut MatMut,
+        epilogue: &[Epilogue],
+        threads: driver::Threads,
+        ws: &Workspace,
+    ) -> Result<()> {
         self.check_gemm_shapes("gemm", a.rows, a.cols, b, c)?;
         // A is packed into this thread's buffer, reused across calls.
-        let ws = Workspace::current();
         ws.scratch(Scratch::PackA, |buf| {
             let packed = PackedA::pack_into(self.isa(), self.set().gemm_mr, a, std::mem::take(buf));
             let result = driver::gemm(
@@ -166,8 +186,8 @@ impl Kernels {
                 c.cols,
                 c,
                 epilogue,
-                driver::Threads::Auto,
-                &ws,
+                threads,
+                ws,
             );
             *buf = packed.into_buffer();
             result

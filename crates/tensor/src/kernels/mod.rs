@@ -445,18 +445,28 @@ pub(crate) fn prefetch_l2(p: *const f32) {
     let _ = p;
 }
 
-/// Prefetches share `i` of `shares` equal runs of `data`'s cache lines into L2
-/// ([`prefetch_l2`]): a loop of `shares` steps spreads the whole of `data` over them.
+/// Share `i` of `shares` equal runs of `data`'s cache lines (16 floats each): its first
+/// line and how many lines it has (none past the end). A loop of `shares` steps that
+/// prefetches its share each spreads the whole of `data` over them.
 #[inline]
-pub(crate) fn prefetch_share(data: &[f32], i: usize, shares: usize) {
+pub(crate) fn line_share(data: &[f32], i: usize, shares: usize) -> (*const f32, usize) {
     let lines = data.len().div_ceil(16);
     if lines == 0 || shares == 0 {
-        return;
+        return (data.as_ptr(), 0);
     }
     let per = lines.div_ceil(shares);
     let start = (i * per).min(lines);
-    for line in start..(start + per).min(lines) {
-        prefetch_l2(data.as_ptr().wrapping_add(line * 16));
+    let end = (start + per).min(lines);
+    (data.as_ptr().wrapping_add(start * 16), end - start)
+}
+
+/// Prefetches share `i` of `shares` of `data`'s lines into L2 ([`line_share`],
+/// [`prefetch_l2`]).
+#[inline]
+pub(crate) fn prefetch_share(data: &[f32], i: usize, shares: usize) {
+    let (first, lines) = line_share(data, i, shares);
+    for line in 0..lines {
+        prefetch_l2(first.wrapping_add(line * 16));
     }
 }
 
