@@ -543,6 +543,7 @@ pub fn model(
     output_stride: usize,
     options: resnet::InferenceOptions,
     budget: Duration,
+    profile: bool,
     json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let peak = measured_peak(k, threads);
@@ -556,6 +557,26 @@ pub fn model(
         net.set_output_stride(output_stride)?;
     }
     let macs = net.forward_macs(size, size)?;
+    // Each profiled step's multiply-adds: the convolutions by name (the stem's together,
+    // as its step), the classifier.
+    let mut step_macs: Vec<(String, f64)> = Vec::new();
+    if profile {
+        for layer in net.conv_layers([batch, 3, size, size])? {
+            let [n, o, oh, ow] = layer.output;
+            let [_, i, kh, kw] = layer.conv.weight.dims4("bench model")?;
+            let m = (n * o * oh * ow * i * kh * kw) as f64;
+            let name = if layer.in_stem {
+                "stem".to_string()
+            } else {
+                layer.name
+            };
+            match step_macs.iter_mut().find(|(s, _)| *s == name) {
+                Some((_, total)) => *total += m,
+                None => step_macs.push((name, m)),
+            }
+        }
+        step_macs.push(("fc".into(), (batch * net.fc_weight.len()) as f64));
+    }
     // What the model spends on Winograd's transformed weights beyond the direct
     // kernel's, for the options' batch.
     let spent = resnet::InferenceModel::winograd_memory_spent(k, &net, options).unwrap_or(0);
@@ -592,6 +613,90 @@ pub fn model(
             } else {
                 String::new()
             }
+        ))?;
+    }
+    if profile {
+        let mut passes = Vec::new();
+        let start = Instant::now();
+        while passes.len() < 5 || start.elapsed() < budget {
+            passes.push(fast.forward_profiled(&x)?.1);
+        }
+        print_model_profile(&passes, &step_macs, ms, peak, json)?;
+    }
+    Ok(())
+}
+
+/// `bench model --profile`'s table: each step's median time over the profiled `passes`
+/// (the same steps every pass), its share of their sum, and for the convolutions and
+/// the classifier (`macs`, by step name) their GFLOP/s and % of the FMA `peak`; then the
+/// sum of the steps against `best_ms`, the best unprofiled pass.
+fn print_model_profile(
+    passes: &[Vec<(String, Duration)>],
+    macs: &[(String, f64)],
+    best_ms: f64,
+    peak: f64,
+    json: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let Some(first) = passes.first() else {
+        return Ok(());
+    };
+    let rows: Vec<(&str, f64, f64)> = first
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            let ms = median_ms(
+                passes
+                    .iter()
+                    .filter_map(|p| p.get(i))
+                    .map(|s| s.1)
+                    .collect(),
+            );
+            let m = macs.iter().find(|(s, _)| s == name).map_or(0.0, |s| s.1);
+            (name.as_str(), ms, m)
+        })
+        .collect();
+    let total: f64 = rows.iter().map(|r| r.1).sum();
+    let gflops = |m: f64, ms: f64| 2.0 * m / (ms * 1e-3) / 1e9;
+    if json {
+        for &(name, ms, m) in &rows {
+            crate::emit(
+                &serde_json::json!({
+                    "bench": "model_profile", "step": name, "ms": round(ms, 4),
+                    "gflops": round(gflops(m, ms), 1),
+                    "peak_pct": round(100.0 * gflops(m, ms) / peak, 1),
+                })
+                .to_string(),
+            )?;
+        }
+        crate::emit(
+            &serde_json::json!({
+                "bench": "model_profile_total", "steps_ms": round(total, 3),
+                "best_ms": round(best_ms, 3), "passes": passes.len(),
+            })
+            .to_string(),
+        )?;
+        return Ok(());
+    }
+    crate::emit(&format!(
+        "profile: median of {} passes; the steps sum to {total:.2} ms (best unprofiled pass \
+         {best_ms:.2}); %pk: of the FMA peak {peak:.0} GFLOP/s",
+        passes.len()
+    ))?;
+    crate::emit(&format!(
+        "{:<24} {:>9} {:>7} {:>9} {:>6}",
+        "step", "ms", "share", "GFLOP/s", "%pk"
+    ))?;
+    for &(name, ms, m) in &rows {
+        let (rate, pct) = match m > 0.0 && ms > 0.0 {
+            true => (
+                format!("{:.1}", gflops(m, ms)),
+                format!("{:.0}", 100.0 * gflops(m, ms) / peak),
+            ),
+            false => (String::new(), String::new()),
+        };
+        crate::emit(&format!(
+            "{name:<24} {ms:>9.3} {:>6.1}% {rate:>9} {pct:>6}",
+            100.0 * ms / total.max(f64::MIN_POSITIVE)
         ))?;
     }
     Ok(())

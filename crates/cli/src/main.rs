@@ -286,6 +286,11 @@ enum BenchCommand {
         /// spends its 35 MB from batch 5.
         #[arg(long)]
         winograd_memory: Option<usize>,
+        /// After the timing, profile the forward pass: each step's time inside the
+        /// network (median over the profiled passes), every convolution by its name with
+        /// its % of the FMA peak, and the stem, layout conversion, pool and classifier.
+        #[arg(long)]
+        profile: bool,
     },
     /// One training step (forward, backward, SGD update): ms/step, images/s, peak RSS.
     Train {
@@ -562,6 +567,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     output_stride,
                     no_winograd,
                     winograd_memory,
+                    profile,
                 } => {
                     if batch == 0 {
                         return Err("--batch must be at least 1".into());
@@ -586,6 +592,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         output_stride,
                         options,
                         budget,
+                        profile,
                         json,
                     )
                 }

@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tensor::{
     fold_batch_norm_into, AvgPool2d, BlockedTensor, ConvWeights, Epilogue, Kernels, LinearWeights,
@@ -329,6 +330,17 @@ enum FusedShortcut {
 }
 
 impl FusedShortcut {
+    /// Its module's name in a block (its convolution's, as torchvision and timm name
+    /// them), for a profiled pass's step.
+    fn module(&self) -> &'static str {
+        match self {
+            FusedShortcut::Identity => "identity",
+            FusedShortcut::Projection(_) => "downsample.0",
+            FusedShortcut::AvgProjection { .. } => "downsample.1",
+            FusedShortcut::PadChannels { .. } => "shortcut (channels padded)",
+        }
+    }
+
     /// The shortcut of `h` in NCHW, `None` for the identity.
     fn run(
         &self,
@@ -476,6 +488,32 @@ pub struct InferenceModel {
 
 /// What a forward pass reports of its stages (`forward_stages`), or nothing.
 type Observer<'a> = Option<&'a mut dyn FnMut(&str, &Tensor)>;
+
+/// Where a profiled forward pass (`forward_profiled`) records the time of each of its
+/// steps: from the end of the step before (so that the steps add up to the pass,
+/// buffer bookkeeping included) to the end of this one. Unprofiled, it does nothing.
+struct Laps<'a> {
+    sink: Option<&'a mut Vec<(String, Duration)>>,
+    last: Instant,
+}
+
+impl<'a> Laps<'a> {
+    fn new(sink: Option<&'a mut Vec<(String, Duration)>>) -> Self {
+        Laps {
+            sink,
+            last: Instant::now(),
+        }
+    }
+
+    /// Ends the step `name` names (built only when profiling).
+    fn lap(&mut self, name: impl FnOnce() -> String) {
+        if let Some(sink) = self.sink.as_mut() {
+            let now = Instant::now();
+            sink.push((name(), now - self.last));
+            self.last = now;
+        }
+    }
+}
 
 impl InferenceModel {
     /// Folds and packs `model` for the given kernels (`Kernels::active()?` normally), in
@@ -727,7 +765,10 @@ impl InferenceModel {
     /// and waited for (batch 1 on 1 thread: 0.93-0.97 of the time for ResNet-18 and
     /// ResNet-50, in process and by `resnet bench model`; on 2 threads no change).
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
-        rayon::scope(|_| self.workspace.run(|| self.features_observed(x, None)))
+        rayon::scope(|_| {
+            self.workspace
+                .run(|| self.features_observed(x, None, &mut Laps::new(None)))
+        })
     }
 
     /// The output of each stage for an NCHW batch, named as torchvision's modules:
@@ -741,6 +782,7 @@ impl InferenceModel {
             let f = self.features_observed(
                 x,
                 Some(&mut |name: &str, t: &Tensor| out.push((name.to_string(), t.clone()))),
+                &mut Laps::new(None),
             )?;
             let logits = self.kernels.linear(&f, &self.fc, Some(&self.fc_bias))?;
             out.push(("features".into(), f));
@@ -749,10 +791,10 @@ impl InferenceModel {
         })
     }
 
-    fn features_observed(&self, x: &Tensor, observe: Observer) -> Result<Tensor> {
+    fn features_observed(&self, x: &Tensor, observe: Observer, laps: &mut Laps) -> Result<Tensor> {
         match self.layout {
-            ConvLayout::Nchw => self.features_nchw(x, observe),
-            ConvLayout::Blocked => self.features_blocked(x, observe),
+            ConvLayout::Nchw => self.features_nchw(x, observe, laps),
+            ConvLayout::Blocked => self.features_blocked(x, observe, laps),
         }
     }
 
@@ -785,21 +827,26 @@ impl InferenceModel {
         Ok(pooled)
     }
 
-    fn features_nchw(&self, x: &Tensor, mut observe: Observer) -> Result<Tensor> {
+    fn features_nchw(&self, x: &Tensor, mut observe: Observer, laps: &mut Laps) -> Result<Tensor> {
         let (k, cache) = (&self.kernels, &self.cache);
         let mut h = self.stem_nchw(x)?;
+        laps.lap(|| STEM_LAP.into());
         if let Some(o) = observe.as_mut() {
             o("stem", &h);
         }
-        for (s, block) in self.blocks() {
+        for (s, b, block) in self.blocks() {
             let shortcut = block.shortcut.run(k, cache, &h)?;
+            if shortcut.is_some() {
+                laps.lap(|| block_step(s, b, block.shortcut.module()));
+            }
             let (last, inner) = split_block(block)?;
             let mut y: Option<Tensor> = None;
-            for c in inner {
+            for (i, c) in inner.iter().enumerate() {
                 let next = c.run(k, cache, y.as_ref().unwrap_or(&h), None, true)?;
                 if let Some(old) = y.replace(next) {
                     cache.give_tensor(old);
                 }
+                laps.lap(|| block_step(s, b, &format!("conv{}", i + 1)));
             }
             match y {
                 // The block's output is written over its shortcut (the block input itself
@@ -830,19 +877,26 @@ impl InferenceModel {
                     cache.give_tensor(std::mem::replace(&mut h, out));
                 }
             }
+            laps.lap(|| block_step(s, b, &format!("conv{}", block.convs.len())));
             if let Some(o) = observe.as_mut().filter(|_| self.ends_stage(s, block)) {
                 o(&format!("layer{}", s + 1), &h);
             }
         }
         let f = k.global_avg_pool(&h);
         cache.give_tensor(h);
+        laps.lap(|| "avgpool".into());
         f
     }
 
     /// The forward pass in the blocked layout: the stem and its max pool in NCHW, their
     /// output converted once, every later convolution (bias, residual and ReLU in its
     /// epilogue) in the layout, and the global average pool reading it.
-    fn features_blocked(&self, x: &Tensor, mut observe: Observer) -> Result<Tensor> {
+    fn features_blocked(
+        &self,
+        x: &Tensor,
+        mut observe: Observer,
+        laps: &mut Laps,
+    ) -> Result<Tensor> {
         let (k, cache) = (&self.kernels, &self.blocked_cache);
         // The stem in NCHW, by the direct kernel, and its pooled output converted: the
         // blocked layout would hold the three input channels in 16-lane blocks, and
@@ -850,6 +904,7 @@ impl InferenceModel {
         // alternating forwards (2 threads, batch 1, best of 40): ResNet-18 0.93-0.96 of
         // the time, ResNet-50 0.96-0.99; on 1 thread 0.96 and 0.995.
         let stem = self.stem_nchw(x)?;
+        laps.lap(|| STEM_LAP.into());
         if let Some(o) = observe.as_mut() {
             o("stem", &stem);
         }
@@ -857,15 +912,20 @@ impl InferenceModel {
         let mut h = cache.take(&shape, || BlockedTensor::zeros(k, shape))?;
         k.to_blocked_into(&stem, &mut h)?;
         self.cache.give_tensor(stem);
-        for (s, block) in self.blocks() {
+        laps.lap(|| "to blocked layout".into());
+        for (s, b, block) in self.blocks() {
             let shortcut = block.shortcut.run_blocked(k, cache, &h)?;
+            if shortcut.is_some() {
+                laps.lap(|| block_step(s, b, block.shortcut.module()));
+            }
             let (last, inner) = split_block(block)?;
             let mut y: Option<BlockedTensor> = None;
-            for c in inner {
+            for (i, c) in inner.iter().enumerate() {
                 let next = c.run_blocked(k, cache, y.as_ref().unwrap_or(&h), None, true)?;
                 if let Some(old) = y.replace(next) {
                     cache.give_blocked(old);
                 }
+                laps.lap(|| block_step(s, b, &format!("conv{}", i + 1)));
             }
             // The last convolution sums onto the shortcut in its memory (the identity,
             // which nothing reads after it, or the projection's output): the residual
@@ -892,21 +952,23 @@ impl InferenceModel {
                     out
                 }
             };
+            laps.lap(|| block_step(s, b, &format!("conv{}", block.convs.len())));
             if let Some(o) = observe.as_mut().filter(|_| self.ends_stage(s, block)) {
                 o(&format!("layer{}", s + 1), &k.from_blocked(&h)?);
             }
         }
         let f = k.blocked_global_avg_pool(&h);
         cache.give_blocked(h);
+        laps.lap(|| "avgpool".into());
         f
     }
 
-    /// Every residual block with its stage's index.
-    fn blocks(&self) -> impl Iterator<Item = (usize, &FusedBlock)> {
+    /// Every residual block with its stage's index and its index in the stage.
+    fn blocks(&self) -> impl Iterator<Item = (usize, usize, &FusedBlock)> {
         self.stages
             .iter()
             .enumerate()
-            .flat_map(|(s, st)| st.iter().map(move |b| (s, b)))
+            .flat_map(|(s, st)| st.iter().enumerate().map(move |(b, block)| (s, b, block)))
     }
 
     fn ends_stage(&self, s: usize, block: &FusedBlock) -> bool {
@@ -920,11 +982,40 @@ impl InferenceModel {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         rayon::scope(|_| {
             self.workspace.run(|| {
-                let f = self.features_observed(x, None)?;
+                let f = self.features_observed(x, None, &mut Laps::new(None))?;
                 self.kernels.linear(&f, &self.fc, Some(&self.fc_bias))
             })
         })
     }
+
+    /// [`InferenceModel::forward`], timing each of its steps inside the network, in
+    /// order: the stem with its max pool (`stem`), the conversion to the blocked layout,
+    /// every convolution by its torchvision name (a block's shortcut projection first,
+    /// as it runs; the last convolution's time includes the residual add and ReLU it
+    /// fuses), the global pool and the classifier (`fc`). Each step is timed from the
+    /// end of the one before, so the steps add up to the whole pass. For finding what a
+    /// layer costs in the network, with its weights and input where the layer before
+    /// left them, against the same layer timed alone (`resnet bench conv`).
+    pub fn forward_profiled(&self, x: &Tensor) -> Result<(Tensor, Vec<(String, Duration)>)> {
+        rayon::scope(|_| {
+            self.workspace.run(|| {
+                let mut steps = Vec::new();
+                let mut laps = Laps::new(Some(&mut steps));
+                let f = self.features_observed(x, None, &mut laps)?;
+                let logits = self.kernels.linear(&f, &self.fc, Some(&self.fc_bias))?;
+                laps.lap(|| "fc".into());
+                Ok((logits, steps))
+            })
+        })
+    }
+}
+
+/// The stem's step in a profiled forward pass (its convolutions and max pool).
+const STEM_LAP: &str = "stem";
+
+/// A block's step named as torchvision names its module (`layer3.2.conv2`).
+fn block_step(stage: usize, block: usize, module: &str) -> String {
+    format!("layer{}.{block}.{module}", stage + 1)
 }
 
 /// A block's last convolution and the ones before it.
@@ -995,5 +1086,49 @@ mod tests {
             winograd_memory_per_image: 0,
             ..InferenceOptions::for_batch(16)
         }));
+    }
+
+    /// A profiled pass gives the unprofiled pass's logits bit for bit, and one step per
+    /// convolution (each by its torchvision name, once) besides the stem, the layout
+    /// conversion, the pool and the classifier, in both layouts.
+    #[test]
+    fn profiled_forward_names_every_layer_once() {
+        let k = Kernels::active().unwrap();
+        for (arch, size) in [(Arch::ResNet18, 64), (Arch::Cifar { depth: 20 }, 32)] {
+            let model = ResNet::new(arch, 10, 3).unwrap();
+            let convs: Vec<String> = model
+                .conv_layers([2, 3, size, size])
+                .unwrap()
+                .into_iter()
+                .filter(|l| !l.in_stem)
+                .map(|l| l.name)
+                .collect();
+            let fast = InferenceModel::new(&model, k).unwrap();
+            let x = Tensor::randn(&[2, 3, size, size], 0.0, 1.0, 5).unwrap();
+            let (logits, steps) = fast.forward_profiled(&x).unwrap();
+            assert_eq!(logits.data(), fast.forward(&x).unwrap().data(), "{arch}");
+            let names: Vec<&str> = steps.iter().map(|s| s.0.as_str()).collect();
+            let blocked = fast.layout() == ConvLayout::Blocked;
+            let fixed: &[&str] = match blocked {
+                true => &["stem", "to blocked layout", "avgpool", "fc"],
+                false => &["stem", "avgpool", "fc"],
+            };
+            // The CIFAR nets' option-A shortcuts pad channels: steps, not convolutions.
+            let padded = names
+                .iter()
+                .filter(|n| n.ends_with("(channels padded)"))
+                .count();
+            assert_eq!(padded, if blocked { 0 } else { 2 }, "{arch}: {names:?}");
+            assert_eq!(
+                names.len(),
+                convs.len() + fixed.len() + padded,
+                "{arch}: {names:?}"
+            );
+            assert_eq!(names[0], "stem");
+            assert_eq!(&names[names.len() - 2..], ["avgpool", "fc"]);
+            for c in &convs {
+                assert_eq!(names.iter().filter(|n| *n == c).count(), 1, "{arch}: {c}");
+            }
+        }
     }
 }

@@ -1,5 +1,7 @@
-//! Winograd's rounding error, F(4x4, 3x3) and F(2x2, 3x3), on every 3x3, stride-1
-//! layer shape of ResNet-18/50 (64 channels at 56 x 56, 128 at 28, 256 at 14, 512 at 7),
+//! Winograd's rounding error, F(4x4, 3x3) (its weights kept, transformed in `f64`, and
+//! transformed per call in `f32`: `blocked-winograd-on-the-fly`) and F(2x2, 3x3), on
+//! every 3x3, stride-1 layer shape of ResNet-18/50 (64 channels at 56 x 56, 128 at 28,
+//! 256 at 14, 512 at 7),
 //! against the `f64` reference, next to the direct blocked kernel's on the same
 //! operands.
 //!
@@ -15,8 +17,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let k = Kernels::active()?;
     println!("tier {}", k.isa());
     println!(
-        "{:<18} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}",
-        "layer", "direct max", "direct rms", "F4x4 max", "F4x4 rms", "F2x2 max", "F2x2 rms"
+        "{:<18} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "layer",
+        "direct max",
+        "direct rms",
+        "F4x4 max",
+        "F4x4 rms",
+        "fly max",
+        "fly rms",
+        "F2x2 max",
+        "F2x2 rms"
     );
     for (c, hw) in [(64, 56), (128, 28), (256, 14), (512, 7)] {
         let mut x = Tensor::randn(&[1, c, hw, hw], 0.0, 1.0, 7)?;
@@ -34,6 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for route in [
             Forward::Blocked,
             Forward::BlockedWinograd,
+            Forward::BlockedWinogradOnTheFly,
             Forward::BlockedWinograd2,
         ] {
             let plan = ConvPlan::new(&k, [c, c, 3, 3], Conv2d::new(1, 1), Mode::Inference)?

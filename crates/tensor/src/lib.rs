@@ -71,8 +71,8 @@ pub use conv::{
     fold_batch_norm, fold_batch_norm_into, Conv2d, ConvBackward, ConvPlan, ConvWeights, DirectForm,
     DxInto, Forward, InputGrad, Layout, Mode, Routes, Taps, WeightGrad, BLOCKED_CHUNK_BYTES,
     DIRECT_MAX_CHANNELS, GEMM_DW_MAX_COLUMNS, GEMM_DW_MAX_PIXELS, GEMM_DW_MIN_OUTPUTS,
-    WINOGRAD_MAX_CHANNELS, WINOGRAD_WIDE_MAX_CHANNELS, WINOGRAD_WIDE_MIN_PIXELS,
-    WINOGRAD_WIDE_SPENDING_MIN_PIXELS,
+    ON_THE_FLY_SLICE_BYTES, WINOGRAD_MAX_CHANNELS, WINOGRAD_WIDE_MAX_CHANNELS,
+    WINOGRAD_WIDE_MIN_PIXELS, WINOGRAD_WIDE_SPENDING_MIN_PIXELS,
 };
 pub use epilogue::{Epilogue, Residual, StatsSink};
 pub use error::{Result, TensorError};

@@ -77,6 +77,8 @@ pub(crate) enum Scratch {
     BlockedPadded,
     /// Winograd's transformed input tiles and their products (`conv/winograd.rs`).
     Winograd,
+    /// A slice of Winograd's weights transformed on the fly (`conv/winograd.rs`).
+    WinogradKernel,
     /// The GEMM's packed A (`Kernels::gemm` packs it per call).
     PackA,
     /// The GEMM's packed blocks of B.
@@ -91,7 +93,7 @@ pub(crate) enum Scratch {
     WeightGradTransposed,
 }
 
-const SCRATCH_KINDS: usize = 13;
+const SCRATCH_KINDS: usize = 14;
 
 impl Scratch {
     fn index(self) -> usize {

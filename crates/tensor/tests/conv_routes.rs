@@ -18,7 +18,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use tensor::{
     reference, Conv2d, ConvBackward, ConvPlan, DirectForm, Epilogue, Forward, InputGrad, Kernels,
-    Layout, Mode, Taps, Tensor, WeightGrad, BLOCKED_CHUNK_BYTES,
+    Layout, Mode, Taps, Tensor, WeightGrad, BLOCKED_CHUNK_BYTES, ON_THE_FLY_SLICE_BYTES,
 };
 
 /// Winograd F(4x4, 3x3)'s tolerance, relative to `winograd_scale`: the worst of 2000
@@ -322,7 +322,7 @@ fn run_forward(kern: Kernels, route: Forward, c: &Case) -> Result<(), TestCaseEr
         reference::conv2d(&x, &w, with_bias.then_some(&bias[..]), c.s, c.pad).map_err(fail)?;
     // Winograd's output tile side (4 or 2), or 0.
     let tile = match route {
-        Forward::BlockedWinograd | Forward::Winograd => 4,
+        Forward::BlockedWinograd | Forward::BlockedWinogradOnTheFly | Forward::Winograd => 4,
         Forward::BlockedWinograd2 => 2,
         _ => 0,
     };
@@ -710,6 +710,34 @@ fn blocked_in_chunks(kern: Kernels) -> CheckResult {
     Ok(())
 }
 
+/// The on-the-fly Winograd route on a layer of enough input channels that a task
+/// transforms its weights in several slices of `ON_THE_FLY_SLICE_BYTES` (each slice's
+/// products summing onto the ones before), and a last slice of fewer blocks.
+fn winograd_on_the_fly_in_slices(kern: Kernels) -> CheckResult {
+    let l = kern.lanes();
+    // 36 positions of `F` output blocks' weights: `36 F l^2` floats an input block, at
+    // most `F` = 4 blocks of `l` lanes (with `F` = 1, the most slices).
+    let per_block = 36 * l * l * 4;
+    let blocks = 2 * (ON_THE_FLY_SLICE_BYTES / per_block).max(1) + 1;
+    for seed in 0..3u64 {
+        let case = Case {
+            n: 1 + seed as usize % 2,
+            c: blocks * l - seed as usize,
+            o: 2 * l + 3,
+            h: 5 + seed as usize,
+            w: 6,
+            k: 3,
+            s: 1,
+            pad: 1,
+            epilogue: [7, 3, 6][seed as usize],
+            seed: 21 + seed,
+        };
+        run_forward(kern, Forward::BlockedWinogradOnTheFly, &case)
+            .map_err(|e| format!("{case:?}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// One check per route: `(name, check)`.
 macro_rules! route_checks {
     ($($name:ident => $body:expr;)*) => {
@@ -730,6 +758,8 @@ route_checks! {
     forward_blocked_in_chunks => blocked_in_chunks;
     forward_blocked_winograd => |k| forward(k, Forward::BlockedWinograd, Shape { k: &[3], s: STRIDE_1, blocked: true, ..ANY });
     forward_blocked_winograd2 => |k| forward(k, Forward::BlockedWinograd2, Shape { k: &[3], s: STRIDE_1, blocked: true, ..ANY });
+    forward_blocked_winograd_on_the_fly => |k| forward(k, Forward::BlockedWinogradOnTheFly, Shape { k: &[3], s: STRIDE_1, blocked: true, ..ANY });
+    forward_on_the_fly_in_slices => winograd_on_the_fly_in_slices;
     forward_winograd => |k| forward(k, Forward::Winograd, Shape { k: &[3], s: STRIDE_1, blocked: true, ..ANY });
     forward_blocked_grouped => |k| blocked_grouped(k, Forward::BlockedGrouped);
     forward_blocked_narrow_groups => |k| blocked_grouped(k, Forward::BlockedNarrowGroups);

@@ -26,9 +26,11 @@ fn wide_layers_take_winograd_only_where_planned_for_a_large_plane() {
     assert_eq!(route(128, None, 28), Forward::BlockedWinograd);
     assert_eq!(route(128, Some(7), 7), Forward::BlockedWinograd);
     // 256 channels: only planned for at least 28 x 28 (Wide ResNet-50-2's layer2), and
-    // then for any input it meets (the weights are packed for the route).
+    // then for any input it meets (the weights are packed for the route); at 14 x 14
+    // with the weights transformed per call (no memory beyond the direct kernel's).
     assert_eq!(route(256, None, 28), Forward::Blocked);
-    assert_eq!(route(256, Some(14), 14), Forward::Blocked);
+    assert_eq!(route(256, Some(7), 7), Forward::Blocked);
+    assert_eq!(route(256, Some(14), 14), Forward::BlockedWinogradOnTheFly);
     assert_eq!(route(256, Some(28), 28), Forward::BlockedWinograd);
     assert_eq!(route(256, Some(56), 9), Forward::BlockedWinograd);
     // Wider than 256: never by the ladder.
@@ -59,9 +61,10 @@ fn route_spending(c: usize, planned: usize, side: usize) -> Forward {
 }
 
 #[test]
-fn spending_memory_takes_winograd_for_wide_layers_down_to_14_x_14() {
-    // 256 channels at 14 x 14: Winograd only when the plan may spend the memory.
-    assert_eq!(route(256, Some(14), 14), Forward::Blocked);
+fn spending_memory_keeps_winograd_weights_for_wide_layers_down_to_14_x_14() {
+    // 256 channels at 14 x 14: the transformed weights kept only when the plan may
+    // spend the memory, else transformed per call.
+    assert_eq!(route(256, Some(14), 14), Forward::BlockedWinogradOnTheFly);
     assert_eq!(route_spending(256, 14, 14), Forward::BlockedWinograd);
     // Not below 14 x 14, and never wider than 256 channels.
     assert_eq!(route_spending(256, 7, 7), Forward::Blocked);

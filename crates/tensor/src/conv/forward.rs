@@ -274,6 +274,8 @@ impl Kernels {
             Forward::Blocked => Packed::Blocked(self.pack_blocked_conv_weights(w)?),
             Forward::BlockedWinograd => Packed::Winograd(self.pack_winograd_weights(w, 4)?),
             Forward::BlockedWinograd2 => Packed::Winograd(self.pack_winograd_weights(w, 2)?),
+            // The direct kernel's weights, transformed per call.
+            Forward::BlockedWinogradOnTheFly => Packed::Blocked(self.pack_blocked_conv_weights(w)?),
             Forward::Winograd => Packed::Winograd(self.pack_winograd_weights(w, 4)?),
             Forward::BlockedGrouped | Forward::BlockedNarrowGroups => {
                 return Err(TensorError::InvalidArgument {
@@ -465,7 +467,8 @@ impl Kernels {
                 | Forward::BlockedGrouped
                 | Forward::BlockedNarrowGroups
                 | Forward::BlockedWinograd
-                | Forward::BlockedWinograd2,
+                | Forward::BlockedWinograd2
+                | Forward::BlockedWinogradOnTheFly,
                 _,
             ) => {
                 return Err(TensorError::InvalidArgument {

@@ -72,6 +72,7 @@ pub(crate) use forward::Packed;
 pub use forward::{fold_batch_norm, fold_batch_norm_into, Conv2d, ConvWeights};
 pub use nchwc::BLOCKED_CHUNK_BYTES;
 pub use winograd::WinogradWeights;
+pub use winograd::ON_THE_FLY_SLICE_BYTES;
 
 use crate::error::{Result, TensorError};
 use crate::kernels::Kernels;
@@ -143,6 +144,14 @@ pub enum Forward {
     /// products per tile and channel pair instead of 36 (2.25x fewer multiplications
     /// than the direct kernel, weights 16/9 of the 3x3 ones); forced only.
     BlockedWinograd2,
+    /// [`Forward::BlockedWinograd`] with the weights kept as the direct kernel's
+    /// (`Forward::Blocked`'s, 9 values a channel pair instead of 36) and transformed on
+    /// the fly, per call, a slice of input channels at a time while the products use
+    /// them (`winograd.rs`): Winograd's multiplications without its memory, for the
+    /// layers whose transformed weights would cost more than a plan may spend
+    /// ([`ConvPlan::with_winograd_memory`]). The transform runs in `f32` (the kept
+    /// weights are transformed in `f64` and rounded once).
+    BlockedWinogradOnTheFly,
     /// [`Forward::BlockedWinograd`] for NCHW activations (`winograd_nchw.rs`): the batch
     /// copied into the blocked layout (a training batch norm + ReLU applied on the way),
     /// the blocked route, and the output copied back with the epilogue. Training's 3x3,
@@ -533,8 +542,11 @@ impl ConvPlan {
             && self.forward_family().layout() == Layout::Blocked
         {
             // The blocked kernel reads the dilated taps where they lie: no phases.
-            if let Some(r @ (Forward::BlockedWinograd | Forward::BlockedWinograd2)) =
-                self.forced.forward
+            if let Some(
+                r @ (Forward::BlockedWinograd
+                | Forward::BlockedWinograd2
+                | Forward::BlockedWinogradOnTheFly),
+            ) = self.forced.forward
             {
                 return Err(unfit("forward", r, "it runs undilated layers only".into()));
             }
@@ -888,7 +900,9 @@ impl ConvPlan {
             Forward::BlockedGrouped | Forward::BlockedNarrowGroups => {
                 Err("it runs grouped convolutions in the blocked layout only".into())
             }
-            Forward::BlockedWinograd | Forward::BlockedWinograd2 => self.winograd_fits(),
+            Forward::BlockedWinograd
+            | Forward::BlockedWinograd2
+            | Forward::BlockedWinogradOnTheFly => self.winograd_fits(),
             Forward::Winograd => self.winograd_layer_fits(),
             _ => Ok(()),
         }
@@ -1031,14 +1045,19 @@ fn winograd_route(
     planned: Option<[usize; 2]>,
     spend_memory: bool,
 ) -> Option<Forward> {
-    let min_pixels = if spend_memory {
-        WINOGRAD_WIDE_SPENDING_MIN_PIXELS
-    } else {
-        WINOGRAD_WIDE_MIN_PIXELS
-    };
-    let wide =
-        c.max(o) <= WINOGRAD_WIDE_MAX_CHANNELS && planned.is_some_and(|[h, w]| h * w >= min_pixels);
-    (c.max(o) <= WINOGRAD_MAX_CHANNELS || wide).then_some(Forward::BlockedWinograd)
+    let pixels = planned.map_or(0, |[h, w]| h * w);
+    let wide = c.max(o) <= WINOGRAD_WIDE_MAX_CHANNELS;
+    if c.max(o) <= WINOGRAD_MAX_CHANNELS || (wide && pixels >= WINOGRAD_WIDE_MIN_PIXELS) {
+        return Some(Forward::BlockedWinograd);
+    }
+    if wide && pixels >= WINOGRAD_WIDE_SPENDING_MIN_PIXELS {
+        // Kept where the plan may spend the memory, else transformed per call.
+        return Some(match spend_memory {
+            true => Forward::BlockedWinograd,
+            false => Forward::BlockedWinogradOnTheFly,
+        });
+    }
+    None
 }
 
 /// The most channels of a layer wider than [`WINOGRAD_MAX_CHANNELS`] that the ladder
@@ -1250,7 +1269,7 @@ impl DirectForm {
 
 impl Forward {
     /// Every forward route, for tests and tools.
-    pub const ALL: [Forward; 13] = [
+    pub const ALL: [Forward; 14] = [
         Forward::GemmImage,
         Forward::GemmSubsampled,
         Forward::GemmIm2col,
@@ -1263,6 +1282,7 @@ impl Forward {
         Forward::BlockedNarrowGroups,
         Forward::BlockedWinograd,
         Forward::BlockedWinograd2,
+        Forward::BlockedWinogradOnTheFly,
         Forward::Winograd,
     ];
 
@@ -1273,7 +1293,8 @@ impl Forward {
             | Forward::BlockedGrouped
             | Forward::BlockedNarrowGroups
             | Forward::BlockedWinograd
-            | Forward::BlockedWinograd2 => Layout::Blocked,
+            | Forward::BlockedWinograd2
+            | Forward::BlockedWinogradOnTheFly => Layout::Blocked,
             _ => Layout::Nchw,
         }
     }
@@ -1288,9 +1309,10 @@ impl Forward {
             Forward::Blocked => k.blocked_kernel_name(),
             Forward::BlockedGrouped => k.blocked1_kernel_name(),
             Forward::BlockedNarrowGroups => k.grouped_kernel_name(),
-            Forward::BlockedWinograd | Forward::BlockedWinograd2 | Forward::Winograd => {
-                k.blocked_kernel_name()
-            }
+            Forward::BlockedWinograd
+            | Forward::BlockedWinograd2
+            | Forward::BlockedWinogradOnTheFly
+            | Forward::Winograd => k.blocked_kernel_name(),
         }
     }
 }
@@ -1366,6 +1388,7 @@ impl fmt::Display for Forward {
             Forward::BlockedNarrowGroups => f.write_str("blocked-narrow-groups"),
             Forward::BlockedWinograd => f.write_str("blocked-winograd"),
             Forward::BlockedWinograd2 => f.write_str("blocked-winograd2"),
+            Forward::BlockedWinogradOnTheFly => f.write_str("blocked-winograd-on-the-fly"),
             Forward::Winograd => f.write_str("winograd"),
         }
     }

@@ -7,6 +7,7 @@
 
 use rayon::prelude::*;
 
+use super::winograd::WinogradSource;
 use super::{ConvWeights, Forward, Packed};
 use crate::blocked::{checked_len, expect_blocked, lanes_mismatch, BlockedTensor};
 use crate::epilogue::{self, Epilogue, Output, Residual};
@@ -36,19 +37,19 @@ pub const BLOCKED_CHUNK_BYTES: usize = 512 << 10;
 pub struct BlockedConvWeights {
     pub(super) data: Vec<f32>,
     /// OIHW (`[O, C / groups, kh, kw]` for a grouped convolution).
-    shape: [usize; 4],
-    lanes: usize,
+    pub(super) shape: [usize; 4],
+    pub(super) lanes: usize,
     pub(super) f: usize,
     /// A grouped convolution's groups and super-groups (`super::blocked_groups`): `(groups,
     /// input, output)` channels of each super-group, read as one dense convolution by the
     /// single-block kernel (`f` is then 1: one output block per weight group, `[CB of its
     /// super-group][kh][kw][L ic][1][L oc]`, zero between its groups).
-    groups: Option<(usize, usize, usize)>,
+    pub(super) groups: Option<(usize, usize, usize)>,
     /// Laid out for the narrow-group kernel (`Forward::BlockedNarrowGroups`): each output
     /// block `[kh][blocks][kw][G][L oc]`, `G` the rotations (its groups' width, at most
     /// `L`) and `blocks` the input blocks of a group (1 unless its groups are several
     /// blocks); `groups` is then `(groups, L, L)`.
-    narrow: bool,
+    pub(super) narrow: bool,
 }
 
 /// Input channels the kernel reads per block: all `l` lanes, except for an input of
@@ -237,7 +238,22 @@ impl Kernels {
                 Packed::Blocked(w),
             ) => (w, weights.plan().conv()),
             (Forward::BlockedWinograd | Forward::BlockedWinograd2, Packed::Winograd(w)) => {
-                return self.blocked_winograd_into(x, w, weights.plan().conv(), epilogue, y)
+                return self.blocked_winograd_into(
+                    x,
+                    WinogradSource::Kept(w),
+                    weights.plan().conv(),
+                    epilogue,
+                    y,
+                )
+            }
+            (Forward::BlockedWinogradOnTheFly, Packed::Blocked(w)) => {
+                return self.blocked_winograd_into(
+                    x,
+                    WinogradSource::OnTheFly(w),
+                    weights.plan().conv(),
+                    epilogue,
+                    y,
+                )
             }
             (route, _) => {
                 return Err(TensorError::InvalidArgument {

@@ -23,14 +23,15 @@
 
 use rayon::prelude::*;
 
+use super::nchwc::BlockedConvWeights;
 use super::Conv2d;
 use crate::blocked::{checked_len, expect_blocked, lanes_mismatch, BlockedTensor};
 use crate::epilogue::{self, Epilogue, Output};
 use crate::error::{Result, TensorError};
 use crate::kernels::blocked_tile::{BlockedTile, NarrowRow};
 use crate::kernels::winograd::{
-    kernel_transform2, kernel_transform_lanes, WinogradIn, WinogradOut, POSITIONS, TILE, TILE2,
-    WINDOW2,
+    kernel_transform2, kernel_transform_lanes, WinogradIn, WinogradKernel, WinogradOut, POSITIONS,
+    TILE, TILE2, WINDOW2,
 };
 use crate::kernels::Kernels;
 use crate::layout::OutPtr;
@@ -50,6 +51,60 @@ const MIN_CHUNK: usize = 48;
 
 /// Input channels whose kernels the weight transform gathers at once (36 KB).
 const GATHER: usize = 32;
+
+/// The most bytes of transformed weights a task of the on-the-fly route
+/// (`Forward::BlockedWinogradOnTheFly`) makes at once: its group of output blocks'
+/// weights for a slice of whole input blocks, at all 36 positions, which the slice's
+/// products then read from L2 (at least one block: 147 KB on AVX-512).
+pub const ON_THE_FLY_SLICE_BYTES: usize = 512 << 10;
+
+/// Where the Winograd route's transformed weights come from.
+pub(crate) enum WinogradSource<'a> {
+    /// Transformed once, at packing, and kept (`Forward::BlockedWinograd`,
+    /// `Forward::BlockedWinograd2`).
+    Kept(&'a WinogradWeights),
+    /// The direct kernel's weights, transformed per call
+    /// (`Forward::BlockedWinogradOnTheFly`): F(4x4, 3x3).
+    OnTheFly(&'a BlockedConvWeights),
+}
+
+impl WinogradSource<'_> {
+    fn lanes(&self) -> usize {
+        match self {
+            WinogradSource::Kept(w) => w.lanes,
+            WinogradSource::OnTheFly(w) => w.lanes,
+        }
+    }
+
+    /// OIHW.
+    fn shape(&self) -> [usize; 4] {
+        match self {
+            WinogradSource::Kept(w) => w.shape,
+            WinogradSource::OnTheFly(w) => w.shape,
+        }
+    }
+
+    /// Output blocks per group of the layout.
+    fn f(&self) -> usize {
+        match self {
+            WinogradSource::Kept(w) => w.f,
+            WinogradSource::OnTheFly(w) => w.f,
+        }
+    }
+
+    /// Output pixels per tile side.
+    fn tile(&self) -> usize {
+        match self {
+            WinogradSource::Kept(w) => w.tile,
+            WinogradSource::OnTheFly(_) => TILE,
+        }
+    }
+
+    /// Positions of the transformed domain.
+    fn positions(&self) -> usize {
+        (self.tile() + 2) * (self.tile() + 2)
+    }
+}
 
 /// A 3x3 layer's weights for Winograd F(4x4, 3x3) (or F(2x2, 3x3)): for each of the
 /// 36 (16) positions `k`, `U[k] = (G g G^T)[k]` of every channel pair, packed as the
@@ -186,26 +241,26 @@ impl Kernels {
     pub(super) fn blocked_winograd_into(
         &self,
         x: &BlockedTensor,
-        w: &WinogradWeights,
+        w: WinogradSource,
         p: Conv2d,
         epilogue: &[Epilogue],
         y: &mut BlockedTensor,
     ) -> Result<()> {
         let op = "blocked_conv2d";
         let l = self.lanes();
-        for got in [x.lanes, w.lanes] {
+        for got in [x.lanes, w.lanes()] {
             if got != l {
                 return Err(lanes_mismatch(op, got, l));
             }
         }
         let [n, c, h, wd] = x.shape;
-        let [o, wc, kh, kw] = w.shape;
+        let [o, wc, kh, kw] = w.shape();
         if wc != c {
             return Err(TensorError::ShapeMismatch {
                 op,
                 arg: "weights",
                 expected: vec![o, c, kh, kw],
-                got: w.shape.to_vec(),
+                got: w.shape().to_vec(),
             });
         }
         let [oh, ow] = p.output_size(h, wd, kh, kw)?;
@@ -213,34 +268,46 @@ impl Kernels {
         epilogue::check(op, epilogue, Output::Blocked { shape, lanes: l })?;
         let (bias, residual, relu) = super::nchwc::blocked_epilogue(op, epilogue)?;
         expect_blocked(op, "y", y, l, shape)?;
-        if w.f != self.set().blocked_f {
+        if w.f() != self.set().blocked_f {
             return Err(TensorError::InvalidArgument {
                 op,
                 reason: format!(
                     "weights packed in groups of {} channel blocks, but this tier's kernel \
                      takes {} (pack them with the same Kernels)",
-                    w.f,
+                    w.f(),
                     self.set().blocked_f
                 ),
             });
         }
         let (cb, ob) = (c.div_ceil(l), o.div_ceil(l));
-        let groups = ob.div_ceil(w.f);
+        let groups = ob.div_ceil(w.f());
         // The unsafe tiles trust these lengths: check them (and that no size wraps
         // around) first.
+        let weights_agree = match &w {
+            WinogradSource::Kept(w) => {
+                w.per_pos == checked_len(op, &[groups, cb, w.icb, w.f, l])?
+                    && w.data.len() == checked_len(op, &[w.positions(), w.per_pos])?
+            }
+            WinogradSource::OnTheFly(w) => {
+                let icb = super::nchwc::block_channels(c, l);
+                w.groups.is_none()
+                    && !w.narrow
+                    && (kh, kw) == (3, 3)
+                    && w.data.len() == checked_len(op, &[groups, cb, kh, kw, icb, w.f, l])?
+            }
+        };
         let lengths_agree = x.data.len() == checked_len(op, &[n, cb, h, wd, l])?
             && y.data.len() == checked_len(op, &[n, ob, oh, ow, l])?
             && residual.fits(y.data.len())
-            && w.per_pos == checked_len(op, &[groups, cb, w.icb, w.f, l])?
-            && w.data.len() == checked_len(op, &[w.positions(), w.per_pos])?
+            && weights_agree
             && checked_len(
                 op,
                 &[
                     w.positions(),
                     cb + ob,
                     n,
-                    oh.div_ceil(w.tile),
-                    ow.div_ceil(w.tile),
+                    oh.div_ceil(w.tile()),
+                    ow.div_ceil(w.tile()),
                     l,
                 ],
             )
@@ -270,7 +337,7 @@ impl Kernels {
     pub(super) fn blocked_winograd(
         &self,
         x: &BlockedTensor,
-        w: &WinogradWeights,
+        w: WinogradSource,
         pad: usize,
         bias: Option<&[f32]>,
         residual: super::nchwc::BlockedAdd,
@@ -281,13 +348,23 @@ impl Kernels {
         let l = self.lanes();
         let [n, c, h, wd] = x.shape;
         let [_, o, oh, ow] = y.shape;
-        debug_assert_eq!(c, w.shape[1]);
-        let (cb, ob, f) = (c.div_ceil(l), o.div_ceil(l), w.f);
+        debug_assert_eq!(c, w.shape()[1]);
+        let (cb, ob, f) = (c.div_ceil(l), o.div_ceil(l), w.f());
         let groups = ob.div_ceil(f);
-        let w_group = cb * w.icb * f * l;
-        debug_assert_eq!(w.per_pos, groups * w_group);
+        let icb = super::nchwc::block_channels(c, l);
+        // A group's weights at one position (kept), and its 3x3 weights (on the fly).
+        let w_group = cb * icb * f * l;
+        let w_group9 = 9 * w_group;
+        if let WinogradSource::Kept(w) = &w {
+            debug_assert_eq!(w.per_pos, groups * w_group);
+            debug_assert_eq!(w.icb, icb);
+        }
+        // The on-the-fly route's slices of input blocks: as many as fit
+        // `ON_THE_FLY_SLICE_BYTES` of transformed weights, at least one.
+        let slice_blocks =
+            (ON_THE_FLY_SLICE_BYTES / (POSITIONS * icb * f * l * 4)).clamp(1, cb.max(1));
         // F(4x4, 3x3) or F(2x2, 3x3).
-        let (side, positions) = (w.tile, w.positions());
+        let (side, positions) = (w.tile(), w.positions());
         let (th, tw) = (oh.div_ceil(side), ow.div_ceil(side));
         let per_image = th * tw;
         let total = n * per_image;
@@ -308,6 +385,7 @@ impl Kernels {
         // another, each step split across the threads.
         let by_chunk = parallel && chunks >= 2 * threads;
         let outp = OutPtr(y.data.as_mut_ptr());
+        let ws = Workspace::current();
         let (input_tile, output_tile) = if side == TILE2 {
             (set.winograd2_input, set.winograd2_output)
         } else {
@@ -356,49 +434,106 @@ impl Kernels {
                 };
                 // 2. The 36 products, each a 1x1 convolution over the chunk's tiles by
                 //    the blocked kernel: tasks (position, group of output blocks, run).
-                let wanted = 8 * threads;
-                let runs = wanted
-                    .div_ceil(positions * groups)
-                    .clamp(1, tc.div_ceil(pmax));
+                //    On the fly, tasks (group of output blocks, run), each making its group's
+                //    transformed weights a slice of input blocks at a time and running the
+                //    slice's 36 products, summed onto the slices' before it: fewer tasks
+                //    than positions, as each run transforms the weights again.
+                let (wanted, per_run) = match &w {
+                    WinogradSource::Kept(_) => (8 * threads, positions * groups),
+                    WinogradSource::OnTheFly(_) => (2 * threads, groups),
+                };
+                let runs = wanted.div_ceil(per_run).clamp(1, tc.div_ceil(pmax));
                 let run_px = tc.div_ceil(runs).div_ceil(pmax) * pmax;
                 let runs = tc.div_ceil(run_px);
-                let product = |task: usize| {
-                    let (k, rest) = (task / (groups * runs), task % (groups * runs));
-                    let (g, run) = (rest / runs, rest % runs);
-                    let fv = f.min(ob - g * f);
-                    let (q0, q1) = (run * run_px, ((run + 1) * run_px).min(tc));
-                    let (len, count) = (q1 - q0, (q1 - q0).div_ceil(pmax));
-                    let (base, extra) = (len / count.max(1), len % count.max(1));
-                    let mut q = q0;
-                    for ti in 0..count {
-                        let pn = base + usize::from(ti < extra);
-                        let tile = BlockedTile {
-                            // SAFETY: inside V: tile 0, position k.
-                            x: unsafe { vp.get().add(k * cb * l) },
-                            x_off: offs[q..].as_ptr(),
-                            x_cb: l,
-                            x_row: 0,
-                            x_col: 0,
-                            cb,
-                            icb: w.icb,
-                            kh: 1,
-                            kw: 1,
-                            w: w.data.data()[k * w.per_pos + g * w_group..].as_ptr(),
+                // Position k's products of group g for the run's tiles over input blocks
+                // `c0..c1`, weights `wk` (that group's, position's and blocks', laid out
+                // as 1x1 blocked weights), summed onto M's values unless `c0` is 0.
+                let products =
+                    |k: usize, g: usize, run: usize, (c0, c1): (usize, usize), wk: *const f32| {
+                        let fv = f.min(ob - g * f);
+                        let (q0, q1) = (run * run_px, ((run + 1) * run_px).min(tc));
+                        let (len, count) = (q1 - q0, (q1 - q0).div_ceil(pmax));
+                        let (base, extra) = (len / count.max(1), len % count.max(1));
+                        let mut q = q0;
+                        for ti in 0..count {
+                            let pn = base + usize::from(ti < extra);
                             // SAFETY: inside M: block g f, position k, tile q.
-                            out: unsafe { mp.get().add(((g * f * positions + k) * tc + q) * l) },
-                            out_ob: positions * tc * l,
-                            f: fv,
-                            bias: std::ptr::null(),
-                            residual: std::ptr::null(),
-                            relu: false,
-                            narrow: NarrowRow::default(),
-                        };
-                        // SAFETY: tiles q..q + pn of each of position k's cb blocks are in
-                        // V (written by step 1); group g's weights at position k are
-                        // `w_group` floats; the kernel writes `fv` blocks of `pn` tiles of
-                        // position k's M. Tasks differ in (k, g, run): disjoint outputs.
-                        unsafe { (kernels[pn - 1])(&tile) };
-                        q += pn;
+                            let out =
+                                unsafe { mp.get().add(((g * f * positions + k) * tc + q) * l) };
+                            let tile = BlockedTile {
+                                // SAFETY: inside V: tile 0, position k, block c0.
+                                x: unsafe { vp.get().add((k * cb + c0) * l) },
+                                x_off: offs[q..].as_ptr(),
+                                x_cb: l,
+                                x_row: 0,
+                                x_col: 0,
+                                cb: c1 - c0,
+                                icb,
+                                kh: 1,
+                                kw: 1,
+                                w: wk,
+                                out,
+                                out_ob: positions * tc * l,
+                                f: fv,
+                                bias: std::ptr::null(),
+                                residual: if c0 == 0 { std::ptr::null() } else { out },
+                                relu: false,
+                                narrow: NarrowRow::default(),
+                            };
+                            // SAFETY: tiles q..q + pn of each of position k's blocks c0..c1 are
+                            // in V (written by step 1); `wk` holds `(c1 - c0) icb f l` floats;
+                            // the kernel writes (and, past the first slice, reads first) `fv`
+                            // blocks of `pn` tiles of position k's M. Tasks differ in (k, g,
+                            // run) or (g, run): disjoint outputs.
+                            unsafe { (kernels[pn - 1])(&tile) };
+                            q += pn;
+                        }
+                    };
+                let product = |task: usize| match &w {
+                    WinogradSource::Kept(w) => {
+                        let (k, rest) = (task / (groups * runs), task % (groups * runs));
+                        let (g, run) = (rest / runs, rest % runs);
+                        let wk = w.data.data()[k * w.per_pos + g * w_group..].as_ptr();
+                        products(k, g, run, (0, cb), wk);
+                    }
+                    WinogradSource::OnTheFly(w) => {
+                        let (g, run) = (task / runs, task % runs);
+                        let wg = &w.data[g * w_group9..(g + 1) * w_group9];
+                        ws.scratch(Scratch::WinogradKernel, |u| {
+                            // Positions a cache line more than a slice apart: a slice is a
+                            // multiple of 4 KiB, and each transform's 36 stores to one L1
+                            // set missed it.
+                            let slice_len = slice_blocks * icb * f * l + 16;
+                            u.resize(POSITIONS * slice_len, 0.0);
+                            let up = OutPtr(u.as_mut_ptr());
+                            for c0 in (0..cb).step_by(slice_blocks) {
+                                let c1 = (c0 + slice_blocks).min(cb);
+                                // The slice's weights, `[36][c1 - c0][icb][f][l]`, from
+                                // the direct layout's `[CB][3][3][icb][f][l]`.
+                                let per_pos = slice_len;
+                                for i in c0..c1 {
+                                    for j in 0..icb * f {
+                                        let t = WinogradKernel {
+                                            g: wg[(i * 9 * icb * f + j) * l..].as_ptr(),
+                                            tap: icb * f * l,
+                                            // SAFETY: inside u: position 0, block i - c0,
+                                            // run j of `l` floats.
+                                            out: unsafe {
+                                                up.get().add(((i - c0) * icb * f + j) * l)
+                                            },
+                                            out_pos: per_pos,
+                                        };
+                                        // SAFETY: block i's 9 taps of run j lie in group
+                                        // g's weights (`[CB][3][3][icb f][l]`); u holds 36
+                                        // positions of `per_pos` floats.
+                                        unsafe { (set.winograd_kernel)(&t) };
+                                    }
+                                }
+                                for k in 0..positions {
+                                    products(k, g, run, (c0, c1), u[k * per_pos..].as_ptr());
+                                }
+                            }
+                        });
                     }
                 };
                 // 3. The output transform and the epilogue, into y.
@@ -427,7 +562,10 @@ impl Kernels {
                         unsafe { output_tile(&t) };
                     }
                 };
-                let tasks = positions * groups * runs;
+                let tasks = match &w {
+                    WinogradSource::Kept(_) => positions * groups * runs,
+                    WinogradSource::OnTheFly(_) => groups * runs,
+                };
                 if split {
                     (0..tc).into_par_iter().for_each(transform_in);
                     (0..tasks).into_par_iter().for_each(product);
@@ -439,7 +577,6 @@ impl Kernels {
                 }
             }
         };
-        let ws = Workspace::current();
         if by_chunk {
             (0..chunks)
                 .into_par_iter()

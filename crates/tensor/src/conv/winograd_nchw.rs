@@ -126,7 +126,7 @@ impl Kernels {
             // Every element of yb is written by the output transform.
             self.blocked_winograd(
                 &xb,
-                w,
+                super::winograd::WinogradSource::Kept(w),
                 pad,
                 None,
                 super::nchwc::BlockedAdd::Nothing,

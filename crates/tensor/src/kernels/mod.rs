@@ -344,6 +344,9 @@ pub(crate) struct KernelSet {
     /// products to `dW` (`winograd::grad_output_tile`, `winograd::grad_kernel_tile`).
     pub winograd_grad_dy: unsafe fn(&winograd::WinogradIn),
     pub winograd_grad_dw: unsafe fn(&winograd::WinogradGrad),
+    /// The kernel transform of `LANES` output channels' kernels for one input channel,
+    /// in `f32` (`winograd::kernel_tile`), for weights transformed on the fly.
+    pub winograd_kernel: unsafe fn(&winograd::WinogradKernel),
     /// Transposes a `lanes x lanes` block: `(src, src row stride, dst, dst row stride)`.
     pub transpose_block: unsafe fn(*const f32, usize, *mut f32, usize),
     /// The tier's vector registers (`Simd::REGISTERS`): how many pixels a kernel that
@@ -731,6 +734,10 @@ macro_rules! tier_entry_points {
                 winograd::grad_kernel_tile::<$S>(t)
             }
             #[$attr]
+            unsafe fn winograd_kernel(t: &winograd::WinogradKernel) {
+                winograd::kernel_tile::<$S>(t)
+            }
+            #[$attr]
             unsafe fn fma_chains(iters: usize, seed: f32) -> f32 {
                 body::fma_chains::<$S>(iters, seed)
             }
@@ -776,6 +783,7 @@ macro_rules! tier_entry_points {
                 winograd2_output,
                 winograd_grad_dy,
                 winograd_grad_dw,
+                winograd_kernel,
                 transpose_block,
                 vector_registers: <$S as $crate::kernels::simd::Simd>::REGISTERS,
             };

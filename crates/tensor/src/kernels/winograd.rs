@@ -365,6 +365,68 @@ pub(crate) unsafe fn grad_kernel_tile<S: Simd>(t: &WinogradGrad) {
     }
 }
 
+/// `LANES` output channels' 3 x 3 kernels for one input channel, to transform into
+/// their 36 positions in `f32` (`kernel_tile`): the weights the transformed-domain
+/// products read, made per call from the direct kernel's blocked weights instead of
+/// kept (`Forward::BlockedWinogradOnTheFly`).
+pub(crate) struct WinogradKernel {
+    /// Tap (0, 0) of the `LANES` kernels (one vector, output channels along the lanes);
+    /// tap `i` (row-major) at `i tap` floats from it.
+    pub g: *const f32,
+    pub tap: usize,
+    /// Where position 0 of the transform goes; position `k` at `k out_pos` floats.
+    pub out: *mut f32,
+    pub out_pos: usize,
+}
+
+/// `G z` for one column or row of three vectors: six.
+#[inline(always)]
+unsafe fn kernel_1d<S: Simd>(z: [S::V; 3]) -> [S::V; WINDOW] {
+    let minus_sixth = S::splat(-1.0 / 6.0);
+    // r1, r2 = -(z0 + z2 +- z1) / 6; r3, r4 = (z0 / 24 + z2 / 6) +- z1 / 12.
+    let p = S::add(z[0], z[2]);
+    let q = S::mul_add(
+        S::splat(1.0 / 24.0),
+        z[0],
+        S::mul(S::splat(1.0 / 6.0), z[2]),
+    );
+    let t = S::mul(S::splat(1.0 / 12.0), z[1]);
+    [
+        S::mul(S::splat(0.25), z[0]),
+        S::mul(minus_sixth, S::add(p, z[1])),
+        S::mul(minus_sixth, S::sub(p, z[1])),
+        S::add(q, t),
+        S::sub(q, t),
+        z[2],
+    ]
+}
+
+/// The kernel transform `U = G g G^T` of `LANES` kernels in `f32`, columns first, then
+/// rows (`kernel_transform_lanes` is the same in `f64`, for weights kept transformed).
+///
+/// # Safety
+///
+/// `g + i tap` is readable for `LANES` floats, `i < 9`; `out + k out_pos` is writable
+/// for `LANES` floats, `k < 36`.
+#[inline(always)]
+pub(crate) unsafe fn kernel_tile<S: Simd>(t: &WinogradKernel) {
+    let zero = S::splat(0.0);
+    let g: [S::V; 9] = std::array::from_fn(|i| S::load(t.g.add(i * t.tap)));
+    // Columns first: tmp[.][j] = G g[.][j] (6 x 3); then rows: U[i][.] = G tmp[i][.].
+    let mut tmp = [[zero; 3]; WINDOW];
+    for j in 0..3 {
+        let col = kernel_1d::<S>([g[j], g[3 + j], g[6 + j]]);
+        for (row, v) in tmp.iter_mut().zip(col) {
+            row[j] = v;
+        }
+    }
+    for (i, row) in tmp.iter().enumerate() {
+        for (j, v) in kernel_1d::<S>(*row).iter().enumerate() {
+            S::store(t.out.add((i * WINDOW + j) * t.out_pos), *v);
+        }
+    }
+}
+
 /// `G g G^T` of up to 16 3 x 3 kernels (row-major) at once, in `f64`: the transformed
 /// kernels the 36 products multiply by, lane by lane (`g[i][lane]` is tap `i` of kernel
 /// `lane`), in loops over the lanes the compiler vectorises (training transforms the
