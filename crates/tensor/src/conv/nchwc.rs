@@ -436,6 +436,10 @@ impl Kernels {
                 .clamp(1, in_blocks.max(1));
             let chunk_blocks = in_blocks.div_ceil(chunks);
             let chunks = in_blocks.div_ceil(chunk_blocks.max(1)).max(1);
+            let tasks = n * groups * runs;
+            // The group and first input block of task `t + 1`'s weights, if any.
+            let next_task =
+                |t: usize| (t + 1 < tasks).then(|| ((t + 1) % (groups * runs) / runs, 0));
             let task = |t: usize| {
                 let (b, rest) = (t / (groups * runs), t % (groups * runs));
                 let (g, run) = (rest / runs, rest % runs);
@@ -456,8 +460,20 @@ impl Kernels {
                         let c0 = chunk * chunk_blocks;
                         let c1 = (c0 + chunk_blocks).min(in_blocks);
                         let mut q = q0;
+                        // The weights the task reads next (the next chunk's, or the
+                        // next task's first chunk), their lines shared among the tiles.
+                        let next = match chunk + 1 < chunks {
+                            true => Some((g, c1)),
+                            false => next_task(t),
+                        };
+                        let next = next.map_or(&[][..], |(g, c)| {
+                            let start = g * w_group + c * w_block;
+                            let end = g * w_group + (c + chunk_blocks).min(in_blocks) * w_block;
+                            &w.data[start..end]
+                        });
                         for ti in 0..count {
                             let pn = base + usize::from(ti < extra);
+                            let (ahead, ahead_lines) = crate::kernels::line_share(next, ti, count);
                             let at = b * out_image + g * f * plane * l + q * l;
                             // SAFETY: inside the output: image b, block g f, pixel q.
                             let out = unsafe { outp.get().add(at) };
@@ -485,6 +501,8 @@ impl Kernels {
                                     out
                                 },
                                 relu: relu && c1 == in_blocks,
+                                ahead,
+                                ahead_lines,
                                 narrow: NarrowRow::default(),
                             };
                             // SAFETY: pixel q's taps read padded rows `oy s + ky d <= (oh - 1)
@@ -530,7 +548,6 @@ impl Kernels {
                     run_tiles(xb, x_cb, &offs[q0..q1]);
                 }
             };
-            let tasks = n * groups * runs;
             let work = [plane, f, groups, l, in_blocks, l, kh, kw]
                 .iter()
                 .fold(n, |a, &d| a.saturating_mul(d));
@@ -622,6 +639,8 @@ impl Kernels {
                         // SAFETY: as `out`.
                         residual: residual.at(at, unsafe { outp.get().add(at) }),
                         relu,
+                        ahead: std::ptr::null(),
+                        ahead_lines: 0,
                         narrow: NarrowRow {
                             group: cg.min(l),
                             h,

@@ -478,6 +478,8 @@ impl Kernels {
                                 bias: std::ptr::null(),
                                 residual: if c0 == 0 { std::ptr::null() } else { out },
                                 relu: false,
+                                ahead: std::ptr::null(),
+                                ahead_lines: 0,
                                 narrow: NarrowRow::default(),
                             };
                             // SAFETY: tiles q..q + pn of each of position k's blocks c0..c1 are

@@ -55,6 +55,11 @@ pub(crate) struct BlockedTile {
     pub bias: *const f32,
     pub residual: *const f32,
     pub relu: bool,
+    /// Cache lines (16 floats each, from `ahead`) to ask L2 for, one per step of the
+    /// reduction until done: the weights the task reads next, so that they stream from
+    /// memory while these are used (`ahead_lines` 0: none). The dense tile only.
+    pub ahead: *const f32,
+    pub ahead_lines: usize,
     /// The narrow-group tile's (`narrow_tile`) own fields; the dense tile ignores them.
     pub narrow: NarrowRow,
 }
@@ -94,6 +99,7 @@ pub(crate) unsafe fn blocked_tile<S: Simd, const F: usize, const P: usize>(t: &B
     // blocked layout, 2 threads, best of 40 forwards: 46.6 -> 43.4, 51.9 -> 48.0, 50.1
     // -> 45.6 ms; ResNet-18 26.2 -> 22.7; 4, 8 and 64 steps ahead no better, 32 tied).
     let pf = 16 * F * l;
+    let mut ahead = 0;
     for cb in 0..t.cb {
         for ky in 0..t.kh {
             for kx in 0..t.kw {
@@ -102,6 +108,10 @@ pub(crate) unsafe fn blocked_tile<S: Simd, const F: usize, const P: usize>(t: &B
                     // (`wrapping_add`: may point past the weights; a prefetch never faults.)
                     for f in 0..F {
                         S::prefetch(w.wrapping_add(pf + f * l));
+                    }
+                    if ahead < t.ahead_lines {
+                        S::prefetch_l2(t.ahead.wrapping_add(ahead * 16));
+                        ahead += 1;
                     }
                     let wv: [S::V; F] = std::array::from_fn(|f| S::load(w.add(f * l)));
                     for (p, px) in px.iter().enumerate() {
