@@ -558,7 +558,7 @@ pub fn model(
     }
     let macs = net.forward_macs(size, size)?;
     // Each profiled step's multiply-adds: the convolutions by name (the stem's together,
-    // as its step), the classifier.
+    // as its step, `conv1`), the classifier.
     let mut step_macs: Vec<(String, f64)> = Vec::new();
     if profile {
         for layer in net.conv_layers([batch, 3, size, size])? {
@@ -566,7 +566,7 @@ pub fn model(
             let [_, i, kh, kw] = layer.conv.weight.dims4("bench model")?;
             let m = (n * o * oh * ow * i * kh * kw) as f64;
             let name = if layer.in_stem {
-                "stem".to_string()
+                "conv1".to_string()
             } else {
                 layer.name
             };

@@ -800,7 +800,7 @@ impl InferenceModel {
 
     /// The stem (convolution, folded batch norm, ReLU) in NCHW, then, for the ImageNet
     /// nets, the max pool; the output comes from the NCHW cache.
-    fn stem_nchw(&self, x: &Tensor) -> Result<Tensor> {
+    fn stem_nchw(&self, x: &Tensor, laps: &mut Laps) -> Result<Tensor> {
         let (k, cache) = (&self.kernels, &self.cache);
         let mut deep: Option<Tensor> = None;
         for c in &self.deep_stem {
@@ -815,6 +815,7 @@ impl InferenceModel {
         if let Some(t) = deep {
             cache.give_tensor(t);
         }
+        laps.lap(|| STEM_LAP.into());
         if self.cifar {
             return Ok(h);
         }
@@ -824,13 +825,13 @@ impl InferenceModel {
         let mut pooled = cache.take(&shape, || Tensor::zeros(&shape))?;
         k.max_pool2d_into(&h, &Pool2d::RESNET_STEM, &mut pooled)?;
         cache.give_tensor(h);
+        laps.lap(|| "maxpool".into());
         Ok(pooled)
     }
 
     fn features_nchw(&self, x: &Tensor, mut observe: Observer, laps: &mut Laps) -> Result<Tensor> {
         let (k, cache) = (&self.kernels, &self.cache);
-        let mut h = self.stem_nchw(x)?;
-        laps.lap(|| STEM_LAP.into());
+        let mut h = self.stem_nchw(x, laps)?;
         if let Some(o) = observe.as_mut() {
             o("stem", &h);
         }
@@ -903,8 +904,7 @@ impl InferenceModel {
         // the stem's output before the pool, four times the pooled size. In process,
         // alternating forwards (2 threads, batch 1, best of 40): ResNet-18 0.93-0.96 of
         // the time, ResNet-50 0.96-0.99; on 1 thread 0.96 and 0.995.
-        let stem = self.stem_nchw(x)?;
-        laps.lap(|| STEM_LAP.into());
+        let stem = self.stem_nchw(x, laps)?;
         if let Some(o) = observe.as_mut() {
             o("stem", &stem);
         }
@@ -989,7 +989,8 @@ impl InferenceModel {
     }
 
     /// [`InferenceModel::forward`], timing each of its steps inside the network, in
-    /// order: the stem with its max pool (`stem`), the conversion to the blocked layout,
+    /// order: the stem's convolution (`conv1`, with its batch norm and ReLU) and max pool
+    /// (`maxpool`, none in the CIFAR nets), the conversion to the blocked layout,
     /// every convolution by its torchvision name (a block's shortcut projection first,
     /// as it runs; the last convolution's time includes the residual add and ReLU it
     /// fuses), the global pool and the classifier (`fc`). Each step is timed from the
@@ -1010,8 +1011,10 @@ impl InferenceModel {
     }
 }
 
-/// The stem's step in a profiled forward pass (its convolutions and max pool).
-const STEM_LAP: &str = "stem";
+/// The stem's convolutions' step in a profiled forward pass (torchvision's `conv1`;
+/// ResNet-D's three, timm's `conv1.0`, `conv1.3`, `conv1.6`, together), its max pool
+/// the next (`maxpool`).
+const STEM_LAP: &str = "conv1";
 
 /// A block's step named as torchvision names its module (`layer3.2.conv2`).
 fn block_step(stage: usize, block: usize, module: &str) -> String {
@@ -1110,8 +1113,8 @@ mod tests {
             let names: Vec<&str> = steps.iter().map(|s| s.0.as_str()).collect();
             let blocked = fast.layout() == ConvLayout::Blocked;
             let fixed: &[&str] = match blocked {
-                true => &["stem", "to blocked layout", "avgpool", "fc"],
-                false => &["stem", "avgpool", "fc"],
+                true => &["conv1", "maxpool", "to blocked layout", "avgpool", "fc"],
+                false => &["conv1", "avgpool", "fc"],
             };
             // The CIFAR nets' option-A shortcuts pad channels: steps, not convolutions.
             let padded = names
@@ -1124,7 +1127,7 @@ mod tests {
                 convs.len() + fixed.len() + padded,
                 "{arch}: {names:?}"
             );
-            assert_eq!(names[0], "stem");
+            assert_eq!(names[0], "conv1");
             assert_eq!(&names[names.len() - 2..], ["avgpool", "fc"]);
             for c in &convs {
                 assert_eq!(names.iter().filter(|n| *n == c).count(), 1, "{arch}: {c}");
