@@ -29,6 +29,7 @@
 //! | forward, grouped, 0' | [`Forward::BlockedGrouped`] | other groups above 1 in the blocked layout: the single-block kernel over each output block's group of input blocks (`blocked_groups` says which groups fit) |
 //! | grouped | the rungs below, once per group | groups above 1 in NCHW (and every backward): each group a dense convolution of its channels ([`ConvPlan::group_plan`], `grouped.rs`) |
 //! | forward, 1' | [`Forward::BlockedWinograd`] | blocked layout, a dense 3x3 layer of stride 1 without dilation, at most `WINOGRAD_MAX_CHANNELS` channels in and out, unless [`ConvPlan::with_winograd`] turned it off |
+//! | forward, 1' | [`Forward::BlockedWinogradOnTheFly`] | what takes [`Forward::BlockedWinograd`] for up to `WINOGRAD_WIDE_MAX_CHANNELS` channels at `WINOGRAD_WIDE_SPENDING_MIN_PIXELS`, where the plan may not spend memory ([`ConvPlan::with_winograd_memory`] off): the direct kernel's weights, transformed at each call |
 //! | forward, 1'' | [`Forward::Winograd`] | NCHW (training's layout), a dense 3x3 layer of stride 1 without dilation, `WINOGRAD_NCHW_MIN_CHANNELS` to `WINOGRAD_NCHW_MAX_CHANNELS` channels in and out, unless Winograd is turned off |
 //! | forward, 1 | [`Forward::Blocked`] | blocked layout, except an input of fewer channels than a vector (the RGB stem) |
 //! | forward, 2 | [`Forward::Direct`] | a kernel larger than 1x1 and at most 64 output channels |
@@ -420,11 +421,14 @@ impl ConvPlan {
 
     /// Whether the ladder may spend memory for speed on Winograd: with it, 3x3 stride-1
     /// layers wider than [`WINOGRAD_MAX_CHANNELS`] (up to
-    /// [`WINOGRAD_WIDE_MAX_CHANNELS`]) take Winograd when planned for an input of at
-    /// least [`WINOGRAD_WIDE_SPENDING_MIN_PIXELS`] (14 x 14) rather than
-    /// [`WINOGRAD_WIDE_MIN_PIXELS`]: faster, for `27 c o` more floats of weights a layer
-    /// (7.1 MB for 256 channels). Off by default; the `resnet` crate's `InferenceModel`
-    /// turns it on for a network whose layers' extra weights fit its budget.
+    /// [`WINOGRAD_WIDE_MAX_CHANNELS`]) planned for an input of at least
+    /// [`WINOGRAD_WIDE_SPENDING_MIN_PIXELS`] (14 x 14) but less than
+    /// [`WINOGRAD_WIDE_MIN_PIXELS`] keep their transformed weights
+    /// ([`Forward::BlockedWinograd`]): faster, for `27 c o` more floats of weights a
+    /// layer (7.1 MB for 256 channels); without it they transform the direct kernel's
+    /// weights at each call ([`Forward::BlockedWinogradOnTheFly`]). Off by default; the
+    /// `resnet` crate's `InferenceModel` turns it on for a network whose layers' extra
+    /// weights fit its budget.
     pub fn with_winograd_memory(mut self, spend: bool) -> Self {
         self.winograd_memory = spend;
         self
@@ -1039,6 +1043,12 @@ pub const WINOGRAD_MAX_CHANNELS: usize = 128;
 /// ResNet-50 33.0 / 31.1 and 33.1 / 30.6, 2 threads, 2026-12-05), for 16/9 of their
 /// weights' memory. Wider layers up to [`WINOGRAD_WIDE_MAX_CHANNELS`] take F(4x4, 3x3)
 /// too when planned for an input of at least [`WINOGRAD_WIDE_MIN_PIXELS`].
+/// Planned for at least [`WINOGRAD_WIDE_SPENDING_MIN_PIXELS`], they take it with the
+/// weights kept where the plan may spend memory, else with the direct kernel's weights
+/// transformed at each call ([`Forward::BlockedWinogradOnTheFly`]: ResNet-50's five
+/// 256-channel layers at 14 x 14, batch 1, 2 threads, AMD Zen 4 host, 2026-12-06: the
+/// network 0.944-0.961 of its time with them on the direct kernel; the 512-channel
+/// layers at 7 x 7 on the fly 1.000-1.002, not taken).
 fn winograd_route(
     c: usize,
     o: usize,
