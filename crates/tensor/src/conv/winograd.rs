@@ -437,10 +437,12 @@ impl Kernels {
                 //    On the fly, tasks (group of output blocks, run), each making its group's
                 //    transformed weights a slice of input blocks at a time and running the
                 //    slice's 36 products, summed onto the slices' before it: fewer tasks
-                //    than positions, as each run transforms the weights again.
+                //    than positions, as each run transforms the weights again (and one
+                //    run a group where the chunk runs on one thread).
                 let (wanted, per_run) = match &w {
                     WinogradSource::Kept(_) => (8 * threads, positions * groups),
-                    WinogradSource::OnTheFly(_) => (2 * threads, groups),
+                    WinogradSource::OnTheFly(_) if split => (2 * threads, groups),
+                    WinogradSource::OnTheFly(_) => (1, groups),
                 };
                 let runs = wanted.div_ceil(per_run).clamp(1, tc.div_ceil(pmax));
                 let run_px = tc.div_ceil(runs).div_ceil(pmax) * pmax;
