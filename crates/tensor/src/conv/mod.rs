@@ -1094,7 +1094,8 @@ pub const WINOGRAD_WIDE_MIN_PIXELS: usize = 28 * 28;
 
 /// [`WINOGRAD_WIDE_MIN_PIXELS`] when the plan may spend memory for speed
 /// ([`ConvPlan::with_winograd_memory`]): 14 x 14, where F(4x4, 3x3) saves about 8
-/// multiply-adds per byte of transformed weights. Measured (AMD Zen 4 host, 2026-12-06,
+/// multiply-adds per byte of transformed weights (without it, layers planned for this
+/// size transform the direct weights at each call: [`Forward::BlockedWinogradOnTheFly`]). Measured (AMD Zen 4 host, 2026-12-06,
 /// `resnet bench model --batch 1`, 256-channel layers at 14 x 14 by Winograd or not, three
 /// rounds alternating): ResNet-18 1 thread 21.8-22.0 / 24.9-25.2 ms, 2 threads
 /// 11.6-11.8 / 13.4-13.8; ResNet-50 65.2-68.8 / 71.2-71.4 and 33.6-34.2 / 36.6-37.0, at

@@ -16,7 +16,10 @@
 //!
 //! The transformed weights take 4x the memory of the 3x3 ones (36 values per channel
 //! pair instead of 9): the ladder keeps Winograd to the layers it measured it on
-//! (`WINOGRAD_MAX_CHANNELS` in `conv/mod.rs`).
+//! (`WINOGRAD_MAX_CHANNELS` in `conv/mod.rs`), and where keeping them would cost more
+//! memory than the plan may spend, `Forward::BlockedWinogradOnTheFly` keeps the direct
+//! kernel's weights and transforms them in step 2, a slice of input blocks at a time
+//! (`WinogradSource::OnTheFly`).
 //!
 //! F(2x2, 3x3) (`Forward::BlockedWinograd2`, forced only) runs through the same driver
 //! with 2 x 2 tiles, 4 x 4 windows and 16 positions wherever 36 is written here.
@@ -512,9 +515,9 @@ impl Kernels {
                             let up = OutPtr(u.as_mut_ptr());
                             for c0 in (0..cb).step_by(slice_blocks) {
                                 let c1 = (c0 + slice_blocks).min(cb);
-                                // The slice's weights, `[36][c1 - c0][icb][f][l]`, from
-                                // the direct layout's `[CB][3][3][icb][f][l]`.
-                                let per_pos = slice_len;
+                                // The slice's weights, `[36][c1 - c0][icb][f][l]` with
+                                // positions `slice_len` apart, from the direct layout's
+                                // `[CB][3][3][icb][f][l]`.
                                 for i in c0..c1 {
                                     for j in 0..icb * f {
                                         let t = WinogradKernel {
@@ -525,16 +528,16 @@ impl Kernels {
                                             out: unsafe {
                                                 up.get().add(((i - c0) * icb * f + j) * l)
                                             },
-                                            out_pos: per_pos,
+                                            out_pos: slice_len,
                                         };
                                         // SAFETY: block i's 9 taps of run j lie in group
                                         // g's weights (`[CB][3][3][icb f][l]`); u holds 36
-                                        // positions of `per_pos` floats.
+                                        // positions of `slice_len` floats.
                                         unsafe { (set.winograd_kernel)(&t) };
                                     }
                                 }
                                 for k in 0..positions {
-                                    products(k, g, run, (c0, c1), u[k * per_pos..].as_ptr());
+                                    products(k, g, run, (c0, c1), u[k * slice_len..].as_ptr());
                                 }
                             }
                         });
